@@ -1,0 +1,37 @@
+"""Errors that the CLI turns into clean messages (never a traceback)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Problem:
+    """One thing wrong with an input file: where it is and what was expected."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ChainlabError(Exception):
+    """An expected failure: the CLI prints it and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+@dataclass
+class InputError(ChainlabError):
+    """Invalid user input (inventory, scenario, arguments); exit code 2."""
+
+    problems: list[Problem] = field(default_factory=list)
+    exit_code = 2
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)

@@ -1,0 +1,127 @@
+"""The inventory: which hosts, how to reach them, what the lab puts on them."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from chainlab.names import ContainerName, HostName, ImageName, NetworkName, SafePath, UserName
+from chainlab.validation import validate_document
+from chainlab.yamlfile import load_yaml
+
+DEFAULT_INVENTORY = "inventory.yaml"
+INVENTORY_ENV = "CHAINLAB_INVENTORY"
+
+
+class Strict(BaseModel):
+    """Base for every file-backed model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshSettings(Strict):
+    user: UserName = "root"
+    port: int = Field(22, ge=1, le=65535)
+    key: SafePath | None = Field(None, description="private key file")
+    known_hosts: SafePath | None = None
+    connect_timeout: float = Field(10.0, gt=0, le=300)
+
+
+class Host(Strict):
+    address: IPv4Address
+    roles: list[Literal["master", "worker", "etcd"]] = Field(default_factory=list)
+    os: Literal["centos7", "rhel8", "debian12", "ubuntu22", "unknown"] = "unknown"
+    iptables: Literal["auto", "legacy", "nft"] = "auto"
+    trace_backend: Literal["auto", "rsyslog", "ulogd", "nft-monitor"] = "auto"
+    trace_log: SafePath = "/var/log/iptables.log"
+
+
+class EtcdSettings(Strict):
+    host: HostName
+    port: int = Field(2379, ge=1, le=65535)
+
+
+class ImageSettings(Strict):
+    name: ImageName = "mybusybox"
+    source: Literal["build", "tarball"] = "build"
+    dockerfile: str = "lab/Dockerfile.j2"
+    tarball: str | None = None
+
+
+class CalicoSettings(Strict):
+    network: NetworkName = "net1"
+    pool: IPv4Network = IPv4Network("172.20.0.0/16")
+    nat_outgoing: bool = True
+    driver: Literal["calico", "bridge"] = "calico"
+
+
+class Container(Strict):
+    host: HostName
+    network: NetworkName | None = None
+    image: ImageName | None = None
+    publish: dict[int, int] = Field(default_factory=dict, description="host port -> container port")
+
+
+class LocalSettings(Strict):
+    """Only for `provider: local`: how the lab is built on this machine."""
+
+    lan: IPv4Interface = Field(description="the machine's end of the management link, with prefix")
+    state_dir: SafePath = "/var/lib/chainlab/local"
+
+
+class Inventory(Strict):
+    lab: HostName = "lab"
+    provider: Literal["ssh", "local"] = "ssh"
+    ssh: SshSettings = SshSettings()
+    hosts: dict[HostName, Host]
+    etcd: EtcdSettings | None = None
+    image: ImageSettings = ImageSettings()
+    calico: CalicoSettings = CalicoSettings()
+    containers: dict[ContainerName, Container] = Field(default_factory=dict)
+    local: LocalSettings | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Inventory":
+        if not self.hosts:
+            raise ValueError("hosts: at least one host is needed")
+        if self.etcd and self.etcd.host not in self.hosts:
+            raise ValueError(f"etcd.host {self.etcd.host!r} is not one of hosts: {sorted(self.hosts)}")
+        for name, container in self.containers.items():
+            if container.host not in self.hosts:
+                raise ValueError(
+                    f"containers.{name}.host {container.host!r} is not one of hosts: {sorted(self.hosts)}"
+                )
+        addresses = [h.address for h in self.hosts.values()]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("hosts: two hosts share an address")
+        if self.provider == "local":
+            if self.local is None:
+                raise ValueError("provider local needs a `local:` section (lan: ADDRESS/PREFIX)")
+            for name, host in self.hosts.items():
+                if host.address not in self.local.lan.network or host.address == self.local.lan.ip:
+                    raise ValueError(
+                        f"hosts.{name}.address {host.address} must be inside local.lan {self.local.lan.network}"
+                        " and differ from the machine's end"
+                    )
+        elif self.local is not None:
+            raise ValueError("a `local:` section is only allowed with provider: local")
+        return self
+
+    def container_image(self, name: str) -> str:
+        return self.containers[name].image or self.image.name
+
+    def container_network(self, name: str) -> str:
+        return self.containers[name].network or self.calico.network
+
+
+def resolve_inventory_path(option: str | None) -> Path:
+    """`-i/--inventory`, else $CHAINLAB_INVENTORY, else ./inventory.yaml."""
+    return Path(option or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: Path) -> Inventory:
+    return validate_document(Inventory, load_yaml(path))

@@ -1,0 +1,26 @@
+"""Strict patterns for names that end up in remote commands.
+
+Inventory values are data: anything that reaches a shell is first checked here and
+then quoted with shlex.quote anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+HOST_NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
+CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+NETWORK_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+IMAGE_NAME = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+ABS_PATH = r"^(/|~/)[A-Za-z0-9_./-]*$"
+CHAIN_NAME = r"^[A-Za-z0-9_.-]{1,28}$"
+
+HostName = Annotated[str, StringConstraints(pattern=HOST_NAME)]
+ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME)]
+NetworkName = Annotated[str, StringConstraints(pattern=NETWORK_NAME)]
+ImageName = Annotated[str, StringConstraints(pattern=IMAGE_NAME)]
+UserName = Annotated[str, StringConstraints(pattern=USER_NAME)]
+SafePath = Annotated[str, StringConstraints(pattern=ABS_PATH)]

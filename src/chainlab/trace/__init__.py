@@ -1,0 +1,1 @@
+"""Trace analysis: log lines → steps → packets → hook paths, verdicts and flows."""

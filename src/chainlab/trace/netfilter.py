@@ -1,0 +1,63 @@
+"""What netfilter does with an IPv4 packet: hooks, tables and their order.
+
+Pure knowledge, no I/O. Priorities are the kernel's (NF_IP_PRI_*): at each hook the
+tables run in this order; nat runs only for the first packet of a connection.
+"""
+
+from __future__ import annotations
+
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+TABLES = ("raw", "mangle", "nat", "filter", "security")
+
+HOOK_TABLES: dict[str, tuple[str, ...]] = {
+    "PREROUTING": ("raw", "mangle", "nat"),
+    "INPUT": ("mangle", "filter", "security", "nat"),
+    "FORWARD": ("mangle", "filter", "security"),
+    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
+    "POSTROUTING": ("mangle", "nat"),
+}
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "local-in": ("PREROUTING", "INPUT"),
+    "forward": ("PREROUTING", "FORWARD", "POSTROUTING"),
+    "local-out": ("OUTPUT", "POSTROUTING"),
+}
+
+# Rank of each hook along any route, so that steps can be checked for order.
+HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
+
+
+def slot_rank(hook: str, table: str) -> tuple[int, int]:
+    """Sort key of a (hook, table) pair along a packet's walk."""
+    tables = HOOK_TABLES.get(hook, ())
+    return HOOK_RANK.get(hook, 0), tables.index(table) if table in tables else len(tables)
+
+
+def route_of(hooks: list[str]) -> str | None:
+    """The route a packet took, from the hooks it was seen in (None if undecided)."""
+    if "FORWARD" in hooks:
+        return "forward"
+    if "INPUT" in hooks:
+        return "local-in"
+    if "OUTPUT" in hooks:
+        return "local-out"
+    return None
+
+
+def required_slots(route: str, tables_present: set[str], new_connection: bool) -> list[tuple[str, str]]:
+    """Every (hook, table) a packet on `route` must pass, given the tables that exist."""
+    return [
+        (hook, table)
+        for hook in ROUTES[route]
+        for table in HOOK_TABLES[hook]
+        if table in tables_present and (table != "nat" or new_connection)
+    ]
+
+
+def collapse_hooks(hooks: list[str]) -> list[str]:
+    """Consecutive repeats of one hook become one entry."""
+    out: list[str] = []
+    for hook in hooks:
+        if not out or out[-1] != hook:
+            out.append(hook)
+    return out
