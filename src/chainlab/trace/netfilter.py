@@ -44,13 +44,25 @@ def route_of(hooks: list[str]) -> str | None:
     return None
 
 
-def required_slots(route: str, tables_present: set[str], new_connection: bool) -> list[tuple[str, str]]:
-    """Every (hook, table) a packet on `route` must pass, given the tables that exist."""
+Slot = tuple[str, str]
+
+
+def table_slots(table: str) -> set[Slot]:
+    """Every (hook, table) a loaded legacy table registers."""
+    return {(hook, table) for hook, tables in HOOK_TABLES.items() if table in tables}
+
+
+def required_slots(route: str, present: set[Slot], new_connection: bool) -> list[Slot]:
+    """Every (hook, table) a packet on `route` must pass, given the ones that exist.
+
+    Legacy tables hook into all their chains once loaded; iptables-nft creates a base
+    chain only when something uses it, so `present` is kept per (hook, table).
+    """
     return [
         (hook, table)
         for hook in ROUTES[route]
         for table in HOOK_TABLES[hook]
-        if table in tables_present and (table != "nat" or new_connection)
+        if (hook, table) in present and (table != "nat" or new_connection)
     ]
 
 

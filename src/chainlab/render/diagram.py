@@ -1,0 +1,164 @@
+"""Flow diagrams: per node the hooks a packet passed, with the chains it met there.
+
+Nodes stand side by side; request edges are blue, reply edges green; a drop is a red
+mark after the step where the packet died. The same model renders to Graphviz (dot,
+SVG) and Mermaid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import graphviz
+
+from chainlab.trace.flows import Flow
+from chainlab.trace.model import Packet
+from chainlab.trace.netfilter import HOOKS
+
+COLORS = {"request": "#1f6feb", "reply": "#2da44e"}
+OTHER_COLOR = "#8250df"
+DROP_COLOR = "#cf222e"
+
+
+@dataclass
+class Walk:
+    """One distinct path: a node, a direction, hooks, the chains met at each hook."""
+
+    node: str
+    direction: str
+    hooks: list[str]
+    chains: dict[str, list[str]]
+    verdict: str
+    drop_at: str | None
+    count: int = 1
+
+
+@dataclass
+class DiagramModel:
+    nodes: list[str] = field(default_factory=list)
+    walks: list[Walk] = field(default_factory=list)
+    links: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+
+
+def build_model(packets: list[Packet], flows: list[Flow], tables: set[str] | None) -> DiagramModel:
+    """Distinct walks (same node, direction, hooks, verdict) and node-to-node links."""
+    model = DiagramModel()
+    index: dict[tuple[object, ...], Walk] = {}
+    for p in packets:
+        if p.node not in model.nodes:
+            model.nodes.append(p.node)
+        chains: dict[str, list[str]] = {}
+        for step in p.steps:
+            if step.hook and (tables is None or step.table in tables):
+                names = chains.setdefault(step.hook, [])
+                name = f"{step.table}:{step.chain}"
+                if name not in names:
+                    names.append(name)
+        last = p.last_step
+        drop_at = f"{last.table}:{last.chain}" if p.verdict == "dropped" and last else None
+        key = (p.node, p.direction, tuple(p.hooks), p.verdict, drop_at)
+        if key in index:
+            index[key].count += 1
+            continue
+        index[key] = Walk(p.node, p.direction, p.hooks, chains, p.verdict, drop_at)
+        model.walks.append(index[key])
+    for flow in flows:
+        for a, b in zip(flow.hops, flow.hops[1:]):
+            if a.hooks and b.hooks:
+                link = (a.node, a.hooks[-1], b.node, b.hooks[0], flow.direction)
+                if link not in model.links:
+                    model.links.append(link)
+    return model
+
+
+def _id(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
+
+
+def _hook_label(hook: str, chains: list[str]) -> str:
+    return "\n".join([hook, *chains])
+
+
+def to_graphviz(model: DiagramModel, title: str = "") -> graphviz.Digraph:
+    graph = graphviz.Digraph("chainlab", graph_attr={
+        "rankdir": "LR", "fontname": "Helvetica", "label": title, "labelloc": "t", "newrank": "true",
+    }, node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "#f6f8fa", "fontname": "Helvetica", "fontsize": "10"},
+       edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    for node in model.nodes:
+        with graph.subgraph(name=f"cluster_{_id(node)}") as cluster:
+            cluster.attr(label=node, style="rounded", color="#57606a", fontsize="14")
+            hooks_here: dict[str, list[str]] = {}
+            for walk in model.walks:
+                if walk.node == node:
+                    for hook in walk.hooks:
+                        merged = hooks_here.setdefault(hook, [])
+                        merged.extend(c for c in walk.chains.get(hook, []) if c not in merged)
+            for hook in HOOKS:
+                if hook in hooks_here:
+                    cluster.node(_id(node, hook), _hook_label(hook, hooks_here[hook]))
+            for i, walk in enumerate(w for w in model.walks if w.node == node):
+                color = COLORS.get(walk.direction, OTHER_COLOR)
+                label = walk.direction + (f" ×{walk.count}" if walk.count > 1 else "")
+                for a, b in zip(walk.hooks, walk.hooks[1:]):
+                    cluster.edge(_id(node, a), _id(node, b), label=label, color=color, fontcolor=color)
+                if walk.drop_at and walk.hooks:
+                    drop = _id(node, "drop", str(i))
+                    cluster.node(drop, f"✖ dropped\n{walk.drop_at}", shape="octagon", fillcolor="#ffebe9", color=DROP_COLOR, fontcolor=DROP_COLOR)
+                    cluster.edge(_id(node, walk.hooks[-1]), drop, color=DROP_COLOR, label=walk.direction, fontcolor=DROP_COLOR)
+                if len(walk.hooks) == 1 and not walk.drop_at:
+                    start = _id(node, walk.direction, "in", str(i))
+                    cluster.node(start, walk.direction, shape="plaintext", style="", fontcolor=color)
+                    cluster.edge(start, _id(node, walk.hooks[0]), color=color)
+    for a_node, a_hook, b_node, b_hook, direction in model.links:
+        color = COLORS.get(direction, OTHER_COLOR)
+        graph.edge(_id(a_node, a_hook), _id(b_node, b_hook), color=color, style="dashed", label=f"{direction} (wire)", fontcolor=color)
+    return graph
+
+
+def to_dot(model: DiagramModel, title: str = "") -> str:
+    return to_graphviz(model, title).source
+
+
+def to_svg(model: DiagramModel, title: str = "") -> str:
+    return to_graphviz(model, title).pipe(format="svg").decode("utf-8")
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "'")
+
+
+def to_mermaid(model: DiagramModel, title: str = "") -> str:
+    lines = ["flowchart LR"]
+    if title:
+        lines.insert(0, f"---\ntitle: {_mermaid_text(title)}\n---")
+    edges: list[str] = []
+    styles: list[str] = []
+    for node in model.nodes:
+        lines.append(f'  subgraph {_id("n", node)}["{_mermaid_text(node)}"]')
+        seen: dict[str, list[str]] = {}
+        for walk in model.walks:
+            if walk.node == node:
+                for hook in walk.hooks:
+                    merged = seen.setdefault(hook, [])
+                    merged.extend(c for c in walk.chains.get(hook, []) if c not in merged)
+        for hook in HOOKS:
+            if hook in seen:
+                label = "<br/>".join([f"<b>{hook}</b>", *seen[hook]])
+                lines.append(f'    {_id(node, hook)}["{_mermaid_text(label)}"]')
+        for i, walk in enumerate(w for w in model.walks if w.node == node):
+            for a, b in zip(walk.hooks, walk.hooks[1:]):
+                edges.append(f"  {_id(node, a)} -->|{walk.direction}| {_id(node, b)}")
+                styles.append(COLORS.get(walk.direction, OTHER_COLOR))
+            if walk.drop_at and walk.hooks:
+                drop = _id(node, "drop", str(i))
+                lines.append(f'    {drop}{{{{"✖ dropped<br/>{_mermaid_text(walk.drop_at)}"}}}}')
+                edges.append(f"  {_id(node, walk.hooks[-1])} -->|{walk.direction}| {drop}")
+                styles.append(DROP_COLOR)
+        lines.append("  end")
+    for a_node, a_hook, b_node, b_hook, direction in model.links:
+        edges.append(f"  {_id(a_node, a_hook)} -.->|{direction}| {_id(b_node, b_hook)}")
+        styles.append(COLORS.get(direction, OTHER_COLOR))
+    lines.extend(edges)
+    lines.extend(f"  linkStyle {i} stroke:{color},color:{color}" for i, color in enumerate(styles))
+    return "\n".join(lines) + "\n"

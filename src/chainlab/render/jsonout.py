@@ -1,0 +1,40 @@
+"""The JSON contract: `{"packets": [...], "flows": [...], "skipped_lines": N, ...}`, streamed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from chainlab.trace.expect import Check
+from chainlab.trace.flows import Flow
+from chainlab.trace.model import Packet
+from chainlab.trace.reader import ReadStats
+
+
+def write_json(
+    out: IO[str], packets: Iterable[Packet], flows_after: Callable[[], list[Flow]],
+    stats: ReadStats, tables: set[str] | None, checks: Callable[[], list[Check]] | None = None,
+) -> None:
+    """Write packets as they come (the list may be a stream); flows and stats at the end."""
+    out.write('{"packets": [')
+    repaired = 0
+    for i, packet in enumerate(packets):
+        repaired += packet.repaired_lines
+        out.write(("," if i else "") + "\n  " + json.dumps(packet.to_dict(tables)))
+    out.write("\n ],\n")
+    tail: dict[str, Any] = {
+        "flows": [f.to_dict() for f in flows_after()],
+        "skipped_lines": stats.skipped_lines,
+        "repaired_lines": repaired,
+        "ignored_lines": stats.ignored_lines,
+        "lines": stats.lines,
+        "trace_records": stats.trace_records,
+        "formats": stats.formats,
+        "tables": sorted(tables) if tables else None,
+    }
+    if checks is not None:
+        results = checks()
+        tail["expect"] = {"ok": all(c.ok for c in results), "checks": [c.to_dict() for c in results]}
+    body = json.dumps(tail, indent=1)
+    out.write(" " + body[1:] + "\n")

@@ -1,0 +1,128 @@
+"""Conclusions about one packet: hook path, route, direction and verdict."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from chainlab.trace.model import Packet, Step
+from chainlab.trace.netfilter import ROUTES, Slot, collapse_hooks, required_slots, route_of, slot_rank
+from chainlab.trace.rules import RuleSet, rule_target
+
+DROP_VERDICTS = ("DROP", "REJECT")
+
+
+def hook_path(steps: list[Step], tables: set[str] | None = None) -> list[str]:
+    """Built-in hooks the steps passed, in order; consecutive repeats collapse."""
+    return collapse_hooks([s.hook for s in steps if s.hook and (tables is None or s.table in tables)])
+
+
+def _explicit_drop(step: Step) -> bool:
+    if step.verdict and step.verdict.split(":")[0] in DROP_VERDICTS:
+        return True
+    if step.rule and step.kind == "rule":
+        return rule_target(step.rule) in DROP_VERDICTS
+    return False
+
+
+def _where(step: Step) -> str:
+    where = f"{step.table}:{step.chain}"
+    if step.kind == "rule" and step.position is not None:
+        where += f" rule {step.position}"
+    elif step.kind == "rule" and step.handle:
+        where += f" rule {step.handle}"
+    elif step.kind == "policy":
+        where += " policy"
+    return where
+
+
+def judge(packet: Packet, present: set[Slot]) -> None:
+    """Set route, new_connection, verdict and reason of a complete packet.
+
+    A packet whose trace stops while a table it must still pass (given the tables that
+    exist on the node and whether it is a connection's first packet) lies ahead was
+    dropped at its last step. Stopping at the end of PREROUTING is a loss at the routing
+    decision, which netfilter does not see: verdict unknown.
+    """
+    steps = packet.steps
+    packet.route = route_of(hook_path(steps))
+    packet.new_connection = any(s.table == "nat" for s in steps)
+    last = steps[-1]
+    by_rule = f" by `{last.rule}`" if last.rule else ""
+    if _explicit_drop(last):
+        packet.verdict, packet.reason = "dropped", f"dropped in {_where(last)}{by_rule}"
+        return
+    if last.hook is None:
+        packet.verdict, packet.reason = "unknown", f"trace stops in {_where(last)}"
+        return
+    present = present | {(s.hook, s.table) for s in steps if s.hook}
+    here = slot_rank(last.hook, last.table)
+    routes = [packet.route] if packet.route else [r for r in ROUTES if last.hook in ROUTES[r]]
+    ahead = sorted(
+        {slot for r in routes for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here},
+        key=lambda slot: slot_rank(*slot),
+    )
+    if not ahead:
+        packet.verdict = "accepted" if packet.route else "unknown"
+        packet.reason = f"passed every table up to {last.table} {last.hook}"
+    elif last.hook == "PREROUTING" and ahead[0][0] != "PREROUTING":
+        packet.verdict = "unknown"
+        packet.reason = "no trace after PREROUTING: lost at the routing decision, not by a rule"
+    else:
+        packet.verdict = "dropped"
+        packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {ahead[0][1]} {ahead[0][0]}"
+
+
+def join_rules(packet: Packet, rules: RuleSet | None) -> None:
+    """Give each step the text of the rule it matched, when a snapshot is at hand."""
+    if rules is None:
+        return
+    for step in packet.steps:
+        if step.rule is None:
+            step.rule = rules.rule_text(step)
+
+
+def _endpoint_pairs(packet: Packet) -> list[tuple[tuple[str | None, int | None], tuple[str | None, int | None]]]:
+    pairs = []
+    for f in (packet.first, packet.last):
+        if f is not None:
+            pairs.append(((f.src, f.sport), (f.dst, f.dport)))
+    return pairs
+
+
+class Directions:
+    """Tell requests from replies: by ICMP type or TCP flags, else by who spoke first."""
+
+    def __init__(self, memory: int = 65536):
+        self.memory = memory
+        self.seen: OrderedDict[tuple[str, str, frozenset[object]], tuple[object, object]] = OrderedDict()
+
+    def classify(self, packet: Packet) -> str:
+        f = packet.fields
+        if f.proto == "ICMP" and f.icmp_type in (8, 0):
+            direction = "request" if f.icmp_type == 8 else "reply"
+        elif f.proto == "ICMP" and f.icmp_type is not None:
+            direction = "error"
+        elif f.proto == "TCP" and f.tcp_flags and "SYN" in f.tcp_flags:
+            direction = "reply" if "ACK" in f.tcp_flags else "request"
+        else:
+            direction = self._by_first_seen(packet)
+        self._remember(packet, direction)
+        return direction
+
+    def _key(self, packet: Packet, a: object, b: object) -> tuple[str, str, frozenset[object]]:
+        return (packet.node, packet.fields.proto or "", frozenset((a, b)))
+
+    def _by_first_seen(self, packet: Packet) -> str:
+        for a, b in _endpoint_pairs(packet):
+            known = self.seen.get(self._key(packet, a, b))
+            if known is not None:
+                return "request" if known == (a, b) else "reply"
+        return "request"
+
+    def _remember(self, packet: Packet, direction: str) -> None:
+        for a, b in _endpoint_pairs(packet):
+            oriented = (a, b) if direction == "request" else (b, a)
+            self.seen[self._key(packet, a, b)] = oriented
+            self.seen.move_to_end(self._key(packet, a, b))
+        while len(self.seen) > self.memory:
+            self.seen.popitem(last=False)

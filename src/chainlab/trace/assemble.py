@@ -1,0 +1,164 @@
+"""Group trace events into packets, streaming.
+
+Legacy logs have no packet id: a line belongs to the open packet on its node whose
+identity agrees with it (IP id, protocol, ICMP id/seq or one of the ports, ICMP type, TCP
+flags; NAT may rewrite addresses and one port, never the IP id) and whose walk it can
+continue (netfilter visits hooks and tables in a fixed order). A damaged line that lost
+some of these fields still joins the one packet its remaining fields agree with. nft
+traces carry a trace id, which is tried first. A packet no line has joined for `window`
+events is complete and handed on, so memory stays flat on any file size.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from chainlab.trace.model import Event, Fields, Packet
+from chainlab.trace.netfilter import HOOKS, slot_rank
+
+
+def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def compatible(packet: Packet, f: Fields) -> bool:
+    """Can a line with fields `f` belong to `packet`? Unknown fields agree with anything."""
+    p = packet.fields
+    if not (_agree(p.ip_id, f.ip_id) and _agree(p.proto, f.proto) and _agree(p.icmp_type, f.icmp_type)):
+        return False
+    if not _agree(p.tcp_flags, f.tcp_flags):
+        return False
+    if p.icmp_id is not None and f.icmp_id is not None and p.icmp_seq is not None and f.icmp_seq is not None:
+        if p.icmp_id != f.icmp_id and p.icmp_seq != f.icmp_seq:
+            return False
+    if None not in (p.sport, p.dport, f.sport, f.dport):
+        if p.sport != f.sport and p.dport != f.dport:
+            return False
+    return True
+
+
+def step_hook(packet: Packet, chain: str) -> str | None:
+    """Built-in chains name their hook; a user chain runs inside the current one."""
+    if chain in HOOKS:
+        return chain
+    last = packet.last_step
+    return last.hook if last else None
+
+
+def continues(packet: Packet, event: Event) -> bool:
+    """Is `event` a possible next step of `packet`'s walk (no going back in hook order)?"""
+    last = packet.last_step
+    if last is None or last.hook is None:
+        return True
+    hook = step_hook(packet, event.step.chain)
+    if hook is None:
+        return True
+    return slot_rank(hook, event.step.table) >= slot_rank(last.hook, last.table)
+
+
+def _merge(into: Fields, f: Fields) -> None:
+    """Fill fields the packet does not know yet from a later line."""
+    for name in ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags"):
+        if getattr(into, name) is None:
+            value = getattr(f, name)
+            if value is not None:
+                setattr(into, name, value)
+
+
+class Assembler:
+    """Feed events in log order; get complete packets back."""
+
+    def __init__(self, window: int = 400):
+        self.window = window
+        self.count = 0
+        self.seq = 0
+        self.open: OrderedDict[int, Packet] = OrderedDict()
+        self.by_ip_id: dict[tuple[str, int], list[Packet]] = {}
+        self.by_trace: dict[tuple[str, str], Packet] = {}
+        self.unattributed = 0
+
+    def feed(self, event: Event) -> Iterator[Packet]:
+        """Add one event; yields packets that have been quiet for `window` events."""
+        self.count += 1
+        packet = self._find(event)
+        f = event.fields
+        if packet is None:
+            if f.ip_id is None:
+                self.unattributed += 1
+                yield from self._expire()
+                return
+            packet = self._open(event)
+        elif f.damaged:
+            packet.repaired_lines += 1
+        step = event.step
+        step.hook = step_hook(packet, step.chain)
+        packet.steps.append(step)
+        _merge(packet.fields, f)
+        if f.src is not None and f.dst is not None:
+            if packet.first is None:
+                packet.first = f
+            packet.last = f
+        if event.trace_id is not None:
+            if event.trace_id not in packet.trace_ids:
+                packet.trace_ids.append(event.trace_id)
+            self.by_trace[(event.node, event.trace_id)] = packet
+        packet.last_seen = self.count
+        self.open.move_to_end(id(packet))
+        yield from self._expire()
+
+    def flush(self) -> Iterator[Packet]:
+        """Every packet still open (end of input)."""
+        while self.open:
+            _, packet = self.open.popitem(last=False)
+            self._forget(packet)
+            yield packet
+
+    def _find(self, event: Event) -> Packet | None:
+        f = event.fields
+        if event.trace_id is not None:
+            packet = self.by_trace.get((event.node, event.trace_id))
+            if packet is not None and id(packet) in self.open and compatible(packet, f) and continues(packet, event):
+                return packet
+        if f.ip_id is not None:
+            candidates = self.by_ip_id.get((event.node, f.ip_id), [])
+        else:
+            candidates = [p for p in self.open.values() if p.node == event.node]
+        for packet in reversed(candidates):
+            if compatible(packet, f) and continues(packet, event):
+                return packet
+        return None
+
+    def _open(self, event: Event) -> Packet:
+        self.seq += 1
+        f = event.fields
+        packet = Packet(node=event.node, fields=Fields(**{
+            name: getattr(f, name) for name in Fields.__slots__ if name != "damaged"
+        }), seq=self.seq)
+        if f.damaged:
+            packet.repaired_lines += 1
+        self.open[id(packet)] = packet
+        assert f.ip_id is not None
+        self.by_ip_id.setdefault((event.node, f.ip_id), []).append(packet)
+        return packet
+
+    def _expire(self) -> Iterator[Packet]:
+        while self.open:
+            packet = next(iter(self.open.values()))
+            if self.count - packet.last_seen < self.window:
+                return
+            self.open.popitem(last=False)
+            self._forget(packet)
+            yield packet
+
+    def _forget(self, packet: Packet) -> None:
+        if packet.fields.ip_id is not None:
+            key = (packet.node, packet.fields.ip_id)
+            siblings = self.by_ip_id.get(key, [])
+            if packet in siblings:
+                siblings.remove(packet)
+            if not siblings:
+                self.by_ip_id.pop(key, None)
+        for trace_id in packet.trace_ids:
+            if self.by_trace.get((packet.node, trace_id)) is packet:
+                del self.by_trace[(packet.node, trace_id)]

@@ -1,0 +1,99 @@
+"""Follow one packet across nodes: same IP id (and ICMP seq), ordered by TTL."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from chainlab.trace.model import Packet
+
+
+@dataclass
+class Hop:
+    node: str
+    hooks: list[str]
+    verdict: str
+    ttl: int | None
+    entry: tuple[str | None, str | None]
+    exit: tuple[str | None, str | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node, "hooks": self.hooks, "verdict": self.verdict, "ttl": self.ttl,
+            "src": self.entry[0], "dst": self.entry[1],
+            "exit_src": self.exit[0], "exit_dst": self.exit[1],
+        }
+
+
+@dataclass
+class Flow:
+    direction: str
+    protocol: str
+    ip_id: int
+    hops: list[Hop] = field(default_factory=list)
+
+    @property
+    def nat(self) -> list[str]:
+        """Address changes along the way, e.g. `SNAT on master: src 172.20.0.5 → 10.0.0.1`."""
+        notes = []
+        for i, hop in enumerate(self.hops):
+            if hop.entry[1] != hop.exit[1] and None not in (hop.entry[1], hop.exit[1]):
+                notes.append(f"DNAT on {hop.node}: dst {hop.entry[1]} → {hop.exit[1]}")
+            if i + 1 < len(self.hops):
+                nxt = self.hops[i + 1]
+                if hop.exit[0] != nxt.entry[0] and None not in (hop.exit[0], nxt.entry[0]):
+                    notes.append(f"SNAT on {hop.node}: src {hop.exit[0]} → {nxt.entry[0]}")
+                if hop.exit[1] != nxt.entry[1] and None not in (hop.exit[1], nxt.entry[1]):
+                    notes.append(f"DNAT on {hop.node} (after trace): dst {hop.exit[1]} → {nxt.entry[1]}")
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction, "protocol": self.protocol, "ip_id": self.ip_id,
+            "hops": [h.to_dict() for h in self.hops], "nat": self.nat,
+        }
+
+
+def _key(packet: Packet) -> tuple[object, ...] | None:
+    f = packet.fields
+    if f.ip_id is None:
+        return None
+    return (f.proto, f.ip_id, f.icmp_seq if f.proto == "ICMP" else None)
+
+
+class FlowIndex:
+    """Collects hops of recent packets (bounded) and yields the multi-node flows."""
+
+    def __init__(self, memory: int = 100_000):
+        self.memory = memory
+        self.hops: OrderedDict[tuple[object, ...], list[tuple[Packet, Hop]]] = OrderedDict()
+
+    def add(self, packet: Packet) -> None:
+        key = _key(packet)
+        if key is None:
+            return
+        first, last = packet.first, packet.last
+        hop = Hop(
+            packet.node, packet.hooks, packet.verdict, first.ttl if first else None,
+            (first.src, first.dst) if first else (None, None),
+            (last.src, last.dst) if last else (None, None),
+        )
+        light = Packet(node=packet.node, fields=packet.fields, direction=packet.direction, seq=packet.seq)
+        self.hops.setdefault(key, []).append((light, hop))
+        self.hops.move_to_end(key)
+        while len(self.hops) > self.memory:
+            self.hops.popitem(last=False)
+
+    def flows(self) -> list[Flow]:
+        out = []
+        for key, entries in self.hops.items():
+            nodes = {p.node for p, _ in entries}
+            if len(nodes) < 2:
+                continue
+            entries = sorted(entries, key=lambda e: (-(e[1].ttl or 0), e[0].seq))
+            first = entries[0][0]
+            flow = Flow(first.direction, (first.fields.proto or "unknown").lower(), int(key[1]))  # type: ignore[call-overload]
+            flow.hops = [hop for _, hop in entries]
+            out.append(flow)
+        return out

@@ -1,0 +1,134 @@
+"""The data that trace analysis produces: fields of a logged packet, steps, packets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Fields:
+    """Packet header fields as one trace line shows them; None = absent or damaged."""
+
+    src: str | None = None
+    dst: str | None = None
+    proto: str | None = None
+    ip_id: int | None = None
+    ttl: int | None = None
+    in_if: str | None = None
+    out_if: str | None = None
+    mark: int | None = None
+    icmp_type: int | None = None
+    icmp_id: int | None = None
+    icmp_seq: int | None = None
+    sport: int | None = None
+    dport: int | None = None
+    tcp_flags: frozenset[str] | None = None
+    damaged: bool = False
+
+
+@dataclass(slots=True)
+class Step:
+    """One trace event: the packet met `table:chain` (rule N matched, return, or policy)."""
+
+    table: str
+    chain: str
+    kind: str
+    position: int | None = None
+    handle: str | None = None
+    verdict: str | None = None
+    rule: str | None = None
+    mark: int | None = None
+    line: int = 0
+    time: str | None = None
+    hook: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "table": self.table,
+            "chain": self.chain,
+            "kind": self.kind,
+            "position": self.position,
+            "rule": self.rule,
+            "hook": self.hook,
+            "line": self.line,
+        }
+        if self.handle is not None:
+            out["handle"] = self.handle
+        if self.verdict is not None:
+            out["verdict"] = self.verdict
+        if self.mark is not None:
+            out["mark"] = hex(self.mark)
+        if self.time is not None:
+            out["time"] = self.time
+        return out
+
+
+@dataclass(slots=True)
+class Event:
+    """A parsed trace line: which node, what step, what the packet looked like."""
+
+    node: str
+    step: Step
+    fields: Fields
+    trace_id: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Packet:
+    """All steps of one packet on one node, and what analysis concluded."""
+
+    node: str
+    fields: Fields
+    steps: list[Step] = field(default_factory=list)
+    first: Fields | None = None
+    last: Fields | None = None
+    trace_ids: list[str] = field(default_factory=list)
+    seq: int = 0
+    last_seen: int = 0
+    repaired_lines: int = 0
+    direction: str = "unknown"
+    hooks: list[str] = field(default_factory=list)
+    route: str | None = None
+    verdict: str = "unknown"
+    reason: str = ""
+    new_connection: bool = False
+
+    @property
+    def protocol(self) -> str:
+        return (self.fields.proto or "unknown").lower()
+
+    @property
+    def last_step(self) -> Step | None:
+        return self.steps[-1] if self.steps else None
+
+    def to_dict(self, tables: set[str] | None = None) -> dict[str, Any]:
+        f = self.fields
+        steps = [s for s in self.steps if tables is None or s.table in tables]
+        out: dict[str, Any] = {
+            "node": self.node,
+            "direction": self.direction,
+            "protocol": self.protocol,
+            "src": self.first.src if self.first else f.src,
+            "dst": self.first.dst if self.first else f.dst,
+            "ip_id": f.ip_id,
+            "ttl": self.first.ttl if self.first else f.ttl,
+            "hooks": self.hooks,
+            "route": self.route,
+            "steps": [s.to_dict() for s in steps],
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "last_step": self.last_step.to_dict() if self.last_step else None,
+            "new_connection": self.new_connection,
+            "exit": {"src": self.last.src, "dst": self.last.dst} if self.last else None,
+            "repaired_lines": self.repaired_lines,
+        }
+        if f.proto == "ICMP":
+            out["icmp"] = {"type": f.icmp_type, "id": f.icmp_id, "seq": f.icmp_seq}
+        if f.sport is not None or f.dport is not None:
+            out["sport"], out["dport"] = f.sport, f.dport
+        if f.tcp_flags:
+            out["tcp_flags"] = sorted(f.tcp_flags)
+        if self.trace_ids:
+            out["trace_ids"] = self.trace_ids
+        return out

@@ -1,0 +1,187 @@
+"""Parse legacy iptables TRACE lines (kernel log format).
+
+Accepted shapes, all from real tools:
+  rsyslog   `Dec  2 03:38:09 master kernel: TRACE: nat:PREROUTING:rule:1 IN=... `
+  ulogd     `Nov 22 10:07:14 master TRACE: raw:PREROUTING:policy:2  IN=... TOS=00 ... MARK=0x0`
+  dmesg     `[  480.849238] TRACE: ...`
+  RFC 3339  `2026-11-22T10:07:14.123456+00:00 master kernel: TRACE: ...`
+Damaged lines (cut or glued by the logger) keep whatever fields are still readable and are
+flagged `damaged`; a line whose TRACE header is unreadable is rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from chainlab.trace.model import Fields, Step
+
+HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d+)(?=\s|$)")
+TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:")
+PREFIX = re.compile(
+    r"^\s*(?:<\d+>)?"
+    r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*))"
+    r"\s+(?P<host>[^\s:\[]+)\s"
+)
+UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+IPV4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
+HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+TCP_FLAGS = frozenset({"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"})
+IP_FLAGS = frozenset({"DF", "MF", "CE"})
+KNOWN_KEYS = frozenset(
+    "IN OUT MAC PHYSIN PHYSOUT SRC DST LEN TOS PREC TTL ID FRAG OPT PROTO TYPE CODE SEQ ACK "
+    "WINDOW RES URGP SPT DPT UID GID MARK MTU INCOMPLETE".split()
+)
+
+
+@dataclass(slots=True)
+class KernelRecord:
+    """One TRACE record: header, fields, and the syslog host/time if the line had them."""
+
+    step: Step
+    fields: Fields
+    host: str | None
+
+
+def _int(value: str, limit: int) -> int | None:
+    if value.isdigit() and len(value) <= 10:
+        number = int(value)
+        return number if number <= limit else None
+    return None
+
+
+def parse_fields(tail: str) -> Fields:
+    """Parse the `IN=... OUT=... SRC=...` part of a kernel TRACE/LOG line.
+
+    The first `ID=` before any layer-4 key is the IP id, a later one the ICMP echo id.
+    Tokens inside `[...]` (the quoted header of an ICMP error) are skipped.
+    """
+    f = Fields()
+    damaged = False
+    proto: str | None = None
+    seen_l4 = False
+    ip_id_done = False
+    ids = 0
+    proto_token = False
+    flags: set[str] = set()
+    depth = 0
+    for token in tail.split():
+        if token.startswith("["):
+            depth += 1
+        if depth:
+            depth = max(depth - token.count("]"), 0)
+            continue
+        key, sep, value = token.partition("=")
+        if not sep:
+            if token in TCP_FLAGS:
+                flags.add(token)
+            elif token not in IP_FLAGS:
+                damaged = True
+            continue
+        if key not in KNOWN_KEYS:
+            damaged = True
+        elif key == "SRC" or key == "DST":
+            if IPV4.match(value):
+                if key == "SRC":
+                    f.src = value
+                else:
+                    f.dst = value
+            else:
+                damaged = True
+        elif key == "IN":
+            f.in_if = value or None
+        elif key == "OUT":
+            f.out_if = value or None
+        elif key == "TTL":
+            f.ttl = _int(value, 255)
+            damaged |= f.ttl is None
+        elif key == "PROTO":
+            proto = value.upper() if value.isalnum() else None
+            damaged |= proto is None
+            proto_token = True
+            seen_l4 = True
+        elif key == "ID":
+            ids += 1
+            number = _int(value, 65535)
+            damaged |= number is None
+            if not seen_l4 and not ip_id_done:
+                f.ip_id = number
+                ip_id_done = True
+            else:
+                f.icmp_id = number
+        elif key == "TYPE":
+            f.icmp_type = _int(value, 255)
+            damaged |= f.icmp_type is None
+            seen_l4 = True
+            proto = proto or "ICMP"
+        elif key == "CODE":
+            seen_l4 = True
+            proto = proto or "ICMP"
+        elif key == "SEQ":
+            if proto in (None, "ICMP") and f.sport is None:
+                f.icmp_seq = _int(value, 0xFFFFFFFF)
+                damaged |= f.icmp_seq is None
+        elif key == "SPT" or key == "DPT":
+            port = _int(value, 65535)
+            damaged |= port is None
+            seen_l4 = True
+            if key == "SPT":
+                f.sport = port
+            else:
+                f.dport = port
+        elif key == "WINDOW" or key == "URGP":
+            proto = proto or "TCP"
+        elif key == "MARK":
+            if HEX.match(value):
+                f.mark = int(value, 16)
+            else:
+                damaged = True
+    if flags and proto in (None, "TCP"):
+        f.tcp_flags = frozenset(flags)
+        proto = "TCP"
+    if proto is None and f.sport is not None:
+        damaged = True
+    elif proto is None and ids == 1 and f.icmp_seq is not None:
+        # One ID= and a SEQ= but no PROTO/TYPE/CODE: the glue ate the middle of the
+        # line, so this ID may be the ICMP id as well as the IP id. Trust neither.
+        f.icmp_id = f.ip_id
+        f.ip_id = None
+        damaged = True
+    f.proto = proto
+    if not proto_token or f.src is None or f.dst is None or f.ip_id is None or proto is None:
+        damaged = True
+    f.damaged = damaged
+    return f
+
+
+def _prefix(text: str) -> tuple[str | None, str | None]:
+    """(host, time) from what precedes `TRACE:`; dmesg lines have no host."""
+    match = PREFIX.match(text)
+    if match:
+        return match.group("host"), match.group("bsd") or match.group("iso")
+    uptime = UPTIME.search(text)
+    return None, uptime.group(1) if uptime else None
+
+
+def parse_line(line: str, number: int) -> tuple[list[KernelRecord], int]:
+    """Records found on one line, and how many TRACE-looking fragments were unreadable.
+
+    A glued line (two records run together) yields both records; the first one's
+    fields end where the second header starts.
+    """
+    headers = list(HEADER.finditer(line))
+    candidates = len(TRACE_LIKE.findall(line))
+    bad = candidates - len(headers)
+    if not headers:
+        return [], max(bad, 0)
+    host, time = _prefix(line[: headers[0].start()])
+    records = []
+    for i, match in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(line)
+        fields = parse_fields(line[match.end() : end])
+        table, chain, kind, position = match.groups()
+        if i + 1 < len(headers):
+            fields.damaged = True
+        step = Step(table, chain, kind, int(position), mark=fields.mark, line=number, time=time)
+        records.append(KernelRecord(step, fields, host))
+    return records, max(bad, 0)

@@ -1,0 +1,87 @@
+"""From log files to judged packets and flows, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from chainlab.trace.analyze import Directions, hook_path, join_rules, judge
+from chainlab.trace.assemble import Assembler
+from chainlab.trace.flows import Flow, FlowIndex
+from chainlab.trace.model import Packet
+from chainlab.trace.netfilter import HOOKS, Slot, table_slots
+from chainlab.trace.reader import LogSource, ReadStats, read_events
+from chainlab.trace.rules import RuleSet
+
+
+@dataclass
+class AnalysisOptions:
+    """`tables`: the tables hook paths are computed in (None: all); `rules`: per node."""
+
+    tables: set[str] | None = None
+    rules: dict[str, RuleSet] = field(default_factory=dict)
+    window: int = 400
+
+
+class Analyzer:
+    """Streams packets out of log sources; `stats`, `flows()` and `nodes` fill as it goes."""
+
+    def __init__(self, options: AnalysisOptions | None = None):
+        self.options = options or AnalysisOptions()
+        self.stats = ReadStats()
+        self.nodes: list[str] = []
+        self._assembler = Assembler(self.options.window)
+        self._directions = Directions()
+        self._flows = FlowIndex()
+        self._slots_seen: dict[str, set[Slot]] = {}
+
+    def packets(self, sources: list[LogSource]) -> Iterator[Packet]:
+        for source in sources:
+            for event in read_events(source, self.stats):
+                slots = self._slots_seen.get(event.node)
+                if slots is None:
+                    slots = self._slots_seen[event.node] = set()
+                    self.nodes.append(event.node)
+                step = event.step
+                if event.trace_id is None:
+                    slots |= table_slots(step.table)
+                elif step.chain in HOOKS:
+                    slots.add((step.chain, step.table))
+                for packet in self._assembler.feed(event):
+                    yield self._finish(packet)
+        for packet in self._assembler.flush():
+            yield self._finish(packet)
+        self.stats.skipped_lines += self._assembler.unattributed
+
+    def _finish(self, packet: Packet) -> Packet:
+        rules = self.options.rules.get(packet.node)
+        join_rules(packet, rules)
+        present = rules.slots if rules else self._slots_seen.get(packet.node, set())
+        if packet.fields.proto is None and any(s.rule and "-p icmp" in s.rule for s in packet.steps):
+            packet.fields.proto = "ICMP"
+        judge(packet, present)
+        packet.direction = self._directions.classify(packet)
+        packet.hooks = hook_path(packet.steps, self.options.tables)
+        self._flows.add(packet)
+        return packet
+
+    def flows(self) -> list[Flow]:
+        return self._flows.flows()
+
+
+@dataclass
+class Analysis:
+    """A whole analysis held in memory (for reports and checks; files of probe size)."""
+
+    packets: list[Packet]
+    flows: list[Flow]
+    stats: ReadStats
+    nodes: list[str]
+
+
+def analyze(sources: list[LogSource], options: AnalysisOptions | None = None) -> Analysis:
+    analyzer = Analyzer(options)
+    packets = list(analyzer.packets(sources))
+    order = {node: i for i, node in enumerate(analyzer.nodes)}
+    packets.sort(key=lambda p: (order.get(p.node, 0), p.seq))
+    return Analysis(packets, analyzer.flows(), analyzer.stats, analyzer.nodes)
