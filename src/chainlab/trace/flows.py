@@ -17,6 +17,7 @@ class Hop:
     ttl: int | None
     entry: tuple[str | None, str | None]
     exit: tuple[str | None, str | None]
+    origin: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class FlowIndex:
             packet.node, packet.hooks, packet.verdict, first.ttl if first else None,
             (first.src, first.dst) if first else (None, None),
             (last.src, last.dst) if last else (None, None),
+            origin=bool(packet.hooks) and packet.steps[0].hook == "OUTPUT",
         )
         light = Packet(node=packet.node, fields=packet.fields, direction=packet.direction, seq=packet.seq)
         self.hops.setdefault(key, []).append((light, hop))
@@ -91,7 +93,8 @@ class FlowIndex:
             nodes = {p.node for p, _ in entries}
             if len(nodes) < 2:
                 continue
-            entries = sorted(entries, key=lambda e: (-(e[1].ttl or 0), e[0].seq))
+            # Along the way TTL only falls; at equal TTL the node that sent the packet is first.
+            entries = sorted(entries, key=lambda e: (-(e[1].ttl or 0), not e[1].origin, e[0].seq))
             first = entries[0][0]
             flow = Flow(first.direction, (first.fields.proto or "unknown").lower(), int(key[1]))  # type: ignore[call-overload]
             flow.hops = [hop for _, hop in entries]
