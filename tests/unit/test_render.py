@@ -1,0 +1,54 @@
+"""Diagrams and text output from an analysis."""
+
+import shutil
+
+import pytest
+from rich.console import Console
+
+from chainlab.render import diagram
+from chainlab.render.text import print_analysis
+from chainlab.trace.pipeline import AnalysisOptions, analyze
+from chainlab.trace.reader import LogSource
+
+from ..conftest import FIXTURES
+
+LAB = FIXTURES / "lab"
+
+
+@pytest.fixture
+def scenario4():
+    return analyze([LogSource(LAB / "scenario4-master.log", "master"), LogSource(LAB / "scenario4-slave1.log", "slave1")],
+                   AnalysisOptions(tables={"nat", "filter"}))
+
+
+def test_model_has_nodes_walks_and_the_drop(scenario4):
+    model = diagram.build_model(scenario4.packets, scenario4.flows, {"nat", "filter"})
+    assert model.nodes == ["master", "slave1"]
+    drop = next(w for w in model.walks if w.verdict == "dropped")
+    assert drop.node == "master" and drop.drop_at == "filter:cali-tw-cali282b0776936"
+    assert "filter:cali-pri-net1" in drop.chains["FORWARD"]
+    assert model.links == [("slave1", "POSTROUTING", "master", "PREROUTING", "request")]
+
+
+def test_mermaid(scenario4):
+    text = diagram.to_mermaid(diagram.build_model(scenario4.packets, scenario4.flows, None), "s4")
+    assert text.startswith("---\ntitle: s4") and "flowchart LR" in text
+    assert 'subgraph n_master["master"]' in text and "dropped" in text and "linkStyle" in text
+
+
+def test_dot_and_svg(scenario4):
+    model = diagram.build_model(scenario4.packets, scenario4.flows, None)
+    dot = diagram.to_dot(model, "s4")
+    assert "cluster_master" in dot and "cluster_slave1" in dot and "dropped" in dot
+    if shutil.which("dot"):
+        svg = diagram.to_svg(model, "s4")
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "cali-tw-cali282b0776936" in svg
+
+
+def test_text_output_names_path_verdict_and_counts(scenario4):
+    console = Console(record=True, width=200)
+    print_analysis(console, scenario4.packets, scenario4.flows, scenario4.stats, {"nat", "filter"})
+    out = console.export_text()
+    assert "master · request · icmp 172.16.91.226 → 172.20.219.81" in out
+    assert "path: PREROUTING → FORWARD" in out and "dropped" in out
+    assert "0 skipped" in out and "flows across nodes" in out
