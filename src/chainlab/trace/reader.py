@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chainlab.trace.model import Event, Fields
 from chainlab.trace.parse_kernel import TRACE_LIKE, parse_line
-from chainlab.trace.parse_nft import XT_PACKET, NftRecord, parse_nft_monitor, parse_xtables_monitor
+from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
 SNIFF_LINES = 500
@@ -48,7 +48,7 @@ def _open_lines(path: Path) -> Iterator[str]:
 def sniff_format(lines: list[str]) -> str:
     """The format of a log, from its first lines (kernel format when nothing else fits)."""
     for line in lines:
-        if XT_PACKET.match(line) or line.lstrip().startswith("TRACE: ") and line.split()[1].isdigit():
+        if XT_PACKET.match(line) or XT_TRACE.match(line):
             return XTABLES_MONITOR
         if line.lstrip().startswith("trace id "):
             return NFT_MONITOR
