@@ -27,12 +27,12 @@ def packet_title(p: Packet) -> str:
 
 
 def packet_table(p: Packet, tables: set[str] | None) -> Table:
+    steps = [s for s in p.steps if tables is None or s.table in tables]
+    with_rules = any(s.rule for s in steps)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
-    for column in ("hook", "table:chain", "step", "rule", "mark"):
+    for column in ("hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])):
         table.add_column(column)
-    for step in p.steps:
-        if tables is not None and step.table not in tables:
-            continue
+    for step in steps:
         what = step.kind
         if step.position is not None:
             what += f" {step.position}"
@@ -40,10 +40,8 @@ def packet_table(p: Packet, tables: set[str] | None) -> Table:
             what += f" {step.handle}"
         if step.verdict:
             what += f" → {step.verdict}"
-        table.add_row(
-            step.hook or "?", f"{step.table}:{step.chain}", what,
-            escape(step.rule or ""), hex(step.mark) if step.mark else "",
-        )
+        row = [step.hook or "?", f"{step.table}:{step.chain}", what, hex(step.mark) if step.mark else ""]
+        table.add_row(*row, *([escape(step.rule or "")] if with_rules else []))
     return table
 
 
