@@ -35,9 +35,9 @@ def group(ctx: click.Context, inventory_option: str | None) -> None:
 
 
 def _register() -> None:
-    from chainlab.commands import analyze, inventory
+    from chainlab.commands import analyze, inventory, local
 
-    for module in (analyze, inventory):
+    for module in (analyze, inventory, local):
         for command in module.COMMANDS:
             group.add_command(command)
 

@@ -1,0 +1,64 @@
+"""`chainlab local up|down|status`: the three-host lab built from namespaces on this machine."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chainlab.inventory import load_inventory
+from chainlab.local import down, plan_lab, status, up
+from chainlab.local.plan import LabPlan
+
+
+def _plan(obj: object) -> LabPlan:
+    return plan_lab(load_inventory(obj.inventory_path))  # type: ignore[attr-defined]
+
+
+def _mark(value: bool | None) -> str:
+    return "-" if value is None else ("[green]up[/green]" if value else "[red]down[/red]")
+
+
+@click.group("local")
+def local_group() -> None:
+    """The local lab (inventory with `provider: local`, e.g. -i lab/local.yaml)."""
+
+
+@local_group.command("up")
+@click.pass_obj
+def up_cmd(obj: object) -> None:
+    """Build the lab, or repair whatever part of it is missing (idempotent)."""
+    plan = _plan(obj)
+    console = Console(highlight=False)
+    started = time.monotonic()
+    up(plan, log=console.print)
+    console.print(f"lab {plan.lab} up in {time.monotonic() - started:.1f}s;"
+                  f" ssh -F {plan.ssh_config} {next(iter(plan.hosts))}")
+
+
+@local_group.command("down")
+@click.pass_obj
+def down_cmd(obj: object) -> None:
+    """Remove every namespace, link, mount, process and file the lab made."""
+    down(_plan(obj), log=Console(highlight=False).print)
+
+
+@local_group.command("status")
+@click.pass_obj
+def status_cmd(obj: object) -> None:
+    """Show each host and its daemons."""
+    plan = _plan(obj)
+    table = Table(title=f"local lab {plan.lab}")
+    for column in ("host", "address", "sshd", "dockerd", "etcd", "flavour", "up since"):
+        table.add_column(column)
+    for row in status(plan):
+        since = datetime.fromtimestamp(row.up_since).strftime("%Y-%m-%d %H:%M:%S") if row.up_since else "-"
+        table.add_row(row.name, str(row.address), *(_mark(row.daemons[d]) for d in ("sshd", "dockerd", "etcd")),
+                      row.flavour, since)
+    Console().print(table)
+
+
+COMMANDS = [local_group]

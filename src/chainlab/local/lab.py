@@ -1,0 +1,392 @@
+"""`local up|down|status`: build, repair and remove the local lab described by a LabPlan.
+
+Everything the lab makes is found again from the plan (deterministic names) and from the
+state file written *before* anything is created, so `down` also works after a crash or
+`kill -9` of `up`. Processes are killed by recorded PID (checked against its start time)
+and by membership of the lab's own network namespaces, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import docker
+from pydantic import BaseModel
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from chainlab.errors import ChainlabError
+from chainlab.local import plan as P
+from chainlab.local import system as S
+from chainlab.local.image import build_image_tarball
+from chainlab.local.plan import HostPlan, LabPlan
+
+READY_TIMEOUT = 30.0
+DAEMONS = ("sshd", "dockerd", "etcd")
+
+
+class ProcRecord(BaseModel):
+    pid: int
+    start: int
+
+    def proc(self) -> S.Proc:
+        return S.Proc(self.pid, self.start)
+
+
+class HostState(BaseModel):
+    holder: ProcRecord | None = None
+    setup_done: bool = False
+    daemons: dict[str, ProcRecord] = {}
+    up_since: float | None = None
+
+
+class LabState(BaseModel):
+    """What `up` made that the plan alone cannot tell: PIDs and pre-existing machine state."""
+
+    lab: str
+    created_dirs: list[str] = []  # directories that did not exist before (deepest last)
+    run_netns_was_mounted: bool = True
+    hosts: dict[str, HostState] = {}
+
+
+class _Store:
+    """The state file, saved atomically after every change (threads share it)."""
+
+    def __init__(self, plan: LabPlan, state: LabState):
+        self.path = plan.state_file
+        self.state = state
+        self.lock = threading.Lock()
+
+    def host(self, name: str) -> HostState:
+        with self.lock:
+            return self.state.hosts.setdefault(name, HostState())
+
+    def save(self) -> None:
+        with self.lock:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(self.state.model_dump_json(indent=2))
+            os.replace(tmp, self.path)
+
+
+def load_state(plan: LabPlan) -> LabState | None:
+    try:
+        return LabState.model_validate_json(plan.state_file.read_text())
+    except FileNotFoundError:
+        return None
+
+
+# --- preflight ------------------------------------------------------------------------
+
+def preflight(plan: LabPlan) -> None:
+    """Refuse early, with the fix, when the machine cannot host this lab safely."""
+    if os.geteuid() != 0:
+        raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
+    needed = dict(P.REQUIRED_COMMANDS)
+    if any(h.runs_etcd for h in plan.hosts.values()):
+        needed[P.ETCD_COMMAND[0]] = P.ETCD_COMMAND[1]
+    missing = {pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path="/usr/sbin:/usr/bin:/sbin:/bin")}
+    missing |= {pkg for path, pkg in P.PRIVATE_PATH_PACKAGES.items() if not Path(path).exists()}
+    if missing:
+        raise ChainlabError(f"missing Debian packages: {' '.join(sorted(missing))} (run `make local-deps`)")
+    for dev, addr in S.root_addresses():
+        if dev != plan.root_if and plan.mgmt.network.overlaps(IPv4Interface(addr).network):
+            raise ChainlabError(f"local.lan {plan.mgmt.network} overlaps {addr} on {dev}: choose another lan")
+    for host in plan.hosts.values():
+        dev = S.route_device(host.address)
+        if dev not in (None, plan.root_if) and not _via_default_route(host.address, dev):
+            raise ChainlabError(f"{host.address} ({host.name}) is already routed via {dev}: choose another lan")
+
+
+def _via_default_route(address: IPv4Address, dev: str) -> bool:
+    """True if the only route to `address` is the default one (so the lab link will win)."""
+    routes = S.run(["ip", "-4", "route", "show", "match", str(address)]).splitlines()
+    return all(r.startswith("default") for r in routes if r.strip())
+
+
+def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
+    """The safety rule: a lab address is only contacted through the lab's management link."""
+    dev = S.route_device(address)
+    if dev != plan.root_if:
+        raise ChainlabError(
+            f"refusing to connect to {address}: the machine routes it via {dev or 'nothing'},"
+            f" not the lab link {plan.root_if} (is the local lab up? `chainlab local up`)"
+        )
+
+
+# --- up -------------------------------------------------------------------------------
+
+def up(plan: LabPlan, log=print) -> None:
+    """Bring the lab up; idempotent, and repairs whatever part is missing or dead."""
+    preflight(plan)
+    store = _Store(plan, load_state(plan) or _first_state(plan))
+    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    store.save()
+    _write_ssh_files(plan)
+    _ensure_lan(plan)
+    with ThreadPoolExecutor(max_workers=len(plan.hosts) + 1) as pool:
+        image = pool.submit(_ensure_image, plan)
+        futures = {name: pool.submit(_ensure_host, plan, host, store, log) for name, host in plan.hosts.items()}
+        errors = []
+        for name, fut in futures.items():
+            try:
+                fut.result()
+            except (ChainlabError, OSError) as exc:
+                errors.append(f"{name}: {exc}")
+        image.result()
+    if errors:
+        raise ChainlabError("local up failed (run `chainlab local down` to clean up): " + "; ".join(errors))
+
+
+def _first_state(plan: LabPlan) -> LabState:
+    created = []
+    for path in [*reversed(plan.state_dir.parents), plan.state_dir, Path("/run/netns")]:
+        if not path.exists():
+            created.append(str(path))
+    return LabState(lab=plan.lab, created_dirs=created, run_netns_was_mounted=S.is_mountpoint("/run/netns"))
+
+
+def _keygen(path: Path, comment: str) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        S.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path.with_suffix(".pub").read_text()
+
+
+def _write_ssh_files(plan: LabPlan) -> None:
+    plan.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    client_pub = _keygen(plan.client_key, f"chainlab-{plan.lab}")
+    plan.authorized_keys.write_text(client_pub)
+    host_keys = {name: _keygen(h.host_key, f"{name}.{plan.lab}") for name, h in plan.hosts.items()}
+    plan.known_hosts.write_text(P.known_hosts_text(plan, host_keys))
+    plan.ssh_config.write_text(P.ssh_client_config(plan))
+
+
+def _ensure_lan(plan: LabPlan) -> None:
+    lan = plan.lan_netns
+    if not S.netns_exists(lan):
+        if S.link_exists(plan.root_if):  # its peer died with an earlier lan namespace
+            S.run(["ip", "link", "del", plan.root_if])
+        S.run(["ip", "netns", "add", lan])
+    if not S.link_exists(P.BRIDGE, lan):
+        S.run(["ip", "-n", lan, "link", "add", P.BRIDGE, "type", "bridge"])
+    S.run(["ip", "-n", lan, "link", "set", "lo", "up"])
+    S.run(["ip", "-n", lan, "link", "set", P.BRIDGE, "up"])
+    if S.link_exists(plan.root_if) and not S.link_exists(P.LAN_MGMT_PORT, lan):
+        S.run(["ip", "link", "del", plan.root_if])
+    if not S.link_exists(plan.root_if):
+        S.run(["ip", "link", "add", plan.root_if, "type", "veth", "peer", "name", P.LAN_MGMT_PORT, "netns", lan])
+    S.run(["ip", "-n", lan, "link", "set", P.LAN_MGMT_PORT, "master", P.BRIDGE, "up"])
+    S.run(["ip", "addr", "replace", str(plan.mgmt), "dev", plan.root_if])
+    S.run(["ip", "link", "set", plan.root_if, "up"])
+
+
+def _ensure_image(plan: LabPlan) -> None:
+    if not plan.image_tarball.exists():
+        build_image_tarball(plan.image_tarball)
+
+
+def _host_ok(host: HostPlan, hs: HostState) -> bool:
+    return (
+        S.netns_exists(host.netns) and hs.setup_done and hs.holder is not None
+        and S.alive(hs.holder.proc()) and S.in_netns(hs.holder.pid, host.netns)
+    )
+
+
+def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log) -> None:
+    hs = store.host(host.name)
+    if not _host_ok(host, hs):
+        if hs.holder or S.netns_exists(host.netns):
+            log(f"{host.name}: rebuilding")
+        _destroy_host(plan, host, hs)
+        hs = store.state.hosts[host.name] = HostState()
+        store.save()
+        _create_host(plan, host, hs, store)
+    _ensure_host_link(plan, host)
+    assert hs.holder is not None
+    wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(host)}
+    if host.runs_etcd:
+        wanted["etcd"] = P.etcd_argv(plan, host)
+    for daemon, argv in wanted.items():
+        record = hs.daemons.get(daemon)
+        if record is None or not S.alive(record.proc()):
+            proc = S.spawn(P.enter_argv(hs.holder.pid, argv), host.log_dir / f"{daemon}.log")
+            hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start)
+            store.save()
+    _wait_ready(plan, host, hs)
+    if hs.up_since is None:
+        hs.up_since = time.time()
+        store.save()
+    log(f"{host.name}: up ({host.address}, {host.flavour})")
+
+
+def _prepare_files(plan: LabPlan, host: HostPlan) -> None:
+    """Fresh per-host copies of what the host's mount namespace makes private."""
+    S.remove_tree(host.fs_dir)
+    for target, name in P.PRIVATE_PATHS.items():
+        dst = host.fs_dir / name
+        src = Path(target)
+        if target in P.SEEDED_PATHS and src.is_dir():
+            shutil.copytree(src, dst, symlinks=True)
+        elif target in P.SEEDED_PATHS:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        else:
+            dst.mkdir(parents=True)
+    for name, target in P.alternatives_targets(host.flavour).items():
+        link = host.private_source("/etc/alternatives") / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    (host.private_source("/etc/docker") / "daemon.json").write_text(P.daemon_json())
+    host.sshd_config_path.write_text(P.sshd_config(plan, host))
+
+
+def _create_host(plan: LabPlan, host: HostPlan, hs: HostState, store: _Store) -> None:
+    _prepare_files(plan, host)
+    S.run(["ip", "netns", "add", host.netns])
+    proc = S.spawn(P.holder_argv(host))
+    hs.holder = ProcRecord(pid=proc.pid, start=proc.start)
+    store.save()
+    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    deadline = time.monotonic() + 5
+    while os.stat(f"/proc/{proc.pid}/ns/mnt").st_ino == own_mnt or not S.in_netns(proc.pid, host.netns):
+        if time.monotonic() > deadline or not S.alive(proc):
+            raise ChainlabError(f"the namespace holder of {host.name} did not start")
+        time.sleep(0.02)
+    cgroups = P.cgroup_mounts(Path("/proc/self/mountinfo").read_text())
+    S.run(P.enter_argv(proc.pid, ["sh", "-c", P.host_setup_script(plan, host, cgroups)]))
+    hs.setup_done = True
+    store.save()
+
+
+def _ensure_host_link(plan: LabPlan, host: HostPlan) -> None:
+    lan = plan.lan_netns
+    if not S.link_exists(P.HOST_IF, host.netns):
+        if S.link_exists(host.lan_port, lan):
+            S.run(["ip", "-n", lan, "link", "del", host.lan_port])
+        S.run(["ip", "-n", lan, "link", "add", host.lan_port, "type", "veth",
+               "peer", "name", P.HOST_IF, "netns", host.netns])
+    S.run(["ip", "-n", lan, "link", "set", host.lan_port, "master", P.BRIDGE, "up"])
+    S.run(["ip", "-n", host.netns, "addr", "replace", str(host.lan), "dev", P.HOST_IF])
+    S.run(["ip", "-n", host.netns, "link", "set", P.HOST_IF, "up"])
+
+
+class _NotReady(Exception):
+    pass
+
+
+def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
+    assert hs.holder is not None
+    holder = hs.holder.pid
+
+    @retry(stop=stop_after_delay(READY_TIMEOUT), wait=wait_fixed(0.1),
+           retry=retry_if_exception_type(_NotReady), reraise=True)
+    def check(daemon: str) -> None:
+        if not S.alive(hs.daemons[daemon].proc()):
+            raise ChainlabError(f"{daemon} exited (see {host.log_dir / (daemon + '.log')})")
+        try:
+            if daemon == "sshd":
+                check_lab_route(plan, host.address)
+                socket.create_connection((str(host.address), P.SSH_PORT), timeout=1).close()
+            elif daemon == "dockerd":
+                # /proc/PID/root resolves inside the host's mount namespace, where the socket is.
+                api = docker.APIClient(base_url=f"unix:///proc/{holder}/root/run/docker.sock", timeout=2)
+                try:
+                    api.ping()
+                finally:
+                    api.close()
+            else:
+                check_lab_route(plan, host.address)
+                urllib.request.urlopen(f"http://{host.address}:{plan.etcd_port}/version", timeout=1).read()
+        except (OSError, docker.errors.DockerException) as exc:
+            raise _NotReady(str(exc)) from exc
+
+    for daemon in hs.daemons:
+        try:
+            check(daemon)
+        except _NotReady as exc:
+            raise ChainlabError(f"{daemon} not ready after {READY_TIMEOUT:.0f}s: {exc}") from exc
+
+
+# --- down -----------------------------------------------------------------------------
+
+def _host_processes(host: HostPlan, hs: HostState | None) -> set[int]:
+    pids = set(S.netns_pids(host.netns))
+    if hs:
+        records = [hs.holder, *hs.daemons.values()]
+        pids |= {r.pid for r in records if r is not None and S.alive(r.proc())}
+    return pids
+
+
+def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostState | None) -> None:
+    S.kill_all(S.descendants(_host_processes(host, hs)))
+    if S.link_exists(host.lan_port, plan.lan_netns):
+        S.run(["ip", "-n", plan.lan_netns, "link", "del", host.lan_port])
+    if S.netns_exists(host.netns):
+        S.run(["ip", "netns", "del", host.netns])
+    S.remove_cgroup(host.cgroup_parent)
+
+
+def down(plan: LabPlan, log=print) -> None:
+    """Remove everything the lab made; safe to run on a half-built or already removed lab."""
+    if os.geteuid() != 0:
+        raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
+    state = load_state(plan)
+    if S.link_exists(plan.root_if):
+        S.run(["ip", "link", "del", plan.root_if])
+    pids: set[int] = set(S.netns_pids(plan.lan_netns))
+    for name, host in plan.hosts.items():
+        pids |= _host_processes(host, state.hosts.get(name) if state else None)
+    S.kill_all(S.descendants(pids))
+    for netns in plan.netns_names:
+        if S.netns_exists(netns):
+            S.run(["ip", "netns", "del", netns])
+    for host in plan.hosts.values():
+        S.remove_cgroup(host.cgroup_parent)
+    S.remove_tree(plan.state_dir)
+    if state:
+        if not state.run_netns_was_mounted and S.is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):
+            S.run(["umount", "/run/netns"])
+        for path in reversed(state.created_dirs):
+            try:
+                Path(path).rmdir()
+            except OSError:
+                pass  # not empty: someone else uses it now
+    log(f"lab {plan.lab}: down")
+
+
+# --- status ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: IPv4Address
+    flavour: str
+    holder: bool
+    daemons: dict[str, bool | None]  # None: not run on this host
+    up_since: float | None
+
+
+def status(plan: LabPlan) -> list[HostStatus]:
+    state = load_state(plan)
+    rows = []
+    for name, host in plan.hosts.items():
+        hs = state.hosts.get(name) if state else None
+        holder = bool(hs and _host_ok(host, hs))
+        daemons: dict[str, bool | None] = {}
+        for daemon in DAEMONS:
+            if daemon == "etcd" and not host.runs_etcd:
+                daemons[daemon] = None
+                continue
+            record = hs.daemons.get(daemon) if hs else None
+            daemons[daemon] = holder and record is not None and S.alive(record.proc())
+        rows.append(HostStatus(name, host.address, host.flavour, holder, daemons,
+                               hs.up_since if hs and holder else None))
+    return rows
