@@ -92,7 +92,7 @@ def _endpoint_pairs(packet: Packet) -> list[tuple[tuple[str | None, int | None],
 class Directions:
     """Tell requests from replies: by ICMP type or TCP flags, else by who spoke first."""
 
-    def __init__(self, memory: int = 65536):
+    def __init__(self, memory: int = 16384):
         self.memory = memory
         self.seen: OrderedDict[tuple[str, str, frozenset[object]], tuple[object, object]] = OrderedDict()
 

@@ -66,9 +66,9 @@ def _key(packet: Packet) -> tuple[object, ...] | None:
 class FlowIndex:
     """Collects hops of recent packets (bounded) and yields the multi-node flows."""
 
-    def __init__(self, memory: int = 100_000):
+    def __init__(self, memory: int = 20_000):
         self.memory = memory
-        self.hops: OrderedDict[tuple[object, ...], list[tuple[Packet, Hop]]] = OrderedDict()
+        self.hops: OrderedDict[tuple[object, ...], list[tuple[int, str, Hop]]] = OrderedDict()
 
     def add(self, packet: Packet) -> None:
         key = _key(packet)
@@ -81,8 +81,7 @@ class FlowIndex:
             (last.src, last.dst) if last else (None, None),
             origin=bool(packet.hooks) and packet.steps[0].hook == "OUTPUT",
         )
-        light = Packet(node=packet.node, fields=packet.fields, direction=packet.direction, seq=packet.seq)
-        self.hops.setdefault(key, []).append((light, hop))
+        self.hops.setdefault(key, []).append((packet.seq, packet.direction, hop))
         self.hops.move_to_end(key)
         while len(self.hops) > self.memory:
             self.hops.popitem(last=False)
@@ -90,13 +89,12 @@ class FlowIndex:
     def flows(self) -> list[Flow]:
         out = []
         for key, entries in self.hops.items():
-            nodes = {p.node for p, _ in entries}
-            if len(nodes) < 2:
+            if len({hop.node for _, _, hop in entries}) < 2:
                 continue
             # Along the way TTL only falls; at equal TTL the node that sent the packet is first.
-            entries = sorted(entries, key=lambda e: (-(e[1].ttl or 0), not e[1].origin, e[0].seq))
-            first = entries[0][0]
-            flow = Flow(first.direction, (first.fields.proto or "unknown").lower(), int(key[1]))  # type: ignore[call-overload]
-            flow.hops = [hop for _, hop in entries]
+            entries = sorted(entries, key=lambda e: (-(e[2].ttl or 0), not e[2].origin, e[0]))
+            protocol = str(key[0] or "unknown").lower()
+            flow = Flow(entries[0][1], protocol, int(key[1]))  # type: ignore[call-overload]
+            flow.hops = [hop for _, _, hop in entries]
             out.append(flow)
         return out

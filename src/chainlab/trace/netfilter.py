@@ -27,10 +27,18 @@ ROUTES: dict[str, tuple[str, ...]] = {
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
 
 
-def slot_rank(hook: str, table: str) -> tuple[int, int]:
-    """Sort key of a (hook, table) pair along a packet's walk."""
+def _rank(hook: str, table: str) -> tuple[int, int]:
     tables = HOOK_TABLES.get(hook, ())
     return HOOK_RANK.get(hook, 0), tables.index(table) if table in tables else len(tables)
+
+
+_RANKS = {(hook, table): _rank(hook, table) for hook in HOOKS for table in TABLES}
+
+
+def slot_rank(hook: str, table: str) -> tuple[int, int]:
+    """Sort key of a (hook, table) pair along a packet's walk."""
+    rank = _RANKS.get((hook, table))
+    return rank if rank is not None else _rank(hook, table)
 
 
 def route_of(hooks: list[str]) -> str | None:
@@ -47,9 +55,12 @@ def route_of(hooks: list[str]) -> str | None:
 Slot = tuple[str, str]
 
 
-def table_slots(table: str) -> set[Slot]:
+def table_slots(table: str) -> frozenset[Slot]:
     """Every (hook, table) a loaded legacy table registers."""
-    return {(hook, table) for hook, tables in HOOK_TABLES.items() if table in tables}
+    return _TABLE_SLOTS.get(table) or frozenset((hook, table) for hook, tables in HOOK_TABLES.items() if table in tables)
+
+
+_TABLE_SLOTS = {t: frozenset((h, t) for h, ts in HOOK_TABLES.items() if t in ts) for t in TABLES}
 
 
 def required_slots(route: str, present: set[Slot], new_connection: bool) -> list[Slot]:

@@ -163,25 +163,52 @@ def _prefix(text: str) -> tuple[str | None, str | None]:
     return None, uptime.group(1) if uptime else None
 
 
-def parse_line(line: str, number: int) -> tuple[list[KernelRecord], int]:
-    """Records found on one line, and how many TRACE-looking fragments were unreadable.
+class KernelLineParser:
+    """Parses kernel-format lines; remembers recent field parses, since the lines of one
+    packet mostly repeat the same fields after the header."""
 
-    A glued line (two records run together) yields both records; the first one's
-    fields end where the second header starts.
-    """
-    headers = list(HEADER.finditer(line))
-    candidates = len(TRACE_LIKE.findall(line))
-    bad = candidates - len(headers)
-    if not headers:
-        return [], max(bad, 0)
-    host, time = _prefix(line[: headers[0].start()])
-    records = []
-    for i, match in enumerate(headers):
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(line)
-        fields = parse_fields(line[match.end() : end])
-        table, chain, kind, position = match.groups()
-        if i + 1 < len(headers):
-            fields.damaged = True
-        step = Step(table, chain, kind, int(position), mark=fields.mark, line=number, time=time)
-        records.append(KernelRecord(step, fields, host))
-    return records, max(bad, 0)
+    CACHE_SIZE = 4096
+
+    def __init__(self, want_host: bool = True):
+        self.want_host = want_host
+        self._cache: dict[str, Fields] = {}
+
+    def fields(self, tail: str) -> Fields:
+        cached = self._cache.get(tail)
+        if cached is None:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            cached = self._cache[tail] = parse_fields(tail)
+        return cached
+
+    def parse(self, line: str, number: int) -> tuple[list[KernelRecord], int]:
+        """Records found on one line, and how many TRACE-looking fragments were unreadable.
+
+        A glued line (two records run together) yields both records; the first one's
+        fields end where the second header starts. Returned Fields are shared between
+        equal lines: treat them as read-only.
+        """
+        headers = list(HEADER.finditer(line))
+        bad = 0
+        if line.count("TRACE: ") != len(headers):
+            bad = max(len(TRACE_LIKE.findall(line)) - len(headers), 0)
+        if not headers:
+            return [], bad
+        host, time = _prefix(line[: headers[0].start()]) if self.want_host else (None, None)
+        records = []
+        last = len(headers) - 1
+        for i, match in enumerate(headers):
+            if i < last:
+                fields = parse_fields(line[match.end() : headers[i + 1].start()])
+                fields.damaged = True
+            else:
+                fields = self.fields(line[match.end() :])
+            table, chain, kind, position = match.groups()
+            step = Step(table, chain, kind, int(position), mark=fields.mark, line=number, time=time)
+            records.append(KernelRecord(step, fields, host))
+        return records, bad
+
+
+def parse_line(line: str, number: int) -> tuple[list[KernelRecord], int]:
+    """Parse one line on its own (see KernelLineParser.parse)."""
+    return KernelLineParser().parse(line, number)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chainlab.trace.model import Event, Fields
-from chainlab.trace.parse_kernel import TRACE_LIKE, parse_line
+from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
@@ -81,12 +81,13 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
 
 def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) -> Iterator[Event]:
     fallback = source.fallback_node
+    parser = KernelLineParser(want_host=source.node is None)
     for number, line in enumerate(lines, 1):
         stats.lines += 1
         if "TRACE:" not in line:
             stats.ignored_lines += 1
             continue
-        records, bad = parse_line(line, number)
+        records, bad = parser.parse(line, number)
         stats.skipped_lines += bad
         if not records and not bad:
             stats.ignored_lines += 1
