@@ -1,0 +1,73 @@
+"""Fabric connections with host keys checked (RejectPolicy) and retried connects."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+import fabric
+import paramiko
+from invoke.runners import Result
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from chainlab.errors import ChainlabError
+from chainlab.inventory import Inventory
+from chainlab.remote.target import Target, resolve_target
+
+CONNECT_ATTEMPTS = 5
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """One shell command line from an argument vector: every word is shlex-quoted."""
+    return shlex.join(str(a) for a in argv)
+
+
+def connection(target: Target) -> fabric.Connection:
+    """An unopened fabric Connection to `target` that rejects unknown host keys.
+
+    SSH config files are not read: everything comes from the inventory (or the local lab).
+    """
+    connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": target.key_filename is None}
+    if target.key_filename:
+        connect_kwargs["key_filename"] = [str(target.key_filename)]
+    conn = fabric.Connection(
+        host=str(target.address), user=target.user, port=target.port,
+        connect_timeout=int(target.connect_timeout), connect_kwargs=connect_kwargs,
+        config=fabric.Config(overrides={"load_ssh_configs": False}),
+    )
+    if target.known_hosts:
+        conn.client.load_host_keys(str(target.known_hosts))
+    else:
+        conn.client.load_system_host_keys()
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return conn
+
+
+@retry(stop=stop_after_attempt(CONNECT_ATTEMPTS), wait=wait_exponential(multiplier=0.2, max=3),
+       retry=retry_if_exception_type((OSError, EOFError)), reraise=True)
+def _open(conn: fabric.Connection) -> None:
+    conn.open()
+
+
+def connect(inv: Inventory, host: str) -> fabric.Connection:
+    """An open fabric Connection to inventory host `host` (route safety checked first)."""
+    target = resolve_target(inv, host)
+    conn = connection(target)
+    try:
+        _open(conn)
+    except paramiko.BadHostKeyException as exc:
+        raise ChainlabError(f"{host} ({target.address}): host key does not match known_hosts") from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise ChainlabError(f"cannot ssh to {host} ({target.address}): {exc}") from exc
+    return conn
+
+
+def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
+    """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError."""
+    line = command_line(argv)
+    result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
+    if check and not result.ok:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ChainlabError(f"{conn.host}: `{line}` failed (exit {result.exited})"
+                            + (f": {detail[-1]}" if detail else ""))
+    return result

@@ -1,0 +1,89 @@
+"""Fixtures for tests against the local lab (root, Debian packages from `make local-deps`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chainlab.inventory import Inventory, load_inventory
+from chainlab.local import down, plan_lab, up
+from chainlab.local.plan import LabPlan
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_YAML = ROOT / "lab" / "local.yaml"
+#: The test lab: lab/local.yaml on its own lan and lab name (so it never collides with a
+#: lab someone brought up by hand), slave2 in the nft flavour so both flavours are covered.
+TEST_LAB = "itest"
+TEST_LAN = "10.231.92"
+
+SNAPSHOT_COMMANDS = [
+    ["ip", "-d", "link"],
+    ["ip", "route"],
+    ["ip", "-6", "route"],
+    ["iptables-save"],
+    ["iptables-legacy-save"],
+    ["ip6tables-save"],
+    ["nft", "list", "ruleset"],
+    ["cat", "/proc/self/mountinfo"],
+    ["ls", "-a", "/run/netns"],
+]
+
+
+def root_snapshot() -> dict[str, str]:
+    """What must be identical in the machine's namespace before `up` and after `down`."""
+    snap = {}
+    for argv in SNAPSHOT_COMMANDS:
+        out = subprocess.run(argv, capture_output=True, text=True).stdout
+        # iptables-save stamps comment lines with the current time
+        snap[" ".join(argv)] = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    cgroups = Path("/sys/fs/cgroup")
+    snap["cgroups"] = "\n".join(sorted(str(p) for p in cgroups.glob("*/*") if p.is_dir()))
+    return snap
+
+
+def make_inventory_file(directory: Path, lab: str = TEST_LAB, lan: str = TEST_LAN) -> Path:
+    doc = yaml.safe_load(LAB_YAML.read_text())
+    doc["lab"] = lab
+    doc["local"] = {"lan": f"{lan}.1/24", "state_dir": str(directory / "state")}
+    for host in doc["hosts"].values():
+        host["address"] = f"{lan}.{str(host['address']).rsplit('.', 1)[1]}"
+    doc["hosts"]["slave2"]["iptables"] = "nft"
+    path = directory / "inventory.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def root_before() -> dict[str, str]:
+    return root_snapshot()
+
+
+@pytest.fixture(scope="session")
+def inventory_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the local lab needs root")
+    return make_inventory_file(tmp_path_factory.mktemp("lab"))
+
+
+@pytest.fixture(scope="session")
+def inventory(inventory_path: Path) -> Inventory:
+    return load_inventory(inventory_path)
+
+
+@pytest.fixture(scope="session")
+def plan(inventory: Inventory) -> LabPlan:
+    return plan_lab(inventory)
+
+
+@pytest.fixture(scope="session")
+def lab(plan: LabPlan, root_before: dict[str, str]) -> LabPlan:
+    """The lab, up for the whole session and always torn down, also when `up` fails."""
+    try:
+        up(plan, log=lambda *_: None)
+        yield plan
+    finally:
+        down(plan, log=lambda *_: None)
