@@ -62,3 +62,15 @@ lab-up lab-down nightly scenario-all:
 
 scenario-%:
 	@echo "make $@: not available yet (see the open issues); nothing was done"; exit 2
+
+# The local lab (issue 3): three hosts from namespaces on this machine. Needs root.
+LOCAL_INVENTORY ?= lab/local.yaml
+.PHONY: local-up local-down local-status
+local-up: deps
+	$(CHAINLAB) -i $(LOCAL_INVENTORY) local up
+
+local-down: venv
+	$(CHAINLAB) -i $(LOCAL_INVENTORY) local down
+
+local-status: venv
+	$(CHAINLAB) -i $(LOCAL_INVENTORY) local status

@@ -22,6 +22,13 @@ def _mark(value: bool | None) -> str:
     return "-" if value is None else ("[green]up[/green]" if value else "[red]down[/red]")
 
 
+def _since(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    when = datetime.fromtimestamp(timestamp)
+    return when.strftime("%H:%M:%S" if when.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+
+
 @click.group("local")
 def local_group() -> None:
     """The local lab (inventory with `provider: local`, e.g. -i lab/local.yaml)."""
@@ -53,9 +60,9 @@ def status_cmd(obj: object) -> None:
     plan = _plan(obj)
     table = Table(title=f"local lab {plan.lab}")
     for column in ("host", "address", "sshd", "dockerd", "etcd", "flavour", "up since"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for row in status(plan):
-        since = datetime.fromtimestamp(row.up_since).strftime("%Y-%m-%d %H:%M:%S") if row.up_since else "-"
+        since = _since(row.up_since)
         table.add_row(row.name, str(row.address), *(_mark(row.daemons[d]) for d in ("sshd", "dockerd", "etcd")),
                       row.flavour, since)
     Console().print(table)

@@ -1,0 +1,58 @@
+"""Local-lab helpers that need no root: image tarball, process identity, route safety, commands."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from chainlab.errors import ChainlabError
+from chainlab.inventory import load_inventory
+from chainlab.local import build_image_tarball, check_lab_route, plan_lab
+from chainlab.local import system as S
+from chainlab.local.image import BUSYBOX
+from chainlab.remote import command_line, resolve_target
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static not installed")
+def test_image_tarball(tmp_path: Path) -> None:
+    tarball = build_image_tarball(tmp_path / "img" / "rootfs.tar")
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        assert {"bin/busybox", "bin/ping", "bin/ip", "bin/wget", "bin/httpd", "bin/sh", "www/index.html"} <= names
+        assert tar.getmember("bin/ping").issym() and tar.getmember("bin/ping").linkname == "busybox"
+    assert not (tmp_path / "img" / "rootfs.tmp").exists()
+
+
+def test_proc_identity_survives_only_with_same_start_time() -> None:
+    me = S.proc_of(os.getpid())
+    assert me is not None and S.alive(me)
+    assert not S.alive(S.Proc(me.pid, me.start + 1))
+    assert os.getpid() in S.descendants({os.getppid()})
+
+
+def test_route_safety_refuses_addresses_outside_the_lab_link() -> None:
+    plan = plan_lab(load_inventory(ROOT / "lab" / "local.yaml"))
+    with pytest.raises(ChainlabError, match="refusing to connect to 198.51.100.7"):
+        check_lab_route(plan, IPv4Address("198.51.100.7"))
+
+
+def test_resolve_target_checks_the_route_before_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = load_inventory(ROOT / "lab" / "local.yaml")
+    monkeypatch.setattr(S, "route_device", lambda address: "eth0")
+    with pytest.raises(ChainlabError, match="via eth0, not the lab link cl-local"):
+        resolve_target(inv, "master")
+    monkeypatch.setattr(S, "route_device", lambda address: "cl-local")
+    target = resolve_target(inv, "master")
+    assert target.address == IPv4Address("10.231.91.195") and target.known_hosts is not None
+    with pytest.raises(ChainlabError, match="unknown host"):
+        resolve_target(inv, "nosuch")
+
+
+def test_command_line_quotes_every_word() -> None:
+    assert command_line(["echo", "a b", "$(id)", "x;y"]) == "echo 'a b' '$(id)' 'x;y'"
