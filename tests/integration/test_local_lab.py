@@ -106,6 +106,28 @@ def test_container_on_master_pings_slave1(lab: LabPlan, inventory: Inventory) ->
     assert b"2 packets received" in out
 
 
+def test_published_port_across_hosts(lab: LabPlan, inventory: Inventory) -> None:
+    """The plain-Docker TCP reference: web1 on master fetches web2's httpd via slave1:8080.
+
+    Both containers stay running, so the `down` test also proves running containers go.
+    """
+    master, slave1 = docker_client(inventory, "master"), docker_client(inventory, "slave1")
+    try:
+        load_image(slave1, lab.image_tarball, inventory.image.name)
+        slave1.containers.run(inventory.image.name, name="web2", detach=True, ports={"80/tcp": 8080})
+        web1 = master.containers.run(inventory.image.name, name="web1", detach=True)
+        url = f"http://{inventory.hosts['slave1'].address}:8080/"
+        for _ in range(20):
+            result = web1.exec_run(["wget", "-qO-", url])
+            if result.exit_code == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        master.close()
+        slave1.close()
+    assert b"chainlab mybusybox" in result.output
+
+
 def _start_ulogd(conn: fabric.Connection) -> None:
     conn.put(io.BytesIO(ULOGD_CONF.encode()), "/etc/ulogd.conf")
     run(conn, ["ulogd", "-d", "-c", "/etc/ulogd.conf", "-p", "/run/ulogd.pid"])
@@ -131,6 +153,21 @@ def test_trace_lands_in_master_log_only(lab: LabPlan, inventory: Inventory) -> N
     assert "TRACE: raw:PREROUTING" in log, log
     assert f"SRC={inventory.hosts['slave1'].address} DST={master_addr}" in log
     assert "TRACE:" not in other
+
+
+def test_nft_trace_with_xtables_monitor(lab: LabPlan, inventory: Inventory) -> None:
+    slave2_addr = str(inventory.hosts["slave2"].address)
+    with connect(inventory, "slave2") as slave2, connect(inventory, "slave1") as slave1:
+        run(slave2, ["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "icmp", "-j", "TRACE"])
+        run(slave2, ["sh", "-c", "(timeout 5 xtables-monitor --trace > /var/log/xtrace.log 2>&1 &); sleep 0.5"])
+        run(slave1, ["ping", "-c", "1", "-W", "3", slave2_addr])
+        deadline = time.monotonic() + 10
+        while "raw:PREROUTING" not in (out := run(slave2, ["cat", "/var/log/xtrace.log"]).stdout):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert f"SRC={inventory.hosts['slave1'].address} DST={slave2_addr}" in out, out
+    assert "TRACE: " in out and "raw:PREROUTING:rule:" in out
 
 
 def test_route_safety_refuses_other_routes(lab: LabPlan, inventory: Inventory) -> None:

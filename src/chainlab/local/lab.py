@@ -335,21 +335,30 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostState | None) -> None:
 
 
 def down(plan: LabPlan, log=print) -> None:
-    """Remove everything the lab made; safe to run on a half-built or already removed lab."""
+    """Remove everything the lab made; safe to run on a half-built or already removed lab.
+
+    Host namespaces are also found by name prefix, so a host dropped from the inventory
+    while the lab was up is removed too.
+    """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
     state = load_state(plan)
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])
-    pids: set[int] = set(S.netns_pids(plan.lan_netns))
-    for name, host in plan.hosts.items():
-        pids |= _host_processes(host, state.hosts.get(name) if state else None)
+    host_netns = {h.netns for h in plan.hosts.values()}
+    host_netns |= {ns for ns in S.list_netns() if ns.startswith(f"{plan.lan_netns}.")}
+    pids: set[int] = set()
+    for netns in [*host_netns, plan.lan_netns]:
+        pids |= set(S.netns_pids(netns))
+    for hs in state.hosts.values() if state else []:
+        records = [hs.holder, *hs.daemons.values()]
+        pids |= {r.pid for r in records if r is not None and S.alive(r.proc())}
     S.kill_all(S.descendants(pids))
-    for netns in plan.netns_names:
+    for netns in [*host_netns, plan.lan_netns]:
         if S.netns_exists(netns):
             S.run(["ip", "netns", "del", netns])
-    for host in plan.hosts.values():
-        S.remove_cgroup(host.cgroup_parent)
+    for netns in host_netns:
+        S.remove_cgroup("/" + netns)
     S.remove_tree(plan.state_dir)
     if state:
         if not state.run_netns_was_mounted and S.is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):

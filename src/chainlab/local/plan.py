@@ -210,7 +210,7 @@ def plan_lab(inv: Inventory) -> LabPlan:
             netns=f"chainlab.{inv.lab}.{name}",
             lan_port=ifname(f"p-{name}"),
             bip=bip,
-            cgroup_parent=f"/chainlab.{inv.lab}.{name}",
+            cgroup_parent=f"/chainlab.{inv.lab}.{name}",  # = "/" + netns: down relies on it
             dir=state_dir / "hosts" / name,
         )
     return LabPlan(

@@ -35,6 +35,13 @@ def netns_exists(name: str) -> bool:
     return (Path("/run/netns") / name).exists()
 
 
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return []
+
+
 def netns_inode(name: str) -> int | None:
     try:
         return os.stat(Path("/run/netns") / name).st_ino
