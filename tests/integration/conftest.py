@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def plan(inventory: Inventory) -> LabPlan:
 
 
 @pytest.fixture(scope="session")
-def lab(plan: LabPlan, root_before: dict[str, str]) -> LabPlan:
+def lab(plan: LabPlan, root_before: dict[str, str]) -> Iterator[LabPlan]:
     """The lab, up for the whole session and always torn down, also when `up` fails."""
     try:
         up(plan, log=lambda *_: None)

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
@@ -31,6 +32,7 @@ from chainlab.local.plan import HostPlan, LabPlan
 
 READY_TIMEOUT = 30.0
 DAEMONS = ("sshd", "dockerd", "etcd")
+Log = Callable[[str], object]
 
 
 class ProcRecord(BaseModel):
@@ -69,6 +71,12 @@ class _Store:
         with self.lock:
             return self.state.hosts.setdefault(name, HostState())
 
+    def reset_host(self, name: str) -> HostState:
+        with self.lock:
+            fresh = self.state.hosts[name] = HostState()
+        self.save()
+        return fresh
+
     def save(self) -> None:
         with self.lock:
             tmp = self.path.with_suffix(".tmp")
@@ -101,11 +109,11 @@ def preflight(plan: LabPlan) -> None:
             raise ChainlabError(f"local.lan {plan.mgmt.network} overlaps {addr} on {dev}: choose another lan")
     for host in plan.hosts.values():
         dev = S.route_device(host.address)
-        if dev not in (None, plan.root_if) and not _via_default_route(host.address, dev):
+        if dev not in (None, plan.root_if) and not _only_default_route(host.address):
             raise ChainlabError(f"{host.address} ({host.name}) is already routed via {dev}: choose another lan")
 
 
-def _via_default_route(address: IPv4Address, dev: str) -> bool:
+def _only_default_route(address: IPv4Address) -> bool:
     """True if the only route to `address` is the default one (so the lab link will win)."""
     routes = S.run(["ip", "-4", "route", "show", "match", str(address)]).splitlines()
     return all(r.startswith("default") for r in routes if r.strip())
@@ -123,7 +131,7 @@ def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
 
 # --- up -------------------------------------------------------------------------------
 
-def up(plan: LabPlan, log=print) -> None:
+def up(plan: LabPlan, log: Log = print) -> None:
     """Bring the lab up; idempotent, and repairs whatever part is missing or dead."""
     preflight(plan)
     store = _Store(plan, load_state(plan) or _first_state(plan))
@@ -200,14 +208,13 @@ def _host_ok(host: HostPlan, hs: HostState) -> bool:
     )
 
 
-def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log) -> None:
+def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None:
     hs = store.host(host.name)
     if not _host_ok(host, hs):
         if hs.holder or S.netns_exists(host.netns):
             log(f"{host.name}: rebuilding")
         _destroy_host(plan, host, hs)
-        hs = store.state.hosts[host.name] = HostState()
-        store.save()
+        hs = store.reset_host(host.name)
         _create_host(plan, host, hs, store)
     _ensure_host_link(plan, host)
     assert hs.holder is not None
@@ -334,7 +341,7 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostState | None) -> None:
     S.remove_cgroup(host.cgroup_parent)
 
 
-def down(plan: LabPlan, log=print) -> None:
+def down(plan: LabPlan, log: Log = print) -> None:
     """Remove everything the lab made; safe to run on a half-built or already removed lab.
 
     Host namespaces are also found by name prefix, so a host dropped from the inventory

@@ -174,13 +174,6 @@ class LabPlan:
     def image_tarball(self) -> Path:
         return self.state_dir / "images" / "mybusybox-rootfs.tar"
 
-    @property
-    def netns_names(self) -> list[str]:
-        return [h.netns for h in self.hosts.values()] + [self.lan_netns]
-
-    def host_for_address(self, address: IPv4Address) -> HostPlan | None:
-        return next((h for h in self.hosts.values() if h.address == address), None)
-
 
 def plan_lab(inv: Inventory) -> LabPlan:
     """Derive the local lab from the inventory; refuses anything but `provider: local`."""

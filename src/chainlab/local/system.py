@@ -168,10 +168,10 @@ def spawn(argv: list[str], log: Path | None = None) -> Proc:
     finally:
         if log:
             out.close()  # type: ignore[union-attr]
-    start = start_time(child.pid)
-    if start is None:
+    proc = proc_of(child.pid)
+    if proc is None:
         raise ChainlabError(f"{argv[0]} exited at once (see {log})" if log else f"{argv[0]} exited at once")
-    return Proc(child.pid, start)
+    return proc
 
 
 # --- cgroups --------------------------------------------------------------------------
