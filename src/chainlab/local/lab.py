@@ -324,12 +324,17 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
 
 # --- down -----------------------------------------------------------------------------
 
-def _host_processes(host: HostPlan, hs: HostState | None) -> set[int]:
-    pids = set(S.netns_pids(host.netns))
-    if hs:
-        records = [hs.holder, *hs.daemons.values()]
-        pids |= {r.pid for r in records if r is not None and S.alive(r.proc())}
+def _recorded_processes(hs: HostState) -> set[int]:
+    """A host's recorded processes still running, and whatever shares its holder's mount ns."""
+    records = [hs.holder, *hs.daemons.values()]
+    pids = {r.pid for r in records if r is not None and S.alive(r.proc())}
+    if hs.holder and S.alive(hs.holder.proc()):
+        pids |= S.same_mount_ns(hs.holder.pid)
     return pids
+
+
+def _host_processes(host: HostPlan, hs: HostState | None) -> set[int]:
+    return set(S.netns_pids(host.netns)) | (_recorded_processes(hs) if hs else set())
 
 
 def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostState | None) -> None:
@@ -358,8 +363,7 @@ def down(plan: LabPlan, log: Log = print) -> None:
     for netns in [*host_netns, plan.lan_netns]:
         pids |= set(S.netns_pids(netns))
     for hs in state.hosts.values() if state else []:
-        records = [hs.holder, *hs.daemons.values()]
-        pids |= {r.pid for r in records if r is not None and S.alive(r.proc())}
+        pids |= _recorded_processes(hs)
     S.kill_all(S.descendants(pids))
     for netns in [*host_netns, plan.lan_netns]:
         if S.netns_exists(netns):

@@ -126,6 +126,23 @@ def in_netns(pid: int, netns: str) -> bool:
         return False
 
 
+def same_mount_ns(pid: int) -> set[int]:
+    """Every process in `pid`'s mount namespace (e.g. a shell that entered a host with -m only)."""
+    try:
+        inode = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except FileNotFoundError:
+        return set()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "mnt").st_ino == inode:
+                    found.add(int(entry.name))
+            except (FileNotFoundError, PermissionError):
+                pass
+    return found
+
+
 def descendants(roots: set[int]) -> set[int]:
     """`roots` and every process below them (container processes live in other netns)."""
     children: dict[int, list[int]] = {}
