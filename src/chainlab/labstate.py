@@ -1,0 +1,74 @@
+"""The lab state file: what provisioning set up, for scenario runs to read.
+
+Provisioning (`lab up`) writes it; `run`/`nightly` read it; `lab down` removes it.
+Local labs keep it in their state dir, SSH labs under ~/.local/state/chainlab/<lab>/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chainlab.errors import ChainlabError
+from chainlab.inventory import Inventory
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HostState(_Model):
+    address: str
+    trace_log: str = Field(description="path of the host's trace file, on the host")
+    trace_backend: Literal["rsyslog", "ulogd", "nft-monitor"]
+    iptables: Literal["legacy", "nft"]
+
+
+class ContainerState(_Model):
+    host: str
+    address: str
+    network: str
+    driver: Literal["calico", "bridge"]
+    interface: str | None = Field(None, description="host-side interface (cali... for Calico)")
+    published: dict[int, int] = Field(default_factory=dict)
+
+
+class LabState(_Model):
+    lab: str
+    hosts: dict[str, HostState] = Field(default_factory=dict)
+    containers: dict[str, ContainerState] = Field(default_factory=dict)
+
+
+def state_path(inv: Inventory) -> Path:
+    if inv.local is not None:
+        return Path(inv.local.state_dir) / "lab-state.json"
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "chainlab" / inv.lab / "lab-state.json"
+
+
+def load_state(inv: Inventory) -> LabState:
+    path = state_path(inv)
+    try:
+        return LabState.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ChainlabError(f"no lab state at {path}: run `make lab-up` (chainlab lab up) first") from None
+    except (ValueError, ValidationError) as exc:
+        raise ChainlabError(f"lab state {path} is unreadable ({exc.__class__.__name__}); re-run lab up") from None
+
+
+def save_state(inv: Inventory, state: LabState) -> Path:
+    """Write atomically (a crash never leaves half a file)."""
+    path = state_path(inv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.model_dump_json(indent=1))
+    tmp.replace(path)
+    return path
+
+
+def remove_state(inv: Inventory) -> None:
+    state_path(inv).unlink(missing_ok=True)
