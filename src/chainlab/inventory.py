@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chainlab.names import ContainerName, HostName, ImageName, NetworkName, SafePath, UserName
-from chainlab.validation import validate_document
+from chainlab.validation import LocatedValueError, validate_document
 from chainlab.yamlfile import load_yaml
 
 DEFAULT_INVENTORY = "inventory.yaml"
@@ -87,28 +87,38 @@ class Inventory(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Inventory":
         if not self.hosts:
-            raise ValueError("hosts: at least one host is needed")
+            raise LocatedValueError(("hosts",), "at least one host is needed")
+        known = ", ".join(sorted(self.hosts))
         if self.etcd and self.etcd.host not in self.hosts:
-            raise ValueError(f"etcd.host {self.etcd.host!r} is not one of hosts: {sorted(self.hosts)}")
+            raise LocatedValueError(
+                ("etcd", "host"), f"{self.etcd.host!r} is not one of the hosts ({known})"
+            )
         for name, container in self.containers.items():
             if container.host not in self.hosts:
-                raise ValueError(
-                    f"containers.{name}.host {container.host!r} is not one of hosts: {sorted(self.hosts)}"
+                raise LocatedValueError(
+                    ("containers", name, "host"), f"{container.host!r} is not one of the hosts ({known})"
                 )
-        addresses = [h.address for h in self.hosts.values()]
-        if len(set(addresses)) != len(addresses):
-            raise ValueError("hosts: two hosts share an address")
+        seen: dict[IPv4Address, str] = {}
+        for name, host in self.hosts.items():
+            if host.address in seen:
+                raise LocatedValueError(
+                    ("hosts", name, "address"), f"{host.address} is already the address of {seen[host.address]}"
+                )
+            seen[host.address] = name
         if self.provider == "local":
             if self.local is None:
-                raise ValueError("provider local needs a `local:` section (lan: ADDRESS/PREFIX)")
+                raise LocatedValueError(
+                    ("provider",), "provider local needs a `local:` section (lan: ADDRESS/PREFIX)"
+                )
             for name, host in self.hosts.items():
                 if host.address not in self.local.lan.network or host.address == self.local.lan.ip:
-                    raise ValueError(
-                        f"hosts.{name}.address {host.address} must be inside local.lan {self.local.lan.network}"
-                        " and differ from the machine's end"
+                    raise LocatedValueError(
+                        ("hosts", name, "address"),
+                        f"{host.address} must be inside local.lan {self.local.lan.network}"
+                        " and differ from the machine's end",
                     )
         elif self.local is not None:
-            raise ValueError("a `local:` section is only allowed with provider: local")
+            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
         return self
 
     def container_image(self, name: str) -> str:

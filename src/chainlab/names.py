@@ -24,3 +24,17 @@ NetworkName = Annotated[str, StringConstraints(pattern=NETWORK_NAME)]
 ImageName = Annotated[str, StringConstraints(pattern=IMAGE_NAME)]
 UserName = Annotated[str, StringConstraints(pattern=USER_NAME)]
 SafePath = Annotated[str, StringConstraints(pattern=ABS_PATH)]
+
+# What each pattern allows, in words: error messages say this, never the raw regex.
+PATTERN_HELP = {
+    HOST_NAME: "a host name: 1-32 lowercase letters, digits and '-', starting with a letter, not ending with '-'",
+    # CONTAINER_NAME and NETWORK_NAME are the same pattern, hence one entry for both.
+    CONTAINER_NAME: "a name of 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit",
+    IMAGE_NAME: (
+        "an image name: lowercase letters, digits, '.', '_', '/' and '-' (starting with a letter or digit),"
+        " optionally ':TAG' with letters, digits, '_', '.' and '-'"
+    ),
+    USER_NAME: "a user name: 1-32 lowercase letters, digits, '_' and '-', starting with a letter or '_'",
+    ABS_PATH: "a path starting with '/' or '~/', made of letters, digits, '_', '.', '/' and '-' (no spaces)",
+    CHAIN_NAME: "a chain name: 1-28 letters, digits, '_', '.' and '-'",
+}

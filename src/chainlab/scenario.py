@@ -62,6 +62,11 @@ class PathExpectation(Strict):
             return {"hooks": value}
         if value == "none":
             return {"hooks": []}
+        if value is None or isinstance(value, (str, int, float, bool)):
+            raise ValueError(
+                "expected a list of hooks (e.g. [PREROUTING, FORWARD]), `none`,"
+                " or a mapping with hooks/verdict/drop_chain"
+            )
         return value
 
     def drop_chain_matches(self, chain: str | None) -> bool:

@@ -14,11 +14,32 @@ import yaml
 from chainlab.errors import InputError, Problem
 
 MAX_BYTES = 1_000_000
+MAX_DEPTH = 64
 
 KeyPath = tuple[str | int, ...]
 
 
+def _norm(key_path: KeyPath) -> tuple[str, ...]:
+    # Mapping keys come back from validation as the parsed values (`8080`, `True`) and
+    # sequence indexes as ints; the line map stores every part as text.
+    return tuple(str(part) for part in key_path)
+
+
 class _NoAliasLoader(yaml.SafeLoader):
+    _depth = 0
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # SafeLoader's scalar constructors raise plain ValueError/IndexError/... on bad
+        # scalars (`2020-99-99`, `!!int 0x`, `!!int ""`, `!!float abc`): make them located YAML errors.
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError, IndexError, KeyError, AttributeError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read value {node.value!r}: {exc}", node.start_mark
+            ) from None
+
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
@@ -31,10 +52,18 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "YAML anchors are not allowed here", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
-def _line_map(node: yaml.Node, path: KeyPath, out: dict[KeyPath, int]) -> None:
+def _line_map(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -43,21 +72,22 @@ def _line_map(node: yaml.Node, path: KeyPath, out: dict[KeyPath, int]) -> None:
             out[path + (k,)] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), out)
+            _line_map(item, path + (str(i),), out)
 
 
 class YamlDocument:
     """Parsed YAML data plus a map from key path to source line."""
 
-    def __init__(self, path: Path, data: Any, lines: dict[KeyPath, int]):
+    def __init__(self, path: Path, data: Any, lines: dict[tuple[str, ...], int]):
         self.path = path
         self.data = data
         self.lines = lines
 
     def line_of(self, key_path: KeyPath) -> int | None:
         """Line of the deepest known prefix of `key_path`."""
-        for cut in range(len(key_path), -1, -1):
-            line = self.lines.get(tuple(key_path[:cut]))
+        parts = _norm(key_path)
+        for cut in range(len(parts), -1, -1):
+            line = self.lines.get(parts[:cut])
             if line is not None:
                 return line
         return None
@@ -71,19 +101,33 @@ def load_yaml(path: Path) -> YamlDocument:
         raise InputError([Problem(str(path), "", f"cannot read: {exc.strerror}")]) from None
     if len(raw) > MAX_BYTES:
         raise InputError([Problem(str(path), "", f"file larger than {MAX_BYTES} bytes")])
-    loader = _NoAliasLoader(raw.decode("utf-8", errors="replace"))
+    loader = None
     try:
+        loader = _NoAliasLoader(raw.decode("utf-8", errors="replace"))
         node = loader.get_single_node()
         if node is None:
             raise InputError([Problem(str(path), "", "file is empty")])
         data = loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:
+        text = raw.decode("utf-8", errors="replace")
+        line = text.count("\n", 0, exc.position) + 1
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "bytes"
+        raise InputError(
+            [Problem(str(path), "", f"invalid YAML: unacceptable {what} ({exc.reason})", line)]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        if context:
+            problem = f"{context}, {problem}"
         raise InputError([Problem(str(path), "", f"invalid YAML: {problem}", line)]) from None
+    except RecursionError:
+        raise InputError([Problem(str(path), "", "invalid YAML: nested too deeply")]) from None
     finally:
-        loader.dispose()
-    lines: dict[KeyPath, int] = {}
+        if loader is not None:
+            loader.dispose()
+    lines: dict[tuple[str, ...], int] = {}
     _line_map(node, (), lines)
     return YamlDocument(path, data, lines)

@@ -14,11 +14,12 @@ from chainlab.inventory import Inventory, load_inventory
 def inventory_table(inv: Inventory) -> Table:
     table = Table(title=f"lab {inv.lab} ({inv.provider})")
     for column in ("host", "address", "roles", "os", "iptables", "trace backend", "containers"):
-        table.add_column(column)
+        # names and addresses must never be cut to "172.16.9…"; the rest may wrap
+        table.add_column(column, no_wrap=column in ("host", "address", "os", "iptables"))
     for name, host in inv.hosts.items():
         containers = ", ".join(c for c, spec in inv.containers.items() if spec.host == name)
         table.add_row(
-            name, str(host.address), ",".join(host.roles), host.os, host.iptables,
+            name, str(host.address), ", ".join(host.roles), host.os, host.iptables,
             host.trace_backend, containers or "-",
         )
     return table
