@@ -568,6 +568,18 @@ def warm(path: Path) -> None:
             pass
 
 
+def source_state(repo: Path) -> str:
+    """The commit the analyzer was measured at, "+dirty" if src/chainlab/trace has local edits."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src/chainlab/trace"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -593,7 +605,7 @@ def report(figures: dict[str, Any]) -> None:
     table = Table(show_header=True, header_style="bold")
     for col in ("", "wall s", "lines/s", "MB/s", "peak RSS MB"):
         table.add_column(col, justify="right" if col else "left")
-    table.add_row("chainlab analyze --format json", f"{an['seconds']:.1f}", f"{an['lines_per_s']:,.0f}",
+    table.add_row(f"chainlab analyze --format json ({an['source']})", f"{an['seconds']:.1f}", f"{an['lines_per_s']:,.0f}",
                   f"{an['mb_per_s']:.1f}", f"{an['peak_rss_mb']:.1f}")
     table.add_row(f"awk ({awk['binary']})", f"{awk['seconds']:.1f}", f"{awk['lines_per_s']:,.0f}",
                   f"{awk['mb_per_s']:.1f}", f"{awk['peak_rss_mb']:.1f}")
@@ -632,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = Path(log.path)
     warm(path)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: load average {load:.2f} before measuring; other work on this machine skews the figures",
+              file=sys.stderr)
 
     awk_path = shutil.which("awk")
     if not awk_path:
@@ -658,14 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {
         "log": {"path": log.path, "bytes": log.bytes, "mb": round(mb, 1), "lines": log.lines,
                 "reused": log.reused, "seconds": round(log.seconds, 2), "seed": log.seed},
-        "analyzer": {"argv": analyzer_argv, **an_fig},
+        "analyzer": {"argv": analyzer_argv, "source": source_state(here.parent), **an_fig},
         "awk": {"binary": os.path.realpath(awk_path), "version": tool_version([awk_path, "-W", "version"]),
                 "program": AWK_PROGRAM, **awk_fig},
         "rss_method": "GNU time %M" if os.access(GNU_TIME, os.X_OK) else "python runner, os.wait4 ru_maxrss",
         "targets": {"ratio": round(ratio, 4), "ratio_target": TARGET_RATIO, "ratio_met": ratio >= TARGET_RATIO,
                     "rss_target_mb": TARGET_RSS_MB, "rss_met": an.peak_rss_mb <= TARGET_RSS_MB},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(), "when": dt.datetime.now().isoformat(timespec="seconds")},
+                    "cpus": os.cpu_count(), "load_before": round(load, 2), "when": dt.datetime.now().isoformat(timespec="seconds")},
     }
     report(figures)
     if args.json_path:
