@@ -24,6 +24,9 @@ PREFIX = re.compile(
     r"\s+(?P<host>[^\s:\[]+)\s"
 )
 UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+#: Where a glued-on second line's prefix starts (syslog or RFC 3339 time, or dmesg uptime).
+NEXT_PREFIX = re.compile(r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\[\s*\d+\.\d+\]).*$")
+PROTOCOLS = frozenset({"ICMP", "TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "GRE", "ESP", "AH", "IGMP", "ICMPV6"})
 IPV4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
 HEX = re.compile(r"^0x[0-9a-fA-F]+$")
 TCP_FLAGS = frozenset({"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"})
@@ -75,7 +78,7 @@ def parse_fields(tail: str) -> Fields:
         if not sep:
             if token in TCP_FLAGS:
                 flags.add(token)
-            elif token not in IP_FLAGS:
+            elif token not in IP_FLAGS and token != "OPT" and not (token.startswith("(") and token.endswith(")")):
                 damaged = True
             continue
         if key not in KNOWN_KEYS:
@@ -96,7 +99,8 @@ def parse_fields(tail: str) -> Fields:
             f.ttl = _int(value, 255)
             damaged |= f.ttl is None
         elif key == "PROTO":
-            proto = value.upper() if value.isalnum() else None
+            upper = value.upper()
+            proto = upper if upper in PROTOCOLS or (upper.isdigit() and len(upper) <= 3) else None
             damaged |= proto is None
             proto_token = True
             seen_l4 = True
@@ -199,7 +203,7 @@ class KernelLineParser:
         last = len(headers) - 1
         for i, match in enumerate(headers):
             if i < last:
-                fields = parse_fields(line[match.end() : headers[i + 1].start()])
+                fields = parse_fields(NEXT_PREFIX.sub("", line[match.end() : headers[i + 1].start()]))
                 fields.damaged = True
             else:
                 fields = self.fields(line[match.end() :])
