@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -19,7 +20,31 @@ class Context:
         self.inventory_path = resolve_inventory_path(inventory_option)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Sub-command name → module under chainlab.commands that defines it (in COMMANDS).
+#: Modules are imported only when their command runs: `analyze` then stays light.
+COMMAND_MODULES = {
+    "analyze": "analyze",
+    "inventory": "inventory",
+    "local": "local",
+    "run": "run",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"chainlab.commands.{module_name}")
+        return next((c for c in module.COMMANDS if c.name == cmd_name), None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-i",
     "--inventory",
@@ -34,17 +59,8 @@ def group(ctx: click.Context, inventory_option: str | None) -> None:
     ctx.obj = Context(inventory_option)
 
 
-def _register() -> None:
-    from chainlab.commands import analyze, inventory, local
-
-    for module in (analyze, inventory, local):
-        for command in module.COMMANDS:
-            group.add_command(command)
-
-
 def main() -> None:
     """Entry point: expected failures become one clean message and an exit code."""
-    _register()
     err = Console(stderr=True, highlight=False)
     try:
         group.main(standalone_mode=False)

@@ -1,0 +1,52 @@
+"""`chainlab run N` and `chainlab nightly`: scenario runs with evidence and reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chainlab.inventory import load_inventory
+from chainlab.run.runner import RunResult, run_scenario
+from chainlab.scenario import find_scenario
+
+SCENARIOS = Path("scenarios")
+RUNS = Path("runs")
+
+
+def print_result(console: Console, result: RunResult) -> None:
+    table = Table(title=f"scenario {result.scenario.id}: {result.scenario.title}")
+    for column in ("node", "direction", "expected", "seen", "verdict", "result"):
+        table.add_column(column)
+    for check in result.checks:
+        seen = "; ".join(" → ".join(p) for p in check.actual) or "(none)"
+        table.add_row(
+            check.node, check.direction, " → ".join(check.expected) or "(none)", seen,
+            ", ".join(sorted(set(check.verdicts))) or "-",
+            "[green]PASS[/green]" if check.ok else f"[bold red]FAIL[/bold red] {check.message}",
+        )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[red]{note}[/red]")
+    verdict = "[bold green]PASS[/bold green]" if result.passed else "[bold red]FAIL[/bold red]"
+    console.print(f"{verdict} in {result.duration_s:.2f} s — evidence in {result.run_dir}")
+
+
+@click.command("run")
+@click.argument("number", type=click.IntRange(1, 999))
+@click.option("--scenarios", "scenarios_dir", type=click.Path(file_okay=False, path_type=Path), default=SCENARIOS, show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=RUNS, show_default=True)
+@click.pass_obj
+def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -> None:
+    """Run scenario NUMBER on the provisioned lab: probe, collect, analyze, PASS/FAIL (exit 0/1)."""
+    inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
+    console = Console()
+    result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
+    print_result(console, result)
+    sys.exit(0 if result.passed else 1)
+
+
+COMMANDS = [run_command]

@@ -1,0 +1,1 @@
+"""Scenario runs: mark the logs, snapshot rules, probe, collect, analyze, write evidence."""
