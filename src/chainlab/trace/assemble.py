@@ -66,6 +66,10 @@ def _merge(into: Fields, f: Fields) -> None:
                 setattr(into, name, value)
 
 
+#: Quiet packets are handed on in batches: the window is `window` to `window + EXPIRE_EVERY`.
+EXPIRE_EVERY = 64
+
+
 class Assembler:
     """Feed events in log order; get complete packets back."""
 
@@ -77,12 +81,22 @@ class Assembler:
         self.by_ip_id: dict[tuple[str, int], list[Packet]] = {}
         self.by_trace: dict[tuple[str, str], Packet] = {}
         self.unattributed = 0
+        self._last: tuple[str, str | None, Fields, Packet] | None = None
 
     def feed(self, event: Event) -> Iterator[Packet]:
         """Add one event; yields packets that have been quiet for `window` events."""
         self.count += 1
-        packet = self._find(event)
         f = event.fields
+        last = self._last
+        if (last is not None and last[2] is f and last[0] == event.node and last[1] == event.trace_id
+                and id(last[3]) in self.open and continues(last[3], event)):
+            # The same fields object as the previous line (the parser shares it between
+            # equal lines): same packet, nothing new to merge.
+            if f.damaged:
+                last[3].repaired_lines += 1
+            self._append(last[3], event)
+            return
+        packet = self._find(event)
         if packet is None:
             if f.ip_id is None:
                 self.unattributed += 1
@@ -91,21 +105,27 @@ class Assembler:
             packet = self._open(event)
         elif f.damaged:
             packet.repaired_lines += 1
-        step = event.step
-        step.hook = step_hook(packet, step.chain)
-        packet.steps.append(step)
         _merge(packet.fields, f)
-        if f.src is not None and f.dst is not None:
-            if packet.first is None:
-                packet.first = f
-            packet.last = f
         if event.trace_id is not None:
             if event.trace_id not in packet.trace_ids:
                 packet.trace_ids.append(event.trace_id)
             self.by_trace[(event.node, event.trace_id)] = packet
+        self._append(packet, event)
+        self._last = (event.node, event.trace_id, f, packet)
+        if self.count % EXPIRE_EVERY == 0:
+            yield from self._expire()
+
+    def _append(self, packet: Packet, event: Event) -> None:
+        f = event.fields
+        step = event.step
+        step.hook = step_hook(packet, step.chain)
+        packet.steps.append(step)
+        if f.src is not None and f.dst is not None:
+            if packet.first is None:
+                packet.first = f
+            packet.last = f
         packet.last_seen = self.count
         self.open.move_to_end(id(packet))
-        yield from self._expire()
 
     def flush(self) -> Iterator[Packet]:
         """Every packet still open (end of input)."""

@@ -84,10 +84,11 @@ def nft_packet_fields(text: str) -> Fields:
     f.dst = daddr if daddr and IPV4.match(daddr) else None
     f.ip_id = _int(pairs.get(("ip", "id"), ""), 65535)
     f.ttl = _int(pairs.get(("ip", "ttl"), ""), 255)
-    if "iif" in words:
-        f.in_if = words[words.index("iif") + 1]
-    if "oif" in words:
-        f.out_if = words[words.index("oif") + 1]
+    following: dict[str, str] = {}
+    for word, nxt in zip(words, words[1:]):
+        following.setdefault(word, nxt)
+    f.in_if = following.get("iif")
+    f.out_if = following.get("oif")
     if ("icmp", "type") in pairs:
         f.proto = "ICMP"
         kind = pairs[("icmp", "type")]
@@ -101,7 +102,7 @@ def nft_packet_fields(text: str) -> Fields:
             f.dport = _int(pairs.get((proto, "dport"), ""), 65535)
     if f.proto == "TCP" and "flags" in words:
         start = words.index("flags") + 1
-        tail = words[start + 1 :] if start < len(words) and words[start] == "==" else words[start:]
+        tail = words[start + 1 :] if words[start : start + 1] == ["=="] else words[start:]
         flags = set()
         for word in tail:
             if word in TCP_FLAG_WORDS:
