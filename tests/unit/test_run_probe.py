@@ -1,0 +1,63 @@
+"""Pure parts of scenario runs: what the probe runs, where a log slice starts."""
+
+import pytest
+
+from chainlab.errors import ChainlabError
+from chainlab.labstate import ContainerState, HostState, LabState
+from chainlab.run.collect import LogMark, slice_start
+from chainlab.run.probe import build_probe
+from chainlab.scenario import load_scenario
+
+from ..conftest import ROOT
+
+STATE = LabState(
+    lab="t",
+    hosts={
+        "master": HostState(address="10.231.91.195", trace_log="/var/log/iptables.log", trace_backend="ulogd", iptables="legacy"),
+        "slave1": HostState(address="10.231.91.196", trace_log="/var/log/iptables.log", trace_backend="ulogd", iptables="legacy"),
+    },
+    containers={
+        "web1": ContainerState(host="master", address="172.20.1.2", network="net1", driver="calico", interface="cali0123456789a"),
+        "web3": ContainerState(host="slave1", address="172.20.2.2", network="net1", driver="calico"),
+    },
+)
+
+
+def scenario(number: int):
+    return load_scenario(next((ROOT / "scenarios").glob(f"{number:02d}-*.yaml")))
+
+
+def test_host_pings_container():
+    spec = build_probe(scenario(1), STATE)
+    assert spec.host == "master" and spec.container is None
+    assert spec.argv == ("ping", "-c", "1", "-W", "1", "-i", "0.2", "172.20.1.2")
+
+
+def test_container_pings_container_on_other_node():
+    spec = build_probe(scenario(6), STATE)
+    assert (spec.host, spec.container, spec.target_address) == ("master", "web1", "172.20.2.2")
+    assert spec.where == "web1 (on master)"
+
+
+def test_tcp_probe_from_container():
+    spec = build_probe(scenario(7), STATE)
+    assert spec.argv == ("wget", "-q", "-O", "/dev/null", "-T", "2", "http://10.231.91.196:8080/")
+
+
+def test_unknown_container_is_a_clean_error():
+    state = STATE.model_copy(update={"containers": {}})
+    with pytest.raises(ChainlabError, match="web1 is not in the lab state"):
+        build_probe(scenario(2), state)
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "start"),
+    [
+        (LogMark(7, 100), LogMark(7, 180), 100),  # appended
+        (LogMark(7, 100), LogMark(8, 40), 0),  # rotated: new inode
+        (LogMark(7, 100), LogMark(7, 10), 0),  # truncated
+        (LogMark(None, 0), LogMark(9, 50), 0),  # created during the probe
+    ],
+)
+def test_slice_start(before, now, start):
+    assert slice_start(before, now) == start
