@@ -1,0 +1,196 @@
+"""Calico 2.x's v1 etcd layout (emulated): keys and values, pure, plus small etcd helpers.
+
+Layout (etcd v2 API, as libcalico 1.x / calicoctl 1.x wrote it for Calico 2.x):
+
+- `/calico/v1/ipam/v4/pool/<a.b.c.d-nn>`: `{"cidr", "ipam", "masquerade", "disabled"}`
+- `/calico/v1/policy/profile/<name>/rules`: `{"inbound_rules": [...], "outbound_rules": [...]}`
+- `/calico/v1/policy/profile/<name>/tags`: `["net1"]`; `.../labels`: `{}`
+- `/calico/v1/host/<host>/workload/libnetwork/libnetwork/endpoint/<id>`: the endpoint
+- `/calico/bgp/v1/host/<host>/ip_addr_v4`: the host's address (what BIRD peers with)
+- `/calico/ipam/v2/...`: blocks and affinities (see `chainlab.calico.ipam`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import etcd
+
+ROOT = "/calico"
+ORCHESTRATOR = "libnetwork"
+WORKLOAD = "libnetwork"
+MAC = "ee:ee:ee:ee:ee:ee"
+IFACE_PREFIX = "cali"
+#: Endpoint label naming the Docker container (lets detach find an endpoint by name).
+CONTAINER_LABEL = "org.chainlab.container"
+
+
+def cidr_key(cidr: IPv4Network | str) -> str:
+    """`172.20.0.0/16` -> `172.20.0.0-16` (Calico puts no slash in a key segment)."""
+    return str(cidr).replace("/", "-")
+
+
+def pool_key(cidr: IPv4Network | str) -> str:
+    return f"{ROOT}/v1/ipam/v4/pool/{cidr_key(cidr)}"
+
+
+def profile_dir(name: str) -> str:
+    return f"{ROOT}/v1/policy/profile/{name}"
+
+
+def profile_keys(name: str) -> dict[str, str]:
+    base = profile_dir(name)
+    return {"rules": f"{base}/rules", "tags": f"{base}/tags", "labels": f"{base}/labels"}
+
+
+def endpoint_dir(host: str) -> str:
+    return f"{ROOT}/v1/host/{host}/workload/{ORCHESTRATOR}/{WORKLOAD}/endpoint"
+
+
+def endpoint_key(host: str, endpoint_id: str) -> str:
+    return f"{endpoint_dir(host)}/{endpoint_id}"
+
+
+def host_ip_key(host: str) -> str:
+    return f"{ROOT}/bgp/v1/host/{host}/ip_addr_v4"
+
+
+def endpoint_id(container_id: str) -> str:
+    """A 64-hex endpoint id, stable for a container (Docker's libnetwork ids look the same)."""
+    return hashlib.sha256(f"chainlab-endpoint:{container_id}".encode()).hexdigest()
+
+
+def interface_name(endpoint: str) -> str:
+    """`cali` + the first 11 characters of the endpoint id, as the libnetwork plugin names it."""
+    return IFACE_PREFIX + endpoint[:11]
+
+
+def pool_value(cidr: IPv4Network, nat_outgoing: bool) -> dict[str, Any]:
+    return {"cidr": str(cidr), "ipam": True, "masquerade": nat_outgoing, "disabled": False}
+
+
+def network_profile(name: str) -> dict[str, Any]:
+    """What the libnetwork plugin creates per network: tag = name, inbound from the tag only."""
+    return {
+        "rules": {"inbound_rules": [{"action": "allow", "src_tag": name}],
+                  "outbound_rules": [{"action": "allow"}]},
+        "tags": [name],
+        "labels": {},
+    }
+
+
+def endpoint_value(iface: str, address: IPv4Address, profile: str, container: str) -> dict[str, Any]:
+    return {
+        "state": "active", "name": iface, "mac": MAC, "profile_ids": [profile],
+        "ipv4_nets": [f"{address}/32"], "ipv6_nets": [], "labels": {CONTAINER_LABEL: container},
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# --- the whole /calico tree as the agent sees it --------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    id: str
+    iface: str
+    addresses: tuple[str, ...]  # "a.b.c.d/32"
+    profiles: tuple[str, ...]
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    inbound: tuple[dict[str, Any], ...] = ()
+    outbound: tuple[dict[str, Any], ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Snapshot:
+    """The parts of /calico that the dataplane depends on."""
+
+    pools: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    endpoints: list[Endpoint] = field(default_factory=list)
+    host_ips: dict[str, str] = field(default_factory=dict)
+    blocks: dict[str, str] = field(default_factory=dict)  # block cidr -> host with affinity
+
+
+def _json(value: str | None, default: Any) -> Any:
+    try:
+        return json.loads(value) if value else default
+    except ValueError:
+        return default
+
+
+def parse_tree(items: dict[str, str]) -> Snapshot:
+    """A Snapshot from `{key: value}` of every leaf under /calico (bad values are skipped)."""
+    snap = Snapshot()
+    profiles: dict[str, dict[str, Any]] = {}
+    for key, value in sorted(items.items()):
+        parts = key.strip("/").split("/")
+        if parts[:5] == ["calico", "v1", "ipam", "v4", "pool"] and len(parts) == 6:
+            pool = _json(value, None)
+            if isinstance(pool, dict) and "cidr" in pool:
+                snap.pools.append(pool)
+        elif parts[:4] == ["calico", "v1", "policy", "profile"] and len(parts) == 6:
+            profiles.setdefault(parts[4], {})[parts[5]] = _json(value, None)
+        elif (parts[:3] == ["calico", "v1", "host"] and len(parts) == 9 and parts[4] == "workload"
+              and parts[7] == "endpoint"):
+            ep = _json(value, None)
+            if isinstance(ep, dict) and ep.get("name"):
+                snap.endpoints.append(Endpoint(
+                    host=parts[3], id=parts[8], iface=ep["name"],
+                    addresses=tuple(ep.get("ipv4_nets") or ()), profiles=tuple(ep.get("profile_ids") or ()),
+                    container=(ep.get("labels") or {}).get(CONTAINER_LABEL)))
+        elif parts[:4] == ["calico", "bgp", "v1", "host"] and len(parts) == 6 and parts[5] == "ip_addr_v4":
+            if value:
+                snap.host_ips[parts[4]] = value
+        elif parts[:4] == ["calico", "ipam", "v2", "host"] and len(parts) == 8 and parts[6] == "block":
+            snap.blocks[parts[7].replace("-", "/")] = parts[4]
+    for name, data in profiles.items():
+        rules = data.get("rules") if isinstance(data.get("rules"), dict) else {}
+        tags = data.get("tags") if isinstance(data.get("tags"), list) else []
+        snap.profiles[name] = Profile(
+            name, tuple(rules.get("inbound_rules") or ()), tuple(rules.get("outbound_rules") or ()),
+            tuple(str(t) for t in tags))
+    return snap
+
+
+def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], int]:
+    """Every leaf under `root` and the etcd index the read reflects ({} if absent)."""
+    try:
+        result = client.read(root, recursive=True)
+    except etcd.EtcdKeyNotFound as exc:
+        return {}, int((getattr(exc, "payload", None) or {}).get("index", 0) or 0)
+    items = {leaf.key: leaf.value for leaf in result.leaves if not leaf.dir and leaf.key}
+    return items, int(result.etcd_index)
+
+
+def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
+    """Create `key` unless it exists; True if created."""
+    try:
+        client.write(key, value, prevExist=False)
+        return True
+    except etcd.EtcdAlreadyExist:
+        return False
+
+
+def delete_tree(client: etcd.Client, key: str) -> bool:
+    try:
+        client.delete(key, recursive=True, dir=True)
+        return True
+    except etcd.EtcdKeyNotFound:
+        return False
+    except etcd.EtcdNotDir:
+        client.delete(key)
+        return True
