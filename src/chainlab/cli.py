@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "analyze": "analyze",
     "inventory": "inventory",
     "local": "local",
+    "profile": "profile",
     "run": "run",
 }
 

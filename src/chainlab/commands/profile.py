@@ -1,0 +1,60 @@
+"""`chainlab profile show|allow|reset`: Calico profiles in etcd (v1 layout).
+
+On the local lab, the Calico dataplane is chainlab's emulation of Calico 2.x (felix-lite);
+it re-renders the hosts' rules within a second of a change made here.
+"""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Network
+
+import click
+from rich.console import Console
+
+from chainlab.calico import profiles
+from chainlab.inventory import load_inventory
+from chainlab.remote import etcd_client
+
+
+def _client(obj: object):  # type: ignore[no-untyped-def]
+    return etcd_client(load_inventory(obj.inventory_path))  # type: ignore[attr-defined]
+
+
+@click.group("profile")
+def profile_group() -> None:
+    """Calico profiles in etcd (rules, tags, labels)."""
+
+
+@profile_group.command("show")
+@click.argument("name")
+@click.pass_obj
+def show_cmd(obj: object, name: str) -> None:
+    """Print profile NAME's rules, tags and labels as JSON."""
+    click.echo(json.dumps(profiles.show(_client(obj), name), indent=2, sort_keys=True))
+
+
+@profile_group.command("allow")
+@click.argument("name")
+@click.option("--from", "source", required=True, metavar="CIDR", help="source network to admit inbound")
+@click.pass_obj
+def allow_cmd(obj: object, name: str, source: str) -> None:
+    """Add an inbound allow rule from CIDR to profile NAME."""
+    try:
+        cidr = IPv4Network(source, strict=False)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    changed = profiles.allow_from(_client(obj), name, cidr)
+    Console(highlight=False).print(f"profile {name}: {'allowed' if changed else 'already allows'} {cidr}")
+
+
+@profile_group.command("reset")
+@click.argument("name")
+@click.pass_obj
+def reset_cmd(obj: object, name: str) -> None:
+    """Reset profile NAME to the network default (inbound from its tag only)."""
+    changed = profiles.reset(_client(obj), name)
+    Console(highlight=False).print(f"profile {name}: {'reset' if changed else 'already the default'}")
+
+
+COMMANDS = [profile_group]
