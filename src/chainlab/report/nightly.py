@@ -1,0 +1,251 @@
+"""The nightly summary: `index.html`, `junit.xml`, `summary.json`, and what changed since last time."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from chainlab.report.html import environment, render_run_report
+from chainlab.report.run import RunData, load_run, path_summaries
+
+SUMMARY_VERSION = 1
+NO_CHANGE = "no change"
+NO_PREVIOUS = "no previous nightly"
+CHANGED = "changed"
+# What a change is made of, per node and direction (in the order changes are listed).
+COMPARED = ("hooks", "verdicts", "drop_chain", "drop_rule", "chains", "rules", "ok")
+
+
+@dataclass
+class NightlySummary:
+    out_dir: Path
+    index: Path
+    junit: Path
+    summary_json: Path
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+    diff: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.scenarios) and all(s["passed"] for s in self.scenarios)
+
+    @property
+    def changed(self) -> bool:
+        return self.diff.get("status") == CHANGED
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [s for s in self.scenarios if not s["passed"]]
+
+
+def _rel(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+def scenario_summary(run: RunData, out_dir: Path) -> dict[str, Any]:
+    report = run.run_dir / "report.html"
+    return {
+        "id": run.scenario_id,
+        "title": run.title,
+        "passed": run.passed,
+        "duration_s": run.duration_s,
+        "started": run.run.get("started"),
+        "run_dir": run.run_dir.name,
+        "report": _rel(report, out_dir) if report.is_file() else None,
+        "failure": run.failure_message() or None,
+        "paths": path_summaries(run),
+    }
+
+
+# --- diff -------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "PASS" if value else "FAIL"
+    if isinstance(value, list):
+        if value and all(isinstance(v, list) for v in value):
+            return "; ".join(" → ".join(v) or "(nothing)" for v in value) or "(no packet)"
+        return ", ".join(str(v) for v in value) or "(none)"
+    return str(value)
+
+
+def _name(s: dict[str, Any]) -> str:
+    sid = s.get("id")
+    return f"scenario {sid} ({s.get('title', '')})"
+
+
+def _change(s: dict[str, Any], node: str | None, direction: str | None, what: str, before: Any, after: Any) -> dict[str, Any]:
+    where = f" {node} {direction}" if node else ""
+    if what == "scenario":
+        message = f"{_name(s)}: " + ("not in the previous nightly" if before == "(not run)" else "not run this time")
+        return {"scenario": s.get("id"), "title": s.get("title"), "node": None, "direction": None,
+                "what": what, "before": before, "after": after, "message": message}
+    if what in ("chains", "rules") and isinstance(before, list) and isinstance(after, list):
+        gone = [x for x in before if x not in after]
+        new = [x for x in after if x not in before]
+        parts = ([f"no longer {', '.join(gone)}"] if gone else []) + ([f"now {', '.join(new)}"] if new else [])
+        text = "; ".join(parts) or "order changed"
+    else:
+        text = f"was {_show(before)}, now {_show(after)}"
+    label = {
+        "ok": "check", "passed": "result", "hooks": "path", "verdicts": "verdict", "drop_chain": "drop chain",
+        "drop_rule": "drop rule",
+    }.get(what, what)
+    return {
+        "scenario": s.get("id"), "title": s.get("title"), "node": node, "direction": direction,
+        "what": what, "before": before, "after": after, "message": f"{_name(s)}{where}: {label} {text}",
+    }
+
+
+def diff_summaries(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every path, verdict, drop, chain, rule or result that differs, scenario by scenario."""
+    if previous is None:
+        return []
+    before = {str(s.get("id")): s for s in previous}
+    after = {str(s.get("id")): s for s in current}
+    changes: list[dict[str, Any]] = []
+    for sid, cur in after.items():
+        old = before.get(sid)
+        if old is None:
+            changes.append(_change(cur, None, None, "scenario", "(not run)", "run"))
+            continue
+        if bool(old.get("passed")) != bool(cur.get("passed")):
+            changes.append(_change(cur, None, None, "passed", bool(old.get("passed")), bool(cur.get("passed"))))
+        old_paths = {(p.get("node"), p.get("direction")): p for p in old.get("paths") or []}
+        cur_paths = {(p.get("node"), p.get("direction")): p for p in cur.get("paths") or []}
+        for key in list(cur_paths) + [k for k in old_paths if k not in cur_paths]:
+            a, b = old_paths.get(key), cur_paths.get(key)
+            node, direction = key
+            if a is None or b is None:
+                changes.append(_change(cur, node, direction, "hooks",
+                                       (a or {}).get("hooks") if a else "(not seen)", (b or {}).get("hooks") if b else "(not seen)"))
+                continue
+            for what in COMPARED:
+                if a.get(what) != b.get(what):
+                    changes.append(_change(cur, node, direction, what, a.get(what), b.get(what)))
+    for sid, old in before.items():
+        if sid not in after:
+            changes.append(_change(old, None, None, "scenario", "run", "(not run)"))
+    return changes
+
+
+def load_summary(nightly_dir: Path | None) -> dict[str, Any] | None:
+    if nightly_dir is None:
+        return None
+    try:
+        doc = json.loads((nightly_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("scenarios"), list) else None
+
+
+def find_previous_nightly(runs_root: Path, current: Path) -> Path | None:
+    """The newest `nightly-*` directory under `runs_root` that sorts before `current` and has a summary.
+
+    Nightly names carry their date (`nightly-YYYYmmdd[-HHMMSS]`), so name order is time order.
+    """
+    runs_root, current = Path(runs_root), Path(current)
+    try:
+        candidates = [
+            d for d in runs_root.iterdir()
+            if d.is_dir() and d.name.startswith("nightly-") and d.name < current.name
+            and d.resolve() != current.resolve() and (d / "summary.json").is_file()
+        ]
+    except OSError:
+        return None
+    return max(candidates, key=lambda d: d.name, default=None)
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def write_junit(path: Path, scenarios: list[dict[str, Any]], timestamp: str) -> None:
+    failures = sum(1 for s in scenarios if not s["passed"] and not s.get("error"))
+    errors = sum(1 for s in scenarios if s.get("error"))
+    total_time = sum(s["duration_s"] or 0.0 for s in scenarios)
+    suites = ET.Element("testsuites", name="chainlab nightly", tests=str(len(scenarios)),
+                        failures=str(failures), errors=str(errors), time=f"{total_time:.3f}")
+    suite = ET.SubElement(suites, "testsuite", name="chainlab.scenarios", tests=str(len(scenarios)),
+                          failures=str(failures), errors=str(errors), skipped="0",
+                          time=f"{total_time:.3f}", timestamp=timestamp)
+    for s in scenarios:
+        sid = s["id"]
+        name = f"{sid:02d} {s['title']}" if isinstance(sid, int) else f"{sid} {s['title']}"
+        case = ET.SubElement(suite, "testcase", classname="chainlab.scenarios", name=name,
+                             time=f"{(s['duration_s'] or 0.0):.3f}")
+        if s.get("error"):
+            ET.SubElement(case, "error", message=s["error"], type="RunError").text = s["error"]
+        elif not s["passed"]:
+            message = s["failure"] or "failed"
+            detail = [message, ""] + [
+                f"{p['node']} {p['direction']}: expected {_show(p['expected'])}, saw {_show(p['hooks'])}"
+                f" ({_show(p['verdicts'])})" + (f"; dropped in {p['drop_chain']}" if p["drop_chain"] else "")
+                for p in s["paths"]
+            ]
+            ET.SubElement(case, "failure", message=message.replace("\n", "; "), type="ExpectationFailed").text = "\n".join(detail)
+        if s.get("report"):
+            ET.SubElement(case, "system-out").text = f"report: {s['report']}"
+    ET.indent(suites)
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None) -> NightlySummary:
+    """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against `previous`.
+
+    A run without `report.html` gets one; a run without a readable `analysis.json` counts as
+    an error (JUnit `<error>`), never stops the summary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    scenarios = []
+    for run_dir in run_dirs:
+        run = load_run(Path(run_dir))
+        if run.error is None and not (run.run_dir / "report.html").is_file():
+            render_run_report(run.run_dir)
+        summary = scenario_summary(run, out_dir)
+        summary["error"] = run.error
+        scenarios.append(summary)
+
+    prev_doc = load_summary(previous)
+    changes = diff_summaries(prev_doc["scenarios"] if prev_doc else None, scenarios)
+    if prev_doc is None:
+        status = NO_PREVIOUS
+    else:
+        status = CHANGED if changes else NO_CHANGE
+    diff = {
+        "status": status,
+        "previous": previous.name if previous is not None and prev_doc is not None else None,
+        "changes": changes,
+        "text": [c["message"] for c in changes] or [status],
+    }
+    doc = {
+        "version": SUMMARY_VERSION,
+        "generated": generated,
+        "passed": bool(scenarios) and all(s["passed"] for s in scenarios),
+        "diff": diff,
+        "scenarios": scenarios,
+    }
+    summary = NightlySummary(out_dir, out_dir / "index.html", out_dir / "junit.xml", out_dir / "summary.json", scenarios, diff)
+    _write(summary.summary_json, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    write_junit(summary.junit, scenarios, generated)
+    page = environment().get_template("nightly.html.j2").render(
+        scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name,
+        total_time=sum(s["duration_s"] or 0.0 for s in scenarios),
+    )
+    _write(summary.index, page)
+    return summary
