@@ -1,0 +1,298 @@
+"""Pure builders: the exact commands and file texts provisioning uses, no I/O.
+
+Every value that comes from the inventory reaches a command either as one argv word
+(quoted by `chainlab.remote.command_line`) or, inside a `sh -c` script, through
+`shlex.quote`. Nothing here connects anywhere, so the CentOS 7 vs Debian choices and the
+quoting are unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+Backend = Literal["rsyslog", "ulogd", "nft-monitor"]
+Family = Literal["rhel", "debian", "unknown"]
+
+#: The iptables comment that marks a rule as chainlab's (teardown removes rules by it).
+RULE_COMMENT = "chainlab"
+#: Marker line at the top of every file provisioning writes.
+MARKER = "# written by chainlab lab up; removed by chainlab lab down"
+#: Suffix of the backup kept when a file provisioning writes already existed (not ours).
+BACKUP_SUFFIX = ".chainlab-orig"
+SYSCTL_FILE = "/etc/sysctl.d/90-chainlab.conf"
+RSYSLOG_FILE = "/etc/rsyslog.d/90-chainlab.conf"
+#: Runtime directory on the host: the trace backend's config, pidfiles and before-values.
+#: /run is per boot, as the processes and bindings it describes (and per local-lab host).
+RUN_DIR = "/run/chainlab"
+ULOGD_CONF = f"{RUN_DIR}/ulogd.conf"
+ULOGD_PID = f"{RUN_DIR}/ulogd.pid"
+ULOGD_LOG = f"{RUN_DIR}/ulogd.log"
+MONITOR_PID = f"{RUN_DIR}/xtables-monitor.pid"
+MONITOR_ERR = f"{RUN_DIR}/xtables-monitor.err"
+NF_LOG_BEFORE = f"{RUN_DIR}/nf_log.before"
+TRACE_LOG_CREATED = f"{RUN_DIR}/trace-log.created"
+#: Protocol families whose nf_log binding ulogd's NFLOG input takes over (IPv4, bridge, IPv6).
+NF_LOG_FAMILIES = (2, 7, 10)
+#: Process names (/proc/PID/comm) of the backends we start, checked before any kill.
+PROCESS_NAMES = {"ulogd": "ulogd", "nft-monitor": "xtables-monitor"}
+ETCD_PEER_PORT = 2380
+TRACE_TARGETS = ("LOG", "TRACE")
+TRACE_CHAINS = ("OUTPUT", "PREROUTING")
+TRACE_PROTOCOLS = ("icmp", "tcp")
+
+
+def line(argv: Sequence[object]) -> str:
+    """How a command is shown and sent: every word shell-quoted."""
+    return shlex.join(str(a) for a in argv)
+
+
+def sh(script: str) -> list[str]:
+    """argv that runs a small script built from quoted parts."""
+    return ["sh", "-c", script]
+
+
+def os_family(os_id: str, id_like: str = "") -> Family:
+    words = {os_id, *id_like.split()}
+    if words & {"centos", "rhel", "fedora", "rocky", "almalinux"}:
+        return "rhel"
+    if words & {"debian", "ubuntu"}:
+        return "debian"
+    return "unknown"
+
+
+# --- packages and services ------------------------------------------------------------
+
+#: Debian and CentOS/RHEL package names of what the trace backends need.
+PACKAGES: dict[str, dict[Family, str]] = {
+    "rsyslog": {"debian": "rsyslog", "rhel": "rsyslog"},
+    "ulogd": {"debian": "ulogd2", "rhel": "ulogd"},  # CentOS 7: from EPEL
+    "xtables-monitor": {"debian": "iptables", "rhel": "iptables-nft"},  # RHEL 8+
+}
+
+
+def install_argv(family: Family, tool: str) -> list[str]:
+    """The package manager command that installs `tool` (rsyslog, ulogd, xtables-monitor)."""
+    if family == "unknown":
+        raise ValueError(f"unknown OS family: install {tool} by hand")
+    package = PACKAGES[tool][family]
+    if family == "rhel":
+        return ["yum", "install", "-y", package]
+    return ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "--no-install-recommends", package]
+
+
+def restart_argv(init: str, service: str) -> list[str]:
+    if init == "systemd":
+        return ["systemctl", "restart", service]
+    if init == "sysv":
+        return ["service", service, "restart"]
+    raise ValueError(f"no init system to restart {service} with (init: {init})")
+
+
+# --- step 1: ip_forward ---------------------------------------------------------------
+
+def sysctl_text(before: str) -> str:
+    """The persisted setting; the value before lab up rides along for lab down."""
+    return f"{MARKER}\n# chainlab-before: net.ipv4.ip_forward={before}\nnet.ipv4.ip_forward = 1\n"
+
+
+def sysctl_before(text: str) -> str | None:
+    """The remembered pre-lab-up value from a file we wrote, else None."""
+    if not text.startswith(MARKER):
+        return None
+    for row in text.splitlines():
+        if row.startswith("# chainlab-before: net.ipv4.ip_forward="):
+            value = row.rsplit("=", 1)[1].strip()
+            return value if value in ("0", "1") else None
+    return None
+
+
+def sysctl_set_argv(value: str) -> list[str]:
+    if value not in ("0", "1"):
+        raise ValueError(f"ip_forward must be 0 or 1, not {value!r}")
+    return ["sysctl", "-q", "-w", f"net.ipv4.ip_forward={value}"]
+
+
+def backup_argv(path: str) -> list[str]:
+    """Keep a foreign file at `path` before we write ours (only if no backup exists yet)."""
+    q = shlex.quote
+    return sh(f"if [ -e {q(path)} ] && [ ! -e {q(path + BACKUP_SUFFIX)} ]; then mv {q(path)} {q(path + BACKUP_SUFFIX)}; fi")
+
+
+def restore_argv(path: str) -> list[str]:
+    """Remove our file; put back the backup if we kept one."""
+    q = shlex.quote
+    return sh(f"rm -f {q(path)}; if [ -e {q(path + BACKUP_SUFFIX)} ]; then mv {q(path + BACKUP_SUFFIX)} {q(path)}; fi")
+
+
+# --- step 2: trace log ----------------------------------------------------------------
+
+def choose_backend(override: str, iptables: str, kernel_log: str) -> Backend:
+    """nft → xtables-monitor; legacy with a private kernel log → rsyslog; shared → ulogd."""
+    if override != "auto":
+        return override  # type: ignore[return-value]
+    if iptables == "nft":
+        return "nft-monitor"
+    return "rsyslog" if kernel_log == "private" else "ulogd"
+
+
+def rsyslog_text(trace_log: str) -> str:
+    return f"{MARKER}\nkern.* {trace_log}\n"
+
+
+def ulogd_text(trace_log: str) -> str:
+    """ulogd2: NFLOG group 0 → BASE → IFINDEX → IP2STR → PRINTPKT → LOGEMU(trace_log)."""
+    return "\n".join([
+        MARKER,
+        "[global]",
+        f'logfile="{ULOGD_LOG}"',
+        "loglevel=3",
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU",
+        "",
+        "[log1]",
+        "group=0",
+        "",
+        "[emu1]",
+        f'file="{trace_log}"',
+        "sync=1",
+        "",
+    ])
+
+
+def running_check_argv(pidfile: str, comm: str) -> list[str]:
+    """Exit 0 and print the PID iff the pidfile names a live process called `comm`."""
+    q = shlex.quote
+    return sh(f'p=$(cat {q(pidfile)} 2>/dev/null) && [ -n "$p" ] && '
+              f'[ "$(cat /proc/$p/comm 2>/dev/null)" = {q(comm)} ] && echo "$p"')
+
+
+def stop_argv(pidfile: str, comm: str) -> list[str]:
+    """Kill the recorded PID only if it is still the process we started; drop the pidfile."""
+    q = shlex.quote
+    return sh(f'p=$(cat {q(pidfile)} 2>/dev/null); '
+              f'if [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = {q(comm)} ]; then '
+              f'kill "$p"; i=0; while [ -d /proc/$p ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; '
+              f'rm -f {q(pidfile)}')
+
+
+def ensure_trace_log_argv(trace_log: str) -> list[str]:
+    """Create the trace file if absent, remembering that we did (lab down removes it then)."""
+    q = shlex.quote
+    directory = str(PurePosixPath(trace_log).parent)
+    return sh(f"mkdir -p {q(RUN_DIR)} && if [ ! -e {q(trace_log)} ]; then mkdir -p {q(directory)} && "
+              f": > {q(trace_log)} && echo {q(trace_log)} > {q(TRACE_LOG_CREATED)}; fi")
+
+
+def remove_created_trace_log_argv(trace_log: str) -> list[str]:
+    q = shlex.quote
+    return sh(f"if [ -e {q(TRACE_LOG_CREATED)} ] && [ \"$(cat {q(TRACE_LOG_CREATED)})\" = {q(trace_log)} ]; "
+              f"then rm -f {q(trace_log)}; fi; rm -f {q(TRACE_LOG_CREATED)}")
+
+
+def nf_log_read_argv() -> list[str]:
+    paths = " ".join(f"/proc/sys/net/netfilter/nf_log/{f}" for f in NF_LOG_FAMILIES)
+    return sh(f"for f in {paths}; do printf '%s=%s\\n' \"${{f##*/}}\" \"$(cat $f)\"; done")
+
+
+def parse_nf_log(text: str) -> dict[int, str]:
+    result = {}
+    for row in text.splitlines():
+        key, sep, value = row.strip().partition("=")
+        if sep and key.isdigit() and int(key) in NF_LOG_FAMILIES and _logger_name(value):
+            result[int(key)] = value
+    return result
+
+
+def _logger_name(value: str) -> bool:
+    return bool(value) and all(c.isalnum() or c == "_" for c in value)
+
+
+def nf_log_remember_argv() -> list[str]:
+    """Save the nf_log bindings once (the first lab up), for lab down to put back."""
+    q = shlex.quote
+    paths = " ".join(f"/proc/sys/net/netfilter/nf_log/{f}" for f in NF_LOG_FAMILIES)
+    return sh(f"mkdir -p {q(RUN_DIR)} && if [ ! -e {q(NF_LOG_BEFORE)} ]; then "
+              f"for f in {paths}; do printf '%s=%s\\n' \"${{f##*/}}\" \"$(cat $f)\"; done > {q(NF_LOG_BEFORE)}; fi")
+
+
+def nf_log_bind_argv() -> list[str]:
+    return sh("echo nfnetlink_log > /proc/sys/net/netfilter/nf_log/2")
+
+
+def nf_log_restore_argv(before: dict[int, str]) -> list[str]:
+    q = shlex.quote
+    parts = [f"echo {q(v)} > /proc/sys/net/netfilter/nf_log/{k}" for k, v in sorted(before.items())
+             if k in NF_LOG_FAMILIES and _logger_name(v)]
+    parts.append(f"rm -f {q(NF_LOG_BEFORE)}")
+    return sh("; ".join(parts))
+
+
+def ulogd_start_argv() -> list[str]:
+    return ["ulogd", "-d", "-c", ULOGD_CONF, "-p", ULOGD_PID]
+
+
+def monitor_start_argv(trace_log: str) -> list[str]:
+    """xtables-monitor --trace appending to the trace file, line-buffered, detached."""
+    q = shlex.quote
+    return sh(f"mkdir -p {q(RUN_DIR)} && setsid nohup stdbuf -oL xtables-monitor --trace "
+              f">> {q(trace_log)} 2>> {q(MONITOR_ERR)} < /dev/null & echo $! > {q(MONITOR_PID)}")
+
+
+# --- step 3: raw-table trace rules ----------------------------------------------------
+
+@dataclass(frozen=True)
+class TraceRule:
+    chain: str
+    spec: tuple[str, ...]
+
+    def argv(self, op: Literal["-A", "-C", "-D"]) -> list[str]:
+        return ["iptables", "-w", "5", "-t", "raw", op, self.chain, *self.spec]
+
+
+def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
+    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP and TCP, each marked as ours.
+
+    TCP excludes the management ports (SSH, etcd): otherwise every packet of the
+    provisioning and scenario sessions would be traced on every host.
+    """
+    ports = ",".join(str(p) for p in sorted(set(management_ports)))
+    rules = []
+    for target in TRACE_TARGETS:
+        for chain in TRACE_CHAINS:
+            for proto in TRACE_PROTOCOLS:
+                spec = ["-p", proto]
+                if proto == "tcp" and ports:
+                    spec += ["-m", "multiport", "!", "--ports", ports]
+                spec += ["-m", "comment", "--comment", RULE_COMMENT, "-j", target]
+                rules.append(TraceRule(chain, tuple(spec)))
+    return rules
+
+
+def our_rules_from_save(listing: str) -> list[list[str]]:
+    """`iptables -t raw -S` lines carrying our comment, as delete commands."""
+    deletes = []
+    for row in listing.splitlines():
+        if not row.startswith("-A "):
+            continue
+        try:
+            words = shlex.split(row)
+        except ValueError:
+            continue
+        comment = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--comment"]
+        if RULE_COMMENT in comment:
+            deletes.append(["iptables", "-w", "5", "-t", "raw", "-D", *words[1:]])
+    return deletes
+
+
+# --- step 6: containers ---------------------------------------------------------------
+
+def veth_for_ifindex(ip_link: str, ifindex: int) -> str | None:
+    """The interface name with index `ifindex` in `ip -o link` output (`7: veth1@if6: ...`)."""
+    for row in ip_link.splitlines():
+        idx, _, rest = row.partition(": ")
+        if idx.strip() == str(ifindex):
+            return rest.split(":", 1)[0].split("@", 1)[0].strip() or None
+    return None

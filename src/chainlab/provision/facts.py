@@ -1,0 +1,151 @@
+"""Facts: what a host is, gathered once over SSH (one command), or assumed from inventory hints.
+
+Every step decides from these, never from guesses. `chainlab facts` prints them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from chainlab.inventory import Inventory
+from chainlab.provision.commands import Backend, Family, choose_backend, os_family
+
+KernelLog = Literal["private", "shared"]
+
+#: `os` hints of the inventory → (os-release ID, VERSION_ID, init) assumed by offline --check.
+OS_HINTS: dict[str, tuple[str, str, str, str]] = {
+    "centos7": ("centos", "7", "rhel fedora", "systemd"),
+    "rhel8": ("rhel", "8", "fedora", "systemd"),
+    "debian12": ("debian", "12", "", "systemd"),
+    "ubuntu22": ("ubuntu", "22.04", "debian", "systemd"),
+    "unknown": ("unknown", "", "", "systemd"),
+}
+
+
+def facts_script(etcd: tuple[str, int] | None) -> str:
+    """One POSIX sh script printing `key=value` lines (read-only: changes nothing)."""
+    q = shlex.quote
+    lines = [
+        'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
+        'echo "os_id=${ID:-unknown}"; echo "os_version=${VERSION_ID:-}"; echo "os_like=${ID_LIKE:-}"',
+        'echo "os_name=${PRETTY_NAME:-unknown}"',
+        'echo "kernel=$(uname -r)"',
+        # init: systemd only if booted with it; sysv only if PID 1 is an init we can ask
+        'c1=$(cat /proc/1/comm 2>/dev/null)',
+        'if [ -d /run/systemd/system ]; then echo init=systemd;'
+        ' elif [ "$c1" = init ] && [ -d /etc/init.d ]; then echo init=sysv; else echo init=none; fi',
+        # iptables backend
+        'v=$(iptables -V 2>/dev/null); case "$v" in *nf_tables*) echo iptables=nft;;'
+        ' "") echo iptables=missing;; *) echo iptables=legacy;; esac',
+        'echo "iptables_version=$v"',
+        # kernel log: private only if we share PID 1's network namespace and are no container
+        'n1=$(readlink /proc/1/ns/net 2>/dev/null); ns=$(readlink /proc/self/ns/net 2>/dev/null)',
+        'if [ -n "$n1" ] && [ "$n1" = "$ns" ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
+        ' then echo kernel_log=private; else echo kernel_log=shared; fi',
+        'd=$(docker version --format "{{.Server.Version}}" 2>/dev/null || true)',
+        'echo "docker=${d:-none}"',
+        'for t in rsyslogd ulogd xtables-monitor stdbuf setsid bash; do'
+        ' if command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || [ -x /sbin/$t ]; then echo "has_$t=yes";'
+        ' else echo "has_$t=no"; fi; done',
+        'echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"',
+        'echo "nf_log_ipv4=$(cat /proc/sys/net/netfilter/nf_log/2 2>/dev/null)"',
+    ]
+    if etcd:
+        address, port = etcd
+        probe = f"exec 3<>/dev/tcp/{address}/{port}"
+        lines.append(f"if timeout 3 bash -c {q(probe)} 2>/dev/null; then echo etcd=reachable;"
+                     " else echo etcd=unreachable; fi")
+    else:
+        lines.append("echo etcd=none")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Facts:
+    host: str
+    source: Literal["gathered", "assumed"]
+    os_id: str = "unknown"
+    os_version: str = ""
+    os_like: str = ""
+    os_name: str = "unknown"
+    kernel: str = ""
+    init: str = "none"
+    iptables: str = "legacy"
+    iptables_version: str = ""
+    kernel_log: KernelLog = "private"
+    docker: str = "none"
+    tools: dict[str, bool] = field(default_factory=dict)
+    ip_forward: str = ""
+    nf_log_ipv4: str = ""
+    etcd: str = "none"
+    calico: str = ""
+    trace_backend: Backend = "rsyslog"
+
+    @property
+    def family(self) -> Family:
+        return os_family(self.os_id, self.os_like)
+
+    def has(self, tool: str) -> bool:
+        return self.tools.get(tool, False)
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["family"] = self.family
+        return data
+
+
+def _calico_kind(inv: Inventory) -> str:
+    if inv.calico.driver == "bridge":
+        return "none (Docker bridge networking)"
+    if inv.provider == "local":
+        return "emulation of Calico 2.x (chainlab.calico, not Calico itself)"
+    return "Calico 2.x (calico/node + libnetwork plugin)"
+
+
+def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
+    values: dict[str, str] = {}
+    for row in text.splitlines():
+        key, sep, value = row.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    facts = Facts(host=host, source="gathered")
+    for name in ("os_id", "os_version", "os_like", "os_name", "kernel", "init", "iptables_version",
+                 "docker", "ip_forward", "nf_log_ipv4", "etcd"):
+        if name in values:
+            setattr(facts, name, values[name])
+    backend = values.get("iptables", "legacy")
+    facts.iptables = backend if backend in ("legacy", "nft", "missing") else "legacy"
+    facts.kernel_log = "shared" if values.get("kernel_log") == "shared" else "private"
+    facts.tools = {k[4:]: v == "yes" for k, v in values.items() if k.startswith("has_")}
+    _derive(inv, facts)
+    return facts
+
+
+def assumed_facts(inv: Inventory, host: str) -> Facts:
+    """Facts from the inventory's hints, for a plan that must not connect (offline --check)."""
+    spec = inv.hosts[host]
+    os_id, version, like, init = OS_HINTS[spec.os]
+    local = inv.provider == "local"
+    facts = Facts(
+        host=host, source="assumed", os_id=os_id, os_version=version, os_like=like,
+        os_name=f"{spec.os} (from the inventory)", init="none" if local else init,
+        iptables="nft" if spec.iptables == "nft" else "legacy",
+        kernel_log="shared" if local else "private",
+        docker="assumed present", ip_forward="0", nf_log_ipv4="NONE",
+        etcd="assumed reachable" if inv.etcd else "none",
+    )
+    modern = spec.os not in ("centos7",)
+    facts.tools = {"rsyslogd": not local, "ulogd": local, "xtables-monitor": modern, "stdbuf": True,
+                   "setsid": True, "bash": True}
+    _derive(inv, facts)
+    return facts
+
+
+def _derive(inv: Inventory, facts: Facts) -> None:
+    spec = inv.hosts[facts.host]
+    # what the host says wins; the inventory's hint only stands in when nothing was gathered
+    iptables = facts.iptables if facts.iptables in ("legacy", "nft") else spec.iptables
+    facts.trace_backend = choose_backend(spec.trace_backend, iptables, facts.kernel_log)
+    facts.calico = _calico_kind(inv)

@@ -1,0 +1,154 @@
+"""The steps of `lab down`: remove exactly what `lab up` added, in reverse order.
+
+Each step finds its traces on the host (our comment on rules, our marker in files, our
+pidfiles under /run/chainlab, our label on containers), so it works on a half-provisioned
+host and when run twice. Nothing that lacks our mark is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chainlab.errors import ChainlabError
+from chainlab.provision import commands as C
+from chainlab.provision.context import HostContext, Skip
+from chainlab.provision.steps import IMAGE_MARK, LABEL, StepFn, _calico_call, _cat, _status, calico_api
+
+
+def containers(ctx: HostContext) -> tuple[str, str]:
+    import docker
+
+    inv = ctx.inv
+    placed = {n for n, c in inv.containers.items() if c.host == ctx.host}
+    if ctx.offline:
+        for name in sorted(placed):
+            ctx.note(f"docker rm -f {name}   # docker SDK, only if labelled {LABEL}={inv.lab}")
+        return ("changed", "would remove the lab's containers") if placed else ("ok", "no containers")
+    client = ctx.docker()
+    ours = client.containers.list(all=True, filters={"label": f"{LABEL}={inv.lab}"})
+    removed = []
+    api: Any = None
+    if inv.calico.driver == "calico":
+        try:
+            api = calico_api()
+        except Skip:
+            api = None
+    for box in ours:
+        if api is not None:
+            ctx.note(f"chainlab.calico.detach({ctx.host}, {box.name})")
+            if not ctx.check:
+                try:
+                    _calico_call("detach", lambda: api.detach(inv, ctx.host, box.name, ctx.conn, client))
+                except Skip:
+                    pass
+        ctx.note(f"docker rm -f {box.name}   # docker SDK")
+        if not ctx.check:
+            try:
+                box.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        removed.append(box.name)
+    for net in client.networks.list(filters={"label": f"{LABEL}={inv.lab}"}):
+        ctx.note(f"docker network rm {net.name}   # docker SDK")
+        if not ctx.check:
+            net.remove()
+        removed.append(f"network {net.name}")
+    return _status(bool(removed), f"removed {', '.join(removed)}", "no lab containers")
+
+
+def calico(ctx: HostContext) -> tuple[str, str]:
+    inv = ctx.inv
+    if inv.calico.driver == "bridge":
+        raise Skip("calico.driver is bridge")
+    api = calico_api()
+    ctx.note(f"chainlab.calico.stop_node({ctx.host})")
+    if ctx.check:
+        return "changed", "would stop the node"
+    changed = _calico_call("stop_node", lambda: api.stop_node(inv, ctx.host, ctx.conn))
+    return _status(bool(changed), "node stopped", "node not running")
+
+
+def image(ctx: HostContext) -> tuple[str, str]:
+    """Remove the image only if lab up loaded it (its id is in /run/chainlab/image.loaded)."""
+    import docker
+
+    mark = (ctx.read(_cat(IMAGE_MARK)) or "").strip()
+    if not mark:
+        return "ok", "no image loaded by lab up" if not ctx.offline else "image left in place unless lab up loaded it"
+    ctx.note(f"docker rmi {ctx.inv.image.name} ({mark[:19]})   # docker SDK")
+    ctx.change(["rm", "-f", IMAGE_MARK])
+    if not ctx.check:
+        try:
+            ctx.docker().images.remove(mark)
+        except docker.errors.ImageNotFound:
+            pass
+    return "changed", f"removed {ctx.inv.image.name}"
+
+
+def trace_rules(ctx: HostContext) -> tuple[str, str]:
+    listing = ctx.read(["iptables", "-w", "5", "-t", "raw", "-S"])
+    if listing is None:
+        ctx.note("iptables -t raw -S, then -D every rule with --comment chainlab")
+        return "changed", "would remove our raw rules"
+    deletes = C.our_rules_from_save(listing)
+    for argv in deletes:
+        ctx.change(argv)
+    return _status(bool(deletes), f"removed {len(deletes)} raw rules", "no chainlab raw rules")
+
+
+def trace_log(ctx: HostContext) -> tuple[str, str]:
+    """Stop whatever backend we started (by pidfile), restore bindings, drop-ins, trace file."""
+    done = []
+    log = ctx.inv.hosts[ctx.host].trace_log
+    for backend, pidfile in (("ulogd", C.ULOGD_PID), ("nft-monitor", C.MONITOR_PID)):
+        comm = C.PROCESS_NAMES[backend]
+        if ctx.offline or ctx.read(C.running_check_argv(pidfile, comm)):
+            ctx.change(C.stop_argv(pidfile, comm))
+            done.append(f"stopped {comm}")
+    before = ctx.read(_cat(C.NF_LOG_BEFORE))
+    if before is None or before.strip():
+        ctx.change(C.nf_log_restore_argv(C.parse_nf_log(before or "")))
+        done.append("nf_log restored")
+    text = ctx.read(_cat(C.RSYSLOG_FILE))
+    if text is None or text.startswith(C.MARKER):
+        ctx.change(C.restore_argv(C.RSYSLOG_FILE))
+        if ctx.facts.init != "none" and ctx.facts.has("rsyslogd"):
+            ctx.change(C.restart_argv(ctx.facts.init, "rsyslog"))
+        done.append("rsyslog drop-in removed")
+    created = ctx.read(_cat(C.TRACE_LOG_CREATED))
+    if created is None or created.strip():
+        ctx.change(C.remove_created_trace_log_argv(log))
+        done.append(f"removed {log}")
+    return _status(bool(done), ", ".join(done), "no trace backend of ours")
+
+
+def ip_forward(ctx: HostContext) -> tuple[str, str]:
+    text = ctx.read(_cat(C.SYSCTL_FILE))
+    if text is not None and not text.startswith(C.MARKER):
+        return "ok", f"{C.SYSCTL_FILE} absent or not ours"
+    before = C.sysctl_before(text or "") or ("0" if text is None else None)
+    if before is None:
+        raise ChainlabError(f"{C.SYSCTL_FILE} is ours but lost the value before lab up")
+    if ctx.facts.ip_forward != before:
+        ctx.change(C.sysctl_set_argv(before))
+    ctx.change(C.restore_argv(C.SYSCTL_FILE))
+    return "changed", f"ip_forward back to {before}"
+
+
+def run_dir(ctx: HostContext) -> tuple[str, str]:
+    present = ctx.probe(["test", "-e", C.RUN_DIR])
+    if present is False:
+        return "ok", f"{C.RUN_DIR} absent"
+    ctx.change(["rm", "-rf", C.RUN_DIR])
+    return "changed", f"removed {C.RUN_DIR}"
+
+
+DOWN_STEPS: list[tuple[str, StepFn]] = [
+    ("containers", containers),
+    ("calico", calico),
+    ("image", image),
+    ("trace_rules", trace_rules),
+    ("trace_log", trace_log),
+    ("ip_forward", ip_forward),
+    ("run_dir", run_dir),
+]
