@@ -24,7 +24,9 @@ class Context:
 #: Modules are imported only when their command runs: `analyze` then stays light.
 COMMAND_MODULES = {
     "analyze": "analyze",
+    "facts": "lab",
     "inventory": "inventory",
+    "lab": "lab",
     "local": "local",
     "profile": "profile",
     "run": "run",
