@@ -1,0 +1,203 @@
+"""lab up / lab down against our own local lab (lab `prov`, 10.231.93.0/24, slave2 nft).
+
+Order matters: up from nothing, traces, idempotent second run, a host with sshd killed,
+repair and converge, then down back to the snapshot taken before lab up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from chainlab.inventory import Inventory, load_inventory
+from chainlab.labstate import load_state, state_path
+from chainlab.local import down, plan_lab, up
+from chainlab.local.lab import load_state as load_local_state
+from chainlab.provision import provision
+from chainlab.provision.recap import RunReport
+from chainlab.remote import connect, run
+
+from .conftest import make_inventory_file
+
+pytestmark = pytest.mark.integration
+
+CLI = str(Path(sys.executable).parent / "chainlab")
+SNAPSHOT = r"""
+echo '## iptables'; iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+echo '## sysctl'; sysctl net.ipv4.ip_forward
+for f in 2 7 10; do echo "nf_log/$f=$(cat /proc/sys/net/netfilter/nf_log/$f)"; done
+echo '## files'; ls -la --time-style=+ /etc/sysctl.d /etc/rsyslog.d /var/log | awk '$1 != "total" {print $1, $NF}' \
+  | grep -v chainlab-felix.log  # the Calico layer's agent log (its own teardown's business)
+for f in /etc/sysctl.d/* /etc/rsyslog.d/*; do [ -f "$f" ] && md5sum "$f"; done
+ls -d /run/chainlab 2>/dev/null; echo end
+"""
+
+
+def _quiet() -> Console:
+    return Console(file=open(os.devnull, "w"), width=200)
+
+
+def _drop_empty_tables(text: str) -> str:
+    """A legacy table, once loaded in a namespace, cannot be unloaded: ignore empty ones."""
+    out, block = [], []
+    for row in text.splitlines():
+        if row.startswith("*"):
+            block = [row]
+        elif block and row == "COMMIT":
+            block.append(row)
+            rules = [r for r in block if r.startswith("-A")]
+            policies_default = all(r.endswith("ACCEPT ") or r.endswith("ACCEPT") for r in block if r.startswith(":"))
+            if rules or not policies_default:
+                out.extend(block)
+            block = []
+        elif block:
+            block.append(row)
+        else:
+            out.append(row)
+    return "\n".join(out)
+
+
+def snapshot(inv: Inventory) -> dict[str, str]:
+    snaps = {}
+    for host in inv.hosts:
+        with connect(inv, host) as conn:
+            text = run(conn, ["sh", "-c", SNAPSHOT]).stdout
+        head, _, rest = text.partition("## sysctl")
+        snaps[host] = _drop_empty_tables(head) + "## sysctl" + rest
+    return snaps
+
+
+@pytest.fixture(scope="module")
+def prov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
+    if os.geteuid() != 0:
+        pytest.skip("the local lab needs root")
+    path = make_inventory_file(tmp_path_factory.mktemp("prov"), lab="prov", lan="10.231.93")
+    inv = load_inventory(path)
+    plan = plan_lab(inv)
+    try:
+        up(plan, log=lambda *_: None)
+        yield inv
+    finally:
+        down(plan, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def before(prov: Inventory) -> dict[str, str]:
+    return snapshot(prov)
+
+
+@pytest.fixture(scope="module")
+def timings() -> dict[str, float]:
+    return {}
+
+
+def _changed(report: RunReport) -> dict[str, int]:
+    return {h: r.count("changed") for h, r in report.hosts.items()}
+
+
+def test_up_from_nothing(prov: Inventory, before: dict[str, str], timings: dict[str, float],
+                         tmp_path: Path) -> None:
+    started = time.monotonic()
+    report = provision(prov, "up", json_path=tmp_path / "up.json", console=_quiet())
+    timings["first"] = time.monotonic() - started
+    assert not report.failed, report.as_dict()
+    for host, rep in report.hosts.items():
+        statuses = {s.name: s.status for s in rep.steps}
+        assert statuses["facts"] == "ok"
+        for step in ("ip_forward", "trace_log", "trace_rules", "image", "calico"):
+            assert statuses[step] in ("changed", "ok"), (host, step, rep.steps)
+        assert statuses["trace_log"] == "changed" and statuses["trace_rules"] == "changed"
+    assert report.hosts["slave2"].steps[-1].status == "skipped"  # no container placed there
+    assert '"changed": 6' in (tmp_path / "up.json").read_text()
+    state = load_state(prov)
+    assert state.hosts["master"].trace_backend == "ulogd"
+    assert state.hosts["slave2"].trace_backend == "nft-monitor"
+    assert {c: s.host for c, s in state.containers.items()} == {"web1": "master", "web2": "master",
+                                                                 "web3": "slave1"}
+    assert all(s.interface and s.interface.startswith("cali") for s in state.containers.values())
+
+
+def test_traces_land_per_host(prov: Inventory) -> None:
+    master, slave2 = (str(prov.hosts[h].address) for h in ("master", "slave2"))
+    with connect(prov, "slave1") as slave1:
+        run(slave1, ["ping", "-c", "1", "-W", "3", master])
+        run(slave1, ["ping", "-c", "1", "-W", "3", slave2])
+    logs = {}
+    deadline = time.monotonic() + 10
+    for host in ("master", "slave2"):
+        with connect(prov, host) as conn:
+            while True:
+                logs[host] = run(conn, ["cat", "/var/log/iptables.log"]).stdout
+                if "raw:PREROUTING" in logs[host] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+    assert f"TRACE: raw:PREROUTING" in logs["master"], logs["master"][-2000:]
+    assert f"SRC={prov.hosts['slave1'].address} DST={master}" in logs["master"]
+    assert "raw:PREROUTING:rule:" in logs["slave2"], logs["slave2"][-2000:]
+
+
+def test_second_run_changes_nothing_and_is_faster(prov: Inventory, timings: dict[str, float]) -> None:
+    started = time.monotonic()
+    report = provision(prov, "up", console=_quiet())
+    timings["second"] = time.monotonic() - started
+    assert not report.failed
+    assert _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
+    assert timings["second"] < timings["first"] / 1.5, timings
+
+
+def test_check_on_local_lab_changes_nothing(prov: Inventory) -> None:
+    report = provision(prov, "up", check=True, console=_quiet())
+    assert not report.failed
+    for host in ("master", "slave1", "slave2"):
+        statuses = {s.name: s.status for s in report.hosts[host].steps}
+        assert statuses["ip_forward"] == statuses["trace_rules"] == statuses["trace_log"] == "ok"
+
+
+def test_host_with_sshd_down_fails_alone_then_converges(prov: Inventory) -> None:
+    plan = plan_lab(prov)
+    local_state = load_local_state(plan)
+    assert local_state is not None
+    os.kill(local_state.hosts["slave1"].daemons["sshd"].pid, signal.SIGTERM)
+    time.sleep(0.3)
+    started = time.monotonic()
+    proc = subprocess.run([CLI, "-i", _inventory_file(prov), "lab", "up"], capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0, proc.stdout
+    assert re.search(r"slave1 : ok=0 changed=0 failed=1", proc.stdout), proc.stdout
+    assert "cannot ssh to slave1" in proc.stdout
+    assert re.search(r"master : ok=7 changed=0 failed=0", proc.stdout), proc.stdout
+    assert re.search(r"slave2 : ok=6 changed=0 failed=0 skipped=1", proc.stdout), proc.stdout
+    assert elapsed > 2  # the connection was retried with backoff before giving up
+    up(plan, log=lambda *_: None)  # `chainlab local up` restarts the dead sshd
+    report = provision(prov, "up", console=_quiet())
+    assert not report.failed
+    assert _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
+
+
+def test_down_restores_hosts(prov: Inventory, before: dict[str, str]) -> None:
+    report = provision(prov, "down", console=_quiet())
+    assert not report.failed, report.as_dict()
+    after = snapshot(prov)
+    for host in prov.hosts:
+        diff = "\n".join(difflib.unified_diff(before[host].splitlines(), after[host].splitlines(), lineterm=""))
+        assert after[host] == before[host], f"{host}:\n{diff}"
+    assert not state_path(prov).exists()
+    again = provision(prov, "down", console=_quiet())  # re-runnable
+    assert not again.failed
+    assert all(r.count("changed") == 0 for r in again.hosts.values()), again.as_dict()
+
+
+def _inventory_file(inv: Inventory) -> str:
+    path = Path(plan_lab(inv).state_dir).parent / "inventory.yaml"
+    assert path.exists()
+    return str(path)
