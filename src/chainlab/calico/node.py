@@ -65,7 +65,8 @@ def stop_agent(conn: fabric.Connection) -> bool:
         return False
     run(conn, ["kill", str(pid)], check=False)
     deadline = time.monotonic() + 5
-    while run(conn, ["kill", "-0", str(pid)], check=False).ok:
+    # agent_pid reads the cmdline: an exited agent (even a zombie not yet reaped) has none
+    while agent_pid(conn) == pid:
         if time.monotonic() > deadline:
             run(conn, ["kill", "-9", str(pid)], check=False)
             break
