@@ -1,0 +1,170 @@
+"""Provisioning's pure builders: quoting, CentOS 7 vs Debian choices, rules, facts parsing."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chainlab.inventory import load_inventory
+from chainlab.provision import commands as C
+from chainlab.provision.facts import assumed_facts, facts_script, parse_facts
+from chainlab.provision.image import render_dockerfile
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTILE = "/var/log/x'; touch /tmp/pwned; echo '"
+
+
+def test_install_and_restart_by_family() -> None:
+    assert C.install_argv("rhel", "rsyslog") == ["yum", "install", "-y", "rsyslog"]
+    assert C.install_argv("rhel", "ulogd") == ["yum", "install", "-y", "ulogd"]
+    assert C.install_argv("debian", "ulogd")[-1] == "ulogd2"
+    assert "apt-get" in C.install_argv("debian", "xtables-monitor")
+    with pytest.raises(ValueError):
+        C.install_argv("unknown", "rsyslog")
+    assert C.restart_argv("systemd", "rsyslog") == ["systemctl", "restart", "rsyslog"]
+    assert C.restart_argv("sysv", "rsyslog") == ["service", "rsyslog", "restart"]
+    with pytest.raises(ValueError):
+        C.restart_argv("none", "rsyslog")
+
+
+def test_os_family() -> None:
+    assert C.os_family("centos", "rhel fedora") == "rhel"
+    assert C.os_family("debian") == "debian"
+    assert C.os_family("ubuntu", "debian") == "debian"
+    assert C.os_family("alpine") == "unknown"
+
+
+@pytest.mark.parametrize("override,iptables,kernel_log,expected", [
+    ("auto", "legacy", "private", "rsyslog"),
+    ("auto", "legacy", "shared", "ulogd"),
+    ("auto", "nft", "private", "nft-monitor"),
+    ("auto", "nft", "shared", "nft-monitor"),
+    ("ulogd", "legacy", "private", "ulogd"),
+])
+def test_choose_backend(override: str, iptables: str, kernel_log: str, expected: str) -> None:
+    assert C.choose_backend(override, iptables, kernel_log) == expected
+
+
+def test_sysctl_text_round_trip() -> None:
+    text = C.sysctl_text("0")
+    assert text.startswith(C.MARKER) and "net.ipv4.ip_forward = 1" in text
+    assert C.sysctl_before(text) == "0"
+    assert C.sysctl_before("net.ipv4.ip_forward = 1\n") is None  # not ours
+    assert C.sysctl_set_argv("0") == ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]
+    with pytest.raises(ValueError):
+        C.sysctl_set_argv("1; reboot")
+
+
+def test_trace_rules_marked_and_management_ports_excluded() -> None:
+    rules = C.trace_rules([22, 2379, 2380])
+    assert len(rules) == 8
+    assert {(r.chain, r.spec[1], r.spec[-1]) for r in rules} == {
+        (c, p, t) for c in ("OUTPUT", "PREROUTING") for p in ("icmp", "tcp") for t in ("LOG", "TRACE")}
+    for rule in rules:
+        assert ["-m", "comment", "--comment", "chainlab"] == list(rule.spec[-6:-2])
+        assert rule.argv("-C")[:6] == ["iptables", "-w", "5", "-t", "raw", "-C"]
+    tcp = next(r for r in rules if r.spec[1] == "tcp")
+    assert "! --ports 22,2379,2380" in " ".join(tcp.spec)
+    # LOG before TRACE, as in the reference procedure
+    assert [r.spec[-1] for r in rules] == ["LOG"] * 4 + ["TRACE"] * 4
+
+
+def test_our_rules_from_save_only_ours() -> None:
+    listing = "\n".join([
+        "-P PREROUTING ACCEPT",
+        "-A PREROUTING -p icmp -m comment --comment chainlab -j LOG",
+        '-A PREROUTING -p tcp -m comment --comment "felix raw" -j MARK --set-xmark 0x4000000/0x4000000',
+        "-A OUTPUT -p tcp -m multiport ! --ports 22,2379,2380 -m comment --comment chainlab -j TRACE",
+        "-A OUTPUT -p icmp -j TRACE",
+    ])
+    deletes = C.our_rules_from_save(listing)
+    assert deletes == [
+        ["iptables", "-w", "5", "-t", "raw", "-D", "PREROUTING", "-p", "icmp", "-m", "comment", "--comment",
+         "chainlab", "-j", "LOG"],
+        ["iptables", "-w", "5", "-t", "raw", "-D", "OUTPUT", "-p", "tcp", "-m", "multiport", "!", "--ports",
+         "22,2379,2380", "-m", "comment", "--comment", "chainlab", "-j", "TRACE"],
+    ]
+
+
+def _sh_words(argv: list[str]) -> list[str]:
+    """What a shell makes of a command line we send (the remote side of run())."""
+    return shlex.split(C.line(argv))
+
+
+def test_hostile_values_stay_single_words(tmp_path: Path) -> None:
+    assert _sh_words(["cat", HOSTILE]) == ["cat", HOSTILE]
+    for argv in (C.ensure_trace_log_argv(HOSTILE), C.remove_created_trace_log_argv(HOSTILE),
+                 C.monitor_start_argv(HOSTILE), C.backup_argv(HOSTILE), C.restore_argv(HOSTILE),
+                 C.running_check_argv(HOSTILE, "ulogd"), C.stop_argv(HOSTILE, "ulogd")):
+        words = _sh_words(argv)
+        assert words[:2] == ["sh", "-c"] and len(words) == 3
+        script = words[2]
+        assert shlex.quote(HOSTILE) in script  # only ever as one quoted word
+    # executed for real (a local sh, in a sandbox dir): the hostile path is a file name, no injection
+    target = tmp_path / "a b'; touch pwned; '"
+    script = C.backup_argv(str(target))[2]
+    target.write_text("x")
+    subprocess.run(["sh", "-c", script], check=True, cwd=tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    assert Path(str(target) + C.BACKUP_SUFFIX).read_text() == "x"
+    subprocess.run(["sh", "-c", C.restore_argv(str(target))[2]], check=True, cwd=tmp_path)
+    assert target.read_text() == "x" and not (tmp_path / "pwned").exists()
+
+
+def test_nf_log_parse_and_restore_refuse_junk() -> None:
+    parsed = C.parse_nf_log("2=nf_log_ipv4\n7=nf_log_bridge\n10=NONE\n3=x\n2x=y\n")
+    assert parsed == {2: "nf_log_ipv4", 7: "nf_log_bridge", 10: "NONE"}
+    assert C.parse_nf_log("2=a; reboot\n") == {}
+    script = C.nf_log_restore_argv({2: "nf_log_ipv4", 10: "NONE"})[2]
+    assert "echo nf_log_ipv4 > /proc/sys/net/netfilter/nf_log/2" in script
+    assert script.endswith(f"rm -f {C.NF_LOG_BEFORE}")
+
+
+def test_ulogd_and_rsyslog_texts() -> None:
+    text = C.ulogd_text("/var/log/trace.log")
+    assert "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU" in text
+    assert 'file="/var/log/trace.log"' in text and "sync=1" in text and "group=0" in text
+    assert C.rsyslog_text("/var/log/iptables.log").endswith("kern.* /var/log/iptables.log\n")
+
+
+def test_veth_for_ifindex() -> None:
+    text = "1: lo: <LOOPBACK>\n7: vethab12@if6: <BROADCAST> mtu 1500\n9: eth0@if10: <UP>\n"
+    assert C.veth_for_ifindex(text, 7) == "vethab12"
+    assert C.veth_for_ifindex(text, 8) is None
+
+
+def test_facts_parse_and_assume() -> None:
+    inv = load_inventory(ROOT / "lab" / "local.yaml")
+    text = "\n".join(["os_id=debian", "os_version=12", "os_like=", "os_name=Debian GNU/Linux 12 (bookworm)",
+                      "init=none", "iptables=nft", "kernel_log=shared", "docker=20.10.24", "has_ulogd=yes",
+                      "has_rsyslogd=yes", "has_xtables-monitor=no", "ip_forward=0", "etcd=reachable",
+                      "junk line without equals"])
+    facts = parse_facts(inv, "master", text)
+    assert facts.family == "debian" and facts.init == "none" and facts.kernel_log == "shared"
+    assert facts.iptables == "nft" and facts.trace_backend == "nft-monitor"  # gathered beats the hint
+    assert facts.has("ulogd") and not facts.has("xtables-monitor")
+    assert "emulation" in facts.calico
+    ref = load_inventory(ROOT / "inventory.yaml")
+    assumed = assumed_facts(ref, "master")
+    assert (assumed.source, assumed.family, assumed.init, assumed.kernel_log) == ("assumed", "rhel", "systemd", "private")
+    assert assumed.trace_backend == "rsyslog"
+
+
+def test_facts_script_is_valid_sh_and_quotes_etcd() -> None:
+    script = facts_script(("10.0.0.1", 2379))
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    assert "/dev/tcp/10.0.0.1/2379" in script
+
+
+def test_dockerfile_template_renders_reference_image() -> None:
+    ref = load_inventory(ROOT / "inventory.yaml")
+    text = render_dockerfile(ref)
+    assert text.splitlines()[1:] == [
+        "FROM nginx",
+        "RUN apt-get update",
+        "RUN apt-get install -y iputils-ping iproute2 wget",
+        'LABEL chainlab.lab="reference"',
+    ]

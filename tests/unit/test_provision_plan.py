@@ -1,0 +1,105 @@
+"""Recap formatting, --check on inventory.yaml without any network, the lock, --limit."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from chainlab.errors import ChainlabError
+from chainlab.inventory import load_inventory
+from chainlab.provision import provision
+from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
+from chainlab.provision.runner import lab_lock, select_hosts
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).parent / "chainlab")
+
+
+def test_recap_lines_align_and_count() -> None:
+    report = RunReport(lab="x", action="up", check=False)
+    report.hosts["master"] = HostReport("master", [StepResult("facts", "ok")] * 7 + [StepResult("c", "skipped")])
+    report.hosts["slave10"] = HostReport("slave10", [StepResult("facts", "failed", "cannot ssh")],
+                                         error="facts: cannot ssh")
+    assert recap_lines(report) == [
+        "master  : ok=7 changed=0 failed=0 skipped=1",
+        "slave10 : ok=0 changed=0 failed=1 skipped=0",
+        "            failed: facts: cannot ssh",
+    ]
+    assert report.failed
+    data = report.as_dict()
+    assert data["hosts"]["master"]["ok"] == 7 and data["hosts"]["slave10"]["error"] == "facts: cannot ssh"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a socket fails the test: --check on inventory.yaml must not connect."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network use during --check: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_check_on_reference_inventory_plans_centos7_offline(no_network: None, tmp_path: Path) -> None:
+    inv = load_inventory(ROOT / "inventory.yaml")
+    out = io.StringIO()
+    report = provision(inv, "up", check=True, offline=True, json_path=tmp_path / "plan.json",
+                       console=Console(file=out, width=300, highlight=False))
+    text = out.getvalue()
+    assert not report.failed
+    assert "systemctl restart rsyslog" in text  # CentOS 7: systemd, rsyslog, private kernel log
+    assert "write /etc/rsyslog.d/90-chainlab.conf" in text and "kern.* /var/log/iptables.log" in text
+    assert "iptables -w 5 -t raw -A PREROUTING -p icmp -m comment --comment chainlab -j TRACE" in text
+    assert "FROM nginx" in text and "docker build -t mybusybox" in text
+    assert "ulogd" not in text and "apt-get" not in text.replace("RUN apt-get", "")
+    assert "RECAP lab up reference --check (nothing was changed)" in text
+    assert "master : ok=1 changed=6 failed=0 skipped=0" in text
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["check"] is True and set(plan["hosts"]) == {"master", "slave1", "slave2"}
+
+
+def test_check_debian_nft_plan_differs(no_network: None, tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "inventory.yaml").read_text())
+    doc["hosts"]["slave1"].update(os="debian12", iptables="nft")
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    inv = load_inventory(path)
+    out = io.StringIO()
+    provision(inv, "up", check=True, offline=True, limit=("slave1",),
+              console=Console(file=out, width=300, highlight=False))
+    text = out.getvalue()
+    assert "xtables-monitor --trace" in text and "rsyslog" not in text
+    assert "master" not in text.split("RECAP")[1]
+
+
+def test_cli_check_never_connects_for_ssh_inventory() -> None:
+    proc = subprocess.run([CLI, "-i", str(ROOT / "inventory.yaml"), "lab", "down", "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "(assumed)" in proc.stdout
+    assert "iptables -t raw -S, then -D every rule with --comment chainlab" in proc.stdout
+
+
+def test_limit_and_lock(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
+    doc["local"]["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    inv = load_inventory(path)
+    assert select_hosts(inv, ("slave1",)) == ["slave1"]
+    with pytest.raises(ChainlabError, match="unknown host"):
+        select_hosts(inv, ("nope",))
+    with lab_lock(inv):
+        with pytest.raises(ChainlabError, match="another lab up/down of lab local is running"):
+            with lab_lock(inv):
+                pass
+    with lab_lock(inv):  # released
+        pass
