@@ -31,7 +31,7 @@ def test_recap_lines_align_and_count() -> None:
     assert recap_lines(report) == [
         "master  : ok=7 changed=0 failed=0 skipped=1",
         "slave10 : ok=0 changed=0 failed=1 skipped=0",
-        "            failed: facts: cannot ssh",
+        "          failed: facts: cannot ssh",
     ]
     assert report.failed
     data = report.as_dict()
