@@ -57,7 +57,18 @@ analyze-demo: deps
 
 demo: analyze-demo
 
-lab-up lab-down nightly scenario-all:
+# Provisioning over SSH (issue 4): INVENTORY=lab/local.yaml for the local lab; CHECK=1 plans only.
+.PHONY: facts
+lab-up: venv
+	$(CHAINLAB) $(INV) lab up $(if $(CHECK),--check)
+
+lab-down: venv
+	$(CHAINLAB) $(INV) lab down $(if $(CHECK),--check)
+
+facts: venv
+	$(CHAINLAB) $(INV) facts
+
+nightly scenario-all:
 	@echo "make $@: not available yet (see the open issues); nothing was done"; exit 2
 
 scenario-%:
