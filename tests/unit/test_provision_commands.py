@@ -168,3 +168,12 @@ def test_dockerfile_template_renders_reference_image() -> None:
         "RUN apt-get install -y iputils-ping iproute2 wget",
         'LABEL chainlab.lab="reference"',
     ]
+
+
+def test_batch_probes_round_trip_through_sh(tmp_path: Path) -> None:
+    f = tmp_path / "it's here.txt"
+    f.write_text("line 1\n\nlast line x9\n\n")
+    probes = [["cat", str(f)], ["test", "-e", str(tmp_path / "absent")], ["sh", "-c", "printf 'no newline'; exit 3"]]
+    out = subprocess.run(["sh", "-c", C.batch_script(probes)], capture_output=True, text=True, check=True).stdout
+    assert C.parse_batch(out + "@@1 !!!\nnoise\n", len(probes)) == {
+        0: (0, "line 1\n\nlast line x9\n\n"), 1: (1, ""), 2: (3, "no newline")}

@@ -296,3 +296,34 @@ def veth_for_ifindex(ip_link: str, ifindex: int) -> str | None:
         if idx.strip() == str(ifindex):
             return rest.split(":", 1)[0].split("@", 1)[0].strip() or None
     return None
+
+
+# --- batched probes -------------------------------------------------------------------
+
+def batch_script(probes: Sequence[Sequence[str]]) -> str:
+    """One script running read-only probes, printing `@@I BASE64(stdout + "x" + status)` each."""
+    parts = []
+    for i, argv in enumerate(probes):
+        parts.append(f'o=$( {{ {line(argv)} ; }} 2>/dev/null; echo "x$?"); '
+                     f'printf "@@{i} %s\\n" "$(printf %s "$o" | base64 | tr -d "\\n")"')
+    return "\n".join(parts) + "\n"
+
+
+def parse_batch(text: str, count: int) -> dict[int, tuple[int, str]]:
+    """Probe index → (exit status, stdout) from `batch_script` output (malformed rows ignored)."""
+    import base64
+    import binascii
+
+    results: dict[int, tuple[int, str]] = {}
+    for row in text.splitlines():
+        if not row.startswith("@@"):
+            continue
+        index, _, payload = row[2:].partition(" ")
+        try:
+            raw = base64.b64decode(payload, validate=True).decode(errors="replace")
+        except (binascii.Error, ValueError):
+            continue
+        out, sep, status = raw.rpartition("x")
+        if index.isdigit() and int(index) < count and sep and status.isdigit():
+            results[int(index)] = (int(status), out)
+    return results

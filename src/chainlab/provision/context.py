@@ -18,7 +18,7 @@ import fabric
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
-from chainlab.provision.commands import line
+from chainlab.provision.commands import batch_script, line, parse_batch
 from chainlab.provision.facts import Facts
 from chainlab.remote import docker_client, run
 
@@ -65,25 +65,43 @@ class HostContext:
     commands: list[str] = field(default_factory=list)
     containers: dict[str, ContainerState] = field(default_factory=dict)
     _docker: Any = None
+    _cache: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def offline(self) -> bool:
         return self.conn is None
 
+    def prefetch(self, probes: Sequence[Sequence[str]]) -> None:
+        """Run many read-only probes in one round trip; each answer serves the next identical read once."""
+        if self.conn is None or not probes:
+            return
+        out = run(self.conn, ["sh", "-c", batch_script(probes)], check=False, timeout=60).stdout
+        for index, answer in parse_batch(out, len(probes)).items():
+            self._cache[line(probes[index])] = answer
+
+    def _answer(self, argv: Sequence[str]) -> tuple[int, str]:
+        cached = self._cache.pop(line(argv), None)
+        if cached is not None:
+            return cached
+        assert self.conn is not None
+        result = run(self.conn, argv, check=False)
+        return result.exited, result.stdout
+
     def read(self, argv: Sequence[str]) -> str | None:
         """Run a read-only probe; its stdout, or None offline. Never fails on exit status."""
         if self.conn is None:
             return None
-        return run(self.conn, argv, check=False).stdout
+        return self._answer(argv)[1]
 
     def probe(self, argv: Sequence[str]) -> bool | None:
         """Exit status 0 of a read-only probe; None offline."""
         if self.conn is None:
             return None
-        return run(self.conn, argv, check=False).ok
+        return self._answer(argv)[0] == 0
 
     def change(self, argv: Sequence[str], timeout: float | None = 120) -> str:
         """Record the command; run it unless --check. Its stdout ('' under --check)."""
+        self._cache.clear()  # a change may invalidate any prefetched answer
         self.commands.append(line(argv))
         if self.check:
             return ""
@@ -92,6 +110,7 @@ class HostContext:
 
     def put(self, path: str, text: str) -> None:
         """Write a whole file (recorded as `write PATH` plus its text)."""
+        self._cache.clear()
         self.commands.append(f"write {path} <<EOF\n{text.rstrip()}\nEOF")
         if self.check:
             return

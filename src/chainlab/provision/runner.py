@@ -29,8 +29,8 @@ from chainlab.labstate import HostState, LabState, remove_state, save_state, sta
 from chainlab.provision.context import HostContext, Shared, Skip
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import UP_STEPS, StepFn, calico_api, _calico_call
-from chainlab.provision.teardown import DOWN_STEPS
+from chainlab.provision.steps import UP_STEPS, StepFn, _calico_call, calico_api, up_probes
+from chainlab.provision.teardown import DOWN_STEPS, down_probes
 from chainlab.remote import connect, run
 
 Action = Literal["up", "down"]
@@ -149,6 +149,10 @@ class Runner:
             progress.update(task, advance=1)  # type: ignore[arg-type]
             ctx = HostContext(self.inv, host, facts, conn, self.check, self.shared)
             self.contexts[host] = ctx
+            try:
+                ctx.prefetch(up_probes(ctx) if self.action == "up" else down_probes(ctx))
+            except Exception:
+                pass  # only an optimisation: every step probes again by itself
             for name, fn in self.steps:
                 progress.update(task, description=f"{host}: {name}")  # type: ignore[arg-type]
                 result = self._step(ctx, name, fn)

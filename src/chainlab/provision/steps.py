@@ -19,6 +19,7 @@ from chainlab.provision.context import HostContext, Skip
 
 StepFn = Callable[[HostContext], tuple[str, str]]
 LABEL = "chainlab.lab"
+NF_LOG_READ = C.sh("cat /proc/sys/net/netfilter/nf_log/2")
 IMAGE_MARK = f"{C.RUN_DIR}/image.loaded"
 
 
@@ -130,7 +131,7 @@ def _ulogd(ctx: HostContext, log: str) -> tuple[str, str]:
         ctx.change(C.ulogd_start_argv())
         pid = _wait_running(ctx, C.ULOGD_PID, "ulogd")
         changed = True
-    bound = ctx.read(C.sh("cat /proc/sys/net/netfilter/nf_log/2"))
+    bound = ctx.read(NF_LOG_READ)
     if (bound or "").strip() != "nfnetlink_log":
         ctx.change(C.nf_log_bind_argv())
         changed = True
@@ -158,10 +159,13 @@ def management_ports(ctx: HostContext) -> list[int]:
     return ports
 
 
+def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
+    return C.sh("; ".join(f"{C.line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules))
+
+
 def trace_rules(ctx: HostContext) -> tuple[str, str]:
     rules = C.trace_rules(management_ports(ctx))
-    script = "; ".join(f"{C.line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules)
-    out = ctx.read(C.sh(script))
+    out = ctx.read(_rules_check_argv(rules))
     present = [code == "0" for code in out.split()] if out is not None else [False] * len(rules)
     if len(present) != len(rules):
         raise ChainlabError(f"unexpected answer checking the raw rules: {out!r}")
@@ -355,6 +359,16 @@ def _container(ctx: HostContext, name: str) -> bool:
                                           driver=inv.calico.driver, interface=interface,
                                           published=dict(spec.publish))
     return changed
+
+
+def up_probes(ctx: HostContext) -> list[list[str]]:
+    """The read-only probes the up steps make first, fetched in one round trip."""
+    log = ctx.inv.hosts[ctx.host].trace_log
+    return [
+        _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
+        C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
+        NF_LOG_READ, _rules_check_argv(C.trace_rules(management_ports(ctx))),
+    ]
 
 
 UP_STEPS: list[tuple[str, StepFn]] = [

@@ -15,6 +15,18 @@ from chainlab.provision.context import HostContext, Skip
 from chainlab.provision.steps import IMAGE_MARK, LABEL, StepFn, _calico_call, _cat, _status, calico_api
 
 
+RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
+
+
+def down_probes(ctx: HostContext) -> list[list[str]]:
+    """The read-only probes the down steps make first, fetched in one round trip."""
+    return [
+        _cat(IMAGE_MARK), RAW_LIST, C.running_check_argv(C.ULOGD_PID, "ulogd"),
+        C.running_check_argv(C.MONITOR_PID, "xtables-monitor"), _cat(C.NF_LOG_BEFORE), _cat(C.RSYSLOG_FILE),
+        _cat(C.TRACE_LOG_CREATED), _cat(C.SYSCTL_FILE), ["test", "-e", C.RUN_DIR],
+    ]
+
+
 def containers(ctx: HostContext) -> tuple[str, str]:
     import docker
 
@@ -86,7 +98,7 @@ def image(ctx: HostContext) -> tuple[str, str]:
 
 
 def trace_rules(ctx: HostContext) -> tuple[str, str]:
-    listing = ctx.read(["iptables", "-w", "5", "-t", "raw", "-S"])
+    listing = ctx.read(RAW_LIST)
     if listing is None:
         ctx.note("iptables -t raw -S, then -D every rule with --comment chainlab")
         return "changed", "would remove our raw rules"
