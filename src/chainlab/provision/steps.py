@@ -170,8 +170,8 @@ def trace_rules(ctx: HostContext) -> tuple[str, str]:
     if len(present) != len(rules):
         raise ChainlabError(f"unexpected answer checking the raw rules: {out!r}")
     missing = [r for r, there in zip(rules, present) if not there]
-    for rule in missing:
-        ctx.change(rule.argv("-A"))
+    if missing:  # one round trip: the appends joined with &&, in order
+        ctx.change(C.sh(" && ".join(C.line(rule.argv("-A")) for rule in missing)))
     return _status(bool(missing), f"added {len(missing)} of {len(rules)} raw LOG/TRACE rules",
                    f"{len(rules)} raw LOG/TRACE rules present")
 

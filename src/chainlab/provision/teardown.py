@@ -103,8 +103,8 @@ def trace_rules(ctx: HostContext) -> tuple[str, str]:
         ctx.note("iptables -t raw -S, then -D every rule with --comment chainlab")
         return "changed", "would remove our raw rules"
     deletes = C.our_rules_from_save(listing)
-    for argv in deletes:
-        ctx.change(argv)
+    if deletes:  # one round trip: the deletes joined with &&
+        ctx.change(C.sh(" && ".join(C.line(argv) for argv in deletes)))
     return _status(bool(deletes), f"removed {len(deletes)} raw rules", "no chainlab raw rules")
 
 
