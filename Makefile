@@ -4,15 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CHAINLAB := $(BIN)/chainlab
-# INVENTORY=path is passed to chainlab as -i; empty means $CHAINLAB_INVENTORY, else ./inventory.yaml.
-INVENTORY ?=
+# INVENTORY=path is passed to chainlab as -i. The embedded default is the local lab;
+# for your own VMs: make lab-up INVENTORY=inventory.yaml.
+INVENTORY ?= lab/local.yaml
 INV := $(if $(INVENTORY),-i $(INVENTORY))
 SEED := tests/fixtures/seed-logs
 APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
-	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps
+	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium
 
 .PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
-	lab-up lab-down nightly scenario-all
+	lab-up lab-down nightly scenario-all local-up local-down
 
 help:
 	@echo "make demo        set up everything and draw the reference scenarios' paths"
@@ -46,6 +47,8 @@ test-unit: venv
 
 bench: deps
 	$(BIN)/python bench/trace_bench.py
+	$(BIN)/python bench/local_lab.py
+	$(BIN)/python bench/provision.py
 
 # The reference write-up's two logged scenarios, analysed and drawn.
 analyze-demo: deps
@@ -55,7 +58,11 @@ analyze-demo: deps
 	$(CHAINLAB) analyze --tables nat,filter --format svg --title "scenario 2: web1 pings master" master=$(SEED)/scenario2-master.log > runs/demo/scenario2.svg
 	@echo "diagrams: runs/demo/scenario1.svg runs/demo/scenario2.svg"
 
-demo: analyze-demo
+# The newcomer's path: everything from a fresh machine to runs/nightly-*/index.html.
+demo: deps
+	$(CHAINLAB) -i lab/local.yaml local up
+	$(CHAINLAB) -i lab/local.yaml lab up
+	$(CHAINLAB) -i lab/local.yaml nightly
 
 # Provisioning over SSH (issue 4): INVENTORY=lab/local.yaml for the local lab; CHECK=1 plans only.
 .PHONY: facts
@@ -68,11 +75,16 @@ lab-down: venv
 facts: venv
 	$(CHAINLAB) $(INV) facts
 
-nightly scenario-all:
-	@echo "make $@: not available yet (see the open issues); nothing was done"; exit 2
+# Scenario runs (issue 6) on the provisioned lab: evidence and report.html under runs/.
+scenario-%: venv
+	$(CHAINLAB) $(INV) run $*
 
-scenario-%:
-	@echo "make $@: not available yet (see the open issues); nothing was done"; exit 2
+scenario-all: venv
+	@rc=0; for f in scenarios/[0-9][0-9]-*.yaml; do n=$$(basename $$f | cut -c1-2); \
+	  $(CHAINLAB) $(INV) run $$((10#$$n)) || rc=1; done; exit $$rc
+
+nightly: lab-up
+	$(CHAINLAB) $(INV) nightly
 
 # The local lab (issue 3): three hosts from namespaces on this machine. Needs root.
 LOCAL_INVENTORY ?= lab/local.yaml

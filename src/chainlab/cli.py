@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "inventory": "inventory",
     "lab": "lab",
     "local": "local",
+    "nightly": "run",
     "profile": "profile",
     "run": "run",
 }

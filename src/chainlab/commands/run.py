@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
@@ -49,4 +51,26 @@ def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -
     sys.exit(0 if result.passed else 1)
 
 
-COMMANDS = [run_command]
+@click.command("nightly")
+@click.option("--scenarios", "scenarios_dir", type=click.Path(file_okay=False, path_type=Path), default=SCENARIOS, show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=RUNS, show_default=True)
+@click.pass_obj
+def nightly_command(obj: object, scenarios_dir: Path, runs_dir: Path) -> None:
+    """Every scenario that fits the lab; index.html, junit.xml, summary.json and the diff (exit 1 if any fails)."""
+    from chainlab.run.nightly import run_nightly
+
+    inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
+    console = Console()
+    out_dir, results = run_nightly(inv, scenarios_dir, runs_dir, log=console.print)
+    for result in results:
+        print_result(console, result)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    console.print("[bold]difference from the previous nightly:[/bold]")
+    for line in summary["diff"]["text"]:
+        console.print(f"  {escape(line)}")
+    passed = sum(r.passed for r in results)
+    console.print(f"{passed}/{len(results)} scenarios passed; summary: {out_dir / 'index.html'}")
+    sys.exit(0 if results and passed == len(results) else 1)
+
+
+COMMANDS = [run_command, nightly_command]

@@ -1,0 +1,34 @@
+"""All scenarios of a lab in one go, with a summary and the difference from last time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from chainlab.inventory import Inventory
+from chainlab.report.nightly import find_previous_nightly, write_nightly
+from chainlab.run.runner import RunResult, run_scenario
+from chainlab.scenario import load_scenario
+
+
+def scenario_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("[0-9][0-9]-*.yaml"))
+
+
+def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
+                log: Callable[[str], None] = print) -> tuple[Path, list[RunResult]]:
+    """Every scenario that fits the lab's network; `runs/nightly-<time>/` gets the summary."""
+    out_dir = runs_root / f"nightly-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir.mkdir(parents=True)
+    results = []
+    for path in scenario_files(scenarios_dir):
+        scenario = load_scenario(path)
+        if scenario.network != inv.calico.driver:
+            log(f"scenario {scenario.id}: skipped, needs a {scenario.network} lab")
+            continue
+        log(f"scenario {scenario.id}: {scenario.title}")
+        results.append(run_scenario(inv, path, out_dir, log))
+    previous = find_previous_nightly(runs_root, out_dir)
+    write_nightly(out_dir, [r.run_dir for r in results], previous)
+    return out_dir, results
