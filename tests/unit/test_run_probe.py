@@ -1,10 +1,12 @@
 """Pure parts of scenario runs: what the probe runs, where a log slice starts."""
 
+import subprocess
+
 import pytest
 
 from chainlab.errors import ChainlabError
 from chainlab.labstate import ContainerState, HostState, LabState
-from chainlab.run.collect import LogMark, slice_start
+from chainlab.run.collect import LogMark, parse_slice, slice_argv
 from chainlab.run.probe import build_probe
 from chainlab.scenario import load_scenario
 
@@ -50,14 +52,25 @@ def test_unknown_container_is_a_clean_error():
         build_probe(scenario(2), state)
 
 
-@pytest.mark.parametrize(
-    ("before", "now", "start"),
-    [
-        (LogMark(7, 100), LogMark(7, 180), 100),  # appended
-        (LogMark(7, 100), LogMark(8, 40), 0),  # rotated: new inode
-        (LogMark(7, 100), LogMark(7, 10), 0),  # truncated
-        (LogMark(None, 0), LogMark(9, 50), 0),  # created during the probe
-    ],
-)
-def test_slice_start(before, now, start):
-    assert slice_start(before, now) == start
+def _slice(path, before):
+    out = subprocess.run(slice_argv(str(path), before), capture_output=True, text=True, check=True).stdout
+    return parse_slice(out)
+
+
+def test_log_slice_appended_rotated_truncated_missing(tmp_path):
+    log = tmp_path / "iptables.log"
+    text, missing = _slice(log, LogMark(None, 0))
+    assert (text, missing) == ("", LogMark(None, 0))
+    log.write_text("old\n")
+    text, before = _slice(log, missing)  # created after the mark: all of it
+    assert text == "old\n" and before.size == 4
+    with log.open("a") as f:
+        f.write("new line\n")
+    text, now = _slice(log, before)  # appended: only the new bytes
+    assert text == "new line\n" and now.inode == before.inode
+    log.write_text("x\n")
+    assert _slice(log, now)[0] == "x\n"  # truncated: from the start
+    log.unlink()
+    (tmp_path / "other").write_text("pad")  # a new inode for the rotated file
+    log.write_text("rotated\n")
+    assert _slice(log, now)[0] == "rotated\n"

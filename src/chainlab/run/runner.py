@@ -8,10 +8,12 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import fabric
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
@@ -31,6 +33,8 @@ from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import parse_iptables_save
 
 COLLECT_TIMEOUT_S = 6.0
+SNAPSHOT_SEPARATOR = "#### chainlab: routes ####"
+T = TypeVar("T")
 POLL_S = 0.15
 
 
@@ -80,6 +84,13 @@ def _probe(inv: Inventory, spec: ProbeSpec, conns: dict[str, fabric.Connection])
         client.close()
 
 
+def _each(conns: dict[str, fabric.Connection], work: Callable[[str, fabric.Connection], T]) -> dict[str, T]:
+    """`work(node, conn)` on every node at once (one thread per node and connection)."""
+    with ThreadPoolExecutor(max_workers=max(len(conns), 1)) as pool:
+        futures = {node: pool.submit(work, node, conn) for node, conn in conns.items()}
+        return {node: future.result() for node, future in futures.items()}
+
+
 def _collect(conns: dict[str, fabric.Connection], state: LabState, marks: dict[str, LogMark],
              ready: Callable[[dict[str, str]], bool]) -> dict[str, str]:
     """Every node's new log text, once the files are quiet and `ready` says all is in."""
@@ -87,9 +98,10 @@ def _collect(conns: dict[str, fabric.Connection], state: LabState, marks: dict[s
     slices: dict[str, str] = {}
 
     def poll() -> bool:
+        read = _each(conns, lambda node, conn: read_slice(conn, state.hosts[node].trace_log, marks[node]))
         sizes = {}
-        for node, conn in conns.items():
-            slices[node], now = read_slice(conn, state.hosts[node].trace_log, marks[node])
+        for node, (text, now) in read.items():
+            slices[node] = text
             sizes[node] = now.size
         quiet = sizes == last
         last.clear()
@@ -103,6 +115,14 @@ def _collect(conns: dict[str, fabric.Connection], state: LabState, marks: dict[s
     except RetryError:
         pass
     return slices
+
+
+def _snapshot(conn: fabric.Connection, node: str, run_dir: Path) -> None:
+    """Rules with counters and routes, in one round trip."""
+    out = run(conn, ["sh", "-c", 'iptables-save -c; echo "$1"; ip route', "sh", SNAPSHOT_SEPARATOR]).stdout
+    rules, _, routes = out.partition(SNAPSHOT_SEPARATOR + "\n")
+    (run_dir / "rules" / f"{node}.rules").write_text(rules)
+    (run_dir / "routes" / f"{node}.txt").write_text(routes)
 
 
 def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Callable[[str], None] = print) -> RunResult:
@@ -124,12 +144,10 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Call
     conns: dict[str, fabric.Connection] = {}
     with _sigterm_as_interrupt():
         try:
-            for host in state.hosts:
-                conns[host] = connect(inv, host)
-            marks = {node: mark(conn, state.hosts[node].trace_log) for node, conn in conns.items()}
-            for node, conn in conns.items():
-                (run_dir / "rules" / f"{node}.rules").write_text(run(conn, ["iptables-save", "-c"]).stdout)
-                (run_dir / "routes" / f"{node}.txt").write_text(run(conn, ["ip", "route"]).stdout)
+            with ThreadPoolExecutor(max_workers=len(state.hosts) or 1) as pool:
+                conns.update(zip(state.hosts, pool.map(lambda h: connect(inv, h), state.hosts)))
+            marks = _each(conns, lambda node, conn: mark(conn, state.hosts[node].trace_log))
+            _each(conns, lambda node, conn: _snapshot(conn, node, run_dir))
             log(f"probe: {' '.join(spec.argv)} from {spec.where}")
             exit_code, output = _probe(inv, spec, conns)
             (run_dir / "probe.txt").write_text(f"$ {' '.join(spec.argv)}  # on {spec.where}\n{output}\nexit code {exit_code}\n")
