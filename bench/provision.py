@@ -10,38 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
+from benchlab import CHAINLAB, inventory, timed
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAINLAB = str(Path(sys.executable).parent / "chainlab")
 LAN = "10.231.98"
-
-
-def inventory(directory: Path) -> Path:
-    doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
-    doc["lab"] = "provbench"
-    doc["local"] = {"lan": f"{LAN}.1/24", "state_dir": str(directory / "state")}
-    for host in doc["hosts"].values():
-        host["address"] = f"{LAN}." + str(host["address"]).rsplit(".", 1)[1]
-    path = directory / "inventory.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def timed(inv: Path, *args: str) -> float:
-    started = time.monotonic()
-    proc = subprocess.run([CHAINLAB, "-i", str(inv), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"chainlab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return time.monotonic() - started
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chainlab-provbench-") as tmp:
-        inv = inventory(Path(tmp))
+        inv = inventory(Path(tmp), "provbench", LAN)
         try:
             timed(inv, "local", "up")
             first = timed(inv, "lab", "up")

@@ -24,7 +24,7 @@ from chainlab.local import check_lab_route, down, load_image, status, up
 from chainlab.local.plan import LabPlan
 from chainlab.remote import connect, connection, docker_client, etcd_client, resolve_target, run
 
-from .conftest import root_snapshot
+from .conftest import TEST_LAB, root_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -194,4 +194,4 @@ def test_down_after_kill9_of_up(lab: LabPlan, inventory_path: Path, root_before:
         proc.wait()
         subprocess.run([*cli, "-i", str(inventory_path), "local", "down"], check=True, capture_output=True)
         assert root_snapshot() == root_before
-        assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("chainlab.")
+        assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(f"chainlab.{TEST_LAB}")

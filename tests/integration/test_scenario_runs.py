@@ -1,0 +1,113 @@
+"""`chainlab run` and `chainlab nightly` end to end on an own, provisioned local lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chainlab.inventory import load_inventory
+from chainlab.remote import connect, run
+
+from .conftest import ROOT, make_inventory_file
+
+pytestmark = pytest.mark.integration
+
+CHAINLAB = str(Path(sys.executable).parent / "chainlab")
+SCENARIOS = str(ROOT / "scenarios")
+
+
+def cli(inv: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([CHAINLAB, "-i", str(inv), *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"chainlab {' '.join(args)} exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    if os.geteuid() != 0:
+        pytest.skip("the local lab needs root")
+    directory = tmp_path_factory.mktemp("runs-lab")
+    inv = make_inventory_file(directory, lab="runit", lan="10.231.96")
+    try:
+        cli(inv, "local", "up")
+        cli(inv, "lab", "up")
+        yield inv, directory / "runs"
+    finally:
+        subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
+
+
+def nightly(inv: Path, runs: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    proc = cli(inv, "nightly", "--runs", str(runs), "--scenarios", SCENARIOS, check=False)
+    newest = sorted(runs.glob("nightly-*"))[-1]
+    return proc, json.loads((newest / "summary.json").read_text())
+
+
+def test_nightly_passes_all_calico_scenarios_and_diffs(lab):
+    inv, runs = lab
+    proc, summary = nightly(inv, runs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [s["id"] for s in summary["scenarios"]] == [1, 2, 3, 4, 5, 6]
+    assert all(s["passed"] for s in summary["scenarios"])
+    out_dir = sorted(runs.glob("nightly-*"))[-1]
+    for name in ("index.html", "junit.xml", "summary.json"):
+        assert (out_dir / name).is_file()
+    run4 = next(out_dir.glob("*-04-*"))
+    for name in ("analysis.json", "report.html", "diagram.svg", "probe.txt", "logs/master.log", "rules/master.rules"):
+        assert (run4 / name).is_file(), name
+    analysis = json.loads((run4 / "analysis.json").read_text())
+    drop = next(p for p in analysis["packets"] if p["node"] == "master" and p["direction"] == "request")
+    assert drop["verdict"] == "dropped" and drop["last_step"]["chain"].startswith("cali-tw-")
+    assert "Drop if no profiles matched" in drop["reason"]
+
+    time.sleep(1)  # nightly directories are named by the second
+    proc, summary = nightly(inv, runs)
+    assert summary["diff"]["text"] == ["no change"], summary["diff"]
+
+    cli(inv, "profile", "allow", "net1", "--from", "10.231.96.196/32")
+    try:
+        time.sleep(1)
+        proc, summary = nightly(inv, runs)
+        assert proc.returncode == 1
+        assert summary["diff"]["status"] == "changed"
+        assert any(line.startswith("scenario 4") for line in summary["diff"]["text"])
+        assert not any(line.startswith(("scenario 1 ", "scenario 5 ")) for line in summary["diff"]["text"])
+    finally:
+        cli(inv, "profile", "reset", "net1")
+
+
+def test_kill_9_during_a_run_leaves_nothing_behind(lab):
+    inv, runs = lab
+    before = rules(inv)
+    proc = subprocess.Popen([CHAINLAB, "-i", str(inv), "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = cli(inv, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "PASS" in again.stdout
+    assert rules(inv) == before
+
+
+def rules(inv: Path) -> dict[str, str]:
+    """Every host's rules without counters and comment lines."""
+    inventory = load_inventory(inv)
+    out = {}
+    for host in inventory.hosts:
+        conn = connect(inventory, host)
+        try:
+            text = run(conn, ["iptables-save"]).stdout
+        finally:
+            conn.close()
+        out[host] = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    return out
