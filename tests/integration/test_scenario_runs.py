@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chainlab.inventory import load_inventory
 from chainlab.remote import connect, run
@@ -112,3 +113,38 @@ def rules(inv: Path) -> dict[str, str]:
             conn.close()
         out[host] = "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#"))
     return out
+
+
+@pytest.fixture(scope="module")
+def bridge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """lab/local-bridge.yaml (plain Docker, no Calico) moved to its own subnet and state dir."""
+    if os.geteuid() != 0:
+        pytest.skip("the local lab needs root")
+    directory = tmp_path_factory.mktemp("bridge-lab")
+    doc = yaml.safe_load((ROOT / "lab" / "local-bridge.yaml").read_text())
+    doc["lab"] = "bridgeit"
+    doc["local"] = {"lan": "10.231.98.1/24", "state_dir": str(directory / "state")}
+    for host in doc["hosts"].values():
+        host["address"] = "10.231.98." + str(host["address"]).rsplit(".", 1)[1]
+    inv = directory / "inventory.yaml"
+    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        cli(inv, "local", "up")
+        cli(inv, "lab", "up")
+        yield inv, directory / "runs"
+    finally:
+        subprocess.run([CHAINLAB, "-i", str(inv), "lab", "down"], capture_output=True)
+        subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
+
+
+def test_scenario_7_tcp_to_a_published_port_on_a_docker_bridge_lab(bridge_lab):
+    inv, runs = bridge_lab
+    before = rules(inv)
+    proc = cli(inv, "run", "7", "--runs", str(runs), "--scenarios", SCENARIOS, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    analysis = json.loads(next(runs.glob("*-07-*/analysis.json")).read_text())
+    master_syn = next(p for p in analysis["packets"] if p["node"] == "master" and p["direction"] == "request")
+    assert master_syn["protocol"] == "tcp"
+    rules_seen = " ".join(step.get("rule") or "" for p in analysis["packets"] for step in p["steps"])
+    assert "MASQUERADE" in rules_seen and "DNAT --to-destination" in rules_seen
+    assert rules(inv) == before

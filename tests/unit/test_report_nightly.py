@@ -120,7 +120,7 @@ def test_changed_verdict_names_scenario_4_first(runs):
     page = html.unescape(summary.index.read_text())
     assert page.index("master request: verdict was dropped, now accepted") < page.index("Scenarios × nodes × directions")
     doc = json.loads(summary.summary_json.read_text())
-    assert doc["diff"]["status"] == CHANGED and list(doc)[:4] == ["version", "generated", "passed", "diff"]
+    assert doc["diff"]["status"] == CHANGED and list(doc)[:5] == ["version", "lab", "generated", "passed", "diff"]
 
 
 def test_a_rule_text_change_alone_is_a_change(runs):
@@ -148,6 +148,16 @@ def test_find_previous_nightly(tmp_path):
     (current / "summary.json").write_text("{}")
     assert find_previous_nightly(tmp_path, current) == tmp_path / "nightly-20250102"
     assert find_previous_nightly(tmp_path, tmp_path / "nightly-20250101") is None
+
+
+def test_previous_nightly_is_of_the_same_lab(tmp_path):
+    for name, lab in (("nightly-20250101", "local"), ("nightly-20250102", "bridge")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"lab": lab}))
+    current = tmp_path / "nightly-20250103"
+    assert find_previous_nightly(tmp_path, current, "local") == tmp_path / "nightly-20250101"
+    assert find_previous_nightly(tmp_path, current, "bridge") == tmp_path / "nightly-20250102"
+    assert find_previous_nightly(tmp_path, current, "other") is None
 
 
 def test_broken_run_is_a_junit_error_and_scenarios_added_or_gone_are_changes(runs):

@@ -43,7 +43,13 @@ def test_container_pings_container_on_other_node():
 
 def test_tcp_probe_from_container():
     spec = build_probe(scenario(7), STATE)
-    assert spec.argv == ("wget", "-q", "-O", "/dev/null", "-T", "2", "http://10.231.91.196:8080/")
+    assert spec.argv == ("nc", "-w", "2", "10.231.91.196", "8080", "-e", "true")
+
+
+def test_tcp_probe_from_host_uses_bash_dev_tcp():
+    from_host = scenario(7).model_copy(update={"source": scenario(1).source})
+    spec = build_probe(from_host, STATE)
+    assert spec.argv == ("timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/10.231.91.196/8080")
 
 
 def test_unknown_container_is_a_clean_error():

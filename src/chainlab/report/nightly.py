@@ -147,10 +147,12 @@ def load_summary(nightly_dir: Path | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("scenarios"), list) else None
 
 
-def find_previous_nightly(runs_root: Path, current: Path) -> Path | None:
+def find_previous_nightly(runs_root: Path, current: Path, lab: str | None = None) -> Path | None:
     """The newest `nightly-*` directory under `runs_root` that sorts before `current` and has a summary.
 
     Nightly names carry their date (`nightly-YYYYmmdd[-HHMMSS]`), so name order is time order.
+    With `lab`, only a summary of that lab counts: one `runs/` may serve several labs, and a
+    Docker-bridge lab's nightly is no baseline for a Calico lab's.
     """
     runs_root, current = Path(runs_root), Path(current)
     try:
@@ -158,10 +160,19 @@ def find_previous_nightly(runs_root: Path, current: Path) -> Path | None:
             d for d in runs_root.iterdir()
             if d.is_dir() and d.name.startswith("nightly-") and d.name < current.name
             and d.resolve() != current.resolve() and (d / "summary.json").is_file()
+            and (lab is None or _summary_lab(d) == lab)
         ]
     except OSError:
         return None
     return max(candidates, key=lambda d: d.name, default=None)
+
+
+def _summary_lab(directory: Path) -> str | None:
+    try:
+        doc = json.loads((directory / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("lab") if isinstance(doc, dict) else None
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -203,7 +214,8 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None) -> NightlySummary:
+def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
+                  lab: str | None = None) -> NightlySummary:
     """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against `previous`.
 
     A run without `report.html` gets one; a run without a readable `analysis.json` counts as
@@ -235,6 +247,7 @@ def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None) ->
     }
     doc = {
         "version": SUMMARY_VERSION,
+        "lab": lab,
         "generated": generated,
         "passed": bool(scenarios) and all(s["passed"] for s in scenarios),
         "diff": diff,

@@ -29,6 +29,6 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
             continue
         log(f"scenario {scenario.id}: {scenario.title}")
         results.append(run_scenario(inv, path, out_dir, log))
-    previous = find_previous_nightly(runs_root, out_dir)
-    write_nightly(out_dir, [r.run_dir for r in results], previous)
+    previous = find_previous_nightly(runs_root, out_dir, inv.lab)
+    write_nightly(out_dir, [r.run_dir for r in results], previous, inv.lab)
     return out_dir, results

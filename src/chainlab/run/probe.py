@@ -44,12 +44,19 @@ def endpoint_host(state: LabState, endpoint: Endpoint) -> str:
 
 
 def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
-    """ping -c N -W 1 ADDR, or a TCP connect (busybox wget) to ADDR:PORT."""
+    """ping -c N -W 1 ADDR, or a TCP connect to ADDR:PORT with a 2 s timeout.
+
+    In a container, busybox `nc ... -e true` (connect, then close; busybox-static's
+    `wget -T` segfaults). On a host shell, bash's /dev/tcp, which every target OS has.
+    """
     address = endpoint_address(state, scenario.target)
     host = endpoint_host(state, scenario.source)
     if isinstance(scenario.probe, PingProbe):
         argv: tuple[str, ...] = ("ping", "-c", str(scenario.probe.count), "-W", "1", "-i", "0.2", address)
     else:
-        wget = ("wget", "-q", "-O", "/dev/null", "-T", "2", f"http://{address}:{scenario.probe.port}/")
-        argv = wget if scenario.source.container else ("busybox", *wget)
+        port = str(scenario.probe.port)
+        if scenario.source.container:
+            argv = ("nc", "-w", "2", address, port, "-e", "true")
+        else:
+            argv = ("timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}")
     return ProbeSpec(host, scenario.source.container, argv, address)
