@@ -88,13 +88,12 @@ nightly: lab-up
 	$(CHAINLAB) $(INV) nightly
 
 # The local lab (issue 3): three hosts from namespaces on this machine. Needs root.
-LOCAL_INVENTORY ?= lab/local.yaml
 .PHONY: local-up local-down local-status
 local-up: deps
-	$(CHAINLAB) -i $(LOCAL_INVENTORY) local up
+	$(CHAINLAB) $(INV) local up
 
 local-down: venv
-	$(CHAINLAB) -i $(LOCAL_INVENTORY) local down
+	$(CHAINLAB) $(INV) local down
 
 local-status: venv
-	$(CHAINLAB) -i $(LOCAL_INVENTORY) local status
+	$(CHAINLAB) $(INV) local status
