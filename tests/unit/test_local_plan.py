@@ -92,6 +92,7 @@ def test_sshd_config_is_key_only_on_lab_address(inv: Inventory) -> None:
     assert "PasswordAuthentication no" in text and "UsePAM no" in text
     assert f"AuthorizedKeysFile {plan.authorized_keys}" in text
     assert f"HostKey {plan.hosts['slave1'].host_key}" in text
+    assert f"SetEnv HOME={plan.hosts['slave1'].home}" in text
 
 
 def test_ssh_client_config_and_known_hosts(inv: Inventory) -> None:

@@ -237,6 +237,7 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
 def _prepare_files(plan: LabPlan, host: HostPlan) -> None:
     """Fresh per-host copies of what the host's mount namespace makes private."""
     S.remove_tree(host.fs_dir)
+    host.home.mkdir(parents=True, exist_ok=True)
     for target, name in P.PRIVATE_PATHS.items():
         dst = host.fs_dir / name
         src = Path(target)

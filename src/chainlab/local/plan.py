@@ -120,6 +120,12 @@ class HostPlan:
         return self.dir / "etcd"
 
     @property
+    def home(self) -> Path:
+        """HOME of SSH sessions: the machine's /root dotfiles (e.g. a bashrc that bash sources
+        for every sshd command) are not the host's, and cost a fresh VM nothing."""
+        return self.dir / "home"
+
+    @property
     def log_dir(self) -> Path:
         """The machine-side path of the host's /var/log."""
         return self.fs_dir / PRIVATE_PATHS["/var/log"]
@@ -237,6 +243,7 @@ def sshd_config(plan: LabPlan, host: HostPlan) -> str:
         "UseDNS no",
         "X11Forwarding no",
         "PrintMotd no",
+        f"SetEnv HOME={host.home}",
         "MaxStartups 100",
         "MaxSessions 100",
         "Subsystem sftp internal-sftp",

@@ -24,6 +24,7 @@ from chainlab.labstate import LabState, load_state
 from chainlab.remote import connect, docker_client, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
+from chainlab.report.html import render_run_report
 from chainlab.run.collect import LogMark, mark, read_slice
 from chainlab.run.probe import ProbeSpec, build_probe
 from chainlab.scenario import Scenario, load_scenario
@@ -182,19 +183,8 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
         "probe": {"command": " ".join(spec.argv), "where": spec.where, "exit_code": exit_code},
     }
     (run_dir / "analysis.json").write_text(json.dumps(doc, indent=1))
-    tables = set(scenario.tables)
-    for p in result.packets:
-        p.hooks = [h for h in p.hooks]
-    model = diagram.build_model(result.packets, result.flows, tables)
+    model = diagram.build_model(result.packets, result.flows, set(scenario.tables))
     (run_dir / "diagram.svg").write_text(diagram.to_svg(model, f"scenario {scenario.id}: {scenario.title}"))
-    _report(run_dir)
+    render_run_report(run_dir)
     notes = [] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"]
     return RunResult(scenario, run_dir, passed, checks, outcome, duration, result, exit_code, notes)
-
-
-def _report(run_dir: Path) -> None:
-    try:
-        from chainlab.report.html import render_run_report
-    except ImportError:
-        return
-    render_run_report(run_dir)
