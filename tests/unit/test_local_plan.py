@@ -47,6 +47,14 @@ def test_local_yaml_plans_three_hosts(inv: Inventory) -> None:
     assert master.dir == Path("/var/lib/chainlab/local/hosts/master")
 
 
+def test_lock_file_outlives_the_state_dir_and_is_per_lab(inv: Inventory) -> None:
+    plan = plan_lab(inv)
+    assert plan.lock_file.parent == Path("/run/lock") and plan.lock_file.name.startswith("chainlab-local-")
+    assert plan.state_dir not in plan.lock_file.parents
+    moved = plan_lab(inv.model_copy(update={"local": inv.local.model_copy(update={"state_dir": Path("/tmp/x")})}))
+    assert moved.lock_file != plan.lock_file
+
+
 def test_refuses_ssh_provider() -> None:
     inv = load_inventory(ROOT / "inventory.yaml")
     with pytest.raises(ChainlabError, match="provider: local"):

@@ -98,7 +98,7 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match="another lab up/down of lab local is running"):
+        with pytest.raises(ChainlabError, match="a lab up/down of lab local is already running"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
+from chainlab.lock import exclusive
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -134,6 +135,11 @@ def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
 def up(plan: LabPlan, log: Log = print) -> None:
     """Bring the lab up; idempotent, and repairs whatever part is missing or dead."""
     preflight(plan)
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
+        _up(plan, log)
+
+
+def _up(plan: LabPlan, log: Log) -> None:
     store = _Store(plan, load_state(plan) or _first_state(plan))
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     store.save()
@@ -355,6 +361,11 @@ def down(plan: LabPlan, log: Log = print) -> None:
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
+        _down(plan, log)
+
+
+def _down(plan: LabPlan, log: Log) -> None:
     state = load_state(plan)
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])

@@ -152,6 +152,12 @@ class LabPlan:
         return self.state_dir / "state.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Outside the state dir, which `down` removes; /run/lock empties at reboot."""
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path("/run/lock") / f"chainlab-{self.lab}-{digest}.lock"
+
+    @property
     def home(self) -> Path:
         """A HOME whose .ssh/ holds the lab's client key, config and known_hosts."""
         return self.state_dir / "home"

@@ -8,14 +8,11 @@ inventory's hints.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import HostState, LabState, remove_state, save_state, state_path
+from chainlab.lock import exclusive
 from chainlab.provision.context import HostContext, Shared, Skip
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
@@ -41,23 +39,9 @@ def lock_path(inv: Inventory) -> Path:
     return state_path(inv).parent / "provision.lock"
 
 
-@contextmanager
-def lab_lock(inv: Inventory) -> Iterator[None]:
-    """One provisioning run per lab at a time (flock: released even on kill -9)."""
-    path = lock_path(inv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise ChainlabError(f"another lab up/down of lab {inv.lab} is running (pid {holder}, lock {path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
+    """One provisioning run per lab at a time."""
+    return exclusive(lock_path(inv), f"a lab up/down of lab {inv.lab}")
 
 
 def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
