@@ -46,13 +46,15 @@ def root_snapshot() -> dict[str, str]:
     return snap
 
 
-def make_inventory_file(directory: Path, lab: str = TEST_LAB, lan: str = TEST_LAN) -> Path:
-    doc = yaml.safe_load(LAB_YAML.read_text())
+def make_inventory_file(directory: Path, lab: str = TEST_LAB, lan: str = TEST_LAN, source: Path = LAB_YAML) -> Path:
+    """`source` renamed `lab`, on `lan` (e.g. 10.231.92), state in `directory`; a slave2 runs nft."""
+    doc = yaml.safe_load(source.read_text())
     doc["lab"] = lab
     doc["local"] = {"lan": f"{lan}.1/24", "state_dir": str(directory / "state")}
     for host in doc["hosts"].values():
         host["address"] = f"{lan}.{str(host['address']).rsplit('.', 1)[1]}"
-    doc["hosts"]["slave2"]["iptables"] = "nft"
+    if "slave2" in doc["hosts"]:
+        doc["hosts"]["slave2"]["iptables"] = "nft"
     path = directory / "inventory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -8,7 +8,6 @@ writing each host's /var/log/iptables.log, read on the machine side of the bind 
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import time

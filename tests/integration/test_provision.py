@@ -141,7 +141,7 @@ def test_traces_land_per_host(prov: Inventory) -> None:
                 if "raw:PREROUTING" in logs[host] or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-    assert f"TRACE: raw:PREROUTING" in logs["master"], logs["master"][-2000:]
+    assert "TRACE: raw:PREROUTING" in logs["master"], logs["master"][-2000:]
     assert f"SRC={prov.hosts['slave1'].address} DST={master}" in logs["master"]
     assert "raw:PREROUTING:rule:" in logs["slave2"], logs["slave2"][-2000:]
 

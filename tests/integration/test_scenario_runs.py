@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
 from chainlab.inventory import load_inventory
 from chainlab.remote import connect, run
@@ -34,18 +34,26 @@ def cli(inv: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+@contextmanager
+def provisioned(inv: Path) -> Iterator[None]:
+    """The lab of `inv` up and provisioned for the block; always taken down."""
     if os.geteuid() != 0:
         pytest.skip("the local lab needs root")
-    directory = tmp_path_factory.mktemp("runs-lab")
-    inv = make_inventory_file(directory, lab="runit", lan="10.231.96")
     try:
         cli(inv, "local", "up")
         cli(inv, "lab", "up")
-        yield inv, directory / "runs"
+        yield
     finally:
+        subprocess.run([CHAINLAB, "-i", str(inv), "lab", "down"], capture_output=True)
         subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    directory = tmp_path_factory.mktemp("runs-lab")
+    inv = make_inventory_file(directory, lab="runit", lan="10.231.96")
+    with provisioned(inv):
+        yield inv, directory / "runs"
 
 
 def nightly(inv: Path, runs: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
@@ -117,24 +125,11 @@ def rules(inv: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def bridge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """lab/local-bridge.yaml (plain Docker, no Calico) moved to its own subnet and state dir."""
-    if os.geteuid() != 0:
-        pytest.skip("the local lab needs root")
+    """lab/local-bridge.yaml (plain Docker, no Calico) on its own subnet and state dir."""
     directory = tmp_path_factory.mktemp("bridge-lab")
-    doc = yaml.safe_load((ROOT / "lab" / "local-bridge.yaml").read_text())
-    doc["lab"] = "bridgeit"
-    doc["local"] = {"lan": "10.231.98.1/24", "state_dir": str(directory / "state")}
-    for host in doc["hosts"].values():
-        host["address"] = "10.231.98." + str(host["address"]).rsplit(".", 1)[1]
-    inv = directory / "inventory.yaml"
-    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
-    try:
-        cli(inv, "local", "up")
-        cli(inv, "lab", "up")
+    inv = make_inventory_file(directory, lab="bridgeit", lan="10.231.98", source=ROOT / "lab" / "local-bridge.yaml")
+    with provisioned(inv):
         yield inv, directory / "runs"
-    finally:
-        subprocess.run([CHAINLAB, "-i", str(inv), "lab", "down"], capture_output=True)
-        subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
 
 
 def test_scenario_7_tcp_to_a_published_port_on_a_docker_bridge_lab(bridge_lab):
