@@ -158,3 +158,11 @@ def test_alternatives_targets() -> None:
     assert legacy["iptables-save"] == "/usr/sbin/iptables-legacy-save"
     assert legacy["ip6tables-restore"] == "/usr/sbin/ip6tables-legacy-restore"
     assert P.alternatives_targets("nft")["iptables-restore"] == "/usr/sbin/iptables-nft-restore"
+
+
+def test_shipped_local_labs_plan_on_their_own_subnets_and_state_dirs() -> None:
+    plans = [plan_lab(load_inventory(path)) for path in sorted((ROOT / "lab").glob("local*.yaml"))]
+    assert [p.lab for p in plans] == ["bridge", "nft", "local"]
+    assert len({p.mgmt.network for p in plans}) == len({p.state_dir for p in plans}) == len({p.lan_netns for p in plans}) == 3
+    nft = plans[1]
+    assert {h.flavour for h in nft.hosts.values()} == {"nft"}
