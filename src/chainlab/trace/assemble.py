@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from chainlab.trace.model import Event, Fields, Packet
+from chainlab.trace.model import Event, Fields, Packet, Step
 from chainlab.trace.netfilter import HOOKS, slot_rank
 
 
@@ -57,6 +57,18 @@ def continues(packet: Packet, event: Event) -> bool:
     return slot_rank(hook, event.step.table) >= slot_rank(last.hook, last.table)
 
 
+def _next_hook(packet: Packet, step: Step) -> tuple[bool, str | None]:
+    """(`continues`, `step_hook`) of `step` as the next step of `packet`, in one go."""
+    last = packet.steps[-1] if packet.steps else None
+    chain = step.chain
+    if last is None:
+        return True, chain if chain in HOOKS else None
+    hook = chain if chain in HOOKS else last.hook
+    if last.hook is None:
+        return True, hook
+    return slot_rank(hook, step.table) >= slot_rank(last.hook, last.table), hook
+
+
 def _merge(into: Fields, f: Fields) -> None:
     """Fill fields the packet does not know yet from a later line."""
     for name in ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags"):
@@ -83,25 +95,27 @@ class Assembler:
         self.unattributed = 0
         self._last: tuple[str, str | None, Fields, Packet] | None = None
 
-    def feed(self, event: Event) -> Iterator[Packet]:
-        """Add one event; yields packets that have been quiet for `window` events."""
+    def feed(self, event: Event) -> list[Packet]:
+        """Add one event; returns the packets that have been quiet for `window` events."""
         self.count += 1
         f = event.fields
         last = self._last
-        if (last is not None and last[2] is f and last[0] == event.node and last[1] == event.trace_id
-                and id(last[3]) in self.open and continues(last[3], event)):
+        if last is not None and last[2] is f and last[0] == event.node and last[1] == event.trace_id:
             # The same fields object as the previous line (the parser shares it between
             # equal lines): same packet, nothing new to merge.
-            if f.damaged:
-                last[3].repaired_lines += 1
-            self._append(last[3], event)
-            return
+            packet = last[3]
+            if id(packet) in self.open:
+                ok, hook = _next_hook(packet, event.step)
+                if ok:
+                    if f.damaged:
+                        packet.repaired_lines += 1
+                    self._append(packet, event, hook)
+                    return []
         packet = self._find(event)
         if packet is None:
             if f.ip_id is None:
                 self.unattributed += 1
-                yield from self._expire()
-                return
+                return self._expire()
             packet = self._open(event)
         elif f.damaged:
             packet.repaired_lines += 1
@@ -110,15 +124,16 @@ class Assembler:
             if event.trace_id not in packet.trace_ids:
                 packet.trace_ids.append(event.trace_id)
             self.by_trace[(event.node, event.trace_id)] = packet
-        self._append(packet, event)
+        self._append(packet, event, step_hook(packet, event.step.chain))
         self._last = (event.node, event.trace_id, f, packet)
         if self.count % EXPIRE_EVERY == 0:
-            yield from self._expire()
+            return self._expire()
+        return []
 
-    def _append(self, packet: Packet, event: Event) -> None:
+    def _append(self, packet: Packet, event: Event, hook: str | None) -> None:
         f = event.fields
         step = event.step
-        step.hook = step_hook(packet, step.chain)
+        step.hook = hook
         packet.steps.append(step)
         if f.src is not None and f.dst is not None:
             if packet.first is None:
@@ -162,14 +177,16 @@ class Assembler:
         self.by_ip_id.setdefault((event.node, f.ip_id), []).append(packet)
         return packet
 
-    def _expire(self) -> Iterator[Packet]:
+    def _expire(self) -> list[Packet]:
+        expired = []
         while self.open:
             packet = next(iter(self.open.values()))
             if self.count - packet.last_seen < self.window:
-                return
+                break
             self.open.popitem(last=False)
             self._forget(packet)
-            yield packet
+            expired.append(packet)
+        return expired
 
     def _forget(self, packet: Packet) -> None:
         if packet.fields.ip_id is not None:

@@ -35,6 +35,8 @@ KNOWN_KEYS = frozenset(
     "IN OUT MAC PHYSIN PHYSOUT SRC DST LEN TOS PREC TTL ID FRAG OPT PROTO TYPE CODE SEQ ACK "
     "WINDOW RES URGP SPT DPT UID GID MARK MTU INCOMPLETE".split()
 )
+#: Known keys whose values the analysis does not need (checked first: they are most tokens).
+UNUSED_KEYS = frozenset("MAC PHYSIN PHYSOUT LEN TOS PREC FRAG OPT ACK RES UID GID MTU INCOMPLETE".split())
 
 
 @dataclass(slots=True)
@@ -69,9 +71,9 @@ def parse_fields(tail: str) -> Fields:
     flags: set[str] = set()
     depth = 0
     for token in tail.split():
-        if token.startswith("["):
-            depth += 1
-        if depth:
+        if depth or token[0] == "[":
+            if token[0] == "[":
+                depth += 1
             depth = max(depth - token.count("]"), 0)
             continue
         key, sep, value = token.partition("=")
@@ -80,6 +82,8 @@ def parse_fields(tail: str) -> Fields:
                 flags.add(token)
             elif token not in IP_FLAGS and token != "OPT" and not (token.startswith("(") and token.endswith(")")):
                 damaged = True
+            continue
+        if key in UNUSED_KEYS:
             continue
         if key not in KNOWN_KEYS:
             damaged = True
@@ -169,13 +173,15 @@ def _prefix(text: str) -> tuple[str | None, str | None]:
 
 class KernelLineParser:
     """Parses kernel-format lines; remembers recent field parses, since the lines of one
-    packet mostly repeat the same fields after the header."""
+    packet mostly repeat the same fields after the header, and recent prefix parses, since
+    consecutive lines mostly share their syslog time and host."""
 
     CACHE_SIZE = 4096
 
     def __init__(self, want_host: bool = True):
         self.want_host = want_host
         self._cache: dict[str, Fields] = {}
+        self._prefixes: dict[str, tuple[str | None, str | None]] = {}
 
     def fields(self, tail: str) -> Fields:
         cached = self._cache.get(tail)
@@ -185,6 +191,33 @@ class KernelLineParser:
             cached = self._cache[tail] = parse_fields(tail)
         return cached
 
+    def prefix(self, text: str) -> tuple[str | None, str | None]:
+        """(host, time) of what precedes the first header, or (None, None) if unwanted."""
+        if not self.want_host:
+            return None, None
+        cached = self._prefixes.get(text)
+        if cached is None:
+            if len(self._prefixes) >= self.CACHE_SIZE:
+                self._prefixes.clear()
+            cached = self._prefixes[text] = _prefix(text)
+        return cached
+
+    def parse_single(self, line: str, number: int) -> tuple[Step, Fields, str | None] | None:
+        """The common case, cheaply: a line with one `TRACE: ` and a readable header.
+
+        None for any other line (glued, damaged header, no header): `parse` handles those.
+        """
+        start = line.find("TRACE: ")
+        if start < 0 or line.find("TRACE: ", start + 7) >= 0:
+            return None
+        match = HEADER.match(line, start)
+        if match is None:
+            return None
+        host, time = self.prefix(line[:start])
+        fields = self.fields(line[match.end() :])
+        table, chain, kind, position = match.groups()
+        return Step(table, chain, kind, int(position), None, None, None, fields.mark, number, time), fields, host
+
     def parse(self, line: str, number: int) -> tuple[list[KernelRecord], int]:
         """Records found on one line, and how many TRACE-looking fragments were unreadable.
 
@@ -192,13 +225,16 @@ class KernelLineParser:
         fields end where the second header starts. Returned Fields are shared between
         equal lines: treat them as read-only.
         """
+        single = self.parse_single(line, number)
+        if single is not None:
+            return [KernelRecord(*single)], 0
         headers = list(HEADER.finditer(line))
         bad = 0
         if line.count("TRACE: ") != len(headers):
             bad = max(len(TRACE_LIKE.findall(line)) - len(headers), 0)
         if not headers:
             return [], bad
-        host, time = _prefix(line[: headers[0].start()]) if self.want_host else (None, None)
+        host, time = self.prefix(line[: headers[0].start()])
         records = []
         last = len(headers) - 1
         for i, match in enumerate(headers):

@@ -81,11 +81,19 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
 
 def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) -> Iterator[Event]:
     fallback = source.fallback_node
-    parser = KernelLineParser(want_host=source.node is None)
+    node = source.node
+    parser = KernelLineParser(want_host=node is None)
+    parse_single = parser.parse_single
     for number, line in enumerate(lines, 1):
         stats.lines += 1
         if "TRACE:" not in line:
             stats.ignored_lines += 1
+            continue
+        single = parse_single(line, number)
+        if single is not None:
+            stats.trace_records += 1
+            step, fields, host = single
+            yield Event(node or host or fallback, step, fields)
             continue
         records, bad = parser.parse(line, number)
         stats.skipped_lines += bad
@@ -93,8 +101,7 @@ def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) ->
             stats.ignored_lines += 1
         for record in records:
             stats.trace_records += 1
-            node = source.node or record.host or fallback
-            yield Event(node, record.step, record.fields)
+            yield Event(node or record.host or fallback, record.step, record.fields)
 
 
 def _nft_events(lines: Iterator[str], source: LogSource, stats: ReadStats, parse) -> Iterator[Event]:  # type: ignore[no-untyped-def]
