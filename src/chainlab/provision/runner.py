@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+import chainlab.calico as calico_layer
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import HostState, LabState, remove_state, save_state, state_path
@@ -27,7 +28,7 @@ from chainlab.lock import exclusive
 from chainlab.provision.context import HostContext, Shared, Skip
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import UP_STEPS, StepFn, _calico_call, calico_api, up_probes
+from chainlab.provision.steps import UP_STEPS, StepFn, up_probes
 from chainlab.provision.teardown import DOWN_STEPS, down_probes
 from chainlab.remote import connect, run
 
@@ -215,12 +216,9 @@ class Runner:
         all_hosts = not self.limited and not self.report.failed
         if all_hosts and self.inv.calico.driver == "calico":
             try:
-                api = calico_api()
-                changed = _calico_call("remove_network", lambda: api.remove_network(self.inv))
+                changed = calico_layer.remove_network(self.inv)
                 self.report.notes.append(f"calico network {self.inv.calico.network}: "
                                          + ("removed" if changed else "already absent"))
-            except Skip as exc:
-                self.report.notes.append(f"calico network: skipped ({exc})")
             except Exception as exc:
                 self.report.notes.append(f"calico network: NOT removed ({_why(exc)})")
                 self.report.hosts.setdefault("(network)", HostReport("(network)")).error = _why(exc)

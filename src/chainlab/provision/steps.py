@@ -7,15 +7,18 @@ which records them (for --check and --json) and runs them only outside --check.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from typing import Any
 
+import chainlab.calico as calico_layer
 from chainlab.errors import ChainlabError
 from chainlab.labstate import ContainerState
 from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.context import HostContext, Skip
+from chainlab.remote import etcd_client
 
 StepFn = Callable[[HostContext], tuple[str, str]]
 LABEL = "chainlab.lab"
@@ -227,7 +230,7 @@ def image(ctx: HostContext) -> tuple[str, str]:
     dockerfile = I.render_dockerfile(inv)
     ctx.note(f"docker build -t {name} - <<EOF   # {target}\n{dockerfile.rstrip()}\nEOF")
     if not ctx.check:
-        built, _ = ctx.docker().images.build(fileobj=__import__("io").BytesIO(dockerfile.encode()),
+        built, _ = ctx.docker().images.build(fileobj=io.BytesIO(dockerfile.encode()),
                                             tag=name, rm=True, labels={LABEL: inv.lab})
         ctx.change(["sh", "-c", f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(built.id)} > {IMAGE_MARK}"])
     return "changed", f"{name} built from {I.dockerfile_path(inv)}"
@@ -235,47 +238,23 @@ def image(ctx: HostContext) -> tuple[str, str]:
 
 # --- 5 Calico -------------------------------------------------------------------------
 
-def calico_api() -> Any:
-    """The Calico layer (chainlab.calico), or Skip with the reason it cannot be used."""
-    try:
-        import chainlab.calico as calico
-    except ImportError as exc:
-        raise Skip(f"the Calico layer (chainlab.calico) is not importable yet: {exc}") from None
-    return calico
-
-
-def _calico_call(what: str, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except NotImplementedError:
-        raise Skip(f"the Calico layer does not implement chainlab.calico.{what} yet") from None
-
-
 def calico(ctx: HostContext) -> tuple[str, str]:
     inv = ctx.inv
     if inv.calico.driver == "bridge":
         ctx.shared.calico_ready[ctx.host] = None
         raise Skip("calico.driver is bridge: containers use Docker's bridge network")
-    try:
-        api = calico_api()
-        if inv.etcd is None:
-            raise ChainlabError("calico.driver calico needs an `etcd:` section in the inventory")
-        address = inv.hosts[inv.etcd.host].address
-        ctx.note(f"etcd v2 GET http://{address}:{inv.etcd.port}/version   # python-etcd, retried")
-        ctx.note(f"chainlab.calico.ensure_network({inv.calico.network}, pool {inv.calico.pool})")
-        ctx.note(f"chainlab.calico.ensure_node({ctx.host})")
-        if ctx.check:
-            ctx.shared.calico_ready[ctx.host] = None
-            return "changed", "would ensure etcd, the network and the node (not checked under --check)"
-        from chainlab.remote import etcd_client
-
-        ctx.shared.once("etcd", lambda: etcd_client(inv))
-        net_changed, ran = ctx.shared.once("network", lambda: _calico_call("ensure_network",
-                                                                              lambda: api.ensure_network(inv)))
-        node_changed = _calico_call("ensure_node", lambda: api.ensure_node(inv, ctx.host, ctx.conn))
-    except Skip as exc:
-        ctx.shared.calico_ready[ctx.host] = str(exc)
-        raise
+    if inv.etcd is None:
+        raise ChainlabError("calico.driver calico needs an `etcd:` section in the inventory")
+    address = inv.hosts[inv.etcd.host].address
+    ctx.note(f"etcd v2 GET http://{address}:{inv.etcd.port}/version   # python-etcd, retried")
+    ctx.note(f"chainlab.calico.ensure_network({inv.calico.network}, pool {inv.calico.pool})")
+    ctx.note(f"chainlab.calico.ensure_node({ctx.host})")
+    if ctx.check:
+        ctx.shared.calico_ready[ctx.host] = None
+        return "changed", "would ensure etcd, the network and the node (not checked under --check)"
+    ctx.shared.once("etcd", lambda: etcd_client(inv))
+    net_changed, ran = ctx.shared.once("network", lambda: calico_layer.ensure_network(inv))
+    node_changed = calico_layer.ensure_node(inv, ctx.host, ctx.conn)
     ctx.shared.calico_ready[ctx.host] = None
     changed = bool(node_changed) or (ran and bool(net_changed))
     return _status(changed, f"network {inv.calico.network} and node ready",
@@ -352,8 +331,7 @@ def _container(ctx: HostContext, name: str) -> bool:
         if iflink.isdigit():
             interface = C.veth_for_ifindex(ctx.read(["ip", "-o", "link", "show"]) or "", int(iflink))
     else:
-        api = calico_api()
-        address, interface, wired = api.attach(inv, ctx.host, name, ctx.conn, client)
+        address, interface, wired = calico_layer.attach(inv, ctx.host, name, ctx.conn, client)
         changed = changed or wired
     ctx.containers[name] = ContainerState(host=ctx.host, address=address, network=network,
                                           driver=inv.calico.driver, interface=interface,

@@ -7,12 +7,11 @@ host and when run twice. Nothing that lacks our mark is touched.
 
 from __future__ import annotations
 
-from typing import Any
-
+import chainlab.calico as calico_layer
 from chainlab.errors import ChainlabError
 from chainlab.provision import commands as C
 from chainlab.provision.context import HostContext, Skip
-from chainlab.provision.steps import IMAGE_MARK, LABEL, StepFn, _calico_call, _cat, _status, calico_api
+from chainlab.provision.steps import IMAGE_MARK, LABEL, StepFn, _cat, _status
 
 
 RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
@@ -39,20 +38,11 @@ def containers(ctx: HostContext) -> tuple[str, str]:
     client = ctx.docker()
     ours = client.containers.list(all=True, filters={"label": f"{LABEL}={inv.lab}"})
     removed = []
-    api: Any = None
-    if inv.calico.driver == "calico":
-        try:
-            api = calico_api()
-        except Skip:
-            api = None
     for box in ours:
-        if api is not None:
+        if inv.calico.driver == "calico":
             ctx.note(f"chainlab.calico.detach({ctx.host}, {box.name})")
             if not ctx.check:
-                try:
-                    _calico_call("detach", lambda: api.detach(inv, ctx.host, box.name, ctx.conn, client))
-                except Skip:
-                    pass
+                calico_layer.detach(inv, ctx.host, box.name, ctx.conn, client)
         ctx.note(f"docker rm -f {box.name}   # docker SDK")
         if not ctx.check:
             try:
@@ -72,11 +62,10 @@ def calico(ctx: HostContext) -> tuple[str, str]:
     inv = ctx.inv
     if inv.calico.driver == "bridge":
         raise Skip("calico.driver is bridge")
-    api = calico_api()
     ctx.note(f"chainlab.calico.stop_node({ctx.host})")
     if ctx.check:
         return "changed", "would stop the node"
-    changed = _calico_call("stop_node", lambda: api.stop_node(inv, ctx.host, ctx.conn))
+    changed = calico_layer.stop_node(inv, ctx.host, ctx.conn)
     return _status(bool(changed), "node stopped", "node not running")
 
 
