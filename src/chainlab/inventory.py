@@ -49,6 +49,7 @@ class ImageSettings(Strict):
     name: ImageName = "mybusybox"
     source: Literal["build", "tarball"] = "build"
     dockerfile: str = "lab/Dockerfile.j2"
+    base: ImageName = Field("nginx", description="the Dockerfile's FROM (template variable `base`)")
     tarball: str | None = None
 
 

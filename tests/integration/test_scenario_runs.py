@@ -127,7 +127,7 @@ def rules(inv: Path) -> dict[str, str]:
 def bridge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """lab/local-bridge.yaml (plain Docker, no Calico) on its own subnet and state dir."""
     directory = tmp_path_factory.mktemp("bridge-lab")
-    inv = make_inventory_file(directory, lab="bridgeit", lan="10.231.98", source=ROOT / "lab" / "local-bridge.yaml")
+    inv = make_inventory_file(directory, lab="bridgeit", lan="10.231.99", source=ROOT / "lab" / "local-bridge.yaml")
     with provisioned(inv):
         yield inv, directory / "runs"
 

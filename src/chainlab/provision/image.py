@@ -10,8 +10,7 @@ import jinja2
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 
-#: What the reference Dockerfile installs on top of nginx.
-BASE_IMAGE = "nginx"
+#: What the reference Dockerfile installs on top of its base (nginx).
 PACKAGES = ("iputils-ping", "iproute2", "wget")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -25,7 +24,7 @@ def dockerfile_path(inv: Inventory, base: Path | None = None) -> Path:
 
 
 def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
-    """The Dockerfile text; only validated values (the lab name) come from the inventory."""
+    """The Dockerfile text; only validated values (lab name, base image) come from the inventory."""
     if template is None:
         path = dockerfile_path(inv)
         try:
@@ -35,7 +34,7 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                             trim_blocks=True)
     try:
-        return env.from_string(template).render(lab=inv.lab, base=BASE_IMAGE, packages=list(PACKAGES))
+        return env.from_string(template).render(lab=inv.lab, base=inv.image.base, packages=list(PACKAGES))
     except jinja2.TemplateError as exc:
         raise ChainlabError(f"image.dockerfile: {exc}") from None
 
