@@ -181,6 +181,8 @@ class KernelLineParser:
     def __init__(self, want_host: bool = True):
         self.want_host = want_host
         self._cache: dict[str, Fields] = {}
+        #: Bumped when the field cache is emptied: no Fields returned before will be again.
+        self.generation = 0
         self._prefixes: dict[str, tuple[str | None, str | None]] = {}
 
     def fields(self, tail: str) -> Fields:
@@ -188,6 +190,7 @@ class KernelLineParser:
         if cached is None:
             if len(self._cache) >= self.CACHE_SIZE:
                 self._cache.clear()
+                self.generation += 1
             cached = self._cache[tail] = parse_fields(tail)
         return cached
 

@@ -1,18 +1,39 @@
-"""Read trace log files of any supported format into events, counting what was skipped."""
+"""Read trace log files of any supported format into events, counting what was skipped.
+
+A big kernel-format file is parsed in a helper process while this one assembles packets.
+The helper sends the records in batches through a pipe (whose small buffer keeps memory
+flat). Lines that repeat a cached field parse must share one Fields object here exactly as
+they do in the parser, because the assembler's fast path relies on that identity: each new
+shared Fields object travels once with a serial number, later records name the serial, and
+both sides forget all serials whenever the parser empties its cache.
+"""
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-from chainlab.trace.model import Event, Fields
+from chainlab.trace.model import Event, Fields, Step
 from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
 SNIFF_LINES = 500
+#: Kernel-format files from this size on are parsed in a helper process (below it, starting
+#: one costs more than it saves).
+HELPER_MIN_BYTES = 16 << 20
+HELPER_BATCH_LINES = 2000
+_FIELD_NAMES = Fields.__slots__
+
+#: A kernel record: step, fields, host, and whether the parser may hand out the same
+#: Fields object again (the last record of a line: its fields come from the cache).
+KernelRecordTuple = tuple[Step, Fields, "str | None", bool]
 
 
 @dataclass
@@ -72,17 +93,17 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
         yield from head
         yield from lines
 
-    if fmt == KERNEL:
+    if fmt == KERNEL and source.path.stat().st_size >= HELPER_MIN_BYTES:
+        lines.close()
+        yield from _kernel_events_from_helper(source, stats)
+    elif fmt == KERNEL:
         yield from _kernel_events(all_lines(), source, stats)
     else:
         parse = parse_xtables_monitor if fmt == XTABLES_MONITOR else parse_nft_monitor
         yield from _nft_events(all_lines(), source, stats, parse)
 
 
-def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) -> Iterator[Event]:
-    fallback = source.fallback_node
-    node = source.node
-    parser = KernelLineParser(want_host=node is None)
+def _kernel_records(lines: Iterator[str], parser: KernelLineParser, stats: ReadStats) -> Iterator[KernelRecordTuple]:
     parse_single = parser.parse_single
     for number, line in enumerate(lines, 1):
         stats.lines += 1
@@ -92,16 +113,112 @@ def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) ->
         single = parse_single(line, number)
         if single is not None:
             stats.trace_records += 1
-            step, fields, host = single
-            yield Event(node or host or fallback, step, fields)
+            yield single[0], single[1], single[2], True
             continue
         records, bad = parser.parse(line, number)
         stats.skipped_lines += bad
         if not records and not bad:
             stats.ignored_lines += 1
-        for record in records:
+        last = len(records) - 1
+        for i, record in enumerate(records):
             stats.trace_records += 1
-            yield Event(node or record.host or fallback, record.step, record.fields)
+            yield record.step, record.fields, record.host, i == last
+
+
+def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) -> Iterator[Event]:
+    fallback = source.fallback_node
+    node = source.node
+    parser = KernelLineParser(want_host=node is None)
+    for step, fields, host, _ in _kernel_records(lines, parser, stats):
+        yield Event(node or host or fallback, step, fields)
+
+
+#: A helper's record: (serial (-1: not shared), field values (None: sent before), table,
+#: chain, kind, position, line, time, host); None instead of a record: forget all serials.
+_Row = tuple[int, "tuple[Any, ...] | None", str, str, str, "int | None", int, "str | None", "str | None"] | None
+
+
+def _counts(stats: ReadStats) -> tuple[int, int, int, int]:
+    return stats.lines, stats.ignored_lines, stats.skipped_lines, stats.trace_records
+
+
+def _helper(path: Path, want_host: bool, conn: Connection) -> None:
+    """Parse `path` and send ([row, ...], counts since the last batch) batches, then None
+    (or the exception that stopped it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading side's to handle
+    parser = KernelLineParser(want_host=want_host)
+    stats = ReadStats()
+    sent = (0, 0, 0, 0)
+    generation = parser.generation
+    serials: dict[int, tuple[int, Fields]] = {}
+    rows: list[_Row] = []
+    try:
+        for step, fields, host, shared in _kernel_records(_open_lines(path), parser, stats):
+            if parser.generation != generation:
+                generation = parser.generation
+                serials.clear()
+                rows.append(None)
+            known = serials.get(id(fields)) if shared else None
+            if known is not None:
+                serial, values = known[0], None
+            else:
+                serial, values = -1, tuple(getattr(fields, name) for name in _FIELD_NAMES)
+                if shared:
+                    serial = len(serials)
+                    # Holding the object keeps its id from being reused while the serial lives.
+                    serials[id(fields)] = (serial, fields)
+            rows.append((serial, values, step.table, step.chain, step.kind, step.position, step.line, step.time, host))
+            if stats.lines - sent[0] >= HELPER_BATCH_LINES:
+                conn.send((rows, _minus(_counts(stats), sent)))
+                rows, sent = [], _counts(stats)
+        conn.send((rows, _minus(_counts(stats), sent)))
+        conn.send(None)
+    except Exception as exc:  # noqa: BLE001 - handed to the reading side, which raises it
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def _minus(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(x - y for x, y in zip(a, b))
+
+
+def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[Event]:
+    """What `_kernel_events` yields for the whole file, parsed in a helper process."""
+    node, fallback = source.node, source.fallback_node
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_helper, args=(source.path, node is None, sender), daemon=True)
+    process.start()
+    sender.close()
+    objects: dict[int, Fields] = {}
+    try:
+        while (message := receiver.recv()) is not None:
+            if isinstance(message, Exception):
+                raise message
+            rows, (lines, ignored, skipped, records) = message
+            stats.lines += lines
+            stats.ignored_lines += ignored
+            stats.skipped_lines += skipped
+            stats.trace_records += records
+            for row in rows:
+                if row is None:
+                    objects.clear()
+                    continue
+                serial, values, table, chain, kind, position, number, time, host = row
+                if values is None:
+                    fields = objects[serial]
+                else:
+                    fields = Fields(*values)
+                    if serial >= 0:
+                        objects[serial] = fields
+                step = Step(table, chain, kind, position, None, None, None, fields.mark, number, time)
+                yield Event(node or host or fallback, step, fields)
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        receiver.close()
 
 
 def _nft_events(lines: Iterator[str], source: LogSource, stats: ReadStats, parse) -> Iterator[Event]:  # type: ignore[no-untyped-def]
