@@ -10,10 +10,11 @@ both sides forget all serials whenever the parser empties its cache.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import multiprocessing
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,7 +34,7 @@ _FIELD_NAMES = Fields.__slots__
 
 #: A kernel record: step, fields, host, and whether the parser may hand out the same
 #: Fields object again (the last record of a line: its fields come from the cache).
-KernelRecordTuple = tuple[Step, Fields, "str | None", bool]
+_Record = tuple[Step, Fields, str | None, bool]
 
 
 @dataclass
@@ -103,7 +104,7 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
         yield from _nft_events(all_lines(), source, stats, parse)
 
 
-def _kernel_records(lines: Iterator[str], parser: KernelLineParser, stats: ReadStats) -> Iterator[KernelRecordTuple]:
+def _kernel_records(lines: Iterator[str], parser: KernelLineParser, stats: ReadStats) -> Iterator[_Record]:
     parse_single = parser.parse_single
     for number, line in enumerate(lines, 1):
         stats.lines += 1
@@ -135,16 +136,17 @@ def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) ->
 
 #: A helper's record: (serial (-1: not shared), field values (None: sent before), table,
 #: chain, kind, position, line, time, host); None instead of a record: forget all serials.
-_Row = tuple[int, "tuple[Any, ...] | None", str, str, str, "int | None", int, "str | None", "str | None"] | None
+_Row = tuple[int, tuple[Any, ...] | None, str, str, str, int | None, int, str | None, str | None] | None
 
 
 def _counts(stats: ReadStats) -> tuple[int, int, int, int]:
     return stats.lines, stats.ignored_lines, stats.skipped_lines, stats.trace_records
 
 
-def _helper(path: Path, want_host: bool, conn: Connection) -> None:
+def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connection) -> None:
     """Parse `path` and send ([row, ...], counts since the last batch) batches, then None
     (or the exception that stopped it)."""
+    reading_end.close()  # so that a send fails, and this process ends, if the reader dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading side's to handle
     parser = KernelLineParser(want_host=want_host)
     stats = ReadStats()
@@ -174,7 +176,8 @@ def _helper(path: Path, want_host: bool, conn: Connection) -> None:
         conn.send((rows, _minus(_counts(stats), sent)))
         conn.send(None)
     except Exception as exc:  # noqa: BLE001 - handed to the reading side, which raises it
-        conn.send(exc)
+        with contextlib.suppress(OSError):  # the reading side may be gone
+            conn.send(exc)
     finally:
         conn.close()
 
@@ -188,7 +191,7 @@ def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[
     node, fallback = source.node, source.fallback_node
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_helper, args=(source.path, node is None, sender), daemon=True)
+    process = context.Process(target=_helper, args=(source.path, node is None, sender, receiver), daemon=True)
     process.start()
     sender.close()
     objects: dict[int, Fields] = {}
