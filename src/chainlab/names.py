@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 
 HOST_NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
@@ -23,7 +23,16 @@ ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME)]
 NetworkName = Annotated[str, StringConstraints(pattern=NETWORK_NAME)]
 ImageName = Annotated[str, StringConstraints(pattern=IMAGE_NAME)]
 UserName = Annotated[str, StringConstraints(pattern=USER_NAME)]
-SafePath = Annotated[str, StringConstraints(pattern=ABS_PATH)]
+
+
+def _no_parent_steps(path: str) -> str:
+    """`..` would let a path that looks like /var/lib/x name / itself (and `down` removes it)."""
+    if ".." in path.split("/"):
+        raise ValueError("expected a path without '..' steps")
+    return path
+
+
+SafePath = Annotated[str, StringConstraints(pattern=ABS_PATH), AfterValidator(_no_parent_steps)]
 
 # What each pattern allows, in words: error messages say this, never the raw regex.
 PATTERN_HELP = {

@@ -86,10 +86,23 @@ class _Store:
 
 
 def load_state(plan: LabPlan) -> LabState | None:
+    """The lab's state file, None if there is none; an unreadable one is an error."""
     try:
         return LabState.model_validate_json(plan.state_file.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        raise ChainlabError(f"{plan.state_file} is unreadable ({type(exc).__name__}); "
+                            "`chainlab local down` removes the lab without it") from None
+
+
+def _ours(plan: LabPlan) -> bool:
+    """Whether `local.state_dir` may be removed: chainlab made it (its state file is in it)
+    or it is empty. Anything else is someone's directory that an inventory points at."""
+    try:
+        return plan.state_file.exists() or not any(plan.state_dir.iterdir())
+    except FileNotFoundError:
+        return True
 
 
 # --- preflight ------------------------------------------------------------------------
@@ -135,6 +148,9 @@ def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
 def up(plan: LabPlan, log: Log = print) -> None:
     """Bring the lab up; idempotent, and repairs whatever part is missing or dead."""
     preflight(plan)
+    if not _ours(plan):
+        raise ChainlabError(f"local.state_dir {plan.state_dir} exists, is not empty and was not made by"
+                            " chainlab (no state.json): choose a new or empty directory")
     with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
         _up(plan, log)
 
@@ -366,7 +382,11 @@ def down(plan: LabPlan, log: Log = print) -> None:
 
 
 def _down(plan: LabPlan, log: Log) -> None:
-    state = load_state(plan)
+    try:
+        state = load_state(plan)
+    except ChainlabError as exc:
+        log(f"warning: {exc}")
+        state = None
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])
     host_netns = {h.netns for h in plan.hosts.values()}
@@ -382,7 +402,10 @@ def _down(plan: LabPlan, log: Log) -> None:
             S.run(["ip", "netns", "del", netns])
     for netns in host_netns:
         S.remove_cgroup("/" + netns)
-    S.remove_tree(plan.state_dir)
+    if _ours(plan):
+        S.remove_tree(plan.state_dir)
+    else:
+        log(f"left {plan.state_dir} in place: it has no state.json, so chainlab did not make it")
     if state:
         if not state.run_netns_was_mounted and S.is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):
             S.run(["umount", "/run/netns"])
