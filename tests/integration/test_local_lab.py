@@ -70,6 +70,13 @@ def test_fabric_hostname_forwarding_and_backend(lab: LabPlan, inventory: Invento
     assert seen == {n: n for n in inventory.hosts}
 
 
+def test_remote_command_timeout_is_a_clean_error(lab: LabPlan, inventory: Inventory) -> None:
+    with connect(inventory, "master") as conn:
+        with pytest.raises(ChainlabError, match=r"master|10\.231.*did not finish within 0\.5 s"):
+            run(conn, ["sleep", "5"], timeout=0.5)
+        assert run(conn, ["true"]).ok  # the connection is still usable
+
+
 def test_unknown_host_key_is_rejected(lab: LabPlan, inventory: Inventory, tmp_path: Path) -> None:
     target = resolve_target(inventory, "master")
     empty = tmp_path / "known_hosts"

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import fabric
 import paramiko
+from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -52,12 +53,17 @@ def _open(conn: fabric.Connection) -> None:
 def connect(inv: Inventory, host: str) -> fabric.Connection:
     """An open fabric Connection to inventory host `host` (route safety checked first)."""
     target = resolve_target(inv, host)
-    conn = connection(target)
+    try:
+        conn = connection(target)
+    except OSError as exc:
+        raise ChainlabError(f"{host}: cannot read known_hosts {target.known_hosts}: {exc.strerror}") from None
     try:
         _open(conn)
     except paramiko.BadHostKeyException as exc:
+        conn.close()
         raise ChainlabError(f"{host} ({target.address}): host key does not match known_hosts") from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
+        conn.close()
         raise ChainlabError(f"cannot ssh to {host} ({target.address}): {exc}") from exc
     return conn
 
@@ -65,7 +71,12 @@ def connect(inv: Inventory, host: str) -> fabric.Connection:
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
     """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError."""
     line = command_line(argv)
-    result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
+    try:
+        result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
+    except CommandTimedOut:
+        raise ChainlabError(f"{conn.host}: `{line}` did not finish within {timeout:g} s") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise ChainlabError(f"{conn.host}: `{line}`: the SSH session failed: {exc}") from exc
     if check and not result.ok:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise ChainlabError(f"{conn.host}: `{line}` failed (exit {result.exited})"
