@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from chainlab.errors import InputError
 from chainlab.trace import reader
 from chainlab.trace.parse_kernel import KernelLineParser
 from chainlab.trace.pipeline import analyze
@@ -65,5 +66,15 @@ def test_helper_errors_reach_the_reader(tmp_path, monkeypatch):
     path = tmp_path / "broken.log.gz"
     path.write_bytes(gzip.compress(("\n".join([line] * 600) + "\n").encode()) + b"not gzip")
     monkeypatch.setattr(reader, "HELPER_MIN_BYTES", 0)
-    with pytest.raises(gzip.BadGzipFile):
+    with pytest.raises(InputError, match="broken.log.gz: log: not a gzip file"):
+        analyze([LogSource(path, "n")])
+
+
+def test_a_truncated_file_is_the_same_clean_error_in_the_helper(tmp_path, monkeypatch):
+    line = KERNEL_LOGS[0].read_text().splitlines()[0]
+    data = gzip.compress(("\n".join([line] * 5000) + "\n").encode())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    monkeypatch.setattr(reader, "HELPER_MIN_BYTES", 0)
+    with pytest.raises(InputError, match=r"cut.log.gz: log: gzip data ends early"):
         analyze([LogSource(path, "n")])

@@ -33,7 +33,7 @@ def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[st
     else:
         node, path = None, Path(arg)
     if not path.is_file():
-        why = "a directory, not a file" if path.is_dir() else "no such file"
+        why = "a directory, not a file" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
         raise InputError([Problem(str(path), "", f"{what}: {why}")])
     return node, path
 

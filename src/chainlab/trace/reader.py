@@ -14,12 +14,14 @@ import contextlib
 import gzip
 import multiprocessing
 import signal
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from chainlab.errors import InputError, Problem
 from chainlab.trace.model import Event, Fields, Step
 from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
@@ -61,10 +63,28 @@ class LogSource:
 
 
 def _open_lines(path: Path) -> Iterator[str]:
+    """Lines of a log, gunzipped if its name ends in .gz.
+
+    A file that cannot be read to its end (unreadable, not gzip, truncated) is an
+    InputError, even half-way through: its events would be an incomplete story.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:  # type: ignore[operator]
-        for raw in handle:
-            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+    try:
+        with opener(path, "rb") as handle:  # type: ignore[operator]
+            for raw in handle:
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError([Problem(str(path), "", f"log: {_read_failure(exc)}")]) from None
+
+
+def _read_failure(exc: OSError | EOFError | zlib.error) -> str:
+    if isinstance(exc, EOFError):
+        return "gzip data ends early (truncated file?)"
+    if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+        return "not a gzip file"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return f"corrupt gzip data ({exc})"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def sniff_format(lines: list[str]) -> str:

@@ -7,6 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chainlab.errors import InputError, Problem
 from chainlab.trace.model import Step
 from chainlab.trace.netfilter import HOOKS, Slot
 
@@ -60,7 +61,12 @@ def parse_iptables_save(text: str) -> RuleSet:
 
 
 def load_rules(path: Path) -> RuleSet:
-    return parse_iptables_save(path.read_text(errors="replace"))
+    """The snapshot in `path`; a file that cannot be read is an InputError."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise InputError([Problem(str(path), "", f"--rules: cannot read: {exc.strerror or exc}")]) from None
+    return parse_iptables_save(text)
 
 
 def rule_target(rule: str) -> str | None:

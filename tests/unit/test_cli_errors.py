@@ -1,0 +1,58 @@
+"""`chainlab` end to end: bad inputs and closed pipes give clean exits, never tracebacks."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAINLAB = Path(sys.executable).parent / "chainlab"
+SCENARIO = ROOT / "scenarios" / "01-host-to-container.yaml"
+LOG = ROOT / "tests" / "fixtures" / "seed-logs" / "scenario1-master.log"
+
+pytestmark = pytest.mark.skipif(not CHAINLAB.exists(), reason="console script not installed")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CHAINLAB_INVENTORY"}
+    env.update({"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}, **extra)
+    return env
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHAINLAB), *args], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=60
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, message: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+
+
+def test_analyze_gz_that_is_not_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "x.gz"
+    path.write_text("hello\n")
+    assert_clean_error(run("analyze", str(path)), f"{path}: log: not a gzip file")
+
+
+def test_analyze_truncated_gzip_is_not_aborted(tmp_path: Path) -> None:
+    data = gzip.compress(LOG.read_bytes())
+    path = tmp_path / "master.log.gz"
+    path.write_bytes(data[: len(data) // 2])
+    result = run("analyze", "--format", "json", f"master={path}")
+    assert_clean_error(result, f"{path}: log: gzip data ends early")
+    assert "Aborted" not in result.stderr
+
+
+def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "rules.fifo"
+    os.mkfifo(fifo)
+    result = run("analyze", "--rules", f"master={fifo}", str(LOG))
+    assert_clean_error(result, f"{fifo}: --rules: not a regular file")
