@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from chainlab.errors import ChainlabError
+from chainlab.render import diagram
+
 ROOT = Path(__file__).resolve().parents[2]
 CHAINLAB = Path(sys.executable).parent / "chainlab"
 SCENARIO = ROOT / "scenarios" / "01-host-to-container.yaml"
@@ -56,3 +59,15 @@ def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     result = run("analyze", "--rules", f"master={fifo}", str(LOG))
     assert_clean_error(result, f"{fifo}: --rules: not a regular file")
+
+
+def test_svg_without_graphviz_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ChainlabError, match=r"graphviz's `dot` is not installed: apt-get install graphviz"):
+        diagram.to_svg(diagram.DiagramModel(nodes=["master"]))
+
+
+def test_analyze_svg_without_graphviz() -> None:
+    result = run("analyze", "--format", "svg", f"master={LOG}", PATH="/nonexistent")
+    assert_clean_error(result, "graphviz's `dot` is not installed", code=1)
+    assert result.stdout == ""

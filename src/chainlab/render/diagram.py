@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import graphviz
 
+from chainlab.errors import ChainlabError
 from chainlab.trace.flows import Flow
 from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import HOOKS
@@ -121,7 +122,10 @@ def to_dot(model: DiagramModel, title: str = "") -> str:
 
 
 def to_svg(model: DiagramModel, title: str = "") -> str:
-    return to_graphviz(model, title).pipe(format="svg").decode("utf-8")
+    try:
+        return to_graphviz(model, title).pipe(format="svg").decode("utf-8")
+    except graphviz.ExecutableNotFound:
+        raise ChainlabError("graphviz's `dot` is not installed: apt-get install graphviz") from None
 
 
 def _mermaid_text(text: str) -> str:
