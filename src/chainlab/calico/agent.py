@@ -41,12 +41,23 @@ def _wait_for_change(client: etcd.Client, index: int) -> None:
         log.info("watch index cleared: full resync")
 
 
+def _warn_skipped(skipped: list[str], warned: set[str]) -> set[str]:
+    """Log each invalid etcd entry once (not on every resync); returns the entries now skipped."""
+    for reason in skipped:
+        if reason not in warned:
+            log.warning("skipped invalid etcd entry: %s", reason)
+    return set(skipped)
+
+
 def serve(client: etcd.Client, host: str) -> None:
     last: tuple[object, ...] | None = None
+    warned: set[str] = set()
     while True:
         try:
             items, index = read_tree(client)
-            model = dataplane(parse_tree(items), host)
+            snapshot = parse_tree(items)
+            warned = _warn_skipped(snapshot.skipped, warned)
+            model = dataplane(snapshot, host)
             fingerprint = _fingerprint(model)
             if fingerprint != last:
                 started = time.monotonic()

@@ -20,6 +20,8 @@ from typing import Any
 
 import etcd
 
+from chainlab.calico import validate as V
+
 ROOT = "/calico"
 ORCHESTRATOR = "libnetwork"
 WORKLOAD = "libnetwork"
@@ -123,6 +125,7 @@ class Snapshot:
     endpoints: list[Endpoint] = field(default_factory=list)
     host_ips: dict[str, str] = field(default_factory=dict)
     blocks: dict[str, str] = field(default_factory=dict)  # block cidr -> host with affinity
+    skipped: list[str] = field(default_factory=list)  # why each invalid entry was left out
 
 
 def _json(value: str | None, default: Any) -> Any:
@@ -132,37 +135,92 @@ def _json(value: str | None, default: Any) -> Any:
         return default
 
 
+def _pool(value: str) -> dict[str, Any]:
+    pool = _json(value, None)
+    if not isinstance(pool, dict) or "cidr" not in pool:
+        raise V.Invalid("not a pool object")
+    V.network(pool["cidr"], strict=True)
+    return pool
+
+
+def _endpoint(host: str, endpoint: str, value: str) -> Endpoint:
+    ep = _json(value, None)
+    if not isinstance(ep, dict):
+        raise V.Invalid("not an endpoint object")
+    addresses, profiles = ep.get("ipv4_nets") or [], ep.get("profile_ids") or []
+    if not isinstance(addresses, list) or not isinstance(profiles, list):
+        raise V.Invalid("ipv4_nets and profile_ids must be lists")
+    labels = ep.get("labels") if isinstance(ep.get("labels"), dict) else {}
+    return Endpoint(host=host, id=endpoint, iface=V.iface(ep.get("name")),
+                    addresses=tuple(V.address(a) for a in addresses),
+                    profiles=tuple(V.name(p, "profile id") for p in profiles),
+                    container=labels.get(CONTAINER_LABEL))
+
+
+def _rules(profile: str, rules: dict[str, Any], direction: str, skipped: list[str]) -> tuple[dict[str, Any], ...]:
+    listed = rules.get(direction) or []
+    kept = []
+    for index, rule in enumerate(listed if isinstance(listed, list) else []):
+        try:
+            kept.append(V.rule(rule))
+        except V.Invalid as exc:
+            skipped.append(f"profile {profile} {direction}[{index}]: {exc}")
+    return tuple(kept)
+
+
+def _tags(profile: str, tags: list[Any], skipped: list[str]) -> tuple[str, ...]:
+    kept = []
+    for tag in tags:
+        try:
+            kept.append(V.name(tag, "tag"))
+        except V.Invalid as exc:
+            skipped.append(f"profile {profile} tags: {exc}")
+    return tuple(kept)
+
+
+def _profile(name: str, data: dict[str, Any], skipped: list[str]) -> Profile:
+    """Profile `name` without its invalid rules and tags (each noted in `skipped`)."""
+    V.name(name, "profile name")
+    rules = data.get("rules") if isinstance(data.get("rules"), dict) else {}
+    tags = data.get("tags") if isinstance(data.get("tags"), list) else []
+    return Profile(name, _rules(name, rules, "inbound_rules", skipped), _rules(name, rules, "outbound_rules", skipped),
+                   _tags(name, tags, skipped))
+
+
+def _parse_leaf(snap: Snapshot, profiles: dict[str, dict[str, Any]], parts: list[str], value: str) -> None:
+    """File one /calico leaf into `snap` (profiles are gathered first: they span three keys)."""
+    if parts[:5] == ["calico", "v1", "ipam", "v4", "pool"] and len(parts) == 6:
+        snap.pools.append(_pool(value))
+    elif parts[:4] == ["calico", "v1", "policy", "profile"] and len(parts) == 6:
+        profiles.setdefault(parts[4], {})[parts[5]] = _json(value, None)
+    elif (parts[:3] == ["calico", "v1", "host"] and len(parts) == 9 and parts[4] == "workload"
+          and parts[7] == "endpoint"):
+        snap.endpoints.append(_endpoint(parts[3], parts[8], value))
+    elif parts[:4] == ["calico", "bgp", "v1", "host"] and len(parts) == 6 and parts[5] == "ip_addr_v4":
+        if value:
+            snap.host_ips[parts[4]] = V.host_address(value)
+    elif parts[:4] == ["calico", "ipam", "v2", "host"] and len(parts) == 8 and parts[6] == "block":
+        snap.blocks[str(V.network(parts[7].replace("-", "/"), strict=True))] = parts[4]
+
+
 def parse_tree(items: dict[str, str]) -> Snapshot:
-    """A Snapshot from `{key: value}` of every leaf under /calico (bad values are skipped)."""
+    """A Snapshot from `{key: value}` of every leaf under /calico.
+
+    Invalid entries (bad JSON, or a value that could inject into the rendered rules) are
+    left out, each with a reason in `skipped`; the rest of the tree still applies.
+    """
     snap = Snapshot()
     profiles: dict[str, dict[str, Any]] = {}
     for key, value in sorted(items.items()):
-        parts = key.strip("/").split("/")
-        if parts[:5] == ["calico", "v1", "ipam", "v4", "pool"] and len(parts) == 6:
-            pool = _json(value, None)
-            if isinstance(pool, dict) and "cidr" in pool:
-                snap.pools.append(pool)
-        elif parts[:4] == ["calico", "v1", "policy", "profile"] and len(parts) == 6:
-            profiles.setdefault(parts[4], {})[parts[5]] = _json(value, None)
-        elif (parts[:3] == ["calico", "v1", "host"] and len(parts) == 9 and parts[4] == "workload"
-              and parts[7] == "endpoint"):
-            ep = _json(value, None)
-            if isinstance(ep, dict) and ep.get("name"):
-                snap.endpoints.append(Endpoint(
-                    host=parts[3], id=parts[8], iface=ep["name"],
-                    addresses=tuple(ep.get("ipv4_nets") or ()), profiles=tuple(ep.get("profile_ids") or ()),
-                    container=(ep.get("labels") or {}).get(CONTAINER_LABEL)))
-        elif parts[:4] == ["calico", "bgp", "v1", "host"] and len(parts) == 6 and parts[5] == "ip_addr_v4":
-            if value:
-                snap.host_ips[parts[4]] = value
-        elif parts[:4] == ["calico", "ipam", "v2", "host"] and len(parts) == 8 and parts[6] == "block":
-            snap.blocks[parts[7].replace("-", "/")] = parts[4]
+        try:
+            _parse_leaf(snap, profiles, key.strip("/").split("/"), value)
+        except V.Invalid as exc:
+            snap.skipped.append(f"{key!r}: {exc}")
     for name, data in profiles.items():
-        rules = data.get("rules") if isinstance(data.get("rules"), dict) else {}
-        tags = data.get("tags") if isinstance(data.get("tags"), list) else []
-        snap.profiles[name] = Profile(
-            name, tuple(rules.get("inbound_rules") or ()), tuple(rules.get("outbound_rules") or ()),
-            tuple(str(t) for t in tags))
+        try:
+            snap.profiles[name] = _profile(name, data, snap.skipped)
+        except V.Invalid as exc:
+            snap.skipped.append(f"profile {name!r}: {exc}")
     return snap
 
 
