@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+from typing import Any, TextIO, cast
 
 import click
 from rich.console import Console
@@ -63,21 +66,69 @@ def group(ctx: click.Context, inventory_option: str | None) -> None:
     ctx.obj = Context(inventory_option)
 
 
+#: Exit code when stdout's reader goes away early (`chainlab analyze ... | head -1`):
+#: what a shell reports for a program killed by SIGPIPE. The command did not finish, so
+#: 0 or 1 would lie (to `analyze --expect`, they mean "the paths match" and "differ").
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
+
+
+class _StdoutClosed(Exception):
+    """stdout is a closed pipe. Not an OSError on purpose: click would turn one into exit
+    1, and rich's Console into SystemExit(1)."""
+
+
+class _GuardedStdout:
+    """sys.stdout, except that a closed pipe raises _StdoutClosed."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
-    """Entry point: expected failures become one clean message and an exit code."""
+    """Entry point: expected failures become one clean message and an exit code.
+
+    A closed stdout ends the command quietly with EXIT_STDOUT_CLOSED (141).
+    """
+    sys.stdout = cast(TextIO, _GuardedStdout(sys.stdout))
+    try:
+        code = _run()
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is exit 120
+    except _StdoutClosed:
+        # Whatever is still buffered goes nowhere, so the exit-time flush succeeds.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_STDOUT_CLOSED
+    sys.exit(code)
+
+
+def _run() -> int | str | None:
+    """Run the command line; the exit status (as for sys.exit) it ends with."""
     err = Console(stderr=True, highlight=False)
     try:
-        group.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = group.main(standalone_mode=False)  # ctx.exit(N) and --help come back as N
+    except SystemExit as exc:  # e.g. `analyze --expect` failing: stdout is flushed first
+        return exc.code
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2)
+        return exc.exit_code
     except click.exceptions.Abort:
         err.print("aborted")
-        sys.exit(130)
+        return 130
     except ChainlabError as exc:
         err.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        sys.exit(0)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0

@@ -6,9 +6,13 @@ import gzip
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
+
+from chainlab import cli
 
 from chainlab.errors import ChainlabError
 from chainlab.render import diagram
@@ -71,3 +75,59 @@ def test_analyze_svg_without_graphviz() -> None:
     result = run("analyze", "--format", "svg", f"master={LOG}", PATH="/nonexistent")
     assert_clean_error(result, "graphviz's `dot` is not installed", code=1)
     assert result.stdout == ""
+
+
+def _run_with_stdout_closed(*args: str, tmp_path: Path) -> tuple[int, str]:
+    """Exit code and stderr of chainlab whose stdout's reader is gone before it writes."""
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            [str(CHAINLAB), *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=err
+        )
+        assert process.stdout is not None
+        process.stdout.close()
+        code = process.wait(timeout=60)
+    return code, stderr.read_text()
+
+
+@pytest.mark.parametrize("args", [
+    ("analyze", "--expect", str(SCENARIO), f"master={LOG}"),
+    ("analyze", "--format", "json", f"master={LOG}"),
+    ("--help",),
+], ids=["expect", "json", "help"])
+def test_closed_stdout_exits_141_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # Not 1: for `analyze --expect` that would mean "the paths differ".
+    assert _run_with_stdout_closed(*args, tmp_path=tmp_path) == (cli.EXIT_STDOUT_CLOSED, "")
+    assert cli.EXIT_STDOUT_CLOSED == 141
+
+
+def test_expect_exit_codes_with_an_open_stdout() -> None:
+    assert run("analyze", "--expect", str(SCENARIO), f"master={LOG}").returncode == 0
+    other = run("analyze", "--expect", str(ROOT / "scenarios" / "02-container-to-own-host.yaml"), f"master={LOG}")
+    assert (other.returncode, other.stderr) == (1, "")
+
+
+def _exit_code_of_main(monkeypatch: pytest.MonkeyPatch, behaviour: Callable[..., object]) -> object:
+    monkeypatch.setattr(cli.group, "main", behaviour)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps it; undone after the test
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code
+
+
+def test_main_exits_with_the_commands_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # group.main(standalone_mode=False) returns what ctx.exit(N) asked for.
+    assert _exit_code_of_main(monkeypatch, lambda **_: 3) == 3
+    assert _exit_code_of_main(monkeypatch, lambda **_: None) == 0
+
+
+def test_click_exception_keeps_its_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(**_: object) -> None:
+        raise click.ClickException("cannot do that")
+
+    assert _exit_code_of_main(monkeypatch, fail) == 1
+
+
+def test_usage_error_exits_2() -> None:
+    result = run("analyze", "--bogus")
+    assert result.returncode == 2 and "No such option" in result.stderr
