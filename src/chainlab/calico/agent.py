@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import etcd
 
@@ -24,6 +25,7 @@ from chainlab.calico.datastore import ROOT, parse_tree, read_tree
 from chainlab.calico.rules import Dataplane, dataplane, render
 
 WATCH_TIMEOUT = 5.0  # seconds: a watch that sees nothing ends, the tree is read again
+RETRY_DELAY = 1.0  # seconds after a failed sync
 log = logging.getLogger("felix-lite")
 
 
@@ -49,31 +51,53 @@ def _warn_skipped(skipped: list[str], warned: set[str]) -> set[str]:
     return set(skipped)
 
 
+@dataclass
+class AgentState:
+    """What the loop remembers between iterations."""
+
+    last: tuple[object, ...] | None = None  # fingerprint of the last applied model
+    warned: set[str] = field(default_factory=set)
+
+
+def sync(client: etcd.Client, host: str, state: AgentState) -> int:
+    """Read /calico, apply this host's dataplane if it changed; returns the etcd index read."""
+    items, index = read_tree(client)
+    snapshot = parse_tree(items)
+    state.warned = _warn_skipped(snapshot.skipped, state.warned)
+    model = dataplane(snapshot, host)
+    fingerprint = _fingerprint(model)
+    if fingerprint != state.last:
+        started = time.monotonic()
+        apply(model)
+        state.last = fingerprint
+        log.info("applied index %s: %d endpoints, %d profiles, %d routes in %.0f ms", index,
+                 len(model.endpoints), len(model.profiles), len(model.routes),
+                 (time.monotonic() - started) * 1000)
+    return index
+
+
+def iteration(client: etcd.Client, host: str, state: AgentState) -> None:
+    """One sync and watch. Nothing raised here may end the daemon: after any failure the
+    last applied state is forgotten (so the next sync re-renders) and it waits a bit."""
+    try:
+        _wait_for_change(client, sync(client, host, state))
+    except etcd.EtcdException as exc:
+        log.warning("etcd: %s; retrying", exc)
+        time.sleep(RETRY_DELAY)
+    except ApplyError as exc:
+        log.error("apply failed: %s; retrying", exc)
+        state.last = None
+        time.sleep(RETRY_DELAY)
+    except Exception:
+        log.exception("sync failed; retrying")
+        state.last = None
+        time.sleep(RETRY_DELAY)
+
+
 def serve(client: etcd.Client, host: str) -> None:
-    last: tuple[object, ...] | None = None
-    warned: set[str] = set()
+    state = AgentState()
     while True:
-        try:
-            items, index = read_tree(client)
-            snapshot = parse_tree(items)
-            warned = _warn_skipped(snapshot.skipped, warned)
-            model = dataplane(snapshot, host)
-            fingerprint = _fingerprint(model)
-            if fingerprint != last:
-                started = time.monotonic()
-                apply(model)
-                last = fingerprint
-                log.info("applied index %s: %d endpoints, %d profiles, %d routes in %.0f ms", index,
-                         len(model.endpoints), len(model.profiles), len(model.routes),
-                         (time.monotonic() - started) * 1000)
-            _wait_for_change(client, index)
-        except (etcd.EtcdConnectionFailed, etcd.EtcdException) as exc:
-            log.warning("etcd: %s; retrying", exc)
-            time.sleep(1)
-        except ApplyError as exc:
-            log.error("apply failed: %s; retrying", exc)
-            last = None
-            time.sleep(1)
+        iteration(client, host, state)
 
 
 def _daemonize(pidfile: str, logfile: str) -> None:

@@ -1,0 +1,76 @@
+"""felix-lite's loop: no failure in a sync ends the daemon (no etcd, no host changes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chainlab.calico import agent
+from chainlab.calico.apply import ApplyError
+from tests.unit.test_calico_rules import LAB
+
+
+class Stop(BaseException):
+    """Ends `serve` from a test (an Exception would be caught by the loop)."""
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """The agent with LAB as etcd's tree, `apply` and the watch recorded, sleeps counted."""
+    calls: dict[str, list] = {"applied": [], "waited": [], "slept": []}
+    monkeypatch.setattr(agent, "read_tree", lambda client: (dict(LAB), 7))
+    monkeypatch.setattr(agent, "apply", lambda model: calls["applied"].append(model.host))
+    monkeypatch.setattr(agent, "_wait_for_change", lambda client, index: calls["waited"].append(index))
+    monkeypatch.setattr(agent.time, "sleep", lambda seconds: calls["slept"].append(seconds))
+    return calls
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, name: str, error: Exception) -> None:
+    """Make `agent.<name>` raise `error` on its first call only."""
+    real = getattr(agent, name)
+    failed: list[bool] = []
+
+    def flaky(*args: object) -> object:
+        if not failed:
+            failed.append(True)
+            raise error
+        return real(*args)
+
+    monkeypatch.setattr(agent, name, flaky)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad cidr"), KeyError("cidr"), ApplyError("iptables-restore: line 3")])
+def test_failed_render_is_logged_and_the_next_iteration_applies(
+        fake: dict[str, list], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        error: Exception) -> None:
+    state = agent.AgentState()
+    agent.iteration(None, "master", state)
+    assert fake["applied"] == ["master"] and state.last is not None
+    fail_once(monkeypatch, "render", error)
+    agent.iteration(None, "master", state)
+    assert state.last is None and fake["slept"] == [agent.RETRY_DELAY] and fake["waited"] == [7]
+    assert "retrying" in caplog.text
+    agent.iteration(None, "master", state)  # same tree, applied again: the failure may have left it half done
+    assert fake["applied"] == ["master", "master"] and fake["waited"] == [7, 7]
+
+
+def test_unchanged_tree_is_not_applied_again(fake: dict[str, list]) -> None:
+    state = agent.AgentState()
+    agent.iteration(None, "master", state)
+    agent.iteration(None, "master", state)
+    assert fake["applied"] == ["master"] and fake["waited"] == [7, 7] and fake["slept"] == []
+
+
+def test_serve_keeps_running_after_an_unexpected_error(
+        fake: dict[str, list], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    fail_once(monkeypatch, "dataplane", RuntimeError("boom"))
+
+    def wait(client: object, index: int) -> None:
+        fake["waited"].append(index)
+        if len(fake["waited"]) == 2:
+            raise Stop
+
+    monkeypatch.setattr(agent, "_wait_for_change", wait)
+    with pytest.raises(Stop):
+        agent.serve(None, "master")
+    assert fake["applied"] == ["master"] and fake["slept"] == [agent.RETRY_DELAY]
+    assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
