@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
+from chainlab.names import ContainerName, HostName, NetworkName
+
+#: A Linux interface name (at most 15 characters), as `ip link` shows it.
+InterfaceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 
 
 class _Model(BaseModel):
@@ -22,25 +27,25 @@ class _Model(BaseModel):
 
 
 class HostState(_Model):
-    address: str
+    address: IPv4Address
     trace_log: str = Field(description="path of the host's trace file, on the host")
     trace_backend: Literal["rsyslog", "ulogd", "nft-monitor"]
     iptables: Literal["legacy", "nft"]
 
 
 class ContainerState(_Model):
-    host: str
-    address: str
-    network: str
+    host: HostName
+    address: IPv4Address
+    network: NetworkName
     driver: Literal["calico", "bridge"]
-    interface: str | None = Field(None, description="host-side interface (cali... for Calico)")
+    interface: InterfaceName | None = Field(None, description="host-side interface (cali... for Calico)")
     published: dict[int, int] = Field(default_factory=dict)
 
 
 class LabState(_Model):
-    lab: str
-    hosts: dict[str, HostState] = Field(default_factory=dict)
-    containers: dict[str, ContainerState] = Field(default_factory=dict)
+    lab: HostName
+    hosts: dict[HostName, HostState] = Field(default_factory=dict)
+    containers: dict[ContainerName, ContainerState] = Field(default_factory=dict)
 
 
 def state_path(inv: Inventory) -> Path:

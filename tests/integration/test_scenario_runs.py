@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chainlab.inventory import load_inventory
-from chainlab.remote import connect, run
+from chainlab.remote import connect, docker_client, run
 
 from .conftest import ROOT, make_inventory_file
 
@@ -107,6 +107,23 @@ def test_kill_9_during_a_run_leaves_nothing_behind(lab):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "PASS" in again.stdout
     assert rules(inv) == before
+
+
+def test_a_scenario_that_cannot_run_is_an_error_and_lab_up_repairs(lab):
+    inv, runs = lab
+    client = docker_client(load_inventory(inv), "master")
+    try:
+        client.containers.get("web1").remove(force=True)
+    finally:
+        client.close()
+    proc, summary = nightly(inv, runs)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = {s["id"]: s["error"] for s in summary["scenarios"] if s["error"]}
+    assert set(errors) == {2, 3, 5, 6} and all("web1 is gone from master" in e for e in errors.values())
+    assert len(summary["scenarios"]) == 6
+    cli(inv, "lab", "up")
+    proc, summary = nightly(inv, runs)
+    assert proc.returncode == 0, proc.stdout
 
 
 def rules(inv: Path) -> dict[str, str]:

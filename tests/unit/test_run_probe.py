@@ -49,7 +49,7 @@ def test_tcp_probe_from_container():
 def test_tcp_probe_from_host_uses_bash_dev_tcp():
     from_host = scenario(7).model_copy(update={"source": scenario(1).source})
     spec = build_probe(from_host, STATE)
-    assert spec.argv == ("timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/10.231.91.196/8080")
+    assert spec.argv == ("timeout", "2", "bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "bash", "10.231.91.196", "8080")
 
 
 def test_unknown_container_is_a_clean_error():

@@ -137,7 +137,8 @@ def load_run(run_dir: Path) -> RunData:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        data.error = f"no analysis.json in {run_dir}"
+        why = run_dir / "error.txt"
+        data.error = why.read_text().strip() if why.is_file() else f"no analysis.json in {run_dir}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         data.error = f"unreadable analysis.json in {run_dir}: {exc}"
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chainlab.inventory import Inventory
 from chainlab.report.nightly import find_previous_nightly, write_nightly
-from chainlab.run.runner import RunResult, run_scenario
+from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import load_scenario
 
 
@@ -17,18 +17,28 @@ def scenario_files(directory: Path) -> list[Path]:
 
 
 def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
-                log: Callable[[str], None] = print) -> tuple[Path, list[RunResult]]:
-    """Every scenario that fits the lab's network; `runs/nightly-<time>/` gets the summary."""
+                log: Callable[[str], None] = print) -> tuple[Path, list[RunResult], list[Path]]:
+    """Every scenario that fits the lab's network; `runs/nightly-<time>/` gets the summary.
+
+    A scenario that fails to run (host unreachable, container gone) is recorded as an error
+    with its run dir (`error.txt`) and the others still run; errors before any run dir
+    exists (no lab state) stop the nightly.
+    """
     out_dir = runs_root / f"nightly-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True)
-    results = []
+    results: list[RunResult] = []
+    failed: list[Path] = []
     for path in scenario_files(scenarios_dir):
         scenario = load_scenario(path)
         if scenario.network != inv.calico.driver:
             log(f"scenario {scenario.id}: skipped, needs a {scenario.network} lab")
             continue
         log(f"scenario {scenario.id}: {scenario.title}")
-        results.append(run_scenario(inv, path, out_dir, log))
+        try:
+            results.append(run_scenario(inv, path, out_dir, log))
+        except RunFailed as exc:
+            log(f"scenario {scenario.id}: error: {exc}")
+            failed.append(exc.run_dir)
     previous = find_previous_nightly(runs_root, out_dir, inv.lab)
-    write_nightly(out_dir, [r.run_dir for r in results], previous, inv.lab)
-    return out_dir, results
+    write_nightly(out_dir, sorted([r.run_dir for r in results] + failed), previous, inv.lab)
+    return out_dir, results, failed

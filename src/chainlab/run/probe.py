@@ -27,15 +27,17 @@ def endpoint_address(state: LabState, endpoint: Endpoint) -> str:
     if endpoint.host:
         if endpoint.host not in state.hosts:
             raise ChainlabError(f"host {endpoint.host} is not in the lab state; is it in the inventory and provisioned?")
-        return state.hosts[endpoint.host].address
+        return str(state.hosts[endpoint.host].address)
     assert endpoint.container is not None
     if endpoint.container not in state.containers:
         raise ChainlabError(f"container {endpoint.container} is not in the lab state; run lab up")
-    return state.containers[endpoint.container].address
+    return str(state.containers[endpoint.container].address)
 
 
 def endpoint_host(state: LabState, endpoint: Endpoint) -> str:
     if endpoint.host:
+        if endpoint.host not in state.hosts:
+            raise ChainlabError(f"host {endpoint.host} is not in the lab state; is it in the inventory and provisioned?")
         return endpoint.host
     assert endpoint.container is not None
     if endpoint.container not in state.containers:
@@ -58,5 +60,5 @@ def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
         if scenario.source.container:
             argv = ("nc", "-w", "2", address, port, "-e", "true")
         else:
-            argv = ("timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}")
+            argv = ("timeout", "2", "bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "bash", address, port)
     return ProbeSpec(host, scenario.source.container, argv, address)

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+import docker
 import fabric
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
@@ -37,6 +38,14 @@ COLLECT_TIMEOUT_S = 6.0
 SNAPSHOT_SEPARATOR = "#### chainlab: routes ####"
 T = TypeVar("T")
 POLL_S = 0.15
+
+
+class RunFailed(ChainlabError):
+    """A run that stopped after its run dir was made; `error.txt` in it says why."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 @dataclass
@@ -81,8 +90,27 @@ def _probe(inv: Inventory, spec: ProbeSpec, conns: dict[str, fabric.Connection])
     try:
         exit_code, output = client.containers.get(spec.container).exec_run(list(spec.argv))
         return exit_code, output.decode("utf-8", "replace")
+    except docker.errors.NotFound:
+        raise ChainlabError(f"container {spec.container} is gone from {spec.host}: run lab up") from None
+    except docker.errors.DockerException as exc:
+        raise ChainlabError(f"probe in {spec.where}: docker: {exc}") from None
     finally:
         client.close()
+
+
+def _connect_all(inv: Inventory, hosts: list[str], conns: dict[str, fabric.Connection]) -> None:
+    """Open a connection to every host at once into `conns`; the first failure is raised
+    after all attempts ended, so every connection that did open is in `conns` to close."""
+    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+        futures = {host: pool.submit(connect, inv, host) for host in hosts}
+    errors = []
+    for host, future in futures.items():
+        try:
+            conns[host] = future.result()
+        except ChainlabError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _each(conns: dict[str, fabric.Connection], work: Callable[[str, fabric.Connection], T]) -> dict[str, T]:
@@ -141,12 +169,20 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Call
     for sub in ("logs", "rules", "routes"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
+    try:
+        return _run_in(inv, scenario, state, spec, run_dir, started, log)
+    except ChainlabError as exc:
+        (run_dir / "error.txt").write_text(f"{exc}\n")
+        raise RunFailed(str(exc), run_dir) from exc
+
+
+def _run_in(inv: Inventory, scenario: Scenario, state: LabState, spec: ProbeSpec, run_dir: Path,
+            started: datetime, log: Callable[[str], None]) -> RunResult:
     t0 = time.monotonic()
     conns: dict[str, fabric.Connection] = {}
     with _sigterm_as_interrupt():
         try:
-            with ThreadPoolExecutor(max_workers=len(state.hosts) or 1) as pool:
-                conns.update(zip(state.hosts, pool.map(lambda h: connect(inv, h), state.hosts)))
+            _connect_all(inv, list(state.hosts), conns)
             marks = _each(conns, lambda node, conn: mark(conn, state.hosts[node].trace_log))
             _each(conns, lambda node, conn: _snapshot(conn, node, run_dir))
             log(f"probe: {' '.join(spec.argv)} from {spec.where}")
