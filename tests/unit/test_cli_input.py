@@ -194,3 +194,19 @@ def test_makefile_is_not_needed_for_a_copy(tmp_path: Path) -> None:
     shutil.copy(LOCAL, tmp_path / "inventory.yaml")
     result = run("inventory", "check", cwd=tmp_path)
     assert result.returncode == 0 and "lab local (local)" in result.stdout
+
+
+def test_duplicate_key_is_refused_with_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(REFERENCE.read_text().replace("hosts:\n", "hosts:\n  master:\n    address: 10.9.9.9\n", 1))
+    lines = bad.read_text().splitlines()
+    line = lines.index("  master:", lines.index("  master:") + 1) + 1  # the second one
+    result = run("inventory", "check", str(bad))
+    assert_clean_failure(result)
+    assert f"{bad}:{line}: invalid YAML: duplicate key `master`" in result.stderr
+
+
+def test_same_key_in_different_mappings_is_fine(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("hosts:\n  master: {address: 10.0.0.1}\n  slave1: {address: 10.0.0.2}\n")
+    assert run("inventory", "check", str(ok)).returncode == 0
