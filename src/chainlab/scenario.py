@@ -17,7 +17,6 @@ from chainlab.yamlfile import load_yaml
 
 Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
 Table = Literal["raw", "mangle", "nat", "filter", "security"]
-Direction = Literal["request", "reply"]
 assert set(Hook.__args__) == set(HOOKS) and set(Table.__args__) == set(TABLES)  # type: ignore[attr-defined]
 
 

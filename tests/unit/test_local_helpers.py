@@ -14,7 +14,8 @@ from chainlab.inventory import load_inventory
 from chainlab.local import build_image_tarball, check_lab_route, plan_lab
 from chainlab.local import system as S
 from chainlab.local.image import BUSYBOX
-from chainlab.remote import command_line, resolve_target
+from chainlab.remote import resolve_target
+from chainlab.shell import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,7 @@ from chainlab.inventory import load_inventory
 from chainlab.provision import commands as C
 from chainlab.provision.facts import assumed_facts, facts_script, parse_facts
 from chainlab.provision.image import render_dockerfile
+from chainlab.shell import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "/var/log/x'; touch /tmp/pwned; echo '"
@@ -91,7 +92,7 @@ def test_our_rules_from_save_only_ours() -> None:
 
 def _sh_words(argv: list[str]) -> list[str]:
     """What a shell makes of a command line we send (the remote side of run())."""
-    return shlex.split(C.line(argv))
+    return shlex.split(command_line(argv))
 
 
 def test_hostile_values_stay_single_words(tmp_path: Path) -> None:

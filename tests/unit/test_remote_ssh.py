@@ -8,7 +8,8 @@ import pytest
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
-from chainlab.remote import command_line, connect
+from chainlab.remote import connect
+from chainlab.shell import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """Pure builders: the exact commands and file texts provisioning uses, no I/O.
 
 Every value that comes from the inventory reaches a command either as one argv word
-(quoted by `chainlab.remote.command_line`) or, inside a `sh -c` script, through
+(quoted by `chainlab.shell.command_line`) or, inside a `sh -c` script, through
 `shlex.quote`. Nothing here connects anywhere, so the CentOS 7 vs Debian choices and the
 quoting are unit-tested directly.
 """
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
+
+from chainlab.shell import command_line
 
 Backend = Literal["rsyslog", "ulogd", "nft-monitor"]
 Family = Literal["rhel", "debian", "unknown"]
@@ -43,11 +45,6 @@ ETCD_PEER_PORT = 2380
 TRACE_TARGETS = ("LOG", "TRACE")
 TRACE_CHAINS = ("OUTPUT", "PREROUTING")
 TRACE_PROTOCOLS = ("icmp", "tcp")
-
-
-def line(argv: Sequence[object]) -> str:
-    """How a command is shown and sent: every word shell-quoted."""
-    return shlex.join(str(a) for a in argv)
 
 
 def sh(script: str) -> list[str]:
@@ -192,11 +189,6 @@ def remove_created_trace_log_argv(trace_log: str) -> list[str]:
               f"then rm -f {q(trace_log)}; fi; rm -f {q(TRACE_LOG_CREATED)}")
 
 
-def nf_log_read_argv() -> list[str]:
-    paths = " ".join(f"/proc/sys/net/netfilter/nf_log/{f}" for f in NF_LOG_FAMILIES)
-    return sh(f"for f in {paths}; do printf '%s=%s\\n' \"${{f##*/}}\" \"$(cat $f)\"; done")
-
-
 def parse_nf_log(text: str) -> dict[int, str]:
     result = {}
     for row in text.splitlines():
@@ -304,7 +296,7 @@ def batch_script(probes: Sequence[Sequence[str]]) -> str:
     """One script running read-only probes, printing `@@I BASE64(stdout + "x" + status)` each."""
     parts = []
     for i, argv in enumerate(probes):
-        parts.append(f'o=$( {{ {line(argv)} ; }} 2>/dev/null; echo "x$?"); '
+        parts.append(f'o=$( {{ {command_line(argv)} ; }} 2>/dev/null; echo "x$?"); '
                      f'printf "@@{i} %s\\n" "$(printf %s "$o" | base64 | tr -d "\\n")"')
     return "\n".join(parts) + "\n"
 

@@ -18,7 +18,8 @@ import fabric
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
-from chainlab.provision.commands import batch_script, line, parse_batch
+from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.shell import command_line
 from chainlab.provision.facts import Facts
 from chainlab.remote import docker_client, run
 
@@ -77,10 +78,10 @@ class HostContext:
             return
         out = run(self.conn, ["sh", "-c", batch_script(probes)], check=False, timeout=60).stdout
         for index, answer in parse_batch(out, len(probes)).items():
-            self._cache[line(probes[index])] = answer
+            self._cache[command_line(probes[index])] = answer
 
     def _answer(self, argv: Sequence[str]) -> tuple[int, str]:
-        cached = self._cache.pop(line(argv), None)
+        cached = self._cache.pop(command_line(argv), None)
         if cached is not None:
             return cached
         assert self.conn is not None
@@ -102,7 +103,7 @@ class HostContext:
     def change(self, argv: Sequence[str], timeout: float | None = 120) -> str:
         """Record the command; run it unless --check. Its stdout ('' under --check)."""
         self._cache.clear()  # a change may invalidate any prefetched answer
-        self.commands.append(line(argv))
+        self.commands.append(command_line(argv))
         if self.check:
             return ""
         assert self.conn is not None

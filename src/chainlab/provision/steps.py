@@ -19,6 +19,7 @@ from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.context import HostContext, Skip
 from chainlab.remote import etcd_client
+from chainlab.shell import command_line
 
 StepFn = Callable[[HostContext], tuple[str, str]]
 LABEL = "chainlab.lab"
@@ -163,7 +164,7 @@ def management_ports(ctx: HostContext) -> list[int]:
 
 
 def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
-    return C.sh("; ".join(f"{C.line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules))
+    return C.sh("; ".join(f"{command_line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules))
 
 
 def trace_rules(ctx: HostContext) -> tuple[str, str]:
@@ -174,7 +175,7 @@ def trace_rules(ctx: HostContext) -> tuple[str, str]:
         raise ChainlabError(f"unexpected answer checking the raw rules: {out!r}")
     missing = [r for r, there in zip(rules, present) if not there]
     if missing:  # one round trip: the appends joined with &&, in order
-        ctx.change(C.sh(" && ".join(C.line(rule.argv("-A")) for rule in missing)))
+        ctx.change(C.sh(" && ".join(command_line(rule.argv("-A")) for rule in missing)))
     return _status(bool(missing), f"added {len(missing)} of {len(rules)} raw LOG/TRACE rules",
                    f"{len(rules)} raw LOG/TRACE rules present")
 
@@ -191,6 +192,11 @@ def _image_present(ctx: HostContext, name: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+
+
+def _mark_image(ctx: HostContext, image_id: str) -> None:
+    """Remember that lab up put this image there, so lab down removes it and nothing else."""
+    ctx.change(C.sh(f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(image_id)} > {IMAGE_MARK}"))
 
 
 def image(ctx: HostContext) -> tuple[str, str]:
@@ -225,14 +231,14 @@ def image(ctx: HostContext) -> tuple[str, str]:
                 from chainlab.local import load_image
 
                 image_id = load_image(client, tarball, name)
-            ctx.change(["sh", "-c", f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(image_id)} > {IMAGE_MARK}"])
+            _mark_image(ctx, image_id)
         return "changed", f"{name} loaded from {tarball}"
     dockerfile = I.render_dockerfile(inv)
     ctx.note(f"docker build -t {name} - <<EOF   # {target}\n{dockerfile.rstrip()}\nEOF")
     if not ctx.check:
         built, _ = ctx.docker().images.build(fileobj=io.BytesIO(dockerfile.encode()),
                                             tag=name, rm=True, labels={LABEL: inv.lab})
-        ctx.change(["sh", "-c", f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(built.id)} > {IMAGE_MARK}"])
+        _mark_image(ctx, built.id)
     return "changed", f"{name} built from {I.dockerfile_path(inv)}"
 
 

@@ -12,6 +12,7 @@ from chainlab.errors import ChainlabError
 from chainlab.provision import commands as C
 from chainlab.provision.context import HostContext, Skip
 from chainlab.provision.steps import IMAGE_MARK, LABEL, StepFn, _cat, _status
+from chainlab.shell import command_line
 
 
 RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
@@ -93,7 +94,7 @@ def trace_rules(ctx: HostContext) -> tuple[str, str]:
         return "changed", "would remove our raw rules"
     deletes = C.our_rules_from_save(listing)
     if deletes:  # one round trip: the deletes joined with &&
-        ctx.change(C.sh(" && ".join(C.line(argv) for argv in deletes)))
+        ctx.change(C.sh(" && ".join(command_line(argv) for argv in deletes)))
     return _status(bool(deletes), f"removed {len(deletes)} raw rules", "no chainlab raw rules")
 
 

@@ -6,10 +6,10 @@ goes through the lab's own link before any connection is opened.
 
 from chainlab.remote.dockerclient import docker_client
 from chainlab.remote.etcdclient import etcd_client
-from chainlab.remote.ssh import command_line, connect, connection, run
+from chainlab.remote.ssh import connect, connection, run
 from chainlab.remote.target import Target, etcd_address, resolve_target
 
 __all__ = [
-    "Target", "command_line", "connect", "connection", "docker_client", "etcd_address",
+    "Target", "connect", "connection", "docker_client", "etcd_address",
     "etcd_client", "resolve_target", "run",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 
 import fabric
@@ -14,13 +13,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.remote.target import Target, resolve_target
+from chainlab.shell import command_line
 
 CONNECT_ATTEMPTS = 5
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """One shell command line from an argument vector: every word is shlex-quoted."""
-    return shlex.join(str(a) for a in argv)
 
 
 def connection(target: Target) -> fabric.Connection:
