@@ -7,6 +7,7 @@ it re-renders the hosts' rules within a second of a change made here.
 from __future__ import annotations
 
 import json
+import re
 from ipaddress import IPv4Network
 
 import click
@@ -14,11 +15,26 @@ from rich.console import Console
 
 from chainlab.calico import profiles
 from chainlab.inventory import load_inventory
+from chainlab.names import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote import etcd_client
 
 
 def _client(obj: object):  # type: ignore[no-untyped-def]
     return etcd_client(load_inventory(obj.inventory_path))  # type: ignore[attr-defined]
+
+
+def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """NAME becomes part of etcd keys: only a network name (no '/', no '..')."""
+    if not re.fullmatch(NETWORK_NAME, value):
+        raise click.BadParameter(f"{value!r} is not {PATTERN_HELP[NETWORK_NAME]}")
+    return value
+
+
+def _cidr(ctx: click.Context, param: click.Parameter, value: str) -> IPv4Network:
+    try:
+        return IPv4Network(value, strict=False)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
 
 
 @click.group("profile")
@@ -27,7 +43,7 @@ def profile_group() -> None:
 
 
 @profile_group.command("show")
-@click.argument("name")
+@click.argument("name", callback=_profile_name)
 @click.pass_obj
 def show_cmd(obj: object, name: str) -> None:
     """Print profile NAME's rules, tags and labels as JSON."""
@@ -35,21 +51,18 @@ def show_cmd(obj: object, name: str) -> None:
 
 
 @profile_group.command("allow")
-@click.argument("name")
-@click.option("--from", "source", required=True, metavar="CIDR", help="source network to admit inbound")
+@click.argument("name", callback=_profile_name)
+@click.option("--from", "cidr", required=True, metavar="CIDR", callback=_cidr,
+              help="source network to admit inbound")
 @click.pass_obj
-def allow_cmd(obj: object, name: str, source: str) -> None:
+def allow_cmd(obj: object, name: str, cidr: IPv4Network) -> None:
     """Add an inbound allow rule from CIDR to profile NAME."""
-    try:
-        cidr = IPv4Network(source, strict=False)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--from") from None
     changed = profiles.allow_from(_client(obj), name, cidr)
     Console(highlight=False).print(f"profile {name}: {'allowed' if changed else 'already allows'} {cidr}")
 
 
 @profile_group.command("reset")
-@click.argument("name")
+@click.argument("name", callback=_profile_name)
 @click.pass_obj
 def reset_cmd(obj: object, name: str) -> None:
     """Reset profile NAME to the network default (inbound from its tag only)."""
