@@ -49,13 +49,16 @@ def test_analyze_gz_that_is_not_gzip(tmp_path: Path) -> None:
     assert_clean_error(run("analyze", str(path)), f"{path}: log: not a gzip file")
 
 
-def test_analyze_truncated_gzip_is_not_aborted(tmp_path: Path) -> None:
-    data = gzip.compress(LOG.read_bytes())
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_analyze_truncated_gzip_is_an_error_before_any_output(tmp_path: Path, fmt: str) -> None:
+    # Long enough that streamed JSON would have written packets before the cut.
+    data = gzip.compress(LOG.read_bytes() * 200)
     path = tmp_path / "master.log.gz"
-    path.write_bytes(data[: len(data) // 2])
-    result = run("analyze", "--format", "json", f"master={path}")
+    path.write_bytes(data[: len(data) * 3 // 4])
+    result = run("analyze", "--format", fmt, f"master={path}")
     assert_clean_error(result, f"{path}: log: gzip data ends early")
     assert "Aborted" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from chainlab.errors import InputError
 from chainlab.trace import reader
 from chainlab.trace.pipeline import analyze
-from chainlab.trace.reader import LogSource
+from chainlab.trace.reader import LogSource, check_gzip_intact
 from chainlab.trace.rules import load_rules
 
 from ..conftest import FIXTURES
@@ -81,3 +81,10 @@ def test_unreadable_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(InputError) as info:
         load_rules(path)
     assert str(info.value) == f"{path}: --rules: cannot read: Permission denied"
+
+
+def test_check_gzip_intact(tmp_path: Path) -> None:
+    check_gzip_intact(LOG)  # not gzip: nothing to check
+    check_gzip_intact(_gzipped_log(tmp_path))
+    with pytest.raises(InputError, match="log: gzip data ends early"):
+        check_gzip_intact(_gzipped_log(tmp_path, keep=0.9))

@@ -18,7 +18,7 @@ from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
 from chainlab.trace.netfilter import TABLES
 from chainlab.trace.pipeline import AnalysisOptions, Analyzer, analyze
-from chainlab.trace.reader import LogSource
+from chainlab.trace.reader import LogSource, check_gzip_intact
 from chainlab.trace.rules import load_rules
 
 FORMATS = ("text", "json", "mermaid", "dot", "svg")
@@ -76,6 +76,8 @@ def analyze_command(
     console = Console()
 
     if fmt == "json" and scenario is None:
+        for source in sources:
+            check_gzip_intact(source.path)
         analyzer = Analyzer(options)
         write_json(sys.stdout, analyzer.packets(sources), analyzer.flows, analyzer.stats, tables)
         return
