@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainlab.calico import datastore as D
 from chainlab.calico import validate as V
@@ -40,6 +42,7 @@ def with_inbound(*rules: object) -> dict[str, str]:
     {"action": "allow", "protocol": "icmp", "icmp_type": 8, "icmp_code": 300},
     {"action": "allow", "icmp_type": 8},
     {"action": "teleport"},
+    {"action": ["allow"]},
     {"action": "allow", "src_net": "10.0.0.0/8", "!src_net": "10.1.0.0/16"},
     "allow everything",
 ])
@@ -52,6 +55,24 @@ def test_invalid_rule_is_skipped_and_the_rest_renders(bad: object) -> None:
     assert "-A INPUT" not in text and "teleport" not in text
     assert "-A cali-pri-net1 -p tcp -m multiport --dports 80 -j MARK --set-xmark 0x1000000/0x1000000" in text
     assert "-A cali-pri-net1 -m set --match-set cali4-s:net1 src -j MARK" in text
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-1, 70000) | st.floats(allow_nan=False) | st.text(),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
+                    max_leaves=6)
+RULE_FIELDS = ("action", "protocol", "!protocol", "src_net", "!dst_net", "src_tag", "!dst_tag", "src_ports",
+               "!dst_ports", "icmp_type", "icmp_code")
+OURS = ("*raw", "*nat", "*filter", ":cali-", "-A cali-", "-I ", "-X cali-", "COMMIT")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(RULE_FIELDS), JSON | st.sampled_from(["tcp", "icmp", "net1", "10.0.0.0/8"])))
+def test_any_rule_json_renders_without_error_or_foreign_lines(rule: dict) -> None:
+    model = dataplane(D.parse_tree(with_inbound(rule)), "master")
+    text = render(model) + ipset_input(model, set())
+    restore, ipsets = text.split("COMMIT\n")[:3], text.split("COMMIT\n")[3]
+    assert all(line.startswith(OURS) for part in restore for line in part.splitlines())
+    assert all(line.split(" ", 1)[0] in ("create", "flush", "add", "swap", "destroy") for line in ipsets.splitlines())
 
 
 @pytest.mark.parametrize("good", [

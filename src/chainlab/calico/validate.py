@@ -104,8 +104,9 @@ def rule(value: Any) -> dict[str, Any]:
     """A Calico v1 profile rule whose every rendered field is safe and that iptables accepts."""
     if not isinstance(value, dict):
         raise Invalid(f"rule {value!r} is not an object")
-    if value.get("action", "allow") not in ACTIONS:
-        raise Invalid(f"action {value.get('action')!r} is not one of {sorted(ACTIONS)}")
+    action = value.get("action", "allow")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise Invalid(f"action {action!r} is not one of {sorted(ACTIONS)}")
     proto = _negatable(value, "protocol")
     proto = protocol(proto) if proto is not None else None
     positive_proto = proto if value.get("protocol") is not None else None
