@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from chainlab.names import ContainerName, HostName, ImageName, NetworkName, SafePath, UserName
 from chainlab.validation import LocatedValueError, validate_document
@@ -15,6 +15,19 @@ from chainlab.yamlfile import load_yaml
 
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "CHAINLAB_INVENTORY"
+_IP = TypeVar("_IP")
+
+
+def _not_a_number(value: Any) -> Any:
+    """YAML reads `pool: 5` or `pool: true` as numbers, which ipaddress would take as
+    0.0.0.5: an address must be written out."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError("expected an address written out, e.g. 10.231.91.195 or 172.20.0.0/16")
+    return value
+
+
+#: An IPv4 address, network or interface that must be written in dotted form.
+Dotted = Annotated[_IP, BeforeValidator(_not_a_number)]
 
 
 class Strict(BaseModel):
@@ -32,7 +45,7 @@ class SshSettings(Strict):
 
 
 class Host(Strict):
-    address: IPv4Address
+    address: Dotted[IPv4Address]
     roles: list[Literal["master", "worker", "etcd"]] = Field(default_factory=list)
     os: Literal["centos7", "rhel8", "debian12", "ubuntu22", "unknown"] = "unknown"
     iptables: Literal["auto", "legacy", "nft"] = "auto"
@@ -55,7 +68,7 @@ class ImageSettings(Strict):
 
 class CalicoSettings(Strict):
     network: NetworkName = "net1"
-    pool: IPv4Network = IPv4Network("172.20.0.0/16")
+    pool: Dotted[IPv4Network] = IPv4Network("172.20.0.0/16")
     nat_outgoing: bool = True
     driver: Literal["calico", "bridge"] = "calico"
 
@@ -70,7 +83,7 @@ class Container(Strict):
 class LocalSettings(Strict):
     """Only for `provider: local`: how the lab is built on this machine."""
 
-    lan: IPv4Interface = Field(description="the machine's end of the management link, with prefix")
+    lan: Dotted[IPv4Interface] = Field(description="the machine's end of the management link, with prefix")
     state_dir: SafePath = "/var/lib/chainlab/local"
 
 

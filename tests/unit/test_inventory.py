@@ -409,3 +409,13 @@ values = st.recursive(
 @given(data=st.dictionaries(keys, values, max_size=8))
 def test_fuzz_random_mappings(tmp_path: Path, data: dict) -> None:
     _load_text(tmp_path, yaml.safe_dump(data, allow_unicode=True))
+
+
+@pytest.mark.parametrize("key, value", [("pool", True), ("pool", 5)])
+def test_addresses_must_be_written_out(tmp_path, key, value):
+    doc = yaml.safe_load(LOCAL.read_text())
+    doc["calico"][key] = value
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="calico.pool: expected an address written out"):
+        load_inventory(path)
