@@ -81,3 +81,15 @@ def test_wire_script_quotes_and_steps() -> None:
     assert "nsenter -t 4242 -n -- ip route add default via 169.254.1.1 dev eth0 onlink" in script
     assert "ip route replace 172.20.0.1/32 dev cali0123456789a scope link" in script
     assert "echo 1 > /proc/sys/net/ipv4/conf/cali0123456789a/proxy_arp" in script
+
+
+def test_endpoints_of_profile_includes_invalid_ones_parse_tree_leaves_out():
+    base = "/calico/v1/host/master/workload/libnetwork/libnetwork/endpoint"
+    items = {
+        f"{base}/good": json.dumps({"name": "caligood", "ipv4_nets": ["172.20.1.2/32"], "profile_ids": ["net1"]}),
+        f"{base}/bad": json.dumps({"name": "cali bad\n", "ipv4_nets": ["x"], "profile_ids": ["net1"]}),
+        f"{base}/other": json.dumps({"name": "caliother", "ipv4_nets": ["172.20.1.3/32"], "profile_ids": ["net2"]}),
+        f"{base}/garbled": "{not json",
+    }
+    assert [e.id for e in D.parse_tree(items).endpoints if "net1" in e.profiles] == ["good"]
+    assert D.endpoints_of_profile(items, "net1") == [(f"{base}/bad", "bad"), (f"{base}/good", "good")]

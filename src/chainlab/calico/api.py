@@ -16,6 +16,7 @@ import fabric
 
 from chainlab.calico import datastore as D
 from chainlab.calico import ipam, node, wiring
+from chainlab.calico import validate as V
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.remote import etcd_address, etcd_client
@@ -157,10 +158,12 @@ def remove_network(inv: Inventory) -> bool:
     changed = D.delete_tree(client, D.pool_key(pool))
     changed |= D.delete_tree(client, D.profile_dir(network))
     items, _ = D.read_tree(client)
-    for ep in D.parse_tree(items).endpoints:
-        if network in ep.profiles:
-            changed |= D.delete_tree(client, D.endpoint_key(ep.host, ep.id))
-            ipam.release_handle(client, ep.id)
+    for key, endpoint_id in D.endpoints_of_profile(items, network):
+        changed |= D.delete_tree(client, key)
+        try:
+            ipam.release_handle(client, V.name(endpoint_id, "endpoint id"))
+        except V.Invalid:
+            continue  # no handle can have been made for it
     for key in list(items):
         if key.startswith(f"{ipam.IPAM}/") and "/block/" in key:
             cidr = IPv4Network(key.rsplit("/", 1)[1].replace("-", "/"))

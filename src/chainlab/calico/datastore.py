@@ -224,6 +224,21 @@ def parse_tree(items: dict[str, str]) -> Snapshot:
     return snap
 
 
+def endpoints_of_profile(items: dict[str, str], profile: str) -> list[tuple[str, str]]:
+    """(key, endpoint id) of every workload endpoint naming `profile`, valid or not: what a
+    network's removal must delete, also where parse_tree left an endpoint out."""
+    found = []
+    for key, value in sorted(items.items()):
+        parts = key.strip("/").split("/")
+        if (parts[:3] == ["calico", "v1", "host"] and len(parts) == 9 and parts[4] == "workload"
+                and parts[7] == "endpoint"):
+            ep = _json(value, None)
+            profiles = ep.get("profile_ids") if isinstance(ep, dict) else None
+            if isinstance(profiles, list) and profile in profiles:
+                found.append((key, parts[8]))
+    return found
+
+
 def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], int]:
     """Every leaf under `root` and the etcd index the read reflects ({} if absent)."""
     try:
