@@ -57,3 +57,24 @@ def test_resolve_target_checks_the_route_before_anything(monkeypatch: pytest.Mon
 
 def test_command_line_quotes_every_word() -> None:
     assert command_line(["echo", "a b", "$(id)", "x;y"]) == "echo 'a b' '$(id)' 'x;y'"
+
+
+def test_the_machines_own_mount_namespace_is_never_a_hosts():
+    from chainlab.local import system as S
+
+    assert S.same_mount_ns(os.getpid()) == set()
+
+
+@pytest.mark.parametrize("unified", [True, False])
+def test_remove_cgroup_on_v1_and_v2_layouts(tmp_path, monkeypatch, unified):
+    from chainlab.local import system as S
+
+    monkeypatch.setattr(S, "CGROUP_ROOT", tmp_path)
+    if unified:
+        (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+        lab = tmp_path / "chainlab.x.master" / "docker" / "abc"
+    else:
+        lab = tmp_path / "memory" / "chainlab.x.master" / "docker" / "abc"
+    lab.mkdir(parents=True)
+    S.remove_cgroup("/chainlab.x.master")
+    assert not lab.parents[1].exists()

@@ -47,12 +47,13 @@ def test_local_yaml_plans_three_hosts(inv: Inventory) -> None:
     assert master.dir == Path("/var/lib/chainlab/local/hosts/master")
 
 
-def test_lock_file_outlives_the_state_dir_and_is_per_lab(inv: Inventory) -> None:
+def test_lock_file_outlives_the_state_dir_and_is_per_lab_name(inv: Inventory) -> None:
     plan = plan_lab(inv)
-    assert plan.lock_file.parent == Path("/run/lock") and plan.lock_file.name.startswith("chainlab-local-")
+    assert plan.lock_file == Path("/run/chainlab/local-local.lock")
     assert plan.state_dir not in plan.lock_file.parents
     moved = plan_lab(inv.model_copy(update={"local": inv.local.model_copy(update={"state_dir": Path("/tmp/x")})}))
-    assert moved.lock_file != plan.lock_file
+    assert moved.lock_file == plan.lock_file  # same lab name: same namespaces, same lock
+    assert plan_lab(inv.model_copy(update={"lab": "other"})).lock_file != plan.lock_file
 
 
 def test_refuses_ssh_provider() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,19 @@ def test_lock_of_a_killed_process_is_free(tmp_path):
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     with exclusive(path, "x"):
         pass
+
+
+def test_a_symlink_or_foreign_file_is_refused(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = tmp_path / "lab.lock"
+    link.symlink_to(target)
+    with pytest.raises(ChainlabError, match="symlink there is refused"):
+        with exclusive(link, "x"):
+            pass
+    assert target.read_text() == "keep me"
+    fifo = tmp_path / "fifo.lock"
+    os.mkfifo(fifo)
+    with pytest.raises(ChainlabError, match="not a regular file"):
+        with exclusive(fifo, "x"):
+            pass

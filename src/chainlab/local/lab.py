@@ -156,7 +156,13 @@ def up(plan: LabPlan, log: Log = print) -> None:
 
 
 def _up(plan: LabPlan, log: Log) -> None:
-    store = _Store(plan, load_state(plan) or _first_state(plan))
+    state = load_state(plan)
+    if state is None and S.netns_exists(plan.lan_netns):
+        raise ChainlabError(
+            f"a lab named {plan.lab} is up, but not from this inventory's state dir {plan.state_dir}:"
+            " take it down with the inventory that made it, or give this lab another `lab:` name"
+        )
+    store = _Store(plan, state or _first_state(plan))
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     store.save()
     _write_ssh_files(plan)

@@ -23,6 +23,7 @@ BRIDGE = "lan0"
 LAN_MGMT_PORT = "mgmt0"
 HOST_IF = "eth0"
 SSH_PORT = 22
+LOCK_DIR = Path("/run/chainlab")
 ETCD_PEER_PORT = 2380
 #: Docker bridge subnets: host i gets 172.30.(i+1).1/24 (checked against the lan and pool).
 BIP_BASE = IPv4Network("172.30.0.0/16")
@@ -153,9 +154,9 @@ class LabPlan:
 
     @property
     def lock_file(self) -> Path:
-        """Outside the state dir, which `down` removes; /run/lock empties at reboot."""
-        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
-        return Path("/run/lock") / f"chainlab-{self.lab}-{digest}.lock"
+        """Outside the state dir, which `down` removes, and keyed like the namespaces (by
+        lab name); /run/chainlab is root's own and empties at reboot."""
+        return LOCK_DIR / f"local-{self.lab}.lock"
 
     @property
     def home(self) -> Path:

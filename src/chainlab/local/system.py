@@ -126,11 +126,26 @@ def in_netns(pid: int, netns: str) -> bool:
         return False
 
 
+def _machine_mount_namespaces() -> set[int]:
+    """This process's and init's mount namespaces (init's may be hidden in a sandbox)."""
+    found = set()
+    for pid in ("self", "1"):
+        try:
+            found.add(os.stat(f"/proc/{pid}/ns/mnt").st_ino)
+        except OSError:
+            pass
+    return found
+
+
 def same_mount_ns(pid: int) -> set[int]:
     """Every process in `pid`'s mount namespace (e.g. a shell that entered a host with -m only)."""
     try:
         inode = os.stat(f"/proc/{pid}/ns/mnt").st_ino
     except FileNotFoundError:
+        return set()
+    if inode in _machine_mount_namespaces():
+        # A holder that never left the machine's mount namespace (a host setup that failed
+        # half-way): "its" namespace is everyone's, and nothing in it is the lab's alone.
         return set()
     found = set()
     for entry in Path("/proc").iterdir():
@@ -193,9 +208,18 @@ def spawn(argv: list[str], log: Path | None = None) -> Proc:
 
 # --- cgroups --------------------------------------------------------------------------
 
+def _cgroup_hierarchies() -> list[Path]:
+    """cgroup v2 (unified): the root itself; v1 or hybrid: one directory per hierarchy."""
+    if not CGROUP_ROOT.is_dir():
+        return []
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT]
+    return list(CGROUP_ROOT.iterdir())
+
+
 def remove_cgroup(parent: str, retries: int = 50) -> None:
     """Remove the cgroup directories dockerd created under `parent` in every hierarchy."""
-    for hierarchy in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else []:
+    for hierarchy in _cgroup_hierarchies():
         top = hierarchy / parent.lstrip("/")
         if not top.is_dir() or hierarchy.is_symlink():
             continue
