@@ -145,8 +145,9 @@ class Runner:
                 self._show(host, result)
                 progress.update(task, advance=1)  # type: ignore[arg-type]
                 if result.status == "failed":
-                    report.error = f"{name}: {result.detail}"
-                    break
+                    report.error = report.error or f"{name}: {result.detail}"
+                    if self.action == "up":
+                        break  # later steps build on this one; down undoes all it can
             return report
         finally:
             report.seconds = time.monotonic() - started

@@ -78,13 +78,28 @@ def image(ctx: HostContext) -> tuple[str, str]:
     if not mark:
         return "ok", "no image loaded by lab up" if not ctx.offline else "image left in place unless lab up loaded it"
     ctx.note(f"docker rmi {ctx.inv.image.name} ({mark[:19]})   # docker SDK")
-    ctx.change(["rm", "-f", IMAGE_MARK])
     if not ctx.check:
         try:
             ctx.docker().images.remove(mark)
         except docker.errors.ImageNotFound:
             pass
+        except docker.errors.APIError as exc:
+            raise ChainlabError(f"docker rmi {ctx.inv.image.name}: {exc.explanation or exc}"
+                                " (lab down will try again)") from None
+    ctx.change(["rm", "-f", IMAGE_MARK])
     return "changed", f"removed {ctx.inv.image.name}"
+
+
+def _backup_orphaned(ctx: HostContext, path: str, text: str) -> bool:
+    """Put back a file lab up moved aside when ours never replaced it (lab up cut off
+    between the backup and the write): the file is absent, its backup is there."""
+    if text:
+        return False
+    backup = path + C.BACKUP_SUFFIX
+    if (ctx.read(C.sh(f"if [ -e {C.shlex.quote(backup)} ]; then echo kept; fi")) or "").strip() != "kept":
+        return False
+    ctx.change(C.restore_argv(path))
+    return True
 
 
 def trace_rules(ctx: HostContext) -> tuple[str, str]:
@@ -117,6 +132,8 @@ def trace_log(ctx: HostContext) -> tuple[str, str]:
         if ctx.facts.init != "none" and ctx.facts.has("rsyslogd"):
             ctx.change(C.restart_argv(ctx.facts.init, "rsyslog"))
         done.append("rsyslog drop-in removed")
+    elif _backup_orphaned(ctx, C.RSYSLOG_FILE, text):
+        done.append(f"{C.RSYSLOG_FILE} put back")
     created = ctx.read(_cat(C.TRACE_LOG_CREATED))
     if created is None or created.strip():
         ctx.change(C.remove_created_trace_log_argv(log))
@@ -127,6 +144,8 @@ def trace_log(ctx: HostContext) -> tuple[str, str]:
 def ip_forward(ctx: HostContext) -> tuple[str, str]:
     text = ctx.read(_cat(C.SYSCTL_FILE))
     if text is not None and not text.startswith(C.MARKER):
+        if _backup_orphaned(ctx, C.SYSCTL_FILE, text):
+            return "changed", f"{C.SYSCTL_FILE} put back"
         return "ok", f"{C.SYSCTL_FILE} absent or not ours"
     before = C.sysctl_before(text or "") or ("0" if text is None else None)
     if before is None:
