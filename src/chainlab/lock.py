@@ -6,10 +6,12 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
+from chainlab.inventory import Inventory
+from chainlab.labstate import state_path
 
 
 @contextmanager
@@ -34,3 +36,9 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
+    """One provisioning run or scenario run per lab at a time: runs share the trace files
+    and expect the lab to hold still. The lock lives next to the lab state."""
+    return exclusive(state_path(inv).parent / "provision.lock", f"a lab up/down or scenario run on lab {inv.lab}")

@@ -17,7 +17,8 @@ from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
 from chainlab.provision import provision
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.runner import lab_lock, select_hosts
+from chainlab.lock import lab_lock
+from chainlab.provision.runner import select_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "chainlab")
@@ -98,7 +99,7 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match="a lab up/down of lab local is already running"):
+        with pytest.raises(ChainlabError, match="a lab up/down or scenario run on lab local is already running"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released

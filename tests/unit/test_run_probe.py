@@ -6,7 +6,7 @@ import pytest
 
 from chainlab.errors import ChainlabError
 from chainlab.labstate import ContainerState, HostState, LabState
-from chainlab.run.collect import LogMark, parse_slice, slice_argv
+from chainlab.run.collect import LogMark, mark_argv, parse_mark, parse_slice, slice_argv
 from chainlab.run.probe import build_probe
 from chainlab.scenario import load_scenario
 
@@ -60,23 +60,54 @@ def test_unknown_container_is_a_clean_error():
 
 def _slice(path, before):
     out = subprocess.run(slice_argv(str(path), before), capture_output=True, text=True, check=True).stdout
-    return parse_slice(out)
+    return parse_slice(out)[0]
 
 
-def test_log_slice_appended_rotated_truncated_missing(tmp_path):
+def _mark(path):
+    return parse_mark(subprocess.run(mark_argv(str(path)), capture_output=True, text=True, check=True).stdout)
+
+
+def _append(path, text):
+    with path.open("a") as f:
+        f.write(text)
+
+
+def test_log_slice_missing_created_appended(tmp_path):
     log = tmp_path / "iptables.log"
-    text, missing = _slice(log, LogMark(None, 0))
-    assert (text, missing) == ("", LogMark(None, 0))
+    missing = _mark(log)
+    assert missing == LogMark(None, 0) and _slice(log, missing) == ""
     log.write_text("old\n")
-    text, before = _slice(log, missing)  # created after the mark: all of it
-    assert text == "old\n" and before.size == 4
-    with log.open("a") as f:
-        f.write("new line\n")
-    text, now = _slice(log, before)  # appended: only the new bytes
-    assert text == "new line\n" and now.inode == before.inode
+    assert _slice(log, missing) == "old\n"  # created after the mark: all of it
+    before = _mark(log)
+    _append(log, "new line\n")
+    assert _slice(log, before) == "new line\n"
+
+
+def test_log_slice_truncated_in_place_even_when_grown_again(tmp_path):
+    log = tmp_path / "iptables.log"
+    log.write_text("line one\n")
+    before = _mark(log)
     log.write_text("x\n")
-    assert _slice(log, now)[0] == "x\n"  # truncated: from the start
-    log.unlink()
-    (tmp_path / "other").write_text("pad")  # a new inode for the rotated file
-    log.write_text("rotated\n")
-    assert _slice(log, now)[0] == "rotated\n"
+    assert _slice(log, before) == "x\n"  # shorter: from the start
+    log.write_text("A-B-C-D-E-F-G\n")  # copytruncate, then more than the mark was
+    assert _slice(log, before) == "A-B-C-D-E-F-G\n"
+
+
+def test_log_slice_renamed_away_keeps_what_the_old_file_got(tmp_path):
+    log = tmp_path / "iptables.log"
+    log.write_text("before\n")
+    before = _mark(log)
+    _append(log, "late in the old file\n")
+    log.rename(tmp_path / "iptables.log.1")
+    log.write_text("first in the new file\n")
+    assert _slice(log, before) == "late in the old file\nfirst in the new file\n"
+
+
+def test_log_slice_follows_a_symlinked_path(tmp_path):
+    real = tmp_path / "real.log"
+    real.write_text("old\n")
+    link = tmp_path / "iptables.log"
+    link.symlink_to(real)
+    before = _mark(link)
+    _append(real, "new\n")
+    assert _slice(link, before) == "new\n"

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
@@ -23,8 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import chainlab.calico as calico_layer
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.labstate import HostState, LabState, remove_state, save_state, state_path
-from chainlab.lock import exclusive
+from chainlab.labstate import HostState, LabState, remove_state, save_state
+from chainlab.lock import lab_lock
 from chainlab.provision.context import HostContext, Shared, Skip
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
@@ -34,15 +33,6 @@ from chainlab.remote import connect, run
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
-
-
-def lock_path(inv: Inventory) -> Path:
-    return state_path(inv).parent / "provision.lock"
-
-
-def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
-    """One provisioning run per lab at a time."""
-    return exclusive(lock_path(inv), f"a lab up/down of lab {inv.lab}")
 
 
 def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:

@@ -1,7 +1,13 @@
 """Exactly the log bytes a probe produced on each node: mark the end before, read after.
 
-A mark is (inode, size). If the file was rotated (new inode) or truncated, the slice is
-the whole new file. Each read is one SSH round trip (SLICE_SCRIPT).
+A mark is the file's inode, size and a checksum of the (up to) 64 bytes before that size,
+all of the file the path names (symlinks followed). Reading from the mark:
+- same inode, not shorter, same bytes before the mark: the bytes after the mark;
+- same inode but shorter, or other bytes before the mark (truncated in place, e.g.
+  logrotate's copytruncate, and maybe grown again): the whole file;
+- another inode (renamed away and recreated): what the old file (found by its inode next
+  to the path) got after the mark, then the whole new file.
+Each mark and each read is one SSH round trip.
 """
 
 from __future__ import annotations
@@ -17,36 +23,57 @@ from chainlab.remote import run
 class LogMark:
     inode: int | None
     size: int
+    tail_sum: str = ""
+
+
+#: sh -c MARK_SCRIPT sh PATH → "inode size checksum", or nothing if PATH is missing.
+MARK_SCRIPT = (
+    'st=$(stat -L -c "%i %s" -- "$1" 2>/dev/null) || exit 0; set -- "$1" $st; '
+    'n=$(( $3 > 64 ? 64 : $3 )); '
+    'echo "$2 $3 $(tail -c +$(($3 - n + 1)) -- "$1" | head -c $n | cksum | cut -d" " -f1)"'
+)
+
+#: sh -c SLICE_SCRIPT sh PATH INODE SIZE CHECKSUM → "inode size" (or "none") and the text
+#: produced since the mark (see the module docstring).
+SLICE_SCRIPT = (
+    'st=$(stat -L -c "%i %s" -- "$1" 2>/dev/null) || { echo none; exit 0; }; '
+    'set -- "$@" $st; echo "$5 $6"; start=0; '
+    'if [ "$5" = "$2" ] && [ "$6" -ge "$3" ]; then '
+    'n=$(( $3 > 64 ? 64 : $3 )); '
+    's=$(tail -c +$(($3 - n + 1)) -- "$1" | head -c $n | cksum | cut -d" " -f1); '
+    'if [ "$s" = "$4" ]; then start=$3; fi; '
+    'elif [ "$2" != - ] && [ "$5" != "$2" ]; then '
+    'old=$(find "$(dirname -- "$1")" -maxdepth 1 -type f -inum "$2" 2>/dev/null | head -n 1); '
+    'if [ -n "$old" ]; then tail -c +$(($3 + 1)) -- "$old"; fi; '
+    'fi; '
+    'tail -c +$((start + 1)) -- "$1" | head -c $(($6 - start))'
+)
 
 
 def mark(conn: fabric.Connection, path: str) -> LogMark:
     """Where the trace file ends now (a missing file is empty)."""
-    result = run(conn, ["stat", "-c", "%i %s", path], check=False)
-    if not result.ok:
+    return parse_mark(run(conn, mark_argv(path)).stdout)
+
+
+def mark_argv(path: str) -> list[str]:
+    return ["sh", "-c", MARK_SCRIPT, "sh", path]
+
+
+def parse_mark(out: str) -> LogMark:
+    fields = out.split()
+    if len(fields) != 3:
         return LogMark(None, 0)
-    inode, size = result.stdout.split()
-    return LogMark(int(inode), int(size))
-
-
-#: sh -c SLICE_SCRIPT sh PATH INODE SIZE → "inode size" (or "none") and the new bytes:
-#: from SIZE when the file is the same inode and did not shrink, else from the start.
-SLICE_SCRIPT = (
-    'st=$(stat -c "%i %s" -- "$1" 2>/dev/null) || { echo none; exit 0; }; '
-    'set -- "$@" $st; echo "$4 $5"; '
-    'if [ "$4" = "$2" ] && [ "$5" -ge "$3" ]; then start=$3; else start=0; fi; '
-    'tail -c +$((start + 1)) -- "$1" | head -c $(($5 - start))'
-)
+    return LogMark(int(fields[0]), int(fields[1]), fields[2])
 
 
 def read_slice(conn: fabric.Connection, path: str, before: LogMark) -> tuple[str, LogMark]:
-    """New text since `before` (up to the current end), and the current mark: one round trip."""
-    out = run(conn, slice_argv(path, before)).stdout
-    return parse_slice(out)
+    """New text since `before` (up to the current end), and the current size: one round trip."""
+    return parse_slice(run(conn, slice_argv(path, before)).stdout)
 
 
 def slice_argv(path: str, before: LogMark) -> list[str]:
     inode = "-" if before.inode is None else str(before.inode)
-    return ["sh", "-c", SLICE_SCRIPT, "sh", path, inode, str(before.size)]
+    return ["sh", "-c", SLICE_SCRIPT, "sh", path, inode, str(before.size), before.tail_sum or "-"]
 
 
 def parse_slice(out: str) -> tuple[str, LogMark]:

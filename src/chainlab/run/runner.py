@@ -22,6 +22,7 @@ from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
+from chainlab.lock import lab_lock
 from chainlab.remote import connect, docker_client, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
@@ -170,7 +171,8 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Call
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
     try:
-        return _run_in(inv, scenario, state, spec, run_dir, started, log)
+        with lab_lock(inv):
+            return _run_in(inv, scenario, state, spec, run_dir, started, log)
     except ChainlabError as exc:
         (run_dir / "error.txt").write_text(f"{exc}\n")
         raise RunFailed(str(exc), run_dir) from exc
