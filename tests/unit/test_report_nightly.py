@@ -175,3 +175,13 @@ def test_broken_run_is_a_junit_error_and_scenarios_added_or_gone_are_changes(run
 
 def test_diff_without_previous_is_empty():
     assert diff_summaries(None, [{"id": 1, "paths": []}]) == []
+
+
+def test_junit_stays_valid_xml_with_control_characters_in_messages(tmp_path):
+    from chainlab.report.nightly import write_junit
+
+    scenario = {"id": 2, "title": "t\x07", "duration_s": 1.0, "passed": False, "error": "ssh: \x1b[31mboom\x00",
+                "report": None}
+    write_junit(tmp_path / "junit.xml", [scenario], "2026-01-01T00:00:00+00:00")
+    error = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite/testcase/error")
+    assert error.get("message") == "ssh: ?[31mboom?"

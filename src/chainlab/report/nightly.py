@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -190,10 +191,10 @@ def write_junit(path: Path, scenarios: list[dict[str, Any]], timestamp: str) -> 
     for s in scenarios:
         sid = s["id"]
         name = f"{sid:02d} {s['title']}" if isinstance(sid, int) else f"{sid} {s['title']}"
-        case = ET.SubElement(suite, "testcase", classname="chainlab.scenarios", name=name,
+        case = ET.SubElement(suite, "testcase", classname="chainlab.scenarios", name=_xml(name),
                              time=f"{(s['duration_s'] or 0.0):.3f}")
         if s.get("error"):
-            ET.SubElement(case, "error", message=s["error"], type="RunError").text = s["error"]
+            ET.SubElement(case, "error", message=_xml(s["error"]), type="RunError").text = _xml(s["error"])
         elif not s["passed"]:
             message = s["failure"] or "failed"
             detail = [message, ""] + [
@@ -201,11 +202,20 @@ def write_junit(path: Path, scenarios: list[dict[str, Any]], timestamp: str) -> 
                 f" ({_show(p['verdicts'])})" + (f"; dropped in {p['drop_chain']}" if p["drop_chain"] else "")
                 for p in s["paths"]
             ]
-            ET.SubElement(case, "failure", message=message.replace("\n", "; "), type="ExpectationFailed").text = "\n".join(detail)
+            ET.SubElement(case, "failure", message=_xml(message.replace("\n", "; ")),
+                          type="ExpectationFailed").text = _xml("\n".join(detail))
         if s.get("report"):
             ET.SubElement(case, "system-out").text = f"report: {s['report']}"
     ET.indent(suites)
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+XML_INVALID = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    """Text XML 1.0 can hold: control characters (from logs, rule comments) become '?'."""
+    return XML_INVALID.sub("?", text)
 
 
 def _write(path: Path, text: str) -> None:
