@@ -178,3 +178,19 @@ def test_batch_probes_round_trip_through_sh(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", C.batch_script(probes)], capture_output=True, text=True, check=True).stdout
     assert C.parse_batch(out + "@@1 !!!\nnoise\n", len(probes)) == {
         0: (0, "line 1\n\nlast line x9\n\n"), 1: (1, ""), 2: (3, "no newline")}
+
+
+def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile = tmp_path / "x.pid"
+        pidfile.write_text(f"{sleeper.pid}\n")
+        check = subprocess.run(C.running_check_argv(str(pidfile), "sleep"), capture_output=True, text=True)
+        assert check.stdout.strip() == str(sleeper.pid)
+        subprocess.run(C.stop_argv(str(pidfile), "ulogd"), check=True)  # another name: not ours
+        assert sleeper.poll() is None and not pidfile.exists()
+        pidfile.write_text(f"{sleeper.pid}\n")
+        subprocess.run(C.stop_argv(str(pidfile), "sleep"), check=True)
+        assert sleeper.wait(timeout=5) is not None
+    finally:
+        sleeper.kill()

@@ -159,18 +159,23 @@ def ulogd_text(trace_log: str) -> str:
     ])
 
 
+def _is_ours(comm: str) -> str:
+    """Shell test that PID $p is a `comm` in this shell's network namespace: on a local-lab
+    host the PIDs are the machine's, so a reused PID may be another host's daemon."""
+    return (f'[ "$(cat /proc/$p/comm 2>/dev/null)" = {shlex.quote(comm)} ] && '
+            '[ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/$$/ns/net)" ]')
+
+
 def running_check_argv(pidfile: str, comm: str) -> list[str]:
-    """Exit 0 and print the PID iff the pidfile names a live process called `comm`."""
-    q = shlex.quote
-    return sh(f'p=$(cat {q(pidfile)} 2>/dev/null) && [ -n "$p" ] && '
-              f'[ "$(cat /proc/$p/comm 2>/dev/null)" = {q(comm)} ] && echo "$p"')
+    """Exit 0 and print the PID iff the pidfile names a live process of ours called `comm`."""
+    return sh(f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null) && [ -n "$p" ] && {_is_ours(comm)} && echo "$p"')
 
 
 def stop_argv(pidfile: str, comm: str) -> list[str]:
     """Kill the recorded PID only if it is still the process we started; drop the pidfile."""
     q = shlex.quote
     return sh(f'p=$(cat {q(pidfile)} 2>/dev/null); '
-              f'if [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = {q(comm)} ]; then '
+              f'if [ -n "$p" ] && {_is_ours(comm)}; then '
               f'kill "$p"; i=0; while [ -d /proc/$p ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; '
               f'rm -f {q(pidfile)}')
 
