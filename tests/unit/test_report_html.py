@@ -140,11 +140,13 @@ def test_inline_svg_strips_prolog_and_active_content():
         '"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n<!-- c -->'
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="10pt">'
         '<script>alert(1)</script><g onclick="x()"><a xlink:href="https://example.org/"><text>FORWARD</text></a>'
-        '<use xlink:href="#n1"/></g><foreignObject><div/></foreignObject></svg>'
+        '<use xlink:href="#n1"/><set attributeName="href" to="javascript:x()"/><style>@import url(x)</style>'
+        '<text HREF="javascript:x()" style="x">y</text></g><foreignObject><div/></foreignObject></svg>'
     )
     out = str(inline_svg(svg))
     assert out.startswith("<svg") and "FORWARD" in out
-    for gone in ("<?xml", "DOCTYPE", "<!--", "script", "onclick", "example.org", "foreignObject"):
+    for gone in ("<?xml", "DOCTYPE", "<!--", "script", "onclick", "example.org", "foreignObject", "javascript",
+                 "@import", "style", "<set"):
         assert gone not in out
     assert 'xlink:href="#n1"' in out
     assert inline_svg("not xml") is None and inline_svg("<html/>") is None

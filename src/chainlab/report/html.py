@@ -32,12 +32,23 @@ def environment() -> jinja2.Environment:
     return env
 
 
+#: What Graphviz draws with; any other element (script, foreignObject, style, animation)
+#: goes with its content, any other attribute (event handlers, style) goes too.
+SVG_ELEMENTS = frozenset(
+    "svg g title desc defs use a path polygon polyline ellipse circle rect line text tspan".split())
+SVG_ATTRIBUTES = frozenset(
+    "id class transform viewBox width height version preserveAspectRatio x y x1 y1 x2 y2 cx cy r rx ry "
+    "points d fill stroke stroke-width stroke-dasharray opacity fill-opacity stroke-opacity "
+    "font-family font-size font-weight font-style text-anchor href".split())
+
+
 def inline_svg(text: str) -> Markup | None:
     """The diagram as an inline `<svg>` element, or None when it is not a well-formed SVG.
 
-    Graphviz output is parsed and written back: the XML declaration, DOCTYPE and comments
-    go, and anything active or external (scripts, foreignObject, event handlers, links
-    that leave the document) is removed, so the page stays self-contained and inert.
+    Graphviz output is parsed and written back through an allowlist: the XML declaration,
+    DOCTYPE and comments go, and so does anything active or external (only drawing
+    elements and presentation attributes stay; links only within the document), so the
+    page stays self-contained and inert.
     """
     try:
         root = ET.fromstring(text)
@@ -47,18 +58,22 @@ def inline_svg(text: str) -> Markup | None:
         return None
     for parent in list(root.iter()):
         for child in list(parent):
-            if child.tag in (f"{{{SVG_NS}}}script", f"{{{SVG_NS}}}foreignObject") or not isinstance(child.tag, str):
+            if not isinstance(child.tag, str) or not _allowed_element(child.tag):
                 parent.remove(child)
     for element in root.iter():
         for name in list(element.attrib):
             local = name.rsplit("}", 1)[-1]
-            value = element.attrib[name]
-            if local.lower().startswith("on") or (local == "href" and not value.startswith("#")):
+            if local not in SVG_ATTRIBUTES or (local == "href" and not element.attrib[name].startswith("#")):
                 del element.attrib[name]
     root.set("role", "img")
     ET.register_namespace("", SVG_NS)
     ET.register_namespace("xlink", XLINK_NS)
     return Markup(ET.tostring(root, encoding="unicode"))
+
+
+def _allowed_element(tag: str) -> bool:
+    namespace, _, local = tag.rpartition("}")
+    return namespace == f"{{{SVG_NS}" and local in SVG_ELEMENTS
 
 
 def _packet_title(p: dict[str, Any]) -> str:
