@@ -20,7 +20,8 @@ import pytest
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.local import check_lab_route, down, load_image, status, up
+from chainlab.local import check_lab_route, down, load_image, plan_lab, status, up
+from chainlab.local import system as S
 from chainlab.local.plan import LabPlan
 from chainlab.remote import connect, connection, docker_client, etcd_client, resolve_target, run
 
@@ -180,6 +181,28 @@ def test_nft_trace_with_xtables_monitor(lab: LabPlan, inventory: Inventory) -> N
 def test_route_safety_refuses_other_routes(lab: LabPlan, inventory: Inventory) -> None:
     with pytest.raises(ChainlabError, match="refusing to connect"):
         check_lab_route(lab, IPv4Address("192.0.2.123"))
+
+
+def _process_names(netns: str) -> set[str]:
+    names = set()
+    for pid in S.netns_pids(netns):
+        try:
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except FileNotFoundError:
+            pass
+    return names
+
+
+def test_moving_etcd_stops_it_where_it_was(lab: LabPlan, inventory: Inventory) -> None:
+    moved = plan_lab(inventory.model_copy(update={"etcd": inventory.etcd.model_copy(update={"host": "slave1"})}))
+    try:
+        up(moved, log=lambda *_: None)
+        rows = {row.name: row.daemons["etcd"] for row in status(moved)}
+        assert rows == {"master": None, "slave1": True, "slave2": None}
+        assert "etcd" not in _process_names(lab.hosts["master"].netns)
+    finally:
+        up(lab, log=lambda *_: None)
+    assert {row.name: row.daemons["etcd"] for row in status(lab)} == {"master": True, "slave1": None, "slave2": None}
 
 
 def test_down_restores_root_namespace(lab: LabPlan, root_before: dict[str, str]) -> None:

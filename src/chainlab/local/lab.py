@@ -249,6 +249,12 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
     wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(host)}
     if host.runs_etcd:
         wanted["etcd"] = P.etcd_argv(plan, host)
+    for daemon in sorted(set(hs.daemons) - set(wanted)):  # e.g. etcd moved to another host
+        record = hs.daemons.pop(daemon)
+        if S.alive(record.proc()):
+            S.kill_all({record.pid})
+            log(f"{host.name}: stopped {daemon}, which the inventory no longer puts here")
+        store.save()
     for daemon, argv in wanted.items():
         record = hs.daemons.get(daemon)
         if record is None or not S.alive(record.proc()):
