@@ -111,3 +111,12 @@ def test_log_slice_follows_a_symlinked_path(tmp_path):
     before = _mark(link)
     _append(real, "new\n")
     assert _slice(link, before) == "new\n"
+
+
+def test_a_mark_shares_its_round_trip_with_what_follows(tmp_path):
+    for path in (tmp_path / "missing.log", tmp_path / "there.log"):
+        if path.name == "there.log":
+            path.write_text("x\n")
+        out = subprocess.run(mark_argv(str(path), then="echo snapshot"), capture_output=True, text=True).stdout
+        line, _, rest = out.partition("\n")
+        assert parse_mark(line) == _mark(path) and rest == "snapshot\n"

@@ -7,7 +7,7 @@ all of the file the path names (symlinks followed). Reading from the mark:
   logrotate's copytruncate, and maybe grown again): the whole file;
 - another inode (renamed away and recreated): what the old file (found by its inode next
   to the path) got after the mark, then the whole new file.
-Each mark and each read is one SSH round trip.
+Each mark (with the run's rule and route snapshot) and each read is one SSH round trip.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ class LogMark:
     tail_sum: str = ""
 
 
-#: sh -c MARK_SCRIPT sh PATH → "inode size checksum", or nothing if PATH is missing.
+#: sh -c MARK_SCRIPT sh PATH → one line: "inode size checksum", or empty if PATH is missing.
+#: It never exits, so a caller may run more commands after it in the same script.
 MARK_SCRIPT = (
-    'st=$(stat -L -c "%i %s" -- "$1" 2>/dev/null) || exit 0; set -- "$1" $st; '
+    'if st=$(stat -L -c "%i %s" -- "$1" 2>/dev/null); then set -- "$1" $st; '
     'n=$(( $3 > 64 ? 64 : $3 )); '
-    'echo "$2 $3 $(tail -c +$(($3 - n + 1)) -- "$1" | head -c $n | cksum | cut -d" " -f1)"'
+    'echo "$2 $3 $(tail -c +$(($3 - n + 1)) -- "$1" | head -c $n | cksum | cut -d" " -f1)"; '
+    'else echo; fi'
 )
 
 #: sh -c SLICE_SCRIPT sh PATH INODE SIZE CHECKSUM → "inode size" (or "none") and the text
@@ -50,17 +52,15 @@ SLICE_SCRIPT = (
 )
 
 
-def mark(conn: fabric.Connection, path: str) -> LogMark:
-    """Where the trace file ends now (a missing file is empty)."""
-    return parse_mark(run(conn, mark_argv(path)).stdout)
+def mark_argv(path: str, then: str = "") -> list[str]:
+    """Mark the end of `path`, then run the shell commands `then` (constant text) in the
+    same round trip; the mark is the output's first line."""
+    return ["sh", "-c", f"{MARK_SCRIPT}; {then}" if then else MARK_SCRIPT, "sh", path]
 
 
-def mark_argv(path: str) -> list[str]:
-    return ["sh", "-c", MARK_SCRIPT, "sh", path]
-
-
-def parse_mark(out: str) -> LogMark:
-    fields = out.split()
+def parse_mark(line: str) -> LogMark:
+    """The mark from MARK_SCRIPT's line (a missing file is empty)."""
+    fields = line.split()
     if len(fields) != 3:
         return LogMark(None, 0)
     return LogMark(int(fields[0]), int(fields[1]), fields[2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from chainlab.remote import connect, docker_client, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
-from chainlab.run.collect import LogMark, mark, read_slice
+from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.probe import ProbeSpec, build_probe
 from chainlab.scenario import Scenario, load_scenario
 from chainlab.trace.expect import Check, check_scenario
@@ -147,12 +148,15 @@ def _collect(conns: dict[str, fabric.Connection], state: LabState, marks: dict[s
     return slices
 
 
-def _snapshot(conn: fabric.Connection, node: str, run_dir: Path) -> None:
-    """Rules with counters and routes, in one round trip."""
-    out = run(conn, ["sh", "-c", 'iptables-save -c; echo "$1"; ip route', "sh", SNAPSHOT_SEPARATOR]).stdout
-    rules, _, routes = out.partition(SNAPSHOT_SEPARATOR + "\n")
+def _mark_and_snapshot(conn: fabric.Connection, node: str, trace_log: str, run_dir: Path) -> LogMark:
+    """The trace file's mark, then rules with counters and routes: one round trip."""
+    snapshot = f"iptables-save -c; echo {shlex.quote(SNAPSHOT_SEPARATOR)}; ip route"
+    out = run(conn, mark_argv(trace_log, then=snapshot)).stdout
+    line, _, rest = out.partition("\n")
+    rules, _, routes = rest.partition(SNAPSHOT_SEPARATOR + "\n")
     (run_dir / "rules" / f"{node}.rules").write_text(rules)
     (run_dir / "routes" / f"{node}.txt").write_text(routes)
+    return parse_mark(line)
 
 
 def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Callable[[str], None] = print) -> RunResult:
@@ -185,8 +189,7 @@ def _run_in(inv: Inventory, scenario: Scenario, state: LabState, spec: ProbeSpec
     with _sigterm_as_interrupt():
         try:
             _connect_all(inv, list(state.hosts), conns)
-            marks = _each(conns, lambda node, conn: mark(conn, state.hosts[node].trace_log))
-            _each(conns, lambda node, conn: _snapshot(conn, node, run_dir))
+            marks = _each(conns, lambda node, conn: _mark_and_snapshot(conn, node, state.hosts[node].trace_log, run_dir))
             log(f"probe: {' '.join(spec.argv)} from {spec.where}")
             exit_code, output = _probe(inv, spec, conns)
             (run_dir / "probe.txt").write_text(f"$ {' '.join(spec.argv)}  # on {spec.where}\n{output}\nexit code {exit_code}\n")
