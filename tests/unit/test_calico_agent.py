@@ -45,7 +45,7 @@ def test_failed_render_is_logged_and_the_next_iteration_applies(
     state = agent.AgentState()
     agent.iteration(None, "master", state)
     assert fake["applied"] == ["master"] and state.last is not None
-    fail_once(monkeypatch, "render", error)
+    fail_once(monkeypatch, "dataplane", error)  # the sync fails before anything is applied
     agent.iteration(None, "master", state)
     assert state.last is None and fake["slept"] == [agent.RETRY_DELAY] and fake["waited"] == [7]
     assert "retrying" in caplog.text

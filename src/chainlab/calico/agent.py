@@ -22,16 +22,11 @@ import etcd
 
 from chainlab.calico.apply import ApplyError, apply, cleanup
 from chainlab.calico.datastore import ROOT, parse_tree, read_tree
-from chainlab.calico.rules import Dataplane, dataplane, render
+from chainlab.calico.rules import Dataplane, dataplane
 
 WATCH_TIMEOUT = 5.0  # seconds: a watch that sees nothing ends, the tree is read again
 RETRY_DELAY = 1.0  # seconds after a failed sync
 log = logging.getLogger("felix-lite")
-
-
-def _fingerprint(model: Dataplane) -> tuple[object, ...]:
-    return (render(model), sorted(model.ipset_members.items()), sorted(model.routes.items()),
-            sorted(model.local_routes.items()))
 
 
 def _wait_for_change(client: etcd.Client, index: int) -> None:
@@ -55,7 +50,7 @@ def _warn_skipped(skipped: list[str], warned: set[str]) -> set[str]:
 class AgentState:
     """What the loop remembers between iterations."""
 
-    last: tuple[object, ...] | None = None  # fingerprint of the last applied model
+    last: Dataplane | None = None  # the last applied model
     warned: set[str] = field(default_factory=set)
 
 
@@ -65,11 +60,10 @@ def sync(client: etcd.Client, host: str, state: AgentState) -> int:
     snapshot = parse_tree(items)
     state.warned = _warn_skipped(snapshot.skipped, state.warned)
     model = dataplane(snapshot, host)
-    fingerprint = _fingerprint(model)
-    if fingerprint != state.last:
+    if model != state.last:
         started = time.monotonic()
         apply(model)
-        state.last = fingerprint
+        state.last = model
         log.info("applied index %s: %d endpoints, %d profiles, %d routes in %.0f ms", index,
                  len(model.endpoints), len(model.profiles), len(model.routes),
                  (time.monotonic() - started) * 1000)

@@ -9,6 +9,7 @@ one commit per table, so the dataplane never shows half a policy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -23,8 +24,6 @@ from chainlab.calico.datastore import IFACE_PREFIX, Endpoint, Snapshot
 MARK_ACCEPT = 0x1000000
 MARK_PASS = 0x2000000
 MARK_SCRATCH0 = 0x4000000
-MARK_SCRATCH1 = 0x8000000
-MARK_MASK = 0xFF000000
 CHAIN_MAX = 28  # iptables chain names: 28 characters at most
 IPSET_MAX = 31
 IPSET_MASQ = "cali4-masq-ipam-pools"
@@ -283,7 +282,9 @@ def dataplane(snapshot: Snapshot, host: str) -> Dataplane:
 
 # --- rendering ---------------------------------------------------------------------------
 
+@functools.cache
 def _environment() -> jinja2.Environment:
+    """Built and its templates parsed once per process (felix-lite renders on every change)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals.update(ACCEPT=hexmark(MARK_ACCEPT), PASS=hexmark(MARK_PASS), SCRATCH0=hexmark(MARK_SCRATCH0),

@@ -36,7 +36,6 @@ class Shared:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done: dict[str, tuple[str, object]] = {}
-        self.calico_ready: dict[str, str | None] = {}  # host -> None if ready, else why not
 
     def once(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
         """(result, True if this call ran it). A failure is remembered and raised to every host."""

@@ -247,7 +247,6 @@ def image(ctx: HostContext) -> tuple[str, str]:
 def calico(ctx: HostContext) -> tuple[str, str]:
     inv = ctx.inv
     if inv.calico.driver == "bridge":
-        ctx.shared.calico_ready[ctx.host] = None
         raise Skip("calico.driver is bridge: containers use Docker's bridge network")
     if inv.etcd is None:
         raise ChainlabError("calico.driver calico needs an `etcd:` section in the inventory")
@@ -256,12 +255,10 @@ def calico(ctx: HostContext) -> tuple[str, str]:
     ctx.note(f"chainlab.calico.ensure_network({inv.calico.network}, pool {inv.calico.pool})")
     ctx.note(f"chainlab.calico.ensure_node({ctx.host})")
     if ctx.check:
-        ctx.shared.calico_ready[ctx.host] = None
         return "changed", "would ensure etcd, the network and the node (not checked under --check)"
     ctx.shared.once("etcd", lambda: etcd_client(inv))
     net_changed, ran = ctx.shared.once("network", lambda: calico_layer.ensure_network(inv))
     node_changed = calico_layer.ensure_node(inv, ctx.host, ctx.conn)
-    ctx.shared.calico_ready[ctx.host] = None
     changed = bool(node_changed) or (ran and bool(net_changed))
     return _status(changed, f"network {inv.calico.network} and node ready",
                    f"network {inv.calico.network} and node present")
@@ -274,15 +271,9 @@ def _placed(ctx: HostContext) -> list[str]:
 
 
 def containers(ctx: HostContext) -> tuple[str, str]:
-    inv = ctx.inv
     names = _placed(ctx)
     if not names:
         raise Skip("no containers placed on this host")
-    driver = inv.calico.driver
-    if driver == "calico":
-        why = ctx.shared.calico_ready.get(ctx.host, "the Calico step did not run")
-        if why:
-            raise Skip(f"needs the Calico step ({why})")
     changed = []
     for name in names:
         if _container(ctx, name):
