@@ -11,6 +11,7 @@ events is complete and handed on, so memory stays flat on any file size.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -38,28 +39,10 @@ def compatible(packet: Packet, f: Fields) -> bool:
     return True
 
 
-def step_hook(packet: Packet, chain: str) -> str | None:
-    """Built-in chains name their hook; a user chain runs inside the current one."""
-    if chain in HOOKS:
-        return chain
-    last = packet.last_step
-    return last.hook if last else None
-
-
-def continues(packet: Packet, event: Event) -> bool:
-    """Is `event` a possible next step of `packet`'s walk (no going back in hook order)?"""
-    last = packet.last_step
-    if last is None or last.hook is None:
-        return True
-    hook = step_hook(packet, event.step.chain)
-    if hook is None:
-        return True
-    return slot_rank(hook, event.step.table) >= slot_rank(last.hook, last.table)
-
-
 def _next_hook(packet: Packet, step: Step) -> tuple[bool, str | None]:
-    """(`continues`, `step_hook`) of `step` as the next step of `packet`, in one go."""
-    last = packet.steps[-1] if packet.steps else None
+    """Can `step` be the next step of `packet`'s walk (no going back in hook order), and
+    which hook it runs in (built-in chains name theirs; a user chain runs in the current one)."""
+    last = packet.last_step
     chain = step.chain
     if last is None:
         return True, chain if chain in HOOKS else None
@@ -111,20 +94,23 @@ class Assembler:
                         packet.repaired_lines += 1
                     self._append(packet, event, hook)
                     return []
-        packet = self._find(event)
-        if packet is None:
+        found = self._find(event)
+        if found is None:
             if f.ip_id is None:
                 self.unattributed += 1
                 return self._expire()
             packet = self._open(event)
-        elif f.damaged:
-            packet.repaired_lines += 1
+            hook = _next_hook(packet, event.step)[1]
+        else:
+            packet, hook = found
+            if f.damaged:
+                packet.repaired_lines += 1
         _merge(packet.fields, f)
         if event.trace_id is not None:
             if event.trace_id not in packet.trace_ids:
                 packet.trace_ids.append(event.trace_id)
             self.by_trace[(event.node, event.trace_id)] = packet
-        self._append(packet, event, step_hook(packet, event.step.chain))
+        self._append(packet, event, hook)
         self._last = (event.node, event.trace_id, f, packet)
         if self.count % EXPIRE_EVERY == 0:
             return self._expire()
@@ -149,27 +135,30 @@ class Assembler:
             self._forget(packet)
             yield packet
 
-    def _find(self, event: Event) -> Packet | None:
+    def _find(self, event: Event) -> tuple[Packet, str | None] | None:
+        """The open packet `event` continues, and the hook the step runs in."""
         f = event.fields
         if event.trace_id is not None:
             packet = self.by_trace.get((event.node, event.trace_id))
-            if packet is not None and id(packet) in self.open and compatible(packet, f) and continues(packet, event):
-                return packet
+            if packet is not None and id(packet) in self.open and compatible(packet, f):
+                ok, hook = _next_hook(packet, event.step)
+                if ok:
+                    return packet, hook
         if f.ip_id is not None:
             candidates = self.by_ip_id.get((event.node, f.ip_id), [])
         else:
             candidates = [p for p in self.open.values() if p.node == event.node]
         for packet in reversed(candidates):
-            if compatible(packet, f) and continues(packet, event):
-                return packet
+            if compatible(packet, f):
+                ok, hook = _next_hook(packet, event.step)
+                if ok:
+                    return packet, hook
         return None
 
     def _open(self, event: Event) -> Packet:
         self.seq += 1
         f = event.fields
-        packet = Packet(node=event.node, fields=Fields(**{
-            name: getattr(f, name) for name in Fields.__slots__ if name != "damaged"
-        }), seq=self.seq)
+        packet = Packet(node=event.node, fields=dataclasses.replace(f, damaged=False), seq=self.seq)
         if f.damaged:
             packet.repaired_lines += 1
         self.open[id(packet)] = packet

@@ -57,7 +57,7 @@ Slot = tuple[str, str]
 
 def table_slots(table: str) -> frozenset[Slot]:
     """Every (hook, table) a loaded legacy table registers."""
-    return _TABLE_SLOTS.get(table) or frozenset((hook, table) for hook, tables in HOOK_TABLES.items() if table in tables)
+    return _TABLE_SLOTS.get(table, frozenset())
 
 
 _TABLE_SLOTS = {t: frozenset((h, t) for h, ts in HOOK_TABLES.items() if t in ts) for t in TABLES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ class RuleSet:
     rules: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     policies: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def slots(self) -> set[Slot]:
         """(hook, table) of every built-in chain in the snapshot."""
         return {(chain, table) for table, chains in self.rules.items() for chain in chains if chain in HOOKS}
