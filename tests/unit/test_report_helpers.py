@@ -53,7 +53,7 @@ def make_run(
     result = analyze([LogSource(path, node) for node, path in logs.items()], options)
     checks = check_scenario(scenario, result.packets, set(result.nodes) | set(logs))
     buf = io.StringIO()
-    write_json(buf, result.packets, lambda: result.flows, result.stats, tables, lambda: checks)
+    write_json(buf, result.packets, lambda: result.flows, result.stats, tables, checks)
     doc = json.loads(buf.getvalue())
     ok = all(c.ok for c in checks)
     doc["run"] = {

@@ -89,7 +89,7 @@ def analyze_command(
     if fmt == "text":
         print_analysis(console, result.packets, result.flows, result.stats, tables, checks)
     elif fmt == "json":
-        write_json(sys.stdout, result.packets, lambda: result.flows, result.stats, tables, lambda: checks or [])
+        write_json(sys.stdout, result.packets, lambda: result.flows, result.stats, tables, checks)
     else:
         model = diagram.build_model(result.packets, result.flows, tables)
         render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]

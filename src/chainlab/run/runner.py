@@ -214,7 +214,7 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
     outcome = "reachable" if exit_code == 0 else "unreachable"
     passed = all(c.ok for c in checks) and outcome == scenario.outcome
     buffer = io.StringIO()
-    write_json(buffer, result.packets, lambda: result.flows, result.stats, None, lambda: checks)
+    write_json(buffer, result.packets, lambda: result.flows, result.stats, None, checks)
     doc = json.loads(buffer.getvalue())
     doc["run"] = {
         "scenario": {"id": scenario.id, "title": scenario.title, "description": scenario.description,
