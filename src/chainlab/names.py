@@ -16,7 +16,6 @@ NETWORK_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 IMAGE_NAME = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
 USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 ABS_PATH = r"^(/|~/)[A-Za-z0-9_./-]*$"
-CHAIN_NAME = r"^[A-Za-z0-9_.-]{1,28}$"
 
 HostName = Annotated[str, StringConstraints(pattern=HOST_NAME)]
 ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME)]
@@ -45,5 +44,4 @@ PATTERN_HELP = {
     ),
     USER_NAME: "a user name: 1-32 lowercase letters, digits, '_' and '-', starting with a letter or '_'",
     ABS_PATH: "a path starting with '/' or '~/', made of letters, digits, '_', '.', '/' and '-' (no spaces)",
-    CHAIN_NAME: "a chain name: 1-28 letters, digits, '_', '.' and '-'",
 }

@@ -335,7 +335,6 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
             raise ChainlabError(f"{daemon} exited (see {host.log_dir / (daemon + '.log')})")
         try:
             if daemon == "sshd":
-                check_lab_route(plan, host.address)
                 socket.create_connection((str(host.address), P.SSH_PORT), timeout=1).close()
             elif daemon == "dockerd":
                 # /proc/PID/root resolves inside the host's mount namespace, where the socket is.
@@ -345,11 +344,11 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
                 finally:
                     api.close()
             else:
-                check_lab_route(plan, host.address)
                 urllib.request.urlopen(f"http://{host.address}:{plan.etcd_port}/version", timeout=1).read()
         except (OSError, docker.errors.DockerException) as exc:
             raise _NotReady(str(exc)) from exc
 
+    check_lab_route(plan, host.address)  # once: the polls below only go where it allows
     for daemon in hs.daemons:
         try:
             check(daemon)

@@ -160,6 +160,8 @@ def same_mount_ns(pid: int) -> set[int]:
 
 def descendants(roots: set[int]) -> set[int]:
     """`roots` and every process below them (container processes live in other netns)."""
+    if not roots:
+        return set()
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
