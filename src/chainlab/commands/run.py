@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -61,18 +60,17 @@ def nightly_command(obj: object, scenarios_dir: Path, runs_dir: Path) -> None:
 
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
     console = Console()
-    out_dir, results, failed = run_nightly(inv, scenarios_dir, runs_dir, log=console.print)
+    summary, results, failed = run_nightly(inv, scenarios_dir, runs_dir, log=console.print)
     for result in results:
         print_result(console, result)
-    for run_dir in failed:
-        console.print(f"[bold red]ERROR[/bold red] {escape(run_dir.name)}: {escape((run_dir / 'error.txt').read_text().strip())}")
-    summary = json.loads((out_dir / "summary.json").read_text())
+    for error in failed:
+        console.print(f"[bold red]ERROR[/bold red] {escape(error.run_dir.name)}: {escape(str(error))}")
     console.print("[bold]difference from the previous nightly:[/bold]")
-    for line in summary["diff"]["text"]:
+    for line in summary.diff["text"]:
         console.print(f"  {escape(line)}")
     passed = sum(r.passed for r in results)
     total = len(results) + len(failed)
-    console.print(f"{passed}/{total} scenarios passed; summary: {out_dir / 'index.html'}")
+    console.print(f"{passed}/{total} scenarios passed; summary: {summary.index}")
     sys.exit(0 if results and passed == total else 1)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from chainlab.inventory import Inventory
-from chainlab.report.nightly import find_previous_nightly, write_nightly
+from chainlab.report.nightly import NightlySummary, find_previous_nightly, write_nightly
 from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import load_scenario
 
@@ -17,7 +17,7 @@ def scenario_files(directory: Path) -> list[Path]:
 
 
 def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
-                log: Callable[[str], None] = print) -> tuple[Path, list[RunResult], list[Path]]:
+                log: Callable[[str], None] = print) -> tuple[NightlySummary, list[RunResult], list[RunFailed]]:
     """Every scenario that fits the lab's network; `runs/nightly-<time>/` gets the summary.
 
     A scenario that fails to run (host unreachable, container gone) is recorded as an error
@@ -27,7 +27,7 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
     out_dir = runs_root / f"nightly-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True)
     results: list[RunResult] = []
-    failed: list[Path] = []
+    failed: list[RunFailed] = []
     for path in scenario_files(scenarios_dir):
         scenario = load_scenario(path)
         if scenario.network != inv.calico.driver:
@@ -38,7 +38,8 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
             results.append(run_scenario(inv, path, out_dir, log))
         except RunFailed as exc:
             log(f"scenario {scenario.id}: error: {exc}")
-            failed.append(exc.run_dir)
+            failed.append(exc)
     previous = find_previous_nightly(runs_root, out_dir, inv.lab)
-    write_nightly(out_dir, sorted([r.run_dir for r in results] + failed), previous, inv.lab)
-    return out_dir, results, failed
+    summary = write_nightly(out_dir, sorted([r.run_dir for r in results] + [f.run_dir for f in failed]),
+                            previous, inv.lab)
+    return summary, results, failed
