@@ -52,6 +52,7 @@ class CalicoLab:
     containers: dict[str, Any] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
     interfaces: dict[str, str] = field(default_factory=dict)
+    etcd: Any = None
 
     def address(self, endpoint: dict[str, str]) -> str:
         if "host" in endpoint:
@@ -92,17 +93,18 @@ def calico_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         for name in inv.hosts:
             lab.conns[name] = connect(inv, name)
             _start_trace(lab, name)
-        assert ensure_network(inv) is True
-        assert ensure_network(inv) is False
+        lab.etcd = etcd_client(inv)
+        assert ensure_network(inv, lab.etcd) is True
+        assert ensure_network(inv, lab.etcd) is False
         for name in inv.hosts:
-            assert ensure_node(inv, name, lab.conns[name]) is True
+            assert ensure_node(inv, lab.etcd, name, lab.conns[name]) is True
         for container, host in PLACEMENT.items():
             if host not in lab.dockers:
                 lab.dockers[host] = docker_client(inv, host)
                 load_image(lab.dockers[host], plan.image_tarball, inv.image.name)
             lab.containers[container] = lab.dockers[host].containers.run(
                 inv.image.name, name=container, detach=True, network_mode="none")
-            address, iface, changed = attach(inv, host, container, lab.conns[host], lab.dockers[host])
+            address, iface, changed = attach(inv, lab.etcd, host, container, lab.conns[host], lab.dockers[host])
             assert changed
             lab.addresses[container], lab.interfaces[container] = address, iface
         yield lab
@@ -176,7 +178,7 @@ def test_wiring(calico_lab: CalicoLab) -> None:
         assert run(conn, ["cat", f"/proc/sys/net/ipv4/conf/{iface}/proxy_arp"]).stdout.strip() == "1"
         assert f"{lab.addresses[container]} dev {iface}" in run(conn, ["ip", "route"]).stdout
     # attach is idempotent
-    assert attach(lab.inventory, "master", "web1", lab.conns["master"], lab.dockers["master"]) == (
+    assert attach(lab.inventory, lab.etcd, "master", "web1", lab.conns["master"], lab.dockers["master"]) == (
         lab.addresses["web1"], lab.interfaces["web1"], False)
     # routes to the other hosts' blocks, via those hosts (what BIRD would install)
     master_routes = run(lab.conns["master"], ["ip", "route", "show", "proto", "bird"]).stdout
@@ -255,16 +257,15 @@ def test_detach_stop_and_remove(calico_lab: CalicoLab) -> None:
     lab = calico_lab
     inv = lab.inventory
     for container, host in PLACEMENT.items():
-        assert detach(inv, host, container, lab.conns[host], lab.dockers[host]) is True
-        assert detach(inv, host, container, lab.conns[host], lab.dockers[host]) is False
+        assert detach(lab.etcd, host, container, lab.conns[host], lab.dockers[host]) is True
+        assert detach(lab.etcd, host, container, lab.conns[host], lab.dockers[host]) is False
     for name in inv.hosts:
-        assert stop_node(inv, name, lab.conns[name]) is True
+        assert stop_node(lab.etcd, name, lab.conns[name]) is True
         save = run(lab.conns[name], ["iptables-save"]).stdout
         assert "cali-" not in save, save
         assert "cali4-" not in run(lab.conns[name], ["ipset", "list", "-n"]).stdout
         assert not run(lab.conns[name], ["ip", "route", "show", "proto", "bird"]).stdout.strip()
-        assert stop_node(inv, name, lab.conns[name]) is False
-    assert remove_network(inv) is True
-    client = etcd_client(inv)
-    leaves = [leaf.key for leaf in client.read("/calico", recursive=True).leaves if not leaf.dir]
+        assert stop_node(lab.etcd, name, lab.conns[name]) is False
+    assert remove_network(inv, lab.etcd) is True
+    leaves = [leaf.key for leaf in lab.etcd.read("/calico", recursive=True).leaves if not leaf.dir]
     assert leaves == [] or all("/calico/v1/host/" not in k for k in leaves), leaves

@@ -8,13 +8,13 @@ rules and tags), veth wiring as the plugin does it, felix's chain structure and 
 rendered from Jinja2 templates and applied atomically with iptables-restore, and a small
 agent ("felix-lite") per host that watches etcd and re-renders on change.
 
-Public API (used by provisioning):
-- `ensure_network(inv) -> bool`
-- `ensure_node(inv, host, conn) -> bool`
-- `attach(inv, host, container_name, conn, docker) -> (address, interface, changed)`
-- `detach(inv, host, container_name, conn, docker) -> bool`
-- `stop_node(inv, host, conn) -> bool`
-- `remove_network(inv) -> bool`
+Public API (used by provisioning, which opens one etcd client per run and passes it in):
+- `ensure_network(inv, client) -> bool`
+- `ensure_node(inv, client, host, conn) -> bool`
+- `attach(inv, client, host, container_name, conn, docker) -> (address, interface, changed)`
+- `detach(client, host, container_name, conn, docker) -> bool`
+- `stop_node(client or None, host, conn) -> bool`
+- `remove_network(inv, client) -> bool`
 """
 
 from chainlab.calico.api import attach, detach, ensure_network, ensure_node, remove_network, stop_node

@@ -19,17 +19,15 @@ from chainlab.calico import ipam, node, wiring
 from chainlab.calico import validate as V
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.remote import etcd_address, etcd_client
 
 
-def ensure_network(inv: Inventory) -> bool:
+def ensure_network(inv: Inventory, client: etcd.Client) -> bool:
     """Create the IP pool (nat-outgoing per inventory) and the network's profile in etcd once.
 
     The profile is what the libnetwork plugin makes per network: tag = network name,
     outbound allowed, inbound allowed only from the tag. Existing keys are left alone (a
     changed profile stays changed). True if anything was created.
     """
-    client = etcd_client(inv)
     pool = inv.calico.pool
     changed = D.write_if_absent(client, D.pool_key(pool), D.dumps(D.pool_value(pool, inv.calico.nat_outgoing)))
     profile = D.network_profile(inv.calico.network)
@@ -38,14 +36,13 @@ def ensure_network(inv: Inventory) -> bool:
     return changed
 
 
-def ensure_node(inv: Inventory, host: str, conn: fabric.Connection) -> bool:
+def ensure_node(inv: Inventory, client: etcd.Client, host: str, conn: fabric.Connection) -> bool:
     """Register `host` (its BGP address key) and start felix-lite there if it is not running.
 
     felix-lite then programs iptables/ipsets and the routes to the other hosts' blocks
     (what BIRD would install) and keeps them in step with etcd. Returns once the host's
     chains are programmed. True if the key was written or the agent started.
     """
-    client = etcd_client(inv)
     address = str(inv.hosts[host].address)
     changed = False
     try:
@@ -55,8 +52,7 @@ def ensure_node(inv: Inventory, host: str, conn: fabric.Connection) -> bool:
     if changed:
         client.write(D.host_ip_key(host), address)
     if node.agent_pid(conn) is None:
-        etcd_ip, etcd_port = etcd_address(inv)
-        node.start_agent(conn, host, f"{etcd_ip}:{etcd_port}")
+        node.start_agent(conn, host, f"{client.host}:{client.port}")
         changed = True
     node.wait_programmed(conn, host)
     return changed
@@ -92,7 +88,7 @@ def _endpoint_by_name(client: etcd.Client, host: str, container: str) -> str | N
     return None
 
 
-def attach(inv: Inventory, host: str, container_name: str, conn: fabric.Connection,
+def attach(inv: Inventory, client: etcd.Client, host: str, container_name: str, conn: fabric.Connection,
            docker: Any) -> tuple[str, str, bool]:
     """Wire a running container (started with network_mode="none") into the Calico network.
 
@@ -105,7 +101,6 @@ def attach(inv: Inventory, host: str, container_name: str, conn: fabric.Connecti
     if container is None or container.status != "running":
         raise ChainlabError(f"{host}: container {container_name} is not running")
     pid = int(container.attrs["State"]["Pid"])
-    client = etcd_client(inv)
     endpoint_id = D.endpoint_id(container.id)
     iface = D.interface_name(endpoint_id)
     existing = _endpoint(client, host, endpoint_id)
@@ -121,9 +116,8 @@ def attach(inv: Inventory, host: str, container_name: str, conn: fabric.Connecti
     return str(address), iface, True
 
 
-def detach(inv: Inventory, host: str, container_name: str, conn: fabric.Connection, docker: Any) -> bool:
+def detach(client: etcd.Client, host: str, container_name: str, conn: fabric.Connection, docker: Any) -> bool:
     """Remove the container's endpoint, veth and address (also if the container is gone)."""
-    client = etcd_client(inv)
     container = _container(docker, container_name)
     endpoint_id = D.endpoint_id(container.id) if container is not None else None
     if endpoint_id is None or _endpoint(client, host, endpoint_id) is None:
@@ -140,20 +134,18 @@ def detach(inv: Inventory, host: str, container_name: str, conn: fabric.Connecti
     return changed
 
 
-def stop_node(inv: Inventory, host: str, conn: fabric.Connection) -> bool:
-    """Stop felix-lite on `host`, remove its chains, jumps, ipsets and routes, deregister."""
+def stop_node(client: etcd.Client | None, host: str, conn: fabric.Connection) -> bool:
+    """Stop felix-lite on `host`, remove its chains, jumps, ipsets and routes, deregister
+    (unless etcd is already gone: `client` None)."""
     changed = node.stop_agent(conn)
     changed |= node.cleanup(conn)
-    try:
-        changed |= D.delete_tree(etcd_client(inv), f"{D.ROOT}/bgp/v1/host/{host}")
-    except ChainlabError:
-        pass  # etcd already gone: nothing to deregister from
+    if client is not None:
+        changed |= D.delete_tree(client, f"{D.ROOT}/bgp/v1/host/{host}")
     return changed
 
 
-def remove_network(inv: Inventory) -> bool:
+def remove_network(inv: Inventory, client: etcd.Client) -> bool:
     """Remove the network's pool, profile, endpoints and IPAM data from etcd."""
-    client = etcd_client(inv)
     network, pool = inv.calico.network, inv.calico.pool
     changed = D.delete_tree(client, D.pool_key(pool))
     changed |= D.delete_tree(client, D.profile_dir(network))

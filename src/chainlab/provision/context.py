@@ -21,7 +21,7 @@ from chainlab.labstate import ContainerState
 from chainlab.provision.commands import batch_script, parse_batch
 from chainlab.shell import command_line
 from chainlab.provision.facts import Facts
-from chainlab.remote import docker_client, run
+from chainlab.remote import docker_client, etcd_client, run
 
 T = TypeVar("T")
 
@@ -52,6 +52,10 @@ class Shared:
                 raise
             self._done[key] = ("ok", value)
             return value, True
+
+    def etcd(self, inv: Inventory) -> Any:
+        """The run's one etcd client (route-checked and probed once, for every host)."""
+        return self.once("etcd", lambda: etcd_client(inv))[0]
 
 
 @dataclass

@@ -207,7 +207,7 @@ class Runner:
         all_hosts = not self.limited and not self.report.failed
         if all_hosts and self.inv.calico.driver == "calico":
             try:
-                changed = calico_layer.remove_network(self.inv)
+                changed = calico_layer.remove_network(self.inv, self.shared.etcd(self.inv))
                 self.report.notes.append(f"calico network {self.inv.calico.network}: "
                                          + ("removed" if changed else "already absent"))
             except Exception as exc:

@@ -18,7 +18,6 @@ from chainlab.labstate import ContainerState
 from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.context import HostContext, Skip
-from chainlab.remote import etcd_client
 from chainlab.shell import command_line
 
 StepFn = Callable[[HostContext], tuple[str, str]]
@@ -256,9 +255,9 @@ def calico(ctx: HostContext) -> tuple[str, str]:
     ctx.note(f"chainlab.calico.ensure_node({ctx.host})")
     if ctx.check:
         return "changed", "would ensure etcd, the network and the node (not checked under --check)"
-    ctx.shared.once("etcd", lambda: etcd_client(inv))
-    net_changed, ran = ctx.shared.once("network", lambda: calico_layer.ensure_network(inv))
-    node_changed = calico_layer.ensure_node(inv, ctx.host, ctx.conn)
+    client = ctx.shared.etcd(inv)
+    net_changed, ran = ctx.shared.once("network", lambda: calico_layer.ensure_network(inv, client))
+    node_changed = calico_layer.ensure_node(inv, client, ctx.host, ctx.conn)
     changed = bool(node_changed) or (ran and bool(net_changed))
     return _status(changed, f"network {inv.calico.network} and node ready",
                    f"network {inv.calico.network} and node present")
@@ -328,7 +327,7 @@ def _container(ctx: HostContext, name: str) -> bool:
         if iflink.isdigit():
             interface = C.veth_for_ifindex(ctx.read(["ip", "-o", "link", "show"]) or "", int(iflink))
     else:
-        address, interface, wired = calico_layer.attach(inv, ctx.host, name, ctx.conn, client)
+        address, interface, wired = calico_layer.attach(inv, ctx.shared.etcd(inv), ctx.host, name, ctx.conn, client)
         changed = changed or wired
     ctx.containers[name] = ContainerState(host=ctx.host, address=address, network=network,
                                           driver=inv.calico.driver, interface=interface,

@@ -43,7 +43,7 @@ def containers(ctx: HostContext) -> tuple[str, str]:
         if inv.calico.driver == "calico":
             ctx.note(f"chainlab.calico.detach({ctx.host}, {box.name})")
             if not ctx.check:
-                calico_layer.detach(inv, ctx.host, box.name, ctx.conn, client)
+                calico_layer.detach(ctx.shared.etcd(inv), ctx.host, box.name, ctx.conn, client)
         ctx.note(f"docker rm -f {box.name}   # docker SDK")
         if not ctx.check:
             try:
@@ -66,7 +66,11 @@ def calico(ctx: HostContext) -> tuple[str, str]:
     ctx.note(f"chainlab.calico.stop_node({ctx.host})")
     if ctx.check:
         return "changed", "would stop the node"
-    changed = calico_layer.stop_node(inv, ctx.host, ctx.conn)
+    try:
+        client = ctx.shared.etcd(inv)
+    except ChainlabError:
+        client = None  # etcd already gone: nothing to deregister from
+    changed = calico_layer.stop_node(client, ctx.host, ctx.conn)
     return _status(bool(changed), "node stopped", "node not running")
 
 
