@@ -23,26 +23,17 @@ class ProbeSpec:
         return f"{self.container} (on {self.host})" if self.container else self.host
 
 
-def endpoint_address(state: LabState, endpoint: Endpoint) -> str:
+def locate(state: LabState, endpoint: Endpoint) -> tuple[str, str]:
+    """(host it runs on, its address) of a scenario endpoint, from the lab state."""
     if endpoint.host:
         if endpoint.host not in state.hosts:
             raise ChainlabError(f"host {endpoint.host} is not in the lab state; is it in the inventory and provisioned?")
-        return str(state.hosts[endpoint.host].address)
+        return endpoint.host, str(state.hosts[endpoint.host].address)
     assert endpoint.container is not None
     if endpoint.container not in state.containers:
         raise ChainlabError(f"container {endpoint.container} is not in the lab state; run lab up")
-    return str(state.containers[endpoint.container].address)
-
-
-def endpoint_host(state: LabState, endpoint: Endpoint) -> str:
-    if endpoint.host:
-        if endpoint.host not in state.hosts:
-            raise ChainlabError(f"host {endpoint.host} is not in the lab state; is it in the inventory and provisioned?")
-        return endpoint.host
-    assert endpoint.container is not None
-    if endpoint.container not in state.containers:
-        raise ChainlabError(f"container {endpoint.container} is not in the lab state; run lab up")
-    return state.containers[endpoint.container].host
+    container = state.containers[endpoint.container]
+    return container.host, str(container.address)
 
 
 def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
@@ -51,8 +42,8 @@ def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
     In a container, busybox `nc ... -e true` (connect, then close; busybox-static's
     `wget -T` segfaults). On a host shell, bash's /dev/tcp, which every target OS has.
     """
-    address = endpoint_address(state, scenario.target)
-    host = endpoint_host(state, scenario.source)
+    _, address = locate(state, scenario.target)
+    host, _ = locate(state, scenario.source)
     if isinstance(scenario.probe, PingProbe):
         argv: tuple[str, ...] = ("ping", "-c", str(scenario.probe.count), "-W", "1", "-i", "0.2", address)
     else:
