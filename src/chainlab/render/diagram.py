@@ -81,6 +81,17 @@ def _hook_label(hook: str, chains: list[str]) -> str:
     return "\n".join([hook, *chains])
 
 
+def _hook_chains(model: DiagramModel, node: str) -> dict[str, list[str]]:
+    """Per hook a node's packets passed (in hook order), the chains they walked there."""
+    seen: dict[str, list[str]] = {}
+    for walk in model.walks:
+        if walk.node == node:
+            for hook in walk.hooks:
+                merged = seen.setdefault(hook, [])
+                merged.extend(c for c in walk.chains.get(hook, []) if c not in merged)
+    return {hook: seen[hook] for hook in HOOKS if hook in seen}
+
+
 def to_graphviz(model: DiagramModel, title: str = "") -> graphviz.Digraph:
     graph = graphviz.Digraph("chainlab", graph_attr={
         "rankdir": "LR", "fontname": "Helvetica", "label": title, "labelloc": "t", "newrank": "true",
@@ -89,15 +100,8 @@ def to_graphviz(model: DiagramModel, title: str = "") -> graphviz.Digraph:
     for node in model.nodes:
         with graph.subgraph(name=f"cluster_{_id(node)}") as cluster:
             cluster.attr(label=node, style="rounded", color="#57606a", fontsize="14")
-            hooks_here: dict[str, list[str]] = {}
-            for walk in model.walks:
-                if walk.node == node:
-                    for hook in walk.hooks:
-                        merged = hooks_here.setdefault(hook, [])
-                        merged.extend(c for c in walk.chains.get(hook, []) if c not in merged)
-            for hook in HOOKS:
-                if hook in hooks_here:
-                    cluster.node(_id(node, hook), _hook_label(hook, hooks_here[hook]))
+            for hook, chains in _hook_chains(model, node).items():
+                cluster.node(_id(node, hook), _hook_label(hook, chains))
             for i, walk in enumerate(w for w in model.walks if w.node == node):
                 color = COLORS.get(walk.direction, OTHER_COLOR)
                 label = walk.direction + (f" ×{walk.count}" if walk.count > 1 else "")
@@ -140,16 +144,9 @@ def to_mermaid(model: DiagramModel, title: str = "") -> str:
     styles: list[str] = []
     for node in model.nodes:
         lines.append(f'  subgraph {_id("n", node)}["{_mermaid_text(node)}"]')
-        seen: dict[str, list[str]] = {}
-        for walk in model.walks:
-            if walk.node == node:
-                for hook in walk.hooks:
-                    merged = seen.setdefault(hook, [])
-                    merged.extend(c for c in walk.chains.get(hook, []) if c not in merged)
-        for hook in HOOKS:
-            if hook in seen:
-                label = "<br/>".join([f"<b>{hook}</b>", *seen[hook]])
-                lines.append(f'    {_id(node, hook)}["{_mermaid_text(label)}"]')
+        for hook, chains in _hook_chains(model, node).items():
+            label = "<br/>".join([f"<b>{hook}</b>", *chains])
+            lines.append(f'    {_id(node, hook)}["{_mermaid_text(label)}"]')
         for i, walk in enumerate(w for w in model.walks if w.node == node):
             for a, b in zip(walk.hooks, walk.hooks[1:]):
                 edges.append(f"  {_id(node, a)} -->|{walk.direction}| {_id(node, b)}")
