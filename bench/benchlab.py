@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -25,10 +27,25 @@ def inventory(directory: Path, lab: str, lan: str) -> Path:
     return path
 
 
-def timed(inv: Path, *args: str, cwd: Path | None = None) -> float:
-    """Wall time of `chainlab -i INV ARGS...`; a failure raises with its output."""
+def timed_argv(argv: list[str], cwd: Path | None = None) -> float:
+    """Wall time of a command; a failure raises with its output."""
     started = time.monotonic()
-    proc = subprocess.run([CHAINLAB, "-i", str(inv), *args], capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
-        raise RuntimeError(f"chainlab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}")
     return time.monotonic() - started
+
+
+def timed(inv: Path, *args: str) -> float:
+    """Wall time of `chainlab -i INV ARGS...`; a failure raises with its output."""
+    return timed_argv([CHAINLAB, "-i", str(inv), *args])
+
+
+@contextmanager
+def private_lab(directory: Path, lab: str, lan: str) -> Iterator[Path]:
+    """The inventory of a private copy of lab/local.yaml; its local lab is always taken down."""
+    inv = inventory(directory, lab, lan)
+    try:
+        yield inv
+    finally:
+        subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)

@@ -7,26 +7,22 @@ exit 1 only if a command itself failed.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlab import CHAINLAB, inventory, timed
+from benchlab import private_lab, timed
 
 TARGETS = {"up": 30.0, "down": 10.0}
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="chainlab-bench-") as tmp:
-        inv = inventory(Path(tmp), "bench", "10.231.93")
+    with tempfile.TemporaryDirectory(prefix="chainlab-bench-") as tmp, private_lab(Path(tmp), "bench", "10.231.93") as inv:
         try:
             times = {"up": timed(inv, "local", "up"), "down": timed(inv, "local", "down")}
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             return 1
-        finally:
-            subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
     for action, seconds in times.items():
         met = seconds <= TARGETS[action]
         print(f"local {action:<4} cold {seconds:6.2f} s  (target <= {TARGETS[action]:.0f} s) {'ok' if met else 'MISSED'}")

@@ -7,19 +7,17 @@ Prints figures, never pass/fail (exit 1 only if a run itself failed).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlab import CHAINLAB, inventory, timed
+from benchlab import private_lab, timed
 
 LAN = "10.231.98"
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="chainlab-provbench-") as tmp:
-        inv = inventory(Path(tmp), "provbench", LAN)
+    with tempfile.TemporaryDirectory(prefix="chainlab-provbench-") as tmp, private_lab(Path(tmp), "provbench", LAN) as inv:
         try:
             timed(inv, "local", "up")
             first = timed(inv, "lab", "up")
@@ -28,8 +26,6 @@ def main() -> int:
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             return 1
-        finally:
-            subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
     print("provisioning (chainlab lab up on a 3-host local lab, wall time)")
     print(f"  first lab up  (from nothing): {first:6.2f} s")
     print(f"  second lab up (idempotent):   {second:6.2f} s")

@@ -12,10 +12,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchlab import CHAINLAB, ROOT, inventory, timed
+from benchlab import ROOT, private_lab, timed, timed_argv
 
 LAN = "10.231.97"
 
@@ -24,16 +23,11 @@ def fresh_venv(directory: Path) -> float:
     """Wall time of `make venv` in a fresh clone (the apt part is already done here)."""
     clone = directory / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    started = time.monotonic()
-    proc = subprocess.run(["make", "-C", str(clone), "venv"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"make venv failed:\n{proc.stdout}\n{proc.stderr}")
-    return time.monotonic() - started
+    return timed_argv(["make", "-C", str(clone), "venv"])
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="chainlab-scenbench-") as tmp:
-        inv = inventory(Path(tmp), "scenbench", LAN)
+    with tempfile.TemporaryDirectory(prefix="chainlab-scenbench-") as tmp, private_lab(Path(tmp), "scenbench", LAN) as inv:
         runs = Path(tmp) / "runs"
         try:
             venv = fresh_venv(Path(tmp))
@@ -44,8 +38,6 @@ def main() -> int:
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             return 1
-        finally:
-            subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
     cold = venv + up + provision + nightly
     print("make demo's path on a fresh clone, Debian packages present, and scenario runs (wall time)")
     print(f"  make venv {venv:.1f} s + local up {up:.1f} s + lab up {provision:.1f} s + nightly {nightly:.1f} s"
