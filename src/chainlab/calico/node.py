@@ -49,13 +49,14 @@ def start_agent(conn: fabric.Connection, host: str, etcd: str) -> int:
 
 
 def wait_programmed(conn: fabric.Connection, host: str) -> None:
-    """Until the agent's first apply is in (cali-FORWARD exists), bounded."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not run(conn, ["iptables", "-w", "-S", "cali-FORWARD"], check=False).ok:
-        if time.monotonic() > deadline:
-            log = run(conn, ["tail", "-n", "5", LOGFILE], check=False).stdout.strip()
-            raise ChainlabError(f"{host}: felix-lite has not programmed iptables after {READY_TIMEOUT:.0f}s: {log}")
-        time.sleep(0.1)
+    """Until the agent's first apply is in (cali-FORWARD exists), bounded; polled on the
+    host, so the wait is one SSH round trip."""
+    poll = ('end=$(( $(date +%s) + $1 )); '
+            'until iptables -w -S cali-FORWARD >/dev/null 2>&1; do '
+            '[ "$(date +%s)" -ge "$end" ] && exit 1; sleep 0.1; done')
+    if not run(conn, ["sh", "-c", poll, "sh", str(int(READY_TIMEOUT))], check=False, timeout=READY_TIMEOUT + 10).ok:
+        log = run(conn, ["tail", "-n", "5", LOGFILE], check=False).stdout.strip()
+        raise ChainlabError(f"{host}: felix-lite has not programmed iptables after {READY_TIMEOUT:.0f}s: {log}")
 
 
 def stop_agent(conn: fabric.Connection) -> bool:
