@@ -16,6 +16,7 @@ from chainlab.render.jsonout import write_json
 from chainlab.render.text import print_analysis
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
+from chainlab.trace import native
 from chainlab.trace.netfilter import TABLES
 from chainlab.trace.pipeline import AnalysisOptions, Analyzer, analyze
 from chainlab.trace.reader import LogSource, check_gzip_intact
@@ -75,6 +76,9 @@ def analyze_command(
     options = AnalysisOptions(tables=tables, rules=rules)
     console = Console()
 
+    if fmt == "json" and scenario is None and native.choose(sources, bool(rules), tables is not None):
+        native.write_json(sys.stdout, sources)
+        return
     if fmt == "json" and scenario is None:
         for source in sources:
             check_gzip_intact(source.path)

@@ -22,6 +22,14 @@ def write_json(
     for i, packet in enumerate(packets):
         repaired += packet.repaired_lines
         out.write(("," if i else "") + "\n  " + json.dumps(packet.to_dict(tables)))
+    write_tail(out, flows_after, stats, tables, repaired, checks)
+
+
+def write_tail(
+    out: IO[str], flows_after: Callable[[], list[Flow]], stats: ReadStats, tables: set[str] | None,
+    repaired: int, checks: list[Check] | None = None,
+) -> None:
+    """Close the packet list; then flows, line counts and the scenario checks."""
     out.write("\n ],\n")
     tail: dict[str, Any] = {
         "flows": [f.to_dict() for f in flows_after()],

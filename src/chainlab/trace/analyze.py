@@ -81,11 +81,17 @@ def join_rules(packet: Packet, rules: RuleSet | None) -> None:
             step.rule = rules.rule_text(step)
 
 
-def _endpoint_pairs(packet: Packet) -> list[tuple[tuple[str | None, int | None], tuple[str | None, int | None]]]:
+Endpoint = tuple[str | None, int | None]
+
+
+def _endpoint_pairs(packet: Packet) -> list[tuple[Endpoint, Endpoint]]:
+    """(source, destination) as the packet entered and as it left; once if NAT changed nothing."""
     pairs = []
     for f in (packet.first, packet.last):
         if f is not None:
-            pairs.append(((f.src, f.sport), (f.dst, f.dport)))
+            pair = ((f.src, f.sport), (f.dst, f.dport))
+            if not pairs or pairs[0] != pair:
+                pairs.append(pair)
     return pairs
 
 
@@ -109,20 +115,20 @@ class Directions:
         self._remember(packet, direction)
         return direction
 
-    def _key(self, packet: Packet, a: object, b: object) -> tuple[str, str, frozenset[object]]:
-        return (packet.node, packet.fields.proto or "", frozenset((a, b)))
-
     def _by_first_seen(self, packet: Packet) -> str:
+        base = (packet.node, packet.fields.proto or "")
         for a, b in _endpoint_pairs(packet):
-            known = self.seen.get(self._key(packet, a, b))
+            known = self.seen.get((*base, frozenset((a, b))))
             if known is not None:
                 return "request" if known == (a, b) else "reply"
         return "request"
 
     def _remember(self, packet: Packet, direction: str) -> None:
+        base = (packet.node, packet.fields.proto or "")
+        seen = self.seen
         for a, b in _endpoint_pairs(packet):
-            oriented = (a, b) if direction == "request" else (b, a)
-            self.seen[self._key(packet, a, b)] = oriented
-            self.seen.move_to_end(self._key(packet, a, b))
-        while len(self.seen) > self.memory:
-            self.seen.popitem(last=False)
+            key = (*base, frozenset((a, b)))
+            seen[key] = (a, b) if direction == "request" else (b, a)
+            seen.move_to_end(key)
+        while len(seen) > self.memory:
+            seen.popitem(last=False)

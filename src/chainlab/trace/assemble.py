@@ -83,9 +83,9 @@ class Assembler:
         self.count += 1
         f = event.fields
         last = self._last
-        if last is not None and last[2] is f and last[0] == event.node and last[1] == event.trace_id:
-            # The same fields object as the previous line (the parser shares it between
-            # equal lines): same packet, nothing new to merge.
+        if last is not None and (last[2] is f or last[2] == f) and last[0] == event.node and last[1] == event.trace_id:
+            # The same fields as the last line that was placed (the parser shares one object
+            # between equal lines, so mostly `is` decides): same packet, nothing new to merge.
             packet = last[3]
             if id(packet) in self.open:
                 ok, hook = _next_hook(packet, event.step)

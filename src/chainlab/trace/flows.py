@@ -79,7 +79,7 @@ class FlowIndex:
             packet.node, packet.hooks, packet.verdict, first.ttl if first else None,
             (first.src, first.dst) if first else (None, None),
             (last.src, last.dst) if last else (None, None),
-            origin=bool(packet.hooks) and packet.steps[0].hook == "OUTPUT",
+            origin=packet.origin,
         )
         self.hops.setdefault(key, []).append((packet.seq, packet.direction, hop))
         self.hops.move_to_end(key)

@@ -93,6 +93,8 @@ class Packet:
     verdict: str = "unknown"
     reason: str = ""
     new_connection: bool = False
+    #: The packet was sent by this node (its walk starts in OUTPUT).
+    origin: bool = False
 
     @property
     def protocol(self) -> str:

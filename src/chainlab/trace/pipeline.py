@@ -62,6 +62,7 @@ class Analyzer:
         judge(packet, present)
         packet.direction = self._directions.classify(packet)
         packet.hooks = hook_path(packet.steps, self.options.tables)
+        packet.origin = bool(packet.hooks) and packet.steps[0].hook == "OUTPUT"
         self._flows.add(packet)
         return packet
 

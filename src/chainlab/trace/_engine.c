@@ -1,0 +1,1237 @@
+/*
+ * chainlab.trace._engine: the legacy kernel-log analyzer's hot path in C.
+ *
+ * It does what reader._kernel_records + assemble.Assembler do for kernel-format TRACE
+ * lines of a NODE=FILE source, line for line and with the same results, and renders
+ * each finished packet's node-independent JSON pieces (steps, last step, header fields),
+ * so that Python only judges each distinct walk once and classifies directions and flows.
+ * The Python modules stay the reference: tests compare both engines' output byte for
+ * byte. Input must be printable ASCII plus '\n' (see printable()); anything else goes
+ * to the Python engine, which handles any bytes.
+ *
+ * One Engine is fed chunks of whole lines, file after file; feed() releases the GIL
+ * while it parses, so a reader thread can feed while Python renders the last batch.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NONE (-1LL)
+
+/* ---------------------------------------------------------------- buffers */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static int buf_grow(Buf *b, size_t extra) {
+    if (b->n + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + extra)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(Buf *b, const char *s, size_t n) {
+    if (buf_grow(b, n))
+        return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+static int puts_(Buf *b, const char *s) { return put(b, s, strlen(s)); }
+
+#define PUTL(b, literal) put((b), (literal), sizeof(literal) - 1)
+
+static int put_int(Buf *b, long long v) {
+    char tmp[24];
+    int i = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--i] = '-';
+    return put(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+static int put_opt_int(Buf *b, long long v) { return v == NONE ? PUTL(b, "null") : put_int(b, v); }
+
+/* JSON string of printable ASCII: only '"' and '\\' need escaping (as json.dumps does). */
+static int put_jstr(Buf *b, const char *s, size_t n) {
+    if (put(b, "\"", 1))
+        return -1;
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\') {
+            char esc[2] = {'\\', s[i]};
+            if (put(b, s + done, i - done) || put(b, esc, 2))
+                return -1;
+            done = i + 1;
+        }
+    }
+    return put(b, s + done, n - done) || put(b, "\"", 1);
+}
+
+/* ---------------------------------------------------------------- netfilter knowledge */
+
+static const char *HOOKS[] = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"};
+static const size_t HOOK_LEN[] = {10, 5, 7, 6, 11};
+#define N_HOOKS 5
+static const int HOOK_RANK[] = {0, 1, 1, 0, 2};
+static const char *TABLES[] = {"raw", "mangle", "nat", "filter", "security"};
+#define N_TABLES 5
+/* Index of each table at each hook (HOOK_TABLES in netfilter.py); -1: not there. */
+static const int HOOK_TABLE_INDEX[N_HOOKS][N_TABLES] = {
+    /* PREROUTING  raw mangle nat */ {0, 1, 2, -1, -1},
+    /* INPUT       mangle filter security nat */ {-1, 0, 3, 1, 2},
+    /* FORWARD     mangle filter security */ {-1, 0, -1, 1, 2},
+    /* OUTPUT      raw mangle nat filter security */ {0, 1, 2, 3, 4},
+    /* POSTROUTING mangle nat */ {-1, 0, 1, -1, -1},
+};
+static const int HOOK_TABLE_COUNT[] = {3, 4, 3, 5, 2};
+
+static int find_name(const char **names, int count, const char *s, size_t n) {
+    for (int i = 0; i < count; i++)
+        if (names[i][0] == s[0] && strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
+            return i;
+    return -1;
+}
+
+/* slot_rank(hook, table) as one comparable number; table -1: unknown table. */
+static int slot_rank(int hook, int table) {
+    int index = table >= 0 ? HOOK_TABLE_INDEX[hook][table] : -1;
+    if (index < 0)
+        index = HOOK_TABLE_COUNT[hook];
+    return HOOK_RANK[hook] * 16 + index;
+}
+
+/* ---------------------------------------------------------------- fields of a line */
+
+static const char *TCP_FLAG_NAMES[] = {"ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG"}; /* sorted */
+#define N_TCP_FLAGS 8
+static const char *PROTOCOL_NAMES[] = {"ICMP", "TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "GRE", "ESP", "AH", "IGMP", "ICMPV6"};
+enum { K_UNKNOWN, K_UNUSED, K_IN, K_OUT, K_SRC, K_DST, K_TTL, K_ID, K_PROTO, K_TYPE, K_CODE, K_SEQ, K_WINDOW, K_URGP,
+       K_SPT, K_DPT, K_MARK };
+
+/* parse_kernel's KNOWN_KEYS; K_UNUSED for its UNUSED_KEYS (values the analysis ignores). */
+static int key_of(const char *k, int n) {
+#define IS(name) (n == (int)sizeof(name) - 1 && memcmp(k, name, sizeof(name) - 1) == 0)
+    switch (n) {
+    case 2:
+        return IS("IN") ? K_IN : IS("ID") ? K_ID : K_UNKNOWN;
+    case 3:
+        if (IS("OUT")) return K_OUT;
+        if (IS("SRC")) return K_SRC;
+        if (IS("DST")) return K_DST;
+        if (IS("TTL")) return K_TTL;
+        if (IS("SEQ")) return K_SEQ;
+        if (IS("SPT")) return K_SPT;
+        if (IS("DPT")) return K_DPT;
+        if (IS("MAC") || IS("LEN") || IS("TOS") || IS("OPT") || IS("ACK") || IS("RES") || IS("UID") || IS("GID") ||
+            IS("MTU"))
+            return K_UNUSED;
+        return K_UNKNOWN;
+    case 4:
+        if (IS("TYPE")) return K_TYPE;
+        if (IS("CODE")) return K_CODE;
+        if (IS("URGP")) return K_URGP;
+        if (IS("MARK")) return K_MARK;
+        return IS("PREC") || IS("FRAG") ? K_UNUSED : K_UNKNOWN;
+    case 5:
+        return IS("PROTO") ? K_PROTO : K_UNKNOWN;
+    case 6:
+        return IS("WINDOW") ? K_WINDOW : IS("PHYSIN") ? K_UNUSED : K_UNKNOWN;
+    case 7:
+        return IS("PHYSOUT") ? K_UNUSED : K_UNKNOWN;
+    case 10:
+        return IS("INCOMPLETE") ? K_UNUSED : K_UNKNOWN;
+    }
+    return K_UNKNOWN;
+#undef IS
+}
+
+/* A string inside the current line (or inside a copy, for the assembler's last fields). */
+typedef struct {
+    const char *s;
+    int n; /* -1: None */
+} Ref;
+
+typedef struct {
+    char src[16], dst[16]; /* "" = None; validated dotted quads */
+    char proto[8];         /* "" = None */
+    long long ip_id, ttl, icmp_type, icmp_id, icmp_seq, sport, dport;
+    int flags; /* bit i: TCP_FLAG_NAMES[i]; 0 = None */
+    int damaged;
+    Ref in_if, out_if; /* n == -1: None (an empty IN= is None too) */
+    Ref mark;          /* hex digits, leading zeros stripped ("" = 0); n == -1: None */
+} Fields;
+
+static int ref_eq(Ref a, Ref b) { return a.n == b.n && (a.n <= 0 || memcmp(a.s, b.s, (size_t)a.n) == 0); }
+
+static int mark_eq(Ref a, Ref b) { return a.n == b.n && (a.n <= 0 || strncasecmp(a.s, b.s, (size_t)a.n) == 0); }
+
+static int fields_eq(const Fields *a, const Fields *b) {
+    return strcmp(a->src, b->src) == 0 && strcmp(a->dst, b->dst) == 0 && strcmp(a->proto, b->proto) == 0 &&
+           a->ip_id == b->ip_id && a->ttl == b->ttl && a->icmp_type == b->icmp_type && a->icmp_id == b->icmp_id &&
+           a->icmp_seq == b->icmp_seq && a->sport == b->sport && a->dport == b->dport && a->flags == b->flags &&
+           a->damaged == b->damaged && ref_eq(a->in_if, b->in_if) && ref_eq(a->out_if, b->out_if) &&
+           mark_eq(a->mark, b->mark);
+}
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static int all_digits(const char *s, int n) {
+    if (n <= 0)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (!is_digit(s[i]))
+            return 0;
+    return 1;
+}
+
+/* parse_kernel._int: digits only, at most 10 of them, at most `limit`; else None. */
+static long long small_int(const char *s, int n, long long limit) {
+    if (!all_digits(s, n) || n > 10)
+        return NONE;
+    long long v = 0;
+    for (int i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v <= limit ? v : NONE;
+}
+
+static int is_ipv4(const char *s, int n) {
+    int part = 0, digits = 0;
+    for (int i = 0; i < n; i++) {
+        if (is_digit(s[i])) {
+            if (++digits > 3)
+                return 0;
+        } else if (s[i] == '.' && digits > 0 && part < 3) {
+            part++;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return part == 3 && digits > 0;
+}
+
+static int is_hex_digit(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+static int name_is(const char *s, int n, const char *name) { return (int)strlen(name) == n && memcmp(s, name, (size_t)n) == 0; }
+
+static int find_in(const char **names, int count, const char *s, int n) {
+    for (int i = 0; i < count; i++)
+        if (name_is(s, n, names[i]))
+            return i;
+    return -1;
+}
+
+/* parse_kernel.parse_fields on s[0:n] (tokens separated by spaces). */
+static void parse_fields(const char *s, int n, Fields *f) {
+    memset(f, 0, sizeof *f);
+    f->ip_id = f->ttl = f->icmp_type = f->icmp_id = f->icmp_seq = f->sport = f->dport = NONE;
+    f->in_if.n = f->out_if.n = f->mark.n = -1;
+    int damaged = 0, seen_l4 = 0, ip_id_done = 0, ids = 0, proto_token = 0, flags = 0, depth = 0;
+    char proto[8] = "";
+    int i = 0;
+    while (i < n) {
+        while (i < n && s[i] == ' ')
+            i++;
+        if (i >= n)
+            break;
+        const char *t = s + i;
+        int len = 0;
+        while (i < n && s[i] != ' ') {
+            i++;
+            len++;
+        }
+        if (depth || t[0] == '[') {
+            if (t[0] == '[')
+                depth++;
+            for (int j = 0; j < len; j++)
+                if (t[j] == ']')
+                    depth--;
+            if (depth < 0)
+                depth = 0;
+            continue;
+        }
+        const char *eq = memchr(t, '=', (size_t)len);
+        if (!eq) {
+            int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
+            if (flag >= 0)
+                flags |= 1 << flag;
+            else if (!name_is(t, len, "DF") && !name_is(t, len, "MF") && !name_is(t, len, "CE") &&
+                     !name_is(t, len, "OPT") && !(t[0] == '(' && t[len - 1] == ')'))
+                damaged = 1;
+            continue;
+        }
+        int klen = (int)(eq - t);
+        const char *v = eq + 1;
+        int vlen = len - klen - 1;
+        switch (key_of(t, klen)) {
+        case K_UNUSED:
+            break;
+        case K_SRC:
+        case K_DST: {
+            char *into = t[0] == 'S' ? f->src : f->dst;
+            if (is_ipv4(v, vlen)) {
+                memcpy(into, v, (size_t)vlen);
+                into[vlen] = 0;
+            } else {
+                damaged = 1;
+            }
+            break;
+        }
+        case K_IN:
+            f->in_if = (Ref){v, vlen ? vlen : -1};
+            break;
+        case K_OUT:
+            f->out_if = (Ref){v, vlen ? vlen : -1};
+            break;
+        case K_TTL:
+            f->ttl = small_int(v, vlen, 255);
+            damaged |= f->ttl == NONE;
+            break;
+        case K_PROTO: {
+            char upper[8];
+            int ok = 0;
+            if (vlen > 0 && vlen < 8) {
+                for (int j = 0; j < vlen; j++)
+                    upper[j] = (v[j] >= 'a' && v[j] <= 'z') ? (char)(v[j] - 32) : v[j];
+                upper[vlen] = 0;
+                ok = find_in(PROTOCOL_NAMES, 11, upper, vlen) >= 0 || (all_digits(upper, vlen) && vlen <= 3);
+            }
+            if (ok)
+                memcpy(proto, upper, (size_t)vlen + 1);
+            else
+                proto[0] = 0;
+            damaged |= !ok;
+            proto_token = seen_l4 = 1;
+            break;
+        }
+        case K_ID: {
+            ids++;
+            long long number = small_int(v, vlen, 65535);
+            damaged |= number == NONE;
+            if (!seen_l4 && !ip_id_done) {
+                f->ip_id = number;
+                ip_id_done = 1;
+            } else {
+                f->icmp_id = number;
+            }
+            break;
+        }
+        case K_TYPE:
+            f->icmp_type = small_int(v, vlen, 255);
+            damaged |= f->icmp_type == NONE;
+            seen_l4 = 1;
+            if (!proto[0])
+                strcpy(proto, "ICMP");
+            break;
+        case K_CODE:
+            seen_l4 = 1;
+            if (!proto[0])
+                strcpy(proto, "ICMP");
+            break;
+        case K_SEQ:
+            if ((!proto[0] || strcmp(proto, "ICMP") == 0) && f->sport == NONE) {
+                f->icmp_seq = small_int(v, vlen, 0xFFFFFFFFLL);
+                damaged |= f->icmp_seq == NONE;
+            }
+            break;
+        case K_SPT:
+        case K_DPT: {
+            long long port = small_int(v, vlen, 65535);
+            damaged |= port == NONE;
+            seen_l4 = 1;
+            if (t[0] == 'S')
+                f->sport = port;
+            else
+                f->dport = port;
+            break;
+        }
+        case K_WINDOW:
+        case K_URGP:
+            if (!proto[0])
+                strcpy(proto, "TCP");
+            break;
+        case K_MARK: {
+            int ok = vlen > 2 && v[0] == '0' && v[1] == 'x';
+            for (int j = 2; ok && j < vlen; j++)
+                ok = is_hex_digit(v[j]);
+            if (ok) {
+                int j = 2;
+                while (j < vlen && v[j] == '0')
+                    j++;
+                f->mark = (Ref){v + j, vlen - j};
+            } else {
+                damaged = 1;
+            }
+            break;
+        }
+        case K_UNKNOWN:
+            damaged = 1;
+        }
+    }
+    if (flags && (!proto[0] || strcmp(proto, "TCP") == 0)) {
+        f->flags = flags;
+        strcpy(proto, "TCP");
+    }
+    if (!proto[0] && f->sport != NONE) {
+        damaged = 1;
+    } else if (!proto[0] && ids == 1 && f->icmp_seq != NONE) {
+        f->icmp_id = f->ip_id;
+        f->ip_id = NONE;
+        damaged = 1;
+    }
+    memcpy(f->proto, proto, sizeof proto);
+    if (!proto_token || !f->src[0] || !f->dst[0] || f->ip_id == NONE || !proto[0])
+        damaged = 1;
+    f->damaged = damaged;
+}
+
+/* ---------------------------------------------------------------- TRACE headers */
+
+typedef struct {
+    const char *table, *chain, *pos;
+    int table_n, chain_n, pos_n; /* pos: digits with leading zeros stripped ("" = 0) */
+    int kind;                    /* 0 rule, 1 return, 2 policy */
+    size_t start, end;           /* of the whole match, from "TRACE: " */
+} Header;
+
+static const char *KINDS[] = {"rule", "return", "policy"};
+static const size_t KIND_LEN[] = {4, 6, 6};
+
+static int ident_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
+static int ident_char(char c) { return ident_start(c) || is_digit(c); }
+
+/* HEADER.match(line, at): `TRACE: ident:chain:(rule|return|policy):digits` then space or end. */
+static int match_header(const char *line, size_t n, size_t at, Header *h) {
+    if (at + 7 > n || memcmp(line + at, "TRACE: ", 7) != 0)
+        return 0;
+    size_t p = at + 7;
+    if (p >= n || !ident_start(line[p]))
+        return 0;
+    size_t t0 = p;
+    while (p < n && ident_char(line[p]))
+        p++;
+    if (p >= n || line[p] != ':')
+        return 0;
+    size_t c0 = ++p;
+    for (size_t k = c0 + 1; k <= n && line[k - 1] != ' '; k++) { /* chain = line[c0:k], lazily */
+        if (k >= n || line[k] != ':')
+            continue;
+        size_t q = k + 1;
+        int kind = -1;
+        for (int j = 0; j < 3 && kind < 0; j++) {
+            size_t kl = strlen(KINDS[j]);
+            if (q + kl < n && memcmp(line + q, KINDS[j], kl) == 0 && line[q + kl] == ':')
+                kind = j;
+        }
+        if (kind < 0)
+            continue;
+        q += strlen(KINDS[kind]) + 1;
+        size_t d0 = q;
+        while (q < n && is_digit(line[q]))
+            q++;
+        if (q == d0 || (q < n && line[q] != ' '))
+            continue;
+        size_t z = d0;
+        while (z < q && line[z] == '0')
+            z++;
+        *h = (Header){line + t0, line + c0, line + z, (int)(c0 - 1 - t0), (int)(k - c0), (int)(q - z), kind, at, q};
+        return 1;
+    }
+    return 0;
+}
+
+/* memmem for the short needles used here: memchr for the first byte, then compare. */
+static const char *find_str(const char *s, size_t n, size_t from, const char *needle, size_t m) {
+    while (from < n && n - from >= m) {
+        const char *hit = memchr(s + from, needle[0], n - from - m + 1);
+        if (!hit)
+            return NULL;
+        if (memcmp(hit + 1, needle + 1, m - 1) == 0)
+            return hit;
+        from = (size_t)(hit - s) + 1;
+    }
+    return NULL;
+}
+
+/* TRACE_LIKE: `TRACE: ` + identifier + `:`. */
+static int trace_like_count(const char *line, size_t n) {
+    int count = 0;
+    const char *hit;
+    size_t from = 0;
+    while ((hit = find_str(line, n, from, "TRACE: ", 7))) {
+        size_t p = (size_t)(hit - line) + 7;
+        if (p < n && ident_start(line[p])) {
+            while (p < n && ident_char(line[p]))
+                p++;
+            if (p < n && line[p] == ':')
+                count++;
+        }
+        from = p;
+    }
+    return count;
+}
+
+/* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/RFC 3339/dmesg time starts). */
+static int before_next_prefix(const char *s, int n) {
+    for (int p = 0; p < n; p++) {
+        const char *t = s + p;
+        int r = n - p;
+        if (r >= 15 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' &&
+            t[3] == ' ' && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' && is_digit(t[7]) &&
+            is_digit(t[8]) && t[9] == ':' && is_digit(t[10]) && is_digit(t[11]) && t[12] == ':' && is_digit(t[13]) &&
+            is_digit(t[14]))
+            return p;
+        if (r >= 16 && all_digits(t, 4) && t[4] == '-' && all_digits(t + 5, 2) && t[7] == '-' && all_digits(t + 8, 2) &&
+            (t[10] == 'T' || t[10] == ' ') && all_digits(t + 11, 2) && t[13] == ':' && all_digits(t + 14, 2))
+            return p;
+        if (t[0] == '[') {
+            int q = 1;
+            while (q < r && t[q] == ' ')
+                q++;
+            int d0 = q;
+            while (q < r && is_digit(t[q]))
+                q++;
+            if (q > d0 && q < r && t[q] == '.') {
+                int d1 = ++q;
+                while (q < r && is_digit(t[q]))
+                    q++;
+                if (q > d1 && q < r && t[q] == ']')
+                    return p;
+            }
+        }
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- packets */
+
+typedef struct Packet Packet;
+struct Packet {
+    int node;
+    long long seq, repaired, last_seen;
+    Fields f; /* opening line's fields, merged; its Refs are not used */
+    int has_first, has_last;
+    char first_src[16], first_dst[16], last_src[16], last_dst[16];
+    long long first_ttl, first_sport, first_dport, last_ttl, last_sport, last_dport;
+    int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
+    int tables_seen;           /* the node's table mask when the packet was finished */
+    Buf steps, sig;
+    size_t last_step_at; /* where the last step's JSON starts in `steps` */
+    Packet *prev, *next;       /* open packets, least recently touched first */
+    Packet *id_prev, *id_next; /* same (node, ip id) bucket, in opening order */
+    size_t bucket;
+};
+
+#define BUCKETS 4096
+
+typedef struct {
+    PyObject_HEAD int window;
+    long long count, seq, unattributed;
+    long long lines, ignored, skipped, records;
+    Packet *head, *tail; /* open packets */
+    Packet *bucket_head[BUCKETS], *bucket_tail[BUCKETS];
+    /* the assembler's `_last`: node, a copy of the fields, the packet (NULL: not open) */
+    int has_last, last_node;
+    Fields last_fields;
+    Buf last_text;
+    Packet *last_packet;
+    int *table_masks; /* per node: bit i = TABLES[i] seen */
+    int n_nodes;
+    Packet **done; /* finished, not yet handed to Python */
+    size_t n_done, cap_done;
+    int failed;    /* out of memory */
+    int line_node; /* node of the lines being fed */
+    Header *headers; /* the headers of a glued line */
+    /* the last record's field text and its parse: most lines repeat the previous line's */
+    Buf tail_text;
+    Fields tail_fields;
+    int has_tail, tail_glued;
+    size_t cap_headers;
+    long long line_no;
+} Engine;
+
+static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919u + (size_t)ip_id) % BUCKETS; }
+
+static void packet_free(Packet *p) {
+    free(p->steps.p);
+    free(p->sig.p);
+    free(p);
+}
+
+static void lru_unlink(Engine *e, Packet *p) {
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        e->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        e->tail = p->prev;
+    p->prev = p->next = NULL;
+}
+
+static void lru_append(Engine *e, Packet *p) {
+    p->prev = e->tail;
+    p->next = NULL;
+    if (e->tail)
+        e->tail->next = p;
+    else
+        e->head = p;
+    e->tail = p;
+}
+
+static void finish(Engine *e, Packet *p) {
+    lru_unlink(e, p);
+    p->tables_seen = e->table_masks[p->node];
+    size_t b = p->bucket;
+    if (p->id_prev)
+        p->id_prev->id_next = p->id_next;
+    else
+        e->bucket_head[b] = p->id_next;
+    if (p->id_next)
+        p->id_next->id_prev = p->id_prev;
+    else
+        e->bucket_tail[b] = p->id_prev;
+    if (e->last_packet == p)
+        e->last_packet = NULL;
+    if (e->n_done == e->cap_done) {
+        size_t cap = e->cap_done ? e->cap_done * 2 : 256;
+        Packet **done = realloc(e->done, cap * sizeof *done);
+        if (!done) {
+            e->failed = 1;
+            packet_free(p);
+            return;
+        }
+        e->done = done;
+        e->cap_done = cap;
+    }
+    e->done[e->n_done++] = p;
+}
+
+static void expire(Engine *e) {
+    while (e->head && e->count - e->head->last_seen >= e->window)
+        finish(e, e->head);
+}
+
+static int agree(long long a, long long b) { return a == NONE || b == NONE || a == b; }
+
+/* assemble.compatible */
+static int compatible(const Packet *packet, const Fields *f) {
+    const Fields *p = &packet->f;
+    if (!agree(p->ip_id, f->ip_id) || !agree(p->icmp_type, f->icmp_type))
+        return 0;
+    if (p->proto[0] && f->proto[0] && strcmp(p->proto, f->proto) != 0)
+        return 0;
+    if (p->flags && f->flags && p->flags != f->flags)
+        return 0;
+    if (p->icmp_id != NONE && f->icmp_id != NONE && p->icmp_seq != NONE && f->icmp_seq != NONE &&
+        p->icmp_id != f->icmp_id && p->icmp_seq != f->icmp_seq)
+        return 0;
+    if (p->sport != NONE && p->dport != NONE && f->sport != NONE && f->dport != NONE && p->sport != f->sport &&
+        p->dport != f->dport)
+        return 0;
+    return 1;
+}
+
+typedef struct {
+    Header h;
+    int hook;  /* index into HOOKS if the chain is a built-in one, else -1 */
+    int table; /* index into TABLES, -1: another table */
+} Step;
+
+/* assemble._next_hook: may `s` come next in `p`'s walk, and in which hook (-1: None). */
+static int next_hook(const Packet *p, const Step *s, int *hook) {
+    if (p->last_hook == -2) {
+        *hook = s->hook;
+        return 1;
+    }
+    *hook = s->hook >= 0 ? s->hook : p->last_hook;
+    if (p->last_hook < 0)
+        return 1;
+    return slot_rank(*hook, s->table) >= slot_rank(p->last_hook, p->last_table);
+}
+
+static void merge(Fields *into, const Fields *f) {
+    if (into->ip_id == NONE)
+        into->ip_id = f->ip_id;
+    if (!into->proto[0])
+        memcpy(into->proto, f->proto, sizeof into->proto);
+    if (into->icmp_type == NONE)
+        into->icmp_type = f->icmp_type;
+    if (into->icmp_id == NONE)
+        into->icmp_id = f->icmp_id;
+    if (into->icmp_seq == NONE)
+        into->icmp_seq = f->icmp_seq;
+    if (into->sport == NONE)
+        into->sport = f->sport;
+    if (into->dport == NONE)
+        into->dport = f->dport;
+    if (!into->flags)
+        into->flags = f->flags;
+}
+
+static int put_mark(Buf *b, Ref mark) {
+    if (PUTL(b, "\"0x"))
+        return -1;
+    if (mark.n == 0)
+        return PUTL(b, "0\"");
+    for (int i = 0; i < mark.n; i++) {
+        char c = mark.s[i];
+        c = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
+        if (put(b, &c, 1))
+            return -1;
+    }
+    return PUTL(b, "\"");
+}
+
+static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook) {
+    Buf *b = &p->steps;
+    int err = 0;
+    if (p->last_hook != -2)
+        err |= PUTL(b, ", ");
+    p->last_step_at = b->n;
+    err |= PUTL(b, "{\"table\": ");
+    err |= put_jstr(b, s->h.table, (size_t)s->h.table_n);
+    err |= PUTL(b, ", \"chain\": ");
+    err |= put_jstr(b, s->h.chain, (size_t)s->h.chain_n);
+    err |= PUTL(b, ", \"kind\": \"");
+    err |= put(b, KINDS[s->h.kind], KIND_LEN[s->h.kind]);
+    err |= PUTL(b, "\", \"position\": ");
+    err |= s->h.pos_n ? put(b, s->h.pos, (size_t)s->h.pos_n) : PUTL(b, "0");
+    err |= PUTL(b, ", \"rule\": null, \"hook\": ");
+    if (hook >= 0) {
+        err |= PUTL(b, "\"");
+        err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
+        err |= PUTL(b, "\"");
+    } else {
+        err |= PUTL(b, "null");
+    }
+    err |= PUTL(b, ", \"line\": ");
+    err |= put_int(b, e->line_no);
+    if (f->mark.n >= 0) {
+        err |= PUTL(b, ", \"mark\": ");
+        err |= put_mark(b, f->mark);
+    }
+    err |= PUTL(b, "}");
+    /* the walk's signature: table TAB chain TAB kind TAB position TAB hook NEWLINE */
+    Buf *g = &p->sig;
+    err |= put(g, s->h.table, (size_t)s->h.table_n);
+    err |= PUTL(g, "\t");
+    err |= put(g, s->h.chain, (size_t)s->h.chain_n);
+    err |= PUTL(g, "\t");
+    err |= put(g, KINDS[s->h.kind], KIND_LEN[s->h.kind]);
+    err |= PUTL(g, "\t");
+    err |= s->h.pos_n ? put(g, s->h.pos, (size_t)s->h.pos_n) : PUTL(g, "0");
+    err |= PUTL(g, "\t");
+    if (hook >= 0)
+        err |= put(g, HOOKS[hook], HOOK_LEN[hook]);
+    err |= PUTL(g, "\n");
+    if (err)
+        e->failed = 1;
+    p->last_hook = hook;
+    p->last_table = s->table;
+    if (f->src[0] && f->dst[0]) {
+        if (!p->has_first) {
+            p->has_first = 1;
+            memcpy(p->first_src, f->src, 16);
+            memcpy(p->first_dst, f->dst, 16);
+            p->first_ttl = f->ttl;
+            p->first_sport = f->sport;
+            p->first_dport = f->dport;
+        }
+        p->has_last = 1;
+        memcpy(p->last_src, f->src, 16);
+        memcpy(p->last_dst, f->dst, 16);
+        p->last_ttl = f->ttl;
+        p->last_sport = f->sport;
+        p->last_dport = f->dport;
+    }
+    p->last_seen = e->count;
+    lru_unlink(e, p);
+    lru_append(e, p);
+}
+
+static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
+    e->has_last = 1;
+    e->last_node = node;
+    e->last_packet = p;
+    e->last_fields = *f;
+    Buf *t = &e->last_text;
+    t->n = 0;
+    if (buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
+                        (size_t)(f->mark.n > 0 ? f->mark.n : 0) + 1)) {
+        e->failed = 1;
+        e->has_last = 0;
+        return;
+    }
+    Ref *refs[] = {&e->last_fields.in_if, &e->last_fields.out_if, &e->last_fields.mark};
+    for (int i = 0; i < 3; i++) {
+        if (refs[i]->n > 0) {
+            memcpy(t->p + t->n, refs[i]->s, (size_t)refs[i]->n);
+            refs[i]->s = t->p + t->n;
+            t->n += (size_t)refs[i]->n;
+        }
+    }
+}
+
+static Packet *open_packet(Engine *e, int node, const Fields *f) {
+    Packet *p = calloc(1, sizeof *p);
+    if (!p) {
+        e->failed = 1;
+        return NULL;
+    }
+    p->node = node;
+    p->seq = ++e->seq;
+    p->f = *f;
+    p->f.damaged = 0;
+    p->first_ttl = p->first_sport = p->first_dport = p->last_ttl = p->last_sport = p->last_dport = NONE;
+    p->last_hook = -2;
+    if (f->damaged)
+        p->repaired++;
+    lru_append(e, p);
+    size_t b = p->bucket = bucket_of(node, f->ip_id);
+    p->id_prev = e->bucket_tail[b];
+    if (e->bucket_tail[b])
+        e->bucket_tail[b]->id_next = p;
+    else
+        e->bucket_head[b] = p;
+    e->bucket_tail[b] = p;
+    return p;
+}
+
+/* assemble._find */
+static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *hook) {
+    if (f->ip_id != NONE) {
+        for (Packet *p = e->bucket_tail[bucket_of(node, f->ip_id)]; p; p = p->id_prev)
+            if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(p, s, hook))
+                return p;
+        return NULL;
+    }
+    for (Packet *p = e->tail; p; p = p->prev)
+        if (p->node == node && compatible(p, f) && next_hook(p, s, hook))
+            return p;
+    return NULL;
+}
+
+/* Assembler.feed for one record (the node's table mask is updated first, as Analyzer.packets does). */
+static void feed_record(Engine *e, const Header *h, const Fields *f) {
+    int node = e->line_node;
+    Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, (size_t)h->chain_n),
+              find_name(TABLES, N_TABLES, h->table, (size_t)h->table_n)};
+    if (s.table >= 0)
+        e->table_masks[node] |= 1 << s.table;
+    e->records++;
+    e->count++;
+    int hook;
+    if (e->has_last && e->last_packet && e->last_node == node && fields_eq(&e->last_fields, f)) {
+        Packet *p = e->last_packet;
+        if (next_hook(p, &s, &hook)) {
+            if (f->damaged)
+                p->repaired++;
+            append_step(e, p, &s, f, hook);
+            return;
+        }
+    }
+    Packet *p = find(e, node, &s, f, &hook);
+    if (!p) {
+        if (f->ip_id == NONE) {
+            e->unattributed++;
+            expire(e);
+            return;
+        }
+        p = open_packet(e, node, f);
+        if (!p)
+            return;
+        hook = s.hook;
+    } else if (f->damaged) {
+        p->repaired++;
+    }
+    merge(&p->f, f);
+    append_step(e, p, &s, f, hook);
+    keep_last(e, node, f, p);
+    if (e->count % 64 == 0)
+        expire(e);
+}
+
+/* parse_fields, remembering the last result (KernelLineParser.fields caches the same way);
+ * returns whether s[0:n] holds another "TRACE: " (then the line is glued). */
+static int tail_fields(Engine *e, const char *s, size_t n, Fields *f) {
+    Buf *t = &e->tail_text;
+    if (!(e->has_tail && t->n == n && memcmp(t->p, s, n) == 0)) {
+        t->n = 0;
+        e->has_tail = 0;
+        if (put(t, s, n)) {
+            e->failed = 1;
+            parse_fields(s, (int)n, f);
+            return find_str(s, n, 0, "TRACE: ", 7) != NULL;
+        }
+        parse_fields(t->p, (int)n, &e->tail_fields);
+        e->tail_glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
+        e->has_tail = 1;
+    }
+    *f = e->tail_fields;
+    return e->tail_glued;
+}
+
+/* reader._kernel_records for one line. */
+static void feed_line(Engine *e, const char *line, size_t n) {
+    e->lines++;
+    e->line_no++;
+    const char *first = find_str(line, n, 0, "TRACE:", 6);
+    if (!first) {
+        e->ignored++;
+        return;
+    }
+    if ((size_t)(first - line) + 6 >= n || first[6] != ' ')
+        first = find_str(line, n, (size_t)(first - line) + 6, "TRACE: ", 7);
+    Header h;
+    Fields f;
+    /* the common case: one header, then fields (the header holds no space, so no other "TRACE: ") */
+    if (first && match_header(line, n, (size_t)(first - line), &h) && !tail_fields(e, line + h.end, n - h.end, &f)) {
+        feed_record(e, &h, &f);
+        return;
+    }
+    /* glued or damaged: every header on the line (finditer) */
+    int count = 0, occurrences = 0;
+    size_t from = 0;
+    const char *hit;
+    while ((hit = find_str(line, n, from, "TRACE: ", 7))) {
+        size_t at = (size_t)(hit - line);
+        occurrences++;
+        if (match_header(line, n, at, &h)) {
+            if ((size_t)count == e->cap_headers) {
+                size_t cap = e->cap_headers ? e->cap_headers * 2 : 16;
+                Header *grown = realloc(e->headers, cap * sizeof *grown);
+                if (!grown) {
+                    e->failed = 1;
+                    return;
+                }
+                e->headers = grown;
+                e->cap_headers = cap;
+            }
+            e->headers[count++] = h;
+            from = h.end;
+        } else {
+            from = at + 7;
+        }
+    }
+    Header *headers = e->headers;
+    int bad = 0;
+    if (occurrences != count) {
+        bad = trace_like_count(line, n) - count;
+        if (bad < 0)
+            bad = 0;
+    }
+    e->skipped += bad;
+    if (!count) {
+        if (!bad)
+            e->ignored++;
+        return;
+    }
+    for (int i = 0; i < count; i++) {
+        if (i < count - 1) {
+            const char *seg = line + headers[i].end;
+            int len = (int)(headers[i + 1].start - headers[i].end);
+            parse_fields(seg, before_next_prefix(seg, len), &f);
+            f.damaged = 1;
+        } else {
+            tail_fields(e, line + headers[i].end, n - headers[i].end, &f);
+        }
+        feed_record(e, &headers[i], &f);
+    }
+}
+
+/* ---------------------------------------------------------------- Python interface */
+
+static PyObject *py_str_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
+
+static PyObject *py_int_or_none(long long v) { return v == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(v); }
+
+static PyObject *endpoint(int has, const char *src, const char *dst, long long ttl, long long sport, long long dport) {
+    if (!has)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(NNNNN)", py_str_or_none(src), py_str_or_none(dst), py_int_or_none(ttl),
+                         py_int_or_none(sport), py_int_or_none(dport));
+}
+
+static int put_str_or_null(Buf *b, const char *s) { return s[0] ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
+
+/* The node-independent JSON pieces around what Python decides (see native.py). */
+static int render_head(const Packet *p, Buf *b) {
+    char protocol[8];
+    const char *proto = p->f.proto[0] ? p->f.proto : "unknown";
+    size_t k = 0;
+    for (; proto[k]; k++)
+        protocol[k] = (proto[k] >= 'A' && proto[k] <= 'Z') ? (char)(proto[k] + 32) : proto[k];
+    protocol[k] = 0;
+    int err = PUTL(b, "\"protocol\": ");
+    err |= put_jstr(b, protocol, k);
+    err |= PUTL(b, ", \"src\": ");
+    err |= put_str_or_null(b, p->has_first ? p->first_src : p->f.src);
+    err |= PUTL(b, ", \"dst\": ");
+    err |= put_str_or_null(b, p->has_first ? p->first_dst : p->f.dst);
+    err |= PUTL(b, ", \"ip_id\": ");
+    err |= put_opt_int(b, p->f.ip_id);
+    err |= PUTL(b, ", \"ttl\": ");
+    err |= put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
+    return err;
+}
+
+static int render_tail(const Packet *p, Buf *b) {
+    int err = PUTL(b, "\"exit\": ");
+    if (p->has_last) {
+        err |= PUTL(b, "{\"src\": ");
+        err |= put_jstr(b, p->last_src, strlen(p->last_src));
+        err |= PUTL(b, ", \"dst\": ");
+        err |= put_jstr(b, p->last_dst, strlen(p->last_dst));
+        err |= PUTL(b, "}");
+    } else {
+        err |= PUTL(b, "null");
+    }
+    err |= PUTL(b, ", \"repaired_lines\": ");
+    err |= put_int(b, p->repaired);
+    if (strcmp(p->f.proto, "ICMP") == 0) {
+        err |= PUTL(b, ", \"icmp\": {\"type\": ");
+        err |= put_opt_int(b, p->f.icmp_type);
+        err |= PUTL(b, ", \"id\": ");
+        err |= put_opt_int(b, p->f.icmp_id);
+        err |= PUTL(b, ", \"seq\": ");
+        err |= put_opt_int(b, p->f.icmp_seq);
+        err |= PUTL(b, "}");
+    }
+    if (p->f.sport != NONE || p->f.dport != NONE) {
+        err |= PUTL(b, ", \"sport\": ");
+        err |= put_opt_int(b, p->f.sport);
+        err |= PUTL(b, ", \"dport\": ");
+        err |= put_opt_int(b, p->f.dport);
+    }
+    if (p->f.flags) {
+        err |= PUTL(b, ", \"tcp_flags\": [");
+        int firstflag = 1;
+        for (int i = 0; i < N_TCP_FLAGS; i++) {
+            if (p->f.flags & (1 << i)) {
+                err |= puts_(b, firstflag ? "\"" : ", \"");
+                err |= puts_(b, TCP_FLAG_NAMES[i]);
+                err |= PUTL(b, "\"");
+                firstflag = 0;
+            }
+        }
+        err |= PUTL(b, "]");
+    }
+    err |= PUTL(b, "}");
+    return err;
+}
+
+/* (node, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, tcp_flags mask,
+ *  first, last, repaired_lines, tables mask, signature, head, steps, last_step, tail);
+ *  first/last: (src, dst, ttl, sport, dport) or None. */
+static PyObject *packet_tuple(Engine *e, Packet *p) {
+    Buf head = {0}, tail = {0};
+    PyObject *out = NULL;
+    if (render_head(p, &head) || render_tail(p, &tail)) {
+        PyErr_NoMemory();
+    } else {
+        const char *last_step = p->steps.p + p->last_step_at;
+        out = Py_BuildValue(
+            "(iLNNNNNNNiNNLiy#y#y#y#y#)", p->node, p->seq, py_str_or_none(p->f.proto), py_int_or_none(p->f.ip_id),
+            py_int_or_none(p->f.icmp_type), py_int_or_none(p->f.icmp_id), py_int_or_none(p->f.icmp_seq),
+            py_int_or_none(p->f.sport), py_int_or_none(p->f.dport), p->f.flags,
+            endpoint(p->has_first, p->first_src, p->first_dst, p->first_ttl, p->first_sport, p->first_dport),
+            endpoint(p->has_last, p->last_src, p->last_dst, p->last_ttl, p->last_sport, p->last_dport), p->repaired,
+            p->tables_seen, p->sig.p, (Py_ssize_t)p->sig.n, head.p, (Py_ssize_t)head.n, p->steps.p,
+            (Py_ssize_t)p->steps.n, last_step, (Py_ssize_t)(p->steps.n - p->last_step_at), tail.p,
+            (Py_ssize_t)tail.n);
+    }
+    free(head.p);
+    free(tail.p);
+    return out;
+}
+
+static PyObject *take_done(Engine *e) {
+    if (e->failed) {
+        e->failed = 0;
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New((Py_ssize_t)e->n_done);
+    if (!list)
+        return NULL;
+    for (size_t i = 0; i < e->n_done; i++) {
+        PyObject *item = packet_tuple(e, e->done[i]);
+        if (!item) {
+            Py_DECREF(list);
+            list = NULL;
+            for (size_t j = i; j < e->n_done; j++)
+                packet_free(e->done[j]);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        packet_free(e->done[i]);
+    }
+    e->n_done = 0;
+    return list;
+}
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"nodes", "window", NULL};
+    int nodes, window = 400;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|i", kw, &nodes, &window))
+        return -1;
+    if (nodes < 1 || window < 1) {
+        PyErr_SetString(PyExc_ValueError, "nodes and window must be positive");
+        return -1;
+    }
+    e->table_masks = calloc((size_t)nodes, sizeof(int));
+    if (!e->table_masks) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    e->n_nodes = nodes;
+    e->window = window;
+    return 0;
+}
+
+static void Engine_dealloc(Engine *e) {
+    while (e->head) {
+        Packet *p = e->head;
+        lru_unlink(e, p);
+        packet_free(p);
+    }
+    for (size_t i = 0; i < e->n_done; i++)
+        packet_free(e->done[i]);
+    free(e->done);
+    free(e->table_masks);
+    free(e->last_text.p);
+    free(e->headers);
+    free(e->tail_text.p);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+PyDoc_STRVAR(begin_doc, "begin(node): the following chunks are a new file of node number `node` (lines count from 1).");
+
+static PyObject *Engine_begin(Engine *e, PyObject *arg) {
+    long node = PyLong_AsLong(arg);
+    if (node == -1 && PyErr_Occurred())
+        return NULL;
+    if (node < 0 || node >= e->n_nodes) {
+        PyErr_SetString(PyExc_ValueError, "no such node");
+        return NULL;
+    }
+    e->line_node = (int)node;
+    e->line_no = 0;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(feed_doc, "feed(chunk) -> finished packets: `chunk` holds whole lines ('\\n'-separated; a last line may lack it).");
+
+static PyObject *Engine_feed(Engine *e, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+        return NULL;
+    const char *data = view.buf;
+    size_t n = (size_t)view.len;
+    Py_BEGIN_ALLOW_THREADS;
+    size_t pos = 0;
+    while (pos < n) {
+        const char *nl = memchr(data + pos, '\n', n - pos);
+        size_t end = nl ? (size_t)(nl - data) : n;
+        feed_line(e, data + pos, end - pos);
+        pos = end + 1;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    return take_done(e);
+}
+
+PyDoc_STRVAR(flush_doc, "flush() -> every packet still open (end of input).");
+
+static PyObject *Engine_flush(Engine *e, PyObject *unused) {
+    while (e->head)
+        finish(e, e->head);
+    return take_done(e);
+}
+
+PyDoc_STRVAR(stats_doc, "stats() -> (lines, ignored_lines, skipped_lines, trace_records, unattributed).");
+
+static PyObject *Engine_stats(Engine *e, PyObject *unused) {
+    return Py_BuildValue("(LLLLL)", e->lines, e->ignored, e->skipped, e->records, e->unattributed);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"begin", (PyCFunction)Engine_begin, METH_O, begin_doc},
+    {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
+    {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
+    {"stats", (PyCFunction)Engine_stats, METH_NOARGS, stats_doc},
+    {NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "chainlab.trace._engine.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Engine(nodes, window=400): kernel-format TRACE lines in, finished packets out."),
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
+PyDoc_STRVAR(printable_doc, "printable(data) -> True if every byte is printable ASCII or '\\n'.");
+
+static PyObject *printable(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+        return NULL;
+    const unsigned char *s = view.buf;
+    size_t n = (size_t)view.len;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    for (size_t i = 0; i < n && ok; i += 4096) { /* branch-free inside a block, so it vectorizes */
+        size_t end = i + 4096 < n ? i + 4096 : n;
+        unsigned char bad = 0;
+        for (size_t j = i; j < end; j++)
+            bad |= (unsigned char)((unsigned char)(s[j] - 0x20) > 0x5e) & (unsigned char)(s[j] != '\n');
+        ok = !bad;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef module_methods[] = {
+    {"printable", printable, METH_O, printable_doc},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "chainlab.trace._engine",
+    "The kernel-log TRACE analyzer's hot path (see native.py).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__engine(void) {
+    if (PyType_Ready(&EngineType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
