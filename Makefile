@@ -10,7 +10,8 @@ INVENTORY ?= lab/local.yaml
 INV := $(if $(INVENTORY),-i $(INVENTORY))
 SEED := tests/fixtures/seed-logs
 APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
-	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium
+	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium gcc libc6-dev \
+	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev)
 
 .PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
 	lab-up lab-down nightly scenario-all local-up local-down
@@ -20,7 +21,7 @@ help:
 	@echo "make test        set up everything and run all tests (unit + integration)"
 	@echo "make bench       performance figures (analyzer vs awk, memory)"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

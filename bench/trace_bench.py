@@ -13,7 +13,9 @@ What is measured
   2. `chainlab analyze --format json master=FILE > /dev/null` runs as a child process; its
      wall time and peak memory (the child's RSS high-water mark, or the sampled PSS sum of
      its process tree when the analyzer parses in a helper process) give lines/s, MB/s
-     and peak memory.
+     and peak memory. It runs on the C engine when the log allows (plain NODE=FILE
+     kernel log of printable ASCII), which the report says; CHAINLAB_ENGINE=python in
+     the environment measures the Python reference engine instead.
   3. `awk` extracts the `table:chain` field from the same file, as the baseline of what a
      one-line shell pipeline costs; the analyzer's speed is reported relative to it.
   The file is read once before timing so both tools run with a warm page cache.
@@ -613,6 +615,14 @@ def source_state(repo: Path) -> str:
     return (head or "?") + ("+dirty" if dirty else "")
 
 
+def engine_used(path: Path) -> str:
+    """Which engine `chainlab analyze --format json` picks for this log (as CHAINLAB_ENGINE says)."""
+    from chainlab.trace import native
+    from chainlab.trace.reader import LogSource
+
+    return "C" if native.choose([LogSource(path, HOST)], has_rules=False, has_tables=False) else "Python"
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -638,7 +648,7 @@ def report(figures: dict[str, Any]) -> None:
     table = Table(show_header=True, header_style="bold")
     for col in ("", "wall s", "lines/s", "MB/s", "peak RSS MB"):
         table.add_column(col, justify="right" if col else "left")
-    table.add_row(f"chainlab analyze --format json ({an['source']})", f"{an['seconds']:.1f}", f"{an['lines_per_s']:,.0f}",
+    table.add_row(f"chainlab analyze --format json ({an['source']}, {an['engine']} engine)", f"{an['seconds']:.1f}", f"{an['lines_per_s']:,.0f}",
                   f"{an['mb_per_s']:.1f}", f"{an['peak_rss_mb']:.1f}")
     table.add_row(f"awk ({awk['binary']})", f"{awk['seconds']:.1f}", f"{awk['lines_per_s']:,.0f}",
                   f"{awk['mb_per_s']:.1f}", f"{awk['peak_rss_mb']:.1f}")
@@ -687,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         print("awk not found", file=sys.stderr)
         return 2
     analyzer_argv = [args.chainlab, "analyze", "--format", "json", f"{HOST}={path}"]
+    engine = engine_used(path)
     an = best(analyzer_argv, args.repeat)
     if an.returncode != 0:
         print(f"analyzer failed (exit {an.returncode}):\n{an.stderr_tail}", file=sys.stderr)
@@ -707,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {
         "log": {"path": log.path, "bytes": log.bytes, "mb": round(mb, 1), "lines": log.lines,
                 "reused": log.reused, "seconds": round(log.seconds, 2), "seed": log.seed},
-        "analyzer": {"argv": analyzer_argv, "source": source_state(here.parent), **an_fig},
+        "analyzer": {"argv": analyzer_argv, "source": source_state(here.parent), "engine": engine, **an_fig},
         "awk": {"binary": os.path.realpath(awk_path), "version": tool_version([awk_path, "-W", "version"]),
                 "program": AWK_PROGRAM, **awk_fig},
         "rss_method": "GNU time %M" if os.access(GNU_TIME, os.X_OK) else "python runner, os.wait4 ru_maxrss",

@@ -78,12 +78,16 @@ class _StdoutClosed(Exception):
 
 
 class _GuardedStdout:
-    """sys.stdout, except that a closed pipe raises _StdoutClosed."""
+    """sys.stdout (or its binary buffer), except that a closed pipe raises _StdoutClosed."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: Any):
         self._stream = stream
 
-    def write(self, text: str) -> int:
+    @property
+    def buffer(self) -> _GuardedStdout:
+        return _GuardedStdout(self._stream.buffer)
+
+    def write(self, text: Any) -> int:
         try:
             return self._stream.write(text)
         except BrokenPipeError:

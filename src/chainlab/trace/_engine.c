@@ -416,7 +416,7 @@ static const size_t KIND_LEN[] = {4, 6, 6};
 static int ident_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
 static int ident_char(char c) { return ident_start(c) || is_digit(c); }
 
-/* HEADER.match(line, at): `TRACE: ident:chain:(rule|return|policy):digits` then space or end. */
+/* HEADER.match(line, at): `TRACE: ident:chain:(rule|return|policy):` 1-10 digits, then space or end. */
 static int match_header(const char *line, size_t n, size_t at, Header *h) {
     if (at + 7 > n || memcmp(line + at, "TRACE: ", 7) != 0)
         return 0;
@@ -445,7 +445,7 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
         size_t d0 = q;
         while (q < n && is_digit(line[q]))
             q++;
-        if (q == d0 || (q < n && line[q] != ' '))
+        if (q == d0 || q - d0 > 10 || (q < n && line[q] != ' '))
             continue;
         size_t z = d0;
         while (z < q && line[z] == '0')

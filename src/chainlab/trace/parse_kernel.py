@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from chainlab.trace.model import Fields, Step
 
-HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d+)(?=\s|$)")
+#: A rule position has at most 10 digits (a chain of 2**32 rules does not exist; a longer
+#: number is damage, and int() of thousands of digits would raise).
+HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)")
 TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:")
 PREFIX = re.compile(
     r"^\s*(?:<\d+>)?"

@@ -2,10 +2,11 @@
 
 A big kernel-format file is parsed in a helper process while this one assembles packets.
 The helper sends the records in batches through a pipe (whose small buffer keeps memory
-flat). Lines that repeat a cached field parse must share one Fields object here exactly as
-they do in the parser, because the assembler's fast path relies on that identity: each new
-shared Fields object travels once with a serial number, later records name the serial, and
-both sides forget all serials whenever the parser empties its cache.
+flat). Lines that repeat a cached field parse share one Fields object here as they do in
+the parser (less to send and build, and the assembler's shortcut for equal fields tries
+identity first): each new shared Fields object travels once with a serial number, later
+records name the serial, and both sides forget all serials whenever the parser empties its
+cache.
 """
 
 from __future__ import annotations
