@@ -620,7 +620,7 @@ def engine_used(path: Path) -> str:
     from chainlab.trace import native
     from chainlab.trace.reader import LogSource
 
-    return "C" if native.choose([LogSource(path, HOST)], has_rules=False, has_tables=False) else "Python"
+    return "Python" if native.plan([LogSource(path, HOST)], python_only=[]) is None else "C"
 
 
 def tool_version(argv: list[str]) -> str:

@@ -76,8 +76,12 @@ def analyze_command(
     options = AnalysisOptions(tables=tables, rules=rules)
     console = Console()
 
-    if fmt == "json" and scenario is None and native.choose(sources, bool(rules), tables is not None):
-        native.write_json(sys.stdout, sources)
+    in_use = {"--rules": bool(rules), "--tables": tables is not None, "--expect": scenario is not None,
+              f"--format {fmt}": fmt != "json"}
+    python_only = [option for option, used in in_use.items() if used]
+    sizes = native.plan(sources, python_only)
+    if sizes is not None:
+        native.write_json(sys.stdout, sources, sizes)
         return
     if fmt == "json" and scenario is None:
         for source in sources:

@@ -45,24 +45,28 @@ QUEUE_BATCHES = 4
 TCP_FLAG_NAMES = ("ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG")  # bit order of _engine.c
 
 
-def choose(sources: list[LogSource], has_rules: bool, has_tables: bool) -> bool:
-    """True to run the C engine; InputError if CHAINLAB_ENGINE=native and it cannot run."""
+def plan(sources: list[LogSource], python_only: list[str]) -> dict[Path, int] | None:
+    """How many bytes of each log the C engine is to read (the bytes checked here, even if
+    the log grows meanwhile), or None: use the Python engine. `python_only` names the
+    options in use that only the Python engine does. InputError if CHAINLAB_ENGINE=native
+    and the C engine cannot run."""
     wanted = os.environ.get(ENV, "auto")
     if wanted not in ("auto", "native", "python"):
         raise InputError([Problem(ENV, "", f"{wanted!r}: choose auto, native or python")])
     if wanted == "python":
-        return False
-    why = _why_not(sources, has_rules, has_tables)
+        return None
+    sizes: dict[Path, int] = {}
+    why = _why_not(sources, python_only, sizes)
     if why is not None and wanted == "native":
         raise InputError([Problem(ENV, "", f"native: the C engine cannot analyse this: {why}")])
-    return why is None
+    return sizes if why is None else None
 
 
-def _why_not(sources: list[LogSource], has_rules: bool, has_tables: bool) -> str | None:
+def _why_not(sources: list[LogSource], python_only: list[str], sizes: dict[Path, int]) -> str | None:
     if _engine is None:
         return "chainlab.trace._engine is not built (no C compiler at install time?)"
-    if has_rules or has_tables:
-        return "--rules and --tables need the Python engine"
+    if python_only:
+        return f"{', '.join(python_only)}: only the Python engine does that"
     for source in sources:
         if source.node is None:
             return f"{source.path}: give its node (NODE=FILE)"
@@ -75,26 +79,33 @@ def _why_not(sources: list[LogSource], has_rules: bool, has_tables: bool) -> str
                 break
         if sniff_format(head) != KERNEL:
             return f"{source.path}: not a kernel-format log"
-        if not all(_engine.printable(piece) for piece in _chunks(source.path)):
-            return f"{source.path}: has bytes other than printable ASCII"
+        size = 0
+        for piece in _chunks(source.path):
+            if not _engine.printable(piece):
+                return f"{source.path}: has bytes other than printable ASCII"
+            size += len(piece)
+        sizes[source.path] = size
     return None
 
 
-def _chunks(path: Path) -> Iterator[memoryview]:
-    """The file in pieces of whole lines (the last line may lack its newline), read into one
-    reused buffer: each piece is valid until the next one is asked for."""
+def _chunks(path: Path, limit: int | None = None) -> Iterator[memoryview]:
+    """The file's first `limit` bytes (default: all) in pieces of whole lines (the last line
+    may lack its newline), read into one reused buffer: each piece is valid until the next
+    one is asked for."""
     buf = bytearray(CHUNK)
     held = 0
+    left = sys.maxsize if limit is None else limit
     with _read_errors(path), open(path, "rb", buffering=0) as handle:
         while True:
             if held == len(buf):  # a line longer than the buffer
                 buf = buf + bytes(len(buf))
             view = memoryview(buf)
-            got = handle.readinto(view[held:])
+            got = handle.readinto(view[held : held + min(len(buf) - held, left)]) if left else 0
             if not got:
                 if held:
                     yield view[:held]
                 return
+            left -= got
             total = held + got
             cut = buf.rfind(b"\n", 0, total) + 1
             if cut:
@@ -106,14 +117,14 @@ def _chunks(path: Path) -> Iterator[memoryview]:
 _Row = tuple[Any, ...]
 
 
-def _produce(sources: list[LogSource], nodes: dict[str, int], out: queue.Queue[object]) -> None:
+def _produce(sources: list[LogSource], sizes: dict[Path, int], nodes: dict[str, int], out: queue.Queue[object]) -> None:
     """Reader thread: feed every file to the engine, put batches of packet rows, then stats."""
     try:
         engine = _engine.Engine(len(nodes))
         for source in sources:
             assert source.node is not None
             engine.begin(nodes[source.node])
-            for piece in _chunks(source.path):
+            for piece in _chunks(source.path, sizes[source.path]):
                 out.put(engine.feed(piece))
         out.put(engine.flush())
         out.put(engine.stats())
@@ -165,8 +176,9 @@ class _Judge:
                      before.encode(), after.encode(), last.encode())
 
 
-def write_json(out: IO[str], sources: list[LogSource]) -> None:
-    """What render.jsonout.write_json writes for these sources, through the C engine."""
+def write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
+    """What render.jsonout.write_json writes for these sources, through the C engine
+    (`sizes`: from plan())."""
     # The reader thread needs the GIL briefly after each chunk: hand it over sooner than
     # the default 5 ms. The packets here hold no cycles: the cyclic GC only costs time.
     interval = sys.getswitchinterval()
@@ -174,19 +186,19 @@ def write_json(out: IO[str], sources: list[LogSource]) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.disable()
     try:
-        _write_json(out, sources)
+        _write_json(out, sources, sizes)
     finally:
         sys.setswitchinterval(interval)
         if gc_was_on:
             gc.enable()
 
 
-def _write_json(out: IO[str], sources: list[LogSource]) -> None:
+def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
     names = list(dict.fromkeys(s.node for s in sources if s.node is not None))
     nodes = {name: i for i, name in enumerate(names)}
     node_json = [json.dumps(name).encode() for name in names]
     batches: queue.Queue[object] = queue.Queue(QUEUE_BATCHES)
-    reader = threading.Thread(target=_produce, args=(sources, nodes, batches), name="chainlab-engine", daemon=True)
+    reader = threading.Thread(target=_produce, args=(sources, sizes, nodes, batches), name="chainlab-engine", daemon=True)
     reader.start()
     walks = _Judge()
     directions = Directions()

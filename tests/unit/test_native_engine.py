@@ -1,0 +1,731 @@
+"""The C engine against the Python reference: `chainlab analyze --format json` must write
+the same bytes and exit with the same status whichever engine runs.
+
+CHAINLAB_ENGINE=python forces the pure-Python engine, `native` requires the C one
+(chainlab.trace._engine, driven by chainlab.trace.native; exit 2 when it cannot be used),
+unset or `auto` uses C when it can. The C engine applies to NODE=FILE logs that are plain
+(not gzipped) kernel-format files of printable ASCII plus '\\n', for `--format json` without
+--expect, --rules or --tables. Every comparison here runs the real command line in-process
+(chainlab.cli.main under click's CliRunner isolation), once per engine.
+
+Inputs: every fixture log (the shared seed logs and public traces, this repo's), a log from
+the benchmark generator (alone, twice under two nodes, split in two files mid-packet, read
+in small chunks), hand-made cases for the assembler's window and fast path, and Hypothesis
+logs built from real-format TRACE lines and then damaged the ways loggers damage them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import importlib
+import importlib.util
+import itertools
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chainlab import cli
+from chainlab.trace.netfilter import HOOKS
+from chainlab.trace.reader import KERNEL, SNIFF_LINES, sniff_format
+
+from ..conftest import FIXTURES, ROOT
+
+ENV = "CHAINLAB_ENGINE"
+SHARED = ROOT.parent / "shared" / "fixtures"
+BENCH = ROOT / "bench" / "trace_bench.py"
+CHAINLAB = str(Path(sys.executable).parent / "chainlab")
+PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
+HYPOTHESIS = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+# -- running the command ------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int | str | None
+    stdout: bytes
+    stderr: str
+    crash: str | None = None  # an exception the real CLI would print as a traceback (exit 1)
+
+
+def analyze(args: list[str], engine: str | None) -> Run:
+    """`chainlab analyze --format json ARGS` in-process with CHAINLAB_ENGINE=engine (None: unset)."""
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        if engine is None:
+            mp.delenv(ENV, raising=False)
+        else:
+            mp.setenv(ENV, engine)
+        mp.setattr(sys, "argv", ["chainlab", "analyze", "--format", "json", *args])
+        crash = None
+        with runner.isolation() as (out, err, _):
+            try:
+                cli.main()
+                code: int | str | None = 0
+            except SystemExit as exc:
+                code = exc.code
+            except Exception as exc:  # noqa: BLE001 - the real CLI: traceback, exit 1
+                code, crash = 1, f"{type(exc).__name__}: {exc}"[:500]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            return Run(code, out.getvalue(), err.getvalue().decode("utf-8", "replace"), crash)
+
+
+def _explain(what: str, py: Run, other: Run, other_name: str, text: str | None = None) -> str:
+    parts = [f"{what}: python exit {py.code!r}, {other_name} exit {other.code!r}"]
+    for name, run in (("python", py), (other_name, other)):
+        if run.crash:
+            parts.append(f"{name} crashed: {run.crash}")
+        if run.stderr.strip():
+            parts.append(f"{name} stderr: {run.stderr.strip()[:600]}")
+    if text is not None:
+        shown = text if len(text) < 4000 else text[:4000] + "..."
+        parts.append("input:\n" + "\n".join(repr(line) for line in shown.split("\n")))
+    diff = difflib.unified_diff(
+        py.stdout.decode("utf-8", "replace").splitlines(), other.stdout.decode("utf-8", "replace").splitlines(),
+        "python", other_name, n=0, lineterm="",
+    )
+    parts.append("\n".join(line[:1500] for line in itertools.islice(diff, 40)))
+    return "\n".join(parts)
+
+
+def assert_same(args: list[str], what: str = "", text: str | None = None, auto: bool = False) -> Run:
+    """Both engines: same exit status, byte-identical stdout (and `auto` too if asked)."""
+    py = analyze(args, "python")
+    engines = ["native", "auto"] if auto else ["native"]
+    for engine in engines:
+        other = analyze(args, engine)
+        assert (other.code, other.stdout) == (py.code, py.stdout), _explain(what or " ".join(args), py, other, engine, text)
+    return py
+
+
+def assert_native_refuses(args: list[str], what: str = "", text: str | None = None) -> None:
+    """Inputs the C engine must not take: `native` is a clean exit 2, auto and unset are python."""
+    nat = analyze(args, "native")
+    assert nat.code == 2 and nat.crash is None, f"{what}: native should refuse with exit 2, got {nat.code!r} {nat.crash or ''}"
+    assert nat.stdout == b"", f"{what}: native wrote to stdout while refusing"
+    assert "error:" in nat.stderr and "native" in nat.stderr and "Traceback" not in nat.stderr, nat.stderr
+    py = analyze(args, "python")
+    for engine in ("auto", None):
+        other = analyze(args, engine)
+        assert (other.code, other.stdout) == (py.code, py.stdout), _explain(what, py, other, f"engine={engine}", text)
+
+
+def eligible(data: bytes) -> bool:
+    """Whether the C engine applies to a NODE=FILE plain log with these bytes (the reference
+    rules: printable ASCII plus '\\n', and kernel format by reader.sniff_format)."""
+    if data.translate(None, PRINTABLE):
+        return False
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    return sniff_format([line.decode("ascii") for line in lines[:SNIFF_LINES]]) == KERNEL
+
+
+def check_file(path: Path, node: str = "n", what: str = "", text: str | None = None, auto: bool = False) -> None:
+    if eligible(path.read_bytes()):
+        assert_same([f"{node}={path}"], what or path.name, text, auto=auto)
+    else:
+        assert_native_refuses([f"{node}={path}"], what or path.name, text)
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("chainlab_trace_bench", BENCH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- 4. the extension is built --------------------------------------------------------------
+
+
+def test_engine_extension_is_built():
+    """`pip install -e .` builds chainlab.trace._engine; without it every `auto` run is Python."""
+    engine = importlib.import_module("chainlab.trace._engine")
+    assert hasattr(engine, "Engine") and engine.printable(b"TRACE: x\n") and not engine.printable(b"a\tb\n")
+    native = importlib.import_module("chainlab.trace.native")
+    assert native._engine is engine
+
+
+# -- 1. every fixture log -------------------------------------------------------------------
+
+FIXTURE_DIRS = [SHARED / "seed-logs", SHARED / "public-traces", FIXTURES / "seed-logs", FIXTURES / "lab", FIXTURES / "traces"]
+FIXTURE_LOGS = sorted(p for d in FIXTURE_DIRS if d.is_dir() for p in d.iterdir() if p.suffix == ".log")
+KERNEL_LOGS = [p for p in FIXTURE_LOGS if eligible(p.read_bytes())]
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
+
+
+def test_shared_fixtures_present():
+    if not SHARED.is_dir():
+        pytest.skip("../shared/fixtures not present: only this repo's fixtures are compared")
+    assert list((SHARED / "seed-logs").glob("*.log")) and list((SHARED / "public-traces").glob("*.log"))
+
+
+@pytest.mark.parametrize("path", FIXTURE_LOGS, ids=_rel)
+def test_fixture_log(path):
+    """Kernel-format fixtures: identical bytes; xtables-monitor / nft monitor: native refuses."""
+    check_file(path, auto=True)
+
+
+def test_all_kernel_fixtures_in_one_run():
+    """Every kernel-format fixture at once, one node each, then all on one node (packets of one
+    file may continue in the next; the IP ids of different files meet)."""
+    assert KERNEL_LOGS
+    assert_same([f"n{i}={p}" for i, p in enumerate(KERNEL_LOGS)], "one node per file")
+    assert_same([f"n={p}" for p in KERNEL_LOGS], "all on one node")
+
+
+def test_lab_scenarios_multi_node_flows():
+    """Two nodes seeing the same packets: flows across nodes."""
+    for scenario in ("scenario3", "scenario4"):
+        master, slave = FIXTURES / "lab" / f"{scenario}-master.log", FIXTURES / "lab" / f"{scenario}-slave1.log"
+        py = assert_same([f"master={master}", f"slave1={slave}"], scenario, auto=True)
+        assert b'"flows": [\n  {' in py.stdout  # the comparison covers flows, not an empty list
+
+
+def test_public_cross_node_flow():
+    b, a = SHARED / "public-traces" / "02-gke-icmp-crossnode-hostB.log", SHARED / "public-traces" / "03-gke-icmp-crossnode-hostA.log"
+    if not (a.is_file() and b.is_file()):
+        pytest.skip("shared public traces not present")
+    assert_same([f"hostb={b}", f"hosta={a}"])
+
+
+# -- what the C engine must refuse ----------------------------------------------------------
+
+SCENARIO2 = FIXTURES / "seed-logs" / "scenario2-master.log"
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("tab", b"x\tTRACE: raw:PREROUTING:policy:2 IN=eth0\n"),
+        ("utf8", "Dec  2 03:10:15 m\u00e4ster kernel: hello\n".encode()),
+        ("crlf", b"CRLF\r\n"),
+        ("nul", b"\0\n"),
+        ("del", b"\x7f\n"),
+        ("latin1", b"\xff\n"),
+    ],
+)
+def test_native_refuses_non_printable(tmp_path, name, data):
+    """A byte outside 0x20-0x7e (besides '\\n') anywhere in the file: Python engine only."""
+    text = SCENARIO2.read_bytes()
+    log = tmp_path / f"{name}.log"
+    log.write_bytes(text[: len(text) // 2] + data + text[len(text) // 2 :])
+    assert_native_refuses([f"n={log}"], name)
+
+
+def test_native_refuses_late_non_printable_byte(tmp_path):
+    """The bad byte far beyond the first chunk the C engine reads."""
+    bench = load_bench()
+    log = tmp_path / "late.log"
+    bench.generate(log, 5 << 20, 3)
+    with open(log, "ab") as f:
+        f.write(b"Dec  2 03:10:15 master kernel: caf\xc3\xa9\n")
+    assert_native_refuses([f"n={log}"], "non-ASCII byte at the end of a 5 MB log")
+
+
+def test_native_refuses_other_inputs(tmp_path):
+    gz = tmp_path / "scenario2.log.gz"
+    gz.write_bytes(gzip.compress(SCENARIO2.read_bytes()))
+    assert_native_refuses([f"n={gz}"], "gzipped")
+    assert_native_refuses([str(SCENARIO2)], "bare LOGFILE (node from the host field)")
+    assert_native_refuses([f"n={SCENARIO2}", str(SCENARIO2)], "one bare LOGFILE among NODE=FILE")
+    assert_native_refuses([f"n={SCENARIO2}", f"m={FIXTURES / 'traces' / 'nft-monitor-local-in.log'}"], "kernel + nft")
+    assert_native_refuses([f"n={SCENARIO2}", "--tables", "nat,filter"], "--tables")
+    rules = FIXTURES / "lab" / "scenario4-master.rules"
+    assert_native_refuses([f"master={SCENARIO2}", "--rules", f"master={rules}"], "--rules")
+
+
+@pytest.mark.parametrize("options", [["--format", "text"], ["--format", "mermaid"],
+                                     ["--expect", "scenarios/02-container-to-own-host.yaml"]])
+def test_native_refuses_what_only_python_does(options):
+    """CHAINLAB_ENGINE=native means "the C engine or an error", whatever the options."""
+    run = analyze([*options, f"master={SCENARIO2}"], "native")
+    assert run.code == 2 and "only the Python engine" in run.stderr and run.stdout == b""
+
+
+def test_nft_line_after_the_sniffed_head_is_still_kernel(tmp_path):
+    """Format is decided by the first decisive line among the first 500."""
+    kernel = SCENARIO2.read_text()
+    nft = "trace id 71562a3a ip raw PREROUTING policy accept\n"
+    late = tmp_path / "late.log"
+    late.write_text(kernel + nft)
+    assert eligible(late.read_bytes())
+    assert_same([f"n={late}"], "nft line after kernel lines")
+    early = tmp_path / "early.log"
+    early.write_text("hello\n" + nft + kernel)
+    assert not eligible(early.read_bytes())
+    assert_native_refuses([f"n={early}"], "nft line first")
+    beyond = tmp_path / "beyond.log"
+    beyond.write_text("noise\n" * SNIFF_LINES + kernel)
+    assert eligible(beyond.read_bytes())
+    assert_same([f"n={beyond}"], "TRACE lines only after the sniffed head")
+
+
+def test_unknown_engine_name_is_an_input_error():
+    run = analyze([f"n={SCENARIO2}"], "fast")
+    assert run.code == 2 and ENV in run.stderr and run.stdout == b""
+
+
+# -- small edge files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("empty", b""),
+        ("newline", b"\n"),
+        ("blank-lines", b"\n\n   \n"),
+        ("no-final-newline", SCENARIO2.read_bytes().rstrip(b"\n")),
+        ("only-trace-colon", b"TRACE:\nTRACE: \nTRACE: x\nTRACE: x:\nTRACE: :a:rule:1\n"),
+        ("header-at-end", b"TRACE: raw:PREROUTING:policy:2\nTRACE: raw:PREROUTING:policy:2 \n"),
+        ("one-field-line", b"TRACE: raw:PREROUTING:policy:2 ID=1\nTRACE: raw:PREROUTING:policy:2 ID=1\n"),
+        ("200-glued-headers", b"[ 1.5] " + b"TRACE: raw:PREROUTING:policy:1 ID=3 SRC=1.1.1.1 DST=2.2.2.2 PROTO=UDP SPT=1 DPT=2 " * 200 + b"\n"),
+        ("many-bare-headers", b"TRACE: nat:PREROUTING:rule:1 " * 50 + b"TRACE: filter:INPUT:rule:2 ID=3\n" + b"TRACE: " * 40 + b"\n"),
+    ],
+)
+def test_edge_files(tmp_path, name, data):
+    log = tmp_path / f"{name}.log"
+    log.write_bytes(data)
+    assert_same([f"n={log}"], name, data.decode("ascii", "replace"), auto=True)
+
+
+@pytest.mark.parametrize(
+    "position",
+    ["9999999999", "0000000007", "00000000007", "7" * 11, "0" * 4300 + "7", "0" * 4301, "7" * 4301,
+     "12345678901:rule:5", "12345678901:return:0000000003"],
+    ids=["10-digits", "10-with-zeros", "11-with-zeros", "11-digits", "4300-zeros-7", "4301-zeros", "4301-sevens",
+         "11-digits-then-header", "11-digits-then-10"],
+)
+def test_long_rule_position(tmp_path, position):
+    """A position has at most 10 digits; a longer one is no header, or the chain goes on
+    (the Python engine used to raise on more than 4300 digits, which int() refuses)."""
+    log = tmp_path / "pos.log"
+    log.write_text(f"TRACE: raw:PREROUTING:rule:{position} IN=e OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=1 ID=1 PROTO=UDP SPT=1 DPT=2\n"
+                   f"TRACE: nat:PREROUTING:rule:{position}\n")
+    assert_same([f"n={log}"], f"position {position[:12]}... ({len(position)} characters)")
+
+
+# -- 2. the benchmark generator ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_log(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "trace.log"
+    load_bench().generate(path, 2 << 20, 11)
+    return path
+
+
+def test_generated_log(bench_log):
+    py = assert_same([f"master={bench_log}"], "generated 2 MB log", auto=True)
+    assert py.code == 0 and py.stdout.count(b'"node"') > 100
+
+
+def test_generated_log_twice_as_two_nodes(bench_log):
+    """Same packets on two nodes: every ICMP packet becomes a two-hop flow."""
+    py = assert_same([f"a={bench_log}", f"b={bench_log}"], "one file as two nodes")
+    assert b'"hops"' in py.stdout
+
+
+def test_generated_log_twice_on_one_node(bench_log):
+    assert_same([f"a={bench_log}", f"a={bench_log}"], "one file twice on one node")
+
+
+def test_generated_log_split_mid_packet(bench_log, tmp_path):
+    """Two files of one node, cut inside a packet's lines: the packet continues in file two."""
+    lines = bench_log.read_bytes().split(b"\n")
+    cut = len(lines) // 2
+    while b"TRACE: " not in lines[cut] or b"TRACE: " not in lines[cut - 1]:
+        cut += 1
+    one, two = tmp_path / "one.log", tmp_path / "two.log"
+    one.write_bytes(b"\n".join(lines[:cut]) + b"\n")
+    two.write_bytes(b"\n".join(lines[cut:]))
+    assert_same([f"m={one}", f"m={two}"], "split on one node")
+    assert_same([f"m={one}", f"s={two}"], "split across two nodes")
+    assert_same([f"m={two}", f"m={one}"], "halves swapped")
+
+
+def test_generated_log_parsed_in_a_helper_process(tmp_path):
+    """From HELPER_MIN_BYTES on, the Python engine parses in a helper process (other code)."""
+    from chainlab.trace.reader import HELPER_MIN_BYTES
+
+    log = tmp_path / "big.log"
+    load_bench().generate(log, HELPER_MIN_BYTES + 1000, 2)
+    assert log.stat().st_size >= HELPER_MIN_BYTES
+    assert_same([f"master={log}"], "log parsed in the Python engine's helper process")
+
+
+def test_file_names_in_formats(tmp_path):
+    """The `formats` map is keyed by the path as given: quotes, spaces, non-ASCII, relative."""
+    text = SCENARIO2.read_bytes()
+    names = ['we"ird\\ name.log', "caf\u00e9.log", "no-suffix", "x.GZ"]
+    paths = []
+    for name in names:
+        (tmp_path / name).write_bytes(text)
+        paths.append(tmp_path / name)
+    assert_same([f"n{i}={p}" for i, p in enumerate(paths)], "odd file names")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert_same([f"n=./{names[0]}", f"m={names[1]}"], "relative paths")
+
+
+def test_generated_and_fixture_files(bench_log):
+    assert_same([f"master={SCENARIO2}", f"master={bench_log}", f"slave1={FIXTURES / 'lab' / 'scenario3-slave1.log'}"],
+                "fixture + generated + another node")
+
+
+@pytest.mark.parametrize("chunk", [4096, 333])
+def test_generated_log_in_small_chunks(bench_log, tmp_path, monkeypatch, chunk):
+    """native reads files in CHUNK-byte pieces of whole lines; small pieces put many piece
+    boundaries (and the expiry of packets) at every kind of place. 333 < a line: the buffer grows."""
+    native = importlib.import_module("chainlab.trace.native")
+    monkeypatch.setattr(native, "CHUNK", chunk)
+    head = tmp_path / "head.log"
+    head.write_bytes(bench_log.read_bytes()[: 300_000])
+    assert_same([f"m={head}", f"s={SCENARIO2}"], f"CHUNK={chunk}")
+
+
+def test_line_longer_than_the_read_buffer(tmp_path, monkeypatch):
+    native = importlib.import_module("chainlab.trace.native")
+    monkeypatch.setattr(native, "CHUNK", 1024)
+    line = "TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID=9 PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ=1"
+    log = tmp_path / "long.log"
+    log.write_text(line + "\n" + line.replace("raw:", "mangle:") + " X" * 3000 + "\n" + line.replace("raw:", "nat:"))
+    assert_same([f"n={log}"], "a 6 kB line with a 1 kB read buffer")
+
+
+def test_closed_stdout_exit_status(bench_log):
+    """`chainlab analyze ... | head -c 20`: the reader goes away; both engines end the same way
+    (the Python engine: 141, as a shell reports a SIGPIPE death)."""
+    codes = {}
+    for engine in ("python", "native"):
+        proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", f"master={bench_log}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**_env(), ENV: engine})
+        assert proc.stdout and proc.stderr
+        proc.stdout.read(20)
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", "replace")
+        codes[engine] = (proc.wait(timeout=60), err.strip()[-300:])
+    assert codes["native"] == codes["python"], codes
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != ENV}
+
+
+# -- the assembler's window and fast path, by hand ----------------------------------------------
+
+PFX = "Dec  2 03:38:09 master kernel: TRACE: "
+
+
+def _icmp(step: str, ip_id: int, extra: str = "", seq: int = 1) -> str:
+    return (f"{PFX}{step} IN=eth0 OUT=eth1 SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TOS=0x00 PREC=0x00 TTL=64 "
+            f"ID={ip_id} DF PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ={seq}{extra} ")
+
+
+def _udp(step: str, ip_id: int, sport: int, dport: int, length: int = 62) -> str:
+    return (f"{PFX}{step} IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 LEN=82 TOS=0x00 PREC=0x00 TTL=64 "
+            f"ID={ip_id} PROTO=UDP SPT={sport} DPT={dport} LEN={length} ")
+
+
+def _write(tmp_path: Path, name: str, lines: list[str]) -> Path:
+    log = tmp_path / name
+    log.write_text("\n".join(lines) + "\n")
+    return log
+
+
+def test_tables_seen_when_a_packet_expires(tmp_path):
+    """A packet judged at expiry sees the tables of the node up to that line only: a table
+    first logged later (mangle here) must not turn its `accepted` into `dropped`."""
+    lines = [_icmp("filter:FORWARD:policy:1", 1)]
+    lines += [_icmp("filter:INPUT:rule:1", 2 + i % 2) for i in range(447)]  # 448th event: expiry check
+    lines.append(_icmp("mangle:INPUT:rule:1", 3))
+    log = _write(tmp_path, "mask.log", lines)
+    py = assert_same([f"n={log}"], "table first seen after an expiry")
+    assert b'"verdict": "accepted", "reason": "passed every table up to filter FORWARD"' in py.stdout
+
+
+def test_packet_joined_after_its_window(tmp_path):
+    """A packet quiet for 400 events is finished at the next 64th event: a later line of it
+    opens a new packet. The 448th event repeats the previous line's fields exactly, the 449th
+    has equal fields in different text (LEN), the 450th belongs to the first packet."""
+    for repeat in ("same", "equal", "different"):
+        lines = [_icmp("raw:PREROUTING:policy:1", 1)]
+        lines += [_icmp("filter:INPUT:rule:1", 2 + i % 2) for i in range(446)]
+        last = lines[-1]
+        lines.append({"same": last, "equal": last.replace("LEN=84", "LEN=85"), "different": _icmp("filter:INPUT:rule:2", 5)}[repeat])
+        lines.append(_icmp("mangle:PREROUTING:policy:1", 1))
+        log = _write(tmp_path, f"window-{repeat}.log", lines)
+        assert_same([f"n={log}"], f"window, 448th line {repeat}")
+
+
+def test_equal_fields_in_different_text(tmp_path):
+    """Two open packets share an IP id; a line joins the older one; the next line has the same
+    fields in different text (another LEN=, spacing) and fits both: both engines must pick the same."""
+    a = _udp("raw:PREROUTING:policy:1", 5, 1, 2)
+    b = _udp("nat:POSTROUTING:policy:1", 5, 3, 4)
+    l1 = _udp("filter:INPUT:rule:1", 5, 1, 4)
+    variants = {
+        "same text": _udp("nat:POSTROUTING:rule:1", 5, 1, 4),
+        "other LEN": _udp("nat:POSTROUTING:rule:1", 5, 1, 4, length=63),
+        "double space": _udp("nat:POSTROUTING:rule:1", 5, 1, 4).replace(" OUT=", "  OUT="),
+        "no trailing space": _udp("nat:POSTROUTING:rule:1", 5, 1, 4).rstrip(),
+        "MARK case": _udp("filter:INPUT:rule:1", 5, 1, 4) + "MARK=0xAB",
+    }
+    for name, l2 in variants.items():
+        lines = [a, b, l1 + ("MARK=0xab" if "MARK" in name else ""), l2]
+        log = _write(tmp_path, "fast.log", lines)
+        assert_same([f"n={log}"], name, "\n".join(lines))
+
+
+def test_glued_lines_with_equal_segments(tmp_path):
+    """Glued records are damaged and parsed afresh; the last one is cached like a whole line."""
+    seg = "IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 TTL=64 ID=4 PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=1 "
+    glued = f"{PFX}raw:PREROUTING:policy:1 {seg}TRACE: mangle:PREROUTING:policy:1 {seg}TRACE: nat:PREROUTING:policy:1 {seg}"
+    lines = [glued, glued, f"{PFX}nat:PREROUTING:policy:1 {seg}", f"{PFX}filter:INPUT:rule:1 {seg}", glued]
+    log = _write(tmp_path, "glued.log", lines)
+    assert_same([f"n={log}"], "glued", "\n".join(lines))
+
+
+def test_long_mixed_log_exercises_the_window(tmp_path):
+    """Hundreds of interleaved packets, reused IP ids: packets expire while others open."""
+    lines = []
+    walk = ["raw:PREROUTING:policy:2", "mangle:PREROUTING:rule:1", "nat:PREROUTING:policy:1", "mangle:FORWARD:policy:1",
+            "filter:FORWARD:rule:3", "mangle:POSTROUTING:policy:1", "nat:POSTROUTING:rule:2"]
+    for k in range(900):
+        ip_id = k % 37
+        step = walk[(k * 5) % len(walk)]
+        lines.append(_icmp(step, ip_id, seq=k % 11) if k % 3 else _udp(step, ip_id, 1000 + k % 5, 53))
+        if k % 97 == 50:
+            lines.append(lines[-1][: len(lines[-1]) // 2] + lines[-2])
+    log = _write(tmp_path, "mixed.log", lines)
+    assert_same([f"n={log}"], "long mixed log")
+
+
+# -- 3. Hypothesis: real-format lines, damaged ----------------------------------------------------
+
+
+def _pool() -> list[str]:
+    """TRACE lines as they come: the fixtures' kernel lines and the benchmark generator's."""
+    lines: list[str] = []
+    for path in KERNEL_LOGS:
+        lines += [line for line in path.read_text().splitlines() if "TRACE" in line]
+    bench = load_bench()
+    ids = {f"i{j}": j + 1 for j in range(bench.IP_ID_SLOTS)}
+    for unit in bench.build_units(5, count=40):
+        lines += unit.format(ts="Dec  2 03:10:16", s0=2, s1=9, **ids).splitlines()
+    return sorted(set(lines))
+
+
+POOL = _pool()
+PREFIXES = [
+    "Dec  2 03:38:09 master kernel: ",
+    "Nov 22 10:07:14 master ",
+    "[  480.849238] ",
+    "[90332.179725] ",
+    "2026-11-22T10:07:14.123456+00:00 master kernel: ",
+    "2026-11-22 10:07:14 master kernel: ",
+    "Jun 22 12:47:55 yangxikun kernel: [ 1713.241250] ",
+    "<4>Dec  2 03:38:09 master kernel: ",
+    "",
+    "  ",
+]
+TABLE_NAMES = ["raw", "mangle", "nat", "filter", "security", "raw", "nat", "filter", "broute", "Filter", "_x9", "natx"]
+CHAINS = [*HOOKS, *HOOKS, "cali-FORWARD", "KUBE-SVC-ABC", "DOCKER-USER", "a:b", 'x"y', "back\\slash", "c:rule:1",
+          "PRE:ROUTING", "-", "INPUT:", "::", 'q"\\:"']
+POSITIONS = st.one_of(st.integers(0, 12).map(str), st.sampled_from(["007", "0", "00", "010", "4294967296", "99999999999999999999"]))
+IPS = ["10.0.0.1", "10.0.0.2", "172.20.219.81", "192.168.1.1", "300.1.1.1", "1.2.3", "01.002.3.4", "xxx", ""]
+IDS = st.one_of(st.integers(1, 4).map(str), st.sampled_from(["0", "65535", "65536", "99999", "0012", "", "x1"]))
+SMALL = st.sampled_from(["0", "1", "2", "7", "53", "255", "256", "65535", "65536", "4294967295", "4294967296", "007", "", "-1"])
+IFACES = ["eth0", "cali1234", "", "tunl0", "cbr0"]
+TOKENS = [
+    "[SRC=1.2.3.4", "DST=5.6.7.8]", "[SRC=1.2.3.4 DST=5.6.7.8 LEN=28 TOS=0x00 PREC=0x00 TTL=64 ID=99 PROTO=UDP SPT=1 DPT=2 LEN=8 ]",
+    "[SRC=1.2.3.4 [nested ID=5] ID=6]", "]", "[", "]]", "[[", "PROTO=17", "PROTO=icmp", "PROTO=", "PROTO=1234", "PROTO=UDPLITE",
+    "PROTO=ICMPv6", "MARK=0x00FF", "MARK=0xff", "MARK=0x", "MARK=0X1", "MARK=0x0", "MARK=0x000", "MARK=0xfffffffffffffffffffff",
+    "ID=99999", "ID=0", "ID=", "ID=00012", "ID=1", "ID=2", "TTL=300", "TTL=", "TTL=0255", "SEQ=4294967296", "SEQ=1", "SEQ=2",
+    "SPT=65536", "SPT=1", "DPT=0", "DPT=4", "TYPE=0", "TYPE=8", "TYPE=256", "TYPE=3", "CODE=3", "SYN", "ACK", "FIN", "RST", "PSH",
+    "URG", "ECE", "CWR", "DF", "MF", "CE", "OPT", "(0101)", "(", ")", "()", "=", "==", "=x", "SRC=1.2.3", "SRC=10.0.0.1",
+    "DST=10.0.0.2", "DST=1.2.3.4.5", "IN=", "OUT=", "IN=eth1", "WINDOW=0", "URGP=0", "UID=0", "INCOMPLETE", "INCOMPLETE=",
+    "LEN=", "RES=0x00", "TRACE:", "TRACE: ", "TRACE: raw:", "TRACE: nat:PREROUTING:rule:1", "TRACE: x:y:return:007",
+    "TRACE: 9raw:PREROUTING:rule:1", "TRACE: filter:INPUT:policy:", "TRACE: mangle:a:b:rule:1:rule:2", "Dec  2 03:38:09",
+    "[ 12.5]", "[12.5]", "2026-11-22T10:07", "trace id", "PACKET:", "kernel:", "master",
+]
+NOISE = [
+    "Dec  2 03:10:16 master kernel: IPVS: rr: TCP 10.96.0.1:443 - no destination available",
+    "[   89.209365] ip_tables: TRACE: acpar.hotdrop=0 verdict=1",
+    "Dec  2 03:10:16 master systemd[1]: Started Session 42 of user root.",
+    "TRACE: 2 e37a7e41 raw:PREROUTING:policy:ACCEPT",
+    " PACKET: 2 e37a7e41 IN=clabt-va SRC=10.239.1.2 DST=10.239.1.1 LEN=84 TTL=64 ID=3960 DF",
+    "trace id 71562a3a ip raw PREROUTING policy accept",
+    "TRACE:TRACE: TRACE:  TRACE: raw:PREROUTING:policy:1",
+]
+printable_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+
+
+@st.composite
+def synth_line(draw) -> str:
+    """A TRACE line in one of the real shapes, with fields drawn so that lines share packets."""
+    header = (f"TRACE: {draw(st.sampled_from(TABLE_NAMES))}:{draw(st.sampled_from(CHAINS))}:"
+              f"{draw(st.sampled_from(['rule', 'return', 'policy']))}:{draw(POSITIONS)}")
+    tokens = [f"IN={draw(st.sampled_from(IFACES))}", f"OUT={draw(st.sampled_from(IFACES))}"]
+    if draw(st.booleans()):
+        tokens.append("MAC=ee:ee:ee:ee:ee:ee:32:bb:37:fe:19:df:08:00")
+    tokens += [f"SRC={draw(st.sampled_from(IPS))}", f"DST={draw(st.sampled_from(IPS))}", "LEN=84", "TOS=0x00", "PREC=0x00",
+               f"TTL={draw(st.sampled_from(['64', '63', '1', '255', '0', '300']))}", f"ID={draw(IDS)}"]
+    if draw(st.booleans()):
+        tokens.append("DF")
+    proto = draw(st.sampled_from(["ICMP", "TCP", "UDP", "17", "icmp", "GRE", "", "FOO", None]))
+    if proto is not None:
+        tokens.append(f"PROTO={proto}")
+    kind = draw(st.sampled_from(["icmp", "tcp", "udp", "icmp-error", "none"]))
+    if kind == "icmp":
+        tokens += [f"TYPE={draw(st.sampled_from(['8', '0', '3', '11']))}", "CODE=0", f"ID={draw(IDS)}", f"SEQ={draw(SMALL)}"]
+    elif kind == "tcp":
+        flags = draw(st.lists(st.sampled_from(["SYN", "ACK", "FIN", "RST", "PSH"]), max_size=3))
+        tokens += [f"SPT={draw(SMALL)}", f"DPT={draw(SMALL)}", f"SEQ={draw(SMALL)}", "ACK=0", "WINDOW=29200", "RES=0x00",
+                   *flags, "URGP=0"]
+    elif kind == "udp":
+        tokens += [f"SPT={draw(SMALL)}", f"DPT={draw(SMALL)}", "LEN=62"]
+    elif kind == "icmp-error":
+        tokens += ["TYPE=3", "CODE=3", "[SRC=10.0.0.2", "DST=10.0.0.1", "LEN=28", f"ID={draw(IDS)}", "PROTO=UDP", "SPT=53",
+                   "DPT=4000", "LEN=8", "]"]
+    if draw(st.booleans()):
+        tokens += ["UID=0", "GID=0"]
+    if draw(st.booleans()):
+        tokens.append(f"MARK={draw(st.sampled_from(['0x0', '0x40000', '0x00FF', '0xff', '0x10000', '0xAbC']))}")
+    sep = draw(st.sampled_from([" ", " ", "  "]))
+    pad = draw(st.sampled_from(["", "", "    "]))
+    trail = draw(st.sampled_from(["", " "]))
+    return draw(st.sampled_from(PREFIXES)) + header + " " + pad + sep.join(tokens) + trail
+
+
+def _spaces(line: str) -> list[int]:
+    return [i for i, c in enumerate(line) if c == " "] or [len(line)]
+
+
+@st.composite
+def mutated_lines(draw, max_lines: int = 30) -> list[str]:
+    """Real-format lines (fixtures, generator, synthesized), then damaged and shuffled."""
+    base = st.one_of(st.sampled_from(POOL), synth_line(), synth_line())
+    lines = draw(st.lists(base, min_size=1, max_size=max_lines))
+    ops = ["cut_piece", "cut_tail", "cut_head", "glue", "glue_bare", "glue_cut", "duplicate", "swap", "move", "number",
+           "number", "token", "token", "random", "replace_token", "empty", "many_trace", "noise", "spacing", "char", "reverse"]
+    for op in draw(st.lists(st.sampled_from(ops), max_size=10)):
+        if not lines:
+            lines = [draw(base)]
+        i = draw(st.integers(0, len(lines) - 1))
+        line = lines[i]
+        pos = draw(st.integers(0, len(line)))
+        if op == "cut_piece":
+            end = draw(st.integers(pos, min(len(line), pos + 60)))
+            lines[i] = line[:pos] + line[end:]
+        elif op == "cut_tail":
+            lines[i] = line[:pos]
+        elif op == "cut_head":
+            lines[i] = line[pos:]
+        elif op in ("glue", "glue_bare", "glue_cut") and i + 1 < len(lines):
+            nxt = lines.pop(i + 1)
+            if op == "glue_bare" and "TRACE: " in nxt:
+                nxt = nxt[nxt.index("TRACE: ") :]
+            lines[i] = (line[:pos] if op == "glue_cut" else line) + nxt
+        elif op == "duplicate":
+            lines.insert(draw(st.integers(0, len(lines))), line)
+        elif op == "swap":
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], line
+        elif op == "move":
+            lines.insert(draw(st.integers(0, len(lines) - 1)), lines.pop(i))
+        elif op == "number":
+            numbers = list(re.finditer(r"\d+", line))
+            if numbers:
+                m = numbers[draw(st.integers(0, len(numbers) - 1))]
+                lines[i] = line[: m.start()] + draw(SMALL | IDS) + line[m.end() :]
+        elif op in ("token", "random"):
+            at = draw(st.sampled_from(_spaces(line)))
+            token = draw(st.sampled_from(TOKENS)) if op == "token" else draw(printable_text)
+            lines[i] = line[:at] + " " + token + line[at:]
+        elif op == "replace_token":
+            parts = line.split(" ")
+            parts[draw(st.integers(0, len(parts) - 1))] = draw(st.sampled_from(TOKENS) | printable_text)
+            lines[i] = " ".join(parts)
+        elif op == "empty":
+            lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(["", " ", "   "])))
+        elif op == "many_trace":
+            piece = draw(st.sampled_from(["TRACE: ", "TRACE: raw:", "TRACE: nat:PREROUTING:rule:1 ", "TRACE:"]))
+            lines[i] = line[:pos] + piece * draw(st.integers(1, 6)) + line[pos:]
+        elif op == "noise":
+            lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(NOISE)))
+        elif op == "spacing":
+            at = draw(st.sampled_from(_spaces(line)))
+            lines[i] = line[:at] + draw(st.sampled_from(["  ", "", "     "])) + line[at + 1 :]
+        elif op == "char":
+            lines[i] = line[:pos] + draw(st.characters(min_codepoint=0x20, max_codepoint=0x7E)) + line[pos + 1 :]
+        elif op == "reverse":
+            j = draw(st.integers(i, len(lines)))
+            lines[i:j] = lines[i:j][::-1]
+    return lines
+
+
+@st.composite
+def log_text(draw, max_lines: int = 30) -> str:
+    lines = draw(mutated_lines(max_lines))
+    repeat = draw(st.sampled_from([1, 1, 1, 1, 3, 30, 80]))  # 30, 80: mostly past the 400-event window
+    if repeat > 1:
+        shift = draw(st.booleans())  # later copies: other IP ids, so new packets open
+        copies = []
+        for k in range(repeat):
+            copies += [re.sub(r"ID=(\d)\b", lambda m, k=k: f"ID={int(m.group(1)) + k % 3}", line) if shift else line for line in lines]
+        lines = copies
+    return "\n".join(lines) + draw(st.sampled_from(["\n", "\n", ""]))
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hypothesis")
+
+
+def _log_file(workdir: Path, text: str) -> Path:
+    path = workdir / f"h{next(_counter)}.log"
+    path.write_text(text, encoding="ascii", newline="")
+    return path
+
+
+@HYPOTHESIS
+@given(text=log_text())
+def test_mutated_logs(workdir, text):
+    check_file(_log_file(workdir, text), text=text)
+
+
+@HYPOTHESIS
+@given(first=log_text(max_lines=15), second=log_text(max_lines=15), same_node=st.booleans(), twice=st.booleans())
+def test_mutated_logs_two_files(workdir, first, second, same_node, twice):
+    """Two sources in one run: a packet may stay open from one file into the next."""
+    one, two = _log_file(workdir, first), _log_file(workdir, second)
+    args = [f"a={one}", f"{'a' if same_node else 'b'}={two}"] + ([f"c={one}"] if twice else [])
+    if all(eligible(p.read_bytes()) for p in (one, two)):
+        assert_same(args, text=first + "\n--- second file ---\n" + second)
+    else:
+        assert_native_refuses(args, text=first + "\n--- second file ---\n" + second)
