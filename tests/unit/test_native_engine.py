@@ -3,7 +3,7 @@ the same bytes and exit with the same status whichever engine runs.
 
 CHAINLAB_ENGINE=python forces the pure-Python engine, `native` requires the C one
 (chainlab.trace._engine, driven by chainlab.trace.native; exit 2 when it cannot be used),
-unset or `auto` uses C when it can. The C engine applies to NODE=FILE logs that are plain
+unset or `auto` uses C when it can. The C engine applies to logs that are plain
 (not gzipped) kernel-format files of printable ASCII plus '\\n', for `--format json` without
 --expect, --rules or --tables. Every comparison here runs the real command line in-process
 (chainlab.cli.main under click's CliRunner isolation), once per engine.
@@ -127,7 +127,7 @@ def assert_native_refuses(args: list[str], what: str = "", text: str | None = No
 
 
 def eligible(data: bytes) -> bool:
-    """Whether the C engine applies to a NODE=FILE plain log with these bytes (the reference
+    """Whether the C engine applies to a plain log with these bytes (the reference
     rules: printable ASCII plus '\\n', and kernel format by reader.sniff_format)."""
     if data.translate(None, PRINTABLE):
         return False
@@ -138,10 +138,12 @@ def eligible(data: bytes) -> bool:
 
 
 def check_file(path: Path, node: str = "n", what: str = "", text: str | None = None, auto: bool = False) -> None:
-    if eligible(path.read_bytes()):
-        assert_same([f"{node}={path}"], what or path.name, text, auto=auto)
-    else:
-        assert_native_refuses([f"{node}={path}"], what or path.name, text)
+    """Given as NODE=FILE, and bare (each line's host field names its node, else the file name)."""
+    for args in ([f"{node}={path}"], [str(path)]):
+        if eligible(path.read_bytes()):
+            assert_same(args, what or path.name, text, auto=auto)
+        else:
+            assert_native_refuses(args, what or path.name, text)
 
 
 def load_bench() -> ModuleType:
@@ -248,8 +250,6 @@ def test_native_refuses_other_inputs(tmp_path):
     gz = tmp_path / "scenario2.log.gz"
     gz.write_bytes(gzip.compress(SCENARIO2.read_bytes()))
     assert_native_refuses([f"n={gz}"], "gzipped")
-    assert_native_refuses([str(SCENARIO2)], "bare LOGFILE (node from the host field)")
-    assert_native_refuses([f"n={SCENARIO2}", str(SCENARIO2)], "one bare LOGFILE among NODE=FILE")
     assert_native_refuses([f"n={SCENARIO2}", f"m={FIXTURES / 'traces' / 'nft-monitor-local-in.log'}"], "kernel + nft")
     assert_native_refuses([f"n={SCENARIO2}", "--tables", "nat,filter"], "--tables")
     rules = FIXTURES / "lab" / "scenario4-master.rules"
@@ -720,11 +720,15 @@ def test_mutated_logs(workdir, text):
 
 
 @HYPOTHESIS
-@given(first=log_text(max_lines=15), second=log_text(max_lines=15), same_node=st.booleans(), twice=st.booleans())
-def test_mutated_logs_two_files(workdir, first, second, same_node, twice):
-    """Two sources in one run: a packet may stay open from one file into the next."""
+@given(first=log_text(max_lines=15), second=log_text(max_lines=15), same_node=st.booleans(), twice=st.booleans(),
+       bare=st.sampled_from(["none", "first", "both"]))
+def test_mutated_logs_two_files(workdir, first, second, same_node, twice, bare):
+    """Two sources in one run: a packet may stay open from one file into the next. A bare
+    file's lines name their nodes (`master`, ...), which may be another file's NODE."""
     one, two = _log_file(workdir, first), _log_file(workdir, second)
-    args = [f"a={one}", f"{'a' if same_node else 'b'}={two}"] + ([f"c={one}"] if twice else [])
+    node = "master" if same_node else "b"
+    args = [str(one) if bare != "none" else f"master={one}", str(two) if bare == "both" else f"{node}={two}"]
+    args += [f"c={one}"] if twice else []
     if all(eligible(p.read_bytes()) for p in (one, two)):
         assert_same(args, text=first + "\n--- second file ---\n" + second)
     else:

@@ -1,8 +1,8 @@
 /*
  * chainlab.trace._engine: the legacy kernel-log analyzer's hot path in C.
  *
- * It does what reader._kernel_records + assemble.Assembler do for kernel-format TRACE
- * lines of a NODE=FILE source, line for line and with the same results, and renders
+ * It does what reader._kernel_events + assemble.Assembler do for kernel-format TRACE
+ * lines, line for line and with the same results, and renders
  * each finished packet's node-independent JSON pieces (steps, last step, header fields),
  * so that Python only judges each distinct walk once and classifies directions and flows.
  * The Python modules stay the reference: tests compare both engines' output byte for
@@ -551,12 +551,21 @@ typedef struct {
     Fields last_fields;
     Buf last_text;
     Packet *last_packet;
-    int *table_masks; /* per node: bit i = TABLES[i] seen */
-    int n_nodes;
+    /* nodes, by number: name, tables seen (bit i = TABLES[i]), the name as a Python str */
+    char **node_names;
+    size_t *node_lens;
+    int *table_masks;
+    PyObject **node_objects; /* made when first needed (with the GIL) */
+    int n_nodes, cap_nodes;
     Packet **done; /* finished, not yet handed to Python */
     size_t n_done, cap_done;
     int failed;    /* out of memory */
-    int line_node; /* node of the lines being fed */
+    int line_node;  /* node of the lines being fed, or of lines without a host field */
+    int from_lines; /* take the node from each line's syslog host field */
+    /* the last line's prefix (what precedes its first header): its node and time */
+    Buf prefix_text;
+    int has_prefix, prefix_node;
+    Ref prefix_time;
     Header *headers; /* the headers of a glued line */
     /* the last record's field text and its parse: most lines repeat the previous line's */
     Buf tail_text;
@@ -700,7 +709,7 @@ static int put_mark(Buf *b, Ref mark) {
     return PUTL(b, "\"");
 }
 
-static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook) {
+static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook, Ref time) {
     Buf *b = &p->steps;
     int err = 0;
     if (p->last_hook != -2)
@@ -727,6 +736,10 @@ static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, in
     if (f->mark.n >= 0) {
         err |= PUTL(b, ", \"mark\": ");
         err |= put_mark(b, f->mark);
+    }
+    if (time.n >= 0) {
+        err |= PUTL(b, ", \"time\": ");
+        err |= put_jstr(b, time.s, (size_t)time.n);
     }
     err |= PUTL(b, "}");
     /* the walk's signature: table TAB chain TAB kind TAB position TAB hook NEWLINE */
@@ -829,9 +842,137 @@ static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *ho
     return NULL;
 }
 
+/* The number of node `name`, registered if new; -1 when out of memory. */
+static int node_number(Engine *e, const char *name, size_t n) {
+    for (int i = e->n_nodes - 1; i >= 0; i--)
+        if (e->node_lens[i] == n && memcmp(e->node_names[i], name, n) == 0)
+            return i;
+    if (e->n_nodes == e->cap_nodes) {
+        int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
+        char **names = realloc(e->node_names, (size_t)cap * sizeof *names);
+        if (names)
+            e->node_names = names;
+        size_t *lens = realloc(e->node_lens, (size_t)cap * sizeof *lens);
+        if (lens)
+            e->node_lens = lens;
+        int *masks = realloc(e->table_masks, (size_t)cap * sizeof *masks);
+        if (masks)
+            e->table_masks = masks;
+        PyObject **objects = realloc(e->node_objects, (size_t)cap * sizeof *objects);
+        if (objects)
+            e->node_objects = objects;
+        if (!names || !lens || !masks || !objects)
+            return -1;
+        e->cap_nodes = cap;
+    }
+    char *copy = malloc(n + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, name, n);
+    copy[n] = 0;
+    int i = e->n_nodes++;
+    e->node_names[i] = copy;
+    e->node_lens[i] = n;
+    e->table_masks[i] = 0;
+    e->node_objects[i] = NULL;
+    return i;
+}
+
+/* parse_kernel._prefix: (host, time) of the text before a line's first header. PREFIX is
+ * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[]+)\s`, else the time is UPTIME
+ * `\[\s*(\d+\.\d+)\]` anywhere. n == -1 in a Ref: None. */
+static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
+    host->n = time->n = -1;
+    size_t p = 0;
+    while (p < n && t[p] == ' ')
+        p++;
+    size_t q = p;
+    if (q < n && t[q] == '<') {
+        size_t d = ++q;
+        while (q < n && is_digit(t[q]))
+            q++;
+        if (q > d && q < n && t[q] == '>')
+            p = q + 1;
+    }
+    size_t r = n - p, end = 0;
+    const char *u = t + p;
+    if (r >= 15 && u[0] >= 'A' && u[0] <= 'Z' && u[1] >= 'a' && u[1] <= 'z' && u[2] >= 'a' && u[2] <= 'z' && u[3] == ' ' &&
+        (u[4] == ' ' || is_digit(u[4])) && is_digit(u[5]) && u[6] == ' ' && all_digits(u + 7, 2) && u[9] == ':' &&
+        all_digits(u + 10, 2) && u[12] == ':' && all_digits(u + 13, 2)) {
+        end = p + 15;
+    } else if (r >= 19 && all_digits(u, 4) && u[4] == '-' && all_digits(u + 5, 2) && u[7] == '-' && all_digits(u + 8, 2) &&
+               (u[10] == 'T' || u[10] == ' ') && all_digits(u + 11, 2) && u[13] == ':' && all_digits(u + 14, 2) &&
+               u[16] == ':' && all_digits(u + 17, 2)) {
+        end = p + 19;
+        while (end < n && t[end] != ' ')
+            end++;
+    }
+    if (end) {
+        size_t h = end;
+        while (h < n && t[h] == ' ')
+            h++;
+        size_t h0 = h;
+        while (h < n && t[h] != ' ' && t[h] != ':' && t[h] != '[')
+            h++;
+        if (h > end && h0 > end && h > h0 && h < n && t[h] == ' ') {
+            *host = (Ref){t + h0, (int)(h - h0)};
+            *time = (Ref){t + p, (int)(end - p)};
+            return;
+        }
+    }
+    for (size_t b = 0; b < n; b++) {
+        if (t[b] != '[')
+            continue;
+        size_t c = b + 1;
+        while (c < n && t[c] == ' ')
+            c++;
+        size_t d0 = c;
+        while (c < n && is_digit(t[c]))
+            c++;
+        if (c == d0 || c >= n || t[c] != '.')
+            continue;
+        size_t d1 = ++c;
+        while (c < n && is_digit(t[c]))
+            c++;
+        if (c > d1 && c < n && t[c] == ']') {
+            *time = (Ref){t + d0, (int)(c - d0)};
+            return;
+        }
+    }
+}
+
+/* The node and time of a line whose first header starts at `at` (the prefix parse of the
+ * previous line is reused when the text is the same, as KernelLineParser.prefix caches). */
+static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
+    if (!e->from_lines) {
+        time->n = -1;
+        return e->line_node;
+    }
+    Buf *b = &e->prefix_text;
+    if (!(e->has_prefix && b->n == at && memcmp(b->p, line, at) == 0)) {
+        e->has_prefix = 0;
+        b->n = 0;
+        if (put(b, line, at)) {
+            e->failed = 1;
+            time->n = -1;
+            return e->line_node;
+        }
+        Ref host;
+        parse_prefix(b->p, at, &host, &e->prefix_time);
+        int node = host.n > 0 ? node_number(e, host.s, (size_t)host.n) : e->line_node;
+        if (node < 0) {
+            e->failed = 1;
+            node = e->line_node;
+        }
+        e->prefix_node = node;
+        e->has_prefix = 1;
+    }
+    *time = e->prefix_time;
+    return e->prefix_node;
+}
+
 /* Assembler.feed for one record (the node's table mask is updated first, as Analyzer.packets does). */
-static void feed_record(Engine *e, const Header *h, const Fields *f) {
-    int node = e->line_node;
+static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
     Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, (size_t)h->chain_n),
               find_name(TABLES, N_TABLES, h->table, (size_t)h->table_n)};
     if (s.table >= 0)
@@ -844,7 +985,7 @@ static void feed_record(Engine *e, const Header *h, const Fields *f) {
         if (next_hook(p, &s, &hook)) {
             if (f->damaged)
                 p->repaired++;
-            append_step(e, p, &s, f, hook);
+            append_step(e, p, &s, f, hook, time);
             return;
         }
     }
@@ -863,7 +1004,7 @@ static void feed_record(Engine *e, const Header *h, const Fields *f) {
         p->repaired++;
     }
     merge(&p->f, f);
-    append_step(e, p, &s, f, hook);
+    append_step(e, p, &s, f, hook, time);
     keep_last(e, node, f, p);
     if (e->count % 64 == 0)
         expire(e);
@@ -903,8 +1044,10 @@ static void feed_line(Engine *e, const char *line, size_t n) {
     Header h;
     Fields f;
     /* the common case: one header, then fields (the header holds no space, so no other "TRACE: ") */
+    Ref time;
     if (first && match_header(line, n, (size_t)(first - line), &h) && !tail_fields(e, line + h.end, n - h.end, &f)) {
-        feed_record(e, &h, &f);
+        int node = line_origin(e, line, h.start, &time);
+        feed_record(e, node, time, &h, &f);
         return;
     }
     /* glued or damaged: every header on the line (finditer) */
@@ -944,6 +1087,7 @@ static void feed_line(Engine *e, const char *line, size_t n) {
             e->ignored++;
         return;
     }
+    int node = line_origin(e, line, headers[0].start, &time);
     for (int i = 0; i < count; i++) {
         if (i < count - 1) {
             const char *seg = line + headers[i].end;
@@ -953,7 +1097,7 @@ static void feed_line(Engine *e, const char *line, size_t n) {
         } else {
             tail_fields(e, line + headers[i].end, n - headers[i].end, &f);
         }
-        feed_record(e, &headers[i], &f);
+        feed_record(e, node, time, &headers[i], &f);
     }
 }
 
@@ -1038,18 +1182,21 @@ static int render_tail(const Packet *p, Buf *b) {
     return err;
 }
 
-/* (node, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, tcp_flags mask,
+/* (node name, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, tcp_flags mask,
  *  first, last, repaired_lines, tables mask, signature, head, steps, last_step, tail);
  *  first/last: (src, dst, ttl, sport, dport) or None. */
 static PyObject *packet_tuple(Engine *e, Packet *p) {
     Buf head = {0}, tail = {0};
     PyObject *out = NULL;
+    PyObject **node = &e->node_objects[p->node];
+    if (!*node && !(*node = PyUnicode_DecodeUTF8(e->node_names[p->node], (Py_ssize_t)e->node_lens[p->node], "surrogatepass")))
+        return NULL;
     if (render_head(p, &head) || render_tail(p, &tail)) {
         PyErr_NoMemory();
     } else {
         const char *last_step = p->steps.p + p->last_step_at;
         out = Py_BuildValue(
-            "(iLNNNNNNNiNNLiy#y#y#y#y#)", p->node, p->seq, py_str_or_none(p->f.proto), py_int_or_none(p->f.ip_id),
+            "(OLNNNNNNNiNNLiy#y#y#y#y#)", *node, p->seq, py_str_or_none(p->f.proto), py_int_or_none(p->f.ip_id),
             py_int_or_none(p->f.icmp_type), py_int_or_none(p->f.icmp_id), py_int_or_none(p->f.icmp_seq),
             py_int_or_none(p->f.sport), py_int_or_none(p->f.dport), p->f.flags,
             endpoint(p->has_first, p->first_src, p->first_dst, p->first_ttl, p->first_sport, p->first_dport),
@@ -1088,21 +1235,16 @@ static PyObject *take_done(Engine *e) {
 }
 
 static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"nodes", "window", NULL};
-    int nodes, window = 400;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|i", kw, &nodes, &window))
+    static char *kw[] = {"window", NULL};
+    int window = 400;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kw, &window))
         return -1;
-    if (nodes < 1 || window < 1) {
-        PyErr_SetString(PyExc_ValueError, "nodes and window must be positive");
-        return -1;
-    }
-    e->table_masks = calloc((size_t)nodes, sizeof(int));
-    if (!e->table_masks) {
-        PyErr_NoMemory();
+    if (window < 1) {
+        PyErr_SetString(PyExc_ValueError, "window must be positive");
         return -1;
     }
-    e->n_nodes = nodes;
     e->window = window;
+    e->line_node = -1;
     return 0;
 }
 
@@ -1114,25 +1256,42 @@ static void Engine_dealloc(Engine *e) {
     }
     for (size_t i = 0; i < e->n_done; i++)
         packet_free(e->done[i]);
-    free(e->done);
+    for (int i = 0; i < e->n_nodes; i++) {
+        free(e->node_names[i]);
+        Py_XDECREF(e->node_objects[i]);
+    }
+    free(e->node_names);
+    free(e->node_lens);
     free(e->table_masks);
+    free(e->node_objects);
+    free(e->done);
     free(e->last_text.p);
     free(e->headers);
     free(e->tail_text.p);
+    free(e->prefix_text.p);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
-PyDoc_STRVAR(begin_doc, "begin(node): the following chunks are a new file of node number `node` (lines count from 1).");
+PyDoc_STRVAR(begin_doc, "begin(node, from_lines): the following chunks are a new file (lines count from 1) of `node`;\n"
+                        "with from_lines, each line's syslog host field names its node, and `node` is for lines without one.");
 
-static PyObject *Engine_begin(Engine *e, PyObject *arg) {
-    long node = PyLong_AsLong(arg);
-    if (node == -1 && PyErr_Occurred())
+static PyObject *Engine_begin(Engine *e, PyObject *args) {
+    PyObject *name;
+    int from_lines;
+    if (!PyArg_ParseTuple(args, "Up", &name, &from_lines))
         return NULL;
-    if (node < 0 || node >= e->n_nodes) {
-        PyErr_SetString(PyExc_ValueError, "no such node");
+    PyObject *encoded = PyUnicode_AsEncodedString(name, "utf-8", "surrogatepass");
+    if (!encoded)
         return NULL;
-    }
-    e->line_node = (int)node;
+    int node = node_number(e, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
+    Py_DECREF(encoded);
+    if (node < 0)
+        return PyErr_NoMemory();
+    if (!e->node_objects[node])
+        e->node_objects[node] = Py_NewRef(name);
+    e->line_node = node;
+    e->from_lines = from_lines;
+    e->has_prefix = 0;
     e->line_no = 0;
     Py_RETURN_NONE;
 }
@@ -1140,6 +1299,10 @@ static PyObject *Engine_begin(Engine *e, PyObject *arg) {
 PyDoc_STRVAR(feed_doc, "feed(chunk) -> finished packets: `chunk` holds whole lines ('\\n'-separated; a last line may lack it).");
 
 static PyObject *Engine_feed(Engine *e, PyObject *arg) {
+    if (e->line_node < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "feed() before begin()");
+        return NULL;
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
@@ -1173,7 +1336,7 @@ static PyObject *Engine_stats(Engine *e, PyObject *unused) {
 }
 
 static PyMethodDef Engine_methods[] = {
-    {"begin", (PyCFunction)Engine_begin, METH_O, begin_doc},
+    {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
     {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, stats_doc},
@@ -1184,7 +1347,7 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "chainlab.trace._engine.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Engine(nodes, window=400): kernel-format TRACE lines in, finished packets out."),
+    .tp_doc = PyDoc_STR("Engine(window=400): kernel-format TRACE lines in, finished packets out."),
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,

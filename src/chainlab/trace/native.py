@@ -5,10 +5,10 @@ finished packet's steps as JSON; this module judges each distinct walk once (cac
 its signature), classifies directions and collects flows with the same Python code as the
 reference pipeline, and writes the same bytes `render.jsonout.write_json` would.
 
-It applies to NODE=FILE kernel-format logs that are plain files of printable ASCII (plus
-'\\n'), without --rules, --tables or --expect. `CHAINLAB_ENGINE=python` forces the Python
-engine, `native` insists on this one (an error if it cannot be used), unset or `auto`
-picks it when it applies.
+It applies to kernel-format logs that are plain files of printable ASCII (plus '\\n'),
+with --format json and without --rules, --tables or --expect. `CHAINLAB_ENGINE=python`
+forces the Python engine, `native` insists on this one (an error if it cannot be used),
+unset or `auto` picks it when it applies.
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ def _why_not(sources: list[LogSource], python_only: list[str], sizes: dict[Path,
     if python_only:
         return f"{', '.join(python_only)}: only the Python engine does that"
     for source in sources:
-        if source.node is None:
-            return f"{source.path}: give its node (NODE=FILE)"
         if source.path.suffix == ".gz":
             return f"{source.path}: gzipped"
         head = []
@@ -117,13 +115,12 @@ def _chunks(path: Path, limit: int | None = None) -> Iterator[memoryview]:
 _Row = tuple[Any, ...]
 
 
-def _produce(sources: list[LogSource], sizes: dict[Path, int], nodes: dict[str, int], out: queue.Queue[object]) -> None:
+def _produce(sources: list[LogSource], sizes: dict[Path, int], out: queue.Queue[object]) -> None:
     """Reader thread: feed every file to the engine, put batches of packet rows, then stats."""
     try:
-        engine = _engine.Engine(len(nodes))
+        engine = _engine.Engine()
         for source in sources:
-            assert source.node is not None
-            engine.begin(nodes[source.node])
+            engine.begin(source.fallback_node, source.node is None)
             for piece in _chunks(source.path, sizes[source.path]):
                 out.put(engine.feed(piece))
         out.put(engine.flush())
@@ -194,11 +191,9 @@ def write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -
 
 
 def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
-    names = list(dict.fromkeys(s.node for s in sources if s.node is not None))
-    nodes = {name: i for i, name in enumerate(names)}
-    node_json = [json.dumps(name).encode() for name in names]
+    node_json: dict[str, bytes] = {}
     batches: queue.Queue[object] = queue.Queue(QUEUE_BATCHES)
-    reader = threading.Thread(target=_produce, args=(sources, sizes, nodes, batches), name="chainlab-engine", daemon=True)
+    reader = threading.Thread(target=_produce, args=(sources, sizes, batches), name="chainlab-engine", daemon=True)
     reader.start()
     walks = _Judge()
     directions = Directions()
@@ -222,7 +217,7 @@ def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) 
             if tcp_flags is None and flags:
                 tcp_flags = flag_sets[flags] = frozenset(n for i, n in enumerate(TCP_FLAG_NAMES) if flags >> i & 1)
             packet = Packet(
-                names[node], Fields(None, None, proto, ip_id, None, None, None, None, icmp_type, icmp_id, icmp_seq,
+                node, Fields(None, None, proto, ip_id, None, None, None, None, icmp_type, icmp_id, icmp_seq,
                                     sport, dport, tcp_flags),
                 first=_endpoint(first), last=_endpoint(last), seq=seq, hooks=walk.hooks, route=walk.route,
                 verdict=walk.verdict, origin=walk.origin,
@@ -230,7 +225,10 @@ def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) 
             packet.direction = direction = directions.classify(packet)
             flows.add(packet)
             repaired += lines_repaired
-            chunk += (separator, b'{"node": ', node_json[node], b', "direction": "', direction.encode(), b'", ', head,
+            name = node_json.get(node)
+            if name is None:
+                name = node_json[node] = json.dumps(node).encode()
+            chunk += (separator, b'{"node": ', name, b', "direction": "', direction.encode(), b'", ', head,
                       walk.before_steps, steps, walk.after_steps, last_step, walk.after_last, tail)
             separator = b",\n  "
         binary.write(b"".join(chunk))
