@@ -414,6 +414,89 @@ def test_line_longer_than_the_read_buffer(tmp_path, monkeypatch):
     assert_same([f"n={log}"], "a 6 kB line with a 1 kB read buffer")
 
 
+def test_packet_dense_log_in_batches(tmp_path):
+    """One-line packets: a 4 MiB read finishes far more packets than one batch holds, so
+    feed() hands them over in several calls."""
+    line = "TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT={}"
+    log = tmp_path / "dense.log"
+    log.write_text("".join(line.format(i % 65536, i) + "\n" for i in range(5000)))
+    engine = importlib.import_module("chainlab.trace._engine").Engine()
+    engine.begin("n", False)
+    data = log.read_bytes()
+    rows, start = engine.feed(data)
+    assert 0 < start < len(data) and len(rows) < 5000
+    assert_same([f"n={log}"], "5000 one-line packets")
+
+
+def test_walk_cache_is_bounded(tmp_path, monkeypatch):
+    """A log of ever new walks: the judged-walk cache is emptied when full, output unchanged."""
+    native = importlib.import_module("chainlab.trace.native")
+    monkeypatch.setattr(native, "WALK_CACHE", 3)
+    line = "TRACE: raw:c{}:rule:{} IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT=2"
+    log = tmp_path / "walks.log"
+    log.write_text("".join(line.format(i % 7, i % 5, i) + "\n" for i in range(200)))
+    assert_same([f"n={log}"], "200 packets, 35 walks, a cache of 3")
+
+
+def test_log_changed_after_the_check(tmp_path):
+    """Bytes that change between the printable check and the read are an input error, not
+    a traceback or raw bytes in the JSON."""
+    from chainlab.errors import InputError
+    from chainlab.trace.reader import LogSource
+
+    native = importlib.import_module("chainlab.trace.native")
+    log = tmp_path / "changing.log"
+    good = SCENARIO2.read_bytes()
+    log.write_bytes(good)
+    sizes = native.plan([LogSource(log, "n")], [])
+    assert sizes == {log: len(good)}
+    log.write_bytes(good.replace(b"PREROUTING", b"PRE\tROUTE\xe9", 1))
+    with open(os.devnull, "w") as out, pytest.raises(InputError, match="printable ASCII"):
+        native.write_json(out, [LogSource(log, "n")], {log: len(good) + 2})
+
+
+def test_reader_thread_ends_when_writing_fails(tmp_path):
+    """A writer that fails (closed pipe, Ctrl-C, a bug) leaves no reader thread behind, even
+    while the reader has far more batches to hand over than the queue holds."""
+    import io
+    import threading
+
+    from chainlab.trace.reader import LogSource
+
+    native = importlib.import_module("chainlab.trace.native")
+
+    class Closed(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            raise BrokenPipeError
+
+    out = io.TextIOWrapper(Closed())
+    out.write = lambda text: len(text)  # the opening '{"packets": [' goes through; packets do not
+    line = "TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT={}"
+    log = tmp_path / "dense.log"
+    log.write_text("".join(line.format(i % 65536, i) + "\n" for i in range(20000)))
+    sources = [LogSource(log, "n")]
+    with pytest.raises(BrokenPipeError):
+        native.write_json(out, sources, native.plan(sources, []))
+    assert not [t for t in threading.enumerate() if t.name == "chainlab-engine"]
+
+
+def test_engine_misuse_is_an_error_not_a_crash():
+    engine_module = importlib.import_module("chainlab.trace._engine")
+    bare = engine_module.Engine.__new__(engine_module.Engine)
+    for call in (lambda: bare.feed(b"x\n"), bare.flush, bare.stats, lambda: bare.begin("n", False)):
+        with pytest.raises(RuntimeError):
+            call()
+    engine = engine_module.Engine()
+    with pytest.raises(RuntimeError):
+        engine.feed(b"TRACE: raw:PREROUTING:policy:2\n")
+    with pytest.raises(RuntimeError):
+        engine.__init__()
+    engine.begin("n", False)
+    with pytest.raises(ValueError):
+        engine.feed(b"x\n", 5)
+    assert engine.feed(b"x\n", 2) == ([], 2)
+
+
 def test_closed_stdout_exit_status(bench_log):
     """`chainlab analyze ... | head -c 20`: the reader goes away; both engines end the same way
     (the Python engine: 141, as a shell reports a SIGPIPE death)."""

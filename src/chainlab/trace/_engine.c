@@ -41,6 +41,8 @@ static int buf_grow(Buf *b, size_t extra) {
 }
 
 static int put(Buf *b, const char *s, size_t n) {
+    if (n == 0)
+        return 0;
     if (buf_grow(b, n))
         return -1;
     memcpy(b->p + b->n, s, n);
@@ -125,8 +127,8 @@ enum { K_UNKNOWN, K_UNUSED, K_IN, K_OUT, K_SRC, K_DST, K_TTL, K_ID, K_PROTO, K_T
        K_SPT, K_DPT, K_MARK };
 
 /* parse_kernel's KNOWN_KEYS; K_UNUSED for its UNUSED_KEYS (values the analysis ignores). */
-static int key_of(const char *k, int n) {
-#define IS(name) (n == (int)sizeof(name) - 1 && memcmp(k, name, sizeof(name) - 1) == 0)
+static int key_of(const char *k, size_t n) {
+#define IS(name) (n == sizeof(name) - 1 && memcmp(k, name, sizeof(name) - 1) == 0)
     switch (n) {
     case 2:
         return IS("IN") ? K_IN : IS("ID") ? K_ID : K_UNKNOWN;
@@ -164,7 +166,7 @@ static int key_of(const char *k, int n) {
 /* A string inside the current line (or inside a copy, for the assembler's last fields). */
 typedef struct {
     const char *s;
-    int n; /* -1: None */
+    Py_ssize_t n; /* -1: None */
 } Ref;
 
 typedef struct {
@@ -191,28 +193,28 @@ static int fields_eq(const Fields *a, const Fields *b) {
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-static int all_digits(const char *s, int n) {
-    if (n <= 0)
+static int all_digits(const char *s, size_t n) {
+    if (n == 0)
         return 0;
-    for (int i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         if (!is_digit(s[i]))
             return 0;
     return 1;
 }
 
 /* parse_kernel._int: digits only, at most 10 of them, at most `limit`; else None. */
-static long long small_int(const char *s, int n, long long limit) {
+static long long small_int(const char *s, size_t n, long long limit) {
     if (!all_digits(s, n) || n > 10)
         return NONE;
     long long v = 0;
-    for (int i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         v = v * 10 + (s[i] - '0');
     return v <= limit ? v : NONE;
 }
 
-static int is_ipv4(const char *s, int n) {
+static int is_ipv4(const char *s, size_t n) {
     int part = 0, digits = 0;
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (is_digit(s[i])) {
             if (++digits > 3)
                 return 0;
@@ -228,9 +230,9 @@ static int is_ipv4(const char *s, int n) {
 
 static int is_hex_digit(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
-static int name_is(const char *s, int n, const char *name) { return (int)strlen(name) == n && memcmp(s, name, (size_t)n) == 0; }
+static int name_is(const char *s, size_t n, const char *name) { return strlen(name) == n && memcmp(s, name, n) == 0; }
 
-static int find_in(const char **names, int count, const char *s, int n) {
+static int find_in(const char **names, int count, const char *s, size_t n) {
     for (int i = 0; i < count; i++)
         if (name_is(s, n, names[i]))
             return i;
@@ -238,20 +240,21 @@ static int find_in(const char **names, int count, const char *s, int n) {
 }
 
 /* parse_kernel.parse_fields on s[0:n] (tokens separated by spaces). */
-static void parse_fields(const char *s, int n, Fields *f) {
+static void parse_fields(const char *s, size_t n, Fields *f) {
     memset(f, 0, sizeof *f);
     f->ip_id = f->ttl = f->icmp_type = f->icmp_id = f->icmp_seq = f->sport = f->dport = NONE;
     f->in_if.n = f->out_if.n = f->mark.n = -1;
-    int damaged = 0, seen_l4 = 0, ip_id_done = 0, ids = 0, proto_token = 0, flags = 0, depth = 0;
+    int damaged = 0, seen_l4 = 0, ip_id_done = 0, proto_token = 0, flags = 0;
+    long long ids = 0, depth = 0;
     char proto[8] = "";
-    int i = 0;
+    size_t i = 0;
     while (i < n) {
         while (i < n && s[i] == ' ')
             i++;
         if (i >= n)
             break;
         const char *t = s + i;
-        int len = 0;
+        size_t len = 0;
         while (i < n && s[i] != ' ') {
             i++;
             len++;
@@ -259,14 +262,14 @@ static void parse_fields(const char *s, int n, Fields *f) {
         if (depth || t[0] == '[') {
             if (t[0] == '[')
                 depth++;
-            for (int j = 0; j < len; j++)
+            for (size_t j = 0; j < len; j++)
                 if (t[j] == ']')
                     depth--;
             if (depth < 0)
                 depth = 0;
             continue;
         }
-        const char *eq = memchr(t, '=', (size_t)len);
+        const char *eq = memchr(t, '=', len);
         if (!eq) {
             int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
             if (flag >= 0)
@@ -276,9 +279,9 @@ static void parse_fields(const char *s, int n, Fields *f) {
                 damaged = 1;
             continue;
         }
-        int klen = (int)(eq - t);
+        size_t klen = (size_t)(eq - t);
         const char *v = eq + 1;
-        int vlen = len - klen - 1;
+        size_t vlen = len - klen - 1;
         switch (key_of(t, klen)) {
         case K_UNUSED:
             break;
@@ -286,7 +289,7 @@ static void parse_fields(const char *s, int n, Fields *f) {
         case K_DST: {
             char *into = t[0] == 'S' ? f->src : f->dst;
             if (is_ipv4(v, vlen)) {
-                memcpy(into, v, (size_t)vlen);
+                memcpy(into, v, vlen);
                 into[vlen] = 0;
             } else {
                 damaged = 1;
@@ -294,10 +297,10 @@ static void parse_fields(const char *s, int n, Fields *f) {
             break;
         }
         case K_IN:
-            f->in_if = (Ref){v, vlen ? vlen : -1};
+            f->in_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
             break;
         case K_OUT:
-            f->out_if = (Ref){v, vlen ? vlen : -1};
+            f->out_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
             break;
         case K_TTL:
             f->ttl = small_int(v, vlen, 255);
@@ -307,13 +310,13 @@ static void parse_fields(const char *s, int n, Fields *f) {
             char upper[8];
             int ok = 0;
             if (vlen > 0 && vlen < 8) {
-                for (int j = 0; j < vlen; j++)
+                for (size_t j = 0; j < vlen; j++)
                     upper[j] = (v[j] >= 'a' && v[j] <= 'z') ? (char)(v[j] - 32) : v[j];
                 upper[vlen] = 0;
                 ok = find_in(PROTOCOL_NAMES, 11, upper, vlen) >= 0 || (all_digits(upper, vlen) && vlen <= 3);
             }
             if (ok)
-                memcpy(proto, upper, (size_t)vlen + 1);
+                memcpy(proto, upper, vlen + 1);
             else
                 proto[0] = 0;
             damaged |= !ok;
@@ -368,13 +371,13 @@ static void parse_fields(const char *s, int n, Fields *f) {
             break;
         case K_MARK: {
             int ok = vlen > 2 && v[0] == '0' && v[1] == 'x';
-            for (int j = 2; ok && j < vlen; j++)
+            for (size_t j = 2; ok && j < vlen; j++)
                 ok = is_hex_digit(v[j]);
             if (ok) {
-                int j = 2;
+                size_t j = 2;
                 while (j < vlen && v[j] == '0')
                     j++;
-                f->mark = (Ref){v + j, vlen - j};
+                f->mark = (Ref){v + j, (Py_ssize_t)(vlen - j)};
             } else {
                 damaged = 1;
             }
@@ -405,7 +408,7 @@ static void parse_fields(const char *s, int n, Fields *f) {
 
 typedef struct {
     const char *table, *chain, *pos;
-    int table_n, chain_n, pos_n; /* pos: digits with leading zeros stripped ("" = 0) */
+    size_t table_n, chain_n, pos_n; /* pos: digits with leading zeros stripped ("" = 0) */
     int kind;                    /* 0 rule, 1 return, 2 policy */
     size_t start, end;           /* of the whole match, from "TRACE: " */
 } Header;
@@ -450,7 +453,7 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
         size_t z = d0;
         while (z < q && line[z] == '0')
             z++;
-        *h = (Header){line + t0, line + c0, line + z, (int)(c0 - 1 - t0), (int)(k - c0), (int)(q - z), kind, at, q};
+        *h = (Header){line + t0, line + c0, line + z, c0 - 1 - t0, k - c0, q - z, kind, at, q};
         return 1;
     }
     return 0;
@@ -470,8 +473,8 @@ static const char *find_str(const char *s, size_t n, size_t from, const char *ne
 }
 
 /* TRACE_LIKE: `TRACE: ` + identifier + `:`. */
-static int trace_like_count(const char *line, size_t n) {
-    int count = 0;
+static size_t trace_like_count(const char *line, size_t n) {
+    size_t count = 0;
     const char *hit;
     size_t from = 0;
     while ((hit = find_str(line, n, from, "TRACE: ", 7))) {
@@ -488,10 +491,10 @@ static int trace_like_count(const char *line, size_t n) {
 }
 
 /* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/RFC 3339/dmesg time starts). */
-static int before_next_prefix(const char *s, int n) {
-    for (int p = 0; p < n; p++) {
+static size_t before_next_prefix(const char *s, size_t n) {
+    for (size_t p = 0; p < n; p++) {
         const char *t = s + p;
-        int r = n - p;
+        size_t r = n - p;
         if (r >= 15 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' &&
             t[3] == ' ' && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' && is_digit(t[7]) &&
             is_digit(t[8]) && t[9] == ':' && is_digit(t[10]) && is_digit(t[11]) && t[12] == ':' && is_digit(t[13]) &&
@@ -501,14 +504,14 @@ static int before_next_prefix(const char *s, int n) {
             (t[10] == 'T' || t[10] == ' ') && all_digits(t + 11, 2) && t[13] == ':' && all_digits(t + 14, 2))
             return p;
         if (t[0] == '[') {
-            int q = 1;
+            size_t q = 1;
             while (q < r && t[q] == ' ')
                 q++;
-            int d0 = q;
+            size_t d0 = q;
             while (q < r && is_digit(t[q]))
                 q++;
             if (q > d0 && q < r && t[q] == '.') {
-                int d1 = ++q;
+                size_t d1 = ++q;
                 while (q < r && is_digit(t[q]))
                     q++;
                 if (q > d1 && q < r && t[q] == ']')
@@ -539,6 +542,8 @@ struct Packet {
 };
 
 #define BUCKETS 4096
+/* feed() hands over at most about this many packets at a time (memory stays flat). */
+#define BATCH_PACKETS 1024
 
 typedef struct {
     PyObject_HEAD int window;
@@ -557,9 +562,12 @@ typedef struct {
     int *table_masks;
     PyObject **node_objects; /* made when first needed (with the GIL) */
     int n_nodes, cap_nodes;
+    int *node_slots; /* open-addressing index of the names: node number + 1, 0 = free */
+    size_t n_slots;
     Packet **done; /* finished, not yet handed to Python */
     size_t n_done, cap_done;
     int failed;    /* out of memory */
+    int busy;       /* feed() runs without the GIL: no other call meanwhile */
     int line_node;  /* node of the lines being fed, or of lines without a host field */
     int from_lines; /* take the node from each line's syslog host field */
     /* the last line's prefix (what precedes its first header): its node and time */
@@ -700,7 +708,7 @@ static int put_mark(Buf *b, Ref mark) {
         return -1;
     if (mark.n == 0)
         return PUTL(b, "0\"");
-    for (int i = 0; i < mark.n; i++) {
+    for (Py_ssize_t i = 0; i < mark.n; i++) {
         char c = mark.s[i];
         c = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
         if (put(b, &c, 1))
@@ -842,11 +850,25 @@ static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *ho
     return NULL;
 }
 
-/* The number of node `name`, registered if new; -1 when out of memory. */
-static int node_number(Engine *e, const char *name, size_t n) {
-    for (int i = e->n_nodes - 1; i >= 0; i--)
-        if (e->node_lens[i] == n && memcmp(e->node_names[i], name, n) == 0)
+static size_t name_hash(const char *name, size_t n) {
+    size_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* The slot of `name` in node_slots: where it is, or the free slot where it would go. */
+static size_t name_slot(const Engine *e, const char *name, size_t n) {
+    size_t i = name_hash(name, n) & (e->n_slots - 1);
+    for (;; i = (i + 1) & (e->n_slots - 1)) {
+        int node = e->node_slots[i] - 1;
+        if (node < 0 || (e->node_lens[node] == n && memcmp(e->node_names[node], name, n) == 0))
             return i;
+    }
+}
+
+/* Room for one more node (arrays and a half-empty index); -1 when out of memory. */
+static int node_room(Engine *e) {
     if (e->n_nodes == e->cap_nodes) {
         int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
         char **names = realloc(e->node_names, (size_t)cap * sizeof *names);
@@ -865,9 +887,32 @@ static int node_number(Engine *e, const char *name, size_t n) {
             return -1;
         e->cap_nodes = cap;
     }
+    if ((size_t)(e->n_nodes + 1) * 2 > e->n_slots) {
+        size_t n_slots = e->n_slots ? e->n_slots * 2 : 16;
+        int *slots = calloc(n_slots, sizeof *slots);
+        if (!slots)
+            return -1;
+        free(e->node_slots);
+        e->node_slots = slots;
+        e->n_slots = n_slots;
+        for (int i = 0; i < e->n_nodes; i++)
+            e->node_slots[name_slot(e, e->node_names[i], e->node_lens[i])] = i + 1;
+    }
+    return 0;
+}
+
+/* The number of node `name`, registered if new; -1 when out of memory. */
+static int node_number(Engine *e, const char *name, size_t n) {
+    if (e->n_slots) {
+        int node = e->node_slots[name_slot(e, name, n)] - 1;
+        if (node >= 0)
+            return node;
+    }
     char *copy = malloc(n + 1);
-    if (!copy)
+    if (!copy || node_room(e)) {
+        free(copy);
         return -1;
+    }
     memcpy(copy, name, n);
     copy[n] = 0;
     int i = e->n_nodes++;
@@ -875,6 +920,7 @@ static int node_number(Engine *e, const char *name, size_t n) {
     e->node_lens[i] = n;
     e->table_masks[i] = 0;
     e->node_objects[i] = NULL;
+    e->node_slots[name_slot(e, copy, n)] = i + 1;
     return i;
 }
 
@@ -915,8 +961,8 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
         while (h < n && t[h] != ' ' && t[h] != ':' && t[h] != '[')
             h++;
         if (h > end && h0 > end && h > h0 && h < n && t[h] == ' ') {
-            *host = (Ref){t + h0, (int)(h - h0)};
-            *time = (Ref){t + p, (int)(end - p)};
+            *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
+            *time = (Ref){t + p, (Py_ssize_t)(end - p)};
             return;
         }
     }
@@ -935,7 +981,7 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
         while (c < n && is_digit(t[c]))
             c++;
         if (c > d1 && c < n && t[c] == ']') {
-            *time = (Ref){t + d0, (int)(c - d0)};
+            *time = (Ref){t + d0, (Py_ssize_t)(c - d0)};
             return;
         }
     }
@@ -949,7 +995,7 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
         return e->line_node;
     }
     Buf *b = &e->prefix_text;
-    if (!(e->has_prefix && b->n == at && memcmp(b->p, line, at) == 0)) {
+    if (!(e->has_prefix && b->n == at && (at == 0 || memcmp(b->p, line, at) == 0))) {
         e->has_prefix = 0;
         b->n = 0;
         if (put(b, line, at)) {
@@ -1014,15 +1060,15 @@ static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fi
  * returns whether s[0:n] holds another "TRACE: " (then the line is glued). */
 static int tail_fields(Engine *e, const char *s, size_t n, Fields *f) {
     Buf *t = &e->tail_text;
-    if (!(e->has_tail && t->n == n && memcmp(t->p, s, n) == 0)) {
+    if (!(e->has_tail && t->n == n && (n == 0 || memcmp(t->p, s, n) == 0))) {
         t->n = 0;
         e->has_tail = 0;
         if (put(t, s, n)) {
             e->failed = 1;
-            parse_fields(s, (int)n, f);
+            parse_fields(s, n, f);
             return find_str(s, n, 0, "TRACE: ", 7) != NULL;
         }
-        parse_fields(t->p, (int)n, &e->tail_fields);
+        parse_fields(t->p, n, &e->tail_fields);
         e->tail_glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
         e->has_tail = 1;
     }
@@ -1051,14 +1097,14 @@ static void feed_line(Engine *e, const char *line, size_t n) {
         return;
     }
     /* glued or damaged: every header on the line (finditer) */
-    int count = 0, occurrences = 0;
+    size_t count = 0, occurrences = 0;
     size_t from = 0;
     const char *hit;
     while ((hit = find_str(line, n, from, "TRACE: ", 7))) {
         size_t at = (size_t)(hit - line);
         occurrences++;
         if (match_header(line, n, at, &h)) {
-            if ((size_t)count == e->cap_headers) {
+            if (count == e->cap_headers) {
                 size_t cap = e->cap_headers ? e->cap_headers * 2 : 16;
                 Header *grown = realloc(e->headers, cap * sizeof *grown);
                 if (!grown) {
@@ -1075,23 +1121,22 @@ static void feed_line(Engine *e, const char *line, size_t n) {
         }
     }
     Header *headers = e->headers;
-    int bad = 0;
+    size_t bad = 0;
     if (occurrences != count) {
-        bad = trace_like_count(line, n) - count;
-        if (bad < 0)
-            bad = 0;
+        size_t like = trace_like_count(line, n);
+        bad = like > count ? like - count : 0;
     }
-    e->skipped += bad;
+    e->skipped += (long long)bad;
     if (!count) {
         if (!bad)
             e->ignored++;
         return;
     }
     int node = line_origin(e, line, headers[0].start, &time);
-    for (int i = 0; i < count; i++) {
-        if (i < count - 1) {
+    for (size_t i = 0; i < count; i++) {
+        if (i + 1 < count) {
             const char *seg = line + headers[i].end;
-            int len = (int)(headers[i + 1].start - headers[i].end);
+            size_t len = headers[i + 1].start - headers[i].end;
             parse_fields(seg, before_next_prefix(seg, len), &f);
             f.damaged = 1;
         } else {
@@ -1101,7 +1146,33 @@ static void feed_line(Engine *e, const char *line, size_t n) {
     }
 }
 
+/* Every byte printable ASCII or '\n': what the engine is for (see native.py). */
+static int all_printable(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n; i += 4096) { /* branch-free inside a block, so it vectorizes */
+        size_t end = i + 4096 < n ? i + 4096 : n;
+        unsigned char bad = 0;
+        for (size_t j = i; j < end; j++)
+            bad |= (unsigned char)((unsigned char)(s[j] - 0x20) > 0x5e) & (unsigned char)(s[j] != '\n');
+        if (bad)
+            return 0;
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------------- Python interface */
+
+/* Set up by __init__ (and begin(), `fed`), and not in use by another thread; else an exception. */
+static int engine_ready(Engine *e, int fed) {
+    if (!e->window)
+        PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
+    else if (e->busy)
+        PyErr_SetString(PyExc_RuntimeError, "the engine is busy in another thread");
+    else if (fed && e->line_node < 0)
+        PyErr_SetString(PyExc_RuntimeError, "feed() before begin()");
+    else
+        return 1;
+    return 0;
+}
 
 static PyObject *py_str_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
 
@@ -1243,6 +1314,10 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "window must be positive");
         return -1;
     }
+    if (e->window) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine is already initialised");
+        return -1;
+    }
     e->window = window;
     e->line_node = -1;
     return 0;
@@ -1264,6 +1339,7 @@ static void Engine_dealloc(Engine *e) {
     free(e->node_lens);
     free(e->table_masks);
     free(e->node_objects);
+    free(e->node_slots);
     free(e->done);
     free(e->last_text.p);
     free(e->headers);
@@ -1276,6 +1352,8 @@ PyDoc_STRVAR(begin_doc, "begin(node, from_lines): the following chunks are a new
                         "with from_lines, each line's syslog host field names its node, and `node` is for lines without one.");
 
 static PyObject *Engine_begin(Engine *e, PyObject *args) {
+    if (!engine_ready(e, 0))
+        return NULL;
     PyObject *name;
     int from_lines;
     if (!PyArg_ParseTuple(args, "Up", &name, &from_lines))
@@ -1296,34 +1374,48 @@ static PyObject *Engine_begin(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(feed_doc, "feed(chunk) -> finished packets: `chunk` holds whole lines ('\\n'-separated; a last line may lack it).");
+PyDoc_STRVAR(feed_doc, "feed(chunk, start=0) -> (finished packets, where to start next): `chunk` holds whole lines\n"
+                       "('\\n'-separated; a last line may lack it). It stops early once it has a batch of packets\n"
+                       "to hand over: call again from the returned start until that is len(chunk).");
 
-static PyObject *Engine_feed(Engine *e, PyObject *arg) {
-    if (e->line_node < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "feed() before begin()");
-        return NULL;
-    }
+static PyObject *Engine_feed(Engine *e, PyObject *args) {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+    Py_ssize_t start = 0;
+    if (!PyArg_ParseTuple(args, "y*|n", &view, &start))
         return NULL;
+    PyObject *out = NULL;
     const char *data = view.buf;
-    size_t n = (size_t)view.len;
-    Py_BEGIN_ALLOW_THREADS;
-    size_t pos = 0;
-    while (pos < n) {
-        const char *nl = memchr(data + pos, '\n', n - pos);
-        size_t end = nl ? (size_t)(nl - data) : n;
-        feed_line(e, data + pos, end - pos);
-        pos = end + 1;
+    size_t n = (size_t)view.len, pos = start >= 0 ? (size_t)start : n + 1;
+    if (!engine_ready(e, 1)) {
+        /* the exception is set */
+    } else if (pos > n) {
+        PyErr_SetString(PyExc_ValueError, "start is outside the chunk");
+    } else if (pos == 0 && !all_printable((const unsigned char *)data, n)) {
+        PyErr_SetString(PyExc_ValueError, "bytes other than printable ASCII (did the file change since it was checked?)");
+    } else {
+        e->busy = 1;
+        Py_BEGIN_ALLOW_THREADS;
+        while (pos < n && e->n_done < BATCH_PACKETS) {
+            const char *nl = memchr(data + pos, '\n', n - pos);
+            size_t end = nl ? (size_t)(nl - data) : n;
+            feed_line(e, data + pos, end - pos);
+            pos = end + 1;
+        }
+        Py_END_ALLOW_THREADS;
+        e->busy = 0;
+        PyObject *done = take_done(e);
+        if (done)
+            out = Py_BuildValue("(Nn)", done, (Py_ssize_t)(pos < n ? pos : n));
     }
-    Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
-    return take_done(e);
+    return out;
 }
 
 PyDoc_STRVAR(flush_doc, "flush() -> every packet still open (end of input).");
 
 static PyObject *Engine_flush(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, 0))
+        return NULL;
     while (e->head)
         finish(e, e->head);
     return take_done(e);
@@ -1332,12 +1424,14 @@ static PyObject *Engine_flush(Engine *e, PyObject *unused) {
 PyDoc_STRVAR(stats_doc, "stats() -> (lines, ignored_lines, skipped_lines, trace_records, unattributed).");
 
 static PyObject *Engine_stats(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, 0))
+        return NULL;
     return Py_BuildValue("(LLLLL)", e->lines, e->ignored, e->skipped, e->records, e->unattributed);
 }
 
 static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
-    {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
+    {"feed", (PyCFunction)Engine_feed, METH_VARARGS, feed_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, stats_doc},
     {NULL},
@@ -1360,17 +1454,9 @@ static PyObject *printable(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
-    const unsigned char *s = view.buf;
-    size_t n = (size_t)view.len;
-    int ok = 1;
+    int ok;
     Py_BEGIN_ALLOW_THREADS;
-    for (size_t i = 0; i < n && ok; i += 4096) { /* branch-free inside a block, so it vectorizes */
-        size_t end = i + 4096 < n ? i + 4096 : n;
-        unsigned char bad = 0;
-        for (size_t j = i; j < end; j++)
-            bad |= (unsigned char)((unsigned char)(s[j] - 0x20) > 0x5e) & (unsigned char)(s[j] != '\n');
-        ok = !bad;
-    }
+    ok = all_printable(view.buf, (size_t)view.len);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
     return PyBool_FromLong(ok);

@@ -13,6 +13,7 @@ unset or `auto` picks it when it applies.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -40,8 +41,11 @@ except ImportError:  # built without a C compiler: the Python engine does everyt
 ENV = "CHAINLAB_ENGINE"
 CHUNK = 4 << 20
 SWITCH_INTERVAL = 0.001
-#: Finished-packet batches waiting to be written: bounds memory while the reader runs ahead.
-QUEUE_BATCHES = 4
+#: Finished-packet batches (of at most ~1500 packets) waiting to be written: bounds memory
+#: while the reader runs ahead.
+QUEUE_BATCHES = 2
+#: Distinct walks judged and kept: a log of ever new walks must not grow memory.
+WALK_CACHE = 4096
 TCP_FLAG_NAMES = ("ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG")  # bit order of _engine.c
 
 
@@ -115,18 +119,42 @@ def _chunks(path: Path, limit: int | None = None) -> Iterator[memoryview]:
 _Row = tuple[Any, ...]
 
 
-def _produce(sources: list[LogSource], sizes: dict[Path, int], out: queue.Queue[object]) -> None:
-    """Reader thread: feed every file to the engine, put batches of packet rows, then stats."""
+class _Stopped(Exception):
+    """The writing side gave up (an error, a closed stdout, Ctrl-C): the reader stops too."""
+
+
+def _produce(sources: list[LogSource], sizes: dict[Path, int], out: queue.Queue[object], stop: threading.Event) -> None:
+    """Reader thread: feed every file to the engine, put batches of packet rows, then the
+    stats (or the exception that ended it); return soon after `stop` is set."""
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
     try:
         engine = _engine.Engine()
         for source in sources:
             engine.begin(source.fallback_node, source.node is None)
             for piece in _chunks(source.path, sizes[source.path]):
-                out.put(engine.feed(piece))
-        out.put(engine.flush())
-        out.put(engine.stats())
+                start = 0
+                while start < len(piece):
+                    try:
+                        rows, start = engine.feed(piece, start)
+                    except ValueError as exc:
+                        raise InputError([Problem(str(source.path), "", f"log: {exc}")]) from None
+                    put(rows)
+        put(engine.flush())
+        put(engine.stats())
+    except _Stopped:
+        pass
     except BaseException as exc:  # noqa: BLE001 - raised again in the writing thread
-        out.put(exc)
+        with contextlib.suppress(_Stopped):
+            put(exc)
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,8 @@ class _Judge:
     def __call__(self, signature: bytes, mask: int) -> _Walk:
         walk = self.walks.get((signature, mask))
         if walk is None:
+            if len(self.walks) >= WALK_CACHE:
+                self.walks.clear()
             walk = self.walks[(signature, mask)] = self._judge(signature, mask)
         return walk
 
@@ -191,10 +221,19 @@ def write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -
 
 
 def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
-    node_json: dict[str, bytes] = {}
     batches: queue.Queue[object] = queue.Queue(QUEUE_BATCHES)
-    reader = threading.Thread(target=_produce, args=(sources, sizes, batches), name="chainlab-engine", daemon=True)
+    stop = threading.Event()
+    reader = threading.Thread(target=_produce, args=(sources, sizes, batches, stop), name="chainlab-engine", daemon=True)
     reader.start()
+    try:
+        _write_packets(out, sources, batches)
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _write_packets(out: IO[str], sources: list[LogSource], batches: queue.Queue[object]) -> None:
+    node_json: dict[str, bytes] = {}
     walks = _Judge()
     directions = Directions()
     flows = FlowIndex()
