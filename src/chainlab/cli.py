@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import click
@@ -13,14 +14,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from chainlab.errors import ChainlabError
-from chainlab.inventory import resolve_inventory_path
 
 
 class Context:
     """Options shared by every sub-command."""
 
     def __init__(self, inventory_option: str | None):
-        self.inventory_path = resolve_inventory_path(inventory_option)
+        self.inventory_option = inventory_option
+
+    @property
+    def inventory_path(self) -> Path:
+        # chainlab.inventory imports pydantic (0.1 s): only for commands that read an inventory.
+        from chainlab.inventory import resolve_inventory_path
+
+        return resolve_inventory_path(self.inventory_option)
 
 
 #: Sub-command name → module under chainlab.commands that defines it (in COMMANDS).

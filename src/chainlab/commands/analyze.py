@@ -14,7 +14,6 @@ from chainlab.names import HOST_NAME
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.render.text import print_analysis
-from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
 from chainlab.trace import native
 from chainlab.trace.netfilter import TABLES
@@ -72,7 +71,11 @@ def analyze_command(
         node, path = _node_and_path(arg, "--rules", node_required=True)
         rules[node] = load_rules(path)
     tables = parse_tables(tables_arg)
-    scenario = load_scenario(expect_path) if expect_path else None
+    scenario = None
+    if expect_path:
+        from chainlab.scenario import load_scenario  # pydantic: imported only when needed (0.1 s)
+
+        scenario = load_scenario(expect_path)
     options = AnalysisOptions(tables=tables, rules=rules)
     console = Console()
 

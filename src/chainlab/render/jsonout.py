@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from chainlab.trace.expect import Check
 from chainlab.trace.flows import Flow
 from chainlab.trace.model import Packet
 from chainlab.trace.reader import ReadStats
+
+if TYPE_CHECKING:
+    from chainlab.trace.expect import Check
 
 
 def write_json(

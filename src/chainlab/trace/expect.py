@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chainlab.scenario import Scenario
 from chainlab.trace.analyze import hook_path
 from chainlab.trace.model import Packet
+
+if TYPE_CHECKING:  # pydantic costs 0.1 s to import; `analyze --format json` has no scenario
+    from chainlab.scenario import Scenario
 
 PROBE_PROTOCOL = {"ping": "icmp", "tcp": "tcp"}
 
