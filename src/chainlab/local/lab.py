@@ -44,37 +44,39 @@ class ProcRecord(BaseModel):
         return S.Proc(self.pid, self.start)
 
 
-class HostState(BaseModel):
+class HostRecord(BaseModel):
+    """What `up` started for one host (not labstate.HostState: what `lab up` provisioned)."""
+
     holder: ProcRecord | None = None
     setup_done: bool = False
     daemons: dict[str, ProcRecord] = {}
     up_since: float | None = None
 
 
-class LabState(BaseModel):
+class LocalLabRecord(BaseModel):
     """What `up` made that the plan alone cannot tell: PIDs and pre-existing machine state."""
 
     lab: str
     created_dirs: list[str] = []  # directories that did not exist before (deepest last)
     run_netns_was_mounted: bool = True
-    hosts: dict[str, HostState] = {}
+    hosts: dict[str, HostRecord] = {}
 
 
 class _Store:
     """The state file, saved atomically after every change (threads share it)."""
 
-    def __init__(self, plan: LabPlan, state: LabState):
+    def __init__(self, plan: LabPlan, state: LocalLabRecord):
         self.path = plan.state_file
         self.state = state
         self.lock = threading.Lock()
 
-    def host(self, name: str) -> HostState:
+    def host(self, name: str) -> HostRecord:
         with self.lock:
-            return self.state.hosts.setdefault(name, HostState())
+            return self.state.hosts.setdefault(name, HostRecord())
 
-    def reset_host(self, name: str) -> HostState:
+    def reset_host(self, name: str) -> HostRecord:
         with self.lock:
-            fresh = self.state.hosts[name] = HostState()
+            fresh = self.state.hosts[name] = HostRecord()
         self.save()
         return fresh
 
@@ -85,10 +87,10 @@ class _Store:
             os.replace(tmp, self.path)
 
 
-def load_state(plan: LabPlan) -> LabState | None:
+def load_state(plan: LabPlan) -> LocalLabRecord | None:
     """The lab's state file, None if there is none; an unreadable one is an error."""
     try:
-        return LabState.model_validate_json(plan.state_file.read_text())
+        return LocalLabRecord.model_validate_json(plan.state_file.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -181,12 +183,12 @@ def _up(plan: LabPlan, log: Log) -> None:
         raise ChainlabError("local up failed (run `chainlab local down` to clean up): " + "; ".join(errors))
 
 
-def _first_state(plan: LabPlan) -> LabState:
+def _first_state(plan: LabPlan) -> LocalLabRecord:
     created = []
     for path in [*reversed(plan.state_dir.parents), plan.state_dir, Path("/run/netns")]:
         if not path.exists():
             created.append(str(path))
-    return LabState(lab=plan.lab, created_dirs=created, run_netns_was_mounted=S.is_mountpoint("/run/netns"))
+    return LocalLabRecord(lab=plan.lab, created_dirs=created, run_netns_was_mounted=S.is_mountpoint("/run/netns"))
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -229,7 +231,7 @@ def _ensure_image(plan: LabPlan) -> None:
         build_image_tarball(plan.image_tarball)
 
 
-def _host_ok(host: HostPlan, hs: HostState) -> bool:
+def _host_ok(host: HostPlan, hs: HostRecord) -> bool:
     return (
         S.netns_exists(host.netns) and hs.setup_done and hs.holder is not None
         and S.alive(hs.holder.proc()) and S.in_netns(hs.holder.pid, host.netns)
@@ -290,7 +292,7 @@ def _prepare_files(plan: LabPlan, host: HostPlan) -> None:
     host.sshd_config_path.write_text(P.sshd_config(plan, host))
 
 
-def _create_host(plan: LabPlan, host: HostPlan, hs: HostState, store: _Store) -> None:
+def _create_host(plan: LabPlan, host: HostPlan, hs: HostRecord, store: _Store) -> None:
     _prepare_files(plan, host)
     S.run(["ip", "netns", "add", host.netns])
     proc = S.spawn(P.holder_argv(host))
@@ -324,7 +326,7 @@ class _NotReady(Exception):
     pass
 
 
-def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
+def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
     assert hs.holder is not None
     holder = hs.holder.pid
 
@@ -358,7 +360,7 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostState) -> None:
 
 # --- down -----------------------------------------------------------------------------
 
-def _recorded_processes(hs: HostState) -> set[int]:
+def _recorded_processes(hs: HostRecord) -> set[int]:
     """A host's recorded processes still running, and whatever shares its holder's mount ns."""
     records = [hs.holder, *hs.daemons.values()]
     pids = {r.pid for r in records if r is not None and S.alive(r.proc())}
@@ -367,11 +369,11 @@ def _recorded_processes(hs: HostState) -> set[int]:
     return pids
 
 
-def _host_processes(host: HostPlan, hs: HostState | None) -> set[int]:
+def _host_processes(host: HostPlan, hs: HostRecord | None) -> set[int]:
     return set(S.netns_pids(host.netns)) | (_recorded_processes(hs) if hs else set())
 
 
-def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostState | None) -> None:
+def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     S.kill_all(S.descendants(_host_processes(host, hs)))
     if S.link_exists(host.lan_port, plan.lan_netns):
         S.run(["ip", "-n", plan.lan_netns, "link", "del", host.lan_port])
