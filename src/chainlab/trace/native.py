@@ -31,7 +31,7 @@ from chainlab.trace.analyze import Directions, hook_path, judge
 from chainlab.trace.flows import FlowIndex
 from chainlab.trace.model import Fields, Packet, Step
 from chainlab.trace.netfilter import TABLES, Slot, table_slots
-from chainlab.trace.reader import KERNEL, SNIFF_LINES, LogSource, ReadStats, _open_lines, _read_errors, sniff_format
+from chainlab.trace.reader import KERNEL, SNIFF_LINES, LogSource, ReadStats, open_lines, read_errors, sniff_format
 
 try:
     from chainlab.trace import _engine
@@ -75,7 +75,7 @@ def _why_not(sources: list[LogSource], python_only: list[str], sizes: dict[Path,
         if source.path.suffix == ".gz":
             return f"{source.path}: gzipped"
         head = []
-        for line in _open_lines(source.path):
+        for line in open_lines(source.path):
             head.append(line)
             if len(head) >= SNIFF_LINES:
                 break
@@ -97,7 +97,7 @@ def _chunks(path: Path, limit: int | None = None) -> Iterator[memoryview]:
     buf = bytearray(CHUNK)
     held = 0
     left = sys.maxsize if limit is None else limit
-    with _read_errors(path), open(path, "rb", buffering=0) as handle:
+    with read_errors(path), open(path, "rb", buffering=0) as handle:
         while True:
             if held == len(buf):  # a line longer than the buffer
                 buf = buf + bytes(len(buf))

@@ -63,14 +63,14 @@ class LogSource:
         return self.node or self.path.name.split(".")[0]
 
 
-def _open_lines(path: Path) -> Iterator[str]:
+def open_lines(path: Path) -> Iterator[str]:
     """Lines of a log, gunzipped if its name ends in .gz.
 
     A file that cannot be read to its end (unreadable, not gzip, truncated) is an
     InputError, even half-way through: its events would be an incomplete story.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with _read_errors(path), opener(path, "rb") as handle:  # type: ignore[operator]
+    with read_errors(path), opener(path, "rb") as handle:  # type: ignore[operator]
         for raw in handle:
             yield raw.decode("utf-8", "replace").rstrip("\r\n")
 
@@ -81,13 +81,13 @@ def check_gzip_intact(path: Path) -> None:
     percent of the time parsing does."""
     if path.suffix != ".gz":
         return
-    with _read_errors(path), gzip.open(path, "rb") as handle:
+    with read_errors(path), gzip.open(path, "rb") as handle:
         while handle.read(1 << 20):
             pass
 
 
 @contextlib.contextmanager
-def _read_errors(path: Path) -> Iterator[None]:
+def read_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, EOFError, zlib.error) as exc:
@@ -118,7 +118,7 @@ def sniff_format(lines: list[str]) -> str:
 
 def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
     """Events of one file, in file order."""
-    lines = _open_lines(source.path)
+    lines = open_lines(source.path)
     head: list[str] = []
     for line in lines:
         head.append(line)
@@ -192,7 +192,7 @@ def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connecti
     serials: dict[int, tuple[int, Fields]] = {}
     rows: list[_Row] = []
     try:
-        for step, fields, host, shared in _kernel_records(_open_lines(path), parser, stats):
+        for step, fields, host, shared in _kernel_records(open_lines(path), parser, stats):
             if parser.generation != generation:
                 generation = parser.generation
                 serials.clear()
