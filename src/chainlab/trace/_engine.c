@@ -1376,7 +1376,8 @@ static PyObject *Engine_begin(Engine *e, PyObject *args) {
 
 PyDoc_STRVAR(feed_doc, "feed(chunk, start=0) -> (finished packets, where to start next): `chunk` holds whole lines\n"
                        "('\\n'-separated; a last line may lack it). It stops early once it has a batch of packets\n"
-                       "to hand over: call again from the returned start until that is len(chunk).");
+                       "to hand over: call again from the returned start until that is len(chunk). The chunk's bytes are\n"
+                       "checked (printable ASCII or '\\n', else ValueError) when start is 0.");
 
 static PyObject *Engine_feed(Engine *e, PyObject *args) {
     Py_buffer view;
