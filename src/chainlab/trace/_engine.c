@@ -438,13 +438,13 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
         size_t q = k + 1;
         int kind = -1;
         for (int j = 0; j < 3 && kind < 0; j++) {
-            size_t kl = strlen(KINDS[j]);
+            size_t kl = KIND_LEN[j];
             if (q + kl < n && memcmp(line + q, KINDS[j], kl) == 0 && line[q + kl] == ':')
                 kind = j;
         }
         if (kind < 0)
             continue;
-        q += strlen(KINDS[kind]) + 1;
+        q += KIND_LEN[kind] + 1;
         size_t d0 = q;
         while (q < n && is_digit(line[q]))
             q++;
@@ -490,35 +490,48 @@ static size_t trace_like_count(const char *line, size_t n) {
     return count;
 }
 
+/* The timestamps parse_kernel's regexes know, each matched at t[0:r]. */
+
+/* `[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d` (syslog), 15 characters. */
+static int bsd_time_at(const char *t, size_t r) {
+    return r >= 15 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' &&
+           t[3] == ' ' && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' && all_digits(t + 7, 2) &&
+           t[9] == ':' && all_digits(t + 10, 2) && t[12] == ':' && all_digits(t + 13, 2);
+}
+
+/* `\d{4}-\d\d-\d\d[T ]\d\d:\d\d` (RFC 3339 to the minute), 16 characters. */
+static int iso_minute_at(const char *t, size_t r) {
+    return r >= 16 && all_digits(t, 4) && t[4] == '-' && all_digits(t + 5, 2) && t[7] == '-' && all_digits(t + 8, 2) &&
+           (t[10] == 'T' || t[10] == ' ') && all_digits(t + 11, 2) && t[13] == ':' && all_digits(t + 14, 2);
+}
+
+/* `\[\s*(\d+\.\d+)\]` (dmesg uptime): the group's length (its start is *digits), 0 if none. */
+static size_t uptime_at(const char *t, size_t r, size_t *digits) {
+    if (r == 0 || t[0] != '[')
+        return 0;
+    size_t q = 1;
+    while (q < r && t[q] == ' ')
+        q++;
+    size_t d0 = q;
+    while (q < r && is_digit(t[q]))
+        q++;
+    if (q == d0 || q >= r || t[q] != '.')
+        return 0;
+    size_t d1 = ++q;
+    while (q < r && is_digit(t[q]))
+        q++;
+    if (q == d1 || q >= r || t[q] != ']')
+        return 0;
+    *digits = d0;
+    return q - d0;
+}
+
 /* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/RFC 3339/dmesg time starts). */
 static size_t before_next_prefix(const char *s, size_t n) {
-    for (size_t p = 0; p < n; p++) {
-        const char *t = s + p;
-        size_t r = n - p;
-        if (r >= 15 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' &&
-            t[3] == ' ' && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' && is_digit(t[7]) &&
-            is_digit(t[8]) && t[9] == ':' && is_digit(t[10]) && is_digit(t[11]) && t[12] == ':' && is_digit(t[13]) &&
-            is_digit(t[14]))
+    size_t digits;
+    for (size_t p = 0; p < n; p++)
+        if (bsd_time_at(s + p, n - p) || iso_minute_at(s + p, n - p) || uptime_at(s + p, n - p, &digits))
             return p;
-        if (r >= 16 && all_digits(t, 4) && t[4] == '-' && all_digits(t + 5, 2) && t[7] == '-' && all_digits(t + 8, 2) &&
-            (t[10] == 'T' || t[10] == ' ') && all_digits(t + 11, 2) && t[13] == ':' && all_digits(t + 14, 2))
-            return p;
-        if (t[0] == '[') {
-            size_t q = 1;
-            while (q < r && t[q] == ' ')
-                q++;
-            size_t d0 = q;
-            while (q < r && is_digit(t[q]))
-                q++;
-            if (q > d0 && q < r && t[q] == '.') {
-                size_t d1 = ++q;
-                while (q < r && is_digit(t[q]))
-                    q++;
-                if (q > d1 && q < r && t[q] == ']')
-                    return p;
-            }
-        }
-    }
     return n;
 }
 
@@ -717,6 +730,11 @@ static int put_mark(Buf *b, Ref mark) {
     return PUTL(b, "\"");
 }
 
+/* The position as JSON and signature give it: digits without leading zeros, "0" for none. */
+static int put_position(Buf *b, const Header *h) { return h->pos_n ? put(b, h->pos, h->pos_n) : PUTL(b, "0"); }
+
+static int put_kind(Buf *b, const Header *h) { return put(b, KINDS[h->kind], KIND_LEN[h->kind]); }
+
 static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook, Ref time) {
     Buf *b = &p->steps;
     int err = 0;
@@ -724,13 +742,13 @@ static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, in
         err |= PUTL(b, ", ");
     p->last_step_at = b->n;
     err |= PUTL(b, "{\"table\": ");
-    err |= put_jstr(b, s->h.table, (size_t)s->h.table_n);
+    err |= put_jstr(b, s->h.table, s->h.table_n);
     err |= PUTL(b, ", \"chain\": ");
-    err |= put_jstr(b, s->h.chain, (size_t)s->h.chain_n);
+    err |= put_jstr(b, s->h.chain, s->h.chain_n);
     err |= PUTL(b, ", \"kind\": \"");
-    err |= put(b, KINDS[s->h.kind], KIND_LEN[s->h.kind]);
+    err |= put_kind(b, &s->h);
     err |= PUTL(b, "\", \"position\": ");
-    err |= s->h.pos_n ? put(b, s->h.pos, (size_t)s->h.pos_n) : PUTL(b, "0");
+    err |= put_position(b, &s->h);
     err |= PUTL(b, ", \"rule\": null, \"hook\": ");
     if (hook >= 0) {
         err |= PUTL(b, "\"");
@@ -752,13 +770,13 @@ static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, in
     err |= PUTL(b, "}");
     /* the walk's signature: table TAB chain TAB kind TAB position TAB hook NEWLINE */
     Buf *g = &p->sig;
-    err |= put(g, s->h.table, (size_t)s->h.table_n);
+    err |= put(g, s->h.table, s->h.table_n);
     err |= PUTL(g, "\t");
-    err |= put(g, s->h.chain, (size_t)s->h.chain_n);
+    err |= put(g, s->h.chain, s->h.chain_n);
     err |= PUTL(g, "\t");
-    err |= put(g, KINDS[s->h.kind], KIND_LEN[s->h.kind]);
+    err |= put_kind(g, &s->h);
     err |= PUTL(g, "\t");
-    err |= s->h.pos_n ? put(g, s->h.pos, (size_t)s->h.pos_n) : PUTL(g, "0");
+    err |= put_position(g, &s->h);
     err |= PUTL(g, "\t");
     if (hook >= 0)
         err |= put(g, HOOKS[hook], HOOK_LEN[hook]);
@@ -942,13 +960,9 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
     }
     size_t r = n - p, end = 0;
     const char *u = t + p;
-    if (r >= 15 && u[0] >= 'A' && u[0] <= 'Z' && u[1] >= 'a' && u[1] <= 'z' && u[2] >= 'a' && u[2] <= 'z' && u[3] == ' ' &&
-        (u[4] == ' ' || is_digit(u[4])) && is_digit(u[5]) && u[6] == ' ' && all_digits(u + 7, 2) && u[9] == ':' &&
-        all_digits(u + 10, 2) && u[12] == ':' && all_digits(u + 13, 2)) {
+    if (bsd_time_at(u, r)) {
         end = p + 15;
-    } else if (r >= 19 && all_digits(u, 4) && u[4] == '-' && all_digits(u + 5, 2) && u[7] == '-' && all_digits(u + 8, 2) &&
-               (u[10] == 'T' || u[10] == ' ') && all_digits(u + 11, 2) && u[13] == ':' && all_digits(u + 14, 2) &&
-               u[16] == ':' && all_digits(u + 17, 2)) {
+    } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
         end = p + 19;
         while (end < n && t[end] != ' ')
             end++;
@@ -967,21 +981,9 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
         }
     }
     for (size_t b = 0; b < n; b++) {
-        if (t[b] != '[')
-            continue;
-        size_t c = b + 1;
-        while (c < n && t[c] == ' ')
-            c++;
-        size_t d0 = c;
-        while (c < n && is_digit(t[c]))
-            c++;
-        if (c == d0 || c >= n || t[c] != '.')
-            continue;
-        size_t d1 = ++c;
-        while (c < n && is_digit(t[c]))
-            c++;
-        if (c > d1 && c < n && t[c] == ']') {
-            *time = (Ref){t + d0, (Py_ssize_t)(c - d0)};
+        size_t digits, len = uptime_at(t + b, n - b, &digits);
+        if (len) {
+            *time = (Ref){t + b + digits, (Py_ssize_t)len};
             return;
         }
     }
@@ -1019,8 +1021,7 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
 
 /* Assembler.feed for one record (the node's table mask is updated first, as Analyzer.packets does). */
 static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
-    Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, (size_t)h->chain_n),
-              find_name(TABLES, N_TABLES, h->table, (size_t)h->table_n)};
+    Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, h->chain_n), find_name(TABLES, N_TABLES, h->table, h->table_n)};
     if (s.table >= 0)
         e->table_masks[node] |= 1 << s.table;
     e->records++;
