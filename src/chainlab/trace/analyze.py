@@ -16,6 +16,11 @@ def hook_path(steps: list[Step], tables: set[str] | None = None) -> list[str]:
     return collapse_hooks([s.hook for s in steps if s.hook and (tables is None or s.table in tables)])
 
 
+def sent_here(steps: list[Step], hooks: list[str]) -> bool:
+    """The node sent the packet: its walk starts in OUTPUT (flows put it first at equal TTL)."""
+    return bool(hooks) and steps[0].hook == "OUTPUT"
+
+
 def _explicit_drop(step: Step) -> bool:
     if step.verdict and step.verdict.split(":")[0] in DROP_VERDICTS:
         return True

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from chainlab.errors import InputError, Problem
 from chainlab.render.jsonout import write_tail
-from chainlab.trace.analyze import Directions, hook_path, judge
+from chainlab.trace.analyze import Directions, hook_path, judge, sent_here
 from chainlab.trace.flows import FlowIndex
 from chainlab.trace.model import Fields, Packet, Step
 from chainlab.trace.netfilter import TABLES, Slot, table_slots
@@ -199,7 +199,7 @@ class _Judge:
         before = f', "hooks": {json.dumps(hooks)}, "route": {json.dumps(packet.route)}, "steps": ['
         after = f'], "verdict": {json.dumps(packet.verdict)}, "reason": {json.dumps(packet.reason)}, "last_step": '
         last = f', "new_connection": {json.dumps(packet.new_connection)}, '
-        return _Walk(packet.route, packet.verdict, hooks, bool(hooks) and steps[0].hook == "OUTPUT",
+        return _Walk(packet.route, packet.verdict, hooks, sent_here(steps, hooks),
                      before.encode(), after.encode(), last.encode())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chainlab.trace.analyze import Directions, hook_path, join_rules, judge
+from chainlab.trace.analyze import Directions, hook_path, join_rules, judge, sent_here
 from chainlab.trace.assemble import Assembler
 from chainlab.trace.flows import Flow, FlowIndex
 from chainlab.trace.model import Packet
@@ -62,7 +62,7 @@ class Analyzer:
         judge(packet, present)
         packet.direction = self._directions.classify(packet)
         packet.hooks = hook_path(packet.steps, self.options.tables)
-        packet.origin = bool(packet.hooks) and packet.steps[0].hook == "OUTPUT"
+        packet.origin = sent_here(packet.steps, packet.hooks)
         self._flows.add(packet)
         return packet
 
