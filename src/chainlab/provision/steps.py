@@ -220,12 +220,15 @@ def containers(ctx: HostContext) -> Step:
     names = _placed(ctx)
     if not names:
         raise Skip("no containers placed on this host")
+    changed = []
     for name in names:
-        yield from _container(ctx, name)
-    return f"created/started: {', '.join(names)}", f"{', '.join(names)} running"
+        if (yield from _container(ctx, name)):
+            changed.append(name)
+    return f"created/started: {', '.join(changed)}", f"{', '.join(names)} running"
 
 
-def _container(ctx: HostContext, name: str) -> Generator[Action, Any, None]:
+def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
+    """Run (or start) the container if needed; True if it had to."""
     import docker
 
     inv = ctx.inv
@@ -241,6 +244,7 @@ def _container(ctx: HostContext, name: str) -> Generator[Action, Any, None]:
             pass
     if box is not None and box.labels.get(LABEL) != inv.lab:
         raise ChainlabError(f"a container {name} exists on {ctx.host} and was not made by lab {inv.lab}")
+    acted = box is None or box.status != "running"
     if box is None:
         box = yield ctx.call(
             f"docker run -itd {words} --name {name} --hostname {name} --label {LABEL}={inv.lab} {image_name}",
@@ -249,11 +253,12 @@ def _container(ctx: HostContext, name: str) -> Generator[Action, Any, None]:
     elif box.status != "running":
         yield ctx.call(f"docker start {name}", box.start)
     if box is None or ctx.check:
-        return
+        return acted
     box.reload()
     state = network.container_state(ctx, box, name)
     network.wait_ready(ctx, state)
     ctx.containers[name] = state
+    return acted
 
 
 def up_probes(ctx: HostContext) -> list[list[str]]:
