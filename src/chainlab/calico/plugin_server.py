@@ -24,7 +24,7 @@ PLUGIN_DIR = "/run/docker/plugins"
 SOCKETS = {"calico": NETWORK_DRIVER, "calico-ipam": IPAM_DRIVER}
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 1 << 20
-log = logging.getLogger("felix-lite.plugin")
+log = logging.getLogger("libnetwork-plugin")
 Routes = dict[str, Callable[[dict[str, Any]], dict[str, Any]]]
 
 

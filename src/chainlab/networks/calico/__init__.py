@@ -72,8 +72,10 @@ class CalicoNetwork(Network):
         return "recorded the /calico keys present before lab up", "/calico keys before lab up on record"
 
     def _engine(self, run: RunContext) -> HostContext | None:
-        """The host whose dockerd creates (and removes) the global network: the first that is up."""
-        return next((ctx for ctx in run.hosts.values() if not ctx.offline), None)
+        """The host whose dockerd creates (and removes) the global network: the first of the
+        inventory's hosts that is connected."""
+        connected = (run.hosts.get(host) for host in self.inv.hosts)
+        return next((ctx for ctx in connected if ctx is not None and not ctx.offline), None)
 
     def _network_up(self, run: RunContext) -> Generator[Action, Any, Outcome]:
         pool, nat = self.inv.calico.pool, self.inv.calico.nat_outgoing
