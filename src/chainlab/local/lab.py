@@ -173,7 +173,7 @@ def _up(plan: LabPlan, log: Log) -> None:
     _write_ssh_files(plan)
     etcd = plan.etcd_host
     if etcd is not None:
-        ensure_pki(plan.pki, plan.lab, [etcd.address])
+        ensure_pki(plan.pki, plan.lab, etcd.address)
     _ensure_lan(plan)
     with ThreadPoolExecutor(max_workers=len(plan.hosts) + 1) as pool:
         image = pool.submit(_ensure_image, plan)
@@ -266,7 +266,7 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
     for daemon, argv in wanted.items():
         record = hs.daemons.get(daemon)
         if record is not None and record.argv and record.argv != argv and S.alive(record.proc()):
-            S.kill_all({record.pid})
+            S.stop(record.proc())
             log(f"{host.name}: restarting {daemon} with its new settings")
         if record is None or not S.alive(record.proc()):
             proc = S.spawn(P.enter_argv(hs.holder.pid, argv), host.log_dir / f"{daemon}.log")
