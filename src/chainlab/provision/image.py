@@ -15,6 +15,13 @@ from chainlab.providers import Provider
 #: What the reference Dockerfile installs on top of its base (nginx).
 PACKAGES = ("iputils-ping", "iproute2", "wget")
 REPO_ROOT = Path(__file__).resolve().parents[3]
+#: Dockerfile-style instructions applied by `docker import` to a root filesystem.
+ROOTFS_CHANGES = [
+    "ENV PATH=/bin",
+    "WORKDIR /",
+    "EXPOSE 80",
+    'CMD ["httpd", "-f", "-p", "80", "-h", "/www"]',
+]
 
 
 def dockerfile_path(inv: Inventory, base: Path | None = None) -> Path:
@@ -68,9 +75,16 @@ def load_tarball(provider: Provider, client: Any, tarball: Path, name: str) -> s
         if name not in loaded[0].tags:
             loaded[0].tag(name)
         return str(loaded[0].id)
-    from chainlab.local import load_image
+    return import_rootfs(client, tarball, name)
 
-    return load_image(client, tarball, name)
+
+def import_rootfs(client: Any, tarball: Path, name: str) -> str:
+    """`docker import` a root filesystem tarball as `name` (with a PATH and `httpd` on port 80
+    as its command: the busybox rootfs has no image config of its own); its image id."""
+    repository, _, tag = name.partition(":")
+    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag or "latest",
+                                      changes=ROOTFS_CHANGES)
+    return str(client.images.get(f"{repository}:{tag or 'latest'}").id)
 
 
 def is_docker_save(path: Path) -> bool:
