@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,16 +36,6 @@ def test_recap_lines_align_and_count() -> None:
     assert report.failed
     data = report.as_dict()
     assert data["hosts"]["master"]["ok"] == 7 and data["hosts"]["slave10"]["error"] == "facts: cannot ssh"
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a socket fails the test: --check on inventory.yaml must not connect."""
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network use during --check: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_check_on_reference_inventory_plans_centos7_offline(no_network: None, tmp_path: Path) -> None:
