@@ -7,9 +7,11 @@ hosts, which has nothing of chainlab but this package: no pydantic, no fabric he
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import etcd
+if TYPE_CHECKING:
+    import etcd
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ class EtcdEndpoint:
         return cls(parts.hostname, parts.port, tls)
 
 
-def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> etcd.Client:
+def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> "etcd.Client":
     """An unconnected client (python-etcd connects on first use); no redirects to other members."""
+    import etcd
+
     kwargs: dict[str, object] = {}
     if endpoint.tls:
         kwargs = {"protocol": "https", "cert": (endpoint.tls.cert, endpoint.tls.key), "ca_cert": endpoint.tls.ca}

@@ -72,6 +72,11 @@ class Network(ABC):
     def wait_ready(self, ctx: "HostContext", state: "ContainerState") -> None:
         """Return once the network carries the container's traffic (read-only, bounded)."""
 
+    def up_probes(self, host: str) -> list[list[str]]:
+        """Read-only probes the network's steps will make on `host` during lab up, fetched with
+        the facts in one round trip (an answer serves the identical probe once)."""
+        return []
+
     # --- lab down -------------------------------------------------------------------------
 
     def lab_down(self) -> list[tuple[str, LabStep]]:

@@ -16,7 +16,7 @@ from chainlab.networks.base import LABEL
 from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.actions import Action, Call, Command, Outcome, PutFile, Step
-from chainlab.provision.context import HostContext
+from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
@@ -145,8 +145,8 @@ def _monitor(ctx: HostContext, log: str) -> Step:
 
 # --- 3 trace rules --------------------------------------------------------------------
 
-def management_ports(ctx: HostContext) -> list[int]:
-    return [ctx.run.provider.ssh_port(), *ctx.run.network.management_ports()]
+def management_ports(run: RunContext) -> list[int]:
+    return [run.provider.ssh_port(), *run.network.management_ports()]
 
 
 def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
@@ -154,7 +154,7 @@ def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
 
 
 def trace_rules(ctx: HostContext) -> Step:
-    rules = C.trace_rules(management_ports(ctx))
+    rules = C.trace_rules(management_ports(ctx.run))
     out = ctx.read(_rules_check_argv(rules))
     present = [code == "0" for code in out.split()] if out is not None else [False] * len(rules)
     if len(present) != len(rules):
@@ -261,13 +261,14 @@ def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
     return acted
 
 
-def up_probes(ctx: HostContext) -> list[list[str]]:
-    """The read-only probes the up steps make first, fetched in one round trip."""
-    log = ctx.inv.hosts[ctx.host].trace_log
+def up_probes(run: RunContext, host: str) -> list[list[str]]:
+    """The read-only probes the up steps make first, fetched with the facts in one round trip."""
+    log = run.inv.hosts[host].trace_log
     return [
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
-        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], _rules_check_argv(C.trace_rules(management_ports(ctx))),
+        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], _rules_check_argv(C.trace_rules(management_ports(run))),
+        *run.network.up_probes(host),
     ]
 
 

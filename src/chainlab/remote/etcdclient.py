@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-import etcd
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from typing import TYPE_CHECKING
+
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from chainlab.calico.etcdconn import client as etcd_connection
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.remote.target import etcd_endpoint
 
+if TYPE_CHECKING:
+    import etcd
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    import etcd
+
+    return isinstance(exc, etcd.EtcdConnectionFailed)
+
 
 @retry(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=3),
-       retry=retry_if_exception_type(etcd.EtcdConnectionFailed), reraise=True)
-def _probe(client: etcd.Client) -> None:
+       retry=retry_if_exception(_connection_failed), reraise=True)
+def _probe(client: "etcd.Client") -> None:
     client.version  # a GET /version: fails fast if etcd is not answering
 
 
-def etcd_client(inv: Inventory, read_timeout: int = 10) -> etcd.Client:
+def etcd_client(inv: Inventory, read_timeout: int = 10) -> "etcd.Client":
     """A connected etcd v2 client for the inventory's etcd (no redirects to other members)."""
+    import etcd
+
     endpoint = etcd_endpoint(inv)
     client = etcd_connection(endpoint, read_timeout)
     try:

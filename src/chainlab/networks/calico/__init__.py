@@ -20,7 +20,7 @@ from chainlab.calico import datastore as D
 from chainlab.calico.rules import chain
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.labstate import ContainerState, load_etcd_baseline, save_etcd_baseline
+from chainlab.labstate import ContainerState, load_etcd_baseline, load_state, save_etcd_baseline
 from chainlab.networks.base import LABEL, HostStep, LabStep, Network
 from chainlab.networks.calico import etcdtree
 from chainlab.networks.calico.emulate import Emulate
@@ -145,17 +145,33 @@ class CalicoNetwork(Network):
         return ContainerState(host=ctx.host, address=settings["IPAddress"], network=network, driver="calico",
                               interface=D.interface_name(settings["EndpointID"]))
 
-    def wait_ready(self, ctx: HostContext, state: ContainerState) -> None:
-        """Felix's part: the route to the workload on its interface and its cali-tw chain."""
+    def _programmed_argv(self, state: ContainerState, wait: int = 0) -> list[str]:
+        """Exit 0 if felix's part is there: the route to the workload on its interface and its
+        cali-tw chain; with `wait`, once it is (bounded by `wait` seconds, on the host)."""
         q = C.shlex.quote
         iface = state.interface or ""
-        script = (f"end=$(( $(date +%s) + {PROGRAMMED_TIMEOUT} )); "
-                  f"until ip -4 route show {q(str(state.address) + '/32')} | grep -q {q('dev ' + iface)} && "
-                  f"iptables -w -S {q(chain('tw', iface))} >/dev/null 2>&1; do "
-                  f"[ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.1; done")
-        if not ctx.probe(C.sh(script)):
-            raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {iface}"
-                                f" after {PROGRAMMED_TIMEOUT} s")
+        check = (f"ip -4 route show {q(str(state.address) + '/32')} | grep -q {q('dev ' + iface)} && "
+                 f"iptables -w -S {q(chain('tw', iface))} >/dev/null 2>&1")
+        if not wait:
+            return C.sh(check)
+        return C.sh(f"end=$(( $(date +%s) + {wait} )); until {check}; do "
+                    f"[ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.1; done")
+
+    def wait_ready(self, ctx: HostContext, state: ContainerState) -> None:
+        if ctx.probe(self._programmed_argv(state)) or ctx.probe(self._programmed_argv(state, PROGRAMMED_TIMEOUT)):
+            return
+        raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {state.interface}"
+                            f" after {PROGRAMMED_TIMEOUT} s")
+
+    def up_probes(self, host: str) -> list[list[str]]:
+        """The node's probes, and the programmed-check of every container the last lab up left
+        here (the same command `wait_ready` will run, if the container is unchanged)."""
+        try:
+            state = load_state(self.inv)
+        except ChainlabError:
+            return self.mode.probes()
+        known = [s for name, s in state.containers.items() if s.host == host and name in self.inv.containers]
+        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
 
     # --- lab down -------------------------------------------------------------------------
 
