@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-import docker
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
@@ -32,6 +31,7 @@ from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
 from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
+from chainlab.local.route import check_lab_route
 
 READY_TIMEOUT = 30.0
 DAEMONS = ("sshd", "dockerd", "etcd")
@@ -136,16 +136,6 @@ def _only_default_route(address: IPv4Address) -> bool:
     """True if the only route to `address` is the default one (so the lab link will win)."""
     routes = S.run(["ip", "-4", "route", "show", "match", str(address)]).splitlines()
     return all(r.startswith("default") for r in routes if r.strip())
-
-
-def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
-    """The safety rule: a lab address is only contacted through the lab's management link."""
-    dev = S.route_device(address)
-    if dev != plan.root_if:
-        raise ChainlabError(
-            f"refusing to connect to {address}: the machine routes it via {dev or 'nothing'},"
-            f" not the lab link {plan.root_if} (is the local lab up? `chainlab local up`)"
-        )
 
 
 # --- up -------------------------------------------------------------------------------
@@ -348,6 +338,8 @@ def _etcd_tls(plan: LabPlan) -> ssl.SSLContext:
 def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
     assert hs.holder is not None
     holder = hs.holder.pid
+
+    import docker
 
     @retry(stop=stop_after_delay(READY_TIMEOUT), wait=wait_fixed(0.1),
            retry=retry_if_exception_type(_NotReady), reraise=True)

@@ -86,10 +86,12 @@ def gather_facts(inv: Inventory, host: str, conn: object | None,
     etcd = None
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
-    script = facts_script(etcd) + (batch_script(probes) if probes else "")
-    out = run(conn, ["sh", "-c", script], timeout=60).stdout  # type: ignore[arg-type]
-    facts_part = "\n".join(row for row in out.splitlines() if not row.startswith("@@"))
-    return parse_facts(inv, host, facts_part), parse_batch(out, len(probes))
+    batch = [["sh", "-c", facts_script(etcd)], *probes]  # the facts are probe 0, run with the others
+    out = run(conn, ["sh", "-c", batch_script(batch)], timeout=60).stdout  # type: ignore[arg-type]
+    answers = parse_batch(out, len(batch))
+    if 0 not in answers:
+        raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
+    return parse_facts(inv, host, answers.pop(0)[1]), {i - 1: answer for i, answer in answers.items()}
 
 
 class Runner:

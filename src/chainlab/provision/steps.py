@@ -8,6 +8,7 @@ probes and yields an action only for what is not as wanted, so a second run yiel
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -168,16 +169,26 @@ def trace_rules(ctx: HostContext) -> Step:
 
 # --- 4 image --------------------------------------------------------------------------
 
-def _image_present(ctx: HostContext, name: str) -> bool:
-    if ctx.offline:
-        return False
-    import docker
+def image_probe(name: str) -> list[str]:
+    return ["docker", "image", "inspect", "-f", "{{.Id}}", name]
 
+
+def inspect_probe(container: str) -> list[str]:
+    return ["docker", "inspect", container]
+
+
+def _image_present(ctx: HostContext, name: str) -> bool:
+    return bool(ctx.probe(image_probe(name)))
+
+
+def _inspected(ctx: HostContext, container: str) -> dict[str, Any] | None:
+    """`docker inspect` of the container (what the SDK's `attrs` hold), None if absent/offline."""
+    out = ctx.read(inspect_probe(container))
     try:
-        ctx.docker().images.get(name)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+        found = json.loads(out or "[]")
+    except ValueError:
+        return None
+    return found[0] if found else None
 
 
 def _mark_image(image_id: str) -> Command:
@@ -188,9 +199,8 @@ def _mark_image(image_id: str) -> Command:
 def image(ctx: HostContext) -> Step:
     inv = ctx.inv
     name = inv.image.name
-    names = {name, *(c.image for c in inv.containers.values() if c.host == ctx.host and c.image)}
     if _image_present(ctx, name):
-        extra = sorted(n for n in names - {name} if not _image_present(ctx, n))
+        extra = [n for n in _images(ctx.run, ctx.host) if n != name and not _image_present(ctx, n)]
         if extra:
             raise ChainlabError(f"image(s) {', '.join(extra)} named by containers are not on the host")
         return "", f"{name} present"
@@ -228,37 +238,39 @@ def containers(ctx: HostContext) -> Step:
 
 
 def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
-    """Run (or start) the container if needed; True if it had to."""
-    import docker
-
+    """Run (or start) the container if needed; True if it had to. Reads are `docker inspect`
+    probes (fetched with the facts); only changes go through the docker SDK."""
     inv = ctx.inv
     network = ctx.run.network
     image_name = inv.container_image(name)
     options, words = network.run_options(name)
-    yield from network.before_container(ctx, name)
-    box = None
-    if not ctx.offline:
-        try:
-            box = ctx.docker().containers.get(name)
-        except docker.errors.NotFound:
-            pass
-    if box is not None and box.labels.get(LABEL) != inv.lab:
+    attrs = _inspected(ctx, name)
+    if attrs is not None and (attrs.get("Config") or {}).get("Labels", {}).get(LABEL) != inv.lab:
         raise ChainlabError(f"a container {name} exists on {ctx.host} and was not made by lab {inv.lab}")
-    acted = box is None or box.status != "running"
-    if box is None:
+    running = attrs is not None and (attrs.get("State") or {}).get("Status") == "running"
+    if attrs is None:
+        yield from network.before_container(ctx, name)
         box = yield ctx.call(
             f"docker run -itd {words} --name {name} --hostname {name} --label {LABEL}={inv.lab} {image_name}",
             lambda: ctx.docker().containers.run(image_name, name=name, hostname=name, detach=True, tty=True,
                                                 stdin_open=True, labels={LABEL: inv.lab}, **options))
-    elif box.status != "running":
-        yield ctx.call(f"docker start {name}", box.start)
-    if box is None or ctx.check:
-        return acted
-    box.reload()
-    state = network.container_state(ctx, box, name)
+    elif not running:
+        box = yield ctx.call(f"docker start {name}", lambda: _start(ctx, name))
+    if not running:
+        if box is None:  # --check: nothing was run
+            return True
+        box.reload()
+        attrs = box.attrs
+    state = network.container_state(ctx, attrs, name)
     network.wait_ready(ctx, state)
     ctx.containers[name] = state
-    return acted
+    return not running
+
+
+def _start(ctx: HostContext, name: str) -> Any:
+    box = ctx.docker().containers.get(name)
+    box.start()
+    return box
 
 
 def up_probes(run: RunContext, host: str) -> list[list[str]]:
@@ -268,8 +280,15 @@ def up_probes(run: RunContext, host: str) -> list[list[str]]:
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
         NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], _rules_check_argv(C.trace_rules(management_ports(run))),
+        *(image_probe(name) for name in _images(run, host)),
+        *(inspect_probe(name) for name, c in run.inv.containers.items() if c.host == host),
         *run.network.up_probes(host),
     ]
+
+
+def _images(run: RunContext, host: str) -> list[str]:
+    inv = run.inv
+    return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
 
 
 #: Before the network's node steps.

@@ -12,6 +12,7 @@ of an ipPool writes), and the /calico tree put back as it was at lab down.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator
 from typing import Any
@@ -31,6 +32,10 @@ from chainlab.providers import Provider
 from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Call, Outcome
 from chainlab.provision.context import HostContext, RunContext
+
+def network_probe(name: str) -> list[str]:
+    return ["docker", "network", "inspect", name]
+
 
 MODES: dict[str, type[Mode]] = {"emulate": Emulate, "existing": Existing, "install": Install}
 DRIVER = "calico"
@@ -95,11 +100,15 @@ class CalicoNetwork(Network):
                 f"pool {pool} and network(s) {', '.join(self.networks())} present")
 
     def _existing(self, engine: HostContext, name: str) -> bool:
-        """Whether network `name` exists there; one with other drivers is an error."""
-        found = [n for n in engine.docker().networks.list(names=[name]) if n.name == name]
+        """Whether network `name` exists there (`docker network inspect`, fetched with the
+        engine host's facts); one with other drivers is an error."""
+        try:
+            found = json.loads(engine.read(network_probe(name)) or "[]")
+        except ValueError:
+            found = []
         if not found:
             return False
-        attrs = found[0].attrs
+        attrs = found[0]
         drivers = (attrs.get("Driver"), (attrs.get("IPAM") or {}).get("Driver"))
         if drivers != (DRIVER, IPAM_DRIVER):
             raise ChainlabError(f"a Docker network {name} exists with drivers {drivers[0]}/{drivers[1]},"
@@ -129,7 +138,7 @@ class CalicoNetwork(Network):
             return
         name = self.network_name(container)
         deadline = time.monotonic() + VISIBLE_TIMEOUT
-        while not [n for n in ctx.docker().networks.list(names=[name]) if n.name == name]:
+        while not ctx.probe(network_probe(name)):
             if ctx.check:
                 return  # not created yet: lab up would create it first
             if time.monotonic() > deadline:
@@ -137,9 +146,9 @@ class CalicoNetwork(Network):
                                     f" {VISIBLE_TIMEOUT:.0f} s: is its cluster store the lab's etcd?")
             time.sleep(0.2)
 
-    def container_state(self, ctx: HostContext, box: Any, container: str) -> ContainerState:
+    def container_state(self, ctx: HostContext, attrs: dict[str, Any], container: str) -> ContainerState:
         network = self.network_name(container)
-        settings = box.attrs["NetworkSettings"]["Networks"].get(network)
+        settings = attrs["NetworkSettings"]["Networks"].get(network)
         if not settings or not settings.get("IPAddress"):
             raise ChainlabError(f"{container} has no address on {network} (docker inspect {container})")
         return ContainerState(host=ctx.host, address=settings["IPAddress"], network=network, driver="calico",
@@ -169,9 +178,11 @@ class CalicoNetwork(Network):
         try:
             state = load_state(self.inv)
         except ChainlabError:
-            return self.mode.probes()
-        known = [s for name, s in state.containers.items() if s.host == host and name in self.inv.containers]
-        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
+            state = None
+        known = [s for name, s in state.containers.items()
+                 if s.host == host and name in self.inv.containers] if state else []
+        networks = [network_probe(n) for n in self.networks()] if host == next(iter(self.inv.hosts)) else []
+        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known), *networks]
 
     # --- lab down -------------------------------------------------------------------------
 
