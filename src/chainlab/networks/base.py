@@ -74,6 +74,10 @@ class Network(ABC):
     def wait_ready(self, ctx: "HostContext", state: "ContainerState") -> None:
         """Return once the network carries the container's traffic (read-only, bounded)."""
 
+    def docker_names(self, host: str) -> list[str]:
+        """Docker objects (networks) of the network that lab up looks at on `host`."""
+        return []
+
     def up_probes(self, host: str) -> list[list[str]]:
         """Read-only probes the network's steps will make on `host` during lab up, fetched with
         the facts in one round trip (an answer serves the identical probe once)."""

@@ -34,7 +34,7 @@ class BridgeNetwork(Network):
 
     def before_container(self, ctx: HostContext, container: str) -> Generator[Action, Any, None]:
         network = self.network_name(container)
-        if network == "bridge" or ctx.probe(["docker", "network", "inspect", network]):
+        if network == "bridge" or network in ctx.docker_view().networks:
             return
         yield ctx.call(f"docker network create --driver bridge --label {LABEL}={self.inv.lab} {network}",
                        lambda: ctx.docker().networks.create(network, driver="bridge", labels={LABEL: self.inv.lab}))
@@ -48,6 +48,10 @@ class BridgeNetwork(Network):
             interface = veth_for_ifindex(ctx.read(LINKS_PROBE) or "", int(iflink))
         return ContainerState(host=ctx.host, address=address, network=network, driver="bridge",
                               interface=interface, published=dict(self.inv.containers[container].publish))
+
+    def docker_names(self, host: str) -> list[str]:
+        return sorted({self.network_name(c) for c, spec in self.inv.containers.items() if spec.host == host}
+                      - {"bridge"})
 
     def up_probes(self, host: str) -> list[list[str]]:
         """The host-side veth of each container: its eth0's peer index, then the host's links."""

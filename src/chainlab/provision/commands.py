@@ -298,6 +298,20 @@ class TraceRule:
     def argv(self, op: Literal["-A", "-C", "-D"]) -> list[str]:
         return ["iptables", "-w", "5", "-t", "raw", op, self.chain, *self.spec]
 
+    def listed(self) -> str:
+        """The rule as `iptables -S` prints it (legacy and nft alike)."""
+        return " ".join(["-A", self.chain, *self.spec])
+
+
+#: The raw table's rules, one `iptables -S` line each: what lab up checks and lab down deletes by.
+RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
+
+
+def present_rules(listing: str, rules: Sequence[TraceRule]) -> list[bool]:
+    """Which of `rules` an `iptables -t raw -S` listing holds (pure)."""
+    lines = {row.strip() for row in listing.splitlines()}
+    return [rule.listed() in lines for rule in rules]
+
 
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
     """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP and TCP, each marked as ours.

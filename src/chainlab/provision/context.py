@@ -20,6 +20,7 @@ from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
 from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
+from chainlab.provision.dockerview import DockerView, inspect_argv
 from chainlab.provision.facts import Facts
 from chainlab.remote import docker_over, etcd_client, run
 from chainlab.shell import command_line
@@ -63,6 +64,9 @@ class HostContext:
     facts: Facts
     conn: fabric.Connection | None
     containers: dict[str, ContainerState] = field(default_factory=dict)
+    #: what `docker_view` inspects: the host's images, containers and networks of the lab
+    docker_names: list[str] = field(default_factory=list)
+    _view: DockerView | None = None
     _docker: Any = None
     _cache: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -103,9 +107,17 @@ class HostContext:
             return None
         return self._answer(argv)[0] == 0
 
+    def docker_view(self) -> DockerView:
+        """The host's images, containers and networks of the lab, from one `docker inspect`
+        (fetched with the facts; read again after any change). Empty offline."""
+        if self._view is None:
+            self._view = DockerView.parse(self.read(inspect_argv(self.docker_names)) or "")
+        return self._view
+
     def perform(self, action: Action) -> Any:
         """Carry out one action (never called under --check)."""
         self._cache.clear()  # a change may invalidate any prefetched answer
+        self._view = None
         if isinstance(action, Call):
             return action.fn()
         assert self.conn is not None

@@ -24,8 +24,9 @@ OS_HINTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def facts_script(etcd: tuple[str, int] | None) -> str:
-    """One POSIX sh script printing `key=value` lines (read-only: changes nothing)."""
+def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
+    """One POSIX sh script printing `key=value` lines (read-only: changes nothing); without
+    `versions`, docker's version is not asked (see below)."""
     q = shlex.quote
     lines = [
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
@@ -44,8 +45,15 @@ def facts_script(etcd: tuple[str, int] | None) -> str:
         'n1=$(readlink /proc/1/ns/net 2>/dev/null); ns=$(readlink /proc/self/ns/net 2>/dev/null)',
         'if [ -n "$n1" ] && [ "$n1" = "$ns" ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
         ' then echo kernel_log=private; else echo kernel_log=shared; fi',
-        'd=$(docker version --format "{{.Server.Version}} {{.Server.APIVersion}}" 2>/dev/null || true)',
-        'v=${d%% *}; a=${d#* }; [ "$a" = "$d" ] && a=; echo "docker=${v:-none}"; echo "docker_api=$a"',
+    ]
+    if versions:
+        lines += [
+            'd=$(docker version --format "{{.Server.Version}} {{.Server.APIVersion}}" 2>/dev/null || true)',
+            'v=${d%% *}; a=${d#* }; [ "$a" = "$d" ] && a=; echo "docker=${v:-none}"; echo "docker_api=$a"',
+        ]
+    else:  # lab up: the docker CLI costs a start-up per host; the SDK asks the version if it is needed
+        lines.append('if command -v docker >/dev/null 2>&1; then echo docker=present; else echo docker=none; fi')
+    lines += [
         'for t in rsyslogd ulogd xtables-monitor stdbuf setsid bash; do'
         ' if command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || [ -x /sbin/$t ]; then echo "has_$t=yes";'
         ' else echo "has_$t=no"; fi; done',

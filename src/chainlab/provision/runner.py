@@ -39,7 +39,7 @@ from chainlab.provision.executor import run_step, why
 from chainlab.provision.commands import batch_script, parse_batch
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import BASE_UP_STEPS, containers, up_probes
+from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up_probes
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
@@ -78,15 +78,15 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
     return [h for h in inv.hosts if h in limit]
 
 
-def gather_facts(inv: Inventory, host: str, conn: object | None,
-                 probes: Sequence[Sequence[str]] = ()) -> tuple[Facts, dict[int, tuple[int, str]]]:
+def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequence[Sequence[str]] = (),
+                 versions: bool = True) -> tuple[Facts, dict[int, tuple[int, str]]]:
     """The host's facts and, in the same round trip, the answers of read-only `probes`."""
     if conn is None:
         return assumed_facts(inv, host), {}
     etcd = None
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
-    batch = [["sh", "-c", facts_script(etcd)], *probes]  # the facts are probe 0, run with the others
+    batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
     out = run(conn, ["sh", "-c", batch_script(batch)], timeout=60).stdout  # type: ignore[arg-type]
     answers = parse_batch(out, len(batch))
     if 0 not in answers:
@@ -157,7 +157,7 @@ class Runner:
         try:
             if not self.offline:
                 conn = connect(self.inv, host)
-            facts, answers = gather_facts(self.inv, host, conn, probes)
+            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False)
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
             if conn is not None:
                 conn.close()
@@ -171,7 +171,7 @@ class Runner:
         report.seconds += result.seconds
         self._show(host, result)
         progress.update(task, advance=1)
-        ctx = HostContext(self.run_ctx, host, facts, conn)
+        ctx = HostContext(self.run_ctx, host, facts, conn, docker_names=docker_names(self.run_ctx, host))
         ctx.preload(probes, answers)
         self.run_ctx.hosts[host] = ctx
         return report

@@ -8,7 +8,6 @@ probes and yields an action only for what is not as wanted, so a second run yiel
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -18,6 +17,7 @@ from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.actions import Action, Call, Command, Outcome, PutFile, Step
 from chainlab.provision.context import HostContext, RunContext
+from chainlab.provision.dockerview import inspect_argv
 from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
@@ -150,16 +150,10 @@ def management_ports(run: RunContext) -> list[int]:
     return [run.provider.ssh_port(), *run.network.management_ports()]
 
 
-def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
-    return C.sh("; ".join(f"{command_line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules))
-
-
 def trace_rules(ctx: HostContext) -> Step:
     rules = C.trace_rules(management_ports(ctx.run))
-    out = ctx.read(_rules_check_argv(rules))
-    present = [code == "0" for code in out.split()] if out is not None else [False] * len(rules)
-    if len(present) != len(rules):
-        raise ChainlabError(f"unexpected answer checking the raw rules: {out!r}")
+    listing = ctx.read(C.RAW_LIST)
+    present = C.present_rules(listing, rules) if listing is not None else [False] * len(rules)
     missing = [r for r, there in zip(rules, present) if not there]
     if missing:  # one round trip: the appends joined with &&, in order
         yield Command.of(C.sh(" && ".join(command_line(rule.argv("-A")) for rule in missing)))
@@ -169,26 +163,19 @@ def trace_rules(ctx: HostContext) -> Step:
 
 # --- 4 image --------------------------------------------------------------------------
 
-def image_probe(name: str) -> list[str]:
-    return ["docker", "image", "inspect", "-f", "{{.Id}}", name]
+def docker_names(run: RunContext, host: str) -> list[str]:
+    """Every Docker object lab up looks at on `host` (one `docker inspect` for all)."""
+    return [*_images(run, host), *(n for n, c in run.inv.containers.items() if c.host == host),
+            *run.network.docker_names(host)]
 
 
-def inspect_probe(container: str) -> list[str]:
-    return ["docker", "inspect", container]
+def _images(run: RunContext, host: str) -> list[str]:
+    inv = run.inv
+    return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
 
 
 def _image_present(ctx: HostContext, name: str) -> bool:
-    return bool(ctx.probe(image_probe(name)))
-
-
-def _inspected(ctx: HostContext, container: str) -> dict[str, Any] | None:
-    """`docker inspect` of the container (what the SDK's `attrs` hold), None if absent/offline."""
-    out = ctx.read(inspect_probe(container))
-    try:
-        found = json.loads(out or "[]")
-    except ValueError:
-        return None
-    return found[0] if found else None
+    return name in ctx.docker_view().images
 
 
 def _mark_image(image_id: str) -> Command:
@@ -244,7 +231,7 @@ def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
     network = ctx.run.network
     image_name = inv.container_image(name)
     options, words = network.run_options(name)
-    attrs = _inspected(ctx, name)
+    attrs = ctx.docker_view().containers.get(name)
     if attrs is not None and (attrs.get("Config") or {}).get("Labels", {}).get(LABEL) != inv.lab:
         raise ChainlabError(f"a container {name} exists on {ctx.host} and was not made by lab {inv.lab}")
     running = attrs is not None and (attrs.get("State") or {}).get("Status") == "running"
@@ -279,16 +266,9 @@ def up_probes(run: RunContext, host: str) -> list[list[str]]:
     return [
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
-        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], _rules_check_argv(C.trace_rules(management_ports(run))),
-        *(image_probe(name) for name in _images(run, host)),
-        *(inspect_probe(name) for name, c in run.inv.containers.items() if c.host == host),
-        *run.network.up_probes(host),
+        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
+        inspect_argv(docker_names(run, host)), *run.network.up_probes(host),
     ]
-
-
-def _images(run: RunContext, host: str) -> list[str]:
-    inv = run.inv
-    return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
 
 
 #: Before the network's node steps.

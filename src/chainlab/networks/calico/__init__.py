@@ -100,15 +100,10 @@ class CalicoNetwork(Network):
                 f"pool {pool} and network(s) {', '.join(self.networks())} present")
 
     def _existing(self, engine: HostContext, name: str) -> bool:
-        """Whether network `name` exists there (`docker network inspect`, fetched with the
-        engine host's facts); one with other drivers is an error."""
-        try:
-            found = json.loads(engine.read(network_probe(name)) or "[]")
-        except ValueError:
-            found = []
-        if not found:
+        """Whether network `name` exists there; one with other drivers is an error."""
+        attrs = engine.docker_view().networks.get(name)
+        if attrs is None:
             return False
-        attrs = found[0]
         drivers = (attrs.get("Driver"), (attrs.get("IPAM") or {}).get("Driver"))
         if drivers != (DRIVER, IPAM_DRIVER):
             raise ChainlabError(f"a Docker network {name} exists with drivers {drivers[0]}/{drivers[1]},"
@@ -181,8 +176,10 @@ class CalicoNetwork(Network):
             state = None
         known = [s for name, s in state.containers.items()
                  if s.host == host and name in self.inv.containers] if state else []
-        networks = [network_probe(n) for n in self.networks()] if host == next(iter(self.inv.hosts)) else []
-        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known), *networks]
+        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
+
+    def docker_names(self, host: str) -> list[str]:
+        return self.networks()
 
     # --- lab down -------------------------------------------------------------------------
 
