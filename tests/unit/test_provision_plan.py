@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def test_cli_check_never_connects_for_ssh_inventory() -> None:
 def test_limit_and_lock(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
     doc["local"]["state_dir"] = str(tmp_path / "state")
+    doc["lab"] = f"unit{os.getpid()}"  # the lab lock is per lab name: not the lock of a lab that is up
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump(doc))
     inv = load_inventory(path)
@@ -99,7 +101,7 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match="a lab up/down or scenario run on lab local is already running"):
+        with pytest.raises(ChainlabError, match=f"a lab up/down, scenario run or nightly on lab {inv.lab} is already running"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released

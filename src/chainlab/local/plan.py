@@ -15,6 +15,7 @@ from typing import Literal
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
+from chainlab.lock import LOCK_DIR
 
 Flavour = Literal["legacy", "nft"]
 
@@ -23,7 +24,6 @@ BRIDGE = "lan0"
 LAN_MGMT_PORT = "mgmt0"
 HOST_IF = "eth0"
 SSH_PORT = 22
-LOCK_DIR = Path("/run/chainlab")
 ETCD_PEER_PORT = 2380
 #: Docker bridge subnets: host i gets 172.30.(i+1).1/24 (checked against the lan and pool).
 BIP_BASE = IPv4Network("172.30.0.0/16")

@@ -195,7 +195,8 @@ def kill_all(pids: set[int], timeout: float = 5.0) -> None:
 
 def spawn(argv: list[str], log: Path | None = None) -> Proc:
     """Start a long-running process in its own session; it outlives this CLI invocation."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    # 0600: a daemon's log (sshd's names who logged in from where) is root's only.
+    out = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") if log else subprocess.DEVNULL
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True, env=DAEMON_ENV)
