@@ -18,7 +18,7 @@ from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
 from chainlab.provision import provision
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.lock import lab_lock
+from chainlab.lock import lab_lock, lab_lock_path
 from chainlab.provision.runner import select_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +106,4 @@ def test_limit_and_lock(tmp_path: Path) -> None:
                 pass
     with lab_lock(inv):  # released
         pass
+    lab_lock_path(inv).unlink()

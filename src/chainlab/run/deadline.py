@@ -126,10 +126,12 @@ def cancel_in_background(action: Callable[[], object]) -> None:
     thread.join(CANCEL_GRACE_S)
 
 
-def fan_out(items: Mapping[K, V], work: Callable[[K, V], T], seconds: float, what: Callable[[K], str],
-            host: Callable[[K], str] = str, cancel: Callable[[K, V], object] | None = None,
+def fan_out(items: Mapping[K, V], work: Callable[[K, V], T], seconds: float | Callable[[K], float],
+            what: Callable[[K], str], host: Callable[[K], str] = str,
+            cancel: Callable[[K, V], object] | None = None,
             discard: Callable[[T], object] | None = None) -> tuple[dict[K, T], dict[K, ChainlabError]]:
-    """`work(key, item)` for every item at once, each in a daemon thread, all within `seconds`.
+    """`work(key, item)` for every item at once, each in a daemon thread, each within its
+    `seconds` (a number, or one per key).
 
     Returns (results, errors) by key: an error is the work's own ChainlabError, or
     DeadlineExceeded(host(key), what(key), seconds) for work still running at the deadline;
@@ -137,15 +139,16 @@ def fan_out(items: Mapping[K, V], work: Callable[[K, V], T], seconds: float, wha
     goes to `discard` (e.g. a connection that opened too late is closed). Any other
     exception of a worker is raised here, after every worker ended or was given up on.
     """
+    limit = seconds if callable(seconds) else (lambda _key: seconds)
+    start = time.monotonic()
     jobs = {key: _Job(lambda k=key, v=item: work(k, v), discard, f"chainlab-{host(key)}")
             for key, item in items.items()}
-    deadline = time.monotonic() + seconds
     results: dict[K, T] = {}
     errors: dict[K, ChainlabError] = {}
     unexpected: BaseException | None = None
     for key, job in jobs.items():
-        if not job.wait(max(0.0, deadline - time.monotonic())):
-            errors[key] = DeadlineExceeded(host(key), what(key), seconds)
+        if not job.wait(max(0.0, start + limit(key) - time.monotonic())):
+            errors[key] = DeadlineExceeded(host(key), what(key), limit(key))
             if cancel is not None:
                 cancel_in_background(lambda k=key: cancel(k, items[k]))
         elif isinstance(job.error, ChainlabError):

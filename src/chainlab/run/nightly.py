@@ -43,9 +43,10 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
         out_dir = create_run_dir(runs_root, f"{NIGHTLY_PREFIX}{inv.lab}")
         results: list[RunResult] = []
         failed: list[RunFailed] = []
+        unanswered: set[str] = set()
         try:
             for path in paths:
-                outcome = _one(inv, path, state, out_dir, log)
+                outcome = _one(inv, path, state, out_dir, log, unanswered)
                 if isinstance(outcome, RunResult):
                     results.append(outcome)
                 elif isinstance(outcome, RunFailed):
@@ -68,7 +69,8 @@ def _summarise(inv: Inventory, runs_root: Path, out_dir: Path, results: list[Run
                          previous, inv.lab, skipped)
 
 
-def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log) -> RunResult | RunFailed | None:
+def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log,
+         unanswered: set[str]) -> RunResult | RunFailed | None:
     """Scenario `path`'s result, its error, or None when it does not fit the lab."""
     try:
         scenario = load_scenario(path)
@@ -82,7 +84,7 @@ def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log) -
         return None
     log(f"scenario {scenario.id}: {scenario.title}")
     try:
-        return run_locked(inv, path, scenario, state, out_dir, log)
+        return run_locked(inv, path, scenario, state, out_dir, log, unanswered=unanswered)
     except RunFailed as exc:
         log(f"scenario {scenario.id}: error: {exc}")
         return exc

@@ -30,7 +30,7 @@ from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
-from chainlab.run.deadline import Interrupted, call, fan_out, signals_interrupt
+from chainlab.run.deadline import DeadlineExceeded, Interrupted, call, fan_out, signals_interrupt
 from chainlab.run.probe import ProbeSpec, build_probe, locate
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
@@ -52,6 +52,7 @@ class Deadlines:
     """How long a run waits for a host, per step (seconds)."""
 
     connect: float = 15.0  # TCP connect, SSH banner, key exchange, authentication
+    connect_again: float = 3.0  # to a host that already missed a deadline in this nightly
     command: float = 15.0  # one command: mark + snapshot, one read of a log slice
     probe_slack: float = 15.0  # on top of the probe's own longest duration (docker exec included)
     close: float = 2.0
@@ -104,17 +105,20 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log 
 
 
 def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: LabState, runs_root: Path,
-               log: Log = print, deadlines: Deadlines = DEADLINES) -> RunResult:
+               log: Log = print, deadlines: Deadlines = DEADLINES, unanswered: set[str] | None = None) -> RunResult:
     """With the lab lock held: a new run dir, then mark, snapshot, probe, collect, analyze.
 
     Any failure once the run dir exists is a RunFailed whose message is in `error.txt`
     (with the traceback, for an unexpected exception), and the dir is marked complete. An
     interrupt (SIGTERM/SIGINT) leaves the dir PARTIAL, says so in error.txt and goes on up.
+    `unanswered`: hosts that missed a deadline in an earlier run of the same nightly (kept
+    up to date here).
     """
     run_dir = create_run_dir(runs_root, inv.lab, f"-{scenario.id:02d}-{slug(scenario.title)}")
     try:
         write_atomic(run_dir / "scenario.yaml", read_regular_file(scenario_path, MAX_BYTES))
-        result = _run_in(inv, scenario, state, run_dir, log, deadlines)
+        hosts = _Hosts(inv, deadlines, set() if unanswered is None else unanswered)
+        result = _run_in(inv, scenario, state, run_dir, log, hosts)
     except Interrupted as exc:
         _write_error(run_dir, f"interrupted by {exc.name}: this run dir is partial")
         log(f"interrupted by {exc.name}: {run_dir} is left partial")
@@ -143,30 +147,42 @@ def _write_error(run_dir: Path, text: str) -> bool:
 
 class _Hosts:
     """The SSH connections of one run and each host's error: a host that failed once is
-    left out of every later step (its connection may be stuck)."""
+    left out of every later step (its connection may be stuck).
 
-    def __init__(self, inv: Inventory, deadlines: Deadlines):
+    `unanswered` (shared by the runs of a nightly) holds the hosts that missed a deadline:
+    the next run gives them only `connect_again` seconds to connect, so a frozen host costs
+    a nightly one full deadline, not one per scenario."""
+
+    def __init__(self, inv: Inventory, deadlines: Deadlines, unanswered: set[str]):
         self.inv = inv
         self.deadlines = deadlines
+        self.unanswered = unanswered
         self.conns: dict[str, fabric.Connection] = {}
         self.errors: dict[str, ChainlabError] = {}
 
+    def _record(self, results: dict[str, object], errors: dict[str, ChainlabError]) -> None:
+        self.errors.update(errors)
+        self.unanswered.difference_update(results)
+        self.unanswered.update(h for h, e in errors.items() if isinstance(e, DeadlineExceeded))
+
     def connect(self, hosts: list[str]) -> None:
-        conns, errors = fan_out({h: h for h in hosts}, lambda h, _: connect(self.inv, h), self.deadlines.connect,
+        d = self.deadlines
+        conns, errors = fan_out({h: h for h in hosts}, lambda h, _: connect(self.inv, h),
+                                lambda h: d.connect_again if h in self.unanswered else d.connect,
                                 lambda h: "connecting over SSH", discard=lambda conn: conn.close())
         self.conns.update(conns)
-        self.errors.update(errors)
+        self._record(conns, errors)  # type: ignore[arg-type]
 
     def live(self, only: set[str] | None = None) -> dict[str, fabric.Connection]:
         return {h: c for h, c in self.conns.items() if h not in self.errors and (only is None or h in only)}
 
     def each(self, what: Callable[[str], str], work: Callable[[str, fabric.Connection], T],
-             only: set[str] | None = None, seconds: float | None = None) -> dict[str, T]:
+             only: set[str] | None = None) -> dict[str, T]:
         """`work(host, conn)` on every live host at once; a host that fails or runs out of
         time is recorded (and its connection closed) and left out of the result."""
-        results, errors = fan_out(self.live(only), work, seconds or self.deadlines.command, what,
+        results, errors = fan_out(self.live(only), work, self.deadlines.command, what,
                                   cancel=lambda _h, conn: conn.close())
-        self.errors.update(errors)
+        self._record(results, errors)  # type: ignore[arg-type]
         return results
 
     def failure(self, among: set[str]) -> ChainlabError | None:
@@ -182,15 +198,13 @@ class _Hosts:
         fan_out(self.conns, lambda _h, conn: conn.close(), self.deadlines.close, lambda h: "closing the connection")
 
 
-def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, log: Log,
-            deadlines: Deadlines) -> RunResult:
+def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, log: Log, hosts: _Hosts) -> RunResult:
     spec = build_probe(scenario, state)
     needed = set(scenario.expect) | {spec.host, locate(state, scenario.target)[0]}
     started = datetime.now()
     t0 = time.monotonic()
     for sub in ("logs", "rules", "routes"):
         private_dir(run_dir / sub)
-    hosts = _Hosts(inv, deadlines)
     try:
         hosts.connect(list(state.hosts))
         containers = _scenario_containers(scenario, state)
@@ -208,7 +222,7 @@ def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, 
                     raise ChainlabError(problem)
         _raise_if_failed(hosts, needed)  # no probe when evidence it needs would be missing
         log(f"probe: {' '.join(spec.argv)} from {spec.where}")
-        exit_code, output = _probe(inv, spec, hosts, deadlines)
+        exit_code, output = _probe(inv, spec, hosts)
         write_atomic(run_dir / "probe.txt", f"$ {' '.join(spec.argv)}  # on {spec.where}\n{output}\nexit code {exit_code}\n")
         expected_nodes = {n for n, e in scenario.expect.items() if e.request.hooks or e.reply.hooks}
         slices = _collect(hosts, state, marks, lambda s: all(s.get(n) for n in expected_nodes & set(s)))
@@ -245,30 +259,42 @@ def _mark_and_snapshot(conn: fabric.Connection, trace_log: str,
     return parse_mark(line), parse_snapshot(rest)
 
 
-def _probe(inv: Inventory, spec: ProbeSpec, hosts: _Hosts, deadlines: Deadlines) -> tuple[int, str]:
+def _probe(inv: Inventory, spec: ProbeSpec, hosts: _Hosts) -> tuple[int, str]:
+    deadlines = hosts.deadlines
     seconds = spec.seconds + deadlines.probe_slack
     what = f"running the probe `{' '.join(spec.argv)}` in {spec.where}"
-    if spec.container is None:
-        conn = hosts.conns[spec.host]
-        result = call(lambda: run(conn, list(spec.argv), check=False, timeout=seconds), seconds + 1, spec.host,
-                      what, cancel=conn.close)
-        return result.exited, result.stdout + result.stderr
+    try:
+        if spec.container is None:
+            conn = hosts.conns[spec.host]
+            result = call(lambda: run(conn, list(spec.argv), check=False, timeout=seconds), seconds + 1, spec.host,
+                          what, cancel=conn.close)
+            return result.exited, result.stdout + result.stderr
+        return _docker_probe(inv, spec, seconds, deadlines.connect, what)
+    except DeadlineExceeded:
+        hosts.unanswered.add(spec.host)
+        raise
+
+
+def _docker_probe(inv: Inventory, spec: ProbeSpec, seconds: float, connect_s: float, what: str) -> tuple[int, str]:
+    """`docker exec` of the probe in its container, within `seconds` + `connect_s`."""
+    name = spec.container
+    assert name is not None
     clients: list[docker.DockerClient] = []
 
     def exec_in_container() -> tuple[int, str]:
         client = docker_client(inv, spec.host, timeout=int(seconds))
         clients.append(client)
         try:
-            exit_code, output = client.containers.get(spec.container).exec_run(list(spec.argv))
+            exit_code, output = client.containers.get(name).exec_run(list(spec.argv))
             return exit_code, output.decode("utf-8", "replace")
         except docker.errors.NotFound:
-            raise ChainlabError(f"container {spec.container} is gone from {spec.host}: run lab up") from None
+            raise ChainlabError(f"container {name} is gone from {spec.host}: run lab up") from None
         except docker.errors.DockerException as exc:
             raise ChainlabError(f"probe in {spec.where}: docker: {exc}") from None
         finally:
             client.close()
 
-    return call(exec_in_container, seconds + deadlines.connect, spec.host, what,
+    return call(exec_in_container, seconds + connect_s, spec.host, what,
                 cancel=lambda: [c.close() for c in clients])
 
 
