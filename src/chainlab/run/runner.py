@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -41,6 +42,10 @@ from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import parse_iptables_save
 from chainlab.yamlfile import MAX_BYTES
 
+# A connection attempt given up on at its deadline ends later in paramiko's own thread,
+# which logs the failure with a traceback; the run has already reported that host's error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 COLLECT_TIMEOUT_S = 6.0
 POLL_S = 0.15
 T = TypeVar("T")
@@ -52,7 +57,7 @@ class Deadlines:
     """How long a run waits for a host, per step (seconds)."""
 
     connect: float = 15.0  # TCP connect, SSH banner, key exchange, authentication
-    connect_again: float = 3.0  # to a host that already missed a deadline in this nightly
+    connect_again: float = 5.0  # to a host that could not be reached earlier in this nightly
     command: float = 15.0  # one command: mark + snapshot, one read of a log slice
     probe_slack: float = 15.0  # on top of the probe's own longest duration (docker exec included)
     close: float = 2.0
@@ -149,9 +154,9 @@ class _Hosts:
     """The SSH connections of one run and each host's error: a host that failed once is
     left out of every later step (its connection may be stuck).
 
-    `unanswered` (shared by the runs of a nightly) holds the hosts that missed a deadline:
-    the next run gives them only `connect_again` seconds to connect, so a frozen host costs
-    a nightly one full deadline, not one per scenario."""
+    `unanswered` (shared by the runs of a nightly) holds the hosts that could not be
+    connected to or missed a deadline: the next run gives them only `connect_again` seconds
+    to connect, so a frozen host costs a nightly one full wait, not one per scenario."""
 
     def __init__(self, inv: Inventory, deadlines: Deadlines, unanswered: set[str]):
         self.inv = inv
@@ -160,10 +165,10 @@ class _Hosts:
         self.conns: dict[str, fabric.Connection] = {}
         self.errors: dict[str, ChainlabError] = {}
 
-    def _record(self, results: dict[str, object], errors: dict[str, ChainlabError]) -> None:
+    def _record(self, results: dict[str, object], errors: dict[str, ChainlabError], connecting: bool = False) -> None:
         self.errors.update(errors)
         self.unanswered.difference_update(results)
-        self.unanswered.update(h for h, e in errors.items() if isinstance(e, DeadlineExceeded))
+        self.unanswered.update(h for h, e in errors.items() if connecting or isinstance(e, DeadlineExceeded))
 
     def connect(self, hosts: list[str]) -> None:
         d = self.deadlines
@@ -171,7 +176,7 @@ class _Hosts:
                                 lambda h: d.connect_again if h in self.unanswered else d.connect,
                                 lambda h: "connecting over SSH", discard=lambda conn: conn.close())
         self.conns.update(conns)
-        self._record(conns, errors)  # type: ignore[arg-type]
+        self._record(conns, errors, connecting=True)  # type: ignore[arg-type]
 
     def live(self, only: set[str] | None = None) -> dict[str, fabric.Connection]:
         return {h: c for h, c in self.conns.items() if h not in self.errors and (only is None or h in only)}
