@@ -154,6 +154,25 @@ def test_a_signal_ends_a_run_stuck_on_a_frozen_host_at_once(lab, runs, sig):
         pass
 
 
+def test_sigterm_ends_a_nightly_at_once_and_leaves_it_partial_with_a_summary(lab, runs):
+    proc = start(lab, "nightly", "--runs", str(runs), "--scenarios", SCENARIOS)
+    read_until(proc, "scenario 3")
+    read_until(proc, "probe:")
+    with frozen("slave1"):
+        time.sleep(1.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    assert took < 3 and proc.returncode == 143 and "interrupted by SIGTERM" in out
+    [out_dir] = run_dirs(runs)
+    assert (out_dir / PARTIAL).exists() and (out_dir / "summary.json").is_file()
+    ids = [s["id"] for s in json.loads((out_dir / "summary.json").read_text())["scenarios"]]
+    assert ids == [1, 2, 3]  # what ran, the interrupted one as an error
+    with lab_lock(load_inventory(lab)):
+        pass
+
+
 def test_a_nightly_with_a_frozen_host_goes_on(lab, runs):
     with frozen("slave1"):
         started = time.monotonic()

@@ -133,6 +133,8 @@ def test_an_interrupted_nightly_stays_partial_and_the_next_one_says_it_skipped_i
         nightly.run_nightly(inv, scenarios, runs, log=lambda _: None)
     partial = max((d for d in runs.iterdir() if d != first.out_dir), key=lambda d: d.name)
     assert (partial / PARTIAL).exists() and (partial / "summary.json").is_file()  # what ran is summarised
+    summarised = json.loads((partial / "summary.json").read_text())["scenarios"]
+    assert [(s["id"], s["error"]) for s in summarised] == [(1, None), (4, "interrupted by SIGTERM: this run dir is partial")]
     run4 = next(partial.glob("*-04-*"))
     assert (run4 / PARTIAL).exists() and "interrupted by SIGTERM" in (run4 / "error.txt").read_text()
     with pytest.raises(ChainlabError, match="is already running"):  # not while the lock is held ...

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from chainlab.errors import ChainlabError
@@ -45,11 +46,13 @@ class DeadlineExceeded(ChainlabError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT arrived; unwinds like Ctrl-C (not caught by `except Exception`)."""
+    """SIGTERM or SIGINT arrived; unwinds like Ctrl-C (not caught by `except Exception`).
+    `run_dir`: the run dir it left partial, once a runner has said so."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.run_dir: Path | None = None
 
     @property
     def name(self) -> str:

@@ -51,9 +51,9 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
                     results.append(outcome)
                 elif isinstance(outcome, RunFailed):
                     failed.append(outcome)
-        except Interrupted:
+        except Interrupted as exc:
             try:
-                _summarise(inv, runs_root, out_dir, results, failed)
+                _summarise(inv, runs_root, out_dir, results, failed, exc.run_dir)
             except Exception:
                 pass  # what ran is in its run dirs; the summary is a convenience here
             raise
@@ -63,10 +63,10 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
 
 
 def _summarise(inv: Inventory, runs_root: Path, out_dir: Path, results: list[RunResult],
-               failed: list[RunFailed]) -> NightlySummary:
+               failed: list[RunFailed], interrupted: Path | None = None) -> NightlySummary:
     previous, skipped = find_baseline(runs_root, out_dir, inv.lab)
-    return write_nightly(out_dir, sorted([r.run_dir for r in results] + [f.run_dir for f in failed]),
-                         previous, inv.lab, skipped)
+    run_dirs = [r.run_dir for r in results] + [f.run_dir for f in failed] + ([interrupted] if interrupted else [])
+    return write_nightly(out_dir, sorted(run_dirs), previous, inv.lab, skipped)
 
 
 def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log,

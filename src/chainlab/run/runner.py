@@ -127,6 +127,7 @@ def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: L
     except Interrupted as exc:
         _write_error(run_dir, f"interrupted by {exc.name}: this run dir is partial")
         log(f"interrupted by {exc.name}: {run_dir} is left partial")
+        exc.run_dir = run_dir
         raise
     except ChainlabError as exc:
         if _write_error(run_dir, str(exc)):
