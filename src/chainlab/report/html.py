@@ -229,6 +229,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "duration": run.duration_s,
         "lab": run.run.get("lab") or "",
         "probe": {"command": probe.get("command") or "", "exit_code": probe.get("exit_code")},
+        "notes": run.notes,
         "probe_output": _probe_output(run.run_dir),
         "checks": [_check(c) for c in run.checks],
         "drops": drops(run),

@@ -80,6 +80,12 @@ class RunData:
         return bool(isinstance(expect, dict) and expect.get("ok") and self.checks)
 
     @property
+    def notes(self) -> list[str]:
+        """What the run noted besides the result (e.g. a host it did not need did not answer)."""
+        value = self.run.get("notes")
+        return [str(n) for n in value] if isinstance(value, list) else []
+
+    @property
     def duration_s(self) -> float | None:
         value = self.run.get("duration_s")
         return float(value) if isinstance(value, (int, float)) else None

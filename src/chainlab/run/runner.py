@@ -13,6 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -116,8 +117,8 @@ def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: L
     Any failure once the run dir exists is a RunFailed whose message is in `error.txt`
     (with the traceback, for an unexpected exception), and the dir is marked complete. An
     interrupt (SIGTERM/SIGINT) leaves the dir PARTIAL, says so in error.txt and goes on up.
-    `unanswered`: hosts that missed a deadline in an earlier run of the same nightly (kept
-    up to date here).
+    `unanswered`: hosts that could not be reached in an earlier run of the same nightly
+    (kept up to date here).
     """
     run_dir = create_run_dir(runs_root, inv.lab, f"-{scenario.id:02d}-{slug(scenario.title)}")
     try:
@@ -201,7 +202,12 @@ class _Hosts:
                 for h in sorted(self.errors) if h not in besides]
 
     def close(self) -> None:
-        fan_out(self.conns, lambda _h, conn: conn.close(), self.deadlines.close, lambda h: "closing the connection")
+        """Close every connection (each within its deadline; a failure to close is no news)."""
+        def close(_host: str, conn: fabric.Connection) -> None:
+            with suppress(Exception):
+                conn.close()
+
+        fan_out(self.conns, close, self.deadlines.close, lambda h: "closing the connection")
 
 
 def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, log: Log, hosts: _Hosts) -> RunResult:
