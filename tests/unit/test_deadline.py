@@ -44,7 +44,7 @@ def test_per_key_deadlines_and_own_errors():
     def work(host: str, _: None) -> str:
         if host == "bad":
             raise ChainlabError("bad: refused")
-        time.sleep(0.4)
+        time.sleep(1.0 if host == "slow" else 0.2)
         return host
 
     results, errors = fan_out({"fast": None, "slow": None, "bad": None}, work,

@@ -226,8 +226,9 @@ def remove_cgroup(parent: str, retries: int = 50) -> None:
         top = hierarchy / parent.lstrip("/")
         if not top.is_dir() or hierarchy.is_symlink():
             continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for d in [*dirs, top]:
+        # Deepest first, `top` last; os.walk skips a cgroup that goes away meanwhile (dockerd
+        # may still be removing its own when `local down --force` interrupts a run).
+        for d in [Path(root) for root, _, _ in os.walk(top, topdown=False)]:
             for _ in range(retries):
                 try:
                     d.rmdir()
