@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
-from chainlab.run.runner import RunResult, run_scenario
+from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import find_scenario
 
 SCENARIOS = Path("scenarios")
@@ -45,7 +45,12 @@ def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -
     """Run scenario NUMBER on the provisioned lab: probe, collect, analyze, PASS/FAIL (exit 0/1)."""
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
     console = Console()
-    result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
+    try:
+        result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
+    except RunFailed as exc:
+        console.print(f"[bold red]ERROR[/bold red] {escape(str(exc))}")
+        console.print(f"evidence in {escape(str(exc.run_dir))}")
+        sys.exit(exc.exit_code)
     print_result(console, result)
     sys.exit(0 if result.passed else 1)
 
@@ -65,9 +70,14 @@ def nightly_command(obj: object, scenarios_dir: Path, runs_dir: Path) -> None:
         print_result(console, result)
     for error in failed:
         console.print(f"[bold red]ERROR[/bold red] {escape(error.run_dir.name)}: {escape(str(error))}")
-    console.print("[bold]difference from the previous nightly:[/bold]")
+    previous = summary.diff.get("previous")
+    console.print("[bold]difference from the previous nightly[/bold]"
+                  + (f" ({escape(previous)})" if previous else "") + "[bold]:[/bold]")
     for line in summary.diff["text"]:
         console.print(f"  {escape(line)}")
+    skipped = summary.diff.get("skipped_partial") or []
+    if skipped:
+        console.print(f"  not compared, partial: {escape(', '.join(skipped))}")
     passed = sum(r.passed for r in results)
     total = len(results) + len(failed)
     console.print(f"{passed}/{total} scenarios passed; summary: {summary.index}")

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -25,7 +26,8 @@ from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
-from chainlab.lock import exclusive
+from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
+from chainlab.lock import LockHeld, exclusive, local_lab_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -85,9 +87,7 @@ class _Store:
 
     def save(self) -> None:
         with self.lock:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(self.state.model_dump_json(indent=2))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, self.state.model_dump_json(indent=2), PRIVATE_FILE)
 
 
 def load_state(plan: LabPlan) -> LocalLabRecord | None:
@@ -158,7 +158,7 @@ def _up(plan: LabPlan, log: Log) -> None:
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
     store = _Store(plan, state or _first_state(plan))
-    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(plan.state_dir)  # keys, lab state, the hosts' logs and files: root's only
     store.save()
     _write_ssh_files(plan)
     etcd = plan.etcd_host
@@ -394,15 +394,22 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     S.remove_cgroup(host.cgroup_parent)
 
 
-def down(plan: LabPlan, log: Log = print) -> None:
+def down(plan: LabPlan, log: Log = print, force: bool = False) -> None:
     """Remove everything the lab made; safe to run on a half-built or already removed lab.
 
     Host namespaces are also found by name prefix, so a host dropped from the inventory
-    while the lab was up is removed too.
+    while the lab was up is removed too. A lab up/down, scenario run or nightly in progress
+    (the lab lock) is refused, unless `force`: then the log says what is interrupted.
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
-    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"), ExitStack() as stack:
+        try:
+            stack.enter_context(local_lab_lock(plan.lab))
+        except LockHeld as exc:
+            if not force:
+                raise ChainlabError(f"{exc}: wait for it, or `chainlab local down --force` interrupts it") from None
+            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
         _down(plan, log)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from chainlab.files import write_atomic
 from chainlab.report.run import DIRECTIONS, RunData, chain_name, load_run, same_step, step_label
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -228,6 +229,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "duration": run.duration_s,
         "lab": run.run.get("lab") or "",
         "probe": {"command": probe.get("command") or "", "exit_code": probe.get("exit_code")},
+        "notes": run.notes,
         "probe_output": _probe_output(run.run_dir),
         "checks": [_check(c) for c in run.checks],
         "drops": drops(run),
@@ -251,9 +253,5 @@ def render_run_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     page = environment().get_template("report.html.j2").render(report_context(run))
-    out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(run_dir / "report.html", page)
 

@@ -11,12 +11,14 @@ from chainlab.scenario import Endpoint, PingProbe, Scenario
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """argv to run on `host`'s shell, or inside `container` (on `host`) via docker exec."""
+    """argv to run on `host`'s shell, or inside `container` (on `host`) via docker exec;
+    `seconds`: how long it runs at most when the network drops every packet."""
 
     host: str
     container: str | None
     argv: tuple[str, ...]
     target_address: str
+    seconds: float
 
     @property
     def where(self) -> str:
@@ -46,10 +48,12 @@ def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
     host, _ = locate(state, scenario.source)
     if isinstance(scenario.probe, PingProbe):
         argv: tuple[str, ...] = ("ping", "-c", str(scenario.probe.count), "-W", "1", "-i", "0.2", address)
+        seconds = 0.2 * (scenario.probe.count - 1) + 1
     else:
         port = str(scenario.probe.port)
         if scenario.source.container:
             argv = ("nc", "-w", "2", address, port, "-e", "true")
         else:
             argv = ("timeout", "2", "bash", "-c", 'exec 3<>"/dev/tcp/$1/$2"', "bash", address, port)
-    return ProbeSpec(host, scenario.source.container, argv, address)
+        seconds = 2
+    return ProbeSpec(host, scenario.source.container, argv, address, seconds)
