@@ -44,7 +44,7 @@ PROCESS_NAMES = {"ulogd": "ulogd", "nft-monitor": "xtables-monitor"}
 ETCD_PEER_PORT = 2380
 TRACE_TARGETS = ("LOG", "TRACE")
 TRACE_CHAINS = ("OUTPUT", "PREROUTING")
-TRACE_PROTOCOLS = ("icmp", "tcp")
+TRACE_PROTOCOLS = ("icmp", "tcp", "udp")
 
 
 def sh(script: str) -> list[str]:
@@ -250,7 +250,7 @@ class TraceRule:
 
 
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
-    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP and TCP, each marked as ours.
+    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP, TCP and UDP, each marked as ours.
 
     TCP excludes the management ports (SSH, etcd): otherwise every packet of the
     provisioning and scenario sessions would be traced on every host.

@@ -1,0 +1,136 @@
+"""Which traced packets belong to which probe, when probes share one collection window (pure).
+
+Probes of one run are distinct source → target pairs of one protocol. A packet is a probe's
+when one of these rules reaches it:
+
+- origin: on the source's node, a request to the target's address (and port) that the node
+  sent itself (its walk starts in OUTPUT) for a host source, or that comes from the
+  container's address for a container source;
+- the same packet on another node: same protocol, IP id (and ICMP sequence), same direction,
+  entering with the destination it left the other node with (NAT never changes the IP id);
+- an answer: on a node where a packet of the probe was seen, a reply whose addresses and
+  ports (for ICMP: id and sequence) are those of that packet reversed. Conntrack keeps these
+  unique per node among live connections, rewriting ports and ICMP ids where NAT would
+  make two alike; so do ICMP errors from the probe's destination to its source. Answers
+  are followed to other nodes as above.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from chainlab.run.probe import ProbeSpec
+from chainlab.trace.model import Fields, Packet
+
+Ends = tuple[str | None, str | None, int | None, int | None]
+
+
+def _ends(p: Packet) -> set[Ends]:
+    """(src, dst, sport, dport) as the packet entered and left the node (ICMP: id, seq)."""
+    out = set()
+    merged = p.fields
+    for f in (p.first, p.last):
+        if f is None:
+            continue
+        if p.protocol == "icmp":
+            a, b = _either(f.icmp_id, merged.icmp_id), _either(f.icmp_seq, merged.icmp_seq)
+        else:
+            a, b = _either(f.sport, merged.sport), _either(f.dport, merged.dport)
+        out.add((f.src, f.dst, a, b))
+    return out
+
+
+def _either(value: int | None, fallback: int | None) -> int | None:
+    return fallback if value is None else value
+
+
+def _reversed(ends: Ends, icmp: bool) -> Ends:
+    src, dst, a, b = ends
+    return (dst, src, a, b) if icmp else (dst, src, b, a)
+
+
+def _entry(p: Packet) -> Fields:
+    return p.first or p.fields
+
+
+def _exit(p: Packet) -> Fields:
+    return p.last or p.fields
+
+
+def is_origin(p: Packet, spec: ProbeSpec) -> bool:
+    """`p` is a request of `spec` as its source sent it."""
+    if p.node != spec.source.host or p.protocol != spec.protocol or p.direction != "request":
+        return False
+    entry = _entry(p)
+    if entry.dst != spec.target_address:
+        return False
+    if spec.port is not None and _either(entry.dport, p.fields.dport) != spec.port:
+        return False
+    if spec.source.container is None:
+        return p.origin
+    return entry.src == spec.source.address and not p.origin
+
+
+def _same_elsewhere(p: Packet, q: Packet) -> bool:
+    """`q` is packet `p` seen on another node."""
+    if q.node == p.node or q.direction != p.direction or q.protocol != p.protocol:
+        return False
+    if p.protocol == "icmp" and q.fields.icmp_seq != p.fields.icmp_seq:
+        return False
+    return _entry(q).dst == _exit(p).dst or _entry(p).dst == _exit(q).dst
+
+
+def _answers(r: Packet, q: Packet) -> bool:
+    """`r` answers `q` (both on one node)."""
+    if r.direction == "error" and r.protocol == "icmp":
+        return (_entry(r).src in (_entry(q).dst, _exit(q).dst)
+                and _entry(r).dst in (_entry(q).src, _exit(q).src))
+    if r.direction == "request" or r.protocol != q.protocol:
+        return False
+    back = {_reversed(e, q.protocol == "icmp") for e in _ends(q)}
+    return not back.isdisjoint(_ends(r))
+
+
+class _Index:
+    def __init__(self, packets: list[Packet]):
+        self.packets = packets
+        self.by_id: dict[tuple[str, int | None], list[Packet]] = defaultdict(list)
+        self.by_node: dict[str, list[Packet]] = defaultdict(list)
+        for p in packets:
+            self.by_id[(p.protocol, p.fields.ip_id)].append(p)
+            self.by_node[p.node].append(p)
+
+    def follow(self, seeds: Iterable[Packet], into: dict[int, Packet]) -> None:
+        """Add `seeds` and the same packets on other nodes to `into` (by id())."""
+        queue = [s for s in seeds if id(s) not in into]
+        for s in queue:
+            into[id(s)] = s
+        while queue:
+            p = queue.pop()
+            if p.fields.ip_id is None:
+                continue
+            for q in self.by_id[(p.protocol, p.fields.ip_id)]:
+                if id(q) not in into and _same_elsewhere(p, q):
+                    into[id(q)] = q
+                    queue.append(q)
+
+
+def attribute(packets: list[Packet], specs: list[ProbeSpec]) -> list[list[Packet]]:
+    """Per spec (in order), its packets in the order of `packets`."""
+    index = _Index(packets)
+    order = {id(p): i for i, p in enumerate(packets)}
+    out = []
+    for spec in specs:
+        origins = [p for p in index.by_node.get(spec.source.host, []) if is_origin(p, spec)]
+        if spec.protocol != "icmp":  # the rest of the connection on the source node
+            ends = set().union(*(_ends(p) for p in origins)) if origins else set()
+            origins += [p for p in index.by_node.get(spec.source.host, [])
+                        if p.protocol == spec.protocol and p.direction == "request" and p not in origins
+                        and not ends.isdisjoint(_ends(p))]
+        mine: dict[int, Packet] = {}
+        index.follow(origins, mine)
+        index.follow([r for q in list(mine.values()) for r in index.by_node[q.node]
+                      if id(r) not in mine and _answers(r, q)], mine)
+        out.append(sorted(mine.values(), key=lambda p: order[id(p)]))
+    return out
