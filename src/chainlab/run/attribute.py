@@ -26,19 +26,17 @@ from chainlab.trace.model import Fields, Packet
 Ends = tuple[str | None, str | None, int | None, int | None]
 
 
-def _ends(p: Packet) -> set[Ends]:
-    """(src, dst, sport, dport) as the packet entered and left the node (ICMP: id, seq)."""
-    out = set()
+def _end(f: Fields, p: Packet) -> Ends:
+    """(src, dst, sport, dport) of one line's fields (ICMP: id, seq); `p`'s fill gaps."""
     merged = p.fields
-    for f in (p.first, p.last):
-        if f is None:
-            continue
-        if p.protocol == "icmp":
-            a, b = _either(f.icmp_id, merged.icmp_id), _either(f.icmp_seq, merged.icmp_seq)
-        else:
-            a, b = _either(f.sport, merged.sport), _either(f.dport, merged.dport)
-        out.add((f.src, f.dst, a, b))
-    return out
+    if p.protocol == "icmp":
+        return f.src, f.dst, _either(f.icmp_id, merged.icmp_id), _either(f.icmp_seq, merged.icmp_seq)
+    return f.src, f.dst, _either(f.sport, merged.sport), _either(f.dport, merged.dport)
+
+
+def _ends(p: Packet) -> set[Ends]:
+    """The packet's ends as it entered and as it left the node."""
+    return {_end(f, p) for f in (p.first, p.last) if f is not None}
 
 
 def _either(value: int | None, fallback: int | None) -> int | None:
@@ -48,6 +46,13 @@ def _either(value: int | None, fallback: int | None) -> int | None:
 def _reversed(ends: Ends, icmp: bool) -> Ends:
     src, dst, a, b = ends
     return (dst, src, a, b) if icmp else (dst, src, b, a)
+
+
+def _continues(left: Ends, entered: Ends) -> bool:
+    """A packet that left one node with `left` entered the next with `entered`: same
+    destination and destination port (ICMP: sequence); same source port (ICMP: id) too,
+    unless the source changed on the way out (SNAT may remap it; the trace ends before)."""
+    return left[1] == entered[1] and left[3] == entered[3] and (left[0] != entered[0] or left[2] == entered[2])
 
 
 def _entry(p: Packet) -> Fields:
@@ -73,12 +78,11 @@ def is_origin(p: Packet, spec: ProbeSpec) -> bool:
 
 
 def _same_elsewhere(p: Packet, q: Packet) -> bool:
-    """`q` is packet `p` seen on another node."""
+    """`q` is packet `p` (same protocol and IP id) seen on another node."""
     if q.node == p.node or q.direction != p.direction or q.protocol != p.protocol:
         return False
-    if p.protocol == "icmp" and q.fields.icmp_seq != p.fields.icmp_seq:
-        return False
-    return _entry(q).dst == _exit(p).dst or _entry(p).dst == _exit(q).dst
+    return (_continues(_end(_exit(p), p), _end(_entry(q), q))
+            or _continues(_end(_exit(q), q), _end(_entry(p), p)))
 
 
 def _answers(r: Packet, q: Packet) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chainlab.run.probe import ProbeSpec
 from chainlab.trace.analyze import hook_path
+from chainlab.trace.expect import probe_packet
 from chainlab.trace.flows import Flow, FlowIndex
 from chainlab.trace.model import Packet
 
@@ -43,10 +44,12 @@ class Drop:
         return f"{self.node}: {self.where}" + (f" by `{self.rule}`" if self.rule else "")
 
 
-def flows_of(packets: Iterable[Packet]) -> list[Flow]:
+def flows_of(packets: Iterable[Packet], protocol: str) -> list[Flow]:
+    """The cross-node flows of the probe's own packets (TCP: the SYN and SYN-ACK)."""
     index = FlowIndex()
     for p in packets:
-        index.add(p)
+        if probe_packet(p, protocol):
+            index.add(p)
     return index.flows()
 
 
@@ -86,8 +89,9 @@ class ProbeResult:
         return self.exit_code == 0
 
     def packets_of(self, node: str | None = None, direction: str | None = None) -> list[Packet]:
+        """The probe's packets (TCP: only the SYN and SYN-ACK, as scenarios state paths)."""
         return [p for p in self.packets if (node is None or p.node == node)
-                and (direction is None or p.direction == direction)]
+                and (direction is None or p.direction == direction) and probe_packet(p, self.spec.protocol)]
 
     def paths(self, node: str, direction: str = "request", tables: Iterable[str] | None = DEFAULT_TABLES) -> list[list[str]]:
         """The distinct hook paths of `node`'s packets in `direction` (in `tables`; None: all)."""

@@ -1,0 +1,201 @@
+"""Probes without a scenario file: `chainlab probe`, `chainlab matrix`, and `Lab` for tests.
+
+Both share the scenario runner's bracketing (`runner.capture`): all probes of a run go out
+at once inside one collection window, and `attribute` tells their packets apart. A probe's
+run dir looks like a scenario's (logs/, rules/, routes/, probe.txt, analysis.json,
+diagram.svg, report.html); a matrix's has the shared evidence at its top, matrix.json,
+matrix.html, expect.txt, and a run dir per cell under cells/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from chainlab.errors import InputError, Problem
+from chainlab.inventory import Inventory, load_inventory
+from chainlab.labstate import LabState, load_state
+from chainlab.report.matrix import render_matrix_report
+from chainlab.run.attribute import attribute
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, compare_with, expect_text, find_previous,
+                                 parse_expect, write_matrix)
+from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
+from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
+from chainlab.run.runner import (ProbeRun, RunResult, analyze_logs, capture, new_run_dir, recorded_failure,
+                                 run_scenario, write_evidence, write_probe_text)
+from chainlab.trace.pipeline import Analysis
+
+Log = Callable[[str], None]
+TABLES = sorted(DEFAULT_TABLES)
+EVIDENCE_DIRS = ("logs", "rules", "routes")
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
+    """On a local lab, an address target must be inside the lab (its LAN or the Calico pool):
+    probes never leave the lab's namespaces for the machine's real network."""
+    if inv.local is None:
+        return
+    inside = (inv.local.lan.network, inv.calico.pool)
+    for spec in specs:
+        if spec.target is None and not any(IPv4Address(spec.target_address) in net for net in inside):
+            raise InputError([Problem("probe", spec.target_address,
+                                      f"is outside the local lab ({', '.join(map(str, inside))}); "
+                                      "a local lab's probes stay inside it")])
+
+
+def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
+               log: Log = _quiet) -> tuple[list[ProbeResult], Analysis]:
+    """All `requests` at once in one bracketing; each result holds the packets that were its."""
+    specs = [plan_probe(r, state) for r in requests]
+    check_addresses(inv, specs)
+    sources = {spec.host for spec in specs}
+    with recorded_failure(run_dir):
+        captured = capture(inv, state, specs, run_dir, lambda slices: all(slices.get(h) for h in sources), log)
+    write_probe_text(run_dir / "probe.txt", list(zip(specs, captured.probes)))
+    analysis = analyze_logs(run_dir)
+    results = [ProbeResult(spec, run.exit_code, run.output, packets, flows_of(packets, spec.protocol), run_dir)
+               for spec, run, packets in zip(specs, captured.probes, attribute(analysis.packets, specs))]
+    return results, analysis
+
+
+def _run_info(result: ProbeResult, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
+    spec = result.spec
+    return {
+        "kind": "probe",
+        "scenario": {"id": "probe", "title": result.label, "description": "",
+                     "outcome": "", "tables": TABLES},
+        "title": f"probe {result.label}",
+        "started": started.isoformat(timespec="seconds"), "duration_s": round(duration_s, 3),
+        "passed": result.reached, "outcome": "reachable" if result.reached else "unreachable",
+        "decision": result.decision, "lab": lab,
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": result.exit_code},
+    }
+
+
+def _write_result(result: ProbeResult, analysis: Analysis, directory: Path, lab: str, started: datetime,
+                  duration_s: float) -> None:
+    part = Analysis(result.packets, result.flows, analysis.stats, analysis.nodes)
+    write_evidence(directory, part, _run_info(result, lab, started, duration_s), TABLES)
+
+
+def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _quiet) -> ProbeResult:
+    """One probe with the evidence of a scenario run in runs/<time>-probe-<src>-<dst>-<service>/."""
+    state = load_state(inv)
+    plan_probe(request, state)  # bad names fail before a run dir exists
+    started = datetime.now()
+    run_dir = new_run_dir(runs_root, _slug(f"probe-{request.source}-{request.target}-{request.service}"), started)
+    results, analysis = run_probes(inv, state, [request], run_dir, log)
+    result = results[0]
+    _write_result(result, analysis, run_dir, inv.lab, started, (datetime.now() - started).total_seconds())
+    return result
+
+
+def endpoints(state: LabState, names: Sequence[str] | None) -> list[str]:
+    """`names` checked against the lab (default: every host, then every container)."""
+    if not names:
+        return endpoint_names(state)
+    for name in names:
+        resolve(state, name)
+    return list(dict.fromkeys(names))
+
+
+def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None,
+           targets: Sequence[str] | None = None, protocol: str = "icmp", port: int | None = None,
+           expect: Path | None = None, log: Log = _quiet) -> Matrix:
+    """Every source × target (not itself) probed at once; matrix.json and matrix.html in
+    runs/<time>-matrix-<service>/, each cell's evidence in cells/<source>--<target>/."""
+    state = load_state(inv)
+    froms, tos = endpoints(state, sources), endpoints(state, targets)
+    requests = [ProbeRequest(s, t, protocol, port) for s in froms for t in tos if s != t]  # type: ignore[arg-type]
+    if not requests:
+        raise InputError([Problem("matrix", "", "no pair to probe: give at least one source and another target")])
+    expected = parse_expect(expect.read_text(), str(expect)) if expect is not None else None
+    started = datetime.now()
+    service = requests[0].service
+    run_dir = new_run_dir(runs_root, _slug(f"matrix-{service}"), started)
+    log(f"{len(requests)} probes ({service}) from {len(froms)} sources to {len(tos)} targets, at once")
+    results, analysis = run_probes(inv, state, requests, run_dir, log)
+    duration = (datetime.now() - started).total_seconds()
+
+    def write_cell(result: ProbeResult) -> str:
+        directory = run_dir / "cells" / f"{result.spec.request.source}--{result.spec.request.target}"
+        directory.mkdir(parents=True)
+        for sub in EVIDENCE_DIRS:
+            os.symlink(Path("..") / ".." / sub, directory / sub)
+        write_probe_text(directory / "probe.txt", [(result.spec, ProbeRun(result.exit_code, result.output))])
+        result.run_dir = directory
+        _write_result(result, analysis, directory, inv.lab, started, duration)
+        return (directory / "report.html").relative_to(run_dir).as_posix()
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        reports = list(pool.map(write_cell, results))
+    grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for r, link in zip(results, reports)],
+                  started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name)
+    compare_with(grid, find_previous(runs_root, run_dir, grid))
+    if expected is not None:
+        assert expect is not None
+        apply_expect(grid, expected, str(expect), set(endpoint_names(state)))
+    write_matrix(run_dir, grid)
+    (run_dir / "expect.txt").write_text(expect_text(grid))
+    render_matrix_report(run_dir, grid)
+    return grid
+
+
+class Lab:
+    """A provisioned lab, driven from Python (the pytest plugin's `lab` fixture is one).
+
+    `Lab("lab/local.yaml").probe("slave1", "web1").dropped_at(node="master", chain="cali-tw-*")`
+    """
+
+    def __init__(self, inventory: Inventory | Path | str, runs: Path | str = "runs", log: Log = _quiet):
+        self.inventory = inventory if isinstance(inventory, Inventory) else load_inventory(Path(inventory))
+        self.runs = Path(runs)
+        self.log = log
+
+    @property
+    def state(self) -> LabState:
+        return load_state(self.inventory)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return endpoint_names(self.state)
+
+    def probe(self, source: str, target: str, *, tcp: int | None = None, udp: int | None = None,
+              count: int = 1) -> ProbeResult:
+        """ICMP echo by default; `tcp=PORT` or `udp=PORT` for a connection or a datagram."""
+        return probe(self.inventory, probe_request(source, target, tcp, udp, count), self.runs, self.log)
+
+    def matrix(self, sources: Sequence[str] | None = None, targets: Sequence[str] | None = None, *,
+               tcp: int | None = None, udp: int | None = None, expect: Path | None = None) -> Matrix:
+        protocol, port = _service(tcp, udp)
+        return matrix(self.inventory, self.runs, sources, targets, protocol, port, expect, self.log)
+
+    def scenario(self, path: Path | str) -> RunResult:
+        return run_scenario(self.inventory, Path(path), self.runs, self.log)
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.inventory.lab}>"
+
+
+def _service(tcp: int | None, udp: int | None) -> tuple[str, int | None]:
+    if tcp is not None and udp is not None:
+        raise InputError([Problem("probe", "", "give tcp= or udp=, not both")])
+    return ("tcp", tcp) if tcp is not None else ("udp", udp) if udp is not None else ("icmp", None)
+
+
+def probe_request(source: str, target: str, tcp: int | None, udp: int | None, count: int) -> ProbeRequest:
+    protocol, port = _service(tcp, udp)
+    return ProbeRequest(source, target, protocol, port, count)  # type: ignore[arg-type]
