@@ -21,13 +21,13 @@ from chainlab.errors import InputError, Problem
 from chainlab.inventory import Inventory, load_inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.report.matrix import render_matrix_report
-from chainlab.run.attribute import attribute
+from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.matrix import (Matrix, apply_expect, cell_of, compare_with, expect_text, find_previous,
                                  parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.runner import (ProbeRun, RunResult, analyze_logs, capture, new_run_dir, recorded_failure,
-                                 run_scenario, write_evidence, write_probe_text)
+from chainlab.run.runner import (ProbeRun, RunResult, analyze_logs, capture, evidence_dirs, new_run_dir,
+                                 recorded_failure, run_scenario, write_evidence, write_probe_text)
 from chainlab.trace.pipeline import Analysis
 
 Log = Callable[[str], None]
@@ -57,18 +57,29 @@ def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
 
 
 def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
-               log: Log = _quiet) -> tuple[list[ProbeResult], Analysis]:
-    """All `requests` at once in one bracketing; each result holds the packets that were its."""
+               log: Log = _quiet) -> list[tuple[ProbeResult, Analysis]]:
+    """All `requests` at once in one bracketing (in a few, see `plan_waves`, when nft hosts
+    are involved: the captures then go to run_dir/waves/N/); each result holds the packets
+    that were its, with the analysis of its capture."""
     specs = [plan_probe(r, state) for r in requests]
     check_addresses(inv, specs)
-    sources = {spec.host for spec in specs}
-    with recorded_failure(run_dir):
-        captured = capture(inv, state, specs, run_dir, lambda slices: all(slices.get(h) for h in sources), log)
-    write_probe_text(run_dir / "probe.txt", list(zip(specs, captured.probes)))
-    analysis = analyze_logs(run_dir)
-    results = [ProbeResult(spec, run.exit_code, run.output, packets, flows_of(packets, spec.protocol), run_dir)
-               for spec, run, packets in zip(specs, captured.probes, attribute(analysis.packets, specs))]
-    return results, analysis
+    addresses = {name: frozenset({str(host.address)}) for name, host in state.hosts.items()}
+    waves = plan_waves(specs, {h for h, s in state.hosts.items() if s.trace_backend == "nft-monitor"})
+    out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
+    runs: list[ProbeRun | None] = [None] * len(specs)
+    for k, wave in enumerate(waves, 1):
+        directory = run_dir if len(waves) == 1 else evidence_dirs(run_dir / "waves" / str(k))
+        mine = [specs[i] for i in wave]
+        sources = {spec.host for spec in mine}
+        with recorded_failure(run_dir):
+            captured = capture(inv, state, mine, directory, lambda slices: all(slices.get(h) for h in sources), log)
+        analysis = analyze_logs(directory)
+        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
+            runs[i] = run
+            out[i] = (ProbeResult(specs[i], run.exit_code, run.output, packets, flows_of(packets, specs[i].protocol),
+                                  directory), analysis)
+    write_probe_text(run_dir / "probe.txt", [(spec, run) for spec, run in zip(specs, runs) if run is not None])
+    return [x for x in out if x is not None]
 
 
 def _run_info(result: ProbeResult, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
@@ -97,8 +108,7 @@ def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _qu
     plan_probe(request, state)  # bad names fail before a run dir exists
     started = datetime.now()
     run_dir = new_run_dir(runs_root, _slug(f"probe-{request.source}-{request.target}-{request.service}"), started)
-    results, analysis = run_probes(inv, state, [request], run_dir, log)
-    result = results[0]
+    [(result, analysis)] = run_probes(inv, state, [request], run_dir, log)
     _write_result(result, analysis, run_dir, inv.lab, started, (datetime.now() - started).total_seconds())
     return result
 
@@ -126,24 +136,27 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
     started = datetime.now()
     service = requests[0].service
     run_dir = new_run_dir(runs_root, _slug(f"matrix-{service}"), started)
-    log(f"{len(requests)} probes ({service}) from {len(froms)} sources to {len(tos)} targets, at once")
-    results, analysis = run_probes(inv, state, requests, run_dir, log)
+    log(f"{len(requests)} probes ({service}) from {len(froms)} sources to {len(tos)} targets")
+    done = run_probes(inv, state, requests, run_dir, log)
     duration = (datetime.now() - started).total_seconds()
+    waves = len({result.run_dir for result, _ in done})
 
-    def write_cell(result: ProbeResult) -> str:
+    def write_cell(item: tuple[ProbeResult, Analysis]) -> str:
+        result, analysis = item
         directory = run_dir / "cells" / f"{result.spec.request.source}--{result.spec.request.target}"
         directory.mkdir(parents=True)
+        assert result.run_dir is not None
         for sub in EVIDENCE_DIRS:
-            os.symlink(Path("..") / ".." / sub, directory / sub)
+            os.symlink(os.path.relpath(result.run_dir / sub, directory), directory / sub)
         write_probe_text(directory / "probe.txt", [(result.spec, ProbeRun(result.exit_code, result.output))])
         result.run_dir = directory
         _write_result(result, analysis, directory, inv.lab, started, duration)
         return (directory / "report.html").relative_to(run_dir).as_posix()
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        reports = list(pool.map(write_cell, results))
-    grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for r, link in zip(results, reports)],
-                  started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name)
+        reports = list(pool.map(write_cell, done))
+    grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for (r, _), link in zip(done, reports)],
+                  started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name, waves=waves)
     compare_with(grid, find_previous(runs_root, run_dir, grid))
     if expected is not None:
         assert expect is not None

@@ -76,6 +76,7 @@ class Matrix:
     run_dir: str = ""
     previous: str | None = None  # the previous matrix's directory name
     expect_file: str | None = None
+    waves: int = 1  # captures the probes needed (see attribute.plan_waves)
 
     def cell(self, source: str, target: str) -> Cell | None:
         return next((c for c in self.cells if c.source == source and c.target == target), None)

@@ -225,10 +225,14 @@ def _mark_and_snapshot(conn: fabric.Connection, node: str, trace_log: str, run_d
 
 def new_run_dir(runs_root: Path, name: str, started: datetime) -> Path:
     """runs/<YYYYmmdd-HHMMSS>-<name>/ with logs/, rules/ and routes/."""
-    run_dir = runs_root / f"{started:%Y%m%d-%H%M%S}-{name}"
+    return evidence_dirs(runs_root / f"{started:%Y%m%d-%H%M%S}-{name}")
+
+
+def evidence_dirs(directory: Path) -> Path:
+    """`directory` with the logs/, rules/ and routes/ a capture fills."""
     for sub in ("logs", "rules", "routes"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    return run_dir
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 @contextmanager
