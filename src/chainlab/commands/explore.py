@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from chainlab.errors import ChainlabError
+from chainlab.errors import ChainlabError, InputError, Problem
 from chainlab.inventory import load_inventory
 
 RUNS = Path("runs")
@@ -102,7 +102,10 @@ def ssh_command(obj: object, host: str, command: tuple[str, ...]) -> None:
 
     if command[:1] == ("--",):
         command = command[1:]
-    target = resolve_target(load_inventory(obj.inventory_path), host)  # type: ignore[attr-defined]
+    inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
+    if host not in inv.hosts:
+        raise InputError([Problem("ssh", host, f"is not a host of the inventory ({', '.join(inv.hosts)})")])
+    target = resolve_target(inv, host)
     binary = shutil.which("ssh")
     if binary is None:
         raise ChainlabError("the OpenSSH client is not installed (Debian: apt-get install openssh-client)")

@@ -105,7 +105,7 @@ def _write_result(result: ProbeResult, analysis: Analysis, directory: Path, lab:
 def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _quiet) -> ProbeResult:
     """One probe with the evidence of a scenario run in runs/<time>-probe-<src>-<dst>-<service>/."""
     state = load_state(inv)
-    plan_probe(request, state)  # bad names fail before a run dir exists
+    check_addresses(inv, [plan_probe(request, state)])  # bad input fails before a run dir exists
     started = datetime.now()
     run_dir = new_run_dir(runs_root, _slug(f"probe-{request.source}-{request.target}-{request.service}"), started)
     [(result, analysis)] = run_probes(inv, state, [request], run_dir, log)
