@@ -14,8 +14,8 @@ import pytest
 from chainlab.errors import InputError
 from chainlab.labstate import LabState
 from chainlab.run.attribute import attribute, plan_waves
-from chainlab.run.matrix import (Matrix, apply_expect, cell_of, compare_with, deciding_rules, expect_text,
-                                 load_matrix, parse_expect, write_matrix)
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, deciding_rules,
+                                 expect_text, load_matrix, parse_expect, write_matrix)
 from chainlab.run.outcome import ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, endpoint_names, plan_probe
 from chainlab.trace.pipeline import AnalysisOptions, analyze
@@ -176,7 +176,8 @@ def test_expectations_as_cyclonus_prints_them():
     assert expected[("slave1", "web1")] is False and expected[("web1", "slave1")] is True
     assert expected[("master", "master")] is None and len(expected) == 36
     m = matrix_of()
-    apply_expect(m, expected, "expect.txt", set(endpoint_names(STATE)))
+    check_expect_names(expected, "expect.txt", set(endpoint_names(STATE)), "ex")
+    apply_expect(m, expected, "expect.txt")
     assert m.passed is True and not m.failures
     m.cell("web3", "web1").expected = False
     assert m.passed is False and [(c.source, c.target) for c in m.failures] == [("web3", "web1")]
@@ -196,7 +197,7 @@ def test_bad_expectations_name_file_line_and_cell():
     with pytest.raises(InputError, match="expected a header"):
         parse_expect("# nothing\n", "e.txt")
     with pytest.raises(InputError, match="web9: not a host or container of lab ex"):
-        apply_expect(matrix_of(), {("web9", "web1"): True}, "e.txt", set(endpoint_names(STATE)))
+        check_expect_names({("web9", "web1"): True}, "e.txt", set(endpoint_names(STATE)), "ex")
 
 
 def test_matrix_report_links_every_cell_to_its_walk(tmp_path):
@@ -224,3 +225,17 @@ def test_terminal_table_has_every_unreachable_cells_rule():
     assert text.count("✗") == 6 and text.count("✓") == 24
     assert text.count("[1]") == 3 and "24/30 reachable" in text
     assert "-A cali-tw-" in text and "Drop if no profiles matched" in text
+
+
+def test_a_trace_that_ends_after_prerouting_is_lost_after_routing():
+    import copy
+
+    from chainlab.trace.analyze import judge
+
+    blocked = next(r for r in results("icmp", "icmp", None) if r.label == "slave1 → web1 icmp")
+    packets = copy.deepcopy(blocked.packets)
+    on_master = next(p for p in packets if p.node == "master")
+    on_master.steps = [s for s in on_master.steps if s.hook == "PREROUTING"]
+    judge(on_master, {(s.hook, s.table) for s in on_master.steps})
+    lost = ProbeResult(blocked.spec, 1, "", packets)
+    assert lost.drop is None and lost.decision == "lost after routing on master (request)"

@@ -151,3 +151,8 @@ def test_bad_expectation_file_is_exit_2_with_its_line(inventory: Path, tmp_path:
     proc = subprocess.run([str(CHAINLAB), "-i", str(inventory), "matrix", "--expect", str(expect), "--runs", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and f"{expect}:2: web1 → web2: 'maybe'" in proc.stderr, proc.stderr
+    expect.write_text("        web1 web9\nweb1    -    .\n")
+    proc = subprocess.run([str(CHAINLAB), "-i", str(inventory), "matrix", "--expect", str(expect), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "web9: not a host or container of lab local" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()

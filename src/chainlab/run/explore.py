@@ -22,8 +22,8 @@ from chainlab.inventory import Inventory, load_inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.report.matrix import render_matrix_report
 from chainlab.run.attribute import attribute, plan_waves
-from chainlab.run.matrix import (Matrix, apply_expect, cell_of, compare_with, expect_text, find_previous,
-                                 parse_expect, write_matrix)
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_text,
+                                 find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
 from chainlab.run.runner import (ProbeRun, RunResult, analyze_logs, capture, evidence_dirs, new_run_dir,
@@ -133,6 +133,8 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
     if not requests:
         raise InputError([Problem("matrix", "", "no pair to probe: give at least one source and another target")])
     expected = parse_expect(expect.read_text(), str(expect)) if expect is not None else None
+    if expected is not None:
+        check_expect_names(expected, str(expect), set(endpoint_names(state)), inv.lab)
     started = datetime.now()
     service = requests[0].service
     run_dir = new_run_dir(runs_root, _slug(f"matrix-{service}"), started)
@@ -159,8 +161,7 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
                   started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name, waves=waves)
     compare_with(grid, find_previous(runs_root, run_dir, grid))
     if expected is not None:
-        assert expect is not None
-        apply_expect(grid, expected, str(expect), set(endpoint_names(state)))
+        apply_expect(grid, expected, str(expect))
     write_matrix(run_dir, grid)
     (run_dir / "expect.txt").write_text(expect_text(grid))
     render_matrix_report(run_dir, grid)

@@ -210,12 +210,15 @@ def parse_expect(text: str, filename: str) -> dict[tuple[str, str], bool | None]
     return out
 
 
-def apply_expect(matrix: Matrix, expected: dict[tuple[str, str], bool | None], filename: str,
-                 known: set[str]) -> None:
-    """Set each probed cell's expectation; names that are no endpoint of the lab are errors."""
+def check_expect_names(expected: dict[tuple[str, str], bool | None], filename: str, known: set[str], lab: str) -> None:
+    """Names in an expectation file that are no endpoint of the lab are input errors."""
     unknown = sorted({name for pair in expected for name in pair} - known)
     if unknown:
-        raise InputError([Problem(filename, "", f"{', '.join(unknown)}: not a host or container of lab {matrix.lab}")])
+        raise InputError([Problem(filename, "", f"{', '.join(unknown)}: not a host or container of lab {lab}")])
+
+
+def apply_expect(matrix: Matrix, expected: dict[tuple[str, str], bool | None], filename: str) -> None:
+    """Set each probed cell's expectation (pairs the matrix did not probe are left out)."""
     matrix.expect_file = filename
     for cell in matrix.cells:
         cell.expected = expected.get((cell.source, cell.target))
