@@ -159,3 +159,21 @@ def test_the_readmes_test_file_passes_with_the_lab_fixture(explore_lab, pytester
     shutil.copy(ROOT / "examples" / "test_calico_lab.py", pytester.path)
     result = pytester.runpytest_subprocess("--chainlab-inventory", str(inv), "--chainlab-runs", str(runs))
     result.assert_outcomes(passed=4)
+
+
+def test_chainlab_up_brings_the_lab_up_and_takes_it_down(tmp_path, pytester: pytest.Pytester):
+    """A lab that is not up (exn, 10.231.72.0/24): the session builds and provisions it
+    for the test that needs it, and takes it down at the end."""
+    inv = make_inventory_file(tmp_path, lab="exn", lan="10.231.72")
+    pytester.makepyfile(test_up="""
+        def test_probe(lab):
+            assert lab.probe("web1", "web3").reached
+    """)
+    try:
+        result = pytester.runpytest_subprocess("--chainlab-inventory", str(inv), "--chainlab-up",
+                                               "--chainlab-runs", str(tmp_path / "runs"))
+        result.assert_outcomes(passed=1)
+        status = cli(inv, "local", "status").stdout
+        assert "up" not in status.replace("up since", "") and not (tmp_path / "state" / "lab-state.json").exists()
+    finally:
+        cli(inv, "local", "down", check=False)

@@ -26,8 +26,8 @@ from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_nam
                                  find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.runner import (ProbeRun, RunResult, analyze_logs, capture, evidence_dirs, new_run_dir,
-                                 recorded_failure, run_scenario, write_evidence, write_probe_text)
+from chainlab.run.runner import (ProbeRun, analyze_logs, capture, evidence_dirs, new_run_dir, recorded_failure,
+                                 write_evidence, write_probe_text)
 from chainlab.trace.pipeline import Analysis
 
 Log = Callable[[str], None]
@@ -179,14 +179,6 @@ class Lab:
         self.runs = Path(runs)
         self.log = log
 
-    @property
-    def state(self) -> LabState:
-        return load_state(self.inventory)
-
-    @property
-    def endpoints(self) -> list[str]:
-        return endpoint_names(self.state)
-
     def probe(self, source: str, target: str, *, tcp: int | None = None, udp: int | None = None,
               count: int = 1) -> ProbeResult:
         """ICMP echo by default; `tcp=PORT` or `udp=PORT` for a connection or a datagram."""
@@ -196,9 +188,6 @@ class Lab:
                tcp: int | None = None, udp: int | None = None, expect: Path | None = None) -> Matrix:
         protocol, port = _service(tcp, udp)
         return matrix(self.inventory, self.runs, sources, targets, protocol, port, expect, self.log)
-
-    def scenario(self, path: Path | str) -> RunResult:
-        return run_scenario(self.inventory, Path(path), self.runs, self.log)
 
     def __repr__(self) -> str:
         return f"<Lab {self.inventory.lab}>"
