@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from chainlab.report.screenshot import dump_dom, find_chromium, screenshot
 
 from .conftest import ROOT, make_inventory_file
-from .test_scenario_runs import cli, provisioned
+from .test_scenario_runs import CHAINLAB, cli, provisioned
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +131,10 @@ def test_ssh_runs_a_command_with_chainlabs_keys(explore_lab):
     assert cli(inv, "ssh", "master", "--", "sh", "-c", "exit 3", check=False).returncode == 3
     names = cli(inv, "ssh", "master", "docker", "ps", "--format", "{{.Names}}").stdout.split()
     assert sorted(names) == ["web1", "web2"]
+    # without a command: the login shell, here reading its commands from stdin (no terminal)
+    shell = subprocess.run([CHAINLAB, "-i", str(inv), "ssh", "slave2"], input="hostname\n", capture_output=True,
+                           text=True, timeout=60)
+    assert shell.returncode == 0 and shell.stdout.strip().splitlines()[-1] == "slave2", shell.stderr
 
 
 def test_pytest_runs_the_scenarios_through_the_plugin(explore_lab, pytester: pytest.Pytester):
