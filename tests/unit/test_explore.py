@@ -83,6 +83,8 @@ def test_results_read_like_the_scenarios():
 def test_decision_when_nothing_or_no_rule_explains_it():
     spec = plan_probe(ProbeRequest("web1", "web3"), STATE)
     assert ProbeResult(spec, 1, "", []).decision == "no packet of the probe was traced"
+    unroutable = ProbeResult(spec, 2, "ping: connect: Network is unreachable\n\n", [])
+    assert unroutable.decision == "no packet of the probe was traced (ping: connect: Network is unreachable)"
     request = next(r for r in results("icmp", "icmp", None) if r.label == "web1 → web3 icmp")
     only_requests = [p for p in request.packets if p.direction == "request"]
     assert ProbeResult(spec, 1, "", only_requests).decision == "no answer traced, and no rule dropped the request"

@@ -162,7 +162,8 @@ class ProbeResult:
         if lost:
             return f"lost after routing on {lost[0].node} ({lost[0].direction})"
         if not self.packets:
-            return "no packet of the probe was traced"
+            said = [line.strip() for line in self.output.splitlines() if line.strip()]
+            return "no packet of the probe was traced" + (f" ({said[-1][:100]})" if said else "")
         if not any(p.direction != "request" for p in self.packets):
             return "no answer traced, and no rule dropped the request"
         return "answered in the trace, but the probe got no answer"
