@@ -182,3 +182,15 @@ def test_chainlab_up_brings_the_lab_up_and_takes_it_down(tmp_path, pytester: pyt
         assert "up" not in status.replace("up since", "") and not (tmp_path / "state" / "lab-state.json").exists()
     finally:
         cli(inv, "local", "down", check=False)
+
+
+def test_probe_on_a_docker_bridge_lab_names_both_nats(tmp_path):
+    """lab/local-bridge.yaml as lab exn: web1 → slave1:8080, published by web2."""
+    inv = make_inventory_file(tmp_path, lab="exn", lan="10.231.72", source=ROOT / "lab" / "local-bridge.yaml")
+    with provisioned(inv):
+        proc = cli(inv, "probe", "web1", "slave1", "--tcp", "8080", "--runs", str(tmp_path / "runs"))
+        assert "SNAT on master: src 172.30.1.2 → 10.231.72.195" in proc.stdout
+        assert "DNAT on slave1: dst 10.231.72.196 → 172.30.2.2" in proc.stdout
+        proc = cli(inv, "matrix", "--from", "master,web1", "--to", "web2", "--runs", str(tmp_path / "runs"))
+        assert "lost after routing on master (request)" in proc.stdout  # web1's packet: no route to slave1's bridge
+        assert "no packet of the probe was traced (ping: connect: Network is unreachable)" in proc.stdout
