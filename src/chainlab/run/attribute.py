@@ -106,7 +106,6 @@ def _answers(r: Packet, q: Packet) -> bool:
 
 class _Index:
     def __init__(self, packets: list[Packet], addresses: dict[str, frozenset[str]]):
-        self.packets = packets
         self.addresses = addresses
         self.by_id: dict[tuple[str, int | None], list[Packet]] = defaultdict(list)
         self.by_node: dict[str, list[Packet]] = defaultdict(list)
