@@ -58,6 +58,7 @@ bench: deps .venv-bench/.installed
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/lab_up_compare.py
 	$(BIN)/python bench/scenario_bench.py
+	$(BIN)/python bench/matrix_bench.py
 
 # The reference write-up's two logged scenarios, analysed and drawn.
 analyze-demo: deps
@@ -94,6 +95,11 @@ scenario-all: venv
 
 nightly: lab-up
 	$(CHAINLAB) $(INV) nightly
+
+# The same scenarios as pytest items (chainlab's pytest plugin), on the provisioned lab.
+.PHONY: pytest-scenarios
+pytest-scenarios: venv
+	$(BIN)/pytest scenarios/ --chainlab-inventory $(INVENTORY)
 
 # The local lab (issue 3): three hosts from namespaces on this machine. Needs root.
 .PHONY: local-up local-down local-status

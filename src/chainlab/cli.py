@@ -38,9 +38,12 @@ COMMAND_MODULES = {
     "inventory": "inventory",
     "lab": "lab",
     "local": "local",
+    "matrix": "explore",
     "nightly": "run",
+    "probe": "explore",
     "profile": "profile",
     "run": "run",
+    "ssh": "explore",
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -16,6 +18,17 @@ from chainlab.scenario import find_scenario
 
 SCENARIOS = Path("scenarios")
 RUNS = Path("runs")
+
+
+@contextmanager
+def run_errors(console: Console) -> Iterator[None]:
+    """A run that failed after its run dir was made: ERROR, where its evidence is, exit 1."""
+    try:
+        yield
+    except RunFailed as exc:
+        console.print(f"[bold red]ERROR[/bold red] {escape(str(exc))}")
+        console.print(f"evidence in {escape(str(exc.run_dir))}")
+        sys.exit(exc.exit_code)
 
 
 def print_result(console: Console, result: RunResult) -> None:
@@ -45,12 +58,8 @@ def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -
     """Run scenario NUMBER on the provisioned lab: probe, collect, analyze, PASS/FAIL (exit 0/1)."""
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
     console = Console()
-    try:
+    with run_errors(console):
         result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
-    except RunFailed as exc:
-        console.print(f"[bold red]ERROR[/bold red] {escape(str(exc))}")
-        console.print(f"evidence in {escape(str(exc.run_dir))}")
-        sys.exit(exc.exit_code)
     print_result(console, result)
     sys.exit(0 if result.passed else 1)
 

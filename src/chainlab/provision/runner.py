@@ -43,6 +43,7 @@ from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
+from chainlab.shell import command_line
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
@@ -87,7 +88,7 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
     batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
-    out = run(conn, ["sh", "-c", batch_script(batch)], timeout=60).stdout  # type: ignore[arg-type]
+    out = run(conn, ["sh", "-c", batch_script([command_line(argv) for argv in batch])], timeout=60).stdout
     answers = parse_batch(out, len(batch))
     if 0 not in answers:
         raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")

@@ -215,8 +215,17 @@ def report_context(run: RunData) -> dict[str, Any]:
     probe = run.run.get("probe") if isinstance(run.run.get("probe"), dict) else {}
     groups = walk_groups(run)
     packets = run.packets
+    kind = "probe" if run.run.get("kind") == "probe" else "scenario"
+    if kind == "probe":
+        badge, heading = ("REACHABLE" if run.passed else "UNREACHABLE"), f"Probe · {run.title}"
+        failure = str(run.run.get("decision") or "") if not run.passed else ""
+    else:
+        badge, heading, failure = ("PASS" if run.passed else "FAIL"), f"Scenario {run.scenario_id} · {run.title}", run.failure_message()
     return {
         "run": run,
+        "kind": kind,
+        "badge": badge,
+        "heading": heading,
         "scenario_id": run.scenario_id,
         "label": run.label,
         "title": run.title,
@@ -224,7 +233,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "outcome": run.scenario.get("outcome") or "",
         "passed": run.passed,
         "error": run.error,
-        "failure": run.failure_message(),
+        "failure": failure,
         "started": run.run.get("started") or "",
         "duration": run.duration_s,
         "lab": run.run.get("lab") or "",

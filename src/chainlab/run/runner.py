@@ -1,8 +1,13 @@
-"""Run one scenario end to end and leave the evidence in its own run dir (see chainlab.rundir).
+"""Run probes and leave the evidence in a run dir of their own (see chainlab.rundir).
+
+`capture` is the bracketing every run shares (a scenario run, `chainlab probe`, `chainlab
+matrix`): every node's trace file marked and its rules, routes and the probes' containers
+snapshot, listeners up, all probes at once (one shell script per source host), listeners
+down, then exactly the new log bytes of each node.
 
 Every remote step has a deadline (chainlab.run.deadline): a host that does not answer in
 time is that host's error, naming what was waited for; the other hosts' steps go on and
-their evidence is written, and the run is an error (error.txt) rather than a PASS/FAIL.
+their evidence is written, and the run is an error (error.txt) rather than a result.
 """
 
 from __future__ import annotations
@@ -12,14 +17,13 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-import docker
 import fabric
 
 from chainlab.errors import ChainlabError
@@ -27,13 +31,14 @@ from chainlab.files import PRIVATE_FILE, private_dir, read_regular_file, write_a
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
-from chainlab.remote import connect, docker_client, run
+from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.remote import connect, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
-from chainlab.run.deadline import DeadlineExceeded, Interrupted, call, fan_out, signals_interrupt
-from chainlab.run.probe import ProbeSpec, build_probe, locate
+from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
+from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
@@ -49,6 +54,9 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 COLLECT_TIMEOUT_S = 6.0
 POLL_S = 0.15
+#: A listener outlives a crashed or interrupted run by at most this long.
+LISTENER_LIFE_S = 120.0
+EVIDENCE_DIRS = ("logs", "rules", "routes")
 T = TypeVar("T")
 Log = Callable[[str], object]
 
@@ -59,8 +67,8 @@ class Deadlines:
 
     connect: float = 15.0  # TCP connect, SSH banner, key exchange, authentication
     connect_again: float = 5.0  # to a host that could not be reached earlier in this nightly
-    command: float = 15.0  # one command: mark + snapshot, one read of a log slice
-    probe_slack: float = 15.0  # on top of the probe's own longest duration (docker exec included)
+    command: float = 15.0  # one command: mark + snapshot, listeners up or down, one read of a log slice
+    probe_slack: float = 15.0  # on top of the longest probe's own duration (docker exec included)
     close: float = 2.0
 
 
@@ -88,6 +96,25 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ProbeRun:
+    """What one probe's command did."""
+
+    exit_code: int
+    output: str
+
+
+@dataclass
+class Capture:
+    """One bracketing: every probe's run (in the order of the specs), every answering
+    node's new log text, and notes on hosts the run did not need that failed."""
+
+    probes: list[ProbeRun]
+    slices: dict[str, str]
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+
 def check_network(inv: Inventory, scenario: Scenario) -> None:
     if scenario.network != inv.calico.driver:
         raise ChainlabError(
@@ -112,19 +139,28 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log 
 
 def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: LabState, runs_root: Path,
                log: Log = print, deadlines: Deadlines = DEADLINES, unanswered: set[str] | None = None) -> RunResult:
-    """With the lab lock held: a new run dir, then mark, snapshot, probe, collect, analyze.
-
-    Any failure once the run dir exists is a RunFailed whose message is in `error.txt`
-    (with the traceback, for an unexpected exception), and the dir is marked complete. An
-    interrupt (SIGTERM/SIGINT) leaves the dir PARTIAL, says so in error.txt and goes on up.
+    """With the lab lock held: a new run dir, then mark, snapshot, probe, collect, analyze
+    (see `recorded` for what a failure or an interrupt leaves behind).
     `unanswered`: hosts that could not be reached in an earlier run of the same nightly
     (kept up to date here).
     """
     run_dir = create_run_dir(runs_root, inv.lab, f"-{scenario.id:02d}-{slug(scenario.title)}")
-    try:
+    with recorded(run_dir, log):
         write_atomic(run_dir / "scenario.yaml", read_regular_file(scenario_path, MAX_BYTES))
         hosts = _Hosts(inv, deadlines, set() if unanswered is None else unanswered)
-        result = _run_in(inv, scenario, state, run_dir, log, hosts)
+        return _run_in(inv, scenario, state, run_dir, log, hosts)
+
+
+@contextmanager
+def recorded(run_dir: Path, log: Log) -> Iterator[None]:
+    """The block fills `run_dir`; once it ends, the dir is marked complete.
+
+    Any failure is a RunFailed whose message is in `error.txt` (with the traceback, for an
+    unexpected exception), and the dir is marked complete. An interrupt (SIGTERM/SIGINT)
+    leaves the dir PARTIAL, says so in error.txt and goes on up.
+    """
+    try:
+        yield
     except Interrupted as exc:
         _write_error(run_dir, f"interrupted by {exc.name}: this run dir is partial")
         log(f"interrupted by {exc.name}: {run_dir} is left partial")
@@ -140,7 +176,6 @@ def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: L
             mark_complete(run_dir)
         raise RunFailed(message, run_dir) from exc
     mark_complete(run_dir)
-    return result
 
 
 def _write_error(run_dir: Path, text: str) -> bool:
@@ -150,6 +185,19 @@ def _write_error(run_dir: Path, text: str) -> bool:
         return True
     except ChainlabError:
         return False
+
+
+def evidence_dirs(directory: Path) -> Path:
+    """`directory` with the logs/, rules/ and routes/ a capture fills (0700)."""
+    for sub in EVIDENCE_DIRS:
+        private_dir(directory / sub)
+    return directory
+
+
+def write_probe_text(path: Path, probes: list[tuple[ProbeSpec, ProbeRun]]) -> None:
+    """Each probe's command, where it ran, its output and exit code."""
+    write_atomic(path, "".join(f"$ {spec.shown}  # on {spec.where}\n{run.output}\nexit code {run.exit_code}\n"
+                               for spec, run in probes))
 
 
 class _Hosts:
@@ -184,18 +232,25 @@ class _Hosts:
         return {h: c for h, c in self.conns.items() if h not in self.errors and (only is None or h in only)}
 
     def each(self, what: Callable[[str], str], work: Callable[[str, fabric.Connection], T],
-             only: set[str] | None = None) -> dict[str, T]:
-        """`work(host, conn)` on every live host at once; a host that fails or runs out of
-        time is recorded (and its connection closed) and left out of the result."""
-        results, errors = fan_out(self.live(only), work, self.deadlines.command, what,
-                                  cancel=lambda _h, conn: conn.close())
+             only: set[str] | None = None, seconds: float | Callable[[str], float] | None = None) -> dict[str, T]:
+        """`work(host, conn)` on every live host (of `only`) at once, each within `seconds`
+        (default: the command deadline); a host that fails or runs out of time is recorded
+        (and its connection closed) and left out of the result."""
+        results, errors = fan_out(self.live(only), work, self.deadlines.command if seconds is None else seconds,
+                                  what, cancel=lambda _h, conn: conn.close())
         self._record(results, errors)  # type: ignore[arg-type]
         return results
 
-    def failure(self, among: set[str]) -> ChainlabError | None:
+    def fail(self, host: str, error: ChainlabError) -> None:
+        """`host` answered with something wrong (not silence): left out from now on."""
+        old = self.errors.get(host)
+        self.errors[host] = error if old is None else ChainlabError(f"{old}; {error}")
+
+    def raise_failure(self, among: set[str]) -> None:
         """One error naming every host of `among` that failed and what was waited for."""
         failed = sorted(h for h in self.errors if h in among)
-        return ChainlabError("; ".join(str(self.errors[h]) for h in failed)) if failed else None
+        if failed:
+            raise ChainlabError("; ".join(str(self.errors[h]) for h in failed))
 
     def notes(self, besides: set[str]) -> list[str]:
         return [f"{self.errors[h]} (this scenario does not need {h}: its evidence is missing)"
@@ -213,101 +268,171 @@ class _Hosts:
 def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, log: Log, hosts: _Hosts) -> RunResult:
     spec = build_probe(scenario, state)
     needed = set(scenario.expect) | {spec.host, locate(state, scenario.target)[0]}
+    expected_nodes = {n for n, e in scenario.expect.items() if e.request.hooks or e.reply.hooks}
     started = datetime.now()
+    captured = capture(inv, state, [spec], run_dir, lambda s: all(s.get(n) for n in expected_nodes & set(s)), log,
+                       hosts=hosts, needed=needed)
+    return _analyze_run(scenario, run_dir, started, captured.duration_s, spec, captured.probes[0].exit_code, inv.lab,
+                        captured.notes)
+
+
+def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Path,
+            ready: Callable[[dict[str, str]], bool], log: Log = print, *, hosts: _Hosts | None = None,
+            needed: set[str] | None = None) -> Capture:
+    """The bracketing every run shares; the caller holds the lab lock.
+
+    Connect; every node's trace file marked and its rules, routes and the probes'
+    containers snapshot (a stopped or missing container is an error before any probe);
+    listeners up; all `specs` at once; listeners down; then exactly the new log bytes of
+    each node, once the files are quiet and `ready` says all is in. run_dir gets logs/,
+    rules/, routes/ and probe.txt. A host of `needed` (default: every host of the lab)
+    that fails or misses a deadline is the capture's error; another one adds a note.
+    Probes of one capture must be told apart by `attribute` (distinct source → target pairs).
+    """
+    hosts = hosts or _Hosts(inv, DEADLINES, set())
+    needed = set(state.hosts) if needed is None else needed | {spec.host for spec in specs}
+    evidence_dirs(run_dir)
     t0 = time.monotonic()
-    for sub in ("logs", "rules", "routes"):
-        private_dir(run_dir / sub)
     try:
         hosts.connect(list(state.hosts))
-        containers = _scenario_containers(scenario, state)
-        marks: dict[str, LogMark] = {}
-        for node, (mark, snap) in hosts.each(
-            lambda node: f"marking its trace log {state.hosts[node].trace_log} and saving its rules and routes",
-            lambda node, conn: _mark_and_snapshot(conn, state.hosts[node].trace_log, containers.get(node, [])),
-        ).items():
-            marks[node] = mark
-            write_atomic(run_dir / "rules" / f"{node}.rules", snap.rules, PRIVATE_FILE)
-            write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
-            for role, name in containers.get(node, []):
-                problem = container_problem(role, name, node, snap)
-                if problem:
-                    raise ChainlabError(problem)
-        _raise_if_failed(hosts, needed)  # no probe when evidence it needs would be missing
-        log(f"probe: {' '.join(spec.argv)} from {spec.where}")
-        exit_code, output = _probe(inv, spec, hosts)
-        write_atomic(run_dir / "probe.txt", f"$ {' '.join(spec.argv)}  # on {spec.where}\n{output}\nexit code {exit_code}\n")
-        expected_nodes = {n for n, e in scenario.expect.items() if e.request.hooks or e.reply.hooks}
-        slices = _collect(hosts, state, marks, lambda s: all(s.get(n) for n in expected_nodes & set(s)))
+        marks = _mark_and_snapshot(hosts, state, specs, run_dir)
+        hosts.raise_failure(needed)  # no probe when evidence it needs would be missing
+        for line in _announce(specs):
+            log(line)
+        listeners: dict[str, list[int]] = {}
+        interrupted = False
+        try:
+            _start_listeners(hosts, specs, listeners)
+            hosts.raise_failure(needed)
+            probes = _probe_all(hosts, specs)
+            write_probe_text(run_dir / "probe.txt", [(s, p) for s, p in zip(specs, probes) if p is not None])
+            hosts.raise_failure(needed)
+        except Interrupted:
+            interrupted = True  # no remote work now: the listeners end by themselves
+            raise
+        finally:
+            if not interrupted:
+                _stop_listeners(hosts, listeners)
+        slices = _collect(hosts, state, marks, ready)
         for node, text in slices.items():
             write_atomic(run_dir / "logs" / f"{node}.log", text, PRIVATE_FILE)
-        _raise_if_failed(hosts, needed)
+        hosts.raise_failure(needed)
     finally:
         hosts.close()
-    return _analyze_run(scenario, run_dir, started, time.monotonic() - t0, spec, exit_code, inv.lab,
-                        hosts.notes(needed))
+    return Capture([p for p in probes if p is not None], slices, time.monotonic() - t0, hosts.notes(needed))
 
 
-def _raise_if_failed(hosts: _Hosts, needed: set[str]) -> None:
-    failure = hosts.failure(needed)
-    if failure is not None:
-        raise failure
+def _announce(specs: list[ProbeSpec]) -> list[str]:
+    if len(specs) == 1:
+        return [f"probe: {specs[0].shown} from {specs[0].where}"]
+    return [f"probes: {len(specs)} at once from {', '.join(sorted({s.host for s in specs}))}"]
 
 
-def _scenario_containers(scenario: Scenario, state: LabState) -> dict[str, list[tuple[str, str]]]:
-    """host → [(role, container)] for the scenario's source and target containers."""
+def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, str]]]:
+    """host → [(role, container)] for the probes' source and target containers."""
     out: dict[str, list[tuple[str, str]]] = {}
-    for role, endpoint in (("source", scenario.source), ("target", scenario.target)):
-        if endpoint.container and endpoint.container in state.containers:
-            out.setdefault(state.containers[endpoint.container].host, []).append((role, endpoint.container))
+    for spec in specs:
+        for role, place in (("source", spec.source), ("target", spec.target)):
+            if place is not None and place.container is not None and (role, place.container) not in out.get(place.host, []):
+                out.setdefault(place.host, []).append((role, place.container))
     return out
 
 
-def _mark_and_snapshot(conn: fabric.Connection, trace_log: str,
-                       containers: list[tuple[str, str]]) -> tuple[LogMark, Snapshot]:
-    """The trace file's mark, then rules, routes and the containers' states: one round trip."""
-    names = list(dict.fromkeys(name for _, name in containers))
-    out = run(conn, mark_argv(trace_log, then=snapshot_command(names))).stdout
-    line, _, rest = out.partition("\n")
-    return parse_mark(line), parse_snapshot(rest)
+def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], run_dir: Path) -> dict[str, LogMark]:
+    """Every host's trace-file mark, then its rules, routes and the probes' containers'
+    states: one round trip each. rules/ and routes/ are written; a stopped or missing
+    container is its host's error."""
+    containers = _probe_containers(specs)
+
+    def work(node: str, conn: fabric.Connection) -> tuple[LogMark, Snapshot]:
+        names = list(dict.fromkeys(name for _, name in containers.get(node, [])))
+        out = run(conn, mark_argv(state.hosts[node].trace_log, then=snapshot_command(names))).stdout
+        line, _, rest = out.partition("\n")
+        return parse_mark(line), parse_snapshot(rest)
+
+    marks: dict[str, LogMark] = {}
+    for node, (mark, snap) in hosts.each(
+        lambda node: f"marking its trace log {state.hosts[node].trace_log} and saving its rules and routes", work,
+    ).items():
+        marks[node] = mark
+        write_atomic(run_dir / "rules" / f"{node}.rules", snap.rules, PRIVATE_FILE)
+        write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
+        for role, name in containers.get(node, []):
+            problem = container_problem(role, name, node, snap)
+            if problem:
+                hosts.fail(node, ChainlabError(problem))
+    return marks
 
 
-def _probe(inv: Inventory, spec: ProbeSpec, hosts: _Hosts) -> tuple[int, str]:
-    deadlines = hosts.deadlines
-    seconds = spec.seconds + deadlines.probe_slack
-    what = f"running the probe `{' '.join(spec.argv)}` in {spec.where}"
-    try:
-        if spec.container is None:
-            conn = hosts.conns[spec.host]
-            result = call(lambda: run(conn, list(spec.argv), check=False, timeout=seconds), seconds + 1, spec.host,
-                          what, cancel=conn.close)
-            return result.exited, result.stdout + result.stderr
-        return _docker_probe(inv, spec, seconds, deadlines.connect, what)
-    except DeadlineExceeded:
-        hosts.unanswered.add(spec.host)
-        raise
+def _batches(hosts: _Hosts, commands: dict[str, list[str]], what: Callable[[str], str],
+             seconds: float | Callable[[str], float] | None = None) -> dict[str, list[tuple[int, str]]]:
+    """Per host, its shell commands run at once (one round trip): (exit status, output) each."""
+    def work(host: str, conn: fabric.Connection) -> list[tuple[int, str]]:
+        mine = commands[host]
+        out = run(conn, ["sh", "-c", batch_script(mine, stderr=True)], check=False).stdout
+        parsed = parse_batch(out, len(mine))
+        return [parsed.get(i, (255, "chainlab: no result from the host")) for i in range(len(mine))]
+
+    return hosts.each(what, work, only={h for h, c in commands.items() if c}, seconds=seconds)
 
 
-def _docker_probe(inv: Inventory, spec: ProbeSpec, seconds: float, connect_s: float, what: str) -> tuple[int, str]:
-    """`docker exec` of the probe in its container, within `seconds` + `connect_s`."""
-    name = spec.container
-    assert name is not None
-    clients: list[docker.DockerClient] = []
+def _probe_all(hosts: _Hosts, specs: list[ProbeSpec]) -> list[ProbeRun | None]:
+    """Every probe at once, one script per source host, within the longest probe's own
+    duration + the probe slack; None for the probes of a host that failed. A probe whose
+    container vanished since the snapshot is its host's error."""
+    by_host: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        by_host.setdefault(spec.host, []).append(i)
 
-    def exec_in_container() -> tuple[int, str]:
-        client = docker_client(inv, spec.host, timeout=int(seconds))
-        clients.append(client)
-        try:
-            exit_code, output = client.containers.get(name).exec_run(list(spec.argv))
-            return exit_code, output.decode("utf-8", "replace")
-        except docker.errors.NotFound:
-            raise ChainlabError(f"container {name} is gone from {spec.host}: run lab up") from None
-        except docker.errors.DockerException as exc:
-            raise ChainlabError(f"probe in {spec.where}: docker: {exc}") from None
-        finally:
-            client.close()
+    def what(host: str) -> str:
+        mine = [specs[i] for i in by_host[host]]
+        if len(mine) == 1:
+            return f"running the probe `{mine[0].shown}` in {mine[0].where}"
+        return f"running {len(mine)} probes"
 
-    return call(exec_in_container, seconds + connect_s, spec.host, what,
-                cancel=lambda: [c.close() for c in clients])
+    done = _batches(hosts, {h: [probe_command(specs[i]) for i in idx] for h, idx in by_host.items()}, what,
+                    lambda h: max(specs[i].seconds for i in by_host[h]) + hosts.deadlines.probe_slack)
+    runs: list[ProbeRun | None] = [None] * len(specs)
+    for host, results in done.items():
+        for i, (code, output) in zip(by_host[host], results):
+            if output.startswith(CONTAINER_GONE):
+                hosts.fail(host, ChainlabError(f"container {specs[i].container} is gone from {host}: run lab up"))
+            runs[i] = ProbeRun(code, output)
+    return runs
+
+
+def _start_listeners(hosts: _Hosts, specs: list[ProbeSpec], started: dict[str, list[int]]) -> None:
+    """A listener on each target port the probes need that nothing listens on yet; their
+    PIDs go to `started` (per host) for `_stop_listeners`; one that did not start is its
+    host's error."""
+    by_host: dict[str, list[str]] = {}
+    for listener in listeners_for(specs):
+        by_host.setdefault(listener.place.host, []).append(listener.command(LISTENER_LIFE_S))
+    for host, results in _batches(hosts, by_host, lambda h: "starting its listeners").items():
+        pids = started.setdefault(host, [])
+        problems = []
+        for code, output in results:
+            if output.startswith(CONTAINER_GONE):
+                problems.append(f"{host}: a container is gone: run lab up ({output.strip()})")
+            elif code != 0:
+                problems.append(f"{host}: a listener did not start (exit {code}): {output.strip()[-300:]}")
+            else:
+                try:
+                    pid = parse_listener(output)
+                except ChainlabError as exc:
+                    problems.append(f"{host}: {exc}")
+                    continue
+                if pid is not None:
+                    pids.append(pid)
+        if problems:
+            hosts.fail(host, ChainlabError("; ".join(problems)))
+
+
+def _stop_listeners(hosts: _Hosts, started: dict[str, list[int]]) -> None:
+    """Kill the listeners we started (each would end by itself after LISTENER_LIFE_S)."""
+    hosts.each(lambda host: f"stopping its listeners {started[host]}",
+               lambda host, conn: run(conn, ["kill", *map(str, started[host])], check=False),
+               only={h for h, pids in started.items() if pids})
 
 
 def _collect(hosts: _Hosts, state: LabState, marks: dict[str, LogMark],
@@ -332,30 +457,41 @@ def _collect(hosts: _Hosts, state: LabState, marks: dict[str, LogMark],
         time.sleep(POLL_S)
 
 
-def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration: float,
-                 spec: ProbeSpec, exit_code: int, lab: str, host_notes: list[str]) -> RunResult:
+def analyze_logs(run_dir: Path) -> Analysis:
+    """The run dir's logs/, with each node's rules/ snapshot joined in."""
     nodes = sorted(p.stem for p in (run_dir / "logs").glob("*.log"))
     rules = {n: parse_iptables_save((run_dir / "rules" / f"{n}.rules").read_text()) for n in nodes
              if (run_dir / "rules" / f"{n}.rules").is_file()}
-    sources = [LogSource(run_dir / "logs" / f"{n}.log", n) for n in nodes]
-    result = analyze(sources, AnalysisOptions(rules=rules))
-    checks = check_scenario(scenario, result.packets, set(nodes))
-    outcome = "reachable" if exit_code == 0 else "unreachable"
-    passed = all(c.ok for c in checks) and outcome == scenario.outcome
+    return analyze([LogSource(run_dir / "logs" / f"{n}.log", n) for n in nodes], AnalysisOptions(rules=rules))
+
+
+def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: list[str],
+                   checks: list[Check] | None = None) -> None:
+    """analysis.json (with `run_info` as its `run` key), diagram.svg and report.html."""
     buffer = io.StringIO()
     write_json(buffer, result.packets, lambda: result.flows, result.stats, None, checks)
     doc = json.loads(buffer.getvalue())
-    doc["run"] = {
-        "scenario": {"id": scenario.id, "title": scenario.title, "description": scenario.description,
-                     "outcome": scenario.outcome, "tables": scenario.tables},
-        "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
-        "passed": passed, "outcome": outcome, "lab": lab,
-        "probe": {"command": " ".join(spec.argv), "where": spec.where, "exit_code": exit_code},
-        "notes": host_notes,
-    }
-    model = diagram.build_model(result.packets, result.flows, set(scenario.tables))
-    write_atomic(run_dir / "diagram.svg", diagram.to_svg(model, f"scenario {scenario.id}: {scenario.title}"))
+    doc["run"] = run_info
+    model = diagram.build_model(result.packets, result.flows, set(tables))
+    write_atomic(run_dir / "diagram.svg", diagram.to_svg(model, str(run_info.get("title", ""))))
     write_atomic(run_dir / "analysis.json", json.dumps(doc, indent=1))
     render_run_report(run_dir)
+
+
+def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration: float,
+                 spec: ProbeSpec, exit_code: int, lab: str, host_notes: list[str]) -> RunResult:
+    result = analyze_logs(run_dir)
+    checks = check_scenario(scenario, result.packets, {p.stem for p in (run_dir / "logs").glob("*.log")})
+    outcome = "reachable" if exit_code == 0 else "unreachable"
+    passed = all(c.ok for c in checks) and outcome == scenario.outcome
+    write_evidence(run_dir, result, {
+        "scenario": {"id": scenario.id, "title": scenario.title, "description": scenario.description,
+                     "outcome": scenario.outcome, "tables": scenario.tables},
+        "title": f"scenario {scenario.id}: {scenario.title}",
+        "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
+        "passed": passed, "outcome": outcome, "lab": lab,
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": exit_code},
+        "notes": host_notes,
+    }, scenario.tables, checks)
     notes = host_notes + ([] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"])
     return RunResult(scenario, run_dir, passed, checks, outcome, duration, result, exit_code, notes)
