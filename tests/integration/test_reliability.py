@@ -293,7 +293,7 @@ def test_profile_with_etcd_stopped_or_killed_is_a_prompt_clean_error(lab):
         proc = cli(lab, "profile", "show", "net1")
         took = time.monotonic() - started
     assert proc.returncode == 1 and took < 8, took
-    assert proc.stderr.startswith(f"error: cannot reach etcd at {LAN}.195:2379: no answer within 2 s (retried for 4 s")
+    assert proc.stderr.startswith(f"error: cannot reach etcd at https://{LAN}.195:2379: no answer within 2 s (retried for 4 s")
     assert len(proc.stderr.splitlines()) == 1
     [etcd] = lab_pids("master", "etcd")
     os.kill(etcd, signal.SIGKILL)
@@ -302,7 +302,7 @@ def test_profile_with_etcd_stopped_or_killed_is_a_prompt_clean_error(lab):
             started = time.monotonic()
             proc = cli(lab, "profile", *args)
             assert proc.returncode == 1 and time.monotonic() - started < 8
-            assert proc.stderr.startswith(f"error: cannot reach etcd at {LAN}.195:2379: connection refused (retried")
+            assert proc.stderr.startswith(f"error: cannot reach etcd at https://{LAN}.195:2379: connection refused (retried")
             assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
     finally:
         assert cli(lab, "local", "up").returncode == 0  # restarts etcd
