@@ -93,6 +93,17 @@ def frozen(host: str, comm: str = "sshd") -> Iterator[list[int]]:
                 pass
 
 
+def stuck(inv: Path, host: str, *args: str) -> tuple[subprocess.Popen[str], str, float]:
+    """chainlab ARGS with every sshd of `host` frozen once it printed `probe:`: the process,
+    its output, and how long it took from then."""
+    proc = start(inv, *args)
+    read_until(proc, "probe:")
+    with frozen(host):
+        started = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+        return proc, out, time.monotonic() - started
+
+
 def run_dirs(runs: Path) -> set[Path]:
     return set(runs.iterdir()) if runs.is_dir() else set()
 
@@ -119,12 +130,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def test_a_host_frozen_during_a_run_is_that_hosts_error(lab, runs):
-    proc = start(lab, "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)
-    read_until(proc, "probe:")
-    with frozen("slave1"):
-        started = time.monotonic()
-        out, _ = proc.communicate(timeout=60)
-        took = time.monotonic() - started
+    proc, out, took = stuck(lab, "slave1", "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)
     assert proc.returncode == 1 and "Traceback" not in out
     assert 14 < took < 25, took  # the read deadline (15 s), not forever
     assert "ERROR slave1: no answer within 15 s while reading its trace log" in re.sub(r"\s+", " ", out)
@@ -134,6 +140,23 @@ def test_a_host_frozen_during_a_run_is_that_hosts_error(lab, runs):
     assert not (run / PARTIAL).exists()
     again = cli(lab, "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)  # the lock was released
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_host_frozen_during_a_probe_is_that_hosts_error(lab, runs):
+    """`chainlab probe` shares the runs' bracketing: the probe's own deadline (ping -c 5:
+    1.8 s, + 15 s), the run dir's name, PARTIAL marker and mode, the lock released."""
+    proc, out, took = stuck(lab, "slave1", "probe", "slave1", "web1", "--count", "5", "--runs", str(runs))
+    assert proc.returncode == 1 and "Traceback" not in out
+    assert 15 < took < 26, took
+    said = r"slave1: no answer within 16\.8 s while running the probe `ping -c 5 -W 1 -i 0\.2 [\d.]+` in slave1"
+    assert re.search(f"ERROR {said}", re.sub(r"\s+", " ", out)), out
+    [run] = run_dirs(runs)
+    assert re.fullmatch(rf"{LAB}-\d{{8}}-\d{{6}}\.\d{{3}}-probe-slave1-web1-icmp", run.name), run.name
+    assert re.fullmatch(said + "\n", (run / "error.txt").read_text())
+    assert not (run / PARTIAL).exists() and run.stat().st_mode & 0o777 == 0o700
+    assert (run / "rules" / "master.rules").stat().st_mode & 0o777 == 0o600
+    again = cli(lab, "probe", "slave1", "web1", "--runs", str(runs))  # the lock was released
+    assert again.returncode == 1 and "UNREACHABLE slave1 → web1 icmp" in again.stdout, again.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -210,6 +233,11 @@ def test_a_stopped_target_container_is_an_error_not_a_fail(lab, runs):
         assert "probe:" not in proc.stdout
         [run] = run_dirs(runs)
         assert not (run / "probe.txt").exists() and (run / "rules" / "master.rules").is_file()
+        matrix = cli(lab, "matrix", "--from", "slave1,web3", "--to", "web1,web3", "--runs", str(runs))
+        assert matrix.returncode == 1 and "ERROR target container web1 on master is exited, not running" in matrix.stdout
+        assert "probe:" not in matrix.stdout and "probes:" not in matrix.stdout
+        [grid] = run_dirs(runs) - {run}
+        assert not (grid / "probe.txt").exists() and not (grid / PARTIAL).exists()
     finally:
         assert cli(lab, "lab", "up").returncode == 0
     assert cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0

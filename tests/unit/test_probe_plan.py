@@ -58,6 +58,8 @@ def test_what_each_probe_runs_and_where():
     assert probe_command(tcp).endswith("docker exec web1 nc -w 2 172.20.0.65 80 -e true")
     host = plan_probe(ProbeRequest("slave1", "web1", count=3), STATE)
     assert probe_command(host) == "ping -c 3 -W 1 -i 0.2 172.20.0.1" and not host.listen
+    assert (udp.seconds, tcp.seconds, host.seconds) == (2, 2, pytest.approx(1.4))  # how long each may run
+    assert plan_probe(ProbeRequest("web1", "slave2", "udp", 53, count=3), STATE).seconds == 3
     with pytest.raises(InputError, match="the source itself"):
         plan_probe(ProbeRequest("web1", "web1"), STATE)
 

@@ -181,6 +181,10 @@ def test_batch_probes_round_trip_through_sh(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", C.batch_script([command_line(p) for p in probes])], capture_output=True, text=True, check=True).stdout
     assert C.parse_batch(out + "@@1 !!!\nnoise\n", len(probes)) == {
         0: (0, "line 1\n\nlast line x9\n\n"), 1: (1, ""), 2: (3, "no newline")}
+    both = ["echo out; echo err >&2; exit 4"]
+    for stderr, said in ((False, "out\n"), (True, "out\nerr\n")):
+        out = subprocess.run(["sh", "-c", C.batch_script(both, stderr=stderr)], capture_output=True, text=True).stdout
+        assert C.parse_batch(out, 1) == {0: (4, said)}
 
 
 def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):
