@@ -44,7 +44,7 @@ def build(inv: Inventory) -> dict:
             facts_script((str(inv.hosts[inv.etcd.host].address), inv.etcd.port)),
             _sh(C.running_check_argv(C.ULOGD_PID, "ulogd")), _sh(NF_LOG_READ),
             "s=$(iptables -w 5 -t raw -S) && " + " && ".join(
-                f"printf '%s\\n' \"$s\" | grep -qxF {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),
+                f"printf '%s\\n' \"$s\" | grep -qxF -e {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),
             f"docker image inspect -f '{{{{.Id}}}}' {inv.image.name}",
             _sh(running_argv()),
             f"{curl} {etcd}{D.host_ip_key(name)}",

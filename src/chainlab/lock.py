@@ -113,11 +113,35 @@ def _local_lab_lock_path(lab: str) -> Path:
 
 
 def lab_lock_path(inv: Inventory) -> Path:
-    """Local labs: /run/chainlab/lab-<lab>.lock (root's, outside the state dir that `local
-    down` removes). Labs over SSH: next to the lab state, in the user's own state dir."""
-    if inv.provider == "local":
-        return _local_lab_lock_path(inv.lab)
+    """Where the provider keeps the lab's lock (see `Provider.lab_lock_path`)."""
+    from chainlab.providers import provider_for
+
+    return provider_for(inv).lab_lock_path()
+
+
+def ssh_lab_lock_path(inv: Inventory) -> Path:
+    """Labs over SSH: next to the lab state, in the user's own state dir."""
     return state_path(inv).parent / "provision.lock"
+
+
+def local_lab_lock_path(lab: str) -> Path:
+    """Labs chainlab builds on this machine: /run/chainlab/lab-<lab>.lock (root's, outside the
+    state dir that their `down` removes)."""
+    return _local_lab_lock_path(lab)
+
+
+@contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Wait for, then hold, a machine-wide lock /run/chainlab/<name>.lock for a short critical
+    section (e.g. making and removing network namespaces: `ip netns add` races with
+    itself and with unmounting /run/netns)."""
+    _lock_dir(LOCK_DIR)
+    fd = os.open(LOCK_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def lab_lock(inv: Inventory) -> AbstractContextManager[None]:

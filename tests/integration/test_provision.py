@@ -188,6 +188,64 @@ def test_host_with_sshd_down_fails_alone_then_converges(prov: Inventory) -> None
     assert _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
 
 
+def _sshd_pids(inv: Inventory, host: str) -> list[int]:
+    """Every sshd of the lab host (the listener and its sessions): ours, found in its netns."""
+    from chainlab.local import system as S
+
+    pids = S.netns_pids(plan_lab(inv).hosts[host].netns)
+    return [p for p in pids if Path(f"/proc/{p}/comm").exists() and Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
+
+
+def test_host_frozen_mid_run_fails_alone_within_the_timeout(prov: Inventory) -> None:
+    """slave1's sshd (listener and sessions) stopped once lab up has read its facts: the
+    host fails naming the step it was in, the others finish, the lock is released."""
+    with connect(prov, "slave1") as conn:
+        run(conn, ["docker", "rm", "-f", "web3"])  # so that slave1 has work to be frozen in
+    proc = subprocess.Popen([CLI, "-i", _inventory_file(prov), "lab", "up", "--timeout", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    frozen: list[int] = []
+    try:
+        assert proc.stdout is not None
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if "slave1: facts" in line and not frozen:
+                frozen = _sshd_pids(prov, "slave1")
+                for pid in frozen:
+                    os.kill(pid, signal.SIGSTOP)
+                started = time.monotonic()
+        proc.wait(60)
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    text = "".join(out)
+    assert frozen and proc.returncode == 1, text
+    assert re.search(r"failed slave1: \w+  no answer within 5 s while step \w+", text), text
+    assert re.search(r"master : ok=\d+ changed=0 failed=0", text), text
+    assert elapsed < 20, (elapsed, text)
+    report = provision(prov, "up", console=_quiet())  # not locked out, and it converges
+    assert not report.failed and report.hosts["slave1"].count("changed") == 1  # web3 is back
+
+
+def test_sigterm_ends_lab_up_at_once_and_releases_the_lock(prov: Inventory) -> None:
+    frozen = _sshd_pids(prov, "slave1")
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # slave1 never answers: lab up would wait for it
+    try:
+        proc = subprocess.Popen([CLI, "-i", _inventory_file(prov), "lab", "up"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        assert time.monotonic() - started < 2 and proc.returncode == 143
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert not provision(prov, "up", console=_quiet()).failed  # the lock was released
+
+
 def test_down_restores_hosts(prov: Inventory, before: dict[str, str]) -> None:
     report = provision(prov, "down", console=_quiet())
     assert not report.failed, report.as_dict()

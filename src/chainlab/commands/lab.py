@@ -31,6 +31,9 @@ def _inventory(obj: object) -> Inventory:
 
 
 def _options(fn):  # type: ignore[no-untyped-def]
+    fn = click.option("--timeout", "step_timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+                      help="Give up on a host whose step has not finished after SECONDS (default: 300;"
+                           " 900-1800 for steps that install or build).")(fn)
     fn = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                       help="Also write the recap and every step as JSON to FILE.")(fn)
     fn = click.option("--limit", multiple=True, metavar="HOST", help="Only this host (repeatable).")(fn)
@@ -43,14 +46,14 @@ def _options(fn):  # type: ignore[no-untyped-def]
 
 
 def _run(obj: object, action: str, check: bool, offline: bool, limit: tuple[str, ...],
-         json_path: Path | None) -> None:
+         json_path: Path | None, step_timeout: float | None) -> None:
     inv = _inventory(obj)
     if offline and not check:
         raise click.UsageError("--offline only goes with --check")
     # Hosts chainlab did not build are never contacted by --check: the plan comes from hints.
     offline = check and (offline or not provider_class(inv.provider).check_connects)
     report = provision(inv, action, check=check, offline=offline, limit=limit,  # type: ignore[arg-type]
-                       json_path=json_path, console=Console(highlight=False))
+                       json_path=json_path, console=Console(highlight=False), step_timeout=step_timeout)
     if report.failed:
         raise _Failed()
 
@@ -63,17 +66,19 @@ def lab_group() -> None:
 @lab_group.command("up")
 @_options
 @click.pass_obj
-def up_cmd(obj: object, check: bool, offline: bool, limit: tuple[str, ...], json_path: Path | None) -> None:
+def up_cmd(obj: object, check: bool, offline: bool, limit: tuple[str, ...], json_path: Path | None,
+           step_timeout: float | None) -> None:
     """ip_forward, trace log, raw TRACE rules, image, Calico, containers; idempotent."""
-    _run(obj, "up", check, offline, limit, json_path)
+    _run(obj, "up", check, offline, limit, json_path, step_timeout)
 
 
 @lab_group.command("down")
 @_options
 @click.pass_obj
-def down_cmd(obj: object, check: bool, offline: bool, limit: tuple[str, ...], json_path: Path | None) -> None:
+def down_cmd(obj: object, check: bool, offline: bool, limit: tuple[str, ...], json_path: Path | None,
+             step_timeout: float | None) -> None:
     """Remove exactly what lab up added; re-runnable, tolerant of half-provisioned hosts."""
-    _run(obj, "down", check, offline, limit, json_path)
+    _run(obj, "down", check, offline, limit, json_path, step_timeout)
 
 
 def _facts_of(inv: Inventory, host: str, assumed: bool) -> Facts | str:

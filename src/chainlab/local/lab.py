@@ -27,7 +27,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 from chainlab.errors import ChainlabError
 from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
-from chainlab.lock import LockHeld, exclusive, local_lab_lock
+from chainlab.lock import LockHeld, exclusive, local_lab_lock, machine_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -36,6 +36,10 @@ from chainlab.local.plan import HostPlan, LabPlan
 from chainlab.local.route import check_lab_route
 
 READY_TIMEOUT = 30.0
+#: Held around every `ip netns add|del` and the unmount of /run/netns, by every lab on the
+#: machine: two `ip netns add` at once can both mount /run/netns (one on the other), and an
+#: unmount between another lab's look and its add loses that lab's namespaces.
+NETNS_LOCK = "netns"
 DAEMONS = ("sshd", "dockerd", "etcd")
 Log = Callable[[str], object]
 
@@ -208,7 +212,8 @@ def _ensure_lan(plan: LabPlan) -> None:
     if not S.netns_exists(lan):
         if S.link_exists(plan.root_if):  # its peer died with an earlier lan namespace
             S.run(["ip", "link", "del", plan.root_if])
-        S.run(["ip", "netns", "add", lan])
+        with machine_lock(NETNS_LOCK):
+            S.run(["ip", "netns", "add", lan])
     if not S.link_exists(P.BRIDGE, lan):
         S.run(["ip", "-n", lan, "link", "add", P.BRIDGE, "type", "bridge"])
     S.run(["ip", "-n", lan, "link", "set", "lo", "up"])
@@ -293,7 +298,8 @@ def _prepare_files(plan: LabPlan, host: HostPlan) -> None:
 
 def _create_host(plan: LabPlan, host: HostPlan, hs: HostRecord, store: _Store) -> None:
     _prepare_files(plan, host)
-    S.run(["ip", "netns", "add", host.netns])
+    with machine_lock(NETNS_LOCK):
+        S.run(["ip", "netns", "add", host.netns])
     proc = S.spawn(P.holder_argv(host))
     hs.holder = ProcRecord(pid=proc.pid, start=proc.start)
     store.save()
@@ -390,7 +396,8 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     if S.link_exists(host.lan_port, plan.lan_netns):
         S.run(["ip", "-n", plan.lan_netns, "link", "del", host.lan_port])
     if S.netns_exists(host.netns):
-        S.run(["ip", "netns", "del", host.netns])
+        with machine_lock(NETNS_LOCK):
+            S.run(["ip", "netns", "del", host.netns])
     S.remove_cgroup(host.cgroup_parent)
 
 
@@ -429,9 +436,10 @@ def _down(plan: LabPlan, log: Log) -> None:
     for hs in state.hosts.values() if state else []:
         pids |= _recorded_processes(hs)
     S.kill_all(S.descendants(pids))
-    for netns in [*host_netns, plan.lan_netns]:
-        if S.netns_exists(netns):
-            S.run(["ip", "netns", "del", netns])
+    with machine_lock(NETNS_LOCK):
+        for netns in [*host_netns, plan.lan_netns]:
+            if S.netns_exists(netns):
+                S.run(["ip", "netns", "del", netns])
     for netns in host_netns:
         S.remove_cgroup("/" + netns)
     if _ours(plan):
@@ -439,8 +447,10 @@ def _down(plan: LabPlan, log: Log) -> None:
     else:
         log(f"left {plan.state_dir} in place: it has no state.json, so chainlab did not make it")
     if state:
-        if not state.run_netns_was_mounted and S.is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):
-            S.run(["umount", "/run/netns"])
+        with machine_lock(NETNS_LOCK):  # no `ip netns add` (ours) between the look and the umount
+            if (not state.run_netns_was_mounted and S.is_mountpoint("/run/netns")
+                    and not any(Path("/run/netns").iterdir())):
+                S.run(["umount", "/run/netns"])
         for path in reversed(state.created_dirs):
             try:
                 Path(path).rmdir()

@@ -88,6 +88,12 @@ class Provider(ABC):
     def check_route(self, address: IPv4Address) -> None:
         """Raise unless `address` may be contacted now (the local lab's route safety rule)."""
 
+    def lab_lock_path(self) -> Path:
+        """The file whose flock makes one lab up/down or scenario run at a time."""
+        from chainlab.lock import ssh_lab_lock_path
+
+        return ssh_lab_lock_path(self.inv)
+
     def ready(self) -> None:
         """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects."""
 

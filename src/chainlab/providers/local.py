@@ -58,6 +58,11 @@ class LocalProvider(Provider):
         return Target(host, address, plan.user, SSH_PORT, plan.client_key, plan.known_hosts,
                       self.inv.ssh.connect_timeout, plan.home)
 
+    def lab_lock_path(self) -> Path:
+        from chainlab.lock import local_lab_lock_path
+
+        return local_lab_lock_path(self.inv.lab)
+
     def ready(self) -> None:
         if not self._plan().state_file.exists():
             raise ChainlabError(f"the local lab {self.inv.lab} is not up: run `chainlab -i ... local up` first")

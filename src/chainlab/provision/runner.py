@@ -18,7 +18,6 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,11 +42,25 @@ from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
+from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
 from chainlab.shell import command_line
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
 LAB = "(lab)"  # the recap's name for lab-level steps (host names cannot contain parentheses)
+#: Deadlines that turn a frozen host into that host's failure. Every command of a step has a
+#: timeout of its own; these also bound what has none (paramiko opening a channel to a
+#: frozen sshd, a docker SDK call): connecting (with its retries), the facts, each step.
+CONNECT_DEADLINE_S = 60
+FACTS_DEADLINE_S = 60
+STEP_DEADLINE_S = 300
+#: Steps that may install packages or build an image.
+LONG_STEP_DEADLINE_S = {"trace_log": 900, "image": 1800, "calico_node": 900}
+
+
+def step_deadline(name: str, limit: float | None = None) -> float:
+    """A step's deadline: `limit` (`lab up --timeout`) if given, else its default."""
+    return limit if limit is not None else LONG_STEP_DEADLINE_S.get(name, STEP_DEADLINE_S)
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
 
 class Runner:
     def __init__(self, inv: Inventory, action: Action, *, check: bool = False, offline: bool = False,
-                 limit: tuple[str, ...] = (), console: Console | None = None):
+                 limit: tuple[str, ...] = (), console: Console | None = None, step_timeout: float | None = None):
         self.inv = inv
         self.action = action
         self.check = check
@@ -110,6 +123,8 @@ class Runner:
         self.run_ctx = RunContext(inv, provider, network_for(inv, provider), check)
         self.report = RunReport(lab=inv.lab, action=action, check=check)
         self.phases = phases(action, self.run_ctx)
+        self._dead: set[str] = set()
+        self.step_timeout = step_timeout
 
     # --- the run ----------------------------------------------------------------------
 
@@ -127,28 +142,50 @@ class Runner:
         return self.report
 
     def _run(self) -> None:
+        """Hosts in parallel; every remote operation within a deadline, so that a frozen host
+        is that host's failure and SIGTERM/SIGINT end the run at once (the lock is released
+        on the way out; threads still blocked on a frozen host are daemons, left behind)."""
         total = 1 + sum(len(p.steps) for p in self.phases if not p.lab)
         progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                             console=self.console, transient=True)
-        with progress, ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
+        with signals_interrupt(), progress:
             tasks = {h: progress.add_task(f"{h}: connecting", total=total) for h in self.hosts}
-            for host, report in zip(self.hosts, pool.map(lambda h: self._connect(h, progress, tasks[h]), self.hosts)):
-                self.report.hosts[host] = report
+            reports, _ = fan_out({h: h for h in self.hosts}, lambda h, _: self._connect(h, progress, tasks[h]),
+                                 CONNECT_DEADLINE_S + FACTS_DEADLINE_S, lambda _h: "connecting",
+                                 discard=lambda report: None)
+            for host in self.hosts:
+                if host not in reports:
+                    self._dead.add(host)  # a connection that still opens later is not used
+                    reports[host] = self._lost(host, "facts", "connecting and reading facts",
+                                               CONNECT_DEADLINE_S + FACTS_DEADLINE_S)
+                self.report.hosts[host] = reports[host]
             try:
                 for phase in self.phases:
                     if phase.lab:
                         self._lab_phase(phase)
-                    else:
-                        list(pool.map(lambda h: self._host_phase(h, phase, progress, tasks[h]), self._going()))
+                        continue
+                    going = {h: self.run_ctx.hosts[h] for h in self._going()}
+                    budget = sum(step_deadline(name, self.step_timeout) for name, _ in phase.steps) + 10
+                    fan_out(going, lambda h, _ctx: self._host_phase(h, phase, progress, tasks[h]), budget,
+                            lambda _h: "its steps")
             finally:
                 for ctx in self.run_ctx.hosts.values():
-                    ctx.close()
+                    cancel_in_background(ctx.close)
+
+    def _lost(self, host: str, step: str, what: str, seconds: float) -> HostReport:
+        report = HostReport(host)
+        result = StepResult(step, "failed", f"no answer within {seconds:g} s while {what}")
+        report.steps.append(result)
+        report.error = f"{step}: {result.detail}"
+        self._show(host, result)
+        return report
 
     def _going(self) -> list[str]:
-        """Hosts that take part in the next phase: connected, and (lab up) not failed."""
-        return [h for h, ctx in self.run_ctx.hosts.items()
-                if self.action == "down" or not self.report.hosts[h].failed]
+        """Hosts that take part in the next phase: connected, not given up on after a
+        deadline, and (lab up) not failed."""
+        return [h for h, ctx in self.run_ctx.hosts.items() if h not in self._dead
+                and (self.action == "down" or not self.report.hosts[h].failed)]
 
     def _connect(self, host: str, progress: Progress, task: TaskID) -> HostReport:
         report = HostReport(host)
@@ -182,11 +219,17 @@ class Runner:
         report = self.report.hosts[host]
         for name, fn in phase.steps:
             progress.update(task, description=f"{host}: {name}")
-            result = run_step(ctx, name, fn)  # type: ignore[arg-type]
+            seconds = step_deadline(name, self.step_timeout)
+            try:
+                result = call(lambda name=name, fn=fn: run_step(ctx, name, fn), seconds, host,  # type: ignore[misc]
+                              f"step {name}", cancel=ctx.close)
+            except DeadlineExceeded as exc:
+                self._dead.add(host)
+                result = StepResult(name, "failed", str(exc).split(": ", 1)[1], seconds=seconds)
             self._record(report, result)
             progress.update(task, advance=1)
-            if result.status == "failed" and self.action == "up":
-                break  # later steps build on this one; down undoes all it can
+            if host in self._dead or (result.status == "failed" and self.action == "up"):
+                break  # later steps build on this one; down undoes all it can, on a host that answers
         progress.update(task, description=f"{host}: done")
 
     def _lab_phase(self, phase: Phase) -> None:
@@ -198,7 +241,11 @@ class Runner:
         if self.action == "up" and not self._going():
             return
         for name, fn in phase.steps:
-            result = run_step(self.run_ctx, name, fn)  # type: ignore[arg-type]
+            try:
+                result = call(lambda name=name, fn=fn: run_step(self.run_ctx, name, fn),  # type: ignore[misc]
+                              step_deadline(name, self.step_timeout), LAB, f"step {name}")
+            except DeadlineExceeded as exc:
+                result = StepResult(name, "failed", str(exc).split(": ", 1)[1], seconds=exc.seconds)
             self._record(report, result)
             if result.status == "failed" and self.action == "up":
                 for host in self._going():  # nothing after it can work
@@ -292,10 +339,11 @@ def write_json(report: RunReport, path: Path) -> None:
 
 def provision(inv: Inventory, action: Action, *, check: bool = False, offline: bool = False,
               limit: tuple[str, ...] = (), json_path: Path | None = None,
-              console: Console | None = None) -> RunReport:
+              console: Console | None = None, step_timeout: float | None = None) -> RunReport:
     """lab up / lab down: run, print the recap, write --json; the report (failed → non-zero exit)."""
     console = console or Console(highlight=False)
-    runner = Runner(inv, action, check=check, offline=offline, limit=limit, console=console)
+    runner = Runner(inv, action, check=check, offline=offline, limit=limit, console=console,
+                    step_timeout=step_timeout)
     report = runner.run()
     print_recap(report, console)
     if json_path is not None:

@@ -69,8 +69,17 @@ def connect(inv: Inventory, host: str) -> fabric.Connection:
         raise ChainlabError(f"{host} ({target.address}): host key does not match known_hosts") from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
         conn.close()
-        raise ChainlabError(f"cannot ssh to {host} ({target.address}): {exc}") from exc
+        raise ChainlabError(f"cannot ssh to {host} ({target.address}): {_said(exc, target.connect_timeout)}") from exc
     return conn
+
+
+def _said(exc: BaseException, timeout: float) -> str:
+    """paramiko's words for a server that accepts TCP but never speaks SSH ("No existing
+    session", "Error reading SSH protocol banner") say what happened, not why."""
+    text = str(exc) or type(exc).__name__
+    if "No existing session" in text or "protocol banner" in text or isinstance(exc, EOFError):
+        return f"sshd accepted the connection but did not answer (frozen or overloaded?) ({text})"
+    return text
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
