@@ -11,6 +11,7 @@ INV := $(if $(INVENTORY),-i $(INVENTORY))
 SEED := tests/fixtures/seed-logs
 APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
 	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium gcc libc6-dev \
+	qemu-system-x86 qemu-utils mmdebstrap \
 	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev)
 
 .PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
@@ -98,3 +99,18 @@ local-down: venv
 
 local-status: venv
 	$(CHAINLAB) $(INV) local status
+
+# The VM lab (issue 14): the inventory's hosts as qemu VMs (INVENTORY=lab/vm.yaml); the
+# image is built once from Debian's packages (`chainlab vm image` rebuilds it). Needs root.
+.PHONY: vm-up vm-down vm-status vm-image
+vm-up: deps
+	$(CHAINLAB) $(INV) vm up
+
+vm-down: venv
+	$(CHAINLAB) $(INV) vm down
+
+vm-status: venv
+	$(CHAINLAB) $(INV) vm status
+
+vm-image: deps
+	$(CHAINLAB) $(INV) vm image

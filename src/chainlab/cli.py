@@ -41,6 +41,7 @@ COMMAND_MODULES = {
     "nightly": "run",
     "profile": "profile",
     "run": "run",
+    "vm": "vm",
 }
 
 

@@ -87,9 +87,20 @@ class LocalSettings(Strict):
     state_dir: SafePath = "/var/lib/chainlab/local"
 
 
+class QemuSettings(Strict):
+    """Only for `provider: qemu`: the VMs `chainlab vm up` boots on this machine."""
+
+    lan: Dotted[IPv4Interface] = Field(description="the machine's end of the management link, with prefix")
+    state_dir: SafePath = "/var/lib/chainlab/vm"
+    image_dir: SafePath = Field("/var/cache/chainlab/vm", description="built VM images, shared by every VM lab")
+    memory: int = Field(768, ge=384, le=8192, description="MiB of guest memory per VM")
+    cpus: int = Field(1, ge=1, le=8)
+    accel: Literal["auto", "kvm", "tcg"] = Field("auto", description="auto: KVM if a probe boots under it, else TCG")
+
+
 class Inventory(Strict):
     lab: HostName = "lab"
-    provider: Literal["ssh", "local"] = "ssh"
+    provider: Literal["ssh", "local", "qemu"] = "ssh"
     ssh: SshSettings = SshSettings()
     hosts: dict[HostName, Host]
     etcd: EtcdSettings | None = None
@@ -97,6 +108,7 @@ class Inventory(Strict):
     calico: CalicoSettings = CalicoSettings()
     containers: dict[ContainerName, Container] = Field(default_factory=dict)
     local: LocalSettings | None = None
+    qemu: QemuSettings | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Inventory":
@@ -119,20 +131,22 @@ class Inventory(Strict):
                     ("hosts", name, "address"), f"{host.address} is already the address of {seen[host.address]}"
                 )
             seen[host.address] = name
-        if self.provider == "local":
-            if self.local is None:
+        for kind, section in (("local", self.local), ("qemu", self.qemu)):
+            if self.provider != kind:
+                if section is not None:
+                    raise LocatedValueError((kind,), f"a `{kind}:` section is only allowed with provider: {kind}")
+                continue
+            if section is None:
                 raise LocatedValueError(
-                    ("provider",), "provider local needs a `local:` section (lan: ADDRESS/PREFIX)"
+                    ("provider",), f"provider {kind} needs a `{kind}:` section (lan: ADDRESS/PREFIX)"
                 )
             for name, host in self.hosts.items():
-                if host.address not in self.local.lan.network or host.address == self.local.lan.ip:
+                if host.address not in section.lan.network or host.address == section.lan.ip:
                     raise LocatedValueError(
                         ("hosts", name, "address"),
-                        f"{host.address} must be inside local.lan {self.local.lan.network}"
+                        f"{host.address} must be inside {kind}.lan {section.lan.network}"
                         " and differ from the machine's end",
                     )
-        elif self.local is not None:
-            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
         return self
 
     def container_image(self, name: str) -> str:

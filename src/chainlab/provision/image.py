@@ -40,13 +40,17 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
 
 
 def tarball_path(inv: Inventory) -> Path:
-    """`image.tarball` if set, else the local lab's rootfs tarball."""
+    """`image.tarball` if set, else the local lab's rootfs tarball, or the VM image's."""
     if inv.image.tarball:
         return Path(inv.image.tarball).expanduser()
     if inv.provider == "local":
         from chainlab.local import plan_lab
 
         return plan_lab(inv).image_tarball
+    if inv.provider == "qemu":
+        from chainlab.vm.plan import plan_vm_lab
+
+        return plan_vm_lab(inv).image.busybox_tarball
     raise ChainlabError("image.source is tarball but image.tarball is not set")
 
 

@@ -28,7 +28,7 @@ class Target:
 
 
 def resolve_target(inv: Inventory, host: str) -> Target:
-    """The target for `host`; for the local lab, refuses unless the route uses the lab link."""
+    """The target for `host`; for the local and VM labs, refuses unless the route uses the lab link."""
     if host not in inv.hosts:
         raise ChainlabError(f"unknown host {host!r}: the inventory has {', '.join(sorted(inv.hosts))}")
     address = inv.hosts[host].address
@@ -37,16 +37,29 @@ def resolve_target(inv: Inventory, host: str) -> Target:
         check_lab_route(plan, address)
         return Target(host, address, plan.user, 22, plan.client_key, plan.known_hosts,
                       inv.ssh.connect_timeout, plan.home)
+    if inv.provider == "qemu":
+        from chainlab.vm.network import check_vm_route
+        from chainlab.vm.plan import SSH_PORT, plan_vm_lab
+
+        vms = plan_vm_lab(inv)
+        check_vm_route(vms, address)
+        return Target(host, address, vms.user, SSH_PORT, vms.client_key, vms.known_hosts,
+                      inv.ssh.connect_timeout, vms.home)
     key = Path(os.path.expanduser(inv.ssh.key)) if inv.ssh.key else None
     known = Path(os.path.expanduser(inv.ssh.known_hosts)) if inv.ssh.known_hosts else None
     return Target(host, address, inv.ssh.user, inv.ssh.port, key, known, inv.ssh.connect_timeout, None)
 
 
 def etcd_address(inv: Inventory) -> tuple[IPv4Address, int]:
-    """etcd's address and port; for the local lab, only if routed through the lab link."""
+    """etcd's address and port; for the local and VM labs, only if routed through the lab link."""
     if inv.etcd is None:
         raise ChainlabError("the inventory has no `etcd:` section")
     address = inv.hosts[inv.etcd.host].address
     if inv.provider == "local":
         check_lab_route(plan_lab(inv), address)
+    elif inv.provider == "qemu":
+        from chainlab.vm.network import check_vm_route
+        from chainlab.vm.plan import plan_vm_lab
+
+        check_vm_route(plan_vm_lab(inv), address)
     return address, inv.etcd.port
