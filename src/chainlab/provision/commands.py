@@ -219,6 +219,18 @@ def nf_log_bind_argv() -> list[str]:
     return sh("echo nfnetlink_log > /proc/sys/net/netfilter/nf_log/2")
 
 
+#: The kernel's IPv4 logger, the one that writes TRACE lines to the kernel log (for rsyslog).
+KERNEL_LOGGER = "nf_log_ipv4"
+
+
+def nf_log_kernel_bind_argv() -> list[str]:
+    """Bind IPv4 logging to the kernel log. The kernel binds it by itself only when the logger
+    module first loads (with the first LOG/TRACE rule): once lab down has put back an
+    unbound NONE, a later lab up's TRACE rules would log nothing without this."""
+    return sh(f"modprobe -q nf_log_syslog 2>/dev/null || modprobe -q {KERNEL_LOGGER} 2>/dev/null; "
+              f"echo {KERNEL_LOGGER} > /proc/sys/net/netfilter/nf_log/2")
+
+
 def nf_log_restore_argv(before: dict[int, str]) -> list[str]:
     q = shlex.quote
     parts = [f"echo {q(v)} > /proc/sys/net/netfilter/nf_log/{k}" for k, v in sorted(before.items())

@@ -113,6 +113,10 @@ def _rsyslog(ctx: HostContext, log: str) -> tuple[str, str]:
             raise ChainlabError(str(exc)) from None
         changed = True
     changed = _ensure_trace_file(ctx) or changed
+    if (ctx.read(NF_LOG_READ) or "").strip() != C.KERNEL_LOGGER:
+        ctx.change(C.nf_log_remember_argv())  # lab down puts the bindings back
+        ctx.change(C.nf_log_kernel_bind_argv())
+        changed = True
     return _status(changed, f"rsyslog: kern.* → {log}", f"rsyslog writes kern.* to {log}")
 
 

@@ -48,14 +48,16 @@ def ensure_image(image_dir: Path, console: Console, *, rebuild: bool = False) ->
     paths = R.image_paths(image_dir)
     if not rebuild and manifest(paths) is not None:
         return paths
-    with _build_lock(paths, console):
+    with _build_lock(paths, console) as lock_fd:
         if rebuild or manifest(paths) is None:  # another build may have finished meanwhile
-            _build(paths, console)
+            _build(paths, console, lock_fd)
     return paths
 
 
 @contextmanager
-def _build_lock(paths: ImagePaths, console: Console) -> Iterator[None]:
+def _build_lock(paths: ImagePaths, console: Console) -> Iterator[int]:
+    """Hold the build lock of this key; yields its fd, which mmdebstrap inherits: if this
+    process is killed, the lock stays held until the orphaned build has ended too."""
     paths.dir.parent.mkdir(parents=True, exist_ok=True)
     lock = paths.dir.parent / f".{paths.dir.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -65,7 +67,7 @@ def _build_lock(paths: ImagePaths, console: Console) -> Iterator[None]:
         except BlockingIOError:
             console.print(f"image {paths.dir.name}: another build is running, waiting for it")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -97,7 +99,7 @@ def _preflight() -> None:
         raise ChainlabError(f"missing Debian packages: {' '.join(missing)} (run `make deps`)")
 
 
-def _build(paths: ImagePaths, console: Console) -> None:
+def _build(paths: ImagePaths, console: Console, lock_fd: int) -> None:
     _preflight()
     key = paths.dir.name
     for stale in paths.dir.parent.glob(f".{key}.build-*"):
@@ -112,7 +114,7 @@ def _build(paths: ImagePaths, console: Console) -> None:
         (hooks / "customize.sh").write_text(R.customize_hook())
         root = work / "root"
         log = paths.dir.parent / f"{key}.build.log"
-        _mmdebstrap(R.mmdebstrap_argv(root, hooks), log, console, started)
+        _mmdebstrap(R.mmdebstrap_argv(root, hooks), log, console, started, lock_fd)
         _say(console, started, "ext4 root filesystem")
         run(R.mkfs_argv(root, work / paths.rootfs.name))
         shutil.copyfile(root / "vmlinuz", work / paths.kernel.name)
@@ -145,7 +147,7 @@ def _say(console: Console, started: float, what: str) -> None:
     console.print(f"image: {what} [dim]({time.monotonic() - started:.0f} s)[/dim]", highlight=False)
 
 
-def _mmdebstrap(argv: list[str], log: Path, console: Console, started: float) -> None:
+def _mmdebstrap(argv: list[str], log: Path, console: Console, started: float, lock_fd: int) -> None:
     """Run mmdebstrap with a progress bar (packages fetched and set up) and its full output in `log`."""
     progress = Progress(SpinnerColumn(), TextColumn("image: {task.description}"), BarColumn(bar_width=30),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
@@ -154,7 +156,7 @@ def _mmdebstrap(argv: list[str], log: Path, console: Console, started: float) ->
         task = progress.add_task("starting mmdebstrap", total=None)
         total = 0
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, errors="replace", start_new_session=False)
+                                text=True, errors="replace", pass_fds=(lock_fd,))
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)

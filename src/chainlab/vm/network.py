@@ -33,9 +33,16 @@ def check_free(plan: VmLabPlan) -> None:
             raise ChainlabError(f"{host.address} ({host.name}) is already routed via {dev}: choose another lan")
 
 
+def _stale(plan: VmLabPlan) -> bool:
+    """/run/netns/NAME is there but no namespace is mounted on it (someone unmounted it)."""
+    return S.netns_exists(plan.lan_netns) and not S.is_mountpoint(str(plan.netns_path))
+
+
 def ensure_lan(plan: VmLabPlan) -> None:
     """The lab namespace with its bridge, and the management veth with the machine's address."""
     lan = plan.lan_netns
+    if _stale(plan):
+        S.run(["ip", "netns", "del", lan])
     if not S.netns_exists(lan):
         if S.link_exists(plan.root_if):  # its peer died with an earlier lab namespace
             S.run(["ip", "link", "del", plan.root_if])
@@ -66,6 +73,9 @@ def remove_lan(plan: VmLabPlan) -> None:
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])
     if not S.netns_exists(plan.lan_netns):
+        return
+    if _stale(plan):  # the namespace went with its last process, taps and all
+        S.run(["ip", "netns", "del", plan.lan_netns])
         return
     # every tap, also of a VM dropped from the inventory while the lab was up
     for row in S.run(["ip", "-n", plan.lan_netns, "tuntap", "show"]).splitlines():

@@ -1,0 +1,55 @@
+"""Provisioning fixes found on real VMs (issue 14), with a context that answers like a VM."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from chainlab.inventory import load_inventory
+from chainlab.provision import commands as C
+from chainlab.provision import steps
+from chainlab.shell import command_line
+
+from .test_vm_plan import VM_YAML
+
+
+class VmCtx:
+    """Duck-typed HostContext for the rsyslog step: rsyslog configured, the trace file there,
+    IPv4's nf_log binding as given."""
+
+    def __init__(self, binding: str) -> None:
+        self.inv = load_inventory(VM_YAML)
+        self.host = "slave1"
+        self.facts = SimpleNamespace(trace_backend="rsyslog", kernel_log="private", init="systemd",
+                                     family="debian", os_version="12", has=lambda tool: True)
+        self.binding = binding
+        self.commands: list[str] = []
+
+    def read(self, argv: list[str]) -> str:
+        if argv == steps.NF_LOG_READ:
+            return self.binding + "\n"
+        return C.rsyslog_text("/var/log/iptables.log")  # the drop-in is already ours
+
+    def probe(self, argv: list[str]) -> bool:
+        return True  # the trace file exists
+
+    def change(self, argv: list[str], timeout: float | None = 120) -> str:
+        self.commands.append(command_line(argv))
+        return ""
+
+    def put(self, path: str, text: str) -> None:
+        raise AssertionError("nothing to write")
+
+
+def test_rsyslog_binds_the_kernel_logger_after_a_lab_down_unbound_it() -> None:
+    # After lab down restored NONE, the logger module stays loaded and the kernel does not
+    # bind it again: seen on a VM, scenario 7 then had no TRACE line from slave1.
+    ctx = VmCtx("NONE")
+    status, _ = steps.trace_log(ctx)
+    assert status == "changed"
+    assert ctx.commands == [command_line(C.nf_log_remember_argv()), command_line(C.nf_log_kernel_bind_argv())]
+    assert "echo nf_log_ipv4 > /proc/sys/net/netfilter/nf_log/2" in ctx.commands[1]
+
+
+def test_rsyslog_leaves_a_bound_kernel_logger_alone() -> None:
+    ctx = VmCtx("nf_log_ipv4")
+    assert steps.trace_log(ctx)[0] == "ok" and ctx.commands == []
