@@ -78,4 +78,34 @@ def save_state(inv: Inventory, state: LabState) -> Path:
 
 
 def remove_state(inv: Inventory) -> None:
+    """The lab state and the etcd baseline: lab down is through."""
     state_path(inv).unlink(missing_ok=True)
+    _baseline_path(inv).unlink(missing_ok=True)
+
+
+# --- the etcd tree before lab up (what lab down puts back) ----------------------------
+
+def _baseline_path(inv: Inventory) -> Path:
+    return state_path(inv).with_name("etcd-baseline.json")
+
+
+def save_etcd_baseline(inv: Inventory, keys: set[str]) -> None:
+    """The /calico keys present before lab up first touched etcd (written once, atomically)."""
+    path = _baseline_path(inv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"lab": inv.lab, "keys": sorted(keys)}, indent=1))
+    tmp.replace(path)
+
+
+def load_etcd_baseline(inv: Inventory) -> set[str] | None:
+    """None if lab up never recorded one (or the record is unreadable)."""
+    try:
+        data = json.loads(_baseline_path(inv).read_text())
+        return {str(k) for k in data["keys"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_etcd_baseline(inv: Inventory) -> None:
+    _baseline_path(inv).unlink(missing_ok=True)

@@ -124,9 +124,11 @@ def test_qemu_has_only_the_tap_nic_and_no_user_networking(inv: Inventory) -> Non
 def test_seed_sets_name_address_keys_flavour_and_etcd(inv: Inventory) -> None:
     plan = plan_vm_lab(inv)
     master, slave = plan.hosts["master"], plan.hosts["slave1"]
-    files = P.seed_files(plan, master, "ssh-ed25519 CLIENT c", "PRIVATE", "ssh-ed25519 HOST h")
+    pki = {name: name.upper() for name in ("ca.crt", "client.crt", "client.key", "etcd-server.crt", "etcd-server.key")}
+    files = P.seed_files(plan, master, "ssh-ed25519 CLIENT c", "PRIVATE", "ssh-ed25519 HOST h", pki)
     assert set(files) == {"apply.sh", "authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
-                          "sshd.conf", "lab.network", "etcd.env"}
+                          "sshd.conf", "lab.network", "etcd.env", *pki}
+    assert files["client.key"] == ("CLIENT.KEY", 0o600)
     assert files["ssh_host_ed25519_key"] == ("PRIVATE", 0o600)
     script = files["apply.sh"][0]
     assert "hostname master" in script and "rm -f /etc/ssh/ssh_host_*" in script
@@ -135,10 +137,15 @@ def test_seed_sets_name_address_keys_flavour_and_etcd(inv: Inventory) -> None:
     assert "Address=10.231.80.195/24" in files["lab.network"][0]
     assert "MACAddress=52:54:00:e7:50:c3" in files["lab.network"][0]
     assert "Gateway" not in files["lab.network"][0]  # no route out of the lab
+    assert "Destination=169.254.1.1/32" in files["lab.network"][0]  # proxy ARP for Calico workloads
     env = files["etcd.env"][0]
-    assert "ETCD_ENABLE_V2=true" in env and "ETCD_LISTEN_CLIENT_URLS=http://10.231.80.195:2379," in env
-    other = P.seed_files(plan, slave, "k", "p", "ssh-ed25519 X")
-    assert "etcd.env" not in other and f"rm -f {R.ETCD_ENV}" in other["apply.sh"][0]
+    assert "ETCD_ENABLE_V2=true" in env and "ETCD_LISTEN_CLIENT_URLS=https://10.231.80.195:2379," in env
+    assert "ETCD_CLIENT_CERT_AUTH=true" in env and "ETCD_KEY_FILE=/etc/chainlab/pki/etcd-server.key" in env
+    assert 'install -m 600 -o etcd "$S/etcd-server.key" /etc/chainlab/pki/etcd-server.key' in script
+    other = P.seed_files(plan, slave, "k", "p", "ssh-ed25519 X", pki)
+    assert "etcd.env" not in other and "etcd-server.key" not in other and "client.key" in other
+    assert f"/etc/chainlab/pki/etcd-server.key {R.ETCD_ENV}" in other["apply.sh"][0]  # removed there
+    assert "ca.key" not in pki  # the CA's key never leaves this machine
 
 
 def test_seed_flavour_nft(tmp_path: Path) -> None:
@@ -203,24 +210,39 @@ def test_build_progress_lines(line: str, expected: R.BuildEvent | None) -> None:
 
 def test_targets_go_only_through_the_lab_link(inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:
     from chainlab.local import system
-    from chainlab.remote.target import etcd_address, resolve_target
+    from chainlab.remote.target import etcd_endpoint, resolve_target
 
     plan = plan_vm_lab(inv)
     monkeypatch.setattr(system, "route_device", lambda address: "eth0")
     with pytest.raises(ChainlabError, match="routes it via eth0, not the VM lab link cl-vm"):
         resolve_target(inv, "slave1")
     with pytest.raises(ChainlabError, match="not the VM lab link"):
-        etcd_address(inv)
+        etcd_endpoint(inv)
     monkeypatch.setattr(system, "route_device", lambda address: "cl-vm")
     target = resolve_target(inv, "slave1")
     assert (target.address, target.user, target.port) == (IPv4Address("10.231.80.196"), "root", 22)
     assert (target.key_filename, target.known_hosts, target.ssh_home) == (plan.client_key, plan.known_hosts, plan.home)
-    assert etcd_address(inv) == (IPv4Address("10.231.80.195"), 2379)
+    endpoint = etcd_endpoint(inv)
+    assert endpoint.url == "https://10.231.80.195:2379" and endpoint.tls is not None
+    assert endpoint.tls.cert == str(plan.pki.client_cert)
+
+
+def test_the_calico_daemon_runs_from_the_wheel_in_the_vm(inv: Inventory) -> None:
+    from chainlab.providers import provider_for
+
+    provider = provider_for(inv)
+    assert provider.builds_hosts and not provider.starts_docker and inv.calico_mode == "emulate"
+    runtime = provider.emulation_runtime("slave1")
+    assert runtime.argv == ("env", "PYTHONPATH=/opt/chainlab", "/usr/bin/python3", "-m", "chainlab.calico.agent")
+    assert runtime.etcd.url == "https://10.231.80.195:2379"
+    assert runtime.etcd.tls and runtime.etcd.tls.key == "/etc/chainlab/pki/client.key"  # as the VM has it
+    assert plan_vm_lab(inv).emulates_calico and not plan_vm_lab(load_inventory(BRIDGE_YAML)).emulates_calico
 
 
 def test_lab_state_and_image_tarball_live_with_the_vm_lab(inv: Inventory) -> None:
     from chainlab.labstate import state_path
+    from chainlab.providers import provider_for
     from chainlab.provision.image import tarball_path
 
     assert state_path(inv) == Path("/var/lib/chainlab/vm/lab-state.json")
-    assert tarball_path(inv) == plan_vm_lab(inv).image.busybox_tarball
+    assert tarball_path(inv, provider_for(inv)) == plan_vm_lab(inv).image.busybox_tarball

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 from chainlab.inventory import load_inventory
 from chainlab.provision import commands as C
 from chainlab.provision import steps
+from chainlab.provision.actions import Action
+from chainlab.provision.executor import run_step
 from chainlab.shell import command_line
 
 from .test_vm_plan import VM_YAML
@@ -14,7 +16,10 @@ from .test_vm_plan import VM_YAML
 
 class VmCtx:
     """Duck-typed HostContext for the rsyslog step: rsyslog configured, the trace file there,
-    IPv4's nf_log binding as given."""
+    IPv4's nf_log binding as given. Actions are recorded, not carried out."""
+
+    check = False
+    offline = False
 
     def __init__(self, binding: str) -> None:
         self.inv = load_inventory(VM_YAML)
@@ -32,24 +37,20 @@ class VmCtx:
     def probe(self, argv: list[str]) -> bool:
         return True  # the trace file exists
 
-    def change(self, argv: list[str], timeout: float | None = 120) -> str:
-        self.commands.append(command_line(argv))
+    def perform(self, action: Action) -> str:
+        self.commands.append(action.shown())
         return ""
-
-    def put(self, path: str, text: str) -> None:
-        raise AssertionError("nothing to write")
 
 
 def test_rsyslog_binds_the_kernel_logger_after_a_lab_down_unbound_it() -> None:
     # After lab down restored NONE, the logger module stays loaded and the kernel does not
     # bind it again: seen on a VM, scenario 7 then had no TRACE line from slave1.
     ctx = VmCtx("NONE")
-    status, _ = steps.trace_log(ctx)
-    assert status == "changed"
+    assert run_step(ctx, "trace_log", steps.trace_log).status == "changed"
     assert ctx.commands == [command_line(C.nf_log_remember_argv()), command_line(C.nf_log_kernel_bind_argv())]
     assert "echo nf_log_ipv4 > /proc/sys/net/netfilter/nf_log/2" in ctx.commands[1]
 
 
 def test_rsyslog_leaves_a_bound_kernel_logger_alone() -> None:
     ctx = VmCtx("nf_log_ipv4")
-    assert steps.trace_log(ctx)[0] == "ok" and ctx.commands == []
+    assert run_step(ctx, "trace_log", steps.trace_log).status == "ok" and ctx.commands == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -29,6 +30,7 @@ from chainlab.lock import exclusive
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
+from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
 
 READY_TIMEOUT = 30.0
@@ -39,6 +41,7 @@ Log = Callable[[str], object]
 class ProcRecord(BaseModel):
     pid: int
     start: int
+    argv: list[str] = []  # what it was started with: a daemon whose plan changed is restarted
 
     def proc(self) -> S.Proc:
         return S.Proc(self.pid, self.start)
@@ -168,6 +171,9 @@ def _up(plan: LabPlan, log: Log) -> None:
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     store.save()
     _write_ssh_files(plan)
+    etcd = plan.etcd_host
+    if etcd is not None:
+        ensure_pki(plan.pki, plan.lab, etcd.address)
     _ensure_lan(plan)
     with ThreadPoolExecutor(max_workers=len(plan.hosts) + 1) as pool:
         image = pool.submit(_ensure_image, plan)
@@ -248,7 +254,7 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
         _create_host(plan, host, hs, store)
     _ensure_host_link(plan, host)
     assert hs.holder is not None
-    wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(host)}
+    wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(plan, host)}
     if host.runs_etcd:
         wanted["etcd"] = P.etcd_argv(plan, host)
     for daemon in sorted(set(hs.daemons) - set(wanted)):  # e.g. etcd moved to another host
@@ -259,9 +265,12 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
         store.save()
     for daemon, argv in wanted.items():
         record = hs.daemons.get(daemon)
+        if record is not None and record.argv and record.argv != argv and S.alive(record.proc()):
+            S.stop(record.proc())
+            log(f"{host.name}: restarting {daemon} with its new settings")
         if record is None or not S.alive(record.proc()):
             proc = S.spawn(P.enter_argv(hs.holder.pid, argv), host.log_dir / f"{daemon}.log")
-            hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start)
+            hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start, argv=argv)
             store.save()
     _wait_ready(plan, host, hs)
     if hs.up_since is None:
@@ -320,10 +329,20 @@ def _ensure_host_link(plan: LabPlan, host: HostPlan) -> None:
     S.run(["ip", "-n", lan, "link", "set", host.lan_port, "master", P.BRIDGE, "up"])
     S.run(["ip", "-n", host.netns, "addr", "replace", str(host.lan), "dev", P.HOST_IF])
     S.run(["ip", "-n", host.netns, "link", "set", P.HOST_IF, "up"])
+    # A real host's default route is what lets proxy ARP answer a Calico workload's ARP for its
+    # gateway 169.254.1.1; a lab host has no default route (nothing may leave the lab), so it
+    # gets a route for that one address on its lab link instead.
+    S.run(["ip", "-n", host.netns, "route", "replace", f"{P.CALICO_GATEWAY}/32", "dev", P.HOST_IF])
 
 
 class _NotReady(Exception):
     pass
+
+
+def _etcd_tls(plan: LabPlan) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(plan.pki.ca))
+    context.load_cert_chain(str(plan.pki.client_cert), str(plan.pki.client_key))
+    return context
 
 
 def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
@@ -346,7 +365,8 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
                 finally:
                     api.close()
             else:
-                urllib.request.urlopen(f"http://{host.address}:{plan.etcd_port}/version", timeout=1).read()
+                urllib.request.urlopen(f"https://{host.address}:{plan.etcd_port}/version", timeout=1,
+                                       context=_etcd_tls(plan)).read()
         except (OSError, docker.errors.DockerException) as exc:
             raise _NotReady(str(exc)) from exc
 

@@ -193,6 +193,20 @@ def kill_all(pids: set[int], timeout: float = 5.0) -> None:
     raise ChainlabError(f"processes still running after SIGKILL: {sorted(running)}")
 
 
+def stop(proc: Proc, timeout: float = 15.0) -> None:
+    """SIGTERM, so a daemon cleans up after itself (dockerd its pidfile and containerd), then
+    SIGKILL whatever is still running after `timeout`."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while alive(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(proc):
+        kill_all({proc.pid})
+
+
 def spawn(argv: list[str], log: Path | None = None) -> Proc:
     """Start a long-running process in its own session; it outlives this CLI invocation."""
     out = open(log, "ab") if log else subprocess.DEVNULL

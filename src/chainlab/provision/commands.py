@@ -37,6 +37,9 @@ MONITOR_PID = f"{RUN_DIR}/xtables-monitor.pid"
 MONITOR_ERR = f"{RUN_DIR}/xtables-monitor.err"
 NF_LOG_BEFORE = f"{RUN_DIR}/nf_log.before"
 TRACE_LOG_CREATED = f"{RUN_DIR}/trace-log.created"
+#: nft hosts: the ip family's tables and chains before lab up (lab down removes what it added).
+NFT_BEFORE = f"{RUN_DIR}/nft.before"
+NFT_LIST = ["sh", "-c", "nft list ruleset ip 2>/dev/null || true"]
 #: Protocol families whose nf_log binding ulogd's NFLOG input takes over (IPv4, bridge, IPv6).
 NF_LOG_FAMILIES = (2, 7, 10)
 #: Process names (/proc/PID/comm) of the backends we start, checked before any kill.
@@ -248,6 +251,53 @@ def monitor_start_argv(trace_log: str) -> list[str]:
     q = shlex.quote
     return sh(f"mkdir -p {q(RUN_DIR)} && setsid nohup stdbuf -oL xtables-monitor --trace "
               f">> {q(trace_log)} 2>> {q(MONITOR_ERR)} < /dev/null & echo $! > {q(MONITOR_PID)}")
+
+
+# --- nftables tables and chains that iptables-nft makes on first use ----------------------
+
+def nft_record_argv() -> list[str]:
+    """Save the ip family's ruleset once (the first lab up), headed so it is never empty."""
+    q = shlex.quote
+    return sh(f"mkdir -p {q(RUN_DIR)} && if [ ! -e {q(NFT_BEFORE)} ]; then "
+              f"{{ echo '# nft list ruleset ip, before lab up'; nft list ruleset ip; }} > {q(NFT_BEFORE)}.tmp && "
+              f"mv {q(NFT_BEFORE)}.tmp {q(NFT_BEFORE)}; fi")
+
+
+def parse_nft_chains(text: str) -> dict[str, dict[str, int]]:
+    """`nft list ruleset ip` -> {table: {chain: number of rules}} (pure)."""
+    tables: dict[str, dict[str, int]] = {}
+    table = chain = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] == "table" and len(words) >= 3:
+            table, chain = words[2], None
+            tables.setdefault(table, {})
+        elif words[0] == "chain" and table is not None and len(words) >= 2:
+            chain = words[1]
+            tables[table].setdefault(chain, 0)
+        elif line == "}":
+            if chain is not None:
+                chain = None
+            else:
+                table = None
+        elif table is not None and chain is not None and words[0] not in ("type", "policy"):
+            tables[table][chain] += 1
+    return tables
+
+
+def nft_leftover_deletes(before: dict[str, dict[str, int]], now: dict[str, dict[str, int]]) -> list[list[str]]:
+    """`nft delete` commands for empty chains and tables that were not there before (pure)."""
+    deletes = []
+    for table, chains in sorted(now.items()):
+        new_empty = [c for c, rules in sorted(chains.items()) if rules == 0 and c not in before.get(table, {})]
+        if table not in before and len(new_empty) == len(chains):
+            deletes.append(["nft", "delete", "table", "ip", table])
+            continue
+        deletes += [["nft", "delete", "chain", "ip", table, c] for c in new_empty]
+    return deletes
 
 
 # --- step 3: raw-table trace rules ----------------------------------------------------

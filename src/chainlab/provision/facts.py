@@ -96,14 +96,6 @@ class Facts:
         return data
 
 
-def _calico_kind(inv: Inventory) -> str:
-    if inv.calico.driver == "bridge":
-        return "none (Docker bridge networking)"
-    if inv.provider == "local":
-        return "emulation of Calico 2.x (chainlab.calico, not Calico itself)"
-    return "Calico 2.x (calico/node + libnetwork plugin)"
-
-
 def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
     values: dict[str, str] = {}
     for row in text.splitlines():
@@ -125,20 +117,22 @@ def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
 
 def assumed_facts(inv: Inventory, host: str) -> Facts:
     """Facts from the inventory's hints, for a plan that must not connect (offline --check)."""
+    from chainlab.providers import provider_for
+
     spec = inv.hosts[host]
+    hints = provider_for(inv).hints(host)
     os_id, version, like, init = OS_HINTS[spec.os]
-    local = inv.provider == "local"
     facts = Facts(
         host=host, source="assumed", os_id=os_id, os_version=version, os_like=like,
-        os_name=f"{spec.os} (from the inventory)", init="none" if local else init,
+        os_name=f"{spec.os} (from the inventory)", init=hints.init or init,
         iptables="nft" if spec.iptables == "nft" else "legacy",
-        kernel_log="shared" if local else "private",
+        kernel_log=hints.kernel_log,
         docker="assumed present", ip_forward="0", nf_log_ipv4="NONE",
         etcd="assumed reachable" if inv.etcd else "none",
     )
     modern = spec.os not in ("centos7",)
-    facts.tools = {"rsyslogd": not local, "ulogd": local, "xtables-monitor": modern, "stdbuf": True,
-                   "setsid": True, "bash": True}
+    facts.tools = {"rsyslogd": True, "ulogd": False, "xtables-monitor": modern, "stdbuf": True,
+                   "setsid": True, "bash": True} | hints.tools
     _derive(inv, facts)
     return facts
 
@@ -148,4 +142,11 @@ def _derive(inv: Inventory, facts: Facts) -> None:
     # what the host says wins; the inventory's hint only stands in when nothing was gathered
     iptables = facts.iptables if facts.iptables in ("legacy", "nft") else spec.iptables
     facts.trace_backend = choose_backend(spec.trace_backend, iptables, facts.kernel_log)
-    facts.calico = _calico_kind(inv)
+    facts.calico = _network_kind(inv)
+
+
+def _network_kind(inv: Inventory) -> str:
+    from chainlab.networks import network_for
+    from chainlab.providers import provider_for
+
+    return network_for(inv, provider_for(inv)).describe()

@@ -12,7 +12,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.remote.target import Target, resolve_target
+from chainlab.providers import Target
+from chainlab.remote.target import resolve_target
 from chainlab.shell import command_line
 
 CONNECT_ATTEMPTS = 5

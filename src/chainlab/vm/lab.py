@@ -26,11 +26,13 @@ from rich.console import Console
 from chainlab.errors import ChainlabError
 from chainlab.local import system as S
 from chainlab.local.lab import ProcRecord
+from chainlab.local.pki import ensure_pki
 from chainlab.lock import exclusive
+from chainlab.providers import Target
 from chainlab.remote.ssh import connection, run
-from chainlab.remote.target import Target
 from chainlab.vm import network as N
 from chainlab.vm import plan as P
+from chainlab.vm import wheel as W
 from chainlab.vm.accel import AccelChoice, choose_accel
 from chainlab.vm.image import ensure_image, manifest
 from chainlab.vm.plan import VmHostPlan, VmLabPlan
@@ -178,9 +180,11 @@ def _up(plan: VmLabPlan, console: Console) -> AccelChoice:
     _check_memory(plan, choice.accel, len(starting))
     for host in starting:
         _start(plan, host, store, choice.accel, image_id, keys)
+    wheel = W.ensure_wheel(plan.wheel_cache) if plan.emulates_calico else None  # while the VMs boot
     errors = []
     with ThreadPoolExecutor(max_workers=len(plan.hosts)) as pool:
-        futures = {name: pool.submit(_wait_booted, plan, host, store, log) for name, host in plan.hosts.items()}
+        futures = {name: pool.submit(_boot_and_install, plan, host, store, log, wheel)
+                   for name, host in plan.hosts.items()}
         for name, fut in futures.items():
             try:
                 fut.result()
@@ -201,6 +205,7 @@ def _first_state(plan: VmLabPlan) -> VmLabRecord:
 class _Keys:
     client_pub: str
     hosts: dict[str, tuple[str, str]]  # name -> (private key text, public key line)
+    pki: dict[str, str]  # file name -> text: etcd's certificates for the VMs (never the CA key)
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -219,7 +224,12 @@ def _write_ssh_files(plan: VmLabPlan) -> _Keys:
         hosts[name] = (host.host_key.read_text(), pub)
     plan.known_hosts.write_text(P.known_hosts_text(plan, {n: pub for n, (_, pub) in hosts.items()}))
     plan.ssh_config.write_text(P.ssh_client_config(plan))
-    return _Keys(client_pub, hosts)
+    pki = {}
+    if plan.etcd_host:
+        ensure_pki(plan.pki, plan.lab, plan.hosts[plan.etcd_host].address)
+        pki = {path.name: path.read_text() for path in (plan.pki.ca, plan.pki.client_cert, plan.pki.client_key,
+                                                         plan.pki.server_cert, plan.pki.server_key)}
+    return _Keys(client_pub, hosts, pki)
 
 
 def _running(plan: VmLabPlan, record: VmRecord) -> bool:
@@ -231,7 +241,7 @@ def _write_seed(plan: VmLabPlan, host: VmHostPlan, keys: _Keys) -> None:
     S.remove_tree(host.seed_dir)
     host.seed_dir.mkdir(parents=True)
     private, public = keys.hosts[host.name]
-    for name, (text, mode) in P.seed_files(plan, host, keys.client_pub, private, public).items():
+    for name, (text, mode) in P.seed_files(plan, host, keys.client_pub, private, public, keys.pki).items():
         path = host.seed_dir / name
         path.write_text(text)
         path.chmod(mode)
@@ -271,6 +281,27 @@ def _console_tail(host: VmHostPlan, lines: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(text[-lines:])
+
+
+def _boot_and_install(plan: VmLabPlan, host: VmHostPlan, store: _Store, log: Log,
+                      wheel: tuple[Path, str] | None) -> None:
+    _wait_booted(plan, host, store, log)
+    if wheel is not None:
+        _install_wheel(plan, host, *wheel)
+
+
+def _install_wheel(plan: VmLabPlan, host: VmHostPlan, wheel: Path, digest: str) -> None:
+    """chainlab's wheel unpacked in the VM (for the Calico daemon), unless that one is there."""
+    conn = connection(target(plan, host))
+    try:
+        conn.open()
+        if run(conn, W.installed_argv()).stdout.strip() == digest:
+            return
+        remote = f"/tmp/{wheel.name}"
+        conn.put(str(wheel), remote)
+        run(conn, W.install_argv(remote, digest), timeout=120)
+    finally:
+        conn.close()
 
 
 def _wait_booted(plan: VmLabPlan, host: VmHostPlan, store: _Store, log: Log) -> None:

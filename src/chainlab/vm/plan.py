@@ -17,7 +17,8 @@ from typing import Literal
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.local.plan import ifname
+from chainlab.local.pki import Pki
+from chainlab.local.plan import CALICO_GATEWAY, ifname
 from chainlab.vm.recipe import ETCD_ENV, SEED_MOUNT, ImagePaths, image_paths
 
 Accel = Literal["kvm", "tcg"]
@@ -28,6 +29,8 @@ SSH_PORT = 22
 ETCD_PEER_PORT = 2380
 LOCK_DIR = Path("/run/chainlab")
 GUEST_IF = "eth0"
+#: Where a VM keeps the lab's etcd certificates (the CA, the client's; the server's on etcd's VM).
+GUEST_PKI = "/etc/chainlab/pki"
 #: Translation cache of TCG: qemu's default (1 GiB on 64-bit hosts, used as the guest runs)
 #: almost doubles a VM's host memory; 128 MiB costs no measurable speed here.
 TCG_TB_SIZE = 128
@@ -93,6 +96,8 @@ class VmLabPlan:
     memory: int
     cpus: int
     accel: Literal["auto", "kvm", "tcg"]
+    etcd_host: str | None  # the VM that runs etcd (with TLS), if the lab has one
+    emulates_calico: bool  # the VMs run chainlab's Calico daemon (calico.mode emulate)
 
     @property
     def state_file(self) -> Path:
@@ -128,6 +133,20 @@ class VmLabPlan:
     @property
     def known_hosts(self) -> Path:
         return self.ssh_dir / "known_hosts"
+
+    @property
+    def pki(self) -> Pki:
+        """etcd's CA and certificates, as the local lab makes them (`chainlab.local.pki`)."""
+        return Pki(self.state_dir / "pki")
+
+    @property
+    def wheel_cache(self) -> Path:
+        return self.image.dir.parent / "wheels"
+
+
+def guest_pki() -> Pki:
+    """The same files, where a VM has them."""
+    return Pki(Path(GUEST_PKI))
 
 
 def guest_mac(address: IPv4Address) -> str:
@@ -178,6 +197,8 @@ def plan_vm_lab(inv: Inventory) -> VmLabPlan:
         memory=settings.memory,
         cpus=settings.cpus,
         accel=settings.accel,
+        etcd_host=etcd_host,
+        emulates_calico=inv.calico.driver == "calico" and inv.calico_mode == "emulate",
     )
 
 
@@ -230,7 +251,10 @@ def seed_mkfs_argv(host: VmHostPlan) -> list[str]:
 # --- the seed: what makes one VM out of the shared image --------------------------------
 
 def network_text(host: VmHostPlan) -> str:
-    """systemd-networkd: the lab address on the NIC with the planned MAC; no route out."""
+    """systemd-networkd: the lab address on the NIC with the planned MAC; no route out. A
+    real host's default route is what lets proxy ARP answer a Calico workload's ARP for its
+    gateway 169.254.1.1: a VM has none (nothing may leave the lab), so it gets a route for
+    that one address on its NIC instead, as the local lab's hosts do."""
     return "\n".join([
         "[Match]",
         f"MACAddress={host.mac}",
@@ -239,6 +263,10 @@ def network_text(host: VmHostPlan) -> str:
         f"Address={host.lan}",
         "LinkLocalAddressing=no",
         "IPv6AcceptRA=no",
+        "",
+        "[Route]",
+        f"Destination={CALICO_GATEWAY}/32",
+        "Scope=link",
         "",
     ])
 
@@ -258,18 +286,25 @@ def sshd_text() -> str:
 
 
 def etcd_env_text(plan: VmLabPlan, host: VmHostPlan) -> str:
-    """Single-member etcd with the v2 API (Calico 2.x's datastore) on the VM's address."""
-    client = f"http://{host.address}:{plan.etcd_port}"
-    peer = f"http://{host.address}:{ETCD_PEER_PORT}"
+    """Single-member etcd with the v2 API (Calico 2.x's datastore) on the VM's address, as the
+    local lab's: clients need a certificate of the lab's CA (the lab address is reachable
+    from this machine); the peer port listens on loopback (one member, nobody to peer with)."""
+    client = f"https://{host.address}:{plan.etcd_port}"
+    peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+    pki = guest_pki()
     return "\n".join([
         f"ETCD_NAME={host.name}",
-        f"ETCD_LISTEN_CLIENT_URLS={client},http://127.0.0.1:{plan.etcd_port}",
+        f"ETCD_LISTEN_CLIENT_URLS={client},https://127.0.0.1:{plan.etcd_port}",
         f"ETCD_ADVERTISE_CLIENT_URLS={client}",
         f"ETCD_LISTEN_PEER_URLS={peer}",
         f"ETCD_INITIAL_ADVERTISE_PEER_URLS={peer}",
         f"ETCD_INITIAL_CLUSTER={host.name}={peer}",
         "ETCD_INITIAL_CLUSTER_STATE=new",
         "ETCD_ENABLE_V2=true",
+        "ETCD_CLIENT_CERT_AUTH=true",
+        f"ETCD_TRUSTED_CA_FILE={pki.ca}",
+        f"ETCD_CERT_FILE={pki.server_cert}",
+        f"ETCD_KEY_FILE={pki.server_key}",
         "",
     ])
 
@@ -299,16 +334,28 @@ def seed_script(host: VmHostPlan) -> str:
     ]
     for name in IPTABLES_ALTERNATIVES:
         lines.append(f"update-alternatives --quiet --set {name} /usr/sbin/{name}-{host.flavour}")
-    if host.runs_etcd:
-        lines += ["mkdir -p /etc/chainlab", f'install -m 644 "$S/etcd.env" {ETCD_ENV}']
+    pki = guest_pki()
+    lines.append(f"install -d -m 700 {GUEST_PKI}")
+    for path in (pki.ca, pki.client_cert, pki.client_key):
+        lines.append(f'install -m 600 "$S/{path.name}" {path}')
+    server = (pki.server_cert, pki.server_key)
+    if host.runs_etcd:  # etcd runs as user etcd
+        lines.append(f"chown etcd {GUEST_PKI}")
+        lines += [f'install -m 600 -o etcd "$S/{path.name}" {path}' for path in server]
+        lines.append(f'install -m 644 "$S/etcd.env" {ETCD_ENV}')
     else:
-        lines.append(f"rm -f {ETCD_ENV}")
+        lines.append(f"chown root {GUEST_PKI}")
+        lines.append("rm -f " + " ".join(str(path) for path in (*server, ETCD_ENV)))
     return "\n".join(lines) + "\n"
 
 
-def seed_files(plan: VmLabPlan, host: VmHostPlan, client_pub: str, host_key: str, host_pub: str) -> dict[str, tuple[str, int]]:
-    """The seed disk's files: name -> (text, mode)."""
-    files = {
+def seed_files(plan: VmLabPlan, host: VmHostPlan, client_pub: str, host_key: str, host_pub: str,
+               pki: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """The seed disk's files: name -> (text, mode). `pki`: file name -> text of the lab's
+    etcd certificates (the server's are put on etcd's VM only)."""
+    server = {plan.pki.server_cert.name, plan.pki.server_key.name}
+    files = {name: (text, 0o600) for name, text in pki.items() if host.runs_etcd or name not in server}
+    files |= {
         "apply.sh": (seed_script(host), 0o644),
         "authorized_keys": (client_pub, 0o644),
         "ssh_host_ed25519_key": (host_key, 0o600),
