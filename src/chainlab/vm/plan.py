@@ -336,7 +336,8 @@ def seed_script(host: VmHostPlan) -> str:
         lines.append(f"update-alternatives --quiet --set {name} /usr/sbin/{name}-{host.flavour}")
     pki = guest_pki()
     lines.append(f"install -d -m 700 {GUEST_PKI}")
-    for path in (pki.ca, pki.client_cert, pki.client_key):
+    lines.append(f'install -m 644 "$S/{pki.ca.name}" {pki.ca}')  # a public certificate (etcd reads it too)
+    for path in (pki.client_cert, pki.client_key):
         lines.append(f'install -m 600 "$S/{path.name}" {path}')
     server = (pki.server_cert, pki.server_key)
     if host.runs_etcd:  # etcd runs as user etcd
