@@ -97,7 +97,15 @@ class QemuProvider(Provider):
         return EmulationRuntime(agent_argv(), self._etcd(_tls(guest_pki())))
 
     def describe(self) -> str:
-        return "qemu (VMs on this machine)"
+        """Says whether the VMs run under KVM or TCG (as `vm up` found)."""
+        from chainlab.vm.lab import load_state
+
+        try:
+            state = load_state(self._plan())
+        except ChainlabError:
+            state = None
+        accel = {"kvm": "KVM", "tcg": "TCG, software emulation"}.get(state.accel or "", "") if state else ""
+        return f"qemu (VMs on this machine{', ' + accel if accel else ''})"
 
 
 def _tls(pki: "Pki") -> EtcdTLS:

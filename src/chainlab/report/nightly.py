@@ -225,8 +225,9 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
-                  lab: str | None = None) -> NightlySummary:
+                  lab: str | None = None, hosts: str | None = None) -> NightlySummary:
     """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against `previous`.
+    `hosts` says what the lab's hosts are (the provider's description, e.g. VMs under TCG).
 
     A run without `report.html` gets one; a run without a readable `analysis.json` counts as
     an error (JUnit `<error>`), never stops the summary.
@@ -261,13 +262,14 @@ def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
         "generated": generated,
         "passed": bool(scenarios) and all(s["passed"] for s in scenarios),
         "diff": diff,
+        "hosts": hosts,
         "scenarios": scenarios,
     }
     summary = NightlySummary(out_dir, out_dir / "index.html", out_dir / "junit.xml", out_dir / "summary.json", scenarios, diff)
     _write(summary.summary_json, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     write_junit(summary.junit, scenarios, generated)
     page = environment().get_template("nightly.html.j2").render(
-        scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name,
+        scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name, hosts=hosts,
         total_time=sum(s["duration_s"] or 0.0 for s in scenarios),
     )
     _write(summary.index, page)

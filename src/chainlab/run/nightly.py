@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from chainlab.inventory import Inventory
+from chainlab.providers import provider_for
 from chainlab.report.nightly import NightlySummary, find_previous_nightly, write_nightly
 from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import load_scenario
@@ -41,5 +42,5 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
             failed.append(exc)
     previous = find_previous_nightly(runs_root, out_dir, inv.lab)
     summary = write_nightly(out_dir, sorted([r.run_dir for r in results] + [f.run_dir for f in failed]),
-                            previous, inv.lab)
+                            previous, inv.lab, provider_for(inv).describe())
     return summary, results, failed
