@@ -52,6 +52,7 @@ bench: deps
 	$(BIN)/python bench/local_lab.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/scenario_bench.py
+	$(BIN)/python bench/vm_bench.py
 
 # The reference write-up's two logged scenarios, analysed and drawn.
 analyze-demo: deps

@@ -54,3 +54,13 @@ def test_rsyslog_binds_the_kernel_logger_after_a_lab_down_unbound_it() -> None:
 def test_rsyslog_leaves_a_bound_kernel_logger_alone() -> None:
     ctx = VmCtx("nf_log_ipv4")
     assert run_step(ctx, "trace_log", steps.trace_log).status == "ok" and ctx.commands == []
+
+
+def test_no_log_or_trace_rule_is_checked_before_the_bindings_are_remembered() -> None:
+    # `iptables -C ... -j LOG` loads the logger module, which binds nf_log_ipv4 by itself: in the
+    # prefetched probes it made lab up remember the binding it had just caused, and lab down
+    # left nf_log bound (seen on a fresh VM).
+    ctx = VmCtx("NONE")
+    probes = [command_line(argv) for argv in steps.up_probes(ctx)]
+    assert command_line(steps.NF_LOG_READ) in probes
+    assert not any(" -C " in probe and ("-j LOG" in probe or "-j TRACE" in probe) for probe in probes)
