@@ -246,3 +246,18 @@ def test_lab_state_and_image_tarball_live_with_the_vm_lab(inv: Inventory) -> Non
 
     assert state_path(inv) == Path("/var/lib/chainlab/vm/lab-state.json")
     assert tarball_path(inv, provider_for(inv)) == plan_vm_lab(inv).image.busybox_tarball
+
+
+def test_the_provider_says_kvm_or_tcg_as_vm_up_found(tmp_path: Path) -> None:
+    from chainlab.providers import provider_for
+    from chainlab.vm.lab import VmLabRecord
+
+    doc = yaml.safe_load(VM_YAML.read_text())
+    doc["qemu"]["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    inv = load_inventory(path)
+    assert provider_for(inv).describe() == "qemu (VMs on this machine)"  # not up: nothing known
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(VmLabRecord(lab="vm", accel="tcg").model_dump_json())
+    assert provider_for(inv).describe() == "qemu (VMs on this machine, TCG, software emulation)"
