@@ -159,11 +159,13 @@ def test_seed_flavour_nft(tmp_path: Path) -> None:
 
 
 def test_ssh_client_files(inv: Inventory) -> None:
+    from chainlab.local.plan import known_hosts_text, ssh_client_config
+
     plan = plan_vm_lab(inv)
     keys = {name: f"ssh-ed25519 KEY{name} {name}.vm" for name in plan.hosts}
-    known = P.known_hosts_text(plan, keys)
+    known = known_hosts_text(plan, keys)
     assert known.splitlines()[0] == "10.231.80.195,master ssh-ed25519 KEYmaster"
-    config = P.ssh_client_config(plan)
+    config = ssh_client_config(plan)
     assert "Host master 10.231.80.195" in config and "StrictHostKeyChecking yes" in config
     assert f"UserKnownHostsFile {plan.known_hosts}" in config
 

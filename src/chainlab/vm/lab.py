@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,8 @@ from chainlab.errors import ChainlabError
 from chainlab.local import system as S
 from chainlab.local.lab import ProcRecord
 from chainlab.local.pki import ensure_pki
+from chainlab.local.plan import known_hosts_text, ssh_client_config
+from chainlab.local.record import RecordFile, load_record
 from chainlab.lock import exclusive
 from chainlab.providers import Target
 from chainlab.remote.ssh import connection, run
@@ -75,42 +76,20 @@ class VmLabRecord(BaseModel):
     hosts: dict[str, VmRecord] = {}
 
 
-class _Store:
-    """The state file, saved atomically after every change (threads share it)."""
-
-    def __init__(self, plan: VmLabPlan, state: VmLabRecord):
-        self.path = plan.state_file
-        self.state = state
-        self.lock = threading.Lock()
-
+class _Store(RecordFile[VmLabRecord]):
     def host(self, name: str) -> VmRecord:
         with self.lock:
             return self.state.hosts.setdefault(name, VmRecord())
 
-    def save(self) -> None:
-        with self.lock:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(self.state.model_dump_json(indent=2))
-            os.replace(tmp, self.path)
-
 
 def load_state(plan: VmLabPlan) -> VmLabRecord | None:
     """The lab's state file, None if there is none; an unreadable one is an error."""
-    try:
-        return VmLabRecord.model_validate_json(plan.state_file.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ChainlabError(f"{plan.state_file} is unreadable ({type(exc).__name__}); "
-                            "`chainlab vm down` removes the lab without it") from None
+    return load_record(VmLabRecord, plan.state_file, "chainlab vm down")
 
 
 def _ours(plan: VmLabPlan) -> bool:
-    """Whether `qemu.state_dir` may be removed: chainlab made it (its state file is in it) or it is empty."""
-    try:
-        return plan.state_file.exists() or not any(plan.state_dir.iterdir())
-    except FileNotFoundError:
-        return True
+    """Whether `qemu.state_dir` may be removed (see `system.made_by_chainlab`)."""
+    return S.made_by_chainlab(plan.state_dir, plan.state_file)
 
 
 def _require_root() -> None:
@@ -164,7 +143,7 @@ def _up(plan: VmLabPlan, console: Console) -> AccelChoice:
             f"a lab named {plan.lab} is up, but not from this inventory's state dir {plan.state_dir}:"
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
-    store = _Store(plan, state or _first_state(plan))
+    store = _Store(plan.state_file, state or _first_state(plan))
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     store.save()
     image = ensure_image(plan.image.dir.parent, console)
@@ -196,9 +175,8 @@ def _up(plan: VmLabPlan, console: Console) -> AccelChoice:
 
 
 def _first_state(plan: VmLabPlan) -> VmLabRecord:
-    created = [str(p) for p in [*reversed(plan.state_dir.parents), plan.state_dir, Path("/run/netns")]
-               if not p.exists()]
-    return VmLabRecord(lab=plan.lab, created_dirs=created, run_netns_was_mounted=S.is_mountpoint("/run/netns"))
+    return VmLabRecord(lab=plan.lab, created_dirs=S.missing_dirs(plan.state_dir),
+                       run_netns_was_mounted=S.is_mountpoint("/run/netns"))
 
 
 @dataclass(frozen=True)
@@ -208,22 +186,15 @@ class _Keys:
     pki: dict[str, str]  # file name -> text: etcd's certificates for the VMs (never the CA key)
 
 
-def _keygen(path: Path, comment: str) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        S.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    return path.with_suffix(".pub").read_text()
-
-
 def _write_ssh_files(plan: VmLabPlan) -> _Keys:
     plan.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client_pub = _keygen(plan.client_key, f"chainlab-{plan.lab}")
+    client_pub = S.keygen(plan.client_key, f"chainlab-{plan.lab}")
     hosts = {}
     for name, host in plan.hosts.items():
-        pub = _keygen(host.host_key, f"{name}.{plan.lab}")
+        pub = S.keygen(host.host_key, f"{name}.{plan.lab}")
         hosts[name] = (host.host_key.read_text(), pub)
-    plan.known_hosts.write_text(P.known_hosts_text(plan, {n: pub for n, (_, pub) in hosts.items()}))
-    plan.ssh_config.write_text(P.ssh_client_config(plan))
+    plan.known_hosts.write_text(known_hosts_text(plan, {n: pub for n, (_, pub) in hosts.items()}))
+    plan.ssh_config.write_text(ssh_client_config(plan))
     pki = {}
     if plan.etcd_host:
         ensure_pki(plan.pki, plan.lab, plan.hosts[plan.etcd_host].address)
@@ -378,18 +349,8 @@ def _down(plan: VmLabPlan, log: Log) -> None:
             pids.add(record.qemu.pid)
     S.kill_all(S.descendants(pids))
     N.remove_lan(plan)
-    if _ours(plan):
-        S.remove_tree(plan.state_dir)
-    else:
-        log(f"left {plan.state_dir} in place: it has no state.json, so chainlab did not make it")
-    if state:
-        if not state.run_netns_was_mounted and S.is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):
-            S.run(["umount", "/run/netns"])
-        for path in reversed(state.created_dirs):
-            try:
-                Path(path).rmdir()
-            except OSError:
-                pass  # not empty: someone else uses it now
+    S.remove_lab_dirs(plan.state_dir, plan.state_file,
+                      (state.created_dirs, state.run_netns_was_mounted) if state else None, log)
     log(f"lab {plan.lab}: down")
 
 

@@ -3,34 +3,20 @@ and the route safety rule (a lab address is only contacted through that link).""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address
 
-from chainlab.errors import ChainlabError
 from chainlab.local import system as S
 from chainlab.vm.plan import BRIDGE, LAN_MGMT_PORT, VmHostPlan, VmLabPlan
 
 
 def check_vm_route(plan: VmLabPlan, address: IPv4Address) -> None:
     """Refuse unless the machine routes `address` through the lab's management link."""
-    dev = S.route_device(address)
-    if dev != plan.root_if:
-        raise ChainlabError(
-            f"refusing to connect to {address}: the machine routes it via {dev or 'nothing'},"
-            f" not the VM lab link {plan.root_if} (is the VM lab up? `chainlab vm up`)"
-        )
+    S.check_route(address, plan.root_if, "VM lab link", "is the VM lab up? `chainlab vm up`")
 
 
 def check_free(plan: VmLabPlan) -> None:
     """The lab's lan must not overlap an address of the machine, nor its VMs be routed elsewhere."""
-    for dev, addr in S.root_addresses():
-        if dev != plan.root_if and plan.mgmt.network.overlaps(IPv4Interface(addr).network):
-            raise ChainlabError(f"qemu.lan {plan.mgmt.network} overlaps {addr} on {dev}: choose another lan")
-    for host in plan.hosts.values():
-        dev = S.route_device(host.address)
-        routes = S.run(["ip", "-4", "route", "show", "match", str(host.address)]).splitlines()
-        only_default = all(r.startswith("default") for r in routes if r.strip())
-        if dev not in (None, plan.root_if) and not only_default:
-            raise ChainlabError(f"{host.address} ({host.name}) is already routed via {dev}: choose another lan")
+    S.check_lan_free("qemu.lan", plan.mgmt, plan.root_if, ((h.name, h.address) for h in plan.hosts.values()))
 
 
 def _stale(plan: VmLabPlan) -> bool:

@@ -18,7 +18,7 @@ from typing import Literal
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.local.pki import Pki
-from chainlab.local.plan import CALICO_GATEWAY, ifname
+from chainlab.local.plan import CALICO_GATEWAY, LabFiles, ifname
 from chainlab.vm.recipe import ETCD_ENV, SEED_MOUNT, ImagePaths, image_paths
 
 Accel = Literal["kvm", "tcg"]
@@ -81,7 +81,7 @@ class VmHostPlan:
 
 
 @dataclass(frozen=True)
-class VmLabPlan:
+class VmLabPlan(LabFiles):
     """The whole VM lab, derived from an inventory with `provider: qemu`."""
 
     lab: str
@@ -100,10 +100,6 @@ class VmLabPlan:
     emulates_calico: bool  # the VMs run chainlab's Calico daemon (calico.mode emulate)
 
     @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
-    @property
     def lock_file(self) -> Path:
         """Outside the state dir (which `down` removes), keyed by lab name like the namespace."""
         return LOCK_DIR / f"vm-{self.lab}.lock"
@@ -111,33 +107,6 @@ class VmLabPlan:
     @property
     def netns_path(self) -> Path:
         return Path("/run/netns") / self.lan_netns
-
-    @property
-    def home(self) -> Path:
-        """A HOME whose .ssh/ holds the lab's client key, config and known_hosts (the docker
-        SDK reads ~/.ssh)."""
-        return self.state_dir / "home"
-
-    @property
-    def ssh_dir(self) -> Path:
-        return self.home / ".ssh"
-
-    @property
-    def client_key(self) -> Path:
-        return self.ssh_dir / "id_ed25519"
-
-    @property
-    def ssh_config(self) -> Path:
-        return self.ssh_dir / "config"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.ssh_dir / "known_hosts"
-
-    @property
-    def pki(self) -> Pki:
-        """etcd's CA and certificates, as the local lab makes them (`chainlab.local.pki`)."""
-        return Pki(self.state_dir / "pki")
 
     @property
     def wheel_cache(self) -> Path:
@@ -367,32 +336,3 @@ def seed_files(plan: VmLabPlan, host: VmHostPlan, client_pub: str, host_key: str
     if host.runs_etcd:
         files["etcd.env"] = (etcd_env_text(plan, host), 0o644)
     return files
-
-
-# --- the machine's SSH client side ------------------------------------------------------
-
-def ssh_client_config(plan: VmLabPlan) -> str:
-    """An OpenSSH client config for `ssh -F`, paramiko and the docker SDK."""
-    blocks = ["# written by chainlab vm up: ssh -F THIS_FILE HOST"]
-    for host in plan.hosts.values():
-        blocks.append("\n".join([
-            f"Host {host.name} {host.address}",
-            f"    HostName {host.address}",
-            f"    User {plan.user}",
-            f"    Port {SSH_PORT}",
-            f"    IdentityFile {plan.client_key}",
-            "    IdentitiesOnly yes",
-            f"    UserKnownHostsFile {plan.known_hosts}",
-            "    StrictHostKeyChecking yes",
-            "    ConnectTimeout 10",
-        ]))
-    return "\n\n".join(blocks) + "\n"
-
-
-def known_hosts_text(plan: VmLabPlan, public_keys: dict[str, str]) -> str:
-    """known_hosts lines from each VM's public host key (`TYPE BASE64 [COMMENT]`)."""
-    lines = []
-    for name, host in plan.hosts.items():
-        key_type, key_data = public_keys[name].split()[:2]
-        lines.append(f"{host.address},{name} {key_type} {key_data}")
-    return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ SEED_MOUNT = "/run/chainlab-seed"
 #: The etcd settings the seed writes on the etcd host only; etcd.service runs only if present.
 ETCD_ENV = "/etc/chainlab/etcd.env"
 
-SEED_UNIT = f"""\
+SEED_UNIT = """\
 [Unit]
 Description=chainlab seed: this VM's name, address, keys and roles from the second disk
 DefaultDependencies=no
