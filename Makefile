@@ -21,6 +21,7 @@ help:
 	@echo "make demo        set up everything and draw the reference scenarios' paths"
 	@echo "make test        set up everything and run all tests (unit + integration)"
 	@echo "make bench       performance figures (analyzer vs awk, memory)"
+	@echo "make vm-up nightly INVENTORY=lab/vm.yaml   the lab as qemu VMs, every scenario (make lab-down vm-down ... after)"
 
 $(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c
 	$(PYTHON) -m venv $(VENV)

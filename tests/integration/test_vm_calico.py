@@ -20,7 +20,7 @@ from chainlab.inventory import load_inventory
 from chainlab.remote import connect, run
 from chainlab.vm.wheel import GUEST_MARK
 
-from .vmlab import cli, shift_clock, snapshots, vm_inventory, vms
+from .vmlab import assert_same, cli, shift_clock, snapshots, vm_inventory, vms
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +56,4 @@ def test_calico_emulation_on_vms_scenario_6_and_lab_down(calico_vms: Path, tmp_p
     analysis = json.loads((run_dir / "analysis.json").read_text())
     assert {p["node"] for p in analysis["packets"]} == {"master", "slave1"}
     cli(calico_vms, "lab", "down")
-    after = snapshots(calico_vms)
-    for name in before:
-        assert after[name] == before[name], name
+    assert_same(before, snapshots(calico_vms))

@@ -29,7 +29,7 @@ from chainlab.vm.lab import load_state as load_vm_state
 from chainlab.vm.lab import target
 from chainlab.vm.plan import plan_vm_lab
 
-from .vmlab import CHAINLAB, assert_nothing_left, cli, shift_clock, snapshots, vm_inventory, vms
+from .vmlab import CHAINLAB, assert_nothing_left, assert_same, cli, shift_clock, snapshots, vm_inventory, vms
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +110,4 @@ def test_lab_up_scenario_7_and_lab_down_on_vms(vm_lab: Path, tmp_path: Path) -> 
     analysis = json.loads((run_dir / "analysis.json").read_text())
     assert {p["node"] for p in analysis["packets"]} == {"master", "slave1"}
     cli(vm_lab, "lab", "down")
-    after = snapshots(vm_lab)
-    for name in before:
-        assert after[name] == before[name], name
+    assert_same(before, snapshots(vm_lab))

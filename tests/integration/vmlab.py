@@ -3,6 +3,7 @@ what each VM must give back after `lab down`, and what must be gone after `vm do
 
 from __future__ import annotations
 
+import difflib
 import os
 import subprocess
 import sys
@@ -102,6 +103,14 @@ def snapshots(inv_path: Path) -> dict[str, str]:
         finally:
             conn.close()
     return result
+
+
+def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
+    """Each VM's snapshot after `lab down` as before `lab up`; the differing lines if not."""
+    for name in before:
+        diff = [line for line in difflib.unified_diff(before[name].splitlines(), after[name].splitlines(),
+                                                      "before lab up", "after lab down", lineterm="", n=0)]
+        assert not diff, f"{name}:\n" + "\n".join(diff[:40])
 
 
 def shift_clock(inv_path: Path, host: str, seconds: int) -> None:

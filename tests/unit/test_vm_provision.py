@@ -64,3 +64,14 @@ def test_no_log_or_trace_rule_is_checked_before_the_bindings_are_remembered() ->
     probes = [command_line(argv) for argv in steps.up_probes(ctx)]
     assert command_line(steps.NF_LOG_READ) in probes
     assert not any(" -C " in probe and ("-j LOG" in probe or "-j TRACE" in probe) for probe in probes)
+
+
+def test_every_nf_log_family_is_remembered() -> None:
+    # The logger module binds IPv4, ARP, netdev, bridge and IPv6 at once: lab down must put
+    # back each (seen on a fresh VM: nf_log.3 stayed nf_log_arp).
+    script = C.nf_log_remember_argv()[2]
+    assert "/proc/sys/net/netfilter/nf_log/*" in script
+    before = "\n".join(f"{n}=NONE" for n in range(13))
+    assert C.parse_nf_log(before) == {n: "NONE" for n in range(13)}
+    restore = C.nf_log_restore_argv(C.parse_nf_log(before))[2]
+    assert all(f"echo NONE > /proc/sys/net/netfilter/nf_log/{n}" in restore for n in range(13))
