@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from chainlab.errors import ChainlabError
+from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
 from chainlab.inventory import Inventory
 from chainlab.names import ContainerName, HostName, NetworkName
 
@@ -68,13 +69,11 @@ def load_state(inv: Inventory) -> LabState:
 
 
 def save_state(inv: Inventory, state: LabState) -> Path:
-    """Write atomically (a crash never leaves half a file)."""
+    """Write atomically (a crash never leaves half a file), readable by its owner only."""
     path = state_path(inv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.model_dump_json(indent=1))
-    tmp.replace(path)
-    return path
+    if not path.parent.is_dir():
+        private_dir(path.parent)
+    return write_atomic(path, state.model_dump_json(indent=1), PRIVATE_FILE)
 
 
 def remove_state(inv: Inventory) -> None:

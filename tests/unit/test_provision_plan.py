@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
 from chainlab.provision import provision
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.lock import lab_lock
+from chainlab.lock import lab_lock, lab_lock_path
 from chainlab.provision.runner import select_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,7 @@ def test_cli_check_never_connects_for_ssh_inventory() -> None:
 def test_limit_and_lock(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
     doc["local"]["state_dir"] = str(tmp_path / "state")
+    doc["lab"] = f"unit{os.getpid()}"  # the lab lock is per lab name: not the lock of a lab that is up
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump(doc))
     inv = load_inventory(path)
@@ -93,8 +95,9 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match="a lab up/down or scenario run on lab local is already running"):
+        with pytest.raises(ChainlabError, match=f"a lab up/down, scenario run or nightly on lab {inv.lab} is already running"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released
         pass
+    lab_lock_path(inv).unlink()

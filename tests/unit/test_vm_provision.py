@@ -57,11 +57,17 @@ def test_rsyslog_leaves_a_bound_kernel_logger_alone() -> None:
 
 
 def test_no_log_or_trace_rule_is_checked_before_the_bindings_are_remembered() -> None:
-    # `iptables -C ... -j LOG` loads the logger module, which binds nf_log_ipv4 by itself: in the
-    # prefetched probes it made lab up remember the binding it had just caused, and lab down
-    # left nf_log bound (seen on a fresh VM).
-    ctx = VmCtx("NONE")
-    probes = [command_line(argv) for argv in steps.up_probes(ctx)]
+    # `iptables -C ... -j LOG` loads the logger module, which binds nf_log_ipv4 by itself: among
+    # the prefetched probes it made lab up remember the binding it had just caused, and lab
+    # down left nf_log bound (seen on a fresh VM).
+    from chainlab.networks import network_for
+    from chainlab.providers import provider_for
+    from chainlab.provision.context import RunContext
+
+    inv = load_inventory(VM_YAML)
+    provider = provider_for(inv)
+    run = RunContext(inv, provider, network_for(inv, provider), check=True)
+    probes = [command_line(argv) for argv in steps.up_probes(run, "slave1")]
     assert command_line(steps.NF_LOG_READ) in probes
     assert not any(" -C " in probe and ("-j LOG" in probe or "-j TRACE" in probe) for probe in probes)
 

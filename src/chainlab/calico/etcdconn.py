@@ -7,9 +7,11 @@ hosts, which has nothing of chainlab but this package: no pydantic, no fabric he
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import etcd
+if TYPE_CHECKING:
+    import etcd
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,22 @@ class EtcdEndpoint:
         return cls(parts.hostname, parts.port, tls)
 
 
-def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> etcd.Client:
-    """An unconnected client (python-etcd connects on first use); no redirects to other members."""
+def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> "etcd.Client":
+    """An unconnected client (python-etcd connects on first use); no redirects to other members,
+    and no retries of urllib3's own: each of those waited a whole read timeout (a stopped etcd
+    cost 40 s); callers retry, for a time they choose."""
+    import ssl
+
+    import etcd
+    import urllib3
+
     kwargs: dict[str, object] = {}
+    pool: dict[str, object] = {"timeout": read_timeout, "retries": False}
     if endpoint.tls:
         kwargs = {"protocol": "https", "cert": (endpoint.tls.cert, endpoint.tls.key), "ca_cert": endpoint.tls.ca}
-    return etcd.Client(host=endpoint.host, port=endpoint.port, allow_redirect=False, read_timeout=read_timeout,
+        pool |= {"cert_file": endpoint.tls.cert, "key_file": endpoint.tls.key, "ca_certs": endpoint.tls.ca,
+                 "cert_reqs": ssl.CERT_REQUIRED}
+    made = etcd.Client(host=endpoint.host, port=endpoint.port, allow_redirect=False, read_timeout=read_timeout,
                        **kwargs)
+    made.http = urllib3.PoolManager(num_pools=10, **pool)
+    return made

@@ -81,7 +81,7 @@ def _facts_of(inv: Inventory, host: str, assumed: bool) -> Facts | str:
         return assumed_facts(inv, host)
     try:
         with connect(inv, host) as conn:
-            return gather_facts(inv, host, conn)
+            return gather_facts(inv, host, conn)[0]
     except Exception as exc:
         return f"unreachable: {exc}"
 

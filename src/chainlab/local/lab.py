@@ -16,22 +16,24 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-import docker
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
-from chainlab.lock import exclusive
+from chainlab.files import private_dir
+from chainlab.lock import LockHeld, exclusive, local_lab_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
 from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
 from chainlab.local.record import RecordFile, load_record
+from chainlab.local.route import check_lab_route
 
 READY_TIMEOUT = 30.0
 DAEMONS = ("sshd", "dockerd", "etcd")
@@ -103,11 +105,6 @@ def preflight(plan: LabPlan) -> None:
     S.check_lan_free("local.lan", plan.mgmt, plan.root_if, ((h.name, h.address) for h in plan.hosts.values()))
 
 
-def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
-    """The safety rule: a lab address is only contacted through the lab's management link."""
-    S.check_route(address, plan.root_if, "lab link", "is the local lab up? `chainlab local up`")
-
-
 # --- up -------------------------------------------------------------------------------
 
 def up(plan: LabPlan, log: Log = print) -> None:
@@ -128,7 +125,7 @@ def _up(plan: LabPlan, log: Log) -> None:
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
     store = _Store(plan.state_file, state or _first_state(plan))
-    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(plan.state_dir)  # keys, lab state, the hosts' logs and files: root's only
     store.save()
     _write_ssh_files(plan)
     etcd = plan.etcd_host
@@ -299,6 +296,8 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
     assert hs.holder is not None
     holder = hs.holder.pid
 
+    import docker
+
     @retry(stop=stop_after_delay(READY_TIMEOUT), wait=wait_fixed(0.1),
            retry=retry_if_exception_type(_NotReady), reraise=True)
     def check(daemon: str) -> None:
@@ -352,15 +351,22 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     S.remove_cgroup(host.cgroup_parent)
 
 
-def down(plan: LabPlan, log: Log = print) -> None:
+def down(plan: LabPlan, log: Log = print, force: bool = False) -> None:
     """Remove everything the lab made; safe to run on a half-built or already removed lab.
 
     Host namespaces are also found by name prefix, so a host dropped from the inventory
-    while the lab was up is removed too.
+    while the lab was up is removed too. A lab up/down, scenario run or nightly in progress
+    (the lab lock) is refused, unless `force`: then the log says what is interrupted.
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
-    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"), ExitStack() as stack:
+        try:
+            stack.enter_context(local_lab_lock(plan.lab))
+        except LockHeld as exc:
+            if not force:
+                raise ChainlabError(f"{exc}: wait for it, or `chainlab local down --force` interrupts it") from None
+            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
         _down(plan, log)
 
 

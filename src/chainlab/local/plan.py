@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.local.pki import Pki
+from chainlab.lock import LOCK_DIR
 
 Flavour = Literal["legacy", "nft"]
 
@@ -25,10 +26,7 @@ BRIDGE = "lan0"
 LAN_MGMT_PORT = "mgmt0"
 HOST_IF = "eth0"
 SSH_PORT = 22
-LOCK_DIR = Path("/run/chainlab")
 ETCD_PEER_PORT = 2380
-#: Docker's cluster-store gossip (serf), between the hosts' dockerd when Calico's network is global.
-SERF_PORT = 7946
 #: Calico workloads' gateway: the host answers its ARP by proxy, which needs a route to it.
 CALICO_GATEWAY = "169.254.1.1"
 #: Docker bridge subnets: host i gets 172.30.(i+1).1/24 (checked against the lan and pool).

@@ -1,11 +1,11 @@
-"""A lab's process record (state.json): what `up` started, read strictly, saved atomically.
+"""A lab's process record (state.json): what `up` started, read strictly, saved atomically
+(0600: root's only).
 
 Shared by the labs this machine builds (local, VM): each has its own pydantic model.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel
 
 from chainlab.errors import ChainlabError
+from chainlab.files import PRIVATE_FILE, write_atomic
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,9 +28,7 @@ class RecordFile(Generic[M]):
 
     def save(self) -> None:
         with self.lock:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(self.state.model_dump_json(indent=2))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, self.state.model_dump_json(indent=2), PRIVATE_FILE)
 
 
 def load_record(model: type[M], path: Path, down_command: str) -> M | None:

@@ -237,7 +237,8 @@ def stop(proc: Proc, timeout: float = 15.0) -> None:
 
 def spawn(argv: list[str], log: Path | None = None) -> Proc:
     """Start a long-running process in its own session; it outlives this CLI invocation."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    # 0600: a daemon's log (sshd's names who logged in from where) is root's only.
+    out = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") if log else subprocess.DEVNULL
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True, env=DAEMON_ENV)
@@ -314,8 +315,9 @@ def remove_cgroup(parent: str, retries: int = 50) -> None:
         top = hierarchy / parent.lstrip("/")
         if not top.is_dir() or hierarchy.is_symlink():
             continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for d in [*dirs, top]:
+        # Deepest first, `top` last; os.walk skips a cgroup that goes away meanwhile (dockerd
+        # may still be removing its own when `local down --force` interrupts a run).
+        for d in [Path(root) for root, _, _ in os.walk(top, topdown=False)]:
             for _ in range(retries):
                 try:
                     d.rmdir()

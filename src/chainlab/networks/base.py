@@ -62,15 +62,26 @@ class Network(ABC):
         `docker run` words (`--net net1`, `-p 8080:80`)."""
 
     def before_container(self, ctx: "HostContext", container: str) -> Generator[Action, Any, None]:
-        """Actions a container of the network needs first on its host (e.g. a bridge network)."""
+        """Actions a container of the network needs on its host before it is created (e.g. a
+        bridge network)."""
         yield from ()
 
     @abstractmethod
-    def container_state(self, ctx: "HostContext", box: Any, container: str) -> "ContainerState":
-        """What scenario runs need to know of a running container (address, interface)."""
+    def container_state(self, ctx: "HostContext", attrs: dict[str, Any], container: str) -> "ContainerState":
+        """What scenario runs need to know of a running container (address, interface), from its
+        `docker inspect`."""
 
     def wait_ready(self, ctx: "HostContext", state: "ContainerState") -> None:
         """Return once the network carries the container's traffic (read-only, bounded)."""
+
+    def docker_names(self, host: str) -> list[str]:
+        """Docker objects (networks) of the network that lab up looks at on `host`."""
+        return []
+
+    def up_probes(self, host: str) -> list[list[str]]:
+        """Read-only probes the network's steps will make on `host` during lab up, fetched with
+        the facts in one round trip (an answer serves the identical probe once)."""
+        return []
 
     # --- lab down -------------------------------------------------------------------------
 

@@ -12,6 +12,13 @@ from chainlab.provision.commands import veth_for_ifindex
 from chainlab.provision.context import HostContext
 
 
+LINKS_PROBE = ["ip", "-o", "link", "show"]
+
+
+def _iflink_probe(container: str) -> list[str]:
+    return ["docker", "exec", container, "cat", "/sys/class/net/eth0/iflink"]
+
+
 class BridgeNetwork(Network):
     kind = "bridge"
 
@@ -27,20 +34,29 @@ class BridgeNetwork(Network):
 
     def before_container(self, ctx: HostContext, container: str) -> Generator[Action, Any, None]:
         network = self.network_name(container)
-        if network == "bridge" or (not ctx.offline and ctx.docker().networks.list(names=[network])):
+        if network == "bridge" or network in ctx.docker_view().networks:
             return
         yield ctx.call(f"docker network create --driver bridge --label {LABEL}={self.inv.lab} {network}",
                        lambda: ctx.docker().networks.create(network, driver="bridge", labels={LABEL: self.inv.lab}))
 
-    def container_state(self, ctx: HostContext, box: Any, container: str) -> ContainerState:
+    def container_state(self, ctx: HostContext, attrs: dict[str, Any], container: str) -> ContainerState:
         network = self.network_name(container)
-        address = box.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-        iflink = box.exec_run(["cat", "/sys/class/net/eth0/iflink"]).output.decode().strip()
+        address = attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+        iflink = (ctx.read(_iflink_probe(container)) or "").strip()
         interface = None
         if iflink.isdigit():
-            interface = veth_for_ifindex(ctx.read(["ip", "-o", "link", "show"]) or "", int(iflink))
+            interface = veth_for_ifindex(ctx.read(LINKS_PROBE) or "", int(iflink))
         return ContainerState(host=ctx.host, address=address, network=network, driver="bridge",
                               interface=interface, published=dict(self.inv.containers[container].publish))
+
+    def docker_names(self, host: str) -> list[str]:
+        return sorted({self.network_name(c) for c, spec in self.inv.containers.items() if spec.host == host}
+                      - {"bridge"})
+
+    def up_probes(self, host: str) -> list[list[str]]:
+        """The host-side veth of each container: its eth0's peer index, then the host's links."""
+        mine = [c for c, spec in self.inv.containers.items() if spec.host == host]
+        return [*(_iflink_probe(c) for c in mine), *([LINKS_PROBE] if mine else [])]
 
     def node_down(self) -> list[tuple[str, HostStep]]:
         return [("networks", self._remove_networks)]

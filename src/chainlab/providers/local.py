@@ -47,7 +47,7 @@ class LocalProvider(Provider):
         return plan_lab(self.inv)
 
     def check_route(self, address: IPv4Address) -> None:
-        from chainlab.local.lab import check_lab_route
+        from chainlab.local.route import check_lab_route
 
         check_lab_route(self._plan(), address)
 

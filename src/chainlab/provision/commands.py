@@ -49,7 +49,7 @@ PROCESS_NAMES = {"ulogd": "ulogd", "nft-monitor": "xtables-monitor"}
 ETCD_PEER_PORT = 2380
 TRACE_TARGETS = ("LOG", "TRACE")
 TRACE_CHAINS = ("OUTPUT", "PREROUTING")
-TRACE_PROTOCOLS = ("icmp", "tcp")
+TRACE_PROTOCOLS = ("icmp", "tcp", "udp")
 
 
 def sh(script: str) -> list[str]:
@@ -312,9 +312,23 @@ class TraceRule:
     def argv(self, op: Literal["-A", "-C", "-D"]) -> list[str]:
         return ["iptables", "-w", "5", "-t", "raw", op, self.chain, *self.spec]
 
+    def listed(self) -> str:
+        """The rule as `iptables -S` prints it (legacy and nft alike)."""
+        return " ".join(["-A", self.chain, *self.spec])
+
+
+#: The raw table's rules, one `iptables -S` line each: what lab up checks and lab down deletes by.
+RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
+
+
+def present_rules(listing: str, rules: Sequence[TraceRule]) -> list[bool]:
+    """Which of `rules` an `iptables -t raw -S` listing holds (pure)."""
+    lines = {row.strip() for row in listing.splitlines()}
+    return [rule.listed() in lines for rule in rules]
+
 
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
-    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP and TCP, each marked as ours.
+    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP, TCP and UDP, each marked as ours.
 
     TCP excludes the management ports (SSH, etcd): otherwise every packet of the
     provisioning and scenario sessions would be traced on every host.
@@ -361,17 +375,24 @@ def veth_for_ifindex(ip_link: str, ifindex: int) -> str | None:
 
 # --- batched probes -------------------------------------------------------------------
 
-def batch_script(probes: Sequence[Sequence[str]]) -> str:
-    """One script running read-only probes, printing `@@I BASE64(stdout + "x" + status)` each."""
-    parts = []
-    for i, argv in enumerate(probes):
-        parts.append(f'o=$( {{ {command_line(argv)} ; }} 2>/dev/null; echo "x$?"); '
-                     f'printf "@@{i} %s\\n" "$(printf %s "$o" | base64 | tr -d "\\n")"')
-    return "\n".join(parts) + "\n"
+def batch_script(commands: Sequence[str], *, stderr: bool = False) -> str:
+    """One script running shell `commands` at the same time (most of their time is start-up,
+    docker's and iptables', or a probe's wait), each in its own subshell without stdin; once
+    all ended, it prints, in order, `@@I BASE64(output + "x" + status)` for each. The output
+    is stdout, or (`stderr`) stdout and stderr as they came."""
+    redirect = "2>&1" if stderr else "2>/dev/null"
+    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT"]
+    for i, command in enumerate(commands):
+        lines.append(f'( ( {command} ) >"$d/{i}" {redirect} </dev/null; echo $? >"$d/{i}.rc" ) &')
+    lines.append("wait")
+    lines.append(f'for i in {" ".join(str(i) for i in range(len(commands)))}; do '
+                 'o=$(cat "$d/$i"; echo "x$(cat "$d/$i.rc")"); '
+                 'printf "@@%s %s\\n" "$i" "$(printf %s "$o" | base64 | tr -d "\\n")"; done')
+    return "\n".join(lines) + "\n"
 
 
 def parse_batch(text: str, count: int) -> dict[int, tuple[int, str]]:
-    """Probe index → (exit status, stdout) from `batch_script` output (malformed rows ignored)."""
+    """Command index → (exit status, output) from `batch_script` output (malformed rows ignored)."""
     import base64
     import binascii
 

@@ -20,9 +20,9 @@ from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
 from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
-from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.provision.dockerview import DockerView, inspect_argv
 from chainlab.provision.facts import Facts
-from chainlab.remote import docker_client, etcd_client, run
+from chainlab.remote import docker_over, etcd_client, run
 from chainlab.shell import command_line
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class HostContext:
     facts: Facts
     conn: fabric.Connection | None
     containers: dict[str, ContainerState] = field(default_factory=dict)
+    #: what `docker_view` inspects: the host's images, containers and networks of the lab
+    docker_names: list[str] = field(default_factory=list)
+    _view: DockerView | None = None
     _docker: Any = None
     _cache: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -79,12 +82,9 @@ class HostContext:
     def offline(self) -> bool:
         return self.conn is None
 
-    def prefetch(self, probes: Sequence[Sequence[str]]) -> None:
-        """Run many read-only probes in one round trip; each answer serves the next identical read once."""
-        if self.conn is None or not probes:
-            return
-        out = run(self.conn, ["sh", "-c", batch_script(probes)], check=False, timeout=60).stdout
-        for index, answer in parse_batch(out, len(probes)).items():
+    def preload(self, probes: Sequence[Sequence[str]], answers: dict[int, tuple[int, str]]) -> None:
+        """Answers of probes run ahead (with the facts); each serves the next identical read once."""
+        for index, answer in answers.items():
             self._cache[command_line(probes[index])] = answer
 
     def _answer(self, argv: Sequence[str]) -> tuple[int, str]:
@@ -107,9 +107,17 @@ class HostContext:
             return None
         return self._answer(argv)[0] == 0
 
+    def docker_view(self) -> DockerView:
+        """The host's images, containers and networks of the lab, from one `docker inspect`
+        (fetched with the facts; read again after any change). Empty offline."""
+        if self._view is None:
+            self._view = DockerView.parse(self.read(inspect_argv(self.docker_names)) or "")
+        return self._view
+
     def perform(self, action: Action) -> Any:
         """Carry out one action (never called under --check)."""
         self._cache.clear()  # a change may invalidate any prefetched answer
+        self._view = None
         if isinstance(action, Call):
             return action.fn()
         assert self.conn is not None
@@ -124,7 +132,7 @@ class HostContext:
         if self._docker is None:
             if self.conn is None:
                 raise ChainlabError("no docker client offline")
-            self._docker = docker_client(self.inv, self.host)
+            self._docker = docker_over(self.conn, self.facts.docker_api or None)
         return self._docker
 
     def call(self, text: str, fn: Callable[[], T]) -> Call:

@@ -24,8 +24,9 @@ OS_HINTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def facts_script(etcd: tuple[str, int] | None) -> str:
-    """One POSIX sh script printing `key=value` lines (read-only: changes nothing)."""
+def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
+    """One POSIX sh script printing `key=value` lines (read-only: changes nothing); without
+    `versions`, docker's version is not asked (see below)."""
     q = shlex.quote
     lines = [
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
@@ -44,8 +45,15 @@ def facts_script(etcd: tuple[str, int] | None) -> str:
         'n1=$(readlink /proc/1/ns/net 2>/dev/null); ns=$(readlink /proc/self/ns/net 2>/dev/null)',
         'if [ -n "$n1" ] && [ "$n1" = "$ns" ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
         ' then echo kernel_log=private; else echo kernel_log=shared; fi',
-        'd=$(docker version --format "{{.Server.Version}}" 2>/dev/null || true)',
-        'echo "docker=${d:-none}"',
+    ]
+    if versions:
+        lines += [
+            'd=$(docker version --format "{{.Server.Version}} {{.Server.APIVersion}}" 2>/dev/null || true)',
+            'v=${d%% *}; a=${d#* }; [ "$a" = "$d" ] && a=; echo "docker=${v:-none}"; echo "docker_api=$a"',
+        ]
+    else:  # lab up: the docker CLI costs a start-up per host; the SDK asks the version if it is needed
+        lines.append('if command -v docker >/dev/null 2>&1; then echo docker=present; else echo docker=none; fi')
+    lines += [
         'for t in rsyslogd ulogd xtables-monitor stdbuf setsid bash; do'
         ' if command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || [ -x /sbin/$t ]; then echo "has_$t=yes";'
         ' else echo "has_$t=no"; fi; done',
@@ -76,6 +84,7 @@ class Facts:
     iptables_version: str = ""
     kernel_log: KernelLog = "private"
     docker: str = "none"
+    docker_api: str = ""  # the engine's API version: the docker SDK then needs no GET /version
     tools: dict[str, bool] = field(default_factory=dict)
     ip_forward: str = ""
     nf_log_ipv4: str = ""
@@ -104,7 +113,7 @@ def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
             values[key.strip()] = value.strip()
     facts = Facts(host=host, source="gathered")
     for name in ("os_id", "os_version", "os_like", "os_name", "kernel", "init", "iptables_version",
-                 "docker", "ip_forward", "nf_log_ipv4", "etcd"):
+                 "docker", "docker_api", "ip_forward", "nf_log_ipv4", "etcd"):
         if name in values:
             setattr(facts, name, values[name])
     backend = values.get("iptables", "legacy")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any
-
-import jinja2
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
@@ -40,6 +37,8 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
             template = path.read_text()
         except OSError as exc:
             raise ChainlabError(f"image.dockerfile {path}: {exc.strerror}") from None
+    import jinja2
+
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                             trim_blocks=True)
     try:
@@ -89,6 +88,8 @@ def import_rootfs(client: Any, tarball: Path, name: str) -> str:
 
 def is_docker_save(path: Path) -> bool:
     """A `docker save` archive (loaded as is) rather than a rootfs (imported)."""
+    import tarfile
+
     try:
         with tarfile.open(path) as tar:
             for index, member in enumerate(tar):

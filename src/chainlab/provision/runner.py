@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +36,14 @@ from chainlab.networks.base import HostStep, LabStep
 from chainlab.providers import provider_for
 from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import run_step, why
+from chainlab.provision.commands import batch_script, parse_batch
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import BASE_UP_STEPS, containers, up_probes
+from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up_probes
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
+from chainlab.shell import command_line
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
@@ -77,14 +79,20 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
     return [h for h in inv.hosts if h in limit]
 
 
-def gather_facts(inv: Inventory, host: str, conn: object | None) -> Facts:
+def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequence[Sequence[str]] = (),
+                 versions: bool = True) -> tuple[Facts, dict[int, tuple[int, str]]]:
+    """The host's facts and, in the same round trip, the answers of read-only `probes`."""
     if conn is None:
-        return assumed_facts(inv, host)
+        return assumed_facts(inv, host), {}
     etcd = None
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
-    out = run(conn, ["sh", "-c", facts_script(etcd)], timeout=60).stdout  # type: ignore[arg-type]
-    return parse_facts(inv, host, out)
+    batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
+    out = run(conn, ["sh", "-c", batch_script([command_line(argv) for argv in batch])], timeout=60).stdout
+    answers = parse_batch(out, len(batch))
+    if 0 not in answers:
+        raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
+    return parse_facts(inv, host, answers.pop(0)[1]), {i - 1: answer for i, answer in answers.items()}
 
 
 class Runner:
@@ -146,10 +154,11 @@ class Runner:
         report = HostReport(host)
         started = time.monotonic()
         conn = None
+        probes = up_probes(self.run_ctx, host) if self.action == "up" else down_probes(self.run_ctx, host)
         try:
             if not self.offline:
                 conn = connect(self.inv, host)
-            facts = gather_facts(self.inv, host, conn)
+            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False)
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
             if conn is not None:
                 conn.close()
@@ -163,12 +172,9 @@ class Runner:
         report.seconds += result.seconds
         self._show(host, result)
         progress.update(task, advance=1)
-        ctx = HostContext(self.run_ctx, host, facts, conn)
+        ctx = HostContext(self.run_ctx, host, facts, conn, docker_names=docker_names(self.run_ctx, host))
+        ctx.preload(probes, answers)
         self.run_ctx.hosts[host] = ctx
-        try:
-            ctx.prefetch(up_probes(ctx) if self.action == "up" else down_probes(ctx))
-        except Exception:
-            pass  # only an optimisation: every step probes again by itself
         return report
 
     def _host_phase(self, host: str, phase: Phase, progress: Progress, task: TaskID) -> None:

@@ -16,7 +16,8 @@ from chainlab.networks.base import LABEL
 from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.actions import Action, Call, Command, Outcome, PutFile, Step
-from chainlab.provision.context import HostContext
+from chainlab.provision.context import HostContext, RunContext
+from chainlab.provision.dockerview import inspect_argv
 from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
@@ -148,20 +149,14 @@ def _monitor(ctx: HostContext, log: str) -> Step:
 
 # --- 3 trace rules --------------------------------------------------------------------
 
-def management_ports(ctx: HostContext) -> list[int]:
-    return [ctx.run.provider.ssh_port(), *ctx.run.network.management_ports()]
-
-
-def _rules_check_argv(rules: list[C.TraceRule]) -> list[str]:
-    return C.sh("; ".join(f"{command_line(r.argv('-C'))} >/dev/null 2>&1; echo $?" for r in rules))
+def management_ports(run: RunContext) -> list[int]:
+    return [run.provider.ssh_port(), *run.network.management_ports()]
 
 
 def trace_rules(ctx: HostContext) -> Step:
-    rules = C.trace_rules(management_ports(ctx))
-    out = ctx.read(_rules_check_argv(rules))
-    present = [code == "0" for code in out.split()] if out is not None else [False] * len(rules)
-    if len(present) != len(rules):
-        raise ChainlabError(f"unexpected answer checking the raw rules: {out!r}")
+    rules = C.trace_rules(management_ports(ctx.run))
+    listing = ctx.read(C.RAW_LIST)
+    present = C.present_rules(listing, rules) if listing is not None else [False] * len(rules)
     missing = [r for r, there in zip(rules, present) if not there]
     if missing:  # one round trip: the appends joined with &&, in order
         yield Command.of(C.sh(" && ".join(command_line(rule.argv("-A")) for rule in missing)))
@@ -171,16 +166,19 @@ def trace_rules(ctx: HostContext) -> Step:
 
 # --- 4 image --------------------------------------------------------------------------
 
-def _image_present(ctx: HostContext, name: str) -> bool:
-    if ctx.offline:
-        return False
-    import docker
+def docker_names(run: RunContext, host: str) -> list[str]:
+    """Every Docker object lab up looks at on `host` (one `docker inspect` for all)."""
+    return [*_images(run, host), *(n for n, c in run.inv.containers.items() if c.host == host),
+            *run.network.docker_names(host)]
 
-    try:
-        ctx.docker().images.get(name)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+
+def _images(run: RunContext, host: str) -> list[str]:
+    inv = run.inv
+    return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
+
+
+def _image_present(ctx: HostContext, name: str) -> bool:
+    return name in ctx.docker_view().images
 
 
 def _mark_image(image_id: str) -> Command:
@@ -191,9 +189,8 @@ def _mark_image(image_id: str) -> Command:
 def image(ctx: HostContext) -> Step:
     inv = ctx.inv
     name = inv.image.name
-    names = {name, *(c.image for c in inv.containers.values() if c.host == ctx.host and c.image)}
     if _image_present(ctx, name):
-        extra = sorted(n for n in names - {name} if not _image_present(ctx, n))
+        extra = [n for n in _images(ctx.run, ctx.host) if n != name and not _image_present(ctx, n)]
         if extra:
             raise ChainlabError(f"image(s) {', '.join(extra)} named by containers are not on the host")
         return "", f"{name} present"
@@ -231,51 +228,49 @@ def containers(ctx: HostContext) -> Step:
 
 
 def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
-    """Run (or start) the container if needed; True if it had to."""
-    import docker
-
+    """Run (or start) the container if needed; True if it had to. Reads are `docker inspect`
+    probes (fetched with the facts); only changes go through the docker SDK."""
     inv = ctx.inv
     network = ctx.run.network
     image_name = inv.container_image(name)
     options, words = network.run_options(name)
-    yield from network.before_container(ctx, name)
-    box = None
-    if not ctx.offline:
-        try:
-            box = ctx.docker().containers.get(name)
-        except docker.errors.NotFound:
-            pass
-    if box is not None and box.labels.get(LABEL) != inv.lab:
+    attrs = ctx.docker_view().containers.get(name)
+    if attrs is not None and (attrs.get("Config") or {}).get("Labels", {}).get(LABEL) != inv.lab:
         raise ChainlabError(f"a container {name} exists on {ctx.host} and was not made by lab {inv.lab}")
-    acted = box is None or box.status != "running"
-    if box is None:
+    running = attrs is not None and (attrs.get("State") or {}).get("Status") == "running"
+    if attrs is None:
+        yield from network.before_container(ctx, name)
         box = yield ctx.call(
             f"docker run -itd {words} --name {name} --hostname {name} --label {LABEL}={inv.lab} {image_name}",
             lambda: ctx.docker().containers.run(image_name, name=name, hostname=name, detach=True, tty=True,
                                                 stdin_open=True, labels={LABEL: inv.lab}, **options))
-    elif box.status != "running":
-        yield ctx.call(f"docker start {name}", box.start)
-    if box is None or ctx.check:
-        return acted
-    box.reload()
-    state = network.container_state(ctx, box, name)
+    elif not running:
+        box = yield ctx.call(f"docker start {name}", lambda: _start(ctx, name))
+    if not running:
+        if box is None:  # --check: nothing was run
+            return True
+        box.reload()
+        attrs = box.attrs
+    state = network.container_state(ctx, attrs, name)
     network.wait_ready(ctx, state)
     ctx.containers[name] = state
-    return acted
+    return not running
 
 
-def up_probes(ctx: HostContext) -> list[list[str]]:
-    """The read-only probes the up steps make first, fetched in one round trip.
+def _start(ctx: HostContext, name: str) -> Any:
+    box = ctx.docker().containers.get(name)
+    box.start()
+    return box
 
-    Not the raw rules' `iptables -C`: checking a LOG or TRACE rule loads the kernel's logger
-    module, which binds itself to IPv4 logging (seen on VMs), so the check must come after
-    the trace_log step has remembered the bindings for lab down.
-    """
-    log = ctx.inv.hosts[ctx.host].trace_log
+
+def up_probes(run: RunContext, host: str) -> list[list[str]]:
+    """The read-only probes the up steps make first, fetched with the facts in one round trip."""
+    log = run.inv.hosts[host].trace_log
     return [
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
-        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE],
+        NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
+        inspect_argv(docker_names(run, host)), *run.network.up_probes(host),
     ]
 
 

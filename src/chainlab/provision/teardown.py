@@ -14,19 +14,16 @@ from chainlab.errors import ChainlabError
 from chainlab.networks.base import LABEL
 from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Command, Step
-from chainlab.provision.context import HostContext
+from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import Skip
 from chainlab.provision.steps import IMAGE_MARK, StepFn, _cat
 from chainlab.shell import command_line
 
 
-RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
-
-
-def down_probes(ctx: HostContext) -> list[list[str]]:
-    """The read-only probes the down steps make first, fetched in one round trip."""
+def down_probes(run: RunContext, host: str) -> list[list[str]]:
+    """The read-only probes the down steps make first, fetched with the facts in one round trip."""
     return [
-        _cat(IMAGE_MARK), RAW_LIST, _cat(C.NFT_BEFORE), C.NFT_LIST, C.running_check_argv(C.ULOGD_PID, "ulogd"),
+        _cat(IMAGE_MARK), C.RAW_LIST, _cat(C.NFT_BEFORE), C.NFT_LIST, C.running_check_argv(C.ULOGD_PID, "ulogd"),
         C.running_check_argv(C.MONITOR_PID, "xtables-monitor"), _cat(C.NF_LOG_BEFORE), _cat(C.RSYSLOG_FILE),
         _cat(C.TRACE_LOG_CREATED), _cat(C.SYSCTL_FILE), ["test", "-e", C.RUN_DIR],
     ]
@@ -92,7 +89,7 @@ def _backup_orphaned(ctx: HostContext, path: str, text: str) -> Generator[Action
 
 
 def trace_rules(ctx: HostContext) -> Step:
-    listing = ctx.read(RAW_LIST)
+    listing = ctx.read(C.RAW_LIST)
     deletes = C.our_rules_from_save(listing) if listing is not None else []
     if listing is None:
         yield Command.of(C.sh("iptables -t raw -S, then -D every rule with --comment chainlab"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import fabric
@@ -44,6 +45,14 @@ def connection(target: Target) -> fabric.Connection:
        retry=retry_if_exception_type((OSError, EOFError)), reraise=True)
 def _open(conn: fabric.Connection) -> None:
     conn.open()
+    no_delay(conn.client.get_transport())
+
+
+def no_delay(transport: paramiko.Transport | None) -> None:
+    """TCP_NODELAY: without it every short command waits ~40 ms for the delayed ACK (Nagle)."""
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect(inv: Inventory, host: str) -> fabric.Connection:

@@ -31,7 +31,7 @@ class Check:
         }
 
 
-def _probe_packet(packet: Packet, protocol: str) -> bool:
+def probe_packet(packet: Packet, protocol: str) -> bool:
     """Packets the expectation speaks of: every echo, or a TCP connection's SYN/SYN-ACK."""
     if packet.protocol != protocol:
         return False
@@ -46,7 +46,7 @@ def check_scenario(scenario: Scenario, packets: list[Packet], nodes_with_logs: s
     for node, expectation in scenario.expect.items():
         for direction in ("request", "reply"):
             want = expectation.for_direction(direction)
-            mine = [p for p in packets if p.node == node and p.direction == direction and _probe_packet(p, protocol)]
+            mine = [p for p in packets if p.node == node and p.direction == direction and probe_packet(p, protocol)]
             paths = [hook_path(p.steps, tables) for p in mine]
             distinct = [list(x) for x in dict.fromkeys(tuple(p) for p in paths)]
             verdicts = [p.verdict for p in mine]

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from chainlab.errors import ChainlabError
+from chainlab.files import private_dir
 from chainlab.local import system as S
 from chainlab.local.lab import ProcRecord
 from chainlab.local.pki import ensure_pki
@@ -144,7 +145,7 @@ def _up(plan: VmLabPlan, console: Console) -> AccelChoice:
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
     store = _Store(plan.state_file, state or _first_state(plan))
-    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(plan.state_dir)  # keys, etcd's CA, the VMs' disks: root's only
     store.save()
     image = ensure_image(plan.image.dir.parent, console)
     info = manifest(image) or {}

@@ -12,6 +12,7 @@ of an ipPool writes), and the /calico tree put back as it was at lab down.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator
 from typing import Any
@@ -20,7 +21,7 @@ from chainlab.calico import datastore as D
 from chainlab.calico.rules import chain
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.labstate import ContainerState, load_etcd_baseline, save_etcd_baseline
+from chainlab.labstate import ContainerState, load_etcd_baseline, load_state, save_etcd_baseline
 from chainlab.networks.base import LABEL, HostStep, LabStep, Network
 from chainlab.networks.calico import etcdtree
 from chainlab.networks.calico.emulate import Emulate
@@ -31,6 +32,10 @@ from chainlab.providers import Provider
 from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Call, Outcome
 from chainlab.provision.context import HostContext, RunContext
+
+def network_probe(name: str) -> list[str]:
+    return ["docker", "network", "inspect", name]
+
 
 MODES: dict[str, type[Mode]] = {"emulate": Emulate, "existing": Existing, "install": Install}
 DRIVER = "calico"
@@ -96,10 +101,9 @@ class CalicoNetwork(Network):
 
     def _existing(self, engine: HostContext, name: str) -> bool:
         """Whether network `name` exists there; one with other drivers is an error."""
-        found = [n for n in engine.docker().networks.list(names=[name]) if n.name == name]
-        if not found:
+        attrs = engine.docker_view().networks.get(name)
+        if attrs is None:
             return False
-        attrs = found[0].attrs
         drivers = (attrs.get("Driver"), (attrs.get("IPAM") or {}).get("Driver"))
         if drivers != (DRIVER, IPAM_DRIVER):
             raise ChainlabError(f"a Docker network {name} exists with drivers {drivers[0]}/{drivers[1]},"
@@ -129,7 +133,7 @@ class CalicoNetwork(Network):
             return
         name = self.network_name(container)
         deadline = time.monotonic() + VISIBLE_TIMEOUT
-        while not [n for n in ctx.docker().networks.list(names=[name]) if n.name == name]:
+        while not ctx.probe(network_probe(name)):
             if ctx.check:
                 return  # not created yet: lab up would create it first
             if time.monotonic() > deadline:
@@ -137,25 +141,45 @@ class CalicoNetwork(Network):
                                     f" {VISIBLE_TIMEOUT:.0f} s: is its cluster store the lab's etcd?")
             time.sleep(0.2)
 
-    def container_state(self, ctx: HostContext, box: Any, container: str) -> ContainerState:
+    def container_state(self, ctx: HostContext, attrs: dict[str, Any], container: str) -> ContainerState:
         network = self.network_name(container)
-        settings = box.attrs["NetworkSettings"]["Networks"].get(network)
+        settings = attrs["NetworkSettings"]["Networks"].get(network)
         if not settings or not settings.get("IPAddress"):
             raise ChainlabError(f"{container} has no address on {network} (docker inspect {container})")
         return ContainerState(host=ctx.host, address=settings["IPAddress"], network=network, driver="calico",
                               interface=D.interface_name(settings["EndpointID"]))
 
-    def wait_ready(self, ctx: HostContext, state: ContainerState) -> None:
-        """Felix's part: the route to the workload on its interface and its cali-tw chain."""
+    def _programmed_argv(self, state: ContainerState, wait: int = 0) -> list[str]:
+        """Exit 0 if felix's part is there: the route to the workload on its interface and its
+        cali-tw chain; with `wait`, once it is (bounded by `wait` seconds, on the host)."""
         q = C.shlex.quote
         iface = state.interface or ""
-        script = (f"end=$(( $(date +%s) + {PROGRAMMED_TIMEOUT} )); "
-                  f"until ip -4 route show {q(str(state.address) + '/32')} | grep -q {q('dev ' + iface)} && "
-                  f"iptables -w -S {q(chain('tw', iface))} >/dev/null 2>&1; do "
-                  f"[ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.1; done")
-        if not ctx.probe(C.sh(script)):
-            raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {iface}"
-                                f" after {PROGRAMMED_TIMEOUT} s")
+        check = (f"ip -4 route show {q(str(state.address) + '/32')} | grep -q {q('dev ' + iface)} && "
+                 f"iptables -w -S {q(chain('tw', iface))} >/dev/null 2>&1")
+        if not wait:
+            return C.sh(check)
+        return C.sh(f"end=$(( $(date +%s) + {wait} )); until {check}; do "
+                    f"[ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.1; done")
+
+    def wait_ready(self, ctx: HostContext, state: ContainerState) -> None:
+        if ctx.probe(self._programmed_argv(state)) or ctx.probe(self._programmed_argv(state, PROGRAMMED_TIMEOUT)):
+            return
+        raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {state.interface}"
+                            f" after {PROGRAMMED_TIMEOUT} s")
+
+    def up_probes(self, host: str) -> list[list[str]]:
+        """The node's probes, and the programmed-check of every container the last lab up left
+        here (the same command `wait_ready` will run, if the container is unchanged)."""
+        try:
+            state = load_state(self.inv)
+        except ChainlabError:
+            state = None
+        known = [s for name, s in state.containers.items()
+                 if s.host == host and name in self.inv.containers] if state else []
+        return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
+
+    def docker_names(self, host: str) -> list[str]:
+        return self.networks()
 
     # --- lab down -------------------------------------------------------------------------
 

@@ -93,6 +93,9 @@ class Emulate(Mode):
         return (f"{', '.join(done)} (felix-lite + libnetwork plugin, emulated)",
                 "daemon running (felix-lite + libnetwork plugin, emulated)")
 
+    def probes(self) -> list[list[str]]:
+        return [running_argv()]
+
     def _registered(self, ctx: HostContext) -> str | None:
         if ctx.offline:
             return None

@@ -50,6 +50,9 @@ class Existing(Mode):
         yield from ()
         return "", "Calico node ready: drivers calico and calico-ipam, cluster store, node in etcd"
 
+    def probes(self) -> list[list[str]]:
+        return [drivers_argv()]
+
     def node_down(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         yield from ()
         return "", "Calico was running before lab up: left as it is"

@@ -91,6 +91,9 @@ class Install(Mode):
             done.append(f"calicoctl node run ({settings.node_image})")
         return ", ".join(done), f"calico/node running ({settings.node_image})"
 
+    def probes(self) -> list[list[str]]:
+        return [has_calicoctl_argv(), node_running_argv(), drivers_argv()]
+
     def node_down(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         marked = ctx.probe(C.sh(f"[ -e {shlex.quote(NODE_MARK)} ] || [ -e {shlex.quote(CALICOCTL_MARK)} ]"))
         if marked is not False:

@@ -27,6 +27,10 @@ class Mode(ABC):
     def node_down(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         """Undo `node_up` (nothing for a node that was there before)."""
 
+    def probes(self) -> list[list[str]]:
+        """Read-only probes `node_up` makes (prefetched with the facts)."""
+        return []
+
     @abstractmethod
     def describe(self) -> str:
         ...
