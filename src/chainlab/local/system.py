@@ -101,9 +101,9 @@ def check_lan_free(section: str, mgmt: IPv4Interface, root_if: str, hosts: Itera
         if dev != root_if and mgmt.network.overlaps(IPv4Interface(addr).network):
             raise ChainlabError(f"{section} {mgmt.network} overlaps {addr} on {dev}: choose another lan")
     for name, address in hosts:
-        dev = route_device(address)
-        if dev not in (None, root_if) and not only_default_route(address):
-            raise ChainlabError(f"{address} ({name}) is already routed via {dev}: choose another lan")
+        via = route_device(address)
+        if via not in (None, root_if) and not only_default_route(address):
+            raise ChainlabError(f"{address} ({name}) is already routed via {via}: choose another lan")
 
 
 def is_mountpoint(path: str) -> bool:

@@ -222,7 +222,7 @@ def _write_seed(plan: VmLabPlan, host: VmHostPlan, keys: _Keys) -> None:
     host.seed_image.chmod(0o600)
 
 
-def _start(plan: VmLabPlan, host: VmHostPlan, store: _Store, accel: str, image_id: str, keys: _Keys) -> None:
+def _start(plan: VmLabPlan, host: VmHostPlan, store: _Store, accel: P.Accel, image_id: str, keys: _Keys) -> None:
     """(Re)start one VM: its tap, its overlay (kept across restarts on the same image), its seed."""
     record = store.host(host.name)
     if record.qemu is not None and S.alive(record.qemu.proc()):
@@ -234,7 +234,7 @@ def _start(plan: VmLabPlan, host: VmHostPlan, store: _Store, accel: str, image_i
         S.run(P.overlay_argv(plan, host))
     _write_seed(plan, host, keys)
     host.console.write_bytes(b"")
-    proc = S.spawn(P.enter_lan_argv(plan, P.qemu_argv(plan, host, accel)), host.qemu_log)  # type: ignore[arg-type]
+    proc = S.spawn(P.enter_lan_argv(plan, P.qemu_argv(plan, host, accel)), host.qemu_log)
     record.qemu = ProcRecord(pid=proc.pid, start=proc.start)
     record.image_id, record.accel, record.started = image_id, accel, time.time()
     record.up_since = record.boot_seconds = None
