@@ -79,6 +79,9 @@ def ensure_wheel(cache: Path) -> tuple[Path, str]:
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)
+    for older in cache.iterdir():  # wheels of earlier sources: VMs get theirs at the next vm up
+        if older.is_dir() and older != out and len(older.name) == len(out.name):
+            shutil.rmtree(older, ignore_errors=True)
     return next(out.glob("chainlab-*.whl")), digest
 
 
