@@ -11,6 +11,7 @@ INV := $(if $(INVENTORY),-i $(INVENTORY))
 SEED := tests/fixtures/seed-logs
 APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
 	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium gcc libc6-dev \
+	qemu-system-x86 qemu-utils mmdebstrap \
 	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev)
 
 .PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
@@ -20,6 +21,7 @@ help:
 	@echo "make demo        set up everything and draw the reference scenarios' paths"
 	@echo "make test        set up everything and run all tests (unit + integration)"
 	@echo "make bench       performance figures (analyzer vs awk, memory)"
+	@echo "make vm-up nightly INVENTORY=lab/vm.yaml   the lab as qemu VMs, every scenario (make lab-down vm-down ... after)"
 
 $(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +61,7 @@ bench: deps .venv-bench/.installed
 	$(BIN)/python bench/lab_up_compare.py
 	$(BIN)/python bench/scenario_bench.py
 	$(BIN)/python bench/matrix_bench.py
+	$(BIN)/python bench/vm_bench.py
 
 # The reference write-up's two logged scenarios, analysed and drawn.
 analyze-demo: deps
@@ -111,3 +114,18 @@ local-down: venv
 
 local-status: venv
 	$(CHAINLAB) $(INV) local status
+
+# The VM lab (issue 14): the inventory's hosts as qemu VMs (INVENTORY=lab/vm.yaml); the
+# image is built once from Debian's packages (`chainlab vm image` rebuilds it). Needs root.
+.PHONY: vm-up vm-down vm-status vm-image
+vm-up: deps
+	$(CHAINLAB) $(INV) vm up
+
+vm-down: venv
+	$(CHAINLAB) $(INV) vm down
+
+vm-status: venv
+	$(CHAINLAB) $(INV) vm status
+
+vm-image: deps
+	$(CHAINLAB) $(INV) vm image

@@ -44,6 +44,7 @@ COMMAND_MODULES = {
     "profile": "profile",
     "run": "run",
     "ssh": "explore",
+    "vm": "vm",
 }
 
 

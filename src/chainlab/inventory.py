@@ -123,9 +123,20 @@ class LocalSettings(Strict):
     state_dir: SafePath = "/var/lib/chainlab/local"
 
 
+class QemuSettings(Strict):
+    """Only for `provider: qemu`: the VMs `chainlab vm up` boots on this machine."""
+
+    lan: Dotted[IPv4Interface] = Field(description="the machine's end of the management link, with prefix")
+    state_dir: SafePath = "/var/lib/chainlab/vm"
+    image_dir: SafePath = Field("/var/cache/chainlab/vm", description="built VM images, shared by every VM lab")
+    memory: int = Field(768, ge=384, le=8192, description="MiB of guest memory per VM")
+    cpus: int = Field(1, ge=1, le=8)
+    accel: Literal["auto", "kvm", "tcg"] = Field("auto", description="auto: KVM if a probe boots under it, else TCG")
+
+
 class Inventory(Strict):
     lab: HostName = "lab"
-    provider: Literal["ssh", "local"] = "ssh"
+    provider: Literal["ssh", "local", "qemu"] = "ssh"
     ssh: SshSettings = SshSettings()
     hosts: dict[HostName, Host]
     etcd: EtcdSettings | None = None
@@ -133,6 +144,7 @@ class Inventory(Strict):
     calico: CalicoSettings = CalicoSettings()
     containers: dict[ContainerName, Container] = Field(default_factory=dict)
     local: LocalSettings | None = None
+    qemu: QemuSettings | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Inventory":

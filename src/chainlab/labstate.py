@@ -1,7 +1,7 @@
 """The lab state file: what provisioning set up, for scenario runs to read.
 
 Provisioning (`lab up`) writes it; `run`/`nightly` read it; `lab down` removes it.
-Local labs keep it in their state dir, SSH labs under ~/.local/state/chainlab/<lab>/.
+Local and VM labs keep it in their state dir, SSH labs under ~/.local/state/chainlab/<lab>/.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class LabState(_Model):
 def state_path(inv: Inventory) -> Path:
     if inv.local is not None:
         return Path(inv.local.state_dir) / "lab-state.json"
+    if inv.qemu is not None:  # `vm down` removes it with the VMs
+        return Path(inv.qemu.state_dir) / "lab-state.json"
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "chainlab" / inv.lab / "lab-state.json"
 

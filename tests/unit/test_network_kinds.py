@@ -44,7 +44,7 @@ def _plan(path: Path) -> str:
 
 
 def test_every_registered_provider_says_whether_it_builds_its_hosts() -> None:
-    assert {kind: provider_class(kind).builds_hosts for kind in REGISTRY} == {"local": True, "ssh": False}
+    assert {kind: provider_class(kind).builds_hosts for kind in REGISTRY} == {"local": True, "ssh": False, "qemu": True}
 
 
 def test_emulate_on_hosts_chainlab_did_not_build_is_an_inventory_error(tmp_path: Path) -> None:

@@ -120,8 +120,8 @@ def test_hostile_values_stay_single_words(tmp_path: Path) -> None:
 
 
 def test_nf_log_parse_and_restore_refuse_junk() -> None:
-    parsed = C.parse_nf_log("2=nf_log_ipv4\n7=nf_log_bridge\n10=NONE\n3=x\n2x=y\n")
-    assert parsed == {2: "nf_log_ipv4", 7: "nf_log_bridge", 10: "NONE"}
+    parsed = C.parse_nf_log("2=nf_log_ipv4\n7=nf_log_bridge\n10=NONE\n3=nf_log_arp\n13=x\n2x=y\n")
+    assert parsed == {2: "nf_log_ipv4", 7: "nf_log_bridge", 10: "NONE", 3: "nf_log_arp"}
     assert C.parse_nf_log("2=a; reboot\n") == {}
     script = C.nf_log_restore_argv({2: "nf_log_ipv4", 10: "NONE"})[2]
     assert "echo nf_log_ipv4 > /proc/sys/net/netfilter/nf_log/2" in script

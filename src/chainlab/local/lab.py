@@ -12,34 +12,30 @@ import os
 import shutil
 import socket
 import ssl
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
-from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
-from chainlab.lock import LockHeld, exclusive, local_lab_lock, machine_lock
+from chainlab.files import private_dir
+from chainlab.lock import LockHeld, exclusive, local_lab_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
 from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
+from chainlab.local.record import RecordFile, load_record
 from chainlab.local.route import check_lab_route
 
 READY_TIMEOUT = 30.0
-#: Held around every `ip netns add|del` and the unmount of /run/netns, by every lab on the
-#: machine: two `ip netns add` at once can both mount /run/netns (one on the other), and an
-#: unmount between another lab's look and its add loses that lab's namespaces.
-NETNS_LOCK = "netns"
 DAEMONS = ("sshd", "dockerd", "etcd")
 Log = Callable[[str], object]
 
@@ -71,14 +67,7 @@ class LocalLabRecord(BaseModel):
     hosts: dict[str, HostRecord] = {}
 
 
-class _Store:
-    """The state file, saved atomically after every change (threads share it)."""
-
-    def __init__(self, plan: LabPlan, state: LocalLabRecord):
-        self.path = plan.state_file
-        self.state = state
-        self.lock = threading.Lock()
-
+class _Store(RecordFile[LocalLabRecord]):
     def host(self, name: str) -> HostRecord:
         with self.lock:
             return self.state.hosts.setdefault(name, HostRecord())
@@ -89,29 +78,15 @@ class _Store:
         self.save()
         return fresh
 
-    def save(self) -> None:
-        with self.lock:
-            write_atomic(self.path, self.state.model_dump_json(indent=2), PRIVATE_FILE)
-
 
 def load_state(plan: LabPlan) -> LocalLabRecord | None:
     """The lab's state file, None if there is none; an unreadable one is an error."""
-    try:
-        return LocalLabRecord.model_validate_json(plan.state_file.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ChainlabError(f"{plan.state_file} is unreadable ({type(exc).__name__}); "
-                            "`chainlab local down` removes the lab without it") from None
+    return load_record(LocalLabRecord, plan.state_file, "chainlab local down")
 
 
 def _ours(plan: LabPlan) -> bool:
-    """Whether `local.state_dir` may be removed: chainlab made it (its state file is in it)
-    or it is empty. Anything else is someone's directory that an inventory points at."""
-    try:
-        return plan.state_file.exists() or not any(plan.state_dir.iterdir())
-    except FileNotFoundError:
-        return True
+    """Whether `local.state_dir` may be removed (see `system.made_by_chainlab`)."""
+    return S.made_by_chainlab(plan.state_dir, plan.state_file)
 
 
 # --- preflight ------------------------------------------------------------------------
@@ -127,19 +102,7 @@ def preflight(plan: LabPlan) -> None:
     missing |= {pkg for path, pkg in P.PRIVATE_PATH_PACKAGES.items() if not Path(path).exists()}
     if missing:
         raise ChainlabError(f"missing Debian packages: {' '.join(sorted(missing))} (run `make local-deps`)")
-    for dev, addr in S.root_addresses():
-        if dev != plan.root_if and plan.mgmt.network.overlaps(IPv4Interface(addr).network):
-            raise ChainlabError(f"local.lan {plan.mgmt.network} overlaps {addr} on {dev}: choose another lan")
-    for host in plan.hosts.values():
-        dev = S.route_device(host.address)
-        if dev not in (None, plan.root_if) and not _only_default_route(host.address):
-            raise ChainlabError(f"{host.address} ({host.name}) is already routed via {dev}: choose another lan")
-
-
-def _only_default_route(address: IPv4Address) -> bool:
-    """True if the only route to `address` is the default one (so the lab link will win)."""
-    routes = S.run(["ip", "-4", "route", "show", "match", str(address)]).splitlines()
-    return all(r.startswith("default") for r in routes if r.strip())
+    S.check_lan_free("local.lan", plan.mgmt, plan.root_if, ((h.name, h.address) for h in plan.hosts.values()))
 
 
 # --- up -------------------------------------------------------------------------------
@@ -161,7 +124,7 @@ def _up(plan: LabPlan, log: Log) -> None:
             f"a lab named {plan.lab} is up, but not from this inventory's state dir {plan.state_dir}:"
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
-    store = _Store(plan, state or _first_state(plan))
+    store = _Store(plan.state_file, state or _first_state(plan))
     private_dir(plan.state_dir)  # keys, lab state, the hosts' logs and files: root's only
     store.save()
     _write_ssh_files(plan)
@@ -184,25 +147,15 @@ def _up(plan: LabPlan, log: Log) -> None:
 
 
 def _first_state(plan: LabPlan) -> LocalLabRecord:
-    created = []
-    for path in [*reversed(plan.state_dir.parents), plan.state_dir, Path("/run/netns")]:
-        if not path.exists():
-            created.append(str(path))
-    return LocalLabRecord(lab=plan.lab, created_dirs=created, run_netns_was_mounted=S.is_mountpoint("/run/netns"))
-
-
-def _keygen(path: Path, comment: str) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        S.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    return path.with_suffix(".pub").read_text()
+    return LocalLabRecord(lab=plan.lab, created_dirs=S.missing_dirs(plan.state_dir),
+                          run_netns_was_mounted=S.is_mountpoint("/run/netns"))
 
 
 def _write_ssh_files(plan: LabPlan) -> None:
     plan.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client_pub = _keygen(plan.client_key, f"chainlab-{plan.lab}")
+    client_pub = S.keygen(plan.client_key, f"chainlab-{plan.lab}")
     plan.authorized_keys.write_text(client_pub)
-    host_keys = {name: _keygen(h.host_key, f"{name}.{plan.lab}") for name, h in plan.hosts.items()}
+    host_keys = {name: S.keygen(h.host_key, f"{name}.{plan.lab}") for name, h in plan.hosts.items()}
     plan.known_hosts.write_text(P.known_hosts_text(plan, host_keys))
     plan.ssh_config.write_text(P.ssh_client_config(plan))
 
@@ -212,8 +165,7 @@ def _ensure_lan(plan: LabPlan) -> None:
     if not S.netns_exists(lan):
         if S.link_exists(plan.root_if):  # its peer died with an earlier lan namespace
             S.run(["ip", "link", "del", plan.root_if])
-        with machine_lock(NETNS_LOCK):
-            S.run(["ip", "netns", "add", lan])
+        S.netns_add(lan)
     if not S.link_exists(P.BRIDGE, lan):
         S.run(["ip", "-n", lan, "link", "add", P.BRIDGE, "type", "bridge"])
     S.run(["ip", "-n", lan, "link", "set", "lo", "up"])
@@ -298,8 +250,7 @@ def _prepare_files(plan: LabPlan, host: HostPlan) -> None:
 
 def _create_host(plan: LabPlan, host: HostPlan, hs: HostRecord, store: _Store) -> None:
     _prepare_files(plan, host)
-    with machine_lock(NETNS_LOCK):
-        S.run(["ip", "netns", "add", host.netns])
+    S.netns_add(host.netns)
     proc = S.spawn(P.holder_argv(host))
     hs.holder = ProcRecord(pid=proc.pid, start=proc.start)
     store.save()
@@ -396,8 +347,7 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     if S.link_exists(host.lan_port, plan.lan_netns):
         S.run(["ip", "-n", plan.lan_netns, "link", "del", host.lan_port])
     if S.netns_exists(host.netns):
-        with machine_lock(NETNS_LOCK):
-            S.run(["ip", "netns", "del", host.netns])
+        S.netns_del(host.netns)
     S.remove_cgroup(host.cgroup_parent)
 
 
@@ -436,26 +386,13 @@ def _down(plan: LabPlan, log: Log) -> None:
     for hs in state.hosts.values() if state else []:
         pids |= _recorded_processes(hs)
     S.kill_all(S.descendants(pids))
-    with machine_lock(NETNS_LOCK):
-        for netns in [*host_netns, plan.lan_netns]:
-            if S.netns_exists(netns):
-                S.run(["ip", "netns", "del", netns])
+    for netns in [*host_netns, plan.lan_netns]:
+        if S.netns_exists(netns):
+            S.netns_del(netns)
     for netns in host_netns:
         S.remove_cgroup("/" + netns)
-    if _ours(plan):
-        S.remove_tree(plan.state_dir)
-    else:
-        log(f"left {plan.state_dir} in place: it has no state.json, so chainlab did not make it")
-    if state:
-        with machine_lock(NETNS_LOCK):  # no `ip netns add` (ours) between the look and the umount
-            if (not state.run_netns_was_mounted and S.is_mountpoint("/run/netns")
-                    and not any(Path("/run/netns").iterdir())):
-                S.run(["umount", "/run/netns"])
-        for path in reversed(state.created_dirs):
-            try:
-                Path(path).rmdir()
-            except OSError:
-                pass  # not empty: someone else uses it now
+    S.remove_lab_dirs(plan.state_dir, plan.state_file,
+                      (state.created_dirs, state.run_netns_was_mounted) if state else None, log)
     log(f"lab {plan.lab}: down")
 
 

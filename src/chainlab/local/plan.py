@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
@@ -138,8 +139,45 @@ class HostPlan:
         return self.fs_dir / PRIVATE_PATHS[target]
 
 
+class LabFiles:
+    """Paths every lab this machine builds keeps in its state dir (local lab, VM lab)."""
+
+    state_dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def pki(self) -> Pki:
+        """etcd's certificates (client-certificate authentication)."""
+        return Pki(self.state_dir / "pki")
+
+    @property
+    def home(self) -> Path:
+        """A HOME whose .ssh/ holds the lab's client key, config and known_hosts (the docker
+        SDK reads ~/.ssh)."""
+        return self.state_dir / "home"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.home / ".ssh"
+
+    @property
+    def client_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.ssh_dir / "config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+
 @dataclass(frozen=True)
-class LabPlan:
+class LabPlan(LabFiles):
     """The whole local lab, derived from an inventory with `provider: local`."""
 
     lab: str
@@ -154,17 +192,8 @@ class LabPlan:
     cluster_store: bool = False
 
     @property
-    def pki(self) -> Pki:
-        """etcd's certificates (client-certificate authentication)."""
-        return Pki(self.state_dir / "pki")
-
-    @property
     def etcd_host(self) -> HostPlan | None:
         return next((h for h in self.hosts.values() if h.runs_etcd), None)
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
 
     @property
     def lock_file(self) -> Path:
@@ -173,29 +202,8 @@ class LabPlan:
         return LOCK_DIR / f"local-{self.lab}.lock"
 
     @property
-    def home(self) -> Path:
-        """A HOME whose .ssh/ holds the lab's client key, config and known_hosts."""
-        return self.state_dir / "home"
-
-    @property
-    def ssh_dir(self) -> Path:
-        return self.home / ".ssh"
-
-    @property
-    def client_key(self) -> Path:
-        return self.ssh_dir / "id_ed25519"
-
-    @property
     def authorized_keys(self) -> Path:
         return self.ssh_dir / "authorized_keys"
-
-    @property
-    def ssh_config(self) -> Path:
-        return self.ssh_dir / "config"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.ssh_dir / "known_hosts"
 
     @property
     def image_tarball(self) -> Path:
@@ -273,9 +281,29 @@ def sshd_config(plan: LabPlan, host: HostPlan) -> str:
     ])
 
 
-def ssh_client_config(plan: LabPlan) -> str:
+class _SshHost(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> IPv4Address: ...
+
+
+class SshLab(Protocol):
+    """What the SSH client files need of a lab this machine builds (local or VM lab)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def client_key(self) -> Path: ...
+    @property
+    def known_hosts(self) -> Path: ...
+    @property
+    def hosts(self) -> Mapping[str, _SshHost]: ...
+
+
+def ssh_client_config(plan: SshLab) -> str:
     """An OpenSSH client config usable by `ssh -F`, paramiko and the docker SDK."""
-    blocks = ["# written by chainlab local up: ssh -F THIS_FILE HOST"]
+    blocks = ["# written by chainlab: ssh -F THIS_FILE HOST"]
     for host in plan.hosts.values():
         blocks.append("\n".join([
             f"Host {host.name} {host.address}",
@@ -291,7 +319,7 @@ def ssh_client_config(plan: LabPlan) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def known_hosts_text(plan: LabPlan, public_keys: dict[str, str]) -> str:
+def known_hosts_text(plan: SshLab, public_keys: dict[str, str]) -> str:
     """known_hosts lines from each host's public host key (`TYPE BASE64 [COMMENT]`)."""
     lines = []
     for name, host in plan.hosts.items():

@@ -8,8 +8,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
@@ -49,6 +51,25 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
+def _netns_lock() -> AbstractContextManager[None]:
+    """Held around every `ip netns add|del` and the unmount of /run/netns, by every lab of
+    the machine: two `ip netns add` at once can both mount /run/netns (one on the other),
+    and an unmount between another lab's look and its add loses that lab's namespaces."""
+    from chainlab.lock import machine_lock
+
+    return machine_lock("netns")
+
+
+def netns_add(name: str) -> None:
+    with _netns_lock():
+        run(["ip", "netns", "add", name])
+
+
+def netns_del(name: str) -> None:
+    with _netns_lock():
+        run(["ip", "netns", "del", name])
+
+
 def netns_pids(name: str) -> list[int]:
     if not netns_exists(name):
         return []
@@ -76,6 +97,33 @@ def root_addresses() -> list[tuple[str, str]]:
         for addr in link.get("addr_info", []):
             result.append((link["ifname"], f"{addr['local']}/{addr['prefixlen']}"))
     return result
+
+
+def only_default_route(address: IPv4Address) -> bool:
+    """True if the only route to `address` is the default one (so a lab link will win)."""
+    routes = run(["ip", "-4", "route", "show", "match", str(address)]).splitlines()
+    return all(r.startswith("default") for r in routes if r.strip())
+
+
+def check_route(address: IPv4Address, root_if: str, link: str, hint: str) -> None:
+    """The safety rule of the labs this machine builds: refuse unless the machine routes
+    `address` through the lab's management link `root_if`."""
+    dev = route_device(address)
+    if dev != root_if:
+        raise ChainlabError(f"refusing to connect to {address}: the machine routes it via {dev or 'nothing'},"
+                            f" not the {link} {root_if} ({hint})")
+
+
+def check_lan_free(section: str, mgmt: IPv4Interface, root_if: str, hosts: Iterable[tuple[str, IPv4Address]]) -> None:
+    """A lab's lan (`section`, e.g. local.lan) must not overlap an address of the machine
+    (but its own link `root_if`), nor its hosts be routed elsewhere than by default."""
+    for dev, addr in root_addresses():
+        if dev != root_if and mgmt.network.overlaps(IPv4Interface(addr).network):
+            raise ChainlabError(f"{section} {mgmt.network} overlaps {addr} on {dev}: choose another lan")
+    for name, address in hosts:
+        via = route_device(address)
+        if via not in (None, root_if) and not only_default_route(address):
+            raise ChainlabError(f"{address} ({name}) is already routed via {via}: choose another lan")
 
 
 def is_mountpoint(path: str) -> bool:
@@ -221,6 +269,54 @@ def spawn(argv: list[str], log: Path | None = None) -> Proc:
     if proc is None:
         raise ChainlabError(f"{argv[0]} exited at once (see {log})" if log else f"{argv[0]} exited at once")
     return proc
+
+
+# --- what a lab on this machine leaves behind ------------------------------------------
+
+def keygen(path: Path, comment: str) -> str:
+    """An ed25519 key pair at `path` (made once); the public key line."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path.with_suffix(".pub").read_text()
+
+
+def made_by_chainlab(state_dir: Path, state_file: Path) -> bool:
+    """Whether a lab's state dir may be removed: chainlab made it (its state file is in it)
+    or it is empty. Anything else is someone's directory that an inventory points at."""
+    try:
+        return state_file.exists() or not any(state_dir.iterdir())
+    except FileNotFoundError:
+        return True
+
+
+def missing_dirs(state_dir: Path) -> list[str]:
+    """The state dir's ancestors, itself and /run/netns that do not exist yet (deepest last):
+    what `down` may remove again."""
+    return [str(p) for p in [*reversed(state_dir.parents), state_dir, Path("/run/netns")] if not p.exists()]
+
+
+def remove_lab_dirs(state_dir: Path, state_file: Path, created: tuple[list[str], bool] | None,
+                    log: Callable[[str], object]) -> None:
+    """The end of a lab's `down`: its state dir if chainlab made it; then, if the record said
+    (`created`: the directories it created, whether /run/netns was mounted before), unmount
+    /run/netns if the lab mounted it and it is empty, and remove the directories it created
+    that are empty (someone else may use them now)."""
+    if made_by_chainlab(state_dir, state_file):
+        remove_tree(state_dir)
+    else:
+        log(f"left {state_dir} in place: it has no {state_file.name}, so chainlab did not make it")
+    if created is None:
+        return
+    created_dirs, run_netns_was_mounted = created
+    with _netns_lock():  # no `ip netns add` (a lab's) between the look and the umount
+        if not run_netns_was_mounted and is_mountpoint("/run/netns") and not any(Path("/run/netns").iterdir()):
+            run(["umount", "/run/netns"])
+    for path in reversed(created_dirs):
+        try:
+            Path(path).rmdir()
+        except OSError:
+            pass
 
 
 # --- cgroups --------------------------------------------------------------------------

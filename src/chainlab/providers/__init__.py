@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "local": "chainlab.providers.local:LocalProvider",
     "ssh": "chainlab.providers.ssh:SshProvider",
+    "qemu": "chainlab.providers.qemu:QemuProvider",
 }
 
 

@@ -75,6 +75,8 @@ class Provider(ABC):
 
         if inv.local is not None:
             raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
+        if inv.qemu is not None:
+            raise LocatedValueError(("qemu",), "a `qemu:` section is only allowed with provider: qemu")
 
     def _host(self, host: str) -> IPv4Address:
         if host not in self.inv.hosts:

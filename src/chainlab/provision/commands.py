@@ -40,8 +40,10 @@ TRACE_LOG_CREATED = f"{RUN_DIR}/trace-log.created"
 #: nft hosts: the ip family's tables and chains before lab up (lab down removes what it added).
 NFT_BEFORE = f"{RUN_DIR}/nft.before"
 NFT_LIST = ["sh", "-c", "nft list ruleset ip 2>/dev/null || true"]
-#: Protocol families whose nf_log binding ulogd's NFLOG input takes over (IPv4, bridge, IPv6).
-NF_LOG_FAMILIES = (2, 7, 10)
+#: Protocol families with an nf_log binding (NFPROTO_*, 0-12): lab down puts back all of them,
+#: since the kernel's logger module, loaded by the first LOG or TRACE rule, binds every family
+#: it serves (IPv4, ARP, netdev, bridge, IPv6: seen on VMs), and ulogd's NFLOG input takes some.
+NF_LOG_FAMILIES = tuple(range(13))
 #: Process names (/proc/PID/comm) of the backends we start, checked before any kill.
 PROCESS_NAMES = {"ulogd": "ulogd", "nft-monitor": "xtables-monitor"}
 ETCD_PEER_PORT = 2380
@@ -211,15 +213,27 @@ def _logger_name(value: str) -> bool:
 
 
 def nf_log_remember_argv() -> list[str]:
-    """Save the nf_log bindings once (the first lab up), for lab down to put back."""
+    """Save the nf_log bindings of every family once (the first lab up), for lab down to put back."""
     q = shlex.quote
-    paths = " ".join(f"/proc/sys/net/netfilter/nf_log/{f}" for f in NF_LOG_FAMILIES)
     return sh(f"mkdir -p {q(RUN_DIR)} && if [ ! -e {q(NF_LOG_BEFORE)} ]; then "
-              f"for f in {paths}; do printf '%s=%s\\n' \"${{f##*/}}\" \"$(cat $f)\"; done > {q(NF_LOG_BEFORE)}; fi")
+              "for f in /proc/sys/net/netfilter/nf_log/*; do printf '%s=%s\\n' \"${f##*/}\" \"$(cat $f)\"; done"
+              f" > {q(NF_LOG_BEFORE)}; fi")
 
 
 def nf_log_bind_argv() -> list[str]:
     return sh("echo nfnetlink_log > /proc/sys/net/netfilter/nf_log/2")
+
+
+#: The kernel's IPv4 logger, the one that writes TRACE lines to the kernel log (for rsyslog).
+KERNEL_LOGGER = "nf_log_ipv4"
+
+
+def nf_log_kernel_bind_argv() -> list[str]:
+    """Bind IPv4 logging to the kernel log. The kernel binds it by itself only when the logger
+    module first loads (with the first LOG/TRACE rule): once lab down has put back an
+    unbound NONE, a later lab up's TRACE rules would log nothing without this."""
+    return sh(f"modprobe -q nf_log_syslog 2>/dev/null || modprobe -q {KERNEL_LOGGER} 2>/dev/null; "
+              f"echo {KERNEL_LOGGER} > /proc/sys/net/netfilter/nf_log/2")
 
 
 def nf_log_restore_argv(before: dict[int, str]) -> list[str]:

@@ -113,6 +113,9 @@ def _rsyslog(ctx: HostContext, log: str) -> Step:
         except ValueError as exc:
             raise ChainlabError(str(exc)) from None
     yield from _ensure_trace_file(ctx)
+    if (ctx.read(NF_LOG_READ) or "").strip() != C.KERNEL_LOGGER:
+        yield Command.of(C.nf_log_remember_argv())  # lab down puts the bindings back
+        yield Command.of(C.nf_log_kernel_bind_argv())
     return f"rsyslog: kern.* → {log}", f"rsyslog writes kern.* to {log}"
 
 

@@ -265,9 +265,11 @@ def _scenario_entry(run_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
-                  lab: str | None = None, skipped_partial: Sequence[str] = ()) -> NightlySummary:
+                  lab: str | None = None, skipped_partial: Sequence[str] = (),
+                  hosts: str | None = None) -> NightlySummary:
     """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against
     `previous` (a complete nightly; `skipped_partial` names newer partial ones not used).
+    `hosts` says what the lab's hosts are (the provider's description, e.g. VMs under TCG).
 
     A run without `report.html` gets one; a run without a readable `analysis.json` counts as
     an error (JUnit `<error>`), never stops the summary. Files are written atomically.
@@ -296,13 +298,14 @@ def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
         "generated": generated,
         "passed": bool(scenarios) and all(s["passed"] for s in scenarios),
         "diff": diff,
+        "hosts": hosts,
         "scenarios": scenarios,
     }
     summary = NightlySummary(out_dir, out_dir / "index.html", out_dir / "junit.xml", out_dir / "summary.json", scenarios, diff)
     write_atomic(summary.summary_json, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     write_junit(summary.junit, scenarios, generated)
     page = environment().get_template("nightly.html.j2").render(
-        scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name,
+        scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name, hosts=hosts,
         total_time=sum(s["duration_s"] or 0.0 for s in scenarios),
     )
     write_atomic(summary.index, page)

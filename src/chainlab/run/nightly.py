@@ -11,6 +11,7 @@ from chainlab.files import write_atomic
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
+from chainlab.providers import provider_for
 from chainlab.report.nightly import NightlySummary, find_baseline, write_nightly
 from chainlab.run.deadline import Interrupted, signals_interrupt
 from chainlab.run.runner import RunFailed, RunResult, run_locked
@@ -66,7 +67,7 @@ def _summarise(inv: Inventory, runs_root: Path, out_dir: Path, results: list[Run
                failed: list[RunFailed], interrupted: Path | None = None) -> NightlySummary:
     previous, skipped = find_baseline(runs_root, out_dir, inv.lab)
     run_dirs = [r.run_dir for r in results] + [f.run_dir for f in failed] + ([interrupted] if interrupted else [])
-    return write_nightly(out_dir, sorted(run_dirs), previous, inv.lab, skipped)
+    return write_nightly(out_dir, sorted(run_dirs), previous, inv.lab, skipped, provider_for(inv).describe())
 
 
 def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log,
