@@ -50,12 +50,16 @@ class LabState(_Model):
 
 
 def state_path(inv: Inventory) -> Path:
-    if inv.local is not None:
-        return Path(inv.local.state_dir) / "lab-state.json"
-    if inv.qemu is not None:  # `vm down` removes it with the VMs
-        return Path(inv.qemu.state_dir) / "lab-state.json"
+    """In the directory the provider keeps the lab's state in (see `Provider.state_dir`)."""
+    from chainlab.providers import provider_for
+
+    return provider_for(inv).state_dir() / "lab-state.json"
+
+
+def user_state_dir(lab: str) -> Path:
+    """Labs over SSH: the user's own state dir, ~/.local/state/chainlab/<lab>."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "chainlab" / inv.lab / "lab-state.json"
+    return base / "chainlab" / lab
 
 
 def load_state(inv: Inventory) -> LabState:

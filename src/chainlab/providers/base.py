@@ -90,6 +90,12 @@ class Provider(ABC):
     def check_route(self, address: IPv4Address) -> None:
         """Raise unless `address` may be contacted now (the local lab's route safety rule)."""
 
+    def state_dir(self) -> Path:
+        """Where chainlab keeps what it knows of the lab (the lab state, the etcd baseline)."""
+        from chainlab.labstate import user_state_dir
+
+        return user_state_dir(self.inv.lab)
+
     def lab_lock_path(self) -> Path:
         """The file whose flock makes one lab up/down or scenario run at a time."""
         from chainlab.lock import ssh_lab_lock_path

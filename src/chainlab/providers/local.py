@@ -58,6 +58,10 @@ class LocalProvider(Provider):
         return Target(host, address, plan.user, SSH_PORT, plan.client_key, plan.known_hosts,
                       self.inv.ssh.connect_timeout, plan.home)
 
+    def state_dir(self) -> Path:
+        assert self.inv.local is not None
+        return Path(self.inv.local.state_dir)  # `local down` removes it with the lab
+
     def lab_lock_path(self) -> Path:
         from chainlab.lock import local_lab_lock_path
 

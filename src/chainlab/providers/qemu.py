@@ -63,6 +63,10 @@ class QemuProvider(Provider):
         return Target(host, address, plan.user, SSH_PORT, plan.client_key, plan.known_hosts,
                       self.inv.ssh.connect_timeout, plan.home)
 
+    def state_dir(self) -> Path:
+        assert self.inv.qemu is not None
+        return Path(self.inv.qemu.state_dir)  # `vm down` removes it with the VMs
+
     def ready(self) -> None:
         if not self._plan().state_file.exists():
             raise ChainlabError(f"the VM lab {self.inv.lab} is not up: run `chainlab -i ... vm up` first")
