@@ -3,9 +3,8 @@ the same bytes and exit with the same status whichever engine runs.
 
 CHAINLAB_ENGINE=python forces the pure-Python engine, `native` requires the C one
 (chainlab.trace._engine, driven by chainlab.trace.native; exit 2 when it cannot be used),
-unset or `auto` uses C when it can. The C engine applies to logs that are plain
-(not gzipped) kernel-format files of printable ASCII plus '\\n', for `--format json` without
---expect, --rules or --tables. Every comparison here runs the real command line in-process
+unset or `auto` uses C when it can. The C engine applies to kernel-format logs (plain or
+gzipped, any bytes), for `--format json` without --expect, --rules or --tables. Every comparison here runs the real command line in-process
 (chainlab.cli.main under click's CliRunner isolation), once per engine.
 
 Inputs: every fixture log (the shared seed logs and public traces, this repo's), a log from
@@ -36,7 +35,8 @@ from hypothesis import strategies as st
 
 from chainlab import cli
 from chainlab.trace.netfilter import HOOKS
-from chainlab.trace.reader import KERNEL, SNIFF_LINES, sniff_format
+from chainlab.trace import reader
+from chainlab.trace.reader import KERNEL, SNIFF_LINES, log_format
 
 from ..conftest import FIXTURES, ROOT
 
@@ -44,7 +44,6 @@ ENV = "CHAINLAB_ENGINE"
 SHARED = ROOT.parent / "shared" / "fixtures"
 BENCH = ROOT / "bench" / "trace_bench.py"
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")
-PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
 HYPOTHESIS = settings(
     max_examples=200,
     deadline=None,
@@ -126,21 +125,15 @@ def assert_native_refuses(args: list[str], what: str = "", text: str | None = No
         assert (other.code, other.stdout) == (py.code, py.stdout), _explain(what, py, other, f"engine={engine}", text)
 
 
-def eligible(data: bytes) -> bool:
-    """Whether the C engine applies to a plain log with these bytes (the reference
-    rules: printable ASCII plus '\\n', and kernel format by reader.sniff_format)."""
-    if data.translate(None, PRINTABLE):
-        return False
-    lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines.pop()
-    return sniff_format([line.decode("ascii") for line in lines[:SNIFF_LINES]]) == KERNEL
+def eligible(path: Path) -> bool:
+    """Whether the C engine applies to a log file (kernel format by reader.log_format)."""
+    return log_format(path) == KERNEL
 
 
 def check_file(path: Path, node: str = "n", what: str = "", text: str | None = None, auto: bool = False) -> None:
     """Given as NODE=FILE, and bare (each line's host field names its node, else the file name)."""
     for args in ([f"{node}={path}"], [str(path)]):
-        if eligible(path.read_bytes()):
+        if eligible(path):
             assert_same(args, what or path.name, text, auto=auto)
         else:
             assert_native_refuses(args, what or path.name, text)
@@ -161,16 +154,17 @@ def load_bench() -> ModuleType:
 def test_engine_extension_is_built():
     """`pip install -e .` builds chainlab.trace._engine; without it every `auto` run is Python."""
     engine = importlib.import_module("chainlab.trace._engine")
-    assert hasattr(engine, "Engine") and engine.printable(b"TRACE: x\n") and not engine.printable(b"a\tb\n")
+    assert hasattr(engine, "Engine") and engine.utf8(b"a\xff") == "a\ufffd".encode()
     native = importlib.import_module("chainlab.trace.native")
     assert native._engine is engine
 
 
 # -- 1. every fixture log -------------------------------------------------------------------
 
-FIXTURE_DIRS = [SHARED / "seed-logs", SHARED / "public-traces", FIXTURES / "seed-logs", FIXTURES / "lab", FIXTURES / "traces"]
+FIXTURE_DIRS = [SHARED / "seed-logs", SHARED / "public-traces", FIXTURES / "seed-logs", FIXTURES / "lab", FIXTURES / "traces",
+                FIXTURES / "captured", FIXTURES / "public"]
 FIXTURE_LOGS = sorted(p for d in FIXTURE_DIRS if d.is_dir() for p in d.iterdir() if p.suffix == ".log")
-KERNEL_LOGS = [p for p in FIXTURE_LOGS if eligible(p.read_bytes())]
+KERNEL_LOGS = [p for p in FIXTURE_LOGS if eligible(p)]
 
 
 def _rel(path: Path) -> str:
@@ -212,7 +206,7 @@ def test_public_cross_node_flow():
     assert_same([f"hostb={b}", f"hosta={a}"])
 
 
-# -- what the C engine must refuse ----------------------------------------------------------
+# -- any bytes, and what the C engine must refuse ---------------------------------------------
 
 SCENARIO2 = FIXTURES / "seed-logs" / "scenario2-master.log"
 
@@ -221,39 +215,68 @@ SCENARIO2 = FIXTURES / "seed-logs" / "scenario2-master.log"
     "name,data",
     [
         ("tab", b"x\tTRACE: raw:PREROUTING:policy:2 IN=eth0\n"),
+        ("tab-separated", SCENARIO2.read_bytes().split(b"\n")[3].replace(b" ", b"\t") + b"\n"),
         ("utf8", "Dec  2 03:10:15 m\u00e4ster kernel: hello\n".encode()),
+        ("utf8-host", SCENARIO2.read_bytes().split(b"\n")[2].replace(b" master ", " m\u00e4ster ".encode()) + b"\n"),
+        ("utf8-chain", SCENARIO2.read_bytes().split(b"\n")[2].replace(b"cali-PREROUTING", "cali-\u00fc\U0001f600".encode()) + b"\n"),
         ("crlf", b"CRLF\r\n"),
+        ("crlf-trace", SCENARIO2.read_bytes().split(b"\n")[2] + b"\r\r\n"),
         ("nul", b"\0\n"),
+        ("nul-in-host", SCENARIO2.read_bytes().split(b"\n")[2].replace(b" master ", b" ma\0ster ") + b"\n"),
         ("del", b"\x7f\n"),
         ("latin1", b"\xff\n"),
+        ("invalid-utf8-hosts", b"Dec  2 03:10:15 \xff kernel: TRACE: raw:PREROUTING:policy:2 IN=e OUT= SRC=1.1.1.1 DST=2.2.2.2 "
+                               b"TTL=1 ID=1 PROTO=UDP SPT=1 DPT=2\n"
+                               b"Dec  2 03:10:15 \xfe kernel: TRACE: nat:PREROUTING:policy:2 IN=e OUT= SRC=1.1.1.1 DST=2.2.2.2 "
+                               b"TTL=1 ID=1 PROTO=UDP SPT=1 DPT=2\n"),
+        ("vertical-tab", SCENARIO2.read_bytes().split(b"\n")[4].replace(b" SRC=", b"\x0bSRC=") + b"\n"),
+        ("unit-separator", SCENARIO2.read_bytes().split(b"\n")[4].replace(b" SRC=", b"\x1fSRC=") + b"\n"),
+        ("superscript-digit", SCENARIO2.read_bytes().split(b"\n")[4].replace(b"TTL=64", "TTL=6\u00b2".encode()) + b"\n"),
     ],
 )
-def test_native_refuses_non_printable(tmp_path, name, data):
-    """A byte outside 0x20-0x7e (besides '\\n') anywhere in the file: Python engine only."""
+def test_any_bytes(tmp_path, name, data):
+    """Bytes other than printable ASCII anywhere in the file: both engines read them alike."""
     text = SCENARIO2.read_bytes()
-    log = tmp_path / f"{name}.log"
-    log.write_bytes(text[: len(text) // 2] + data + text[len(text) // 2 :])
-    assert_native_refuses([f"n={log}"], name)
+    for where, content in (("middle", text[: len(text) // 2] + data + text[len(text) // 2 :]), ("alone", data)):
+        log = tmp_path / f"{name}-{where}.log"
+        log.write_bytes(content)
+        check_file(log, what=f"{name} ({where})", auto=True)
 
 
-def test_native_refuses_late_non_printable_byte(tmp_path):
-    """The bad byte far beyond the first chunk the C engine reads."""
+def test_late_non_ascii_byte(tmp_path):
+    """Odd bytes far beyond the first chunk the C engine reads."""
     bench = load_bench()
     log = tmp_path / "late.log"
     bench.generate(log, 5 << 20, 3)
     with open(log, "ab") as f:
-        f.write(b"Dec  2 03:10:15 master kernel: caf\xc3\xa9\n")
-    assert_native_refuses([f"n={log}"], "non-ASCII byte at the end of a 5 MB log")
+        f.write(b"Dec  2 03:10:15 master kernel: caf\xc3\xa9 TRACE: raw:PREROUTING:policy:2 \xe9\n")
+    assert_same([f"n={log}"], "non-ASCII bytes at the end of a 5 MB log")
 
 
-def test_native_refuses_other_inputs(tmp_path):
+def test_gzip_and_other_inputs(tmp_path):
     gz = tmp_path / "scenario2.log.gz"
     gz.write_bytes(gzip.compress(SCENARIO2.read_bytes()))
-    assert_native_refuses([f"n={gz}"], "gzipped")
+    assert_same([f"n={gz}"], "gzipped", auto=True)
     assert_native_refuses([f"n={SCENARIO2}", f"m={FIXTURES / 'traces' / 'nft-monitor-local-in.log'}"], "kernel + nft")
     assert_native_refuses([f"n={SCENARIO2}", "--tables", "nat,filter"], "--tables")
     rules = FIXTURES / "lab" / "scenario4-master.rules"
     assert_native_refuses([f"master={SCENARIO2}", "--rules", f"master={rules}"], "--rules")
+
+
+def test_lines_longer_than_the_limit(tmp_path):
+    """A line beyond reader.LINE_LIMIT bytes keeps its first LINE_LIMIT bytes, is counted in
+    cut_lines and its records are damaged; a TRACE header beyond the cut is not seen."""
+    limit = reader.LINE_LIMIT
+    line = SCENARIO2.read_text().split("\n")[3]
+    lines = [line, line + " X" * limit, "y" * (limit + 5) + line, line[:40] + "\u00e9" * limit, "z" * (3 * limit), line]
+    log = tmp_path / "long.log"
+    log.write_text("\n".join(lines))
+    py = assert_same([f"n={log}"], "lines longer than LINE_LIMIT", auto=True)
+    assert b'"cut_lines": 4' in py.stdout
+    for chunk in (4096, limit - 3, limit + 1):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(reader, "CHUNK", chunk)
+            assert_same([f"n={log}"], f"long lines, CHUNK={chunk}")
 
 
 @pytest.mark.parametrize("options", [["--format", "text"], ["--format", "mermaid"],
@@ -270,15 +293,15 @@ def test_nft_line_after_the_sniffed_head_is_still_kernel(tmp_path):
     nft = "trace id 71562a3a ip raw PREROUTING policy accept\n"
     late = tmp_path / "late.log"
     late.write_text(kernel + nft)
-    assert eligible(late.read_bytes())
+    assert eligible(late)
     assert_same([f"n={late}"], "nft line after kernel lines")
     early = tmp_path / "early.log"
     early.write_text("hello\n" + nft + kernel)
-    assert not eligible(early.read_bytes())
+    assert not eligible(early)
     assert_native_refuses([f"n={early}"], "nft line first")
     beyond = tmp_path / "beyond.log"
     beyond.write_text("noise\n" * SNIFF_LINES + kernel)
-    assert eligible(beyond.read_bytes())
+    assert eligible(beyond)
     assert_same([f"n={beyond}"], "TRACE lines only after the sniffed head")
 
 
@@ -396,22 +419,13 @@ def test_generated_and_fixture_files(bench_log):
 
 @pytest.mark.parametrize("chunk", [4096, 333])
 def test_generated_log_in_small_chunks(bench_log, tmp_path, monkeypatch, chunk):
-    """native reads files in CHUNK-byte pieces of whole lines; small pieces put many piece
-    boundaries (and the expiry of packets) at every kind of place. 333 < a line: the buffer grows."""
-    native = importlib.import_module("chainlab.trace.native")
-    monkeypatch.setattr(native, "CHUNK", chunk)
+    """Logs are read in reader.CHUNK-byte pieces, lines going on from one to the next; small
+    pieces put many piece boundaries (and the expiry of packets) at every kind of place.
+    333 < a line: most lines span pieces."""
+    monkeypatch.setattr(reader, "CHUNK", chunk)
     head = tmp_path / "head.log"
     head.write_bytes(bench_log.read_bytes()[: 300_000])
     assert_same([f"m={head}", f"s={SCENARIO2}"], f"CHUNK={chunk}")
-
-
-def test_line_longer_than_the_read_buffer(tmp_path, monkeypatch):
-    native = importlib.import_module("chainlab.trace.native")
-    monkeypatch.setattr(native, "CHUNK", 1024)
-    line = "TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID=9 PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ=1"
-    log = tmp_path / "long.log"
-    log.write_text(line + "\n" + line.replace("raw:", "mangle:") + " X" * 3000 + "\n" + line.replace("raw:", "nat:"))
-    assert_same([f"n={log}"], "a 6 kB line with a 1 kB read buffer")
 
 
 def test_packet_dense_log_in_batches(tmp_path):
@@ -438,21 +452,24 @@ def test_walk_cache_is_bounded(tmp_path, monkeypatch):
     assert_same([f"n={log}"], "200 packets, 35 walks, a cache of 3")
 
 
-def test_log_changed_after_the_check(tmp_path):
-    """Bytes that change between the printable check and the read are an input error, not
-    a traceback or raw bytes in the JSON."""
-    from chainlab.errors import InputError
+def test_log_that_grows_after_the_plan(tmp_path):
+    """The C engine reads the bytes a plain log had when the run was planned."""
+    import io
+
     from chainlab.trace.reader import LogSource
 
     native = importlib.import_module("chainlab.trace.native")
-    log = tmp_path / "changing.log"
+    log = tmp_path / "growing.log"
     good = SCENARIO2.read_bytes()
     log.write_bytes(good)
-    sizes = native.plan([LogSource(log, "n")], [])
+    sources = [LogSource(log, "n")]
+    sizes = native.plan(sources, [])
     assert sizes == {log: len(good)}
-    log.write_bytes(good.replace(b"PREROUTING", b"PRE\tROUTE\xe9", 1))
-    with open(os.devnull, "w") as out, pytest.raises(InputError, match="printable ASCII"):
-        native.write_json(out, [LogSource(log, "n")], {log: len(good) + 2})
+    expected = analyze([f"n={log}"], "python").stdout
+    log.write_bytes(good + SCENARIO2.read_bytes().replace(b"ID=", b"ID=1"))
+    out = io.TextIOWrapper(io.BytesIO(), write_through=True)
+    native.write_json(out, sources, sizes)
+    assert out.buffer.getvalue() == expected
 
 
 def test_reader_thread_ends_when_writing_fails(tmp_path):
@@ -487,14 +504,17 @@ def test_engine_misuse_is_an_error_not_a_crash():
         with pytest.raises(RuntimeError):
             call()
     engine = engine_module.Engine()
-    with pytest.raises(RuntimeError):
-        engine.feed(b"TRACE: raw:PREROUTING:policy:2\n")
-    with pytest.raises(RuntimeError):
-        engine.__init__()
+    for call in (lambda: engine.feed(b"TRACE: raw:PREROUTING:policy:2\n"), engine.end, engine.__init__):
+        with pytest.raises(RuntimeError):
+            call()
     engine.begin("n", False)
+    for call in (lambda: engine.begin("m", False), engine.flush):
+        with pytest.raises(RuntimeError):
+            call()
     with pytest.raises(ValueError):
         engine.feed(b"x\n", 5)
     assert engine.feed(b"x\n", 2) == ([], 2)
+    assert engine.end() == [] and engine.flush() == []
 
 
 def test_closed_stdout_exit_status(bench_log):
@@ -637,7 +657,8 @@ TABLE_NAMES = ["raw", "mangle", "nat", "filter", "security", "raw", "nat", "filt
 CHAINS = [*HOOKS, *HOOKS, "cali-FORWARD", "KUBE-SVC-ABC", "DOCKER-USER", "a:b", 'x"y', "back\\slash", "c:rule:1",
           "PRE:ROUTING", "-", "INPUT:", "::", 'q"\\:"']
 POSITIONS = st.one_of(st.integers(0, 12).map(str), st.sampled_from(["007", "0", "00", "010", "4294967296", "99999999999999999999"]))
-IPS = ["10.0.0.1", "10.0.0.2", "172.20.219.81", "192.168.1.1", "300.1.1.1", "1.2.3", "01.002.3.4", "xxx", ""]
+IPS = ["10.0.0.1", "10.0.0.2", "172.20.219.81", "192.168.1.1", "300.1.1.1", "1.2.3", "01.002.3.4", "xxx", "",
+       "fd00:231:60::1", "fd00:231:60::2", "fe80:0000:0000:0000:4262:31ff:fe07:d301", "::", ":::", "1:2", "::ffff:1.2.3.4"]
 IDS = st.one_of(st.integers(1, 4).map(str), st.sampled_from(["0", "65535", "65536", "99999", "0012", "", "x1"]))
 SMALL = st.sampled_from(["0", "1", "2", "7", "53", "255", "256", "65535", "65536", "4294967295", "4294967296", "007", "", "-1"])
 IFACES = ["eth0", "cali1234", "", "tunl0", "cbr0"]
@@ -652,6 +673,8 @@ TOKENS = [
     "LEN=", "RES=0x00", "TRACE:", "TRACE: ", "TRACE: raw:", "TRACE: nat:PREROUTING:rule:1", "TRACE: x:y:return:007",
     "TRACE: 9raw:PREROUTING:rule:1", "TRACE: filter:INPUT:policy:", "TRACE: mangle:a:b:rule:1:rule:2", "Dec  2 03:38:09",
     "[ 12.5]", "[12.5]", "2026-11-22T10:07", "trace id", "PACKET:", "kernel:", "master",
+    "HOPLIMIT=64", "HOPLIMIT=", "FLOWLBL=0", "FLOWLBL=552291", "FLOWLBL=1048576", "TC=0", "TYPE=128", "TYPE=129", "SRC=fd00::1",
+    "DST=fd00::2", "SRC=::1", "PROTO=ICMPV6",
 ]
 NOISE = [
     "Dec  2 03:10:16 master kernel: IPVS: rr: TCP 10.96.0.1:443 - no destination available",
@@ -673,16 +696,21 @@ def synth_line(draw) -> str:
     tokens = [f"IN={draw(st.sampled_from(IFACES))}", f"OUT={draw(st.sampled_from(IFACES))}"]
     if draw(st.booleans()):
         tokens.append("MAC=ee:ee:ee:ee:ee:ee:32:bb:37:fe:19:df:08:00")
-    tokens += [f"SRC={draw(st.sampled_from(IPS))}", f"DST={draw(st.sampled_from(IPS))}", "LEN=84", "TOS=0x00", "PREC=0x00",
-               f"TTL={draw(st.sampled_from(['64', '63', '1', '255', '0', '300']))}", f"ID={draw(IDS)}"]
-    if draw(st.booleans()):
-        tokens.append("DF")
-    proto = draw(st.sampled_from(["ICMP", "TCP", "UDP", "17", "icmp", "GRE", "", "FOO", None]))
+    tokens += [f"SRC={draw(st.sampled_from(IPS))}", f"DST={draw(st.sampled_from(IPS))}", "LEN=84"]
+    if draw(st.integers(0, 3)):
+        tokens += ["TOS=0x00", "PREC=0x00", f"TTL={draw(st.sampled_from(['64', '63', '1', '255', '0', '300']))}", f"ID={draw(IDS)}"]
+        if draw(st.booleans()):
+            tokens.append("DF")
+    else:  # IPv6: no IP id
+        tokens += ["TC=0", f"HOPLIMIT={draw(st.sampled_from(['64', '255', '300']))}",
+                   f"FLOWLBL={draw(st.sampled_from(['0', '552291', '658', '1048576']))}"]
+    proto = draw(st.sampled_from(["ICMP", "TCP", "UDP", "17", "icmp", "GRE", "", "FOO", "ICMPv6", None]))
     if proto is not None:
         tokens.append(f"PROTO={proto}")
     kind = draw(st.sampled_from(["icmp", "tcp", "udp", "icmp-error", "none"]))
     if kind == "icmp":
-        tokens += [f"TYPE={draw(st.sampled_from(['8', '0', '3', '11']))}", "CODE=0", f"ID={draw(IDS)}", f"SEQ={draw(SMALL)}"]
+        tokens += [f"TYPE={draw(st.sampled_from(['8', '0', '3', '11', '128', '129', '135']))}", "CODE=0", f"ID={draw(IDS)}",
+                   f"SEQ={draw(SMALL)}"]
     elif kind == "tcp":
         flags = draw(st.lists(st.sampled_from(["SYN", "ACK", "FIN", "RST", "PSH"]), max_size=3))
         tokens += [f"SPT={draw(SMALL)}", f"DPT={draw(SMALL)}", f"SEQ={draw(SMALL)}", "ACK=0", "WINDOW=29200", "RES=0x00",
@@ -812,7 +840,32 @@ def test_mutated_logs_two_files(workdir, first, second, same_node, twice, bare):
     node = "master" if same_node else "b"
     args = [str(one) if bare != "none" else f"master={one}", str(two) if bare == "both" else f"{node}={two}"]
     args += [f"c={one}"] if twice else []
-    if all(eligible(p.read_bytes()) for p in (one, two)):
+    if all(eligible(p) for p in (one, two)):
         assert_same(args, text=first + "\n--- second file ---\n" + second)
     else:
         assert_native_refuses(args, text=first + "\n--- second file ---\n" + second)
+
+
+ODD_BYTES = st.one_of(
+    st.binary(min_size=1, max_size=6),
+    st.sampled_from([b"\t", b"\r", b"\r\n", b"\x0b", b"\x0c", b"\x1c", b"\x1f", b"\0", b"\x7f", b"\xff", b"\xc3\xa9",
+                     "\U0001f600".encode(), b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\x85",
+                     "\u00a0".encode(), "\u2003".encode(), "\u00b2".encode(), "\u0663".encode(), "\u0131cmp".encode()]),
+)
+
+
+@HYPOTHESIS
+@given(text=log_text(), inserts=st.lists(st.tuples(st.floats(0, 1), ODD_BYTES, st.booleans()), max_size=8))
+def test_mutated_logs_with_any_bytes(workdir, text, inserts):
+    """The same logs with bytes of every kind put in (or put over a space): tabs and other
+    ASCII whitespace, control bytes, valid and invalid UTF-8, Unicode spaces and digits."""
+    data = text.encode()
+    for where, piece, over in inserts:
+        at = int(where * len(data))
+        if over:
+            space = data.find(b" ", at)
+            at = space if space >= 0 else at
+        data = data[:at] + piece + data[at + (1 if over and data[at : at + 1] == b" " else 0) :]
+    path = workdir / f"b{next(_counter)}.log"
+    path.write_bytes(data)
+    check_file(path, text=data.decode("utf-8", "backslashreplace"))

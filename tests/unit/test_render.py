@@ -10,6 +10,7 @@ from chainlab.render import diagram
 from chainlab.render.text import print_analysis
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
+from chainlab.trace.rules import load_rules
 
 from ..conftest import FIXTURES
 
@@ -19,7 +20,7 @@ LAB = FIXTURES / "lab"
 @pytest.fixture
 def scenario4():
     return analyze([LogSource(LAB / "scenario4-master.log", "master"), LogSource(LAB / "scenario4-slave1.log", "slave1")],
-                   AnalysisOptions(tables={"nat", "filter"}))
+                   AnalysisOptions(tables={"nat", "filter"}, rules={"master": load_rules(LAB / "scenario4-master.rules")}))
 
 
 def test_model_has_nodes_walks_and_the_drop(scenario4):

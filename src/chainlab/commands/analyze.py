@@ -84,6 +84,8 @@ def analyze_command(
     python_only = [option for option, used in in_use.items() if used]
     sizes = native.plan(sources, python_only)
     if sizes is not None:
+        for source in sources:
+            check_gzip_intact(source.path)
         native.write_json(sys.stdout, sources, sizes)
         return
     if fmt == "json" and scenario is None:

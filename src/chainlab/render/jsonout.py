@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 from chainlab.trace.flows import Flow
-from chainlab.trace.model import Packet
+from chainlab.trace.model import IDENTITIES, Packet
 from chainlab.trace.reader import ReadStats
 
 if TYPE_CHECKING:
@@ -38,8 +38,10 @@ def write_tail(
         "skipped_lines": stats.skipped_lines,
         "repaired_lines": repaired,
         "ignored_lines": stats.ignored_lines,
+        "cut_lines": stats.cut_lines,
         "lines": stats.lines,
         "trace_records": stats.trace_records,
+        "identities": {name: stats.identities[name] for name in IDENTITIES if name in stats.identities},
         "formats": stats.formats,
         "tables": sorted(tables) if tables else None,
     }

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from chainlab.trace.analyze import Directions, hook_path, join_rules, judge, sent_here
 from chainlab.trace.assemble import Assembler
 from chainlab.trace.flows import Flow, FlowIndex
-from chainlab.trace.model import Packet
-from chainlab.trace.netfilter import HOOKS, Slot, table_slots
+from chainlab.trace.hooks import resolver
+from chainlab.trace.model import FileEnd, Packet
+from chainlab.trace.netfilter import Slot, table_slots
 from chainlab.trace.reader import LogSource, ReadStats, read_events
 from chainlab.trace.rules import RuleSet
 
@@ -30,7 +31,7 @@ class Analyzer:
         self.options = options or AnalysisOptions()
         self.stats = ReadStats()
         self.nodes: list[str] = []
-        self._assembler = Assembler(self.options.window)
+        self._assembler = Assembler(self.options.window, resolver(self.options.rules))
         self._directions = Directions()
         self._flows = FlowIndex()
         self._slots_seen: dict[str, set[Slot]] = {}
@@ -38,16 +39,24 @@ class Analyzer:
     def packets(self, sources: list[LogSource]) -> Iterator[Packet]:
         for source in sources:
             for event in read_events(source, self.stats):
+                if isinstance(event, FileEnd):
+                    self._assembler.mark_end(event.entered)
+                    continue
                 slots = self._slots_seen.get(event.node)
                 if slots is None:
                     slots = self._slots_seen[event.node] = set()
                     self.nodes.append(event.node)
                 step = event.step
                 if event.trace_id is None:
+                    # A legacy table hooks into all its chains once loaded.
                     slots |= table_slots(step.table)
-                elif step.chain in HOOKS:
-                    slots.add((step.chain, step.table))
-                for packet in self._assembler.feed(event):
+                    done = self._assembler.feed(event)
+                else:
+                    # nft creates a base chain only where one is declared: the slots seen.
+                    done = self._assembler.feed(event)
+                    if step.hook is not None:
+                        slots.add((step.hook, step.table))
+                for packet in done:
                     yield self._finish(packet)
         for packet in self._assembler.flush():
             yield self._finish(packet)
@@ -57,9 +66,10 @@ class Analyzer:
         rules = self.options.rules.get(packet.node)
         join_rules(packet, rules)
         present = rules.slots if rules else self._slots_seen.get(packet.node, set())
-        if packet.fields.proto is None and any(s.rule and "-p icmp" in s.rule for s in packet.steps):
-            packet.fields.proto = "ICMP"
+        if packet.fields.proto is None:
+            packet.fields.proto = _protocol_from_rules(packet)
         judge(packet, present)
+        self.stats.identities[packet.identity] = self.stats.identities.get(packet.identity, 0) + 1
         packet.direction = self._directions.classify(packet)
         packet.hooks = hook_path(packet.steps, self.options.tables)
         packet.origin = sent_here(packet.steps, packet.hooks)
@@ -68,6 +78,18 @@ class Analyzer:
 
     def flows(self) -> list[Flow]:
         return self._flows.flows()
+
+
+def _protocol_from_rules(packet: Packet) -> str | None:
+    """The protocol the rules a packet matched name (xtables-monitor prints no protocol
+    for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""
+    for step in packet.steps:
+        if step.rule:
+            words = step.rule.split()
+            for protocol, names in (("ICMP", ("icmp",)), ("ICMPV6", ("ipv6-icmp", "icmpv6", "icmp6"))):
+                if any(w == "-p" and n in names for w, n in zip(words, words[1:])):
+                    return protocol
+    return None
 
 
 @dataclass
