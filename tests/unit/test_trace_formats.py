@@ -261,3 +261,15 @@ def test_a_rule_or_policy_in_the_lines_still_decides(tmp_path):
     assert packet.at_end and packet.verdict == "dropped"
     (reply,) = [p for p in run(FIXTURES / "seed-logs" / "scenario2-master.log").packets if p.direction == "reply"]
     assert reply.at_end and reply.verdict == "accepted" and reply.steps[-1].kind == "policy"
+
+
+def test_a_first_line_that_lost_its_ip_id_is_adopted(tmp_path):
+    """A damaged first line (its ID= cut out) opens a flow packet; the packet's next line,
+    with the IP id, adopts it: one packet of identity ip_id, no false one-step drop."""
+    lines = (FIXTURES / "lab" / "scenario3-slave1.log").read_text().splitlines()
+    damaged = lines[0].replace(" ID=13891", "")
+    log = tmp_path / "adopt.log"
+    log.write_text("\n".join([damaged, *lines[1:]]) + "\n")
+    first = run(log).packets[0]
+    assert first.identity == "ip_id" and first.fields.ip_id == 13891 and first.repaired_lines == 1
+    assert first.steps[0].line == 1 and len(run(log).packets) == len(run(FIXTURES / "lab" / "scenario3-slave1.log").packets)

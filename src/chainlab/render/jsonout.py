@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 def write_json(
     out: IO[str], packets: Iterable[Packet], flows_after: Callable[[], list[Flow]],
     stats: ReadStats, tables: set[str] | None, checks: list[Check] | None = None,
+    checks_after: Callable[[], list[Check] | None] | None = None,
 ) -> None:
-    """Write packets as they come (the list may be a stream); flows and stats at the end."""
+    """Write packets as they come (the list may be a stream); flows, stats and checks (or
+    those `checks_after` gives once the packets are written) at the end."""
     out.write('{"packets": [')
     repaired = 0
     for i, packet in enumerate(packets):
         repaired += packet.repaired_lines
         out.write(("," if i else "") + "\n  " + json.dumps(packet.to_dict(tables)))
-    write_tail(out, flows_after, stats, tables, repaired, checks)
+    write_tail(out, flows_after, stats, tables, repaired, checks_after() if checks_after else checks)
 
 
 def write_tail(
@@ -42,6 +44,7 @@ def write_tail(
         "lines": stats.lines,
         "trace_records": stats.trace_records,
         "identities": {name: stats.identities[name] for name in IDENTITIES if name in stats.identities},
+        **({"matched": stats.matched} if stats.matched is not None else {}),
         "formats": stats.formats,
         "tables": sorted(tables) if tables else None,
     }

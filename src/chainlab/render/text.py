@@ -1,6 +1,13 @@
-"""Readable terminal output: per node, per packet, the chain walk (rich)."""
+"""Readable terminal output (rich): per packet the chain walk, and the summary table.
+
+The default text format shows up to PACKET_LIMIT packets in full (in the order they began,
+node by node), and when the log had more, the summary of all of them: memory stays flat
+whatever the log's size.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -9,17 +16,22 @@ from rich.text import Text
 
 from chainlab.trace.expect import Check
 from chainlab.trace.flows import Flow
-from chainlab.trace.model import Packet
+from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet
 from chainlab.trace.reader import ReadStats
+from chainlab.trace.summary import Summary
 
 VERDICT_STYLE = {"accepted": "green", "dropped": "bold red", "unknown": "yellow"}
+PACKET_LIMIT = 50
+FLOW_LIMIT = 50
 
 
 def packet_title(p: Packet) -> str:
     f = p.fields
     ends = f"{p.first.src} → {p.first.dst}" if p.first else "?"
-    detail = f"ip id {f.ip_id}"
-    if f.proto == "ICMP" and f.icmp_seq is not None:
+    detail = f"ip id {f.ip_id}" if f.ip_id is not None or p.identity == "ip_id" else p.identity.replace("_", " ")
+    if p.identity == "trace_id" and p.trace_ids:
+        detail += f" {p.trace_ids[0]}"
+    if f.proto in ICMP_PROTOCOLS and f.icmp_seq is not None:
         detail += f", icmp id {f.icmp_id} seq {f.icmp_seq}"
     elif f.sport is not None:
         detail += f", ports {f.sport} → {f.dport}"
@@ -40,7 +52,7 @@ def packet_table(p: Packet, tables: set[str] | None) -> Table:
             what += f" {step.handle}"
         if step.verdict:
             what += f" → {step.verdict}"
-        row = [step.hook or "?", f"{step.table}:{step.chain}", what, hex(step.mark) if step.mark else ""]
+        row = [step.hook or "?", escape(f"{step.table}:{step.chain}"), escape(what), hex(step.mark) if step.mark else ""]
         table.add_row(*row, *([escape(step.rule or "")] if with_rules else []))
     return table
 
@@ -54,26 +66,86 @@ def render_packet(p: Packet, tables: set[str] | None) -> Group:
     return Group(Text(packet_title(p), style="bold cyan"), verdict, packet_table(p, tables), Text(""))
 
 
-def print_analysis(
-    console: Console, packets: list[Packet], flows: list[Flow], stats: ReadStats,
-    tables: set[str] | None, checks: list[Check] | None = None,
-) -> None:
-    for p in packets:
-        console.print(render_packet(p, tables))
-    if flows:
-        console.print(Text("flows across nodes", style="bold"))
-        for flow in flows:
-            hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
-            console.print(f"  {flow.direction} {flow.protocol} ip id {flow.ip_id}: {hops}")
-            for note in flow.nat:
-                console.print(f"    [magenta]{escape(note)}[/magenta]")
-        console.print()
-    repaired = sum(p.repaired_lines for p in packets)
-    console.print(
-        f"[dim]{stats.lines} lines, {stats.trace_records} trace records, "
-        f"{stats.skipped_lines} skipped, {repaired} damaged but attributed, "
-        f"{stats.ignored_lines} not trace lines; {len(packets)} packets[/dim]"
-    )
+class TextReport:
+    """Collects what the text format prints, packet by packet, in bounded memory."""
+
+    def __init__(self, limit: int = PACKET_LIMIT):
+        self.limit = limit
+        self.kept: list[Packet] = []
+        self.summary = Summary()
+        self.repaired = 0
+
+    def add(self, packet: Packet) -> None:
+        if len(self.kept) < self.limit:
+            self.kept.append(packet)
+        self.summary.add(packet)
+        self.repaired += packet.repaired_lines
+
+    def feed(self, packets: Iterable[Packet]) -> None:
+        for packet in packets:
+            self.add(packet)
+
+    def print(self, console: Console, flows: list[Flow], stats: ReadStats, nodes: list[str], tables: set[str] | None,
+              checks: list[Check] | None = None) -> None:
+        rank = {node: i for i, node in enumerate(nodes)}
+        for p in sorted(self.kept, key=lambda p: (rank.get(p.node, len(rank)), p.seq)):
+            console.print(render_packet(p, tables))
+        total = self.summary.packets
+        if total > len(self.kept):
+            console.print(Text(f"{len(self.kept)} of {total} packets shown; all of them by path:", style="bold"))
+            print_summary_table(console, self.summary, nodes)
+        if flows:
+            console.print(Text("flows across nodes", style="bold"))
+            for flow in flows[:FLOW_LIMIT]:
+                hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
+                console.print(f"  {flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
+                for note in flow.nat:
+                    console.print(f"    [magenta]{escape(note)}[/magenta]")
+            if len(flows) > FLOW_LIMIT:
+                console.print(f"  ({len(flows) - FLOW_LIMIT} more flows: --format json has them all)")
+            console.print()
+        console.print(f"[dim]{counts_line(stats, self.repaired, total)}[/dim]")
+        if checks is not None:
+            print_checks(console, checks)
+
+
+def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:
+    line = (f"{stats.lines} lines, {stats.trace_records} trace records, {stats.skipped_lines} skipped, "
+            f"{repaired} damaged but attributed, {stats.ignored_lines} not trace lines")
+    if stats.cut_lines:
+        line += f", {stats.cut_lines} cut at 64 KiB"
+    line += f"; {packets} packets"
+    if set(stats.identities) - {"ip_id"}:
+        line += " (" + ", ".join(f"{stats.identities[n]} by {n.replace('_', ' ')}" for n in IDENTITIES
+                                 if n in stats.identities) + ")"
+    if stats.matched is not None:
+        line += f" seen, {stats.matched} matched"
+    return line
+
+
+def print_summary_table(console: Console, summary: Summary, nodes: list[str]) -> None:
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
+    for column in ("packets", "node", "direction", "path", "verdict", "first", "last", "example", "drop"):
+        table.add_column(column, justify="right" if column == "packets" else "left")
+    for row in summary.sorted_rows(nodes):
+        table.add_row(
+            str(row.count), escape(row.node), row.direction, " → ".join(row.hooks) or "(none)",
+            Text(row.verdict, style=VERDICT_STYLE.get(row.verdict, "")), escape(row.first_time or ""),
+            escape(row.last_time or ""), escape(row.example), escape(row.drop or ""),
+        )
+    console.print(table)
+    if summary.other:
+        console.print(f"  {summary.other} more packets on paths beyond the first {summary.max_rows}")
+
+
+def print_summary(console: Console, summary: Summary, stats: ReadStats, nodes: list[str], repaired: int,
+                  checks: list[Check] | None = None) -> None:
+    """`--format summary`: the table, then totals by verdict and the line counts."""
+    print_summary_table(console, summary, nodes)
+    verdicts = summary.verdicts()
+    console.print()
+    console.print("  ".join(f"{verdicts.get(v, 0)} {v}" for v in ("dropped", "accepted", "unknown")))
+    console.print(f"[dim]{counts_line(stats, repaired, summary.packets)}[/dim]")
     if checks is not None:
         print_checks(console, checks)
 

@@ -777,6 +777,7 @@ struct Packet {
 typedef struct {
     PyObject_HEAD int window;
     long long count, seq, unattributed;
+    long long open_flows; /* open packets of identity flow */
     long long lines, ignored, skipped, records, cut_lines;
     Packet *head, *tail; /* open packets */
     Packet *bucket_head[BUCKETS], *bucket_tail[BUCKETS];
@@ -853,6 +854,8 @@ static void lru_append(Engine *e, Packet *p) {
 
 static void finish(Engine *e, Packet *p) {
     lru_unlink(e, p);
+    if (p->identity == ID_FLOW)
+        e->open_flows--;
     p->tables_seen = e->table_masks[p->node];
     if (p->indexed) {
         size_t b = p->bucket;
@@ -1108,6 +1111,19 @@ static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
     }
 }
 
+/* Into the (node, ip id) bucket of its IP id. */
+static void index_packet(Engine *e, Packet *p) {
+    size_t b = p->bucket = bucket_of(p->node, p->f.ip_id);
+    p->indexed = 1;
+    p->id_next = NULL;
+    p->id_prev = e->bucket_tail[b];
+    if (e->bucket_tail[b])
+        e->bucket_tail[b]->id_next = p;
+    else
+        e->bucket_head[b] = p;
+    e->bucket_tail[b] = p;
+}
+
 /* Assembler._open */
 static Packet *open_packet(Engine *e, int node, const Fields *f) {
     Packet *p = calloc(1, sizeof *p);
@@ -1126,16 +1142,10 @@ static Packet *open_packet(Engine *e, int node, const Fields *f) {
         p->repaired++;
     e->began[node] = e->count;
     lru_append(e, p);
-    if (f->ip_id != NONE) {
-        size_t b = p->bucket = bucket_of(node, f->ip_id);
-        p->indexed = 1;
-        p->id_prev = e->bucket_tail[b];
-        if (e->bucket_tail[b])
-            e->bucket_tail[b]->id_next = p;
-        else
-            e->bucket_head[b] = p;
-        e->bucket_tail[b] = p;
-    }
+    if (f->ip_id != NONE)
+        index_packet(e, p);
+    else
+        e->open_flows++;
     return p;
 }
 
@@ -1145,6 +1155,10 @@ static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *ho
         for (Packet *p = e->bucket_tail[bucket_of(node, f->ip_id)]; p; p = p->id_prev)
             if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(p, s, hook))
                 return p;
+        if (e->open_flows) /* an IPv4 flow packet: a damaged start this line's IP id may adopt */
+            for (Packet *p = e->tail; p; p = p->prev)
+                if (p->identity == ID_FLOW && p->node == node && compatible(p, f) && next_hook(p, s, hook))
+                    return p;
         return NULL;
     }
     for (Packet *p = e->tail; p; p = p->prev)
@@ -1245,10 +1259,6 @@ static int node_number(Engine *e, const char *name, size_t n) {
 /* The node and time of a line whose first header starts at `at` (the prefix parse of the
  * previous line is reused when the text is the same, as KernelLineParser.prefix caches). */
 static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
-    if (!e->from_lines) {
-        time->n = -1;
-        return e->line_node;
-    }
     Buf *b = &e->prefix_text;
     if (!(e->has_prefix && b->n == at && (at == 0 || memcmp(b->p, line, at) == 0))) {
         e->has_prefix = 0;
@@ -1260,7 +1270,7 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
         }
         Ref host;
         parse_prefix(b->p, at, &host, &e->prefix_time);
-        int node = host.n > 0 ? node_number(e, host.s, (size_t)host.n) : e->line_node;
+        int node = host.n > 0 && e->from_lines ? node_number(e, host.s, (size_t)host.n) : e->line_node;
         if (node < 0) {
             e->failed = 1;
             node = e->line_node;
@@ -1307,6 +1317,11 @@ static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fi
     }
     if (merge(p, f))
         e->failed = 1;
+    if (p->identity == ID_FLOW && p->f.ip_id != NONE) { /* adopted by its IP id */
+        p->identity = ID_IP;
+        e->open_flows--;
+        index_packet(e, p);
+    }
     append_step(e, p, &s, f, hook, time);
     keep_last(e, node, f, p);
     if (e->count % EXPIRE_EVERY == 0)

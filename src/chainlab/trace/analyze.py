@@ -42,6 +42,14 @@ def _where(step: Step) -> str:
     return where
 
 
+def drop_point(packet: Packet) -> str | None:
+    """Where a dropped packet died: `table:chain rule N` and the rule's text if known."""
+    if packet.verdict != "dropped" or not packet.steps:
+        return None
+    last = packet.steps[-1]
+    return _where(last) + (f" `{last.rule}`" if last.rule else "")
+
+
 def _decides(step: Step) -> bool:
     """The step ends the table the packet is in: a policy, an accept, a NAT target."""
     if step.kind == "policy" or (step.verdict and step.verdict.split(":")[0] == "ACCEPT"):

@@ -12,7 +12,8 @@ that joins no open packet opens one of identity "flow" if it still shows both ad
 later such lines join it while their source address, destination address (which DNAT may
 change once), ports, ICMP sequence, interfaces, IPv6 flow label and TCP sequence number
 agree with it, and the walk goes on in order (a walk that starts again is the flow's next
-packet). The most recently touched packet is tried first.
+packet). The most recently touched packet is tried first. An IPv4 flow packet is a damaged
+start of a packet: the first line with an IP id that fits it adopts it (identity "ip_id").
 
 A packet no line has joined for `window` events is complete and handed on, so memory
 stays flat on any file size. When an input file ends, the open packets after whose last
@@ -116,6 +117,8 @@ class Assembler:
         self.by_ip_id: dict[tuple[str, int], list[Packet]] = {}
         self.by_trace: dict[tuple[str, str], Packet] = {}
         self.unattributed = 0
+        #: Open packets of identity "flow" (IPv4 ones may be adopted by an IP id).
+        self.open_flows = 0
         #: Per node, the event count at which its latest packet began.
         self._began: dict[str, int] = {}
         self._last: tuple[str, str | None, Fields, Packet] | None = None
@@ -148,6 +151,10 @@ class Assembler:
             if f.damaged:
                 packet.repaired_lines += 1
         _merge(packet.fields, f)
+        if packet.identity == "flow" and packet.fields.ip_id is not None:
+            packet.identity = "ip_id"
+            self.open_flows -= 1
+            self.by_ip_id.setdefault((event.node, packet.fields.ip_id), []).append(packet)
         if event.trace_id is not None:
             if event.trace_id not in packet.trace_ids:
                 packet.trace_ids.append(event.trace_id)
@@ -228,6 +235,12 @@ class Assembler:
                 ok, hook = self._next_hook(packet, event)
                 if ok:
                     return packet, hook
+        if f.ip_id is not None and self.open_flows:
+            for packet in reversed(self.open.values()):
+                if packet.identity == "flow" and packet.node == event.node and compatible(packet, f):
+                    ok, hook = self._next_hook(packet, event)
+                    if ok:
+                        return packet, hook
         return None
 
     def _open(self, event: Event) -> Packet:
@@ -241,6 +254,8 @@ class Assembler:
         self.open[id(packet)] = packet
         if f.ip_id is not None:
             self.by_ip_id.setdefault((event.node, f.ip_id), []).append(packet)
+        elif identity == "flow":
+            self.open_flows += 1
         return packet
 
     def _expire(self) -> list[Packet]:
@@ -255,6 +270,8 @@ class Assembler:
         return expired
 
     def _forget(self, packet: Packet) -> None:
+        if packet.identity == "flow":
+            self.open_flows -= 1
         if packet.fields.ip_id is not None:
             key = (packet.node, packet.fields.ip_id)
             siblings = self.by_ip_id.get(key, [])

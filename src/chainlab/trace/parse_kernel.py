@@ -216,14 +216,13 @@ class KernelLineParser:
         return cached
 
     def prefix(self, text: str) -> tuple[str | None, str | None]:
-        """(host, time) of what precedes the first header, or (None, None) if unwanted."""
-        if not self.want_host:
-            return None, None
+        """(host, time) of what precedes the first header (host None if unwanted)."""
         cached = self._prefixes.get(text)
         if cached is None:
             if len(self._prefixes) >= self.CACHE_SIZE:
                 self._prefixes.clear()
-            cached = self._prefixes[text] = _prefix(text)
+            host, time = _prefix(text)
+            cached = self._prefixes[text] = (host if self.want_host else None, time)
         return cached
 
     def parse_single(self, line: str, number: int) -> tuple[Step, Fields, str | None] | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from chainlab.trace import ascii
 from chainlab.trace.analyze import Directions, hook_path, join_rules, judge, sent_here
 from chainlab.trace.assemble import Assembler
 from chainlab.trace.flows import Flow, FlowIndex
 from chainlab.trace.hooks import resolver
+from chainlab.trace.match import Match
 from chainlab.trace.model import FileEnd, Packet
 from chainlab.trace.netfilter import Slot, table_slots
 from chainlab.trace.reader import LogSource, ReadStats, read_events
@@ -17,11 +19,13 @@ from chainlab.trace.rules import RuleSet
 
 @dataclass
 class AnalysisOptions:
-    """`tables`: the tables hook paths are computed in (None: all); `rules`: per node."""
+    """`tables`: the tables hook paths are computed in (None: all); `rules`: per node;
+    `match`: which packets are reported (all of them are read, judged and classified)."""
 
     tables: set[str] | None = None
     rules: dict[str, RuleSet] = field(default_factory=dict)
     window: int = 400
+    match: Match = field(default_factory=Match)
 
 
 class Analyzer:
@@ -35,6 +39,8 @@ class Analyzer:
         self._directions = Directions()
         self._flows = FlowIndex()
         self._slots_seen: dict[str, set[Slot]] = {}
+        if self.options.match:
+            self.stats.matched = 0
 
     def packets(self, sources: list[LogSource]) -> Iterator[Packet]:
         for source in sources:
@@ -57,12 +63,15 @@ class Analyzer:
                     if step.hook is not None:
                         slots.add((step.hook, step.table))
                 for packet in done:
-                    yield self._finish(packet)
+                    if self._finish(packet):
+                        yield packet
         for packet in self._assembler.flush():
-            yield self._finish(packet)
+            if self._finish(packet):
+                yield packet
         self.stats.skipped_lines += self._assembler.unattributed
 
-    def _finish(self, packet: Packet) -> Packet:
+    def _finish(self, packet: Packet) -> bool:
+        """Judge and classify a complete packet; whether --match takes it."""
         rules = self.options.rules.get(packet.node)
         join_rules(packet, rules)
         present = rules.slots if rules else self._slots_seen.get(packet.node, set())
@@ -73,8 +82,13 @@ class Analyzer:
         packet.direction = self._directions.classify(packet)
         packet.hooks = hook_path(packet.steps, self.options.tables)
         packet.origin = sent_here(packet.steps, packet.hooks)
+        match = self.options.match
+        if match:
+            if not match(packet):
+                return False
+            self.stats.matched = (self.stats.matched or 0) + 1
         self._flows.add(packet)
-        return packet
+        return True
 
     def flows(self) -> list[Flow]:
         return self._flows.flows()
@@ -85,7 +99,7 @@ def _protocol_from_rules(packet: Packet) -> str | None:
     for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""
     for step in packet.steps:
         if step.rule:
-            words = step.rule.split()
+            words = ascii.words(step.rule)
             for protocol, names in (("ICMP", ("icmp",)), ("ICMPV6", ("ipv6-icmp", "icmpv6", "icmp6"))):
                 if any(w == "-p" and n in names for w, n in zip(words, words[1:])):
                     return protocol

@@ -71,6 +71,8 @@ class ReadStats:
     formats: dict[str, str] = field(default_factory=dict)
     #: Packets by how their lines were grouped (model.IDENTITIES).
     identities: dict[str, int] = field(default_factory=dict)
+    #: Packets that --match took (None: no --match).
+    matched: int | None = None
 
 
 @dataclass(frozen=True)
