@@ -1,4 +1,4 @@
-"""The JSON contract: `{"packets": [...], "flows": [...], "skipped_lines": N, ...}`, streamed."""
+"""`--format json`: the analysis contract (trace/contract.py) written as it comes, streamed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
+from chainlab.trace.contract import FlowRecord, PacketRecord, check_to_dict
 from chainlab.trace.flows import Flow
 from chainlab.trace.model import IDENTITIES, Packet
 from chainlab.trace.reader import ReadStats
@@ -25,7 +26,7 @@ def write_json(
     repaired = 0
     for i, packet in enumerate(packets):
         repaired += packet.repaired_lines
-        out.write(("," if i else "") + "\n  " + json.dumps(packet.to_dict(tables)))
+        out.write(("," if i else "") + "\n  " + json.dumps(PacketRecord.from_packet(packet, tables).to_dict()))
     write_tail(out, flows_after, stats, tables, repaired, checks_after() if checks_after else checks)
 
 
@@ -36,7 +37,7 @@ def write_tail(
     """Close the packet list; then flows, line counts and the scenario checks."""
     out.write("\n ],\n")
     tail: dict[str, Any] = {
-        "flows": [f.to_dict() for f in flows_after()],
+        "flows": [FlowRecord.from_flow(f).to_dict() for f in flows_after()],
         "skipped_lines": stats.skipped_lines,
         "repaired_lines": repaired,
         "ignored_lines": stats.ignored_lines,
@@ -49,6 +50,6 @@ def write_tail(
         "tables": sorted(tables) if tables else None,
     }
     if checks is not None:
-        tail["expect"] = {"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks]}
+        tail["expect"] = {"ok": all(c.ok for c in checks), "checks": [check_to_dict(c) for c in checks]}
     body = json.dumps(tail, indent=1)
     out.write(" " + body[1:] + "\n")

@@ -14,9 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Check
 from chainlab.trace.flows import Flow
-from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet
+from chainlab.trace.model import IDENTITIES, Packet
 from chainlab.trace.reader import ReadStats
 from chainlab.trace.summary import Summary
 
@@ -25,45 +26,27 @@ PACKET_LIMIT = 50
 FLOW_LIMIT = 50
 
 
-def packet_title(p: Packet) -> str:
-    f = p.fields
-    ends = f"{p.first.src} → {p.first.dst}" if p.first else "?"
-    detail = f"ip id {f.ip_id}" if f.ip_id is not None or p.identity == "ip_id" else p.identity.replace("_", " ")
-    if p.identity == "trace_id" and p.trace_ids:
-        detail += f" {p.trace_ids[0]}"
-    if f.proto in ICMP_PROTOCOLS and f.icmp_seq is not None:
-        detail += f", icmp id {f.icmp_id} seq {f.icmp_seq}"
-    elif f.sport is not None:
-        detail += f", ports {f.sport} → {f.dport}"
-    return f"{p.node} · {p.direction} · {p.protocol} {ends} ({detail})"
-
-
-def packet_table(p: Packet, tables: set[str] | None) -> Table:
+def packet_table(p: PacketRecord, tables: set[str] | None) -> Table:
     steps = [s for s in p.steps if tables is None or s.table in tables]
     with_rules = any(s.rule for s in steps)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
     for column in ("hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])):
         table.add_column(column)
     for step in steps:
-        what = step.kind
-        if step.position is not None:
-            what += f" {step.position}"
-        elif step.handle:
-            what += f" {step.handle}"
-        if step.verdict:
-            what += f" → {step.verdict}"
-        row = [step.hook or "?", escape(f"{step.table}:{step.chain}"), escape(what), hex(step.mark) if step.mark else ""]
+        mark = step.mark if step.mark not in (None, "0x0") else ""
+        row = [step.hook or "?", escape(step.name), escape(step.label()), mark]
         table.add_row(*row, *([escape(step.rule or "")] if with_rules else []))
     return table
 
 
-def render_packet(p: Packet, tables: set[str] | None) -> Group:
+def render_packet(p: PacketRecord, tables: set[str] | None) -> Group:
     path = " → ".join(p.hooks) or "(no step in the selected tables)"
     verdict = Text.assemble(
         ("  path: ", "dim"), (path, "bold"), ("   verdict: ", "dim"),
         (p.verdict, VERDICT_STYLE.get(p.verdict, "")), (f"  ({p.reason})", "dim"),
     )
-    return Group(Text(packet_title(p), style="bold cyan"), verdict, packet_table(p, tables), Text(""))
+    title = Text(f"{p.node} · {p.direction} · {p.title()}", style="bold cyan")
+    return Group(title, verdict, packet_table(p, tables), Text(""))
 
 
 class TextReport:
@@ -71,13 +54,13 @@ class TextReport:
 
     def __init__(self, limit: int = PACKET_LIMIT):
         self.limit = limit
-        self.kept: list[Packet] = []
+        self.kept: list[tuple[int, PacketRecord]] = []  # (seq, packet)
         self.summary = Summary()
         self.repaired = 0
 
     def add(self, packet: Packet) -> None:
         if len(self.kept) < self.limit:
-            self.kept.append(packet)
+            self.kept.append((packet.seq, PacketRecord.from_packet(packet)))
         self.summary.add(packet)
         self.repaired += packet.repaired_lines
 
@@ -88,7 +71,7 @@ class TextReport:
     def print(self, console: Console, flows: list[Flow], stats: ReadStats, nodes: list[str], tables: set[str] | None,
               checks: list[Check] | None = None) -> None:
         rank = {node: i for i, node in enumerate(nodes)}
-        for p in sorted(self.kept, key=lambda p: (rank.get(p.node, len(rank)), p.seq)):
+        for _, p in sorted(self.kept, key=lambda k: (rank.get(k[1].node, len(rank)), k[0])):
             console.print(render_packet(p, tables))
         total = self.summary.packets
         if total > len(self.kept):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chainlab.trace.analyze import hook_path
 from chainlab.trace.model import Packet
@@ -23,12 +23,6 @@ class Check:
     verdicts: list[str]
     ok: bool
     message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node, "direction": self.direction, "expected": self.expected,
-            "actual": self.actual, "verdicts": self.verdicts, "ok": self.ok, "message": self.message,
-        }
 
 
 def _probe_packet(packet: Packet, protocol: str) -> bool:

@@ -19,13 +19,6 @@ class Hop:
     exit: tuple[str | None, str | None]
     origin: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node, "hooks": self.hooks, "verdict": self.verdict, "ttl": self.ttl,
-            "src": self.entry[0], "dst": self.entry[1],
-            "exit_src": self.exit[0], "exit_dst": self.exit[1],
-        }
-
 
 @dataclass
 class Flow:
@@ -50,10 +43,10 @@ class Flow:
         return notes
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "direction": self.direction, "protocol": self.protocol, "ip_id": self.ip_id,
-            "hops": [h.to_dict() for h in self.hops], "nat": self.nat,
-        }
+        """As the analysis contract writes it (trace/contract.py)."""
+        from chainlab.trace.contract import FlowRecord
+
+        return FlowRecord.from_flow(self).to_dict()
 
 
 def _key(packet: Packet) -> tuple[object, ...] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from chainlab.trace.ascii import lower
 
@@ -51,28 +50,6 @@ class Step:
     #: nft family (`ip`, `inet`, `ip6`, ...) for `nft monitor trace` steps; None for the
     #: iptables formats, whose base chains are the built-in ones (PREROUTING, ...).
     family: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "table": self.table,
-            "chain": self.chain,
-            "kind": self.kind,
-            "position": self.position,
-            "rule": self.rule,
-            "hook": self.hook,
-            "line": self.line,
-        }
-        if self.handle is not None:
-            out["handle"] = self.handle
-        if self.verdict is not None:
-            out["verdict"] = self.verdict
-        if self.mark is not None:
-            out["mark"] = hex(self.mark)
-        if self.time is not None:
-            out["time"] = self.time
-        if self.family is not None:
-            out["family"] = self.family
-        return out
 
 
 @dataclass(slots=True)
@@ -135,37 +112,3 @@ class Packet:
     @property
     def last_step(self) -> Step | None:
         return self.steps[-1] if self.steps else None
-
-    def to_dict(self, tables: set[str] | None = None) -> dict[str, Any]:
-        f = self.fields
-        steps = [s for s in self.steps if tables is None or s.table in tables]
-        out: dict[str, Any] = {
-            "node": self.node,
-            "direction": self.direction,
-            "protocol": self.protocol,
-            "src": self.first.src if self.first else f.src,
-            "dst": self.first.dst if self.first else f.dst,
-            "ip_id": f.ip_id,
-            "identity": self.identity,
-            "ttl": self.first.ttl if self.first else f.ttl,
-            "hooks": self.hooks,
-            "route": self.route,
-            "steps": [s.to_dict() for s in steps],
-            "verdict": self.verdict,
-            "reason": self.reason,
-            "last_step": self.last_step.to_dict() if self.last_step else None,
-            "new_connection": self.new_connection,
-            "exit": {"src": self.last.src, "dst": self.last.dst} if self.last else None,
-            "repaired_lines": self.repaired_lines,
-        }
-        if f.proto in ICMP_PROTOCOLS:
-            out["icmp"] = {"type": f.icmp_type, "id": f.icmp_id, "seq": f.icmp_seq}
-        if f.sport is not None or f.dport is not None:
-            out["sport"], out["dport"] = f.sport, f.dport
-        if f.tcp_flags:
-            out["tcp_flags"] = sorted(f.tcp_flags)
-        if f.flow_label is not None:
-            out["flow_label"] = f.flow_label
-        if self.trace_ids:
-            out["trace_ids"] = self.trace_ids
-        return out
