@@ -615,12 +615,11 @@ def source_state(repo: Path) -> str:
     return (head or "?") + ("+dirty" if dirty else "")
 
 
-def engine_used(path: Path) -> str:
-    """Which engine `chainlab analyze --format json` picks for this log (as CHAINLAB_ENGINE says)."""
+def engine_used() -> str:
+    """Which engine `chainlab analyze` runs on (as CHAINLAB_ENGINE says and the build allows)."""
     from chainlab.trace import native
-    from chainlab.trace.reader import LogSource
 
-    return "Python" if native.plan([LogSource(path, HOST)], python_only=[]) is None else "C"
+    return "C" if native.wanted() else "Python"
 
 
 def tool_version(argv: list[str]) -> str:
@@ -697,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         print("awk not found", file=sys.stderr)
         return 2
     analyzer_argv = [args.chainlab, "analyze", "--format", "json", f"{HOST}={path}"]
-    engine = engine_used(path)
+    engine = engine_used()
     an = best(analyzer_argv, args.repeat)
     if an.returncode != 0:
         print(f"analyzer failed (exit {an.returncode}):\n{an.stderr_tail}", file=sys.stderr)

@@ -13,7 +13,7 @@ from rich.console import Console
 from chainlab.errors import InputError, Problem
 from chainlab.names import HOST_NAME
 from chainlab.render import diagram
-from chainlab.render.jsonout import write_json
+from chainlab.render.jsonout import write_json, write_tail
 from chainlab.render.text import TextReport, print_summary
 from chainlab.trace import native
 from chainlab.trace.expect import Check, Checker
@@ -93,47 +93,86 @@ def analyze_command(
 
         scenario = load_scenario(expect_path)
     options = AnalysisOptions(tables=tables, rules=rules, match=match)
-
-    in_use = {"--rules": bool(rules), "--tables": tables is not None, "--expect": scenario is not None,
-              "--match": bool(match), f"--format {fmt}": fmt != "json"}
-    python_only = [option for option, used in in_use.items() if used]
-    sizes = native.plan(sources, python_only)
+    checker = Checker(scenario) if scenario is not None else None
     if fmt == "json":
         for source in sources:
             check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
-    if sizes is not None:
-        native.write_json(sys.stdout, sources, sizes)
-        return
+    run = _run_native if native.wanted() else _run_python
+    ok = run(sources, options, fmt, checker, title)
+    if not ok:
+        sys.exit(1)
 
+
+def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource]) -> list[Check] | None:
+    return None if checker is None else checker.checks(set(nodes) | {s.node for s in sources if s.node})
+
+
+def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
+    """The Python engine (the reference): packets stream into the chosen output."""
     analyzer = Analyzer(options)
-    checker = Checker(scenario) if scenario is not None else None
     packets = _checked(analyzer.packets(sources), checker)
+    checks: list[Check] | None = None
 
-    def checks() -> list[Check] | None:
-        return None if checker is None else checker.checks(set(analyzer.nodes) | {s.node for s in sources if s.node})
+    def checks_after() -> list[Check] | None:
+        nonlocal checks
+        checks = _checks(checker, analyzer.nodes, sources)
+        return checks
 
     console = Console()
     if fmt == "json":
-        write_json(sys.stdout, packets, analyzer.flows, analyzer.stats, tables, checks_after=checks)
+        write_json(sys.stdout, packets, analyzer.flows, analyzer.stats, options.tables, checks_after=checks_after)
     elif fmt == "text":
         report = TextReport()
         report.feed(packets)
-        report.print(console, analyzer.flows(), analyzer.stats, analyzer.nodes, tables, checks())
+        report.print(console, analyzer.flows(), analyzer.stats, analyzer.nodes, options.tables, checks_after())
     elif fmt == "summary":
         summary, repaired = Summary(), 0
         for packet in packets:
             summary.add(packet)
             repaired += packet.repaired_lines
-        print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks())
+        print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
     else:
-        builder = diagram.DiagramBuilder(tables)
+        builder = diagram.DiagramBuilder(options.tables)
         for packet in packets:
             builder.add(packet)
-        model = builder.model(analyzer.nodes, analyzer.flows())
-        render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
-        sys.stdout.write(render(model, title))
-    if checker is not None and not all(c.ok for c in checks() or []):
-        sys.exit(1)
+        _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
+        checks_after()
+    return checks is None or all(c.ok for c in checks)
+
+
+def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
+    """The C engine (native.py): the same outputs, the same bytes."""
+    mode = fmt if fmt in ("json", "text", "summary") else "diagram"
+    console = Console()
+    if fmt == "json":
+        sys.stdout.write('{"packets": [')
+        sys.stdout.flush()
+        result = native.run(sources, options, mode, checker, out=sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        checks = _checks(checker, result.nodes, sources)
+        write_tail(sys.stdout, lambda: result.flows, result.stats, options.tables, result.repaired, checks)
+    else:
+        result = native.run(sources, options, mode, checker)
+        checks = _checks(checker, result.nodes, sources)
+        if fmt == "text":
+            report = TextReport()
+            report.kept, report.summary, report.repaired = result.kept, result.summary, result.repaired
+            report.print(console, result.flows, result.stats, result.nodes, options.tables, checks)
+        elif fmt == "summary":
+            print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
+        else:
+            builder = diagram.DiagramBuilder(options.tables)
+            for node, direction, seq, count, info in result.walks:
+                key = (node, direction, tuple(info.hooks), info.verdict, info.drop_at)
+                builder.walks[key] = (seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict,
+                                                        info.drop_at, count))
+            _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
+    return checks is None or all(c.ok for c in checks)
+
+
+def _write_diagram(model: diagram.DiagramModel, fmt: str, title: str) -> None:
+    render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
+    sys.stdout.write(render(model, title))
 
 
 COMMANDS = [analyze_command]

@@ -741,68 +741,773 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
     }
 }
 
-/* ---------------------------------------------------------------- packets */
+
+/* ---------------------------------------------------------------- maps */
+
+/* A hash map of byte-string keys, in insertion order (which move_to_end changes): what the
+ * Python side's dicts and OrderedDicts do here. Entries hold a pointer or a number. */
+typedef struct Entry Entry;
+struct Entry {
+    Entry *prev, *next; /* order */
+    size_t hash, klen;
+    void *value;
+    long long number;
+    char key[];
+};
+
+typedef struct {
+    Entry **slots;
+    size_t n_slots, count, used; /* used: filled or deleted slots */
+    Entry *head, *tail;
+} Map;
+
+static Entry DELETED;
+
+static size_t hash_bytes(const char *s, size_t n) {
+    size_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+/* The slot of `key`: where it is, or (found NULL) the first free slot for it. */
+static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, Entry **found) {
+    size_t mask = m->n_slots - 1, i = hash & mask, free_at = (size_t)-1;
+    for (;; i = (i + 1) & mask) {
+        Entry *e = m->slots[i];
+        if (!e) {
+            *found = NULL;
+            return free_at != (size_t)-1 ? free_at : i;
+        }
+        if (e == &DELETED) {
+            if (free_at == (size_t)-1)
+                free_at = i;
+        } else if (e->hash == hash && e->klen == klen && memcmp(e->key, key, klen) == 0) {
+            *found = e;
+            return i;
+        }
+    }
+}
+
+static int map_grow(Map *m) {
+    size_t n = m->n_slots ? m->n_slots * 2 : 16;
+    while (m->count * 2 >= n)
+        n *= 2;
+    Entry **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -1;
+    free(m->slots);
+    m->slots = slots;
+    m->n_slots = n;
+    m->used = m->count;
+    for (Entry *e = m->head; e; e = e->next) {
+        size_t i = e->hash & (n - 1);
+        while (slots[i])
+            i = (i + 1) & (n - 1);
+        slots[i] = e;
+    }
+    return 0;
+}
+
+static Entry *map_get(const Map *m, const char *key, size_t klen) {
+    if (!m->n_slots)
+        return NULL;
+    Entry *found;
+    map_slot(m, key, klen, hash_bytes(key, klen), &found);
+    return found;
+}
+
+/* The entry of `key`, added at the end (value NULL, number 0) if new; NULL when out of memory. */
+static Entry *map_put(Map *m, const char *key, size_t klen, int *added) {
+    if ((m->used + 1) * 2 > m->n_slots && map_grow(m))
+        return NULL;
+    size_t hash = hash_bytes(key, klen);
+    Entry *found;
+    size_t i = map_slot(m, key, klen, hash, &found);
+    *added = found == NULL;
+    if (found)
+        return found;
+    Entry *e = calloc(1, sizeof *e + klen + 1);
+    if (!e)
+        return NULL;
+    memcpy(e->key, key, klen);
+    e->klen = klen;
+    e->hash = hash;
+    if (m->slots[i] != &DELETED)
+        m->used++;
+    m->slots[i] = e;
+    m->count++;
+    e->prev = m->tail;
+    if (m->tail)
+        m->tail->next = e;
+    else
+        m->head = e;
+    m->tail = e;
+    return e;
+}
+
+static void map_unlink(Map *m, Entry *e) {
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        m->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        m->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void map_move_to_end(Map *m, Entry *e) {
+    if (m->tail == e)
+        return;
+    map_unlink(m, e);
+    e->prev = m->tail;
+    if (m->tail)
+        m->tail->next = e;
+    else
+        m->head = e;
+    m->tail = e;
+}
+
+/* Remove and free an entry (its value is the caller's). */
+static void map_remove(Map *m, Entry *e) {
+    Entry *found;
+    size_t i = map_slot(m, e->key, e->klen, e->hash, &found);
+    if (found == e)
+        m->slots[i] = &DELETED;
+    map_unlink(m, e);
+    m->count--;
+    free(e);
+}
+
+static void map_clear(Map *m, void (*drop)(void *)) {
+    Entry *e = m->head;
+    while (e) {
+        Entry *next = e->next;
+        if (drop && e->value)
+            drop(e->value);
+        free(e);
+        e = next;
+    }
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- words */
+
+typedef struct {
+    const char *s;
+    size_t n;
+} Word;
+
+typedef struct {
+    Word *w;
+    size_t n, cap;
+} Words;
+
+/* ascii.words(text): the runs between ASCII whitespace; `skip_quotes` drops every '"'
+ * first (nft_packet_fields does text.replace('"', "")), copying the text into `scratch`. */
+static int split_words(const char *s, size_t n, Words *out, int skip_quotes, Buf *scratch) {
+    out->n = 0;
+    if (skip_quotes) {
+        scratch->n = 0;
+        if (buf_grow(scratch, n + 1))
+            return -1;
+        for (size_t i = 0; i < n; i++)
+            if (s[i] != '"')
+                scratch->p[scratch->n++] = s[i];
+        s = scratch->p;
+        n = scratch->n;
+    }
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && is_space(s[i]))
+            i++;
+        if (i >= n)
+            break;
+        size_t start = i;
+        while (i < n && !is_space(s[i]))
+            i++;
+        if (out->n == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : 64;
+            Word *w = realloc(out->w, cap * sizeof *w);
+            if (!w)
+                return -1;
+            out->w = w;
+            out->cap = cap;
+        }
+        out->w[out->n++] = (Word){s + start, i - start};
+    }
+    return 0;
+}
+
+static int word_is(Word w, const char *name) { return name_is(w.s, w.n, name); }
+
+/* pairs.get((a, b)): the word after the first `a b` that has one (NULL n: none). */
+static Word pair_get(const Words *ws, const char *a, const char *b) {
+    for (size_t i = 0; i + 2 < ws->n; i++)
+        if (word_is(ws->w[i], a) && word_is(ws->w[i + 1], b))
+            return ws->w[i + 2];
+    return (Word){NULL, 0};
+}
+
+/* following.get(a): the word after the first `a` that has one. */
+static Word following_get(const Words *ws, const char *a) {
+    for (size_t i = 0; i + 1 < ws->n; i++)
+        if (word_is(ws->w[i], a))
+            return ws->w[i + 1];
+    return (Word){NULL, 0};
+}
+
+static long long word_int(Word w, long long limit) { return w.s ? small_int(w.s, w.n, limit) : NONE; }
+
+/* ---------------------------------------------------------------- xtables-monitor and nft monitor */
+
+static const char *FAMILIES[] = {"ip", "inet", "ip6", "bridge", "arp", "netdev"};
+#define N_FAMILIES 6
+
+/* A PACKET / packet: line's fields, kept per trace id with its own copy of the interfaces. */
+typedef struct {
+    Fields f;
+    char *text;           /* in_if and out_if point here */
+    char *base_table, *base_chain; /* the base chain a `packet:` line opens (NULL: xtables-monitor) */
+    size_t base_table_n, base_chain_n;
+} NftPacket;
+
+static void nft_packet_free(void *p) {
+    NftPacket *np = p;
+    free(np->text);
+    free(np->base_table);
+    free(np->base_chain);
+    free(np);
+}
+
+static int proto_name(const char *v, size_t n, char *out) {
+    if (n == 0 || n >= 8)
+        return 0;
+    for (size_t j = 0; j < n; j++)
+        out[j] = (v[j] >= 'a' && v[j] <= 'z') ? (char)(v[j] - 32) : v[j];
+    out[n] = 0;
+    return find_in(PROTOCOL_NAMES, 11, out, n) >= 0 || (all_digits(out, n) && n <= 3);
+}
+
+/* parse_nft.xt_packet_fields */
+static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
+    fields_init(f);
+    if (split_words(s, n, ws, 0, NULL))
+        return -1;
+    int v6 = 0, flags = 0;
+    for (size_t k = 0; k < ws->n; k++) {
+        const char *t = ws->w[k].s;
+        size_t len = ws->w[k].n;
+        const char *eq = memchr(t, '=', len);
+        if (!eq) {
+            int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
+            if (flag >= 0)
+                flags |= 1 << flag;
+            continue;
+        }
+        size_t klen = (size_t)(eq - t);
+        const char *v = eq + 1;
+        size_t vlen = len - klen - 1;
+        if ((name_is(t, klen, "SRC") || name_is(t, klen, "DST")) && (is_ipv4(v, vlen) || is_ipv6(v, vlen))) {
+            set_address(t[0] == 'S' ? f->src : f->dst, v, vlen);
+            if (memchr(v, ':', vlen))
+                v6 = 1;
+        } else if (name_is(t, klen, "IN")) {
+            f->in_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
+        } else if (name_is(t, klen, "OUT")) {
+            f->out_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
+        } else if (name_is(t, klen, "TTL") || name_is(t, klen, "HOPLIMIT")) {
+            f->ttl = small_int(v, vlen, 255);
+        } else if (name_is(t, klen, "FLOWLBL")) {
+            f->flow_label = small_int(v, vlen, 0xFFFFF);
+            v6 = 1;
+        } else if (name_is(t, klen, "ID")) { /* GLUED_ID: 1-10 digits, then DF, MF or CE or nothing */
+            size_t d = 0;
+            while (d < vlen && is_digit(v[d]))
+                d++;
+            int glued = d >= 1 && d <= 10 &&
+                        (d == vlen || (vlen - d == 2 && (memcmp(v + d, "DF", 2) == 0 || memcmp(v + d, "MF", 2) == 0 ||
+                                                         memcmp(v + d, "CE", 2) == 0)));
+            f->ip_id = glued ? small_int(v, d, 65535) : NONE;
+        } else if (name_is(t, klen, "SPORT")) {
+            f->sport = small_int(v, vlen, 65535);
+        } else if (name_is(t, klen, "DPORT")) {
+            f->dport = small_int(v, vlen, 65535);
+        } else if (name_is(t, klen, "PROTO")) {
+            if (!proto_name(v, vlen, f->proto))
+                f->proto[0] = 0;
+        }
+    }
+    if ((f->sport != NONE || f->dport != NONE) && !f->proto[0])
+        strcpy(f->proto, flags ? "TCP" : "UDP");
+    f->flags = flags;
+    f->damaged = (f->ip_id == NONE && !v6) || !f->src[0] || !f->dst[0];
+    return 0;
+}
+
+static const char *FLAG_BITS_NAMES[] = {"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}; /* bit 0..7 */
+static const char *FLAG_WORDS[] = {"fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"};
+
+/* The TCP_FLAG_NAMES mask of a flag name. */
+static int flag_bit(const char *name) { return 1 << find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, name, strlen(name)); }
+
+/* parse_nft._tcp_flags: after the first `flags`: `== syn | ack`, `syn`, or `0x14`. */
+static int nft_tcp_flags(const Words *ws) {
+    size_t start = 0;
+    while (start < ws->n && !word_is(ws->w[start], "flags"))
+        start++;
+    start++;
+    if (start < ws->n && word_is(ws->w[start], "=="))
+        start++;
+    int flags = 0;
+    if (start < ws->n) {
+        Word w = ws->w[start];
+        int hex = w.n >= 3 && w.n <= 10 && w.s[0] == '0' && w.s[1] == 'x';
+        unsigned long bits = 0;
+        for (size_t j = 2; hex && j < w.n; j++) {
+            char c = w.s[j];
+            hex = is_hex_digit(c);
+            bits = bits * 16 + (unsigned long)(is_digit(c) ? c - '0' : (c | 32) - 'a' + 10);
+        }
+        if (hex) {
+            for (int b = 0; b < 8; b++)
+                if (bits & (1ul << b))
+                    flags |= flag_bit(FLAG_BITS_NAMES[b]);
+            return flags;
+        }
+    }
+    for (size_t k = start; k < ws->n; k++) {
+        int b = find_in(FLAG_WORDS, 8, ws->w[k].s, ws->w[k].n);
+        if (b >= 0)
+            flags |= flag_bit(FLAG_BITS_NAMES[b]);
+        else if (!word_is(ws->w[k], "|"))
+            break;
+    }
+    return flags;
+}
+
+static int icmp_kind(Word kind, int v6) {
+    if (word_is(kind, "echo-request"))
+        return v6 ? 128 : 8;
+    if (word_is(kind, "echo-reply"))
+        return v6 ? 129 : 0;
+    return (int)word_int(kind, 255);
+}
+
+/* parse_nft.nft_packet_fields */
+static int nft_packet_fields(const char *s, size_t n, Fields *f, Words *ws, Buf *scratch) {
+    fields_init(f);
+    if (split_words(s, n, ws, 1, scratch))
+        return -1;
+    int v6 = pair_get(ws, "ip6", "saddr").s || pair_get(ws, "ip6", "daddr").s;
+    const char *family = v6 ? "ip6" : "ip";
+    Word saddr = pair_get(ws, family, "saddr"), daddr = pair_get(ws, family, "daddr");
+    if (saddr.s && (v6 ? is_ipv6(saddr.s, saddr.n) : is_ipv4(saddr.s, saddr.n)))
+        set_address(f->src, saddr.s, saddr.n);
+    if (daddr.s && (v6 ? is_ipv6(daddr.s, daddr.n) : is_ipv4(daddr.s, daddr.n)))
+        set_address(f->dst, daddr.s, daddr.n);
+    if (v6) {
+        f->ttl = word_int(pair_get(ws, "ip6", "hoplimit"), 255);
+        f->flow_label = word_int(pair_get(ws, "ip6", "flowlabel"), 0xFFFFF);
+    } else {
+        f->ip_id = word_int(pair_get(ws, "ip", "id"), 65535);
+        f->ttl = word_int(pair_get(ws, "ip", "ttl"), 255);
+    }
+    Word iif = following_get(ws, "iif"), oif = following_get(ws, "oif");
+    if (iif.s)
+        f->in_if = (Ref){iif.s, (Py_ssize_t)iif.n};
+    if (oif.s)
+        f->out_if = (Ref){oif.s, (Py_ssize_t)oif.n};
+    static const char *ICMPS[] = {"icmp", "icmpv6"};
+    for (int k = 0; k < 2; k++) {
+        Word kind = pair_get(ws, ICMPS[k], "type");
+        if (kind.s) {
+            strcpy(f->proto, k ? "ICMPV6" : "ICMP");
+            long long type = icmp_kind(kind, k);
+            f->icmp_type = type < 0 ? NONE : type;
+            f->icmp_id = word_int(pair_get(ws, ICMPS[k], "id"), 65535);
+            f->icmp_seq = word_int(pair_get(ws, ICMPS[k], "sequence"), 65535);
+        }
+    }
+    static const char *L4[] = {"tcp", "udp"};
+    for (int k = 0; k < 2; k++) {
+        Word sport = pair_get(ws, L4[k], "sport");
+        if (sport.s) {
+            strcpy(f->proto, k ? "UDP" : "TCP");
+            f->sport = word_int(sport, 65535);
+            f->dport = word_int(pair_get(ws, L4[k], "dport"), 65535);
+        }
+    }
+    if (strcmp(f->proto, "TCP") == 0) {
+        f->tcp_seq = word_int(pair_get(ws, "tcp", "sequence"), 0xFFFFFFFFLL);
+        for (size_t k = 0; k < ws->n; k++)
+            if (word_is(ws->w[k], "flags")) {
+                f->flags = nft_tcp_flags(ws);
+                break;
+            }
+    }
+    f->damaged = (f->ip_id == NONE && !v6) || !f->src[0] || !f->dst[0];
+    return 0;
+}
+
+/* One xtables-monitor / nft monitor line: a step, or (kind -1) a packet description. */
+typedef struct {
+    Ref trace_id;
+    int kind; /* -1: PACKET / packet: line; else 0 rule 1 return 2 policy */
+    Ref table, chain;
+    Ref handle;  /* xtables-monitor `0x3`, nft `unknown rule handle 13`; n -1: None */
+    Ref verdict; /* as written (nft: lowercase, upper() on use); n -1: None */
+    Ref target;  /* xtables-monitor `JUMP:target` */
+    Ref rule;    /* n -1: None (an empty rule text is "") */
+    int family;  /* -1: none (xtables-monitor) */
+    Ref packet;  /* the fields' text of a packet line */
+} NftLine;
+
+static size_t skip_space(const char *s, size_t n, size_t i) {
+    while (i < n && is_space(s[i]))
+        i++;
+    return i;
+}
+
+static int only_space_from(const char *s, size_t n, size_t i) { return skip_space(s, n, i) == n; }
+
+static int lit(const char *s, size_t n, size_t i, const char *text) {
+    size_t m = strlen(text);
+    return i + m <= n && memcmp(s + i, text, m) == 0;
+}
+
+/* `\d+` at i: its end, or i when none. */
+static size_t digits_end(const char *s, size_t n, size_t i) {
+    while (i < n && is_digit(s[i]))
+        i++;
+    return i;
+}
+
+static size_t lower_hex_end(const char *s, size_t n, size_t i) {
+    while (i < n && (is_digit(s[i]) || (s[i] >= 'a' && s[i] <= 'f')))
+        i++;
+    return i;
+}
+
+static size_t nonspace_end(const char *s, size_t n, size_t i) {
+    while (i < n && !is_space(s[i]))
+        i++;
+    return i;
+}
+
+/* What XT_TRACE matches after `kind:`, from i: `(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$`. */
+static int xt_rest(const char *s, size_t n, size_t i, NftLine *out) {
+    out->handle.n = out->target.n = out->rule.n = -1;
+    if (lit(s, n, i, "0x")) {
+        size_t h = lower_hex_end(s, n, i + 2);
+        if (h > i + 2 && h < n && s[h] == ':') {
+            out->handle = (Ref){s + i, (Py_ssize_t)(h - i)};
+            i = h + 1;
+        }
+    }
+    size_t v = i;
+    while (i < n && s[i] >= 'A' && s[i] <= 'Z')
+        i++;
+    out->verdict = (Ref){s + v, (Py_ssize_t)(i - v)};
+    if (i < n && s[i] == ':') {
+        size_t t = nonspace_end(s, n, i + 1);
+        if (t == i + 1)
+            return 0;
+        out->target = (Ref){s + i + 1, (Py_ssize_t)(t - i - 1)};
+        i = t;
+    }
+    if (i == n)
+        return 1;
+    if (!is_space(s[i]))
+        return 0;
+    size_t r = skip_space(s, n, i), end = n;
+    while (end > r && is_space(s[end - 1]))
+        end--;
+    out->rule = (Ref){s + r, (Py_ssize_t)(end - r)};
+    return 1;
+}
+
+/* parse_xtables_monitor: XT_PACKET or XT_TRACE; 0: neither. */
+static int parse_xt(const char *s, size_t n, NftLine *out) {
+    size_t i = skip_space(s, n, 0);
+    memset(out, 0, sizeof *out);
+    out->family = -1;
+    out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
+    int packet = lit(s, n, i, "PACKET: ");
+    if (!packet && !lit(s, n, i, "TRACE: "))
+        return 0;
+    i += packet ? 8 : 7;
+    size_t d = digits_end(s, n, i);
+    if (d == i || d >= n || s[d] != ' ')
+        return 0;
+    size_t t0 = d + 1, t1 = lower_hex_end(s, n, t0);
+    if (t1 == t0 || t1 >= n || s[t1] != ' ')
+        return 0;
+    out->trace_id = (Ref){s + t0, (Py_ssize_t)(t1 - t0)};
+    i = t1 + 1;
+    if (packet) {
+        out->kind = -1;
+        out->packet = (Ref){s + i, (Py_ssize_t)(n - i)};
+        return 1;
+    }
+    /* ([A-Za-z_][\w-]*):(\S+?):(rule|return|policy):REST */
+    if (i >= n || !ident_start(s[i]))
+        return 0;
+    size_t tb = i;
+    while (i < n && (ident_char(s[i]) || s[i] == '-'))
+        i++;
+    if (i >= n || s[i] != ':')
+        return 0;
+    out->table = (Ref){s + tb, (Py_ssize_t)(i - tb)};
+    size_t c0 = ++i;
+    for (size_t k = c0 + 1; k <= n && !is_space(s[k - 1]); k++) {
+        if (k >= n || s[k] != ':')
+            continue;
+        for (int j = 0; j < 3; j++) {
+            size_t q = k + 1, kl = KIND_LEN[j];
+            if (q + kl < n && memcmp(s + q, KINDS[j], kl) == 0 && s[q + kl] == ':' && xt_rest(s, n, q + kl + 1, out)) {
+                out->chain = (Ref){s + c0, (Py_ssize_t)(k - c0)};
+                out->kind = j;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* `(verdict X)` with only whitespace after it, at s[i:]: its end and X; 0 if not. */
+static int verdict_tail(const char *s, size_t n, size_t i, Ref *verdict) {
+    if (!lit(s, n, i, " (verdict "))
+        return 0;
+    size_t v = i + 10, close = v;
+    while (close < n && s[close] != ')')
+        close++;
+    if (close >= n || !only_space_from(s, n, close + 1))
+        return 0;
+    *verdict = (Ref){s + v, (Py_ssize_t)(close - v)};
+    return 1;
+}
+
+/* parse_nft_monitor: NFT_LINE; 0 if it does not match. */
+static int parse_nft(const char *s, size_t n, NftLine *out) {
+    size_t i = skip_space(s, n, 0);
+    memset(out, 0, sizeof *out);
+    out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
+    if (!lit(s, n, i, "trace id "))
+        return 0;
+    i += 9;
+    size_t t1 = lower_hex_end(s, n, i);
+    if (t1 == i || t1 >= n || s[t1] != ' ')
+        return 0;
+    out->trace_id = (Ref){s + i, (Py_ssize_t)(t1 - i)};
+    i = t1 + 1;
+    out->family = -1;
+    for (int k = 0; k < N_FAMILIES; k++) {
+        size_t m = strlen(FAMILIES[k]);
+        if (lit(s, n, i, FAMILIES[k]) && i + m < n && s[i + m] == ' ') {
+            out->family = k;
+            i += m + 1;
+            break;
+        }
+    }
+    if (out->family < 0)
+        return 0;
+    Ref *names[] = {&out->table, &out->chain};
+    for (int k = 0; k < 2; k++) {
+        size_t e = nonspace_end(s, n, i);
+        if (e == i || e >= n || s[e] != ' ')
+            return 0;
+        *names[k] = (Ref){s + i, (Py_ssize_t)(e - i)};
+        i = e + 1;
+    }
+    if (lit(s, n, i, "packet: ")) {
+        out->kind = -1;
+        out->packet = (Ref){s + i + 8, (Py_ssize_t)(n - i - 8)};
+        return 1;
+    }
+    if (lit(s, n, i, "rule ")) {
+        size_t r = i + 5;
+        for (size_t j = r; j < n; j++) {
+            if (s[j] == ' ' && verdict_tail(s, n, j, &out->verdict)) {
+                out->kind = 0;
+                out->rule = (Ref){s + r, (Py_ssize_t)(j - r)};
+                return 1;
+            }
+        }
+    }
+    if (lit(s, n, i, "unknown rule handle ")) {
+        size_t h = i + 20, e = digits_end(s, n, h);
+        if (e > h && e - h <= 10 && verdict_tail(s, n, e, &out->verdict)) {
+            out->kind = 0;
+            out->handle = (Ref){s + h, (Py_ssize_t)(e - h)};
+            return 1;
+        }
+    }
+    int policy = lit(s, n, i, "policy ");
+    if (policy || lit(s, n, i, "verdict ")) {
+        size_t v = i + (policy ? 7 : 8), e = nonspace_end(s, n, v);
+        if (e > v && only_space_from(s, n, e)) {
+            out->kind = policy ? 2 : 1;
+            out->verdict = (Ref){s + v, (Py_ssize_t)(e - v)};
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- records and packets */
 
 enum { ID_IP, ID_TRACE, ID_FLOW };
 static const char *IDENTITY_NAMES[] = {"ip_id", "trace_id", "flow"};
+enum { FMT_KERNEL, FMT_XT, FMT_NFT };
+enum { DIR_REQUEST, DIR_REPLY, DIR_ERROR };
+static const char *DIRECTION_NAMES[] = {"request", "reply", "error"};
+enum { MODE_JSON, MODE_TEXT, MODE_SUMMARY, MODE_DIAGRAM };
+
+/* One trace event, as Assembler.feed sees it (model.Event + Step). */
+typedef struct {
+    int node;
+    const char *table, *chain;
+    size_t table_n, chain_n;
+    int kind;
+    const char *pos; /* digits without leading zeros ("" = 0); NULL: no position */
+    size_t pos_n;
+    Ref handle, verdict, rule; /* n -1: None */
+    int family;                /* -1: None */
+    const Fields *f;
+    Ref trace_id; /* n -1: None */
+    int base;     /* -1: no packet: line opened the chain, else bit 0 iif, bit 1 oif */
+    Ref time;
+} Rec;
+
+typedef struct {
+    size_t at, prefix_n, suffix_n; /* a step's JSON in Packet.steps: prefix, rule (from the walk), suffix */
+    int in_tables;
+} StepAt;
 
 typedef struct Packet Packet;
 struct Packet {
-    int node;
-    int identity;
+    int node, identity;
     long long seq, repaired, last_seen;
-    Fields f;                /* opening line's fields, merged; its Refs are not used */
-    char *in_if, *out_if;    /* merged interfaces of a packet without IP id (NULL: None) */
+    Fields f;             /* opening line's fields, merged; its Refs are not used */
+    char *in_if, *out_if; /* merged interfaces of a flow packet (NULL: None) */
     size_t in_if_n, out_if_n;
     int has_first, has_last;
     char first_src[ADDR_MAX], first_dst[ADDR_MAX], last_src[ADDR_MAX], last_dst[ADDR_MAX];
     long long first_ttl, first_sport, first_dport, last_ttl, last_sport, last_dport;
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
-    int tables_seen;           /* the node's table mask when the packet was finished */
-    int at_end;                /* assemble.Packet.at_end */
-    Buf steps, sig;
-    size_t last_step_at;       /* where the last step's JSON starts in `steps` */
+    int at_end;
+    char *entered; /* the base chain seen entered after the last step (NULL: None) */
+    size_t entered_n;
+    Buf sig;   /* the walk: what judging it depends on, step by step */
+    Buf steps; /* the steps' JSON (when wanted) */
+    StepAt *at;
+    size_t n_steps, cap_steps;
+    int json; /* every step's JSON is in `steps` */
+    char **trace_ids;
+    size_t *trace_id_n, n_trace_ids, cap_trace_ids;
+    char *time0; /* the first step's time (NULL: None) */
+    size_t time0_n;
     Packet *prev, *next;       /* open packets, least recently touched first */
     Packet *id_prev, *id_next; /* same (node, ip id) bucket, in opening order */
     size_t bucket;
-    int indexed;               /* in an ip id bucket */
+    int indexed;
 };
 
 #define BUCKETS 4096
-/* feed() hands over at most about this many packets at a time (memory stays flat). */
-#define BATCH_PACKETS 1024
 /* assemble.EXPIRE_EVERY */
 #define EXPIRE_EVERY 64
+/* reader.PENDING_TRACE_IDS */
+#define PENDING_TRACE_IDS 4096
+/* native.WALK_CACHE: distinct walks judged and kept */
+#define WALK_CACHE 8192
+/* analyze.Directions memory, flows.MEMORY and MAX_HOPS, summary.MAX_ROWS, diagram.MAX_WALKS */
+#define DIRECTIONS_MEMORY 16384
+#define FLOWS_MEMORY 20000
+#define MAX_HOPS 32
+#define SUMMARY_ROWS 10000
+#define DIAGRAM_WALKS 500
+#define ADDRESS_CACHE 4096
+/* packets the text format shows in full (render.text.PACKET_LIMIT) */
+#define TEXT_PACKETS 50
+
+typedef struct {
+    PyObject *result; /* the Python walk tuple (see native.py) */
+    const char *hooks_json, *verdict_json, *newconn_json;
+    Py_ssize_t hooks_json_n, verdict_json_n, newconn_json_n;
+    PyObject *step_rules; /* tuple of bytes: each step's "rule" JSON */
+    const char *proto;    /* protocol from the rules, or NULL */
+    int verdict, origin, walk_ok;
+    long summary, diagram;
+} Walk;
+
+typedef struct {
+    long long seq;
+    int direction, node;
+    PyObject *walk; /* result tuple */
+    long long ttl;
+    char src[ADDR_MAX], dst[ADDR_MAX], exit_src[ADDR_MAX], exit_dst[ADDR_MAX];
+} Hop;
+
+typedef struct {
+    Hop *hops;
+    size_t n, cap;
+} Hops;
+
+typedef struct {
+    long long count, first_seq, last_seq;
+    char *first_time, *last_time, *example; /* first_time/last_time NULL: None */
+    size_t first_time_n, last_time_n, example_n;
+} Row;
+
+typedef struct {
+    long long min_seq, count;
+    PyObject *walk;
+} DiagramRow;
 
 typedef struct {
     PyObject_HEAD int window;
-    long long count, seq, unattributed;
-    long long open_flows; /* open packets of identity flow */
-    long long lines, ignored, skipped, records, cut_lines;
+    PyObject *calls; /* node_added, slot_added, judge, address_ok */
+    int mode, expect, match, match_src, match_dst;
+    char **tables; /* --tables (NULL: all) */
+    size_t *table_lens, n_tables;
+    int all_tables;
+    char **protocols; /* --match proto= */
+    size_t *protocol_lens, n_protocols;
+    long long *ports, *ip_ids;
+    size_t n_ports, n_ip_ids;
+    Map declared; /* node \0 family \0 table \0 chain -> hook + 1 (0: a regular chain) */
+    long long count, seq, unattributed, open_flows;
+    long long lines, ignored, skipped, records, cut_lines, matched, repaired;
+    long long identities[3];
     Packet *head, *tail; /* open packets */
     Packet *bucket_head[BUCKETS], *bucket_tail[BUCKETS];
-    /* the assembler's `_last`: node, a copy of the fields, the packet (NULL: not open) */
+    Map by_trace; /* node + trace id -> packet */
+    /* the assembler's `_last`: node, trace id, a copy of the fields, the packet (NULL: not open) */
     int has_last, last_node;
     Fields last_fields;
-    Buf last_text;
+    Buf last_text, last_tid;
+    int last_has_tid;
     Packet *last_packet;
-    /* nodes, by number: name, tables seen (bit i = TABLES[i]), when its latest packet
-     * began, the name as a Python str */
+    /* nodes, by number */
     char **node_names;
     size_t *node_lens;
     int *table_masks;
-    long long *began;
-    PyObject **node_objects; /* made when first needed (with the GIL) */
+    long long *began, *slot_version;
+    PyObject **node_json;
+    int *node_ok, *event_order; /* event_order: rank of the node's first event (-1: none yet) */
+    int n_with_events;
     int n_nodes, cap_nodes;
-    int *node_slots; /* open-addressing index of the names: node number + 1, 0 = free */
-    size_t n_slots;
-    Packet **done; /* finished, not yet handed to Python */
+    Map nodes;     /* name -> number + 1 */
+    Map slots;     /* node + hook + table of nft base chains seen */
+    Packet **done; /* finished by the assembler, not yet judged */
     size_t n_done, cap_done;
-    int failed;     /* out of memory */
-    int busy;       /* feed() runs without the GIL: no other call meanwhile */
-    int line_node;  /* node of the lines being fed, or of lines without a host field */
-    int from_lines; /* take the node from each line's syslog host field */
-    int in_file;    /* begin() was called and end() not yet */
+    int failed;  /* out of memory */
+    PyObject *error; /* an exception from a Python call, to raise when feed() returns */
+    int line_node, from_lines, format, in_file;
     /* the line being read across chunks (at most LINE_LIMIT bytes) */
     Buf carry;
     int carrying, carry_cut;
@@ -811,13 +1516,29 @@ typedef struct {
     Buf prefix_text;
     int has_prefix, prefix_node;
     Ref prefix_time;
-    Header *headers; /* the headers of a glued line */
-    /* the last record's field text and its parse: most lines repeat the previous line's */
+    Header *headers;
+    size_t cap_headers;
     Buf tail_text;
     Fields tail_fields;
     int has_tail, tail_glued;
-    size_t cap_headers;
     long long line_no;
+    /* nft / xtables-monitor: per trace id, the last packet line's fields and the pending base chain */
+    Map nft_packets, pending;
+    Words words;
+    Buf scratch, scratch2, verdict;
+    /* finishing */
+    Map walks;      /* walk key -> Walk */
+    Buf key;        /* a walk key being built */
+    Map directions; /* node + proto + endpoints -> which came first */
+    Map flows;      /* proto + ip id + icmp seq -> Hops, by last use */
+    Map rows;       /* summary: node + direction + summary id -> Row */
+    long long other;
+    Map diagram;    /* node + direction + diagram id -> DiagramRow */
+    Map addresses;  /* which + address -> ok */
+    Buf out;        /* JSON written, not yet handed over */
+    int written;    /* packets written to `out` so far */
+    PyObject *items; /* list of text packets and expect packets, not yet handed over */
+    long long kept;  /* text packets handed over */
 } Engine;
 
 static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919u + (size_t)ip_id) % BUCKETS; }
@@ -825,8 +1546,15 @@ static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919
 static void packet_free(Packet *p) {
     free(p->steps.p);
     free(p->sig.p);
+    free(p->at);
     free(p->in_if);
     free(p->out_if);
+    free(p->entered);
+    free(p->time0);
+    for (size_t i = 0; i < p->n_trace_ids; i++)
+        free(p->trace_ids[i]);
+    free(p->trace_ids);
+    free(p->trace_id_n);
     free(p);
 }
 
@@ -852,11 +1580,16 @@ static void lru_append(Engine *e, Packet *p) {
     e->tail = p;
 }
 
+static int trace_key(Buf *b, int node, const char *tid, size_t n) {
+    b->n = 0;
+    return put(b, (const char *)&node, sizeof node) || put(b, tid, n);
+}
+
+/* Assembler._forget + the hand-over: the packet leaves the open structures. */
 static void finish(Engine *e, Packet *p) {
     lru_unlink(e, p);
     if (p->identity == ID_FLOW)
         e->open_flows--;
-    p->tables_seen = e->table_masks[p->node];
     if (p->indexed) {
         size_t b = p->bucket;
         if (p->id_prev)
@@ -867,6 +1600,15 @@ static void finish(Engine *e, Packet *p) {
             p->id_next->id_prev = p->id_prev;
         else
             e->bucket_tail[b] = p->id_prev;
+    }
+    for (size_t i = 0; i < p->n_trace_ids; i++) {
+        if (trace_key(&e->scratch2, p->node, p->trace_ids[i], p->trace_id_n[i])) {
+            e->failed = 1;
+            continue;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (t && t->value == p)
+            map_remove(&e->by_trace, t);
     }
     if (e->last_packet == p)
         e->last_packet = NULL;
@@ -939,22 +1681,83 @@ static int compatible(const Packet *packet, const Fields *f) {
     return p->ip_id != NONE || same_flow(packet, f);
 }
 
-typedef struct {
-    Header h;
-    int hook;  /* index into HOOKS if the chain is a built-in one, else -1 */
-    int table; /* index into TABLES, -1: another table */
-} Step;
+/* hooks.hook_by_name: `HOOK`, `hook`, `prefix_HOOK`, `prefix_hook` (prefix alphanumeric),
+ * `prefix-hook` (prefix lowercase alphanumeric); -1 if none. */
+static int hook_by_name(const char *s, size_t n) {
+    static const char *LOWER[] = {"prerouting", "input", "forward", "output", "postrouting"};
+    int hook = find_in(HOOKS, N_HOOKS, s, n);
+    if (hook < 0)
+        hook = find_in(LOWER, N_HOOKS, s, n);
+    if (hook >= 0)
+        return hook;
+    size_t u = 0;
+    while (u < n && s[u] != '_' && s[u] != '-')
+        u++;
+    if (u == 0 || u >= n)
+        return -1;
+    for (size_t i = 0; i < u; i++) {
+        char c = s[i];
+        int lower_alnum = (c >= 'a' && c <= 'z') || is_digit(c);
+        if (!(lower_alnum || (s[u] == '_' && c >= 'A' && c <= 'Z')))
+            return -1;
+    }
+    const char *rest = s + u + 1;
+    size_t rest_n = n - u - 1;
+    hook = find_in(LOWER, N_HOOKS, rest, rest_n);
+    if (hook < 0 && s[u] == '_')
+        hook = find_in(HOOKS, N_HOOKS, rest, rest_n);
+    return hook;
+}
 
-/* Assembler._next_hook: may `s` come next in `p`'s walk, and in which hook (-1: None). */
-static int next_hook(const Packet *p, const Step *s, int *hook) {
+/* hooks.inferred_hook */
+static int inferred_hook(int base, int current) {
+    static const int CANDIDATES[4][2] = {{-1, -1}, {0, 1}, {3, 4}, {2, -1}}; /* by base: iif=1, oif=2 */
+    if (base <= 0)
+        return -1;
+    int rank = current >= 0 ? HOOK_RANK[current] : 0;
+    const int *c = CANDIDATES[base];
+    for (int i = 0; i < 2 && c[i] >= 0; i++)
+        if (HOOK_RANK[c[i]] >= rank)
+            return c[i];
+    return c[1] >= 0 ? c[1] : c[0];
+}
+
+/* hooks.resolver: the hook of the record's chain if it is a base chain, else -1. */
+static int resolve_hook(Engine *e, const Rec *r, int current) {
+    if (r->family < 0)
+        return find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
+    if (e->declared.count) {
+        Buf *k = &e->scratch2;
+        const char *family = FAMILIES[r->family];
+        k->n = 0;
+        if (put(k, e->node_names[r->node], e->node_lens[r->node]) || put(k, "", 1) ||
+            put(k, family, strlen(family)) || put(k, "", 1) || put(k, r->table, r->table_n) || put(k, "", 1) ||
+            put(k, r->chain, r->chain_n)) {
+            e->failed = 1;
+        } else {
+            Entry *d = map_get(&e->declared, k->p, k->n);
+            if (d)
+                return (int)d->number - 1;
+        }
+    }
+    int named = hook_by_name(r->chain, r->chain_n);
+    if (named >= 0)
+        return named;
+    return r->base >= 0 ? inferred_hook(r->base, current) : -1;
+}
+
+/* Assembler._next_hook: may the record come next in `p`'s walk, and in which hook (-1: None). */
+static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *hook) {
+    int current = p->last_hook >= 0 ? p->last_hook : -1;
+    int base = (r->family < 0 && r->base < 0) ? find_name(HOOKS, N_HOOKS, r->chain, r->chain_n) : resolve_hook(e, r, current);
     if (p->last_hook == -2) {
-        *hook = s->hook;
+        *hook = base;
         return 1;
     }
-    *hook = s->hook >= 0 ? s->hook : p->last_hook;
+    *hook = base >= 0 ? base : p->last_hook;
     if (p->last_hook < 0)
         return 1;
-    return slot_rank(*hook, s->table) >= slot_rank(p->last_hook, p->last_table);
+    return slot_rank(*hook, table) >= slot_rank(p->last_hook, p->last_table);
 }
 
 static int copy_text(char **into, size_t *into_n, Ref from) {
@@ -991,7 +1794,7 @@ static int merge(Packet *packet, const Fields *f) {
         into->flow_label = f->flow_label;
     if (into->tcp_seq == NONE)
         into->tcp_seq = f->tcp_seq;
-    if (packet->identity == ID_FLOW)  /* only a packet without IP id compares interfaces */
+    if (packet->f.ip_id == NONE) /* only a packet without IP id compares interfaces */
         return copy_text(&packet->in_if, &packet->in_if_n, f->in_if) ||
                copy_text(&packet->out_if, &packet->out_if_n, f->out_if);
     return 0;
@@ -1011,62 +1814,140 @@ static int put_mark(Buf *b, Ref mark) {
     return PUTL(b, "\"");
 }
 
-/* The position as JSON and signature give it: digits without leading zeros, "0" for none. */
-static int put_position(Buf *b, const Header *h) { return h->pos_n ? put(b, h->pos, h->pos_n) : PUTL(b, "0"); }
+static int put_ref_or_null(Buf *b, Ref r) { return r.n < 0 ? PUTL(b, "null") : put_jstr(b, r.s, (size_t)r.n); }
 
-static int put_kind(Buf *b, const Header *h) { return put(b, KINDS[h->kind], KIND_LEN[h->kind]); }
+/* A signature field: 4-byte length (0xffffffff: None), then the bytes. */
+static int sig_str(Buf *g, const char *s, Py_ssize_t n) {
+    uint32_t len = n < 0 ? 0xffffffffu : (uint32_t)n;
+    return put(g, (const char *)&len, 4) || (n > 0 && put(g, s, (size_t)n));
+}
 
-static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook, Ref time) {
-    Buf *b = &p->steps;
+static int sig_byte(Buf *g, int v) {
+    char c = (char)(unsigned char)v;
+    return put(g, &c, 1);
+}
+
+static const char *ascii_upper(Buf *b, Ref r, Ref *out) {
+    b->n = 0;
+    if (r.n < 0) {
+        *out = r;
+        return "";
+    }
+    if (buf_grow(b, (size_t)r.n + 1))
+        return NULL;
+    for (Py_ssize_t i = 0; i < r.n; i++)
+        b->p[i] = (r.s[i] >= 'a' && r.s[i] <= 'z') ? (char)(r.s[i] - 32) : r.s[i];
+    b->n = (size_t)r.n;
+    *out = (Ref){b->p, r.n};
+    return b->p;
+}
+
+static int table_in_tables(Engine *e, const char *t, size_t n) {
+    if (e->all_tables)
+        return 1;
+    for (size_t i = 0; i < e->n_tables; i++)
+        if (e->table_lens[i] == n && memcmp(e->tables[i], t, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
+static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
-    if (p->last_hook != -2)
-        err |= PUTL(b, ", ");
-    p->last_step_at = b->n;
-    err |= PUTL(b, "{\"table\": ");
-    err |= put_jstr(b, s->h.table, s->h.table_n);
-    err |= PUTL(b, ", \"chain\": ");
-    err |= put_jstr(b, s->h.chain, s->h.chain_n);
-    err |= PUTL(b, ", \"kind\": \"");
-    err |= put_kind(b, &s->h);
-    err |= PUTL(b, "\", \"position\": ");
-    err |= put_position(b, &s->h);
-    err |= PUTL(b, ", \"rule\": null, \"hook\": ");
-    if (hook >= 0) {
-        err |= PUTL(b, "\"");
-        err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
-        err |= PUTL(b, "\"");
-    } else {
-        err |= PUTL(b, "null");
+    const Fields *f = r->f;
+    if (p->n_steps == p->cap_steps) {
+        size_t cap = p->cap_steps ? p->cap_steps * 2 : 16;
+        StepAt *at = realloc(p->at, cap * sizeof *at);
+        if (!at) {
+            e->failed = 1;
+            return;
+        }
+        p->at = at;
+        p->cap_steps = cap;
     }
-    err |= PUTL(b, ", \"line\": ");
-    err |= put_int(b, e->line_no);
-    if (f->mark.n >= 0) {
-        err |= PUTL(b, ", \"mark\": ");
-        err |= put_mark(b, f->mark);
+    if (p->n_steps == 0 && r->time.n >= 0) {
+        p->time0 = malloc((size_t)r->time.n + 1);
+        if (p->time0) {
+            memcpy(p->time0, r->time.s, (size_t)r->time.n);
+            p->time0_n = (size_t)r->time.n;
+        } else {
+            err = 1;
+        }
     }
-    if (time.n >= 0) {
-        err |= PUTL(b, ", \"time\": ");
-        err |= put_jstr(b, time.s, (size_t)time.n);
+    int want_json = e->mode == MODE_JSON || (e->mode == MODE_TEXT && e->kept < TEXT_PACKETS);
+    if (!want_json)
+        p->json = 0;
+    if (p->json) {
+        Buf *b = &p->steps;
+        StepAt *at = &p->at[p->n_steps];
+        at->at = b->n;
+        at->in_tables = table_in_tables(e, r->table, r->table_n);
+        err |= PUTL(b, "{\"table\": ");
+        err |= put_jstr(b, r->table, r->table_n);
+        err |= PUTL(b, ", \"chain\": ");
+        err |= put_jstr(b, r->chain, r->chain_n);
+        err |= PUTL(b, ", \"kind\": \"");
+        err |= put(b, KINDS[r->kind], KIND_LEN[r->kind]);
+        err |= PUTL(b, "\", \"position\": ");
+        if (r->pos)
+            err |= r->pos_n ? put(b, r->pos, r->pos_n) : PUTL(b, "0");
+        else
+            err |= PUTL(b, "null");
+        err |= PUTL(b, ", \"rule\": ");
+        at->prefix_n = b->n - at->at;
+        size_t suffix = b->n;
+        err |= PUTL(b, ", \"hook\": ");
+        if (hook >= 0) {
+            err |= PUTL(b, "\"");
+            err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
+            err |= PUTL(b, "\"");
+        } else {
+            err |= PUTL(b, "null");
+        }
+        err |= PUTL(b, ", \"line\": ");
+        err |= put_int(b, e->line_no);
+        if (r->handle.n >= 0) {
+            err |= PUTL(b, ", \"handle\": ");
+            err |= put_jstr(b, r->handle.s, (size_t)r->handle.n);
+        }
+        if (r->verdict.n >= 0) {
+            err |= PUTL(b, ", \"verdict\": ");
+            err |= put_jstr(b, r->verdict.s, (size_t)r->verdict.n);
+        }
+        if (r->family < 0 && f->mark.n >= 0) { /* nft steps have no mark */
+            err |= PUTL(b, ", \"mark\": ");
+            err |= put_mark(b, f->mark);
+        }
+        if (r->time.n >= 0) {
+            err |= PUTL(b, ", \"time\": ");
+            err |= put_jstr(b, r->time.s, (size_t)r->time.n);
+        }
+        if (r->family >= 0) {
+            err |= PUTL(b, ", \"family\": \"");
+            err |= puts_(b, FAMILIES[r->family]);
+            err |= PUTL(b, "\"");
+        }
+        err |= PUTL(b, "}");
+        at->suffix_n = b->n - suffix;
     }
-    err |= PUTL(b, "}");
-    /* the walk's signature: table TAB chain TAB kind TAB position TAB hook NEWLINE */
+    p->n_steps++;
     Buf *g = &p->sig;
-    err |= put(g, s->h.table, s->h.table_n);
-    err |= PUTL(g, "\t");
-    err |= put(g, s->h.chain, s->h.chain_n);
-    err |= PUTL(g, "\t");
-    err |= put_kind(g, &s->h);
-    err |= PUTL(g, "\t");
-    err |= put_position(g, &s->h);
-    err |= PUTL(g, "\t");
-    if (hook >= 0)
-        err |= put(g, HOOKS[hook], HOOK_LEN[hook]);
-    err |= PUTL(g, "\n");
+    err |= sig_str(g, r->table, (Py_ssize_t)r->table_n);
+    err |= sig_str(g, r->chain, (Py_ssize_t)r->chain_n);
+    err |= sig_byte(g, r->kind);
+    err |= r->pos ? sig_str(g, r->pos_n ? r->pos : "0", r->pos_n ? (Py_ssize_t)r->pos_n : 1) : sig_str(g, NULL, -1);
+    err |= sig_str(g, r->handle.s, r->handle.n);
+    err |= sig_str(g, r->verdict.s, r->verdict.n);
+    err |= sig_str(g, r->rule.s, r->rule.n);
+    err |= sig_byte(g, hook >= 0 ? hook : 255);
+    err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)
         e->failed = 1;
     p->last_hook = hook;
-    p->last_table = s->table;
+    p->last_table = table;
     p->at_end = 0;
+    free(p->entered);
+    p->entered = NULL;
     if (f->src[0] && f->dst[0]) {
         if (!p->has_first) {
             p->has_first = 1;
@@ -1088,14 +1969,19 @@ static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, in
     lru_append(e, p);
 }
 
-static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
+/* Assembler._last: the fields, node and trace id of the last record placed. */
+static void keep_last(Engine *e, const Rec *r, Packet *p) {
+    const Fields *f = r->f;
     e->has_last = 1;
-    e->last_node = node;
+    e->last_node = r->node;
     e->last_packet = p;
     e->last_fields = *f;
+    e->last_has_tid = r->trace_id.n >= 0;
+    e->last_tid.n = 0;
     Buf *t = &e->last_text;
     t->n = 0;
-    if (buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
+    if ((e->last_has_tid && put(&e->last_tid, r->trace_id.s, (size_t)r->trace_id.n)) ||
+        buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
                         (size_t)(f->mark.n > 0 ? f->mark.n : 0) + 1)) {
         e->failed = 1;
         e->has_last = 0;
@@ -1109,6 +1995,13 @@ static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
             t->n += (size_t)refs[i]->n;
         }
     }
+}
+
+static int same_trace_id(Engine *e, const Rec *r) {
+    if (r->trace_id.n < 0)
+        return !e->last_has_tid;
+    return e->last_has_tid && e->last_tid.n == (size_t)r->trace_id.n &&
+           memcmp(e->last_tid.p, r->trace_id.s, (size_t)r->trace_id.n) == 0;
 }
 
 /* Into the (node, ip id) bucket of its IP id. */
@@ -1125,136 +2018,887 @@ static void index_packet(Engine *e, Packet *p) {
 }
 
 /* Assembler._open */
-static Packet *open_packet(Engine *e, int node, const Fields *f) {
+static Packet *open_packet(Engine *e, const Rec *r) {
+    const Fields *f = r->f;
     Packet *p = calloc(1, sizeof *p);
     if (!p) {
         e->failed = 1;
         return NULL;
     }
-    p->node = node;
+    p->node = r->node;
     p->seq = ++e->seq;
-    p->identity = f->ip_id != NONE ? ID_IP : ID_FLOW;
+    p->identity = r->trace_id.n >= 0 ? ID_TRACE : f->ip_id != NONE ? ID_IP : ID_FLOW;
     p->f = *f;
     p->f.damaged = 0;
     p->first_ttl = p->first_sport = p->first_dport = p->last_ttl = p->last_sport = p->last_dport = NONE;
     p->last_hook = -2;
+    p->json = 1;
     if (f->damaged)
         p->repaired++;
-    e->began[node] = e->count;
+    e->began[r->node] = e->count;
     lru_append(e, p);
     if (f->ip_id != NONE)
         index_packet(e, p);
-    else
+    else if (p->identity == ID_FLOW)
         e->open_flows++;
     return p;
 }
 
 /* Assembler._find */
-static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *hook) {
+static Packet *find(Engine *e, const Rec *r, int table, int *hook) {
+    const Fields *f = r->f;
+    int node = r->node;
+    if (r->trace_id.n >= 0) {
+        if (trace_key(&e->scratch2, node, r->trace_id.s, (size_t)r->trace_id.n)) {
+            e->failed = 1;
+            return NULL;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (t && compatible(t->value, f) && next_hook(e, t->value, r, table, hook))
+            return t->value;
+        if (f->ip_id == NONE)
+            return NULL;
+    }
     if (f->ip_id != NONE) {
         for (Packet *p = e->bucket_tail[bucket_of(node, f->ip_id)]; p; p = p->id_prev)
-            if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(p, s, hook))
+            if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(e, p, r, table, hook))
                 return p;
         if (e->open_flows) /* an IPv4 flow packet: a damaged start this line's IP id may adopt */
             for (Packet *p = e->tail; p; p = p->prev)
-                if (p->identity == ID_FLOW && p->node == node && compatible(p, f) && next_hook(p, s, hook))
+                if (p->identity == ID_FLOW && p->node == node && compatible(p, f) && next_hook(e, p, r, table, hook))
                     return p;
         return NULL;
     }
     for (Packet *p = e->tail; p; p = p->prev)
-        if (p->node == node && compatible(p, f) && next_hook(p, s, hook))
+        if (p->node == node && compatible(p, f) && next_hook(e, p, r, table, hook))
             return p;
     return NULL;
 }
 
-/* Assembler.mark_end: the open packets after whose last step no other packet of their node began. */
-static void mark_end(Engine *e) {
+static int add_trace_id(Packet *p, Ref tid) {
+    for (size_t i = 0; i < p->n_trace_ids; i++)
+        if (p->trace_id_n[i] == (size_t)tid.n && memcmp(p->trace_ids[i], tid.s, (size_t)tid.n) == 0)
+            return 0;
+    if (p->n_trace_ids == p->cap_trace_ids) {
+        size_t cap = p->cap_trace_ids ? p->cap_trace_ids * 2 : 2;
+        char **ids = realloc(p->trace_ids, cap * sizeof *ids);
+        if (ids)
+            p->trace_ids = ids;
+        size_t *lens = realloc(p->trace_id_n, cap * sizeof *lens);
+        if (lens)
+            p->trace_id_n = lens;
+        if (!ids || !lens)
+            return -1;
+        p->cap_trace_ids = cap;
+    }
+    char *copy = malloc((size_t)tid.n + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, tid.s, (size_t)tid.n);
+    p->trace_ids[p->n_trace_ids] = copy;
+    p->trace_id_n[p->n_trace_ids++] = (size_t)tid.n;
+    return 0;
+}
+
+static void process_done(Engine *e);
+static void slot_seen(Engine *e, int node, int hook, const char *table, size_t table_n);
+static void table_seen(Engine *e, int node, int table);
+
+/* Analyzer.packets + Assembler.feed for one record. */
+static void feed_record(Engine *e, const Rec *r) {
+    const Fields *f = r->f;
+    int table = find_name(TABLES, N_TABLES, r->table, r->table_n);
+    int legacy = r->trace_id.n < 0;
+    if (e->event_order[r->node] < 0)
+        e->event_order[r->node] = e->n_with_events++;
+    if (legacy && table >= 0 && !(e->table_masks[r->node] & (1 << table)))
+        table_seen(e, r->node, table); /* a legacy table hooks into all its chains once loaded */
+    e->count++;
+    int hook;
+    Packet *p = NULL;
+    int fast = 0;
+    if (e->has_last && e->last_packet && e->last_node == r->node && same_trace_id(e, r) &&
+        fields_eq(&e->last_fields, f)) {
+        p = e->last_packet;
+        if (next_hook(e, p, r, table, &hook)) {
+            if (f->damaged)
+                p->repaired++;
+            append_step(e, p, r, hook, table);
+            fast = 1;
+        } else {
+            p = NULL;
+        }
+    }
+    if (!fast) {
+        p = find(e, r, table, &hook);
+        if (!p) {
+            if (legacy && f->ip_id == NONE && (!f->src[0] || !f->dst[0])) {
+                e->unattributed++;
+                expire(e);
+                process_done(e);
+                return;
+            }
+            p = open_packet(e, r);
+            if (!p)
+                return;
+            next_hook(e, p, r, table, &hook);
+        } else if (f->damaged) {
+            p->repaired++;
+        }
+        if (merge(p, f))
+            e->failed = 1;
+        if (p->identity == ID_FLOW && p->f.ip_id != NONE) { /* adopted by its IP id */
+            p->identity = ID_IP;
+            e->open_flows--;
+            index_packet(e, p);
+        }
+        if (!legacy) {
+            if (add_trace_id(p, r->trace_id) ||
+                trace_key(&e->scratch2, r->node, r->trace_id.s, (size_t)r->trace_id.n)) {
+                e->failed = 1;
+            } else {
+                int added;
+                Entry *t = map_put(&e->by_trace, e->scratch2.p, e->scratch2.n, &added);
+                if (t)
+                    t->value = p;
+                else
+                    e->failed = 1;
+            }
+        }
+        append_step(e, p, r, hook, table);
+        keep_last(e, r, p);
+    }
+    if (e->count % EXPIRE_EVERY == 0)
+        expire(e);
+    if (!legacy && hook >= 0) /* nft creates a base chain only where one is declared: the slots seen */
+        slot_seen(e, r->node, hook, r->table, r->table_n);
+    process_done(e);
+}
+
+/* Assembler.mark_end: the open packets after whose last step no other packet of their node
+ * began; `entered` (nft): trace id -> the base chain its packet went on into. */
+static void mark_end(Engine *e, Map *entered) {
     for (Packet *p = e->head; p; p = p->next)
         if (e->began[p->node] <= p->last_seen)
             p->at_end = 1;
+    if (!entered)
+        return;
+    for (Entry *x = entered->head; x; x = x->next) {
+        if (trace_key(&e->scratch2, e->line_node, x->key, x->klen)) {
+            e->failed = 1;
+            continue;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (!t)
+            continue;
+        Packet *p = t->value;
+        free(p->entered);
+        p->entered = malloc((size_t)x->number + 1);
+        if (!p->entered) {
+            e->failed = 1;
+            continue;
+        }
+        memcpy(p->entered, x->value, (size_t)x->number);
+        p->entered_n = (size_t)x->number;
+    }
+}
+
+/* ---------------------------------------------------------------- calls into Python */
+
+/* A Python call failed: keep the first exception, stop feeding (feed() raises it). */
+static void call_failed(Engine *e) {
+    if (!e->error) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb && value)
+            PyException_SetTraceback(value, tb);
+        e->error = value ? value : Py_NewRef(Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Clear();
+    }
 }
 
 /* ---------------------------------------------------------------- nodes */
 
-static size_t name_hash(const char *name, size_t n) {
-    size_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
-    return h;
-}
-
-/* The slot of `name` in node_slots: where it is, or the free slot where it would go. */
-static size_t name_slot(const Engine *e, const char *name, size_t n) {
-    size_t i = name_hash(name, n) & (e->n_slots - 1);
-    for (;; i = (i + 1) & (e->n_slots - 1)) {
-        int node = e->node_slots[i] - 1;
-        if (node < 0 || (e->node_lens[node] == n && memcmp(e->node_names[node], name, n) == 0))
-            return i;
-    }
-}
-
-/* Room for one more node (arrays and a half-empty index); -1 when out of memory. */
 static int node_room(Engine *e) {
-    if (e->n_nodes == e->cap_nodes) {
-        int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
-        char **names = realloc(e->node_names, (size_t)cap * sizeof *names);
-        if (names)
-            e->node_names = names;
-        size_t *lens = realloc(e->node_lens, (size_t)cap * sizeof *lens);
-        if (lens)
-            e->node_lens = lens;
-        int *masks = realloc(e->table_masks, (size_t)cap * sizeof *masks);
-        if (masks)
-            e->table_masks = masks;
-        long long *began = realloc(e->began, (size_t)cap * sizeof *began);
-        if (began)
-            e->began = began;
-        PyObject **objects = realloc(e->node_objects, (size_t)cap * sizeof *objects);
-        if (objects)
-            e->node_objects = objects;
-        if (!names || !lens || !masks || !began || !objects)
-            return -1;
-        e->cap_nodes = cap;
-    }
-    if ((size_t)(e->n_nodes + 1) * 2 > e->n_slots) {
-        size_t n_slots = e->n_slots ? e->n_slots * 2 : 16;
-        int *slots = calloc(n_slots, sizeof *slots);
-        if (!slots)
-            return -1;
-        free(e->node_slots);
-        e->node_slots = slots;
-        e->n_slots = n_slots;
-        for (int i = 0; i < e->n_nodes; i++)
-            e->node_slots[name_slot(e, e->node_names[i], e->node_lens[i])] = i + 1;
-    }
+    if (e->n_nodes < e->cap_nodes)
+        return 0;
+    int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
+#define GROW(field)                                                            \
+    do {                                                                       \
+        void *grown = realloc(e->field, (size_t)cap * sizeof *e->field);       \
+        if (!grown)                                                            \
+            return -1;                                                         \
+        e->field = grown;                                                      \
+    } while (0)
+    GROW(node_names);
+    GROW(node_lens);
+    GROW(table_masks);
+    GROW(began);
+    GROW(slot_version);
+    GROW(node_json);
+    GROW(node_ok);
+    GROW(event_order);
+#undef GROW
+    e->cap_nodes = cap;
     return 0;
 }
 
-/* The number of node `name`, registered if new; -1 when out of memory. */
+/* The number of node `name` (valid UTF-8, or as Python gave it), registered if new: Python
+ * gives its JSON and whether --match takes it. -1 on failure. */
 static int node_number(Engine *e, const char *name, size_t n) {
-    if (e->n_slots) {
-        int node = e->node_slots[name_slot(e, name, n)] - 1;
-        if (node >= 0)
-            return node;
-    }
+    Entry *known = map_get(&e->nodes, name, n);
+    if (known)
+        return (int)known->number - 1;
+    int added;
+    Entry *entry = map_put(&e->nodes, name, n, &added);
     char *copy = malloc(n + 1);
-    if (!copy || node_room(e)) {
+    if (!entry || !copy || node_room(e)) {
         free(copy);
+        e->failed = 1;
         return -1;
     }
     memcpy(copy, name, n);
     copy[n] = 0;
-    int i = e->n_nodes++;
+    int i = e->n_nodes;
+    PyObject *r = PyObject_CallMethod(e->calls, "node_added", "iy#", i, name, (Py_ssize_t)n);
+    if (!r || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(r, 0))) {
+        if (r)
+            PyErr_SetString(PyExc_TypeError, "node_added() must return (bytes, bool)");
+        Py_XDECREF(r);
+        free(copy);
+        call_failed(e);
+        map_remove(&e->nodes, entry);
+        return -1;
+    }
+    e->n_nodes++;
+    entry->number = i + 1;
     e->node_names[i] = copy;
     e->node_lens[i] = n;
     e->table_masks[i] = 0;
     e->began[i] = 0;
-    e->node_objects[i] = NULL;
-    e->node_slots[name_slot(e, copy, n)] = i + 1;
+    e->slot_version[i] = 0;
+    e->event_order[i] = -1;
+    e->node_json[i] = Py_NewRef(PyTuple_GET_ITEM(r, 0));
+    e->node_ok[i] = PyObject_IsTrue(PyTuple_GET_ITEM(r, 1)) == 1;
+    Py_DECREF(r);
     return i;
 }
 
-/* ---------------------------------------------------------------- lines */
+static void table_seen(Engine *e, int node, int table) {
+    e->table_masks[node] |= 1 << table;
+    e->slot_version[node]++;
+    PyObject *r = PyObject_CallMethod(e->calls, "slot_added", "izs", node, NULL, TABLES[table]);
+    if (r)
+        Py_DECREF(r);
+    else
+        call_failed(e);
+}
+
+static void slot_seen(Engine *e, int node, int hook, const char *table, size_t table_n) {
+    Buf *k = &e->scratch2;
+    k->n = 0;
+    char h = (char)hook;
+    int added;
+    if (put(k, (const char *)&node, sizeof node) || put(k, &h, 1) || put(k, table, table_n)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *s = map_put(&e->slots, k->p, k->n, &added);
+    if (!s) {
+        e->failed = 1;
+        return;
+    }
+    if (!added)
+        return;
+    e->slot_version[node]++;
+    PyObject *r = PyObject_CallMethod(e->calls, "slot_added", "iss#", node, HOOKS[hook], table, (Py_ssize_t)table_n);
+    if (r)
+        Py_DECREF(r);
+    else
+        call_failed(e);
+}
+
+/* ---------------------------------------------------------------- finishing a packet */
+
+static void walk_free(void *w) {
+    Walk *walk = w;
+    Py_XDECREF(walk->result);
+    free(walk);
+}
+
+static int bytes_item(PyObject *t, Py_ssize_t i, const char **s, Py_ssize_t *n) {
+    PyObject *o = PyTuple_GET_ITEM(t, i);
+    if (!PyBytes_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "judge() item %zd must be bytes", i);
+        return -1;
+    }
+    *s = PyBytes_AS_STRING(o);
+    *n = PyBytes_GET_SIZE(o);
+    return 0;
+}
+
+/* The judged walk of a finished packet: from the cache, or judged in Python (native.Judge). */
+static Walk *walk_of(Engine *e, Packet *p) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char flags[2] = {(char)p->at_end, (char)(p->f.proto[0] == 0)};
+    uint32_t entered = p->entered ? (uint32_t)p->entered_n : 0xffffffffu;
+    if (put(k, (const char *)&p->node, sizeof p->node) ||
+        put(k, (const char *)&e->slot_version[p->node], sizeof(long long)) || put(k, flags, 2) ||
+        put(k, (const char *)&entered, 4) || (p->entered && put(k, p->entered, p->entered_n)) ||
+        put(k, p->sig.p ? p->sig.p : "", p->sig.n)) {
+        e->failed = 1;
+        return NULL;
+    }
+    Entry *cached = map_get(&e->walks, k->p, k->n);
+    if (cached)
+        return cached->value;
+    PyObject *r = PyObject_CallMethod(e->calls, "judge", "iy#iz#i", p->node, p->sig.p ? p->sig.p : "",
+                                      (Py_ssize_t)p->sig.n, p->at_end, p->entered, (Py_ssize_t)p->entered_n,
+                                      p->f.proto[0] == 0);
+    if (!r)
+        goto failed;
+    if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 11) {
+        PyErr_SetString(PyExc_TypeError, "judge() must return an 11-tuple");
+        goto failed;
+    }
+    Walk *w = calloc(1, sizeof *w);
+    if (!w) {
+        Py_DECREF(r);
+        e->failed = 1;
+        return NULL;
+    }
+    w->result = r;
+    PyObject *proto = PyTuple_GET_ITEM(r, 4);
+    if (bytes_item(r, 0, &w->hooks_json, &w->hooks_json_n) || bytes_item(r, 2, &w->verdict_json, &w->verdict_json_n) ||
+        bytes_item(r, 3, &w->newconn_json, &w->newconn_json_n) || !PyTuple_Check(PyTuple_GET_ITEM(r, 1)) ||
+        (proto != Py_None && !PyUnicode_Check(proto))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "judge() returned the wrong types");
+        walk_free(w);
+        r = NULL;
+        goto failed;
+    }
+    w->step_rules = PyTuple_GET_ITEM(r, 1);
+    w->proto = proto == Py_None ? NULL : PyUnicode_AsUTF8(proto);
+    w->verdict = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 5));
+    w->origin = PyObject_IsTrue(PyTuple_GET_ITEM(r, 6)) == 1;
+    w->walk_ok = PyObject_IsTrue(PyTuple_GET_ITEM(r, 7)) == 1;
+    w->summary = PyLong_AsLong(PyTuple_GET_ITEM(r, 9));
+    w->diagram = PyLong_AsLong(PyTuple_GET_ITEM(r, 10));
+    if (PyErr_Occurred() || (w->proto == NULL && proto != Py_None) || PyTuple_GET_SIZE(w->step_rules) != (Py_ssize_t)p->n_steps) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "judge() returned a rule for each step? no");
+        walk_free(w);
+        r = NULL;
+        goto failed;
+    }
+    if (e->walks.count >= WALK_CACHE)
+        map_clear(&e->walks, walk_free);
+    int added;
+    Entry *slot = map_put(&e->walks, k->p, k->n, &added);
+    if (!slot) {
+        walk_free(w);
+        e->failed = 1;
+        return NULL;
+    }
+    slot->value = w;
+    return w;
+failed:
+    Py_XDECREF(r);
+    call_failed(e);
+    return NULL;
+}
+
+/* An endpoint as Directions compares it: (address or None, port or None). */
+static int put_endpoint(Buf *b, const char *addr, long long port) {
+    unsigned char len = (unsigned char)strlen(addr);
+    char has = addr[0] != 0;
+    return put(b, &has, 1) || put(b, (const char *)&len, 1) || put(b, addr, len) ||
+           put(b, (const char *)&port, sizeof port);
+}
+
+/* The directions key of one (a, b) endpoint pair of the packet, a <= b or not. */
+static int direction_key(Engine *e, const Packet *p, const char *proto, const char *as, long long ap,
+                         const char *bs, long long bp, int *a_first) {
+    Buf *k = &e->key, *x = &e->scratch, *y = &e->scratch2;
+    x->n = y->n = k->n = 0;
+    if (put_endpoint(x, as, ap) || put_endpoint(y, bs, bp))
+        return -1;
+    size_t m = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->p, y->p, m);
+    *a_first = c < 0 || (c == 0 && x->n <= y->n);
+    Buf *lo = *a_first ? x : y, *hi = *a_first ? y : x;
+    unsigned char plen = (unsigned char)strlen(proto);
+    return put(k, (const char *)&p->node, sizeof p->node) || put(k, (const char *)&plen, 1) || put(k, proto, plen) ||
+           put(k, lo->p, lo->n) || put(k, hi->p, hi->n);
+}
+
+/* analyze.Directions.classify */
+static int classify(Engine *e, const Packet *p) {
+    const Fields *f = &p->f;
+    int direction = -1;
+    if (strcmp(f->proto, "ICMP") == 0 && (f->icmp_type == 8 || f->icmp_type == 0))
+        direction = f->icmp_type == 8 ? DIR_REQUEST : DIR_REPLY;
+    else if (strcmp(f->proto, "ICMP") == 0 && f->icmp_type != NONE)
+        direction = DIR_ERROR;
+    else if (strcmp(f->proto, "ICMPV6") == 0 && (f->icmp_type == 128 || f->icmp_type == 129))
+        direction = f->icmp_type == 128 ? DIR_REQUEST : DIR_REPLY;
+    else if (strcmp(f->proto, "ICMPV6") == 0 && f->icmp_type != NONE && f->icmp_type < 128)
+        direction = DIR_ERROR;
+    else if (strcmp(f->proto, "TCP") == 0 && (f->flags & 64)) /* SYN (TCP_FLAG_NAMES[6]) */
+        direction = (f->flags & 1) ? DIR_REPLY : DIR_REQUEST;  /* ACK */
+    /* the endpoint pairs: as the packet entered and as it left, once if NAT changed nothing */
+    const char *as[2], *bs[2];
+    long long ap[2], bp[2];
+    int pairs = 0;
+    if (p->has_first) {
+        as[0] = p->first_src, ap[0] = p->first_sport, bs[0] = p->first_dst, bp[0] = p->first_dport;
+        pairs = 1;
+        if (strcmp(p->last_src, p->first_src) || ap[0] != p->last_sport || strcmp(p->last_dst, p->first_dst) ||
+            bp[0] != p->last_dport) {
+            as[1] = p->last_src, ap[1] = p->last_sport, bs[1] = p->last_dst, bp[1] = p->last_dport;
+            pairs = 2;
+        }
+    }
+    if (direction < 0) {
+        direction = DIR_REQUEST;
+        for (int i = 0; i < pairs; i++) {
+            int a_first;
+            if (direction_key(e, p, f->proto, as[i], ap[i], bs[i], bp[i], &a_first)) {
+                e->failed = 1;
+                break;
+            }
+            Entry *known = map_get(&e->directions, e->key.p, e->key.n);
+            if (known) {
+                int same = known->number == 2 || (known->number == 1) == a_first; /* 2: a == b */
+                direction = same ? DIR_REQUEST : DIR_REPLY;
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < pairs; i++) {
+        int a_first, added;
+        if (direction_key(e, p, f->proto, as[i], ap[i], bs[i], bp[i], &a_first)) {
+            e->failed = 1;
+            break;
+        }
+        int equal = e->scratch.n == e->scratch2.n && memcmp(e->scratch.p, e->scratch2.p, e->scratch.n) == 0;
+        Entry *known = map_put(&e->directions, e->key.p, e->key.n, &added);
+        if (!known) {
+            e->failed = 1;
+            break;
+        }
+        /* remember (a, b) for a request, else (b, a): number 1 if the first one is the lower one */
+        int first_is_a = direction == DIR_REQUEST;
+        known->number = equal ? 2 : (first_is_a == a_first) ? 1 : 0;
+        map_move_to_end(&e->directions, known);
+        while (e->directions.count > DIRECTIONS_MEMORY)
+            map_remove(&e->directions, e->directions.head);
+    }
+    return direction;
+}
+
+static int address_ok(Engine *e, int which, const char *address) {
+    Buf *k = &e->scratch2;
+    k->n = 0;
+    char w = (char)which;
+    int added;
+    if (put(k, &w, 1) || put(k, address, strlen(address))) {
+        e->failed = 1;
+        return 0;
+    }
+    Entry *known = map_get(&e->addresses, k->p, k->n);
+    if (known)
+        return (int)known->number;
+    PyObject *r = PyObject_CallMethod(e->calls, "address_ok", "is", which, address);
+    if (!r) {
+        call_failed(e);
+        return 0;
+    }
+    int ok = PyObject_IsTrue(r) == 1;
+    Py_DECREF(r);
+    if (e->addresses.count >= ADDRESS_CACHE)
+        map_clear(&e->addresses, NULL);
+    known = map_put(&e->addresses, k->p, k->n, &added);
+    if (known)
+        known->number = ok;
+    return ok;
+}
+
+static void lower_proto(const char *proto, char *out) {
+    const char *src = proto[0] ? proto : "unknown";
+    size_t k = 0;
+    for (; src[k]; k++)
+        out[k] = (src[k] >= 'A' && src[k] <= 'Z') ? (char)(src[k] + 32) : src[k];
+    out[k] = 0;
+}
+
+/* match.Match.__call__ (the walk's part is the judge's walk_ok) */
+static int matches(Engine *e, const Packet *p, const Walk *w) {
+    if (!e->match)
+        return 1;
+    if (!e->node_ok[p->node] || !w->walk_ok)
+        return 0;
+    char protocol[8];
+    lower_proto(p->f.proto, protocol);
+    for (size_t i = 0; i < e->n_protocols; i++)
+        if (e->protocol_lens[i] != strlen(protocol) || memcmp(e->protocols[i], protocol, e->protocol_lens[i]) != 0)
+            return 0;
+    for (size_t i = 0; i < e->n_ports; i++)
+        if (p->f.sport != e->ports[i] && p->f.dport != e->ports[i])
+            return 0;
+    for (size_t i = 0; i < e->n_ip_ids; i++)
+        if (p->f.ip_id != e->ip_ids[i])
+            return 0;
+    for (int which = 0; which < 2; which++) {
+        if (!(which ? e->match_dst : e->match_src))
+            continue;
+        if (!p->has_first)
+            return 0;
+        const char *a = which ? p->first_dst : p->first_src, *b = which ? p->last_dst : p->last_src;
+        if (!address_ok(e, which, a) && (strcmp(a, b) == 0 || !address_ok(e, which, b)))
+            return 0;
+    }
+    return 1;
+}
+
+static void hops_free(void *h) {
+    Hops *hops = h;
+    for (size_t i = 0; i < hops->n; i++)
+        Py_XDECREF(hops->hops[i].walk);
+    free(hops->hops);
+    free(hops);
+}
+
+/* flows.FlowIndex.add */
+static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
+    if (p->f.ip_id == NONE)
+        return;
+    Buf *k = &e->key;
+    k->n = 0;
+    long long seq = strcmp(p->f.proto, "ICMP") == 0 ? p->f.icmp_seq : NONE;
+    int added;
+    if (put(k, p->f.proto, strlen(p->f.proto) + 1) || put(k, (const char *)&p->f.ip_id, sizeof(long long)) ||
+        put(k, (const char *)&seq, sizeof seq)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_put(&e->flows, k->p, k->n, &added);
+    if (!entry || (added && !(entry->value = calloc(1, sizeof(Hops))))) {
+        e->failed = 1;
+        return;
+    }
+    Hops *hops = entry->value;
+    if (hops->n == MAX_HOPS) {
+        Py_XDECREF(hops->hops[0].walk);
+        memmove(hops->hops, hops->hops + 1, (MAX_HOPS - 1) * sizeof *hops->hops);
+        hops->n--;
+    }
+    if (hops->n == hops->cap) {
+        size_t cap = hops->cap ? hops->cap * 2 : 2;
+        Hop *grown = realloc(hops->hops, cap * sizeof *grown);
+        if (!grown) {
+            e->failed = 1;
+            return;
+        }
+        hops->hops = grown;
+        hops->cap = cap;
+    }
+    Hop *h = &hops->hops[hops->n++];
+    memset(h, 0, sizeof *h);
+    h->seq = p->seq;
+    h->direction = direction;
+    h->node = p->node;
+    h->walk = Py_NewRef(w->result);
+    h->ttl = p->has_first ? p->first_ttl : NONE;
+    if (p->has_first) {
+        memcpy(h->src, p->first_src, ADDR_MAX);
+        memcpy(h->dst, p->first_dst, ADDR_MAX);
+    }
+    if (p->has_last) {
+        memcpy(h->exit_src, p->last_src, ADDR_MAX);
+        memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
+    }
+    map_move_to_end(&e->flows, entry);
+    while (e->flows.count > FLOWS_MEMORY) {
+        Entry *oldest = e->flows.head;
+        hops_free(oldest->value);
+        map_remove(&e->flows, oldest);
+    }
+}
+
+static char *copy_of(const char *s, size_t n) {
+    char *c = malloc(n + 1);
+    if (c) {
+        memcpy(c, s, n);
+        c[n] = 0;
+    }
+    return c;
+}
+
+static void row_free(void *r) {
+    Row *row = r;
+    free(row->first_time);
+    free(row->last_time);
+    free(row->example);
+    free(row);
+}
+
+/* summary.example */
+static int put_example(Buf *b, const Packet *p) {
+    b->n = 0;
+    if (p->f.ip_id != NONE)
+        return PUTL(b, "ip id ") || put_int(b, p->f.ip_id);
+    if (p->n_trace_ids)
+        return PUTL(b, "trace id ") || put(b, p->trace_ids[0], p->trace_id_n[0]);
+    if (p->has_first)
+        return PUTL(b, "flow ") || puts_(b, p->first_src) || PUTL(b, " \xe2\x86\x92 ") || puts_(b, p->first_dst);
+    return PUTL(b, "flow");
+}
+
+static int set_time(char **into, size_t *into_n, const Packet *p) {
+    free(*into);
+    *into = NULL;
+    if (!p->time0)
+        return 0;
+    *into = copy_of(p->time0, p->time0_n);
+    *into_n = p->time0_n;
+    return *into ? 0 : -1;
+}
+
+/* summary.Summary.add */
+static void add_row(Engine *e, const Packet *p, const Walk *w, int direction) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char d = (char)direction;
+    int added;
+    if (put(k, (const char *)&p->node, sizeof p->node) || put(k, &d, 1) || put(k, (const char *)&w->summary, sizeof w->summary)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_get(&e->rows, k->p, k->n);
+    if (!entry) {
+        if (e->rows.count >= SUMMARY_ROWS) {
+            e->other++;
+            return;
+        }
+        entry = map_put(&e->rows, k->p, k->n, &added);
+        Row *row = entry ? calloc(1, sizeof *row) : NULL;
+        if (!row || put_example(&e->scratch, p) || set_time(&row->first_time, &row->first_time_n, p) ||
+            set_time(&row->last_time, &row->last_time_n, p) ||
+            !(row->example = copy_of(e->scratch.p, e->scratch.n))) {
+            if (row)
+                row_free(row);
+            if (entry)
+                map_remove(&e->rows, entry);
+            e->failed = 1;
+            return;
+        }
+        row->example_n = e->scratch.n;
+        row->count = 1;
+        row->first_seq = row->last_seq = p->seq;
+        entry->value = row;
+        return;
+    }
+    Row *row = entry->value;
+    row->count++;
+    if (p->seq < row->first_seq) {
+        row->first_seq = p->seq;
+        free(row->example);
+        row->example = NULL;
+        if (set_time(&row->first_time, &row->first_time_n, p) || put_example(&e->scratch, p) ||
+            !(row->example = copy_of(e->scratch.p, e->scratch.n)))
+            e->failed = 1;
+        row->example_n = e->scratch.n;
+    }
+    if (p->seq > row->last_seq) {
+        row->last_seq = p->seq;
+        if (set_time(&row->last_time, &row->last_time_n, p))
+            e->failed = 1;
+    }
+}
+
+static void diagram_row_free(void *r) {
+    DiagramRow *row = r;
+    Py_XDECREF(row->walk);
+    free(row);
+}
+
+/* diagram.DiagramBuilder.add */
+static void add_diagram(Engine *e, const Packet *p, const Walk *w, int direction) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char d = (char)direction;
+    int added;
+    if (put(k, (const char *)&p->node, sizeof p->node) || put(k, &d, 1) || put(k, (const char *)&w->diagram, sizeof w->diagram)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_get(&e->diagram, k->p, k->n);
+    if (entry) {
+        DiagramRow *row = entry->value;
+        row->count++;
+        if (p->seq < row->min_seq) {
+            row->min_seq = p->seq;
+            Py_SETREF(row->walk, Py_NewRef(w->result));
+        }
+        return;
+    }
+    if (e->diagram.count >= DIAGRAM_WALKS)
+        return;
+    entry = map_put(&e->diagram, k->p, k->n, &added);
+    DiagramRow *row = entry ? calloc(1, sizeof *row) : NULL;
+    if (!row) {
+        if (entry)
+            map_remove(&e->diagram, entry);
+        e->failed = 1;
+        return;
+    }
+    row->min_seq = p->seq;
+    row->count = 1;
+    row->walk = Py_NewRef(w->result);
+    entry->value = row;
+}
+
+static int put_step(Buf *b, const Packet *p, size_t i, PyObject *rules) {
+    const StepAt *at = &p->at[i];
+    PyObject *rule = PyTuple_GET_ITEM(rules, (Py_ssize_t)i);
+    if (!PyBytes_Check(rule))
+        return -1;
+    return put(b, p->steps.p + at->at, at->prefix_n) || put(b, PyBytes_AS_STRING(rule), (size_t)PyBytes_GET_SIZE(rule)) ||
+           put(b, p->steps.p + at->at + at->prefix_n, at->suffix_n);
+}
+
+static int put_opt_str(Buf *b, const char *s, int has) { return has ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
+
+/* contract.PacketRecord.to_dict, as JSON: steps in the analysis's tables (all of them when
+ * `filter` is 0), the walk's pieces from `w`. */
+static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int direction, int filter) {
+    char protocol[8];
+    lower_proto(p->f.proto, protocol);
+    PyObject *node = e->node_json[p->node];
+    int err = PUTL(b, "{\"node\": ") || put(b, PyBytes_AS_STRING(node), (size_t)PyBytes_GET_SIZE(node));
+    err |= PUTL(b, ", \"direction\": \"") || puts_(b, DIRECTION_NAMES[direction]) || PUTL(b, "\", \"protocol\": ");
+    err |= put_jstr(b, protocol, strlen(protocol));
+    err |= PUTL(b, ", \"src\": ") || put_opt_str(b, p->has_first ? p->first_src : p->f.src, p->has_first || p->f.src[0]);
+    err |= PUTL(b, ", \"dst\": ") || put_opt_str(b, p->has_first ? p->first_dst : p->f.dst, p->has_first || p->f.dst[0]);
+    err |= PUTL(b, ", \"ip_id\": ") || put_opt_int(b, p->f.ip_id);
+    err |= PUTL(b, ", \"identity\": \"") || puts_(b, IDENTITY_NAMES[p->identity]);
+    err |= PUTL(b, "\", \"ttl\": ") || put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
+    err |= PUTL(b, ", ") || put(b, w->hooks_json, (size_t)w->hooks_json_n);
+    err |= PUTL(b, ", \"steps\": [");
+    int first = 1;
+    for (size_t i = 0; i < p->n_steps; i++) {
+        if (filter && !p->at[i].in_tables)
+            continue;
+        if (!first)
+            err |= PUTL(b, ", ");
+        first = 0;
+        err |= put_step(b, p, i, w->step_rules);
+    }
+    err |= PUTL(b, "], ") || put(b, w->verdict_json, (size_t)w->verdict_json_n);
+    err |= PUTL(b, ", \"last_step\": ");
+    err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w->step_rules) : PUTL(b, "null");
+    err |= PUTL(b, ", \"new_connection\": ") || put(b, w->newconn_json, (size_t)w->newconn_json_n);
+    err |= PUTL(b, ", \"exit\": ");
+    if (p->has_last)
+        err |= PUTL(b, "{\"src\": ") || puts_(b, "") || put_jstr(b, p->last_src, strlen(p->last_src)) ||
+               PUTL(b, ", \"dst\": ") || put_jstr(b, p->last_dst, strlen(p->last_dst)) || PUTL(b, "}");
+    else
+        err |= PUTL(b, "null");
+    err |= PUTL(b, ", \"repaired_lines\": ") || put_int(b, p->repaired);
+    if (strcmp(p->f.proto, "ICMP") == 0 || strcmp(p->f.proto, "ICMPV6") == 0)
+        err |= PUTL(b, ", \"icmp\": {\"type\": ") || put_opt_int(b, p->f.icmp_type) || PUTL(b, ", \"id\": ") ||
+               put_opt_int(b, p->f.icmp_id) || PUTL(b, ", \"seq\": ") || put_opt_int(b, p->f.icmp_seq) || PUTL(b, "}");
+    if (p->f.sport != NONE || p->f.dport != NONE)
+        err |= PUTL(b, ", \"sport\": ") || put_opt_int(b, p->f.sport) || PUTL(b, ", \"dport\": ") ||
+               put_opt_int(b, p->f.dport);
+    if (p->f.flags) {
+        err |= PUTL(b, ", \"tcp_flags\": [");
+        int firstflag = 1;
+        for (int i = 0; i < N_TCP_FLAGS; i++)
+            if (p->f.flags & (1 << i)) {
+                err |= puts_(b, firstflag ? "\"" : ", \"") || puts_(b, TCP_FLAG_NAMES[i]) || PUTL(b, "\"");
+                firstflag = 0;
+            }
+        err |= PUTL(b, "]");
+    }
+    if (p->f.flow_label != NONE)
+        err |= PUTL(b, ", \"flow_label\": ") || put_int(b, p->f.flow_label);
+    if (p->n_trace_ids) {
+        err |= PUTL(b, ", \"trace_ids\": [");
+        for (size_t i = 0; i < p->n_trace_ids; i++)
+            err |= (i && PUTL(b, ", ")) || put_jstr(b, p->trace_ids[i], p->trace_id_n[i]);
+        err |= PUTL(b, "]");
+    }
+    return err || PUTL(b, "}");
+}
+
+static void add_item(Engine *e, PyObject *item) {
+    if (!item || PyList_Append(e->items, item))
+        call_failed(e);
+    Py_XDECREF(item);
+}
+
+/* Analyzer._finish for one packet, then what the output mode keeps of it. */
+static void finish_packet(Engine *e, Packet *p) {
+    Walk *w = walk_of(e, p);
+    if (!w)
+        return;
+    if (!p->f.proto[0] && w->proto && strlen(w->proto) < sizeof p->f.proto)
+        strcpy(p->f.proto, w->proto);
+    e->identities[p->identity]++;
+    int direction = classify(e, p);
+    if (!matches(e, p, w))
+        return;
+    e->matched++;
+    e->repaired += p->repaired;
+    add_hop(e, p, w, direction);
+    int err = 0;
+    if (e->mode == MODE_JSON) {
+        err = (e->written ? PUTL(&e->out, ",\n  ") : PUTL(&e->out, "\n  ")) ||
+              render_packet(e, &e->out, p, w, direction, !e->all_tables);
+        e->written++;
+    } else if (e->mode == MODE_TEXT) {
+        if (e->kept < TEXT_PACKETS && p->json) {
+            Buf b = {0};
+            if (render_packet(e, &b, p, w, direction, 0))
+                err = 1;
+            else
+                add_item(e, Py_BuildValue("(sLy#)", "packet", p->seq, b.p, (Py_ssize_t)b.n));
+            free(b.p);
+            e->kept++;
+        }
+        add_row(e, p, w, direction);
+    } else if (e->mode == MODE_SUMMARY) {
+        add_row(e, p, w, direction);
+    } else {
+        add_diagram(e, p, w, direction);
+    }
+    if (e->expect) {
+        char protocol[8];
+        lower_proto(p->f.proto, protocol);
+        add_item(e, Py_BuildValue("(siisiO)", "expect", p->node, direction, protocol, (p->f.flags & 64) != 0, w->result));
+    }
+    if (err)
+        e->failed = 1;
+}
+
+static void process_done(Engine *e) {
+    for (size_t i = 0; i < e->n_done; i++) {
+        if (!e->error)
+            finish_packet(e, e->done[i]);
+        packet_free(e->done[i]);
+    }
+    e->n_done = 0;
+}
+
+/* ---------------------------------------------------------------- lines of each format */
 
 /* The node and time of a line whose first header starts at `at` (the prefix parse of the
  * previous line is reused when the text is the same, as KernelLineParser.prefix caches). */
@@ -1271,61 +2915,13 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
         Ref host;
         parse_prefix(b->p, at, &host, &e->prefix_time);
         int node = host.n > 0 && e->from_lines ? node_number(e, host.s, (size_t)host.n) : e->line_node;
-        if (node < 0) {
-            e->failed = 1;
+        if (node < 0)
             node = e->line_node;
-        }
         e->prefix_node = node;
         e->has_prefix = 1;
     }
     *time = e->prefix_time;
     return e->prefix_node;
-}
-
-/* Assembler.feed for one record (the node's table mask is updated first, as Analyzer.packets does). */
-static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
-    Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, h->chain_n), find_name(TABLES, N_TABLES, h->table, h->table_n)};
-    if (s.table >= 0)
-        e->table_masks[node] |= 1 << s.table;
-    e->records++;
-    e->count++;
-    int hook;
-    if (e->has_last && e->last_packet && e->last_node == node && fields_eq(&e->last_fields, f)) {
-        Packet *p = e->last_packet;
-        if (next_hook(p, &s, &hook)) {
-            if (f->damaged)
-                p->repaired++;
-            append_step(e, p, &s, f, hook, time);
-            if (e->count % EXPIRE_EVERY == 0)
-                expire(e);
-            return;
-        }
-    }
-    Packet *p = find(e, node, &s, f, &hook);
-    if (!p) {
-        if (f->ip_id == NONE && (!f->src[0] || !f->dst[0])) {
-            e->unattributed++;
-            expire(e);
-            return;
-        }
-        p = open_packet(e, node, f);
-        if (!p)
-            return;
-        hook = s.hook;
-    } else if (f->damaged) {
-        p->repaired++;
-    }
-    if (merge(p, f))
-        e->failed = 1;
-    if (p->identity == ID_FLOW && p->f.ip_id != NONE) { /* adopted by its IP id */
-        p->identity = ID_IP;
-        e->open_flows--;
-        index_packet(e, p);
-    }
-    append_step(e, p, &s, f, hook, time);
-    keep_last(e, node, f, p);
-    if (e->count % EXPIRE_EVERY == 0)
-        expire(e);
 }
 
 /* parse_fields, remembering the last result (KernelLineParser.fields caches the same way);
@@ -1348,6 +2944,13 @@ static int tail_fields(Engine *e, const char *s, size_t n, Fields *f) {
     return e->tail_glued;
 }
 
+static void kernel_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
+    Rec r = {node, h->table, h->chain, h->table_n, h->chain_n, h->kind, h->pos, h->pos_n,
+             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, f, {NULL, -1}, -1, time};
+    e->records++;
+    feed_record(e, &r);
+}
+
 /* reader._kernel_records for one line (valid UTF-8, cut, '\r' stripped); `cut`: it was longer than LINE_LIMIT. */
 static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
     const char *first = find_str(line, n, 0, "TRACE:", 6);
@@ -1364,7 +2967,7 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
     if (first && match_header(line, n, (size_t)(first - line), &h) && !tail_fields(e, line + h.end, n - h.end, &f)) {
         int node = line_origin(e, line, h.start, &time);
         f.damaged |= cut;
-        feed_record(e, node, time, &h, &f);
+        kernel_record(e, node, time, &h, &f);
         return;
     }
     /* glued or damaged: every header on the line (finditer) */
@@ -1391,7 +2994,6 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
             from = at + 7;
         }
     }
-    Header *headers = e->headers;
     size_t bad = 0;
     if (occurrences != count) {
         size_t like = trace_like_count(line, n);
@@ -1403,33 +3005,188 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
             e->ignored++;
         return;
     }
-    int node = line_origin(e, line, headers[0].start, &time);
-    for (size_t i = 0; i < count; i++) {
+    int node = line_origin(e, line, e->headers[0].start, &time);
+    for (size_t i = 0; i < count && !e->error; i++) {
+        Header *hs = e->headers;
         if (i + 1 < count) {
-            const char *seg = line + headers[i].end;
-            size_t len = headers[i + 1].start - headers[i].end;
+            const char *seg = line + hs[i].end;
+            size_t len = hs[i + 1].start - hs[i].end;
             parse_fields(seg, before_next_prefix(seg, len), &f);
             f.damaged = 1;
         } else {
-            tail_fields(e, line + headers[i].end, n - headers[i].end, &f);
+            tail_fields(e, line + hs[i].end, n - hs[i].end, &f);
             f.damaged |= cut;
         }
-        feed_record(e, node, time, &headers[i], &f);
+        kernel_record(e, node, time, &hs[i], &f);
     }
 }
 
-static int has_marker(const char *s, size_t n) {
-    return find_str(s, n, 0, "TRACE:", 6) || find_str(s, n, 0, "trace id", 8) || find_str(s, n, 0, "PACKET:", 7);
+static const Fields *damaged_fields(void) {
+    static Fields unknown;
+    static int ready;
+    if (!ready) {
+        fields_init(&unknown);
+        unknown.damaged = 1;
+        ready = 1;
+    }
+    return &unknown;
 }
 
-/* reader.marked_lines + _kernel_records for one whole line of the input (already cut). */
+/* Bound a trace-id map: drop its oldest entry past PENDING_TRACE_IDS. */
+static void trim(Map *m, int packets) {
+    while (m->count > PENDING_TRACE_IDS) {
+        Entry *oldest = m->head;
+        if (packets)
+            nft_packet_free(oldest->value);
+        else
+            free(oldest->value);
+        map_remove(m, oldest);
+    }
+}
+
+/* A packet line: remember its fields for the trace id (NftPacket), and the base chain it opens. */
+static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
+    NftPacket *np = calloc(1, sizeof *np);
+    if (!np) {
+        e->failed = 1;
+        return;
+    }
+    int err = e->format == FMT_XT ? xt_packet_fields(l->packet.s, (size_t)l->packet.n, &np->f, &e->words)
+                                  : nft_packet_fields(l->packet.s, (size_t)l->packet.n, &np->f, &e->words, &e->scratch);
+    size_t in_n = np->f.in_if.n > 0 ? (size_t)np->f.in_if.n : 0, out_n = np->f.out_if.n > 0 ? (size_t)np->f.out_if.n : 0;
+    np->text = malloc(in_n + out_n + 1);
+    if (err || !np->text) {
+        nft_packet_free(np);
+        e->failed = 1;
+        return;
+    }
+    if (np->f.in_if.n >= 0) {
+        memcpy(np->text, np->f.in_if.s, in_n);
+        np->f.in_if.s = np->text;
+    }
+    if (np->f.out_if.n >= 0) {
+        memcpy(np->text + in_n, np->f.out_if.s, out_n);
+        np->f.out_if.s = np->text + in_n;
+    }
+    if (cut)
+        np->f.damaged = 1;
+    if (l->family >= 0) {
+        np->base_table = copy_of(l->table.s, (size_t)l->table.n);
+        np->base_chain = copy_of(l->chain.s, (size_t)l->chain.n);
+        np->base_table_n = (size_t)l->table.n;
+        np->base_chain_n = (size_t)l->chain.n;
+        if (!np->base_table || !np->base_chain) {
+            nft_packet_free(np);
+            e->failed = 1;
+            return;
+        }
+    }
+    const char *tid = l->trace_id.s;
+    size_t tn = (size_t)l->trace_id.n;
+    int added;
+    Entry *known = map_put(&e->nft_packets, tid, tn, &added); /* an update keeps its place */
+    if (!known) {
+        nft_packet_free(np);
+        e->failed = 1;
+        return;
+    }
+    if (known->value)
+        nft_packet_free(known->value);
+    known->value = np;
+    Entry *pending = map_get(&e->pending, tid, tn);
+    if (pending) {
+        free(pending->value);
+        map_remove(&e->pending, pending);
+    }
+    Buf *chain = &e->scratch2;
+    chain->n = 0;
+    if (np->base_table ? (put(chain, np->base_table, np->base_table_n) || PUTL(chain, " ") ||
+                          put(chain, np->base_chain, np->base_chain_n))
+                       : PUTL(chain, "a base chain")) {
+        e->failed = 1;
+        return;
+    }
+    pending = map_put(&e->pending, tid, tn, &added);
+    if (!pending || !(pending->value = copy_of(chain->p, chain->n))) {
+        e->failed = 1;
+        return;
+    }
+    pending->number = (long long)chain->n;
+    trim(&e->nft_packets, 1);
+    trim(&e->pending, 0);
+}
+
+/* reader._nft_events for one line. */
+static void nft_line(Engine *e, const char *line, size_t n, int cut) {
+    NftLine l;
+    if (!(e->format == FMT_XT ? parse_xt(line, n, &l) : parse_nft(line, n, &l))) {
+        e->skipped++;
+        return;
+    }
+    if (l.kind < 0) {
+        nft_packet_line(e, &l, cut);
+        return;
+    }
+    e->records++;
+    const char *tid = l.trace_id.s;
+    size_t tn = (size_t)l.trace_id.n;
+    Entry *known = map_get(&e->nft_packets, tid, tn);
+    NftPacket *np = known ? known->value : NULL;
+    Fields copy;
+    const Fields *f = np ? &np->f : damaged_fields();
+    if (cut && !f->damaged) {
+        copy = *f;
+        copy.damaged = 1;
+        f = &copy;
+    }
+    Entry *pending = map_get(&e->pending, tid, tn);
+    int base = -1;
+    if (np && np->base_table && pending && np->base_table_n == (size_t)l.table.n && np->base_chain_n == (size_t)l.chain.n &&
+        memcmp(np->base_table, l.table.s, np->base_table_n) == 0 && memcmp(np->base_chain, l.chain.s, np->base_chain_n) == 0)
+        base = (f->in_if.n >= 0) | ((f->out_if.n >= 0) << 1);
+    if (pending) {
+        free(pending->value);
+        map_remove(&e->pending, pending);
+    }
+    Rec r = {e->line_node, l.table.s, l.chain.s, (size_t)l.table.n, (size_t)l.chain.n, l.kind, NULL, 0,
+             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}};
+    Buf *verdict = &e->verdict;
+    verdict->n = 0;
+    if (e->format == FMT_XT) {
+        if (l.verdict.n > 0) { /* VERDICT[:target] */
+            if (put(verdict, l.verdict.s, (size_t)l.verdict.n) ||
+                (l.target.n > 0 && (PUTL(verdict, ":") || put(verdict, l.target.s, (size_t)l.target.n)))) {
+                e->failed = 1;
+                return;
+            }
+            r.verdict = (Ref){verdict->p, (Py_ssize_t)verdict->n};
+        }
+        if (r.rule.n >= 0) { /* IPTABLES_PREFIX `-4 -t TABLE ` goes */
+            const char *s = r.rule.s;
+            size_t rn = (size_t)r.rule.n;
+            if (rn > 6 && s[0] == '-' && (s[1] == '4' || s[1] == '6') && memcmp(s + 2, " -t ", 4) == 0) {
+                size_t t = nonspace_end(s, rn, 6);
+                if (t > 6 && t < rn && s[t] == ' ')
+                    r.rule = (Ref){s + t + 1, (Py_ssize_t)(rn - t - 1)};
+            }
+            if (r.rule.n == 0)
+                r.rule.n = -1;
+        }
+    } else if (!ascii_upper(verdict, l.verdict, &r.verdict)) {
+        e->failed = 1;
+        return;
+    }
+    feed_record(e, &r);
+}
+
+/* reader.marked_lines + the format's reader for one whole line of the input (already cut). */
 static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
     e->lines++;
     e->line_no++;
     e->cut_lines += cut;
     while (n && raw[n - 1] == '\r')
         n--;
-    if (!has_marker(raw, n)) {
+    if (!(find_str(raw, n, 0, "TRACE:", 6) || find_str(raw, n, 0, "trace id", 8) || find_str(raw, n, 0, "PACKET:", 7))) {
         e->ignored++;
         return;
     }
@@ -1441,10 +3198,11 @@ static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
         raw = e->text.p;
         n = e->text.n;
     }
-    kernel_line(e, raw, n, cut);
+    if (e->format == FMT_KERNEL)
+        kernel_line(e, raw, n, cut);
+    else
+        nft_line(e, raw, n, cut);
 }
-
-/* ---------------------------------------------------------------- feeding */
 
 /* The line carried over from the last chunk, completed by `data` up to its first '\n'
  * (or all of it); returns where the rest of `data` starts (n: the line goes on). */
@@ -1464,9 +3222,9 @@ static size_t complete_carry(Engine *e, const char *data, size_t n) {
     return head + 1;
 }
 
-/* Lines of data[pos:n] until a batch of packets is ready; the last line without '\n' is carried. */
-static size_t feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
-    while (pos < n && e->n_done < BATCH_PACKETS) {
+/* Lines of data[pos:n]; the last line without '\n' is carried. */
+static void feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
+    while (pos < n && !e->error && !e->failed) {
         if (data[pos] == '\n') { /* a run of empty lines: only counted */
             size_t q = pos;
             while (q < n && data[q] == '\n')
@@ -1486,182 +3244,146 @@ static size_t feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
             if (put(&e->carry, data + pos, rest < LINE_LIMIT ? rest : LINE_LIMIT))
                 e->failed = 1;
             e->carrying = 1;
-            return n;
+            return;
         }
         size_t end = (size_t)(nl - data), len = end - pos;
         feed_line(e, data + pos, len > LINE_LIMIT ? LINE_LIMIT : len, len > LINE_LIMIT);
         pos = end + 1;
     }
-    return pos;
 }
 
 /* ---------------------------------------------------------------- Python interface */
 
-/* Set up by __init__ (and begin(), `fed`), and not in use by another thread; else an exception. */
-static int engine_ready(Engine *e, int fed) {
-    if (!e->window)
+static int engine_ready(Engine *e, int in_file) {
+    if (!e->calls)
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
-    else if (e->busy)
-        PyErr_SetString(PyExc_RuntimeError, "the engine is busy in another thread");
-    else if (fed && !e->in_file)
+    else if (in_file == 1 && !e->in_file)
         PyErr_SetString(PyExc_RuntimeError, "feed() or end() outside begin() ... end()");
+    else if (in_file == 0 && e->in_file)
+        PyErr_SetString(PyExc_RuntimeError, "begin() or flush() before end() of the last file");
     else
         return 1;
     return 0;
 }
 
-static PyObject *py_str_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
-
-static PyObject *py_int_or_none(long long v) { return v == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(v); }
-
-static PyObject *endpoint(int has, const char *src, const char *dst, long long ttl, long long sport, long long dport) {
-    if (!has)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(NNNNN)", py_str_or_none(src), py_str_or_none(dst), py_int_or_none(ttl),
-                         py_int_or_none(sport), py_int_or_none(dport));
-}
-
-static int put_str_or_null(Buf *b, const char *s) { return s[0] ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
-
-static int is_icmp(const char *proto) { return strcmp(proto, "ICMP") == 0 || strcmp(proto, "ICMPV6") == 0; }
-
-/* The node-independent JSON pieces around what Python decides (see native.py). */
-static int render_head(const Packet *p, Buf *b) {
-    char protocol[8];
-    const char *proto = p->f.proto[0] ? p->f.proto : "unknown";
-    size_t k = 0;
-    for (; proto[k]; k++)
-        protocol[k] = (proto[k] >= 'A' && proto[k] <= 'Z') ? (char)(proto[k] + 32) : proto[k];
-    protocol[k] = 0;
-    int err = PUTL(b, "\"protocol\": ");
-    err |= put_jstr(b, protocol, k);
-    err |= PUTL(b, ", \"src\": ");
-    err |= put_str_or_null(b, p->has_first ? p->first_src : p->f.src);
-    err |= PUTL(b, ", \"dst\": ");
-    err |= put_str_or_null(b, p->has_first ? p->first_dst : p->f.dst);
-    err |= PUTL(b, ", \"ip_id\": ");
-    err |= put_opt_int(b, p->f.ip_id);
-    err |= PUTL(b, ", \"identity\": \"");
-    err |= puts_(b, IDENTITY_NAMES[p->identity]);
-    err |= PUTL(b, "\", \"ttl\": ");
-    err |= put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
-    return err;
-}
-
-static int render_tail(const Packet *p, Buf *b) {
-    int err = PUTL(b, "\"exit\": ");
-    if (p->has_last) {
-        err |= PUTL(b, "{\"src\": ");
-        err |= put_jstr(b, p->last_src, strlen(p->last_src));
-        err |= PUTL(b, ", \"dst\": ");
-        err |= put_jstr(b, p->last_dst, strlen(p->last_dst));
-        err |= PUTL(b, "}");
-    } else {
-        err |= PUTL(b, "null");
-    }
-    err |= PUTL(b, ", \"repaired_lines\": ");
-    err |= put_int(b, p->repaired);
-    if (is_icmp(p->f.proto)) {
-        err |= PUTL(b, ", \"icmp\": {\"type\": ");
-        err |= put_opt_int(b, p->f.icmp_type);
-        err |= PUTL(b, ", \"id\": ");
-        err |= put_opt_int(b, p->f.icmp_id);
-        err |= PUTL(b, ", \"seq\": ");
-        err |= put_opt_int(b, p->f.icmp_seq);
-        err |= PUTL(b, "}");
-    }
-    if (p->f.sport != NONE || p->f.dport != NONE) {
-        err |= PUTL(b, ", \"sport\": ");
-        err |= put_opt_int(b, p->f.sport);
-        err |= PUTL(b, ", \"dport\": ");
-        err |= put_opt_int(b, p->f.dport);
-    }
-    if (p->f.flags) {
-        err |= PUTL(b, ", \"tcp_flags\": [");
-        int firstflag = 1;
-        for (int i = 0; i < N_TCP_FLAGS; i++) {
-            if (p->f.flags & (1 << i)) {
-                err |= puts_(b, firstflag ? "\"" : ", \"");
-                err |= puts_(b, TCP_FLAG_NAMES[i]);
-                err |= PUTL(b, "\"");
-                firstflag = 0;
-            }
-        }
-        err |= PUTL(b, "]");
-    }
-    if (p->f.flow_label != NONE) {
-        err |= PUTL(b, ", \"flow_label\": ");
-        err |= put_int(b, p->f.flow_label);
-    }
-    err |= PUTL(b, "}");
-    return err;
-}
-
-/* (node name, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, tcp_flags mask,
- *  first, last, repaired_lines, tables mask, signature, head, steps, last_step, tail, at_end);
- *  first/last: (src, dst, ttl, sport, dport) or None. */
-static PyObject *packet_tuple(Engine *e, Packet *p) {
-    Buf head = {0}, tail = {0};
-    PyObject *out = NULL;
-    PyObject **node = &e->node_objects[p->node];
-    if (!*node && !(*node = PyUnicode_DecodeUTF8(e->node_names[p->node], (Py_ssize_t)e->node_lens[p->node], "replace")))
+/* What feed/end/flush give back: the JSON written so far, or the error that stopped them. */
+static PyObject *hand_over(Engine *e) {
+    if (e->error) {
+        PyObject *error = e->error;
+        if (error == Py_None)
+            PyErr_SetString(PyExc_RuntimeError, "a call into Python failed");
+        else
+            PyErr_SetObject((PyObject *)Py_TYPE(error), error);
         return NULL;
-    if (render_head(p, &head) || render_tail(p, &tail)) {
-        PyErr_NoMemory();
-    } else {
-        const char *last_step = p->steps.p + p->last_step_at;
-        out = Py_BuildValue(
-            "(OLNNNNNNNiNNLiy#y#y#y#y#i)", *node, p->seq, py_str_or_none(p->f.proto), py_int_or_none(p->f.ip_id),
-            py_int_or_none(p->f.icmp_type), py_int_or_none(p->f.icmp_id), py_int_or_none(p->f.icmp_seq),
-            py_int_or_none(p->f.sport), py_int_or_none(p->f.dport), p->f.flags,
-            endpoint(p->has_first, p->first_src, p->first_dst, p->first_ttl, p->first_sport, p->first_dport),
-            endpoint(p->has_last, p->last_src, p->last_dst, p->last_ttl, p->last_sport, p->last_dport), p->repaired,
-            p->tables_seen, p->sig.p, (Py_ssize_t)p->sig.n, head.p, (Py_ssize_t)head.n, p->steps.p,
-            (Py_ssize_t)p->steps.n, last_step, (Py_ssize_t)(p->steps.n - p->last_step_at), tail.p,
-            (Py_ssize_t)tail.n, p->at_end);
     }
-    free(head.p);
-    free(tail.p);
+    if (e->failed)
+        return PyErr_NoMemory();
+    PyObject *out = PyBytes_FromStringAndSize(e->out.p ? e->out.p : "", (Py_ssize_t)e->out.n);
+    e->out.n = 0;
     return out;
 }
 
-static PyObject *take_done(Engine *e) {
-    if (e->failed) {
-        e->failed = 0;
-        return PyErr_NoMemory();
+static int str_list(PyObject *seq, char ***items, size_t **lens, size_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of str");
+    if (!fast)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    *items = calloc((size_t)count + 1, sizeof **items);
+    *lens = calloc((size_t)count + 1, sizeof **lens);
+    if (!*items || !*lens) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
     }
-    PyObject *list = PyList_New((Py_ssize_t)e->n_done);
-    if (!list)
-        return NULL;
-    for (size_t i = 0; i < e->n_done; i++) {
-        PyObject *item = packet_tuple(e, e->done[i]);
-        if (!item) {
-            Py_DECREF(list);
-            list = NULL;
-            for (size_t j = i; j < e->n_done; j++)
-                packet_free(e->done[j]);
-            break;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(fast, i), &len);
+        if (!s || !((*items)[i] = copy_of(s, (size_t)len))) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
         }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
-        packet_free(e->done[i]);
+        (*lens)[i] = (size_t)len;
+        (*n)++;
     }
-    e->n_done = 0;
-    return list;
+    Py_DECREF(fast);
+    return 0;
 }
 
-static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"window", NULL};
-    int window = 400;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kw, &window))
+static int int_list(PyObject *seq, long long **items, size_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of int");
+    if (!fast)
         return -1;
-    if (window < 1) {
-        PyErr_SetString(PyExc_ValueError, "window must be positive");
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    *items = calloc((size_t)count + 1, sizeof **items);
+    if (!*items) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
         return -1;
     }
-    if (e->window) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        (*items)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*n)++;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+PyDoc_STRVAR(engine_doc,
+             "Engine(calls, mode, expect, tables, protocols, ports, ip_ids, match_src, match_dst, match, declared, window)\n"
+             "calls: node_added(node, name) -> (json, ok), slot_added(node, hook, table), judge(node, signature,\n"
+             "at_end, entered, proto_none) -> walk tuple, address_ok(which, address) -> bool (see native.py);\n"
+             "mode: 0 json, 1 text, 2 summary, 3 diagram; tables: names or None; declared: {key: hook + 1}.");
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"calls", "mode", "expect", "tables", "protocols", "ports", "ip_ids", "match_src", "match_dst",
+                         "match", "declared", "window", NULL};
+    PyObject *calls, *tables, *protocols, *ports, *ip_ids, *declared;
+    int mode, expect, match_src, match_dst, match, window = 400;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OipOOOOpppO|i", kw, &calls, &mode, &expect, &tables, &protocols, &ports,
+                                     &ip_ids, &match_src, &match_dst, &match, &declared, &window))
+        return -1;
+    if (e->calls) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is already initialised");
         return -1;
     }
+    if (window < 1 || mode < MODE_JSON || mode > MODE_DIAGRAM || !PyDict_Check(declared)) {
+        PyErr_SetString(PyExc_ValueError, "window must be positive, mode 0-3, declared a dict");
+        return -1;
+    }
+    e->all_tables = tables == Py_None;
+    if ((!e->all_tables && str_list(tables, &e->tables, &e->table_lens, &e->n_tables)) ||
+        str_list(protocols, &e->protocols, &e->protocol_lens, &e->n_protocols) || int_list(ports, &e->ports, &e->n_ports) ||
+        int_list(ip_ids, &e->ip_ids, &e->n_ip_ids))
+        return -1;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(declared, &pos, &key, &value)) {
+        int added;
+        if (!PyBytes_Check(key) || !PyLong_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "declared: bytes -> int");
+            return -1;
+        }
+        Entry *d = map_put(&e->declared, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), &added);
+        if (!d) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->number = PyLong_AsLongLong(value);
+    }
+    if (!(e->items = PyList_New(0)))
+        return -1;
+    e->calls = Py_NewRef(calls);
+    e->mode = mode;
+    e->expect = expect;
+    e->match = match;
+    e->match_src = match_src;
+    e->match_dst = match_dst;
     e->window = window;
     e->line_node = -1;
     return 0;
@@ -1677,49 +3399,62 @@ static void Engine_dealloc(Engine *e) {
         packet_free(e->done[i]);
     for (int i = 0; i < e->n_nodes; i++) {
         free(e->node_names[i]);
-        Py_XDECREF(e->node_objects[i]);
+        Py_XDECREF(e->node_json[i]);
     }
-    free(e->node_names);
-    free(e->node_lens);
-    free(e->table_masks);
-    free(e->began);
-    free(e->node_objects);
-    free(e->node_slots);
-    free(e->done);
-    free(e->last_text.p);
-    free(e->headers);
-    free(e->tail_text.p);
-    free(e->prefix_text.p);
-    free(e->carry.p);
-    free(e->text.p);
+    for (size_t i = 0; i < e->n_tables; i++)
+        free(e->tables[i]);
+    for (size_t i = 0; i < e->n_protocols; i++)
+        free(e->protocols[i]);
+    void *arrays[] = {e->node_names, e->node_lens, e->table_masks, e->began, e->slot_version, e->node_json, e->node_ok,
+                      e->event_order, e->done, e->headers, e->tables, e->table_lens, e->protocols, e->protocol_lens,
+                      e->ports, e->ip_ids, e->words.w};
+    for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
+        free(arrays[i]);
+    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->tail_text, &e->scratch,
+                   &e->scratch2, &e->verdict, &e->key, &e->out};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        free(bufs[i]->p);
+    map_clear(&e->declared, NULL);
+    map_clear(&e->by_trace, NULL);
+    map_clear(&e->nodes, NULL);
+    map_clear(&e->slots, NULL);
+    map_clear(&e->nft_packets, nft_packet_free);
+    map_clear(&e->pending, free);
+    map_clear(&e->walks, walk_free);
+    map_clear(&e->directions, NULL);
+    map_clear(&e->flows, hops_free);
+    map_clear(&e->rows, row_free);
+    map_clear(&e->diagram, diagram_row_free);
+    map_clear(&e->addresses, NULL);
+    Py_XDECREF(e->calls);
+    Py_XDECREF(e->items);
+    Py_XDECREF(e->error);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
-PyDoc_STRVAR(begin_doc, "begin(node, from_lines): the following chunks are a new file (lines count from 1) of `node`;\n"
-                        "with from_lines, each line's syslog host field names its node, and `node` is for lines without one.");
+PyDoc_STRVAR(begin_doc, "begin(node, from_lines, format): the following chunks are a new file (lines count from 1)\n"
+                        "of `node` (str); with from_lines each kernel line's syslog host field names its node;\n"
+                        "format: 0 kernel, 1 xtables-monitor, 2 nft monitor.");
 
 static PyObject *Engine_begin(Engine *e, PyObject *args) {
-    if (!engine_ready(e, 0))
+    PyObject *name;
+    int from_lines, format;
+    if (!engine_ready(e, 0) || !PyArg_ParseTuple(args, "Upi", &name, &from_lines, &format))
         return NULL;
-    if (e->in_file) {
-        PyErr_SetString(PyExc_RuntimeError, "begin() before end() of the last file");
+    if (format < FMT_KERNEL || format > FMT_NFT) {
+        PyErr_SetString(PyExc_ValueError, "format must be 0, 1 or 2");
         return NULL;
     }
-    PyObject *name;
-    int from_lines;
-    if (!PyArg_ParseTuple(args, "Up", &name, &from_lines))
-        return NULL;
     PyObject *encoded = PyUnicode_AsEncodedString(name, "utf-8", "surrogatepass");
     if (!encoded)
         return NULL;
     int node = node_number(e, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
     Py_DECREF(encoded);
     if (node < 0)
-        return PyErr_NoMemory();
-    if (!e->node_objects[node])
-        e->node_objects[node] = Py_NewRef(name);
+        return hand_over(e);
     e->line_node = node;
     e->from_lines = from_lines;
+    e->format = format;
     e->has_prefix = 0;
     e->line_no = 0;
     e->in_file = 1;
@@ -1728,39 +3463,23 @@ static PyObject *Engine_begin(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(feed_doc, "feed(chunk, start=0) -> (finished packets, where to start next): `chunk` is the next\n"
-                       "piece of the file, any bytes, lines may go on in the next chunk. It stops early once it has a\n"
-                       "batch of packets to hand over: call again from the returned start until that is len(chunk).");
+PyDoc_STRVAR(feed_doc, "feed(chunk) -> JSON written: `chunk` is the next piece of the file, any bytes; its last line\n"
+                       "may go on in the next chunk.");
 
-static PyObject *Engine_feed(Engine *e, PyObject *args) {
+static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     Py_buffer view;
-    Py_ssize_t start = 0;
-    if (!PyArg_ParseTuple(args, "y*|n", &view, &start))
+    if (!engine_ready(e, 1) || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
-    PyObject *out = NULL;
     const char *data = view.buf;
-    size_t n = (size_t)view.len, pos = start >= 0 ? (size_t)start : n + 1;
-    if (!engine_ready(e, 1)) {
-        /* the exception is set */
-    } else if (pos > n) {
-        PyErr_SetString(PyExc_ValueError, "start is outside the chunk");
-    } else {
-        e->busy = 1;
-        Py_BEGIN_ALLOW_THREADS;
-        if (pos == 0 && e->carrying && n)
-            pos = complete_carry(e, data, n);
-        pos = feed_lines(e, data, n, pos);
-        Py_END_ALLOW_THREADS;
-        e->busy = 0;
-        PyObject *done = take_done(e);
-        if (done)
-            out = Py_BuildValue("(Nn)", done, (Py_ssize_t)pos);
-    }
+    size_t n = (size_t)view.len, pos = 0;
+    if (e->carrying && n)
+        pos = complete_carry(e, data, n);
+    feed_lines(e, data, n, pos);
     PyBuffer_Release(&view);
-    return out;
+    return hand_over(e);
 }
 
-PyDoc_STRVAR(end_doc, "end() -> finished packets: the file ends (its last line, if it has no '\\n', is read now).");
+PyDoc_STRVAR(end_doc, "end() -> JSON written: the file ends (its last line, if it has no '\\n', is read now).");
 
 static PyObject *Engine_end(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 1))
@@ -1770,39 +3489,134 @@ static PyObject *Engine_end(Engine *e, PyObject *unused) {
         e->carrying = e->carry_cut = 0;
         e->carry.n = 0;
     }
-    mark_end(e);
+    mark_end(e, e->format == FMT_KERNEL ? NULL : &e->pending);
+    map_clear(&e->nft_packets, nft_packet_free);
+    map_clear(&e->pending, free);
     e->in_file = 0;
-    return take_done(e);
+    return hand_over(e);
 }
 
-PyDoc_STRVAR(flush_doc, "flush() -> every packet still open (end of input).");
+PyDoc_STRVAR(flush_doc, "flush() -> JSON written: every packet still open is finished (end of input).");
 
 static PyObject *Engine_flush(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 0))
         return NULL;
-    if (e->in_file) {
-        PyErr_SetString(PyExc_RuntimeError, "flush() before end() of the last file");
-        return NULL;
-    }
-    while (e->head)
+    while (e->head && !e->error) {
         finish(e, e->head);
-    return take_done(e);
+        process_done(e);
+    }
+    return hand_over(e);
 }
 
-PyDoc_STRVAR(stats_doc, "stats() -> (lines, ignored_lines, skipped_lines, trace_records, unattributed, cut_lines).");
+PyDoc_STRVAR(take_items_doc, "take_items() -> [(\"packet\", seq, json) | (\"expect\", node, direction, protocol, syn, walk)]");
+
+static PyObject *Engine_take_items(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, -1))
+        return NULL;
+    PyObject *items = e->items;
+    if (!(e->items = PyList_New(0))) {
+        e->items = items;
+        return NULL;
+    }
+    return items;
+}
+
+PyDoc_STRVAR(stats_doc, "stats() -> dict of counts.");
 
 static PyObject *Engine_stats(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, -1))
+        return NULL;
+    PyObject *order = PyList_New(e->n_with_events);
+    if (!order)
+        return NULL;
+    for (int i = 0; i < e->n_nodes; i++)
+        if (e->event_order[i] >= 0)
+            PyList_SET_ITEM(order, e->event_order[i], PyLong_FromLong(i));
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLs(LLL)sLsN}", "lines", e->lines, "ignored_lines", e->ignored, "skipped_lines",
+                         e->skipped, "trace_records", e->records, "unattributed", e->unattributed, "cut_lines",
+                         e->cut_lines, "matched", e->matched, "repaired", e->repaired, "identities", e->identities[0],
+                         e->identities[1], e->identities[2], "other", e->other, "nodes", order);
+}
+
+static PyObject *str_or_none(const char *s, size_t n) {
+    return s ? PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "replace") : Py_NewRef(Py_None);
+}
+
+static PyObject *addr_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
+
+PyDoc_STRVAR(results_doc, "results() -> (summary rows, diagram rows, flow entries): what the end of the run needs.");
+
+static PyObject *Engine_results(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 0))
         return NULL;
-    return Py_BuildValue("(LLLLLL)", e->lines, e->ignored, e->skipped, e->records, e->unattributed, e->cut_lines);
+    PyObject *rows = PyList_New(0), *diagram = PyList_New(0), *flows = PyList_New(0);
+    if (!rows || !diagram || !flows)
+        goto failed;
+    for (Entry *x = e->rows.head; x; x = x->next) {
+        Row *r = x->value;
+        int node;
+        long summary;
+        memcpy(&node, x->key, sizeof node);
+        memcpy(&summary, x->key + sizeof node + 1, sizeof summary);
+        PyObject *item = Py_BuildValue("(iilLLNLNN)", node, x->key[sizeof node], summary, r->count, r->first_seq,
+                                       str_or_none(r->first_time, r->first_time_n), r->last_seq,
+                                       str_or_none(r->last_time, r->last_time_n), str_or_none(r->example, r->example_n));
+        if (!item || PyList_Append(rows, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    for (Entry *x = e->diagram.head; x; x = x->next) {
+        DiagramRow *r = x->value;
+        int node;
+        memcpy(&node, x->key, sizeof node);
+        PyObject *item = Py_BuildValue("(iiLLO)", node, x->key[sizeof node], r->min_seq, r->count, r->walk);
+        if (!item || PyList_Append(diagram, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    for (Entry *x = e->flows.head; x; x = x->next) {
+        Hops *hops = x->value;
+        size_t plen = strlen(x->key);
+        long long ip_id, seq;
+        memcpy(&ip_id, x->key + plen + 1, sizeof ip_id);
+        memcpy(&seq, x->key + plen + 1 + sizeof ip_id, sizeof seq);
+        PyObject *list = PyList_New((Py_ssize_t)hops->n);
+        if (!list)
+            goto failed;
+        for (size_t i = 0; i < hops->n; i++) {
+            Hop *h = &hops->hops[i];
+            PyObject *hop = Py_BuildValue("(LiiONNNNN)", h->seq, h->direction, h->node, h->walk,
+                                          h->ttl == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(h->ttl),
+                                          addr_or_none(h->src), addr_or_none(h->dst), addr_or_none(h->exit_src),
+                                          addr_or_none(h->exit_dst));
+            if (!hop) {
+                Py_DECREF(list);
+                goto failed;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, hop);
+        }
+        PyObject *item = Py_BuildValue("(NLNN)", plen ? PyUnicode_FromString(x->key) : Py_NewRef(Py_None), ip_id,
+                                       seq == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(seq), list);
+        if (!item || PyList_Append(flows, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    return Py_BuildValue("(NNN)", rows, diagram, flows);
+failed:
+    Py_XDECREF(rows);
+    Py_XDECREF(diagram);
+    Py_XDECREF(flows);
+    return NULL;
 }
 
 static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
-    {"feed", (PyCFunction)Engine_feed, METH_VARARGS, feed_doc},
+    {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
     {"end", (PyCFunction)Engine_end, METH_NOARGS, end_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
+    {"take_items", (PyCFunction)Engine_take_items, METH_NOARGS, take_items_doc},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, stats_doc},
+    {"results", (PyCFunction)Engine_results, METH_NOARGS, results_doc},
     {NULL},
 };
 
@@ -1810,7 +3624,7 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "chainlab.trace._engine.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Engine(window=400): kernel-format TRACE lines in, finished packets out."),
+    .tp_doc = engine_doc,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
@@ -1824,8 +3638,9 @@ static PyObject *py_utf8(PyObject *self, PyObject *arg) {
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
     Buf out = {0};
-    PyObject *result = utf8_normalize(view.buf, (size_t)view.len, &out) ? PyErr_NoMemory()
-                                                                        : PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.n);
+    PyObject *result = utf8_normalize(view.buf, (size_t)view.len, &out)
+                           ? PyErr_NoMemory()
+                           : PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.n);
     free(out.p);
     PyBuffer_Release(&view);
     return result;
@@ -1852,8 +3667,7 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "chainlab.trace._engine",
-    "The trace analyzer's hot path (see native.py).", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "chainlab.trace._engine", "The trace analyzer in C (see native.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__engine(void) {

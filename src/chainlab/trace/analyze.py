@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
 from chainlab.trace.netfilter import ROUTES, Slot, collapse_hooks, required_slots, route_of, slot_rank
 from chainlab.trace.rules import RuleSet, rule_target
@@ -104,6 +105,18 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     else:
         packet.verdict = "dropped"
         packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {ahead[0][1]} {ahead[0][0]}"
+
+
+def protocol_from_rules(packet: Packet) -> str | None:
+    """The protocol the rules a packet matched name (xtables-monitor prints no protocol
+    for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""
+    for step in packet.steps:
+        if step.rule:
+            words = ascii.words(step.rule)
+            for protocol, names in (("ICMP", ("icmp",)), ("ICMPV6", ("ipv6-icmp", "icmpv6", "icmp6"))):
+                if any(w == "-p" and n in names for w, n in zip(words, words[1:])):
+                    return protocol
+    return None
 
 
 def join_rules(packet: Packet, rules: RuleSet | None) -> None:

@@ -25,11 +25,13 @@ class Check:
     message: str
 
 
-def _probe_packet(packet: Packet, protocol: str) -> bool:
+def probe_packet(protocol: str, syn: bool, probe: str) -> bool:
     """Packets the expectation speaks of: every echo, or a TCP connection's SYN/SYN-ACK."""
-    if packet.protocol != protocol:
-        return False
-    return protocol != "tcp" or bool(packet.fields.tcp_flags and "SYN" in packet.fields.tcp_flags)
+    return protocol == probe and (probe != "tcp" or syn)
+
+
+def _probe_packet(packet: Packet, protocol: str) -> bool:
+    return probe_packet(packet.protocol, bool(packet.fields.tcp_flags and "SYN" in packet.fields.tcp_flags), protocol)
 
 
 class Checker:
@@ -46,14 +48,22 @@ class Checker:
         }
 
     def add(self, packet: Packet) -> None:
-        seen = self.seen.get((packet.node, packet.direction))
-        if seen is None or not _probe_packet(packet, self.protocol):
+        last = packet.last_step
+        self.add_walk(packet.node, packet.direction, _probe_packet(packet, self.protocol),
+                      hook_path(packet.steps, self.tables), packet.verdict, last.chain if last else None)
+
+    def add_walk(self, node: str, direction: str, probe: bool, hooks: list[str], verdict: str,
+                 last_chain: str | None) -> None:
+        """One packet, as what the checks need of it: is it the probe's, its hook path in the
+        scenario's tables, its verdict, the chain of its last step."""
+        seen = self.seen.get((node, direction))
+        if seen is None or not probe:
             return
         paths, verdicts, drops = seen
-        paths.setdefault(tuple(hook_path(packet.steps, self.tables)), None)
-        verdicts.append(packet.verdict)
-        if packet.verdict == "dropped":
-            drops.append(packet.last_step.chain if packet.last_step else None)
+        paths.setdefault(tuple(hooks), None)
+        verdicts.append(verdict)
+        if verdict == "dropped":
+            drops.append(last_chain)
 
     def checks(self, nodes_with_logs: set[str]) -> list[Check]:
         """One check per node and direction of the scenario."""

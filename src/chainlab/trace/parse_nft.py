@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from chainlab.trace.model import Fields, Step
 from chainlab.trace import ascii
-from chainlab.trace.parse_kernel import IPV4, IPV6, TCP_FLAGS, _int
+from chainlab.trace.parse_kernel import IPV4, IPV6, PROTOCOLS, TCP_FLAGS, _int
 
 XT_PACKET = re.compile(r"^\s*PACKET: (\d+) ([0-9a-f]+) (.*)$", re.ASCII)
 XT_TRACE = re.compile(
@@ -30,8 +30,10 @@ XT_TRACE = re.compile(
     r"(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$",
     re.ASCII,
 )
+#: nft families, in the order the C engine numbers them.
+FAMILIES = ("ip", "inet", "ip6", "bridge", "arp", "netdev")
 NFT_LINE = re.compile(
-    r"^\s*trace id ([0-9a-f]+) (ip|inet|ip6|bridge|arp|netdev) (\S+) (\S+) "
+    r"^\s*trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
     r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|unknown rule handle (\d{1,10}) \(verdict ([^)]*)\)"
     r"|(verdict|policy) (\S+))\s*$",
     re.ASCII,
@@ -90,7 +92,8 @@ def xt_packet_fields(text: str) -> Fields:
         elif key in ("SPORT", "DPORT"):
             setattr(f, key[0].lower() + "port", _int(value, 65535))
         elif key == "PROTO":
-            f.proto = ascii.upper(value)
+            name = ascii.upper(value)
+            f.proto = name if name in PROTOCOLS or (ascii.is_digits(name) and len(name) <= 3) else None
     if f.sport is not None or f.dport is not None:
         f.proto = f.proto or ("TCP" if flags else "UDP")
     if flags:
@@ -154,7 +157,7 @@ def nft_packet_fields(text: str) -> Fields:
     if f.proto == "TCP":
         f.tcp_seq = _int(pairs.get(("tcp", "sequence"), ""), 0xFFFFFFFF)
         if "flags" in words:
-            f.tcp_flags = _tcp_flags(words)
+            f.tcp_flags = _tcp_flags(words) or None
     f.damaged = (f.ip_id is None and not v6) or f.src is None or f.dst is None
     return f
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chainlab.trace import ascii
-from chainlab.trace.analyze import Directions, hook_path, join_rules, judge, sent_here
+from chainlab.trace.analyze import Directions, hook_path, join_rules, judge, protocol_from_rules, sent_here
 from chainlab.trace.assemble import Assembler
 from chainlab.trace.flows import Flow, FlowIndex
 from chainlab.trace.hooks import resolver
@@ -76,7 +75,7 @@ class Analyzer:
         join_rules(packet, rules)
         present = rules.slots if rules else self._slots_seen.get(packet.node, set())
         if packet.fields.proto is None:
-            packet.fields.proto = _protocol_from_rules(packet)
+            packet.fields.proto = protocol_from_rules(packet)
         judge(packet, present)
         self.stats.identities[packet.identity] = self.stats.identities.get(packet.identity, 0) + 1
         packet.direction = self._directions.classify(packet)
@@ -92,18 +91,6 @@ class Analyzer:
 
     def flows(self) -> list[Flow]:
         return self._flows.flows()
-
-
-def _protocol_from_rules(packet: Packet) -> str | None:
-    """The protocol the rules a packet matched name (xtables-monitor prints no protocol
-    for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""
-    for step in packet.steps:
-        if step.rule:
-            words = ascii.words(step.rule)
-            for protocol, names in (("ICMP", ("icmp",)), ("ICMPV6", ("ipv6-icmp", "icmpv6", "icmp6"))):
-                if any(w == "-p" and n in names for w, n in zip(words, words[1:])):
-                    return protocol
-    return None
 
 
 @dataclass
