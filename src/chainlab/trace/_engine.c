@@ -1814,8 +1814,6 @@ static int put_mark(Buf *b, Ref mark) {
     return PUTL(b, "\"");
 }
 
-static int put_ref_or_null(Buf *b, Ref r) { return r.n < 0 ? PUTL(b, "null") : put_jstr(b, r.s, (size_t)r.n); }
-
 /* A signature field: 4-byte length (0xffffffff: None), then the bytes. */
 static int sig_str(Buf *g, const char *s, Py_ssize_t n) {
     uint32_t len = n < 0 ? 0xffffffffu : (uint32_t)n;
