@@ -479,6 +479,19 @@ def test_generated_log_in_small_chunks(bench_log, tmp_path, monkeypatch, chunk):
     head = tmp_path / "head.log"
     head.write_bytes(bench_log.read_bytes()[: 300_000])
     assert_same([f"m={head}", f"s={SCENARIO2}"], f"CHUNK={chunk}")
+    gz = tmp_path / "head.log.gz"  # gunzipped in Python, handed to the engine chunk by chunk
+    gz.write_bytes(gzip.compress(head.read_bytes()))
+    assert_same([f"m={gz}"], f"gzip, CHUNK={chunk}")
+
+
+def test_more_lines_in_a_chunk_than_the_parser_takes(tmp_path):
+    """The parser thread takes at most 16384 lines of a chunk (BATCH_LINES); the rest of a
+    chunk of short lines is read after them, in order."""
+    line = "TRACE: raw:PREROUTING:policy:2 IN=e OUT= SRC=1.1.1.1 DST=2.2.2.2 ID={} PROTO=UDP SPT=1 DPT=2\nx\n"
+    log = tmp_path / "short.log"
+    log.write_text("".join(line.format(i % 65536) for i in range(20000)))
+    assert log.read_bytes()[: reader.CHUNK].count(b"\n") > 16384
+    assert_same([f"n={log}"], "20000 lines a chunk", formats=("json", "summary"))
 
 
 def test_packet_dense_log(tmp_path):

@@ -11,7 +11,6 @@ import click
 from rich.console import Console
 
 from chainlab.errors import InputError, Problem
-from chainlab.names import HOST_NAME
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json, write_tail
 from chainlab.render.text import TextReport, print_summary
@@ -30,6 +29,8 @@ FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
 def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[str | None, Path]:
     node, sep, rest = arg.partition("=")
+    if sep:
+        from chainlab.names import HOST_NAME  # pydantic comes with it: 50 ms a plain FILE run does without
     if sep and re.match(HOST_NAME, node):
         path = Path(rest)
     elif node_required:

@@ -19,6 +19,18 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef _WIN32
+#include <pthread.h>
+#define PARSER_THREAD 1
+#endif
+#ifdef _WIN32
+#include <io.h>
+#define read _read
+#else
+#include <unistd.h>
+#endif
+#include <errno.h>
+
 
 #define NONE (-1LL)
 /* reader.LINE_LIMIT */
@@ -207,6 +219,29 @@ static int is_digit(char c) { return c >= '0' && c <= '9'; }
 static int is_hex_digit(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 static int ident_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
 static int ident_char(char c) { return ident_start(c) || is_digit(c); }
+
+/* The first whitespace (is_space) in s[i:n], or n: 8 bytes at a time, looking for a byte
+ * below '!' (whitespace or another control character) in each word. */
+static size_t space_from(const char *s, size_t n, size_t i) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t below = (w - 0x2121212121212121ULL) & ~w & 0x8080808080808080ULL; /* lowest set byte: exact */
+        if (!below) {
+            i += 8;
+            continue;
+        }
+        i += (size_t)__builtin_ctzll(below) >> 3;
+        if (is_space(s[i]))
+            return i;
+        i++;
+    }
+#endif
+    while (i < n && !is_space(s[i]))
+        i++;
+    return i;
+}
 
 static int all_digits(const char *s, size_t n) {
     if (n == 0)
@@ -415,11 +450,8 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
         if (i >= n)
             break;
         const char *t = s + i;
-        size_t len = 0;
-        while (i < n && !is_space(s[i])) {
-            i++;
-            len++;
-        }
+        i = space_from(s, n, i);
+        size_t len = (size_t)(s + i - t);
         if (depth || t[0] == '[') {
             if (t[0] == '[')
                 depth++;
@@ -430,7 +462,12 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
                 depth = 0;
             continue;
         }
-        const char *eq = memchr(t, '=', len);
+        const char *eq = NULL; /* memchr(t, '=', len), without a call for the short keys */
+        for (size_t j = 0; j < len && j < 11 && !eq; j++)
+            if (t[j] == '=')
+                eq = t + j;
+        if (!eq && len > 11)
+            eq = memchr(t + 11, '=', len - 11);
         if (!eq) {
             int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
             if (flag >= 0)
@@ -763,11 +800,39 @@ typedef struct {
 
 static Entry DELETED;
 
+static inline uint64_t hash_mix(uint64_t h, uint64_t w) {
+    h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 29);
+}
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* 8 bytes at a time, in four independent lanes for long keys (a walk's kilobyte, a line's
+ * fields): multiply-xorshift per word, the length mixed in. Never 0. */
 static size_t hash_bytes(const char *s, size_t n) {
-    size_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h ? h : 1;
+    uint64_t a = 0x9E3779B97F4A7C15ULL ^ n, b = 0x632BE59BD9B4E019ULL, c = 0x85EBCA77C2B2AE63ULL,
+             d = 0xC2B2AE3D27D4EB4FULL, w[4];
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        memcpy(w, s + i, 32);
+        a = hash_mix(a, w[0]);
+        b = hash_mix(b, w[1]);
+        c = hash_mix(c, w[2]);
+        d = hash_mix(d, w[3]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        memcpy(w, s + i, 8);
+        a = hash_mix(a, w[0]);
+    }
+    if (i < n) {
+        w[0] = 0;
+        memcpy(w, s + i, n - i);
+        a = hash_mix(a, w[0]);
+    }
+    uint64_t h = a ^ rotl64(b, 17) ^ rotl64(c, 31) ^ rotl64(d, 47);
+    h = (h ^ (h >> 32)) * 0x94D049BB133111EBULL;
+    h ^= h >> 29;
+    return h ? (size_t)h : 1;
 }
 
 /* The slot of `key`: where it is, or (found NULL) the first free slot for it. */
@@ -789,9 +854,11 @@ static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, 
     }
 }
 
+/* Rehash into a table a quarter full: bigger as entries come, the same size or smaller when
+ * deleted slots are what filled it (a bounded map's size stays bounded). */
 static int map_grow(Map *m) {
-    size_t n = m->n_slots ? m->n_slots * 2 : 16;
-    while (m->count * 2 >= n)
+    size_t n = 16;
+    while ((m->count + 1) * 4 > n)
         n *= 2;
     Entry **slots = calloc(n, sizeof *slots);
     if (!slots)
@@ -1381,6 +1448,9 @@ typedef struct {
     Ref trace_id; /* n -1: None */
     int base;     /* -1: no packet: line opened the chain, else bit 0 iif, bit 1 oif */
     Ref time;
+    int names_known; /* table_index and chain_hook are set (kernel lines: from the header cache) */
+    int table_index, chain_hook; /* TABLES and HOOKS index of table and chain, -1: other */
+    int repeat; /* its fields are those of the record fed just before (same text) */
 } Rec;
 
 typedef struct {
@@ -1468,6 +1538,13 @@ typedef struct {
     PyObject *walk;
 } DiagramRow;
 
+/* What kernel lines parse to, cached (see tail_fields and cached_header); each thread has its own. */
+typedef struct {
+    struct HeaderSlot *headers; /* HEADER_CACHE slots (NULL until the first kernel line) */
+    struct FieldSlot *fields;   /* FIELD_CACHE slots, likewise */
+    struct FieldSlot *last;     /* the slot tail_fields returned last */
+} Caches;
+
 typedef struct {
     PyObject_HEAD int window;
     PyObject *calls; /* node_added, slot_added, judge, address_ok */
@@ -1518,9 +1595,14 @@ typedef struct {
     Ref prefix_time;
     Header *headers;
     size_t cap_headers;
-    Buf tail_text;
-    Fields tail_fields;
-    int has_tail, tail_glued;
+    Caches caches; /* the kernel lines read here (those the parser thread leaves) */
+    int placed_last; /* the last record fed was placed in a packet */
+    struct Parser *parser; /* kernel logs: parses the next chunk while this one is assembled (NULL: none) */
+    char *read_buf;        /* feed_from without the parser: read_size bytes */
+    size_t read_size;
+    int carry_ahead;       /* the chunks handed to the parser so far end inside a line */
+    Buf fast_host;         /* the host field of the last line the parser read, and its node */
+    int fast_node;
     long long line_no;
     /* nft / xtables-monitor: per trace id, the last packet line's fields and the pending base chain */
     Map nft_packets, pending;
@@ -1749,7 +1831,9 @@ static int resolve_hook(Engine *e, const Rec *r, int current) {
 /* Assembler._next_hook: may the record come next in `p`'s walk, and in which hook (-1: None). */
 static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *hook) {
     int current = p->last_hook >= 0 ? p->last_hook : -1;
-    int base = (r->family < 0 && r->base < 0) ? find_name(HOOKS, N_HOOKS, r->chain, r->chain_n) : resolve_hook(e, r, current);
+    int base = r->family >= 0 || r->base >= 0 ? resolve_hook(e, r, current)
+               : r->names_known                ? r->chain_hook
+                                               : find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
     if (p->last_hook == -2) {
         *hook = base;
         return 1;
@@ -2104,8 +2188,11 @@ static void table_seen(Engine *e, int node, int table);
 
 /* Analyzer.packets + Assembler.feed for one record. */
 static void feed_record(Engine *e, const Rec *r) {
+#ifdef T13_PARSE_ONLY
+    return;
+#endif
     const Fields *f = r->f;
-    int table = find_name(TABLES, N_TABLES, r->table, r->table_n);
+    int table = r->names_known ? r->table_index : find_name(TABLES, N_TABLES, r->table, r->table_n);
     int legacy = r->trace_id.n < 0;
     if (e->event_order[r->node] < 0)
         e->event_order[r->node] = e->n_with_events++;
@@ -2116,7 +2203,7 @@ static void feed_record(Engine *e, const Rec *r) {
     Packet *p = NULL;
     int fast = 0;
     if (e->has_last && e->last_packet && e->last_node == r->node && same_trace_id(e, r) &&
-        fields_eq(&e->last_fields, f)) {
+        ((r->repeat && e->placed_last) || fields_eq(&e->last_fields, f))) {
         p = e->last_packet;
         if (next_hook(e, p, r, table, &hook)) {
             if (f->damaged)
@@ -2132,6 +2219,7 @@ static void feed_record(Engine *e, const Rec *r) {
         if (!p) {
             if (legacy && f->ip_id == NONE && (!f->src[0] || !f->dst[0])) {
                 e->unattributed++;
+                e->placed_last = 0;
                 expire(e);
                 process_done(e);
                 return;
@@ -2166,6 +2254,7 @@ static void feed_record(Engine *e, const Rec *r) {
         append_step(e, p, r, hook, table);
         keep_last(e, r, p);
     }
+    e->placed_last = 1; /* so e->last_fields are the record's */
     if (e->count % EXPIRE_EVERY == 0)
         expire(e);
     if (!legacy && hook >= 0) /* nft creates a base chain only where one is declared: the slots seen */
@@ -2339,6 +2428,77 @@ static int bytes_item(PyObject *t, Py_ssize_t i, const char **s, Py_ssize_t *n) 
     return 0;
 }
 
+/* Python strings of the names a step's fields take from fixed lists (kind, hook, family). */
+static PyObject *KIND_OBJECTS[3], *HOOK_OBJECTS[N_HOOKS], *FAMILY_OBJECTS[N_FAMILIES];
+
+static int names_ready(void) {
+    for (int i = 0; i < 3; i++)
+        if (!KIND_OBJECTS[i] && !(KIND_OBJECTS[i] = PyUnicode_InternFromString(KINDS[i])))
+            return -1;
+    for (int i = 0; i < N_HOOKS; i++)
+        if (!HOOK_OBJECTS[i] && !(HOOK_OBJECTS[i] = PyUnicode_InternFromString(HOOKS[i])))
+            return -1;
+    for (int i = 0; i < N_FAMILIES; i++)
+        if (!FAMILY_OBJECTS[i] && !(FAMILY_OBJECTS[i] = PyUnicode_InternFromString(FAMILIES[i])))
+            return -1;
+    return 0;
+}
+
+/* One signature field (see sig_str) as str or None; advances *at. */
+static PyObject *sig_text(const char *g, size_t n, size_t *at) {
+    uint32_t len;
+    if (*at + 4 > n)
+        goto broken;
+    memcpy(&len, g + *at, 4);
+    *at += 4;
+    if (len == 0xffffffffu)
+        return Py_NewRef(Py_None);
+    if (*at + len > n)
+        goto broken;
+    *at += len;
+    return PyUnicode_DecodeUTF8(g + *at - len, (Py_ssize_t)len, "surrogatepass");
+broken:
+    PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+    return NULL;
+}
+
+/* The steps of a walk signature (append_step writes it) for native.Calls.judge: a tuple of
+ * (table, chain, kind, position, handle, verdict, rule, hook, family) per step. */
+static PyObject *steps_of(const char *g, size_t n) {
+    if (names_ready())
+        return NULL;
+    PyObject *steps = PyList_New(0);
+    size_t at = 0;
+    while (steps && at < n) {
+        PyObject *table = sig_text(g, n, &at), *chain = table ? sig_text(g, n, &at) : NULL;
+        int kind = chain && at < n ? (unsigned char)g[at++] : -1;
+        PyObject *position = kind >= 0 && kind < 3 ? sig_text(g, n, &at) : NULL;
+        PyObject *handle = position ? sig_text(g, n, &at) : NULL, *verdict = handle ? sig_text(g, n, &at) : NULL;
+        PyObject *rule = verdict ? sig_text(g, n, &at) : NULL, *step = NULL;
+        if (position && position != Py_None)
+            Py_SETREF(position, PyLong_FromUnicodeObject(position, 10));
+        if (rule && position && at + 2 <= n) {
+            int hook = (unsigned char)g[at], family = (unsigned char)g[at + 1];
+            at += 2;
+            step = PyTuple_Pack(9, table, chain, KIND_OBJECTS[kind], position, handle, verdict, rule,
+                                hook < N_HOOKS ? HOOK_OBJECTS[hook] : Py_None,
+                                family < N_FAMILIES ? FAMILY_OBJECTS[family] : Py_None);
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+        }
+        Py_XDECREF(table);
+        Py_XDECREF(chain);
+        Py_XDECREF(position);
+        Py_XDECREF(handle);
+        Py_XDECREF(verdict);
+        Py_XDECREF(rule);
+        if (!step || PyList_Append(steps, step))
+            Py_CLEAR(steps);
+        Py_XDECREF(step);
+    }
+    return steps;
+}
+
 /* The judged walk of a finished packet: from the cache, or judged in Python (native.Judge). */
 static Walk *walk_of(Engine *e, Packet *p) {
     Buf *k = &e->key;
@@ -2355,9 +2515,14 @@ static Walk *walk_of(Engine *e, Packet *p) {
     Entry *cached = map_get(&e->walks, k->p, k->n);
     if (cached)
         return cached->value;
-    PyObject *r = PyObject_CallMethod(e->calls, "judge", "iy#iz#i", p->node, p->sig.p ? p->sig.p : "",
-                                      (Py_ssize_t)p->sig.n, p->at_end, p->entered, (Py_ssize_t)p->entered_n,
-                                      p->f.proto[0] == 0);
+    PyObject *steps = steps_of(p->sig.p ? p->sig.p : "", p->sig.n);
+    if (!steps) {
+        call_failed(e);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethod(e->calls, "judge", "iOiz#i", p->node, steps, p->at_end, p->entered,
+                                      (Py_ssize_t)p->entered_n, p->f.proto[0] == 0);
+    Py_DECREF(steps);
     if (!r)
         goto failed;
     if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 11) {
@@ -2586,10 +2751,28 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
         e->failed = 1;
         return;
     }
-    Entry *entry = map_put(&e->flows, k->p, k->n, &added);
-    if (!entry || (added && !(entry->value = calloc(1, sizeof(Hops))))) {
-        e->failed = 1;
-        return;
+    Entry *entry = map_get(&e->flows, k->p, k->n);
+    if (!entry) {
+        Hops *reuse = NULL; /* the oldest flow's, when the index is full (flows.MEMORY) */
+        if (e->flows.count >= FLOWS_MEMORY) {
+            Entry *oldest = e->flows.head;
+            reuse = oldest->value;
+            for (size_t i = 0; i < reuse->n; i++)
+                Py_XDECREF(reuse->hops[i].walk);
+            reuse->n = 0;
+            map_remove(&e->flows, oldest);
+        }
+        entry = map_put(&e->flows, k->p, k->n, &added);
+        if (entry)
+            entry->value = reuse ? reuse : calloc(1, sizeof(Hops));
+        if (!entry || !entry->value) {
+            if (reuse)
+                hops_free(reuse);
+            if (entry)
+                map_remove(&e->flows, entry);
+            e->failed = 1;
+            return;
+        }
     }
     Hops *hops = entry->value;
     if (hops->n == MAX_HOPS) {
@@ -2623,11 +2806,6 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
         memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
     }
     map_move_to_end(&e->flows, entry);
-    while (e->flows.count > FLOWS_MEMORY) {
-        Entry *oldest = e->flows.head;
-        hops_free(oldest->value);
-        map_remove(&e->flows, oldest);
-    }
 }
 
 static char *copy_of(const char *s, size_t n) {
@@ -2922,36 +3100,112 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
     return e->prefix_node;
 }
 
-/* parse_fields, remembering the last result (KernelLineParser.fields caches the same way);
- * returns whether s[0:n] holds another "TRACE: " (then the line is glued). */
-static int tail_fields(Engine *e, const char *s, size_t n, Fields *f) {
-    Buf *t = &e->tail_text;
-    if (!(e->has_tail && t->n == n && (n == 0 || memcmp(t->p, s, n) == 0))) {
-        t->n = 0;
-        e->has_tail = 0;
-        if (put(t, s, n)) {
-            e->failed = 1;
-            parse_fields(s, n, f);
-            return find_str(s, n, 0, "TRACE: ", 7) != NULL;
-        }
-        parse_fields(t->p, n, &e->tail_fields);
-        e->tail_glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
-        e->has_tail = 1;
+/* What a line's fields text parses to, for FIELD_CACHE recent texts of at most FIELD_TEXT_MAX
+ * bytes: the lines of one packet repeat their fields (KernelLineParser.fields caches the last
+ * one the same way). A slot's Fields point into its copy of the text. */
+#define FIELD_CACHE 256
+#define FIELD_TEXT_MAX 480
+struct FieldSlot {
+    size_t hash, n;
+    int glued; /* the text holds another "TRACE: " */
+    Fields f;
+    char text[FIELD_TEXT_MAX];
+};
+
+/* The cache slot holding what s[0:n] parses to (filled now if it did not); NULL: not cached
+ * (too long, or no memory). *repeated: it is the slot the last call returned. */
+static struct FieldSlot *field_slot(Caches *c, const char *s, size_t n, int *repeated) {
+    *repeated = 0;
+    if (n > FIELD_TEXT_MAX || (!c->fields && !(c->fields = calloc(FIELD_CACHE, sizeof *c->fields))))
+        return NULL;
+    struct FieldSlot *slot = c->last; /* most lines repeat the previous line's fields */
+    if (slot && slot->n == n && memcmp(slot->text, s, n) == 0) {
+        *repeated = 1;
+        return slot;
     }
-    *f = e->tail_fields;
-    return e->tail_glued;
+    size_t hash = hash_bytes(s, n);
+    slot = c->last = &c->fields[hash & (FIELD_CACHE - 1)];
+    if (!(slot->hash == hash && slot->n == n && memcmp(slot->text, s, n) == 0)) {
+        memcpy(slot->text, s, n);
+        slot->n = n;
+        slot->hash = hash;
+        parse_fields(slot->text, n, &slot->f);
+        slot->glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
+    }
+    return slot;
 }
 
-static void kernel_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
+/* parse_fields on s[0:n], cached (f's texts then point into the cache); returns whether
+ * s[0:n] holds another "TRACE: " (then the line is glued). */
+static int tail_fields(Caches *c, const char *s, size_t n, Fields *f) {
+    int repeated;
+    struct FieldSlot *slot = field_slot(c, s, n, &repeated);
+    if (!slot) {
+        parse_fields(s, n, f);
+        return find_str(s, n, 0, "TRACE: ", 7) != NULL;
+    }
+    *f = slot->f;
+    return slot->glued;
+}
+
+/* match_header's result for the header text after "TRACE: " (up to the first whitespace,
+ * where any header ends), for HEADER_CACHE recent ones of at most HEADER_TEXT_MAX bytes, with
+ * the TABLES and HOOKS index of its table and chain. Offsets count from that text's start. */
+#define HEADER_CACHE 1024
+#define HEADER_TEXT_MAX 96
+struct HeaderSlot {
+    size_t hash, n;
+    int ok, kind, table_index, chain_hook;
+    size_t table_at, table_n, chain_at, chain_n, pos_at, pos_n;
+    char text[HEADER_TEXT_MAX];
+};
+
+/* match_header(line, n, at, h) where line[at:] starts with "TRACE: "; *slot: the cache slot
+ * (NULL: not cached). */
+static int cached_header(Caches *cache, const char *line, size_t n, size_t at, Header *h, const struct HeaderSlot **slot) {
+    size_t t = at + 7, w = space_from(line, n, t);
+    size_t len = w - t;
+    *slot = NULL;
+    if (len > HEADER_TEXT_MAX || (!cache->headers && !(cache->headers = calloc(HEADER_CACHE, sizeof *cache->headers))))
+        return match_header(line, n, at, h);
+    size_t hash = hash_bytes(line + t, len);
+    struct HeaderSlot *c = &cache->headers[hash & (HEADER_CACHE - 1)];
+    if (!(c->hash == hash && c->n == len && memcmp(c->text, line + t, len) == 0)) {
+        memcpy(c->text, line + t, len);
+        c->n = len;
+        c->hash = hash;
+        c->ok = match_header(line, n, at, h);
+        if (c->ok) {
+            c->kind = h->kind;
+            c->table_at = (size_t)(h->table - line) - t, c->table_n = h->table_n;
+            c->chain_at = (size_t)(h->chain - line) - t, c->chain_n = h->chain_n;
+            c->pos_at = (size_t)(h->pos - line) - t, c->pos_n = h->pos_n;
+            c->table_index = find_name(TABLES, N_TABLES, h->table, h->table_n);
+            c->chain_hook = find_name(HOOKS, N_HOOKS, h->chain, h->chain_n);
+        }
+    }
+    if (!c->ok)
+        return 0;
+    const char *b = line + t;
+    *h = (Header){b + c->table_at, b + c->chain_at, b + c->pos_at, c->table_n, c->chain_n, c->pos_n, c->kind, at, w};
+    *slot = c;
+    return 1;
+}
+
+static void kernel_record(Engine *e, int node, Ref time, const Header *h, const Fields *f,
+                          const struct HeaderSlot *names) {
     Rec r = {node, h->table, h->chain, h->table_n, h->chain_n, h->kind, h->pos, h->pos_n,
-             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, f, {NULL, -1}, -1, time};
+             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, f, {NULL, -1}, -1, time,
+             names != NULL, names ? names->table_index : -1, names ? names->chain_hook : -1, 0};
     e->records++;
     feed_record(e, &r);
 }
 
-/* reader._kernel_records for one line (valid UTF-8, cut, '\r' stripped); `cut`: it was longer than LINE_LIMIT. */
-static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
-    const char *first = find_str(line, n, 0, "TRACE:", 6);
+/* reader._kernel_records for one line (valid UTF-8, cut, '\r' stripped); `cut`: it was longer
+ * than LINE_LIMIT; `first`: its first "TRACE:" if known. */
+static void kernel_line(Engine *e, const char *line, size_t n, int cut, const char *first) {
+    if (!first)
+        first = find_str(line, n, 0, "TRACE:", 6);
     if (!first) {
         e->ignored++;
         return;
@@ -2962,10 +3216,12 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
     Fields f;
     /* the common case: one header, then fields (the header holds no space, so no other "TRACE: ") */
     Ref time;
-    if (first && match_header(line, n, (size_t)(first - line), &h) && !tail_fields(e, line + h.end, n - h.end, &f)) {
+    const struct HeaderSlot *names;
+    if (first && cached_header(&e->caches, line, n, (size_t)(first - line), &h, &names) &&
+        !tail_fields(&e->caches, line + h.end, n - h.end, &f)) {
         int node = line_origin(e, line, h.start, &time);
         f.damaged |= cut;
-        kernel_record(e, node, time, &h, &f);
+        kernel_record(e, node, time, &h, &f, names);
         return;
     }
     /* glued or damaged: every header on the line (finditer) */
@@ -3012,10 +3268,10 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut) {
             parse_fields(seg, before_next_prefix(seg, len), &f);
             f.damaged = 1;
         } else {
-            tail_fields(e, line + hs[i].end, n - hs[i].end, &f);
+            tail_fields(&e->caches, line + hs[i].end, n - hs[i].end, &f);
             f.damaged |= cut;
         }
-        kernel_record(e, node, time, &hs[i], &f);
+        kernel_record(e, node, time, &hs[i], &f, NULL);
     }
 }
 
@@ -3147,7 +3403,7 @@ static void nft_line(Engine *e, const char *line, size_t n, int cut) {
         map_remove(&e->pending, pending);
     }
     Rec r = {e->line_node, l.table.s, l.chain.s, (size_t)l.table.n, (size_t)l.chain.n, l.kind, NULL, 0,
-             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}};
+             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}, 0, -1, -1, 0};
     Buf *verdict = &e->verdict;
     verdict->n = 0;
     if (e->format == FMT_XT) {
@@ -3184,7 +3440,9 @@ static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
     e->cut_lines += cut;
     while (n && raw[n - 1] == '\r')
         n--;
-    if (!(find_str(raw, n, 0, "TRACE:", 6) || find_str(raw, n, 0, "trace id", 8) || find_str(raw, n, 0, "PACKET:", 7))) {
+    /* a kernel log's lines count only with "TRACE:" (kernel_line ignores the others) */
+    const char *first = find_str(raw, n, 0, "TRACE:", 6);
+    if (!(first || (e->format != FMT_KERNEL && (find_str(raw, n, 0, "trace id", 8) || find_str(raw, n, 0, "PACKET:", 7))))) {
         e->ignored++;
         return;
     }
@@ -3195,9 +3453,10 @@ static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
         }
         raw = e->text.p;
         n = e->text.n;
+        first = NULL; /* moved */
     }
     if (e->format == FMT_KERNEL)
-        kernel_line(e, raw, n, cut);
+        kernel_line(e, raw, n, cut, first);
     else
         nft_line(e, raw, n, cut);
 }
@@ -3249,6 +3508,463 @@ static void feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
         pos = end + 1;
     }
 }
+
+/* ---------------------------------------------------------------- the parser thread */
+
+/* A kernel log is read by two threads: the parser thread reads chunk k's lines (splits them,
+ * finds each header and parses its prefix and fields, the pure part of the work) while the
+ * thread that called feed() assembles chunk k-1's (packets, walks, output: what needs the
+ * engine's state and Python). A line the parser does not read the common way (no header
+ * where expected, glued, bytes >= 0x80, too long) goes over as it is, and is read by
+ * feed_line then, in its place: the result is the same as reading every line in one thread. */
+
+enum { L_FAST, L_SLOW, L_IGNORED };
+
+typedef struct {
+    int kind;
+    int cut, repeat;         /* L_SLOW: the line was cut; L_FAST: its fields are the previous line's */
+    size_t at, n;            /* L_FAST, L_SLOW: the line is data[at:at+n]; L_IGNORED: n lines */
+    size_t fields;           /* L_FAST: index in Batch.fields */
+    Header h;                /* L_FAST: pointers into data */
+    Ref host, time;          /* L_FAST: in data (n -1: none) */
+    int table_index, chain_hook;
+} Parsed;
+
+/* at most this many lines a chunk (the rest of a chunk of tiny lines is read by feed_lines) */
+#define BATCH_LINES 16384
+
+typedef struct {
+    Parsed *lines;
+    size_t n;
+    Fields *fields; /* their texts point into data */
+    size_t n_fields;
+    size_t start, stop, end; /* lines data[start:stop] read; data[stop:end] left to feed_lines; data[end:] unfinished */
+    int failed;
+} Batch;
+
+#ifdef PARSER_THREAD
+typedef struct Parser {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int busy, quit;
+    const char *data; /* the job: the lines of data[batch->start:n] */
+    size_t n;
+    Batch *batch;
+    Caches caches;
+    int prev_fast; /* the last line read went into the batch as L_FAST */
+    /* the last prefix parsed: its text and where host and time are in it */
+    Buf prefix;
+    int has_prefix;
+    Py_ssize_t host_at, host_n, time_at, time_n;
+    /* chunks handed over: the one being parsed (or parsed) is views[current] */
+    Batch batches[2];
+    Py_buffer views[2];
+    int held[2], current, pending;
+    /* feed_from: the parser reads the file itself, into bufs[current] */
+    int fd;          /* -1: chunks come from feed() */
+    char *bufs[2];   /* of `size` bytes, the size of a read */
+    size_t size;
+    int read_errno;  /* the read failed */
+    int carry_ahead; /* the chunks read so far end inside a line */
+} Parser;
+
+/* feed_from's job for the parser: read the next chunk of ps->fd into bufs[k] (then it is parsed). */
+static void read_chunk(Parser *ps, int k) {
+    size_t got = 0;
+    ps->read_errno = 0;
+    while (got < ps->size) {
+        ssize_t r = read(ps->fd, ps->bufs[k] + got, ps->size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            ps->read_errno = errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    ps->data = ps->bufs[k];
+    ps->n = got;
+    size_t start = 0; /* after the end of the line the chunks before it left open */
+    if (ps->carry_ahead) {
+        const char *nl = memchr(ps->data, '\n', got);
+        start = nl ? (size_t)(nl - ps->data) + 1 : got;
+    }
+    const char *last = got ? memrchr(ps->data, '\n', got) : NULL;
+    ps->carry_ahead = last ? (size_t)(last - ps->data) + 1 < got : (ps->carry_ahead || got > 0);
+    ps->batch->start = start;
+}
+
+static Parsed *batch_add(Batch *b, int kind) {
+    if (b->n == BATCH_LINES)
+        return NULL;
+    Parsed *l = &b->lines[b->n++];
+    l->kind = kind;
+    l->cut = l->repeat = 0;
+    return l;
+}
+
+/* `count` lines that are only counted; 0 when the batch is full. */
+static int batch_ignored(Batch *b, size_t count) {
+    if (b->n && b->lines[b->n - 1].kind == L_IGNORED) {
+        b->lines[b->n - 1].n += count;
+        return 1;
+    }
+    Parsed *l = batch_add(b, L_IGNORED);
+    if (l)
+        l->n = count;
+    return l != NULL;
+}
+
+/* One line data[at:at+n] of a kernel log (n already cut to LINE_LIMIT): the common way, or
+ * handed over as it is; 0 when the batch is full. */
+static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t n, int cut) {
+    const char *line = data + at;
+    size_t m = n;
+    while (m && line[m - 1] == '\r')
+        m--;
+    const char *first = cut ? NULL : find_str(line, m, 0, "TRACE:", 6);
+    Parsed *l;
+    if (!cut && !first) /* feed_line: a line without a marker is only counted */
+        return batch_ignored(b, 1);
+    Header h;
+    const struct HeaderSlot *names = NULL;
+    struct FieldSlot *slot = NULL;
+    int repeated = 0;
+    size_t fa = first ? (size_t)(first - line) : 0;
+    int common = first && fa + 6 < m && first[6] == ' ' && !has_high_bytes((const unsigned char *)line, m) &&
+                 cached_header(&ps->caches, line, m, fa, &h, &names) && names;
+    Fields f;
+    if (common) {
+        slot = field_slot(&ps->caches, line + h.end, m - h.end, &repeated);
+        if (slot)
+            common = !slot->glued;
+        else {
+            parse_fields(line + h.end, m - h.end, &f);
+            common = !find_str(line + h.end, m - h.end, 0, "TRACE: ", 7);
+        }
+    }
+    if (!common) {
+        if (!(l = batch_add(b, L_SLOW)))
+            return 0;
+        l->at = at;
+        l->n = n;
+        l->cut = cut;
+        ps->prev_fast = 0;
+        return 1;
+    }
+    if (!(l = batch_add(b, L_FAST)))
+        return 0;
+    l->at = at;
+    l->n = m;
+    l->h = h;
+    l->table_index = names->table_index;
+    l->chain_hook = names->chain_hook;
+    /* the prefix: node and time (parse_prefix, the last one remembered) */
+    size_t pn = h.start;
+    if (!(ps->has_prefix && ps->prefix.n == pn && memcmp(ps->prefix.p ? ps->prefix.p : "", line, pn) == 0)) {
+        ps->has_prefix = 0;
+        ps->prefix.n = 0;
+        if (put(&ps->prefix, line, pn)) {
+            b->failed = 1;
+            return 0;
+        }
+        Ref host, time;
+        parse_prefix(line, pn, &host, &time);
+        ps->host_at = host.n < 0 ? 0 : host.s - line, ps->host_n = host.n;
+        ps->time_at = time.n < 0 ? 0 : time.s - line, ps->time_n = time.n;
+        ps->has_prefix = 1;
+    }
+    l->host = (Ref){line + ps->host_at, ps->host_n};
+    l->time = (Ref){line + ps->time_at, ps->time_n};
+    /* the fields: the previous line's, or a copy whose texts point into this line */
+    if (slot && repeated && ps->prev_fast && b->n_fields) {
+        l->fields = b->n_fields - 1;
+        l->repeat = 1;
+        return 1;
+    }
+    if (slot) {
+        f = slot->f;
+        Ref *refs[] = {&f.in_if, &f.out_if, &f.mark};
+        for (int i = 0; i < 3; i++)
+            if (refs[i]->n >= 0)
+                refs[i]->s = line + h.end + (refs[i]->s - slot->text);
+    }
+    l->fields = b->n_fields;
+    b->fields[b->n_fields++] = f;
+    ps->prev_fast = 1;
+    return 1;
+}
+
+/* The parser thread's work on one chunk: feed_lines' loop over data[start:end]. */
+static void parse_batch(Parser *ps, const char *data, size_t n, Batch *b) {
+    b->n = b->n_fields = 0;
+    b->failed = 0;
+    ps->prev_fast = 0;
+    const char *last = n ? memrchr(data + b->start, '\n', n - b->start) : NULL;
+    b->end = last ? (size_t)(last - data) + 1 : b->start;
+    size_t pos = b->start;
+    while (pos < b->end) {
+        size_t line_at = pos;
+        if (data[pos] == '\n') { /* a run of empty lines: only counted */
+            size_t q = pos;
+            while (q < b->end && data[q] == '\n')
+                q++;
+            if (!batch_ignored(b, q - pos))
+                break;
+            pos = q;
+            continue;
+        }
+        const char *nl = memchr(data + pos, '\n', b->end - pos);
+        size_t len = (size_t)(nl - data) - pos;
+        if (!parse_line(ps, b, data, pos, len > LINE_LIMIT ? LINE_LIMIT : len, len > LINE_LIMIT) || b->failed) {
+            pos = line_at;
+            break;
+        }
+        pos = (size_t)(nl - data) + 1;
+    }
+    b->stop = pos;
+}
+
+static void *parser_main(void *arg) {
+    Parser *ps = arg;
+    pthread_mutex_lock(&ps->mu);
+    for (;;) {
+        while (!ps->busy && !ps->quit)
+            pthread_cond_wait(&ps->cv, &ps->mu);
+        if (ps->quit)
+            break;
+        pthread_mutex_unlock(&ps->mu);
+        if (ps->fd >= 0)
+            read_chunk(ps, ps->current);
+        parse_batch(ps, ps->data, ps->n, ps->batch);
+        pthread_mutex_lock(&ps->mu);
+        ps->busy = 0;
+        pthread_cond_broadcast(&ps->cv);
+    }
+    pthread_mutex_unlock(&ps->mu);
+    return NULL;
+}
+
+/* Until the parser has finished its chunk (without the GIL: it may take a while). */
+static void parser_wait(Parser *ps) {
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ps->mu);
+    while (ps->busy)
+        pthread_cond_wait(&ps->cv, &ps->mu);
+    pthread_mutex_unlock(&ps->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static void parser_free(Parser *ps) {
+    if (!ps)
+        return;
+    pthread_mutex_lock(&ps->mu);
+    ps->quit = 1;
+    pthread_cond_broadcast(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+    pthread_join(ps->thread, NULL);
+    pthread_mutex_destroy(&ps->mu);
+    pthread_cond_destroy(&ps->cv);
+    for (int i = 0; i < 2; i++) {
+        if (ps->held[i])
+            PyBuffer_Release(&ps->views[i]);
+        free(ps->batches[i].lines);
+        free(ps->batches[i].fields);
+        free(ps->bufs[i]);
+    }
+    free(ps->caches.headers);
+    free(ps->caches.fields);
+    free(ps->prefix.p);
+    free(ps);
+}
+
+/* The parser thread, started (NULL: no memory, or no thread: feed_lines reads everything). */
+static Parser *parser_start(void) {
+    Parser *ps = calloc(1, sizeof *ps);
+    if (!ps)
+        return NULL;
+    ps->fd = -1;
+    for (int i = 0; i < 2; i++) {
+        ps->batches[i].lines = malloc(BATCH_LINES * sizeof(Parsed));
+        ps->batches[i].fields = malloc(BATCH_LINES * sizeof(Fields));
+        if (!ps->batches[i].lines || !ps->batches[i].fields) {
+            free(ps->batches[0].lines), free(ps->batches[0].fields), free(ps->batches[1].lines), free(ps->batches[1].fields);
+            free(ps);
+            return NULL;
+        }
+    }
+    pthread_mutex_init(&ps->mu, NULL);
+    pthread_cond_init(&ps->cv, NULL);
+    if (pthread_create(&ps->thread, NULL, parser_main, ps)) {
+        pthread_mutex_destroy(&ps->mu);
+        pthread_cond_destroy(&ps->cv);
+        for (int i = 0; i < 2; i++)
+            free(ps->batches[i].lines), free(ps->batches[i].fields);
+        free(ps);
+        return NULL;
+    }
+    return ps;
+}
+
+/* kernel_line's common case for a line the parser read. */
+static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
+    e->lines++;
+    e->line_no++;
+    int node = e->line_node;
+    if (l->host.n > 0 && e->from_lines) {
+        Buf *last = &e->fast_host;
+        if (e->fast_node >= 0 && last->n == (size_t)l->host.n && memcmp(last->p, l->host.s, last->n) == 0) {
+            node = e->fast_node;
+        } else {
+            node = node_number(e, l->host.s, (size_t)l->host.n);
+            last->n = 0;
+            e->fast_node = node >= 0 && !put(last, l->host.s, (size_t)l->host.n) ? node : -1;
+            if (node < 0)
+                node = e->line_node;
+        }
+    }
+    Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
+             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, &b->fields[l->fields], {NULL, -1}, -1, l->time,
+             1, l->table_index, l->chain_hook, l->repeat};
+    e->records++;
+    feed_record(e, &r);
+}
+
+/* Assemble a parsed chunk, in the order of its lines (see Engine_feed). */
+static void assemble_batch(Engine *e, const char *data, size_t n, const Batch *b) {
+    if (e->carrying && n)
+        complete_carry(e, data, n);
+    const Parsed *prev = NULL;
+    for (size_t i = 0; i < b->n && !e->error && !e->failed; i++) {
+        const Parsed *l = &b->lines[i];
+        if (l->kind == L_FAST) {
+            if (l->repeat && !(prev && prev->kind == L_FAST)) { /* a slow line came between */
+                Parsed copy = *l;
+                copy.repeat = 0;
+                fast_line(e, &copy, b);
+            } else {
+                fast_line(e, l, b);
+            }
+        } else if (l->kind == L_SLOW) {
+            feed_line(e, data + l->at, l->n, l->cut);
+        } else {
+            e->lines += (long long)l->n;
+            e->line_no += (long long)l->n;
+            e->ignored += (long long)l->n;
+        }
+        if (l->kind != L_IGNORED)
+            prev = l;
+    }
+    if (!e->error && !e->failed)
+        feed_lines(e, data, b->end, b->stop); /* what the batch had no room for */
+    if (b->end < n && !e->error && !e->failed)
+        feed_lines(e, data, n, b->end); /* the unfinished last line: carried */
+}
+
+/* Give the parser its next job: parse data[start:n] (or, reading a file, read and parse the next chunk) into batch k. */
+static void parser_go(Parser *ps, int k, const char *data, size_t n) {
+    pthread_mutex_lock(&ps->mu);
+    ps->current = k;
+    ps->data = data;
+    ps->n = n;
+    ps->batch = &ps->batches[k];
+    ps->busy = 1;
+    pthread_cond_broadcast(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+}
+
+/* feed_from on a kernel log: the parser reads and parses chunk k+1 while chunk k is assembled.
+ * 1: a chunk was read; 0: the file ended; -1: a read failed (the error is set). */
+static int feed_from_parallel(Engine *e, int fd, size_t size) {
+    Parser *ps = e->parser;
+    if (ps->fd < 0) { /* the file's first chunk */
+        if (ps->size != size) {
+            free(ps->bufs[0]);
+            free(ps->bufs[1]);
+            ps->bufs[0] = malloc(size);
+            ps->bufs[1] = malloc(size);
+            ps->size = ps->bufs[0] && ps->bufs[1] ? size : 0;
+            if (!ps->size)
+                return e->failed = 1, 1;
+        }
+        ps->fd = fd;
+        ps->carry_ahead = 0;
+        parser_go(ps, 0, NULL, 0);
+    }
+    parser_wait(ps);
+    int k = ps->current;
+    if (ps->read_errno) {
+        errno = ps->read_errno;
+        ps->fd = -1;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (ps->n == 0) {
+        ps->fd = -1;
+        return 0;
+    }
+    const char *data = ps->data;
+    size_t n = ps->n;
+    parser_go(ps, 1 - k, NULL, 0);
+    assemble_batch(e, data, n, &ps->batches[k]);
+    return 1;
+}
+
+/* Assemble the chunk the parser holds, if any, and let it go. */
+static void parser_drain(Engine *e) {
+    Parser *ps = e->parser;
+    if (ps && ps->fd >= 0) { /* feed_from stopped before the end: what was read ahead goes */
+        parser_wait(ps);
+        ps->fd = -1;
+    }
+    if (!ps || !ps->pending)
+        return;
+    parser_wait(ps);
+    int k = ps->current;
+    ps->pending = 0;
+    assemble_batch(e, ps->views[k].buf, (size_t)ps->views[k].len, &ps->batches[k]);
+    PyBuffer_Release(&ps->views[k]);
+    ps->held[k] = 0;
+}
+
+/* feed() on a kernel log with the parser thread: chunk k goes to the parser, chunk k-1 is
+ * assembled meanwhile. 0: done; -1: the caller reads the chunk itself (no parser thread). */
+static int feed_parallel(Engine *e, PyObject *arg) {
+    if (!e->parser && !(e->parser = parser_start()))
+        return -1;
+    Parser *ps = e->parser;
+    int k = 1 - ps->current;
+    if (PyObject_GetBuffer(arg, &ps->views[k], PyBUF_SIMPLE)) {
+        call_failed(e);
+        return 0;
+    }
+    ps->held[k] = 1;
+    const char *data = ps->views[k].buf;
+    size_t n = (size_t)ps->views[k].len;
+    parser_wait(ps);
+    /* where chunk k's own lines start: after the end of the line the chunks before it left open */
+    size_t start = 0;
+    if (e->carry_ahead) {
+        const char *nl = memchr(data, '\n', n);
+        start = nl ? (size_t)(nl - data) + 1 : n;
+    }
+    const char *last = n ? memrchr(data, '\n', n) : NULL;
+    e->carry_ahead = last ? (size_t)(last - data) + 1 < n : (e->carry_ahead || n > 0);
+    int previous = ps->pending ? ps->current : -1;
+    ps->batches[k].start = start;
+    parser_go(ps, k, data, n);
+    if (previous >= 0) {
+        assemble_batch(e, ps->views[previous].buf, (size_t)ps->views[previous].len, &ps->batches[previous]);
+        PyBuffer_Release(&ps->views[previous]);
+        ps->held[previous] = 0;
+    }
+    ps->pending = 1;
+    return 0;
+}
+#endif
 
 /* ---------------------------------------------------------------- Python interface */
 
@@ -3384,10 +4100,14 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     e->match_dst = match_dst;
     e->window = window;
     e->line_node = -1;
+    e->fast_node = -1;
     return 0;
 }
 
 static void Engine_dealloc(Engine *e) {
+#ifdef PARSER_THREAD
+    parser_free(e->parser);
+#endif
     while (e->head) {
         Packet *p = e->head;
         lru_unlink(e, p);
@@ -3405,10 +4125,10 @@ static void Engine_dealloc(Engine *e) {
         free(e->protocols[i]);
     void *arrays[] = {e->node_names, e->node_lens, e->table_masks, e->began, e->slot_version, e->node_json, e->node_ok,
                       e->event_order, e->done, e->headers, e->tables, e->table_lens, e->protocols, e->protocol_lens,
-                      e->ports, e->ip_ids, e->words.w};
+                      e->ports, e->ip_ids, e->words.w, e->caches.headers, e->caches.fields, e->read_buf};
     for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
         free(arrays[i]);
-    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->tail_text, &e->scratch,
+    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->fast_host, &e->scratch,
                    &e->scratch2, &e->verdict, &e->key, &e->out};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         free(bufs[i]->p);
@@ -3457,6 +4177,7 @@ static PyObject *Engine_begin(Engine *e, PyObject *args) {
     e->line_no = 0;
     e->in_file = 1;
     e->carrying = e->carry_cut = 0;
+    e->carry_ahead = 0;
     e->carry.n = 0;
     Py_RETURN_NONE;
 }
@@ -3466,7 +4187,15 @@ PyDoc_STRVAR(feed_doc, "feed(chunk) -> JSON written: `chunk` is the next piece o
 
 static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     Py_buffer view;
-    if (!engine_ready(e, 1) || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+    if (!engine_ready(e, 1))
+        return NULL;
+    if (e->error || e->failed)
+        return hand_over(e);
+#ifdef PARSER_THREAD
+    if (e->format == FMT_KERNEL && feed_parallel(e, arg) == 0)
+        return hand_over(e);
+#endif
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
     const char *data = view.buf;
     size_t n = (size_t)view.len, pos = 0;
@@ -3477,11 +4206,65 @@ static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     return hand_over(e);
 }
 
+PyDoc_STRVAR(feed_from_doc, "feed_from(fd, size) -> JSON written, or None at the end of the file: reads the next\n"
+                            "`size` bytes of the file open as `fd` itself (a kernel log: while the last chunk is\n"
+                            "assembled); OSError if a read fails. Between begin() and end(), use feed() or\n"
+                            "feed_from() with one size, not both.");
+
+static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
+    int fd;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "in", &fd, &size))
+        return NULL;
+    if (fd < 0 || size < 1) {
+        PyErr_SetString(PyExc_ValueError, "feed_from: a file descriptor and a positive size");
+        return NULL;
+    }
+    if (!engine_ready(e, 1))
+        return NULL;
+    if (e->error || e->failed)
+        return hand_over(e);
+#ifdef PARSER_THREAD
+    if (e->format == FMT_KERNEL && (e->parser || (e->parser = parser_start()))) {
+        int got = feed_from_parallel(e, fd, (size_t)size);
+        if (got < 0)
+            return NULL;
+        if (got == 0 && !e->error && !e->failed)
+            Py_RETURN_NONE;
+        return hand_over(e);
+    }
+#endif
+    if (e->read_size != (size_t)size) {
+        free(e->read_buf);
+        e->read_size = (e->read_buf = malloc((size_t)size)) ? (size_t)size : 0;
+        if (!e->read_buf)
+            return PyErr_NoMemory();
+    }
+    ssize_t got;
+    Py_BEGIN_ALLOW_THREADS
+    do
+        got = read(fd, e->read_buf, (size_t)size);
+    while (got < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (got < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (got == 0)
+        Py_RETURN_NONE;
+    size_t n = (size_t)got, pos = 0;
+    if (e->carrying)
+        pos = complete_carry(e, e->read_buf, n);
+    feed_lines(e, e->read_buf, n, pos);
+    return hand_over(e);
+}
+
 PyDoc_STRVAR(end_doc, "end() -> JSON written: the file ends (its last line, if it has no '\\n', is read now).");
 
 static PyObject *Engine_end(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 1))
         return NULL;
+#ifdef PARSER_THREAD
+    parser_drain(e);
+#endif
     if (e->carrying) {
         feed_line(e, e->carry.p ? e->carry.p : "", e->carry.n, e->carry_cut);
         e->carrying = e->carry_cut = 0;
@@ -3610,6 +4393,7 @@ failed:
 static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
     {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
+    {"feed_from", (PyCFunction)Engine_feed_from, METH_VARARGS, feed_from_doc},
     {"end", (PyCFunction)Engine_end, METH_NOARGS, end_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
     {"take_items", (PyCFunction)Engine_take_items, METH_NOARGS, take_items_doc},

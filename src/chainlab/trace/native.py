@@ -14,9 +14,9 @@ error if it is not built), unset or `auto` picks it when it is built.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -27,9 +27,11 @@ from chainlab.trace.expect import Checker, probe_packet
 from chainlab.trace.flows import Entries, Flow, Hop, build_flows
 from chainlab.trace.model import IDENTITIES, Fields, Packet, Step
 from chainlab.trace.netfilter import HOOKS, Slot, table_slots
-from chainlab.trace.parse_nft import FAMILIES
 from chainlab.trace.pipeline import AnalysisOptions
-from chainlab.trace.reader import KERNEL, NFT_MONITOR, XTABLES_MONITOR, LogSource, ReadStats, log_format, raw_chunks
+from chainlab.trace import reader
+from chainlab.trace.reader import (
+    KERNEL, NFT_MONITOR, XTABLES_MONITOR, LogSource, ReadStats, log_format, raw_chunks, read_errors,
+)
 from chainlab.trace.summary import Row, Summary
 
 try:
@@ -42,8 +44,6 @@ MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
 FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
-KINDS = ("rule", "return", "policy")
-_NONE = 0xFFFFFFFF
 
 
 def wanted() -> bool:
@@ -67,34 +67,6 @@ class WalkInfo:
     chains: dict[str, list[str]]
     expect_hooks: list[str]
     last_chain: str | None
-
-
-def decode_signature(signature: bytes) -> list[Step]:
-    """The steps of a walk as the engine encodes them (see append_step in _engine.c)."""
-    steps = []
-    at = 0
-
-    def text() -> str | None:
-        nonlocal at
-        (length,) = struct.unpack_from("<I", signature, at)
-        at += 4
-        if length == _NONE:
-            return None
-        value = signature[at : at + length].decode("utf-8", "surrogatepass")
-        at += length
-        return value
-
-    while at < len(signature):
-        table, chain = text(), text()
-        kind = KINDS[signature[at]]
-        at += 1
-        position, handle, verdict, rule = text(), text(), text(), text()
-        hook, family = signature[at], signature[at + 1]
-        at += 2
-        steps.append(Step(table or "", chain or "", kind, int(position) if position is not None else None, handle,
-                          verdict, rule, hook=HOOKS[hook] if hook < len(HOOKS) else None,
-                          family=FAMILIES[family] if family < len(FAMILIES) else None))
-    return steps
 
 
 class Calls:
@@ -123,11 +95,14 @@ class Calls:
     def address_ok(self, which: int, address: str) -> bool:
         return self.options.match.address_ok("dst" if which else "src", address)
 
-    def judge(self, node: int, signature: bytes, at_end: int, entered: str | None, proto_none: int) -> tuple[Any, ...]:
-        """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk."""
+    def judge(self, node: int, walk: list[tuple[Any, ...]], at_end: int, entered: str | None,
+              proto_none: int) -> tuple[Any, ...]:
+        """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk.
+        `walk`: (table, chain, kind, position, handle, verdict, rule, hook, family) per step."""
         options = self.options
         name = self.names[node]
-        steps = decode_signature(signature)
+        steps = [Step(table, chain, kind, position, handle, verdict, rule, hook=hook, family=family)
+                 for table, chain, kind, position, handle, verdict, rule, hook, family in walk]
         packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         rules = options.rules.get(name)
         join_rules(packet, rules)
@@ -150,7 +125,7 @@ class Calls:
         info = WalkInfo(packet.hooks, packet.verdict, packet.origin, drop_at, chains, expect_hooks, last.chain)
         return (
             f'"hooks": {json.dumps(packet.hooks)}, "route": {json.dumps(packet.route)}'.encode(),
-            tuple(json.dumps(s.rule).encode() for s in steps),
+            tuple(b"null" if s.rule is None else json.dumps(s.rule).encode() for s in steps),
             f'"verdict": {json.dumps(packet.verdict)}, "reason": {json.dumps(packet.reason)}'.encode(),
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
@@ -175,6 +150,17 @@ def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: 
         out: IO[bytes] | None = None) -> Result:
     """Analyse `sources` with the C engine; in json mode the packets' JSON goes to `out`
     as it comes (without the enclosing document: see render.jsonout)."""
+    collecting = gc.isenabled()
+    gc.disable()  # the run makes no reference cycles: collections would only walk its walks, again and again
+    try:
+        return _run(sources, options, mode, checker, out)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None,
+         out: IO[bytes] | None) -> Result:
     calls = Calls(options, checker)
     match = options.match
     declared = {
@@ -205,8 +191,13 @@ def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: 
         fmt = log_format(source.path)
         stats.formats[str(source.path)] = fmt
         engine.begin(source.fallback_node, source.node is None, FORMATS[fmt])
-        for chunk in raw_chunks(source.path):
-            take(engine.feed(chunk))
+        if source.path.suffix == ".gz":  # gunzipped here
+            for chunk in raw_chunks(source.path):
+                take(engine.feed(chunk))
+        else:  # read by the engine (a kernel log: in its parser thread)
+            with read_errors(source.path), open(source.path, "rb") as handle:
+                while (written := engine.feed_from(handle.fileno(), reader.CHUNK)) is not None:
+                    take(written)
         take(engine.end())
     take(engine.flush())
     counts = engine.stats()

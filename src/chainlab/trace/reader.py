@@ -230,7 +230,11 @@ def sniff_format(lines: list[str]) -> str:
 
 def log_format(path: Path) -> str:
     """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES)."""
-    head = [text for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()) if number <= SNIFF_LINES]
+    head = []
+    for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()):
+        if number > SNIFF_LINES:
+            break  # the rest of SNIFF_BYTES would only be read to be thrown away
+        head.append(text)
     return sniff_format(head)
 
 
