@@ -1451,6 +1451,7 @@ typedef struct {
     int names_known; /* table_index and chain_hook are set (kernel lines: from the header cache) */
     int table_index, chain_hook; /* TABLES and HOOKS index of table and chain, -1: other */
     int repeat; /* its fields are those of the record fed just before (same text) */
+    uint64_t header_id; /* the parser thread's id of its header text (0: none; see step_head) */
 } Rec;
 
 typedef struct {
@@ -1543,6 +1544,7 @@ typedef struct {
     struct HeaderSlot *headers; /* HEADER_CACHE slots (NULL until the first kernel line) */
     struct FieldSlot *fields;   /* FIELD_CACHE slots, likewise */
     struct FieldSlot *last;     /* the slot tail_fields returned last */
+    uint64_t filled;            /* header slots filled so far: the next one's id */
 } Caches;
 
 typedef struct {
@@ -1596,6 +1598,7 @@ typedef struct {
     Header *headers;
     size_t cap_headers;
     Caches caches; /* the kernel lines read here (those the parser thread leaves) */
+    struct StepHead *heads; /* STEP_HEADS slots (NULL until needed), see step_head */
     int placed_last; /* the last record fed was placed in a packet */
     struct Parser *parser; /* kernel logs: parses the next chunk while this one is assembled (NULL: none) */
     char *read_buf;        /* feed_from without the parser: read_size bytes */
@@ -1933,6 +1936,58 @@ static int table_in_tables(Engine *e, const char *t, size_t n) {
     return 0;
 }
 
+/* What a step's JSON and signature start with, by header (table, chain, kind, position), for
+ * STEP_HEADS recent headers the parser thread read (keyed by its header ids, which never
+ * repeat): the header's text is then not read again here. */
+#define STEP_HEADS 1024
+#define STEP_HEAD_MAX 192
+struct StepHead {
+    uint64_t id;
+    int in_tables;
+    size_t json_n, sig_n;
+    char json[STEP_HEAD_MAX]; /* `{"table": ..., "rule": ` */
+    char sig[STEP_HEAD_MAX];  /* table, chain, kind, position */
+};
+
+static int put_step_json_head(Buf *b, const Rec *r) {
+    int err = PUTL(b, "{\"table\": ") || put_jstr(b, r->table, r->table_n) || PUTL(b, ", \"chain\": ") ||
+              put_jstr(b, r->chain, r->chain_n) || PUTL(b, ", \"kind\": \"") || put(b, KINDS[r->kind], KIND_LEN[r->kind]) ||
+              PUTL(b, "\", \"position\": ");
+    if (r->pos)
+        err = err || (r->pos_n ? put(b, r->pos, r->pos_n) : PUTL(b, "0"));
+    else
+        err = err || PUTL(b, "null");
+    return err || PUTL(b, ", \"rule\": ");
+}
+
+static int put_step_sig_head(Buf *g, const Rec *r) {
+    return sig_str(g, r->table, (Py_ssize_t)r->table_n) || sig_str(g, r->chain, (Py_ssize_t)r->chain_n) ||
+           sig_byte(g, r->kind) ||
+           (r->pos ? sig_str(g, r->pos_n ? r->pos : "0", r->pos_n ? (Py_ssize_t)r->pos_n : 1) : sig_str(g, NULL, -1));
+}
+
+/* The record's StepHead (made now if not cached), or NULL: none (no id, too long, no memory). */
+static const struct StepHead *step_head(Engine *e, const Rec *r) {
+    if (!r->header_id || (!e->heads && !(e->heads = calloc(STEP_HEADS, sizeof *e->heads))))
+        return NULL;
+    struct StepHead *h = &e->heads[r->header_id & (STEP_HEADS - 1)];
+    if (h->id == r->header_id)
+        return h;
+    Buf b = {0}, g = {0};
+    h->id = 0;
+    if (!put_step_json_head(&b, r) && !put_step_sig_head(&g, r) && b.n <= STEP_HEAD_MAX && g.n <= STEP_HEAD_MAX) {
+        memcpy(h->json, b.p, b.n);
+        memcpy(h->sig, g.p, g.n);
+        h->json_n = b.n;
+        h->sig_n = g.n;
+        h->in_tables = table_in_tables(e, r->table, r->table_n);
+        h->id = r->header_id;
+    }
+    free(b.p);
+    free(g.p);
+    return h->id ? h : NULL;
+}
+
 /* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
 static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
@@ -1959,23 +2014,18 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     int want_json = e->mode == MODE_JSON || (e->mode == MODE_TEXT && e->kept < TEXT_PACKETS);
     if (!want_json)
         p->json = 0;
+    const struct StepHead *head = step_head(e, r);
     if (p->json) {
         Buf *b = &p->steps;
         StepAt *at = &p->at[p->n_steps];
         at->at = b->n;
-        at->in_tables = table_in_tables(e, r->table, r->table_n);
-        err |= PUTL(b, "{\"table\": ");
-        err |= put_jstr(b, r->table, r->table_n);
-        err |= PUTL(b, ", \"chain\": ");
-        err |= put_jstr(b, r->chain, r->chain_n);
-        err |= PUTL(b, ", \"kind\": \"");
-        err |= put(b, KINDS[r->kind], KIND_LEN[r->kind]);
-        err |= PUTL(b, "\", \"position\": ");
-        if (r->pos)
-            err |= r->pos_n ? put(b, r->pos, r->pos_n) : PUTL(b, "0");
-        else
-            err |= PUTL(b, "null");
-        err |= PUTL(b, ", \"rule\": ");
+        if (head) {
+            at->in_tables = head->in_tables;
+            err |= put(b, head->json, head->json_n);
+        } else {
+            at->in_tables = table_in_tables(e, r->table, r->table_n);
+            err |= put_step_json_head(b, r);
+        }
         at->prefix_n = b->n - at->at;
         size_t suffix = b->n;
         err |= PUTL(b, ", \"hook\": ");
@@ -2014,10 +2064,7 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     }
     p->n_steps++;
     Buf *g = &p->sig;
-    err |= sig_str(g, r->table, (Py_ssize_t)r->table_n);
-    err |= sig_str(g, r->chain, (Py_ssize_t)r->chain_n);
-    err |= sig_byte(g, r->kind);
-    err |= r->pos ? sig_str(g, r->pos_n ? r->pos : "0", r->pos_n ? (Py_ssize_t)r->pos_n : 1) : sig_str(g, NULL, -1);
+    err |= head ? put(g, head->sig, head->sig_n) : put_step_sig_head(g, r);
     err |= sig_str(g, r->handle.s, r->handle.n);
     err |= sig_str(g, r->verdict.s, r->verdict.n);
     err |= sig_str(g, r->rule.s, r->rule.n);
@@ -3155,6 +3202,7 @@ static int tail_fields(Caches *c, const char *s, size_t n, Fields *f) {
 #define HEADER_TEXT_MAX 96
 struct HeaderSlot {
     size_t hash, n;
+    uint64_t id; /* never the same for two fillings (0: none) */
     int ok, kind, table_index, chain_hook;
     size_t table_at, table_n, chain_at, chain_n, pos_at, pos_n;
     char text[HEADER_TEXT_MAX];
@@ -3175,6 +3223,7 @@ static int cached_header(Caches *cache, const char *line, size_t n, size_t at, H
         c->n = len;
         c->hash = hash;
         c->ok = match_header(line, n, at, h);
+        c->id = ++cache->filled;
         if (c->ok) {
             c->kind = h->kind;
             c->table_at = (size_t)(h->table - line) - t, c->table_n = h->table_n;
@@ -3196,7 +3245,7 @@ static void kernel_record(Engine *e, int node, Ref time, const Header *h, const 
                           const struct HeaderSlot *names) {
     Rec r = {node, h->table, h->chain, h->table_n, h->chain_n, h->kind, h->pos, h->pos_n,
              {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, f, {NULL, -1}, -1, time,
-             names != NULL, names ? names->table_index : -1, names ? names->chain_hook : -1, 0};
+             names != NULL, names ? names->table_index : -1, names ? names->chain_hook : -1, 0, 0};
     e->records++;
     feed_record(e, &r);
 }
@@ -3403,7 +3452,7 @@ static void nft_line(Engine *e, const char *line, size_t n, int cut) {
         map_remove(&e->pending, pending);
     }
     Rec r = {e->line_node, l.table.s, l.chain.s, (size_t)l.table.n, (size_t)l.chain.n, l.kind, NULL, 0,
-             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}, 0, -1, -1, 0};
+             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}, 0, -1, -1, 0, 0};
     Buf *verdict = &e->verdict;
     verdict->n = 0;
     if (e->format == FMT_XT) {
@@ -3528,6 +3577,7 @@ typedef struct {
     Header h;                /* L_FAST: pointers into data */
     Ref host, time;          /* L_FAST: in data (n -1: none) */
     int table_index, chain_hook;
+    uint64_t header_id;      /* L_FAST: the header slot's id */
 } Parsed;
 
 /* at most this many lines a chunk (the rest of a chunk of tiny lines is read by feed_lines) */
@@ -3662,6 +3712,7 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
     l->h = h;
     l->table_index = names->table_index;
     l->chain_hook = names->chain_hook;
+    l->header_id = names->id;
     /* the prefix: node and time (parse_prefix, the last one remembered) */
     size_t pn = h.start;
     if (!(ps->has_prefix && ps->prefix.n == pn && memcmp(ps->prefix.p ? ps->prefix.p : "", line, pn) == 0)) {
@@ -3828,7 +3879,7 @@ static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
     }
     Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
              {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, &b->fields[l->fields], {NULL, -1}, -1, l->time,
-             1, l->table_index, l->chain_hook, l->repeat};
+             1, l->table_index, l->chain_hook, l->repeat, l->header_id};
     e->records++;
     feed_record(e, &r);
 }
@@ -4125,7 +4176,7 @@ static void Engine_dealloc(Engine *e) {
         free(e->protocols[i]);
     void *arrays[] = {e->node_names, e->node_lens, e->table_masks, e->began, e->slot_version, e->node_json, e->node_ok,
                       e->event_order, e->done, e->headers, e->tables, e->table_lens, e->protocols, e->protocol_lens,
-                      e->ports, e->ip_ids, e->words.w, e->caches.headers, e->caches.fields, e->read_buf};
+                      e->ports, e->ip_ids, e->words.w, e->caches.headers, e->caches.fields, e->read_buf, e->heads};
     for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
         free(arrays[i]);
     Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->fast_host, &e->scratch,
