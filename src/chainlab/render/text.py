@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -26,27 +27,63 @@ PACKET_LIMIT = 50
 FLOW_LIMIT = 50
 
 
-def packet_table(p: PacketRecord, tables: set[str] | None) -> Table:
-    steps = [s for s in p.steps if tables is None or s.table in tables]
-    with_rules = any(s.rule for s in steps)
+#: A table cell: its text, or its text and style.
+Cell = str | tuple[str, str]
+
+
+def _plain(text: str) -> bool:
+    """One terminal cell per character, no edge spaces: nothing rich would lay out otherwise."""
+    return text.isprintable() and cell_len(text) == len(text) and text.strip(" ") == text
+
+
+def grid(columns: list[str], rows: list[list[Cell]], width: int, right: tuple[int, ...] = ()) -> RenderableType:
+    """A table without borders (header dim, columns two spaces apart, `right` ones right-justified,
+    cells as they are: no markup, no emoji codes): what rich's Table(show_edge=False,
+    pad_edge=False, box=None, header_style="dim") of Text cells prints.
+    When every cell is printable ASCII and the table fits `width`, it is laid out here as one
+    Text, the same characters rich would print, without rich's per-table measuring (which
+    takes milliseconds: the text format prints 50 tables); otherwise rich's Table does it."""
+    texts = [[c if isinstance(c, str) else c[0] for c in row] for row in rows]
+    widths = [max([len(name), *(len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+    if sum(widths) + 2 * (len(columns) - 1) <= width and all(_plain(t) for row in [columns, *texts] for t in row):
+        out = Text()
+        for n, row in enumerate([[(name, "dim") for name in columns], *rows]):
+            for i, cell in enumerate(row):
+                text, style = (cell, "") if isinstance(cell, str) else cell
+                padded = text.rjust(widths[i]) if i in right else text.ljust(widths[i])
+                if i:  # the padding right of the last cell and left of this one, in the row's style
+                    out.append(" ", "dim" if n == 0 else "")
+                    out.append(" ", "dim" if n == 0 else "")
+                out.append(padded, style)
+            if n < len(rows):
+                out.append("\n")
+        return out
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
-    for column in ("hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])):
-        table.add_column(column)
-    for step in steps:
-        mark = step.mark if step.mark not in (None, "0x0") else ""
-        row = [step.hook or "?", escape(step.name), escape(step.label()), mark]
-        table.add_row(*row, *([escape(step.rule or "")] if with_rules else []))
+    for i, name in enumerate(columns):
+        table.add_column(Text(name), justify="right" if i in right else "left")
+    for row in rows:  # Text, not markup: a log's text is printed as it is (no [tags], no :emoji:)
+        table.add_row(*(Text(c) if isinstance(c, str) else Text(c[0], style=c[1]) for c in row))
     return table
 
 
-def render_packet(p: PacketRecord, tables: set[str] | None) -> Group:
+def packet_table(p: PacketRecord, tables: set[str] | None, width: int = 80) -> RenderableType:
+    steps = [s for s in p.steps if tables is None or s.table in tables]
+    with_rules = any(s.rule for s in steps)
+    rows: list[list[Cell]] = []
+    for step in steps:
+        mark = step.mark if step.mark not in (None, "0x0") else ""
+        rows.append([step.hook or "?", step.name, step.label(), mark, *([step.rule or ""] if with_rules else [])])
+    return grid(["hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])], rows, width)
+
+
+def render_packet(p: PacketRecord, tables: set[str] | None, width: int = 80) -> Group:
     path = " → ".join(p.hooks) or "(no step in the selected tables)"
     verdict = Text.assemble(
         ("  path: ", "dim"), (path, "bold"), ("   verdict: ", "dim"),
         (p.verdict, VERDICT_STYLE.get(p.verdict, "")), (f"  ({p.reason})", "dim"),
     )
     title = Text(f"{p.node} · {p.direction} · {p.title()}", style="bold cyan")
-    return Group(title, verdict, packet_table(p, tables), Text(""))
+    return Group(title, verdict, packet_table(p, tables, width), Text(""))
 
 
 class TextReport:
@@ -72,7 +109,7 @@ class TextReport:
               checks: list[Check] | None = None) -> None:
         rank = {node: i for i, node in enumerate(nodes)}
         for _, p in sorted(self.kept, key=lambda k: (rank.get(k[1].node, len(rank)), k[0])):
-            console.print(render_packet(p, tables))
+            console.print(render_packet(p, tables, console.width))
         total = self.summary.packets
         if total > len(self.kept):
             console.print(Text(f"{len(self.kept)} of {total} packets shown; all of them by path:", style="bold"))
@@ -107,16 +144,14 @@ def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:
 
 
 def print_summary_table(console: Console, summary: Summary, nodes: list[str]) -> None:
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
-    for column in ("packets", "node", "direction", "path", "verdict", "first", "last", "example", "drop"):
-        table.add_column(column, justify="right" if column == "packets" else "left")
-    for row in summary.sorted_rows(nodes):
-        table.add_row(
-            str(row.count), escape(row.node), row.direction, " → ".join(row.hooks) or "(none)",
-            Text(row.verdict, style=VERDICT_STYLE.get(row.verdict, "")), escape(row.first_time or ""),
-            escape(row.last_time or ""), escape(row.example), escape(row.drop or ""),
-        )
-    console.print(table)
+    rows: list[list[Cell]] = [
+        [str(row.count), row.node, row.direction, " → ".join(row.hooks) or "(none)",
+         (row.verdict, VERDICT_STYLE.get(row.verdict, "")), row.first_time or "", row.last_time or "", row.example,
+         row.drop or ""]
+        for row in summary.sorted_rows(nodes)
+    ]
+    columns = ["packets", "node", "direction", "path", "verdict", "first", "last", "example", "drop"]
+    console.print(grid(columns, rows, console.width, right=(0,)))
     if summary.other:
         console.print(f"  {summary.other} more packets on paths beyond the first {summary.max_rows}")
 
