@@ -1888,17 +1888,19 @@ static int merge(Packet *packet, const Fields *f) {
 }
 
 static int put_mark(Buf *b, Ref mark) {
-    if (PUTL(b, "\"0x"))
-        return -1;
     if (mark.n == 0)
-        return PUTL(b, "0\"");
+        return PUTL(b, "\"0x0\"");
+    if (buf_grow(b, (size_t)mark.n + 4))
+        return -1;
+    char *o = b->p + b->n;
+    memcpy(o, "\"0x", 3);
     for (Py_ssize_t i = 0; i < mark.n; i++) {
         char c = mark.s[i];
-        c = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
-        if (put(b, &c, 1))
-            return -1;
+        o[3 + i] = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
     }
-    return PUTL(b, "\"");
+    o[3 + mark.n] = '"';
+    b->n += (size_t)mark.n + 4;
+    return 0;
 }
 
 /* A signature field: 4-byte length (0xffffffff: None), then the bytes. */
