@@ -1,10 +1,11 @@
 /*
- * chainlab.trace._engine: the trace analyzer's hot path in C.
+ * chainlab.trace._engine: the trace analyzer in C (see native.py for how Python drives it).
  *
- * It does what reader.py + assemble.py do for kernel-format TRACE lines, line for line
- * and with the same results, and renders each finished packet's node-independent JSON
- * pieces (steps, last step, header fields), so that Python only judges each distinct walk
- * once and classifies directions and flows. The Python modules stay the reference: tests
+ * It does what reader.py, assemble.py and the pipeline's bookkeeping do, for every format
+ * (kernel log, xtables-monitor, nft monitor) and option, line for line and with the same
+ * results: it parses and groups the lines into packets, classifies directions, applies
+ * --match, keeps flows, summary rows and diagram walks, and writes the JSON. Python judges
+ * each distinct walk once (native.Calls.judge). The Python modules stay the reference: tests
  * compare both engines' output byte for byte.
  *
  * Input is any bytes, as reader.py reads them: lines split at '\n', cut to LINE_LIMIT
@@ -12,8 +13,9 @@
  * does (each invalid sequence becomes U+FFFD), so that equal text here is equal text there.
  * Only ASCII whitespace separates words (trace/ascii.py).
  *
- * One Engine is fed raw chunks file after file (begin(), feed()..., end()); feed()
- * releases the GIL while it parses, so a reader thread can feed while Python renders.
+ * One Engine is fed file after file (begin(), feed() or feed_from()..., end(), then
+ * flush()). A kernel log is read in two threads (see "the parser thread" below): the
+ * parser thread reads and parses chunk k while the calling thread assembles chunk k-1.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2237,9 +2239,6 @@ static void table_seen(Engine *e, int node, int table);
 
 /* Analyzer.packets + Assembler.feed for one record. */
 static void feed_record(Engine *e, const Rec *r) {
-#ifdef T13_PARSE_ONLY
-    return;
-#endif
     const Fields *f = r->f;
     int table = r->names_known ? r->table_index : find_name(TABLES, N_TABLES, r->table, r->table_n);
     int legacy = r->trace_id.n < 0;
@@ -4103,7 +4102,7 @@ static int int_list(PyObject *seq, long long **items, size_t *n) {
 
 PyDoc_STRVAR(engine_doc,
              "Engine(calls, mode, expect, tables, protocols, ports, ip_ids, match_src, match_dst, match, declared, window)\n"
-             "calls: node_added(node, name) -> (json, ok), slot_added(node, hook, table), judge(node, signature,\n"
+             "calls: node_added(node, name) -> (json, ok), slot_added(node, hook, table), judge(node, steps,\n"
              "at_end, entered, proto_none) -> walk tuple, address_ok(which, address) -> bool (see native.py);\n"
              "mode: 0 json, 1 text, 2 summary, 3 diagram; tables: names or None; declared: {key: hook + 1}.");
 

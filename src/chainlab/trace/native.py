@@ -8,6 +8,10 @@ engine caches the result), the match's node and address parts once per node and 
 The Python modules (pipeline.py and what it uses) stay the reference: tests require the
 same output from both engines, byte for byte.
 
+A plain file is read by the engine itself (feed_from): a kernel log in a thread of its own
+that reads and parses the next chunk while this thread assembles the last one. A `.gz` is
+gunzipped here and fed chunk by chunk (the parser thread then parses what it is given).
+
 `CHAINLAB_ENGINE=python` forces the Python engine, `native` insists on this one (an
 error if it is not built), unset or `auto` picks it when it is built.
 """
