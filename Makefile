@@ -46,11 +46,19 @@ test: deps
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
 
-bench: deps
+# pyinfra and ansible-core for the lab up comparison, in their own venv (other paramiko pins).
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -q 'pyinfra>=3,<4' 'ansible-core>=2.16'
+	touch $@
+
+bench: deps .venv-bench/.installed
 	$(BIN)/python bench/trace_bench.py
 	$(BIN)/python bench/local_lab.py
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/lab_up_compare.py
 	$(BIN)/python bench/scenario_bench.py
+	$(BIN)/python bench/matrix_bench.py
 
 # The reference write-up's two logged scenarios, analysed and drawn.
 analyze-demo: deps
@@ -87,6 +95,11 @@ scenario-all: venv
 
 nightly: lab-up
 	$(CHAINLAB) $(INV) nightly
+
+# The same scenarios as pytest items (chainlab's pytest plugin), on the provisioned lab.
+.PHONY: pytest-scenarios
+pytest-scenarios: venv
+	$(BIN)/pytest scenarios/ --chainlab-inventory $(INVENTORY)
 
 # The local lab (issue 3): three hosts from namespaces on this machine. Needs root.
 .PHONY: local-up local-down local-status

@@ -38,9 +38,12 @@ COMMAND_MODULES = {
     "inventory": "inventory",
     "lab": "lab",
     "local": "local",
+    "matrix": "explore",
     "nightly": "run",
+    "probe": "explore",
     "profile": "profile",
     "run": "run",
+    "ssh": "explore",
 }
 
 
@@ -136,7 +139,12 @@ def _run() -> int | str | None:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        cause = exc.__cause__
+        signum = getattr(cause, "signum", None)  # chainlab.run.deadline.Interrupted
+        if isinstance(signum, int):
+            err.print(f"interrupted by {signal.Signals(signum).name}")
+            return 128 + signum
         err.print("aborted")
         return 130
     except ChainlabError as exc:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from chainlab.names import ContainerName, HostName, ImageName, NetworkName, SafePath, UserName
 from chainlab.validation import LocatedValueError, validate_document
@@ -16,6 +17,7 @@ from chainlab.yamlfile import load_yaml
 DEFAULT_INVENTORY = "inventory.yaml"
 INVENTORY_ENV = "CHAINLAB_INVENTORY"
 _IP = TypeVar("_IP")
+_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+-]*)?$"
 
 
 def _not_a_number(value: Any) -> Any:
@@ -28,6 +30,16 @@ def _not_a_number(value: Any) -> Any:
 
 #: An IPv4 address, network or interface that must be written in dotted form.
 Dotted = Annotated[_IP, BeforeValidator(_not_a_number)]
+
+
+def _url(value: str) -> str:
+    if not re.fullmatch(_URL, value):
+        raise ValueError("expected an http(s) URL of letters, digits and ._~%/+- (no query, no spaces)")
+    return value
+
+
+#: A download URL that reaches a remote command (checked, then quoted anyway).
+HttpUrl = Annotated[str, AfterValidator(_url)]
 
 
 class Strict(BaseModel):
@@ -53,9 +65,18 @@ class Host(Strict):
     trace_log: SafePath = "/var/log/iptables.log"
 
 
+class EtcdTLSSettings(Strict):
+    """Client-certificate TLS for an etcd that requires it (the local lab's always does)."""
+
+    ca: SafePath = Field(description="CA certificate that signed etcd's server certificate")
+    cert: SafePath = Field(description="client certificate")
+    key: SafePath = Field(description="client key")
+
+
 class EtcdSettings(Strict):
     host: HostName
     port: int = Field(2379, ge=1, le=65535)
+    tls: EtcdTLSSettings | None = None
 
 
 class ImageSettings(Strict):
@@ -66,11 +87,26 @@ class ImageSettings(Strict):
     tarball: str | None = None
 
 
+CalicoMode = Literal["emulate", "existing", "install"]
+
+
+class CalicoInstall(Strict):
+    """`calico.mode: install`: what `calicoctl node run` starts (Calico 2.x, as the reference)."""
+
+    node_image: ImageName = "calico/node:v2.6.12"
+    calicoctl_url: HttpUrl = Field("https://github.com/projectcalico/calicoctl/releases/download/v1.6.12/calicoctl",
+                                   description="where the hosts download calicoctl from if they lack it")
+
+
 class CalicoSettings(Strict):
     network: NetworkName = "net1"
     pool: Dotted[IPv4Network] = IPv4Network("172.20.0.0/16")
     nat_outgoing: bool = True
     driver: Literal["calico", "bridge"] = "calico"
+    mode: CalicoMode | None = Field(
+        None, description="emulate (chainlab's daemon; default where chainlab builds the hosts), existing"
+                          " (Calico already runs; default elsewhere) or install (calicoctl node run)")
+    install: CalicoInstall = CalicoInstall()
 
 
 class Container(Strict):
@@ -119,21 +155,25 @@ class Inventory(Strict):
                     ("hosts", name, "address"), f"{host.address} is already the address of {seen[host.address]}"
                 )
             seen[host.address] = name
-        if self.provider == "local":
-            if self.local is None:
-                raise LocatedValueError(
-                    ("provider",), "provider local needs a `local:` section (lan: ADDRESS/PREFIX)"
-                )
-            for name, host in self.hosts.items():
-                if host.address not in self.local.lan.network or host.address == self.local.lan.ip:
-                    raise LocatedValueError(
-                        ("hosts", name, "address"),
-                        f"{host.address} must be inside local.lan {self.local.lan.network}"
-                        " and differ from the machine's end",
-                    )
-        elif self.local is not None:
-            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
+        from chainlab.providers import provider_class
+
+        provider_class(self.provider).validate_inventory(self)
+        if self.calico.driver == "calico" and self.calico_mode == "emulate" and not provider_class(
+                self.provider).builds_hosts:
+            raise LocatedValueError(
+                ("calico", "mode"),
+                f"mode emulate runs chainlab's Calico emulation on the hosts, which provider {self.provider}"
+                " does not build: use existing (Calico already runs there) or install (calicoctl node run)")
         return self
+
+    @property
+    def calico_mode(self) -> CalicoMode:
+        """`calico.mode`, or its default: emulate where chainlab builds the hosts, else existing."""
+        if self.calico.mode is not None:
+            return self.calico.mode
+        from chainlab.providers import provider_class
+
+        return "emulate" if provider_class(self.provider).builds_hosts else "existing"
 
     def container_image(self, name: str) -> str:
         return self.containers[name].image or self.image.name

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from chainlab.errors import ChainlabError
+from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
 from chainlab.inventory import Inventory
 from chainlab.names import ContainerName, HostName, NetworkName
 
@@ -66,14 +67,42 @@ def load_state(inv: Inventory) -> LabState:
 
 
 def save_state(inv: Inventory, state: LabState) -> Path:
-    """Write atomically (a crash never leaves half a file)."""
+    """Write atomically (a crash never leaves half a file), readable by its owner only."""
     path = state_path(inv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.model_dump_json(indent=1))
-    tmp.replace(path)
-    return path
+    if not path.parent.is_dir():
+        private_dir(path.parent)
+    return write_atomic(path, state.model_dump_json(indent=1), PRIVATE_FILE)
 
 
 def remove_state(inv: Inventory) -> None:
+    """The lab state and the etcd baseline: lab down is through."""
     state_path(inv).unlink(missing_ok=True)
+    _baseline_path(inv).unlink(missing_ok=True)
+
+
+# --- the etcd tree before lab up (what lab down puts back) ----------------------------
+
+def _baseline_path(inv: Inventory) -> Path:
+    return state_path(inv).with_name("etcd-baseline.json")
+
+
+def save_etcd_baseline(inv: Inventory, keys: set[str]) -> None:
+    """The /calico keys present before lab up first touched etcd (written once, atomically)."""
+    path = _baseline_path(inv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"lab": inv.lab, "keys": sorted(keys)}, indent=1))
+    tmp.replace(path)
+
+
+def load_etcd_baseline(inv: Inventory) -> set[str] | None:
+    """None if lab up never recorded one (or the record is unreadable)."""
+    try:
+        data = json.loads(_baseline_path(inv).read_text())
+        return {str(k) for k in data["keys"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_etcd_baseline(inv: Inventory) -> None:
+    _baseline_path(inv).unlink(missing_ok=True)

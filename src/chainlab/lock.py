@@ -1,4 +1,13 @@
-"""One run at a time per lab: an flock on a file, released by the kernel even on kill -9."""
+"""One run at a time per lab: an flock on a file, released by the kernel even on kill -9.
+
+`flock` works on any open file, read-only too, so whoever can open a lock file can block
+its lab. Lock files are therefore 0600 in a 0700 directory of the user that runs
+chainlab (root for local labs: /run/chainlab), symlinks are refused, and a lock whose
+file or directory belongs to someone else is an error, never waited on.
+
+Who holds a lock comes from the kernel's lock table (/proc/locks) at the moment of the
+refusal: the file holds no PID that could outlive its process.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +19,113 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
+from chainlab.files import PRIVATE_DIR, PRIVATE_FILE
 from chainlab.inventory import Inventory
 from chainlab.labstate import state_path
+
+PROC_LOCKS = Path("/proc/locks")
+#: Root's lock directory for local labs; it empties at reboot.
+LOCK_DIR = Path("/run/chainlab")
+
+
+class LockHeld(ChainlabError):
+    """Someone else holds the lock; `holder` describes them ('' when the kernel does not say)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+def _lock_dir(directory: Path) -> None:
+    """Create `directory` 0700, or check that an existing one is this user's own real
+    directory (tightened to 0700 if it was more open)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ChainlabError(f"lock directory {directory} is not a directory of this user"
+                            " (a symlink or someone else's): remove it")
+    if stat.S_IMODE(info.st_mode) != PRIVATE_DIR:
+        os.chmod(directory, PRIVATE_DIR)
+
+
+def lock_holders(info: os.stat_result, locks_text: str | None = None) -> list[int]:
+    """PIDs holding an flock on the file `info` describes, from /proc/locks (pure when
+    `locks_text` is given). Waiters (`->` lines) do not hold it."""
+    if locks_text is None:
+        try:
+            locks_text = PROC_LOCKS.read_text()
+        except OSError:
+            return []
+    dev = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    pids = []
+    for line in locks_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == dev and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return pids
+
+
+def describe_process(pid: int) -> str:
+    """`pid 123: chainlab -i lab/local.yaml nightly` (just `pid 123` if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid}"
+    words = raw.rstrip(b"\0").decode("utf-8", "replace").split("\0")
+    command = "".join(c if c.isprintable() else "?" for c in " ".join(words))
+    if len(command) > 160:
+        command = command[:157] + "..."
+    return f"pid {pid}: {command}" if command else f"pid {pid}"
 
 
 @contextmanager
 def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold `path` locked for the block, or fail at once saying `what` is already running."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Hold `path` locked for the block, or fail at once (LockHeld) saying `what` is running."""
+    _lock_dir(path.parent)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, PRIVATE_FILE)
     except OSError as exc:
         raise ChainlabError(f"cannot open lock {path}: {exc.strerror} (a symlink there is refused)") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             raise ChainlabError(f"lock {path} is not a regular file of this user: remove it")
+        if stat.S_IMODE(info.st_mode) != PRIVATE_FILE:
+            os.fchmod(fd, PRIVATE_FILE)  # a lock file from an older chainlab was 0644
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise ChainlabError(f"{what} is already running (pid {holder}, lock {path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            holders = [describe_process(pid) for pid in lock_holders(info)]
+            holder = "; ".join(holders)
+            raise LockHeld(f"{what} is already running ({holder + ', ' if holder else ''}lock {path})",
+                           holder) from None
         yield
     finally:
         os.close(fd)
 
 
+def _lab_what(lab: str) -> str:
+    return f"a lab up/down, scenario run or nightly on lab {lab}"
+
+
+def _local_lab_lock_path(lab: str) -> Path:
+    return LOCK_DIR / f"lab-{lab}.lock"
+
+
+def lab_lock_path(inv: Inventory) -> Path:
+    """Local labs: /run/chainlab/lab-<lab>.lock (root's, outside the state dir that `local
+    down` removes). Labs over SSH: next to the lab state, in the user's own state dir."""
+    if inv.provider == "local":
+        return _local_lab_lock_path(inv.lab)
+    return state_path(inv).parent / "provision.lock"
+
+
 def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
-    """One provisioning run or scenario run per lab at a time: runs share the trace files
-    and expect the lab to hold still. The lock lives next to the lab state."""
-    return exclusive(state_path(inv).parent / "provision.lock", f"a lab up/down or scenario run on lab {inv.lab}")
+    """One provisioning run, scenario run, nightly or `local down` per lab at a time: runs
+    share the trace files and expect the lab to hold still."""
+    return exclusive(lab_lock_path(inv), _lab_what(inv.lab))
+
+
+def local_lab_lock(lab: str) -> AbstractContextManager[None]:
+    """`lab_lock` of the local lab named `lab` (for `local down`, which has no inventory)."""
+    return exclusive(_local_lab_lock_path(lab), _lab_what(lab))

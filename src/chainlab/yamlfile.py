@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from chainlab.errors import InputError, Problem
+from chainlab.files import read_regular_file
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 64
@@ -112,13 +113,9 @@ class YamlDocument:
 
 
 def load_yaml(path: Path) -> YamlDocument:
-    """Load one YAML document; every failure is an InputError naming file and line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError([Problem(str(path), "", f"cannot read: {exc.strerror}")]) from None
-    if len(raw) > MAX_BYTES:
-        raise InputError([Problem(str(path), "", f"file larger than {MAX_BYTES} bytes")])
+    """Load one YAML document from a regular file of at most MAX_BYTES; every failure is
+    an InputError naming file and line."""
+    raw = read_regular_file(path, MAX_BYTES)
     loader = None
     try:
         loader = _NoAliasLoader(raw.decode("utf-8", errors="replace"))

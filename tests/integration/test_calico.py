@@ -1,77 +1,69 @@
-"""The Calico 2.x emulation on its own local lab: scenarios 1-6 traced and analyzed.
+"""Calico the way Docker sees it, on its own local lab (lab `cal`, 10.231.94.0/24), per flavour.
 
-One lab per flavour (all hosts legacy, then all nft), brought up once per module
-parametrization and always torn down. Traces: ulogd (legacy) or xtables-monitor (nft)
-writing each host's /var/log/iptables.log, read on the machine side of the bind mount.
+`lab up` issues the reference's own commands through the docker SDK (`docker network create
+--driver calico --ipam-driver calico-ipam`, `docker run --net net1`); dockerd calls the
+emulation's libnetwork plugin on /run/docker/plugins; the scenarios then run as usual.
+Each flavour's lab is brought up once and always torn down.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from chainlab.calico import attach, detach, ensure_network, ensure_node, remove_network, stop_node
+from chainlab.calico import ipam
+from chainlab.calico.plugin import FIXED_MAC
 from chainlab.inventory import Inventory, load_inventory
-from chainlab.local import down, load_image, plan_lab, up
+from chainlab.local import down, plan_lab, up
 from chainlab.local.plan import LabPlan
-from chainlab.remote import connect, docker_client, etcd_client, run
-from chainlab.scenario import load_scenario
-from chainlab.trace.expect import check_scenario
-from chainlab.trace.pipeline import Analysis, AnalysisOptions, analyze
-from chainlab.trace.reader import LogSource
+from chainlab.networks.calico.emulate import LOGFILE, PIDFILE
+from chainlab.remote import etcd_client
 
 from .conftest import ROOT, make_inventory_file
-from .test_local_lab import _start_ulogd
 
 pytestmark = pytest.mark.integration
 
 LAN = "10.231.94"
-SCENARIOS = ROOT / "scenarios"
+CHAINLAB = str(Path(sys.executable).parent / "chainlab")
 PLACEMENT = {"web1": "master", "web2": "master", "web3": "slave1"}
-NODES = ("master", "slave1")
 
 
 @dataclass
 class CalicoLab:
     flavour: str
+    path: Path
     inventory: Inventory
-    inventory_path: Path
     plan: LabPlan
     work: Path
-    conns: dict[str, Any] = field(default_factory=dict)
-    dockers: dict[str, Any] = field(default_factory=dict)
-    containers: dict[str, Any] = field(default_factory=dict)
-    addresses: dict[str, str] = field(default_factory=dict)
-    interfaces: dict[str, str] = field(default_factory=dict)
-    etcd: Any = None
 
-    def address(self, endpoint: dict[str, str]) -> str:
-        if "host" in endpoint:
-            return str(self.inventory.hosts[endpoint["host"]].address)
-        return self.addresses[endpoint["container"]]
+    def cli(self, *args: str, inventory: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([CHAINLAB, "-i", str(inventory or self.path), *args], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "200"}, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"chainlab {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
 
-    def log(self, node: str) -> Path:
-        return self.plan.hosts[node].log_dir / "iptables.log"
+    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Over the lab's own SSH config, as a user would (`ssh -F <state_dir>/home/.ssh/config`)."""
+        proc = subprocess.run(["ssh", "-F", str(self.plan.ssh_config), host, command], capture_output=True,
+                              text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{host}: {command}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
 
-
-def _start_trace(lab: CalicoLab, name: str) -> None:
-    conn = lab.conns[name]
-    if lab.flavour == "legacy":
-        _start_ulogd(conn)
-    for chain in ("PREROUTING", "OUTPUT"):
-        run(conn, ["iptables", "-t", "raw", "-A", chain, "-p", "icmp", "-j", "TRACE"])
-    if lab.flavour == "nft":
-        run(conn, ["sh", "-c", "(setsid stdbuf -oL xtables-monitor --trace > /var/log/iptables.log 2>&1 &);"
-                   " sleep 0.3"])
+    def inspect(self, host: str, container: str) -> dict:
+        return json.loads(self.ssh(host, f"docker inspect {container}").stdout)[0]
 
 
 @pytest.fixture(scope="module", params=["legacy", "nft"])
@@ -86,186 +78,109 @@ def calico_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         host["iptables"] = flavour
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     inv = load_inventory(path)
-    plan = plan_lab(inv)
-    lab = CalicoLab(flavour, inv, path, plan, work)
+    lab = CalicoLab(flavour, path, inv, plan_lab(inv), work)
     try:
-        up(plan, log=lambda *_: None)
-        for name in inv.hosts:
-            lab.conns[name] = connect(inv, name)
-            _start_trace(lab, name)
-        lab.etcd = etcd_client(inv)
-        assert ensure_network(inv, lab.etcd) is True
-        assert ensure_network(inv, lab.etcd) is False
-        for name in inv.hosts:
-            assert ensure_node(inv, lab.etcd, name, lab.conns[name]) is True
-        for container, host in PLACEMENT.items():
-            if host not in lab.dockers:
-                lab.dockers[host] = docker_client(inv, host)
-                load_image(lab.dockers[host], plan.image_tarball, inv.image.name)
-            lab.containers[container] = lab.dockers[host].containers.run(
-                inv.image.name, name=container, detach=True, network_mode="none")
-            address, iface, changed = attach(inv, lab.etcd, host, container, lab.conns[host], lab.dockers[host])
-            assert changed
-            lab.addresses[container], lab.interfaces[container] = address, iface
+        up(lab.plan, log=lambda *_: None)
+        lab.cli("lab", "up")
         yield lab
     finally:
-        for client in lab.dockers.values():
-            client.close()
-        for conn in lab.conns.values():
-            conn.close()
-        down(plan, log=lambda *_: None)
+        subprocess.run([CHAINLAB, "-i", str(path), "lab", "down"], capture_output=True, timeout=600)
+        down(lab.plan, log=lambda *_: None)
 
 
-def traced(lab: CalicoLab, action: Callable[[], Any], quiet: float = 0.4, limit: float = 6.0) -> tuple[Any, Analysis]:
-    """Run `action`, wait until every node's trace file is quiet, analyze the new lines."""
-    offsets = {n: lab.log(n).stat().st_size if lab.log(n).exists() else 0 for n in NODES}
-    outcome = action()
-    deadline = time.monotonic() + limit
-    sizes: dict[str, int] = {}
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        now = {n: lab.log(n).stat().st_size if lab.log(n).exists() else 0 for n in NODES}
-        if now != sizes:
-            sizes, stable_since = now, time.monotonic()
-        elif time.monotonic() - stable_since >= quiet:
-            break
-        time.sleep(0.05)
-    sources: list[LogSource] = []
-    for node in NODES:
-        piece = lab.work / f"{node}.{time.monotonic_ns()}.log"
-        with lab.log(node).open("rb") as handle:
-            handle.seek(offsets[node])
-            piece.write_bytes(handle.read())
-        sources.append(LogSource(piece, node))
-    return outcome, analyze(sources, AnalysisOptions(tables={"nat", "filter"}))
-
-
-def ping(lab: CalicoLab, source: dict[str, str], target: str, wait: int = 2) -> bool:
-    argv = ["ping", "-c", "1", "-W", str(wait), target]
-    if "host" in source:
-        return run(lab.conns[source["host"]], argv, check=False).ok
-    return lab.containers[source["container"]].exec_run(argv).exit_code == 0
-
-
-def run_scenario(lab: CalicoLab, number: int) -> tuple[bool, Analysis, list[Any]]:
-    path = next(SCENARIOS.glob(f"{number:02d}-*.yaml"))
-    scenario = load_scenario(path)
-    source = scenario.source.model_dump(exclude_none=True)
-    target = lab.address(scenario.target.model_dump(exclude_none=True))
-    ok, result = traced(lab, lambda: ping(lab, source, target))
-    checks = check_scenario(scenario, result.packets, set(NODES))
-    return ok, result, checks
-
-
-def _report(result: Analysis, checks: list[Any]) -> str:
-    lines = [f"{c.node} {c.direction}: {'ok' if c.ok else 'FAIL'} {c.message}" for c in checks]
-    for p in result.packets:
-        lines.append(f"  {p.node} {p.direction} {p.fields.src}->{p.fields.dst} {p.hooks} {p.verdict} "
-                     + " | ".join(f"{s.table}:{s.chain}:{s.kind}:{s.position} {s.rule or ''}" for s in p.steps))
-    return "\n".join(lines)
-
-
-def test_wiring(calico_lab: CalicoLab) -> None:
+def test_docker_sees_calico_networks_and_addresses(calico_lab: CalicoLab) -> None:
     lab = calico_lab
+    pool = lab.inventory.calico.pool
+    for host in ("master", "slave1", "slave2"):  # global: every dockerd sees it
+        net = json.loads(lab.ssh(host, "docker network inspect net1").stdout)[0]
+        assert (net["Driver"], net["IPAM"]["Driver"], net["Scope"]) == ("calico", "calico-ipam", "global")
+        assert net["IPAM"]["Config"][0]["Subnet"] == str(pool)
     for container, host in PLACEMENT.items():
-        iface = lab.interfaces[container]
-        assert iface.startswith("cali") and len(iface) == 15
-        out = lab.containers[container].exec_run(["ip", "-o", "link", "show", "eth0"]).output.decode()
-        assert "ee:ee:ee:ee:ee:ee" in out
-        routes = lab.containers[container].exec_run(["ip", "route"]).output.decode()
-        assert "default via 169.254.1.1" in routes
-        conn = lab.conns[host]
-        assert run(conn, ["cat", f"/proc/sys/net/ipv4/conf/{iface}/proxy_arp"]).stdout.strip() == "1"
-        assert f"{lab.addresses[container]} dev {iface}" in run(conn, ["ip", "route"]).stdout
-    # attach is idempotent
-    assert attach(lab.inventory, lab.etcd, "master", "web1", lab.conns["master"], lab.dockers["master"]) == (
-        lab.addresses["web1"], lab.interfaces["web1"], False)
-    # routes to the other hosts' blocks, via those hosts (what BIRD would install)
-    master_routes = run(lab.conns["master"], ["ip", "route", "show", "proto", "bird"]).stdout
-    assert f"via {lab.inventory.hosts['slave1'].address}" in master_routes
-    save = run(lab.conns["master"], ["iptables-save"]).stdout
-    for chain in ("cali-fw-", "cali-tw-", "cali-pri-net1", "cali-pro-net1", "cali-nat-outgoing",
-                  "cali-from-wl-dispatch", "cali-to-wl-dispatch"):
-        assert f":{chain}" in save
-    assert "Drop if no profiles matched" in save and "Return if profile accepted" in save
+        settings = lab.inspect(host, container)["NetworkSettings"]["Networks"]["net1"]
+        assert IPv4Address(settings["IPAddress"]) in pool and settings["MacAddress"] == FIXED_MAC.lower()
+        iface = "cali" + settings["EndpointID"][:11]
+        inside = lab.ssh(host, f"docker exec {container} ip -o addr show cali0; docker exec {container} ip route").stdout
+        assert f"{settings['IPAddress']}/32" in inside and "default via 169.254.1.1 dev cali0" in inside
+        host_side = lab.ssh(host, f"cat /proc/sys/net/ipv4/conf/{iface}/proxy_arp; ip route show {settings['IPAddress']}")
+        assert host_side.stdout.split("\n")[0] == "1" and f"dev {iface}" in host_side.stdout
+    state = json.loads((lab.plan.state_dir / "lab-state.json").read_text())
+    assert state["containers"]["web3"]["interface"].startswith("cali")
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 5, 6])
-def test_reachable_scenarios(calico_lab: CalicoLab, number: int) -> None:
-    ok, result, checks = run_scenario(calico_lab, number)
-    assert ok, f"ping failed\n{_report(result, checks)}"
-    assert all(c.ok for c in checks), _report(result, checks)
+def test_every_plugin_call_is_answered(calico_lab: CalicoLab) -> None:
+    log = calico_lab.ssh("master", f"cat {LOGFILE}").stdout
+    for call in ("/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/NetworkDriver.CreateNetwork",
+                 "/IpamDriver.GetDefaultAddressSpaces", "/IpamDriver.RequestPool", "/IpamDriver.RequestAddress",
+                 "/NetworkDriver.CreateEndpoint", "/NetworkDriver.Join", "/NetworkDriver.EndpointOperInfo"):
+        assert f" {call} " in log, f"{call} not in the plugin's log:\n{log[-3000:]}"
+    assert '"Scope": "global"' in log
 
 
-def test_scenario3_masquerades_and_correlates(calico_lab: CalicoLab) -> None:
+def test_scenarios_pass_through_docker_wired_containers(calico_lab: CalicoLab) -> None:
     lab = calico_lab
-    ok, result, checks = run_scenario(lab, 3)
-    assert ok and all(c.ok for c in checks), _report(result, checks)
-    master_ip = str(lab.inventory.hosts["master"].address)
-    on_slave1 = [p for p in result.packets if p.node == "slave1" and p.direction == "request"]
-    assert on_slave1 and all(p.fields.src == master_ip for p in on_slave1), _report(result, checks)
-    across = [f for f in result.flows if f.direction == "request" and {h.node for h in f.hops} == set(NODES)]
-    assert across, [f.to_dict() for f in result.flows]
-    assert any("SNAT on master" in note for f in across for note in f.nat), [f.to_dict() for f in across]
+    proc = lab.cli("nightly", "--runs", str(lab.work / "runs"), "--scenarios", str(ROOT / "scenarios"), check=False)
+    assert proc.returncode == 0 and "6/6 scenarios passed" in proc.stdout, proc.stdout + proc.stderr
+    run4 = next((lab.work / "runs").glob("nightly-*/*-04-*"))
+    text = (run4 / "analysis.json").read_text()
+    assert "cali-tw-" in text and "Drop if no profiles matched" in text
 
 
-def _chainlab(lab: CalicoLab, *args: str) -> str:
-    cli = str(Path(sys.executable).parent / "chainlab")
-    proc = subprocess.run([cli, "-i", str(lab.inventory_path), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def test_scenario4_dropped_then_allowed_by_profile(calico_lab: CalicoLab) -> None:
+def test_container_removed_behind_chainlabs_back_comes_back_through_docker(calico_lab: CalicoLab) -> None:
     lab = calico_lab
-    ok, result, checks = run_scenario(lab, 4)
-    assert not ok
-    assert all(c.ok for c in checks), _report(result, checks)
-    master_req = [p for p in result.packets if p.node == "master" and p.direction == "request"]
-    steps = master_req[0].steps
-    # legacy TRACE shows cali-pri-net1's fall-through (`return`); xtables-monitor prints no
-    # line for a user chain in which no rule matched, only the jump into it (rule text)
-    into_pri = [i for i, s in enumerate(steps)
-                if s.chain == "cali-pri-net1" or (s.rule and "-j cali-pri-net1" in s.rule)]
-    assert into_pri and steps[-1].chain.startswith("cali-tw-"), _report(result, checks)
-    assert into_pri[-1] < len(steps) - 1
-    if lab.flavour == "legacy":
-        assert any(s.chain == "cali-pri-net1" and s.kind == "return" for s in steps), _report(result, checks)
-    slave1 = f"{lab.inventory.hosts['slave1'].address}/32"
-    try:
-        assert "allowed" in _chainlab(lab, "profile", "allow", "net1", "--from", slave1)
-        assert slave1 in _chainlab(lab, "profile", "show", "net1")
-        started = time.monotonic()
-        web1 = lab.addresses["web1"]
-        while not ping(lab, {"host": "slave1"}, web1, wait=1):
-            assert time.monotonic() - started < 3, "still dropped 3 s after the profile change"
-        elapsed = time.monotonic() - started
-        ok, result = traced(lab, lambda: ping(lab, {"host": "slave1"}, web1))
-        assert ok
-        master_req = [p for p in result.packets if p.node == "master" and p.direction == "request"]
-        assert master_req and master_req[0].hooks == ["PREROUTING", "FORWARD", "POSTROUTING"], _report(result, [])
-        print(f"{lab.flavour}: scenario 4 passes {elapsed:.2f}s after the profile change")
-    finally:
-        _chainlab(lab, "profile", "reset", "net1")
-    deadline = time.monotonic() + 3
-    while ping(lab, {"host": "slave1"}, lab.addresses["web1"], wait=1):
-        assert time.monotonic() < deadline, "still reachable after the profile reset"
+    before = lab.inspect("master", "web2")["NetworkSettings"]["Networks"]["net1"]
+    iface, endpoint = "cali" + before["EndpointID"][:11], before["EndpointID"]
+    lab.ssh("master", "docker rm -f web2")
+    assert lab.ssh("master", f"ip link show {iface}", check=False).returncode != 0  # Leave removed the veth
+    client = etcd_client(lab.inventory)
+    keys = {leaf.key for leaf in client.read("/calico", recursive=True).leaves}
+    assert not any(endpoint in k for k in keys)  # DeleteEndpoint
+    address = IPv4Address(before["IPAddress"])
+    block = json.loads(client.read(ipam.block_key(ipam.block_of(address))).value)
+    assert address not in ipam.allocated(block)  # ReleaseAddress
+    out = lab.cli("lab", "up").stdout
+    assert "changed master: containers  created/started: web2" in out
+    after = lab.inspect("master", "web2")["NetworkSettings"]["Networks"]["net1"]
+    web1 = lab.inspect("master", "web1")["Name"]
+    assert web1 and lab.ssh("master", f"docker exec web1 ping -c 1 -W 2 {after['IPAddress']}").returncode == 0
 
 
-def test_detach_stop_and_remove(calico_lab: CalicoLab) -> None:
-    """Last: take the network apart through the API; hosts end with no cali-* state."""
+def test_killed_plugin_daemon_fails_dockers_calls_clearly_and_lab_up_repairs(calico_lab: CalicoLab) -> None:
     lab = calico_lab
-    inv = lab.inventory
-    for container, host in PLACEMENT.items():
-        assert detach(lab.etcd, host, container, lab.conns[host], lab.dockers[host]) is True
-        assert detach(lab.etcd, host, container, lab.conns[host], lab.dockers[host]) is False
-    for name in inv.hosts:
-        assert stop_node(lab.etcd, name, lab.conns[name]) is True
-        save = run(lab.conns[name], ["iptables-save"]).stdout
-        assert "cali-" not in save, save
-        assert "cali4-" not in run(lab.conns[name], ["ipset", "list", "-n"]).stdout
-        assert not run(lab.conns[name], ["ip", "route", "show", "proto", "bird"]).stdout.strip()
-        assert stop_node(lab.etcd, name, lab.conns[name]) is False
-    assert remove_network(inv, lab.etcd) is True
-    leaves = [leaf.key for leaf in lab.etcd.read("/calico", recursive=True).leaves if not leaf.dir]
-    assert leaves == [] or all("/calico/v1/host/" not in k for k in leaves), leaves
+    pid = int(lab.ssh("slave1", f"cat {PIDFILE}").stdout)
+    os.kill(pid, signal.SIGKILL)  # our own daemon, by its recorded PID: its sockets stay, dead
+    started = time.monotonic()
+    failed = lab.ssh("slave1", "docker run -d --net net1 --name probe-x mybusybox", check=False)
+    assert failed.returncode != 0 and "calico" in failed.stderr.lower(), failed.stderr
+    assert time.monotonic() - started < 90
+    lab.ssh("slave1", "docker rm -f probe-x", check=False)
+    out = lab.cli("lab", "up").stdout
+    assert "changed slave1: calico_node" in out and "daemon started" in out
+    ok = lab.ssh("slave1", "docker run -d --net net1 --name probe-x mybusybox && docker rm -f probe-x", check=False)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_existing_mode_checks_and_names_what_is_missing(calico_lab: CalicoLab) -> None:
+    lab = calico_lab
+    doc = yaml.safe_load(lab.path.read_text())
+    doc["calico"]["mode"] = "existing"
+    existing = lab.work / "existing.yaml"
+    existing.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = lab.cli("lab", "up", inventory=existing).stdout  # the emulation is what runs there: found
+    assert "ok slave2: calico_node  Calico node ready" in out and "changed=0" in out
+    lab.ssh("slave2", f"kill $(cat {PIDFILE})")  # a clean stop: its sockets go with it
+    proc = lab.cli("lab", "up", inventory=existing, check=False)
+    assert proc.returncode != 0
+    assert "Docker network driver(s) calico, calico-ipam not registered with dockerd" in proc.stdout
+    assert "failed slave2: calico_node" in proc.stdout and "started" not in proc.stdout
+    assert "changed slave2: calico_node" in lab.cli("lab", "up").stdout  # emulate starts it again
+
+
+def test_etcd_needs_the_labs_client_certificate(calico_lab: CalicoLab) -> None:
+    lab = calico_lab
+    pki = lab.plan.pki
+    assert oct(pki.dir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in (pki.client_key, pki.server_key))
+    url = f"{lab.inventory.hosts['master'].address}:{lab.inventory.etcd.port}/v2/keys/x"
+    for args in (["http://" + url], ["--cacert", str(pki.ca), "https://" + url]):
+        proc = subprocess.run(["curl", "-s", "-m", "5", "-X", "PUT", "-d", "value=y", *args], capture_output=True)
+        assert proc.returncode != 0 or b'"action":"set"' not in proc.stdout

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from chainlab.inventory import load_inventory
-from chainlab.local import load_image, plan_lab
+from chainlab.local import plan_lab
+from chainlab.provision.image import import_rootfs
 from chainlab.remote import docker_client
 
 from .conftest import ROOT
@@ -55,7 +56,7 @@ def build_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert cli(inv, "local", "up").returncode == 0
         client = docker_client(load_inventory(inv), "master")
         try:
-            load_image(client, plan_lab(load_inventory(inv)).image_tarball, BASE)
+            import_rootfs(client, plan_lab(load_inventory(inv)).image_tarball, BASE)
         finally:
             client.close()
         yield inv

@@ -20,7 +20,8 @@ import pytest
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.local import check_lab_route, down, load_image, plan_lab, status, up
+from chainlab.local import check_lab_route, down, plan_lab, status, up
+from chainlab.provision.image import import_rootfs
 from chainlab.local import system as S
 from chainlab.local.plan import LabPlan
 from chainlab.remote import connect, connection, docker_client, etcd_client, resolve_target, run
@@ -106,7 +107,7 @@ def test_etcd_v2_write_read(lab: LabPlan, inventory: Inventory) -> None:
 def test_container_on_master_pings_slave1(lab: LabPlan, inventory: Inventory) -> None:
     client = docker_client(inventory, "master")
     try:
-        load_image(client, lab.image_tarball, inventory.image.name)
+        import_rootfs(client, lab.image_tarball, inventory.image.name)
         slave1 = str(inventory.hosts["slave1"].address)
         out = client.containers.run(inventory.image.name, ["ping", "-c", "2", "-W", "3", slave1], remove=True)
     finally:
@@ -121,7 +122,7 @@ def test_published_port_across_hosts(lab: LabPlan, inventory: Inventory) -> None
     """
     master, slave1 = docker_client(inventory, "master"), docker_client(inventory, "slave1")
     try:
-        load_image(slave1, lab.image_tarball, inventory.image.name)
+        import_rootfs(slave1, lab.image_tarball, inventory.image.name)
         slave1.containers.run(inventory.image.name, name="web2", detach=True, ports={"80/tcp": 8080})
         web1 = master.containers.run(inventory.image.name, name="web1", detach=True)
         url = f"http://{inventory.hosts['slave1'].address}:8080/"

@@ -36,9 +36,10 @@ SNAPSHOT = r"""
 echo '## iptables'; iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
 echo '## sysctl'; sysctl net.ipv4.ip_forward
 for f in 2 7 10; do echo "nf_log/$f=$(cat /proc/sys/net/netfilter/nf_log/$f)"; done
-echo '## files'; ls -la --time-style=+ /etc/sysctl.d /etc/rsyslog.d /var/log | awk '$1 != "total" {print $1, $NF}' \
-  | grep -v chainlab-felix.log  # the Calico layer's agent log (its own teardown's business)
-for f in /etc/sysctl.d/* /etc/rsyslog.d/*; do [ -f "$f" ] && md5sum "$f"; done
+echo '## nft'; nft list ruleset ip 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'
+echo '## files'; ls -la --time-style=+ /etc/sysctl.d /etc/rsyslog.d /var/log /run/docker/plugins /etc/docker \
+  | awk '$1 != "total" {print $1, $NF}'
+for f in /etc/sysctl.d/* /etc/rsyslog.d/* /etc/docker/*; do [ -f "$f" ] && md5sum "$f"; done
 ls -d /run/chainlab 2>/dev/null; echo end
 """
 
@@ -102,7 +103,7 @@ def timings() -> dict[str, float]:
 
 
 def _changed(report: RunReport) -> dict[str, int]:
-    return {h: r.count("changed") for h, r in report.hosts.items()}
+    return {h: r.count("changed") for h, r in report.hosts.items() if h != "(lab)"}
 
 
 def test_up_from_nothing(prov: Inventory, before: dict[str, str], timings: dict[str, float],
@@ -111,10 +112,13 @@ def test_up_from_nothing(prov: Inventory, before: dict[str, str], timings: dict[
     report = provision(prov, "up", json_path=tmp_path / "up.json", console=_quiet())
     timings["first"] = time.monotonic() - started
     assert not report.failed, report.as_dict()
-    for host, rep in report.hosts.items():
+    assert {s.name: s.status for s in report.hosts["(lab)"].steps} == {
+        "etcd_baseline": "changed", "calico_network": "changed"}
+    for host in prov.hosts:
+        rep = report.hosts[host]
         statuses = {s.name: s.status for s in rep.steps}
         assert statuses["facts"] == "ok"
-        for step in ("ip_forward", "trace_log", "trace_rules", "image", "calico"):
+        for step in ("ip_forward", "trace_log", "trace_rules", "image", "calico_node"):
             assert statuses[step] in ("changed", "ok"), (host, step, rep.steps)
         assert statuses["trace_log"] == "changed" and statuses["trace_rules"] == "changed"
     assert report.hosts["slave2"].steps[-1].status == "skipped"  # no container placed there
@@ -176,7 +180,7 @@ def test_host_with_sshd_down_fails_alone_then_converges(prov: Inventory) -> None
     assert re.search(r"slave1 : ok=0 changed=0 failed=1", proc.stdout), proc.stdout
     assert "cannot ssh to slave1" in proc.stdout
     assert re.search(r"master : ok=7 changed=0 failed=0", proc.stdout), proc.stdout
-    assert re.search(r"slave2 : ok=6 changed=0 failed=0 skipped=1", proc.stdout), proc.stdout
+    assert re.search(r"slave2 : ok=7 changed=0 failed=0 skipped=1", proc.stdout), proc.stdout
     assert elapsed > 2  # the connection was retried with backoff before giving up
     up(plan, log=lambda *_: None)  # `chainlab local up` restarts the dead sshd
     report = provision(prov, "up", console=_quiet())
@@ -195,6 +199,15 @@ def test_down_restores_hosts(prov: Inventory, before: dict[str, str]) -> None:
     again = provision(prov, "down", console=_quiet())  # re-runnable
     assert not again.failed
     assert all(r.count("changed") == 0 for r in again.hosts.values()), again.as_dict()
+    # ... and etcd: the /calico tree lab up made is gone with it (it was empty before)
+    from chainlab.remote import etcd_client
+
+    client = etcd_client(prov)
+    try:
+        leaves = [n.key for n in client.read("/calico", recursive=True).leaves if n.key]
+    except Exception as exc:  # EtcdKeyNotFound: no /calico at all
+        leaves = [] if "Key not found" in str(exc) else [str(exc)]
+    assert leaves == []
 
 
 def _inventory_file(inv: Inventory) -> str:

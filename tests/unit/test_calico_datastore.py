@@ -6,8 +6,8 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 
 from chainlab.calico import datastore as D
+from tests.unit.test_calico_rules import endpoint_id
 from chainlab.calico import ipam
-from chainlab.calico.wiring import wire_script
 
 
 def test_keys() -> None:
@@ -22,7 +22,7 @@ def test_keys() -> None:
     net = IPv4Network("172.20.0.64/26")
     assert ipam.block_key(net) == "/calico/ipam/v2/assignment/ipv4/block/172.20.0.64-26"
     assert ipam.affinity_key("slave1", net) == "/calico/ipam/v2/host/slave1/ipv4/block/172.20.0.64-26"
-    assert ipam.handle_key("h1") == "/calico/ipam/v2/handle/h1"
+    assert ipam.block_of(IPv4Address("172.20.0.77")) == net
 
 
 def test_values() -> None:
@@ -32,28 +32,28 @@ def test_values() -> None:
     assert profile["rules"] == {"inbound_rules": [{"action": "allow", "src_tag": "net1"}],
                                 "outbound_rules": [{"action": "allow"}]}
     assert profile["tags"] == ["net1"] and profile["labels"] == {}
-    eid = D.endpoint_id("0123abcd")
-    assert len(eid) == 64 and D.endpoint_id("0123abcd") == eid
+    eid = endpoint_id("0123abcd")
+    assert len(eid) == 64 and endpoint_id("0123abcd") == eid
     iface = D.interface_name(eid)
     assert iface == "cali" + eid[:11] and len(iface) == 15
-    ep = D.endpoint_value(iface, IPv4Address("172.20.0.1"), "net1", "web1")
+    ep = D.endpoint_value(iface, IPv4Address("172.20.0.1"), "net1")
     assert ep["mac"] == "ee:ee:ee:ee:ee:ee" and ep["ipv4_nets"] == ["172.20.0.1/32"]
     assert ep["profile_ids"] == ["net1"] and ep["state"] == "active" and ep["name"] == iface
 
 
 def test_parse_tree_round_trip_and_bad_values() -> None:
-    eid = D.endpoint_id("c1")
+    eid = endpoint_id("c1")
     items = {
         D.pool_key("172.20.0.0/16"): D.dumps(D.pool_value(IPv4Network("172.20.0.0/16"), True)),
         D.endpoint_key("master", eid): D.dumps(
-            D.endpoint_value(D.interface_name(eid), IPv4Address("172.20.0.1"), "net1", "web1")),
+            D.endpoint_value(D.interface_name(eid), IPv4Address("172.20.0.1"), "net1")),
         D.endpoint_key("master", "broken"): "{not json",
         **{k: D.dumps(v) for k, v in zip(D.profile_keys("net1").values(), D.network_profile("net1").values())},
         D.host_ip_key("master"): "10.0.0.1",
         "/calico/ipam/v2/host/master/ipv4/block/172.20.0.0-26": "",
     }
     snap = D.parse_tree(items)
-    assert [e.container for e in snap.endpoints] == ["web1"]
+    assert [e.id for e in snap.endpoints] == [eid]
     assert snap.profiles["net1"].tags == ("net1",)
     assert snap.profiles["net1"].inbound == ({"action": "allow", "src_tag": "net1"},)
     assert snap.host_ips == {"master": "10.0.0.1"} and snap.blocks == {"172.20.0.0/26": "master"}
@@ -63,24 +63,18 @@ def test_parse_tree_round_trip_and_bad_values() -> None:
 def test_block_assign_and_release() -> None:
     block = ipam.new_block(IPv4Network("172.20.0.64/26"), "slave1")
     assert block["affinity"] == "host:slave1" and len(block["allocations"]) == 64
-    first = ipam.assign(block, "h1")
-    second = ipam.assign(block, "h2")
+    first, second = ipam.assign(block), ipam.assign(block)
     assert (first, second) == (IPv4Address("172.20.0.65"), IPv4Address("172.20.0.66"))
-    assert ipam.owned_by(block, "h1") == [first]
-    assert ipam.release(block, "h1") == 1 and ipam.owned_by(block, "h1") == []
+    assert block["attributes"] == [ipam.NO_HANDLE]  # libnetwork hands over no handle: one shared entry
+    assert ipam.allocated(block) == [first, second]
+    assert ipam.release(block, first) and not ipam.release(block, first)
+    assert ipam.allocated(block) == [second]
+    assert ipam.assign_address(block, IPv4Address("172.20.0.64"))  # a given address, even ordinal 0
+    assert not ipam.assign_address(block, second)
     json.dumps(block)  # stays JSON
-    for _ in range(62):  # 63 usable (ordinal 0 is never handed out), 1 taken
-        assert ipam.assign(block, "x") is not None
-    assert ipam.assign(block, "y") is None
-
-
-def test_wire_script_quotes_and_steps() -> None:
-    script = wire_script(4242, "cali0123456789a", IPv4Address("172.20.0.1"))
-    assert "ip link add cali0123456789a type veth peer name tmp0123456789a" in script
-    assert "nsenter -t 4242 -n -- ip link set eth0 address ee:ee:ee:ee:ee:ee" in script
-    assert "nsenter -t 4242 -n -- ip route add default via 169.254.1.1 dev eth0 onlink" in script
-    assert "ip route replace 172.20.0.1/32 dev cali0123456789a scope link" in script
-    assert "echo 1 > /proc/sys/net/ipv4/conf/cali0123456789a/proxy_arp" in script
+    while ipam.assign(block) is not None:
+        pass
+    assert len(ipam.allocated(block)) == 64  # ordinal 0 only because it was asked for
 
 
 def test_endpoints_of_profile_includes_invalid_ones_parse_tree_leaves_out():

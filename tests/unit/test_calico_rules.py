@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -15,15 +16,20 @@ from chainlab.calico.rules import (
 POOL = IPv4Network("172.20.0.0/16")
 
 
+def endpoint_id(container: str) -> str:
+    """A stand-in for the 64-hex endpoint id Docker gives a container's network endpoint."""
+    return hashlib.sha256(container.encode()).hexdigest()
+
+
 def tree(*endpoints: tuple[str, str, str], profile: dict | None = None, masq: bool = True) -> dict[str, str]:
     items = {D.pool_key(POOL): D.dumps(D.pool_value(POOL, masq))}
     prof = profile or D.network_profile("net1")
     for part, key in D.profile_keys("net1").items():
         items[key] = D.dumps(prof[part])
     for host, container_id, address in endpoints:
-        eid = D.endpoint_id(container_id)
+        eid = endpoint_id(container_id)
         items[D.endpoint_key(host, eid)] = D.dumps(
-            D.endpoint_value(D.interface_name(eid), IPv4Address(address), "net1", container_id))
+            D.endpoint_value(D.interface_name(eid), IPv4Address(address), "net1"))
     items[D.host_ip_key("master")] = "10.0.0.1"
     items[D.host_ip_key("slave1")] = "10.0.0.2"
     items["/calico/ipam/v2/host/master/ipv4/block/172.20.0.0-26"] = ""
@@ -39,7 +45,7 @@ LAB = tree(("master", "web1", "172.20.0.1"), ("master", "web2", "172.20.0.2"), (
 
 
 def iface(container: str) -> str:
-    return D.interface_name(D.endpoint_id(container))
+    return D.interface_name(endpoint_id(container))
 
 
 def test_endpoint_chains_as_felix_builds_them() -> None:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainlab.calico import datastore as D
+from tests.unit.test_calico_rules import endpoint_id
 from chainlab.calico import validate as V
 from chainlab.calico.agent import _warn_skipped
 from chainlab.calico.apply import ipset_input
@@ -88,14 +89,14 @@ def test_valid_rules_are_kept(good: dict) -> None:
 
 def test_invalid_endpoint_is_skipped_others_still_apply() -> None:
     items = dict(LAB)
-    eid = D.endpoint_id("evil")
+    eid = endpoint_id("evil")
     for field, value in (("name", "cali1" + INJECT), ("profile_ids", ["net1" + INJECT]),
                          ("ipv4_nets", ["172.20.0.9/32" + INJECT])):
-        ep = D.endpoint_value(D.interface_name(eid), IPv4Address("172.20.0.9"), "net1", "evil")
+        ep = D.endpoint_value(D.interface_name(eid), IPv4Address("172.20.0.9"), "net1")
         ep[field] = value
         items[D.endpoint_key("master", eid)] = D.dumps(ep)
         snap = D.parse_tree(items)
-        assert [e.container for e in snap.endpoints] == ["web1", "web2", "web3"]
+        assert [e.id for e in snap.endpoints] == sorted(endpoint_id(c) for c in ("web1", "web2", "web3"))
         assert len(snap.skipped) == 1 and repr(eid)[1:-1] in snap.skipped[0]
         model = dataplane(snap, "master")
         text = render(model) + ipset_input(model, set())

@@ -118,13 +118,17 @@ def test_ssh_client_config_and_known_hosts(inv: Inventory) -> None:
 def test_daemon_argv(inv: Inventory) -> None:
     plan = plan_lab(inv)
     master = plan.hosts["master"]
-    dockerd = P.dockerd_argv(master)
+    dockerd = P.dockerd_argv(plan, master)
     assert dockerd[dockerd.index("--bip") + 1] == "172.30.1.1/24"
     assert dockerd[dockerd.index("--data-root") + 1] == str(master.docker_root)
     assert "--cgroup-parent" in dockerd and "/chainlab.local.master" in dockerd
+    # Calico 2.x's network is global: Docker's cluster store is the lab's etcd, over TLS
+    assert dockerd[dockerd.index("--cluster-store") + 1] == "etcd://10.231.91.195:2379"
+    assert f"kv.certfile={plan.pki.client_cert}" in dockerd
     etcd = P.etcd_argv(plan, master)
-    assert "--enable-v2" in etcd
-    assert etcd[etcd.index("--listen-client-urls") + 1] == "http://10.231.91.195:2379,http://127.0.0.1:2379"
+    assert "--enable-v2" in etcd and "--client-cert-auth" in etcd
+    assert etcd[etcd.index("--listen-client-urls") + 1] == "https://10.231.91.195:2379,https://127.0.0.1:2379"
+    assert etcd[etcd.index("--listen-peer-urls") + 1] == "http://127.0.0.1:2380"  # never on the lab address
     assert P.enter_argv(42, ["true"]) == ["nsenter", "-t", "42", "-m", "-u", "-n", "--", "true"]
     holder = P.holder_argv(master)
     assert "--net=/run/netns/chainlab.local.master" in holder and "--kill-child" in holder

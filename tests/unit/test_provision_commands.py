@@ -61,16 +61,19 @@ def test_sysctl_text_round_trip() -> None:
 
 def test_trace_rules_marked_and_management_ports_excluded() -> None:
     rules = C.trace_rules([22, 2379, 2380])
-    assert len(rules) == 8
+    assert len(rules) == 12
     assert {(r.chain, r.spec[1], r.spec[-1]) for r in rules} == {
-        (c, p, t) for c in ("OUTPUT", "PREROUTING") for p in ("icmp", "tcp") for t in ("LOG", "TRACE")}
+        (c, p, t) for c in ("OUTPUT", "PREROUTING") for p in ("icmp", "tcp", "udp") for t in ("LOG", "TRACE")}
     for rule in rules:
         assert ["-m", "comment", "--comment", "chainlab"] == list(rule.spec[-6:-2])
         assert rule.argv("-C")[:6] == ["iptables", "-w", "5", "-t", "raw", "-C"]
     tcp = next(r for r in rules if r.spec[1] == "tcp")
     assert "! --ports 22,2379,2380" in " ".join(tcp.spec)
     # LOG before TRACE, as in the reference procedure
-    assert [r.spec[-1] for r in rules] == ["LOG"] * 4 + ["TRACE"] * 4
+    udp = next(r for r in rules if r.spec[1] == "udp")
+    assert "--ports" not in udp.spec  # the management ports are TCP
+    # LOG before TRACE, as in the reference procedure
+    assert [r.spec[-1] for r in rules] == ["LOG"] * 6 + ["TRACE"] * 6
 
 
 def test_our_rules_from_save_only_ours() -> None:
@@ -175,9 +178,13 @@ def test_batch_probes_round_trip_through_sh(tmp_path: Path) -> None:
     f = tmp_path / "it's here.txt"
     f.write_text("line 1\n\nlast line x9\n\n")
     probes = [["cat", str(f)], ["test", "-e", str(tmp_path / "absent")], ["sh", "-c", "printf 'no newline'; exit 3"]]
-    out = subprocess.run(["sh", "-c", C.batch_script(probes)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["sh", "-c", C.batch_script([command_line(p) for p in probes])], capture_output=True, text=True, check=True).stdout
     assert C.parse_batch(out + "@@1 !!!\nnoise\n", len(probes)) == {
         0: (0, "line 1\n\nlast line x9\n\n"), 1: (1, ""), 2: (3, "no newline")}
+    both = ["echo out; echo err >&2; exit 4"]
+    for stderr, said in ((False, "out\n"), (True, "out\nerr\n")):
+        out = subprocess.run(["sh", "-c", C.batch_script(both, stderr=stderr)], capture_output=True, text=True).stdout
+        assert C.parse_batch(out, 1) == {0: (4, said)}
 
 
 def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):

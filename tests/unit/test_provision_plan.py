@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
 from chainlab.provision import provision
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.lock import lab_lock
+from chainlab.lock import lab_lock, lab_lock_path
 from chainlab.provision.runner import select_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +39,6 @@ def test_recap_lines_align_and_count() -> None:
     assert data["hosts"]["master"]["ok"] == 7 and data["hosts"]["slave10"]["error"] == "facts: cannot ssh"
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a socket fails the test: --check on inventory.yaml must not connect."""
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network use during --check: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 def test_check_on_reference_inventory_plans_centos7_offline(no_network: None, tmp_path: Path) -> None:
     inv = load_inventory(ROOT / "inventory.yaml")
     out = io.StringIO()
@@ -62,9 +52,14 @@ def test_check_on_reference_inventory_plans_centos7_offline(no_network: None, tm
     assert "FROM nginx" in text and "docker build -t mybusybox" in text
     assert "ulogd" not in text and "apt-get" not in text.replace("RUN apt-get", "")
     assert "RECAP lab up reference --check (nothing was changed)" in text
-    assert "master : ok=1 changed=6 failed=0 skipped=0" in text
+    assert "master : ok=2 changed=5 failed=0 skipped=1" in text
+    # Calico the way Docker sees it: the reference's own two commands, and no emulation
+    assert ("docker network create --driver calico --ipam-driver calico-ipam --subnet 172.20.0.0/16"
+            " --label chainlab.lab=reference net1") in text
+    assert "docker run -itd --net net1 --name web1" in text and "docker run -itd --net net1 --name web3" in text
+    assert "chainlab.calico" not in text and "felix" not in text and "--network none" not in text
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["check"] is True and set(plan["hosts"]) == {"master", "slave1", "slave2"}
+    assert plan["check"] is True and set(plan["hosts"]) == {"master", "slave1", "slave2", "(lab)"}
 
 
 def test_check_debian_nft_plan_differs(no_network: None, tmp_path: Path) -> None:
@@ -92,6 +87,7 @@ def test_cli_check_never_connects_for_ssh_inventory() -> None:
 def test_limit_and_lock(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
     doc["local"]["state_dir"] = str(tmp_path / "state")
+    doc["lab"] = f"unit{os.getpid()}"  # the lab lock is per lab name: not the lock of a lab that is up
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump(doc))
     inv = load_inventory(path)
@@ -99,8 +95,9 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match="a lab up/down or scenario run on lab local is already running"):
+        with pytest.raises(ChainlabError, match=f"a lab up/down, scenario run or nightly on lab {inv.lab} is already running"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released
         pass
+    lab_lock_path(inv).unlink()

@@ -9,7 +9,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from chainlab.report.nightly import CHANGED, NO_CHANGE, NO_PREVIOUS, diff_summaries, find_previous_nightly, write_nightly
+from chainlab.report.nightly import (
+    CHANGED, NO_CHANGE, NO_PREVIOUS, diff_summaries, find_baseline, find_previous_nightly, write_nightly,
+)
+from chainlab.rundir import PARTIAL
 
 from .test_report_helpers import scenario1_run, scenario4_run
 
@@ -185,3 +188,42 @@ def test_junit_stays_valid_xml_with_control_characters_in_messages(tmp_path):
     write_junit(tmp_path / "junit.xml", [scenario], "2026-01-01T00:00:00+00:00")
     error = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite/testcase/error")
     assert error.get("message") == "ssh: ?[31mboom?"
+
+
+def test_only_complete_nightlies_are_compared_and_partial_ones_are_named(tmp_path):
+    def nightly(name: str, lab: str | None, complete: bool = True) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        if complete:
+            (d / "summary.json").write_text(json.dumps({"lab": lab, "scenarios": []}))
+        else:
+            (d / PARTIAL).write_text("")
+
+    nightly("nightly-20250101", "rel")  # before lab names and PARTIAL markers
+    nightly("nightly-rel-20250102-030000.000", "rel")
+    nightly("nightly-rel-20250103-030000.000", "rel", complete=False)  # killed
+    nightly("nightly-other-20250103-040000.000", "other")
+    nightly("nightly-rel-20250104-030000.000", "rel", complete=False)  # interrupted
+    current = tmp_path / "nightly-rel-20250105-030000.000"
+    assert find_baseline(tmp_path, current, "rel") == (
+        tmp_path / "nightly-rel-20250102-030000.000",
+        ["nightly-rel-20250104-030000.000", "nightly-rel-20250103-030000.000"])
+    assert find_baseline(tmp_path, tmp_path / "nightly-rel-20250102-050000.000", "rel") == (
+        tmp_path / "nightly-rel-20250102-030000.000", [])
+    assert find_baseline(tmp_path, tmp_path / "nightly-rel-20250101-050000.000", "rel") == (
+        tmp_path / "nightly-20250101", [])
+    assert find_previous_nightly(tmp_path, current, "other") == tmp_path / "nightly-other-20250103-040000.000"
+
+
+def test_a_run_dir_the_report_code_chokes_on_is_an_error_entry(runs, monkeypatch):
+    import chainlab.report.nightly as N
+
+    good = scenario1_run(runs, stamp="20250101-030000")
+    bad = scenario4_run(runs, stamp="20250101-030000")
+    real = N.scenario_summary
+    monkeypatch.setattr(N, "scenario_summary",
+                        lambda run, out: (_ for _ in ()).throw(KeyError("x")) if run.run_dir == bad else real(run, out))
+    summary = write_nightly(runs / "nightly-20250101", [good, bad], None)
+    entries = {s["id"]: s for s in json.loads(summary.summary_json.read_text())["scenarios"]}
+    assert entries[1]["passed"] and entries[4]["error"].startswith(f"cannot summarise {bad.name}: KeyError")
+    assert not list(runs.rglob("*.tmp"))

@@ -8,6 +8,9 @@ from chainlab.errors import ChainlabError
 from chainlab.labstate import ContainerState, HostState, LabState
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, parse_slice, slice_argv
 from chainlab.run.probe import build_probe
+from chainlab.run.snapshot import (
+    CONTAINERS_SEPARATOR, ROUTES_SEPARATOR, Snapshot, container_problem, parse_snapshot, snapshot_command,
+)
 from chainlab.scenario import load_scenario
 
 from ..conftest import ROOT
@@ -120,3 +123,33 @@ def test_a_mark_shares_its_round_trip_with_what_follows(tmp_path):
         out = subprocess.run(mark_argv(str(path), then="echo snapshot"), capture_output=True, text=True).stdout
         line, _, rest = out.partition("\n")
         assert parse_mark(line) == _mark(path) and rest == "snapshot\n"
+
+
+def test_probe_spec_says_how_long_the_probe_may_run():
+    assert build_probe(scenario(1), STATE).seconds == 1  # one ping, -W 1
+    five = scenario(1).model_copy(update={"probe": scenario(1).probe.model_copy(update={"count": 5})})
+    assert build_probe(five, STATE).seconds == pytest.approx(1.8)
+    assert build_probe(scenario(7), STATE).seconds == 2
+
+
+def test_snapshot_reports_the_scenario_containers_state(tmp_path):
+    """The snapshot's shell text, run by a real shell with a stand-in `docker` on PATH."""
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\necho "/web1 exited"\necho "Error: No such container: web2" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    text = snapshot_command(["web1", "web2"]).replace("iptables-save -c", "echo '*filter'").replace("ip route", "echo 'default via x'")
+    proc = subprocess.run(["sh", "-c", text], capture_output=True, text=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert proc.returncode == 0  # docker's complaint does not fail the round trip
+    snap = parse_snapshot(proc.stdout)
+    assert (snap.rules, snap.routes) == ("*filter\n", "default via x\n")
+    assert snap.containers == {"web1": "exited"}
+    assert container_problem("target", "web1", "master", snap) == "target container web1 on master is exited, not running: run lab up"
+    assert container_problem("source", "web2", "master", snap) == (
+        "source container web2 is gone from master (docker: Error: No such container: web2): run lab up")
+    assert container_problem("source", "web1", "master", parse_snapshot("r\n" + ROUTES_SEPARATOR + "\n\n"
+                                                                         + CONTAINERS_SEPARATOR + "\n/web1 running\n")) is None
+
+
+def test_snapshot_without_containers_asks_docker_nothing():
+    assert "docker" not in snapshot_command([])
+    assert parse_snapshot("rules\n" + ROUTES_SEPARATOR + "\nroutes\n") == Snapshot("rules\n", "routes\n")

@@ -1,30 +1,42 @@
-"""felix-lite: the per-host agent of chainlab's Calico 2.x emulation (not Calico's felix).
+"""The Calico daemon of chainlab's Calico 2.x emulation: felix-lite plus the libnetwork plugin.
 
-Runs inside one lab host: reads the whole /calico tree from etcd (v2 API), computes this
-host's dataplane (`chainlab.calico.rules`), applies it (`chainlab.calico.apply`), then
-watches /calico recursively and re-applies within a second of any change (profile rules
-or tags, endpoints, blocks). `--cleanup` removes what it made and exits.
+Runs inside one lab host, as calico/node does on a Calico 2.x host:
+- the libnetwork plugin (`chainlab.calico.plugin`) answers dockerd's network and IPAM driver
+  calls on /run/docker/plugins/calico.sock and calico-ipam.sock;
+- felix-lite (not Calico's felix) reads the whole /calico tree from etcd (v2 API), computes
+  this host's dataplane (`chainlab.calico.rules`), applies it (`chainlab.calico.apply`), then
+  watches /calico and re-applies within a second of any change (profile rules or tags,
+  endpoints, blocks) or of a new workload interface (Docker's Join).
+`--cleanup` removes what it made and exits.
 
-    python -m chainlab.calico.agent --host master --etcd 10.231.91.195:2379 \
-        [--daemon --pidfile /run/chainlab-felix.pid --log /var/log/chainlab-felix.log]
+    python -m chainlab.calico.agent --host master --etcd https://10.231.91.195:2379 \
+        --etcd-ca CA --etcd-cert CERT --etcd-key KEY \
+        [--daemon --pidfile /run/chainlab-calico.pid --log /var/log/chainlab-calico.log]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 
 import etcd
 
-from chainlab.calico.apply import ApplyError, apply, cleanup
+from chainlab.calico.apply import ApplyError, apply, cleanup, workload_links
 from chainlab.calico.datastore import ROOT, parse_tree, read_tree
+from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS, client as etcd_client
+from chainlab.calico.host import DOCKER_SOCK, IpLinks, docker_network_name
+from chainlab.calico.plugin import Plugin
+from chainlab.calico.plugin_server import PLUGIN_DIR, remove_sockets
+from chainlab.calico.plugin_server import serve as serve_plugin
 from chainlab.calico.rules import Dataplane, dataplane
 
-WATCH_TIMEOUT = 5.0  # seconds: a watch that sees nothing ends, the tree is read again
+WATCH_TIMEOUT = 1.0  # seconds: a watch that sees nothing ends; the tree and the links are read again
 RETRY_DELAY = 1.0  # seconds after a failed sync
 log = logging.getLogger("felix-lite")
 
@@ -50,7 +62,7 @@ def _warn_skipped(skipped: list[str], warned: set[str]) -> set[str]:
 class AgentState:
     """What the loop remembers between iterations."""
 
-    last: Dataplane | None = None  # the last applied model
+    last: tuple[Dataplane, frozenset[str]] | None = None  # the last applied model and the links it saw
     warned: set[str] = field(default_factory=set)
 
 
@@ -60,10 +72,11 @@ def sync(client: etcd.Client, host: str, state: AgentState) -> int:
     snapshot = parse_tree(items)
     state.warned = _warn_skipped(snapshot.skipped, state.warned)
     model = dataplane(snapshot, host)
-    if model != state.last:
+    seen = (model, workload_links())
+    if seen != state.last:
         started = time.monotonic()
         apply(model)
-        state.last = model
+        state.last = seen
         log.info("applied index %s: %d endpoints, %d profiles, %d routes in %.0f ms", index,
                  len(model.endpoints), len(model.profiles), len(model.routes),
                  (time.monotonic() - started) * 1000)
@@ -108,7 +121,7 @@ def _daemonize(pidfile: str, logfile: str) -> None:
     with open(pidfile + ".tmp", "w") as handle:
         handle.write(f"{os.getpid()}\n")
     os.replace(pidfile + ".tmp", pidfile)
-    fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(fd, 1)
@@ -117,25 +130,62 @@ def _daemonize(pidfile: str, logfile: str) -> None:
     os.close(write_end)
 
 
+def _endpoint(args: argparse.Namespace) -> EtcdEndpoint:
+    parts = (args.etcd_ca, args.etcd_cert, args.etcd_key)
+    if any(parts) and not all(parts):
+        raise SystemExit("--etcd-ca, --etcd-cert and --etcd-key go together")
+    try:
+        return EtcdEndpoint.parse(args.etcd, EtcdTLS(*parts) if all(parts) else None)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _stop_on_sigterm(plugin_dir: str | None) -> None:
+    """SIGTERM (lab down) removes the plugin sockets before exiting: Docker then says at once
+    that the plugin is gone instead of retrying a dead socket."""
+    def handler(signum: int, frame: object) -> None:
+        if plugin_dir:
+            remove_sockets(plugin_dir)
+        log.info("stopped by signal %d", signum)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chainlab.calico.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True, help="this host's name in etcd")
-    parser.add_argument("--etcd", default="127.0.0.1:2379", help="HOST:PORT of etcd (v2 API)")
+    parser.add_argument("--etcd", default="http://127.0.0.1:2379", help="http(s)://HOST:PORT of etcd (v2 API)")
+    parser.add_argument("--etcd-ca", help="CA certificate of etcd's server certificate (https)")
+    parser.add_argument("--etcd-cert", help="client certificate (https)")
+    parser.add_argument("--etcd-key", help="client key (https)")
+    parser.add_argument("--plugin-dir", default=PLUGIN_DIR, help="where dockerd looks for legacy plugin sockets")
+    parser.add_argument("--docker-sock", default=DOCKER_SOCK, help="the Docker API (network names)")
+    parser.add_argument("--no-plugin", action="store_true", help="felix-lite only, no libnetwork plugin")
     parser.add_argument("--daemon", action="store_true")
-    parser.add_argument("--pidfile", default="/run/chainlab-felix.pid")
-    parser.add_argument("--log", default="/var/log/chainlab-felix.log")
-    parser.add_argument("--cleanup", action="store_true", help="remove our chains, ipsets and routes, then exit")
+    parser.add_argument("--pidfile", default="/run/chainlab-calico.pid")
+    parser.add_argument("--log", default="/var/log/chainlab-calico.log")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove our chains, ipsets, routes and plugin sockets, then exit")
     args = parser.parse_args(argv)
     if args.cleanup:
         cleanup()
+        remove_sockets(args.plugin_dir)
         return
+    endpoint = _endpoint(args)
     if args.daemon:
         _daemonize(args.pidfile, args.log)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s felix-lite[{args.host}] %(levelname)s %(message)s")
-    address, _, port = args.etcd.rpartition(":")
-    client = etcd.Client(host=address, port=int(port), protocol="http", allow_redirect=False, read_timeout=10)
-    log.info("started (pid %d), etcd %s", os.getpid(), args.etcd)
+                        format=f"%(asctime)s calico[{args.host}] %(name)s %(levelname)s %(message)s")
+    client = etcd_client(endpoint)
+    plugin_dir = None if args.no_plugin else args.plugin_dir
+    _stop_on_sigterm(plugin_dir)
+    if plugin_dir:
+        plugin = Plugin(client, args.host, IpLinks(),
+                        functools.partial(docker_network_name, sock=args.docker_sock))
+        serve_plugin(plugin, plugin_dir)
+    log.info("started (pid %d), etcd %s, plugin %s", os.getpid(), endpoint.url, plugin_dir or "off")
     serve(client, args.host)
 
 

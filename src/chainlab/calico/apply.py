@@ -11,6 +11,7 @@ import re
 import subprocess
 from collections.abc import Callable, Sequence
 
+from chainlab.calico.datastore import IFACE_PREFIX
 from chainlab.calico.rules import JUMPS, TABLES, Dataplane, render, render_cleanup
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -82,6 +83,11 @@ def _links(runner: Runner) -> set[str]:
     return {link["ifname"] for link in json.loads(runner(["ip", "-j", "link", "show"], None) or "[]")}
 
 
+def workload_links(runner: Runner = run) -> frozenset[str]:
+    """The host's `cali*` interfaces: a new one (Docker's Join) needs its route and proxy ARP."""
+    return frozenset(name for name in _links(runner) if name.startswith(IFACE_PREFIX))
+
+
 def apply(model: Dataplane, runner: Runner = run) -> None:
     """Make the host's ipsets, iptables and routes what `model` says."""
     before = ipset_names(runner)
@@ -97,7 +103,9 @@ def apply(model: Dataplane, runner: Runner = run) -> None:
         runner(["ip", "route", "del", dst, "proto", ROUTE_PROTO], None)
     links = _links(runner)
     for address, iface in model.local_routes.items():
-        if iface in links:
+        if iface in links:  # Docker made it at Join: felix's part is the route and proxy ARP
+            runner(["sysctl", "-q", "-w", f"net.ipv4.conf.{iface}.proxy_arp=1",
+                    f"net.ipv4.neigh.{iface}.proxy_delay=0"], None)
             runner(["ip", "route", "replace", address, "dev", iface, "scope", "link"], None)
 
 

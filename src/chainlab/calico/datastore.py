@@ -12,7 +12,6 @@ Layout (etcd v2 API, as libcalico 1.x / calicoctl 1.x wrote it for Calico 2.x):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -27,8 +26,6 @@ ORCHESTRATOR = "libnetwork"
 WORKLOAD = "libnetwork"
 MAC = "ee:ee:ee:ee:ee:ee"
 IFACE_PREFIX = "cali"
-#: Endpoint label naming the Docker container (lets detach find an endpoint by name).
-CONTAINER_LABEL = "org.chainlab.container"
 
 
 def cidr_key(cidr: IPv4Network | str) -> str:
@@ -61,13 +58,8 @@ def host_ip_key(host: str) -> str:
     return f"{ROOT}/bgp/v1/host/{host}/ip_addr_v4"
 
 
-def endpoint_id(container_id: str) -> str:
-    """A 64-hex endpoint id, stable for a container (Docker's libnetwork ids look the same)."""
-    return hashlib.sha256(f"chainlab-endpoint:{container_id}".encode()).hexdigest()
-
-
 def interface_name(endpoint: str) -> str:
-    """`cali` + the first 11 characters of the endpoint id, as the libnetwork plugin names it."""
+    """`cali` + the first 11 characters of Docker's endpoint id, as the libnetwork plugin names it."""
     return IFACE_PREFIX + endpoint[:11]
 
 
@@ -85,10 +77,11 @@ def network_profile(name: str) -> dict[str, Any]:
     }
 
 
-def endpoint_value(iface: str, address: IPv4Address, profile: str, container: str) -> dict[str, Any]:
+def endpoint_value(iface: str, address: IPv4Address, profile: str, mac: str = MAC) -> dict[str, Any]:
+    """A workload endpoint as the libnetwork plugin writes it at `CreateEndpoint`."""
     return {
-        "state": "active", "name": iface, "mac": MAC, "profile_ids": [profile],
-        "ipv4_nets": [f"{address}/32"], "ipv6_nets": [], "labels": {CONTAINER_LABEL: container},
+        "state": "active", "name": iface, "mac": mac.lower(), "profile_ids": [profile],
+        "ipv4_nets": [f"{address}/32"], "ipv6_nets": [], "labels": {},
     }
 
 
@@ -105,7 +98,6 @@ class Endpoint:
     iface: str
     addresses: tuple[str, ...]  # "a.b.c.d/32"
     profiles: tuple[str, ...]
-    container: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,11 +142,9 @@ def _endpoint(host: str, endpoint: str, value: str) -> Endpoint:
     addresses, profiles = ep.get("ipv4_nets") or [], ep.get("profile_ids") or []
     if not isinstance(addresses, list) or not isinstance(profiles, list):
         raise V.Invalid("ipv4_nets and profile_ids must be lists")
-    labels = ep.get("labels") if isinstance(ep.get("labels"), dict) else {}
     return Endpoint(host=host, id=endpoint, iface=V.iface(ep.get("name")),
                     addresses=tuple(V.address(a) for a in addresses),
-                    profiles=tuple(V.name(p, "profile id") for p in profiles),
-                    container=labels.get(CONTAINER_LABEL))
+                    profiles=tuple(V.name(p, "profile id") for p in profiles))
 
 
 def _rules(profile: str, rules: dict[str, Any], direction: str, skipped: list[str]) -> tuple[dict[str, Any], ...]:

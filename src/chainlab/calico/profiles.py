@@ -15,14 +15,11 @@ from ipaddress import IPv4Network
 from typing import Any
 
 import etcd
-import urllib3
 
 from chainlab.calico import datastore as D
 from chainlab.errors import ChainlabError
 from chainlab.names import NETWORK_NAME, PATTERN_HELP
-
-#: What reaching etcd can raise: python-etcd wraps most connection errors, not all.
-ETCD_ERRORS = (etcd.EtcdException, urllib3.exceptions.HTTPError, OSError)
+from chainlab.remote.etcdclient import ETCD_ERRORS
 
 
 @contextmanager
@@ -101,17 +98,26 @@ def allow_from(client: etcd.Client, name: str, cidr: IPv4Network) -> bool:
 
 
 def reset(client: etcd.Client, name: str) -> bool:
-    """Back to what the libnetwork plugin creates for a network; True if it changed."""
-    changed = False
+    """Back to what the libnetwork plugin creates for a network; True if it changed.
+
+    Only an existing profile (rules or tags in etcd) is reset: a name that is not one is an
+    error, not a new profile."""
     default = D.network_profile(name)
+    current: dict[str, str | None] = {}
+    for part, key in _keys(name).items():
+        with _etcd(f"reading profile {name!r} {part} from etcd"):
+            try:
+                current[part] = client.read(key).value
+            except etcd.EtcdKeyNotFound:
+                current[part] = None
+    if current["rules"] is None and current["tags"] is None:
+        raise _missing(name)
+    changed = False
     for part, key in _keys(name).items():
         value = D.dumps(default[part])
+        if current[part] == value:
+            continue
         with _etcd(f"resetting profile {name!r} {part} in etcd"):
-            try:
-                if client.read(key).value == value:
-                    continue
-            except etcd.EtcdKeyNotFound:
-                pass
             client.write(key, value)
         changed = True
     return changed

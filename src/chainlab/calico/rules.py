@@ -14,11 +14,14 @@ import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+
 
 from chainlab.calico.datastore import IFACE_PREFIX, Endpoint, Snapshot
+
+if TYPE_CHECKING:
+    import jinja2
 
 #: Felix's mark bits (IptablesMarkMask 0xff000000).
 MARK_ACCEPT = 0x1000000
@@ -283,8 +286,10 @@ def dataplane(snapshot: Snapshot, host: str) -> Dataplane:
 # --- rendering ---------------------------------------------------------------------------
 
 @functools.cache
-def _environment() -> jinja2.Environment:
+def _environment() -> "jinja2.Environment":
     """Built and its templates parsed once per process (felix-lite renders on every change)."""
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals.update(ACCEPT=hexmark(MARK_ACCEPT), PASS=hexmark(MARK_PASS), SCRATCH0=hexmark(MARK_SCRATCH0),

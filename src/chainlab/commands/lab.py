@@ -13,6 +13,7 @@ from rich.table import Table
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory, load_inventory
+from chainlab.providers import provider_class
 from chainlab.provision import Facts, assumed_facts, gather_facts, provision
 from chainlab.provision.runner import select_hosts
 from chainlab.remote import connect
@@ -46,8 +47,8 @@ def _run(obj: object, action: str, check: bool, offline: bool, limit: tuple[str,
     inv = _inventory(obj)
     if offline and not check:
         raise click.UsageError("--offline only goes with --check")
-    # An SSH inventory is never contacted by --check: the plan comes from its os/iptables hints.
-    offline = check and (offline or inv.provider != "local")
+    # Hosts chainlab did not build are never contacted by --check: the plan comes from hints.
+    offline = check and (offline or not provider_class(inv.provider).check_connects)
     report = provision(inv, action, check=check, offline=offline, limit=limit,  # type: ignore[arg-type]
                        json_path=json_path, console=Console(highlight=False))
     if report.failed:
@@ -80,7 +81,7 @@ def _facts_of(inv: Inventory, host: str, assumed: bool) -> Facts | str:
         return assumed_facts(inv, host)
     try:
         with connect(inv, host) as conn:
-            return gather_facts(inv, host, conn)
+            return gather_facts(inv, host, conn)[0]
     except Exception as exc:
         return f"unreachable: {exc}"
 

@@ -19,8 +19,14 @@ from chainlab.names import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote import etcd_client
 
 
+#: etcd answers a profile read in milliseconds: a stopped one is said within seconds.
+READ_TIMEOUT_S = 2
+RETRY_FOR_S = 4
+
+
 def _client(obj: object):  # type: ignore[no-untyped-def]
-    return etcd_client(load_inventory(obj.inventory_path))  # type: ignore[attr-defined]
+    return etcd_client(load_inventory(obj.inventory_path),  # type: ignore[attr-defined]
+                       read_timeout=READ_TIMEOUT_S, retry_for=RETRY_FOR_S)
 
 
 def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -31,10 +37,17 @@ def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 
 def _cidr(ctx: click.Context, param: click.Parameter, value: str) -> IPv4Network:
+    """An IPv4 network as written: host bits set (10.1.2.3/8) are refused, not widened."""
     try:
-        return IPv4Network(value, strict=False)
+        return IPv4Network(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: {exc}") from None
+        try:
+            widened = IPv4Network(value, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
+    address = value.split("/")[0]
+    raise click.BadParameter(f"{value!r} has host bits set: write {widened} for the whole network,"
+                             f" or {address}/32 for that one address")
 
 
 @click.group("profile")
@@ -57,6 +70,9 @@ def show_cmd(obj: object, name: str) -> None:
 @click.pass_obj
 def allow_cmd(obj: object, name: str, cidr: IPv4Network) -> None:
     """Add an inbound allow rule from CIDR to profile NAME."""
+    if cidr.prefixlen == 0:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]warning:[/yellow] {cidr} admits every source address to profile {name}")
     changed = profiles.allow_from(_client(obj), name, cidr)
     Console(highlight=False).print(f"profile {name}: {'allowed' if changed else 'already allows'} {cidr}")
 

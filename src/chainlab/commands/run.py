@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,11 +13,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
-from chainlab.run.runner import RunResult, run_scenario
+from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import find_scenario
 
 SCENARIOS = Path("scenarios")
 RUNS = Path("runs")
+
+
+@contextmanager
+def run_errors(console: Console) -> Iterator[None]:
+    """A run that failed after its run dir was made: ERROR, where its evidence is, exit 1."""
+    try:
+        yield
+    except RunFailed as exc:
+        console.print(f"[bold red]ERROR[/bold red] {escape(str(exc))}")
+        console.print(f"evidence in {escape(str(exc.run_dir))}")
+        sys.exit(exc.exit_code)
 
 
 def print_result(console: Console, result: RunResult) -> None:
@@ -45,7 +58,8 @@ def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -
     """Run scenario NUMBER on the provisioned lab: probe, collect, analyze, PASS/FAIL (exit 0/1)."""
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
     console = Console()
-    result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
+    with run_errors(console):
+        result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
     print_result(console, result)
     sys.exit(0 if result.passed else 1)
 
@@ -65,9 +79,14 @@ def nightly_command(obj: object, scenarios_dir: Path, runs_dir: Path) -> None:
         print_result(console, result)
     for error in failed:
         console.print(f"[bold red]ERROR[/bold red] {escape(error.run_dir.name)}: {escape(str(error))}")
-    console.print("[bold]difference from the previous nightly:[/bold]")
+    previous = summary.diff.get("previous")
+    console.print("[bold]difference from the previous nightly[/bold]"
+                  + (f" ({escape(previous)})" if previous else "") + "[bold]:[/bold]")
     for line in summary.diff["text"]:
         console.print(f"  {escape(line)}")
+    skipped = summary.diff.get("skipped_partial") or []
+    if skipped:
+        console.print(f"  not compared, partial: {escape(', '.join(skipped))}")
     passed = sum(r.passed for r in results)
     total = len(results) + len(failed)
     console.print(f"{passed}/{total} scenarios passed; summary: {summary.index}")

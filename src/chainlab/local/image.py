@@ -11,18 +11,9 @@ import os
 import tarfile
 from pathlib import Path
 
-import docker
-
 from chainlab.local.system import run
 
 BUSYBOX = Path("/bin/busybox")
-#: Dockerfile-style instructions applied by `docker import`.
-IMAGE_CHANGES = [
-    "ENV PATH=/bin",
-    "WORKDIR /",
-    "EXPOSE 80",
-    'CMD ["httpd", "-f", "-p", "80", "-h", "/www"]',
-]
 INDEX_HTML = b"<html><body><h1>chainlab mybusybox</h1></body></html>\n"
 ETC_FILES = {
     "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
@@ -61,11 +52,3 @@ def build_image_tarball(dest: Path, busybox: Path = BUSYBOX) -> Path:
         _add_file(tar, "www/index.html", INDEX_HTML)
     os.replace(tmp, dest)
     return dest
-
-
-def load_image(client: docker.DockerClient, tarball: Path, name: str = "mybusybox") -> str:
-    """Import the rootfs tarball into the engine behind `client` as `name`; returns the image id."""
-    repository, _, tag = name.partition(":")
-    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag or "latest",
-                                      changes=IMAGE_CHANGES)
-    return client.images.get(f"{repository}:{tag or 'latest'}").id

@@ -11,25 +11,29 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-import docker
 from pydantic import BaseModel
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
-from chainlab.lock import exclusive
+from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
+from chainlab.lock import LockHeld, exclusive, local_lab_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
+from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
+from chainlab.local.route import check_lab_route
 
 READY_TIMEOUT = 30.0
 DAEMONS = ("sshd", "dockerd", "etcd")
@@ -39,6 +43,7 @@ Log = Callable[[str], object]
 class ProcRecord(BaseModel):
     pid: int
     start: int
+    argv: list[str] = []  # what it was started with: a daemon whose plan changed is restarted
 
     def proc(self) -> S.Proc:
         return S.Proc(self.pid, self.start)
@@ -82,9 +87,7 @@ class _Store:
 
     def save(self) -> None:
         with self.lock:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(self.state.model_dump_json(indent=2))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, self.state.model_dump_json(indent=2), PRIVATE_FILE)
 
 
 def load_state(plan: LabPlan) -> LocalLabRecord | None:
@@ -135,16 +138,6 @@ def _only_default_route(address: IPv4Address) -> bool:
     return all(r.startswith("default") for r in routes if r.strip())
 
 
-def check_lab_route(plan: LabPlan, address: IPv4Address) -> None:
-    """The safety rule: a lab address is only contacted through the lab's management link."""
-    dev = S.route_device(address)
-    if dev != plan.root_if:
-        raise ChainlabError(
-            f"refusing to connect to {address}: the machine routes it via {dev or 'nothing'},"
-            f" not the lab link {plan.root_if} (is the local lab up? `chainlab local up`)"
-        )
-
-
 # --- up -------------------------------------------------------------------------------
 
 def up(plan: LabPlan, log: Log = print) -> None:
@@ -165,9 +158,12 @@ def _up(plan: LabPlan, log: Log) -> None:
             " take it down with the inventory that made it, or give this lab another `lab:` name"
         )
     store = _Store(plan, state or _first_state(plan))
-    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(plan.state_dir)  # keys, lab state, the hosts' logs and files: root's only
     store.save()
     _write_ssh_files(plan)
+    etcd = plan.etcd_host
+    if etcd is not None:
+        ensure_pki(plan.pki, plan.lab, etcd.address)
     _ensure_lan(plan)
     with ThreadPoolExecutor(max_workers=len(plan.hosts) + 1) as pool:
         image = pool.submit(_ensure_image, plan)
@@ -248,7 +244,7 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
         _create_host(plan, host, hs, store)
     _ensure_host_link(plan, host)
     assert hs.holder is not None
-    wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(host)}
+    wanted = {"sshd": P.sshd_argv(host), "dockerd": P.dockerd_argv(plan, host)}
     if host.runs_etcd:
         wanted["etcd"] = P.etcd_argv(plan, host)
     for daemon in sorted(set(hs.daemons) - set(wanted)):  # e.g. etcd moved to another host
@@ -259,9 +255,12 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
         store.save()
     for daemon, argv in wanted.items():
         record = hs.daemons.get(daemon)
+        if record is not None and record.argv and record.argv != argv and S.alive(record.proc()):
+            S.stop(record.proc())
+            log(f"{host.name}: restarting {daemon} with its new settings")
         if record is None or not S.alive(record.proc()):
             proc = S.spawn(P.enter_argv(hs.holder.pid, argv), host.log_dir / f"{daemon}.log")
-            hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start)
+            hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start, argv=argv)
             store.save()
     _wait_ready(plan, host, hs)
     if hs.up_since is None:
@@ -320,15 +319,27 @@ def _ensure_host_link(plan: LabPlan, host: HostPlan) -> None:
     S.run(["ip", "-n", lan, "link", "set", host.lan_port, "master", P.BRIDGE, "up"])
     S.run(["ip", "-n", host.netns, "addr", "replace", str(host.lan), "dev", P.HOST_IF])
     S.run(["ip", "-n", host.netns, "link", "set", P.HOST_IF, "up"])
+    # A real host's default route is what lets proxy ARP answer a Calico workload's ARP for its
+    # gateway 169.254.1.1; a lab host has no default route (nothing may leave the lab), so it
+    # gets a route for that one address on its lab link instead.
+    S.run(["ip", "-n", host.netns, "route", "replace", f"{P.CALICO_GATEWAY}/32", "dev", P.HOST_IF])
 
 
 class _NotReady(Exception):
     pass
 
 
+def _etcd_tls(plan: LabPlan) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(plan.pki.ca))
+    context.load_cert_chain(str(plan.pki.client_cert), str(plan.pki.client_key))
+    return context
+
+
 def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
     assert hs.holder is not None
     holder = hs.holder.pid
+
+    import docker
 
     @retry(stop=stop_after_delay(READY_TIMEOUT), wait=wait_fixed(0.1),
            retry=retry_if_exception_type(_NotReady), reraise=True)
@@ -346,7 +357,8 @@ def _wait_ready(plan: LabPlan, host: HostPlan, hs: HostRecord) -> None:
                 finally:
                     api.close()
             else:
-                urllib.request.urlopen(f"http://{host.address}:{plan.etcd_port}/version", timeout=1).read()
+                urllib.request.urlopen(f"https://{host.address}:{plan.etcd_port}/version", timeout=1,
+                                       context=_etcd_tls(plan)).read()
         except (OSError, docker.errors.DockerException) as exc:
             raise _NotReady(str(exc)) from exc
 
@@ -382,15 +394,22 @@ def _destroy_host(plan: LabPlan, host: HostPlan, hs: HostRecord | None) -> None:
     S.remove_cgroup(host.cgroup_parent)
 
 
-def down(plan: LabPlan, log: Log = print) -> None:
+def down(plan: LabPlan, log: Log = print, force: bool = False) -> None:
     """Remove everything the lab made; safe to run on a half-built or already removed lab.
 
     Host namespaces are also found by name prefix, so a host dropped from the inventory
-    while the lab was up is removed too.
+    while the lab was up is removed too. A lab up/down, scenario run or nightly in progress
+    (the lab lock) is refused, unless `force`: then the log says what is interrupted.
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
-    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"):
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"), ExitStack() as stack:
+        try:
+            stack.enter_context(local_lab_lock(plan.lab))
+        except LockHeld as exc:
+            if not force:
+                raise ChainlabError(f"{exc}: wait for it, or `chainlab local down --force` interrupts it") from None
+            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
         _down(plan, log)
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
+from chainlab.local.pki import Pki
+from chainlab.lock import LOCK_DIR
 
 Flavour = Literal["legacy", "nft"]
 
@@ -23,8 +25,9 @@ BRIDGE = "lan0"
 LAN_MGMT_PORT = "mgmt0"
 HOST_IF = "eth0"
 SSH_PORT = 22
-LOCK_DIR = Path("/run/chainlab")
 ETCD_PEER_PORT = 2380
+#: Calico workloads' gateway: the host answers its ARP by proxy, which needs a route to it.
+CALICO_GATEWAY = "169.254.1.1"
 #: Docker bridge subnets: host i gets 172.30.(i+1).1/24 (checked against the lan and pool).
 BIP_BASE = IPv4Network("172.30.0.0/16")
 #: Files and directories of a host's mount namespace that provisioning edits: they are
@@ -147,6 +150,17 @@ class LabPlan:
     root_if: str  # the management veth end in the root namespace
     hosts: dict[str, HostPlan]
     etcd_port: int
+    #: dockerd gets Docker's cluster store (etcd), as Calico 2.x's global-scope network needs
+    cluster_store: bool = False
+
+    @property
+    def pki(self) -> Pki:
+        """etcd's certificates (client-certificate authentication)."""
+        return Pki(self.state_dir / "pki")
+
+    @property
+    def etcd_host(self) -> HostPlan | None:
+        return next((h for h in self.hosts.values() if h.runs_etcd), None)
 
     @property
     def state_file(self) -> Path:
@@ -228,6 +242,7 @@ def plan_lab(inv: Inventory) -> LabPlan:
         root_if=ifname(f"cl-{inv.lab}"),
         hosts=hosts,
         etcd_port=inv.etcd.port if inv.etcd else 2379,
+        cluster_store=inv.calico.driver == "calico" and inv.etcd is not None,
     )
 
 
@@ -285,9 +300,13 @@ def known_hosts_text(plan: LabPlan, public_keys: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dockerd_argv(host: HostPlan) -> list[str]:
-    """dockerd with everything private to the host; its iptables rules land in its netns."""
-    return [
+def dockerd_argv(plan: LabPlan, host: HostPlan) -> list[str]:
+    """dockerd with everything private to the host; its iptables rules land in its netns.
+
+    With Calico, Docker's cluster store points at the lab's etcd (with the client
+    certificate), as on Calico 2.x hosts: the `calico` driver's networks are global.
+    """
+    argv = [
         "/usr/sbin/dockerd",
         "--data-root", str(host.docker_root),
         "--exec-root", "/run/docker-exec",
@@ -297,23 +316,42 @@ def dockerd_argv(host: HostPlan) -> list[str]:
         "--cgroup-parent", host.cgroup_parent,
         "--config-file", "/etc/docker/daemon.json",
     ]
+    etcd = plan.etcd_host
+    if plan.cluster_store and etcd is not None:
+        argv += [
+            "--cluster-store", f"etcd://{etcd.address}:{plan.etcd_port}",
+            "--cluster-advertise", f"{HOST_IF}:2376",
+            "--cluster-store-opt", f"kv.cacertfile={plan.pki.ca}",
+            "--cluster-store-opt", f"kv.certfile={plan.pki.client_cert}",
+            "--cluster-store-opt", f"kv.keyfile={plan.pki.client_key}",
+        ]
+    return argv
 
 
 def etcd_argv(plan: LabPlan, host: HostPlan) -> list[str]:
-    """Single-member etcd with the v2 API (Calico 2.x's datastore) on the host's address."""
-    client = f"http://{host.address}:{plan.etcd_port}"
-    peer = f"http://{host.address}:{ETCD_PEER_PORT}"
+    """Single-member etcd with the v2 API (Calico 2.x's datastore) on the host's address.
+
+    Clients need a certificate signed by the lab's CA (see `chainlab.local.pki`); the peer
+    port listens on the host's loopback only (one member, nobody to peer with).
+    """
+    client = f"https://{host.address}:{plan.etcd_port}"
+    peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+    pki = plan.pki
     return [
         "/usr/bin/etcd",
         "--name", host.name,
         "--data-dir", str(host.etcd_dir),
-        "--listen-client-urls", f"{client},http://127.0.0.1:{plan.etcd_port}",
+        "--listen-client-urls", f"{client},https://127.0.0.1:{plan.etcd_port}",
         "--advertise-client-urls", client,
         "--listen-peer-urls", peer,
         "--initial-advertise-peer-urls", peer,
         "--initial-cluster", f"{host.name}={peer}",
         "--initial-cluster-state", "new",
         "--enable-v2",
+        "--client-cert-auth",
+        "--trusted-ca-file", str(pki.ca),
+        "--cert-file", str(pki.server_cert),
+        "--key-file", str(pki.server_key),
     ]
 
 

@@ -193,9 +193,24 @@ def kill_all(pids: set[int], timeout: float = 5.0) -> None:
     raise ChainlabError(f"processes still running after SIGKILL: {sorted(running)}")
 
 
+def stop(proc: Proc, timeout: float = 15.0) -> None:
+    """SIGTERM, so a daemon cleans up after itself (dockerd its pidfile and containerd), then
+    SIGKILL whatever is still running after `timeout`."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while alive(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(proc):
+        kill_all({proc.pid})
+
+
 def spawn(argv: list[str], log: Path | None = None) -> Proc:
     """Start a long-running process in its own session; it outlives this CLI invocation."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    # 0600: a daemon's log (sshd's names who logged in from where) is root's only.
+    out = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab") if log else subprocess.DEVNULL
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True, env=DAEMON_ENV)
@@ -225,8 +240,9 @@ def remove_cgroup(parent: str, retries: int = 50) -> None:
         top = hierarchy / parent.lstrip("/")
         if not top.is_dir() or hierarchy.is_symlink():
             continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for d in [*dirs, top]:
+        # Deepest first, `top` last; os.walk skips a cgroup that goes away meanwhile (dockerd
+        # may still be removing its own when `local down --force` interrupts a run).
+        for d in [Path(root) for root, _, _ in os.walk(top, topdown=False)]:
             for _ in range(retries):
                 try:
                     d.rmdir()

@@ -37,6 +37,9 @@ MONITOR_PID = f"{RUN_DIR}/xtables-monitor.pid"
 MONITOR_ERR = f"{RUN_DIR}/xtables-monitor.err"
 NF_LOG_BEFORE = f"{RUN_DIR}/nf_log.before"
 TRACE_LOG_CREATED = f"{RUN_DIR}/trace-log.created"
+#: nft hosts: the ip family's tables and chains before lab up (lab down removes what it added).
+NFT_BEFORE = f"{RUN_DIR}/nft.before"
+NFT_LIST = ["sh", "-c", "nft list ruleset ip 2>/dev/null || true"]
 #: Protocol families whose nf_log binding ulogd's NFLOG input takes over (IPv4, bridge, IPv6).
 NF_LOG_FAMILIES = (2, 7, 10)
 #: Process names (/proc/PID/comm) of the backends we start, checked before any kill.
@@ -44,7 +47,7 @@ PROCESS_NAMES = {"ulogd": "ulogd", "nft-monitor": "xtables-monitor"}
 ETCD_PEER_PORT = 2380
 TRACE_TARGETS = ("LOG", "TRACE")
 TRACE_CHAINS = ("OUTPUT", "PREROUTING")
-TRACE_PROTOCOLS = ("icmp", "tcp")
+TRACE_PROTOCOLS = ("icmp", "tcp", "udp")
 
 
 def sh(script: str) -> list[str]:
@@ -238,6 +241,53 @@ def monitor_start_argv(trace_log: str) -> list[str]:
               f">> {q(trace_log)} 2>> {q(MONITOR_ERR)} < /dev/null & echo $! > {q(MONITOR_PID)}")
 
 
+# --- nftables tables and chains that iptables-nft makes on first use ----------------------
+
+def nft_record_argv() -> list[str]:
+    """Save the ip family's ruleset once (the first lab up), headed so it is never empty."""
+    q = shlex.quote
+    return sh(f"mkdir -p {q(RUN_DIR)} && if [ ! -e {q(NFT_BEFORE)} ]; then "
+              f"{{ echo '# nft list ruleset ip, before lab up'; nft list ruleset ip; }} > {q(NFT_BEFORE)}.tmp && "
+              f"mv {q(NFT_BEFORE)}.tmp {q(NFT_BEFORE)}; fi")
+
+
+def parse_nft_chains(text: str) -> dict[str, dict[str, int]]:
+    """`nft list ruleset ip` -> {table: {chain: number of rules}} (pure)."""
+    tables: dict[str, dict[str, int]] = {}
+    table = chain = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] == "table" and len(words) >= 3:
+            table, chain = words[2], None
+            tables.setdefault(table, {})
+        elif words[0] == "chain" and table is not None and len(words) >= 2:
+            chain = words[1]
+            tables[table].setdefault(chain, 0)
+        elif line == "}":
+            if chain is not None:
+                chain = None
+            else:
+                table = None
+        elif table is not None and chain is not None and words[0] not in ("type", "policy"):
+            tables[table][chain] += 1
+    return tables
+
+
+def nft_leftover_deletes(before: dict[str, dict[str, int]], now: dict[str, dict[str, int]]) -> list[list[str]]:
+    """`nft delete` commands for empty chains and tables that were not there before (pure)."""
+    deletes = []
+    for table, chains in sorted(now.items()):
+        new_empty = [c for c, rules in sorted(chains.items()) if rules == 0 and c not in before.get(table, {})]
+        if table not in before and len(new_empty) == len(chains):
+            deletes.append(["nft", "delete", "table", "ip", table])
+            continue
+        deletes += [["nft", "delete", "chain", "ip", table, c] for c in new_empty]
+    return deletes
+
+
 # --- step 3: raw-table trace rules ----------------------------------------------------
 
 @dataclass(frozen=True)
@@ -248,9 +298,23 @@ class TraceRule:
     def argv(self, op: Literal["-A", "-C", "-D"]) -> list[str]:
         return ["iptables", "-w", "5", "-t", "raw", op, self.chain, *self.spec]
 
+    def listed(self) -> str:
+        """The rule as `iptables -S` prints it (legacy and nft alike)."""
+        return " ".join(["-A", self.chain, *self.spec])
+
+
+#: The raw table's rules, one `iptables -S` line each: what lab up checks and lab down deletes by.
+RAW_LIST = ["iptables", "-w", "5", "-t", "raw", "-S"]
+
+
+def present_rules(listing: str, rules: Sequence[TraceRule]) -> list[bool]:
+    """Which of `rules` an `iptables -t raw -S` listing holds (pure)."""
+    lines = {row.strip() for row in listing.splitlines()}
+    return [rule.listed() in lines for rule in rules]
+
 
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
-    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP and TCP, each marked as ours.
+    """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP, TCP and UDP, each marked as ours.
 
     TCP excludes the management ports (SSH, etcd): otherwise every packet of the
     provisioning and scenario sessions would be traced on every host.
@@ -297,17 +361,24 @@ def veth_for_ifindex(ip_link: str, ifindex: int) -> str | None:
 
 # --- batched probes -------------------------------------------------------------------
 
-def batch_script(probes: Sequence[Sequence[str]]) -> str:
-    """One script running read-only probes, printing `@@I BASE64(stdout + "x" + status)` each."""
-    parts = []
-    for i, argv in enumerate(probes):
-        parts.append(f'o=$( {{ {command_line(argv)} ; }} 2>/dev/null; echo "x$?"); '
-                     f'printf "@@{i} %s\\n" "$(printf %s "$o" | base64 | tr -d "\\n")"')
-    return "\n".join(parts) + "\n"
+def batch_script(commands: Sequence[str], *, stderr: bool = False) -> str:
+    """One script running shell `commands` at the same time (most of their time is start-up,
+    docker's and iptables', or a probe's wait), each in its own subshell without stdin; once
+    all ended, it prints, in order, `@@I BASE64(output + "x" + status)` for each. The output
+    is stdout, or (`stderr`) stdout and stderr as they came."""
+    redirect = "2>&1" if stderr else "2>/dev/null"
+    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT"]
+    for i, command in enumerate(commands):
+        lines.append(f'( ( {command} ) >"$d/{i}" {redirect} </dev/null; echo $? >"$d/{i}.rc" ) &')
+    lines.append("wait")
+    lines.append(f'for i in {" ".join(str(i) for i in range(len(commands)))}; do '
+                 'o=$(cat "$d/$i"; echo "x$(cat "$d/$i.rc")"); '
+                 'printf "@@%s %s\\n" "$i" "$(printf %s "$o" | base64 | tr -d "\\n")"; done')
+    return "\n".join(lines) + "\n"
 
 
 def parse_batch(text: str, count: int) -> dict[int, tuple[int, str]]:
-    """Probe index → (exit status, stdout) from `batch_script` output (malformed rows ignored)."""
+    """Command index → (exit status, output) from `batch_script` output (malformed rows ignored)."""
     import base64
     import binascii
 

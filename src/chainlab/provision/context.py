@@ -1,8 +1,8 @@
-"""What a step sees of its host: facts, a connection (or none, offline), and how to change things.
+"""What a step sees: its host's facts and connection (or none, offline), and the whole run.
 
-Steps probe with `read` (read-only, also runs under --check when connected) and change with
-`change`/`put`, which record the exact command and only execute it outside --check. Offline
-(--check without connecting), `read` returns None and steps plan for the worst case.
+Steps probe with `read`/`probe` (read-only: they run under --check too when connected;
+offline they return None and steps plan for the worst case) and change things only by
+yielding actions (`chainlab.provision.actions`), which `perform` carries out.
 """
 
 from __future__ import annotations
@@ -11,76 +11,80 @@ import io
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fabric
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
-from chainlab.provision.commands import batch_script, parse_batch
-from chainlab.shell import command_line
+from chainlab.providers import Provider
+from chainlab.provision.actions import Action, Call, Command, PutFile
+from chainlab.provision.dockerview import DockerView, inspect_argv
 from chainlab.provision.facts import Facts
-from chainlab.remote import docker_client, etcd_client, run
+from chainlab.remote import docker_over, etcd_client, run
+from chainlab.shell import command_line
+
+if TYPE_CHECKING:
+    from chainlab.networks.base import Network
 
 T = TypeVar("T")
 
 
-class Skip(Exception):
-    """Raised by a step that does not apply: the step is reported `skipped` with the reason."""
+@dataclass
+class RunContext:
+    """The run as a whole: inventory, kinds, --check, and what is made once for every host."""
 
+    inv: Inventory
+    provider: Provider
+    network: "Network"
+    check: bool
+    hosts: dict[str, "HostContext"] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _etcd: Any = None
 
-class Shared:
-    """Work done once per run for all hosts (etcd, the Calico network), with its result."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._done: dict[str, tuple[str, object]] = {}
-
-    def once(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
-        """(result, True if this call ran it). A failure is remembered and raised to every host."""
-        with self._lock:
-            if key in self._done:
-                kind, value = self._done[key]
-                if kind == "error":
-                    raise ChainlabError(f"{key} failed (on another host): {value}")
-                return value, False  # type: ignore[return-value]
-            try:
-                value = fn()
-            except Exception as exc:
-                self._done[key] = ("error", exc)
-                raise
-            self._done[key] = ("ok", value)
-            return value, True
-
-    def etcd(self, inv: Inventory) -> Any:
+    def etcd(self) -> Any:
         """The run's one etcd client (route-checked and probed once, for every host)."""
-        return self.once("etcd", lambda: etcd_client(inv))[0]
+        with self._lock:
+            if self._etcd is None:
+                self._etcd = etcd_client(self.inv)
+            return self._etcd
+
+    def perform(self, action: Action) -> Any:
+        """A lab-level action (etcd, one docker engine): only calls."""
+        if not isinstance(action, Call):
+            raise ChainlabError(f"a lab-level step cannot run {action.shown()!r} on no host")
+        return action.fn()
 
 
 @dataclass
 class HostContext:
-    inv: Inventory
+    run: RunContext
     host: str
     facts: Facts
     conn: fabric.Connection | None
-    check: bool
-    shared: Shared
-    commands: list[str] = field(default_factory=list)
     containers: dict[str, ContainerState] = field(default_factory=dict)
+    #: what `docker_view` inspects: the host's images, containers and networks of the lab
+    docker_names: list[str] = field(default_factory=list)
+    _view: DockerView | None = None
     _docker: Any = None
     _cache: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def inv(self) -> Inventory:
+        return self.run.inv
+
+    @property
+    def check(self) -> bool:
+        return self.run.check
 
     @property
     def offline(self) -> bool:
         return self.conn is None
 
-    def prefetch(self, probes: Sequence[Sequence[str]]) -> None:
-        """Run many read-only probes in one round trip; each answer serves the next identical read once."""
-        if self.conn is None or not probes:
-            return
-        out = run(self.conn, ["sh", "-c", batch_script(probes)], check=False, timeout=60).stdout
-        for index, answer in parse_batch(out, len(probes)).items():
+    def preload(self, probes: Sequence[Sequence[str]], answers: dict[int, tuple[int, str]]) -> None:
+        """Answers of probes run ahead (with the facts); each serves the next identical read once."""
+        for index, answer in answers.items():
             self._cache[command_line(probes[index])] = answer
 
     def _answer(self, argv: Sequence[str]) -> tuple[int, str]:
@@ -103,34 +107,37 @@ class HostContext:
             return None
         return self._answer(argv)[0] == 0
 
-    def change(self, argv: Sequence[str], timeout: float | None = 120) -> str:
-        """Record the command; run it unless --check. Its stdout ('' under --check)."""
+    def docker_view(self) -> DockerView:
+        """The host's images, containers and networks of the lab, from one `docker inspect`
+        (fetched with the facts; read again after any change). Empty offline."""
+        if self._view is None:
+            self._view = DockerView.parse(self.read(inspect_argv(self.docker_names)) or "")
+        return self._view
+
+    def perform(self, action: Action) -> Any:
+        """Carry out one action (never called under --check)."""
         self._cache.clear()  # a change may invalidate any prefetched answer
-        self.commands.append(command_line(argv))
-        if self.check:
-            return ""
+        self._view = None
+        if isinstance(action, Call):
+            return action.fn()
         assert self.conn is not None
-        return run(self.conn, argv, timeout=timeout).stdout
-
-    def put(self, path: str, text: str) -> None:
-        """Write a whole file (recorded as `write PATH` plus its text)."""
-        self._cache.clear()
-        self.commands.append(f"write {path} <<EOF\n{text.rstrip()}\nEOF")
-        if self.check:
-            return
-        assert self.conn is not None
-        self.conn.put(io.BytesIO(text.encode()), path)
-
-    def note(self, text: str) -> None:
-        """Record an action that is not a shell command (docker SDK, etcd)."""
-        self.commands.append(text)
+        if isinstance(action, Command):
+            return run(self.conn, action.argv, timeout=action.timeout).stdout
+        assert isinstance(action, PutFile)
+        self.conn.put(io.BytesIO(action.text.encode()), action.path)
+        return None
 
     def docker(self) -> Any:
+        """The docker SDK client of this host's engine (read-only use is fine under --check)."""
         if self._docker is None:
             if self.conn is None:
                 raise ChainlabError("no docker client offline")
-            self._docker = docker_client(self.inv, self.host)
+            self._docker = docker_over(self.conn, self.facts.docker_api or None)
         return self._docker
+
+    def call(self, text: str, fn: Callable[[], T]) -> Call:
+        """A docker SDK (or etcd) action shown as the command it stands for, `text   # on HOST`."""
+        return Call(f"{text}   # on {self.host}", fn)
 
     def close(self) -> None:
         if self._docker is not None:

@@ -24,8 +24,9 @@ OS_HINTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def facts_script(etcd: tuple[str, int] | None) -> str:
-    """One POSIX sh script printing `key=value` lines (read-only: changes nothing)."""
+def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
+    """One POSIX sh script printing `key=value` lines (read-only: changes nothing); without
+    `versions`, docker's version is not asked (see below)."""
     q = shlex.quote
     lines = [
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
@@ -44,8 +45,15 @@ def facts_script(etcd: tuple[str, int] | None) -> str:
         'n1=$(readlink /proc/1/ns/net 2>/dev/null); ns=$(readlink /proc/self/ns/net 2>/dev/null)',
         'if [ -n "$n1" ] && [ "$n1" = "$ns" ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
         ' then echo kernel_log=private; else echo kernel_log=shared; fi',
-        'd=$(docker version --format "{{.Server.Version}}" 2>/dev/null || true)',
-        'echo "docker=${d:-none}"',
+    ]
+    if versions:
+        lines += [
+            'd=$(docker version --format "{{.Server.Version}} {{.Server.APIVersion}}" 2>/dev/null || true)',
+            'v=${d%% *}; a=${d#* }; [ "$a" = "$d" ] && a=; echo "docker=${v:-none}"; echo "docker_api=$a"',
+        ]
+    else:  # lab up: the docker CLI costs a start-up per host; the SDK asks the version if it is needed
+        lines.append('if command -v docker >/dev/null 2>&1; then echo docker=present; else echo docker=none; fi')
+    lines += [
         'for t in rsyslogd ulogd xtables-monitor stdbuf setsid bash; do'
         ' if command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || [ -x /sbin/$t ]; then echo "has_$t=yes";'
         ' else echo "has_$t=no"; fi; done',
@@ -76,6 +84,7 @@ class Facts:
     iptables_version: str = ""
     kernel_log: KernelLog = "private"
     docker: str = "none"
+    docker_api: str = ""  # the engine's API version: the docker SDK then needs no GET /version
     tools: dict[str, bool] = field(default_factory=dict)
     ip_forward: str = ""
     nf_log_ipv4: str = ""
@@ -96,14 +105,6 @@ class Facts:
         return data
 
 
-def _calico_kind(inv: Inventory) -> str:
-    if inv.calico.driver == "bridge":
-        return "none (Docker bridge networking)"
-    if inv.provider == "local":
-        return "emulation of Calico 2.x (chainlab.calico, not Calico itself)"
-    return "Calico 2.x (calico/node + libnetwork plugin)"
-
-
 def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
     values: dict[str, str] = {}
     for row in text.splitlines():
@@ -112,7 +113,7 @@ def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
             values[key.strip()] = value.strip()
     facts = Facts(host=host, source="gathered")
     for name in ("os_id", "os_version", "os_like", "os_name", "kernel", "init", "iptables_version",
-                 "docker", "ip_forward", "nf_log_ipv4", "etcd"):
+                 "docker", "docker_api", "ip_forward", "nf_log_ipv4", "etcd"):
         if name in values:
             setattr(facts, name, values[name])
     backend = values.get("iptables", "legacy")
@@ -125,20 +126,22 @@ def parse_facts(inv: Inventory, host: str, text: str) -> Facts:
 
 def assumed_facts(inv: Inventory, host: str) -> Facts:
     """Facts from the inventory's hints, for a plan that must not connect (offline --check)."""
+    from chainlab.providers import provider_for
+
     spec = inv.hosts[host]
+    hints = provider_for(inv).hints(host)
     os_id, version, like, init = OS_HINTS[spec.os]
-    local = inv.provider == "local"
     facts = Facts(
         host=host, source="assumed", os_id=os_id, os_version=version, os_like=like,
-        os_name=f"{spec.os} (from the inventory)", init="none" if local else init,
+        os_name=f"{spec.os} (from the inventory)", init=hints.init or init,
         iptables="nft" if spec.iptables == "nft" else "legacy",
-        kernel_log="shared" if local else "private",
+        kernel_log=hints.kernel_log,
         docker="assumed present", ip_forward="0", nf_log_ipv4="NONE",
         etcd="assumed reachable" if inv.etcd else "none",
     )
     modern = spec.os not in ("centos7",)
-    facts.tools = {"rsyslogd": not local, "ulogd": local, "xtables-monitor": modern, "stdbuf": True,
-                   "setsid": True, "bash": True}
+    facts.tools = {"rsyslogd": True, "ulogd": False, "xtables-monitor": modern, "stdbuf": True,
+                   "setsid": True, "bash": True} | hints.tools
     _derive(inv, facts)
     return facts
 
@@ -148,4 +151,11 @@ def _derive(inv: Inventory, facts: Facts) -> None:
     # what the host says wins; the inventory's hint only stands in when nothing was gathered
     iptables = facts.iptables if facts.iptables in ("legacy", "nft") else spec.iptables
     facts.trace_backend = choose_backend(spec.trace_backend, iptables, facts.kernel_log)
-    facts.calico = _calico_kind(inv)
+    facts.calico = _network_kind(inv)
+
+
+def _network_kind(inv: Inventory) -> str:
+    from chainlab.networks import network_for
+    from chainlab.providers import provider_for
+
+    return network_for(inv, provider_for(inv)).describe()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
-
-import jinja2
+from typing import Any
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
+from chainlab.providers import Provider
 
 #: What the reference Dockerfile installs on top of its base (nginx).
 PACKAGES = ("iputils-ping", "iproute2", "wget")
 REPO_ROOT = Path(__file__).resolve().parents[3]
+#: Dockerfile-style instructions applied by `docker import` to a root filesystem.
+ROOTFS_CHANGES = [
+    "ENV PATH=/bin",
+    "WORKDIR /",
+    "EXPOSE 80",
+    'CMD ["httpd", "-f", "-p", "80", "-h", "/www"]',
+]
 
 
 def dockerfile_path(inv: Inventory, base: Path | None = None) -> Path:
@@ -31,6 +37,8 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
             template = path.read_text()
         except OSError as exc:
             raise ChainlabError(f"image.dockerfile {path}: {exc.strerror}") from None
+    import jinja2
+
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                             trim_blocks=True)
     try:
@@ -39,19 +47,49 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
         raise ChainlabError(f"image.dockerfile: {exc}") from None
 
 
-def tarball_path(inv: Inventory) -> Path:
-    """`image.tarball` if set, else the local lab's rootfs tarball."""
+def tarball_path(inv: Inventory, provider: Provider) -> Path:
+    """`image.tarball` if set, else the provider's own (the local lab builds a busybox rootfs)."""
     if inv.image.tarball:
         return Path(inv.image.tarball).expanduser()
-    if inv.provider == "local":
-        from chainlab.local import plan_lab
+    default = provider.default_image_tarball()
+    if default is None:
+        raise ChainlabError("image.source is tarball but image.tarball is not set")
+    return default
 
-        return plan_lab(inv).image_tarball
-    raise ChainlabError("image.source is tarball but image.tarball is not set")
+
+def load_words(tarball: Path) -> str:
+    """How the tarball goes in, as a docker command: `docker load -i` or `docker import`."""
+    return "docker load -i" if tarball.exists() and is_docker_save(tarball) else "docker import"
+
+
+def load_tarball(provider: Provider, client: Any, tarball: Path, name: str) -> str:
+    """Load (a `docker save` archive) or import (a rootfs) the tarball as `name`; its image id."""
+    if not tarball.exists():
+        if provider.default_image_tarball() != tarball:
+            raise ChainlabError(f"image tarball {tarball} does not exist")
+        provider.make_default_image_tarball(tarball)
+    if is_docker_save(tarball):
+        with tarball.open("rb") as fh:
+            loaded = client.images.load(fh)
+        if name not in loaded[0].tags:
+            loaded[0].tag(name)
+        return str(loaded[0].id)
+    return import_rootfs(client, tarball, name)
+
+
+def import_rootfs(client: Any, tarball: Path, name: str) -> str:
+    """`docker import` a root filesystem tarball as `name` (with a PATH and `httpd` on port 80
+    as its command: the busybox rootfs has no image config of its own); its image id."""
+    repository, _, tag = name.partition(":")
+    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag or "latest",
+                                      changes=ROOTFS_CHANGES)
+    return str(client.images.get(f"{repository}:{tag or 'latest'}").id)
 
 
 def is_docker_save(path: Path) -> bool:
     """A `docker save` archive (loaded as is) rather than a rootfs (imported)."""
+    import tarfile
+
     try:
         with tarfile.open(path) as tar:
             for index, member in enumerate(tar):

@@ -1,9 +1,15 @@
-"""Run the steps on every host in parallel: lock, connect, facts, steps, recap, lab state.
+"""Run the steps: lock, connect, facts, then phases of host steps (all hosts in parallel) and
+lab-level steps (once), recap, lab state.
 
-One thread per host. A host whose connection fails (after the retries of
-`chainlab.remote.connect`) or whose step fails stops there; the others finish; the
-run is failed (non-zero exit). Offline --check never connects: facts come from the
-inventory's hints.
+    up:   [lab] network.lab_first → [hosts] base steps + network.node_up → [lab] network.lab_up
+          → [hosts] containers
+    down: [hosts] containers → [lab] network.lab_down → [hosts] network.node_down + base undo
+          → [lab] network.lab_last
+
+A host whose connection fails (after the retries of `chainlab.remote.connect`) or whose step
+fails stops there (lab up; lab down goes on with its other steps); the others finish; the
+run is failed. Lab-level steps show in the recap as the pseudo-host `(lab)`. Offline
+--check never connects: facts come from the inventory's hints and the provider's.
 """
 
 from __future__ import annotations
@@ -11,28 +17,56 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-import chainlab.calico as calico_layer
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.labstate import HostState, LabState, remove_state, save_state
+from chainlab.labstate import HostState, LabState, load_state, remove_state, save_state
 from chainlab.lock import lab_lock
-from chainlab.provision.context import HostContext, Shared, Skip
+from chainlab.networks import network_for
+from chainlab.networks.base import HostStep, LabStep
+from chainlab.providers import provider_for
+from chainlab.provision.context import HostContext, RunContext
+from chainlab.provision.executor import run_step, why
+from chainlab.provision.commands import batch_script, parse_batch
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import UP_STEPS, StepFn, up_probes
-from chainlab.provision.teardown import DOWN_STEPS, down_probes
+from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up_probes
+from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
+from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
+from chainlab.shell import command_line
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
+LAB = "(lab)"  # the recap's name for lab-level steps (host names cannot contain parentheses)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Steps on every host (in parallel), or lab-level steps run once."""
+
+    lab: bool
+    steps: list[tuple[str, HostStep]] | list[tuple[str, LabStep]]
+
+
+def phases(action: Action, run: RunContext) -> list[Phase]:
+    network = run.network
+    if action == "up":
+        plan = [Phase(True, network.lab_first()), Phase(False, [*BASE_UP_STEPS, *network.node_up()]),
+                Phase(True, network.lab_up()), Phase(False, [("containers", containers)])]
+    else:
+        plan = [Phase(False, [("containers", remove_containers)]), Phase(True, network.lab_down()),
+                Phase(False, [*network.node_down(), *BASE_DOWN_STEPS]), Phase(True, network.lab_last())]
+    return [p for p in plan if p.steps]
 
 
 def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
@@ -45,14 +79,20 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
     return [h for h in inv.hosts if h in limit]
 
 
-def gather_facts(inv: Inventory, host: str, conn: object | None) -> Facts:
+def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequence[Sequence[str]] = (),
+                 versions: bool = True) -> tuple[Facts, dict[int, tuple[int, str]]]:
+    """The host's facts and, in the same round trip, the answers of read-only `probes`."""
     if conn is None:
-        return assumed_facts(inv, host)
+        return assumed_facts(inv, host), {}
     etcd = None
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
-    out = run(conn, ["sh", "-c", facts_script(etcd)], timeout=60).stdout  # type: ignore[arg-type]
-    return parse_facts(inv, host, out)
+    batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
+    out = run(conn, ["sh", "-c", batch_script([command_line(argv) for argv in batch])], timeout=60).stdout
+    answers = parse_batch(out, len(batch))
+    if 0 not in answers:
+        raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
+    return parse_facts(inv, host, answers.pop(0)[1]), {i - 1: answer for i, answer in answers.items()}
 
 
 class Runner:
@@ -65,99 +105,112 @@ class Runner:
         self.hosts = select_hosts(inv, limit)
         self.limited = bool(limit)
         self.console = console or Console(highlight=False)
-        self.shared = Shared()
         self._print_lock = threading.Lock()
+        provider = provider_for(inv)
+        self.run_ctx = RunContext(inv, provider, network_for(inv, provider), check)
         self.report = RunReport(lab=inv.lab, action=action, check=check)
-        self.contexts: dict[str, HostContext] = {}
-        self.steps: list[tuple[str, StepFn]] = UP_STEPS if action == "up" else DOWN_STEPS
+        self.phases = phases(action, self.run_ctx)
 
     # --- the run ----------------------------------------------------------------------
 
     def run(self) -> RunReport:
         started = time.monotonic()
-        if self.inv.provider == "local" and not self.offline:
-            from chainlab.local import plan_lab
-
-            plan = plan_lab(self.inv)
-            if not plan.state_file.exists():
-                raise ChainlabError(f"the local lab {self.inv.lab} is not up: run `chainlab -i ... local up` first")
+        if not self.offline:
+            self.run_ctx.provider.ready()
         if self.check:
-            self._run_hosts()
+            self._run()
         else:
             with lab_lock(self.inv):
-                self._run_hosts()
+                self._run()
                 self._finish()
         self.report.seconds = time.monotonic() - started
         return self.report
 
-    def _run_hosts(self) -> None:
+    def _run(self) -> None:
+        total = 1 + sum(len(p.steps) for p in self.phases if not p.lab)
         progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                             console=self.console, transient=True)
-        with progress:
-            tasks = {h: progress.add_task(f"{h}: connecting", total=len(self.steps) + 1) for h in self.hosts}
-            with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
-                futures = {h: pool.submit(self._host, h, progress, tasks[h]) for h in self.hosts}
-                for host, fut in futures.items():
-                    self.report.hosts[host] = fut.result()
+        with progress, ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
+            tasks = {h: progress.add_task(f"{h}: connecting", total=total) for h in self.hosts}
+            for host, report in zip(self.hosts, pool.map(lambda h: self._connect(h, progress, tasks[h]), self.hosts)):
+                self.report.hosts[host] = report
+            try:
+                for phase in self.phases:
+                    if phase.lab:
+                        self._lab_phase(phase)
+                    else:
+                        list(pool.map(lambda h: self._host_phase(h, phase, progress, tasks[h]), self._going()))
+            finally:
+                for ctx in self.run_ctx.hosts.values():
+                    ctx.close()
 
-    def _host(self, host: str, progress: Progress, task: object) -> HostReport:
+    def _going(self) -> list[str]:
+        """Hosts that take part in the next phase: connected, and (lab up) not failed."""
+        return [h for h, ctx in self.run_ctx.hosts.items()
+                if self.action == "down" or not self.report.hosts[h].failed]
+
+    def _connect(self, host: str, progress: Progress, task: TaskID) -> HostReport:
         report = HostReport(host)
         started = time.monotonic()
         conn = None
-        ctx: HostContext | None = None
+        probes = up_probes(self.run_ctx, host) if self.action == "up" else down_probes(self.run_ctx, host)
         try:
-            t0 = time.monotonic()
-            try:
-                if not self.offline:
-                    conn = connect(self.inv, host)
-                facts = gather_facts(self.inv, host, conn)
-            except Exception as exc:  # unreachable: retried by connect(), then this host fails
-                result = StepResult("facts", "failed", _why(exc), seconds=time.monotonic() - t0)
-                report.steps.append(result)
-                report.error = f"facts: {_why(exc)}"
-                self._show(host, result)
-                return report
-            result = StepResult("facts", "ok", _facts_line(facts), seconds=time.monotonic() - t0)
-            report.steps.append(result)
-            self._show(host, result)
-            progress.update(task, advance=1)  # type: ignore[arg-type]
-            ctx = HostContext(self.inv, host, facts, conn, self.check, self.shared)
-            self.contexts[host] = ctx
-            try:
-                ctx.prefetch(up_probes(ctx) if self.action == "up" else down_probes(ctx))
-            except Exception:
-                pass  # only an optimisation: every step probes again by itself
-            for name, fn in self.steps:
-                progress.update(task, description=f"{host}: {name}")  # type: ignore[arg-type]
-                result = self._step(ctx, name, fn)
-                report.steps.append(result)
-                self._show(host, result)
-                progress.update(task, advance=1)  # type: ignore[arg-type]
-                if result.status == "failed":
-                    report.error = report.error or f"{name}: {result.detail}"
-                    if self.action == "up":
-                        break  # later steps build on this one; down undoes all it can
-            return report
-        finally:
-            report.seconds = time.monotonic() - started
-            progress.update(task, description=f"{host}: done")  # type: ignore[arg-type]
-            if ctx is not None:
-                ctx.close()
-            elif conn is not None:
+            if not self.offline:
+                conn = connect(self.inv, host)
+            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False)
+        except Exception as exc:  # unreachable: retried by connect(), then this host fails
+            if conn is not None:
                 conn.close()
+            result = StepResult("facts", "failed", why(exc), seconds=time.monotonic() - started)
+            report.steps.append(result)
+            report.error = f"facts: {why(exc)}"
+            self._show(host, result)
+            return report
+        result = StepResult("facts", "ok", _facts_line(facts), seconds=time.monotonic() - started)
+        report.steps.append(result)
+        report.seconds += result.seconds
+        self._show(host, result)
+        progress.update(task, advance=1)
+        ctx = HostContext(self.run_ctx, host, facts, conn, docker_names=docker_names(self.run_ctx, host))
+        ctx.preload(probes, answers)
+        self.run_ctx.hosts[host] = ctx
+        return report
 
-    def _step(self, ctx: HostContext, name: str, fn: StepFn) -> StepResult:
-        ctx.commands = []
-        t0 = time.monotonic()
-        try:
-            status, detail = fn(ctx)
-        except Skip as exc:
-            status, detail = "skipped", str(exc)
-        except Exception as exc:
-            status, detail = "failed", _why(exc)
-        commands = list(ctx.commands) if status in ("changed", "failed") else []
-        return StepResult(name, status, detail, commands, time.monotonic() - t0)  # type: ignore[arg-type]
+    def _host_phase(self, host: str, phase: Phase, progress: Progress, task: TaskID) -> None:
+        ctx = self.run_ctx.hosts[host]
+        report = self.report.hosts[host]
+        for name, fn in phase.steps:
+            progress.update(task, description=f"{host}: {name}")
+            result = run_step(ctx, name, fn)  # type: ignore[arg-type]
+            self._record(report, result)
+            progress.update(task, advance=1)
+            if result.status == "failed" and self.action == "up":
+                break  # later steps build on this one; down undoes all it can
+        progress.update(task, description=f"{host}: done")
+
+    def _lab_phase(self, phase: Phase) -> None:
+        """Lab-level steps: not under --limit (they concern every host); lab down's last ones
+        only when every host got through."""
+        if self.limited or (self.action == "down" and phase is self.phases[-1] and self.report.failed):
+            return
+        report = self.report.hosts.setdefault(LAB, HostReport(LAB))
+        if self.action == "up" and not self._going():
+            return
+        for name, fn in phase.steps:
+            result = run_step(self.run_ctx, name, fn)  # type: ignore[arg-type]
+            self._record(report, result)
+            if result.status == "failed" and self.action == "up":
+                for host in self._going():  # nothing after it can work
+                    self.report.hosts[host].error = self.report.hosts[host].error or f"{LAB} {name} failed"
+                break
+
+    def _record(self, report: HostReport, result: StepResult) -> None:
+        report.steps.append(result)
+        report.seconds += result.seconds
+        self._show(report.host, result)
+        if result.status == "failed":
+            report.error = report.error or f"{result.name}: {result.detail}"
 
     def _show(self, host: str, result: StepResult) -> None:
         """One step's line (and, under --check, its commands) printed as one block."""
@@ -182,14 +235,11 @@ class Runner:
 
     def _save_state(self) -> None:
         try:
-            from chainlab.labstate import load_state
-
             state = load_state(self.inv)
         except ChainlabError:
             state = LabState(lab=self.inv.lab)
-        for host, report in self.report.hosts.items():
-            ctx = self.contexts.get(host)
-            if ctx is None or report.failed:
+        for host, ctx in self.run_ctx.hosts.items():
+            if self.report.hosts[host].failed:
                 continue
             spec = self.inv.hosts[host]
             iptables = ctx.facts.iptables if ctx.facts.iptables in ("legacy", "nft") else spec.iptables
@@ -204,36 +254,20 @@ class Runner:
         self.report.notes.append(f"lab state: {path}")
 
     def _after_down(self) -> None:
-        all_hosts = not self.limited and not self.report.failed
-        if all_hosts and self.inv.calico.driver == "calico":
-            try:
-                changed = calico_layer.remove_network(self.inv, self.shared.etcd(self.inv))
-                self.report.notes.append(f"calico network {self.inv.calico.network}: "
-                                         + ("removed" if changed else "already absent"))
-            except Exception as exc:
-                self.report.notes.append(f"calico network: NOT removed ({_why(exc)})")
-                self.report.hosts.setdefault("(network)", HostReport("(network)")).error = _why(exc)
-        if all_hosts:
+        if not self.limited and not self.report.failed:
             remove_state(self.inv)
             self.report.notes.append("lab state removed")
             return
         try:
-            from chainlab.labstate import load_state
-
             state = load_state(self.inv)
         except ChainlabError:
             return
         for host, report in self.report.hosts.items():
-            if not report.failed:
+            if host != LAB and not report.failed:
                 state.hosts.pop(host, None)
                 for name in [n for n, c in state.containers.items() if c.host == host]:
                     del state.containers[name]
         save_state(self.inv, state)
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0] if len(text) < 400 else text[:400] + "…"
 
 
 def _facts_line(f: Facts) -> str:
@@ -267,4 +301,3 @@ def provision(inv: Inventory, action: Action, *, check: bool = False, offline: b
     if json_path is not None:
         write_json(report, json_path)
     return report
-

@@ -4,12 +4,12 @@ All factories take an inventory and check, for the local lab, that the route to 
 goes through the lab's own link before any connection is opened.
 """
 
-from chainlab.remote.dockerclient import docker_client
+from chainlab.remote.dockerclient import docker_client, docker_over
 from chainlab.remote.etcdclient import etcd_client
 from chainlab.remote.ssh import connect, connection, run
-from chainlab.remote.target import Target, etcd_address, resolve_target
+from chainlab.remote.target import etcd_endpoint, resolve_target
 
 __all__ = [
-    "Target", "connect", "connection", "docker_client", "etcd_address",
+    "connect", "connection", "docker_client", "docker_over", "etcd_endpoint",
     "etcd_client", "resolve_target", "run",
 ]

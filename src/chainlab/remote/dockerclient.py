@@ -1,4 +1,10 @@
-"""Docker SDK clients over ssh:// (paramiko), with host keys checked."""
+"""Docker SDK clients over SSH, with host keys checked.
+
+`docker_client(inv, host)` opens its own SSH connection (the docker SDK's paramiko mode, which
+runs `docker system dial-stdio` on the host). `docker_over(conn, api_version)` reuses an open
+fabric connection instead: no second handshake, no `GET /version` when the version is known
+(facts gather it), so provisioning builds every host's client in parallel at no cost.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,22 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import docker
-import paramiko
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
+from chainlab.remote.ssh import no_delay
 from chainlab.remote.target import resolve_target
 
+if TYPE_CHECKING:
+    import docker
+    import fabric
+
 _HOME_LOCK = threading.Lock()
+#: A placeholder address: requests for it go to the adapter mounted on it, never to the network.
+_SHARED_URL = "http://ssh.chainlab.invalid"
 
 
 @contextmanager
@@ -39,13 +51,22 @@ def _home(path: Path | None) -> Iterator[None]:
 
 @retry(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=3),
        retry=retry_if_exception_type((OSError, EOFError)), reraise=True)
-def _client(base_url: str, home: Path | None, timeout: int) -> docker.DockerClient:
+def _client(base_url: str, home: Path | None, timeout: int) -> "docker.DockerClient":
+    import docker
+
     with _home(home):
-        return docker.DockerClient(base_url=base_url, use_ssh_client=False, timeout=timeout)
+        client = docker.DockerClient(base_url=base_url, use_ssh_client=False, timeout=timeout)
+    ssh_client = getattr(getattr(client.api, "_custom_adapter", None), "ssh_client", None)
+    if ssh_client is not None:
+        no_delay(ssh_client.get_transport())
+    return client
 
 
-def docker_client(inv: Inventory, host: str, timeout: int = 120) -> docker.DockerClient:
+def docker_client(inv: Inventory, host: str, timeout: int = 120) -> "docker.DockerClient":
     """A DockerClient for `host`'s engine through `ssh://USER@ADDRESS` (route safety checked)."""
+    import docker
+    import paramiko
+
     target = resolve_target(inv, host)
     port = "" if target.port == 22 else f":{target.port}"
     base_url = f"ssh://{target.user}@{target.address}{port}"
@@ -53,3 +74,27 @@ def docker_client(inv: Inventory, host: str, timeout: int = 120) -> docker.Docke
         return _client(base_url, target.ssh_home, timeout)
     except (paramiko.SSHException, docker.errors.DockerException, OSError, EOFError) as exc:
         raise ChainlabError(f"cannot reach docker on {host} ({base_url}): {exc}") from exc
+
+
+def docker_over(conn: "fabric.Connection", api_version: str | None = None, timeout: int = 120) -> "docker.DockerClient":
+    """A DockerClient whose requests run over `conn`'s SSH transport (`docker system dial-stdio`)."""
+    import docker
+    from docker.transport.sshconn import SSHHTTPAdapter
+
+    class SharedTransportAdapter(SSHHTTPAdapter):  # type: ignore[misc]
+        """The SDK's SSH adapter on an SSH client that is already connected (and not ours to close)."""
+
+        def __init__(self, ssh_client: Any) -> None:
+            super().__init__(_SHARED_URL, timeout=timeout, shell_out=True)  # shell_out: connects nothing
+            self.ssh_client = ssh_client
+
+        def close(self) -> None:
+            self.pools.clear()
+
+    client = docker.DockerClient(base_url="tcp://ssh.chainlab.invalid:80", version=api_version or "1.24",
+                                 timeout=timeout)
+    client.api.base_url = _SHARED_URL
+    client.api.mount(_SHARED_URL, SharedTransportAdapter(conn.client))
+    if api_version is None:
+        client.api._version = client.api._retrieve_server_version()
+    return client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import fabric
@@ -12,7 +13,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.remote.target import Target, resolve_target
+from chainlab.providers import Target
+from chainlab.remote.target import resolve_target
 from chainlab.shell import command_line
 
 CONNECT_ATTEMPTS = 5
@@ -43,6 +45,14 @@ def connection(target: Target) -> fabric.Connection:
        retry=retry_if_exception_type((OSError, EOFError)), reraise=True)
 def _open(conn: fabric.Connection) -> None:
     conn.open()
+    no_delay(conn.client.get_transport())
+
+
+def no_delay(transport: paramiko.Transport | None) -> None:
+    """TCP_NODELAY: without it every short command waits ~40 ms for the delayed ACK (Nagle)."""
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect(inv: Inventory, host: str) -> fabric.Connection:

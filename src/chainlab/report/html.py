@@ -10,6 +10,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from chainlab.files import write_atomic
 from chainlab.report.run import DIRECTIONS, RunData, load_run
 from chainlab.trace.contract import FlowRecord, PacketRecord, StepRecord
 
@@ -180,8 +181,17 @@ def report_context(run: RunData) -> dict[str, Any]:
     probe = run.run.get("probe") if isinstance(run.run.get("probe"), dict) else {}
     groups = walk_groups(run)
     packets = run.packets
+    kind = "probe" if run.run.get("kind") == "probe" else "scenario"
+    if kind == "probe":
+        badge, heading = ("REACHABLE" if run.passed else "UNREACHABLE"), f"Probe · {run.title}"
+        failure = str(run.run.get("decision") or "") if not run.passed else ""
+    else:
+        badge, heading, failure = ("PASS" if run.passed else "FAIL"), f"Scenario {run.scenario_id} · {run.title}", run.failure_message()
     return {
         "run": run,
+        "kind": kind,
+        "badge": badge,
+        "heading": heading,
         "scenario_id": run.scenario_id,
         "label": run.label,
         "title": run.title,
@@ -189,11 +199,12 @@ def report_context(run: RunData) -> dict[str, Any]:
         "outcome": run.scenario.get("outcome") or "",
         "passed": run.passed,
         "error": run.error,
-        "failure": run.failure_message(),
+        "failure": failure,
         "started": run.run.get("started") or "",
         "duration": run.duration_s,
         "lab": run.run.get("lab") or "",
         "probe": {"command": probe.get("command") or "", "exit_code": probe.get("exit_code")},
+        "notes": run.notes,
         "probe_output": _probe_output(run.run_dir),
         "checks": run.checks,
         "drops": drops(run),
@@ -217,9 +228,5 @@ def render_run_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     page = environment().get_template("report.html.j2").render(report_context(run))
-    out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(run_dir / "report.html", page)
 

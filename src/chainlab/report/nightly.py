@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chainlab.files import write_atomic
 from chainlab.report.html import environment, render_run_report
 from chainlab.report.run import RunData, load_run, path_summaries
+from chainlab.rundir import NIGHTLY_PREFIX, is_complete, nightly_lab_and_stamp
 
 SUMMARY_VERSION = 1
 NO_CHANGE = "no change"
@@ -148,24 +152,48 @@ def load_summary(nightly_dir: Path | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("scenarios"), list) else None
 
 
-def find_previous_nightly(runs_root: Path, current: Path, lab: str | None = None) -> Path | None:
-    """The newest `nightly-*` directory under `runs_root` that sorts before `current` and has a summary.
+def find_baseline(runs_root: Path, current: Path, lab: str | None = None) -> tuple[Path | None, list[str]]:
+    """The newest complete nightly of `lab` older than `current`, and the partial ones
+    (killed or interrupted: PARTIAL still there) newer than it, which are skipped.
 
-    Nightly names carry their date (`nightly-YYYYmmdd[-HHMMSS]`), so name order is time order.
-    With `lab`, only a summary of that lab counts: one `runs/` may serve several labs, and a
-    Docker-bridge lab's nightly is no baseline for a Calico lab's.
+    Nightly names carry their time (`nightly-<lab>-YYYYmmdd-HHMMSS.mmm`, older ones
+    `nightly-YYYYmmdd[-HHMMSS]`), so that is the order. With `lab`, only nightlies of that
+    lab count: one `runs/` may serve several labs, and a Docker-bridge lab's nightly is no
+    baseline for a Calico lab's. A complete nightly has a summary.json and no PARTIAL.
     """
     runs_root, current = Path(runs_root), Path(current)
+    now = _nightly_key(current.name)
+    skipped: list[str] = []
     try:
-        candidates = [
-            d for d in runs_root.iterdir()
-            if d.is_dir() and d.name.startswith("nightly-") and d.name < current.name
-            and d.resolve() != current.resolve() and (d / "summary.json").is_file()
-            and (lab is None or _summary_lab(d) == lab)
-        ]
+        dirs = sorted((d for d in runs_root.iterdir()
+                       if d.name.startswith(NIGHTLY_PREFIX) and _nightly_key(d.name) < now
+                       and d.is_dir() and d.resolve() != current.resolve()),
+                      key=lambda d: _nightly_key(d.name), reverse=True)
     except OSError:
-        return None
-    return max(candidates, key=lambda d: d.name, default=None)
+        return None, skipped
+    for d in dirs:
+        if not is_complete(d):
+            if lab is None or _name_lab(d.name) == lab:
+                skipped.append(d.name)
+            continue
+        if (d / "summary.json").is_file() and (lab is None or _summary_lab(d) == lab):
+            return d, skipped
+    return None, skipped
+
+
+def find_previous_nightly(runs_root: Path, current: Path, lab: str | None = None) -> Path | None:
+    """The newest complete nightly of `lab` older than `current` (see `find_baseline`)."""
+    return find_baseline(runs_root, current, lab)[0]
+
+
+def _nightly_key(name: str) -> str:
+    parsed = nightly_lab_and_stamp(name)
+    return parsed[1] if parsed else name[len(NIGHTLY_PREFIX):]
+
+
+def _name_lab(name: str) -> str | None:
+    parsed = nightly_lab_and_stamp(name)
+    return parsed[0] if parsed else None
 
 
 def _summary_lab(directory: Path) -> str | None:
@@ -207,7 +235,9 @@ def write_junit(path: Path, scenarios: list[dict[str, Any]], timestamp: str) -> 
         if s.get("report"):
             ET.SubElement(case, "system-out").text = f"report: {s['report']}"
     ET.indent(suites)
-    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+    buffer = io.BytesIO()
+    ET.ElementTree(suites).write(buffer, encoding="utf-8", xml_declaration=True)
+    write_atomic(path, buffer.getvalue())
 
 
 XML_INVALID = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -218,30 +248,34 @@ def _xml(text: str) -> str:
     return XML_INVALID.sub("?", text)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
-                  lab: str | None = None) -> NightlySummary:
-    """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against `previous`.
-
-    A run without `report.html` gets one; a run without a readable `analysis.json` counts as
-    an error (JUnit `<error>`), never stops the summary.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    scenarios = []
-    for run_dir in run_dirs:
-        run = load_run(Path(run_dir))
+def _scenario_entry(run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """One scenario of the summary; a run whose files make the report code fail is an
+    error entry (with the exception), never the end of the summary."""
+    run = load_run(run_dir)
+    try:
         if run.error is None and not (run.run_dir / "report.html").is_file():
             render_run_report(run.run_dir)
         summary = scenario_summary(run, out_dir)
         summary["error"] = run.error
-        scenarios.append(summary)
+    except Exception as exc:
+        error = f"cannot summarise {run_dir.name}: {type(exc).__name__}: {exc}"
+        summary = {"id": run.scenario_id, "title": run.title, "passed": False, "duration_s": None, "started": None,
+                   "run_dir": run_dir.name, "report": None, "failure": error, "paths": [], "error": error}
+    return summary
+
+
+def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
+                  lab: str | None = None, skipped_partial: Sequence[str] = ()) -> NightlySummary:
+    """Summarise the runs into `out_dir` (index.html, junit.xml, summary.json), diffed against
+    `previous` (a complete nightly; `skipped_partial` names newer partial ones not used).
+
+    A run without `report.html` gets one; a run without a readable `analysis.json` counts as
+    an error (JUnit `<error>`), never stops the summary. Files are written atomically.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    scenarios = [_scenario_entry(Path(run_dir), out_dir) for run_dir in run_dirs]
 
     prev_doc = load_summary(previous)
     changes = diff_summaries(prev_doc["scenarios"] if prev_doc else None, scenarios)
@@ -252,6 +286,7 @@ def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
     diff = {
         "status": status,
         "previous": previous.name if previous is not None and prev_doc is not None else None,
+        "skipped_partial": list(skipped_partial),
         "changes": changes,
         "text": [c["message"] for c in changes] or [status],
     }
@@ -264,11 +299,11 @@ def write_nightly(out_dir: Path, run_dirs: list[Path], previous: Path | None,
         "scenarios": scenarios,
     }
     summary = NightlySummary(out_dir, out_dir / "index.html", out_dir / "junit.xml", out_dir / "summary.json", scenarios, diff)
-    _write(summary.summary_json, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(summary.summary_json, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     write_junit(summary.junit, scenarios, generated)
     page = environment().get_template("nightly.html.j2").render(
         scenarios=scenarios, diff=diff, generated=generated, passed=summary.passed, name=out_dir.name,
         total_time=sum(s["duration_s"] or 0.0 for s in scenarios),
     )
-    _write(summary.index, page)
+    write_atomic(summary.index, page)
     return summary

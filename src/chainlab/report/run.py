@@ -5,9 +5,10 @@ analysis.json is read back through the analysis contract (trace/contract.py); on
 
 Layout (written by the scenario runner):
 
-    runs/<YYYYmmdd-HHMMSS>-<NN>-<slug>/
+    runs/<lab>-<YYYYmmdd-HHMMSS.mmm>-<NN>-<slug>/   (name: chainlab.rundir)
       scenario.yaml  logs/<node>.log  rules/<node>.rules  routes/<node>.txt
       probe.txt  diagram.svg  analysis.json  report.html (ours)
+      error.txt (a run that stopped: why)  PARTIAL (until everything is written)
 
 A run that crashed may lack files; loading never raises for that, it records `error`.
 """
@@ -15,17 +16,16 @@ A run that crashed may lack files; loading never raises for that, it records `er
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from chainlab.rundir import parse_run_name
 from chainlab.trace.contract import AnalysisDocument, FlowRecord, PacketRecord
 from chainlab.trace.expect import PROBE_PROTOCOL, Check
 
-RUN_DIR_NAME = re.compile(r"^(?P<stamp>\d{8}-\d{6})-(?P<nn>\d+)-(?P<slug>.+)$")
 DIRECTIONS = ("request", "reply")
 
 
@@ -52,16 +52,16 @@ class RunData:
         value = self.scenario.get("id")
         if isinstance(value, (int, str)) and value != "":
             return value
-        m = RUN_DIR_NAME.match(self.run_dir.name)
-        return int(m["nn"]) if m else self.run_dir.name
+        name = parse_run_name(self.run_dir.name)
+        return name.scenario_id if name else self.run_dir.name
 
     @property
     def title(self) -> str:
         value = self.scenario.get("title")
         if value:
             return str(value)
-        m = RUN_DIR_NAME.match(self.run_dir.name)
-        return m["slug"].replace("-", " ") if m else self.run_dir.name
+        name = parse_run_name(self.run_dir.name)
+        return name.slug.replace("-", " ") if name else self.run_dir.name
 
     @property
     def label(self) -> str:
@@ -80,6 +80,12 @@ class RunData:
         if isinstance(value, bool):
             return value
         return bool(self.document.expect_ok and self.checks)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the run noted besides the result (e.g. a host it did not need did not answer)."""
+        value = self.run.get("notes")
+        return [str(n) for n in value] if isinstance(value, list) else []
 
     @property
     def duration_s(self) -> float | None:
@@ -131,11 +137,14 @@ def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     data = RunData(run_dir, protocol=_protocol(run_dir))
     path = run_dir / "analysis.json"
+    why = run_dir / "error.txt"
+    if why.is_file():  # the run stopped, whatever else it wrote before
+        data.error = why.read_text(encoding="utf-8", errors="replace").strip() or f"error in {run_dir}"
+        return data
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        why = run_dir / "error.txt"
-        data.error = why.read_text().strip() if why.is_file() else f"no analysis.json in {run_dir}"
+        data.error = f"no analysis.json in {run_dir}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         data.error = f"unreadable analysis.json in {run_dir}: {exc}"
     else:

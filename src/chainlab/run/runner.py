@@ -1,45 +1,78 @@
-"""Run one scenario end to end and leave the evidence in runs/<time>-<NN>-<slug>/."""
+"""Run probes and leave the evidence in a run dir of their own (see chainlab.rundir).
+
+`capture` is the bracketing every run shares (a scenario run, `chainlab probe`, `chainlab
+matrix`): every node's trace file marked and its rules, routes and the probes' containers
+snapshot, listeners up, all probes at once (one shell script per source host), listeners
+down, then exactly the new log bytes of each node.
+
+Every remote step has a deadline (chainlab.run.deadline): a host that does not answer in
+time is that host's error, naming what was waited for; the other hosts' steps go on and
+their evidence is written, and the run is an error (error.txt) rather than a result.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
-import shlex
-import signal
+import logging
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-import docker
 import fabric
-from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from chainlab.errors import ChainlabError
+from chainlab.files import PRIVATE_FILE, private_dir, read_regular_file, write_atomic
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
-from chainlab.remote import connect, docker_client, run
+from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.remote import connect, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
-from chainlab.run.probe import ProbeSpec, build_probe
+from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
+from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
+from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, snapshot_command
+from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
 from chainlab.trace.expect import Check, check_scenario
 from chainlab.trace.pipeline import Analysis, AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import parse_iptables_save
+from chainlab.yamlfile import MAX_BYTES
+
+# A connection attempt given up on at its deadline ends later in paramiko's own thread,
+# which logs the failure with a traceback; the run has already reported that host's error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 COLLECT_TIMEOUT_S = 6.0
-SNAPSHOT_SEPARATOR = "#### chainlab: routes ####"
-T = TypeVar("T")
 POLL_S = 0.15
+#: A listener outlives a crashed or interrupted run by at most this long.
+LISTENER_LIFE_S = 120.0
+EVIDENCE_DIRS = ("logs", "rules", "routes")
+T = TypeVar("T")
+Log = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a run waits for a host, per step (seconds)."""
+
+    connect: float = 15.0  # TCP connect, SSH banner, key exchange, authentication
+    connect_again: float = 5.0  # to a host that could not be reached earlier in this nightly
+    command: float = 15.0  # one command: mark + snapshot, listeners up or down, one read of a log slice
+    probe_slack: float = 15.0  # on top of the longest probe's own duration (docker exec included)
+    close: float = 2.0
+
+
+DEADLINES = Deadlines()
 
 
 class RunFailed(ChainlabError):
@@ -63,169 +96,402 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _slug(title: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())[:40]
+@dataclass(frozen=True)
+class ProbeRun:
+    """What one probe's command did."""
+
+    exit_code: int
+    output: str
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every `finally` runs."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+@dataclass
+class Capture:
+    """One bracketing: every probe's run (in the order of the specs), every answering
+    node's new log text, and notes on hosts the run did not need that failed."""
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    probes: list[ProbeRun]
+    slices: dict[str, str]
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
 
 
-def _probe(inv: Inventory, spec: ProbeSpec, conns: dict[str, fabric.Connection]) -> tuple[int, str]:
-    if spec.container is None:
-        result = run(conns[spec.host], list(spec.argv), check=False, timeout=30)
-        return result.exited, result.stdout + result.stderr
-    client = docker_client(inv, spec.host)
-    try:
-        exit_code, output = client.containers.get(spec.container).exec_run(list(spec.argv))
-        return exit_code, output.decode("utf-8", "replace")
-    except docker.errors.NotFound:
-        raise ChainlabError(f"container {spec.container} is gone from {spec.host}: run lab up") from None
-    except docker.errors.DockerException as exc:
-        raise ChainlabError(f"probe in {spec.where}: docker: {exc}") from None
-    finally:
-        client.close()
-
-
-def _connect_all(inv: Inventory, hosts: list[str], conns: dict[str, fabric.Connection]) -> None:
-    """Open a connection to every host at once into `conns`; the first failure is raised
-    after all attempts ended, so every connection that did open is in `conns` to close."""
-    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
-        futures = {host: pool.submit(connect, inv, host) for host in hosts}
-    errors = []
-    for host, future in futures.items():
-        try:
-            conns[host] = future.result()
-        except ChainlabError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-
-
-def _each(conns: dict[str, fabric.Connection], work: Callable[[str, fabric.Connection], T]) -> dict[str, T]:
-    """`work(node, conn)` on every node at once (one thread per node and connection)."""
-    with ThreadPoolExecutor(max_workers=max(len(conns), 1)) as pool:
-        futures = {node: pool.submit(work, node, conn) for node, conn in conns.items()}
-        return {node: future.result() for node, future in futures.items()}
-
-
-def _collect(conns: dict[str, fabric.Connection], state: LabState, marks: dict[str, LogMark],
-             ready: Callable[[dict[str, str]], bool]) -> dict[str, str]:
-    """Every node's new log text, once the files are quiet and `ready` says all is in."""
-    last: dict[str, int] = {}
-    slices: dict[str, str] = {}
-
-    def poll() -> bool:
-        read = _each(conns, lambda node, conn: read_slice(conn, state.hosts[node].trace_log, marks[node]))
-        sizes = {}
-        for node, (text, now) in read.items():
-            slices[node] = text
-            sizes[node] = now.size
-        quiet = sizes == last
-        last.clear()
-        last.update(sizes)
-        return quiet and ready(slices)
-
-    waiter = retry(stop=stop_after_delay(COLLECT_TIMEOUT_S), wait=wait_fixed(POLL_S),
-                   retry=retry_if_result(lambda done: not done))(poll)
-    try:
-        waiter()
-    except RetryError:
-        pass
-    return slices
-
-
-def _mark_and_snapshot(conn: fabric.Connection, node: str, trace_log: str, run_dir: Path) -> LogMark:
-    """The trace file's mark, then rules with counters and routes: one round trip."""
-    snapshot = f"iptables-save -c; echo {shlex.quote(SNAPSHOT_SEPARATOR)}; ip route"
-    out = run(conn, mark_argv(trace_log, then=snapshot)).stdout
-    line, _, rest = out.partition("\n")
-    rules, _, routes = rest.partition(SNAPSHOT_SEPARATOR + "\n")
-    (run_dir / "rules" / f"{node}.rules").write_text(rules)
-    (run_dir / "routes" / f"{node}.txt").write_text(routes)
-    return parse_mark(line)
-
-
-def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Callable[[str], None] = print) -> RunResult:
-    """Mark, snapshot, probe, collect, analyze, compare; evidence goes to a new run dir."""
-    scenario = load_scenario(scenario_path)
+def check_network(inv: Inventory, scenario: Scenario) -> None:
     if scenario.network != inv.calico.driver:
         raise ChainlabError(
             f"scenario {scenario.id} needs a lab on the {scenario.network} network; "
             f"this inventory's network driver is {inv.calico.driver}"
         )
+
+
+def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log = print) -> RunResult:
+    """`chainlab run N`: inputs and the runs dir checked first, then the run under the lab lock.
+
+    Nothing is written (no run dir) when the scenario, the lab state or the runs dir is
+    wrong, or when the lab is busy; SIGTERM/SIGINT end the run at once (see `run_locked`).
+    """
+    scenario = load_scenario(scenario_path)
+    check_network(inv, scenario)
     state = load_state(inv)
-    spec = build_probe(scenario, state)
-    started = datetime.now()
-    run_dir = runs_root / f"{started:%Y%m%d-%H%M%S}-{scenario.id:02d}-{_slug(scenario.title)}"
-    for sub in ("logs", "rules", "routes"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(scenario_path, run_dir / "scenario.yaml")
+    check_runs_root(runs_root)
+    with signals_interrupt(), lab_lock(inv):
+        return run_locked(inv, scenario_path, scenario, state, runs_root, log)
+
+
+def run_locked(inv: Inventory, scenario_path: Path, scenario: Scenario, state: LabState, runs_root: Path,
+               log: Log = print, deadlines: Deadlines = DEADLINES, unanswered: set[str] | None = None) -> RunResult:
+    """With the lab lock held: a new run dir, then mark, snapshot, probe, collect, analyze
+    (see `recorded` for what a failure or an interrupt leaves behind).
+    `unanswered`: hosts that could not be reached in an earlier run of the same nightly
+    (kept up to date here).
+    """
+    run_dir = create_run_dir(runs_root, inv.lab, f"-{scenario.id:02d}-{slug(scenario.title)}")
+    with recorded(run_dir, log):
+        write_atomic(run_dir / "scenario.yaml", read_regular_file(scenario_path, MAX_BYTES))
+        hosts = _Hosts(inv, deadlines, set() if unanswered is None else unanswered)
+        return _run_in(inv, scenario, state, run_dir, log, hosts)
+
+
+@contextmanager
+def recorded(run_dir: Path, log: Log) -> Iterator[None]:
+    """The block fills `run_dir`; once it ends, the dir is marked complete.
+
+    Any failure is a RunFailed whose message is in `error.txt` (with the traceback, for an
+    unexpected exception), and the dir is marked complete. An interrupt (SIGTERM/SIGINT)
+    leaves the dir PARTIAL, says so in error.txt and goes on up.
+    """
     try:
-        with lab_lock(inv):
-            return _run_in(inv, scenario, state, spec, run_dir, started, log)
+        yield
+    except Interrupted as exc:
+        _write_error(run_dir, f"interrupted by {exc.name}: this run dir is partial")
+        log(f"interrupted by {exc.name}: {run_dir} is left partial")
+        exc.run_dir = run_dir
+        raise
     except ChainlabError as exc:
-        (run_dir / "error.txt").write_text(f"{exc}\n")
+        if _write_error(run_dir, str(exc)):
+            mark_complete(run_dir)
         raise RunFailed(str(exc), run_dir) from exc
+    except Exception as exc:
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+        if _write_error(run_dir, f"{message}\n\n{traceback.format_exc()}"):
+            mark_complete(run_dir)
+        raise RunFailed(message, run_dir) from exc
+    mark_complete(run_dir)
 
 
-def _run_in(inv: Inventory, scenario: Scenario, state: LabState, spec: ProbeSpec, run_dir: Path,
-            started: datetime, log: Callable[[str], None]) -> RunResult:
-    t0 = time.monotonic()
-    conns: dict[str, fabric.Connection] = {}
-    with _sigterm_as_interrupt():
-        try:
-            _connect_all(inv, list(state.hosts), conns)
-            marks = _each(conns, lambda node, conn: _mark_and_snapshot(conn, node, state.hosts[node].trace_log, run_dir))
-            log(f"probe: {' '.join(spec.argv)} from {spec.where}")
-            exit_code, output = _probe(inv, spec, conns)
-            (run_dir / "probe.txt").write_text(f"$ {' '.join(spec.argv)}  # on {spec.where}\n{output}\nexit code {exit_code}\n")
-            expected_nodes = {n for n, e in scenario.expect.items() if e.request.hooks or e.reply.hooks}
-            slices = _collect(conns, state, marks, lambda s: all(s.get(n) for n in expected_nodes & set(s)))
-        finally:
-            for conn in conns.values():
+def _write_error(run_dir: Path, text: str) -> bool:
+    """error.txt, if the disk still takes it (the error at hand matters more than this one)."""
+    try:
+        write_atomic(run_dir / "error.txt", text.rstrip("\n") + "\n")
+        return True
+    except ChainlabError:
+        return False
+
+
+def evidence_dirs(directory: Path) -> Path:
+    """`directory` with the logs/, rules/ and routes/ a capture fills (0700)."""
+    for sub in EVIDENCE_DIRS:
+        private_dir(directory / sub)
+    return directory
+
+
+def write_probe_text(path: Path, probes: list[tuple[ProbeSpec, ProbeRun]]) -> None:
+    """Each probe's command, where it ran, its output and exit code."""
+    write_atomic(path, "".join(f"$ {spec.shown}  # on {spec.where}\n{run.output}\nexit code {run.exit_code}\n"
+                               for spec, run in probes))
+
+
+class _Hosts:
+    """The SSH connections of one run and each host's error: a host that failed once is
+    left out of every later step (its connection may be stuck).
+
+    `unanswered` (shared by the runs of a nightly) holds the hosts that could not be
+    connected to or missed a deadline: the next run gives them only `connect_again` seconds
+    to connect, so a frozen host costs a nightly one full wait, not one per scenario."""
+
+    def __init__(self, inv: Inventory, deadlines: Deadlines, unanswered: set[str]):
+        self.inv = inv
+        self.deadlines = deadlines
+        self.unanswered = unanswered
+        self.conns: dict[str, fabric.Connection] = {}
+        self.errors: dict[str, ChainlabError] = {}
+
+    def _record(self, results: dict[str, object], errors: dict[str, ChainlabError], connecting: bool = False) -> None:
+        self.errors.update(errors)
+        self.unanswered.difference_update(results)
+        self.unanswered.update(h for h, e in errors.items() if connecting or isinstance(e, DeadlineExceeded))
+
+    def connect(self, hosts: list[str]) -> None:
+        d = self.deadlines
+        conns, errors = fan_out({h: h for h in hosts}, lambda h, _: connect(self.inv, h),
+                                lambda h: d.connect_again if h in self.unanswered else d.connect,
+                                lambda h: "connecting over SSH", discard=lambda conn: conn.close())
+        self.conns.update(conns)
+        self._record(conns, errors, connecting=True)  # type: ignore[arg-type]
+
+    def live(self, only: set[str] | None = None) -> dict[str, fabric.Connection]:
+        return {h: c for h, c in self.conns.items() if h not in self.errors and (only is None or h in only)}
+
+    def each(self, what: Callable[[str], str], work: Callable[[str, fabric.Connection], T],
+             only: set[str] | None = None, seconds: float | Callable[[str], float] | None = None) -> dict[str, T]:
+        """`work(host, conn)` on every live host (of `only`) at once, each within `seconds`
+        (default: the command deadline); a host that fails or runs out of time is recorded
+        (and its connection closed) and left out of the result."""
+        results, errors = fan_out(self.live(only), work, self.deadlines.command if seconds is None else seconds,
+                                  what, cancel=lambda _h, conn: conn.close())
+        self._record(results, errors)  # type: ignore[arg-type]
+        return results
+
+    def fail(self, host: str, error: ChainlabError) -> None:
+        """`host` answered with something wrong (not silence): left out from now on."""
+        old = self.errors.get(host)
+        self.errors[host] = error if old is None else ChainlabError(f"{old}; {error}")
+
+    def raise_failure(self, among: set[str]) -> None:
+        """One error naming every host of `among` that failed and what was waited for."""
+        failed = sorted(h for h in self.errors if h in among)
+        if failed:
+            raise ChainlabError("; ".join(str(self.errors[h]) for h in failed))
+
+    def notes(self, besides: set[str]) -> list[str]:
+        return [f"{self.errors[h]} (this scenario does not need {h}: its evidence is missing)"
+                for h in sorted(self.errors) if h not in besides]
+
+    def close(self) -> None:
+        """Close every connection (each within its deadline; a failure to close is no news)."""
+        def close(_host: str, conn: fabric.Connection) -> None:
+            with suppress(Exception):
                 conn.close()
-    for node, text in slices.items():
-        (run_dir / "logs" / f"{node}.log").write_text(text)
-    return _analyze_run(scenario, run_dir, started, time.monotonic() - t0, spec, exit_code, inv.lab)
+
+        fan_out(self.conns, close, self.deadlines.close, lambda h: "closing the connection")
 
 
-def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration: float,
-                 spec: ProbeSpec, exit_code: int, lab: str) -> RunResult:
+def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, log: Log, hosts: _Hosts) -> RunResult:
+    spec = build_probe(scenario, state)
+    needed = set(scenario.expect) | {spec.host, locate(state, scenario.target)[0]}
+    expected_nodes = {n for n, e in scenario.expect.items() if e.request.hooks or e.reply.hooks}
+    started = datetime.now()
+    captured = capture(inv, state, [spec], run_dir, lambda s: all(s.get(n) for n in expected_nodes & set(s)), log,
+                       hosts=hosts, needed=needed)
+    return _analyze_run(scenario, run_dir, started, captured.duration_s, spec, captured.probes[0].exit_code, inv.lab,
+                        captured.notes)
+
+
+def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Path,
+            ready: Callable[[dict[str, str]], bool], log: Log = print, *, hosts: _Hosts | None = None,
+            needed: set[str] | None = None) -> Capture:
+    """The bracketing every run shares; the caller holds the lab lock.
+
+    Connect; every node's trace file marked and its rules, routes and the probes'
+    containers snapshot (a stopped or missing container is an error before any probe);
+    listeners up; all `specs` at once; listeners down; then exactly the new log bytes of
+    each node, once the files are quiet and `ready` says all is in. run_dir gets logs/,
+    rules/, routes/ and probe.txt. A host of `needed` (default: every host of the lab)
+    that fails or misses a deadline is the capture's error; another one adds a note.
+    Probes of one capture must be told apart by `attribute` (distinct source → target pairs).
+    """
+    hosts = hosts or _Hosts(inv, DEADLINES, set())
+    needed = set(state.hosts) if needed is None else needed | {spec.host for spec in specs}
+    evidence_dirs(run_dir)
+    t0 = time.monotonic()
+    try:
+        hosts.connect(list(state.hosts))
+        marks = _mark_and_snapshot(hosts, state, specs, run_dir)
+        hosts.raise_failure(needed)  # no probe when evidence it needs would be missing
+        for line in _announce(specs):
+            log(line)
+        listeners: dict[str, list[int]] = {}
+        interrupted = False
+        try:
+            _start_listeners(hosts, specs, listeners)
+            hosts.raise_failure(needed)
+            probes = _probe_all(hosts, specs)
+            write_probe_text(run_dir / "probe.txt", [(s, p) for s, p in zip(specs, probes) if p is not None])
+            hosts.raise_failure(needed)
+        except Interrupted:
+            interrupted = True  # no remote work now: the listeners end by themselves
+            raise
+        finally:
+            if not interrupted:
+                _stop_listeners(hosts, listeners)
+        slices = _collect(hosts, state, marks, ready)
+        for node, text in slices.items():
+            write_atomic(run_dir / "logs" / f"{node}.log", text, PRIVATE_FILE)
+        hosts.raise_failure(needed)
+    finally:
+        hosts.close()
+    return Capture([p for p in probes if p is not None], slices, time.monotonic() - t0, hosts.notes(needed))
+
+
+def _announce(specs: list[ProbeSpec]) -> list[str]:
+    if len(specs) == 1:
+        return [f"probe: {specs[0].shown} from {specs[0].where}"]
+    return [f"probes: {len(specs)} at once from {', '.join(sorted({s.host for s in specs}))}"]
+
+
+def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, str]]]:
+    """host → [(role, container)] for the probes' source and target containers."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for spec in specs:
+        for role, place in (("source", spec.source), ("target", spec.target)):
+            if place is not None and place.container is not None and (role, place.container) not in out.get(place.host, []):
+                out.setdefault(place.host, []).append((role, place.container))
+    return out
+
+
+def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], run_dir: Path) -> dict[str, LogMark]:
+    """Every host's trace-file mark, then its rules, routes and the probes' containers'
+    states: one round trip each. rules/ and routes/ are written; a stopped or missing
+    container is its host's error."""
+    containers = _probe_containers(specs)
+
+    def work(node: str, conn: fabric.Connection) -> tuple[LogMark, Snapshot]:
+        names = list(dict.fromkeys(name for _, name in containers.get(node, [])))
+        out = run(conn, mark_argv(state.hosts[node].trace_log, then=snapshot_command(names))).stdout
+        line, _, rest = out.partition("\n")
+        return parse_mark(line), parse_snapshot(rest)
+
+    marks: dict[str, LogMark] = {}
+    for node, (mark, snap) in hosts.each(
+        lambda node: f"marking its trace log {state.hosts[node].trace_log} and saving its rules and routes", work,
+    ).items():
+        marks[node] = mark
+        write_atomic(run_dir / "rules" / f"{node}.rules", snap.rules, PRIVATE_FILE)
+        write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
+        for role, name in containers.get(node, []):
+            problem = container_problem(role, name, node, snap)
+            if problem:
+                hosts.fail(node, ChainlabError(problem))
+    return marks
+
+
+def _batches(hosts: _Hosts, commands: dict[str, list[str]], what: Callable[[str], str],
+             seconds: float | Callable[[str], float] | None = None) -> dict[str, list[tuple[int, str]]]:
+    """Per host, its shell commands run at once (one round trip): (exit status, output) each."""
+    def work(host: str, conn: fabric.Connection) -> list[tuple[int, str]]:
+        mine = commands[host]
+        out = run(conn, ["sh", "-c", batch_script(mine, stderr=True)], check=False).stdout
+        parsed = parse_batch(out, len(mine))
+        return [parsed.get(i, (255, "chainlab: no result from the host")) for i in range(len(mine))]
+
+    return hosts.each(what, work, only={h for h, c in commands.items() if c}, seconds=seconds)
+
+
+def _probe_all(hosts: _Hosts, specs: list[ProbeSpec]) -> list[ProbeRun | None]:
+    """Every probe at once, one script per source host, within the longest probe's own
+    duration + the probe slack; None for the probes of a host that failed. A probe whose
+    container vanished since the snapshot is its host's error."""
+    by_host: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        by_host.setdefault(spec.host, []).append(i)
+
+    def what(host: str) -> str:
+        mine = [specs[i] for i in by_host[host]]
+        if len(mine) == 1:
+            return f"running the probe `{mine[0].shown}` in {mine[0].where}"
+        return f"running {len(mine)} probes"
+
+    done = _batches(hosts, {h: [probe_command(specs[i]) for i in idx] for h, idx in by_host.items()}, what,
+                    lambda h: max(specs[i].seconds for i in by_host[h]) + hosts.deadlines.probe_slack)
+    runs: list[ProbeRun | None] = [None] * len(specs)
+    for host, results in done.items():
+        for i, (code, output) in zip(by_host[host], results):
+            if output.startswith(CONTAINER_GONE):
+                hosts.fail(host, ChainlabError(f"container {specs[i].container} is gone from {host}: run lab up"))
+            runs[i] = ProbeRun(code, output)
+    return runs
+
+
+def _start_listeners(hosts: _Hosts, specs: list[ProbeSpec], started: dict[str, list[int]]) -> None:
+    """A listener on each target port the probes need that nothing listens on yet; their
+    PIDs go to `started` (per host) for `_stop_listeners`; one that did not start is its
+    host's error."""
+    by_host: dict[str, list[str]] = {}
+    for listener in listeners_for(specs):
+        by_host.setdefault(listener.place.host, []).append(listener.command(LISTENER_LIFE_S))
+    for host, results in _batches(hosts, by_host, lambda h: "starting its listeners").items():
+        pids = started.setdefault(host, [])
+        problems = []
+        for code, output in results:
+            if output.startswith(CONTAINER_GONE):
+                problems.append(f"{host}: a container is gone: run lab up ({output.strip()})")
+            elif code != 0:
+                problems.append(f"{host}: a listener did not start (exit {code}): {output.strip()[-300:]}")
+            else:
+                try:
+                    pid = parse_listener(output)
+                except ChainlabError as exc:
+                    problems.append(f"{host}: {exc}")
+                    continue
+                if pid is not None:
+                    pids.append(pid)
+        if problems:
+            hosts.fail(host, ChainlabError("; ".join(problems)))
+
+
+def _stop_listeners(hosts: _Hosts, started: dict[str, list[int]]) -> None:
+    """Kill the listeners we started (each would end by itself after LISTENER_LIFE_S)."""
+    hosts.each(lambda host: f"stopping its listeners {started[host]}",
+               lambda host, conn: run(conn, ["kill", *map(str, started[host])], check=False),
+               only={h for h, pids in started.items() if pids})
+
+
+def _collect(hosts: _Hosts, state: LabState, marks: dict[str, LogMark],
+             ready: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+    """Every answering node's new log text, once the files are quiet and `ready` says all
+    is in (or COLLECT_TIMEOUT_S passed); a node that stops answering is left out."""
+    slices: dict[str, str] = {}
+    last: dict[str, int] = {}
+    end = time.monotonic() + COLLECT_TIMEOUT_S
+    while True:
+        read = hosts.each(lambda node: f"reading its trace log {state.hosts[node].trace_log}",
+                          lambda node, conn: read_slice(conn, state.hosts[node].trace_log, marks[node]),
+                          only=set(marks))
+        sizes = {}
+        for node, (text, now) in read.items():
+            slices[node] = text
+            sizes[node] = now.size
+        quiet = sizes == last
+        last = sizes
+        if (quiet and ready(slices)) or time.monotonic() >= end or not read:
+            return {node: text for node, text in slices.items() if node not in hosts.errors}
+        time.sleep(POLL_S)
+
+
+def analyze_logs(run_dir: Path) -> Analysis:
+    """The run dir's logs/, with each node's rules/ snapshot joined in."""
     nodes = sorted(p.stem for p in (run_dir / "logs").glob("*.log"))
     rules = {n: parse_iptables_save((run_dir / "rules" / f"{n}.rules").read_text()) for n in nodes
              if (run_dir / "rules" / f"{n}.rules").is_file()}
-    sources = [LogSource(run_dir / "logs" / f"{n}.log", n) for n in nodes]
-    result = analyze(sources, AnalysisOptions(rules=rules))
-    checks = check_scenario(scenario, result.packets, set(nodes))
-    outcome = "reachable" if exit_code == 0 else "unreachable"
-    passed = all(c.ok for c in checks) and outcome == scenario.outcome
+    return analyze([LogSource(run_dir / "logs" / f"{n}.log", n) for n in nodes], AnalysisOptions(rules=rules))
+
+
+def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: list[str],
+                   checks: list[Check] | None = None) -> None:
+    """analysis.json (with `run_info` as its `run` key), diagram.svg and report.html."""
     buffer = io.StringIO()
     write_json(buffer, result.packets, lambda: result.flows, result.stats, None, checks)
     doc = json.loads(buffer.getvalue())
-    doc["run"] = {
+    doc["run"] = run_info
+    model = diagram.build_model(result.packets, result.flows, set(tables))
+    write_atomic(run_dir / "diagram.svg", diagram.to_svg(model, str(run_info.get("title", ""))))
+    write_atomic(run_dir / "analysis.json", json.dumps(doc, indent=1))
+    render_run_report(run_dir)
+
+
+def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration: float,
+                 spec: ProbeSpec, exit_code: int, lab: str, host_notes: list[str]) -> RunResult:
+    result = analyze_logs(run_dir)
+    checks = check_scenario(scenario, result.packets, {p.stem for p in (run_dir / "logs").glob("*.log")})
+    outcome = "reachable" if exit_code == 0 else "unreachable"
+    passed = all(c.ok for c in checks) and outcome == scenario.outcome
+    write_evidence(run_dir, result, {
         "scenario": {"id": scenario.id, "title": scenario.title, "description": scenario.description,
                      "outcome": scenario.outcome, "tables": scenario.tables},
+        "title": f"scenario {scenario.id}: {scenario.title}",
         "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
         "passed": passed, "outcome": outcome, "lab": lab,
-        "probe": {"command": " ".join(spec.argv), "where": spec.where, "exit_code": exit_code},
-    }
-    (run_dir / "analysis.json").write_text(json.dumps(doc, indent=1))
-    model = diagram.build_model(result.packets, result.flows, set(scenario.tables))
-    (run_dir / "diagram.svg").write_text(diagram.to_svg(model, f"scenario {scenario.id}: {scenario.title}"))
-    render_run_report(run_dir)
-    notes = [] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"]
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": exit_code},
+        "notes": host_notes,
+    }, scenario.tables, checks)
+    notes = host_notes + ([] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"])
     return RunResult(scenario, run_dir, passed, checks, outcome, duration, result, exit_code, notes)

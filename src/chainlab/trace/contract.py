@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from chainlab.trace.expect import Check, probe_packet
+from chainlab.trace.expect import Check, is_probe
 from chainlab.trace.flows import Flow, Hop
 from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet, Step
 
@@ -209,8 +209,8 @@ class PacketRecord:
         return f"{self.protocol} {ends} ({detail})"
 
     def is_probe(self, protocol: str) -> bool:
-        """A packet a scenario's expectations speak of (expect.probe_packet)."""
-        return probe_packet(self.protocol, "SYN" in self.tcp_flags, protocol)
+        """A packet a scenario's expectations speak of (expect.is_probe)."""
+        return is_probe(self.protocol, "SYN" in self.tcp_flags, protocol)
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,15 @@ class Check:
     message: str
 
 
-def probe_packet(protocol: str, syn: bool, probe: str) -> bool:
-    """Packets the expectation speaks of: every echo, or a TCP connection's SYN/SYN-ACK."""
+def is_probe(protocol: str, syn: bool, probe: str) -> bool:
+    """Packets the expectation speaks of: every echo, or a TCP connection's SYN/SYN-ACK
+    (`probe`: the probe's protocol, PROBE_PROTOCOL)."""
     return protocol == probe and (probe != "tcp" or syn)
 
 
-def _probe_packet(packet: Packet, protocol: str) -> bool:
-    return probe_packet(packet.protocol, bool(packet.fields.tcp_flags and "SYN" in packet.fields.tcp_flags), protocol)
+def probe_packet(packet: Packet, protocol: str) -> bool:
+    """is_probe for an analysed packet."""
+    return is_probe(packet.protocol, bool(packet.fields.tcp_flags and "SYN" in packet.fields.tcp_flags), protocol)
 
 
 class Checker:
@@ -49,7 +51,7 @@ class Checker:
 
     def add(self, packet: Packet) -> None:
         last = packet.last_step
-        self.add_walk(packet.node, packet.direction, _probe_packet(packet, self.protocol),
+        self.add_walk(packet.node, packet.direction, probe_packet(packet, self.protocol),
                       hook_path(packet.steps, self.tables), packet.verdict, last.chain if last else None)
 
     def add_walk(self, node: str, direction: str, probe: bool, hooks: list[str], verdict: str,

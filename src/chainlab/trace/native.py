@@ -27,7 +27,7 @@ from typing import IO, Any
 from chainlab.errors import InputError, Problem
 from chainlab.trace.analyze import drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here
 from chainlab.trace.contract import PacketRecord
-from chainlab.trace.expect import Checker, probe_packet
+from chainlab.trace.expect import Checker, is_probe
 from chainlab.trace.flows import Entries, Flow, Hop, build_flows
 from chainlab.trace.model import IDENTITIES, Fields, Packet, Step
 from chainlab.trace.netfilter import HOOKS, Slot, table_slots
@@ -188,7 +188,7 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
             elif checker is not None:
                 _, node, direction, protocol, syn, walk = item
                 info: WalkInfo = walk[8]
-                checker.add_walk(calls.names[node], DIRECTIONS[direction], probe_packet(protocol, syn, checker.protocol),
+                checker.add_walk(calls.names[node], DIRECTIONS[direction], is_probe(protocol, syn, checker.protocol),
                                  info.expect_hooks, info.verdict, info.last_chain)
 
     for source in sources:

@@ -1,0 +1,68 @@
+"""What a warm `chainlab lab up` checks on a provisioned lab, as plain data (commands, file
+contents) for the pyinfra deploy and the Ansible playbook that do the same checks.
+
+Built from chainlab's own command builders and from what lab up left on the hosts, so the
+three tools check the same things with the same commands: the facts script, the files lab up
+wrote (same content: a no-op `put`/`copy`), ip_forward, the trace backend, the raw rules, the
+image, the Calico daemon and its etcd registration, every container and its programming, and,
+once per lab, the pool in etcd and the Docker network.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from chainlab.calico import datastore as D
+from chainlab.inventory import Inventory
+from chainlab.labstate import load_state
+from chainlab.local.plan import plan_lab
+from chainlab.networks.calico.emulate import running_argv
+from chainlab.provision import commands as C
+from chainlab.provision.facts import facts_script
+from chainlab.provision.steps import NF_LOG_READ
+from chainlab.remote import connect, run
+
+
+def _sh(argv: list[str]) -> str:
+    return argv[2] if argv[:2] == ["sh", "-c"] else shlex.join(argv)
+
+
+def build(inv: Inventory) -> dict:
+    plan = plan_lab(inv)
+    pki = plan.pki
+    etcd = f"https://{inv.hosts[inv.etcd.host].address}:{inv.etcd.port}/v2/keys"
+    curl = f"curl -fsS --cacert {pki.ca} --cert {pki.client_cert} --key {pki.client_key}"
+    state = load_state(inv)
+    ports = [22, inv.etcd.port, 2380, 7946]
+    hosts = {}
+    for name, host in inv.hosts.items():
+        with connect(inv, name) as conn:
+            files = {path: run(conn, ["cat", path]).stdout for path in (C.SYSCTL_FILE, C.ULOGD_CONF)}
+        checks = [
+            facts_script((str(inv.hosts[inv.etcd.host].address), inv.etcd.port)),
+            _sh(C.running_check_argv(C.ULOGD_PID, "ulogd")), _sh(NF_LOG_READ),
+            "s=$(iptables -w 5 -t raw -S) && " + " && ".join(
+                f"printf '%s\\n' \"$s\" | grep -qxF {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),
+            f"docker image inspect -f '{{{{.Id}}}}' {inv.image.name}",
+            _sh(running_argv()),
+            f"{curl} {etcd}{D.host_ip_key(name)}",
+        ]
+        for cname, cstate in state.containers.items():
+            if cstate.host == name:
+                checks.append(f"docker inspect -f '{{{{.State.Running}}}} {{{{index .Config.Labels \"chainlab.lab\"}}}}'"
+                              f" {cname}")
+                checks.append(f"ip -4 route show {cstate.address}/32 | grep -q 'dev {cstate.interface}' && "
+                              f"iptables -w -S cali-tw-{cstate.interface} >/dev/null")
+        hosts[name] = {"address": str(host.address), "files": files, "exists": [host.trace_log],
+                       "checks": checks}
+    lab = [f"{curl} {etcd}{D.pool_key(inv.calico.pool)}", f"docker network inspect {inv.calico.network}"]
+    return {"ssh_config": str(plan.ssh_config), "key": str(plan.client_key), "known_hosts": str(plan.known_hosts),
+            "hosts": hosts, "lab_host": next(iter(inv.hosts)), "lab_checks": lab}
+
+
+def write(inv: Inventory, path: Path) -> dict:
+    spec = build(inv)
+    path.write_text(json.dumps(spec, indent=1))
+    return spec

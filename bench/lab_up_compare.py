@@ -1,0 +1,140 @@
+"""Warm `lab up` against pyinfra and Ansible doing the same checks, and at 3 vs 30 hosts.
+
+On a private local lab (lab `upcmp`, lan 10.231.87.0/24), provisioned once: then, interleaved
+for ROUNDS rounds, the warm (idempotent) `chainlab lab up`, a pyinfra deploy and an Ansible
+playbook (bench/compare/) that check what that lab up checks (spec.py builds the list from
+chainlab's own probes), each as a user runs it from the shell. pyinfra and ansible-core live
+in their own venv (.venv-bench: they pin other paramiko versions). Then a 30-host lab
+(`up30`, 10.231.88.0/24, same containers): warm lab up at 30 hosts against 3.
+
+Prints figures, never pass/fail; exit 1 only if a run itself failed. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from benchlab import ROOT, private_lab, timed, timed_argv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "compare"))
+from spec import write as write_spec  # noqa: E402
+
+from chainlab.inventory import load_inventory  # noqa: E402
+
+ROUNDS = 5
+BENCH_VENV = ROOT / ".venv-bench" / "bin"
+COMPARE = Path(__file__).resolve().parent / "compare"
+ANSIBLE_CFG = """[defaults]
+host_key_checking = True
+forks = 50
+stdout_callback = default
+[ssh_connection]
+pipelining = True
+ssh_args = -F {config} -o ControlMaster=auto -o ControlPersist=60s
+control_path_dir = {tmp}/cp
+"""
+
+
+def _pyinfra_inventory(spec: dict, path: Path) -> None:
+    hosts = [(name, {"ssh_hostname": h["address"], "ssh_user": "root", "ssh_key": spec["key"],
+                     "ssh_known_hosts_file": spec["known_hosts"], "ssh_strict_host_key_checking": "yes"})
+             for name, h in spec["hosts"].items()]
+    path.write_text(f"lab = {hosts!r}\n")
+
+
+def _ansible_inventory(spec: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump({"lab": {"hosts": {n: {"ansible_host": h["address"], "ansible_user": "root"}
+                                                      for n, h in spec["hosts"].items()}}}))
+
+
+def _thirty_hosts(directory: Path) -> Path:
+    doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
+    doc["lab"] = "up30"
+    doc["local"] = {"lan": "10.231.88.1/24", "state_dir": str(directory / "state")}
+    first = next(iter(doc["hosts"].values()))
+    doc["hosts"] = {("master" if i == 1 else f"node{i:02d}"): {**first, "address": f"10.231.88.{100 + i}",
+                                                                "roles": ["master", "etcd"] if i == 1 else ["worker"]}
+                    for i in range(1, 31)}
+    doc["containers"] = {"web1": {"host": "master"}, "web2": {"host": "master"}, "web3": {"host": "node02"}}
+    path = directory / "inventory.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def compare(tmp: Path) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"chainlab": [], "pyinfra": [], "ansible": []}
+    with private_lab(tmp, "upcmp", "10.231.87") as inv_path:
+        timed(inv_path, "local", "up")
+        timed(inv_path, "lab", "up")
+        spec_path = tmp / "spec.json"
+        spec = write_spec(load_inventory(inv_path), spec_path)
+        _pyinfra_inventory(spec, tmp / "pyinfra_inventory.py")
+        _ansible_inventory(spec, tmp / "ansible_inventory.yml")
+        (tmp / "cp").mkdir()
+        (tmp / "ansible.cfg").write_text(ANSIBLE_CFG.format(config=spec["ssh_config"], tmp=tmp))
+        os.environ.update(SPEC=str(spec_path), ANSIBLE_CONFIG=str(tmp / "ansible.cfg"))
+        pyinfra = [str(BENCH_VENV / "pyinfra"), "-y", str(tmp / "pyinfra_inventory.py"),
+                   str(COMPARE / "deploy.py")]
+        ansible = [str(BENCH_VENV / "ansible-playbook"), "-i", str(tmp / "ansible_inventory.yml"),
+                   "-e", f"spec_file={spec_path}", str(COMPARE / "playbook.yml")]
+        timed_argv(pyinfra)  # warm up: pyinfra's first run compiles, Ansible opens its control sockets
+        timed_argv(ansible)
+        for _ in range(ROUNDS):
+            times["chainlab"].append(timed(inv_path, "lab", "up"))
+            times["pyinfra"].append(timed_argv(pyinfra))
+            times["ansible"].append(timed_argv(ansible))
+        timed(inv_path, "lab", "down")
+    return times
+
+
+def thirty(tmp: Path) -> tuple[float, float, float]:
+    """(cold lab up, warm lab up) at 30 hosts, and local up's time."""
+    inv_path = _thirty_hosts(tmp)
+    try:
+        local = timed(inv_path, "local", "up")
+        cold = timed(inv_path, "lab", "up")
+        warm = statistics.median(timed(inv_path, "lab", "up") for _ in range(3))
+        timed(inv_path, "lab", "down")
+    finally:
+        timed_argv([str(Path(sys.executable).parent / "chainlab"), "-i", str(inv_path), "local", "down"])
+    return local, cold, warm
+
+
+def main() -> int:
+    if not (BENCH_VENV / "pyinfra").exists():
+        print(f"pyinfra and ansible-core are not installed in {BENCH_VENV.parent}: run `make bench`", file=sys.stderr)
+        return 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="chainlab-upcmp-") as tmp:
+            times = compare(Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="chainlab-up30-") as tmp:
+            local30, cold30, warm30 = thirty(Path(tmp))
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    med = {tool: statistics.median(values) for tool, values in times.items()}
+    load = os.getloadavg()[0]
+    print(f"warm lab up vs the same checks in pyinfra and Ansible (3-host local lab, median of {ROUNDS},"
+          f" interleaved; load {load:.1f})")
+    for tool, value in med.items():
+        print(f"  {tool:9s} {value:6.2f} s   (runs: {', '.join(f'{v:.2f}' for v in times[tool])})")
+    print(f"  chainlab/pyinfra: {med['chainlab'] / med['pyinfra']:.2f}x (target <= 0.40x:"
+          f" {'met' if med['chainlab'] <= 0.4 * med['pyinfra'] else 'NOT met'})")
+    print(f"  chainlab/ansible: {med['chainlab'] / med['ansible']:.3f}x (target <= 0.05x:"
+          f" {'met' if med['chainlab'] <= 0.05 * med['ansible'] else 'NOT met'})")
+    print("30 hosts (local lab of 30 namespaces, same 3 containers)")
+    print(f"  local up {local30:.1f} s, first lab up {cold30:.1f} s, warm lab up {warm30:.2f} s")
+    print(f"  warm at 30 / warm at 3: {warm30 / med['chainlab']:.2f}x (target <= 2x:"
+          f" {'met' if warm30 <= 2 * med['chainlab'] else 'NOT met'})")
+    print(json.dumps({"warm_s": med, "warm30_s": warm30, "load": load}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

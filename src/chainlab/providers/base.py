@@ -1,0 +1,123 @@
+"""What provisioning and scenario runs need to know about where the hosts come from.
+
+A provider kind (`local`: namespaces on this machine; `ssh`: someone's hosts) lives in its
+own module behind this interface, as containerlab keeps `nodes/<kind>/` behind its `Node`
+interface; adding one (say, VMs booted by libvirt) is a new module and a registry line in
+`chainlab.providers`. Nothing outside the provider modules asks which kind a lab is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
+from chainlab.errors import ChainlabError
+
+if TYPE_CHECKING:
+    from chainlab.inventory import Inventory
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host's SSH endpoint and credentials, all taken from validated inventory values."""
+
+    name: str
+    address: IPv4Address
+    user: str
+    port: int
+    key_filename: Path | None
+    known_hosts: Path | None  # None: the user's ~/.ssh/known_hosts
+    connect_timeout: float
+    ssh_home: Path | None  # a HOME whose .ssh/ the docker SDK reads (None: the real HOME)
+
+
+@dataclass(frozen=True)
+class HostHints:
+    """What offline `--check` assumes of a host it does not contact (besides the inventory's
+    `os`/`iptables` hints): its kernel log, init system and the tools it has."""
+
+    kernel_log: Literal["private", "shared"] = "private"
+    init: str | None = None  # None: what the OS hint implies
+    tools: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmulationRuntime:
+    """How the Calico emulation's daemon is started on a host, as that host sees it."""
+
+    argv: tuple[str, ...]  # the interpreter and module: (python, "-m", "chainlab.calico.agent")
+    etcd: EtcdEndpoint  # etcd and the TLS files' paths, on the host
+
+
+class Provider(ABC):
+    """A provider kind; one instance per inventory."""
+
+    kind: ClassVar[str]
+    #: chainlab builds these hosts itself, so it may run the Calico emulation on them
+    builds_hosts: ClassVar[bool] = False
+    #: `lab up --check` may connect to read facts (the hosts are chainlab's own); else it
+    #: plans from the inventory's hints without connecting
+    check_connects: ClassVar[bool] = False
+    #: dockerd on these hosts was started with Docker's cluster store by the provider itself
+    starts_docker: ClassVar[bool] = False
+
+    def __init__(self, inv: "Inventory"):
+        self.inv = inv
+
+    @classmethod
+    def validate_inventory(cls, inv: "Inventory") -> None:
+        """Raise LocatedValueError (file, line, key) for what this kind cannot take."""
+        from chainlab.validation import LocatedValueError
+
+        if inv.local is not None:
+            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
+
+    def _host(self, host: str) -> IPv4Address:
+        if host not in self.inv.hosts:
+            raise ChainlabError(f"unknown host {host!r}: the inventory has {', '.join(sorted(self.inv.hosts))}")
+        return self.inv.hosts[host].address
+
+    @abstractmethod
+    def target(self, host: str) -> Target:
+        """How to reach `host` over SSH; refuses (ChainlabError) where that would be unsafe."""
+
+    def check_route(self, address: IPv4Address) -> None:
+        """Raise unless `address` may be contacted now (the local lab's route safety rule)."""
+
+    def ready(self) -> None:
+        """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects."""
+
+    def ssh_port(self) -> int:
+        return self.inv.ssh.port
+
+    def etcd_endpoint(self) -> EtcdEndpoint:
+        """etcd as chainlab reaches it from this machine (route-checked)."""
+        if self.inv.etcd is None:
+            raise ChainlabError("the inventory has no `etcd:` section")
+        address = self.inv.hosts[self.inv.etcd.host].address
+        self.check_route(address)
+        tls = self.inv.etcd.tls
+        return EtcdEndpoint(str(address), self.inv.etcd.port,
+                            EtcdTLS(str(Path(tls.ca).expanduser()), str(Path(tls.cert).expanduser()),
+                                    str(Path(tls.key).expanduser())) if tls else None)
+
+    def hints(self, host: str) -> HostHints:
+        return HostHints()
+
+    def default_image_tarball(self) -> Path | None:
+        """Where `image.source: tarball` finds its file when `image.tarball` is not set."""
+        return None
+
+    def make_default_image_tarball(self, path: Path) -> None:
+        raise ChainlabError(f"image tarball {path} does not exist")
+
+    def emulation_runtime(self, host: str) -> EmulationRuntime:
+        raise ChainlabError(f"provider {self.kind} does not build its hosts: chainlab cannot run its Calico"
+                            " emulation there (calico.mode existing or install)")
+
+    def describe(self) -> str:
+        return self.kind

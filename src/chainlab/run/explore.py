@@ -1,0 +1,221 @@
+"""Probes without a scenario file: `chainlab probe`, `chainlab matrix`, and `Lab` for tests.
+
+Both share the scenario runner's bracketing (`runner.capture`), with its deadlines, lab
+lock, run dirs and PARTIAL marker: all probes of a run go out at once inside one
+collection window, and `attribute` tells their packets apart. A probe's run dir
+(`<lab>-<time>-probe-<src>-<dst>-<service>`) looks like a scenario's (logs/, rules/,
+routes/, probe.txt, analysis.json, diagram.svg, report.html); a matrix's
+(`<lab>-<time>-matrix-<service>`) has the shared evidence at its top, matrix.json,
+matrix.html, expect.txt, and a run dir per cell under cells/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from chainlab.errors import InputError, Problem
+from chainlab.files import private_dir, read_regular_file, write_atomic
+from chainlab.inventory import Inventory, load_inventory
+from chainlab.labstate import LabState, load_state
+from chainlab.lock import lab_lock
+from chainlab.report.matrix import render_matrix_report
+from chainlab.run.attribute import attribute, plan_waves
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_text,
+                                 find_previous, parse_expect, write_matrix)
+from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
+from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
+from chainlab.run.deadline import signals_interrupt
+from chainlab.run.runner import EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, recorded, write_evidence, write_probe_text
+from chainlab.rundir import check_runs_root, create_run_dir
+from chainlab.trace.pipeline import Analysis
+from chainlab.yamlfile import MAX_BYTES
+
+Log = Callable[[str], None]
+TABLES = sorted(DEFAULT_TABLES)
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
+    """On a local lab, an address target must be inside the lab (its LAN or the Calico pool):
+    probes never leave the lab's namespaces for the machine's real network."""
+    if inv.local is None:
+        return
+    inside = (inv.local.lan.network, inv.calico.pool)
+    for spec in specs:
+        if spec.target is None and not any(IPv4Address(spec.target_address) in net for net in inside):
+            raise InputError([Problem("probe", spec.target_address,
+                                      f"is outside the local lab ({', '.join(map(str, inside))}); "
+                                      "a local lab's probes stay inside it")])
+
+
+def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
+               log: Log = _quiet) -> list[tuple[ProbeResult, Analysis]]:
+    """All `requests` at once in one bracketing (in a few, see `plan_waves`, when nft hosts
+    are involved: the captures then go to run_dir/waves/N/); each result holds the packets
+    that were its, with the analysis of its capture. The caller holds the lab lock."""
+    specs = [plan_probe(r, state) for r in requests]
+    check_addresses(inv, specs)
+    addresses = {name: frozenset({str(host.address)}) for name, host in state.hosts.items()}
+    waves = plan_waves(specs, {h for h, s in state.hosts.items() if s.trace_backend == "nft-monitor"})
+    out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
+    runs: list[ProbeRun | None] = [None] * len(specs)
+    for k, wave in enumerate(waves, 1):
+        directory = run_dir if len(waves) == 1 else run_dir / "waves" / str(k)
+        mine = [specs[i] for i in wave]
+        sources = {spec.host for spec in mine}
+        captured = capture(inv, state, mine, directory, lambda slices: all(slices.get(h) for h in sources), log)
+        analysis = analyze_logs(directory)
+        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
+            runs[i] = run
+            out[i] = (ProbeResult(specs[i], run.exit_code, run.output, packets, flows_of(packets, specs[i].protocol),
+                                  directory), analysis)
+    if len(waves) > 1:  # each wave's capture wrote its own
+        write_probe_text(run_dir / "probe.txt", [(spec, run) for spec, run in zip(specs, runs) if run is not None])
+    return [x for x in out if x is not None]
+
+
+def _run_info(result: ProbeResult, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
+    spec = result.spec
+    return {
+        "kind": "probe",
+        "scenario": {"id": "probe", "title": result.label, "description": "",
+                     "outcome": "", "tables": TABLES},
+        "title": f"probe {result.label}",
+        "started": started.isoformat(timespec="seconds"), "duration_s": round(duration_s, 3),
+        "passed": result.reached, "outcome": "reachable" if result.reached else "unreachable",
+        "decision": result.decision, "lab": lab,
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": result.exit_code},
+    }
+
+
+def _write_result(result: ProbeResult, analysis: Analysis, directory: Path, lab: str, started: datetime,
+                  duration_s: float) -> None:
+    part = Analysis(result.packets, result.flows, analysis.stats, analysis.nodes)
+    write_evidence(directory, part, _run_info(result, lab, started, duration_s), TABLES)
+
+
+def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _quiet) -> ProbeResult:
+    """One probe with the evidence of a scenario run in runs/<lab>-<time>-probe-<src>-<dst>-<service>/.
+
+    Bad input, a busy lab or a runs dir that cannot take the evidence fail before a run
+    dir exists; a failure after that is a RunFailed (see `runner.recorded`)."""
+    state = load_state(inv)
+    check_addresses(inv, [plan_probe(request, state)])
+    check_runs_root(runs_root)
+    with signals_interrupt(), lab_lock(inv):
+        started = datetime.now()
+        run_dir = create_run_dir(runs_root, inv.lab, "-" + _slug(f"probe-{request.source}-{request.target}-{request.service}"))
+        with recorded(run_dir, log):
+            [(result, analysis)] = run_probes(inv, state, [request], run_dir, log)
+            _write_result(result, analysis, run_dir, inv.lab, started, (datetime.now() - started).total_seconds())
+    return result
+
+
+def endpoints(state: LabState, names: Sequence[str] | None) -> list[str]:
+    """`names` checked against the lab (default: every host, then every container)."""
+    if not names:
+        return endpoint_names(state)
+    for name in names:
+        resolve(state, name)
+    return list(dict.fromkeys(names))
+
+
+def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None,
+           targets: Sequence[str] | None = None, protocol: str = "icmp", port: int | None = None,
+           expect: Path | None = None, log: Log = _quiet) -> Matrix:
+    """Every source × target (not itself) probed at once; matrix.json and matrix.html in
+    runs/<lab>-<time>-matrix-<service>/, each cell's evidence in cells/<source>--<target>/
+    (failures as for `probe`)."""
+    state = load_state(inv)
+    froms, tos = endpoints(state, sources), endpoints(state, targets)
+    requests = [ProbeRequest(s, t, protocol, port) for s in froms for t in tos if s != t]  # type: ignore[arg-type]
+    if not requests:
+        raise InputError([Problem("matrix", "", "no pair to probe: give at least one source and another target")])
+    expected = None
+    if expect is not None:
+        expected = parse_expect(read_regular_file(expect, MAX_BYTES).decode("utf-8", "replace"), str(expect))
+        check_expect_names(expected, str(expect), set(endpoint_names(state)), inv.lab)
+    check_runs_root(runs_root)
+    with signals_interrupt(), lab_lock(inv):
+        started = datetime.now()
+        service = requests[0].service
+        run_dir = create_run_dir(runs_root, inv.lab, "-" + _slug(f"matrix-{service}"))
+        with recorded(run_dir, log):
+            log(f"{len(requests)} probes ({service}) from {len(froms)} sources to {len(tos)} targets")
+            done = run_probes(inv, state, requests, run_dir, log)
+            duration = (datetime.now() - started).total_seconds()
+            waves = len({result.run_dir for result, _ in done})  # before the cells take run_dir over
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                reports = list(pool.map(lambda item: _write_cell(*item, run_dir, inv.lab, started, duration), done))
+            grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for (r, _), link in zip(done, reports)],
+                          started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name,
+                          waves=waves)
+            compare_with(grid, find_previous(runs_root, run_dir, grid))
+            if expected is not None:
+                apply_expect(grid, expected, str(expect))
+            write_matrix(run_dir, grid)
+            write_atomic(run_dir / "expect.txt", expect_text(grid))
+            render_matrix_report(run_dir, grid)
+    return grid
+
+
+def _write_cell(result: ProbeResult, analysis: Analysis, run_dir: Path, lab: str, started: datetime,
+                duration: float) -> str:
+    """cells/<source>--<target>/: links to its capture's evidence, its probe.txt and report."""
+    directory = private_dir(run_dir / "cells" / f"{result.spec.request.source}--{result.spec.request.target}")
+    assert result.run_dir is not None
+    for sub in EVIDENCE_DIRS:
+        os.symlink(os.path.relpath(result.run_dir / sub, directory), directory / sub)
+    write_probe_text(directory / "probe.txt", [(result.spec, ProbeRun(result.exit_code, result.output))])
+    result.run_dir = directory
+    _write_result(result, analysis, directory, lab, started, duration)
+    return (directory / "report.html").relative_to(run_dir).as_posix()
+
+
+class Lab:
+    """A provisioned lab, driven from Python (the pytest plugin's `lab` fixture is one).
+
+    `Lab("lab/local.yaml").probe("slave1", "web1").dropped_at(node="master", chain="cali-tw-*")`
+    """
+
+    def __init__(self, inventory: Inventory | Path | str, runs: Path | str = "runs", log: Log = _quiet):
+        self.inventory = inventory if isinstance(inventory, Inventory) else load_inventory(Path(inventory))
+        self.runs = Path(runs)
+        self.log = log
+
+    def probe(self, source: str, target: str, *, tcp: int | None = None, udp: int | None = None,
+              count: int = 1) -> ProbeResult:
+        """ICMP echo by default; `tcp=PORT` or `udp=PORT` for a connection or a datagram."""
+        return probe(self.inventory, probe_request(source, target, tcp, udp, count), self.runs, self.log)
+
+    def matrix(self, sources: Sequence[str] | None = None, targets: Sequence[str] | None = None, *,
+               tcp: int | None = None, udp: int | None = None, expect: Path | None = None) -> Matrix:
+        protocol, port = _service(tcp, udp)
+        return matrix(self.inventory, self.runs, sources, targets, protocol, port, expect, self.log)
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.inventory.lab}>"
+
+
+def _service(tcp: int | None, udp: int | None) -> tuple[str, int | None]:
+    if tcp is not None and udp is not None:
+        raise InputError([Problem("probe", "", "give tcp= or udp=, not both")])
+    return ("tcp", tcp) if tcp is not None else ("udp", udp) if udp is not None else ("icmp", None)
+
+
+def probe_request(source: str, target: str, tcp: int | None, udp: int | None, count: int) -> ProbeRequest:
+    protocol, port = _service(tcp, udp)
+    return ProbeRequest(source, target, protocol, port, count)  # type: ignore[arg-type]

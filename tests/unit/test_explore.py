@@ -1,0 +1,244 @@
+"""Probes and matrices without a lab: attribution of real traces to probes, results, matrices.
+
+The traces in tests/fixtures/matrix/ are a 6×6 matrix (ICMP, then UDP to port 53) on the
+local lab (3 legacy hosts, web1 and web2 on master, web3 on slave1), all 30 probes in one
+collection window, as `chainlab matrix` took them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chainlab.errors import InputError
+from chainlab.labstate import LabState
+from chainlab.run.attribute import attribute, plan_waves
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, deciding_rules,
+                                 expect_text, load_matrix, parse_expect, write_matrix)
+from chainlab.run.outcome import ProbeResult, flows_of
+from chainlab.run.probe import ProbeRequest, endpoint_names, plan_probe
+from chainlab.trace.pipeline import AnalysisOptions, analyze
+from chainlab.trace.reader import LogSource
+from chainlab.trace.rules import parse_iptables_save
+
+from ..conftest import FIXTURES
+
+MATRIX = FIXTURES / "matrix"
+STATE = LabState.model_validate(json.loads((MATRIX / "lab-state.json").read_text()))
+ADDRESSES = {name: frozenset({str(host.address)}) for name, host in STATE.hosts.items()}
+
+
+def host_of(name: str) -> str:
+    return name if name in STATE.hosts else STATE.containers[name].host
+
+
+def results(kind: str, protocol: str, port: int | None) -> list[ProbeResult]:
+    rules = {n: parse_iptables_save((MATRIX / "rules" / f"{n}.rules").read_text()) for n in STATE.hosts}
+    analysis = analyze([LogSource(MATRIX / kind / f"{n}.log.gz", n) for n in STATE.hosts], AnalysisOptions(rules=rules))
+    names = endpoint_names(STATE)
+    specs = [plan_probe(ProbeRequest(s, t, protocol, port), STATE) for s in names for t in names if s != t]  # type: ignore[arg-type]
+    parts = attribute(analysis.packets, specs, ADDRESSES)
+    assert sum(len(p) for p in parts) == len(analysis.packets) == len({id(p) for part in parts for p in part})
+    # the fixtures hold no probe output: a probe got its answer when its reply reached the source
+    return [ProbeResult(spec, 0 if any(p.direction == "reply" and p.node == spec.host for p in part) else 1,
+                        "", part, flows_of(part, protocol)) for spec, part in zip(specs, parts)]
+
+
+@pytest.mark.parametrize("kind,protocol,port", [("icmp", "icmp", None), ("udp-53", "udp", 53)])
+def test_thirty_concurrent_probes_each_get_exactly_their_packets(kind, protocol, port):
+    for r in results(kind, protocol, port):
+        source, target = r.spec.request.source, r.spec.request.target
+        blocked = source in STATE.hosts and target in STATE.containers and host_of(target) != source
+        nodes = {host_of(source), host_of(target)}
+        if blocked:
+            seen = {(p.node, p.direction, p.verdict) for p in r.packets}
+            assert seen == {(source, "request", "accepted"), (host_of(target), "request", "dropped")}, r.label
+            assert r.dropped_at(node=host_of(target), chain="cali-tw-*", direction="request")
+            assert "Drop if no profiles matched" in (r.drop.rule or "")
+            assert r.decision.startswith(f"dropped on {host_of(target)}: filter:cali-tw-")
+        else:
+            assert {(p.node, p.direction) for p in r.packets} == {(n, d) for n in nodes for d in ("request", "reply")}, r.label
+            assert {p.verdict for p in r.packets} == {"accepted"} and r.drop is None
+            assert r.passed_through(*nodes) and r.passed_through(*nodes, direction="reply")
+        # every echo / datagram was sent once: one packet per node and direction
+        assert len(r.packets) == len({(p.node, p.direction) for p in r.packets})
+
+
+def test_results_read_like_the_scenarios():
+    by_label = {r.label: r for r in results("icmp", "icmp", None)}
+    four = by_label["slave1 → web1 icmp"]  # scenario 4
+    assert four.path("slave1") == ["OUTPUT", "POSTROUTING"] and four.path("master") == ["PREROUTING", "FORWARD"]
+    assert four.path("master", "reply") == [] and four.nodes == ["slave1", "master"]
+    assert not four.dropped_at(node="slave1") and not four.dropped_at(chain="cali-fw-*")
+    assert four.dropped_at(node="master", chain="cali-tw-*", table="filter")
+    assert "dropped on master: filter:cali-tw-" in repr(four)
+    three = by_label["web1 → slave1 icmp"]  # scenario 3: masqueraded
+    assert three.path("master") == ["PREROUTING", "FORWARD", "POSTROUTING"] and three.path("slave1") == ["PREROUTING", "INPUT"]
+    assert any(n.startswith("SNAT on master: src 172.20.0.1 → ") for n in three.nat)
+    assert three.decision == "reachable" and three.verdicts("master", "reply") == ["accepted"]
+    assert three.paths("master", tables=None)[0][0] == "PREROUTING"
+
+
+def test_decision_when_nothing_or_no_rule_explains_it():
+    spec = plan_probe(ProbeRequest("web1", "web3"), STATE)
+    assert ProbeResult(spec, 1, "", []).decision == "no packet of the probe was traced"
+    unroutable = ProbeResult(spec, 2, "ping: connect: Network is unreachable\n\n", [])
+    assert unroutable.decision == "no packet of the probe was traced (ping: connect: Network is unreachable)"
+    request = next(r for r in results("icmp", "icmp", None) if r.label == "web1 → web3 icmp")
+    only_requests = [p for p in request.packets if p.direction == "request"]
+    assert ProbeResult(spec, 1, "", only_requests).decision == "no answer traced, and no rule dropped the request"
+
+
+def test_packets_masqueraded_to_another_address_are_not_followed():
+    """A source address that changed on the way links two nodes' packets only when it became
+    the sending node's own address (else IP id 0, as of SYN-ACKs, would link strangers)."""
+    icmp = results("icmp", "icmp", None)
+    packets = [p for r in icmp for p in r.packets]
+    specs = [r.spec for r in icmp]
+    without_addresses = attribute(packets, specs, {})
+    blocked = {r.label for r in icmp if r.drop}
+    for spec, part in zip(specs, without_addresses):
+        if spec.request.label in blocked or host_of(spec.request.source) == host_of(spec.request.target):
+            continue
+        masqueraded = spec.source.container is not None and spec.request.target in STATE.hosts
+        # without knowing master's address, a masqueraded request is not followed to the target's node
+        seen = {(p.node, p.direction) for p in part}
+        assert ((host_of(spec.request.target), "request") in seen) != masqueraded, spec.request.label
+
+
+def test_waves_only_for_icmp_probes_meeting_nft_hosts():
+    names = endpoint_names(STATE)
+    specs = [plan_probe(ProbeRequest(s, t), STATE) for s in names for t in names if s != t]
+    assert plan_waves(specs, set()) == [list(range(30))]
+    waves = plan_waves(specs, {"slave2"})
+    assert len(waves) == 10 and sorted(i for w in waves for i in w) == list(range(30))
+    for wave in waves:
+        assert sum(1 for i in wave if "slave2" in (specs[i].host, specs[i].target.host)) <= 1
+    tcp = [plan_probe(ProbeRequest(s, t, "tcp", 80), STATE) for s in names for t in names if s != t]
+    assert len(plan_waves(tcp, {"slave2"})) == 1
+
+
+# --- the matrix ---------------------------------------------------------------------------
+
+def matrix_of(kind: str = "icmp") -> Matrix:
+    rs = results(kind, "icmp", None)
+    names = endpoint_names(STATE)
+    return Matrix("ex", "icmp", names, names, [cell_of(r, f"cells/{r.spec.request.source}--{r.spec.request.target}/report.html")
+                                               for r in rs], run_dir="20261201-144023-matrix-icmp")
+
+
+def test_matrix_cells_and_deciding_rules():
+    m = matrix_of()
+    assert len(m.cells) == 30 and sum(not c.reachable for c in m.cells) == 6
+    assert m.cell("web1", "web1") is None
+    four = m.cell("slave1", "web1")
+    assert four.drop["node"] == "master" and four.drop["chain"].startswith("cali-tw-") and four.drop["step"] == "rule 6"
+    assert four.short == f"master filter:{four.drop['chain']} rule 6"
+    rules = deciding_rules(m)
+    assert [len(e["cells"]) for e in rules] == [2, 2, 2] and {e["drop"]["node"] for e in rules} == {"master", "slave1"}
+    assert all("Drop if no profiles matched" in e["drop"]["rule"] for e in rules)
+
+
+def test_matrix_json_round_trip_and_changes(tmp_path):
+    m = matrix_of()
+    write_matrix(tmp_path, m)
+    again = load_matrix(tmp_path)
+    assert again is not None and again.to_dict() == m.to_dict()
+    doc = json.loads((tmp_path / "matrix.json").read_text())
+    assert doc["version"] == 1 and {c["state"] for c in doc["cells"]} == {"reachable", "unreachable"}
+    after = matrix_of()
+    for name in ("web1", "web2"):  # what `profile allow net1 --from <slave1>/32` changes
+        cell = after.cell("slave1", name)
+        cell.reachable, cell.decision, cell.drop = True, "reachable", None
+    compare_with(after, again)
+    assert after.previous == "20261201-144023-matrix-icmp"
+    assert [(c.source, c.target) for c in after.changes] == [("slave1", "web1"), ("slave1", "web2")]
+    assert after.cell("slave1", "web1").previous.startswith("master filter:cali-tw-")
+    assert (tmp_path / "nothing").mkdir() is None and load_matrix(tmp_path / "nothing") is None
+
+
+CYCLONUS = """\
+# expected reachability of the Calico lab
++--------+--------+--------+--------+------+------+------+
+| ICMP   | master | slave1 | slave2 | web1 | web2 | web3 |
++--------+--------+--------+--------+------+------+------+
+| master | -      | .      | .      | .    | .    | X    |
+| slave1 | .      | -      | .      | X    | X    | .    |
+| slave2 | .      | .      | -      | X    | X    | X    |
+| web1   | .      | .      | .      | -    | .    | .    |
+| web2   | .      | .      | .      | .    | -    | .    |
+| web3   | .      | .      | .      | .    | .    | -    |
++--------+--------+--------+--------+------+------+------+
+"""
+
+
+def test_expectations_as_cyclonus_prints_them():
+    expected = parse_expect(CYCLONUS, "expect.txt")
+    assert expected[("slave1", "web1")] is False and expected[("web1", "slave1")] is True
+    assert expected[("master", "master")] is None and len(expected) == 36
+    m = matrix_of()
+    check_expect_names(expected, "expect.txt", set(endpoint_names(STATE)), "ex")
+    apply_expect(m, expected, "expect.txt")
+    assert m.passed is True and not m.failures
+    m.cell("web3", "web1").expected = False
+    assert m.passed is False and [(c.source, c.target) for c in m.failures] == [("web3", "web1")]
+
+
+def test_a_matrix_reads_back_as_its_own_expectation():
+    m = matrix_of()
+    expected = parse_expect(expect_text(m), "expect.txt")
+    assert {k: v for k, v in expected.items() if v is not None} == {(c.source, c.target): c.reachable for c in m.cells}
+
+
+def test_bad_expectations_name_file_line_and_cell():
+    with pytest.raises(InputError) as bad:
+        parse_expect("     a  b\na    -  y\nb    .\n", "e.txt")
+    text = str(bad.value)
+    assert "e.txt:2: a → b: 'y': expected '.'" in text and "e.txt:3: b: 1 cells, the header names 2 targets" in text
+    with pytest.raises(InputError, match="expected a header"):
+        parse_expect("# nothing\n", "e.txt")
+    with pytest.raises(InputError, match="web9: not a host or container of lab ex"):
+        check_expect_names({("web9", "web1"): True}, "e.txt", set(endpoint_names(STATE)), "ex")
+
+
+def test_matrix_report_links_every_cell_to_its_walk(tmp_path):
+    from chainlab.report.matrix import render_matrix_report
+
+    m = matrix_of()
+    m.previous, m.cell("slave1", "web1").previous = "20261201-100000-matrix-icmp", "reachable"
+    html = render_matrix_report(tmp_path, m).read_text()
+    assert html.count('data-state="reachable"') == 24 and html.count('data-state="unreachable"') == 6
+    assert 'href="cells/slave1--web1/report.html#walks"' in html
+    assert html.count('id="rule-') == 3 and "Drop if no profiles matched" in html
+    assert "Changed since 20261201-100000-matrix-icmp" in html and "was: reachable" in html and "<script" not in html
+
+
+def test_terminal_table_has_every_unreachable_cells_rule():
+    import io
+
+    from rich.console import Console
+
+    from chainlab.render.probe import print_matrix
+
+    out = io.StringIO()
+    print_matrix(Console(file=out, width=250, color_system=None), matrix_of())
+    text = out.getvalue()
+    assert text.count("✗") == 6 and text.count("✓") == 24
+    assert text.count("[1]") == 3 and "24/30 reachable" in text
+    assert "-A cali-tw-" in text and "Drop if no profiles matched" in text
+
+
+def test_a_trace_that_ends_after_prerouting_is_lost_after_routing():
+    import copy
+
+    from chainlab.trace.analyze import judge
+
+    blocked = next(r for r in results("icmp", "icmp", None) if r.label == "slave1 → web1 icmp")
+    packets = copy.deepcopy(blocked.packets)
+    on_master = next(p for p in packets if p.node == "master")
+    on_master.steps = [s for s in on_master.steps if s.hook == "PREROUTING"]
+    judge(on_master, parse_iptables_save((MATRIX / "rules" / "master.rules").read_text()).slots)
+    assert on_master.verdict == "unknown"
+    lost = ProbeResult(blocked.spec, 1, "", packets)
+    assert lost.drop is None and lost.decision == "lost after routing on master (request)"

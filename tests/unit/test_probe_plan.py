@@ -1,0 +1,160 @@
+"""Planning probes (pure), their shell scripts run for real in a private network namespace,
+`chainlab ssh`'s command line, and the CLI's answers to bad input (no lab needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chainlab.errors import ChainlabError, InputError
+from chainlab.labstate import LabState
+from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.remote.openssh import ssh_argv
+from chainlab.remote.target import Target
+from chainlab.run.probe import (CONTAINER_GONE, UDP_CLIENT, ListenerSpec, Place, ProbeRequest,
+                                listeners_for, parse_listener, plan_probe, probe_command, resolve)
+
+from ..conftest import FIXTURES, ROOT
+
+STATE = LabState.model_validate_json((FIXTURES / "matrix" / "lab-state.json").read_text())
+CHAINLAB = Path(sys.executable).parent / "chainlab"
+
+
+def test_requests_are_checked():
+    for bad in (dict(protocol="icmp", port=80), dict(protocol="tcp"), dict(protocol="udp", port=0),
+                dict(count=0), dict(protocol="sctp", port=1)):
+        with pytest.raises(InputError):
+            ProbeRequest("web1", "web3", **bad)  # type: ignore[arg-type]
+    assert ProbeRequest("web1", "web3", "udp", 53).label == "web1 → web3 udp/53"
+
+
+def test_endpoints_by_name_or_address():
+    web3 = resolve(STATE, "web3")
+    assert isinstance(web3, Place) and (web3.host, web3.container, web3.where) == ("slave1", "web3", "web3 (on slave1)")
+    assert resolve(STATE, str(web3.address), address_ok=True) == web3
+    assert resolve(STATE, "10.231.70.9", address_ok=True) == "10.231.70.9"
+    with pytest.raises(InputError, match="is not a host or a container of lab ex .*master, slave1, slave2, web1"):
+        resolve(STATE, "web9")
+    with pytest.raises(InputError, match="not a host, a container or an IPv4 address"):
+        resolve(STATE, "web9", address_ok=True)
+
+
+def test_what_each_probe_runs_and_where():
+    udp = plan_probe(ProbeRequest("web1", "slave2", "udp", 53), STATE)
+    assert udp.netns and udp.listen and UDP_CLIENT in udp.argv
+    assert udp.shown == "python -c <udp client> 10.231.70.197 53 1"
+    command = probe_command(udp)
+    assert "nsenter -t \"$(docker inspect -f '{{.State.Pid}}' web1)\" -n sh -c" in command
+    assert CONTAINER_GONE + "web1" in command
+    tcp = plan_probe(ProbeRequest("web1", "web3", "tcp", 80), STATE)
+    assert probe_command(tcp).endswith("docker exec web1 nc -w 2 172.20.0.65 80 -e true")
+    host = plan_probe(ProbeRequest("slave1", "web1", count=3), STATE)
+    assert probe_command(host) == "ping -c 3 -W 1 -i 0.2 172.20.0.1" and not host.listen
+    assert (udp.seconds, tcp.seconds, host.seconds) == (2, 2, pytest.approx(1.4))  # how long each may run
+    assert plan_probe(ProbeRequest("web1", "slave2", "udp", 53, count=3), STATE).seconds == 3
+    with pytest.raises(InputError, match="the source itself"):
+        plan_probe(ProbeRequest("web1", "web1"), STATE)
+
+
+def test_one_listener_per_target_port():
+    specs = [plan_probe(ProbeRequest(s, "web3", "tcp", 80), STATE) for s in ("web1", "web2", "master")]
+    specs.append(plan_probe(ProbeRequest("web1", "10.231.70.9", "tcp", 80), STATE))  # no endpoint: no listener
+    assert listeners_for(specs) == [ListenerSpec(resolve(STATE, "web3"), "tcp", 80)]  # type: ignore[arg-type]
+    assert "nsenter" in listeners_for(specs)[0].command(60)
+
+
+def test_listener_answers():
+    assert parse_listener("busy\n") is None and parse_listener("listening 4242\n") == 4242
+    with pytest.raises(ChainlabError, match="did not start: Traceback"):
+        parse_listener("Traceback (most recent call last)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a network namespace")
+def test_listeners_and_clients_for_real_in_a_private_namespace():
+    """Everything binds and talks on the loopback of a new network namespace."""
+    here = Place("here", "here", "127.0.0.1")
+    listeners = [ListenerSpec(here, "tcp", 8081), ListenerSpec(here, "udp", 5353), ListenerSpec(here, "tcp", 8081)]
+    state = STATE.model_copy(update={"hosts": {"here": STATE.hosts["master"]}})
+    probes = [plan_probe(ProbeRequest("here", "127.0.0.1", p, port), state)
+              for p, port in (("tcp", 8081), ("udp", 5353), ("udp", 5354), ("tcp", 8082))]
+    script = "".join(f"{l.command(20)}\n" for l in listeners) + batch_script([probe_command(p) for p in probes], stderr=True)
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec sh -c "$1"', "sh", script],
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    pids = [parse_listener(line) for line in lines[:3]]
+    try:
+        assert pids[0] and pids[1] and pids[2] is None, lines  # the second tcp/8081 finds the port taken
+        results = parse_batch(proc.stdout, 4)
+        assert results[0][0] == 0 and results[1][0] == 0, results
+        assert "answer of 17 bytes" in results[1][1]
+        assert results[2][0] == 1 and "Connection refused" in results[2][1]  # nothing listens on udp/5354
+        assert results[3][0] != 0
+    finally:
+        for pid in pids:
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+
+
+def test_ssh_command_line():
+    target = Target("slave1", IPv4Address("10.231.70.196"), "root", 22, Path("/k/id"), Path("/k/known_hosts"), 10, None)
+    argv = ssh_argv(target, ["sh", "-c", "echo $HOSTNAME; hostname"])
+    assert argv[:3] == ["ssh", "-F", "/dev/null"] and "StrictHostKeyChecking=yes" in argv
+    assert argv[argv.index("-i") + 1] == "/k/id" and "UserKnownHostsFile=/k/known_hosts" in argv
+    assert argv[-3:] == ["root@10.231.70.196", "--", "sh -c 'echo $HOSTNAME; hostname'"]
+    plain = ssh_argv(Target("m", IPv4Address("192.0.2.1"), "ops", 2222, None, None, 5, None))
+    assert plain[-1] == "ops@192.0.2.1" and "-i" not in plain and plain[plain.index("-p") + 1] == "2222"
+
+
+# --- the CLI on bad input: exit 2, a clean message, nothing run -------------------------
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    """lab/local.yaml with its state dir here and a lab state as `lab up` writes it."""
+    doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
+    doc["local"]["state_dir"] = str(tmp_path / "state")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "lab-state.json").write_text(STATE.model_dump_json())
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.skipif(not CHAINLAB.exists(), reason="console script not installed")
+@pytest.mark.parametrize("args,message", [
+    (["probe", "web9", "web1"], "web9: is not a host or a container"),
+    (["probe", "slave1", "8.8.8.8"], "8.8.8.8: is outside the local lab"),
+    (["probe", "slave1", "web1", "--tcp", "80", "--udp", "53"], "give one of --icmp, --tcp PORT, --udp PORT"),
+    (["probe", "slave1", "web1", "--tcp", "0"], "0 is not in the range"),
+    (["matrix", "--proto", "tcp"], "'tcp': expected icmp, tcp:PORT or udp:PORT"),
+    (["matrix", "--from", "web1", "--to", "web1"], "no pair to probe"),
+    (["matrix", "--to", "nosuch"], "nosuch: is not a host or a container"),
+    (["ssh", "web1"], "web1: is not a host of the inventory (master, slave1, slave2)"),
+])
+def test_bad_input_is_exit_2(inventory: Path, tmp_path: Path, args: list[str], message: str):
+    proc = subprocess.run([str(CHAINLAB), "-i", str(inventory), *args, *(["--runs", str(tmp_path / "runs")] if args[0] != "ssh" else [])],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not CHAINLAB.exists(), reason="console script not installed")
+def test_bad_expectation_file_is_exit_2_with_its_line(inventory: Path, tmp_path: Path):
+    expect = tmp_path / "expect.txt"
+    expect.write_text("        web1 web2\nweb1    -    maybe\n")
+    proc = subprocess.run([str(CHAINLAB), "-i", str(inventory), "matrix", "--expect", str(expect), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{expect}:2: web1 → web2: 'maybe'" in proc.stderr, proc.stderr
+    expect.write_text("        web1 web9\nweb1    -    .\n")
+    proc = subprocess.run([str(CHAINLAB), "-i", str(inventory), "matrix", "--expect", str(expect), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "web9: not a host or container of lab local" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
