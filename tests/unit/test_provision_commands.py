@@ -71,7 +71,8 @@ def test_trace_rules_marked_and_management_ports_excluded() -> None:
     assert "! --ports 22,2379,2380" in " ".join(tcp.spec)
     # LOG before TRACE, as in the reference procedure
     udp = next(r for r in rules if r.spec[1] == "udp")
-    assert "--ports" not in udp.spec  # the management ports are TCP
+    assert "! --ports 22,2379,2380" in " ".join(udp.spec)  # Docker's serf gossips on TCP and UDP
+    assert "--ports" not in next(r for r in rules if r.spec[1] == "icmp").spec
     # LOG before TRACE, as in the reference procedure
     assert [r.spec[-1] for r in rules] == ["LOG"] * 6 + ["TRACE"] * 6
 

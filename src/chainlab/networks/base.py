@@ -100,8 +100,8 @@ class Network(ABC):
     # --- what the rest of chainlab asks ------------------------------------------------
 
     def management_ports(self) -> list[int]:
-        """TCP ports of the network's control traffic, never traced (or every packet of the
-        provisioning and scenario sessions would be)."""
+        """Ports (TCP and UDP) of the network's control traffic, never traced (or every packet
+        of the provisioning and scenario sessions would be)."""
         return []
 
     @abstractmethod

@@ -316,8 +316,9 @@ def present_rules(listing: str, rules: Sequence[TraceRule]) -> list[bool]:
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
     """LOG and TRACE in raw OUTPUT and PREROUTING for ICMP, TCP and UDP, each marked as ours.
 
-    TCP excludes the management ports (SSH, etcd): otherwise every packet of the
-    provisioning and scenario sessions would be traced on every host.
+    TCP and UDP exclude the management ports (SSH, etcd, Docker's serf gossip on 7946 TCP
+    and UDP): otherwise every packet of the provisioning and scenario sessions, and the
+    gossip every second, would be traced on every host.
     """
     ports = ",".join(str(p) for p in sorted(set(management_ports)))
     rules = []
@@ -325,7 +326,7 @@ def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:
         for chain in TRACE_CHAINS:
             for proto in TRACE_PROTOCOLS:
                 spec = ["-p", proto]
-                if proto == "tcp" and ports:
+                if proto != "icmp" and ports:
                     spec += ["-m", "multiport", "!", "--ports", ports]
                 spec += ["-m", "comment", "--comment", RULE_COMMENT, "-j", target]
                 rules.append(TraceRule(chain, tuple(spec)))

@@ -26,11 +26,11 @@ from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
 from chainlab.report.matrix import render_matrix_report
 from chainlab.run.attribute import attribute, plan_waves
+from chainlab.run.deadline import signals_interrupt
 from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_text,
                                  find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.deadline import signals_interrupt
 from chainlab.run.runner import EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, recorded, write_evidence, write_probe_text
 from chainlab.rundir import check_runs_root, create_run_dir
 from chainlab.trace.pipeline import Analysis
