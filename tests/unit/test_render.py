@@ -7,9 +7,10 @@ import pytest
 from rich.console import Console
 
 from chainlab.render import diagram
-from chainlab.render.text import print_analysis
+from chainlab.render.text import TextReport
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
+from chainlab.trace.rules import load_rules
 
 from ..conftest import FIXTURES
 
@@ -19,7 +20,7 @@ LAB = FIXTURES / "lab"
 @pytest.fixture
 def scenario4():
     return analyze([LogSource(LAB / "scenario4-master.log", "master"), LogSource(LAB / "scenario4-slave1.log", "slave1")],
-                   AnalysisOptions(tables={"nat", "filter"}))
+                   AnalysisOptions(tables={"nat", "filter"}, rules={"master": load_rules(LAB / "scenario4-master.rules")}))
 
 
 def test_model_has_nodes_walks_and_the_drop(scenario4):
@@ -48,7 +49,9 @@ def test_dot_and_svg(scenario4):
 
 def test_text_output_names_path_verdict_and_counts(scenario4):
     console = Console(record=True, width=200)
-    print_analysis(console, scenario4.packets, scenario4.flows, scenario4.stats, {"nat", "filter"})
+    report = TextReport()
+    report.feed(scenario4.packets)
+    report.print(console, scenario4.flows, scenario4.stats, scenario4.nodes, {"nat", "filter"})
     out = console.export_text()
     assert "master · request · icmp 172.16.91.226 → 172.20.219.81" in out
     assert "path: PREROUTING → FORWARD" in out and "dropped" in out

@@ -29,8 +29,11 @@ def test_seed_scenario1_exact():
     result = analyze([LogSource(SEED / "scenario1-master.log", "master")], AnalysisOptions(tables=NAT_FILTER))
     assert paths(result) == [
         ("master", "request", ["OUTPUT", "POSTROUTING"], "accepted"),
-        ("master", "reply", ["INPUT"], "accepted"),
+        # The log ends after rule 1 of a user chain: no rule or policy is seen deciding.
+        ("master", "reply", ["INPUT"], "unknown"),
     ]
+    assert result.packets[1].reason == (
+        "the log ends after filter:cali-fw-calid55c454dfaa rule 1, before a rule or policy decided")
     assert [len(p.steps) for p in result.packets] == [15, 6]
     # Every record was attributed; lines whose fields were damaged are counted, not hidden.
     assert result.stats.skipped_lines == 0 and result.stats.trace_records == 21
@@ -121,10 +124,24 @@ def test_drop_verdict_with_rule_join():
     assert all(c.ok for c in check_scenario(scenario, result.packets, {"master", "slave1"}))
 
 
-def test_drop_without_snapshot_is_still_found():
+def test_drop_without_snapshot_is_still_found(tmp_path):
+    # The log goes on (another node's packets) for more than the window after the packet's
+    # last step: its trace stopped while nat POSTROUTING was still ahead.
+    log = tmp_path / "master.log"
+    other = (LAB / "scenario3-slave1.log").read_text().replace(" slave1 ", " other ")
+    log.write_text((LAB / "scenario4-master.log").read_text() + other * 60)
+    result = analyze([LogSource(log)])
+    packet = next(p for p in result.packets if p.node == "master")
+    assert packet.verdict == "dropped" and "never reached nat POSTROUTING" in packet.reason
+
+
+def test_a_log_cut_during_a_walk_is_no_verdict():
+    """The log ends after the packet's last step and no rule or policy in it decided."""
     result = analyze([LogSource(LAB / "scenario4-master.log", "master")])
     (packet,) = result.packets
-    assert packet.verdict == "dropped" and "never reached nat POSTROUTING" in packet.reason
+    assert packet.verdict == "unknown" and packet.at_end
+    assert packet.reason == ("the log ends after filter:cali-tw-cali282b0776936 rule 4, before a rule or policy "
+                             "decided (still ahead: nat POSTROUTING)")
 
 
 def test_xtables_monitor_real_capture():

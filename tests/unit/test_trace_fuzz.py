@@ -5,6 +5,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chainlab.trace.contract import PacketRecord
 from chainlab.trace.pipeline import analyze
 from chainlab.trace.reader import LogSource
 
@@ -38,7 +39,7 @@ def _run(tmp_path, text: str, name: str = "fuzz.log") -> None:
     path.write_text(text)
     result = analyze([LogSource(path, "n")])
     for packet in result.packets:
-        packet.to_dict()
+        PacketRecord.from_packet(packet).to_dict()
     assert result.stats.skipped_lines >= 0
 
 

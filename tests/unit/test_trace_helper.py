@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from chainlab.trace.contract import PacketRecord
 from chainlab.errors import InputError
 from chainlab.trace import reader
 from chainlab.trace.parse_kernel import KernelLineParser
@@ -42,7 +43,7 @@ def _damaged_log(tmp_path, seed: int):
 def _summary(result):
     stats = result.stats
     return (
-        [p.to_dict() for p in result.packets],
+        [PacketRecord.from_packet(p).to_dict() for p in result.packets],
         [f.to_dict() for f in result.flows],
         (stats.lines, stats.trace_records, stats.skipped_lines, stats.ignored_lines),
         result.nodes,

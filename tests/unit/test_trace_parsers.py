@@ -53,6 +53,17 @@ def test_rfc3339_udp_line():
     assert (record.fields.proto, record.fields.sport, record.fields.dport) == ("UDP", 123, 123)
 
 
+def test_journalctl_and_dmesg_T_prefixes():
+    """`journalctl -k` writes a zero-padded day; `dmesg -T` a bracketed date, which is not
+    one of the times read (the line's fields count all the same)."""
+    fields = RSYSLOG[RSYSLOG.index("TRACE:"):]
+    (record,), _ = parse_line(f"Dec 02 03:38:09 master kernel: {fields}", 1)
+    assert record.host == "master" and record.step.time == "Dec 02 03:38:09" and record.fields.ip_id == 13891
+    (record,), _ = parse_line(f"[Tue Dec  2 03:38:09 2026] {fields}", 1)
+    assert record.host is None and record.step.time is None and record.fields.ip_id == 13891
+    assert not record.fields.damaged
+
+
 def test_column_padded_dmesg_prefix():
     line = "[90332.179725] TRACE: raw:PREROUTING:policy:2                  IN=cbr0 OUT=     PHYSIN=veth4a3719bc SRC=10.24.12.40 DST=10.27.240.10  LEN=82 TOS=0x00 PREC=0x00 TTL=64 ID=43592 PROTO=UDP SPT=36775 DPT=53 LEN=62"
     (record,), _ = parse_line(line, 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from chainlab.trace.contract import PacketRecord
 from chainlab.errors import InputError
 from chainlab.trace import reader
 from chainlab.trace.pipeline import analyze
@@ -28,7 +29,7 @@ def _gzipped_log(tmp_path: Path, keep: float = 1.0) -> Path:
 def test_a_gzipped_log_is_read(tmp_path: Path) -> None:
     plain = analyze([LogSource(LOG, "m")]).packets
     gzipped = analyze([LogSource(_gzipped_log(tmp_path), "m")]).packets
-    assert plain and [p.to_dict() for p in gzipped] == [p.to_dict() for p in plain]
+    assert plain and [PacketRecord.from_packet(p).to_dict() for p in gzipped] == [PacketRecord.from_packet(p).to_dict() for p in plain]
 
 
 def test_gz_name_without_gzip_data(tmp_path: Path) -> None:

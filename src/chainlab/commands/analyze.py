@@ -1,31 +1,36 @@
-"""`chainlab analyze`: TRACE logs → packet paths, verdicts, flows, diagrams."""
+"""`chainlab analyze`: TRACE logs → packet paths, verdicts, flows, summaries, diagrams."""
 
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from chainlab.errors import InputError, Problem
-from chainlab.names import HOST_NAME
 from chainlab.render import diagram
-from chainlab.render.jsonout import write_json
-from chainlab.render.text import print_analysis
-from chainlab.trace.expect import check_scenario
+from chainlab.render.jsonout import write_json, write_tail
+from chainlab.render.text import TextReport, print_summary
 from chainlab.trace import native
+from chainlab.trace.expect import Check, Checker
+from chainlab.trace.match import parse_match
+from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import TABLES
-from chainlab.trace.pipeline import AnalysisOptions, Analyzer, analyze
+from chainlab.trace.pipeline import AnalysisOptions, Analyzer
 from chainlab.trace.reader import LogSource, check_gzip_intact
 from chainlab.trace.rules import load_rules
+from chainlab.trace.summary import Summary
 
-FORMATS = ("text", "json", "mermaid", "dot", "svg")
+FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
 
 def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[str | None, Path]:
     node, sep, rest = arg.partition("=")
+    if sep:
+        from chainlab.names import HOST_NAME  # pydantic comes with it: 50 ms a plain FILE run does without
     if sep and re.match(HOST_NAME, node):
         path = Path(rest)
     elif node_required:
@@ -48,15 +53,26 @@ def parse_tables(value: str | None) -> set[str] | None:
     return tables
 
 
+def _checked(packets: Iterator[Packet], checker: Checker | None) -> Iterator[Packet]:
+    """The packets, each also shown to the scenario checker."""
+    for packet in packets:
+        if checker is not None:
+            checker.add(packet)
+        yield packet
+
+
 @click.command("analyze")
 @click.argument("logs", nargs=-1, required=True, metavar="[NODE=]LOGFILE...")
-@click.option("--rules", "rules_args", multiple=True, metavar="NODE=FILE", help="iptables-save snapshot of a node (repeatable).")
+@click.option("--rules", "rules_args", multiple=True, metavar="NODE=FILE",
+              help="iptables-save or `nft -a list ruleset` snapshot of a node (repeatable).")
 @click.option("--tables", "tables_arg", metavar="LIST", help="Only these tables, e.g. nat,filter (hook paths are computed in them).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--match", "match_args", multiple=True, metavar="EXPR",
+              help="Only packets with KEY=VALUE (src, dst, proto, port, ip-id, node, verdict, chain; repeatable, all must hold).")
 @click.option("--expect", "expect_path", type=click.Path(dir_okay=False, path_type=Path), help="Scenario file: exit 1 unless the paths match.")
 @click.option("--title", default="", help="Diagram title.")
 def analyze_command(
-    logs: tuple[str, ...], rules_args: tuple[str, ...], tables_arg: str | None, fmt: str,
+    logs: tuple[str, ...], rules_args: tuple[str, ...], tables_arg: str | None, fmt: str, match_args: tuple[str, ...],
     expect_path: Path | None, title: str,
 ) -> None:
     """Turn TRACE logs into the path each packet took.
@@ -71,42 +87,93 @@ def analyze_command(
         node, path = _node_and_path(arg, "--rules", node_required=True)
         rules[node] = load_rules(path)
     tables = parse_tables(tables_arg)
+    match = parse_match(match_args)
     scenario = None
     if expect_path:
         from chainlab.scenario import load_scenario  # pydantic: imported only when needed (0.1 s)
 
         scenario = load_scenario(expect_path)
-    options = AnalysisOptions(tables=tables, rules=rules)
-    console = Console()
-
-    in_use = {"--rules": bool(rules), "--tables": tables is not None, "--expect": scenario is not None,
-              f"--format {fmt}": fmt != "json"}
-    python_only = [option for option, used in in_use.items() if used]
-    sizes = native.plan(sources, python_only)
-    if sizes is not None:
-        native.write_json(sys.stdout, sources, sizes)
-        return
-    if fmt == "json" and scenario is None:
+    options = AnalysisOptions(tables=tables, rules=rules, match=match)
+    checker = Checker(scenario) if scenario is not None else None
+    if fmt == "json":
         for source in sources:
-            check_gzip_intact(source.path)
-        analyzer = Analyzer(options)
-        write_json(sys.stdout, analyzer.packets(sources), analyzer.flows, analyzer.stats, tables)
-        return
-
-    result = analyze(sources, options)
-    checks = None
-    if scenario is not None:
-        checks = check_scenario(scenario, result.packets, set(result.nodes) | {s.node for s in sources if s.node})
-    if fmt == "text":
-        print_analysis(console, result.packets, result.flows, result.stats, tables, checks)
-    elif fmt == "json":
-        write_json(sys.stdout, result.packets, lambda: result.flows, result.stats, tables, checks)
-    else:
-        model = diagram.build_model(result.packets, result.flows, tables)
-        render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
-        sys.stdout.write(render(model, title))
-    if checks is not None and not all(c.ok for c in checks):
+            check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
+    run = _run_native if native.wanted() else _run_python
+    ok = run(sources, options, fmt, checker, title)
+    if not ok:
         sys.exit(1)
+
+
+def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource]) -> list[Check] | None:
+    return None if checker is None else checker.checks(set(nodes) | {s.node for s in sources if s.node})
+
+
+def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
+    """The Python engine (the reference): packets stream into the chosen output."""
+    analyzer = Analyzer(options)
+    packets = _checked(analyzer.packets(sources), checker)
+    checks: list[Check] | None = None
+
+    def checks_after() -> list[Check] | None:
+        nonlocal checks
+        checks = _checks(checker, analyzer.nodes, sources)
+        return checks
+
+    console = Console()
+    if fmt == "json":
+        write_json(sys.stdout, packets, analyzer.flows, analyzer.stats, options.tables, checks_after=checks_after)
+    elif fmt == "text":
+        report = TextReport()
+        report.feed(packets)
+        report.print(console, analyzer.flows(), analyzer.stats, analyzer.nodes, options.tables, checks_after())
+    elif fmt == "summary":
+        summary, repaired = Summary(), 0
+        for packet in packets:
+            summary.add(packet)
+            repaired += packet.repaired_lines
+        print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
+    else:
+        builder = diagram.DiagramBuilder(options.tables)
+        for packet in packets:
+            builder.add(packet)
+        _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
+        checks_after()
+    return checks is None or all(c.ok for c in checks)
+
+
+def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
+    """The C engine (native.py): the same outputs, the same bytes."""
+    mode = fmt if fmt in ("json", "text", "summary") else "diagram"
+    console = Console()
+    if fmt == "json":
+        sys.stdout.write('{"packets": [')
+        sys.stdout.flush()
+        result = native.run(sources, options, mode, checker, out=sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        checks = _checks(checker, result.nodes, sources)
+        write_tail(sys.stdout, lambda: result.flows, result.stats, options.tables, result.repaired, checks)
+    else:
+        result = native.run(sources, options, mode, checker)
+        checks = _checks(checker, result.nodes, sources)
+        if fmt == "text":
+            report = TextReport()
+            report.kept, report.summary, report.repaired = result.kept, result.summary, result.repaired
+            report.print(console, result.flows, result.stats, result.nodes, options.tables, checks)
+        elif fmt == "summary":
+            print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
+        else:
+            builder = diagram.DiagramBuilder(options.tables)
+            for node, direction, seq, count, info in result.walks:
+                key = (node, direction, tuple(info.hooks), info.verdict, info.drop_at)
+                builder.walks[key] = (seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict,
+                                                        info.drop_at, count))
+            _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
+    return checks is None or all(c.ok for c in checks)
+
+
+def _write_diagram(model: diagram.DiagramModel, fmt: str, title: str) -> None:
+    render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
+    sys.stdout.write(render(model, title))
 
 
 COMMANDS = [analyze_command]

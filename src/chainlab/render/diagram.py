@@ -42,35 +42,66 @@ class DiagramModel:
     links: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
 
-def build_model(packets: list[Packet], flows: list[Flow], tables: set[str] | None) -> DiagramModel:
-    """Distinct walks (same node, direction, hooks, verdict) and node-to-node links."""
-    model = DiagramModel()
-    index: dict[tuple[object, ...], Walk] = {}
-    for p in packets:
-        if p.node not in model.nodes:
-            model.nodes.append(p.node)
+#: Distinct walks a diagram draws at most (more would not be readable); the rest are left out.
+MAX_WALKS = 500
+
+WalkKey = tuple[str, str, tuple[str, ...], str, "str | None"]
+
+
+class DiagramBuilder:
+    """Distinct walks (same node, direction, hooks, verdict, drop point), packet by packet,
+    in bounded memory: each keeps the chains of its earliest packet and a count."""
+
+    def __init__(self, tables: set[str] | None, max_walks: int = MAX_WALKS):
+        self.tables = tables
+        self.max_walks = max_walks
+        self.walks: dict[WalkKey, tuple[int, Walk]] = {}
+
+    def add(self, p: Packet) -> None:
+        last = p.last_step
+        drop_at = f"{last.table}:{last.chain}" if p.verdict == "dropped" and last else None
+        key = (p.node, p.direction, tuple(p.hooks), p.verdict, drop_at)
+        known = self.walks.get(key)
+        if known is not None:
+            known[1].count += 1
+            if p.seq >= known[0]:
+                return
+            count = known[1].count
+        elif len(self.walks) >= self.max_walks:
+            return
+        else:
+            count = 1
         chains: dict[str, list[str]] = {}
         for step in p.steps:
-            if step.hook and (tables is None or step.table in tables):
+            if step.hook and (self.tables is None or step.table in self.tables):
                 names = chains.setdefault(step.hook, [])
                 name = f"{step.table}:{step.chain}"
                 if name not in names:
                     names.append(name)
-        last = p.last_step
-        drop_at = f"{last.table}:{last.chain}" if p.verdict == "dropped" and last else None
-        key = (p.node, p.direction, tuple(p.hooks), p.verdict, drop_at)
-        if key in index:
-            index[key].count += 1
-            continue
-        index[key] = Walk(p.node, p.direction, p.hooks, chains, p.verdict, drop_at)
-        model.walks.append(index[key])
-    for flow in flows:
-        for a, b in zip(flow.hops, flow.hops[1:]):
-            if a.hooks and b.hooks:
-                link = (a.node, a.hooks[-1], b.node, b.hooks[0], flow.direction)
-                if link not in model.links:
-                    model.links.append(link)
-    return model
+        self.walks[key] = (p.seq, Walk(p.node, p.direction, p.hooks, chains, p.verdict, drop_at, count))
+
+    def model(self, nodes: list[str], flows: list[Flow]) -> DiagramModel:
+        """The diagram: nodes in the given order, each node's walks in the order they began."""
+        model = DiagramModel()
+        rank = {node: i for i, node in enumerate(nodes)}
+        ordered = sorted(self.walks.values(), key=lambda w: (rank.get(w[1].node, len(rank)), w[0]))
+        model.walks = [walk for _, walk in ordered]
+        model.nodes = list(dict.fromkeys(w.node for w in model.walks))
+        for flow in flows:
+            for a, b in zip(flow.hops, flow.hops[1:]):
+                if a.hooks and b.hooks:
+                    link = (a.node, a.hooks[-1], b.node, b.hooks[0], flow.direction)
+                    if link not in model.links:
+                        model.links.append(link)
+        return model
+
+
+def build_model(packets: list[Packet], flows: list[Flow], tables: set[str] | None) -> DiagramModel:
+    """Distinct walks (same node, direction, hooks, verdict) and node-to-node links."""
+    builder = DiagramBuilder(tables)
+    for p in packets:
+        builder.add(p)
+    return builder.model(list(dict.fromkeys(p.node for p in packets)), flows)
 
 
 def _id(*parts: str) -> str:

@@ -1,79 +1,169 @@
-"""Readable terminal output: per node, per packet, the chain walk (rich)."""
+"""Readable terminal output (rich): per packet the chain walk, and the summary table.
+
+The default text format shows up to PACKET_LIMIT packets in full (in the order they began,
+node by node), and when the log had more, the summary of all of them: memory stays flat
+whatever the log's size.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from collections.abc import Iterable
+
+from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Check
 from chainlab.trace.flows import Flow
-from chainlab.trace.model import Packet
+from chainlab.trace.model import IDENTITIES, Packet
 from chainlab.trace.reader import ReadStats
+from chainlab.trace.summary import Summary
 
 VERDICT_STYLE = {"accepted": "green", "dropped": "bold red", "unknown": "yellow"}
+PACKET_LIMIT = 50
+FLOW_LIMIT = 50
 
 
-def packet_title(p: Packet) -> str:
-    f = p.fields
-    ends = f"{p.first.src} → {p.first.dst}" if p.first else "?"
-    detail = f"ip id {f.ip_id}"
-    if f.proto == "ICMP" and f.icmp_seq is not None:
-        detail += f", icmp id {f.icmp_id} seq {f.icmp_seq}"
-    elif f.sport is not None:
-        detail += f", ports {f.sport} → {f.dport}"
-    return f"{p.node} · {p.direction} · {p.protocol} {ends} ({detail})"
+#: A table cell: its text, or its text and style.
+Cell = str | tuple[str, str]
 
 
-def packet_table(p: Packet, tables: set[str] | None) -> Table:
-    steps = [s for s in p.steps if tables is None or s.table in tables]
-    with_rules = any(s.rule for s in steps)
+def _plain(text: str) -> bool:
+    """One terminal cell per character, no edge spaces: nothing rich would lay out otherwise."""
+    return text.isprintable() and cell_len(text) == len(text) and text.strip(" ") == text
+
+
+def grid(columns: list[str], rows: list[list[Cell]], width: int, right: tuple[int, ...] = ()) -> RenderableType:
+    """A table without borders (header dim, columns two spaces apart, `right` ones right-justified,
+    cells as they are: no markup, no emoji codes): what rich's Table(show_edge=False,
+    pad_edge=False, box=None, header_style="dim") of Text cells prints.
+    When every cell is printable ASCII and the table fits `width`, it is laid out here as one
+    Text, the same characters rich would print, without rich's per-table measuring (which
+    takes milliseconds: the text format prints 50 tables); otherwise rich's Table does it."""
+    texts = [[c if isinstance(c, str) else c[0] for c in row] for row in rows]
+    widths = [max([len(name), *(len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+    if sum(widths) + 2 * (len(columns) - 1) <= width and all(_plain(t) for row in [columns, *texts] for t in row):
+        out = Text()
+        for n, row in enumerate([[(name, "dim") for name in columns], *rows]):
+            for i, cell in enumerate(row):
+                text, style = (cell, "") if isinstance(cell, str) else cell
+                padded = text.rjust(widths[i]) if i in right else text.ljust(widths[i])
+                if i:  # the padding right of the last cell and left of this one, in the row's style
+                    out.append(" ", "dim" if n == 0 else "")
+                    out.append(" ", "dim" if n == 0 else "")
+                out.append(padded, style)
+            if n < len(rows):
+                out.append("\n")
+        return out
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
-    for column in ("hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])):
-        table.add_column(column)
-    for step in steps:
-        what = step.kind
-        if step.position is not None:
-            what += f" {step.position}"
-        elif step.handle:
-            what += f" {step.handle}"
-        if step.verdict:
-            what += f" → {step.verdict}"
-        row = [step.hook or "?", f"{step.table}:{step.chain}", what, hex(step.mark) if step.mark else ""]
-        table.add_row(*row, *([escape(step.rule or "")] if with_rules else []))
+    for i, name in enumerate(columns):
+        table.add_column(Text(name), justify="right" if i in right else "left")
+    for row in rows:  # Text, not markup: a log's text is printed as it is (no [tags], no :emoji:)
+        table.add_row(*(Text(c) if isinstance(c, str) else Text(c[0], style=c[1]) for c in row))
     return table
 
 
-def render_packet(p: Packet, tables: set[str] | None) -> Group:
+def packet_table(p: PacketRecord, tables: set[str] | None, width: int = 80) -> RenderableType:
+    steps = [s for s in p.steps if tables is None or s.table in tables]
+    with_rules = any(s.rule for s in steps)
+    rows: list[list[Cell]] = []
+    for step in steps:
+        mark = step.mark if step.mark not in (None, "0x0") else ""
+        rows.append([step.hook or "?", step.name, step.label(), mark, *([step.rule or ""] if with_rules else [])])
+    return grid(["hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])], rows, width)
+
+
+def render_packet(p: PacketRecord, tables: set[str] | None, width: int = 80) -> Group:
     path = " → ".join(p.hooks) or "(no step in the selected tables)"
     verdict = Text.assemble(
         ("  path: ", "dim"), (path, "bold"), ("   verdict: ", "dim"),
         (p.verdict, VERDICT_STYLE.get(p.verdict, "")), (f"  ({p.reason})", "dim"),
     )
-    return Group(Text(packet_title(p), style="bold cyan"), verdict, packet_table(p, tables), Text(""))
+    title = Text(f"{p.node} · {p.direction} · {p.title()}", style="bold cyan")
+    return Group(title, verdict, packet_table(p, tables, width), Text(""))
 
 
-def print_analysis(
-    console: Console, packets: list[Packet], flows: list[Flow], stats: ReadStats,
-    tables: set[str] | None, checks: list[Check] | None = None,
-) -> None:
-    for p in packets:
-        console.print(render_packet(p, tables))
-    if flows:
-        console.print(Text("flows across nodes", style="bold"))
-        for flow in flows:
-            hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
-            console.print(f"  {flow.direction} {flow.protocol} ip id {flow.ip_id}: {hops}")
-            for note in flow.nat:
-                console.print(f"    [magenta]{escape(note)}[/magenta]")
-        console.print()
-    repaired = sum(p.repaired_lines for p in packets)
-    console.print(
-        f"[dim]{stats.lines} lines, {stats.trace_records} trace records, "
-        f"{stats.skipped_lines} skipped, {repaired} damaged but attributed, "
-        f"{stats.ignored_lines} not trace lines; {len(packets)} packets[/dim]"
-    )
+class TextReport:
+    """Collects what the text format prints, packet by packet, in bounded memory."""
+
+    def __init__(self, limit: int = PACKET_LIMIT):
+        self.limit = limit
+        self.kept: list[tuple[int, PacketRecord]] = []  # (seq, packet)
+        self.summary = Summary()
+        self.repaired = 0
+
+    def add(self, packet: Packet) -> None:
+        if len(self.kept) < self.limit:
+            self.kept.append((packet.seq, PacketRecord.from_packet(packet)))
+        self.summary.add(packet)
+        self.repaired += packet.repaired_lines
+
+    def feed(self, packets: Iterable[Packet]) -> None:
+        for packet in packets:
+            self.add(packet)
+
+    def print(self, console: Console, flows: list[Flow], stats: ReadStats, nodes: list[str], tables: set[str] | None,
+              checks: list[Check] | None = None) -> None:
+        rank = {node: i for i, node in enumerate(nodes)}
+        for _, p in sorted(self.kept, key=lambda k: (rank.get(k[1].node, len(rank)), k[0])):
+            console.print(render_packet(p, tables, console.width))
+        total = self.summary.packets
+        if total > len(self.kept):
+            console.print(Text(f"{len(self.kept)} of {total} packets shown; all of them by path:", style="bold"))
+            print_summary_table(console, self.summary, nodes)
+        if flows:
+            console.print(Text("flows across nodes", style="bold"))
+            for flow in flows[:FLOW_LIMIT]:
+                hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
+                console.print(f"  {flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
+                for note in flow.nat:
+                    console.print(f"    [magenta]{escape(note)}[/magenta]")
+            if len(flows) > FLOW_LIMIT:
+                console.print(f"  ({len(flows) - FLOW_LIMIT} more flows: --format json has them all)")
+            console.print()
+        console.print(f"[dim]{counts_line(stats, self.repaired, total)}[/dim]")
+        if checks is not None:
+            print_checks(console, checks)
+
+
+def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:
+    line = (f"{stats.lines} lines, {stats.trace_records} trace records, {stats.skipped_lines} skipped, "
+            f"{repaired} damaged but attributed, {stats.ignored_lines} not trace lines")
+    if stats.cut_lines:
+        line += f", {stats.cut_lines} cut at 64 KiB"
+    line += f"; {packets} packets"
+    if set(stats.identities) - {"ip_id"}:
+        line += " (" + ", ".join(f"{stats.identities[n]} by {n.replace('_', ' ')}" for n in IDENTITIES
+                                 if n in stats.identities) + ")"
+    if stats.matched is not None:
+        line += f" seen, {stats.matched} matched"
+    return line
+
+
+def print_summary_table(console: Console, summary: Summary, nodes: list[str]) -> None:
+    rows: list[list[Cell]] = [
+        [str(row.count), row.node, row.direction, " → ".join(row.hooks) or "(none)",
+         (row.verdict, VERDICT_STYLE.get(row.verdict, "")), row.first_time or "", row.last_time or "", row.example,
+         row.drop or ""]
+        for row in summary.sorted_rows(nodes)
+    ]
+    columns = ["packets", "node", "direction", "path", "verdict", "first", "last", "example", "drop"]
+    console.print(grid(columns, rows, console.width, right=(0,)))
+    if summary.other:
+        console.print(f"  {summary.other} more packets on paths beyond the first {summary.max_rows}")
+
+
+def print_summary(console: Console, summary: Summary, stats: ReadStats, nodes: list[str], repaired: int,
+                  checks: list[Check] | None = None) -> None:
+    """`--format summary`: the table, then totals by verdict and the line counts."""
+    print_summary_table(console, summary, nodes)
+    verdicts = summary.verdicts()
+    console.print()
+    console.print("  ".join(f"{verdicts.get(v, 0)} {v}" for v in ("dropped", "accepted", "unknown")))
+    console.print(f"[dim]{counts_line(stats, repaired, summary.packets)}[/dim]")
     if checks is not None:
         print_checks(console, checks)
 

@@ -11,7 +11,8 @@ import jinja2
 from markupsafe import Markup
 
 from chainlab.files import write_atomic
-from chainlab.report.run import DIRECTIONS, RunData, chain_name, load_run, same_step, step_label
+from chainlab.report.run import DIRECTIONS, RunData, load_run
+from chainlab.trace.contract import FlowRecord, PacketRecord, StepRecord
 
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -77,70 +78,53 @@ def _allowed_element(tag: str) -> bool:
     return namespace == f"{{{SVG_NS}" and local in SVG_ELEMENTS
 
 
-def _packet_title(p: dict[str, Any]) -> str:
-    detail = f"ip id {p.get('ip_id')}"
-    icmp = p.get("icmp")
-    if isinstance(icmp, dict) and icmp.get("seq") is not None:
-        detail += f", icmp id {icmp.get('id')} seq {icmp.get('seq')}"
-    elif p.get("sport") is not None:
-        detail += f", ports {p.get('sport')} → {p.get('dport')}"
-    if p.get("tcp_flags"):
-        detail += " " + ",".join(p["tcp_flags"])
-    return f"{p.get('protocol', '?')} {p.get('src')} → {p.get('dst')} ({detail})"
-
-
-def _rows(p: dict[str, Any]) -> list[dict[str, Any]]:
-    steps = [s for s in p.get("steps") or [] if isinstance(s, dict)]
-    last = p.get("last_step") if isinstance(p.get("last_step"), dict) else None
-    dropped = p.get("verdict") == "dropped" and last is not None
+def _rows(p: PacketRecord) -> list[dict[str, Any]]:
+    steps = p.steps
+    last = p.last_step
+    dropped = p.verdict == "dropped" and last is not None
     rows = []
     previous_hook = None
     marked = False
     for i, step in enumerate(steps, 1):
-        is_drop = dropped and not marked and i == len(steps) and same_step(step, last)
+        is_drop = dropped and not marked and i == len(steps) and step.same_event(last)
         marked = marked or is_drop
-        rows.append(_row(i, step, is_drop, step.get("hook") != previous_hook))
-        previous_hook = step.get("hook")
+        rows.append(_row(i, step, is_drop, step.hook != previous_hook))
+        previous_hook = step.hook
     if dropped and not marked and last is not None:
         rows.append(_row(len(steps) + 1, last, True, True, note="outside the selected tables"))
     return rows
 
 
-def _row(n: int, step: dict[str, Any], is_drop: bool, hook_start: bool, note: str = "") -> dict[str, Any]:
+def _row(n: int, step: StepRecord, is_drop: bool, hook_start: bool, note: str = "") -> dict[str, Any]:
     return {
-        "n": n, "hook": step.get("hook") or "?", "chain": chain_name(step), "step": step_label(step),
-        "mark": step.get("mark") or "", "rule": step.get("rule") or "", "drop": is_drop,
-        "hook_start": hook_start, "note": note, "line": step.get("line"),
+        "n": n, "hook": step.hook or "?", "chain": step.name, "step": step.label(),
+        "mark": step.mark or "", "rule": step.rule or "", "drop": is_drop,
+        "hook_start": hook_start, "note": note, "line": step.line,
     }
 
 
-def _walk_key(p: dict[str, Any]) -> tuple[object, ...]:
-    steps = tuple(
-        (s.get("hook"), s.get("table"), s.get("chain"), s.get("kind"), s.get("position"), s.get("handle"),
-         s.get("verdict"), s.get("rule"), s.get("mark"))
-        for s in p.get("steps") or [] if isinstance(s, dict)
-    )
-    return (p.get("src"), p.get("dst"), p.get("protocol"), tuple(p.get("hooks") or []), p.get("verdict"), p.get("reason"), steps)
+def _walk_key(p: PacketRecord) -> tuple[object, ...]:
+    steps = tuple((s.hook, s.table, s.chain, s.kind, s.position, s.handle, s.verdict, s.rule, s.mark) for s in p.steps)
+    return (p.src, p.dst, p.protocol, tuple(p.hooks), p.verdict, p.reason, steps)
 
 
 def walk_groups(run: RunData) -> list[dict[str, Any]]:
     """Per node and direction (in log order), the distinct chain walks with their packets."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for p in run.packets:
-        key = (str(p.get("node")), str(p.get("direction")))
+        key = (p.node, p.direction)
         group = groups.setdefault(key, {"node": key[0], "direction": key[1], "walks": [], "index": {}})
         wkey = _walk_key(p)
         walk = group["index"].get(wkey)
         if walk is None:
             walk = {
-                "title": _packet_title(p), "hooks": list(p.get("hooks") or []), "verdict": str(p.get("verdict", "unknown")),
-                "reason": str(p.get("reason", "")), "route": p.get("route"), "rows": _rows(p), "ip_ids": [],
-                "repaired": 0, "new_connection": bool(p.get("new_connection")),
+                "title": p.title(), "hooks": list(p.hooks), "verdict": p.verdict, "reason": p.reason, "route": p.route,
+                "rows": _rows(p), "ip_ids": [], "repaired": 0, "new_connection": p.new_connection,
             }
             group["index"][wkey] = walk
             group["walks"].append(walk)
-        walk["ip_ids"].append(p.get("ip_id"))
-        walk["repaired"] += int(p.get("repaired_lines") or 0)
+        walk["ip_ids"].append(p.ip_id)
+        walk["repaired"] += p.repaired_lines
     order = {d: i for i, d in enumerate(DIRECTIONS)}
     out = list(groups.values())
     nodes = list(dict.fromkeys(g["node"] for g in out))
@@ -154,27 +138,18 @@ def drops(run: RunData) -> list[dict[str, Any]]:
     """Every distinct drop point: node, direction, chain, step and rule text, reason."""
     out: list[dict[str, Any]] = []
     for p in run.packets:
-        last = p.get("last_step")
-        if p.get("verdict") != "dropped" or not isinstance(last, dict):
+        last = p.last_step
+        if p.verdict != "dropped" or last is None:
             continue
-        item = {
-            "node": p.get("node"), "direction": p.get("direction"), "chain": chain_name(last),
-            "step": step_label(last), "rule": last.get("rule") or "", "reason": p.get("reason", ""),
-        }
+        item = {"node": p.node, "direction": p.direction, "chain": last.name, "step": last.label(),
+                "rule": last.rule or "", "reason": p.reason}
         if item not in out:
             out.append(item)
     return out
 
 
-def flows(run: RunData) -> list[dict[str, Any]]:
-    out = []
-    for flow in run.flows:
-        hops = [h for h in flow.get("hops") or [] if isinstance(h, dict)]
-        out.append({
-            "direction": flow.get("direction"), "protocol": flow.get("protocol"), "ip_id": flow.get("ip_id"),
-            "hops": hops, "nat": [str(n) for n in flow.get("nat") or []],
-        })
-    return out
+def flows(run: RunData) -> list[FlowRecord]:
+    return run.flows
 
 
 def evidence(run_dir: Path) -> list[dict[str, Any]]:
@@ -197,17 +172,8 @@ def _probe_output(run_dir: Path) -> str | None:
     return text if len(text) <= PROBE_TEXT_LIMIT else text[:PROBE_TEXT_LIMIT] + "\n… (cut; see probe.txt)"
 
 
-def _check(c: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "node": str(c.get("node", "?")), "direction": str(c.get("direction", "?")),
-        "expected": list(c.get("expected") or []), "actual": [list(a) for a in c.get("actual") or []],
-        "verdicts": [str(v) for v in c.get("verdicts") or []], "ok": bool(c.get("ok")),
-        "message": str(c.get("message", "")),
-    }
-
-
 def report_context(run: RunData) -> dict[str, Any]:
-    analysis = run.analysis
+    document = run.document
     try:
         svg = inline_svg((run.run_dir / "diagram.svg").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
@@ -240,18 +206,18 @@ def report_context(run: RunData) -> dict[str, Any]:
         "probe": {"command": probe.get("command") or "", "exit_code": probe.get("exit_code")},
         "notes": run.notes,
         "probe_output": _probe_output(run.run_dir),
-        "checks": [_check(c) for c in run.checks],
+        "checks": run.checks,
         "drops": drops(run),
         "groups": groups,
         "flows": flows(run),
         "svg": svg,
         "counts": {
-            "lines": analysis.get("lines", 0), "trace_records": analysis.get("trace_records", 0),
-            "skipped": analysis.get("skipped_lines", 0), "repaired": analysis.get("repaired_lines", 0),
-            "ignored": analysis.get("ignored_lines", 0), "packets": len(packets),
+            "lines": document.counts.get("lines", 0), "trace_records": document.counts.get("trace_records", 0),
+            "skipped": document.counts.get("skipped_lines", 0), "repaired": document.counts.get("repaired_lines", 0),
+            "ignored": document.counts.get("ignored_lines", 0), "packets": len(packets),
         },
-        "formats": analysis.get("formats") or {},
-        "tables": analysis.get("tables"),
+        "formats": document.formats,
+        "tables": document.tables,
         "evidence": evidence(run.run_dir),
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

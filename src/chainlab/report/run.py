@@ -1,5 +1,8 @@
 """A run directory as reports see it: `analysis.json` (with its `run` key) and the files beside it.
 
+analysis.json is read back through the analysis contract (trace/contract.py); only the
+`run` key, which the scenario runner adds, is read here.
+
 Layout (written by the scenario runner):
 
     runs/<lab>-<YYYYmmdd-HHMMSS.mmm>-<NN>-<slug>/   (name: chainlab.rundir)
@@ -20,7 +23,8 @@ from typing import Any
 import yaml
 
 from chainlab.rundir import parse_run_name
-from chainlab.trace.expect import PROBE_PROTOCOL
+from chainlab.trace.contract import AnalysisDocument, FlowRecord, PacketRecord
+from chainlab.trace.expect import PROBE_PROTOCOL, Check
 
 DIRECTIONS = ("request", "reply")
 
@@ -31,6 +35,7 @@ class RunData:
     analysis: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     protocol: str | None = None
+    document: AnalysisDocument = field(default_factory=AnalysisDocument)
 
     @property
     def run(self) -> dict[str, Any]:
@@ -64,10 +69,8 @@ class RunData:
         return f"{sid:02d} {self.title}" if isinstance(sid, int) else f"{sid} {self.title}"
 
     @property
-    def checks(self) -> list[dict[str, Any]]:
-        expect = self.analysis.get("expect")
-        checks = expect.get("checks") if isinstance(expect, dict) else None
-        return [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
+    def checks(self) -> list[Check]:
+        return self.document.checks or []
 
     @property
     def passed(self) -> bool:
@@ -76,8 +79,7 @@ class RunData:
         value = self.run.get("passed")
         if isinstance(value, bool):
             return value
-        expect = self.analysis.get("expect")
-        return bool(isinstance(expect, dict) and expect.get("ok") and self.checks)
+        return bool(self.document.expect_ok and self.checks)
 
     @property
     def notes(self) -> list[str]:
@@ -91,17 +93,15 @@ class RunData:
         return float(value) if isinstance(value, (int, float)) else None
 
     @property
-    def packets(self) -> list[dict[str, Any]]:
-        value = self.analysis.get("packets")
-        return [p for p in value if isinstance(p, dict)] if isinstance(value, list) else []
+    def packets(self) -> list[PacketRecord]:
+        return self.document.packets
 
     @property
-    def flows(self) -> list[dict[str, Any]]:
-        value = self.analysis.get("flows")
-        return [f for f in value if isinstance(f, dict)] if isinstance(value, list) else []
+    def flows(self) -> list[FlowRecord]:
+        return self.document.flows
 
     def failing_checks(self) -> list[str]:
-        return [f"{c.get('node')} {c.get('direction')}: {c.get('message', '')}" for c in self.checks if not c.get("ok")]
+        return [f"{c.node} {c.direction}: {c.message}" for c in self.checks if not c.ok]
 
     def failure_message(self) -> str:
         """Why the run failed, in a line per reason ('' when it passed)."""
@@ -118,14 +118,11 @@ class RunData:
             reasons.append(f"run did not pass (probe exit code {code})" if code is not None else "run did not pass")
         return "\n".join(reasons)
 
-    def probe_packets(self) -> list[dict[str, Any]]:
+    def probe_packets(self) -> list[PacketRecord]:
         """The packets expectations speak of (as `check_scenario` picks them)."""
         if self.protocol is None:
             return self.packets
-        return [
-            p for p in self.packets
-            if p.get("protocol") == self.protocol and (self.protocol != "tcp" or "SYN" in (p.get("tcp_flags") or []))
-        ]
+        return [p for p in self.packets if p.is_probe(self.protocol)]
 
 
 def _protocol(run_dir: Path) -> str | None:
@@ -153,32 +150,10 @@ def load_run(run_dir: Path) -> RunData:
     else:
         if isinstance(doc, dict):
             data.analysis = doc
+            data.document = AnalysisDocument.from_json(doc)
         else:
             data.error = f"analysis.json in {run_dir} is not a JSON object"
     return data
-
-
-def step_label(step: dict[str, Any]) -> str:
-    """`rule 4`, `policy 3`, `return 1`, `rule handle 7`, with `→ VERDICT` when known."""
-    text = str(step.get("kind", "?"))
-    if step.get("position") is not None:
-        text += f" {step['position']}"
-    elif step.get("handle"):
-        text += f" handle {step['handle']}"
-    if step.get("verdict"):
-        text += f" → {step['verdict']}"
-    return text
-
-
-def chain_name(step: dict[str, Any]) -> str:
-    return f"{step.get('table', '?')}:{step.get('chain', '?')}"
-
-
-def same_step(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    if not a or not b:
-        return False
-    keys = ("table", "chain", "kind", "position", "line", "handle")
-    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def path_summaries(run: RunData) -> list[dict[str, Any]]:
@@ -189,53 +164,52 @@ def path_summaries(run: RunData) -> list[dict[str, Any]]:
     """
     packets = run.probe_packets()
     keys: list[tuple[str, str]] = []
-    checks: dict[tuple[str, str], dict[str, Any]] = {}
+    checks: dict[tuple[str, str], Check] = {}
     for check in run.checks:
-        key = (str(check.get("node")), str(check.get("direction")))
+        key = (check.node, check.direction)
         checks[key] = check
         if key not in keys:
             keys.append(key)
     for p in packets:
-        key = (str(p.get("node")), str(p.get("direction")))
+        key = (p.node, p.direction)
         if key not in keys:
             keys.append(key)
     out = []
     for node, direction in keys:
-        mine = [p for p in packets if p.get("node") == node and p.get("direction") == direction]
+        mine = [p for p in packets if p.node == node and p.direction == direction]
         check = checks.get((node, direction))
-        if check is not None and isinstance(check.get("actual"), list):
-            paths = [list(x) for x in check["actual"]]
+        if check is not None:
+            paths = [list(x) for x in check.actual]
         else:
-            paths = [list(x) for x in dict.fromkeys(tuple(p.get("hooks") or []) for p in mine)]
+            paths = [list(x) for x in dict.fromkeys(tuple(p.hooks) for p in mine)]
         chains: list[str] = []
         rules: list[str] = []
         drops: list[str] = []
         drop_rules: list[str] = []
         for p in mine:
-            for step in p.get("steps") or []:
-                name = chain_name(step)
-                if name not in chains:
-                    chains.append(name)
-                if step.get("rule"):
-                    text = f"{name} {step_label(step)}: {step['rule']}"
+            for step in p.steps:
+                if step.name not in chains:
+                    chains.append(step.name)
+                if step.rule:
+                    text = f"{step.name} {step.label()}: {step.rule}"
                     if text not in rules:
                         rules.append(text)
-            last = p.get("last_step")
-            if p.get("verdict") == "dropped" and isinstance(last, dict):
-                if chain_name(last) not in drops:
-                    drops.append(chain_name(last))
-                text = f"{chain_name(last)} {step_label(last)}" + (f": {last['rule']}" if last.get("rule") else "")
+            last = p.last_step
+            if p.verdict == "dropped" and last is not None:
+                if last.name not in drops:
+                    drops.append(last.name)
+                text = f"{last.name} {last.label()}" + (f": {last.rule}" if last.rule else "")
                 if text not in drop_rules:
                     drop_rules.append(text)
         out.append({
             "node": node,
             "direction": direction,
-            "expected": list(check.get("expected") or []) if check else None,
-            "ok": bool(check.get("ok")) if check else None,
-            "message": str(check.get("message", "")) if check else "",
+            "expected": list(check.expected) if check else None,
+            "ok": check.ok if check else None,
+            "message": check.message if check else "",
             "packets": len(mine),
             "hooks": paths,
-            "verdicts": sorted({str(p.get("verdict")) for p in mine}),
+            "verdicts": sorted({p.verdict for p in mine}),
             "drop_chain": ", ".join(drops) or None,
             "drop_rule": "; ".join(drop_rules) or None,
             "chains": chains,

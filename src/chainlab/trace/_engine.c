@@ -1,23 +1,42 @@
 /*
- * chainlab.trace._engine: the legacy kernel-log analyzer's hot path in C.
+ * chainlab.trace._engine: the trace analyzer in C (see native.py for how Python drives it).
  *
- * It does what reader._kernel_events + assemble.Assembler do for kernel-format TRACE
- * lines, line for line and with the same results, and renders
- * each finished packet's node-independent JSON pieces (steps, last step, header fields),
- * so that Python only judges each distinct walk once and classifies directions and flows.
- * The Python modules stay the reference: tests compare both engines' output byte for
- * byte. Input must be printable ASCII plus '\n' (see printable()); anything else goes
- * to the Python engine, which handles any bytes.
+ * It does what reader.py, assemble.py and the pipeline's bookkeeping do, for every format
+ * (kernel log, xtables-monitor, nft monitor) and option, line for line and with the same
+ * results: it parses and groups the lines into packets, classifies directions, applies
+ * --match, keeps flows, summary rows and diagram walks, and writes the JSON. Python judges
+ * each distinct walk once (native.Calls.judge). The Python modules stay the reference: tests
+ * compare both engines' output byte for byte.
  *
- * One Engine is fed chunks of whole lines, file after file; feed() releases the GIL
- * while it parses, so a reader thread can feed while Python renders the last batch.
+ * Input is any bytes, as reader.py reads them: lines split at '\n', cut to LINE_LIMIT
+ * bytes, trailing '\r' dropped, then made valid UTF-8 the way Python's "replace" decoding
+ * does (each invalid sequence becomes U+FFFD), so that equal text here is equal text there.
+ * Only ASCII whitespace separates words (trace/ascii.py).
+ *
+ * One Engine is fed file after file (begin(), feed() or feed_from()..., end(), then
+ * flush()). A kernel log is read in two threads (see "the parser thread" below): the
+ * parser thread reads and parses chunk k while the calling thread assembles chunk k-1.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef _WIN32
+#include <pthread.h>
+#define PARSER_THREAD 1
+#endif
+#ifdef _WIN32
+#include <io.h>
+#define read _read
+#else
+#include <unistd.h>
+#endif
+#include <errno.h>
+
 
 #define NONE (-1LL)
+/* reader.LINE_LIMIT */
+#define LINE_LIMIT (64 * 1024)
 
 /* ---------------------------------------------------------------- buffers */
 
@@ -69,20 +88,233 @@ static int put_int(Buf *b, long long v) {
 
 static int put_opt_int(Buf *b, long long v) { return v == NONE ? PUTL(b, "null") : put_int(b, v); }
 
-/* JSON string of printable ASCII: only '"' and '\\' need escaping (as json.dumps does). */
+static const char HEX_DIGITS[] = "0123456789abcdef";
+
+static int put_u16_escape(Buf *b, unsigned int u) {
+    char esc[6] = {'\\', 'u', HEX_DIGITS[(u >> 12) & 15], HEX_DIGITS[(u >> 8) & 15], HEX_DIGITS[(u >> 4) & 15],
+                   HEX_DIGITS[u & 15]};
+    return put(b, esc, 6);
+}
+
+/* json.dumps of a string given as valid UTF-8 (ensure_ascii): '"' '\\' and the control
+ * characters escaped as Python does, every non-ASCII character as \uXXXX (a surrogate pair
+ * above U+FFFF), DEL as \u007f. */
 static int put_jstr(Buf *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
     if (put(b, "\"", 1))
         return -1;
-    size_t done = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"' || s[i] == '\\') {
-            char esc[2] = {'\\', s[i]};
-            if (put(b, s + done, i - done) || put(b, esc, 2))
-                return -1;
-            done = i + 1;
+    size_t done = 0, i = 0;
+    while (i < n) {
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            i++;
+            continue;
         }
+        if (put(b, s + done, i - done))
+            return -1;
+        int err = 0;
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            err = put(b, esc, 2);
+            i++;
+        } else if (c < 0x80) {
+            const char *short_form = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
+                                   : c == '\f' ? "\\f" : NULL;
+            err = short_form ? put(b, short_form, 2) : put_u16_escape(b, c);
+            i++;
+        } else {
+            unsigned int cp;
+            size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            if (len == 2)
+                cp = ((c & 0x1fu) << 6) | (u[i + 1] & 0x3fu);
+            else if (len == 3)
+                cp = ((c & 0x0fu) << 12) | ((u[i + 1] & 0x3fu) << 6) | (u[i + 2] & 0x3fu);
+            else
+                cp = ((c & 0x07u) << 18) | ((u[i + 1] & 0x3fu) << 12) | ((u[i + 2] & 0x3fu) << 6) | (u[i + 3] & 0x3fu);
+            if (cp >= 0x10000) {
+                cp -= 0x10000;
+                err = put_u16_escape(b, 0xd800 + (cp >> 10)) || put_u16_escape(b, 0xdc00 + (cp & 0x3ff));
+            } else {
+                err = put_u16_escape(b, cp);
+            }
+            i += len;
+        }
+        if (err)
+            return -1;
+        done = i;
     }
     return put(b, s + done, n - done) || put(b, "\"", 1);
+}
+
+/* ---------------------------------------------------------------- bytes to text */
+
+/* Whether s[0:n] holds a byte >= 0x80 (then it needs utf8_normalize). */
+static int has_high_bytes(const unsigned char *s, size_t n) {
+    unsigned char any = 0;
+    for (size_t i = 0; i < n; i++)
+        any |= s[i];
+    return any >= 0x80;
+}
+
+/* s[0:n] as Python's bytes.decode("utf-8", "replace") would read it, encoded back to
+ * UTF-8: each maximal invalid subpart becomes U+FFFD (EF BF BD). */
+static int utf8_normalize(const unsigned char *s, size_t n, Buf *out) {
+    static const char REPLACEMENT[] = "\xef\xbf\xbd";
+    out->n = 0;
+    if (buf_grow(out, n * 3 + 1))
+        return -1;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            out->p[out->n++] = (char)c;
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c < 0xc2 || c > 0xf4) {
+            memcpy(out->p + out->n, REPLACEMENT, 3);
+            out->n += 3;
+            i++;
+            continue;
+        } else if (c < 0xe0) {
+            need = 1;
+        } else if (c < 0xf0) {
+            need = 2;
+            if (c == 0xe0)
+                lo = 0xa0;
+            else if (c == 0xed)
+                hi = 0x9f;
+        } else {
+            need = 3;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        }
+        size_t j = i + 1, got = 0;
+        while (got < need && j < n) {
+            unsigned char d = s[j];
+            if (d < (got ? 0x80 : lo) || d > (got ? 0xbf : hi))
+                break;
+            j++;
+            got++;
+        }
+        if (got == need) {
+            memcpy(out->p + out->n, s + i, j - i);
+            out->n += j - i;
+        } else {
+            memcpy(out->p + out->n, REPLACEMENT, 3);
+            out->n += 3;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- character classes */
+
+/* ASCII whitespace (trace/ascii.py WHITESPACE, and Python's \s under re.ASCII). */
+static int is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_hex_digit(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+static int ident_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
+static int ident_char(char c) { return ident_start(c) || is_digit(c); }
+
+/* The first whitespace (is_space) in s[i:n], or n: 8 bytes at a time, looking for a byte
+ * below '!' (whitespace or another control character) in each word. */
+static size_t space_from(const char *s, size_t n, size_t i) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t below = (w - 0x2121212121212121ULL) & ~w & 0x8080808080808080ULL; /* lowest set byte: exact */
+        if (!below) {
+            i += 8;
+            continue;
+        }
+        i += (size_t)__builtin_ctzll(below) >> 3;
+        if (is_space(s[i]))
+            return i;
+        i++;
+    }
+#endif
+    while (i < n && !is_space(s[i]))
+        i++;
+    return i;
+}
+
+static int all_digits(const char *s, size_t n) {
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_digit(s[i]))
+            return 0;
+    return 1;
+}
+
+static int name_is(const char *s, size_t n, const char *name) { return strlen(name) == n && memcmp(s, name, n) == 0; }
+
+static int find_in(const char **names, int count, const char *s, size_t n) {
+    for (int i = 0; i < count; i++)
+        if (name_is(s, n, names[i]))
+            return i;
+    return -1;
+}
+
+/* memmem for the short needles used here: memchr for the first byte, then compare. */
+static const char *find_str(const char *s, size_t n, size_t from, const char *needle, size_t m) {
+    while (from < n && n - from >= m) {
+        const char *hit = memchr(s + from, needle[0], n - from - m + 1);
+        if (!hit)
+            return NULL;
+        if (memcmp(hit + 1, needle + 1, m - 1) == 0)
+            return hit;
+        from = (size_t)(hit - s) + 1;
+    }
+    return NULL;
+}
+
+/* parse_kernel._int: 1-10 ASCII digits, at most `limit`; else None. */
+static long long small_int(const char *s, size_t n, long long limit) {
+    if (n > 10 || !all_digits(s, n))
+        return NONE;
+    long long v = 0;
+    for (size_t i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v <= limit ? v : NONE;
+}
+
+/* parse_kernel.IPV4 (fullmatch): four groups of 1-3 digits. */
+static int is_ipv4(const char *s, size_t n) {
+    int part = 0, digits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (is_digit(s[i])) {
+            if (++digits > 3)
+                return 0;
+        } else if (s[i] == '.' && digits > 0 && part < 3) {
+            part++;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return part == 3 && digits > 0;
+}
+
+/* parse_kernel.IPV6 (fullmatch): 2-45 characters of hex digits, ':' and '.', two ':' at least. */
+static int is_ipv6(const char *s, size_t n) {
+    if (n < 2 || n > 45)
+        return 0;
+    int colons = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ':')
+            colons++;
+        else if (s[i] != '.' && !is_hex_digit(s[i]))
+            return 0;
+    }
+    return colons >= 2;
 }
 
 /* ---------------------------------------------------------------- netfilter knowledge */
@@ -123,15 +355,15 @@ static int slot_rank(int hook, int table) {
 static const char *TCP_FLAG_NAMES[] = {"ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG"}; /* sorted */
 #define N_TCP_FLAGS 8
 static const char *PROTOCOL_NAMES[] = {"ICMP", "TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "GRE", "ESP", "AH", "IGMP", "ICMPV6"};
-enum { K_UNKNOWN, K_UNUSED, K_IN, K_OUT, K_SRC, K_DST, K_TTL, K_ID, K_PROTO, K_TYPE, K_CODE, K_SEQ, K_WINDOW, K_URGP,
-       K_SPT, K_DPT, K_MARK };
+enum { K_UNKNOWN, K_UNUSED, K_TC, K_IN, K_OUT, K_SRC, K_DST, K_TTL, K_HOPLIMIT, K_FLOWLBL, K_ID, K_PROTO, K_TYPE, K_CODE,
+       K_SEQ, K_WINDOW, K_URGP, K_SPT, K_DPT, K_MARK };
 
 /* parse_kernel's KNOWN_KEYS; K_UNUSED for its UNUSED_KEYS (values the analysis ignores). */
 static int key_of(const char *k, size_t n) {
 #define IS(name) (n == sizeof(name) - 1 && memcmp(k, name, sizeof(name) - 1) == 0)
     switch (n) {
     case 2:
-        return IS("IN") ? K_IN : IS("ID") ? K_ID : K_UNKNOWN;
+        return IS("IN") ? K_IN : IS("ID") ? K_ID : IS("TC") ? K_TC : K_UNKNOWN;
     case 3:
         if (IS("OUT")) return K_OUT;
         if (IS("SRC")) return K_SRC;
@@ -155,7 +387,9 @@ static int key_of(const char *k, size_t n) {
     case 6:
         return IS("WINDOW") ? K_WINDOW : IS("PHYSIN") ? K_UNUSED : K_UNKNOWN;
     case 7:
-        return IS("PHYSOUT") ? K_UNUSED : K_UNKNOWN;
+        return IS("PHYSOUT") ? K_UNUSED : IS("FLOWLBL") ? K_FLOWLBL : K_UNKNOWN;
+    case 8:
+        return IS("HOPLIMIT") ? K_HOPLIMIT : K_UNKNOWN;
     case 10:
         return IS("INCOMPLETE") ? K_UNUSED : K_UNKNOWN;
     }
@@ -169,10 +403,12 @@ typedef struct {
     Py_ssize_t n; /* -1: None */
 } Ref;
 
+#define ADDR_MAX 46 /* an address is at most 45 characters (parse_kernel.IPV6) */
+
 typedef struct {
-    char src[16], dst[16]; /* "" = None; validated dotted quads */
-    char proto[8];         /* "" = None */
-    long long ip_id, ttl, icmp_type, icmp_id, icmp_seq, sport, dport;
+    char src[ADDR_MAX], dst[ADDR_MAX]; /* "" = None; validated addresses */
+    char proto[8];                     /* "" = None */
+    long long ip_id, ttl, icmp_type, icmp_id, icmp_seq, sport, dport, flow_label, tcp_seq;
     int flags; /* bit i: TCP_FLAG_NAMES[i]; 0 = None */
     int damaged;
     Ref in_if, out_if; /* n == -1: None (an empty IN= is None too) */
@@ -183,82 +419,41 @@ static int ref_eq(Ref a, Ref b) { return a.n == b.n && (a.n <= 0 || memcmp(a.s, 
 
 static int mark_eq(Ref a, Ref b) { return a.n == b.n && (a.n <= 0 || strncasecmp(a.s, b.s, (size_t)a.n) == 0); }
 
+/* Fields.__eq__ */
 static int fields_eq(const Fields *a, const Fields *b) {
     return strcmp(a->src, b->src) == 0 && strcmp(a->dst, b->dst) == 0 && strcmp(a->proto, b->proto) == 0 &&
            a->ip_id == b->ip_id && a->ttl == b->ttl && a->icmp_type == b->icmp_type && a->icmp_id == b->icmp_id &&
            a->icmp_seq == b->icmp_seq && a->sport == b->sport && a->dport == b->dport && a->flags == b->flags &&
-           a->damaged == b->damaged && ref_eq(a->in_if, b->in_if) && ref_eq(a->out_if, b->out_if) &&
-           mark_eq(a->mark, b->mark);
+           a->damaged == b->damaged && a->flow_label == b->flow_label && a->tcp_seq == b->tcp_seq &&
+           ref_eq(a->in_if, b->in_if) && ref_eq(a->out_if, b->out_if) && mark_eq(a->mark, b->mark);
 }
 
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
-
-static int all_digits(const char *s, size_t n) {
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!is_digit(s[i]))
-            return 0;
-    return 1;
-}
-
-/* parse_kernel._int: digits only, at most 10 of them, at most `limit`; else None. */
-static long long small_int(const char *s, size_t n, long long limit) {
-    if (!all_digits(s, n) || n > 10)
-        return NONE;
-    long long v = 0;
-    for (size_t i = 0; i < n; i++)
-        v = v * 10 + (s[i] - '0');
-    return v <= limit ? v : NONE;
-}
-
-static int is_ipv4(const char *s, size_t n) {
-    int part = 0, digits = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (is_digit(s[i])) {
-            if (++digits > 3)
-                return 0;
-        } else if (s[i] == '.' && digits > 0 && part < 3) {
-            part++;
-            digits = 0;
-        } else {
-            return 0;
-        }
-    }
-    return part == 3 && digits > 0;
-}
-
-static int is_hex_digit(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
-static int name_is(const char *s, size_t n, const char *name) { return strlen(name) == n && memcmp(s, name, n) == 0; }
-
-static int find_in(const char **names, int count, const char *s, size_t n) {
-    for (int i = 0; i < count; i++)
-        if (name_is(s, n, names[i]))
-            return i;
-    return -1;
-}
-
-/* parse_kernel.parse_fields on s[0:n] (tokens separated by spaces). */
-static void parse_fields(const char *s, size_t n, Fields *f) {
+static void fields_init(Fields *f) {
     memset(f, 0, sizeof *f);
-    f->ip_id = f->ttl = f->icmp_type = f->icmp_id = f->icmp_seq = f->sport = f->dport = NONE;
+    f->ip_id = f->ttl = f->icmp_type = f->icmp_id = f->icmp_seq = f->sport = f->dport = f->flow_label = f->tcp_seq = NONE;
     f->in_if.n = f->out_if.n = f->mark.n = -1;
-    int damaged = 0, seen_l4 = 0, ip_id_done = 0, proto_token = 0, flags = 0;
+}
+
+static void set_address(char *into, const char *v, size_t n) {
+    memcpy(into, v, n);
+    into[n] = 0;
+}
+
+/* parse_kernel.parse_fields on s[0:n]. */
+static void parse_fields(const char *s, size_t n, Fields *f) {
+    fields_init(f);
+    int damaged = 0, seen_l4 = 0, ip_id_done = 0, proto_token = 0, flags = 0, v6 = 0;
     long long ids = 0, depth = 0;
     char proto[8] = "";
     size_t i = 0;
     while (i < n) {
-        while (i < n && s[i] == ' ')
+        while (i < n && is_space(s[i]))
             i++;
         if (i >= n)
             break;
         const char *t = s + i;
-        size_t len = 0;
-        while (i < n && s[i] != ' ') {
-            i++;
-            len++;
-        }
+        i = space_from(s, n, i);
+        size_t len = (size_t)(s + i - t);
         if (depth || t[0] == '[') {
             if (t[0] == '[')
                 depth++;
@@ -269,7 +464,12 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
                 depth = 0;
             continue;
         }
-        const char *eq = memchr(t, '=', len);
+        const char *eq = NULL; /* memchr(t, '=', len), without a call for the short keys */
+        for (size_t j = 0; j < len && j < 11 && !eq; j++)
+            if (t[j] == '=')
+                eq = t + j;
+        if (!eq && len > 11)
+            eq = memchr(t + 11, '=', len - 11);
         if (!eq) {
             int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
             if (flag >= 0)
@@ -285,12 +485,16 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
         switch (key_of(t, klen)) {
         case K_UNUSED:
             break;
+        case K_TC:
+            v6 = 1;
+            break;
         case K_SRC:
         case K_DST: {
             char *into = t[0] == 'S' ? f->src : f->dst;
-            if (is_ipv4(v, vlen)) {
-                memcpy(into, v, vlen);
-                into[vlen] = 0;
+            if (is_ipv4(v, vlen) || is_ipv6(v, vlen)) {
+                set_address(into, v, vlen);
+                if (memchr(v, ':', vlen))
+                    v6 = 1;
             } else {
                 damaged = 1;
             }
@@ -303,8 +507,16 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
             f->out_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
             break;
         case K_TTL:
+        case K_HOPLIMIT:
             f->ttl = small_int(v, vlen, 255);
             damaged |= f->ttl == NONE;
+            if (t[0] == 'H')
+                v6 = 1;
+            break;
+        case K_FLOWLBL:
+            f->flow_label = small_int(v, vlen, 0xFFFFF);
+            damaged |= f->flow_label == NONE;
+            v6 = 1;
             break;
         case K_PROTO: {
             char upper[8];
@@ -327,7 +539,7 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
             ids++;
             long long number = small_int(v, vlen, 65535);
             damaged |= number == NONE;
-            if (!seen_l4 && !ip_id_done) {
+            if (!seen_l4 && !ip_id_done && !v6) {
                 f->ip_id = number;
                 ip_id_done = 1;
             } else {
@@ -348,9 +560,11 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
                 strcpy(proto, "ICMP");
             break;
         case K_SEQ:
-            if ((!proto[0] || strcmp(proto, "ICMP") == 0) && f->sport == NONE) {
+            if ((!proto[0] || strcmp(proto, "ICMP") == 0 || strcmp(proto, "ICMPV6") == 0) && f->sport == NONE) {
                 f->icmp_seq = small_int(v, vlen, 0xFFFFFFFFLL);
                 damaged |= f->icmp_seq == NONE;
+            } else {
+                f->tcp_seq = small_int(v, vlen, 0xFFFFFFFFLL);
             }
             break;
         case K_SPT:
@@ -393,13 +607,13 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
     }
     if (!proto[0] && f->sport != NONE) {
         damaged = 1;
-    } else if (!proto[0] && ids == 1 && f->icmp_seq != NONE) {
+    } else if (!proto[0] && ids == 1 && f->icmp_seq != NONE && !v6) {
         f->icmp_id = f->ip_id;
         f->ip_id = NONE;
         damaged = 1;
     }
     memcpy(f->proto, proto, sizeof proto);
-    if (!proto_token || !f->src[0] || !f->dst[0] || f->ip_id == NONE || !proto[0])
+    if (!proto_token || !f->src[0] || !f->dst[0] || (f->ip_id == NONE && !v6) || !proto[0])
         damaged = 1;
     f->damaged = damaged;
 }
@@ -409,17 +623,14 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
 typedef struct {
     const char *table, *chain, *pos;
     size_t table_n, chain_n, pos_n; /* pos: digits with leading zeros stripped ("" = 0) */
-    int kind;                    /* 0 rule, 1 return, 2 policy */
-    size_t start, end;           /* of the whole match, from "TRACE: " */
+    int kind;                       /* 0 rule, 1 return, 2 policy */
+    size_t start, end;              /* of the whole match, from "TRACE: " */
 } Header;
 
 static const char *KINDS[] = {"rule", "return", "policy"};
 static const size_t KIND_LEN[] = {4, 6, 6};
 
-static int ident_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
-static int ident_char(char c) { return ident_start(c) || is_digit(c); }
-
-/* HEADER.match(line, at): `TRACE: ident:chain:(rule|return|policy):` 1-10 digits, then space or end. */
+/* HEADER.match(line, at): `TRACE: ident:chain:(rule|return|policy):` 1-10 digits, then whitespace or end. */
 static int match_header(const char *line, size_t n, size_t at, Header *h) {
     if (at + 7 > n || memcmp(line + at, "TRACE: ", 7) != 0)
         return 0;
@@ -432,7 +643,7 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
     if (p >= n || line[p] != ':')
         return 0;
     size_t c0 = ++p;
-    for (size_t k = c0 + 1; k <= n && line[k - 1] != ' '; k++) { /* chain = line[c0:k], lazily */
+    for (size_t k = c0 + 1; k <= n && !is_space(line[k - 1]); k++) { /* chain = line[c0:k], lazily */
         if (k >= n || line[k] != ':')
             continue;
         size_t q = k + 1;
@@ -448,7 +659,7 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
         size_t d0 = q;
         while (q < n && is_digit(line[q]))
             q++;
-        if (q == d0 || q - d0 > 10 || (q < n && line[q] != ' '))
+        if (q == d0 || q - d0 > 10 || (q < n && !is_space(line[q])))
             continue;
         size_t z = d0;
         while (z < q && line[z] == '0')
@@ -457,19 +668,6 @@ static int match_header(const char *line, size_t n, size_t at, Header *h) {
         return 1;
     }
     return 0;
-}
-
-/* memmem for the short needles used here: memchr for the first byte, then compare. */
-static const char *find_str(const char *s, size_t n, size_t from, const char *needle, size_t m) {
-    while (from < n && n - from >= m) {
-        const char *hit = memchr(s + from, needle[0], n - from - m + 1);
-        if (!hit)
-            return NULL;
-        if (memcmp(hit + 1, needle + 1, m - 1) == 0)
-            return hit;
-        from = (size_t)(hit - s) + 1;
-    }
-    return NULL;
 }
 
 /* TRACE_LIKE: `TRACE: ` + identifier + `:`. */
@@ -510,7 +708,7 @@ static size_t uptime_at(const char *t, size_t r, size_t *digits) {
     if (r == 0 || t[0] != '[')
         return 0;
     size_t q = 1;
-    while (q < r && t[q] == ' ')
+    while (q < r && is_space(t[q]))
         q++;
     size_t d0 = q;
     while (q < r && is_digit(t[q]))
@@ -535,65 +733,899 @@ static size_t before_next_prefix(const char *s, size_t n) {
     return n;
 }
 
-/* ---------------------------------------------------------------- packets */
+/* parse_kernel._prefix: (host, time) of the text before a line's first header. PREFIX is
+ * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[]+)\s`, else the time is UPTIME
+ * `\[\s*(\d+\.\d+)\]` anywhere. n == -1 in a Ref: None. */
+static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
+    host->n = time->n = -1;
+    size_t p = 0;
+    while (p < n && is_space(t[p]))
+        p++;
+    size_t q = p;
+    if (q < n && t[q] == '<') {
+        size_t d = ++q;
+        while (q < n && is_digit(t[q]))
+            q++;
+        if (q > d && q < n && t[q] == '>')
+            p = q + 1;
+    }
+    size_t r = n - p, end = 0;
+    const char *u = t + p;
+    if (bsd_time_at(u, r)) {
+        end = p + 15;
+    } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
+        end = p + 19;
+        while (end < n && !is_space(t[end]))
+            end++;
+    }
+    if (end) {
+        size_t h = end;
+        while (h < n && is_space(t[h]))
+            h++;
+        size_t h0 = h;
+        while (h < n && !is_space(t[h]) && t[h] != ':' && t[h] != '[')
+            h++;
+        if (h0 > end && h > h0 && h < n && is_space(t[h])) {
+            *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
+            *time = (Ref){t + p, (Py_ssize_t)(end - p)};
+            return;
+        }
+    }
+    for (size_t b = 0; b < n; b++) {
+        size_t digits, len = uptime_at(t + b, n - b, &digits);
+        if (len) {
+            *time = (Ref){t + b + digits, (Py_ssize_t)len};
+            return;
+        }
+    }
+}
+
+
+/* ---------------------------------------------------------------- maps */
+
+/* A hash map of byte-string keys, in insertion order (which move_to_end changes): what the
+ * Python side's dicts and OrderedDicts do here. Entries hold a pointer or a number. */
+typedef struct Entry Entry;
+struct Entry {
+    Entry *prev, *next; /* order */
+    size_t hash, klen;
+    void *value;
+    long long number;
+    char key[];
+};
+
+typedef struct {
+    Entry **slots;
+    size_t n_slots, count, used; /* used: filled or deleted slots */
+    Entry *head, *tail;
+} Map;
+
+static Entry DELETED;
+
+static inline uint64_t hash_mix(uint64_t h, uint64_t w) {
+    h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 29);
+}
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* 8 bytes at a time, in four independent lanes for long keys (a walk's kilobyte, a line's
+ * fields): multiply-xorshift per word, the length mixed in. Never 0. */
+static size_t hash_bytes(const char *s, size_t n) {
+    uint64_t a = 0x9E3779B97F4A7C15ULL ^ n, b = 0x632BE59BD9B4E019ULL, c = 0x85EBCA77C2B2AE63ULL,
+             d = 0xC2B2AE3D27D4EB4FULL, w[4];
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        memcpy(w, s + i, 32);
+        a = hash_mix(a, w[0]);
+        b = hash_mix(b, w[1]);
+        c = hash_mix(c, w[2]);
+        d = hash_mix(d, w[3]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        memcpy(w, s + i, 8);
+        a = hash_mix(a, w[0]);
+    }
+    if (i < n) {
+        w[0] = 0;
+        memcpy(w, s + i, n - i);
+        a = hash_mix(a, w[0]);
+    }
+    uint64_t h = a ^ rotl64(b, 17) ^ rotl64(c, 31) ^ rotl64(d, 47);
+    h = (h ^ (h >> 32)) * 0x94D049BB133111EBULL;
+    h ^= h >> 29;
+    return h ? (size_t)h : 1;
+}
+
+/* The slot of `key`: where it is, or (found NULL) the first free slot for it. */
+static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, Entry **found) {
+    size_t mask = m->n_slots - 1, i = hash & mask, free_at = (size_t)-1;
+    for (;; i = (i + 1) & mask) {
+        Entry *e = m->slots[i];
+        if (!e) {
+            *found = NULL;
+            return free_at != (size_t)-1 ? free_at : i;
+        }
+        if (e == &DELETED) {
+            if (free_at == (size_t)-1)
+                free_at = i;
+        } else if (e->hash == hash && e->klen == klen && memcmp(e->key, key, klen) == 0) {
+            *found = e;
+            return i;
+        }
+    }
+}
+
+/* Rehash into a table a quarter full: bigger as entries come, the same size or smaller when
+ * deleted slots are what filled it (a bounded map's size stays bounded). */
+static int map_grow(Map *m) {
+    size_t n = 16;
+    while ((m->count + 1) * 4 > n)
+        n *= 2;
+    Entry **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -1;
+    free(m->slots);
+    m->slots = slots;
+    m->n_slots = n;
+    m->used = m->count;
+    for (Entry *e = m->head; e; e = e->next) {
+        size_t i = e->hash & (n - 1);
+        while (slots[i])
+            i = (i + 1) & (n - 1);
+        slots[i] = e;
+    }
+    return 0;
+}
+
+static Entry *map_get(const Map *m, const char *key, size_t klen) {
+    if (!m->n_slots)
+        return NULL;
+    Entry *found;
+    map_slot(m, key, klen, hash_bytes(key, klen), &found);
+    return found;
+}
+
+/* The entry of `key`, added at the end (value NULL, number 0) if new; NULL when out of memory. */
+static Entry *map_put(Map *m, const char *key, size_t klen, int *added) {
+    if ((m->used + 1) * 2 > m->n_slots && map_grow(m))
+        return NULL;
+    size_t hash = hash_bytes(key, klen);
+    Entry *found;
+    size_t i = map_slot(m, key, klen, hash, &found);
+    *added = found == NULL;
+    if (found)
+        return found;
+    Entry *e = calloc(1, sizeof *e + klen + 1);
+    if (!e)
+        return NULL;
+    memcpy(e->key, key, klen);
+    e->klen = klen;
+    e->hash = hash;
+    if (m->slots[i] != &DELETED)
+        m->used++;
+    m->slots[i] = e;
+    m->count++;
+    e->prev = m->tail;
+    if (m->tail)
+        m->tail->next = e;
+    else
+        m->head = e;
+    m->tail = e;
+    return e;
+}
+
+static void map_unlink(Map *m, Entry *e) {
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        m->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        m->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void map_move_to_end(Map *m, Entry *e) {
+    if (m->tail == e)
+        return;
+    map_unlink(m, e);
+    e->prev = m->tail;
+    if (m->tail)
+        m->tail->next = e;
+    else
+        m->head = e;
+    m->tail = e;
+}
+
+/* Remove and free an entry (its value is the caller's). */
+static void map_remove(Map *m, Entry *e) {
+    Entry *found;
+    size_t i = map_slot(m, e->key, e->klen, e->hash, &found);
+    if (found == e)
+        m->slots[i] = &DELETED;
+    map_unlink(m, e);
+    m->count--;
+    free(e);
+}
+
+static void map_clear(Map *m, void (*drop)(void *)) {
+    Entry *e = m->head;
+    while (e) {
+        Entry *next = e->next;
+        if (drop && e->value)
+            drop(e->value);
+        free(e);
+        e = next;
+    }
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- words */
+
+typedef struct {
+    const char *s;
+    size_t n;
+} Word;
+
+typedef struct {
+    Word *w;
+    size_t n, cap;
+} Words;
+
+/* ascii.words(text): the runs between ASCII whitespace; `skip_quotes` drops every '"'
+ * first (nft_packet_fields does text.replace('"', "")), copying the text into `scratch`. */
+static int split_words(const char *s, size_t n, Words *out, int skip_quotes, Buf *scratch) {
+    out->n = 0;
+    if (skip_quotes) {
+        scratch->n = 0;
+        if (buf_grow(scratch, n + 1))
+            return -1;
+        for (size_t i = 0; i < n; i++)
+            if (s[i] != '"')
+                scratch->p[scratch->n++] = s[i];
+        s = scratch->p;
+        n = scratch->n;
+    }
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && is_space(s[i]))
+            i++;
+        if (i >= n)
+            break;
+        size_t start = i;
+        while (i < n && !is_space(s[i]))
+            i++;
+        if (out->n == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : 64;
+            Word *w = realloc(out->w, cap * sizeof *w);
+            if (!w)
+                return -1;
+            out->w = w;
+            out->cap = cap;
+        }
+        out->w[out->n++] = (Word){s + start, i - start};
+    }
+    return 0;
+}
+
+static int word_is(Word w, const char *name) { return name_is(w.s, w.n, name); }
+
+/* pairs.get((a, b)): the word after the first `a b` that has one (NULL n: none). */
+static Word pair_get(const Words *ws, const char *a, const char *b) {
+    for (size_t i = 0; i + 2 < ws->n; i++)
+        if (word_is(ws->w[i], a) && word_is(ws->w[i + 1], b))
+            return ws->w[i + 2];
+    return (Word){NULL, 0};
+}
+
+/* following.get(a): the word after the first `a` that has one. */
+static Word following_get(const Words *ws, const char *a) {
+    for (size_t i = 0; i + 1 < ws->n; i++)
+        if (word_is(ws->w[i], a))
+            return ws->w[i + 1];
+    return (Word){NULL, 0};
+}
+
+static long long word_int(Word w, long long limit) { return w.s ? small_int(w.s, w.n, limit) : NONE; }
+
+/* ---------------------------------------------------------------- xtables-monitor and nft monitor */
+
+static const char *FAMILIES[] = {"ip", "inet", "ip6", "bridge", "arp", "netdev"};
+#define N_FAMILIES 6
+
+/* A PACKET / packet: line's fields, kept per trace id with its own copy of the interfaces. */
+typedef struct {
+    Fields f;
+    char *text;           /* in_if and out_if point here */
+    char *base_table, *base_chain; /* the base chain a `packet:` line opens (NULL: xtables-monitor) */
+    size_t base_table_n, base_chain_n;
+} NftPacket;
+
+static void nft_packet_free(void *p) {
+    NftPacket *np = p;
+    free(np->text);
+    free(np->base_table);
+    free(np->base_chain);
+    free(np);
+}
+
+static int proto_name(const char *v, size_t n, char *out) {
+    if (n == 0 || n >= 8)
+        return 0;
+    for (size_t j = 0; j < n; j++)
+        out[j] = (v[j] >= 'a' && v[j] <= 'z') ? (char)(v[j] - 32) : v[j];
+    out[n] = 0;
+    return find_in(PROTOCOL_NAMES, 11, out, n) >= 0 || (all_digits(out, n) && n <= 3);
+}
+
+/* parse_nft.xt_packet_fields */
+static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
+    fields_init(f);
+    if (split_words(s, n, ws, 0, NULL))
+        return -1;
+    int v6 = 0, flags = 0;
+    for (size_t k = 0; k < ws->n; k++) {
+        const char *t = ws->w[k].s;
+        size_t len = ws->w[k].n;
+        const char *eq = memchr(t, '=', len);
+        if (!eq) {
+            int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
+            if (flag >= 0)
+                flags |= 1 << flag;
+            continue;
+        }
+        size_t klen = (size_t)(eq - t);
+        const char *v = eq + 1;
+        size_t vlen = len - klen - 1;
+        if ((name_is(t, klen, "SRC") || name_is(t, klen, "DST")) && (is_ipv4(v, vlen) || is_ipv6(v, vlen))) {
+            set_address(t[0] == 'S' ? f->src : f->dst, v, vlen);
+            if (memchr(v, ':', vlen))
+                v6 = 1;
+        } else if (name_is(t, klen, "IN")) {
+            f->in_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
+        } else if (name_is(t, klen, "OUT")) {
+            f->out_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
+        } else if (name_is(t, klen, "TTL") || name_is(t, klen, "HOPLIMIT")) {
+            f->ttl = small_int(v, vlen, 255);
+        } else if (name_is(t, klen, "FLOWLBL")) {
+            f->flow_label = small_int(v, vlen, 0xFFFFF);
+            v6 = 1;
+        } else if (name_is(t, klen, "ID")) { /* GLUED_ID: 1-10 digits, then DF, MF or CE or nothing */
+            size_t d = 0;
+            while (d < vlen && is_digit(v[d]))
+                d++;
+            int glued = d >= 1 && d <= 10 &&
+                        (d == vlen || (vlen - d == 2 && (memcmp(v + d, "DF", 2) == 0 || memcmp(v + d, "MF", 2) == 0 ||
+                                                         memcmp(v + d, "CE", 2) == 0)));
+            f->ip_id = glued ? small_int(v, d, 65535) : NONE;
+        } else if (name_is(t, klen, "SPORT")) {
+            f->sport = small_int(v, vlen, 65535);
+        } else if (name_is(t, klen, "DPORT")) {
+            f->dport = small_int(v, vlen, 65535);
+        } else if (name_is(t, klen, "PROTO")) {
+            if (!proto_name(v, vlen, f->proto))
+                f->proto[0] = 0;
+        }
+    }
+    if ((f->sport != NONE || f->dport != NONE) && !f->proto[0])
+        strcpy(f->proto, flags ? "TCP" : "UDP");
+    f->flags = flags;
+    f->damaged = (f->ip_id == NONE && !v6) || !f->src[0] || !f->dst[0];
+    return 0;
+}
+
+static const char *FLAG_BITS_NAMES[] = {"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}; /* bit 0..7 */
+static const char *FLAG_WORDS[] = {"fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"};
+
+/* The TCP_FLAG_NAMES mask of a flag name. */
+static int flag_bit(const char *name) { return 1 << find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, name, strlen(name)); }
+
+/* parse_nft._tcp_flags: after the first `flags`: `== syn | ack`, `syn`, or `0x14`. */
+static int nft_tcp_flags(const Words *ws) {
+    size_t start = 0;
+    while (start < ws->n && !word_is(ws->w[start], "flags"))
+        start++;
+    start++;
+    if (start < ws->n && word_is(ws->w[start], "=="))
+        start++;
+    int flags = 0;
+    if (start < ws->n) {
+        Word w = ws->w[start];
+        int hex = w.n >= 3 && w.n <= 10 && w.s[0] == '0' && w.s[1] == 'x';
+        unsigned long bits = 0;
+        for (size_t j = 2; hex && j < w.n; j++) {
+            char c = w.s[j];
+            hex = is_hex_digit(c);
+            bits = bits * 16 + (unsigned long)(is_digit(c) ? c - '0' : (c | 32) - 'a' + 10);
+        }
+        if (hex) {
+            for (int b = 0; b < 8; b++)
+                if (bits & (1ul << b))
+                    flags |= flag_bit(FLAG_BITS_NAMES[b]);
+            return flags;
+        }
+    }
+    for (size_t k = start; k < ws->n; k++) {
+        int b = find_in(FLAG_WORDS, 8, ws->w[k].s, ws->w[k].n);
+        if (b >= 0)
+            flags |= flag_bit(FLAG_BITS_NAMES[b]);
+        else if (!word_is(ws->w[k], "|"))
+            break;
+    }
+    return flags;
+}
+
+static int icmp_kind(Word kind, int v6) {
+    if (word_is(kind, "echo-request"))
+        return v6 ? 128 : 8;
+    if (word_is(kind, "echo-reply"))
+        return v6 ? 129 : 0;
+    return (int)word_int(kind, 255);
+}
+
+/* parse_nft.nft_packet_fields */
+static int nft_packet_fields(const char *s, size_t n, Fields *f, Words *ws, Buf *scratch) {
+    fields_init(f);
+    if (split_words(s, n, ws, 1, scratch))
+        return -1;
+    int v6 = pair_get(ws, "ip6", "saddr").s || pair_get(ws, "ip6", "daddr").s;
+    const char *family = v6 ? "ip6" : "ip";
+    Word saddr = pair_get(ws, family, "saddr"), daddr = pair_get(ws, family, "daddr");
+    if (saddr.s && (v6 ? is_ipv6(saddr.s, saddr.n) : is_ipv4(saddr.s, saddr.n)))
+        set_address(f->src, saddr.s, saddr.n);
+    if (daddr.s && (v6 ? is_ipv6(daddr.s, daddr.n) : is_ipv4(daddr.s, daddr.n)))
+        set_address(f->dst, daddr.s, daddr.n);
+    if (v6) {
+        f->ttl = word_int(pair_get(ws, "ip6", "hoplimit"), 255);
+        f->flow_label = word_int(pair_get(ws, "ip6", "flowlabel"), 0xFFFFF);
+    } else {
+        f->ip_id = word_int(pair_get(ws, "ip", "id"), 65535);
+        f->ttl = word_int(pair_get(ws, "ip", "ttl"), 255);
+    }
+    Word iif = following_get(ws, "iif"), oif = following_get(ws, "oif");
+    if (iif.s)
+        f->in_if = (Ref){iif.s, (Py_ssize_t)iif.n};
+    if (oif.s)
+        f->out_if = (Ref){oif.s, (Py_ssize_t)oif.n};
+    static const char *ICMPS[] = {"icmp", "icmpv6"};
+    for (int k = 0; k < 2; k++) {
+        Word kind = pair_get(ws, ICMPS[k], "type");
+        if (kind.s) {
+            strcpy(f->proto, k ? "ICMPV6" : "ICMP");
+            long long type = icmp_kind(kind, k);
+            f->icmp_type = type < 0 ? NONE : type;
+            f->icmp_id = word_int(pair_get(ws, ICMPS[k], "id"), 65535);
+            f->icmp_seq = word_int(pair_get(ws, ICMPS[k], "sequence"), 65535);
+        }
+    }
+    static const char *L4[] = {"tcp", "udp"};
+    for (int k = 0; k < 2; k++) {
+        Word sport = pair_get(ws, L4[k], "sport");
+        if (sport.s) {
+            strcpy(f->proto, k ? "UDP" : "TCP");
+            f->sport = word_int(sport, 65535);
+            f->dport = word_int(pair_get(ws, L4[k], "dport"), 65535);
+        }
+    }
+    if (strcmp(f->proto, "TCP") == 0) {
+        f->tcp_seq = word_int(pair_get(ws, "tcp", "sequence"), 0xFFFFFFFFLL);
+        for (size_t k = 0; k < ws->n; k++)
+            if (word_is(ws->w[k], "flags")) {
+                f->flags = nft_tcp_flags(ws);
+                break;
+            }
+    }
+    f->damaged = (f->ip_id == NONE && !v6) || !f->src[0] || !f->dst[0];
+    return 0;
+}
+
+/* One xtables-monitor / nft monitor line: a step, or (kind -1) a packet description. */
+typedef struct {
+    Ref trace_id;
+    int kind; /* -1: PACKET / packet: line; else 0 rule 1 return 2 policy */
+    Ref table, chain;
+    Ref handle;  /* xtables-monitor `0x3`, nft `unknown rule handle 13`; n -1: None */
+    Ref verdict; /* as written (nft: lowercase, upper() on use); n -1: None */
+    Ref target;  /* xtables-monitor `JUMP:target` */
+    Ref rule;    /* n -1: None (an empty rule text is "") */
+    int family;  /* -1: none (xtables-monitor) */
+    Ref packet;  /* the fields' text of a packet line */
+} NftLine;
+
+static size_t skip_space(const char *s, size_t n, size_t i) {
+    while (i < n && is_space(s[i]))
+        i++;
+    return i;
+}
+
+static int only_space_from(const char *s, size_t n, size_t i) { return skip_space(s, n, i) == n; }
+
+static int lit(const char *s, size_t n, size_t i, const char *text) {
+    size_t m = strlen(text);
+    return i + m <= n && memcmp(s + i, text, m) == 0;
+}
+
+/* `\d+` at i: its end, or i when none. */
+static size_t digits_end(const char *s, size_t n, size_t i) {
+    while (i < n && is_digit(s[i]))
+        i++;
+    return i;
+}
+
+static size_t lower_hex_end(const char *s, size_t n, size_t i) {
+    while (i < n && (is_digit(s[i]) || (s[i] >= 'a' && s[i] <= 'f')))
+        i++;
+    return i;
+}
+
+static size_t nonspace_end(const char *s, size_t n, size_t i) {
+    while (i < n && !is_space(s[i]))
+        i++;
+    return i;
+}
+
+/* What XT_TRACE matches after `kind:`, from i: `(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$`. */
+static int xt_rest(const char *s, size_t n, size_t i, NftLine *out) {
+    out->handle.n = out->target.n = out->rule.n = -1;
+    if (lit(s, n, i, "0x")) {
+        size_t h = lower_hex_end(s, n, i + 2);
+        if (h > i + 2 && h < n && s[h] == ':') {
+            out->handle = (Ref){s + i, (Py_ssize_t)(h - i)};
+            i = h + 1;
+        }
+    }
+    size_t v = i;
+    while (i < n && s[i] >= 'A' && s[i] <= 'Z')
+        i++;
+    out->verdict = (Ref){s + v, (Py_ssize_t)(i - v)};
+    if (i < n && s[i] == ':') {
+        size_t t = nonspace_end(s, n, i + 1);
+        if (t == i + 1)
+            return 0;
+        out->target = (Ref){s + i + 1, (Py_ssize_t)(t - i - 1)};
+        i = t;
+    }
+    if (i == n)
+        return 1;
+    if (!is_space(s[i]))
+        return 0;
+    size_t r = skip_space(s, n, i), end = n;
+    while (end > r && is_space(s[end - 1]))
+        end--;
+    out->rule = (Ref){s + r, (Py_ssize_t)(end - r)};
+    return 1;
+}
+
+/* parse_xtables_monitor: XT_PACKET or XT_TRACE; 0: neither. */
+static int parse_xt(const char *s, size_t n, NftLine *out) {
+    size_t i = skip_space(s, n, 0);
+    memset(out, 0, sizeof *out);
+    out->family = -1;
+    out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
+    int packet = lit(s, n, i, "PACKET: ");
+    if (!packet && !lit(s, n, i, "TRACE: "))
+        return 0;
+    i += packet ? 8 : 7;
+    size_t d = digits_end(s, n, i);
+    if (d == i || d >= n || s[d] != ' ')
+        return 0;
+    size_t t0 = d + 1, t1 = lower_hex_end(s, n, t0);
+    if (t1 == t0 || t1 >= n || s[t1] != ' ')
+        return 0;
+    out->trace_id = (Ref){s + t0, (Py_ssize_t)(t1 - t0)};
+    i = t1 + 1;
+    if (packet) {
+        out->kind = -1;
+        out->packet = (Ref){s + i, (Py_ssize_t)(n - i)};
+        return 1;
+    }
+    /* ([A-Za-z_][\w-]*):(\S+?):(rule|return|policy):REST */
+    if (i >= n || !ident_start(s[i]))
+        return 0;
+    size_t tb = i;
+    while (i < n && (ident_char(s[i]) || s[i] == '-'))
+        i++;
+    if (i >= n || s[i] != ':')
+        return 0;
+    out->table = (Ref){s + tb, (Py_ssize_t)(i - tb)};
+    size_t c0 = ++i;
+    for (size_t k = c0 + 1; k <= n && !is_space(s[k - 1]); k++) {
+        if (k >= n || s[k] != ':')
+            continue;
+        for (int j = 0; j < 3; j++) {
+            size_t q = k + 1, kl = KIND_LEN[j];
+            if (q + kl < n && memcmp(s + q, KINDS[j], kl) == 0 && s[q + kl] == ':' && xt_rest(s, n, q + kl + 1, out)) {
+                out->chain = (Ref){s + c0, (Py_ssize_t)(k - c0)};
+                out->kind = j;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* `(verdict X)` with only whitespace after it, at s[i:]: its end and X; 0 if not. */
+static int verdict_tail(const char *s, size_t n, size_t i, Ref *verdict) {
+    if (!lit(s, n, i, " (verdict "))
+        return 0;
+    size_t v = i + 10, close = v;
+    while (close < n && s[close] != ')')
+        close++;
+    if (close >= n || !only_space_from(s, n, close + 1))
+        return 0;
+    *verdict = (Ref){s + v, (Py_ssize_t)(close - v)};
+    return 1;
+}
+
+/* parse_nft_monitor: NFT_LINE; 0 if it does not match. */
+static int parse_nft(const char *s, size_t n, NftLine *out) {
+    size_t i = skip_space(s, n, 0);
+    memset(out, 0, sizeof *out);
+    out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
+    if (!lit(s, n, i, "trace id "))
+        return 0;
+    i += 9;
+    size_t t1 = lower_hex_end(s, n, i);
+    if (t1 == i || t1 >= n || s[t1] != ' ')
+        return 0;
+    out->trace_id = (Ref){s + i, (Py_ssize_t)(t1 - i)};
+    i = t1 + 1;
+    out->family = -1;
+    for (int k = 0; k < N_FAMILIES; k++) {
+        size_t m = strlen(FAMILIES[k]);
+        if (lit(s, n, i, FAMILIES[k]) && i + m < n && s[i + m] == ' ') {
+            out->family = k;
+            i += m + 1;
+            break;
+        }
+    }
+    if (out->family < 0)
+        return 0;
+    Ref *names[] = {&out->table, &out->chain};
+    for (int k = 0; k < 2; k++) {
+        size_t e = nonspace_end(s, n, i);
+        if (e == i || e >= n || s[e] != ' ')
+            return 0;
+        *names[k] = (Ref){s + i, (Py_ssize_t)(e - i)};
+        i = e + 1;
+    }
+    if (lit(s, n, i, "packet: ")) {
+        out->kind = -1;
+        out->packet = (Ref){s + i + 8, (Py_ssize_t)(n - i - 8)};
+        return 1;
+    }
+    if (lit(s, n, i, "rule ")) {
+        size_t r = i + 5;
+        for (size_t j = r; j < n; j++) {
+            if (s[j] == ' ' && verdict_tail(s, n, j, &out->verdict)) {
+                out->kind = 0;
+                out->rule = (Ref){s + r, (Py_ssize_t)(j - r)};
+                return 1;
+            }
+        }
+    }
+    if (lit(s, n, i, "unknown rule handle ")) {
+        size_t h = i + 20, e = digits_end(s, n, h);
+        if (e > h && e - h <= 10 && verdict_tail(s, n, e, &out->verdict)) {
+            out->kind = 0;
+            out->handle = (Ref){s + h, (Py_ssize_t)(e - h)};
+            return 1;
+        }
+    }
+    int policy = lit(s, n, i, "policy ");
+    if (policy || lit(s, n, i, "verdict ")) {
+        size_t v = i + (policy ? 7 : 8), e = nonspace_end(s, n, v);
+        if (e > v && only_space_from(s, n, e)) {
+            out->kind = policy ? 2 : 1;
+            out->verdict = (Ref){s + v, (Py_ssize_t)(e - v)};
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- records and packets */
+
+enum { ID_IP, ID_TRACE, ID_FLOW };
+static const char *IDENTITY_NAMES[] = {"ip_id", "trace_id", "flow"};
+enum { FMT_KERNEL, FMT_XT, FMT_NFT };
+enum { DIR_REQUEST, DIR_REPLY, DIR_ERROR };
+static const char *DIRECTION_NAMES[] = {"request", "reply", "error"};
+enum { MODE_JSON, MODE_TEXT, MODE_SUMMARY, MODE_DIAGRAM };
+
+/* One trace event, as Assembler.feed sees it (model.Event + Step). */
+typedef struct {
+    int node;
+    const char *table, *chain;
+    size_t table_n, chain_n;
+    int kind;
+    const char *pos; /* digits without leading zeros ("" = 0); NULL: no position */
+    size_t pos_n;
+    Ref handle, verdict, rule; /* n -1: None */
+    int family;                /* -1: None */
+    const Fields *f;
+    Ref trace_id; /* n -1: None */
+    int base;     /* -1: no packet: line opened the chain, else bit 0 iif, bit 1 oif */
+    Ref time;
+    int names_known; /* table_index and chain_hook are set (kernel lines: from the header cache) */
+    int table_index, chain_hook; /* TABLES and HOOKS index of table and chain, -1: other */
+    int repeat; /* its fields are those of the record fed just before (same text) */
+    uint64_t header_id; /* the parser thread's id of its header text (0: none; see step_head) */
+} Rec;
+
+typedef struct {
+    size_t at, prefix_n, suffix_n; /* a step's JSON in Packet.steps: prefix, rule (from the walk), suffix */
+    int in_tables;
+} StepAt;
 
 typedef struct Packet Packet;
 struct Packet {
-    int node;
+    int node, identity;
     long long seq, repaired, last_seen;
-    Fields f; /* opening line's fields, merged; its Refs are not used */
+    Fields f;             /* opening line's fields, merged; its Refs are not used */
+    char *in_if, *out_if; /* merged interfaces of a flow packet (NULL: None) */
+    size_t in_if_n, out_if_n;
     int has_first, has_last;
-    char first_src[16], first_dst[16], last_src[16], last_dst[16];
+    char first_src[ADDR_MAX], first_dst[ADDR_MAX], last_src[ADDR_MAX], last_dst[ADDR_MAX];
     long long first_ttl, first_sport, first_dport, last_ttl, last_sport, last_dport;
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
-    int tables_seen;           /* the node's table mask when the packet was finished */
-    Buf steps, sig;
-    size_t last_step_at; /* where the last step's JSON starts in `steps` */
+    int at_end;
+    char *entered; /* the base chain seen entered after the last step (NULL: None) */
+    size_t entered_n;
+    Buf sig;   /* the walk: what judging it depends on, step by step */
+    Buf steps; /* the steps' JSON (when wanted) */
+    StepAt *at;
+    size_t n_steps, cap_steps;
+    int json; /* every step's JSON is in `steps` */
+    char **trace_ids;
+    size_t *trace_id_n, n_trace_ids, cap_trace_ids;
+    char *time0; /* the first step's time (NULL: None) */
+    size_t time0_n;
     Packet *prev, *next;       /* open packets, least recently touched first */
     Packet *id_prev, *id_next; /* same (node, ip id) bucket, in opening order */
     size_t bucket;
+    int indexed;
 };
 
 #define BUCKETS 4096
-/* feed() hands over at most about this many packets at a time (memory stays flat). */
-#define BATCH_PACKETS 1024
+/* assemble.EXPIRE_EVERY */
+#define EXPIRE_EVERY 64
+/* reader.PENDING_TRACE_IDS */
+#define PENDING_TRACE_IDS 4096
+/* native.WALK_CACHE: distinct walks judged and kept */
+#define WALK_CACHE 8192
+/* analyze.Directions memory, flows.MEMORY and MAX_HOPS, summary.MAX_ROWS, diagram.MAX_WALKS */
+#define DIRECTIONS_MEMORY 16384
+#define FLOWS_MEMORY 20000
+#define MAX_HOPS 32
+#define SUMMARY_ROWS 10000
+#define DIAGRAM_WALKS 500
+#define ADDRESS_CACHE 4096
+/* packets the text format shows in full (render.text.PACKET_LIMIT) */
+#define TEXT_PACKETS 50
+
+typedef struct {
+    PyObject *result; /* the Python walk tuple (see native.py) */
+    const char *hooks_json, *verdict_json, *newconn_json;
+    Py_ssize_t hooks_json_n, verdict_json_n, newconn_json_n;
+    PyObject *step_rules; /* tuple of bytes: each step's "rule" JSON */
+    const char *proto;    /* protocol from the rules, or NULL */
+    int verdict, origin, walk_ok;
+    long summary, diagram;
+} Walk;
+
+typedef struct {
+    long long seq;
+    int direction, node;
+    PyObject *walk; /* result tuple */
+    long long ttl;
+    char src[ADDR_MAX], dst[ADDR_MAX], exit_src[ADDR_MAX], exit_dst[ADDR_MAX];
+} Hop;
+
+typedef struct {
+    Hop *hops;
+    size_t n, cap;
+} Hops;
+
+typedef struct {
+    long long count, first_seq, last_seq;
+    char *first_time, *last_time, *example; /* first_time/last_time NULL: None */
+    size_t first_time_n, last_time_n, example_n;
+} Row;
+
+typedef struct {
+    long long min_seq, count;
+    PyObject *walk;
+} DiagramRow;
+
+/* What kernel lines parse to, cached (see tail_fields and cached_header); each thread has its own. */
+typedef struct {
+    struct HeaderSlot *headers; /* HEADER_CACHE slots (NULL until the first kernel line) */
+    struct FieldSlot *fields;   /* FIELD_CACHE slots, likewise */
+    struct FieldSlot *last;     /* the slot tail_fields returned last */
+    uint64_t filled;            /* header slots filled so far: the next one's id */
+} Caches;
 
 typedef struct {
     PyObject_HEAD int window;
-    long long count, seq, unattributed;
-    long long lines, ignored, skipped, records;
+    PyObject *calls; /* node_added, slot_added, judge, address_ok */
+    int mode, expect, match, match_src, match_dst;
+    char **tables; /* --tables (NULL: all) */
+    size_t *table_lens, n_tables;
+    int all_tables;
+    char **protocols; /* --match proto= */
+    size_t *protocol_lens, n_protocols;
+    long long *ports, *ip_ids;
+    size_t n_ports, n_ip_ids;
+    Map declared; /* node \0 family \0 table \0 chain -> hook + 1 (0: a regular chain) */
+    long long count, seq, unattributed, open_flows;
+    long long lines, ignored, skipped, records, cut_lines, matched, repaired;
+    long long identities[3];
     Packet *head, *tail; /* open packets */
     Packet *bucket_head[BUCKETS], *bucket_tail[BUCKETS];
-    /* the assembler's `_last`: node, a copy of the fields, the packet (NULL: not open) */
+    Map by_trace; /* node + trace id -> packet */
+    /* the assembler's `_last`: node, trace id, a copy of the fields, the packet (NULL: not open) */
     int has_last, last_node;
     Fields last_fields;
-    Buf last_text;
+    Buf last_text, last_tid;
+    int last_has_tid;
     Packet *last_packet;
-    /* nodes, by number: name, tables seen (bit i = TABLES[i]), the name as a Python str */
+    /* nodes, by number */
     char **node_names;
     size_t *node_lens;
     int *table_masks;
-    PyObject **node_objects; /* made when first needed (with the GIL) */
+    long long *began, *slot_version;
+    PyObject **node_json;
+    int *node_ok, *event_order; /* event_order: rank of the node's first event (-1: none yet) */
+    int n_with_events;
     int n_nodes, cap_nodes;
-    int *node_slots; /* open-addressing index of the names: node number + 1, 0 = free */
-    size_t n_slots;
-    Packet **done; /* finished, not yet handed to Python */
+    Map nodes;     /* name -> number + 1 */
+    Map slots;     /* node + hook + table of nft base chains seen */
+    Packet **done; /* finished by the assembler, not yet judged */
     size_t n_done, cap_done;
-    int failed;    /* out of memory */
-    int busy;       /* feed() runs without the GIL: no other call meanwhile */
-    int line_node;  /* node of the lines being fed, or of lines without a host field */
-    int from_lines; /* take the node from each line's syslog host field */
+    int failed;  /* out of memory */
+    PyObject *error; /* an exception from a Python call, to raise when feed() returns */
+    int line_node, from_lines, format, in_file;
+    /* the line being read across chunks (at most LINE_LIMIT bytes) */
+    Buf carry;
+    int carrying, carry_cut;
+    Buf text; /* a line made valid UTF-8 */
     /* the last line's prefix (what precedes its first header): its node and time */
     Buf prefix_text;
     int has_prefix, prefix_node;
     Ref prefix_time;
-    Header *headers; /* the headers of a glued line */
-    /* the last record's field text and its parse: most lines repeat the previous line's */
-    Buf tail_text;
-    Fields tail_fields;
-    int has_tail, tail_glued;
+    Header *headers;
     size_t cap_headers;
+    Caches caches; /* the kernel lines read here (those the parser thread leaves) */
+    struct StepHead *heads; /* STEP_HEADS slots (NULL until needed), see step_head */
+    int placed_last; /* the last record fed was placed in a packet */
+    struct Parser *parser; /* kernel logs: parses the next chunk while this one is assembled (NULL: none) */
+    char *read_buf;        /* feed_from without the parser: read_size bytes */
+    size_t read_size;
+    int carry_ahead;       /* the chunks handed to the parser so far end inside a line */
+    Buf fast_host;         /* the host field of the last line the parser read, and its node */
+    int fast_node;
     long long line_no;
+    /* nft / xtables-monitor: per trace id, the last packet line's fields and the pending base chain */
+    Map nft_packets, pending;
+    Words words;
+    Buf scratch, scratch2, verdict;
+    /* finishing */
+    Map walks;      /* walk key -> Walk */
+    Buf key;        /* a walk key being built */
+    Map directions; /* node + proto + endpoints -> which came first */
+    Map flows;      /* proto + ip id + icmp seq -> Hops, by last use */
+    Map rows;       /* summary: node + direction + summary id -> Row */
+    long long other;
+    Map diagram;    /* node + direction + diagram id -> DiagramRow */
+    Map addresses;  /* which + address -> ok */
+    Buf out;        /* JSON written, not yet handed over */
+    int written;    /* packets written to `out` so far */
+    PyObject *items; /* list of text packets and expect packets, not yet handed over */
+    long long kept;  /* text packets handed over */
 } Engine;
 
 static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919u + (size_t)ip_id) % BUCKETS; }
@@ -601,6 +1633,15 @@ static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919
 static void packet_free(Packet *p) {
     free(p->steps.p);
     free(p->sig.p);
+    free(p->at);
+    free(p->in_if);
+    free(p->out_if);
+    free(p->entered);
+    free(p->time0);
+    for (size_t i = 0; i < p->n_trace_ids; i++)
+        free(p->trace_ids[i]);
+    free(p->trace_ids);
+    free(p->trace_id_n);
     free(p);
 }
 
@@ -626,18 +1667,36 @@ static void lru_append(Engine *e, Packet *p) {
     e->tail = p;
 }
 
+static int trace_key(Buf *b, int node, const char *tid, size_t n) {
+    b->n = 0;
+    return put(b, (const char *)&node, sizeof node) || put(b, tid, n);
+}
+
+/* Assembler._forget + the hand-over: the packet leaves the open structures. */
 static void finish(Engine *e, Packet *p) {
     lru_unlink(e, p);
-    p->tables_seen = e->table_masks[p->node];
-    size_t b = p->bucket;
-    if (p->id_prev)
-        p->id_prev->id_next = p->id_next;
-    else
-        e->bucket_head[b] = p->id_next;
-    if (p->id_next)
-        p->id_next->id_prev = p->id_prev;
-    else
-        e->bucket_tail[b] = p->id_prev;
+    if (p->identity == ID_FLOW)
+        e->open_flows--;
+    if (p->indexed) {
+        size_t b = p->bucket;
+        if (p->id_prev)
+            p->id_prev->id_next = p->id_next;
+        else
+            e->bucket_head[b] = p->id_next;
+        if (p->id_next)
+            p->id_next->id_prev = p->id_prev;
+        else
+            e->bucket_tail[b] = p->id_prev;
+    }
+    for (size_t i = 0; i < p->n_trace_ids; i++) {
+        if (trace_key(&e->scratch2, p->node, p->trace_ids[i], p->trace_id_n[i])) {
+            e->failed = 1;
+            continue;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (t && t->value == p)
+            map_remove(&e->by_trace, t);
+    }
     if (e->last_packet == p)
         e->last_packet = NULL;
     if (e->n_done == e->cap_done) {
@@ -661,6 +1720,30 @@ static void expire(Engine *e) {
 
 static int agree(long long a, long long b) { return a == NONE || b == NONE || a == b; }
 
+/* assemble._v6: 1 IPv6, 0 IPv4, -1 no address. */
+static int v6_of(const char *src, const char *dst) {
+    const char *a = src[0] ? src : dst;
+    return a[0] ? strchr(a, ':') != NULL : -1;
+}
+
+static int text_agrees(const char *a, size_t an, Ref b) {
+    return a == NULL || b.n < 0 || ((size_t)b.n == an && memcmp(a, b.s, an) == 0);
+}
+
+/* assemble._same_flow */
+static int same_flow(const Packet *packet, const Fields *f) {
+    const Fields *p = &packet->f;
+    if (packet->has_last) {
+        if (f->src[0] && strcmp(f->src, packet->last_src) != 0)
+            return 0;
+        if (f->dst[0] && strcmp(f->dst, packet->last_dst) != 0 && strcmp(packet->last_dst, packet->first_dst) != 0)
+            return 0;
+    }
+    return text_agrees(packet->in_if, packet->in_if_n, f->in_if) &&
+           text_agrees(packet->out_if, packet->out_if_n, f->out_if) && agree(p->flow_label, f->flow_label) &&
+           agree(p->tcp_seq, f->tcp_seq) && agree(p->icmp_seq, f->icmp_seq);
+}
+
 /* assemble.compatible */
 static int compatible(const Packet *packet, const Fields *f) {
     const Fields *p = &packet->f;
@@ -676,28 +1759,110 @@ static int compatible(const Packet *packet, const Fields *f) {
     if (p->sport != NONE && p->dport != NONE && f->sport != NONE && f->dport != NONE && p->sport != f->sport &&
         p->dport != f->dport)
         return 0;
-    return 1;
+    int line_v6 = v6_of(f->src, f->dst);
+    int packet_v6 = packet->has_last ? v6_of(packet->last_src, packet->last_dst) : -1;
+    if (packet_v6 < 0 && p->ip_id != NONE)
+        packet_v6 = 0;
+    if (line_v6 >= 0 && packet_v6 >= 0 && line_v6 != packet_v6)
+        return 0;
+    return p->ip_id != NONE || same_flow(packet, f);
 }
 
-typedef struct {
-    Header h;
-    int hook;  /* index into HOOKS if the chain is a built-in one, else -1 */
-    int table; /* index into TABLES, -1: another table */
-} Step;
+/* hooks.hook_by_name: `HOOK`, `hook`, `prefix_HOOK`, `prefix_hook` (prefix alphanumeric),
+ * `prefix-hook` (prefix lowercase alphanumeric); -1 if none. */
+static int hook_by_name(const char *s, size_t n) {
+    static const char *LOWER[] = {"prerouting", "input", "forward", "output", "postrouting"};
+    int hook = find_in(HOOKS, N_HOOKS, s, n);
+    if (hook < 0)
+        hook = find_in(LOWER, N_HOOKS, s, n);
+    if (hook >= 0)
+        return hook;
+    size_t u = 0;
+    while (u < n && s[u] != '_' && s[u] != '-')
+        u++;
+    if (u == 0 || u >= n)
+        return -1;
+    for (size_t i = 0; i < u; i++) {
+        char c = s[i];
+        int lower_alnum = (c >= 'a' && c <= 'z') || is_digit(c);
+        if (!(lower_alnum || (s[u] == '_' && c >= 'A' && c <= 'Z')))
+            return -1;
+    }
+    const char *rest = s + u + 1;
+    size_t rest_n = n - u - 1;
+    hook = find_in(LOWER, N_HOOKS, rest, rest_n);
+    if (hook < 0 && s[u] == '_')
+        hook = find_in(HOOKS, N_HOOKS, rest, rest_n);
+    return hook;
+}
 
-/* assemble._next_hook: may `s` come next in `p`'s walk, and in which hook (-1: None). */
-static int next_hook(const Packet *p, const Step *s, int *hook) {
+/* hooks.inferred_hook */
+static int inferred_hook(int base, int current) {
+    static const int CANDIDATES[4][2] = {{-1, -1}, {0, 1}, {3, 4}, {2, -1}}; /* by base: iif=1, oif=2 */
+    if (base <= 0)
+        return -1;
+    int rank = current >= 0 ? HOOK_RANK[current] : 0;
+    const int *c = CANDIDATES[base];
+    for (int i = 0; i < 2 && c[i] >= 0; i++)
+        if (HOOK_RANK[c[i]] >= rank)
+            return c[i];
+    return c[1] >= 0 ? c[1] : c[0];
+}
+
+/* hooks.resolver: the hook of the record's chain if it is a base chain, else -1. */
+static int resolve_hook(Engine *e, const Rec *r, int current) {
+    if (r->family < 0)
+        return find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
+    if (e->declared.count) {
+        Buf *k = &e->scratch2;
+        const char *family = FAMILIES[r->family];
+        k->n = 0;
+        if (put(k, e->node_names[r->node], e->node_lens[r->node]) || put(k, "", 1) ||
+            put(k, family, strlen(family)) || put(k, "", 1) || put(k, r->table, r->table_n) || put(k, "", 1) ||
+            put(k, r->chain, r->chain_n)) {
+            e->failed = 1;
+        } else {
+            Entry *d = map_get(&e->declared, k->p, k->n);
+            if (d)
+                return (int)d->number - 1;
+        }
+    }
+    int named = hook_by_name(r->chain, r->chain_n);
+    if (named >= 0)
+        return named;
+    return r->base >= 0 ? inferred_hook(r->base, current) : -1;
+}
+
+/* Assembler._next_hook: may the record come next in `p`'s walk, and in which hook (-1: None). */
+static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *hook) {
+    int current = p->last_hook >= 0 ? p->last_hook : -1;
+    int base = r->family >= 0 || r->base >= 0 ? resolve_hook(e, r, current)
+               : r->names_known                ? r->chain_hook
+                                               : find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
     if (p->last_hook == -2) {
-        *hook = s->hook;
+        *hook = base;
         return 1;
     }
-    *hook = s->hook >= 0 ? s->hook : p->last_hook;
+    *hook = base >= 0 ? base : p->last_hook;
     if (p->last_hook < 0)
         return 1;
-    return slot_rank(*hook, s->table) >= slot_rank(p->last_hook, p->last_table);
+    return slot_rank(*hook, table) >= slot_rank(p->last_hook, p->last_table);
 }
 
-static void merge(Fields *into, const Fields *f) {
+static int copy_text(char **into, size_t *into_n, Ref from) {
+    if (*into || from.n < 0)
+        return 0;
+    *into = malloc((size_t)from.n + 1);
+    if (!*into)
+        return -1;
+    memcpy(*into, from.s, (size_t)from.n);
+    *into_n = (size_t)from.n;
+    return 0;
+}
+
+/* assemble._merge */
+static int merge(Packet *packet, const Fields *f) {
+    Fields *into = &packet->f;
     if (into->ip_id == NONE)
         into->ip_id = f->ip_id;
     if (!into->proto[0])
@@ -714,89 +1879,220 @@ static void merge(Fields *into, const Fields *f) {
         into->dport = f->dport;
     if (!into->flags)
         into->flags = f->flags;
+    if (into->flow_label == NONE)
+        into->flow_label = f->flow_label;
+    if (into->tcp_seq == NONE)
+        into->tcp_seq = f->tcp_seq;
+    if (packet->f.ip_id == NONE) /* only a packet without IP id compares interfaces */
+        return copy_text(&packet->in_if, &packet->in_if_n, f->in_if) ||
+               copy_text(&packet->out_if, &packet->out_if_n, f->out_if);
+    return 0;
 }
 
 static int put_mark(Buf *b, Ref mark) {
-    if (PUTL(b, "\"0x"))
-        return -1;
     if (mark.n == 0)
-        return PUTL(b, "0\"");
+        return PUTL(b, "\"0x0\"");
+    if (buf_grow(b, (size_t)mark.n + 4))
+        return -1;
+    char *o = b->p + b->n;
+    memcpy(o, "\"0x", 3);
     for (Py_ssize_t i = 0; i < mark.n; i++) {
         char c = mark.s[i];
-        c = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
-        if (put(b, &c, 1))
-            return -1;
+        o[3 + i] = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
     }
-    return PUTL(b, "\"");
+    o[3 + mark.n] = '"';
+    b->n += (size_t)mark.n + 4;
+    return 0;
 }
 
-/* The position as JSON and signature give it: digits without leading zeros, "0" for none. */
-static int put_position(Buf *b, const Header *h) { return h->pos_n ? put(b, h->pos, h->pos_n) : PUTL(b, "0"); }
+/* A signature field: 4-byte length (0xffffffff: None), then the bytes. */
+static int sig_str(Buf *g, const char *s, Py_ssize_t n) {
+    uint32_t len = n < 0 ? 0xffffffffu : (uint32_t)n;
+    return put(g, (const char *)&len, 4) || (n > 0 && put(g, s, (size_t)n));
+}
 
-static int put_kind(Buf *b, const Header *h) { return put(b, KINDS[h->kind], KIND_LEN[h->kind]); }
+static int sig_byte(Buf *g, int v) {
+    char c = (char)(unsigned char)v;
+    return put(g, &c, 1);
+}
 
-static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, int hook, Ref time) {
-    Buf *b = &p->steps;
+static const char *ascii_upper(Buf *b, Ref r, Ref *out) {
+    b->n = 0;
+    if (r.n < 0) {
+        *out = r;
+        return "";
+    }
+    if (buf_grow(b, (size_t)r.n + 1))
+        return NULL;
+    for (Py_ssize_t i = 0; i < r.n; i++)
+        b->p[i] = (r.s[i] >= 'a' && r.s[i] <= 'z') ? (char)(r.s[i] - 32) : r.s[i];
+    b->n = (size_t)r.n;
+    *out = (Ref){b->p, r.n};
+    return b->p;
+}
+
+static int table_in_tables(Engine *e, const char *t, size_t n) {
+    if (e->all_tables)
+        return 1;
+    for (size_t i = 0; i < e->n_tables; i++)
+        if (e->table_lens[i] == n && memcmp(e->tables[i], t, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* What a step's JSON and signature start with, by header (table, chain, kind, position), for
+ * STEP_HEADS recent headers the parser thread read (keyed by its header ids, which never
+ * repeat): the header's text is then not read again here. */
+#define STEP_HEADS 1024
+#define STEP_HEAD_MAX 192
+struct StepHead {
+    uint64_t id;
+    int in_tables;
+    size_t json_n, sig_n;
+    char json[STEP_HEAD_MAX]; /* `{"table": ..., "rule": ` */
+    char sig[STEP_HEAD_MAX];  /* table, chain, kind, position */
+};
+
+static int put_step_json_head(Buf *b, const Rec *r) {
+    int err = PUTL(b, "{\"table\": ") || put_jstr(b, r->table, r->table_n) || PUTL(b, ", \"chain\": ") ||
+              put_jstr(b, r->chain, r->chain_n) || PUTL(b, ", \"kind\": \"") || put(b, KINDS[r->kind], KIND_LEN[r->kind]) ||
+              PUTL(b, "\", \"position\": ");
+    if (r->pos)
+        err = err || (r->pos_n ? put(b, r->pos, r->pos_n) : PUTL(b, "0"));
+    else
+        err = err || PUTL(b, "null");
+    return err || PUTL(b, ", \"rule\": ");
+}
+
+static int put_step_sig_head(Buf *g, const Rec *r) {
+    return sig_str(g, r->table, (Py_ssize_t)r->table_n) || sig_str(g, r->chain, (Py_ssize_t)r->chain_n) ||
+           sig_byte(g, r->kind) ||
+           (r->pos ? sig_str(g, r->pos_n ? r->pos : "0", r->pos_n ? (Py_ssize_t)r->pos_n : 1) : sig_str(g, NULL, -1));
+}
+
+/* The record's StepHead (made now if not cached), or NULL: none (no id, too long, no memory). */
+static const struct StepHead *step_head(Engine *e, const Rec *r) {
+    if (!r->header_id || (!e->heads && !(e->heads = calloc(STEP_HEADS, sizeof *e->heads))))
+        return NULL;
+    struct StepHead *h = &e->heads[r->header_id & (STEP_HEADS - 1)];
+    if (h->id == r->header_id)
+        return h;
+    Buf b = {0}, g = {0};
+    h->id = 0;
+    if (!put_step_json_head(&b, r) && !put_step_sig_head(&g, r) && b.n <= STEP_HEAD_MAX && g.n <= STEP_HEAD_MAX) {
+        memcpy(h->json, b.p, b.n);
+        memcpy(h->sig, g.p, g.n);
+        h->json_n = b.n;
+        h->sig_n = g.n;
+        h->in_tables = table_in_tables(e, r->table, r->table_n);
+        h->id = r->header_id;
+    }
+    free(b.p);
+    free(g.p);
+    return h->id ? h : NULL;
+}
+
+/* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
+static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
-    if (p->last_hook != -2)
-        err |= PUTL(b, ", ");
-    p->last_step_at = b->n;
-    err |= PUTL(b, "{\"table\": ");
-    err |= put_jstr(b, s->h.table, s->h.table_n);
-    err |= PUTL(b, ", \"chain\": ");
-    err |= put_jstr(b, s->h.chain, s->h.chain_n);
-    err |= PUTL(b, ", \"kind\": \"");
-    err |= put_kind(b, &s->h);
-    err |= PUTL(b, "\", \"position\": ");
-    err |= put_position(b, &s->h);
-    err |= PUTL(b, ", \"rule\": null, \"hook\": ");
-    if (hook >= 0) {
-        err |= PUTL(b, "\"");
-        err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
-        err |= PUTL(b, "\"");
-    } else {
-        err |= PUTL(b, "null");
+    const Fields *f = r->f;
+    if (p->n_steps == p->cap_steps) {
+        size_t cap = p->cap_steps ? p->cap_steps * 2 : 16;
+        StepAt *at = realloc(p->at, cap * sizeof *at);
+        if (!at) {
+            e->failed = 1;
+            return;
+        }
+        p->at = at;
+        p->cap_steps = cap;
     }
-    err |= PUTL(b, ", \"line\": ");
-    err |= put_int(b, e->line_no);
-    if (f->mark.n >= 0) {
-        err |= PUTL(b, ", \"mark\": ");
-        err |= put_mark(b, f->mark);
+    if (p->n_steps == 0 && r->time.n >= 0) {
+        p->time0 = malloc((size_t)r->time.n + 1);
+        if (p->time0) {
+            memcpy(p->time0, r->time.s, (size_t)r->time.n);
+            p->time0_n = (size_t)r->time.n;
+        } else {
+            err = 1;
+        }
     }
-    if (time.n >= 0) {
-        err |= PUTL(b, ", \"time\": ");
-        err |= put_jstr(b, time.s, (size_t)time.n);
+    int want_json = e->mode == MODE_JSON || (e->mode == MODE_TEXT && e->kept < TEXT_PACKETS);
+    if (!want_json)
+        p->json = 0;
+    const struct StepHead *head = step_head(e, r);
+    if (p->json) {
+        Buf *b = &p->steps;
+        StepAt *at = &p->at[p->n_steps];
+        at->at = b->n;
+        if (head) {
+            at->in_tables = head->in_tables;
+            err |= put(b, head->json, head->json_n);
+        } else {
+            at->in_tables = table_in_tables(e, r->table, r->table_n);
+            err |= put_step_json_head(b, r);
+        }
+        at->prefix_n = b->n - at->at;
+        size_t suffix = b->n;
+        err |= PUTL(b, ", \"hook\": ");
+        if (hook >= 0) {
+            err |= PUTL(b, "\"");
+            err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
+            err |= PUTL(b, "\"");
+        } else {
+            err |= PUTL(b, "null");
+        }
+        err |= PUTL(b, ", \"line\": ");
+        err |= put_int(b, e->line_no);
+        if (r->handle.n >= 0) {
+            err |= PUTL(b, ", \"handle\": ");
+            err |= put_jstr(b, r->handle.s, (size_t)r->handle.n);
+        }
+        if (r->verdict.n >= 0) {
+            err |= PUTL(b, ", \"verdict\": ");
+            err |= put_jstr(b, r->verdict.s, (size_t)r->verdict.n);
+        }
+        if (r->family < 0 && f->mark.n >= 0) { /* nft steps have no mark */
+            err |= PUTL(b, ", \"mark\": ");
+            err |= put_mark(b, f->mark);
+        }
+        if (r->time.n >= 0) {
+            err |= PUTL(b, ", \"time\": ");
+            err |= put_jstr(b, r->time.s, (size_t)r->time.n);
+        }
+        if (r->family >= 0) {
+            err |= PUTL(b, ", \"family\": \"");
+            err |= puts_(b, FAMILIES[r->family]);
+            err |= PUTL(b, "\"");
+        }
+        err |= PUTL(b, "}");
+        at->suffix_n = b->n - suffix;
     }
-    err |= PUTL(b, "}");
-    /* the walk's signature: table TAB chain TAB kind TAB position TAB hook NEWLINE */
+    p->n_steps++;
     Buf *g = &p->sig;
-    err |= put(g, s->h.table, s->h.table_n);
-    err |= PUTL(g, "\t");
-    err |= put(g, s->h.chain, s->h.chain_n);
-    err |= PUTL(g, "\t");
-    err |= put_kind(g, &s->h);
-    err |= PUTL(g, "\t");
-    err |= put_position(g, &s->h);
-    err |= PUTL(g, "\t");
-    if (hook >= 0)
-        err |= put(g, HOOKS[hook], HOOK_LEN[hook]);
-    err |= PUTL(g, "\n");
+    err |= head ? put(g, head->sig, head->sig_n) : put_step_sig_head(g, r);
+    err |= sig_str(g, r->handle.s, r->handle.n);
+    err |= sig_str(g, r->verdict.s, r->verdict.n);
+    err |= sig_str(g, r->rule.s, r->rule.n);
+    err |= sig_byte(g, hook >= 0 ? hook : 255);
+    err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)
         e->failed = 1;
     p->last_hook = hook;
-    p->last_table = s->table;
+    p->last_table = table;
+    p->at_end = 0;
+    free(p->entered);
+    p->entered = NULL;
     if (f->src[0] && f->dst[0]) {
         if (!p->has_first) {
             p->has_first = 1;
-            memcpy(p->first_src, f->src, 16);
-            memcpy(p->first_dst, f->dst, 16);
+            memcpy(p->first_src, f->src, ADDR_MAX);
+            memcpy(p->first_dst, f->dst, ADDR_MAX);
             p->first_ttl = f->ttl;
             p->first_sport = f->sport;
             p->first_dport = f->dport;
         }
         p->has_last = 1;
-        memcpy(p->last_src, f->src, 16);
-        memcpy(p->last_dst, f->dst, 16);
+        memcpy(p->last_src, f->src, ADDR_MAX);
+        memcpy(p->last_dst, f->dst, ADDR_MAX);
         p->last_ttl = f->ttl;
         p->last_sport = f->sport;
         p->last_dport = f->dport;
@@ -806,14 +2102,19 @@ static void append_step(Engine *e, Packet *p, const Step *s, const Fields *f, in
     lru_append(e, p);
 }
 
-static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
+/* Assembler._last: the fields, node and trace id of the last record placed. */
+static void keep_last(Engine *e, const Rec *r, Packet *p) {
+    const Fields *f = r->f;
     e->has_last = 1;
-    e->last_node = node;
+    e->last_node = r->node;
     e->last_packet = p;
     e->last_fields = *f;
+    e->last_has_tid = r->trace_id.n >= 0;
+    e->last_tid.n = 0;
     Buf *t = &e->last_text;
     t->n = 0;
-    if (buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
+    if ((e->last_has_tid && put(&e->last_tid, r->trace_id.s, (size_t)r->trace_id.n)) ||
+        buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
                         (size_t)(f->mark.n > 0 ? f->mark.n : 0) + 1)) {
         e->failed = 1;
         e->has_last = 0;
@@ -829,173 +2130,1003 @@ static void keep_last(Engine *e, int node, const Fields *f, Packet *p) {
     }
 }
 
-static Packet *open_packet(Engine *e, int node, const Fields *f) {
-    Packet *p = calloc(1, sizeof *p);
-    if (!p) {
-        e->failed = 1;
-        return NULL;
-    }
-    p->node = node;
-    p->seq = ++e->seq;
-    p->f = *f;
-    p->f.damaged = 0;
-    p->first_ttl = p->first_sport = p->first_dport = p->last_ttl = p->last_sport = p->last_dport = NONE;
-    p->last_hook = -2;
-    if (f->damaged)
-        p->repaired++;
-    lru_append(e, p);
-    size_t b = p->bucket = bucket_of(node, f->ip_id);
+static int same_trace_id(Engine *e, const Rec *r) {
+    if (r->trace_id.n < 0)
+        return !e->last_has_tid;
+    return e->last_has_tid && e->last_tid.n == (size_t)r->trace_id.n &&
+           memcmp(e->last_tid.p, r->trace_id.s, (size_t)r->trace_id.n) == 0;
+}
+
+/* Into the (node, ip id) bucket of its IP id. */
+static void index_packet(Engine *e, Packet *p) {
+    size_t b = p->bucket = bucket_of(p->node, p->f.ip_id);
+    p->indexed = 1;
+    p->id_next = NULL;
     p->id_prev = e->bucket_tail[b];
     if (e->bucket_tail[b])
         e->bucket_tail[b]->id_next = p;
     else
         e->bucket_head[b] = p;
     e->bucket_tail[b] = p;
+}
+
+/* Assembler._open */
+static Packet *open_packet(Engine *e, const Rec *r) {
+    const Fields *f = r->f;
+    Packet *p = calloc(1, sizeof *p);
+    if (!p) {
+        e->failed = 1;
+        return NULL;
+    }
+    p->node = r->node;
+    p->seq = ++e->seq;
+    p->identity = r->trace_id.n >= 0 ? ID_TRACE : f->ip_id != NONE ? ID_IP : ID_FLOW;
+    p->f = *f;
+    p->f.damaged = 0;
+    p->first_ttl = p->first_sport = p->first_dport = p->last_ttl = p->last_sport = p->last_dport = NONE;
+    p->last_hook = -2;
+    p->json = 1;
+    if (f->damaged)
+        p->repaired++;
+    e->began[r->node] = e->count;
+    lru_append(e, p);
+    if (f->ip_id != NONE)
+        index_packet(e, p);
+    else if (p->identity == ID_FLOW)
+        e->open_flows++;
     return p;
 }
 
-/* assemble._find */
-static Packet *find(Engine *e, int node, const Step *s, const Fields *f, int *hook) {
+/* Assembler._find */
+static Packet *find(Engine *e, const Rec *r, int table, int *hook) {
+    const Fields *f = r->f;
+    int node = r->node;
+    if (r->trace_id.n >= 0) {
+        if (trace_key(&e->scratch2, node, r->trace_id.s, (size_t)r->trace_id.n)) {
+            e->failed = 1;
+            return NULL;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (t && compatible(t->value, f) && next_hook(e, t->value, r, table, hook))
+            return t->value;
+        if (f->ip_id == NONE)
+            return NULL;
+    }
     if (f->ip_id != NONE) {
         for (Packet *p = e->bucket_tail[bucket_of(node, f->ip_id)]; p; p = p->id_prev)
-            if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(p, s, hook))
+            if (p->node == node && p->f.ip_id == f->ip_id && compatible(p, f) && next_hook(e, p, r, table, hook))
                 return p;
+        if (e->open_flows) /* an IPv4 flow packet: a damaged start this line's IP id may adopt */
+            for (Packet *p = e->tail; p; p = p->prev)
+                if (p->identity == ID_FLOW && p->node == node && compatible(p, f) && next_hook(e, p, r, table, hook))
+                    return p;
         return NULL;
     }
     for (Packet *p = e->tail; p; p = p->prev)
-        if (p->node == node && compatible(p, f) && next_hook(p, s, hook))
+        if (p->node == node && compatible(p, f) && next_hook(e, p, r, table, hook))
             return p;
     return NULL;
 }
 
-static size_t name_hash(const char *name, size_t n) {
-    size_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
-    return h;
-}
-
-/* The slot of `name` in node_slots: where it is, or the free slot where it would go. */
-static size_t name_slot(const Engine *e, const char *name, size_t n) {
-    size_t i = name_hash(name, n) & (e->n_slots - 1);
-    for (;; i = (i + 1) & (e->n_slots - 1)) {
-        int node = e->node_slots[i] - 1;
-        if (node < 0 || (e->node_lens[node] == n && memcmp(e->node_names[node], name, n) == 0))
-            return i;
-    }
-}
-
-/* Room for one more node (arrays and a half-empty index); -1 when out of memory. */
-static int node_room(Engine *e) {
-    if (e->n_nodes == e->cap_nodes) {
-        int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
-        char **names = realloc(e->node_names, (size_t)cap * sizeof *names);
-        if (names)
-            e->node_names = names;
-        size_t *lens = realloc(e->node_lens, (size_t)cap * sizeof *lens);
+static int add_trace_id(Packet *p, Ref tid) {
+    for (size_t i = 0; i < p->n_trace_ids; i++)
+        if (p->trace_id_n[i] == (size_t)tid.n && memcmp(p->trace_ids[i], tid.s, (size_t)tid.n) == 0)
+            return 0;
+    if (p->n_trace_ids == p->cap_trace_ids) {
+        size_t cap = p->cap_trace_ids ? p->cap_trace_ids * 2 : 2;
+        char **ids = realloc(p->trace_ids, cap * sizeof *ids);
+        if (ids)
+            p->trace_ids = ids;
+        size_t *lens = realloc(p->trace_id_n, cap * sizeof *lens);
         if (lens)
-            e->node_lens = lens;
-        int *masks = realloc(e->table_masks, (size_t)cap * sizeof *masks);
-        if (masks)
-            e->table_masks = masks;
-        PyObject **objects = realloc(e->node_objects, (size_t)cap * sizeof *objects);
-        if (objects)
-            e->node_objects = objects;
-        if (!names || !lens || !masks || !objects)
+            p->trace_id_n = lens;
+        if (!ids || !lens)
             return -1;
-        e->cap_nodes = cap;
+        p->cap_trace_ids = cap;
     }
-    if ((size_t)(e->n_nodes + 1) * 2 > e->n_slots) {
-        size_t n_slots = e->n_slots ? e->n_slots * 2 : 16;
-        int *slots = calloc(n_slots, sizeof *slots);
-        if (!slots)
-            return -1;
-        free(e->node_slots);
-        e->node_slots = slots;
-        e->n_slots = n_slots;
-        for (int i = 0; i < e->n_nodes; i++)
-            e->node_slots[name_slot(e, e->node_names[i], e->node_lens[i])] = i + 1;
-    }
+    char *copy = malloc((size_t)tid.n + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, tid.s, (size_t)tid.n);
+    p->trace_ids[p->n_trace_ids] = copy;
+    p->trace_id_n[p->n_trace_ids++] = (size_t)tid.n;
     return 0;
 }
 
-/* The number of node `name`, registered if new; -1 when out of memory. */
-static int node_number(Engine *e, const char *name, size_t n) {
-    if (e->n_slots) {
-        int node = e->node_slots[name_slot(e, name, n)] - 1;
-        if (node >= 0)
-            return node;
+static void process_done(Engine *e);
+static void slot_seen(Engine *e, int node, int hook, const char *table, size_t table_n);
+static void table_seen(Engine *e, int node, int table);
+
+/* Analyzer.packets + Assembler.feed for one record. */
+static void feed_record(Engine *e, const Rec *r) {
+    const Fields *f = r->f;
+    int table = r->names_known ? r->table_index : find_name(TABLES, N_TABLES, r->table, r->table_n);
+    int legacy = r->trace_id.n < 0;
+    if (e->event_order[r->node] < 0)
+        e->event_order[r->node] = e->n_with_events++;
+    if (legacy && table >= 0 && !(e->table_masks[r->node] & (1 << table)))
+        table_seen(e, r->node, table); /* a legacy table hooks into all its chains once loaded */
+    e->count++;
+    int hook;
+    Packet *p = NULL;
+    int fast = 0;
+    if (e->has_last && e->last_packet && e->last_node == r->node && same_trace_id(e, r) &&
+        ((r->repeat && e->placed_last) || fields_eq(&e->last_fields, f))) {
+        p = e->last_packet;
+        if (next_hook(e, p, r, table, &hook)) {
+            if (f->damaged)
+                p->repaired++;
+            append_step(e, p, r, hook, table);
+            fast = 1;
+        } else {
+            p = NULL;
+        }
     }
+    if (!fast) {
+        p = find(e, r, table, &hook);
+        if (!p) {
+            if (legacy && f->ip_id == NONE && (!f->src[0] || !f->dst[0])) {
+                e->unattributed++;
+                e->placed_last = 0;
+                expire(e);
+                process_done(e);
+                return;
+            }
+            p = open_packet(e, r);
+            if (!p)
+                return;
+            next_hook(e, p, r, table, &hook);
+        } else if (f->damaged) {
+            p->repaired++;
+        }
+        if (merge(p, f))
+            e->failed = 1;
+        if (p->identity == ID_FLOW && p->f.ip_id != NONE) { /* adopted by its IP id */
+            p->identity = ID_IP;
+            e->open_flows--;
+            index_packet(e, p);
+        }
+        if (!legacy) {
+            if (add_trace_id(p, r->trace_id) ||
+                trace_key(&e->scratch2, r->node, r->trace_id.s, (size_t)r->trace_id.n)) {
+                e->failed = 1;
+            } else {
+                int added;
+                Entry *t = map_put(&e->by_trace, e->scratch2.p, e->scratch2.n, &added);
+                if (t)
+                    t->value = p;
+                else
+                    e->failed = 1;
+            }
+        }
+        append_step(e, p, r, hook, table);
+        keep_last(e, r, p);
+    }
+    e->placed_last = 1; /* so e->last_fields are the record's */
+    if (e->count % EXPIRE_EVERY == 0)
+        expire(e);
+    if (!legacy && hook >= 0) /* nft creates a base chain only where one is declared: the slots seen */
+        slot_seen(e, r->node, hook, r->table, r->table_n);
+    process_done(e);
+}
+
+/* Assembler.mark_end: the open packets after whose last step no other packet of their node
+ * began; `entered` (nft): trace id -> the base chain its packet went on into. */
+static void mark_end(Engine *e, Map *entered) {
+    for (Packet *p = e->head; p; p = p->next)
+        if (e->began[p->node] <= p->last_seen)
+            p->at_end = 1;
+    if (!entered)
+        return;
+    for (Entry *x = entered->head; x; x = x->next) {
+        if (trace_key(&e->scratch2, e->line_node, x->key, x->klen)) {
+            e->failed = 1;
+            continue;
+        }
+        Entry *t = map_get(&e->by_trace, e->scratch2.p, e->scratch2.n);
+        if (!t)
+            continue;
+        Packet *p = t->value;
+        free(p->entered);
+        p->entered = malloc((size_t)x->number + 1);
+        if (!p->entered) {
+            e->failed = 1;
+            continue;
+        }
+        memcpy(p->entered, x->value, (size_t)x->number);
+        p->entered_n = (size_t)x->number;
+    }
+}
+
+/* ---------------------------------------------------------------- calls into Python */
+
+/* A Python call failed: keep the first exception, stop feeding (feed() raises it). */
+static void call_failed(Engine *e) {
+    if (!e->error) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb && value)
+            PyException_SetTraceback(value, tb);
+        e->error = value ? value : Py_NewRef(Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Clear();
+    }
+}
+
+/* ---------------------------------------------------------------- nodes */
+
+static int node_room(Engine *e) {
+    if (e->n_nodes < e->cap_nodes)
+        return 0;
+    int cap = e->cap_nodes ? e->cap_nodes * 2 : 8;
+#define GROW(field)                                                            \
+    do {                                                                       \
+        void *grown = realloc(e->field, (size_t)cap * sizeof *e->field);       \
+        if (!grown)                                                            \
+            return -1;                                                         \
+        e->field = grown;                                                      \
+    } while (0)
+    GROW(node_names);
+    GROW(node_lens);
+    GROW(table_masks);
+    GROW(began);
+    GROW(slot_version);
+    GROW(node_json);
+    GROW(node_ok);
+    GROW(event_order);
+#undef GROW
+    e->cap_nodes = cap;
+    return 0;
+}
+
+/* The number of node `name` (valid UTF-8, or as Python gave it), registered if new: Python
+ * gives its JSON and whether --match takes it. -1 on failure. */
+static int node_number(Engine *e, const char *name, size_t n) {
+    Entry *known = map_get(&e->nodes, name, n);
+    if (known)
+        return (int)known->number - 1;
+    int added;
+    Entry *entry = map_put(&e->nodes, name, n, &added);
     char *copy = malloc(n + 1);
-    if (!copy || node_room(e)) {
+    if (!entry || !copy || node_room(e)) {
         free(copy);
+        e->failed = 1;
         return -1;
     }
     memcpy(copy, name, n);
     copy[n] = 0;
-    int i = e->n_nodes++;
+    int i = e->n_nodes;
+    PyObject *r = PyObject_CallMethod(e->calls, "node_added", "iy#", i, name, (Py_ssize_t)n);
+    if (!r || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(r, 0))) {
+        if (r)
+            PyErr_SetString(PyExc_TypeError, "node_added() must return (bytes, bool)");
+        Py_XDECREF(r);
+        free(copy);
+        call_failed(e);
+        map_remove(&e->nodes, entry);
+        return -1;
+    }
+    e->n_nodes++;
+    entry->number = i + 1;
     e->node_names[i] = copy;
     e->node_lens[i] = n;
     e->table_masks[i] = 0;
-    e->node_objects[i] = NULL;
-    e->node_slots[name_slot(e, copy, n)] = i + 1;
+    e->began[i] = 0;
+    e->slot_version[i] = 0;
+    e->event_order[i] = -1;
+    e->node_json[i] = Py_NewRef(PyTuple_GET_ITEM(r, 0));
+    e->node_ok[i] = PyObject_IsTrue(PyTuple_GET_ITEM(r, 1)) == 1;
+    Py_DECREF(r);
     return i;
 }
 
-/* parse_kernel._prefix: (host, time) of the text before a line's first header. PREFIX is
- * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[]+)\s`, else the time is UPTIME
- * `\[\s*(\d+\.\d+)\]` anywhere. n == -1 in a Ref: None. */
-static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
-    host->n = time->n = -1;
-    size_t p = 0;
-    while (p < n && t[p] == ' ')
-        p++;
-    size_t q = p;
-    if (q < n && t[q] == '<') {
-        size_t d = ++q;
-        while (q < n && is_digit(t[q]))
-            q++;
-        if (q > d && q < n && t[q] == '>')
-            p = q + 1;
+static void table_seen(Engine *e, int node, int table) {
+    e->table_masks[node] |= 1 << table;
+    e->slot_version[node]++;
+    PyObject *r = PyObject_CallMethod(e->calls, "slot_added", "izs", node, NULL, TABLES[table]);
+    if (r)
+        Py_DECREF(r);
+    else
+        call_failed(e);
+}
+
+static void slot_seen(Engine *e, int node, int hook, const char *table, size_t table_n) {
+    Buf *k = &e->scratch2;
+    k->n = 0;
+    char h = (char)hook;
+    int added;
+    if (put(k, (const char *)&node, sizeof node) || put(k, &h, 1) || put(k, table, table_n)) {
+        e->failed = 1;
+        return;
     }
-    size_t r = n - p, end = 0;
-    const char *u = t + p;
-    if (bsd_time_at(u, r)) {
-        end = p + 15;
-    } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
-        end = p + 19;
-        while (end < n && t[end] != ' ')
-            end++;
+    Entry *s = map_put(&e->slots, k->p, k->n, &added);
+    if (!s) {
+        e->failed = 1;
+        return;
     }
-    if (end) {
-        size_t h = end;
-        while (h < n && t[h] == ' ')
-            h++;
-        size_t h0 = h;
-        while (h < n && t[h] != ' ' && t[h] != ':' && t[h] != '[')
-            h++;
-        if (h > end && h0 > end && h > h0 && h < n && t[h] == ' ') {
-            *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
-            *time = (Ref){t + p, (Py_ssize_t)(end - p)};
+    if (!added)
+        return;
+    e->slot_version[node]++;
+    PyObject *r = PyObject_CallMethod(e->calls, "slot_added", "iss#", node, HOOKS[hook], table, (Py_ssize_t)table_n);
+    if (r)
+        Py_DECREF(r);
+    else
+        call_failed(e);
+}
+
+/* ---------------------------------------------------------------- finishing a packet */
+
+static void walk_free(void *w) {
+    Walk *walk = w;
+    Py_XDECREF(walk->result);
+    free(walk);
+}
+
+static int bytes_item(PyObject *t, Py_ssize_t i, const char **s, Py_ssize_t *n) {
+    PyObject *o = PyTuple_GET_ITEM(t, i);
+    if (!PyBytes_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "judge() item %zd must be bytes", i);
+        return -1;
+    }
+    *s = PyBytes_AS_STRING(o);
+    *n = PyBytes_GET_SIZE(o);
+    return 0;
+}
+
+/* Python strings of the names a step's fields take from fixed lists (kind, hook, family). */
+static PyObject *KIND_OBJECTS[3], *HOOK_OBJECTS[N_HOOKS], *FAMILY_OBJECTS[N_FAMILIES];
+
+static int names_ready(void) {
+    for (int i = 0; i < 3; i++)
+        if (!KIND_OBJECTS[i] && !(KIND_OBJECTS[i] = PyUnicode_InternFromString(KINDS[i])))
+            return -1;
+    for (int i = 0; i < N_HOOKS; i++)
+        if (!HOOK_OBJECTS[i] && !(HOOK_OBJECTS[i] = PyUnicode_InternFromString(HOOKS[i])))
+            return -1;
+    for (int i = 0; i < N_FAMILIES; i++)
+        if (!FAMILY_OBJECTS[i] && !(FAMILY_OBJECTS[i] = PyUnicode_InternFromString(FAMILIES[i])))
+            return -1;
+    return 0;
+}
+
+/* One signature field (see sig_str) as str or None; advances *at. */
+static PyObject *sig_text(const char *g, size_t n, size_t *at) {
+    uint32_t len;
+    if (*at + 4 > n)
+        goto broken;
+    memcpy(&len, g + *at, 4);
+    *at += 4;
+    if (len == 0xffffffffu)
+        return Py_NewRef(Py_None);
+    if (*at + len > n)
+        goto broken;
+    *at += len;
+    return PyUnicode_DecodeUTF8(g + *at - len, (Py_ssize_t)len, "surrogatepass");
+broken:
+    PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+    return NULL;
+}
+
+/* The steps of a walk signature (append_step writes it) for native.Calls.judge: a tuple of
+ * (table, chain, kind, position, handle, verdict, rule, hook, family) per step. */
+static PyObject *steps_of(const char *g, size_t n) {
+    if (names_ready())
+        return NULL;
+    PyObject *steps = PyList_New(0);
+    size_t at = 0;
+    while (steps && at < n) {
+        PyObject *table = sig_text(g, n, &at), *chain = table ? sig_text(g, n, &at) : NULL;
+        int kind = chain && at < n ? (unsigned char)g[at++] : -1;
+        PyObject *position = kind >= 0 && kind < 3 ? sig_text(g, n, &at) : NULL;
+        PyObject *handle = position ? sig_text(g, n, &at) : NULL, *verdict = handle ? sig_text(g, n, &at) : NULL;
+        PyObject *rule = verdict ? sig_text(g, n, &at) : NULL, *step = NULL;
+        if (position && position != Py_None)
+            Py_SETREF(position, PyLong_FromUnicodeObject(position, 10));
+        if (rule && position && at + 2 <= n) {
+            int hook = (unsigned char)g[at], family = (unsigned char)g[at + 1];
+            at += 2;
+            step = PyTuple_Pack(9, table, chain, KIND_OBJECTS[kind], position, handle, verdict, rule,
+                                hook < N_HOOKS ? HOOK_OBJECTS[hook] : Py_None,
+                                family < N_FAMILIES ? FAMILY_OBJECTS[family] : Py_None);
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+        }
+        Py_XDECREF(table);
+        Py_XDECREF(chain);
+        Py_XDECREF(position);
+        Py_XDECREF(handle);
+        Py_XDECREF(verdict);
+        Py_XDECREF(rule);
+        if (!step || PyList_Append(steps, step))
+            Py_CLEAR(steps);
+        Py_XDECREF(step);
+    }
+    return steps;
+}
+
+/* The judged walk of a finished packet: from the cache, or judged in Python (native.Judge). */
+static Walk *walk_of(Engine *e, Packet *p) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char flags[2] = {(char)p->at_end, (char)(p->f.proto[0] == 0)};
+    uint32_t entered = p->entered ? (uint32_t)p->entered_n : 0xffffffffu;
+    if (put(k, (const char *)&p->node, sizeof p->node) ||
+        put(k, (const char *)&e->slot_version[p->node], sizeof(long long)) || put(k, flags, 2) ||
+        put(k, (const char *)&entered, 4) || (p->entered && put(k, p->entered, p->entered_n)) ||
+        put(k, p->sig.p ? p->sig.p : "", p->sig.n)) {
+        e->failed = 1;
+        return NULL;
+    }
+    Entry *cached = map_get(&e->walks, k->p, k->n);
+    if (cached)
+        return cached->value;
+    PyObject *steps = steps_of(p->sig.p ? p->sig.p : "", p->sig.n);
+    if (!steps) {
+        call_failed(e);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethod(e->calls, "judge", "iOiz#i", p->node, steps, p->at_end, p->entered,
+                                      (Py_ssize_t)p->entered_n, p->f.proto[0] == 0);
+    Py_DECREF(steps);
+    if (!r)
+        goto failed;
+    if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 11) {
+        PyErr_SetString(PyExc_TypeError, "judge() must return an 11-tuple");
+        goto failed;
+    }
+    Walk *w = calloc(1, sizeof *w);
+    if (!w) {
+        Py_DECREF(r);
+        e->failed = 1;
+        return NULL;
+    }
+    w->result = r;
+    PyObject *proto = PyTuple_GET_ITEM(r, 4);
+    if (bytes_item(r, 0, &w->hooks_json, &w->hooks_json_n) || bytes_item(r, 2, &w->verdict_json, &w->verdict_json_n) ||
+        bytes_item(r, 3, &w->newconn_json, &w->newconn_json_n) || !PyTuple_Check(PyTuple_GET_ITEM(r, 1)) ||
+        (proto != Py_None && !PyUnicode_Check(proto))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "judge() returned the wrong types");
+        walk_free(w);
+        r = NULL;
+        goto failed;
+    }
+    w->step_rules = PyTuple_GET_ITEM(r, 1);
+    w->proto = proto == Py_None ? NULL : PyUnicode_AsUTF8(proto);
+    w->verdict = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 5));
+    w->origin = PyObject_IsTrue(PyTuple_GET_ITEM(r, 6)) == 1;
+    w->walk_ok = PyObject_IsTrue(PyTuple_GET_ITEM(r, 7)) == 1;
+    w->summary = PyLong_AsLong(PyTuple_GET_ITEM(r, 9));
+    w->diagram = PyLong_AsLong(PyTuple_GET_ITEM(r, 10));
+    if (PyErr_Occurred() || (w->proto == NULL && proto != Py_None) || PyTuple_GET_SIZE(w->step_rules) != (Py_ssize_t)p->n_steps) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "judge() returned a rule for each step? no");
+        walk_free(w);
+        r = NULL;
+        goto failed;
+    }
+    if (e->walks.count >= WALK_CACHE)
+        map_clear(&e->walks, walk_free);
+    int added;
+    Entry *slot = map_put(&e->walks, k->p, k->n, &added);
+    if (!slot) {
+        walk_free(w);
+        e->failed = 1;
+        return NULL;
+    }
+    slot->value = w;
+    return w;
+failed:
+    Py_XDECREF(r);
+    call_failed(e);
+    return NULL;
+}
+
+/* An endpoint as Directions compares it: (address or None, port or None). */
+static int put_endpoint(Buf *b, const char *addr, long long port) {
+    unsigned char len = (unsigned char)strlen(addr);
+    char has = addr[0] != 0;
+    return put(b, &has, 1) || put(b, (const char *)&len, 1) || put(b, addr, len) ||
+           put(b, (const char *)&port, sizeof port);
+}
+
+/* The directions key of one (a, b) endpoint pair of the packet, a <= b or not. */
+static int direction_key(Engine *e, const Packet *p, const char *proto, const char *as, long long ap,
+                         const char *bs, long long bp, int *a_first) {
+    Buf *k = &e->key, *x = &e->scratch, *y = &e->scratch2;
+    x->n = y->n = k->n = 0;
+    if (put_endpoint(x, as, ap) || put_endpoint(y, bs, bp))
+        return -1;
+    size_t m = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->p, y->p, m);
+    *a_first = c < 0 || (c == 0 && x->n <= y->n);
+    Buf *lo = *a_first ? x : y, *hi = *a_first ? y : x;
+    unsigned char plen = (unsigned char)strlen(proto);
+    return put(k, (const char *)&p->node, sizeof p->node) || put(k, (const char *)&plen, 1) || put(k, proto, plen) ||
+           put(k, lo->p, lo->n) || put(k, hi->p, hi->n);
+}
+
+/* analyze.Directions.classify */
+static int classify(Engine *e, const Packet *p) {
+    const Fields *f = &p->f;
+    int direction = -1;
+    if (strcmp(f->proto, "ICMP") == 0 && (f->icmp_type == 8 || f->icmp_type == 0))
+        direction = f->icmp_type == 8 ? DIR_REQUEST : DIR_REPLY;
+    else if (strcmp(f->proto, "ICMP") == 0 && f->icmp_type != NONE)
+        direction = DIR_ERROR;
+    else if (strcmp(f->proto, "ICMPV6") == 0 && (f->icmp_type == 128 || f->icmp_type == 129))
+        direction = f->icmp_type == 128 ? DIR_REQUEST : DIR_REPLY;
+    else if (strcmp(f->proto, "ICMPV6") == 0 && f->icmp_type != NONE && f->icmp_type < 128)
+        direction = DIR_ERROR;
+    else if (strcmp(f->proto, "TCP") == 0 && (f->flags & 64)) /* SYN (TCP_FLAG_NAMES[6]) */
+        direction = (f->flags & 1) ? DIR_REPLY : DIR_REQUEST;  /* ACK */
+    /* the endpoint pairs: as the packet entered and as it left, once if NAT changed nothing */
+    const char *as[2], *bs[2];
+    long long ap[2], bp[2];
+    int pairs = 0;
+    if (p->has_first) {
+        as[0] = p->first_src, ap[0] = p->first_sport, bs[0] = p->first_dst, bp[0] = p->first_dport;
+        pairs = 1;
+        if (strcmp(p->last_src, p->first_src) || ap[0] != p->last_sport || strcmp(p->last_dst, p->first_dst) ||
+            bp[0] != p->last_dport) {
+            as[1] = p->last_src, ap[1] = p->last_sport, bs[1] = p->last_dst, bp[1] = p->last_dport;
+            pairs = 2;
+        }
+    }
+    if (direction < 0) {
+        direction = DIR_REQUEST;
+        for (int i = 0; i < pairs; i++) {
+            int a_first;
+            if (direction_key(e, p, f->proto, as[i], ap[i], bs[i], bp[i], &a_first)) {
+                e->failed = 1;
+                break;
+            }
+            Entry *known = map_get(&e->directions, e->key.p, e->key.n);
+            if (known) {
+                int same = known->number == 2 || (known->number == 1) == a_first; /* 2: a == b */
+                direction = same ? DIR_REQUEST : DIR_REPLY;
+                break;
+            }
+        }
+    }
+    for (int i = 0; i < pairs; i++) {
+        int a_first, added;
+        if (direction_key(e, p, f->proto, as[i], ap[i], bs[i], bp[i], &a_first)) {
+            e->failed = 1;
+            break;
+        }
+        int equal = e->scratch.n == e->scratch2.n && memcmp(e->scratch.p, e->scratch2.p, e->scratch.n) == 0;
+        Entry *known = map_put(&e->directions, e->key.p, e->key.n, &added);
+        if (!known) {
+            e->failed = 1;
+            break;
+        }
+        /* remember (a, b) for a request, else (b, a): number 1 if the first one is the lower one */
+        int first_is_a = direction == DIR_REQUEST;
+        known->number = equal ? 2 : (first_is_a == a_first) ? 1 : 0;
+        map_move_to_end(&e->directions, known);
+        while (e->directions.count > DIRECTIONS_MEMORY)
+            map_remove(&e->directions, e->directions.head);
+    }
+    return direction;
+}
+
+static int address_ok(Engine *e, int which, const char *address) {
+    Buf *k = &e->scratch2;
+    k->n = 0;
+    char w = (char)which;
+    int added;
+    if (put(k, &w, 1) || put(k, address, strlen(address))) {
+        e->failed = 1;
+        return 0;
+    }
+    Entry *known = map_get(&e->addresses, k->p, k->n);
+    if (known)
+        return (int)known->number;
+    PyObject *r = PyObject_CallMethod(e->calls, "address_ok", "is", which, address);
+    if (!r) {
+        call_failed(e);
+        return 0;
+    }
+    int ok = PyObject_IsTrue(r) == 1;
+    Py_DECREF(r);
+    if (e->addresses.count >= ADDRESS_CACHE)
+        map_clear(&e->addresses, NULL);
+    known = map_put(&e->addresses, k->p, k->n, &added);
+    if (known)
+        known->number = ok;
+    return ok;
+}
+
+static void lower_proto(const char *proto, char *out) {
+    const char *src = proto[0] ? proto : "unknown";
+    size_t k = 0;
+    for (; src[k]; k++)
+        out[k] = (src[k] >= 'A' && src[k] <= 'Z') ? (char)(src[k] + 32) : src[k];
+    out[k] = 0;
+}
+
+/* match.Match.__call__ (the walk's part is the judge's walk_ok) */
+static int matches(Engine *e, const Packet *p, const Walk *w) {
+    if (!e->match)
+        return 1;
+    if (!e->node_ok[p->node] || !w->walk_ok)
+        return 0;
+    char protocol[8];
+    lower_proto(p->f.proto, protocol);
+    for (size_t i = 0; i < e->n_protocols; i++)
+        if (e->protocol_lens[i] != strlen(protocol) || memcmp(e->protocols[i], protocol, e->protocol_lens[i]) != 0)
+            return 0;
+    for (size_t i = 0; i < e->n_ports; i++)
+        if (p->f.sport != e->ports[i] && p->f.dport != e->ports[i])
+            return 0;
+    for (size_t i = 0; i < e->n_ip_ids; i++)
+        if (p->f.ip_id != e->ip_ids[i])
+            return 0;
+    for (int which = 0; which < 2; which++) {
+        if (!(which ? e->match_dst : e->match_src))
+            continue;
+        if (!p->has_first)
+            return 0;
+        const char *a = which ? p->first_dst : p->first_src, *b = which ? p->last_dst : p->last_src;
+        if (!address_ok(e, which, a) && (strcmp(a, b) == 0 || !address_ok(e, which, b)))
+            return 0;
+    }
+    return 1;
+}
+
+static void hops_free(void *h) {
+    Hops *hops = h;
+    for (size_t i = 0; i < hops->n; i++)
+        Py_XDECREF(hops->hops[i].walk);
+    free(hops->hops);
+    free(hops);
+}
+
+/* flows.FlowIndex.add */
+static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
+    if (p->f.ip_id == NONE)
+        return;
+    Buf *k = &e->key;
+    k->n = 0;
+    long long seq = strcmp(p->f.proto, "ICMP") == 0 ? p->f.icmp_seq : NONE;
+    int added;
+    if (put(k, p->f.proto, strlen(p->f.proto) + 1) || put(k, (const char *)&p->f.ip_id, sizeof(long long)) ||
+        put(k, (const char *)&seq, sizeof seq)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_get(&e->flows, k->p, k->n);
+    if (!entry) {
+        Hops *reuse = NULL; /* the oldest flow's, when the index is full (flows.MEMORY) */
+        if (e->flows.count >= FLOWS_MEMORY) {
+            Entry *oldest = e->flows.head;
+            reuse = oldest->value;
+            for (size_t i = 0; i < reuse->n; i++)
+                Py_XDECREF(reuse->hops[i].walk);
+            reuse->n = 0;
+            map_remove(&e->flows, oldest);
+        }
+        entry = map_put(&e->flows, k->p, k->n, &added);
+        if (entry)
+            entry->value = reuse ? reuse : calloc(1, sizeof(Hops));
+        if (!entry || !entry->value) {
+            if (reuse)
+                hops_free(reuse);
+            if (entry)
+                map_remove(&e->flows, entry);
+            e->failed = 1;
             return;
         }
     }
-    for (size_t b = 0; b < n; b++) {
-        size_t digits, len = uptime_at(t + b, n - b, &digits);
-        if (len) {
-            *time = (Ref){t + b + digits, (Py_ssize_t)len};
+    Hops *hops = entry->value;
+    if (hops->n == MAX_HOPS) {
+        Py_XDECREF(hops->hops[0].walk);
+        memmove(hops->hops, hops->hops + 1, (MAX_HOPS - 1) * sizeof *hops->hops);
+        hops->n--;
+    }
+    if (hops->n == hops->cap) {
+        size_t cap = hops->cap ? hops->cap * 2 : 2;
+        Hop *grown = realloc(hops->hops, cap * sizeof *grown);
+        if (!grown) {
+            e->failed = 1;
             return;
         }
+        hops->hops = grown;
+        hops->cap = cap;
+    }
+    Hop *h = &hops->hops[hops->n++];
+    memset(h, 0, sizeof *h);
+    h->seq = p->seq;
+    h->direction = direction;
+    h->node = p->node;
+    h->walk = Py_NewRef(w->result);
+    h->ttl = p->has_first ? p->first_ttl : NONE;
+    if (p->has_first) {
+        memcpy(h->src, p->first_src, ADDR_MAX);
+        memcpy(h->dst, p->first_dst, ADDR_MAX);
+    }
+    if (p->has_last) {
+        memcpy(h->exit_src, p->last_src, ADDR_MAX);
+        memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
+    }
+    map_move_to_end(&e->flows, entry);
+}
+
+static char *copy_of(const char *s, size_t n) {
+    char *c = malloc(n + 1);
+    if (c) {
+        memcpy(c, s, n);
+        c[n] = 0;
+    }
+    return c;
+}
+
+static void row_free(void *r) {
+    Row *row = r;
+    free(row->first_time);
+    free(row->last_time);
+    free(row->example);
+    free(row);
+}
+
+/* summary.example */
+static int put_example(Buf *b, const Packet *p) {
+    b->n = 0;
+    if (p->f.ip_id != NONE)
+        return PUTL(b, "ip id ") || put_int(b, p->f.ip_id);
+    if (p->n_trace_ids)
+        return PUTL(b, "trace id ") || put(b, p->trace_ids[0], p->trace_id_n[0]);
+    if (p->has_first)
+        return PUTL(b, "flow ") || puts_(b, p->first_src) || PUTL(b, " \xe2\x86\x92 ") || puts_(b, p->first_dst);
+    return PUTL(b, "flow");
+}
+
+static int set_time(char **into, size_t *into_n, const Packet *p) {
+    free(*into);
+    *into = NULL;
+    if (!p->time0)
+        return 0;
+    *into = copy_of(p->time0, p->time0_n);
+    *into_n = p->time0_n;
+    return *into ? 0 : -1;
+}
+
+/* summary.Summary.add */
+static void add_row(Engine *e, const Packet *p, const Walk *w, int direction) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char d = (char)direction;
+    int added;
+    if (put(k, (const char *)&p->node, sizeof p->node) || put(k, &d, 1) || put(k, (const char *)&w->summary, sizeof w->summary)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_get(&e->rows, k->p, k->n);
+    if (!entry) {
+        if (e->rows.count >= SUMMARY_ROWS) {
+            e->other++;
+            return;
+        }
+        entry = map_put(&e->rows, k->p, k->n, &added);
+        Row *row = entry ? calloc(1, sizeof *row) : NULL;
+        if (!row || put_example(&e->scratch, p) || set_time(&row->first_time, &row->first_time_n, p) ||
+            set_time(&row->last_time, &row->last_time_n, p) ||
+            !(row->example = copy_of(e->scratch.p, e->scratch.n))) {
+            if (row)
+                row_free(row);
+            if (entry)
+                map_remove(&e->rows, entry);
+            e->failed = 1;
+            return;
+        }
+        row->example_n = e->scratch.n;
+        row->count = 1;
+        row->first_seq = row->last_seq = p->seq;
+        entry->value = row;
+        return;
+    }
+    Row *row = entry->value;
+    row->count++;
+    if (p->seq < row->first_seq) {
+        row->first_seq = p->seq;
+        free(row->example);
+        row->example = NULL;
+        if (set_time(&row->first_time, &row->first_time_n, p) || put_example(&e->scratch, p) ||
+            !(row->example = copy_of(e->scratch.p, e->scratch.n)))
+            e->failed = 1;
+        row->example_n = e->scratch.n;
+    }
+    if (p->seq > row->last_seq) {
+        row->last_seq = p->seq;
+        if (set_time(&row->last_time, &row->last_time_n, p))
+            e->failed = 1;
     }
 }
+
+static void diagram_row_free(void *r) {
+    DiagramRow *row = r;
+    Py_XDECREF(row->walk);
+    free(row);
+}
+
+/* diagram.DiagramBuilder.add */
+static void add_diagram(Engine *e, const Packet *p, const Walk *w, int direction) {
+    Buf *k = &e->key;
+    k->n = 0;
+    char d = (char)direction;
+    int added;
+    if (put(k, (const char *)&p->node, sizeof p->node) || put(k, &d, 1) || put(k, (const char *)&w->diagram, sizeof w->diagram)) {
+        e->failed = 1;
+        return;
+    }
+    Entry *entry = map_get(&e->diagram, k->p, k->n);
+    if (entry) {
+        DiagramRow *row = entry->value;
+        row->count++;
+        if (p->seq < row->min_seq) {
+            row->min_seq = p->seq;
+            Py_SETREF(row->walk, Py_NewRef(w->result));
+        }
+        return;
+    }
+    if (e->diagram.count >= DIAGRAM_WALKS)
+        return;
+    entry = map_put(&e->diagram, k->p, k->n, &added);
+    DiagramRow *row = entry ? calloc(1, sizeof *row) : NULL;
+    if (!row) {
+        if (entry)
+            map_remove(&e->diagram, entry);
+        e->failed = 1;
+        return;
+    }
+    row->min_seq = p->seq;
+    row->count = 1;
+    row->walk = Py_NewRef(w->result);
+    entry->value = row;
+}
+
+static int put_step(Buf *b, const Packet *p, size_t i, PyObject *rules) {
+    const StepAt *at = &p->at[i];
+    PyObject *rule = PyTuple_GET_ITEM(rules, (Py_ssize_t)i);
+    if (!PyBytes_Check(rule))
+        return -1;
+    return put(b, p->steps.p + at->at, at->prefix_n) || put(b, PyBytes_AS_STRING(rule), (size_t)PyBytes_GET_SIZE(rule)) ||
+           put(b, p->steps.p + at->at + at->prefix_n, at->suffix_n);
+}
+
+static int put_opt_str(Buf *b, const char *s, int has) { return has ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
+
+/* contract.PacketRecord.to_dict, as JSON: steps in the analysis's tables (all of them when
+ * `filter` is 0), the walk's pieces from `w`. */
+static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int direction, int filter) {
+    char protocol[8];
+    lower_proto(p->f.proto, protocol);
+    PyObject *node = e->node_json[p->node];
+    int err = PUTL(b, "{\"node\": ") || put(b, PyBytes_AS_STRING(node), (size_t)PyBytes_GET_SIZE(node));
+    err |= PUTL(b, ", \"direction\": \"") || puts_(b, DIRECTION_NAMES[direction]) || PUTL(b, "\", \"protocol\": ");
+    err |= put_jstr(b, protocol, strlen(protocol));
+    err |= PUTL(b, ", \"src\": ") || put_opt_str(b, p->has_first ? p->first_src : p->f.src, p->has_first || p->f.src[0]);
+    err |= PUTL(b, ", \"dst\": ") || put_opt_str(b, p->has_first ? p->first_dst : p->f.dst, p->has_first || p->f.dst[0]);
+    err |= PUTL(b, ", \"ip_id\": ") || put_opt_int(b, p->f.ip_id);
+    err |= PUTL(b, ", \"identity\": \"") || puts_(b, IDENTITY_NAMES[p->identity]);
+    err |= PUTL(b, "\", \"ttl\": ") || put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
+    err |= PUTL(b, ", ") || put(b, w->hooks_json, (size_t)w->hooks_json_n);
+    err |= PUTL(b, ", \"steps\": [");
+    int first = 1;
+    for (size_t i = 0; i < p->n_steps; i++) {
+        if (filter && !p->at[i].in_tables)
+            continue;
+        if (!first)
+            err |= PUTL(b, ", ");
+        first = 0;
+        err |= put_step(b, p, i, w->step_rules);
+    }
+    err |= PUTL(b, "], ") || put(b, w->verdict_json, (size_t)w->verdict_json_n);
+    err |= PUTL(b, ", \"last_step\": ");
+    err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w->step_rules) : PUTL(b, "null");
+    err |= PUTL(b, ", \"new_connection\": ") || put(b, w->newconn_json, (size_t)w->newconn_json_n);
+    err |= PUTL(b, ", \"exit\": ");
+    if (p->has_last)
+        err |= PUTL(b, "{\"src\": ") || puts_(b, "") || put_jstr(b, p->last_src, strlen(p->last_src)) ||
+               PUTL(b, ", \"dst\": ") || put_jstr(b, p->last_dst, strlen(p->last_dst)) || PUTL(b, "}");
+    else
+        err |= PUTL(b, "null");
+    err |= PUTL(b, ", \"repaired_lines\": ") || put_int(b, p->repaired);
+    if (strcmp(p->f.proto, "ICMP") == 0 || strcmp(p->f.proto, "ICMPV6") == 0)
+        err |= PUTL(b, ", \"icmp\": {\"type\": ") || put_opt_int(b, p->f.icmp_type) || PUTL(b, ", \"id\": ") ||
+               put_opt_int(b, p->f.icmp_id) || PUTL(b, ", \"seq\": ") || put_opt_int(b, p->f.icmp_seq) || PUTL(b, "}");
+    if (p->f.sport != NONE || p->f.dport != NONE)
+        err |= PUTL(b, ", \"sport\": ") || put_opt_int(b, p->f.sport) || PUTL(b, ", \"dport\": ") ||
+               put_opt_int(b, p->f.dport);
+    if (p->f.flags) {
+        err |= PUTL(b, ", \"tcp_flags\": [");
+        int firstflag = 1;
+        for (int i = 0; i < N_TCP_FLAGS; i++)
+            if (p->f.flags & (1 << i)) {
+                err |= puts_(b, firstflag ? "\"" : ", \"") || puts_(b, TCP_FLAG_NAMES[i]) || PUTL(b, "\"");
+                firstflag = 0;
+            }
+        err |= PUTL(b, "]");
+    }
+    if (p->f.flow_label != NONE)
+        err |= PUTL(b, ", \"flow_label\": ") || put_int(b, p->f.flow_label);
+    if (p->n_trace_ids) {
+        err |= PUTL(b, ", \"trace_ids\": [");
+        for (size_t i = 0; i < p->n_trace_ids; i++)
+            err |= (i && PUTL(b, ", ")) || put_jstr(b, p->trace_ids[i], p->trace_id_n[i]);
+        err |= PUTL(b, "]");
+    }
+    return err || PUTL(b, "}");
+}
+
+static void add_item(Engine *e, PyObject *item) {
+    if (!item || PyList_Append(e->items, item))
+        call_failed(e);
+    Py_XDECREF(item);
+}
+
+/* Analyzer._finish for one packet, then what the output mode keeps of it. */
+static void finish_packet(Engine *e, Packet *p) {
+    Walk *w = walk_of(e, p);
+    if (!w)
+        return;
+    if (!p->f.proto[0] && w->proto && strlen(w->proto) < sizeof p->f.proto)
+        strcpy(p->f.proto, w->proto);
+    e->identities[p->identity]++;
+    int direction = classify(e, p);
+    if (!matches(e, p, w))
+        return;
+    e->matched++;
+    e->repaired += p->repaired;
+    add_hop(e, p, w, direction);
+    int err = 0;
+    if (e->mode == MODE_JSON) {
+        err = (e->written ? PUTL(&e->out, ",\n  ") : PUTL(&e->out, "\n  ")) ||
+              render_packet(e, &e->out, p, w, direction, !e->all_tables);
+        e->written++;
+    } else if (e->mode == MODE_TEXT) {
+        if (e->kept < TEXT_PACKETS && p->json) {
+            Buf b = {0};
+            if (render_packet(e, &b, p, w, direction, 0))
+                err = 1;
+            else
+                add_item(e, Py_BuildValue("(sLy#)", "packet", p->seq, b.p, (Py_ssize_t)b.n));
+            free(b.p);
+            e->kept++;
+        }
+        add_row(e, p, w, direction);
+    } else if (e->mode == MODE_SUMMARY) {
+        add_row(e, p, w, direction);
+    } else {
+        add_diagram(e, p, w, direction);
+    }
+    if (e->expect) {
+        char protocol[8];
+        lower_proto(p->f.proto, protocol);
+        add_item(e, Py_BuildValue("(siisiO)", "expect", p->node, direction, protocol, (p->f.flags & 64) != 0, w->result));
+    }
+    if (err)
+        e->failed = 1;
+}
+
+static void process_done(Engine *e) {
+    for (size_t i = 0; i < e->n_done; i++) {
+        if (!e->error)
+            finish_packet(e, e->done[i]);
+        packet_free(e->done[i]);
+    }
+    e->n_done = 0;
+}
+
+/* ---------------------------------------------------------------- lines of each format */
 
 /* The node and time of a line whose first header starts at `at` (the prefix parse of the
  * previous line is reused when the text is the same, as KernelLineParser.prefix caches). */
 static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
-    if (!e->from_lines) {
-        time->n = -1;
-        return e->line_node;
-    }
     Buf *b = &e->prefix_text;
     if (!(e->has_prefix && b->n == at && (at == 0 || memcmp(b->p, line, at) == 0))) {
         e->has_prefix = 0;
@@ -1007,11 +3138,9 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
         }
         Ref host;
         parse_prefix(b->p, at, &host, &e->prefix_time);
-        int node = host.n > 0 ? node_number(e, host.s, (size_t)host.n) : e->line_node;
-        if (node < 0) {
-            e->failed = 1;
+        int node = host.n > 0 && e->from_lines ? node_number(e, host.s, (size_t)host.n) : e->line_node;
+        if (node < 0)
             node = e->line_node;
-        }
         e->prefix_node = node;
         e->has_prefix = 1;
     }
@@ -1019,69 +3148,114 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
     return e->prefix_node;
 }
 
-/* Assembler.feed for one record (the node's table mask is updated first, as Analyzer.packets does). */
-static void feed_record(Engine *e, int node, Ref time, const Header *h, const Fields *f) {
-    Step s = {*h, find_name(HOOKS, N_HOOKS, h->chain, h->chain_n), find_name(TABLES, N_TABLES, h->table, h->table_n)};
-    if (s.table >= 0)
-        e->table_masks[node] |= 1 << s.table;
+/* What a line's fields text parses to, for FIELD_CACHE recent texts of at most FIELD_TEXT_MAX
+ * bytes: the lines of one packet repeat their fields (KernelLineParser.fields caches the last
+ * one the same way). A slot's Fields point into its copy of the text. */
+#define FIELD_CACHE 256
+#define FIELD_TEXT_MAX 480
+struct FieldSlot {
+    size_t hash, n;
+    int glued; /* the text holds another "TRACE: " */
+    Fields f;
+    char text[FIELD_TEXT_MAX];
+};
+
+/* The cache slot holding what s[0:n] parses to (filled now if it did not); NULL: not cached
+ * (too long, or no memory). *repeated: it is the slot the last call returned. */
+static struct FieldSlot *field_slot(Caches *c, const char *s, size_t n, int *repeated) {
+    *repeated = 0;
+    if (n > FIELD_TEXT_MAX || (!c->fields && !(c->fields = calloc(FIELD_CACHE, sizeof *c->fields))))
+        return NULL;
+    struct FieldSlot *slot = c->last; /* most lines repeat the previous line's fields */
+    if (slot && slot->n == n && memcmp(slot->text, s, n) == 0) {
+        *repeated = 1;
+        return slot;
+    }
+    size_t hash = hash_bytes(s, n);
+    slot = c->last = &c->fields[hash & (FIELD_CACHE - 1)];
+    if (!(slot->hash == hash && slot->n == n && memcmp(slot->text, s, n) == 0)) {
+        memcpy(slot->text, s, n);
+        slot->n = n;
+        slot->hash = hash;
+        parse_fields(slot->text, n, &slot->f);
+        slot->glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
+    }
+    return slot;
+}
+
+/* parse_fields on s[0:n], cached (f's texts then point into the cache); returns whether
+ * s[0:n] holds another "TRACE: " (then the line is glued). */
+static int tail_fields(Caches *c, const char *s, size_t n, Fields *f) {
+    int repeated;
+    struct FieldSlot *slot = field_slot(c, s, n, &repeated);
+    if (!slot) {
+        parse_fields(s, n, f);
+        return find_str(s, n, 0, "TRACE: ", 7) != NULL;
+    }
+    *f = slot->f;
+    return slot->glued;
+}
+
+/* match_header's result for the header text after "TRACE: " (up to the first whitespace,
+ * where any header ends), for HEADER_CACHE recent ones of at most HEADER_TEXT_MAX bytes, with
+ * the TABLES and HOOKS index of its table and chain. Offsets count from that text's start. */
+#define HEADER_CACHE 1024
+#define HEADER_TEXT_MAX 96
+struct HeaderSlot {
+    size_t hash, n;
+    uint64_t id; /* never the same for two fillings (0: none) */
+    int ok, kind, table_index, chain_hook;
+    size_t table_at, table_n, chain_at, chain_n, pos_at, pos_n;
+    char text[HEADER_TEXT_MAX];
+};
+
+/* match_header(line, n, at, h) where line[at:] starts with "TRACE: "; *slot: the cache slot
+ * (NULL: not cached). */
+static int cached_header(Caches *cache, const char *line, size_t n, size_t at, Header *h, const struct HeaderSlot **slot) {
+    size_t t = at + 7, w = space_from(line, n, t);
+    size_t len = w - t;
+    *slot = NULL;
+    if (len > HEADER_TEXT_MAX || (!cache->headers && !(cache->headers = calloc(HEADER_CACHE, sizeof *cache->headers))))
+        return match_header(line, n, at, h);
+    size_t hash = hash_bytes(line + t, len);
+    struct HeaderSlot *c = &cache->headers[hash & (HEADER_CACHE - 1)];
+    if (!(c->hash == hash && c->n == len && memcmp(c->text, line + t, len) == 0)) {
+        memcpy(c->text, line + t, len);
+        c->n = len;
+        c->hash = hash;
+        c->ok = match_header(line, n, at, h);
+        c->id = ++cache->filled;
+        if (c->ok) {
+            c->kind = h->kind;
+            c->table_at = (size_t)(h->table - line) - t, c->table_n = h->table_n;
+            c->chain_at = (size_t)(h->chain - line) - t, c->chain_n = h->chain_n;
+            c->pos_at = (size_t)(h->pos - line) - t, c->pos_n = h->pos_n;
+            c->table_index = find_name(TABLES, N_TABLES, h->table, h->table_n);
+            c->chain_hook = find_name(HOOKS, N_HOOKS, h->chain, h->chain_n);
+        }
+    }
+    if (!c->ok)
+        return 0;
+    const char *b = line + t;
+    *h = (Header){b + c->table_at, b + c->chain_at, b + c->pos_at, c->table_n, c->chain_n, c->pos_n, c->kind, at, w};
+    *slot = c;
+    return 1;
+}
+
+static void kernel_record(Engine *e, int node, Ref time, const Header *h, const Fields *f,
+                          const struct HeaderSlot *names) {
+    Rec r = {node, h->table, h->chain, h->table_n, h->chain_n, h->kind, h->pos, h->pos_n,
+             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, f, {NULL, -1}, -1, time,
+             names != NULL, names ? names->table_index : -1, names ? names->chain_hook : -1, 0, 0};
     e->records++;
-    e->count++;
-    int hook;
-    if (e->has_last && e->last_packet && e->last_node == node && fields_eq(&e->last_fields, f)) {
-        Packet *p = e->last_packet;
-        if (next_hook(p, &s, &hook)) {
-            if (f->damaged)
-                p->repaired++;
-            append_step(e, p, &s, f, hook, time);
-            return;
-        }
-    }
-    Packet *p = find(e, node, &s, f, &hook);
-    if (!p) {
-        if (f->ip_id == NONE) {
-            e->unattributed++;
-            expire(e);
-            return;
-        }
-        p = open_packet(e, node, f);
-        if (!p)
-            return;
-        hook = s.hook;
-    } else if (f->damaged) {
-        p->repaired++;
-    }
-    merge(&p->f, f);
-    append_step(e, p, &s, f, hook, time);
-    keep_last(e, node, f, p);
-    if (e->count % 64 == 0)
-        expire(e);
+    feed_record(e, &r);
 }
 
-/* parse_fields, remembering the last result (KernelLineParser.fields caches the same way);
- * returns whether s[0:n] holds another "TRACE: " (then the line is glued). */
-static int tail_fields(Engine *e, const char *s, size_t n, Fields *f) {
-    Buf *t = &e->tail_text;
-    if (!(e->has_tail && t->n == n && (n == 0 || memcmp(t->p, s, n) == 0))) {
-        t->n = 0;
-        e->has_tail = 0;
-        if (put(t, s, n)) {
-            e->failed = 1;
-            parse_fields(s, n, f);
-            return find_str(s, n, 0, "TRACE: ", 7) != NULL;
-        }
-        parse_fields(t->p, n, &e->tail_fields);
-        e->tail_glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
-        e->has_tail = 1;
-    }
-    *f = e->tail_fields;
-    return e->tail_glued;
-}
-
-/* reader._kernel_records for one line. */
-static void feed_line(Engine *e, const char *line, size_t n) {
-    e->lines++;
-    e->line_no++;
-    const char *first = find_str(line, n, 0, "TRACE:", 6);
+/* reader._kernel_records for one line (valid UTF-8, cut, '\r' stripped); `cut`: it was longer
+ * than LINE_LIMIT; `first`: its first "TRACE:" if known. */
+static void kernel_line(Engine *e, const char *line, size_t n, int cut, const char *first) {
+    if (!first)
+        first = find_str(line, n, 0, "TRACE:", 6);
     if (!first) {
         e->ignored++;
         return;
@@ -1092,9 +3266,12 @@ static void feed_line(Engine *e, const char *line, size_t n) {
     Fields f;
     /* the common case: one header, then fields (the header holds no space, so no other "TRACE: ") */
     Ref time;
-    if (first && match_header(line, n, (size_t)(first - line), &h) && !tail_fields(e, line + h.end, n - h.end, &f)) {
+    const struct HeaderSlot *names;
+    if (first && cached_header(&e->caches, line, n, (size_t)(first - line), &h, &names) &&
+        !tail_fields(&e->caches, line + h.end, n - h.end, &f)) {
         int node = line_origin(e, line, h.start, &time);
-        feed_record(e, node, time, &h, &f);
+        f.damaged |= cut;
+        kernel_record(e, node, time, &h, &f, names);
         return;
     }
     /* glued or damaged: every header on the line (finditer) */
@@ -1121,7 +3298,6 @@ static void feed_line(Engine *e, const char *line, size_t n) {
             from = at + 7;
         }
     }
-    Header *headers = e->headers;
     size_t bad = 0;
     if (occurrences != count) {
         size_t like = trace_like_count(line, n);
@@ -1133,198 +3309,857 @@ static void feed_line(Engine *e, const char *line, size_t n) {
             e->ignored++;
         return;
     }
-    int node = line_origin(e, line, headers[0].start, &time);
-    for (size_t i = 0; i < count; i++) {
+    int node = line_origin(e, line, e->headers[0].start, &time);
+    for (size_t i = 0; i < count && !e->error; i++) {
+        Header *hs = e->headers;
         if (i + 1 < count) {
-            const char *seg = line + headers[i].end;
-            size_t len = headers[i + 1].start - headers[i].end;
+            const char *seg = line + hs[i].end;
+            size_t len = hs[i + 1].start - hs[i].end;
             parse_fields(seg, before_next_prefix(seg, len), &f);
             f.damaged = 1;
         } else {
-            tail_fields(e, line + headers[i].end, n - headers[i].end, &f);
+            tail_fields(&e->caches, line + hs[i].end, n - hs[i].end, &f);
+            f.damaged |= cut;
         }
-        feed_record(e, node, time, &headers[i], &f);
+        kernel_record(e, node, time, &hs[i], &f, NULL);
     }
 }
 
-/* Every byte printable ASCII or '\n': what the engine is for (see native.py). */
-static int all_printable(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n; i += 4096) { /* branch-free inside a block, so it vectorizes */
-        size_t end = i + 4096 < n ? i + 4096 : n;
-        unsigned char bad = 0;
-        for (size_t j = i; j < end; j++)
-            bad |= (unsigned char)((unsigned char)(s[j] - 0x20) > 0x5e) & (unsigned char)(s[j] != '\n');
-        if (bad)
-            return 0;
+static const Fields *damaged_fields(void) {
+    static Fields unknown;
+    static int ready;
+    if (!ready) {
+        fields_init(&unknown);
+        unknown.damaged = 1;
+        ready = 1;
     }
+    return &unknown;
+}
+
+/* Bound a trace-id map: drop its oldest entry past PENDING_TRACE_IDS. */
+static void trim(Map *m, int packets) {
+    while (m->count > PENDING_TRACE_IDS) {
+        Entry *oldest = m->head;
+        if (packets)
+            nft_packet_free(oldest->value);
+        else
+            free(oldest->value);
+        map_remove(m, oldest);
+    }
+}
+
+/* A packet line: remember its fields for the trace id (NftPacket), and the base chain it opens. */
+static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
+    NftPacket *np = calloc(1, sizeof *np);
+    if (!np) {
+        e->failed = 1;
+        return;
+    }
+    int err = e->format == FMT_XT ? xt_packet_fields(l->packet.s, (size_t)l->packet.n, &np->f, &e->words)
+                                  : nft_packet_fields(l->packet.s, (size_t)l->packet.n, &np->f, &e->words, &e->scratch);
+    size_t in_n = np->f.in_if.n > 0 ? (size_t)np->f.in_if.n : 0, out_n = np->f.out_if.n > 0 ? (size_t)np->f.out_if.n : 0;
+    np->text = malloc(in_n + out_n + 1);
+    if (err || !np->text) {
+        nft_packet_free(np);
+        e->failed = 1;
+        return;
+    }
+    if (np->f.in_if.n >= 0) {
+        memcpy(np->text, np->f.in_if.s, in_n);
+        np->f.in_if.s = np->text;
+    }
+    if (np->f.out_if.n >= 0) {
+        memcpy(np->text + in_n, np->f.out_if.s, out_n);
+        np->f.out_if.s = np->text + in_n;
+    }
+    if (cut)
+        np->f.damaged = 1;
+    if (l->family >= 0) {
+        np->base_table = copy_of(l->table.s, (size_t)l->table.n);
+        np->base_chain = copy_of(l->chain.s, (size_t)l->chain.n);
+        np->base_table_n = (size_t)l->table.n;
+        np->base_chain_n = (size_t)l->chain.n;
+        if (!np->base_table || !np->base_chain) {
+            nft_packet_free(np);
+            e->failed = 1;
+            return;
+        }
+    }
+    const char *tid = l->trace_id.s;
+    size_t tn = (size_t)l->trace_id.n;
+    int added;
+    Entry *known = map_put(&e->nft_packets, tid, tn, &added); /* an update keeps its place */
+    if (!known) {
+        nft_packet_free(np);
+        e->failed = 1;
+        return;
+    }
+    if (known->value)
+        nft_packet_free(known->value);
+    known->value = np;
+    Entry *pending = map_get(&e->pending, tid, tn);
+    if (pending) {
+        free(pending->value);
+        map_remove(&e->pending, pending);
+    }
+    Buf *chain = &e->scratch2;
+    chain->n = 0;
+    if (np->base_table ? (put(chain, np->base_table, np->base_table_n) || PUTL(chain, " ") ||
+                          put(chain, np->base_chain, np->base_chain_n))
+                       : PUTL(chain, "a base chain")) {
+        e->failed = 1;
+        return;
+    }
+    pending = map_put(&e->pending, tid, tn, &added);
+    if (!pending || !(pending->value = copy_of(chain->p, chain->n))) {
+        e->failed = 1;
+        return;
+    }
+    pending->number = (long long)chain->n;
+    trim(&e->nft_packets, 1);
+    trim(&e->pending, 0);
+}
+
+/* reader._nft_events for one line. */
+static void nft_line(Engine *e, const char *line, size_t n, int cut) {
+    NftLine l;
+    if (!(e->format == FMT_XT ? parse_xt(line, n, &l) : parse_nft(line, n, &l))) {
+        e->skipped++;
+        return;
+    }
+    if (l.kind < 0) {
+        nft_packet_line(e, &l, cut);
+        return;
+    }
+    e->records++;
+    const char *tid = l.trace_id.s;
+    size_t tn = (size_t)l.trace_id.n;
+    Entry *known = map_get(&e->nft_packets, tid, tn);
+    NftPacket *np = known ? known->value : NULL;
+    Fields copy;
+    const Fields *f = np ? &np->f : damaged_fields();
+    if (cut && !f->damaged) {
+        copy = *f;
+        copy.damaged = 1;
+        f = &copy;
+    }
+    Entry *pending = map_get(&e->pending, tid, tn);
+    int base = -1;
+    if (np && np->base_table && pending && np->base_table_n == (size_t)l.table.n && np->base_chain_n == (size_t)l.chain.n &&
+        memcmp(np->base_table, l.table.s, np->base_table_n) == 0 && memcmp(np->base_chain, l.chain.s, np->base_chain_n) == 0)
+        base = (f->in_if.n >= 0) | ((f->out_if.n >= 0) << 1);
+    if (pending) {
+        free(pending->value);
+        map_remove(&e->pending, pending);
+    }
+    Rec r = {e->line_node, l.table.s, l.chain.s, (size_t)l.table.n, (size_t)l.chain.n, l.kind, NULL, 0,
+             l.handle, {NULL, -1}, l.rule, l.family, f, l.trace_id, base, {NULL, -1}, 0, -1, -1, 0, 0};
+    Buf *verdict = &e->verdict;
+    verdict->n = 0;
+    if (e->format == FMT_XT) {
+        if (l.verdict.n > 0) { /* VERDICT[:target] */
+            if (put(verdict, l.verdict.s, (size_t)l.verdict.n) ||
+                (l.target.n > 0 && (PUTL(verdict, ":") || put(verdict, l.target.s, (size_t)l.target.n)))) {
+                e->failed = 1;
+                return;
+            }
+            r.verdict = (Ref){verdict->p, (Py_ssize_t)verdict->n};
+        }
+        if (r.rule.n >= 0) { /* IPTABLES_PREFIX `-4 -t TABLE ` goes */
+            const char *s = r.rule.s;
+            size_t rn = (size_t)r.rule.n;
+            if (rn > 6 && s[0] == '-' && (s[1] == '4' || s[1] == '6') && memcmp(s + 2, " -t ", 4) == 0) {
+                size_t t = nonspace_end(s, rn, 6);
+                if (t > 6 && t < rn && s[t] == ' ')
+                    r.rule = (Ref){s + t + 1, (Py_ssize_t)(rn - t - 1)};
+            }
+            if (r.rule.n == 0)
+                r.rule.n = -1;
+        }
+    } else if (!ascii_upper(verdict, l.verdict, &r.verdict)) {
+        e->failed = 1;
+        return;
+    }
+    feed_record(e, &r);
+}
+
+/* reader.marked_lines + the format's reader for one whole line of the input (already cut). */
+static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
+    e->lines++;
+    e->line_no++;
+    e->cut_lines += cut;
+    while (n && raw[n - 1] == '\r')
+        n--;
+    /* a kernel log's lines count only with "TRACE:" (kernel_line ignores the others) */
+    const char *first = find_str(raw, n, 0, "TRACE:", 6);
+    if (!(first || (e->format != FMT_KERNEL && (find_str(raw, n, 0, "trace id", 8) || find_str(raw, n, 0, "PACKET:", 7))))) {
+        e->ignored++;
+        return;
+    }
+    if (has_high_bytes((const unsigned char *)raw, n)) {
+        if (utf8_normalize((const unsigned char *)raw, n, &e->text)) {
+            e->failed = 1;
+            return;
+        }
+        raw = e->text.p;
+        n = e->text.n;
+        first = NULL; /* moved */
+    }
+    if (e->format == FMT_KERNEL)
+        kernel_line(e, raw, n, cut, first);
+    else
+        nft_line(e, raw, n, cut);
+}
+
+/* The line carried over from the last chunk, completed by `data` up to its first '\n'
+ * (or all of it); returns where the rest of `data` starts (n: the line goes on). */
+static size_t complete_carry(Engine *e, const char *data, size_t n) {
+    const char *nl = memchr(data, '\n', n);
+    size_t head = nl ? (size_t)(nl - data) : n;
+    size_t room = LINE_LIMIT - e->carry.n;
+    if (head > room)
+        e->carry_cut = 1;
+    if (put(&e->carry, data, head < room ? head : room))
+        e->failed = 1;
+    if (!nl)
+        return n;
+    feed_line(e, e->carry.p ? e->carry.p : "", e->carry.n, e->carry_cut);
+    e->carry.n = 0;
+    e->carrying = e->carry_cut = 0;
+    return head + 1;
+}
+
+/* Lines of data[pos:n]; the last line without '\n' is carried. */
+static void feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
+    while (pos < n && !e->error && !e->failed) {
+        if (data[pos] == '\n') { /* a run of empty lines: only counted */
+            size_t q = pos;
+            while (q < n && data[q] == '\n')
+                q++;
+            long long k = (long long)(q - pos);
+            e->lines += k;
+            e->line_no += k;
+            e->ignored += k;
+            pos = q;
+            continue;
+        }
+        const char *nl = memchr(data + pos, '\n', n - pos);
+        if (!nl) {
+            size_t rest = n - pos;
+            e->carry.n = 0;
+            e->carry_cut = rest > LINE_LIMIT;
+            if (put(&e->carry, data + pos, rest < LINE_LIMIT ? rest : LINE_LIMIT))
+                e->failed = 1;
+            e->carrying = 1;
+            return;
+        }
+        size_t end = (size_t)(nl - data), len = end - pos;
+        feed_line(e, data + pos, len > LINE_LIMIT ? LINE_LIMIT : len, len > LINE_LIMIT);
+        pos = end + 1;
+    }
+}
+
+/* ---------------------------------------------------------------- the parser thread */
+
+/* A kernel log is read by two threads: the parser thread reads chunk k's lines (splits them,
+ * finds each header and parses its prefix and fields, the pure part of the work) while the
+ * thread that called feed() assembles chunk k-1's (packets, walks, output: what needs the
+ * engine's state and Python). A line the parser does not read the common way (no header
+ * where expected, glued, bytes >= 0x80, too long) goes over as it is, and is read by
+ * feed_line then, in its place: the result is the same as reading every line in one thread. */
+
+enum { L_FAST, L_SLOW, L_IGNORED };
+
+typedef struct {
+    int kind;
+    int cut, repeat;         /* L_SLOW: the line was cut; L_FAST: its fields are the previous line's */
+    size_t at, n;            /* L_FAST, L_SLOW: the line is data[at:at+n]; L_IGNORED: n lines */
+    size_t fields;           /* L_FAST: index in Batch.fields */
+    Header h;                /* L_FAST: pointers into data */
+    Ref host, time;          /* L_FAST: in data (n -1: none) */
+    int table_index, chain_hook;
+    uint64_t header_id;      /* L_FAST: the header slot's id */
+} Parsed;
+
+/* at most this many lines a chunk (the rest of a chunk of tiny lines is read by feed_lines) */
+#define BATCH_LINES 16384
+
+typedef struct {
+    Parsed *lines;
+    size_t n;
+    Fields *fields; /* their texts point into data */
+    size_t n_fields;
+    size_t start, stop, end; /* lines data[start:stop] read; data[stop:end] left to feed_lines; data[end:] unfinished */
+    int failed;
+} Batch;
+
+#ifdef PARSER_THREAD
+typedef struct Parser {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int busy, quit;
+    const char *data; /* the job: the lines of data[batch->start:n] */
+    size_t n;
+    Batch *batch;
+    Caches caches;
+    int prev_fast; /* the last line read went into the batch as L_FAST */
+    /* the last prefix parsed: its text and where host and time are in it */
+    Buf prefix;
+    int has_prefix;
+    Py_ssize_t host_at, host_n, time_at, time_n;
+    /* chunks handed over: the one being parsed (or parsed) is views[current] */
+    Batch batches[2];
+    Py_buffer views[2];
+    int held[2], current, pending;
+    /* feed_from: the parser reads the file itself, into bufs[current] */
+    int fd;          /* -1: chunks come from feed() */
+    char *bufs[2];   /* of `size` bytes, the size of a read */
+    size_t size;
+    int read_errno;  /* the read failed */
+    int carry_ahead; /* the chunks read so far end inside a line */
+} Parser;
+
+/* feed_from's job for the parser: read the next chunk of ps->fd into bufs[k] (then it is parsed). */
+static void read_chunk(Parser *ps, int k) {
+    size_t got = 0;
+    ps->read_errno = 0;
+    while (got < ps->size) {
+        ssize_t r = read(ps->fd, ps->bufs[k] + got, ps->size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            ps->read_errno = errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    ps->data = ps->bufs[k];
+    ps->n = got;
+    size_t start = 0; /* after the end of the line the chunks before it left open */
+    if (ps->carry_ahead) {
+        const char *nl = memchr(ps->data, '\n', got);
+        start = nl ? (size_t)(nl - ps->data) + 1 : got;
+    }
+    const char *last = got ? memrchr(ps->data, '\n', got) : NULL;
+    ps->carry_ahead = last ? (size_t)(last - ps->data) + 1 < got : (ps->carry_ahead || got > 0);
+    ps->batch->start = start;
+}
+
+static Parsed *batch_add(Batch *b, int kind) {
+    if (b->n == BATCH_LINES)
+        return NULL;
+    Parsed *l = &b->lines[b->n++];
+    l->kind = kind;
+    l->cut = l->repeat = 0;
+    return l;
+}
+
+/* `count` lines that are only counted; 0 when the batch is full. */
+static int batch_ignored(Batch *b, size_t count) {
+    if (b->n && b->lines[b->n - 1].kind == L_IGNORED) {
+        b->lines[b->n - 1].n += count;
+        return 1;
+    }
+    Parsed *l = batch_add(b, L_IGNORED);
+    if (l)
+        l->n = count;
+    return l != NULL;
+}
+
+/* One line data[at:at+n] of a kernel log (n already cut to LINE_LIMIT): the common way, or
+ * handed over as it is; 0 when the batch is full. */
+static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t n, int cut) {
+    const char *line = data + at;
+    size_t m = n;
+    while (m && line[m - 1] == '\r')
+        m--;
+    const char *first = cut ? NULL : find_str(line, m, 0, "TRACE:", 6);
+    Parsed *l;
+    if (!cut && !first) /* feed_line: a line without a marker is only counted */
+        return batch_ignored(b, 1);
+    Header h;
+    const struct HeaderSlot *names = NULL;
+    struct FieldSlot *slot = NULL;
+    int repeated = 0;
+    size_t fa = first ? (size_t)(first - line) : 0;
+    int common = first && fa + 6 < m && first[6] == ' ' && !has_high_bytes((const unsigned char *)line, m) &&
+                 cached_header(&ps->caches, line, m, fa, &h, &names) && names;
+    Fields f;
+    if (common) {
+        slot = field_slot(&ps->caches, line + h.end, m - h.end, &repeated);
+        if (slot)
+            common = !slot->glued;
+        else {
+            parse_fields(line + h.end, m - h.end, &f);
+            common = !find_str(line + h.end, m - h.end, 0, "TRACE: ", 7);
+        }
+    }
+    if (!common) {
+        if (!(l = batch_add(b, L_SLOW)))
+            return 0;
+        l->at = at;
+        l->n = n;
+        l->cut = cut;
+        ps->prev_fast = 0;
+        return 1;
+    }
+    if (!(l = batch_add(b, L_FAST)))
+        return 0;
+    l->at = at;
+    l->n = m;
+    l->h = h;
+    l->table_index = names->table_index;
+    l->chain_hook = names->chain_hook;
+    l->header_id = names->id;
+    /* the prefix: node and time (parse_prefix, the last one remembered) */
+    size_t pn = h.start;
+    if (!(ps->has_prefix && ps->prefix.n == pn && memcmp(ps->prefix.p ? ps->prefix.p : "", line, pn) == 0)) {
+        ps->has_prefix = 0;
+        ps->prefix.n = 0;
+        if (put(&ps->prefix, line, pn)) {
+            b->failed = 1;
+            return 0;
+        }
+        Ref host, time;
+        parse_prefix(line, pn, &host, &time);
+        ps->host_at = host.n < 0 ? 0 : host.s - line, ps->host_n = host.n;
+        ps->time_at = time.n < 0 ? 0 : time.s - line, ps->time_n = time.n;
+        ps->has_prefix = 1;
+    }
+    l->host = (Ref){line + ps->host_at, ps->host_n};
+    l->time = (Ref){line + ps->time_at, ps->time_n};
+    /* the fields: the previous line's, or a copy whose texts point into this line */
+    if (slot && repeated && ps->prev_fast && b->n_fields) {
+        l->fields = b->n_fields - 1;
+        l->repeat = 1;
+        return 1;
+    }
+    if (slot) {
+        f = slot->f;
+        Ref *refs[] = {&f.in_if, &f.out_if, &f.mark};
+        for (int i = 0; i < 3; i++)
+            if (refs[i]->n >= 0)
+                refs[i]->s = line + h.end + (refs[i]->s - slot->text);
+    }
+    l->fields = b->n_fields;
+    b->fields[b->n_fields++] = f;
+    ps->prev_fast = 1;
     return 1;
 }
 
+/* The parser thread's work on one chunk: feed_lines' loop over data[start:end]. */
+static void parse_batch(Parser *ps, const char *data, size_t n, Batch *b) {
+    b->n = b->n_fields = 0;
+    b->failed = 0;
+    ps->prev_fast = 0;
+    const char *last = n ? memrchr(data + b->start, '\n', n - b->start) : NULL;
+    b->end = last ? (size_t)(last - data) + 1 : b->start;
+    size_t pos = b->start;
+    while (pos < b->end) {
+        size_t line_at = pos;
+        if (data[pos] == '\n') { /* a run of empty lines: only counted */
+            size_t q = pos;
+            while (q < b->end && data[q] == '\n')
+                q++;
+            if (!batch_ignored(b, q - pos))
+                break;
+            pos = q;
+            continue;
+        }
+        const char *nl = memchr(data + pos, '\n', b->end - pos);
+        size_t len = (size_t)(nl - data) - pos;
+        if (!parse_line(ps, b, data, pos, len > LINE_LIMIT ? LINE_LIMIT : len, len > LINE_LIMIT) || b->failed) {
+            pos = line_at;
+            break;
+        }
+        pos = (size_t)(nl - data) + 1;
+    }
+    b->stop = pos;
+}
+
+static void *parser_main(void *arg) {
+    Parser *ps = arg;
+    pthread_mutex_lock(&ps->mu);
+    for (;;) {
+        while (!ps->busy && !ps->quit)
+            pthread_cond_wait(&ps->cv, &ps->mu);
+        if (ps->quit)
+            break;
+        pthread_mutex_unlock(&ps->mu);
+        if (ps->fd >= 0)
+            read_chunk(ps, ps->current);
+        parse_batch(ps, ps->data, ps->n, ps->batch);
+        pthread_mutex_lock(&ps->mu);
+        ps->busy = 0;
+        pthread_cond_broadcast(&ps->cv);
+    }
+    pthread_mutex_unlock(&ps->mu);
+    return NULL;
+}
+
+/* Until the parser has finished its chunk (without the GIL: it may take a while). */
+static void parser_wait(Parser *ps) {
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ps->mu);
+    while (ps->busy)
+        pthread_cond_wait(&ps->cv, &ps->mu);
+    pthread_mutex_unlock(&ps->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static void parser_free(Parser *ps) {
+    if (!ps)
+        return;
+    pthread_mutex_lock(&ps->mu);
+    ps->quit = 1;
+    pthread_cond_broadcast(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+    pthread_join(ps->thread, NULL);
+    pthread_mutex_destroy(&ps->mu);
+    pthread_cond_destroy(&ps->cv);
+    for (int i = 0; i < 2; i++) {
+        if (ps->held[i])
+            PyBuffer_Release(&ps->views[i]);
+        free(ps->batches[i].lines);
+        free(ps->batches[i].fields);
+        free(ps->bufs[i]);
+    }
+    free(ps->caches.headers);
+    free(ps->caches.fields);
+    free(ps->prefix.p);
+    free(ps);
+}
+
+/* The parser thread, started (NULL: no memory, or no thread: feed_lines reads everything). */
+static Parser *parser_start(void) {
+    Parser *ps = calloc(1, sizeof *ps);
+    if (!ps)
+        return NULL;
+    ps->fd = -1;
+    for (int i = 0; i < 2; i++) {
+        ps->batches[i].lines = malloc(BATCH_LINES * sizeof(Parsed));
+        ps->batches[i].fields = malloc(BATCH_LINES * sizeof(Fields));
+        if (!ps->batches[i].lines || !ps->batches[i].fields) {
+            free(ps->batches[0].lines), free(ps->batches[0].fields), free(ps->batches[1].lines), free(ps->batches[1].fields);
+            free(ps);
+            return NULL;
+        }
+    }
+    pthread_mutex_init(&ps->mu, NULL);
+    pthread_cond_init(&ps->cv, NULL);
+    if (pthread_create(&ps->thread, NULL, parser_main, ps)) {
+        pthread_mutex_destroy(&ps->mu);
+        pthread_cond_destroy(&ps->cv);
+        for (int i = 0; i < 2; i++)
+            free(ps->batches[i].lines), free(ps->batches[i].fields);
+        free(ps);
+        return NULL;
+    }
+    return ps;
+}
+
+/* kernel_line's common case for a line the parser read. */
+static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
+    e->lines++;
+    e->line_no++;
+    int node = e->line_node;
+    if (l->host.n > 0 && e->from_lines) {
+        Buf *last = &e->fast_host;
+        if (e->fast_node >= 0 && last->n == (size_t)l->host.n && memcmp(last->p, l->host.s, last->n) == 0) {
+            node = e->fast_node;
+        } else {
+            node = node_number(e, l->host.s, (size_t)l->host.n);
+            last->n = 0;
+            e->fast_node = node >= 0 && !put(last, l->host.s, (size_t)l->host.n) ? node : -1;
+            if (node < 0)
+                node = e->line_node;
+        }
+    }
+    Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
+             {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, &b->fields[l->fields], {NULL, -1}, -1, l->time,
+             1, l->table_index, l->chain_hook, l->repeat, l->header_id};
+    e->records++;
+    feed_record(e, &r);
+}
+
+/* Assemble a parsed chunk, in the order of its lines (see Engine_feed). */
+static void assemble_batch(Engine *e, const char *data, size_t n, const Batch *b) {
+    if (e->carrying && n)
+        complete_carry(e, data, n);
+    const Parsed *prev = NULL;
+    for (size_t i = 0; i < b->n && !e->error && !e->failed; i++) {
+        const Parsed *l = &b->lines[i];
+        if (l->kind == L_FAST) {
+            if (l->repeat && !(prev && prev->kind == L_FAST)) { /* a slow line came between */
+                Parsed copy = *l;
+                copy.repeat = 0;
+                fast_line(e, &copy, b);
+            } else {
+                fast_line(e, l, b);
+            }
+        } else if (l->kind == L_SLOW) {
+            feed_line(e, data + l->at, l->n, l->cut);
+        } else {
+            e->lines += (long long)l->n;
+            e->line_no += (long long)l->n;
+            e->ignored += (long long)l->n;
+        }
+        if (l->kind != L_IGNORED)
+            prev = l;
+    }
+    if (!e->error && !e->failed)
+        feed_lines(e, data, b->end, b->stop); /* what the batch had no room for */
+    if (b->end < n && !e->error && !e->failed)
+        feed_lines(e, data, n, b->end); /* the unfinished last line: carried */
+}
+
+/* Give the parser its next job: parse data[start:n] (or, reading a file, read and parse the next chunk) into batch k. */
+static void parser_go(Parser *ps, int k, const char *data, size_t n) {
+    pthread_mutex_lock(&ps->mu);
+    ps->current = k;
+    ps->data = data;
+    ps->n = n;
+    ps->batch = &ps->batches[k];
+    ps->busy = 1;
+    pthread_cond_broadcast(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+}
+
+/* feed_from on a kernel log: the parser reads and parses chunk k+1 while chunk k is assembled.
+ * 1: a chunk was read; 0: the file ended; -1: a read failed (the error is set). */
+static int feed_from_parallel(Engine *e, int fd, size_t size) {
+    Parser *ps = e->parser;
+    if (ps->fd < 0) { /* the file's first chunk */
+        if (ps->size != size) {
+            free(ps->bufs[0]);
+            free(ps->bufs[1]);
+            ps->bufs[0] = malloc(size);
+            ps->bufs[1] = malloc(size);
+            ps->size = ps->bufs[0] && ps->bufs[1] ? size : 0;
+            if (!ps->size)
+                return e->failed = 1, 1;
+        }
+        ps->fd = fd;
+        ps->carry_ahead = 0;
+        parser_go(ps, 0, NULL, 0);
+    }
+    parser_wait(ps);
+    int k = ps->current;
+    if (ps->read_errno) {
+        errno = ps->read_errno;
+        ps->fd = -1;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (ps->n == 0) {
+        ps->fd = -1;
+        return 0;
+    }
+    const char *data = ps->data;
+    size_t n = ps->n;
+    parser_go(ps, 1 - k, NULL, 0);
+    assemble_batch(e, data, n, &ps->batches[k]);
+    return 1;
+}
+
+/* Assemble the chunk the parser holds, if any, and let it go. */
+static void parser_drain(Engine *e) {
+    Parser *ps = e->parser;
+    if (ps && ps->fd >= 0) { /* feed_from stopped before the end: what was read ahead goes */
+        parser_wait(ps);
+        ps->fd = -1;
+    }
+    if (!ps || !ps->pending)
+        return;
+    parser_wait(ps);
+    int k = ps->current;
+    ps->pending = 0;
+    assemble_batch(e, ps->views[k].buf, (size_t)ps->views[k].len, &ps->batches[k]);
+    PyBuffer_Release(&ps->views[k]);
+    ps->held[k] = 0;
+}
+
+/* feed() on a kernel log with the parser thread: chunk k goes to the parser, chunk k-1 is
+ * assembled meanwhile. 0: done; -1: the caller reads the chunk itself (no parser thread). */
+static int feed_parallel(Engine *e, PyObject *arg) {
+    if (!e->parser && !(e->parser = parser_start()))
+        return -1;
+    Parser *ps = e->parser;
+    int k = 1 - ps->current;
+    if (PyObject_GetBuffer(arg, &ps->views[k], PyBUF_SIMPLE)) {
+        call_failed(e);
+        return 0;
+    }
+    ps->held[k] = 1;
+    const char *data = ps->views[k].buf;
+    size_t n = (size_t)ps->views[k].len;
+    parser_wait(ps);
+    /* where chunk k's own lines start: after the end of the line the chunks before it left open */
+    size_t start = 0;
+    if (e->carry_ahead) {
+        const char *nl = memchr(data, '\n', n);
+        start = nl ? (size_t)(nl - data) + 1 : n;
+    }
+    const char *last = n ? memrchr(data, '\n', n) : NULL;
+    e->carry_ahead = last ? (size_t)(last - data) + 1 < n : (e->carry_ahead || n > 0);
+    int previous = ps->pending ? ps->current : -1;
+    ps->batches[k].start = start;
+    parser_go(ps, k, data, n);
+    if (previous >= 0) {
+        assemble_batch(e, ps->views[previous].buf, (size_t)ps->views[previous].len, &ps->batches[previous]);
+        PyBuffer_Release(&ps->views[previous]);
+        ps->held[previous] = 0;
+    }
+    ps->pending = 1;
+    return 0;
+}
+#endif
+
 /* ---------------------------------------------------------------- Python interface */
 
-/* Set up by __init__ (and begin(), `fed`), and not in use by another thread; else an exception. */
-static int engine_ready(Engine *e, int fed) {
-    if (!e->window)
+static int engine_ready(Engine *e, int in_file) {
+    if (!e->calls)
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
-    else if (e->busy)
-        PyErr_SetString(PyExc_RuntimeError, "the engine is busy in another thread");
-    else if (fed && e->line_node < 0)
-        PyErr_SetString(PyExc_RuntimeError, "feed() before begin()");
+    else if (in_file == 1 && !e->in_file)
+        PyErr_SetString(PyExc_RuntimeError, "feed() or end() outside begin() ... end()");
+    else if (in_file == 0 && e->in_file)
+        PyErr_SetString(PyExc_RuntimeError, "begin() or flush() before end() of the last file");
     else
         return 1;
     return 0;
 }
 
-static PyObject *py_str_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
-
-static PyObject *py_int_or_none(long long v) { return v == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(v); }
-
-static PyObject *endpoint(int has, const char *src, const char *dst, long long ttl, long long sport, long long dport) {
-    if (!has)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(NNNNN)", py_str_or_none(src), py_str_or_none(dst), py_int_or_none(ttl),
-                         py_int_or_none(sport), py_int_or_none(dport));
-}
-
-static int put_str_or_null(Buf *b, const char *s) { return s[0] ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
-
-/* The node-independent JSON pieces around what Python decides (see native.py). */
-static int render_head(const Packet *p, Buf *b) {
-    char protocol[8];
-    const char *proto = p->f.proto[0] ? p->f.proto : "unknown";
-    size_t k = 0;
-    for (; proto[k]; k++)
-        protocol[k] = (proto[k] >= 'A' && proto[k] <= 'Z') ? (char)(proto[k] + 32) : proto[k];
-    protocol[k] = 0;
-    int err = PUTL(b, "\"protocol\": ");
-    err |= put_jstr(b, protocol, k);
-    err |= PUTL(b, ", \"src\": ");
-    err |= put_str_or_null(b, p->has_first ? p->first_src : p->f.src);
-    err |= PUTL(b, ", \"dst\": ");
-    err |= put_str_or_null(b, p->has_first ? p->first_dst : p->f.dst);
-    err |= PUTL(b, ", \"ip_id\": ");
-    err |= put_opt_int(b, p->f.ip_id);
-    err |= PUTL(b, ", \"ttl\": ");
-    err |= put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
-    return err;
-}
-
-static int render_tail(const Packet *p, Buf *b) {
-    int err = PUTL(b, "\"exit\": ");
-    if (p->has_last) {
-        err |= PUTL(b, "{\"src\": ");
-        err |= put_jstr(b, p->last_src, strlen(p->last_src));
-        err |= PUTL(b, ", \"dst\": ");
-        err |= put_jstr(b, p->last_dst, strlen(p->last_dst));
-        err |= PUTL(b, "}");
-    } else {
-        err |= PUTL(b, "null");
-    }
-    err |= PUTL(b, ", \"repaired_lines\": ");
-    err |= put_int(b, p->repaired);
-    if (strcmp(p->f.proto, "ICMP") == 0) {
-        err |= PUTL(b, ", \"icmp\": {\"type\": ");
-        err |= put_opt_int(b, p->f.icmp_type);
-        err |= PUTL(b, ", \"id\": ");
-        err |= put_opt_int(b, p->f.icmp_id);
-        err |= PUTL(b, ", \"seq\": ");
-        err |= put_opt_int(b, p->f.icmp_seq);
-        err |= PUTL(b, "}");
-    }
-    if (p->f.sport != NONE || p->f.dport != NONE) {
-        err |= PUTL(b, ", \"sport\": ");
-        err |= put_opt_int(b, p->f.sport);
-        err |= PUTL(b, ", \"dport\": ");
-        err |= put_opt_int(b, p->f.dport);
-    }
-    if (p->f.flags) {
-        err |= PUTL(b, ", \"tcp_flags\": [");
-        int firstflag = 1;
-        for (int i = 0; i < N_TCP_FLAGS; i++) {
-            if (p->f.flags & (1 << i)) {
-                err |= puts_(b, firstflag ? "\"" : ", \"");
-                err |= puts_(b, TCP_FLAG_NAMES[i]);
-                err |= PUTL(b, "\"");
-                firstflag = 0;
-            }
-        }
-        err |= PUTL(b, "]");
-    }
-    err |= PUTL(b, "}");
-    return err;
-}
-
-/* (node name, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, tcp_flags mask,
- *  first, last, repaired_lines, tables mask, signature, head, steps, last_step, tail);
- *  first/last: (src, dst, ttl, sport, dport) or None. */
-static PyObject *packet_tuple(Engine *e, Packet *p) {
-    Buf head = {0}, tail = {0};
-    PyObject *out = NULL;
-    PyObject **node = &e->node_objects[p->node];
-    if (!*node && !(*node = PyUnicode_DecodeUTF8(e->node_names[p->node], (Py_ssize_t)e->node_lens[p->node], "surrogatepass")))
+/* What feed/end/flush give back: the JSON written so far, or the error that stopped them. */
+static PyObject *hand_over(Engine *e) {
+    if (e->error) {
+        PyObject *error = e->error;
+        if (error == Py_None)
+            PyErr_SetString(PyExc_RuntimeError, "a call into Python failed");
+        else
+            PyErr_SetObject((PyObject *)Py_TYPE(error), error);
         return NULL;
-    if (render_head(p, &head) || render_tail(p, &tail)) {
-        PyErr_NoMemory();
-    } else {
-        const char *last_step = p->steps.p + p->last_step_at;
-        out = Py_BuildValue(
-            "(OLNNNNNNNiNNLiy#y#y#y#y#)", *node, p->seq, py_str_or_none(p->f.proto), py_int_or_none(p->f.ip_id),
-            py_int_or_none(p->f.icmp_type), py_int_or_none(p->f.icmp_id), py_int_or_none(p->f.icmp_seq),
-            py_int_or_none(p->f.sport), py_int_or_none(p->f.dport), p->f.flags,
-            endpoint(p->has_first, p->first_src, p->first_dst, p->first_ttl, p->first_sport, p->first_dport),
-            endpoint(p->has_last, p->last_src, p->last_dst, p->last_ttl, p->last_sport, p->last_dport), p->repaired,
-            p->tables_seen, p->sig.p, (Py_ssize_t)p->sig.n, head.p, (Py_ssize_t)head.n, p->steps.p,
-            (Py_ssize_t)p->steps.n, last_step, (Py_ssize_t)(p->steps.n - p->last_step_at), tail.p,
-            (Py_ssize_t)tail.n);
     }
-    free(head.p);
-    free(tail.p);
+    if (e->failed)
+        return PyErr_NoMemory();
+    PyObject *out = PyBytes_FromStringAndSize(e->out.p ? e->out.p : "", (Py_ssize_t)e->out.n);
+    e->out.n = 0;
     return out;
 }
 
-static PyObject *take_done(Engine *e) {
-    if (e->failed) {
-        e->failed = 0;
-        return PyErr_NoMemory();
+static int str_list(PyObject *seq, char ***items, size_t **lens, size_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of str");
+    if (!fast)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    *items = calloc((size_t)count + 1, sizeof **items);
+    *lens = calloc((size_t)count + 1, sizeof **lens);
+    if (!*items || !*lens) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
     }
-    PyObject *list = PyList_New((Py_ssize_t)e->n_done);
-    if (!list)
-        return NULL;
-    for (size_t i = 0; i < e->n_done; i++) {
-        PyObject *item = packet_tuple(e, e->done[i]);
-        if (!item) {
-            Py_DECREF(list);
-            list = NULL;
-            for (size_t j = i; j < e->n_done; j++)
-                packet_free(e->done[j]);
-            break;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(fast, i), &len);
+        if (!s || !((*items)[i] = copy_of(s, (size_t)len))) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
         }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
-        packet_free(e->done[i]);
+        (*lens)[i] = (size_t)len;
+        (*n)++;
     }
-    e->n_done = 0;
-    return list;
+    Py_DECREF(fast);
+    return 0;
 }
 
-static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"window", NULL};
-    int window = 400;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kw, &window))
+static int int_list(PyObject *seq, long long **items, size_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of int");
+    if (!fast)
         return -1;
-    if (window < 1) {
-        PyErr_SetString(PyExc_ValueError, "window must be positive");
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    *items = calloc((size_t)count + 1, sizeof **items);
+    if (!*items) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
         return -1;
     }
-    if (e->window) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        (*items)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*n)++;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+PyDoc_STRVAR(engine_doc,
+             "Engine(calls, mode, expect, tables, protocols, ports, ip_ids, match_src, match_dst, match, declared, window)\n"
+             "calls: node_added(node, name) -> (json, ok), slot_added(node, hook, table), judge(node, steps,\n"
+             "at_end, entered, proto_none) -> walk tuple, address_ok(which, address) -> bool (see native.py);\n"
+             "mode: 0 json, 1 text, 2 summary, 3 diagram; tables: names or None; declared: {key: hook + 1}.");
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"calls", "mode", "expect", "tables", "protocols", "ports", "ip_ids", "match_src", "match_dst",
+                         "match", "declared", "window", NULL};
+    PyObject *calls, *tables, *protocols, *ports, *ip_ids, *declared;
+    int mode, expect, match_src, match_dst, match, window = 400;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OipOOOOpppO|i", kw, &calls, &mode, &expect, &tables, &protocols, &ports,
+                                     &ip_ids, &match_src, &match_dst, &match, &declared, &window))
+        return -1;
+    if (e->calls) {
         PyErr_SetString(PyExc_RuntimeError, "the engine is already initialised");
         return -1;
     }
+    if (window < 1 || mode < MODE_JSON || mode > MODE_DIAGRAM || !PyDict_Check(declared)) {
+        PyErr_SetString(PyExc_ValueError, "window must be positive, mode 0-3, declared a dict");
+        return -1;
+    }
+    e->all_tables = tables == Py_None;
+    if ((!e->all_tables && str_list(tables, &e->tables, &e->table_lens, &e->n_tables)) ||
+        str_list(protocols, &e->protocols, &e->protocol_lens, &e->n_protocols) || int_list(ports, &e->ports, &e->n_ports) ||
+        int_list(ip_ids, &e->ip_ids, &e->n_ip_ids))
+        return -1;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(declared, &pos, &key, &value)) {
+        int added;
+        if (!PyBytes_Check(key) || !PyLong_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "declared: bytes -> int");
+            return -1;
+        }
+        Entry *d = map_put(&e->declared, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), &added);
+        if (!d) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->number = PyLong_AsLongLong(value);
+    }
+    if (!(e->items = PyList_New(0)))
+        return -1;
+    e->calls = Py_NewRef(calls);
+    e->mode = mode;
+    e->expect = expect;
+    e->match = match;
+    e->match_src = match_src;
+    e->match_dst = match_dst;
     e->window = window;
     e->line_node = -1;
+    e->fast_node = -1;
     return 0;
 }
 
 static void Engine_dealloc(Engine *e) {
+#ifdef PARSER_THREAD
+    parser_free(e->parser);
+#endif
     while (e->head) {
         Packet *p = e->head;
         lru_unlink(e, p);
@@ -1334,108 +4169,288 @@ static void Engine_dealloc(Engine *e) {
         packet_free(e->done[i]);
     for (int i = 0; i < e->n_nodes; i++) {
         free(e->node_names[i]);
-        Py_XDECREF(e->node_objects[i]);
+        Py_XDECREF(e->node_json[i]);
     }
-    free(e->node_names);
-    free(e->node_lens);
-    free(e->table_masks);
-    free(e->node_objects);
-    free(e->node_slots);
-    free(e->done);
-    free(e->last_text.p);
-    free(e->headers);
-    free(e->tail_text.p);
-    free(e->prefix_text.p);
+    for (size_t i = 0; i < e->n_tables; i++)
+        free(e->tables[i]);
+    for (size_t i = 0; i < e->n_protocols; i++)
+        free(e->protocols[i]);
+    void *arrays[] = {e->node_names, e->node_lens, e->table_masks, e->began, e->slot_version, e->node_json, e->node_ok,
+                      e->event_order, e->done, e->headers, e->tables, e->table_lens, e->protocols, e->protocol_lens,
+                      e->ports, e->ip_ids, e->words.w, e->caches.headers, e->caches.fields, e->read_buf, e->heads};
+    for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
+        free(arrays[i]);
+    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->fast_host, &e->scratch,
+                   &e->scratch2, &e->verdict, &e->key, &e->out};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        free(bufs[i]->p);
+    map_clear(&e->declared, NULL);
+    map_clear(&e->by_trace, NULL);
+    map_clear(&e->nodes, NULL);
+    map_clear(&e->slots, NULL);
+    map_clear(&e->nft_packets, nft_packet_free);
+    map_clear(&e->pending, free);
+    map_clear(&e->walks, walk_free);
+    map_clear(&e->directions, NULL);
+    map_clear(&e->flows, hops_free);
+    map_clear(&e->rows, row_free);
+    map_clear(&e->diagram, diagram_row_free);
+    map_clear(&e->addresses, NULL);
+    Py_XDECREF(e->calls);
+    Py_XDECREF(e->items);
+    Py_XDECREF(e->error);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
-PyDoc_STRVAR(begin_doc, "begin(node, from_lines): the following chunks are a new file (lines count from 1) of `node`;\n"
-                        "with from_lines, each line's syslog host field names its node, and `node` is for lines without one.");
+PyDoc_STRVAR(begin_doc, "begin(node, from_lines, format): the following chunks are a new file (lines count from 1)\n"
+                        "of `node` (str); with from_lines each kernel line's syslog host field names its node;\n"
+                        "format: 0 kernel, 1 xtables-monitor, 2 nft monitor.");
 
 static PyObject *Engine_begin(Engine *e, PyObject *args) {
-    if (!engine_ready(e, 0))
-        return NULL;
     PyObject *name;
-    int from_lines;
-    if (!PyArg_ParseTuple(args, "Up", &name, &from_lines))
+    int from_lines, format;
+    if (!engine_ready(e, 0) || !PyArg_ParseTuple(args, "Upi", &name, &from_lines, &format))
         return NULL;
+    if (format < FMT_KERNEL || format > FMT_NFT) {
+        PyErr_SetString(PyExc_ValueError, "format must be 0, 1 or 2");
+        return NULL;
+    }
     PyObject *encoded = PyUnicode_AsEncodedString(name, "utf-8", "surrogatepass");
     if (!encoded)
         return NULL;
     int node = node_number(e, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
     Py_DECREF(encoded);
     if (node < 0)
-        return PyErr_NoMemory();
-    if (!e->node_objects[node])
-        e->node_objects[node] = Py_NewRef(name);
+        return hand_over(e);
     e->line_node = node;
     e->from_lines = from_lines;
+    e->format = format;
     e->has_prefix = 0;
     e->line_no = 0;
+    e->in_file = 1;
+    e->carrying = e->carry_cut = 0;
+    e->carry_ahead = 0;
+    e->carry.n = 0;
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(feed_doc, "feed(chunk, start=0) -> (finished packets, where to start next): `chunk` holds whole lines\n"
-                       "('\\n'-separated; a last line may lack it). It stops early once it has a batch of packets\n"
-                       "to hand over: call again from the returned start until that is len(chunk). The chunk's bytes are\n"
-                       "checked (printable ASCII or '\\n', else ValueError) when start is 0.");
+PyDoc_STRVAR(feed_doc, "feed(chunk) -> JSON written: `chunk` is the next piece of the file, any bytes; its last line\n"
+                       "may go on in the next chunk.");
 
-static PyObject *Engine_feed(Engine *e, PyObject *args) {
+static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     Py_buffer view;
-    Py_ssize_t start = 0;
-    if (!PyArg_ParseTuple(args, "y*|n", &view, &start))
+    if (!engine_ready(e, 1))
         return NULL;
-    PyObject *out = NULL;
+    if (e->error || e->failed)
+        return hand_over(e);
+#ifdef PARSER_THREAD
+    if (e->format == FMT_KERNEL && feed_parallel(e, arg) == 0)
+        return hand_over(e);
+#endif
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+        return NULL;
     const char *data = view.buf;
-    size_t n = (size_t)view.len, pos = start >= 0 ? (size_t)start : n + 1;
-    if (!engine_ready(e, 1)) {
-        /* the exception is set */
-    } else if (pos > n) {
-        PyErr_SetString(PyExc_ValueError, "start is outside the chunk");
-    } else if (pos == 0 && !all_printable((const unsigned char *)data, n)) {
-        PyErr_SetString(PyExc_ValueError, "bytes other than printable ASCII (did the file change since it was checked?)");
-    } else {
-        e->busy = 1;
-        Py_BEGIN_ALLOW_THREADS;
-        while (pos < n && e->n_done < BATCH_PACKETS) {
-            const char *nl = memchr(data + pos, '\n', n - pos);
-            size_t end = nl ? (size_t)(nl - data) : n;
-            feed_line(e, data + pos, end - pos);
-            pos = end + 1;
-        }
-        Py_END_ALLOW_THREADS;
-        e->busy = 0;
-        PyObject *done = take_done(e);
-        if (done)
-            out = Py_BuildValue("(Nn)", done, (Py_ssize_t)(pos < n ? pos : n));
-    }
+    size_t n = (size_t)view.len, pos = 0;
+    if (e->carrying && n)
+        pos = complete_carry(e, data, n);
+    feed_lines(e, data, n, pos);
     PyBuffer_Release(&view);
-    return out;
+    return hand_over(e);
 }
 
-PyDoc_STRVAR(flush_doc, "flush() -> every packet still open (end of input).");
+PyDoc_STRVAR(feed_from_doc, "feed_from(fd, size) -> JSON written, or None at the end of the file: reads the next\n"
+                            "`size` bytes of the file open as `fd` itself (a kernel log: while the last chunk is\n"
+                            "assembled); OSError if a read fails. Between begin() and end(), use feed() or\n"
+                            "feed_from() with one size, not both.");
+
+static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
+    int fd;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "in", &fd, &size))
+        return NULL;
+    if (fd < 0 || size < 1) {
+        PyErr_SetString(PyExc_ValueError, "feed_from: a file descriptor and a positive size");
+        return NULL;
+    }
+    if (!engine_ready(e, 1))
+        return NULL;
+    if (e->error || e->failed)
+        return hand_over(e);
+#ifdef PARSER_THREAD
+    if (e->format == FMT_KERNEL && (e->parser || (e->parser = parser_start()))) {
+        int got = feed_from_parallel(e, fd, (size_t)size);
+        if (got < 0)
+            return NULL;
+        if (got == 0 && !e->error && !e->failed)
+            Py_RETURN_NONE;
+        return hand_over(e);
+    }
+#endif
+    if (e->read_size != (size_t)size) {
+        free(e->read_buf);
+        e->read_size = (e->read_buf = malloc((size_t)size)) ? (size_t)size : 0;
+        if (!e->read_buf)
+            return PyErr_NoMemory();
+    }
+    ssize_t got;
+    Py_BEGIN_ALLOW_THREADS
+    do
+        got = read(fd, e->read_buf, (size_t)size);
+    while (got < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (got < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (got == 0)
+        Py_RETURN_NONE;
+    size_t n = (size_t)got, pos = 0;
+    if (e->carrying)
+        pos = complete_carry(e, e->read_buf, n);
+    feed_lines(e, e->read_buf, n, pos);
+    return hand_over(e);
+}
+
+PyDoc_STRVAR(end_doc, "end() -> JSON written: the file ends (its last line, if it has no '\\n', is read now).");
+
+static PyObject *Engine_end(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, 1))
+        return NULL;
+#ifdef PARSER_THREAD
+    parser_drain(e);
+#endif
+    if (e->carrying) {
+        feed_line(e, e->carry.p ? e->carry.p : "", e->carry.n, e->carry_cut);
+        e->carrying = e->carry_cut = 0;
+        e->carry.n = 0;
+    }
+    mark_end(e, e->format == FMT_KERNEL ? NULL : &e->pending);
+    map_clear(&e->nft_packets, nft_packet_free);
+    map_clear(&e->pending, free);
+    e->in_file = 0;
+    return hand_over(e);
+}
+
+PyDoc_STRVAR(flush_doc, "flush() -> JSON written: every packet still open is finished (end of input).");
 
 static PyObject *Engine_flush(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 0))
         return NULL;
-    while (e->head)
+    while (e->head && !e->error) {
         finish(e, e->head);
-    return take_done(e);
+        process_done(e);
+    }
+    return hand_over(e);
 }
 
-PyDoc_STRVAR(stats_doc, "stats() -> (lines, ignored_lines, skipped_lines, trace_records, unattributed).");
+PyDoc_STRVAR(take_items_doc, "take_items() -> [(\"packet\", seq, json) | (\"expect\", node, direction, protocol, syn, walk)]");
+
+static PyObject *Engine_take_items(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, -1))
+        return NULL;
+    PyObject *items = e->items;
+    if (!(e->items = PyList_New(0))) {
+        e->items = items;
+        return NULL;
+    }
+    return items;
+}
+
+PyDoc_STRVAR(stats_doc, "stats() -> dict of counts.");
 
 static PyObject *Engine_stats(Engine *e, PyObject *unused) {
+    if (!engine_ready(e, -1))
+        return NULL;
+    PyObject *order = PyList_New(e->n_with_events);
+    if (!order)
+        return NULL;
+    for (int i = 0; i < e->n_nodes; i++)
+        if (e->event_order[i] >= 0)
+            PyList_SET_ITEM(order, e->event_order[i], PyLong_FromLong(i));
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLs(LLL)sLsN}", "lines", e->lines, "ignored_lines", e->ignored, "skipped_lines",
+                         e->skipped, "trace_records", e->records, "unattributed", e->unattributed, "cut_lines",
+                         e->cut_lines, "matched", e->matched, "repaired", e->repaired, "identities", e->identities[0],
+                         e->identities[1], e->identities[2], "other", e->other, "nodes", order);
+}
+
+static PyObject *str_or_none(const char *s, size_t n) {
+    return s ? PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "replace") : Py_NewRef(Py_None);
+}
+
+static PyObject *addr_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
+
+PyDoc_STRVAR(results_doc, "results() -> (summary rows, diagram rows, flow entries): what the end of the run needs.");
+
+static PyObject *Engine_results(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 0))
         return NULL;
-    return Py_BuildValue("(LLLLL)", e->lines, e->ignored, e->skipped, e->records, e->unattributed);
+    PyObject *rows = PyList_New(0), *diagram = PyList_New(0), *flows = PyList_New(0);
+    if (!rows || !diagram || !flows)
+        goto failed;
+    for (Entry *x = e->rows.head; x; x = x->next) {
+        Row *r = x->value;
+        int node;
+        long summary;
+        memcpy(&node, x->key, sizeof node);
+        memcpy(&summary, x->key + sizeof node + 1, sizeof summary);
+        PyObject *item = Py_BuildValue("(iilLLNLNN)", node, x->key[sizeof node], summary, r->count, r->first_seq,
+                                       str_or_none(r->first_time, r->first_time_n), r->last_seq,
+                                       str_or_none(r->last_time, r->last_time_n), str_or_none(r->example, r->example_n));
+        if (!item || PyList_Append(rows, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    for (Entry *x = e->diagram.head; x; x = x->next) {
+        DiagramRow *r = x->value;
+        int node;
+        memcpy(&node, x->key, sizeof node);
+        PyObject *item = Py_BuildValue("(iiLLO)", node, x->key[sizeof node], r->min_seq, r->count, r->walk);
+        if (!item || PyList_Append(diagram, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    for (Entry *x = e->flows.head; x; x = x->next) {
+        Hops *hops = x->value;
+        size_t plen = strlen(x->key);
+        long long ip_id, seq;
+        memcpy(&ip_id, x->key + plen + 1, sizeof ip_id);
+        memcpy(&seq, x->key + plen + 1 + sizeof ip_id, sizeof seq);
+        PyObject *list = PyList_New((Py_ssize_t)hops->n);
+        if (!list)
+            goto failed;
+        for (size_t i = 0; i < hops->n; i++) {
+            Hop *h = &hops->hops[i];
+            PyObject *hop = Py_BuildValue("(LiiONNNNN)", h->seq, h->direction, h->node, h->walk,
+                                          h->ttl == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(h->ttl),
+                                          addr_or_none(h->src), addr_or_none(h->dst), addr_or_none(h->exit_src),
+                                          addr_or_none(h->exit_dst));
+            if (!hop) {
+                Py_DECREF(list);
+                goto failed;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, hop);
+        }
+        PyObject *item = Py_BuildValue("(NLNN)", plen ? PyUnicode_FromString(x->key) : Py_NewRef(Py_None), ip_id,
+                                       seq == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(seq), list);
+        if (!item || PyList_Append(flows, item))
+            goto failed;
+        Py_DECREF(item);
+    }
+    return Py_BuildValue("(NNN)", rows, diagram, flows);
+failed:
+    Py_XDECREF(rows);
+    Py_XDECREF(diagram);
+    Py_XDECREF(flows);
+    return NULL;
 }
 
 static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
-    {"feed", (PyCFunction)Engine_feed, METH_VARARGS, feed_doc},
+    {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
+    {"feed_from", (PyCFunction)Engine_feed_from, METH_VARARGS, feed_from_doc},
+    {"end", (PyCFunction)Engine_end, METH_NOARGS, end_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
+    {"take_items", (PyCFunction)Engine_take_items, METH_NOARGS, take_items_doc},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, stats_doc},
+    {"results", (PyCFunction)Engine_results, METH_NOARGS, results_doc},
     {NULL},
 };
 
@@ -1443,35 +4458,50 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "chainlab.trace._engine.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Engine(window=400): kernel-format TRACE lines in, finished packets out."),
+    .tp_doc = engine_doc,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
     .tp_methods = Engine_methods,
 };
 
-PyDoc_STRVAR(printable_doc, "printable(data) -> True if every byte is printable ASCII or '\\n'.");
+PyDoc_STRVAR(normalize_doc, "utf8(data) -> data as bytes.decode('utf-8', 'replace') reads it, encoded back (a test hook).");
 
-static PyObject *printable(PyObject *self, PyObject *arg) {
+static PyObject *py_utf8(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
         return NULL;
-    int ok;
-    Py_BEGIN_ALLOW_THREADS;
-    ok = all_printable(view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS;
+    Buf out = {0};
+    PyObject *result = utf8_normalize(view.buf, (size_t)view.len, &out)
+                           ? PyErr_NoMemory()
+                           : PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.n);
+    free(out.p);
     PyBuffer_Release(&view);
-    return PyBool_FromLong(ok);
+    return result;
+}
+
+PyDoc_STRVAR(jstr_doc, "json_string(data) -> json.dumps of data (valid UTF-8) as bytes (a test hook).");
+
+static PyObject *py_json_string(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+        return NULL;
+    Buf out = {0};
+    PyObject *result = put_jstr(&out, view.buf, (size_t)view.len) ? PyErr_NoMemory()
+                                                                    : PyBytes_FromStringAndSize(out.p, (Py_ssize_t)out.n);
+    free(out.p);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static PyMethodDef module_methods[] = {
-    {"printable", printable, METH_O, printable_doc},
+    {"utf8", py_utf8, METH_O, normalize_doc},
+    {"json_string", py_json_string, METH_O, jstr_doc},
     {NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "chainlab.trace._engine",
-    "The kernel-log TRACE analyzer's hot path (see native.py).", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "chainlab.trace._engine", "The trace analyzer in C (see native.py).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__engine(void) {

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
 from chainlab.trace.netfilter import ROUTES, Slot, collapse_hooks, required_slots, route_of, slot_rank
 from chainlab.trace.rules import RuleSet, rule_target
 
 DROP_VERDICTS = ("DROP", "REJECT")
+#: Targets after which a packet leaves the table it is in (and goes on to the next one).
+ENDING_TARGETS = ("ACCEPT", "MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP")
 
 
 def hook_path(steps: list[Step], tables: set[str] | None = None) -> list[str]:
@@ -40,13 +43,30 @@ def _where(step: Step) -> str:
     return where
 
 
+def drop_point(packet: Packet) -> str | None:
+    """Where a dropped packet died: `table:chain rule N` and the rule's text if known."""
+    if packet.verdict != "dropped" or not packet.steps:
+        return None
+    last = packet.steps[-1]
+    return _where(last) + (f" `{last.rule}`" if last.rule else "")
+
+
+def _decides(step: Step) -> bool:
+    """The step ends the table the packet is in: a policy, an accept, a NAT target."""
+    if step.kind == "policy" or (step.verdict and step.verdict.split(":")[0] == "ACCEPT"):
+        return True
+    return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
+
+
 def judge(packet: Packet, present: set[Slot]) -> None:
     """Set route, new_connection, verdict and reason of a complete packet.
 
     A packet whose trace stops while a table it must still pass (given the tables that
     exist on the node and whether it is a connection's first packet) lies ahead was
     dropped at its last step. Stopping at the end of PREROUTING is a loss at the routing
-    decision, which netfilter does not see: verdict unknown.
+    decision, which netfilter does not see: verdict unknown. Where the log itself ends
+    after the packet's last step (`at_end`), only an explicit drop, or a policy or accept
+    that ends its walk with nothing ahead, decides; otherwise the verdict is unknown.
     """
     steps = packet.steps
     packet.route = route_of(hook_path(steps))
@@ -66,15 +86,37 @@ def judge(packet: Packet, present: set[Slot]) -> None:
         {slot for r in routes for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here},
         key=lambda slot: slot_rank(*slot),
     )
-    if not ahead:
-        packet.verdict = "accepted" if packet.route else "unknown"
+    if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
+        packet.verdict = "unknown"
+        packet.reason = f"the log ends after {_where(last)}, before a rule or policy decided"
+        if packet.entered:
+            packet.reason += f" (it went on into {packet.entered})"
+        elif ahead:
+            packet.reason += f" (still ahead: {ahead[0][1]} {ahead[0][0]})"
+    elif not ahead and packet.route:
+        packet.verdict = "accepted"
         packet.reason = f"passed every table up to {last.table} {last.hook}"
-    elif last.hook == "PREROUTING" and ahead[0][0] != "PREROUTING":
+    elif last.hook == "PREROUTING" and (not ahead or ahead[0][0] != "PREROUTING"):
         packet.verdict = "unknown"
         packet.reason = "no trace after PREROUTING: lost at the routing decision, not by a rule"
+    elif not ahead:
+        packet.verdict = "unknown"
+        packet.reason = f"passed every table up to {last.table} {last.hook}"
     else:
         packet.verdict = "dropped"
         packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {ahead[0][1]} {ahead[0][0]}"
+
+
+def protocol_from_rules(packet: Packet) -> str | None:
+    """The protocol the rules a packet matched name (xtables-monitor prints no protocol
+    for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""
+    for step in packet.steps:
+        if step.rule:
+            words = ascii.words(step.rule)
+            for protocol, names in (("ICMP", ("icmp",)), ("ICMPV6", ("ipv6-icmp", "icmpv6", "icmp6"))):
+                if any(w == "-p" and n in names for w, n in zip(words, words[1:])):
+                    return protocol
+    return None
 
 
 def join_rules(packet: Packet, rules: RuleSet | None) -> None:
@@ -112,6 +154,10 @@ class Directions:
         if f.proto == "ICMP" and f.icmp_type in (8, 0):
             direction = "request" if f.icmp_type == 8 else "reply"
         elif f.proto == "ICMP" and f.icmp_type is not None:
+            direction = "error"
+        elif f.proto == "ICMPV6" and f.icmp_type in (128, 129):
+            direction = "request" if f.icmp_type == 128 else "reply"
+        elif f.proto == "ICMPV6" and f.icmp_type is not None and f.icmp_type < 128:
             direction = "error"
         elif f.proto == "TCP" and f.tcp_flags and "SYN" in f.tcp_flags:
             direction = "reply" if "ACK" in f.tcp_flags else "request"

@@ -5,8 +5,22 @@ identity agrees with it (IP id, protocol, ICMP id/seq or one of the ports, ICMP 
 flags; NAT may rewrite addresses and one port, never the IP id) and whose walk it can
 continue (netfilter visits hooks and tables in a fixed order). A damaged line that lost
 some of these fields still joins the one packet its remaining fields agree with. nft
-traces carry a trace id, which is tried first. A packet no line has joined for `window`
-events is complete and handed on, so memory stays flat on any file size.
+traces carry a trace id, which is tried first.
+
+A line with no IPv4 id (IPv6 has none; a damaged or shortened line may have lost it)
+that joins no open packet opens one of identity "flow" if it still shows both addresses:
+later such lines join it while their source address, destination address (which DNAT may
+change once), ports, ICMP sequence, interfaces, IPv6 flow label and TCP sequence number
+agree with it, and the walk goes on in order (a walk that starts again is the flow's next
+packet). The most recently touched packet is tried first. An IPv4 flow packet is a damaged
+start of a packet: the first line with an IP id that fits it adopts it (identity "ip_id").
+
+A packet no line has joined for `window` events is complete and handed on, so memory
+stays flat on any file size. When an input file ends, the open packets after whose last
+step no other packet of their node began are marked `at_end` (until a later line joins
+them): their walk may go on where the log stops. (A packet walks netfilter in one burst
+of lines; once the next packet has begun, the one before had ended, give or take lines
+that other CPUs interleave.)
 """
 
 from __future__ import annotations
@@ -15,12 +29,21 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from chainlab.trace.model import Event, Fields, Packet, Step
+from chainlab.trace.hooks import Resolver, resolver
+from chainlab.trace.model import Event, Fields, Packet
 from chainlab.trace.netfilter import HOOKS, slot_rank
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
     return a is None or b is None or a == b
+
+
+def _v6(f: Fields | None) -> bool | None:
+    """Whether the addresses of `f` are IPv6 (None: no address)."""
+    if f is None:
+        return None
+    address = f.src or f.dst
+    return None if address is None else ":" in address
 
 
 def compatible(packet: Packet, f: Fields) -> bool:
@@ -36,25 +59,42 @@ def compatible(packet: Packet, f: Fields) -> bool:
     if None not in (p.sport, p.dport, f.sport, f.dport):
         if p.sport != f.sport and p.dport != f.dport:
             return False
+    # An IPv4 packet never takes an IPv6 line, nor the other way round (a packet with an
+    # IP id is IPv4).
+    line_v6, packet_v6 = _v6(f), _v6(packet.last)
+    if packet_v6 is None and p.ip_id is not None:
+        packet_v6 = False
+    if line_v6 is not None and packet_v6 is not None and line_v6 != packet_v6:
+        return False
+    return p.ip_id is not None or _same_flow(packet, f)
+
+
+def _same_flow(packet: Packet, f: Fields) -> bool:
+    """The identity checks of a packet that has no IP id (see the module doc)."""
+    p = packet.fields
+    first, last = packet.first, packet.last
+    if first is not None and last is not None:
+        # NAT: DNAT changes the destination once (after the nat hook of PREROUTING or
+        # OUTPUT); a changed source is never seen on later lines of the same walk.
+        if f.src is not None and f.src != last.src:
+            return False
+        if f.dst is not None and f.dst != last.dst and last.dst != first.dst:
+            return False
+    for a, b in ((p.in_if, f.in_if), (p.out_if, f.out_if), (p.flow_label, f.flow_label), (p.tcp_seq, f.tcp_seq),
+                 (p.icmp_seq, f.icmp_seq)):
+        if a is not None and b is not None and a != b:
+            return False
     return True
 
 
-def _next_hook(packet: Packet, step: Step) -> tuple[bool, str | None]:
-    """Can `step` be the next step of `packet`'s walk (no going back in hook order), and
-    which hook it runs in (built-in chains name theirs; a user chain runs in the current one)."""
-    last = packet.last_step
-    chain = step.chain
-    if last is None:
-        return True, chain if chain in HOOKS else None
-    hook = chain if chain in HOOKS else last.hook
-    if last.hook is None:
-        return True, hook
-    return slot_rank(hook, step.table) >= slot_rank(last.hook, last.table), hook
+#: Fields a packet learns from later lines when its first line did not show them.
+_MERGED = ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags", "in_if", "out_if",
+           "flow_label", "tcp_seq")
 
 
 def _merge(into: Fields, f: Fields) -> None:
     """Fill fields the packet does not know yet from a later line."""
-    for name in ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags"):
+    for name in _MERGED:
         if getattr(into, name) is None:
             value = getattr(f, name)
             if value is not None:
@@ -68,14 +108,19 @@ EXPIRE_EVERY = 64
 class Assembler:
     """Feed events in log order; get complete packets back."""
 
-    def __init__(self, window: int = 400):
+    def __init__(self, window: int = 400, resolve: Resolver | None = None):
         self.window = window
+        self.resolve = resolve or resolver({})
         self.count = 0
         self.seq = 0
         self.open: OrderedDict[int, Packet] = OrderedDict()
         self.by_ip_id: dict[tuple[str, int], list[Packet]] = {}
         self.by_trace: dict[tuple[str, str], Packet] = {}
         self.unattributed = 0
+        #: Open packets of identity "flow" (IPv4 ones may be adopted by an IP id).
+        self.open_flows = 0
+        #: Per node, the event count at which its latest packet began.
+        self._began: dict[str, int] = {}
         self._last: tuple[str, str | None, Fields, Packet] | None = None
 
     def feed(self, event: Event) -> list[Packet]:
@@ -88,24 +133,28 @@ class Assembler:
             # between equal lines, so mostly `is` decides): same packet, nothing new to merge.
             packet = last[3]
             if id(packet) in self.open:
-                ok, hook = _next_hook(packet, event.step)
+                ok, hook = self._next_hook(packet, event)
                 if ok:
                     if f.damaged:
                         packet.repaired_lines += 1
                     self._append(packet, event, hook)
-                    return []
+                    return self._expire() if self.count % EXPIRE_EVERY == 0 else []
         found = self._find(event)
         if found is None:
-            if f.ip_id is None:
+            if event.trace_id is None and f.ip_id is None and (f.src is None or f.dst is None):
                 self.unattributed += 1
                 return self._expire()
             packet = self._open(event)
-            hook = _next_hook(packet, event.step)[1]
+            hook = self._next_hook(packet, event)[1]
         else:
             packet, hook = found
             if f.damaged:
                 packet.repaired_lines += 1
         _merge(packet.fields, f)
+        if packet.identity == "flow" and packet.fields.ip_id is not None:
+            packet.identity = "ip_id"
+            self.open_flows -= 1
+            self.by_ip_id.setdefault((event.node, packet.fields.ip_id), []).append(packet)
         if event.trace_id is not None:
             if event.trace_id not in packet.trace_ids:
                 packet.trace_ids.append(event.trace_id)
@@ -116,11 +165,42 @@ class Assembler:
             return self._expire()
         return []
 
+    def mark_end(self, entered: dict[tuple[str, str], str]) -> None:
+        """An input file ended: the packets whose walk may have gone on beyond it are
+        marked; `entered` names the base chains some were seen entering after their last
+        step."""
+        began = self._began
+        for packet in self.open.values():
+            if began.get(packet.node, 0) <= packet.last_seen:
+                packet.at_end = True
+        for key, chain in entered.items():
+            packet = self.by_trace.get(key)
+            if packet is not None and id(packet) in self.open:
+                packet.entered = chain
+
+    def _next_hook(self, packet: Packet, event: Event) -> tuple[bool, str | None]:
+        """Can the event's step be the next step of `packet`'s walk (no going back in hook
+        order), and which hook it runs in (a base chain's own, else the current one)."""
+        last = packet.last_step
+        step = event.step
+        if step.family is None and event.base is None:
+            base = step.chain if step.chain in HOOKS else None
+        else:
+            base = self.resolve(event, last.hook if last is not None else None)
+        if last is None:
+            return True, base
+        hook = base if base is not None else last.hook
+        if last.hook is None:
+            return True, hook
+        return slot_rank(hook, step.table) >= slot_rank(last.hook, last.table), hook
+
     def _append(self, packet: Packet, event: Event, hook: str | None) -> None:
         f = event.fields
         step = event.step
         step.hook = hook
         packet.steps.append(step)
+        packet.at_end = False
+        packet.entered = None
         if f.src is not None and f.dst is not None:
             if packet.first is None:
                 packet.first = f
@@ -141,29 +221,41 @@ class Assembler:
         if event.trace_id is not None:
             packet = self.by_trace.get((event.node, event.trace_id))
             if packet is not None and id(packet) in self.open and compatible(packet, f):
-                ok, hook = _next_hook(packet, event.step)
+                ok, hook = self._next_hook(packet, event)
                 if ok:
                     return packet, hook
+            if f.ip_id is None:
+                return None
         if f.ip_id is not None:
             candidates = self.by_ip_id.get((event.node, f.ip_id), [])
         else:
             candidates = [p for p in self.open.values() if p.node == event.node]
         for packet in reversed(candidates):
             if compatible(packet, f):
-                ok, hook = _next_hook(packet, event.step)
+                ok, hook = self._next_hook(packet, event)
                 if ok:
                     return packet, hook
+        if f.ip_id is not None and self.open_flows:
+            for packet in reversed(self.open.values()):
+                if packet.identity == "flow" and packet.node == event.node and compatible(packet, f):
+                    ok, hook = self._next_hook(packet, event)
+                    if ok:
+                        return packet, hook
         return None
 
     def _open(self, event: Event) -> Packet:
         self.seq += 1
         f = event.fields
-        packet = Packet(node=event.node, fields=dataclasses.replace(f, damaged=False), seq=self.seq)
+        identity = "trace_id" if event.trace_id is not None else "ip_id" if f.ip_id is not None else "flow"
+        packet = Packet(node=event.node, fields=dataclasses.replace(f, damaged=False), seq=self.seq, identity=identity)
+        self._began[event.node] = self.count
         if f.damaged:
             packet.repaired_lines += 1
         self.open[id(packet)] = packet
-        assert f.ip_id is not None
-        self.by_ip_id.setdefault((event.node, f.ip_id), []).append(packet)
+        if f.ip_id is not None:
+            self.by_ip_id.setdefault((event.node, f.ip_id), []).append(packet)
+        elif identity == "flow":
+            self.open_flows += 1
         return packet
 
     def _expire(self) -> list[Packet]:
@@ -178,6 +270,8 @@ class Assembler:
         return expired
 
     def _forget(self, packet: Packet) -> None:
+        if packet.identity == "flow":
+            self.open_flows -= 1
         if packet.fields.ip_id is not None:
             key = (packet.node, packet.fields.ip_id)
             siblings = self.by_ip_id.get(key, [])

@@ -1,12 +1,23 @@
-"""Follow one packet across nodes: same IP id (and ICMP seq), ordered by TTL."""
+"""Follow one packet across nodes: same IP id (and ICMP seq), ordered by TTL.
+
+Memory is bounded: the hops of the last MEMORY keys are kept, at most MAX_HOPS per key
+(a key that comes back more often than that is IP ids wrapping around, not one packet).
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chainlab.trace.ascii import lower
 from chainlab.trace.model import Packet
+
+MEMORY = 20_000
+MAX_HOPS = 32
+#: The hops seen for one key: (packet seq, direction, hop), in the order they came.
+Entries = list[tuple[int, str, "Hop"]]
 
 
 @dataclass
@@ -18,13 +29,6 @@ class Hop:
     entry: tuple[str | None, str | None]
     exit: tuple[str | None, str | None]
     origin: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node, "hooks": self.hooks, "verdict": self.verdict, "ttl": self.ttl,
-            "src": self.entry[0], "dst": self.entry[1],
-            "exit_src": self.exit[0], "exit_dst": self.exit[1],
-        }
 
 
 @dataclass
@@ -50,28 +54,42 @@ class Flow:
         return notes
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "direction": self.direction, "protocol": self.protocol, "ip_id": self.ip_id,
-            "hops": [h.to_dict() for h in self.hops], "nat": self.nat,
-        }
+        """As the analysis contract writes it (trace/contract.py)."""
+        from chainlab.trace.contract import FlowRecord
+
+        return FlowRecord.from_flow(self).to_dict()
 
 
-def _key(packet: Packet) -> tuple[object, ...] | None:
+def flow_key(packet: Packet) -> tuple[str | None, int, int | None] | None:
     f = packet.fields
     if f.ip_id is None:
         return None
     return (f.proto, f.ip_id, f.icmp_seq if f.proto == "ICMP" else None)
 
 
+def build_flows(keyed: Iterable[tuple[tuple[str | None, int, int | None], Entries]]) -> list[Flow]:
+    """The multi-node flows among the kept keys (in the order they were last seen)."""
+    out = []
+    for key, entries in keyed:
+        if len({hop.node for _, _, hop in entries}) < 2:
+            continue
+        # Along the way TTL only falls; at equal TTL the node that sent the packet is first.
+        entries = sorted(entries, key=lambda e: (-(e[2].ttl or 0), not e[2].origin, e[0]))
+        flow = Flow(entries[0][1], lower(key[0] or "unknown"), key[1])
+        flow.hops = [hop for _, _, hop in entries]
+        out.append(flow)
+    return out
+
+
 class FlowIndex:
     """Collects hops of recent packets (bounded) and yields the multi-node flows."""
 
-    def __init__(self, memory: int = 20_000):
+    def __init__(self, memory: int = MEMORY):
         self.memory = memory
-        self.hops: OrderedDict[tuple[object, ...], list[tuple[int, str, Hop]]] = OrderedDict()
+        self.hops: OrderedDict[tuple[str | None, int, int | None], Entries] = OrderedDict()
 
     def add(self, packet: Packet) -> None:
-        key = _key(packet)
+        key = flow_key(packet)
         if key is None:
             return
         first, last = packet.first, packet.last
@@ -81,20 +99,13 @@ class FlowIndex:
             (last.src, last.dst) if last else (None, None),
             origin=packet.origin,
         )
-        self.hops.setdefault(key, []).append((packet.seq, packet.direction, hop))
+        entries = self.hops.setdefault(key, [])
+        entries.append((packet.seq, packet.direction, hop))
+        if len(entries) > MAX_HOPS:
+            del entries[0]
         self.hops.move_to_end(key)
         while len(self.hops) > self.memory:
             self.hops.popitem(last=False)
 
     def flows(self) -> list[Flow]:
-        out = []
-        for key, entries in self.hops.items():
-            if len({hop.node for _, _, hop in entries}) < 2:
-                continue
-            # Along the way TTL only falls; at equal TTL the node that sent the packet is first.
-            entries = sorted(entries, key=lambda e: (-(e[2].ttl or 0), not e[2].origin, e[0]))
-            protocol = str(key[0] or "unknown").lower()
-            flow = Flow(entries[0][1], protocol, int(key[1]))  # type: ignore[call-overload]
-            flow.hops = [hop for _, _, hop in entries]
-            out.append(flow)
-        return out
+        return build_flows(self.hops.items())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from chainlab.trace.ascii import lower
 
 
 @dataclass(slots=True)
@@ -25,6 +26,10 @@ class Fields:
     dport: int | None = None
     tcp_flags: frozenset[str] | None = None
     damaged: bool = False
+    #: IPv6 flow label (FLOWLBL= / `ip6 flowlabel`), and the TCP sequence number: with the
+    #: addresses and ports they tell apart packets that carry no IPv4 id.
+    flow_label: int | None = None
+    tcp_seq: int | None = None
 
 
 @dataclass(slots=True)
@@ -42,26 +47,9 @@ class Step:
     line: int = 0
     time: str | None = None
     hook: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "table": self.table,
-            "chain": self.chain,
-            "kind": self.kind,
-            "position": self.position,
-            "rule": self.rule,
-            "hook": self.hook,
-            "line": self.line,
-        }
-        if self.handle is not None:
-            out["handle"] = self.handle
-        if self.verdict is not None:
-            out["verdict"] = self.verdict
-        if self.mark is not None:
-            out["mark"] = hex(self.mark)
-        if self.time is not None:
-            out["time"] = self.time
-        return out
+    #: nft family (`ip`, `inet`, `ip6`, ...) for `nft monitor trace` steps; None for the
+    #: iptables formats, whose base chains are the built-in ones (PREROUTING, ...).
+    family: str | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +60,22 @@ class Event:
     step: Step
     fields: Fields
     trace_id: str | None = None
+    #: An nft `packet:` line opened this base chain for the trace id: (iif seen, oif seen).
+    base: tuple[bool, bool] | None = None
+
+
+@dataclass(slots=True)
+class FileEnd:
+    """An input file ended. `entered`: (node, trace id) → the base chain (`table chain`)
+    whose `packet:` line came after the trace id's last step (nft traces)."""
+
+    entered: dict[tuple[str, str], str]
+
+
+#: How the lines of a packet were grouped: by IPv4 id, by nft trace id, or (no id at all,
+#: e.g. IPv6 in a kernel log) by addresses, ports, interfaces, flow label and adjacency.
+IDENTITIES = ("ip_id", "trace_id", "flow")
+ICMP_PROTOCOLS = ("ICMP", "ICMPV6")
 
 
 @dataclass(slots=True, eq=False)
@@ -95,42 +99,16 @@ class Packet:
     new_connection: bool = False
     #: The packet was sent by this node (its walk starts in OUTPUT).
     origin: bool = False
+    identity: str = "ip_id"
+    #: Its log ended (the end of an input file) after its last step: the walk may go on
+    #: beyond the evidence. `entered`: the base chain it was seen entering after that step.
+    at_end: bool = False
+    entered: str | None = None
 
     @property
     def protocol(self) -> str:
-        return (self.fields.proto or "unknown").lower()
+        return lower(self.fields.proto or "unknown")
 
     @property
     def last_step(self) -> Step | None:
         return self.steps[-1] if self.steps else None
-
-    def to_dict(self, tables: set[str] | None = None) -> dict[str, Any]:
-        f = self.fields
-        steps = [s for s in self.steps if tables is None or s.table in tables]
-        out: dict[str, Any] = {
-            "node": self.node,
-            "direction": self.direction,
-            "protocol": self.protocol,
-            "src": self.first.src if self.first else f.src,
-            "dst": self.first.dst if self.first else f.dst,
-            "ip_id": f.ip_id,
-            "ttl": self.first.ttl if self.first else f.ttl,
-            "hooks": self.hooks,
-            "route": self.route,
-            "steps": [s.to_dict() for s in steps],
-            "verdict": self.verdict,
-            "reason": self.reason,
-            "last_step": self.last_step.to_dict() if self.last_step else None,
-            "new_connection": self.new_connection,
-            "exit": {"src": self.last.src, "dst": self.last.dst} if self.last else None,
-            "repaired_lines": self.repaired_lines,
-        }
-        if f.proto == "ICMP":
-            out["icmp"] = {"type": f.icmp_type, "id": f.icmp_id, "seq": f.icmp_seq}
-        if f.sport is not None or f.dport is not None:
-            out["sport"], out["dport"] = f.sport, f.dport
-        if f.tcp_flags:
-            out["tcp_flags"] = sorted(f.tcp_flags)
-        if self.trace_ids:
-            out["trace_ids"] = self.trace_ids
-        return out

@@ -1,37 +1,42 @@
-"""`--format json` on big kernel logs through the C engine (`_engine.c`).
+"""The C engine (`_engine.c`): every format, option and input the Python engine takes.
 
-The C engine parses and assembles the lines exactly as reader/assemble do and renders each
-finished packet's steps as JSON; this module judges each distinct walk once (cached by
-its signature), classifies directions and collects flows with the same Python code as the
-reference pipeline, and writes the same bytes `render.jsonout.write_json` would.
+The engine reads the lines, parses them, groups them into packets, classifies directions,
+applies --match, keeps flows, summary rows and diagram walks, and writes the JSON. Python
+keeps what depends on more than the line: judging a walk (verdict, hook path, rules
+joined, the match's verdict and chain parts) is done here once per distinct walk (the
+engine caches the result), the match's node and address parts once per node and address.
+The Python modules (pipeline.py and what it uses) stay the reference: tests require the
+same output from both engines, byte for byte.
 
-It applies to kernel-format logs that are plain files of printable ASCII (plus '\\n'),
-with --format json and without --rules, --tables or --expect. `CHAINLAB_ENGINE=python`
-forces the Python engine, `native` insists on this one (an error if it cannot be used),
-unset or `auto` picks it when it applies.
+A plain file is read by the engine itself (feed_from): a kernel log in a thread of its own
+that reads and parses the next chunk while this thread assembles the last one. A `.gz` is
+gunzipped here and fed chunk by chunk (the parser thread then parses what it is given).
+
+`CHAINLAB_ENGINE=python` forces the Python engine, `native` insists on this one (an
+error if it is not built), unset or `auto` picks it when it is built.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
-import queue
-import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from chainlab.errors import InputError, Problem
-from chainlab.render.jsonout import write_tail
-from chainlab.trace.analyze import Directions, hook_path, judge, sent_here
-from chainlab.trace.flows import FlowIndex
-from chainlab.trace.model import Fields, Packet, Step
-from chainlab.trace.netfilter import TABLES, Slot, table_slots
-from chainlab.trace.reader import KERNEL, SNIFF_LINES, LogSource, ReadStats, open_lines, read_errors, sniff_format
+from chainlab.trace.analyze import drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here
+from chainlab.trace.contract import PacketRecord
+from chainlab.trace.expect import Checker, is_probe
+from chainlab.trace.flows import Entries, Flow, Hop, build_flows
+from chainlab.trace.model import IDENTITIES, Fields, Packet, Step
+from chainlab.trace.netfilter import HOOKS, Slot, table_slots
+from chainlab.trace.pipeline import AnalysisOptions
+from chainlab.trace import reader
+from chainlab.trace.reader import (
+    KERNEL, NFT_MONITOR, XTABLES_MONITOR, LogSource, ReadStats, log_format, raw_chunks, read_errors,
+)
+from chainlab.trace.summary import Row, Summary
 
 try:
     from chainlab.trace import _engine
@@ -39,256 +44,189 @@ except ImportError:  # built without a C compiler: the Python engine does everyt
     _engine = None  # type: ignore[assignment]
 
 ENV = "CHAINLAB_ENGINE"
-CHUNK = 4 << 20
-SWITCH_INTERVAL = 0.001
-#: Finished-packet batches (of at most ~1500 packets) waiting to be written: bounds memory
-#: while the reader runs ahead.
-QUEUE_BATCHES = 2
-#: Distinct walks judged and kept: a log of ever new walks must not grow memory.
-WALK_CACHE = 4096
-TCP_FLAG_NAMES = ("ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG")  # bit order of _engine.c
+MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
+FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
+DIRECTIONS = ("request", "reply", "error")
+VERDICTS = ("accepted", "dropped", "unknown")
 
 
-def plan(sources: list[LogSource], python_only: list[str]) -> dict[Path, int] | None:
-    """How many bytes of each log the C engine is to read (the bytes checked here, even if
-    the log grows meanwhile), or None: use the Python engine. `python_only` names the
-    options in use that only the Python engine does. InputError if CHAINLAB_ENGINE=native
-    and the C engine cannot run."""
-    wanted = os.environ.get(ENV, "auto")
-    if wanted not in ("auto", "native", "python"):
-        raise InputError([Problem(ENV, "", f"{wanted!r}: choose auto, native or python")])
-    if wanted == "python":
-        return None
-    sizes: dict[Path, int] = {}
-    why = _why_not(sources, python_only, sizes)
-    if why is not None and wanted == "native":
-        raise InputError([Problem(ENV, "", f"native: the C engine cannot analyse this: {why}")])
-    return sizes if why is None else None
-
-
-def _why_not(sources: list[LogSource], python_only: list[str], sizes: dict[Path, int]) -> str | None:
-    if _engine is None:
-        return "chainlab.trace._engine is not built (no C compiler at install time?)"
-    if python_only:
-        return f"{', '.join(python_only)}: only the Python engine does that"
-    for source in sources:
-        if source.path.suffix == ".gz":
-            return f"{source.path}: gzipped"
-        head = []
-        for line in open_lines(source.path):
-            head.append(line)
-            if len(head) >= SNIFF_LINES:
-                break
-        if sniff_format(head) != KERNEL:
-            return f"{source.path}: not a kernel-format log"
-        size = 0
-        for piece in _chunks(source.path):
-            if not _engine.printable(piece):
-                return f"{source.path}: has bytes other than printable ASCII"
-            size += len(piece)
-        sizes[source.path] = size
-    return None
-
-
-def _chunks(path: Path, limit: int | None = None) -> Iterator[memoryview]:
-    """The file's first `limit` bytes (default: all) in pieces of whole lines (the last line
-    may lack its newline), read into one reused buffer: each piece is valid until the next
-    one is asked for."""
-    buf = bytearray(CHUNK)
-    held = 0
-    left = sys.maxsize if limit is None else limit
-    with read_errors(path), open(path, "rb", buffering=0) as handle:
-        while True:
-            if held == len(buf):  # a line longer than the buffer
-                buf = buf + bytes(len(buf))
-            view = memoryview(buf)
-            got = handle.readinto(view[held : held + min(len(buf) - held, left)]) if left else 0
-            if not got:
-                if held:
-                    yield view[:held]
-                return
-            left -= got
-            total = held + got
-            cut = buf.rfind(b"\n", 0, total) + 1
-            if cut:
-                yield view[:cut]
-            held = total - cut
-            buf[:held] = bytes(view[cut:total])
-
-
-_Row = tuple[Any, ...]
-
-
-class _Stopped(Exception):
-    """The writing side gave up (an error, a closed stdout, Ctrl-C): the reader stops too."""
-
-
-def _produce(sources: list[LogSource], sizes: dict[Path, int], out: queue.Queue[object], stop: threading.Event) -> None:
-    """Reader thread: feed every file to the engine, put batches of packet rows, then the
-    stats (or the exception that ended it); return soon after `stop` is set."""
-
-    def put(item: object) -> None:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    try:
-        engine = _engine.Engine()
-        for source in sources:
-            engine.begin(source.fallback_node, source.node is None)
-            for piece in _chunks(source.path, sizes[source.path]):
-                start = 0
-                while start < len(piece):
-                    try:
-                        rows, start = engine.feed(piece, start)
-                    except ValueError as exc:
-                        raise InputError([Problem(str(source.path), "", f"log: {exc}")]) from None
-                    put(rows)
-        put(engine.flush())
-        put(engine.stats())
-    except _Stopped:
-        pass
-    except BaseException as exc:  # noqa: BLE001 - raised again in the writing thread
-        with contextlib.suppress(_Stopped):
-            put(exc)
+def wanted() -> bool:
+    """Whether this run uses the C engine (CHAINLAB_ENGINE, and whether it is built)."""
+    choice = os.environ.get(ENV, "auto")
+    if choice not in ("auto", "native", "python"):
+        raise InputError([Problem(ENV, "", f"{choice!r}: choose auto, native or python")])
+    if choice == "native" and _engine is None:
+        raise InputError([Problem(ENV, "", "native: chainlab.trace._engine is not built (no C compiler at install time?)")])
+    return choice != "python" and _engine is not None
 
 
 @dataclass(frozen=True)
-class _Walk:
-    """What judging a walk concluded, and its JSON pieces around the per-packet ones."""
+class WalkInfo:
+    """What Python parts of the run need of a judged walk (flows, diagrams, checks)."""
 
-    route: str | None
-    verdict: str
     hooks: list[str]
+    verdict: str
     origin: bool
-    before_steps: bytes
-    after_steps: bytes
-    after_last: bytes
+    drop_at: str | None
+    chains: dict[str, list[str]]
+    expect_hooks: list[str]
+    last_chain: str | None
 
 
-class _Judge:
-    """judge() and hook_path() once per distinct walk on a node with the same tables."""
+class Calls:
+    """What the engine asks of Python while it runs (see Engine's doc in _engine.c)."""
 
-    def __init__(self) -> None:
-        self.walks: dict[tuple[bytes, int], _Walk] = {}
-        self.present: dict[int, set[Slot]] = {}
+    def __init__(self, options: AnalysisOptions, checker: Checker | None):
+        self.options = options
+        self.checker = checker
+        self.names: list[str] = []
+        self.present: list[set[Slot]] = []
+        self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
+        self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
 
-    def __call__(self, signature: bytes, mask: int) -> _Walk:
-        walk = self.walks.get((signature, mask))
-        if walk is None:
-            if len(self.walks) >= WALK_CACHE:
-                self.walks.clear()
-            walk = self.walks[(signature, mask)] = self._judge(signature, mask)
-        return walk
+    def node_added(self, node: int, name: bytes) -> tuple[bytes, bool]:
+        text = name.decode("utf-8", "surrogatepass")
+        self.names.append(text)
+        self.present.append(set())
+        return json.dumps(text).encode(), self.options.match.node_ok(text)
 
-    def _judge(self, signature: bytes, mask: int) -> _Walk:
-        steps = []
-        for line in signature.decode("ascii").splitlines():
-            table, chain, kind, position, hook = line.split("\t")
-            steps.append(Step(table, chain, kind, int(position), hook=hook or None))
-        packet = Packet(node="", fields=Fields(), steps=steps)
-        present = self.present.get(mask)
-        if present is None:
-            present = self.present[mask] = set().union(*(table_slots(t) for i, t in enumerate(TABLES) if mask >> i & 1))
-        judge(packet, present)
-        hooks = hook_path(steps)
-        before = f', "hooks": {json.dumps(hooks)}, "route": {json.dumps(packet.route)}, "steps": ['
-        after = f'], "verdict": {json.dumps(packet.verdict)}, "reason": {json.dumps(packet.reason)}, "last_step": '
-        last = f', "new_connection": {json.dumps(packet.new_connection)}, '
-        return _Walk(packet.route, packet.verdict, hooks, sent_here(steps, hooks),
-                     before.encode(), after.encode(), last.encode())
+    def slot_added(self, node: int, hook: str | None, table: str) -> None:
+        if hook is None:
+            self.present[node] |= table_slots(table)
+        else:
+            self.present[node].add((hook, table))
+
+    def address_ok(self, which: int, address: str) -> bool:
+        return self.options.match.address_ok("dst" if which else "src", address)
+
+    def judge(self, node: int, walk: list[tuple[Any, ...]], at_end: int, entered: str | None,
+              proto_none: int) -> tuple[Any, ...]:
+        """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk.
+        `walk`: (table, chain, kind, position, handle, verdict, rule, hook, family) per step."""
+        options = self.options
+        name = self.names[node]
+        steps = [Step(table, chain, kind, position, handle, verdict, rule, hook=hook, family=family)
+                 for table, chain, kind, position, handle, verdict, rule, hook, family in walk]
+        packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
+        rules = options.rules.get(name)
+        join_rules(packet, rules)
+        proto = protocol_from_rules(packet) if proto_none else None
+        judge(packet, rules.slots if rules else self.present[node])
+        packet.hooks = hook_path(steps, options.tables)
+        packet.origin = sent_here(steps, packet.hooks)
+        last = steps[-1]
+        drop_at = f"{last.table}:{last.chain}" if packet.verdict == "dropped" else None
+        chains: dict[str, list[str]] = {}
+        for step in steps:
+            if step.hook and (options.tables is None or step.table in options.tables):
+                names = chains.setdefault(step.hook, [])
+                if f"{step.table}:{step.chain}" not in names:
+                    names.append(f"{step.table}:{step.chain}")
+        hooks = tuple(packet.hooks)
+        summary = self.summary_keys.setdefault((hooks, packet.verdict, drop_point(packet)), len(self.summary_keys))
+        diagram = self.diagram_keys.setdefault((hooks, packet.verdict, drop_at), len(self.diagram_keys))
+        expect_hooks = hook_path(steps, self.checker.tables) if self.checker else []
+        info = WalkInfo(packet.hooks, packet.verdict, packet.origin, drop_at, chains, expect_hooks, last.chain)
+        return (
+            f'"hooks": {json.dumps(packet.hooks)}, "route": {json.dumps(packet.route)}'.encode(),
+            tuple(b"null" if s.rule is None else json.dumps(s.rule).encode() for s in steps),
+            f'"verdict": {json.dumps(packet.verdict)}, "reason": {json.dumps(packet.reason)}'.encode(),
+            b"true" if packet.new_connection else b"false",
+            proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
+        )
 
 
-def write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
-    """What render.jsonout.write_json writes for these sources, through the C engine
-    (`sizes`: from plan())."""
-    # The reader thread needs the GIL briefly after each chunk: hand it over sooner than
-    # the default 5 ms. The packets here hold no cycles: the cyclic GC only costs time.
-    interval = sys.getswitchinterval()
-    gc_was_on = gc.isenabled()
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    gc.disable()
+@dataclass
+class Result:
+    """What a run gives the renderers besides the JSON it wrote."""
+
+    stats: ReadStats
+    nodes: list[str]
+    flows: list[Flow]
+    repaired: int
+    kept: list[tuple[int, PacketRecord]] = field(default_factory=list)
+    summary: Summary = field(default_factory=Summary)
+    #: diagram mode: (node, direction, seq of the earliest packet, count, walk) per distinct walk
+    walks: list[tuple[str, str, int, int, WalkInfo]] = field(default_factory=list)
+
+
+def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None = None,
+        out: IO[bytes] | None = None) -> Result:
+    """Analyse `sources` with the C engine; in json mode the packets' JSON goes to `out`
+    as it comes (without the enclosing document: see render.jsonout)."""
+    collecting = gc.isenabled()
+    gc.disable()  # the run makes no reference cycles: collections would only walk its walks, again and again
     try:
-        _write_json(out, sources, sizes)
+        return _run(sources, options, mode, checker, out)
     finally:
-        sys.setswitchinterval(interval)
-        if gc_was_on:
+        if collecting:
             gc.enable()
 
 
-def _write_json(out: IO[str], sources: list[LogSource], sizes: dict[Path, int]) -> None:
-    batches: queue.Queue[object] = queue.Queue(QUEUE_BATCHES)
-    stop = threading.Event()
-    reader = threading.Thread(target=_produce, args=(sources, sizes, batches, stop), name="chainlab-engine", daemon=True)
-    reader.start()
-    try:
-        _write_packets(out, sources, batches)
-    finally:
-        stop.set()
-        reader.join()
+def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None,
+         out: IO[bytes] | None) -> Result:
+    calls = Calls(options, checker)
+    match = options.match
+    declared = {
+        "\0".join((node, *key)).encode("utf-8", "surrogatepass"): (HOOKS.index(chain.hook) + 1 if chain.hook else 0)
+        for node, ruleset in options.rules.items() for key, chain in ruleset.nft.items()
+    }
+    engine = _engine.Engine(
+        calls, MODES[mode], checker is not None, sorted(options.tables) if options.tables is not None else None,
+        match.protocols, match.ports, match.ip_ids, bool(match.src), bool(match.dst), bool(match), declared,
+        options.window,
+    )
+    stats = ReadStats()
+    kept: list[tuple[int, PacketRecord]] = []
 
+    def take(written: bytes) -> None:
+        if out is not None and written:
+            out.write(written)
+        for item in engine.take_items():
+            if item[0] == "packet":
+                kept.append((item[1], PacketRecord.from_dict(json.loads(item[2]))))  # type: ignore[arg-type]
+            elif checker is not None:
+                _, node, direction, protocol, syn, walk = item
+                info: WalkInfo = walk[8]
+                checker.add_walk(calls.names[node], DIRECTIONS[direction], is_probe(protocol, syn, checker.protocol),
+                                 info.expect_hooks, info.verdict, info.last_chain)
 
-def _write_packets(out: IO[str], sources: list[LogSource], batches: queue.Queue[object]) -> None:
-    node_json: dict[str, bytes] = {}
-    walks = _Judge()
-    directions = Directions()
-    flows = FlowIndex()
-    flag_sets: dict[int, frozenset[str] | None] = {0: None}
-    repaired = 0
-    out.write('{"packets": [')
-    out.flush()
-    binary = out.buffer  # type: ignore[attr-defined]
-    separator = b"\n  "
-    for item in _results(batches):
-        if isinstance(item, tuple):
-            stats = item
-            break
-        chunk = []
-        for row in item:
-            (node, seq, proto, ip_id, icmp_type, icmp_id, icmp_seq, sport, dport, flags, first, last, lines_repaired,
-             mask, signature, head, steps, last_step, tail) = row
-            walk = walks(signature, mask)
-            tcp_flags = flag_sets.get(flags)
-            if tcp_flags is None and flags:
-                tcp_flags = flag_sets[flags] = frozenset(n for i, n in enumerate(TCP_FLAG_NAMES) if flags >> i & 1)
-            packet = Packet(
-                node, Fields(None, None, proto, ip_id, None, None, None, None, icmp_type, icmp_id, icmp_seq,
-                                    sport, dport, tcp_flags),
-                first=_endpoint(first), last=_endpoint(last), seq=seq, hooks=walk.hooks, route=walk.route,
-                verdict=walk.verdict, origin=walk.origin,
-            )
-            packet.direction = direction = directions.classify(packet)
-            flows.add(packet)
-            repaired += lines_repaired
-            name = node_json.get(node)
-            if name is None:
-                name = node_json[node] = json.dumps(node).encode()
-            chunk += (separator, b'{"node": ', name, b', "direction": "', direction.encode(), b'", ', head,
-                      walk.before_steps, steps, walk.after_steps, last_step, walk.after_last, tail)
-            separator = b",\n  "
-        binary.write(b"".join(chunk))
-    lines, ignored, skipped, records, unattributed = stats
-    read = ReadStats(lines, records, skipped + unattributed, ignored, {str(s.path): KERNEL for s in sources})
-    binary.flush()
-    write_tail(out, flows.flows, read, None, repaired)
-
-
-def _results(batches: queue.Queue[object]) -> Iterator[object]:
-    while True:
-        item = batches.get()
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-        if isinstance(item, tuple):
-            return
-
-
-def _endpoint(values: tuple[str | None, str | None, int | None, int | None, int | None] | None) -> Fields | None:
-    if values is None:
-        return None
-    src, dst, ttl, sport, dport = values
-    return Fields(src, dst, None, None, ttl, None, None, None, None, None, None, sport, dport)
+    for source in sources:
+        fmt = log_format(source.path)
+        stats.formats[str(source.path)] = fmt
+        engine.begin(source.fallback_node, source.node is None, FORMATS[fmt])
+        if source.path.suffix == ".gz":  # gunzipped here
+            for chunk in raw_chunks(source.path):
+                take(engine.feed(chunk))
+        else:  # read by the engine (a kernel log: in its parser thread)
+            with read_errors(source.path), open(source.path, "rb") as handle:
+                while (written := engine.feed_from(handle.fileno(), reader.CHUNK)) is not None:
+                    take(written)
+        take(engine.end())
+    take(engine.flush())
+    counts = engine.stats()
+    stats.lines, stats.ignored_lines, stats.cut_lines = counts["lines"], counts["ignored_lines"], counts["cut_lines"]
+    stats.trace_records = counts["trace_records"]
+    stats.skipped_lines = counts["skipped_lines"] + counts["unattributed"]
+    stats.identities = {name: n for name, n in zip(IDENTITIES, counts["identities"]) if n}
+    stats.matched = counts["matched"] if match else None
+    nodes = [calls.names[i] for i in counts["nodes"]]
+    rows, diagram_rows, flow_entries = engine.results()
+    summary = Summary()
+    summary.packets, summary.other = counts["matched"], counts["other"]
+    summary_keys = {i: key for key, i in calls.summary_keys.items()}
+    for node, direction, sid, count, first_seq, first_time, last_seq, last_time, example in rows:
+        hooks, verdict, drop = summary_keys[sid]
+        key = (calls.names[node], DIRECTIONS[direction], hooks, verdict, drop)
+        summary.rows[key] = Row(*key, count, first_seq, first_time, last_seq, last_time, example)
+    walks = [(calls.names[node], DIRECTIONS[direction], min_seq, count, walk[8])
+             for node, direction, min_seq, count, walk in diagram_rows]
+    keyed: list[tuple[tuple[str | None, int, int | None], Entries]] = []
+    for proto, ip_id, seq, hops in flow_entries:
+        entries: Entries = []
+        for hop_seq, direction, node, walk, ttl, src, dst, exit_src, exit_dst in hops:
+            info = walk[8]
+            hop = Hop(calls.names[node], info.hooks, info.verdict, ttl, (src, dst), (exit_src, exit_dst), origin=info.origin)
+            entries.append((hop_seq, DIRECTIONS[direction], hop))
+        keyed.append(((proto, ip_id, seq), entries))
+    return Result(stats, nodes, build_flows(keyed), counts["repaired"], kept, summary, walks)

@@ -14,31 +14,38 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chainlab.trace.ascii import is_digits, upper, words
 from chainlab.trace.model import Fields, Step
 
 #: A rule position has at most 10 digits (a chain of 2**32 rules does not exist; a longer
 #: number is damage, and int() of thousands of digits would raise).
-HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)")
-TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:")
+HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)", re.ASCII)
+TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
 PREFIX = re.compile(
     r"^\s*(?:<\d+>)?"
     r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*))"
-    r"\s+(?P<host>[^\s:\[]+)\s"
+    r"\s+(?P<host>[^\s:\[]+)\s",
+    re.ASCII,
 )
-UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]", re.ASCII)
 #: Where a glued-on second line's prefix starts (syslog or RFC 3339 time, or dmesg uptime).
-NEXT_PREFIX = re.compile(r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\[\s*\d+\.\d+\]).*$")
+NEXT_PREFIX = re.compile(
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\[\s*\d+\.\d+\]).*$", re.ASCII | re.DOTALL
+)
 PROTOCOLS = frozenset({"ICMP", "TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "GRE", "ESP", "AH", "IGMP", "ICMPV6"})
-IPV4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
-HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}", re.ASCII)
+#: IPv6 as the kernel prints it (`%pI6`, every group written out) or compressed (ulogd,
+#: nft): 2-45 characters of hex digits, colons and dots, with at least two colons.
+IPV6 = re.compile(r"(?=(?:[^:]*:){2})[0-9A-Fa-f:.]{2,45}", re.ASCII)
+HEX = re.compile(r"0x[0-9a-fA-F]+", re.ASCII)
 TCP_FLAGS = frozenset({"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"})
 IP_FLAGS = frozenset({"DF", "MF", "CE"})
 KNOWN_KEYS = frozenset(
     "IN OUT MAC PHYSIN PHYSOUT SRC DST LEN TOS PREC TTL ID FRAG OPT PROTO TYPE CODE SEQ ACK "
-    "WINDOW RES URGP SPT DPT UID GID MARK MTU INCOMPLETE".split()
+    "WINDOW RES URGP SPT DPT UID GID MARK MTU INCOMPLETE TC HOPLIMIT FLOWLBL".split()
 )
 #: Known keys whose values the analysis does not need (checked first: they are most tokens).
-UNUSED_KEYS = frozenset("MAC PHYSIN PHYSOUT LEN TOS PREC FRAG OPT ACK RES UID GID MTU INCOMPLETE".split())
+UNUSED_KEYS = frozenset("MAC PHYSIN PHYSOUT LEN TOS PREC FRAG OPT ACK RES UID GID MTU INCOMPLETE TC".split())
 
 
 @dataclass(slots=True)
@@ -51,28 +58,31 @@ class KernelRecord:
 
 
 def _int(value: str, limit: int) -> int | None:
-    if value.isdigit() and len(value) <= 10:
+    """A decimal number of 1-10 ASCII digits up to `limit`, else None."""
+    if len(value) <= 10 and is_digits(value):
         number = int(value)
         return number if number <= limit else None
     return None
 
 
 def parse_fields(tail: str) -> Fields:
-    """Parse the `IN=... OUT=... SRC=...` part of a kernel TRACE/LOG line.
+    """Parse the `IN=... OUT=... SRC=...` part of a kernel TRACE/LOG line (IPv4 or IPv6).
 
-    The first `ID=` before any layer-4 key is the IP id, a later one the ICMP echo id.
-    Tokens inside `[...]` (the quoted header of an ICMP error) are skipped.
+    The first `ID=` before any layer-4 key of an IPv4 line is the IP id, a later one (and
+    any in an IPv6 line, which has no IP id) the ICMP echo id. Tokens inside `[...]` (the
+    quoted header of an ICMP error) are skipped.
     """
     f = Fields()
     damaged = False
     proto: str | None = None
     seen_l4 = False
     ip_id_done = False
+    v6 = False
     ids = 0
     proto_token = False
     flags: set[str] = set()
     depth = 0
-    for token in tail.split():
+    for token in words(tail):
         if depth or token[0] == "[":
             if token[0] == "[":
                 depth += 1
@@ -86,11 +96,13 @@ def parse_fields(tail: str) -> Fields:
                 damaged = True
             continue
         if key in UNUSED_KEYS:
+            v6 |= key == "TC"
             continue
         if key not in KNOWN_KEYS:
             damaged = True
         elif key == "SRC" or key == "DST":
-            if IPV4.match(value):
+            if IPV4.fullmatch(value) or IPV6.fullmatch(value):
+                v6 |= ":" in value
                 if key == "SRC":
                     f.src = value
                 else:
@@ -101,12 +113,17 @@ def parse_fields(tail: str) -> Fields:
             f.in_if = value or None
         elif key == "OUT":
             f.out_if = value or None
-        elif key == "TTL":
+        elif key == "TTL" or key == "HOPLIMIT":
             f.ttl = _int(value, 255)
             damaged |= f.ttl is None
+            v6 |= key == "HOPLIMIT"
+        elif key == "FLOWLBL":
+            f.flow_label = _int(value, 0xFFFFF)
+            damaged |= f.flow_label is None
+            v6 = True
         elif key == "PROTO":
-            upper = value.upper()
-            proto = upper if upper in PROTOCOLS or (upper.isdigit() and len(upper) <= 3) else None
+            name = upper(value)
+            proto = name if name in PROTOCOLS or (is_digits(name) and len(name) <= 3) else None
             damaged |= proto is None
             proto_token = True
             seen_l4 = True
@@ -114,7 +131,7 @@ def parse_fields(tail: str) -> Fields:
             ids += 1
             number = _int(value, 65535)
             damaged |= number is None
-            if not seen_l4 and not ip_id_done:
+            if not seen_l4 and not ip_id_done and not v6:
                 f.ip_id = number
                 ip_id_done = True
             else:
@@ -128,9 +145,11 @@ def parse_fields(tail: str) -> Fields:
             seen_l4 = True
             proto = proto or "ICMP"
         elif key == "SEQ":
-            if proto in (None, "ICMP") and f.sport is None:
+            if proto in (None, "ICMP", "ICMPV6") and f.sport is None:
                 f.icmp_seq = _int(value, 0xFFFFFFFF)
                 damaged |= f.icmp_seq is None
+            else:
+                f.tcp_seq = _int(value, 0xFFFFFFFF)
         elif key == "SPT" or key == "DPT":
             port = _int(value, 65535)
             damaged |= port is None
@@ -142,7 +161,7 @@ def parse_fields(tail: str) -> Fields:
         elif key == "WINDOW" or key == "URGP":
             proto = proto or "TCP"
         elif key == "MARK":
-            if HEX.match(value):
+            if HEX.fullmatch(value):
                 f.mark = int(value, 16)
             else:
                 damaged = True
@@ -151,14 +170,14 @@ def parse_fields(tail: str) -> Fields:
         proto = "TCP"
     if proto is None and f.sport is not None:
         damaged = True
-    elif proto is None and ids == 1 and f.icmp_seq is not None:
+    elif proto is None and ids == 1 and f.icmp_seq is not None and not v6:
         # One ID= and a SEQ= but no PROTO/TYPE/CODE: the glue ate the middle of the
         # line, so this ID may be the ICMP id as well as the IP id. Trust neither.
         f.icmp_id = f.ip_id
         f.ip_id = None
         damaged = True
     f.proto = proto
-    if not proto_token or f.src is None or f.dst is None or f.ip_id is None or proto is None:
+    if not proto_token or f.src is None or f.dst is None or (f.ip_id is None and not v6) or proto is None:
         damaged = True
     f.damaged = damaged
     return f
@@ -197,14 +216,13 @@ class KernelLineParser:
         return cached
 
     def prefix(self, text: str) -> tuple[str | None, str | None]:
-        """(host, time) of what precedes the first header, or (None, None) if unwanted."""
-        if not self.want_host:
-            return None, None
+        """(host, time) of what precedes the first header (host None if unwanted)."""
         cached = self._prefixes.get(text)
         if cached is None:
             if len(self._prefixes) >= self.CACHE_SIZE:
                 self._prefixes.clear()
-            cached = self._prefixes[text] = _prefix(text)
+            host, time = _prefix(text)
+            cached = self._prefixes[text] = (host if self.want_host else None, time)
         return cached
 
     def parse_single(self, line: str, number: int) -> tuple[Step, Fields, str | None] | None:

@@ -4,11 +4,15 @@ xtables-monitor prints a PACKET line (headers) and then TRACE lines that carry t
 id, `table:chain:kind[:0xHANDLE]:VERDICT` and the matched rule in iptables syntax:
   PACKET: 2 b278c085 IN=left ... SRC=10.92.1.2 DST=10.92.2.2 LEN=84 TOS=0x0 TTL=64 ID=63276 DF
    TRACE: 2 b278c085 filter:FORWARD:rule:0x3:ACCEPT  -4 -t filter -A FORWARD -i left -j ACCEPT
-nft monitor trace prints one line per event, the packet as nft expressions:
+(iptables 1.8.4 and older glue the DF flag to the IP id: `ID=38349DF`; IPv6 packets are
+`PACKET: 10 ...` with `TC= HOPLIMIT= FLOWLBL=` and no IP id.)
+nft monitor trace prints one line per event, the packet as nft expressions; a `packet:`
+line opens each base chain the packet enters:
   trace id 4cc0afaa ip filter INPUT packet: iif "wg1" ip saddr 10.1.1.4 ... ip id 10304 ...
   trace id 4cc0afaa ip filter INPUT rule iifname "wg1" ... reject (verdict drop)
   trace id 4cc0afaa ip filter wg1-state verdict return
   trace id 4cc0afaa ip raw PREROUTING policy accept
+  trace id c255b013 inet t13 input unknown rule handle 13 (verdict accept)
 """
 
 from __future__ import annotations
@@ -17,100 +21,144 @@ import re
 from dataclasses import dataclass
 
 from chainlab.trace.model import Fields, Step
-from chainlab.trace.parse_kernel import IPV4, TCP_FLAGS, _int
+from chainlab.trace import ascii
+from chainlab.trace.parse_kernel import IPV4, IPV6, PROTOCOLS, TCP_FLAGS, _int
 
-XT_PACKET = re.compile(r"^\s*PACKET: (\d+) ([0-9a-f]+) (.*)$")
+XT_PACKET = re.compile(r"^\s*PACKET: (\d+) ([0-9a-f]+) (.*)$", re.ASCII)
 XT_TRACE = re.compile(
     r"^\s*TRACE: (\d+) ([0-9a-f]+) ([A-Za-z_][\w-]*):(\S+?):(rule|return|policy):"
-    r"(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$"
+    r"(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$",
+    re.ASCII,
 )
+#: nft families, in the order the C engine numbers them.
+FAMILIES = ("ip", "inet", "ip6", "bridge", "arp", "netdev")
 NFT_LINE = re.compile(
-    r"^\s*trace id ([0-9a-f]+) (ip|inet|ip6|bridge|arp|netdev) (\S+) (\S+) "
-    r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|(verdict|policy) (\S+))\s*$"
+    r"^\s*trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
+    r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|unknown rule handle (\d{1,10}) \(verdict ([^)]*)\)"
+    r"|(verdict|policy) (\S+))\s*$",
+    re.ASCII,
 )
-IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ")
+IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ", re.ASCII)
+#: `ID=38349DF`: xtables-monitor before iptables 1.8.5 printed the IP flags without a space.
+GLUED_ID = re.compile(r"(\d{1,10})(?:DF|MF|CE)?", re.ASCII)
 TCP_FLAG_WORDS = {w.lower(): w for w in TCP_FLAGS}
+#: Bit values of the TCP flags, for nft's numeric form (`tcp flags == 0x14`).
+TCP_FLAG_BITS = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20),
+                 ("ECE", 0x40), ("CWR", 0x80))
+ICMP_TYPES = {"echo-request": 8, "echo-reply": 0}
+ICMPV6_TYPES = {"echo-request": 128, "echo-reply": 129}
+HEX_NUMBER = re.compile(r"0x[0-9a-fA-F]{1,8}", re.ASCII)
 
 
 @dataclass(slots=True)
 class NftRecord:
-    """A trace step or (step None) a packet description, with its trace id."""
+    """A trace step or (step None) a packet description, with its trace id; `base` is the
+    (table, chain) a `packet:` line opens (nft monitor trace only)."""
 
     trace_id: str
     step: Step | None
     fields: Fields | None
+    base: tuple[str, str] | None = None
 
 
 def xt_packet_fields(text: str) -> Fields:
     f = Fields()
     flags: set[str] = set()
-    for token in text.split():
+    v6 = False
+    for token in ascii.words(text):
         key, sep, value = token.partition("=")
         if not sep:
             if token in TCP_FLAGS:
                 flags.add(token)
             continue
-        if key in ("SRC", "DST") and IPV4.match(value):
-            setattr(f, key.lower(), value)
+        if key in ("SRC", "DST") and (IPV4.fullmatch(value) or IPV6.fullmatch(value)):
+            v6 |= ":" in value
+            if key == "SRC":
+                f.src = value
+            else:
+                f.dst = value
         elif key == "IN":
             f.in_if = value or None
         elif key == "OUT":
             f.out_if = value or None
-        elif key == "TTL":
+        elif key == "TTL" or key == "HOPLIMIT":
             f.ttl = _int(value, 255)
+        elif key == "FLOWLBL":
+            f.flow_label = _int(value, 0xFFFFF)
+            v6 = True
         elif key == "ID":
-            f.ip_id = _int(value, 65535)
+            glued = GLUED_ID.fullmatch(value)
+            f.ip_id = _int(glued.group(1), 65535) if glued else None
         elif key in ("SPORT", "DPORT"):
             setattr(f, key[0].lower() + "port", _int(value, 65535))
         elif key == "PROTO":
-            f.proto = value.upper()
+            name = ascii.upper(value)
+            f.proto = name if name in PROTOCOLS or (ascii.is_digits(name) and len(name) <= 3) else None
     if f.sport is not None or f.dport is not None:
         f.proto = f.proto or ("TCP" if flags else "UDP")
     if flags:
         f.tcp_flags = frozenset(flags)
-    f.damaged = f.ip_id is None or f.src is None or f.dst is None
+    f.damaged = (f.ip_id is None and not v6) or f.src is None or f.dst is None
     return f
 
 
+def _tcp_flags(words: list[str]) -> frozenset[str]:
+    """`tcp flags == syn | ack`, `tcp flags syn`, or the numeric `tcp flags == 0x14`."""
+    start = words.index("flags") + 1
+    tail = words[start + 1 :] if words[start : start + 1] == ["=="] else words[start:]
+    if tail and HEX_NUMBER.fullmatch(tail[0]):
+        bits = int(tail[0], 16)
+        return frozenset(name for name, bit in TCP_FLAG_BITS if bits & bit)
+    flags = set()
+    for word in tail:
+        if word in TCP_FLAG_WORDS:
+            flags.add(TCP_FLAG_WORDS[word])
+        elif word != "|":
+            break
+    return frozenset(flags)
+
+
 def nft_packet_fields(text: str) -> Fields:
-    """Fields from nft's `ip saddr X ip daddr Y ip id N tcp sport ...` description."""
+    """Fields from nft's `ip saddr X ip daddr Y ip id N tcp sport ...` description (or
+    `ip6 saddr ... ip6 flowlabel N icmpv6 type echo-request ...`)."""
     f = Fields()
-    words = text.replace('"', "").split()
-    pairs = {}
+    words = ascii.words(text.replace('"', ""))
+    pairs: dict[tuple[str, str], str] = {}
     for i in range(len(words) - 2):
         pairs.setdefault((words[i], words[i + 1]), words[i + 2])
-    saddr, daddr = pairs.get(("ip", "saddr")), pairs.get(("ip", "daddr"))
-    f.src = saddr if saddr and IPV4.match(saddr) else None
-    f.dst = daddr if daddr and IPV4.match(daddr) else None
-    f.ip_id = _int(pairs.get(("ip", "id"), ""), 65535)
-    f.ttl = _int(pairs.get(("ip", "ttl"), ""), 255)
+    v6 = ("ip6", "saddr") in pairs or ("ip6", "daddr") in pairs
+    family, address = ("ip6", IPV6) if v6 else ("ip", IPV4)
+    saddr, daddr = pairs.get((family, "saddr")), pairs.get((family, "daddr"))
+    f.src = saddr if saddr and address.fullmatch(saddr) else None
+    f.dst = daddr if daddr and address.fullmatch(daddr) else None
+    if v6:
+        f.ttl = _int(pairs.get(("ip6", "hoplimit"), ""), 255)
+        f.flow_label = _int(pairs.get(("ip6", "flowlabel"), ""), 0xFFFFF)
+    else:
+        f.ip_id = _int(pairs.get(("ip", "id"), ""), 65535)
+        f.ttl = _int(pairs.get(("ip", "ttl"), ""), 255)
     following: dict[str, str] = {}
     for word, nxt in zip(words, words[1:]):
         following.setdefault(word, nxt)
     f.in_if = following.get("iif")
     f.out_if = following.get("oif")
-    if ("icmp", "type") in pairs:
-        f.proto = "ICMP"
-        kind = pairs[("icmp", "type")]
-        f.icmp_type = {"echo-request": 8, "echo-reply": 0}.get(kind, _int(kind, 255))
-        f.icmp_id = _int(pairs.get(("icmp", "id"), ""), 65535)
-        f.icmp_seq = _int(pairs.get(("icmp", "sequence"), ""), 65535)
+    for icmp, proto, names in (("icmp", "ICMP", ICMP_TYPES), ("icmpv6", "ICMPV6", ICMPV6_TYPES)):
+        if (icmp, "type") in pairs:
+            f.proto = proto
+            kind = pairs[(icmp, "type")]
+            f.icmp_type = names.get(kind, _int(kind, 255))
+            f.icmp_id = _int(pairs.get((icmp, "id"), ""), 65535)
+            f.icmp_seq = _int(pairs.get((icmp, "sequence"), ""), 65535)
     for proto in ("tcp", "udp"):
         if (proto, "sport") in pairs:
-            f.proto = proto.upper()
+            f.proto = ascii.upper(proto)
             f.sport = _int(pairs[(proto, "sport")], 65535)
             f.dport = _int(pairs.get((proto, "dport"), ""), 65535)
-    if f.proto == "TCP" and "flags" in words:
-        start = words.index("flags") + 1
-        tail = words[start + 1 :] if words[start : start + 1] == ["=="] else words[start:]
-        flags = set()
-        for word in tail:
-            if word in TCP_FLAG_WORDS:
-                flags.add(TCP_FLAG_WORDS[word])
-            elif word != "|":
-                break
-        f.tcp_flags = frozenset(flags)
-    f.damaged = f.ip_id is None or f.src is None or f.dst is None
+    if f.proto == "TCP":
+        f.tcp_seq = _int(pairs.get(("tcp", "sequence"), ""), 0xFFFFFFFF)
+        if "flags" in words:
+            f.tcp_flags = _tcp_flags(words) or None
+    f.damaged = (f.ip_id is None and not v6) or f.src is None or f.dst is None
     return f
 
 
@@ -133,11 +181,15 @@ def parse_nft_monitor(line: str, number: int) -> NftRecord | None:
     match = NFT_LINE.match(line)
     if not match:
         return None
-    trace_id, _family, table, chain, packet, packet_text, rule, rule_verdict, kind, verdict = match.groups()
+    (trace_id, family, table, chain, packet, packet_text, rule, rule_verdict, handle, handle_verdict,
+     kind, verdict) = match.groups()
     if packet:
-        return NftRecord(trace_id, None, nft_packet_fields(packet_text))
+        return NftRecord(trace_id, None, nft_packet_fields(packet_text), (table, chain))
     if rule is not None:
-        step = Step(table, chain, "rule", verdict=rule_verdict.upper(), rule=rule, line=number)
+        step = Step(table, chain, "rule", verdict=ascii.upper(rule_verdict), rule=rule, line=number, family=family)
+    elif handle is not None:
+        step = Step(table, chain, "rule", handle=handle, verdict=ascii.upper(handle_verdict), line=number, family=family)
     else:
-        step = Step(table, chain, "policy" if kind == "policy" else "return", verdict=verdict.upper(), line=number)
+        step = Step(table, chain, "policy" if kind == "policy" else "return", verdict=ascii.upper(verdict), line=number,
+                    family=family)
     return NftRecord(trace_id, step, None)

@@ -1,5 +1,12 @@
 """Read trace log files of any supported format into events, counting what was skipped.
 
+Lines: a log is split at b"\n"; a line longer than LINE_LIMIT bytes keeps its first
+LINE_LIMIT bytes and is counted in `cut_lines` (its records are damaged); trailing b"\r"
+go; the rest is decoded as UTF-8 (bad bytes become U+FFFD). A line without `TRACE:`,
+`trace id` or `PACKET:` is no trace line in any format and is only counted, so long runs
+of other text (even 2 G empty lines) cost what searching them costs. Files are read in
+chunks, gzip ones decompressed in chunks: memory stays flat whatever the input.
+
 A big kernel-format file is parsed in a helper process while this one assembles packets.
 The helper sends the records in batches through a pipe (whose small buffer keeps memory
 flat). Lines that repeat a cached field parse share one Fields object here as they do in
@@ -12,8 +19,10 @@ cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import multiprocessing
+import re
 import signal
 import zlib
 from collections.abc import Iterator
@@ -23,12 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from chainlab.errors import InputError, Problem
-from chainlab.trace.model import Event, Fields, Step
+from chainlab.trace.ascii import WHITESPACE
+from chainlab.trace.model import Event, Fields, FileEnd, Step
 from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
 SNIFF_LINES = 500
+#: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
+SNIFF_BYTES = 4 << 20
+LINE_LIMIT = 64 << 10
+CHUNK = 1 << 20
+#: What every trace line of every format holds; other lines are only counted.
+MARKERS = re.compile(rb"TRACE:|trace id|PACKET:")
+#: nft trace ids whose `packet:` line (a base chain entered) no step followed yet: kept
+#: for this many trace ids at most.
+PENDING_TRACE_IDS = 4096
 #: Kernel-format files from this size on are parsed in a helper process (below it, starting
 #: one costs more than it saves).
 HELPER_MIN_BYTES = 16 << 20
@@ -48,7 +67,12 @@ class ReadStats:
     trace_records: int = 0
     skipped_lines: int = 0
     ignored_lines: int = 0
+    cut_lines: int = 0
     formats: dict[str, str] = field(default_factory=dict)
+    #: Packets by how their lines were grouped (model.IDENTITIES).
+    identities: dict[str, int] = field(default_factory=dict)
+    #: Packets that --match took (None: no --match).
+    matched: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +87,22 @@ class LogSource:
         return self.node or self.path.name.split(".")[0]
 
 
-def open_lines(path: Path) -> Iterator[str]:
-    """Lines of a log, gunzipped if its name ends in .gz.
+def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
+    """The bytes of a log (gunzipped if its name ends in .gz) in chunks of at most CHUNK,
+    up to `limit` bytes if given.
 
     A file that cannot be read to its end (unreadable, not gzip, truncated) is an
     InputError, even half-way through: its events would be an incomplete story.
     """
     opener = gzip.open if path.suffix == ".gz" else open
+    left = -1 if limit is None else limit
     with read_errors(path), opener(path, "rb") as handle:  # type: ignore[operator]
-        for raw in handle:
-            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        while left:
+            chunk = handle.read(CHUNK if left < 0 else min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk) if left > 0 else 0
+            yield chunk
 
 
 def check_gzip_intact(path: Path) -> None:
@@ -81,9 +111,91 @@ def check_gzip_intact(path: Path) -> None:
     percent of the time parsing does."""
     if path.suffix != ".gz":
         return
-    with read_errors(path), gzip.open(path, "rb") as handle:
-        while handle.read(1 << 20):
-            pass
+    for _ in raw_chunks(path):
+        pass
+
+
+#: (line number, text, cut) of a line that holds a marker.
+Line = tuple[int, str, bool]
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _long_lines(data: bytes, start: int, end: int) -> int:
+    """How many of the whole lines in data[start:end] (which ends with b"\n") are longer
+    than LINE_LIMIT: jumps LINE_LIMIT bytes at a time, so short lines cost nothing each."""
+    count = 0
+    while end - start > LINE_LIMIT:
+        newline = data.rfind(b"\n", start, start + LINE_LIMIT + 1)
+        if newline >= 0:
+            start = newline + 1
+        else:
+            count += 1
+            start = data.find(b"\n", start + LINE_LIMIT, end) + 1
+    return count
+
+
+def marked_lines(chunks: Iterator[bytes], stats: ReadStats) -> Iterator[Line]:
+    """The lines of a log that hold a marker (the rest are counted in `stats.lines`,
+    `stats.ignored_lines` and, if too long, `stats.cut_lines`)."""
+    number = 0  # lines before the current position
+    carry = b""  # the start of a line that goes on in the next chunk (at most LINE_LIMIT bytes)
+    carry_cut = False
+    carrying = False
+    for data in chunks:
+        pos = 0
+        if carrying:
+            newline = data.find(b"\n")
+            head = data if newline < 0 else data[:newline]
+            room = LINE_LIMIT - len(carry)
+            carry_cut |= len(head) > room
+            carry += head[:room]
+            if newline < 0:
+                continue
+            number += 1
+            yield from _one_line(number, carry, carry_cut, stats)
+            carry, carry_cut, carrying, pos = b"", False, False, newline + 1
+        last = data.rfind(b"\n") + 1  # the whole lines of this chunk end here
+        for match in MARKERS.finditer(data, pos, last):
+            at = match.start()
+            if at < pos:
+                continue  # another marker on a line already handled
+            start = data.rfind(b"\n", pos, at) + 1 or pos
+            end = data.find(b"\n", at)
+            skipped = data.count(b"\n", pos, start)
+            number += skipped
+            stats.lines += skipped
+            stats.ignored_lines += skipped
+            stats.cut_lines += _long_lines(data, pos, start)
+            number += 1
+            if end - start <= LINE_LIMIT:
+                stats.lines += 1
+                yield number, _text(data[start:end]), False
+            else:
+                yield from _one_line(number, data[start : start + LINE_LIMIT], True, stats)
+            pos = end + 1
+        skipped = data.count(b"\n", pos, last)
+        number += skipped
+        stats.lines += skipped
+        stats.ignored_lines += skipped
+        stats.cut_lines += _long_lines(data, pos, last)
+        if last < len(data):
+            rest = data[last:]
+            carry, carry_cut, carrying = rest[:LINE_LIMIT], len(rest) > LINE_LIMIT, True
+    if carrying:
+        yield from _one_line(number + 1, carry, carry_cut, stats)
+
+
+def _one_line(number: int, raw: bytes, cut: bool, stats: ReadStats) -> Iterator[Line]:
+    """Count one line (already cut to LINE_LIMIT); yield it if it holds a marker."""
+    stats.lines += 1
+    stats.cut_lines += cut
+    if MARKERS.search(raw):
+        yield number, _text(raw), cut
+    else:
+        stats.ignored_lines += 1
 
 
 @contextlib.contextmanager
@@ -109,49 +221,51 @@ def sniff_format(lines: list[str]) -> str:
     for line in lines:
         if XT_PACKET.match(line) or XT_TRACE.match(line):
             return XTABLES_MONITOR
-        if line.lstrip().startswith("trace id "):
+        if line.lstrip(WHITESPACE).startswith("trace id "):
             return NFT_MONITOR
         if TRACE_LIKE.search(line):
             return KERNEL
     return KERNEL
 
 
-def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event]:
-    """Events of one file, in file order."""
-    lines = open_lines(source.path)
-    head: list[str] = []
-    for line in lines:
-        head.append(line)
-        if len(head) >= SNIFF_LINES:
-            break
-    fmt = sniff_format(head)
+def log_format(path: Path) -> str:
+    """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES)."""
+    head = []
+    for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()):
+        if number > SNIFF_LINES:
+            break  # the rest of SNIFF_BYTES would only be read to be thrown away
+        head.append(text)
+    return sniff_format(head)
+
+
+def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd]:
+    """Events of one file, in file order, then a FileEnd."""
+    fmt = log_format(source.path)
     stats.formats[str(source.path)] = fmt
-
-    def all_lines() -> Iterator[str]:
-        yield from head
-        yield from lines
-
     if fmt == KERNEL and source.path.stat().st_size >= HELPER_MIN_BYTES:
-        lines.close()
         yield from _kernel_events_from_helper(source, stats)
+        yield FileEnd({})
     elif fmt == KERNEL:
-        yield from _kernel_events(all_lines(), source, stats)
+        yield from _kernel_events(marked_lines(raw_chunks(source.path), stats), source, stats)
+        yield FileEnd({})
     else:
         parse = parse_xtables_monitor if fmt == XTABLES_MONITOR else parse_nft_monitor
-        yield from _nft_events(all_lines(), source, stats, parse)
+        yield from _nft_events(marked_lines(raw_chunks(source.path), stats), source, stats, parse)
 
 
-def _kernel_records(lines: Iterator[str], parser: KernelLineParser, stats: ReadStats) -> Iterator[_Record]:
+def _kernel_records(lines: Iterator[Line], parser: KernelLineParser, stats: ReadStats) -> Iterator[_Record]:
     parse_single = parser.parse_single
-    for number, line in enumerate(lines, 1):
-        stats.lines += 1
+    for number, line, cut in lines:
         if "TRACE:" not in line:
             stats.ignored_lines += 1
             continue
         single = parse_single(line, number)
         if single is not None:
             stats.trace_records += 1
-            yield single[0], single[1], single[2], True
+            if cut:
+                yield single[0], dataclasses.replace(single[1], damaged=True), single[2], False
+            else:
+                yield single[0], single[1], single[2], True
             continue
         records, bad = parser.parse(line, number)
         stats.skipped_lines += bad
@@ -160,10 +274,13 @@ def _kernel_records(lines: Iterator[str], parser: KernelLineParser, stats: ReadS
         last = len(records) - 1
         for i, record in enumerate(records):
             stats.trace_records += 1
-            yield record.step, record.fields, record.host, i == last
+            if cut and i == last:
+                yield record.step, dataclasses.replace(record.fields, damaged=True), record.host, False
+            else:
+                yield record.step, record.fields, record.host, i == last and not cut
 
 
-def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) -> Iterator[Event]:
+def _kernel_events(lines: Iterator[Line], source: LogSource, stats: ReadStats) -> Iterator[Event]:
     fallback = source.fallback_node
     node = source.node
     parser = KernelLineParser(want_host=node is None)
@@ -176,8 +293,8 @@ def _kernel_events(lines: Iterator[str], source: LogSource, stats: ReadStats) ->
 _Row = tuple[int, tuple[Any, ...] | None, str, str, str, int | None, int, str | None, str | None] | None
 
 
-def _counts(stats: ReadStats) -> tuple[int, int, int, int]:
-    return stats.lines, stats.ignored_lines, stats.skipped_lines, stats.trace_records
+def _counts(stats: ReadStats) -> tuple[int, int, int, int, int]:
+    return stats.lines, stats.ignored_lines, stats.skipped_lines, stats.trace_records, stats.cut_lines
 
 
 def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connection) -> None:
@@ -187,12 +304,12 @@ def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connecti
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading side's to handle
     parser = KernelLineParser(want_host=want_host)
     stats = ReadStats()
-    sent = (0, 0, 0, 0)
+    sent = _counts(stats)
     generation = parser.generation
     serials: dict[int, tuple[int, Fields]] = {}
     rows: list[_Row] = []
     try:
-        for step, fields, host, shared in _kernel_records(open_lines(path), parser, stats):
+        for step, fields, host, shared in _kernel_records(marked_lines(raw_chunks(path), stats), parser, stats):
             if parser.generation != generation:
                 generation = parser.generation
                 serials.clear()
@@ -236,11 +353,12 @@ def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[
         while (message := receiver.recv()) is not None:
             if isinstance(message, Exception):
                 raise message
-            rows, (lines, ignored, skipped, records) = message
+            rows, (lines, ignored, skipped, records, cut) = message
             stats.lines += lines
             stats.ignored_lines += ignored
             stats.skipped_lines += skipped
             stats.trace_records += records
+            stats.cut_lines += cut
             for row in rows:
                 if row is None:
                     objects.clear()
@@ -261,28 +379,37 @@ def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[
         receiver.close()
 
 
-def _nft_events(lines: Iterator[str], source: LogSource, stats: ReadStats, parse) -> Iterator[Event]:  # type: ignore[no-untyped-def]
+def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, parse) -> Iterator[Event | FileEnd]:  # type: ignore[no-untyped-def]
+    """Events of an xtables-monitor or nft monitor trace log, then a FileEnd naming the
+    trace ids whose last `packet:` line (a base chain entered) no step followed."""
     node = source.fallback_node
-    packets: dict[str, Fields] = {}
-    for number, line in enumerate(lines, 1):
-        stats.lines += 1
-        if not line.strip():
-            stats.ignored_lines += 1
-            continue
+    packets: dict[str, tuple[Fields, tuple[str, str] | None]] = {}
+    pending: dict[str, str] = {}
+    for number, line, cut in lines:
         record: NftRecord | None = parse(line, number)
         if record is None:
-            looks_like_trace = "TRACE:" in line or "trace id" in line or "PACKET:" in line
-            if looks_like_trace:
-                stats.skipped_lines += 1
-            else:
-                stats.ignored_lines += 1
+            stats.skipped_lines += 1
             continue
+        trace_id = record.trace_id
         if record.step is None:
             assert record.fields is not None
-            packets[record.trace_id] = record.fields
-            if len(packets) > 4096:
-                packets.pop(next(iter(packets)))
+            fields = dataclasses.replace(record.fields, damaged=True) if cut else record.fields
+            packets[trace_id] = (fields, record.base)
+            pending.pop(trace_id, None)
+            pending[trace_id] = f"{record.base[0]} {record.base[1]}" if record.base else "a base chain"
+            for table in (packets, pending):
+                if len(table) > PENDING_TRACE_IDS:
+                    table.pop(next(iter(table)))
             continue
         stats.trace_records += 1
-        fields = packets.get(record.trace_id) or Fields(damaged=True)
-        yield Event(node, record.step, fields, record.trace_id)
+        known = packets.get(trace_id)
+        fields = known[0] if known else Fields(damaged=True)
+        if cut and not fields.damaged:
+            fields = dataclasses.replace(fields, damaged=True)
+        step = record.step
+        base = None
+        if known is not None and known[1] == (step.table, step.chain) and trace_id in pending:
+            base = (fields.in_if is not None, fields.out_if is not None)
+        pending.pop(trace_id, None)
+        yield Event(node, step, fields, trace_id, base)
+    yield FileEnd({(node, trace_id): chain for trace_id, chain in pending.items()})

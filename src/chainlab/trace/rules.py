@@ -1,4 +1,11 @@
-"""Rule snapshots (`iptables-save [-c]` output): join trace steps to rule text."""
+"""Rule snapshots: join trace steps to rule text, and tell nft base chains' hooks.
+
+Two formats, told apart by their content:
+  `iptables-save [-c]`: rule N of a chain is its Nth `-A` line;
+  `nft [-a] list ruleset`: base chains declare their hook (`type filter hook input
+  priority 0;`), and with -a every rule ends in `# handle N`, which `nft monitor trace`
+  names when it cannot print the rule (`unknown rule handle 13`).
+"""
 
 from __future__ import annotations
 
@@ -13,22 +20,52 @@ from chainlab.trace.model import Step
 from chainlab.trace.netfilter import HOOKS, Slot
 
 COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
+NFT_TABLE = re.compile(r"^table\s+(\S+)\s+(\S+)\s*\{", re.ASCII | re.MULTILINE)
+NFT_BLOCK = re.compile(r"^(\S+)\s+(\S+)\s*\{", re.ASCII)
+NFT_TYPE = re.compile(r"\btype\s+\S+\s+hook\s+(\w+)\b", re.ASCII)
+NFT_POLICY = re.compile(r"\bpolicy\s+(\w+)\s*;", re.ASCII)
+NFT_HANDLE = re.compile(r"\s*#\s*handle\s+(\d{1,10})\s*$", re.ASCII)
+#: nft hooks of the families whose packets walk the IP hooks.
+NFT_IP_FAMILIES = ("ip", "ip6", "inet")
+_NFT_HOOKS = {hook.lower(): hook for hook in HOOKS}
+
+
+@dataclass
+class NftChain:
+    """A chain of an nft ruleset: its hook if it is a base chain, rules by handle."""
+
+    hook: str | None = None
+    policy: str | None = None
+    rules: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
 class RuleSet:
-    """Rules of one node: table → chain → rule lines (`-A ...`), and built-in policies."""
+    """Rules of one node. iptables: table → chain → rule lines (`-A ...`) and built-in
+    policies; nft: (family, table, chain) → chain."""
 
     rules: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     policies: dict[str, dict[str, str]] = field(default_factory=dict)
+    nft: dict[tuple[str, str, str], NftChain] = field(default_factory=dict)
 
     @functools.cached_property
     def slots(self) -> set[Slot]:
-        """(hook, table) of every built-in chain in the snapshot."""
-        return {(chain, table) for table, chains in self.rules.items() for chain in chains if chain in HOOKS}
+        """(hook, table) of every base chain in the snapshot."""
+        slots = {(chain, table) for table, chains in self.rules.items() for chain in chains if chain in HOOKS}
+        slots |= {(c.hook, table) for (_, table, _), c in self.nft.items() if c.hook is not None}
+        return slots
+
+    def declared_hook(self, family: str, table: str, chain: str) -> tuple[str | None] | None:
+        """(hook,) if the ruleset declares this nft chain (hook None: a regular chain, or a
+        base chain outside the IP hooks); None if it does not know the chain."""
+        found = self.nft.get((family, table, chain))
+        return None if found is None else (found.hook,)
 
     def rule_text(self, step: Step) -> str | None:
-        """The rule a step matched: rule N of a chain is its Nth `-A` line."""
+        """The rule a step matched: rule N of an iptables chain is its Nth `-A` line; an nft
+        step that names a rule handle gets that rule."""
+        if step.family is not None:
+            return self._nft_rule(step)
         if step.kind == "policy":
             policy = self.policies.get(step.table, {}).get(step.chain)
             return f"-P {step.chain} {policy}" if policy else None
@@ -36,6 +73,12 @@ class RuleSet:
             return None
         chain = self.rules.get(step.table, {}).get(step.chain, [])
         return chain[step.position - 1] if 0 < step.position <= len(chain) else None
+
+    def _nft_rule(self, step: Step) -> str | None:
+        chain = self.nft.get((step.family or "", step.table, step.chain))
+        if chain is None or step.kind != "rule" or step.handle is None or not step.handle.isdigit():
+            return None
+        return chain.rules.get(int(step.handle))
 
 
 def parse_iptables_save(text: str) -> RuleSet:
@@ -61,13 +104,64 @@ def parse_iptables_save(text: str) -> RuleSet:
     return ruleset
 
 
+def _name(word: str) -> str:
+    return word[1:-1] if len(word) >= 2 and word[0] == word[-1] == '"' else word
+
+
+def parse_nft_ruleset(text: str) -> RuleSet:
+    """Parse `nft [-a] list ruleset` output: chains, base chains' hooks and policies, and
+    rules by handle. Blocks other than chains (sets, maps, flowtables) are skipped; lines
+    it does not understand are ignored."""
+    ruleset = RuleSet()
+    table: tuple[str, str] | None = None
+    chain: NftChain | None = None
+    depth = 0  # 1: inside a table; 2 and more: inside one of its blocks
+    pending = ""  # a rule whose braces are not balanced yet: it goes on on the next line
+    for raw in text.splitlines():
+        line = f"{pending} {raw.strip()}" if pending else raw.strip()
+        pending = ""
+        opens, closes = line.count("{"), line.count("}")
+        if depth == 0:
+            match = NFT_TABLE.match(line)
+            if match:
+                table, depth = (match.group(1), _name(match.group(2))), 1
+        elif depth == 1:
+            block = NFT_BLOCK.match(line)
+            if line.startswith("}"):
+                table, depth = None, 0
+            elif block and table is not None:
+                depth = 2
+                if block.group(1) == "chain":
+                    chain = ruleset.nft.setdefault((*table, _name(block.group(2))), NftChain())
+        elif chain is None:  # inside a set, map or other block: wait for its end
+            depth = max(depth + opens - closes, 1)
+        elif line.startswith("}") and opens == 0:
+            chain, depth = None, 1
+        elif opens > closes:
+            pending = line
+        elif typed := NFT_TYPE.search(line):
+            chain.hook = _NFT_HOOKS.get(typed.group(1).lower()) if table and table[0] in NFT_IP_FAMILIES else None
+            policy = NFT_POLICY.search(line)
+            chain.policy = policy.group(1) if policy else chain.policy
+        elif policy := NFT_POLICY.fullmatch(line):
+            chain.policy = policy.group(1)
+        elif handle := NFT_HANDLE.search(line):
+            chain.rules[int(handle.group(1))] = line[: handle.start()].strip()
+    return ruleset
+
+
+def parse_rules(text: str) -> RuleSet:
+    """A snapshot in either format."""
+    return parse_nft_ruleset(text) if NFT_TABLE.search(text) else parse_iptables_save(text)
+
+
 def load_rules(path: Path) -> RuleSet:
     """The snapshot in `path`; a file that cannot be read is an InputError."""
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
         raise InputError([Problem(str(path), "", f"--rules: cannot read: {exc.strerror or exc}")]) from None
-    return parse_iptables_save(text)
+    return parse_rules(text)
 
 
 def rule_target(rule: str) -> str | None:

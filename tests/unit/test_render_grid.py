@@ -1,0 +1,57 @@
+"""render.text.grid prints what rich's borderless Table of Text cells prints, character for
+character (and escape code for escape code on a terminal), whether it lays the table out
+itself or not."""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from chainlab.render.text import Cell, grid
+
+STYLES = ("", "green", "bold red", "yellow")
+TEXT = st.lists(st.sampled_from([*"ab Z09:-_.[]/→é日\t\x1b\u200b", "[bold]"]), max_size=30).map("".join)
+
+
+def rich_table(columns: list[str], rows: list[list[Cell]], right: tuple[int, ...]) -> Table:
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
+    for i, name in enumerate(columns):
+        table.add_column(Text(name), justify="right" if i in right else "left")
+    for row in rows:
+        table.add_row(*(Text(c) if isinstance(c, str) else Text(c[0], style=c[1]) for c in row))
+    return table
+
+
+def printed(renderable: object, width: int, terminal: bool) -> str:
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=terminal, color_system="standard" if terminal else None).print(renderable)
+    return out.getvalue()
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[str], list[list[Cell]], tuple[int, ...]]:
+    n = draw(st.integers(1, 5))
+    columns = draw(st.lists(st.text(alphabet="abcxyz:", min_size=1, max_size=12), min_size=n, max_size=n))
+    cell = st.one_of(TEXT, st.tuples(TEXT, st.sampled_from(STYLES)))
+    rows = draw(st.lists(st.lists(cell, min_size=n, max_size=n), max_size=6))
+    right = tuple(i for i in range(n) if draw(st.booleans()))
+    return columns, rows, right
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables(), st.sampled_from([80, 40, 200]), st.booleans())
+def test_grid_prints_what_rich_prints(table, width, terminal):
+    columns, rows, right = table
+    assert printed(grid(columns, rows, width, right), width, terminal) == printed(rich_table(columns, rows, right),
+                                                                                 width, terminal)
+
+
+def test_grid_lays_out_plain_tables_itself():
+    rows: list[list[Cell]] = [["PREROUTING", "raw:PREROUTING", "rule 1", ""], ["FORWARD", "filter:cali-FORWARD", "policy", "0x40000"]]
+    assert isinstance(grid(["hook", "table:chain", "step", "mark"], rows, 80), Text)
+    assert isinstance(grid(["hook"], [["x" * 100]], 80), Table)  # too wide: rich wraps it
