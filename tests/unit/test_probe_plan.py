@@ -16,7 +16,7 @@ import yaml
 
 from chainlab.errors import ChainlabError, InputError
 from chainlab.labstate import LabState
-from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.remote.batch import Batch
 from chainlab.remote.openssh import ssh_argv
 from chainlab.remote.target import Target
 from chainlab.run.probe import (CONTAINER_GONE, UDP_CLIENT, ListenerSpec, Place, ProbeRequest,
@@ -85,14 +85,15 @@ def test_listeners_and_clients_for_real_in_a_private_namespace():
     state = STATE.model_copy(update={"hosts": {"here": STATE.hosts["master"]}})
     probes = [plan_probe(ProbeRequest("here", "127.0.0.1", p, port), state)
               for p, port in (("tcp", 8081), ("udp", 5353), ("udp", 5354), ("tcp", 8082))]
-    script = "".join(f"{l.command(20)}\n" for l in listeners) + batch_script([probe_command(p) for p in probes], stderr=True)
+    batch = Batch.of([probe_command(p) for p in probes], stderr=True, concurrent=True)
+    script = "".join(f"{l.command(20)}\n" for l in listeners) + batch.script()
     proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec sh -c "$1"', "sh", script],
                           capture_output=True, text=True, timeout=60)
     lines = proc.stdout.splitlines()
     pids = [parse_listener(line) for line in lines[:3]]
     try:
         assert pids[0] and pids[1] and pids[2] is None, lines  # the second tcp/8081 finds the port taken
-        results = parse_batch(proc.stdout, 4)
+        results = batch.parse(proc.stdout)
         assert results[0][0] == 0 and results[1][0] == 0, results
         assert "answer of 17 bytes" in results[1][1]
         assert results[2][0] == 1 and "Connection refused" in results[2][1]  # nothing listens on udp/5354

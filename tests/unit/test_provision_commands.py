@@ -12,6 +12,7 @@ from chainlab.inventory import load_inventory
 from chainlab.provision import commands as C
 from chainlab.provision.facts import assumed_facts, facts_script, parse_facts
 from chainlab.provision.image import render_dockerfile
+from chainlab.remote.batch import Batch
 from chainlab.shell import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,17 +176,21 @@ def test_dockerfile_template_renders_reference_image() -> None:
     ]
 
 
-def test_batch_probes_round_trip_through_sh(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_batch_round_trips_through_sh(tmp_path: Path, concurrent: bool) -> None:
     f = tmp_path / "it's here.txt"
-    f.write_text("line 1\n\nlast line x9\n\n")
+    f.write_text("line 1\n\nlast line x9\n\n@@0 begin\n")
     probes = [["cat", str(f)], ["test", "-e", str(tmp_path / "absent")], ["sh", "-c", "printf 'no newline'; exit 3"]]
-    out = subprocess.run(["sh", "-c", C.batch_script([command_line(p) for p in probes])], capture_output=True, text=True, check=True).stdout
-    assert C.parse_batch(out + "@@1 !!!\nnoise\n", len(probes)) == {
-        0: (0, "line 1\n\nlast line x9\n\n"), 1: (1, ""), 2: (3, "no newline")}
+    batch = Batch.of([command_line(p) for p in probes], concurrent=concurrent)
+    out = subprocess.run(["sh", "-c", batch.script()], capture_output=True, text=True, check=True).stdout
+    assert batch.parse(out + f"@@{batch.token} 1 begin\nnoise\n") == {
+        0: (0, "line 1\n\nlast line x9\n\n@@0 begin\n"), 1: (1, ""), 2: (3, "no newline")}
+    assert Batch.of(batch.commands).parse(out) == {}  # another batch's token: nothing is taken for an answer
     both = ["echo out; echo err >&2; exit 4"]
     for stderr, said in ((False, "out\n"), (True, "out\nerr\n")):
-        out = subprocess.run(["sh", "-c", C.batch_script(both, stderr=stderr)], capture_output=True, text=True).stdout
-        assert C.parse_batch(out, 1) == {0: (4, said)}
+        other = Batch.of(both, stderr=stderr, concurrent=concurrent)
+        out = subprocess.run(["sh", "-c", other.script()], capture_output=True, text=True).stdout
+        assert other.parse(out) == {0: (4, said)}
 
 
 def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):

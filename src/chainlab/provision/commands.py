@@ -374,39 +374,3 @@ def veth_for_ifindex(ip_link: str, ifindex: int) -> str | None:
     return None
 
 
-# --- batched probes -------------------------------------------------------------------
-
-def batch_script(commands: Sequence[str], *, stderr: bool = False) -> str:
-    """One script running shell `commands` at the same time (most of their time is start-up,
-    docker's and iptables', or a probe's wait), each in its own subshell without stdin; once
-    all ended, it prints, in order, `@@I BASE64(output + "x" + status)` for each. The output
-    is stdout, or (`stderr`) stdout and stderr as they came."""
-    redirect = "2>&1" if stderr else "2>/dev/null"
-    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT"]
-    for i, command in enumerate(commands):
-        lines.append(f'( ( {command} ) >"$d/{i}" {redirect} </dev/null; echo $? >"$d/{i}.rc" ) &')
-    lines.append("wait")
-    lines.append(f'for i in {" ".join(str(i) for i in range(len(commands)))}; do '
-                 'o=$(cat "$d/$i"; echo "x$(cat "$d/$i.rc")"); '
-                 'printf "@@%s %s\\n" "$i" "$(printf %s "$o" | base64 | tr -d "\\n")"; done')
-    return "\n".join(lines) + "\n"
-
-
-def parse_batch(text: str, count: int) -> dict[int, tuple[int, str]]:
-    """Command index → (exit status, output) from `batch_script` output (malformed rows ignored)."""
-    import base64
-    import binascii
-
-    results: dict[int, tuple[int, str]] = {}
-    for row in text.splitlines():
-        if not row.startswith("@@"):
-            continue
-        index, _, payload = row[2:].partition(" ")
-        try:
-            raw = base64.b64decode(payload, validate=True).decode(errors="replace")
-        except (binascii.Error, ValueError):
-            continue
-        out, sep, status = raw.rpartition("x")
-        if index.isdigit() and int(index) < count and sep and status.isdigit():
-            results[int(index)] = (int(status), out)
-    return results

@@ -35,13 +35,13 @@ from chainlab.networks.base import HostStep, LabStep
 from chainlab.providers import provider_for
 from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import run_step, why
-from chainlab.provision.commands import batch_script, parse_batch
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
 from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up_probes
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
+from chainlab.remote.batch import Batch
 from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
 from chainlab.shell import command_line
 
@@ -101,8 +101,9 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
     batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
-    out = run(conn, ["sh", "-c", batch_script([command_line(argv) for argv in batch])], timeout=60).stdout
-    answers = parse_batch(out, len(batch))
+    script = Batch.of([command_line(argv) for argv in batch])
+    out = run(conn, ["sh", "-c", script.script()], timeout=60).stdout
+    answers = script.parse(out)
     if 0 not in answers:
         raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
     return parse_facts(inv, host, answers.pop(0)[1]), {i - 1: answer for i, answer in answers.items()}

@@ -3,7 +3,7 @@
 A probe goes from an endpoint of the lab (a host's shell, or a container) to another
 endpoint or an address: ICMP echo (`ping`), a TCP connect, or a UDP datagram that
 expects one back. Probes of one run go to each source host as one shell script that runs
-them all at once (`provision.commands.batch_script`), so 30 probes cost 3 SSH round
+them all at once (`remote.batch.Batch`), so 30 probes cost 3 SSH round
 trips, not 30.
 
 - ICMP and TCP run where the source is: its host's shell, or `docker exec` in the

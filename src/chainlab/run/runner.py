@@ -31,7 +31,7 @@ from chainlab.files import PRIVATE_FILE, private_dir, read_regular_file, write_a
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
-from chainlab.provision.commands import batch_script, parse_batch
+from chainlab.remote.batch import Batch
 from chainlab.remote import connect, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
@@ -369,8 +369,9 @@ def _batches(hosts: _Hosts, commands: dict[str, list[str]], what: Callable[[str]
     """Per host, its shell commands run at once (one round trip): (exit status, output) each."""
     def work(host: str, conn: fabric.Connection) -> list[tuple[int, str]]:
         mine = commands[host]
-        out = run(conn, ["sh", "-c", batch_script(mine, stderr=True)], check=False).stdout
-        parsed = parse_batch(out, len(mine))
+        batch = Batch.of(mine, stderr=True, concurrent=True)
+        out = run(conn, ["sh", "-c", batch.script()], check=False).stdout
+        parsed = batch.parse(out)
         return [parsed.get(i, (255, "chainlab: no result from the host")) for i in range(len(mine))]
 
     return hosts.each(what, work, only={h for h, c in commands.items() if c}, seconds=seconds)
