@@ -32,7 +32,8 @@ from chainlab.calico.datastore import ROOT, parse_tree, read_tree
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS, client as etcd_client
 from chainlab.calico.host import DOCKER_SOCK, IpLinks, docker_network_name
 from chainlab.calico.plugin import Plugin
-from chainlab.calico.plugin_server import PLUGIN_DIR, remove_sockets
+from chainlab.calico.plugin_server import remove_sockets
+from chainlab.calico.sockets import PLUGIN_DIR
 from chainlab.calico.plugin_server import serve as serve_plugin
 from chainlab.calico.rules import Dataplane, dataplane
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import etcd
 
 from chainlab.calico import validate as V
+
+if TYPE_CHECKING:
+    import etcd
 
 ROOT = "/calico"
 ORCHESTRATOR = "libnetwork"
@@ -231,6 +233,8 @@ def endpoints_of_profile(items: dict[str, str], profile: str) -> list[tuple[str,
 
 def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], int]:
     """Every leaf under `root` and the etcd index the read reflects ({} if absent)."""
+    import etcd
+
     try:
         result = client.read(root, recursive=True)
     except etcd.EtcdKeyNotFound as exc:
@@ -241,6 +245,8 @@ def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], in
 
 def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
     """Create `key` unless it exists; True if created."""
+    import etcd
+
     try:
         client.write(key, value, prevExist=False)
         return True
@@ -249,6 +255,8 @@ def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
 
 
 def delete_tree(client: etcd.Client, key: str) -> bool:
+    import etcd
+
     try:
         client.delete(key, recursive=True, dir=True)
         return True

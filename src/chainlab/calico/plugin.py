@@ -35,9 +35,8 @@ import etcd
 from chainlab.calico import datastore as D
 from chainlab.calico import ipam
 from chainlab.calico import validate as V
+from chainlab.calico.sockets import IPAM_DRIVER, NETWORK_DRIVER
 
-NETWORK_DRIVER = "NetworkDriver"
-IPAM_DRIVER = "IpamDriver"
 SCOPE = "global"
 POOL_ID_V4 = "CalicoPoolIPv4"
 LOCAL_ADDRESS_SPACE = "CalicoLocalAddressSpace"

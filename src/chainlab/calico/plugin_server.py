@@ -18,10 +18,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from chainlab.calico.plugin import IPAM_DRIVER, NETWORK_DRIVER, Plugin, PluginError
+from chainlab.calico.plugin import Plugin, PluginError
+from chainlab.calico.sockets import PLUGIN_DIR, SOCKETS, socket_paths
 
-PLUGIN_DIR = "/run/docker/plugins"
-SOCKETS = {"calico": NETWORK_DRIVER, "calico-ipam": IPAM_DRIVER}
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 1 << 20
 log = logging.getLogger("libnetwork-plugin")
@@ -82,10 +81,6 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, routes: Routes):
         self.routes = routes
         super().__init__(path, _Handler)
-
-
-def socket_paths(directory: str = PLUGIN_DIR) -> list[Path]:
-    return [Path(directory) / f"{name}.sock" for name in SOCKETS]
 
 
 def serve(plugin: Plugin, directory: str = PLUGIN_DIR) -> list[_Server]:

@@ -22,7 +22,7 @@ from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
 from chainlab.provision.dockerview import DockerView, inspect_argv
 from chainlab.provision.facts import Facts
-from chainlab.remote import docker_over, etcd_client, run
+from chainlab.remote.ssh import run
 from chainlab.shell import command_line
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class RunContext:
 
     def etcd(self) -> Any:
         """The run's one etcd client (route-checked and probed once, for every host)."""
+        from chainlab.remote.etcdclient import etcd_client
+
         with self._lock:
             if self._etcd is None:
                 self._etcd = etcd_client(self.inv)
@@ -132,6 +134,8 @@ class HostContext:
         if self._docker is None:
             if self.conn is None:
                 raise ChainlabError("no docker client offline")
+            from chainlab.remote.dockerclient import docker_over
+
             self._docker = docker_over(self.conn, self.facts.docker_api or None)
         return self._docker
 

@@ -14,6 +14,7 @@ run is failed. Lab-level steps show in the recap as the pseudo-host `(lab)`. Off
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import time
@@ -146,6 +147,9 @@ class Runner:
         """Hosts in parallel; every remote operation within a deadline, so that a frozen host
         is that host's failure and SIGTERM/SIGINT end the run at once (the lock is released
         on the way out; threads still blocked on a frozen host are daemons, left behind)."""
+        if self.inv.etcd is not None:  # imported while the hosts connect, not before
+            threading.Thread(target=importlib.import_module, args=("chainlab.remote.etcdclient",),
+                             daemon=True).start()
         total = 1 + sum(len(p.steps) for p in self.phases if not p.lab)
         progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import etcd
 
 from chainlab.calico import datastore as D
 from chainlab.calico.etcdconn import EtcdEndpoint
-from chainlab.calico.plugin_server import socket_paths
+from chainlab.calico.sockets import socket_paths
 from chainlab.networks.calico import dockerd
 from chainlab.networks.calico.modes import Mode
 from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Command, Outcome
 from chainlab.provision.context import HostContext
+
+if TYPE_CHECKING:
+    import etcd
 
 MODULE = "chainlab.calico.agent"
 PIDFILE = f"{C.RUN_DIR}/calico.pid"
@@ -97,6 +99,8 @@ class Emulate(Mode):
         return [running_argv()]
 
     def _registered(self, ctx: HostContext) -> str | None:
+        import etcd
+
         if ctx.offline:
             return None
         try:

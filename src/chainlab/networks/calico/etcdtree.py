@@ -8,15 +8,21 @@ Keys that were there before lab up stay, whoever changed them since.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ipaddress import IPv4Network
 
-import etcd
 
 from chainlab.calico import datastore as D
+
+if TYPE_CHECKING:
+    import etcd
 
 
 def tree(client: etcd.Client) -> tuple[set[str], set[str]]:
     """(leaf keys, directories) under /calico; empty sets if there is none."""
+    import etcd
+
     try:
         result = client.read(D.ROOT, recursive=True)
     except etcd.EtcdKeyNotFound:
@@ -43,6 +49,8 @@ def added_since(baseline: set[str], leaves: set[str], dirs: set[str]) -> tuple[l
 
 def restore(client: etcd.Client, baseline: set[str]) -> int:
     """Delete what lab up added; the number of keys deleted."""
+    import etcd
+
     leaves, dirs = tree(client)
     doomed, empty_dirs = added_since(baseline, leaves, dirs)
     for key in doomed:
@@ -59,6 +67,8 @@ def restore(client: etcd.Client, baseline: set[str]) -> int:
 
 
 def pool_present(client: etcd.Client, pool: IPv4Network) -> bool:
+    import etcd
+
     try:
         client.read(D.pool_key(pool))
         return True

@@ -8,9 +8,8 @@ network is global), and the node registered in etcd (calico/node writes its addr
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import etcd
 
 from chainlab.calico import datastore as D
 from chainlab.errors import ChainlabError
@@ -19,9 +18,14 @@ from chainlab.networks.calico.modes import Mode
 from chainlab.provision.actions import Action, Outcome
 from chainlab.provision.context import HostContext
 
+if TYPE_CHECKING:
+    import etcd
+
 
 def node_problems(ctx: HostContext) -> list[str]:
     """What keeps `ctx.host` from being a usable Calico node for Docker (read-only)."""
+    import etcd
+
     problems = []
     missing = missing_drivers(ctx.read(drivers_argv()) or "")
     if missing:
