@@ -12,13 +12,13 @@ SEED := tests/fixtures/seed-logs
 APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
 	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium gcc libc6-dev \
 	qemu-system-x86 qemu-utils mmdebstrap \
-	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev)
+	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev python3-venv)
 
 .PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
 	lab-up lab-down nightly scenario-all local-up local-down
 
 help:
-	@echo "make demo        set up everything and draw the reference scenarios' paths"
+	@echo "make demo        set up everything, bring up the local lab and run its scenarios (report: runs/nightly-*/index.html)"
 	@echo "make test        set up everything and run all tests (unit + integration)"
 	@echo "make bench       performance figures (analyzer vs awk, memory)"
 	@echo "make vm-up nightly INVENTORY=lab/vm.yaml   the lab as qemu VMs, every scenario (make lab-down vm-down ... after)"

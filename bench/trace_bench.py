@@ -678,7 +678,7 @@ def report(figures: dict[str, Any]) -> None:
         + ("(reused)" if log["reused"] else f"(generated in {log['seconds']:.1f} s)")
     )
     table = Table(show_header=True, header_style="bold")
-    for col in ("", "wall s", "cpu s", "lines/s", "MB/s", "peak RSS MB", "vs awk"):
+    for col in ("", "wall s", "cpu s", "lines/s", "MiB/s", "peak RSS MB", "vs awk"):
         table.add_column(col, justify="right" if col else "left")
     for fmt, an in figures["analyzer"].items():
         table.add_row(f"chainlab analyze --format {fmt} ({an['engine']} engine)", f"{an['seconds']:.2f}",
@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = generate(args.workdir / f"trace-{args.size_mb}mb.log", args.size_mb * MIB, args.seed)
     if args.generate_only:
-        print(f"{log.path}: {log.bytes / MIB:.0f} MB, {log.lines:,} lines, "
+        print(f"{log.path}: {log.bytes / MIB:.0f} MiB, {log.lines:,} lines, "
               + ("reused" if log.reused else f"generated in {log.seconds:.1f} s"))
         return 0
     path = Path(log.path)
