@@ -14,13 +14,14 @@ APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ul
 	qemu-system-x86 qemu-utils mmdebstrap \
 	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev python3-venv)
 
-.PHONY: help deps system-deps local-deps venv test test-unit bench demo analyze-demo \
+.PHONY: help deps system-deps local-deps venv test test-unit sanitize bench demo analyze-demo \
 	lab-up lab-down nightly scenario-all local-up local-down
 
 help:
 	@echo "make demo        set up everything, bring up the local lab and run its scenarios (report: runs/nightly-*/index.html)"
 	@echo "make test        set up everything and run all tests (unit + integration)"
 	@echo "make bench       performance figures (analyzer vs awk, memory)"
+	@echo "make sanitize    the C engine's tests under ASan+UBSan and ThreadSanitizer"
 	@echo "make vm-up nightly INVENTORY=lab/vm.yaml   the lab as qemu VMs, every scenario (make lab-down vm-down ... after)"
 
 $(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c
@@ -47,6 +48,10 @@ test: deps
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
+
+# The C engine's tests under ASan + UBSan, then ThreadSanitizer (not in `make test`: slower).
+sanitize: venv
+	bash tests/sanitize.sh
 
 # pyinfra and ansible-core for the lab up comparison, in their own venv (other paramiko pins).
 .venv-bench/.installed:

@@ -3965,13 +3965,19 @@ static int feed_from_parallel(Engine *e, int fd, size_t size) {
     return 1;
 }
 
-/* Assemble the chunk the parser holds, if any, and let it go. */
-static void parser_drain(Engine *e) {
-    Parser *ps = e->parser;
-    if (ps && ps->fd >= 0) { /* feed_from stopped before the end: what was read ahead goes */
+/* feed_from stopped before the end of its file: the parser finishes the read ahead it is
+ * doing and forgets the descriptor (what it read goes). */
+static void parser_stop_reading(Parser *ps) {
+    if (ps && ps->fd >= 0) {
         parser_wait(ps);
         ps->fd = -1;
     }
+}
+
+/* Assemble the chunk the parser holds, if any, and let it go. */
+static void parser_drain(Engine *e) {
+    Parser *ps = e->parser;
+    parser_stop_reading(ps);
     if (!ps || !ps->pending)
         return;
     parser_wait(ps);
@@ -4309,6 +4315,17 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
     return hand_over(e);
 }
 
+PyDoc_STRVAR(stop_reading_doc, "stop_reading(): the parser thread is done with feed_from's descriptor when this returns\n"
+                                "(call it before closing the file when feed_from did not reach its end, e.g. the output\n"
+                                "broke: the thread may still be reading ahead from it).");
+
+static PyObject *Engine_stop_reading(Engine *e, PyObject *unused) {
+#ifdef PARSER_THREAD
+    parser_stop_reading(e->parser);
+#endif
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(end_doc, "end() -> JSON written: the file ends (its last line, if it has no '\\n', is read now).");
 
 static PyObject *Engine_end(Engine *e, PyObject *unused) {
@@ -4446,6 +4463,7 @@ static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
     {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
     {"feed_from", (PyCFunction)Engine_feed_from, METH_VARARGS, feed_from_doc},
+    {"stop_reading", (PyCFunction)Engine_stop_reading, METH_NOARGS, stop_reading_doc},
     {"end", (PyCFunction)Engine_end, METH_NOARGS, end_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
     {"take_items", (PyCFunction)Engine_take_items, METH_NOARGS, take_items_doc},

@@ -200,8 +200,11 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
                 take(engine.feed(chunk))
         else:  # read by the engine (a kernel log: in its parser thread)
             with read_errors(source.path), open(source.path, "rb") as handle:
-                while (written := engine.feed_from(handle.fileno(), reader.CHUNK)) is not None:
-                    take(written)
+                try:
+                    while (written := engine.feed_from(handle.fileno(), reader.CHUNK)) is not None:
+                        take(written)
+                finally:  # on an error (the output broke...) the parser thread may still read ahead
+                    engine.stop_reading()
         take(engine.end())
     take(engine.flush())
     counts = engine.stats()
