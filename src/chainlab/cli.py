@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from chainlab.errors import ChainlabError
+from chainlab.errors import ChainlabError, NoLabState
 
 
 class Context:
@@ -21,6 +21,13 @@ class Context:
 
     def __init__(self, inventory_option: str | None):
         self.inventory_option = inventory_option
+
+    @property
+    def inventory_defaulted(self) -> bool:
+        """Neither -i nor $CHAINLAB_INVENTORY: the inventory is ./inventory.yaml."""
+        from chainlab.inventory import INVENTORY_ENV
+
+        return not (self.inventory_option or os.environ.get(INVENTORY_ENV))
 
     @property
     def inventory_path(self) -> Path:
@@ -130,6 +137,12 @@ def main() -> None:
     sys.exit(code)
 
 
+def _inventory_defaulted() -> bool:
+    """Whether this command line's inventory came from neither -i nor $CHAINLAB_INVENTORY."""
+    with group.make_context("chainlab", sys.argv[1:], resilient_parsing=True) as ctx:
+        return Context(ctx.params.get("inventory_option")).inventory_defaulted
+
+
 def _run() -> int | str | None:
     """Run the command line; the exit status (as for sys.exit) it ends with."""
     err = Console(stderr=True, highlight=False)
@@ -150,5 +163,8 @@ def _run() -> int | str | None:
         return 130
     except ChainlabError as exc:
         err.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
+        if isinstance(exc, NoLabState) and _inventory_defaulted():
+            err.print("(no -i given: the inventory is ./inventory.yaml; for the local lab use "
+                      "-i lab/local.yaml or CHAINLAB_INVENTORY=lab/local.yaml)", soft_wrap=True)
         return exc.exit_code
     return code if isinstance(code, int) else 0

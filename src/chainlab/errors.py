@@ -26,6 +26,10 @@ class ChainlabError(Exception):
     exit_code = 1
 
 
+class NoLabState(ChainlabError):
+    """The inventory's lab was never provisioned (or was taken down): no lab state to run on."""
+
+
 @dataclass
 class InputError(ChainlabError):
     """Invalid user input (inventory, scenario, arguments); exit code 2."""

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from chainlab.errors import ChainlabError
+from chainlab.errors import ChainlabError, NoLabState
 from chainlab.files import PRIVATE_FILE, private_dir, write_atomic
 from chainlab.inventory import Inventory
 from chainlab.names import ContainerName, HostName, NetworkName
@@ -67,7 +67,8 @@ def load_state(inv: Inventory) -> LabState:
     try:
         return LabState.model_validate(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise ChainlabError(f"no lab state at {path}: run `make lab-up` (chainlab lab up) first") from None
+        raise NoLabState(f"no lab state at {path}: lab {inv.lab} is not provisioned; run `chainlab lab up` "
+                         f"with this inventory (`make lab-up` for the local lab) first") from None
     except (ValueError, ValidationError) as exc:
         raise ChainlabError(f"lab state {path} is unreadable ({exc.__class__.__name__}); re-run lab up") from None
 

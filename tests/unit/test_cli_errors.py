@@ -134,3 +134,19 @@ def test_click_exception_keeps_its_exit_code(monkeypatch: pytest.MonkeyPatch) ->
 def test_usage_error_exits_2() -> None:
     result = run("analyze", "--bogus")
     assert result.returncode == 2 and "No such option" in result.stderr
+
+
+def test_a_lab_that_is_not_provisioned_names_the_default_inventory(tmp_path: Path):
+    """No -i and no $CHAINLAB_INVENTORY: the error says which inventory that was and how to
+    reach the local lab (a newcomer after `make demo` types the README's `chainlab probe`)."""
+    (tmp_path / "inventory.yaml").write_text((ROOT / "inventory.yaml").read_text())
+    env = _env(XDG_STATE_HOME=str(tmp_path / "state"))
+    defaulted = subprocess.run([str(CHAINLAB), "probe", "slave1", "web1"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert defaulted.returncode == 1 and "Traceback" not in defaulted.stderr
+    assert "lab reference is not provisioned" in defaulted.stderr
+    assert "no -i given" in defaulted.stderr and "-i lab/local.yaml" in defaulted.stderr
+    explicit = subprocess.run([str(CHAINLAB), "-i", "inventory.yaml", "probe", "slave1", "web1"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert explicit.returncode == 1 and "lab reference is not provisioned" in explicit.stderr
+    assert "no -i given" not in explicit.stderr

@@ -62,7 +62,7 @@ def test_a_lab_that_is_not_provisioned_fails_cleanly(pytester: pytest.Pytester):
         shutil.copy(SCENARIOS / name, pytester.path / name)
     result = pytester.runpytest("--chainlab-inventory", str(inventory), "-rs")
     result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*chainlab: no lab state at *lab-state.json: run `make lab-up`*",
+    result.stdout.fnmatch_lines(["*chainlab: no lab state at *lab-state.json: lab local is not provisioned; run `chainlab lab up`*",
                                  "*scenario 7 needs a bridge lab; lab local is calico*"])
     assert "Traceback" not in result.stdout.str()
 
