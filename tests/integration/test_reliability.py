@@ -243,24 +243,6 @@ def test_a_stopped_target_container_is_an_error_not_a_fail(lab, runs):
     assert cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[callable]:
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        mnt = tmp_path / f"tmpfs{len(mounted)}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], check=True)
-        mounted.append(mnt)
-        return mnt
-
-    try:
-        yield mount
-    finally:
-        for mnt in mounted:
-            subprocess.run(["umount", str(mnt)], check=True)
-
-
 @pytest.mark.parametrize(("options", "said"), [
     ("size=1m", r"has 1\.0 MB free; a run needs at least 32 MB"),
     ("size=64m,ro", r"cannot take a run's evidence: Read-only file system"),

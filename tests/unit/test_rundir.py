@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -63,42 +60,22 @@ def test_runs_root_is_made_when_missing(tmp_path):
     assert (tmp_path / "a" / "runs").is_dir() and not any((tmp_path / "a" / "runs").iterdir())
 
 
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[callable]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def do(options: str) -> Path:
-        mnt = tmp_path / f"mnt{len(mounted)}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], check=True)
-        mounted.append(mnt)
-        return mnt
-
-    try:
-        yield do
-    finally:
-        for mnt in mounted:
-            subprocess.run(["umount", str(mnt)], check=True)
-
-
-def test_a_1_mb_runs_dir_is_one_clear_error(mount):
-    small = mount("size=1m")
+def test_a_1_mb_runs_dir_is_one_clear_error(tmpfs):
+    small = tmpfs("size=1m")
     with pytest.raises(ChainlabError, match=r"runs directory .* has 1.0 MB free; a run needs at least 32 MB"):
         check_runs_root(small)
     assert list(small.iterdir()) == []
 
 
-def test_a_read_only_runs_dir_is_one_clear_error(mount):
-    ro = mount("size=64m,ro")
+def test_a_read_only_runs_dir_is_one_clear_error(tmpfs):
+    ro = tmpfs("size=64m,ro")
     with pytest.raises(ChainlabError, match=r"cannot take a run's evidence: Read-only file system \(choose a writable"):
         check_runs_root(ro)
     with pytest.raises(ChainlabError, match=r"cannot create the runs directory .*: Read-only file system"):
         check_runs_root(ro / "runs")
 
 
-def test_a_runs_dir_without_inodes_is_refused(mount):
-    few = mount("size=64m,nr_inodes=100")
+def test_a_runs_dir_without_inodes_is_refused(tmpfs):
+    few = tmpfs("size=64m,nr_inodes=100")
     with pytest.raises(ChainlabError, match="free inodes"):
         check_runs_root(few)
