@@ -23,13 +23,6 @@ class Context:
         self.inventory_option = inventory_option
 
     @property
-    def inventory_defaulted(self) -> bool:
-        """Neither -i nor $CHAINLAB_INVENTORY: the inventory is ./inventory.yaml."""
-        from chainlab.inventory import INVENTORY_ENV
-
-        return not (self.inventory_option or os.environ.get(INVENTORY_ENV))
-
-    @property
     def inventory_path(self) -> Path:
         # chainlab.inventory imports pydantic (0.1 s): only for commands that read an inventory.
         from chainlab.inventory import resolve_inventory_path
@@ -138,9 +131,12 @@ def main() -> None:
 
 
 def _inventory_defaulted() -> bool:
-    """Whether this command line's inventory came from neither -i nor $CHAINLAB_INVENTORY."""
+    """Whether this command line's inventory came from neither -i nor $CHAINLAB_INVENTORY
+    (then it is ./inventory.yaml)."""
+    from chainlab.inventory import INVENTORY_ENV
+
     with group.make_context("chainlab", sys.argv[1:], resilient_parsing=True) as ctx:
-        return Context(ctx.params.get("inventory_option")).inventory_defaulted
+        return not (ctx.params.get("inventory_option") or os.environ.get(INVENTORY_ENV))
 
 
 def _run() -> int | str | None:
