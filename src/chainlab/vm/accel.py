@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
+from chainlab.files import write_atomic
 from chainlab.vm.plan import Accel
 
 KVM_DEVICE = Path("/dev/kvm")
@@ -87,9 +88,7 @@ def choose_accel(wanted: str, kernel: Path) -> AccelChoice:
         else:
             works, why = _probe(kernel)
             CACHE.parent.mkdir(parents=True, exist_ok=True)
-            tmp = CACHE.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "works": works, "why": why}))
-            os.replace(tmp, CACHE)
+            write_atomic(CACHE, json.dumps({"key": key, "works": works, "why": why}))
     if works:
         return AccelChoice("kvm", why)
     if wanted == "kvm":
