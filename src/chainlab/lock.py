@@ -108,10 +108,6 @@ def _lab_what(lab: str) -> str:
     return f"a lab up/down, scenario run or nightly on lab {lab}"
 
 
-def _local_lab_lock_path(lab: str) -> Path:
-    return LOCK_DIR / f"lab-{lab}.lock"
-
-
 def lab_lock_path(inv: Inventory) -> Path:
     """Where the provider keeps the lab's lock (see `Provider.lab_lock_path`)."""
     from chainlab.providers import provider_for
@@ -127,7 +123,7 @@ def ssh_lab_lock_path(inv: Inventory) -> Path:
 def local_lab_lock_path(lab: str) -> Path:
     """Labs chainlab builds on this machine: /run/chainlab/lab-<lab>.lock (root's, outside the
     state dir that their `down` removes)."""
-    return _local_lab_lock_path(lab)
+    return LOCK_DIR / f"lab-{lab}.lock"
 
 
 @contextmanager
@@ -152,4 +148,4 @@ def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
 
 def local_lab_lock(lab: str) -> AbstractContextManager[None]:
     """`lab_lock` of the local lab named `lab` (for `local down`, which has no inventory)."""
-    return exclusive(_local_lab_lock_path(lab), _lab_what(lab))
+    return exclusive(local_lab_lock_path(lab), _lab_what(lab))

@@ -67,6 +67,11 @@ class QemuProvider(Provider):
         assert self.inv.qemu is not None
         return Path(self.inv.qemu.state_dir)  # `vm down` removes it with the VMs
 
+    def lab_lock_path(self) -> Path:
+        from chainlab.lock import local_lab_lock_path
+
+        return local_lab_lock_path(self.inv.lab)  # not in the state dir `vm down` removes
+
     def ready(self) -> None:
         if not self._plan().state_file.exists():
             raise ChainlabError(f"the VM lab {self.inv.lab} is not up: run `chainlab -i ... vm up` first")
