@@ -19,7 +19,6 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.remote.ssh import no_delay
 from chainlab.remote.target import resolve_target
 
 if TYPE_CHECKING:
@@ -55,11 +54,7 @@ def _client(base_url: str, home: Path | None, timeout: int) -> "docker.DockerCli
     import docker
 
     with _home(home):
-        client = docker.DockerClient(base_url=base_url, use_ssh_client=False, timeout=timeout)
-    ssh_client = getattr(getattr(client.api, "_custom_adapter", None), "ssh_client", None)
-    if ssh_client is not None:
-        no_delay(ssh_client.get_transport())
-    return client
+        return docker.DockerClient(base_url=base_url, use_ssh_client=False, timeout=timeout)
 
 
 def docker_client(inv: Inventory, host: str, timeout: int = 120) -> "docker.DockerClient":

@@ -45,9 +45,10 @@ def connection(target: Target) -> fabric.Connection:
        retry=retry_if_exception_type((OSError, EOFError)), reraise=True)
 def _open(conn: fabric.Connection) -> None:
     """Connect on a socket of our own with TCP_NODELAY set before the SSH handshake: its
-    back-to-back small packets would otherwise wait for delayed ACKs (~40 ms each)."""
+    back-to-back small packets, and every short command after it, would otherwise wait for
+    delayed ACKs (~40 ms each)."""
     sock = socket.create_connection((conn.host, conn.port), timeout=conn.connect_timeout)
-    _set_no_delay(sock)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.connect_kwargs["sock"] = sock
     try:
         conn.open()
@@ -56,18 +57,6 @@ def _open(conn: fabric.Connection) -> None:
         raise
     finally:
         del conn.connect_kwargs["sock"]
-
-
-def _set_no_delay(sock: socket.socket) -> None:
-    """TCP_NODELAY: without it every short command waits ~40 ms for the delayed ACK (Nagle)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def no_delay(transport: paramiko.Transport | None) -> None:
-    """_set_no_delay on a connection opened by someone else (the docker SDK's own SSH)."""
-    sock = getattr(transport, "sock", None)
-    if isinstance(sock, socket.socket):
-        _set_no_delay(sock)
 
 
 def connect(inv: Inventory, host: str) -> fabric.Connection:
