@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chainlab.render.text import VERDICT_STYLE
-from chainlab.run.matrix import Matrix, deciding_rules
+from chainlab.render.text import VERDICT_STYLE, print_flow
+from chainlab.run.matrix import Matrix, deciding_rules, rule_number
 from chainlab.run.outcome import ProbeResult, hop_order
 
 
@@ -38,10 +38,7 @@ def print_probe(console: Console, result: ProbeResult) -> None:
     else:
         console.print("[yellow]no packet of this probe in any node's trace[/]")
     for flow in result.flows:
-        hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
-        console.print(f"  flow: {flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
-        for note in flow.nat:
-            console.print(f"    [magenta]{escape(note)}[/magenta]")
+        print_flow(console, flow, "flow: ")
     if result.run_dir is not None:
         console.print(f"[dim]probe exit code {result.exit_code}; evidence in {result.run_dir}/report.html[/dim]")
 
@@ -61,7 +58,7 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
                 row.append("[dim]-[/dim]")
                 continue
             text = "[green]✓[/green]" if cell.reachable else "[red]✗[/red] " + escape(cell.short)
-            note = next((e["n"] for e in rules if e["drop"] == cell.drop), None) if not cell.reachable else None
+            note = rule_number(rules, cell)
             if note is not None:
                 text += f" [{note}]"
             if cell.ok is not None:

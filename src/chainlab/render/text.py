@@ -117,16 +117,21 @@ class TextReport:
         if flows:
             console.print(Text("flows across nodes", style="bold"))
             for flow in flows[:FLOW_LIMIT]:
-                hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
-                console.print(f"  {flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
-                for note in flow.nat:
-                    console.print(f"    [magenta]{escape(note)}[/magenta]")
+                print_flow(console, flow)
             if len(flows) > FLOW_LIMIT:
                 console.print(f"  ({len(flows) - FLOW_LIMIT} more flows: --format json has them all)")
             console.print()
         console.print(f"[dim]{counts_line(stats, self.repaired, total)}[/dim]")
         if checks is not None:
             print_checks(console, checks)
+
+
+def print_flow(console: Console, flow: Flow, prefix: str = "") -> None:
+    """One cross-node flow: its hops on a line, then its NAT notes."""
+    hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
+    console.print(f"  {prefix}{flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
+    for note in flow.nat:
+        console.print(f"    [magenta]{escape(note)}[/magenta]")
 
 
 def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:

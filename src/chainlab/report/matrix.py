@@ -8,7 +8,7 @@ from typing import Any
 
 from chainlab.files import write_atomic
 from chainlab.report.html import environment
-from chainlab.run.matrix import Matrix, deciding_rules
+from chainlab.run.matrix import Matrix, deciding_rules, rule_number
 
 
 def matrix_context(matrix: Matrix) -> dict[str, Any]:
@@ -18,9 +18,7 @@ def matrix_context(matrix: Matrix) -> dict[str, Any]:
         cells = []
         for target in matrix.targets:
             cell = matrix.cell(source, target)
-            note = None
-            if cell is not None and cell.drop is not None and not cell.reachable:
-                note = next(e["n"] for e in rules if e["drop"] == cell.drop)
+            note = rule_number(rules, cell) if cell is not None else None
             cells.append({"target": target, "cell": cell, "note": note})
         rows.append({"source": source, "cells": cells})
     reachable = sum(c.reachable for c in matrix.cells)

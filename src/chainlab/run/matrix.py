@@ -124,6 +124,14 @@ def deciding_rules(matrix: Matrix) -> list[dict[str, Any]]:
     return out
 
 
+def rule_number(rules: list[dict[str, Any]], cell: Cell) -> int | None:
+    """The number `deciding_rules` gave the drop of an unreachable cell (None: reachable, or
+    lost without a rule)."""
+    if cell.reachable or cell.drop is None:
+        return None
+    return next((e["n"] for e in rules if e["drop"] == cell.drop), None)
+
+
 def cell_of(result: ProbeResult, report: str | None = None) -> Cell:
     drop = result.drop
     return Cell(

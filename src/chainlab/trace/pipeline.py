@@ -52,15 +52,13 @@ class Analyzer:
                     slots = self._slots_seen[event.node] = set()
                     self.nodes.append(event.node)
                 step = event.step
+                done = self._assembler.feed(event)  # sets step.hook
                 if event.trace_id is None:
                     # A legacy table hooks into all its chains once loaded.
                     slots |= table_slots(step.table)
-                    done = self._assembler.feed(event)
-                else:
+                elif step.hook is not None:
                     # nft creates a base chain only where one is declared: the slots seen.
-                    done = self._assembler.feed(event)
-                    if step.hook is not None:
-                        slots.add((step.hook, step.table))
+                    slots.add((step.hook, step.table))
                 for packet in done:
                     if self._finish(packet):
                         yield packet
