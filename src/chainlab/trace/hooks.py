@@ -20,10 +20,9 @@ import re
 from collections.abc import Callable
 
 from chainlab.trace.model import Event
-from chainlab.trace.netfilter import HOOK_RANK, HOOKS
+from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOK_RANK, HOOKS
 from chainlab.trace.rules import RuleSet
 
-_LOWER = {hook.lower(): hook for hook in HOOKS}
 _NAMED = re.compile(
     r"(?:[A-Za-z0-9]+_)?(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING|prerouting|input|forward|output|postrouting)"
     r"|[a-z0-9]+-(prerouting|input|forward|output|postrouting)",
@@ -41,7 +40,7 @@ def hook_by_name(chain: str) -> str | None:
     match = _NAMED.fullmatch(chain)
     if match is None:
         return None
-    return _LOWER[(match.group(1) or match.group(2)).lower()]
+    return HOOK_BY_NFT_NAME[(match.group(1) or match.group(2)).lower()]
 
 
 def inferred_hook(base: tuple[bool, bool], current: str | None) -> str | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from chainlab.errors import InputError, Problem
-from chainlab.trace.ascii import lower
+from chainlab.trace.ascii import is_digits, lower
 from chainlab.trace.model import Packet
 
 KEYS = ("src", "dst", "proto", "port", "ip-id", "node", "verdict", "chain")
@@ -127,7 +127,7 @@ def _value(key: str, value: str) -> object:
         except ValueError:
             raise ValueError("not an address or CIDR") from None
     if key in ("port", "ip-id"):
-        if not (value.isascii() and value.isdigit()) or int(value) > 65535:
+        if not is_digits(value) or int(value) > 65535:
             raise ValueError("expected a number from 0 to 65535")
         return int(value)
     if key == "verdict":

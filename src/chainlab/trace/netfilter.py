@@ -7,6 +7,8 @@ tables run in this order; nat runs only for the first packet of a connection.
 from __future__ import annotations
 
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+#: A hook by its nft name (`prerouting` → PREROUTING).
+HOOK_BY_NFT_NAME = {hook.lower(): hook for hook in HOOKS}
 TABLES = ("raw", "mangle", "nat", "filter", "security")
 
 HOOK_TABLES: dict[str, tuple[str, ...]] = {

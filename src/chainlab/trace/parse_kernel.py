@@ -57,6 +57,11 @@ class KernelRecord:
     host: str | None
 
 
+def protocol_name(name: str) -> str | None:
+    """An upper-cased PROTO value as a protocol: a known name or a number of 1-3 digits."""
+    return name if name in PROTOCOLS or (is_digits(name) and len(name) <= 3) else None
+
+
 def _int(value: str, limit: int) -> int | None:
     """A decimal number of 1-10 ASCII digits up to `limit`, else None."""
     if len(value) <= 10 and is_digits(value):
@@ -123,7 +128,7 @@ def parse_fields(tail: str) -> Fields:
             v6 = True
         elif key == "PROTO":
             name = upper(value)
-            proto = name if name in PROTOCOLS or (is_digits(name) and len(name) <= 3) else None
+            proto = protocol_name(name)
             damaged |= proto is None
             proto_token = True
             seen_l4 = True

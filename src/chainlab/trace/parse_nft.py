@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from chainlab.trace.model import Fields, Step
 from chainlab.trace import ascii
-from chainlab.trace.parse_kernel import IPV4, IPV6, PROTOCOLS, TCP_FLAGS, _int
+from chainlab.trace.parse_kernel import IPV4, IPV6, TCP_FLAGS, _int, protocol_name
 
 XT_PACKET = re.compile(r"^\s*PACKET: (\d+) ([0-9a-f]+) (.*)$", re.ASCII)
 XT_TRACE = re.compile(
@@ -93,7 +93,7 @@ def xt_packet_fields(text: str) -> Fields:
             setattr(f, key[0].lower() + "port", _int(value, 65535))
         elif key == "PROTO":
             name = ascii.upper(value)
-            f.proto = name if name in PROTOCOLS or (ascii.is_digits(name) and len(name) <= 3) else None
+            f.proto = protocol_name(name)
     if f.sport is not None or f.dport is not None:
         f.proto = f.proto or ("TCP" if flags else "UDP")
     if flags:

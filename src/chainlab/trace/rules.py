@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chainlab.errors import InputError, Problem
 from chainlab.trace.model import Step
-from chainlab.trace.netfilter import HOOKS, Slot
+from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOKS, Slot
 
 COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 NFT_TABLE = re.compile(r"^table\s+(\S+)\s+(\S+)\s*\{", re.ASCII | re.MULTILINE)
@@ -27,7 +27,6 @@ NFT_POLICY = re.compile(r"\bpolicy\s+(\w+)\s*;", re.ASCII)
 NFT_HANDLE = re.compile(r"\s*#\s*handle\s+(\d{1,10})\s*$", re.ASCII)
 #: nft hooks of the families whose packets walk the IP hooks.
 NFT_IP_FAMILIES = ("ip", "ip6", "inet")
-_NFT_HOOKS = {hook.lower(): hook for hook in HOOKS}
 
 
 @dataclass
@@ -140,7 +139,7 @@ def parse_nft_ruleset(text: str) -> RuleSet:
         elif opens > closes:
             pending = line
         elif typed := NFT_TYPE.search(line):
-            chain.hook = _NFT_HOOKS.get(typed.group(1).lower()) if table and table[0] in NFT_IP_FAMILIES else None
+            chain.hook = HOOK_BY_NFT_NAME.get(typed.group(1).lower()) if table and table[0] in NFT_IP_FAMILIES else None
             policy = NFT_POLICY.search(line)
             chain.policy = policy.group(1) if policy else chain.policy
         elif policy := NFT_POLICY.fullmatch(line):
