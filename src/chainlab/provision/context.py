@@ -89,8 +89,13 @@ class HostContext:
         for index, answer in answers.items():
             self._cache[command_line(probes[index])] = answer
 
+    def preloaded(self, argv: Sequence[str]) -> tuple[int, str] | None:
+        """The answer run ahead for `argv` (exit status, stdout), used up; None if there is none
+        (nothing is run)."""
+        return self._cache.pop(command_line(argv), None)
+
     def _answer(self, argv: Sequence[str]) -> tuple[int, str]:
-        cached = self._cache.pop(command_line(argv), None)
+        cached = self.preloaded(argv)
         if cached is not None:
             return cached
         assert self.conn is not None

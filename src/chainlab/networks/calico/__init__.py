@@ -162,7 +162,10 @@ class CalicoNetwork(Network):
                     f"[ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.1; done")
 
     def wait_ready(self, ctx: HostContext, state: ContainerState) -> None:
-        if ctx.probe(self._programmed_argv(state)) or ctx.probe(self._programmed_argv(state, PROGRAMMED_TIMEOUT)):
+        # The check run ahead with the facts if the container is unchanged; otherwise the
+        # waiting check at once (it tests before it sleeps: no round trip of its own first).
+        ready = ctx.preloaded(self._programmed_argv(state))
+        if (ready is not None and ready[0] == 0) or ctx.probe(self._programmed_argv(state, PROGRAMMED_TIMEOUT)):
             return
         raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {state.interface}"
                             f" after {PROGRAMMED_TIMEOUT} s")
