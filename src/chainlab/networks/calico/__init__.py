@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator
+from functools import cached_property
 from typing import Any
 
 from chainlab.calico import datastore as D
 from chainlab.calico.rules import chain
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.labstate import ContainerState, load_etcd_baseline, load_state, save_etcd_baseline
+from chainlab.labstate import ContainerState, LabState, load_etcd_baseline, load_state, save_etcd_baseline
 from chainlab.networks.base import LABEL, HostStep, LabStep, Network
 from chainlab.networks.calico import etcdtree
 from chainlab.networks.calico.emulate import Emulate
@@ -170,13 +171,18 @@ class CalicoNetwork(Network):
         raise ChainlabError(f"{ctx.host}: felix has not programmed {state.address} on {state.interface}"
                             f" after {PROGRAMMED_TIMEOUT} s")
 
+    @cached_property
+    def _last_state(self) -> LabState | None:
+        """The lab state the last lab up left (read once for all hosts), None if there is none."""
+        try:
+            return load_state(self.inv)
+        except ChainlabError:
+            return None
+
     def up_probes(self, host: str) -> list[list[str]]:
         """The node's probes, and the programmed-check of every container the last lab up left
         here (the same command `wait_ready` will run, if the container is unchanged)."""
-        try:
-            state = load_state(self.inv)
-        except ChainlabError:
-            state = None
+        state = self._last_state
         known = [s for name, s in state.containers.items()
                  if s.host == host and name in self.inv.containers] if state else []
         return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
