@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from chainlab.files import write_atomic
 from chainlab.report.run import DIRECTIONS, RunData, load_run
-from chainlab.trace.contract import FlowRecord, PacketRecord, StepRecord
+from chainlab.trace.contract import PacketRecord, StepRecord
 
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -148,10 +148,6 @@ def drops(run: RunData) -> list[dict[str, Any]]:
     return out
 
 
-def flows(run: RunData) -> list[FlowRecord]:
-    return run.flows
-
-
 def evidence(run_dir: Path) -> list[dict[str, Any]]:
     """Files of the run, as relative links (they open from the report's directory)."""
     files = [run_dir / name for name in EVIDENCE]
@@ -209,7 +205,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "checks": run.checks,
         "drops": drops(run),
         "groups": groups,
-        "flows": flows(run),
+        "flows": run.flows,
         "svg": svg,
         "counts": {
             "lines": document.counts.get("lines", 0), "trace_records": document.counts.get("trace_records", 0),

@@ -32,15 +32,11 @@ DIRECTIONS = ("request", "reply")
 @dataclass
 class RunData:
     run_dir: Path
-    analysis: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     protocol: str | None = None
     document: AnalysisDocument = field(default_factory=AnalysisDocument)
-
-    @property
-    def run(self) -> dict[str, Any]:
-        value = self.analysis.get("run")
-        return value if isinstance(value, dict) else {}
+    #: analysis.json's `run` key: what the runner recorded (scenario, probe, hosts...)
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scenario(self) -> dict[str, Any]:
@@ -149,8 +145,9 @@ def load_run(run_dir: Path) -> RunData:
         data.error = f"unreadable analysis.json in {run_dir}: {exc}"
     else:
         if isinstance(doc, dict):
-            data.analysis = doc
             data.document = AnalysisDocument.from_json(doc)
+            run = doc.get("run")
+            data.run = run if isinstance(run, dict) else {}
         else:
             data.error = f"analysis.json in {run_dir} is not a JSON object"
     return data
