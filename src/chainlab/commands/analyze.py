@@ -164,9 +164,7 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         else:
             builder = diagram.DiagramBuilder(options.tables)
             for node, direction, seq, count, info in result.walks:
-                key = (node, direction, tuple(info.hooks), info.verdict, info.drop_at)
-                builder.walks[key] = (seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict,
-                                                        info.drop_at, count))
+                builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
             _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
     return checks is None or all(c.ok for c in checks)
 

@@ -14,6 +14,7 @@ import graphviz
 
 from chainlab.errors import ChainlabError
 from chainlab.trace.flows import Flow
+from chainlab.trace.analyze import drop_chain, walk_chains
 from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import HOOKS
 
@@ -58,8 +59,7 @@ class DiagramBuilder:
         self.walks: dict[WalkKey, tuple[int, Walk]] = {}
 
     def add(self, p: Packet) -> None:
-        last = p.last_step
-        drop_at = f"{last.table}:{last.chain}" if p.verdict == "dropped" and last else None
+        drop_at = drop_chain(p)
         key = (p.node, p.direction, tuple(p.hooks), p.verdict, drop_at)
         known = self.walks.get(key)
         if known is not None:
@@ -71,14 +71,11 @@ class DiagramBuilder:
             return
         else:
             count = 1
-        chains: dict[str, list[str]] = {}
-        for step in p.steps:
-            if step.hook and (self.tables is None or step.table in self.tables):
-                names = chains.setdefault(step.hook, [])
-                name = f"{step.table}:{step.chain}"
-                if name not in names:
-                    names.append(name)
-        self.walks[key] = (p.seq, Walk(p.node, p.direction, p.hooks, chains, p.verdict, drop_at, count))
+        self.put(p.seq, Walk(p.node, p.direction, p.hooks, walk_chains(p.steps, self.tables), p.verdict, drop_at, count))
+
+    def put(self, seq: int, walk: Walk) -> None:
+        """Keep `walk` (whose earliest packet is number `seq`) as its kind's walk."""
+        self.walks[(walk.node, walk.direction, tuple(walk.hooks), walk.verdict, walk.drop_at)] = (seq, walk)
 
     def model(self, nodes: list[str], flows: list[Flow]) -> DiagramModel:
         """The diagram: nodes in the given order, each node's walks in the order they began."""

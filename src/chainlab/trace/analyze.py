@@ -51,6 +51,26 @@ def drop_point(packet: Packet) -> str | None:
     return _where(last) + (f" `{last.rule}`" if last.rule else "")
 
 
+def drop_chain(packet: Packet) -> str | None:
+    """The `table:chain` a dropped packet died in (the diagram's drop point)."""
+    if packet.verdict != "dropped" or not packet.steps:
+        return None
+    last = packet.steps[-1]
+    return f"{last.table}:{last.chain}"
+
+
+def walk_chains(steps: list[Step], tables: set[str] | None) -> dict[str, list[str]]:
+    """hook → the `table:chain`s met there, in order, once each (only `tables`' when given)."""
+    chains: dict[str, list[str]] = {}
+    for step in steps:
+        if step.hook and (tables is None or step.table in tables):
+            names = chains.setdefault(step.hook, [])
+            name = f"{step.table}:{step.chain}"
+            if name not in names:
+                names.append(name)
+    return chains
+
+
 def _decides(step: Step) -> bool:
     """The step ends the table the packet is in: a policy, an accept, a NAT target."""
     if step.kind == "policy" or (step.verdict and step.verdict.split(":")[0] == "ACCEPT"):

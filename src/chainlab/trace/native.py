@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from chainlab.errors import InputError, Problem
-from chainlab.trace.analyze import drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here
+from chainlab.trace.analyze import (drop_chain, drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here,
+                                    walk_chains)
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Checker, is_probe
 from chainlab.trace.flows import Entries, Flow, Hop, build_flows
@@ -115,13 +116,8 @@ class Calls:
         packet.hooks = hook_path(steps, options.tables)
         packet.origin = sent_here(steps, packet.hooks)
         last = steps[-1]
-        drop_at = f"{last.table}:{last.chain}" if packet.verdict == "dropped" else None
-        chains: dict[str, list[str]] = {}
-        for step in steps:
-            if step.hook and (options.tables is None or step.table in options.tables):
-                names = chains.setdefault(step.hook, [])
-                if f"{step.table}:{step.chain}" not in names:
-                    names.append(f"{step.table}:{step.chain}")
+        drop_at = drop_chain(packet)
+        chains = walk_chains(steps, options.tables)
         hooks = tuple(packet.hooks)
         summary = self.summary_keys.setdefault((hooks, packet.verdict, drop_point(packet)), len(self.summary_keys))
         diagram = self.diagram_keys.setdefault((hooks, packet.verdict, drop_at), len(self.diagram_keys))
