@@ -21,21 +21,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
-import multiprocessing
 import re
 import signal
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chainlab.errors import InputError, Problem
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import Event, Fields, FileEnd, Step
 from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
 SNIFF_LINES = 500
@@ -343,6 +344,8 @@ def _minus(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[Event]:
     """What `_kernel_events` yields for the whole file, parsed in a helper process."""
     node, fallback = source.node, source.fallback_node
+    import multiprocessing  # only the Python engine's big logs need it
+
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_helper, args=(source.path, node is None, sender, receiver), daemon=True)
