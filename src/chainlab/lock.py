@@ -14,8 +14,8 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
@@ -147,5 +147,21 @@ def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
 
 
 def local_lab_lock(lab: str) -> AbstractContextManager[None]:
-    """`lab_lock` of the local lab named `lab` (for `local down`, which has no inventory)."""
+    """`lab_lock` of the lab named `lab` that chainlab built on this machine (for `local
+    down` and `vm down`, which have no inventory to hand `lab_lock`)."""
     return exclusive(local_lab_lock_path(lab), _lab_what(lab))
+
+
+@contextmanager
+def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold `local_lab_lock(lab)` while `command` (e.g. `local down`) removes the lab. A lab
+    up/down, scenario run or nightly holding it is refused, unless `force`: then `log` says
+    what is interrupted and the teardown goes on without the lock."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(local_lab_lock(lab))
+        except LockHeld as exc:
+            if not force:
+                raise ChainlabError(f"{exc}: wait for it, or `chainlab {command} --force` interrupts it") from None
+            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
+        yield

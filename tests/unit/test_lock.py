@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chainlab.errors import ChainlabError
-from chainlab.lock import LockHeld, exclusive, lock_holders
+from chainlab.lock import LockHeld, exclusive, local_lab_lock_path, lock_holders, teardown_lock
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -149,3 +152,45 @@ def test_a_lock_dir_of_another_user_is_refused(tmp_path):
     with pytest.raises(ChainlabError, match="someone else's"):
         with exclusive(directory / "lab.lock", "x"):
             pass
+
+
+def test_teardown_lock_refuses_a_held_lab_unless_forced(tmp_path, monkeypatch):
+    monkeypatch.setattr("chainlab.lock.LOCK_DIR", tmp_path / "locks")
+    (tmp_path / "locks").mkdir(mode=0o700)
+    holder = hold(local_lab_lock_path("t1"))
+    said: list[str] = []
+    try:
+        with pytest.raises(ChainlabError, match=rf"pid {holder.pid}: .*wait for it, or `chainlab vm down --force` interrupts it"):
+            with teardown_lock("t1", "vm down", False, said.append):
+                pytest.fail("ran without the lock")
+        with teardown_lock("t1", "vm down", True, said.append):
+            said.append("removed")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert said[0].startswith(f"warning: --force: interrupting pid {holder.pid}: ") and said[1] == "removed"
+    with teardown_lock("t1", "vm down", False, said.append):  # free again: taken, nothing said
+        assert len(said) == 2
+
+
+@needs_root
+def test_vm_down_takes_the_lab_lock(tmp_path):
+    """`vm down` of a lab that is not up removes nothing; with its lab lock held it is refused."""
+    doc = yaml.safe_load((ROOT / "lab" / "vm.yaml").read_text())
+    doc["lab"] = "locktest-vm"
+    doc["qemu"] = {**doc["qemu"], "state_dir": str(tmp_path / "state")}
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(doc))
+    chainlab = [str(Path(sys.executable).parent / "chainlab"), "-i", str(inventory), "vm", "down"]
+    lab_lock = local_lab_lock_path("locktest-vm")
+    try:
+        with exclusive(lab_lock, "a test run"):
+            refused = subprocess.run(chainlab, capture_output=True, text=True, timeout=60)
+            forced = subprocess.run([*chainlab, "--force"], capture_output=True, text=True, timeout=60)
+    finally:
+        lab_lock.unlink(missing_ok=True)
+        (lab_lock.parent / "vm-locktest-vm.lock").unlink(missing_ok=True)  # vm up/down's own
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "`chainlab vm down --force` interrupts it" in refused.stderr.replace("\n", " "), refused.stderr
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert f"warning: --force: interrupting pid {os.getpid()}" in forced.stdout and "lab locktest-vm: down" in forced.stdout

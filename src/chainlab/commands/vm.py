@@ -44,10 +44,11 @@ def up_cmd(obj: object) -> None:
 
 
 @vm_group.command("down")
+@click.option("--force", is_flag=True, help="Also while a lab up/down, scenario run or nightly holds the lab (it is interrupted).")
 @click.pass_obj
-def down_cmd(obj: object) -> None:
+def down_cmd(obj: object, force: bool) -> None:
     """Remove the VMs, their disks, taps, bridge, namespace and keys (the image stays)."""
-    lab.down(_plan(obj), log=Console(highlight=False).print)
+    lab.down(_plan(obj), log=Console(highlight=False).print, force=force)
 
 
 @vm_group.command("status")

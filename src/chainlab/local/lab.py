@@ -16,7 +16,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -26,7 +25,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
-from chainlab.lock import LockHeld, exclusive, local_lab_lock
+from chainlab.lock import exclusive, teardown_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -360,13 +359,7 @@ def down(plan: LabPlan, log: Log = print, force: bool = False) -> None:
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")
-    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"), ExitStack() as stack:
-        try:
-            stack.enter_context(local_lab_lock(plan.lab))
-        except LockHeld as exc:
-            if not force:
-                raise ChainlabError(f"{exc}: wait for it, or `chainlab local down --force` interrupts it") from None
-            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
+    with exclusive(plan.lock_file, f"a local up/down of lab {plan.lab}"), teardown_lock(plan.lab, "local down", force, log):
         _down(plan, log)
 
 

@@ -29,7 +29,7 @@ from chainlab.local.lab import ProcRecord
 from chainlab.local.pki import ensure_pki
 from chainlab.local.plan import known_hosts_text, ssh_client_config
 from chainlab.local.record import RecordFile, load_record
-from chainlab.lock import exclusive
+from chainlab.lock import exclusive, teardown_lock
 from chainlab.providers import Target
 from chainlab.remote.ssh import connection, run
 from chainlab.vm import network as N
@@ -330,11 +330,12 @@ def _boot_state(plan: VmLabPlan, host: VmHostPlan, timeout: float) -> str:
 
 # --- down -----------------------------------------------------------------------------
 
-def down(plan: VmLabPlan, log: Log = print) -> None:
+def down(plan: VmLabPlan, log: Log = print, force: bool = False) -> None:
     """Remove everything the lab made; safe on a half-built or already removed lab.
-    The image cache stays (`chainlab vm image` rebuilds it)."""
+    The image cache stays (`chainlab vm image` rebuilds it). A lab up/down, scenario run or
+    nightly in progress (the lab lock) is refused, unless `force`."""
     _require_root()
-    with exclusive(plan.lock_file, f"a vm up/down of lab {plan.lab}"):
+    with exclusive(plan.lock_file, f"a vm up/down of lab {plan.lab}"), teardown_lock(plan.lab, "vm down", force, log):
         _down(plan, log)
 
 
