@@ -15,11 +15,13 @@ import pytest
 import yaml
 
 from chainlab.errors import ChainlabError, InputError
+from chainlab.inventory import load_inventory
 from chainlab.labstate import LabState
 from chainlab.remote.batch import Batch
 from chainlab.remote.openssh import ssh_argv
 from chainlab.remote.target import Target
-from chainlab.run.probe import (CONTAINER_GONE, UDP_CLIENT, ListenerSpec, Place, ProbeRequest,
+from chainlab.run.explore import check_addresses
+from chainlab.run.probe import (CONTAINER_GONE, UDP_CLIENT, ListenerSpec, Place, ProbeRequest, ProbeSpec,
                                 listeners_for, parse_listener, plan_probe, probe_command, resolve)
 
 from ..conftest import FIXTURES, ROOT
@@ -45,6 +47,23 @@ def test_endpoints_by_name_or_address():
         resolve(STATE, "web9")
     with pytest.raises(InputError, match="not a host, a container or an IPv4 address"):
         resolve(STATE, "web9", address_ok=True)
+
+
+@pytest.mark.parametrize("inventory,outside", [("lab/local.yaml", True), ("lab/vm.yaml", True), ("inventory.yaml", False)])
+def test_a_lab_built_here_keeps_address_probes_inside(inventory: str, outside: bool):
+    """Local and VM labs refuse an address outside their LAN and pool; real hosts' do not."""
+    inv = load_inventory(ROOT / inventory)
+    lan_host = next(iter(inv.hosts.values())).address
+
+    def spec(address: str) -> ProbeSpec:
+        return ProbeSpec(ProbeRequest("master", address), Place("master", "master", str(lan_host)), None, address, (), "")
+
+    check_addresses(inv, [spec(str(lan_host + 50)), spec("172.20.9.9")])
+    if outside:
+        with pytest.raises(InputError, match=r"198\.51\.100\.7: is outside the lab \(.*172\.20\.0\.0/16\)"):
+            check_addresses(inv, [spec("198.51.100.7")])
+    else:
+        check_addresses(inv, [spec("198.51.100.7")])
 
 
 def test_what_each_probe_runs_and_where():
@@ -131,7 +150,7 @@ def inventory(tmp_path: Path) -> Path:
 @pytest.mark.skipif(not CHAINLAB.exists(), reason="console script not installed")
 @pytest.mark.parametrize("args,message", [
     (["probe", "web9", "web1"], "web9: is not a host or a container"),
-    (["probe", "slave1", "8.8.8.8"], "8.8.8.8: is outside the local lab"),
+    (["probe", "slave1", "8.8.8.8"], "8.8.8.8: is outside the lab (10.231.91.0/24, 172.20.0.0/16)"),
     (["probe", "slave1", "web1", "--tcp", "80", "--udp", "53"], "give one of --icmp, --tcp PORT, --udp PORT"),
     (["probe", "slave1", "web1", "--tcp", "0"], "0 is not in the range"),
     (["matrix", "--proto", "tcp"], "'tcp': expected icmp, tcp:PORT or udp:PORT"),

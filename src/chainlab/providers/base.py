@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -89,6 +89,11 @@ class Provider(ABC):
 
     def check_route(self, address: IPv4Address) -> None:
         """Raise unless `address` may be contacted now (the local lab's route safety rule)."""
+
+    def probe_networks(self) -> tuple[IPv4Network, ...] | None:
+        """Where a probe to an address may go: a lab built on this machine keeps its probes
+        inside itself (its LAN and the Calico pool); None: the hosts' own network decides."""
+        return None
 
     def state_dir(self) -> Path:
         """Where chainlab keeps what it knows of the lab (the lab state, the etcd baseline)."""

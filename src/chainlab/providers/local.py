@@ -8,7 +8,7 @@ is contacted only through the lab's management link (route safety rule).
 from __future__ import annotations
 
 import sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,10 @@ class LocalProvider(Provider):
                     ("hosts", name, "address"),
                     f"{host.address} must be inside local.lan {inv.local.lan.network} and differ from the machine's end",
                 )
+
+    def probe_networks(self) -> tuple[IPv4Network, ...]:
+        assert self.inv.local is not None
+        return (self.inv.local.lan.network, self.inv.calico.pool)
 
     def _plan(self):  # type: ignore[no-untyped-def]
         from chainlab.local.plan import plan_lab

@@ -9,7 +9,7 @@ where the VM keeps them. Every address is contacted only through the lab's manag
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,10 @@ class QemuProvider(Provider):
                     ("hosts", name, "address"),
                     f"{host.address} must be inside qemu.lan {inv.qemu.lan.network} and differ from the machine's end",
                 )
+
+    def probe_networks(self) -> tuple[IPv4Network, ...]:
+        assert self.inv.qemu is not None
+        return (self.inv.qemu.lan.network, self.inv.calico.pool)
 
     def _plan(self) -> "VmLabPlan":
         from chainlab.vm.plan import plan_vm_lab

@@ -24,6 +24,7 @@ from chainlab.files import private_dir, read_regular_file, write_atomic
 from chainlab.inventory import Inventory, load_inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
+from chainlab.providers import provider_for
 from chainlab.report.matrix import render_matrix_report
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.deadline import signals_interrupt
@@ -49,16 +50,16 @@ def _slug(text: str) -> str:
 
 
 def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
-    """On a local lab, an address target must be inside the lab (its LAN or the Calico pool):
-    probes never leave the lab's namespaces for the machine's real network."""
-    if inv.local is None:
+    """On a lab built on this machine (local or VMs), an address target must be inside the
+    lab (see `Provider.probe_networks`): probes never leave it for the machine's real network."""
+    inside = provider_for(inv).probe_networks()
+    if inside is None:
         return
-    inside = (inv.local.lan.network, inv.calico.pool)
     for spec in specs:
         if spec.target is None and not any(IPv4Address(spec.target_address) in net for net in inside):
             raise InputError([Problem("probe", spec.target_address,
-                                      f"is outside the local lab ({', '.join(map(str, inside))}); "
-                                      "a local lab's probes stay inside it")])
+                                      f"is outside the lab ({', '.join(map(str, inside))}); "
+                                      "the probes of a lab built on this machine stay inside it")])
 
 
 def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
