@@ -209,3 +209,34 @@ def test_executor_runs_actions_or_under_check_only_shows_them() -> None:
         yield
 
     assert run_step(real, "s", skipped).status == "skipped"  # type: ignore[arg-type]
+
+
+def test_bridge_reads_a_hosts_links_once_for_all_its_containers(tmp_path: Path) -> None:
+    """The host's `ip -o link` answers every container's veth lookup (one probe, not one per
+    container); a change on the host makes the next lookup read it again."""
+    from chainlab.networks import network_for
+    from chainlab.networks.bridge import LINKS_PROBE
+    from chainlab.providers import provider_for
+    from chainlab.provision.context import HostContext, RunContext
+    from chainlab.provision.facts import Facts
+
+    doc = yaml.safe_load((ROOT / "lab" / "local-bridge.yaml").read_text())
+    doc["containers"]["web2"]["host"] = "master"
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    inv = load_inventory(path)
+    provider = provider_for(inv)
+    network = network_for(inv, provider)
+    ctx = HostContext(RunContext(inv, provider, network, check=False), "master", Facts("master", "assumed"), conn=object())  # type: ignore[arg-type]
+    probes = network.up_probes("master")
+    assert probes.count(LINKS_PROBE) == 1
+    links = "1: lo: <LOOPBACK>\n7: veth1a@if6: <UP>\n9: veth2b@if8: <UP>\n"
+    answers = {"web1": "7\n", "web2": "9\n"}
+    ctx.preload(probes, {i: (0, links if p == LINKS_PROBE else answers[p[2]]) for i, p in enumerate(probes)})
+    attrs = {"NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2"}}}}
+    # conn=object(): any read over SSH would fail
+    states = [network.container_state(ctx, attrs, name) for name in ("web1", "web2")]
+    assert [s.interface for s in states] == ["veth1a", "veth2b"]
+    ctx.perform(Call("a change", lambda: None))
+    with pytest.raises(AttributeError):  # read again, over the connection
+        network.container_state(ctx, attrs, "web1")

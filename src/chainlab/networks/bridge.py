@@ -45,7 +45,7 @@ class BridgeNetwork(Network):
         iflink = (ctx.read(_iflink_probe(container)) or "").strip()
         interface = None
         if iflink.isdigit():
-            interface = veth_for_ifindex(ctx.read(LINKS_PROBE) or "", int(iflink))
+            interface = veth_for_ifindex(ctx.read_held(LINKS_PROBE) or "", int(iflink))
         return ContainerState(host=ctx.host, address=address, network=network, driver="bridge",
                               interface=interface, published=dict(self.inv.containers[container].publish))
 
@@ -64,9 +64,7 @@ class BridgeNetwork(Network):
     def _remove_networks(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         """The host's networks labelled with the lab (bridge networks are per host)."""
         if ctx.offline:
-            names = sorted({self.network_name(c) for c, s in self.inv.containers.items() if s.host == ctx.host}
-                           - {"bridge"})
-            for name in names:
+            for name in self.docker_names(ctx.host):
                 yield ctx.call(f"docker network rm {name}   # only if labelled {LABEL}={self.inv.lab}", lambda: None)
             return "would remove the lab's networks", "no networks of the lab"
         removed = []

@@ -43,6 +43,16 @@ class RunContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _etcd: Any = None
 
+    def images(self, host: str) -> list[str]:
+        """The images lab up puts on `host`: the test image and those its containers name."""
+        inv = self.inv
+        return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
+
+    def docker_names(self, host: str) -> list[str]:
+        """Every Docker object lab up looks at on `host` (one `docker inspect` for all)."""
+        return [*self.images(host), *(n for n, c in self.inv.containers.items() if c.host == host),
+                *self.network.docker_names(host)]
+
     def etcd(self) -> Any:
         """The run's one etcd client (route-checked and probed once, for every host)."""
         from chainlab.remote.etcdclient import etcd_client
@@ -66,11 +76,10 @@ class HostContext:
     facts: Facts
     conn: fabric.Connection | None
     containers: dict[str, ContainerState] = field(default_factory=dict)
-    #: what `docker_view` inspects: the host's images, containers and networks of the lab
-    docker_names: list[str] = field(default_factory=list)
     _view: DockerView | None = None
     _docker: Any = None
     _cache: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _held: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def inv(self) -> Inventory:
@@ -108,6 +117,14 @@ class HostContext:
             return None
         return self._answer(argv)[1]
 
+    def read_held(self, argv: Sequence[str]) -> str | None:
+        """`read`, whose answer then serves every `read_held` of `argv` until this host changes
+        (`perform`): for what several objects look up, e.g. the host's links for each container."""
+        key = command_line(argv)
+        if key not in self._held:
+            self._held[key] = self.read(argv)
+        return self._held[key]
+
     def probe(self, argv: Sequence[str]) -> bool | None:
         """Exit status 0 of a read-only probe; None offline."""
         if self.conn is None:
@@ -118,12 +135,13 @@ class HostContext:
         """The host's images, containers and networks of the lab, from one `docker inspect`
         (fetched with the facts; read again after any change). Empty offline."""
         if self._view is None:
-            self._view = DockerView.parse(self.read(inspect_argv(self.docker_names)) or "")
+            self._view = DockerView.parse(self.read(inspect_argv(self.run.docker_names(self.host))) or "")
         return self._view
 
     def perform(self, action: Action) -> Any:
         """Carry out one action (never called under --check)."""
-        self._cache.clear()  # a change may invalidate any prefetched answer
+        self._cache.clear()  # a change may invalidate any prefetched or held answer
+        self._held.clear()
         self._view = None
         if isinstance(action, Call):
             return action.fn()

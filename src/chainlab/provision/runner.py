@@ -38,7 +38,7 @@ from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import run_step, why
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
-from chainlab.provision.steps import BASE_UP_STEPS, containers, docker_names, up_probes
+from chainlab.provision.steps import BASE_UP_STEPS, containers, up_probes
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
@@ -214,7 +214,7 @@ class Runner:
         report.seconds += result.seconds
         self._show(host, result)
         progress.update(task, advance=1)
-        ctx = HostContext(self.run_ctx, host, facts, conn, docker_names=docker_names(self.run_ctx, host))
+        ctx = HostContext(self.run_ctx, host, facts, conn)
         ctx.preload(probes, answers)
         self.run_ctx.hosts[host] = ctx
         return report

@@ -166,17 +166,6 @@ def trace_rules(ctx: HostContext) -> Step:
 
 # --- 4 image --------------------------------------------------------------------------
 
-def docker_names(run: RunContext, host: str) -> list[str]:
-    """Every Docker object lab up looks at on `host` (one `docker inspect` for all)."""
-    return [*_images(run, host), *(n for n, c in run.inv.containers.items() if c.host == host),
-            *run.network.docker_names(host)]
-
-
-def _images(run: RunContext, host: str) -> list[str]:
-    inv = run.inv
-    return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
-
-
 def _image_present(ctx: HostContext, name: str) -> bool:
     return name in ctx.docker_view().images
 
@@ -190,7 +179,7 @@ def image(ctx: HostContext) -> Step:
     inv = ctx.inv
     name = inv.image.name
     if _image_present(ctx, name):
-        extra = [n for n in _images(ctx.run, ctx.host) if n != name and not _image_present(ctx, n)]
+        extra = [n for n in ctx.run.images(ctx.host) if n != name and not _image_present(ctx, n)]
         if extra:
             raise ChainlabError(f"image(s) {', '.join(extra)} named by containers are not on the host")
         return "", f"{name} present"
@@ -270,7 +259,7 @@ def up_probes(run: RunContext, host: str) -> list[list[str]]:
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
         NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
-        inspect_argv(docker_names(run, host)), *run.network.up_probes(host),
+        inspect_argv(run.docker_names(host)), *run.network.up_probes(host),
     ]
 
 
