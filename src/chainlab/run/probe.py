@@ -304,10 +304,11 @@ def build_probe(scenario: Scenario, state: LabState) -> ProbeSpec:
 def _in_container(container: str, command: str, netns: bool) -> str:
     """`command` in `container`: docker exec, or (netns) its network namespace only."""
     q = command_line([container])
-    guard = f"docker inspect --type container {q} >/dev/null 2>&1 || {{ echo {command_line([CONTAINER_GONE + container])}; exit 125; }}"
-    if netns:
-        return f"{guard}; nsenter -t \"$(docker inspect -f '{{{{.State.Pid}}}}' {q})\" -n {command}"
-    return f"{guard}; docker exec {q} {command}"
+    gone = f"{{ echo {command_line([CONTAINER_GONE + container])}; exit 125; }}"
+    if netns:  # one inspect: the PID, or the container is gone
+        return (f"pid=$(docker inspect --type container -f '{{{{.State.Pid}}}}' {q} 2>/dev/null) || {gone}; "
+                f"nsenter -t \"$pid\" -n {command}")
+    return f"docker inspect --type container {q} >/dev/null 2>&1 || {gone}; docker exec {q} {command}"
 
 
 def probe_command(spec: ProbeSpec) -> str:
