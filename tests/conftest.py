@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-PUBLIC = ROOT.parent / "shared" / "fixtures" / "public-traces"
+PUBLIC = FIXTURES / "public-traces"  # copied from ../shared/fixtures/public-traces, with its README
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ CHAINLAB_ENGINE=python forces the pure-Python engine, `native` requires the C on
 unset or `auto` uses C when it is built. Every comparison here runs the real command line
 in-process (chainlab.cli.main under click's CliRunner isolation), once per engine.
 
-Inputs: every fixture log (kernel format, xtables-monitor, nft monitor; this repo's and the
-shared ones) in every format, with --rules (iptables-save and nft rulesets), --tables,
+Inputs: every fixture log (kernel format, xtables-monitor, nft monitor; ours and the shared
+public traces copied into tests/fixtures/public-traces) in every format, with --rules (iptables-save and nft rulesets), --tables,
 --match and --expect; logs from the benchmark generator (alone, twice under two nodes, split
 in two files mid-packet, read in small chunks); hand-made cases for the assembler's window
 and fast path; and Hypothesis logs built from real-format lines, damaged the ways loggers
@@ -39,10 +39,9 @@ from chainlab.trace import reader
 from chainlab.trace.netfilter import HOOKS
 from chainlab.trace.reader import KERNEL, SNIFF_LINES, log_format
 
-from ..conftest import FIXTURES, ROOT
+from ..conftest import FIXTURES, PUBLIC, ROOT
 
 ENV = "CHAINLAB_ENGINE"
-SHARED = ROOT.parent / "shared" / "fixtures"
 BENCH = ROOT / "bench" / "trace_bench.py"
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")
 HYPOTHESIS = settings(
@@ -172,9 +171,9 @@ def test_engine_output_json_utf8_matches_python():
 
 # -- 1. every fixture log, every format ------------------------------------------------------
 
-FIXTURE_DIRS = [SHARED / "seed-logs", SHARED / "public-traces", FIXTURES / "seed-logs", FIXTURES / "lab", FIXTURES / "traces",
+FIXTURE_DIRS = [FIXTURES / "seed-logs", FIXTURES / "public-traces", FIXTURES / "lab", FIXTURES / "traces",
                 FIXTURES / "captured", FIXTURES / "public"]
-FIXTURE_LOGS = sorted(p for d in FIXTURE_DIRS if d.is_dir() for p in d.iterdir() if p.suffix == ".log")
+FIXTURE_LOGS = sorted(p for d in FIXTURE_DIRS for p in d.iterdir() if p.suffix == ".log")
 KERNEL_LOGS = [p for p in FIXTURE_LOGS if log_format(p) == KERNEL]
 SCENARIO2 = FIXTURES / "seed-logs" / "scenario2-master.log"
 LAB = FIXTURES / "lab"
@@ -183,12 +182,6 @@ CAPTURED = FIXTURES / "captured"
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
-
-
-def test_shared_fixtures_present():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/fixtures not present: only this repo's fixtures are compared")
-    assert list((SHARED / "seed-logs").glob("*.log")) and list((SHARED / "public-traces").glob("*.log"))
 
 
 @pytest.mark.parametrize("path", FIXTURE_LOGS, ids=_rel)
@@ -214,9 +207,7 @@ def test_lab_scenarios_multi_node_flows():
 
 
 def test_public_cross_node_flow():
-    b, a = SHARED / "public-traces" / "02-gke-icmp-crossnode-hostB.log", SHARED / "public-traces" / "03-gke-icmp-crossnode-hostA.log"
-    if not (a.is_file() and b.is_file()):
-        pytest.skip("shared public traces not present")
+    b, a = PUBLIC / "02-gke-icmp-crossnode-hostB.log", PUBLIC / "03-gke-icmp-crossnode-hostA.log"
     assert_same([f"hostb={b}", f"hosta={a}"], formats=FORMATS)
 
 
