@@ -273,3 +273,80 @@ def test_a_first_line_that_lost_its_ip_id_is_adopted(tmp_path):
     first = run(log).packets[0]
     assert first.identity == "ip_id" and first.fields.ip_id == 13891 and first.repaired_lines == 1
     assert first.steps[0].line == 1 and len(run(log).packets) == len(run(FIXTURES / "lab" / "scenario3-slave1.log").packets)
+
+
+# -- more published traces: dmesg -T, libvirt, firewalld, ip6 and bridge nft families -------------
+
+
+def test_dmesg_T_bracketed_dates():
+    """`dmesg -wHT` prefixes (`[Thu Apr 23 21:55:11 2020]`, one line with a tab in it), a
+    local ping out (UID=/GID=) and its reply, which the excerpt ends at filter INPUT rule 3."""
+    result = run(PUBLIC / "kmille-dmesg-T-icmp-output.log")
+    assert walks(result) == [
+        ("ip_id", "icmp", ["OUTPUT", "POSTROUTING"], "accepted"),
+        ("ip_id", "icmp", ["PREROUTING", "INPUT"], "unknown"),
+    ]
+    request, reply = result.packets
+    assert (request.direction, request.fields.ip_id, reply.direction, reply.fields.ip_id) == ("request", 31519, "reply", 44374)
+    assert [s.chain for s in request.steps] == ["OUTPUT"] * 3 + ["POSTROUTING"]
+    assert "the log ends after filter:INPUT rule 3" in reply.reason
+    assert result.stats.skipped_lines == 0
+
+
+def test_libvirt_virbr0_guest_forwarded_and_masqueraded():
+    """A libvirt guest's SYN from virbr0 out of bond0: the author says it is forwarded and
+    SNATed in nat POSTROUTING (rule 3 is MASQUERADE in the author's listing); without the
+    rules the last rule's target is not known, so no verdict."""
+    (packet,) = run(PUBLIC / "xixiliguo-libvirt-virbr0-snat.log").packets
+    assert (packet.identity, packet.protocol, packet.hooks) == ("ip_id", "tcp", ["PREROUTING", "FORWARD", "POSTROUTING"])
+    assert (packet.first.src, packet.first.dst, packet.verdict) == ("192.168.122.17", "10.44.32.217", "unknown")
+    assert "the log ends after nat:POSTROUTING rule 3" in packet.reason
+
+
+def test_firewalld_ipv6_rpfilter_drops_in_raw_prerouting():
+    """ip6tables-nft's `ip6 raw PREROUTING`, then firewalld's `inet firewalld raw_PREROUTING`
+    (its hook from its name), where `fib saddr . iif oif missing drop` drops the echo reply:
+    the author's finding (IPv6_rpfilter)."""
+    (packet,) = run(PUBLIC / "imlk0-dn42-firewalld-ip6-rpfilter-drop.log").packets
+    assert (packet.identity, packet.protocol, packet.direction) == ("trace_id", "icmpv6", "reply")
+    assert (packet.hooks, packet.verdict) == (["PREROUTING"], "dropped")
+    assert [(s.family, s.chain, s.hook) for s in packet.steps] == [("ip6", "PREROUTING", "PREROUTING")] * 3 + [
+        ("inet", "raw_PREROUTING", "PREROUTING")]
+    assert packet.reason == "dropped in firewalld:raw_PREROUTING by `meta nfproto ipv6 fib saddr . iif oif missing drop`"
+
+
+def test_ipv6_gateway_in_a_container_netns_loses_the_packet_after_prerouting():
+    """The author's gateway container had IPv6 forwarding off: the echo request stops after
+    `ip6 raw PREROUTING`, lost at the routing decision. The reply (a later trace) is where
+    the excerpt ends."""
+    request, reply = run(PUBLIC / "imlk0-dn42-ip6-gateway-lost.log").packets
+    assert (request.direction, request.hooks, request.verdict) == ("request", ["PREROUTING"], "unknown")
+    assert "lost at the routing decision" in request.reason and not request.at_end
+    assert (reply.direction, reply.hooks, reply.verdict, reply.at_end) == ("reply", ["PREROUTING"], "unknown", True)
+    assert len(reply.steps) == 5 and reply.first.dst == "fd42:d2aa:8a0e::3"
+
+
+def test_firewalld_rejects_in_filter_forward_and_bridge_chains_run_first():
+    """docker/for-linux#1353: firewalld's `filter_FORWARD` rejects a container's SYN (the
+    excerpt starts in the middle of that trace, in firewalld's zone chains, which no name
+    places in a hook). The next SYN's trace walks `bridge filter` chains, then br_netfilter's
+    `ip mangle FORWARD`: one packet (its trace id), not two."""
+    rejected, next_syn = run(PUBLIC / "docker-for-linux-1353-firewalld-bridge-reject.log").packets
+    assert (rejected.trace_ids, rejected.hooks, rejected.verdict) == (["a0369369"], ["FORWARD"], "dropped")
+    assert rejected.reason == "dropped in firewalld:filter_FORWARD by `reject with icmpx type admin-prohibited`"
+    assert [s.hook for s in rejected.steps] == [None] * 3 + ["FORWARD"] * 3
+    assert (next_syn.trace_ids, next_syn.protocol, next_syn.hooks, next_syn.verdict) == (["6d9a826f"], "tcp", ["FORWARD"], "unknown")
+    assert [(s.family, s.table) for s in next_syn.steps] == [("bridge", "filter")] * 5 + [("ip", "mangle")]
+    assert "still ahead: filter FORWARD" in next_syn.reason
+
+
+def test_bridge_family_arp_frames_are_forwarded():
+    """The same issue's bridge-only traces: an ARP reply (no IP fields) through `bridge filter`
+    FORWARD and `bridge nat` POSTROUTING, accepted; the SYN's trace is cut by the excerpt."""
+    result = run(PUBLIC / "docker-for-linux-1353-firewalld-bridge-arp.log")
+    assert [(p.trace_ids, p.hooks, p.verdict) for p in result.packets] == [
+        (["d91c35db"], ["FORWARD", "POSTROUTING"], "accepted"),
+        (["13ca8ca9"], ["FORWARD", "POSTROUTING"], "accepted"),
+        (["a0369369"], ["FORWARD"], "unknown"),
+    ]
+    assert result.packets[1].fields.src is None and result.stats.skipped_lines == 0

@@ -350,6 +350,12 @@ static int slot_rank(int hook, int table) {
     return HOOK_RANK[hook] * 16 + index;
 }
 
+
+/* step_rank(hook, table, family): a bridge-family chain runs before the hook's IP tables. */
+static int step_rank(int hook, int table, int bridge) {
+    return bridge ? HOOK_RANK[hook] * 16 - 1 : slot_rank(hook, table);
+}
+
 /* ---------------------------------------------------------------- fields of a line */
 
 static const char *TCP_FLAG_NAMES[] = {"ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG"}; /* sorted */
@@ -1035,6 +1041,7 @@ static long long word_int(Word w, long long limit) { return w.s ? small_int(w.s,
 
 static const char *FAMILIES[] = {"ip", "inet", "ip6", "bridge", "arp", "netdev"};
 #define N_FAMILIES 6
+#define FAMILY_BRIDGE 3 /* FAMILIES index of "bridge" */
 
 /* A PACKET / packet: line's fields, kept per trace id with its own copy of the interfaces. */
 typedef struct {
@@ -1472,6 +1479,7 @@ struct Packet {
     char first_src[ADDR_MAX], first_dst[ADDR_MAX], last_src[ADDR_MAX], last_dst[ADDR_MAX];
     long long first_ttl, first_sport, first_dport, last_ttl, last_sport, last_dport;
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
+    int last_bridge;           /* the last step is of an nft bridge table */
     int at_end;
     char *entered; /* the base chain seen entered after the last step (NULL: None) */
     size_t entered_n;
@@ -1846,7 +1854,7 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     *hook = base >= 0 ? base : p->last_hook;
     if (p->last_hook < 0)
         return 1;
-    return slot_rank(*hook, table) >= slot_rank(p->last_hook, p->last_table);
+    return step_rank(*hook, table, r->family == FAMILY_BRIDGE) >= step_rank(p->last_hook, p->last_table, p->last_bridge);
 }
 
 static int copy_text(char **into, size_t *into_n, Ref from) {
@@ -2078,6 +2086,7 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         e->failed = 1;
     p->last_hook = hook;
     p->last_table = table;
+    p->last_bridge = r->family == FAMILY_BRIDGE;
     p->at_end = 0;
     free(p->entered);
     p->entered = NULL;

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet
-from chainlab.trace.netfilter import HOOKS, slot_rank
+from chainlab.trace.netfilter import HOOKS, step_rank
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -192,7 +192,7 @@ class Assembler:
         hook = base if base is not None else last.hook
         if last.hook is None:
             return True, hook
-        return slot_rank(hook, step.table) >= slot_rank(last.hook, last.table), hook
+        return step_rank(hook, step.table, step.family) >= step_rank(last.hook, last.table, last.family), hook
 
     def _append(self, packet: Packet, event: Event, hook: str | None) -> None:
         f = event.fields

@@ -43,6 +43,15 @@ def slot_rank(hook: str, table: str) -> tuple[int, int]:
     return rank if rank is not None else _rank(hook, table)
 
 
+def step_rank(hook: str, table: str, family: str | None) -> tuple[int, int]:
+    """Sort key of a step along a packet's walk. An nft `bridge` table's chain runs at its
+    hook before br_netfilter hands the packet to the IP tables of the same hook (bridge
+    filter FORWARD, then ip mangle FORWARD)."""
+    if family == "bridge":
+        return HOOK_RANK.get(hook, 0), -1
+    return slot_rank(hook, table)
+
+
 def route_of(hooks: list[str]) -> str | None:
     """The route a packet took, from the hooks it was seen in (None if undecided)."""
     if "FORWARD" in hooks:
