@@ -350,7 +350,6 @@ static int slot_rank(int hook, int table) {
     return HOOK_RANK[hook] * 16 + index;
 }
 
-
 /* step_rank(hook, table, family): a bridge-family chain runs before the hook's IP tables. */
 static int step_rank(int hook, int table, int bridge) {
     return bridge ? HOOK_RANK[hook] * 16 - 1 : slot_rank(hook, table);
