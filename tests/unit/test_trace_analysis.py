@@ -190,3 +190,23 @@ def test_cross_node_public_icmp_is_one_flow():
                       LogSource(PUBLIC / "03-gke-icmp-crossnode-hostA.log", "hostA")])
     (flow,) = result.flows
     assert [h.node for h in flow.hops] == ["hostB", "hostA"] and flow.ip_id == 10728
+
+
+def test_a_walk_ended_by_a_rule_of_unknown_target_is_not_called_accepted(tmp_path):
+    """Kernel-log TRACE names the rule that matched, not what it did: a walk whose last step
+    is such a rule (filter INPUT rule 1, a DROP in the author's case that reported this) is
+    `unknown` until the node's rules say ACCEPT or DROP."""
+    fields = "IN=eth0 OUT= SRC=192.0.2.9 DST=192.0.2.1 LEN=52 TOS=0x00 PREC=0x00 TTL=64 ID={} DF PROTO=TCP SPT=40000 DPT=81 ACK"
+    # a connection's later packet (no nat), so filter INPUT is the last table of its walk
+    walk = ["raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1", "mangle:INPUT:policy:1", "filter:INPUT:rule:1"]
+    log = tmp_path / "n.log"
+    log.write_text("".join(f"Dec  2 03:10:15 n kernel: TRACE: {step} {fields.format(ip_id)}\n"
+                           for ip_id in (100, 101) for step in walk[: 4 if ip_id == 100 else 1]))
+    (first, _) = analyze([LogSource(log, "n")]).packets
+    assert (first.hooks, first.verdict) == (["PREROUTING", "INPUT"], "unknown")
+    assert first.reason.startswith("decided by filter:INPUT rule 1, whose target the log does not show")
+    for target, verdict in (("DROP", "dropped"), ("ACCEPT", "accepted")):
+        rules = tmp_path / f"{target}.rules"
+        rules.write_text(f"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 81 -j {target}\nCOMMIT\n")
+        (first, _) = analyze([LogSource(log, "n")], AnalysisOptions(rules={"n": load_rules(rules)})).packets
+        assert first.verdict == verdict

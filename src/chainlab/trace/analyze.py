@@ -71,6 +71,13 @@ def walk_chains(steps: list[Step], tables: set[str] | None) -> dict[str, list[st
     return chains
 
 
+def _target_unknown(step: Step) -> bool:
+    """A rule matched last and ended the walk, but neither the log nor a ruleset says whether
+    it accepted or dropped: a kernel-log TRACE line names the rule, not its target (a nat
+    rule cannot drop: iptables refuses DROP there)."""
+    return step.kind == "rule" and step.rule is None and not step.verdict and step.table != "nat"
+
+
 def _decides(step: Step) -> bool:
     """The step ends the table the packet is in: a policy, an accept, a NAT target."""
     if step.kind == "policy" or (step.verdict and step.verdict.split(":")[0] == "ACCEPT"):
@@ -113,6 +120,10 @@ def judge(packet: Packet, present: set[Slot]) -> None:
             packet.reason += f" (it went on into {packet.entered})"
         elif ahead:
             packet.reason += f" (still ahead: {ahead[0][1]} {ahead[0][0]})"
+    elif not ahead and packet.route and _target_unknown(last):
+        packet.verdict = "unknown"
+        packet.reason = (f"decided by {_where(last)}, whose target the log does not show"
+                         " (ACCEPT or DROP: --rules NODE=FILE with the node's iptables-save tells)")
     elif not ahead and packet.route:
         packet.verdict = "accepted"
         packet.reason = f"passed every table up to {last.table} {last.hook}"
