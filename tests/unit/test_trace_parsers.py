@@ -1,5 +1,7 @@
 """Each supported input format, with lines as the real tools print them."""
 
+import pytest
+
 from chainlab.trace.parse_kernel import parse_fields, parse_line
 from chainlab.trace.parse_nft import parse_nft_monitor, parse_xtables_monitor
 
@@ -62,6 +64,22 @@ def test_journalctl_and_dmesg_T_prefixes():
     (record,), _ = parse_line(f"[Tue Dec  2 03:38:09 2026] {fields}", 1)
     assert record.host is None and record.step.time is None and record.fields.ip_id == 13891
     assert not record.fields.damaged
+
+
+@pytest.mark.parametrize("prefix,host,time", [
+    ("Dec 02 03:38:09.123456 master kernel: ", "master", "Dec 02 03:38:09.123456"),  # journalctl -o short-precise
+    ("Tue 2026-12-02 03:38:09 UTC master kernel: ", "master", "Tue 2026-12-02 03:38:09 UTC"),  # short-full
+    ("[ 1713.241250] master kernel: ", "master", "1713.241250"),  # short-monotonic
+    ("1764646689.123456 master kernel: ", "master", "1764646689.123456"),  # short-unix
+    ("<4>1 2026-12-02T03:38:09.123456+00:00 master kernel - - - ", "master", "2026-12-02T03:38:09.123456+00:00"),  # RFC 5424
+    ("[ 1713.241250] ", None, "1713.241250"),  # dmesg: no host
+])
+def test_journal_and_rfc5424_prefixes_name_their_host(prefix, host, time):
+    """A journal or syslog server that gathers several nodes' kernel logs writes each line's
+    host: every journalctl output format with a host, and RFC 5424, keep it."""
+    fields = RSYSLOG[RSYSLOG.index("TRACE:"):]
+    (record,), _ = parse_line(prefix + fields, 1)
+    assert (record.host, record.step.time, record.fields.ip_id) == (host, time, 13891)
 
 
 def test_column_padded_dmesg_prefix():

@@ -741,6 +741,54 @@ static size_t before_next_prefix(const char *s, size_t n) {
 /* parse_kernel._prefix: (host, time) of the text before a line's first header. PREFIX is
  * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[]+)\s`, else the time is UPTIME
  * `\[\s*(\d+\.\d+)\]` anywhere. n == -1 in a Ref: None. */
+/* `(?:\.\d+)?` at t[i:n]: where it ends. */
+static size_t fraction_end(const char *t, size_t n, size_t i) {
+    size_t q = i + 1;
+    while (q < n && is_digit(t[q]))
+        q++;
+    return i < n && t[i] == '.' && q > i + 1 ? q : i;
+}
+
+/* PREFIX's time alternatives (parse_kernel.py) at t[p:n]: where the time ends (0: none),
+ * and the time's own text t[*t0:*t1] (short-monotonic's is inside the brackets). */
+static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t *t1) {
+    size_t r = n - p, end = 0;
+    const char *u = t + p;
+    *t0 = p;
+    if (bsd_time_at(u, r)) {
+        end = fraction_end(t, n, p + 15);
+    } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
+        end = p + 19;
+        while (end < n && !is_space(t[end]))
+            end++;
+    } else if (r >= 24 && u[0] >= 'A' && u[0] <= 'Z' && u[1] >= 'a' && u[1] <= 'z' && u[2] >= 'a' && u[2] <= 'z' &&
+               u[3] == ' ' && iso_minute_at(u + 4, r - 4) && u[14] == ' ' && u[20] == ':' && all_digits(u + 21, 2)) {
+        size_t z = fraction_end(t, n, p + 23), z0; /* short-full: `Tue 2026-12-01 12:00:00[.123] UTC` */
+        if (z < n && t[z] == ' ') {
+            for (z0 = ++z; z < n && ((t[z] >= 'A' && t[z] <= 'Z') || (t[z] >= 'a' && t[z] <= 'z') || is_digit(t[z]) ||
+                                     t[z] == '+' || t[z] == '-');
+                 z++)
+                ;
+            end = z > z0 ? z : 0;
+        }
+    } else if (r && u[0] == '[') {
+        size_t digits, len = uptime_at(u, r, &digits);
+        if (len) {
+            *t0 = p + digits;
+            *t1 = *t0 + len;
+            return *t1 + 1; /* past the `]` */
+        }
+    } else {
+        size_t q = p;
+        while (q < n && is_digit(t[q]))
+            q++;
+        if (q - p >= 9 && q - p <= 11) /* short-unix: seconds since 1970 */
+            end = fraction_end(t, n, q) > q ? fraction_end(t, n, q) : 0;
+    }
+    *t1 = end;
+    return end;
+}
+
 static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
     host->n = time->n = -1;
     size_t p = 0;
@@ -751,18 +799,13 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
         size_t d = ++q;
         while (q < n && is_digit(t[q]))
             q++;
-        if (q > d && q < n && t[q] == '>')
+        if (q > d && q < n && t[q] == '>') {
             p = q + 1;
+            if (n - p >= 2 && t[p] == '1' && t[p + 1] == ' ') /* RFC 5424's version */
+                p += 2;
+        }
     }
-    size_t r = n - p, end = 0;
-    const char *u = t + p;
-    if (bsd_time_at(u, r)) {
-        end = p + 15;
-    } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
-        end = p + 19;
-        while (end < n && !is_space(t[end]))
-            end++;
-    }
+    size_t t0, t1, end = prefix_time(t, n, p, &t0, &t1);
     if (end) {
         size_t h = end;
         while (h < n && is_space(t[h]))
@@ -772,7 +815,7 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
             h++;
         if (h0 > end && h > h0 && h < n && is_space(t[h])) {
             *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
-            *time = (Ref){t + p, (Py_ssize_t)(end - p)};
+            *time = (Ref){t + t0, (Py_ssize_t)(t1 - t0)};
             return;
         }
     }

@@ -21,9 +21,14 @@ from chainlab.trace.model import Fields, Step
 #: number is damage, and int() of thousands of digits would raise).
 HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)", re.ASCII)
 TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
+#: A syslog or journal line's time and host: the time as syslog (with journalctl's
+#: `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`), journalctl's
+#: `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or `short-unix`.
 PREFIX = re.compile(
-    r"^\s*(?:<\d+>)?"
-    r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*))"
+    r"^\s*(?:<\d+>(?:1 )?)?"
+    r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*)"
+    r"|(?P<full>[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+)|\[\s*(?P<mono>\d+\.\d+)\]"
+    r"|(?P<unix>\d{9,11}\.\d+))"
     r"\s+(?P<host>[^\s:\[]+)\s",
     re.ASCII,
 )
@@ -192,7 +197,7 @@ def _prefix(text: str) -> tuple[str | None, str | None]:
     """(host, time) from what precedes `TRACE:`; dmesg lines have no host."""
     match = PREFIX.match(text)
     if match:
-        return match.group("host"), match.group("bsd") or match.group("iso")
+        return match.group("host"), next(t for t in match.group("bsd", "iso", "full", "mono", "unix") if t)
     uptime = UPTIME.search(text)
     return None, uptime.group(1) if uptime else None
 
