@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tarfile
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -34,7 +36,22 @@ def test_proc_identity_survives_only_with_same_start_time() -> None:
     me = S.proc_of(os.getpid())
     assert me is not None and S.alive(me)
     assert not S.alive(S.Proc(me.pid, me.start + 1))
-    assert os.getpid() in S.descendants({os.getppid()})
+    assert me in S.descendants({os.getppid()})
+
+
+def test_kill_all_spares_a_reused_pid() -> None:
+    """A process found earlier whose PID now belongs to another process is not signalled."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        found = S.proc_of(child.pid)
+        assert found is not None
+        S.kill_all({S.Proc(found.pid, found.start - 1)}, timeout=0.2)  # not the process that was found
+        assert child.poll() is None
+        S.kill_all({found})
+        assert child.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_route_safety_refuses_addresses_outside_the_lab_link() -> None:

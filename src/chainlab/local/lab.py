@@ -206,7 +206,7 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
     for daemon in sorted(set(hs.daemons) - set(wanted)):  # e.g. etcd moved to another host
         record = hs.daemons.pop(daemon)
         if S.alive(record.proc()):
-            S.kill_all({record.pid})
+            S.kill_all({record.proc()})
             log(f"{host.name}: stopped {daemon}, which the inventory no longer puts here")
         store.save()
     for daemon, argv in wanted.items():

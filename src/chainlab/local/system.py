@@ -206,35 +206,56 @@ def same_mount_ns(pid: int) -> set[int]:
     return found
 
 
-def descendants(roots: set[int]) -> set[int]:
-    """`roots` and every process below them (container processes live in other netns)."""
+def descendants(roots: set[int]) -> set[Proc]:
+    """`roots` and every process below them (container processes live in other netns), each
+    with its start time as the scan saw it."""
     if not roots:
         return set()
     children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields:
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), list(roots)
+                starts[int(entry.name)] = int(fields[19])
+    found: set[int] = set()
+    todo = list(roots)
     while todo:
         pid = todo.pop()
         if pid not in found:
             found.add(pid)
             todo.extend(children.get(pid, []))
-    return found
+    return {Proc(pid, starts[pid]) for pid in found if pid in starts}
 
 
-def kill_all(pids: set[int], timeout: float = 5.0) -> None:
-    """SIGKILL every PID and wait until none runs (zombies count as gone)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _signal(proc: Proc, sig: signal.Signals) -> bool:
+    """Send `sig` to `proc` if it is still that process: a pidfd pins whatever has the PID
+    now, and its start time, read after, says whether it is the one that was found. False:
+    it is gone."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if start_time(proc.pid) != proc.start:
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def kill_all(procs: set[Proc], timeout: float = 5.0) -> None:
+    """SIGKILL every process (a PID reused since it was found is left alone) and wait until
+    none runs (zombies count as gone)."""
+    for proc in procs:
+        _signal(proc, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = [p for p in pids if (f := _stat_fields(p)) and f[0] not in ("Z", "X")]
+        running = [p.pid for p in procs if alive(p)]
         if not running:
             return
         time.sleep(0.05)
@@ -244,15 +265,13 @@ def kill_all(pids: set[int], timeout: float = 5.0) -> None:
 def stop(proc: Proc, timeout: float = 15.0) -> None:
     """SIGTERM, so a daemon cleans up after itself (dockerd its pidfile and containerd), then
     SIGKILL whatever is still running after `timeout`."""
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not _signal(proc, signal.SIGTERM):
         return
     deadline = time.monotonic() + timeout
     while alive(proc) and time.monotonic() < deadline:
         time.sleep(0.05)
     if alive(proc):
-        kill_all({proc.pid})
+        kill_all({proc})
 
 
 def spawn(argv: list[str], log: Path | None = None) -> Proc:

@@ -226,7 +226,7 @@ def _start(plan: VmLabPlan, host: VmHostPlan, store: _Store, accel: P.Accel, ima
     """(Re)start one VM: its tap, its overlay (kept across restarts on the same image), its seed."""
     record = store.host(host.name)
     if record.qemu is not None and S.alive(record.qemu.proc()):
-        S.kill_all({record.qemu.pid})  # alive but not in the lab namespace: not usable
+        S.kill_all({record.qemu.proc()})  # alive but not in the lab namespace: not usable
     N.ensure_tap(plan, host)
     if not host.overlay.exists() or record.image_id != image_id:
         host.overlay.unlink(missing_ok=True)
