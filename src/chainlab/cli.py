@@ -7,13 +7,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from chainlab.errors import ChainlabError, NoLabState
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Context:
@@ -139,9 +140,16 @@ def _inventory_defaulted() -> bool:
         return not (ctx.params.get("inventory_option") or os.environ.get(INVENTORY_ENV))
 
 
+def _stderr() -> Console:
+    """A rich console on stderr, for the messages a command ends with (rich is imported only
+    then: ~20 ms that a successful `analyze --format json` does without)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
 def _run() -> int | str | None:
     """Run the command line; the exit status (as for sys.exit) it ends with."""
-    err = Console(stderr=True, highlight=False)
     try:
         code = group.main(standalone_mode=False)  # ctx.exit(N) and --help come back as N
     except SystemExit as exc:  # e.g. `analyze --expect` failing: stdout is flushed first
@@ -153,11 +161,14 @@ def _run() -> int | str | None:
         cause = exc.__cause__
         signum = getattr(cause, "signum", None)  # chainlab.run.deadline.Interrupted
         if isinstance(signum, int):
-            err.print(f"interrupted by {signal.Signals(signum).name}")
+            _stderr().print(f"interrupted by {signal.Signals(signum).name}")
             return 128 + signum
-        err.print("aborted")
+        _stderr().print("aborted")
         return 130
     except ChainlabError as exc:
+        from rich.markup import escape
+
+        err = _stderr()
         err.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
         if isinstance(exc, NoLabState) and _inventory_defaulted():
             err.print("(no -i given: the inventory is ./inventory.yaml; for the local lab use "

@@ -6,14 +6,14 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from chainlab.errors import InputError, Problem
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json, write_tail
-from chainlab.render.text import TextReport, print_summary
 from chainlab.trace import native
 from chainlab.trace.expect import Check, Checker
 from chainlab.trace.match import parse_match
@@ -23,6 +23,9 @@ from chainlab.trace.pipeline import AnalysisOptions, Analyzer
 from chainlab.trace.reader import LogSource, check_gzip_intact
 from chainlab.trace.rules import load_rules
 from chainlab.trace.summary import Summary
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
@@ -108,6 +111,16 @@ def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource])
     return None if checker is None else checker.checks(set(nodes) | {s.node for s in sources if s.node})
 
 
+def _text_output() -> tuple[Console, ModuleType]:
+    """A console and the text renderer, imported only for the formats that print them (rich:
+    ~30 ms that a json or diagram run does without)."""
+    from rich.console import Console
+
+    from chainlab.render import text
+
+    return Console(), text
+
+
 def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
     """The Python engine (the reference): packets stream into the chosen output."""
     analyzer = Analyzer(options)
@@ -119,11 +132,11 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         checks = _checks(checker, analyzer.nodes, sources)
         return checks
 
-    console = Console()
     if fmt == "json":
         write_json(sys.stdout, packets, analyzer.flows, analyzer.stats, options.tables, checks_after=checks_after)
     elif fmt == "text":
-        report = TextReport()
+        console, text = _text_output()
+        report = text.TextReport()
         report.feed(packets)
         report.print(console, analyzer.flows(), analyzer.stats, analyzer.nodes, options.tables, checks_after())
     elif fmt == "summary":
@@ -131,7 +144,8 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         for packet in packets:
             summary.add(packet)
             repaired += packet.repaired_lines
-        print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
+        console, text = _text_output()
+        text.print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
     else:
         builder = diagram.DiagramBuilder(options.tables)
         for packet in packets:
@@ -144,7 +158,6 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
 def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
     """The C engine (native.py): the same outputs, the same bytes."""
     mode = fmt if fmt in ("json", "text", "summary") else "diagram"
-    console = Console()
     if fmt == "json":
         sys.stdout.write('{"packets": [')
         sys.stdout.flush()
@@ -156,11 +169,13 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         result = native.run(sources, options, mode, checker)
         checks = _checks(checker, result.nodes, sources)
         if fmt == "text":
-            report = TextReport()
+            console, text = _text_output()
+            report = text.TextReport()
             report.kept, report.summary, report.repaired = result.kept, result.summary, result.repaired
             report.print(console, result.flows, result.stats, result.nodes, options.tables, checks)
         elif fmt == "summary":
-            print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
+            console, text = _text_output()
+            text.print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
         else:
             builder = diagram.DiagramBuilder(options.tables)
             for node, direction, seq, count, info in result.walks:
