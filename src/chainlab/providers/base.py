@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
 from chainlab.errors import ChainlabError
@@ -53,6 +53,10 @@ class EmulationRuntime:
     etcd: EtcdEndpoint  # etcd and the TLS files' paths, on the host
 
 
+#: The inventory sections of the labs chainlab builds on this machine (each named as its kind).
+MACHINE_SECTIONS = ("local", "qemu")
+
+
 class Provider(ABC):
     """A provider kind; one instance per inventory."""
 
@@ -73,10 +77,9 @@ class Provider(ABC):
         """Raise LocatedValueError (file, line, key) for what this kind cannot take."""
         from chainlab.validation import LocatedValueError
 
-        if inv.local is not None:
-            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
-        if inv.qemu is not None:
-            raise LocatedValueError(("qemu",), "a `qemu:` section is only allowed with provider: qemu")
+        for section in MACHINE_SECTIONS:
+            if getattr(inv, section) is not None:
+                raise LocatedValueError((section,), f"a `{section}:` section is only allowed with provider: {section}")
 
     def _host(self, host: str) -> IPv4Address:
         if host not in self.inv.hosts:
@@ -140,3 +143,64 @@ class Provider(ABC):
 
     def describe(self) -> str:
         return self.kind
+
+
+class MachineProvider(Provider):
+    """A lab chainlab builds on this machine (namespaces, VMs), from the inventory section named
+    as its kind (`lan`, `state_dir`): the hosts sit behind one management link, their probes
+    stay inside the lab, and the lab lock lives in /run/chainlab, outside the state dir that
+    the lab's `down` removes."""
+
+    builds_hosts = True
+    check_connects = True
+    #: how messages name the lab, and the command that brings it up
+    lab_name: ClassVar[str]
+    up_command: ClassVar[str]
+
+    @classmethod
+    def validate_inventory(cls, inv: "Inventory") -> None:
+        from chainlab.validation import LocatedValueError
+
+        for section in MACHINE_SECTIONS:
+            if section != cls.kind and getattr(inv, section) is not None:
+                raise LocatedValueError((section,), f"a `{section}:` section is only allowed with provider: {section}")
+        settings = getattr(inv, cls.kind)
+        if settings is None:
+            raise LocatedValueError(("provider",), f"provider {cls.kind} needs a `{cls.kind}:` section (lan: ADDRESS/PREFIX)")
+        for name, host in inv.hosts.items():
+            if host.address not in settings.lan.network or host.address == settings.lan.ip:
+                raise LocatedValueError(
+                    ("hosts", name, "address"),
+                    f"{host.address} must be inside {cls.kind}.lan {settings.lan.network} and differ from the machine's end",
+                )
+
+    def _settings(self) -> Any:
+        settings = getattr(self.inv, self.kind)
+        assert settings is not None  # validate_inventory
+        return settings
+
+    @abstractmethod
+    def _plan(self) -> Any:
+        """The lab's plan: user, keys, known_hosts and HOME for SSH, and the lab's state file."""
+
+    def probe_networks(self) -> tuple[IPv4Network, ...]:
+        return (self._settings().lan.network, self.inv.calico.pool)
+
+    def target(self, host: str) -> Target:
+        address = self._host(host)
+        plan = self._plan()
+        self.check_route(address)
+        return Target(host, address, plan.user, self.ssh_port(), plan.client_key, plan.known_hosts,
+                      self.inv.ssh.connect_timeout, plan.home)
+
+    def state_dir(self) -> Path:
+        return Path(self._settings().state_dir)  # the lab's `down` removes it with the lab
+
+    def lab_lock_path(self) -> Path:
+        from chainlab.lock import local_lab_lock_path
+
+        return local_lab_lock_path(self.inv.lab)
+
+    def ready(self) -> None:
+        if not self._plan().state_file.exists():
+            raise ChainlabError(f"the {self.lab_name} {self.inv.lab} is not up: run `chainlab -i ... {self.up_command}` first")

@@ -8,42 +8,21 @@ is contacted only through the lab's management link (route safety rule).
 from __future__ import annotations
 
 import sys
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
 from chainlab.errors import ChainlabError
-from chainlab.providers.base import EmulationRuntime, HostHints, Provider, Target
-
-if TYPE_CHECKING:
-    from chainlab.inventory import Inventory
+from chainlab.providers.base import EmulationRuntime, HostHints, MachineProvider
 
 SSH_PORT = 22
 
 
-class LocalProvider(Provider):
+class LocalProvider(MachineProvider):
     kind = "local"
-    builds_hosts = True
-    check_connects = True
+    lab_name = "local lab"
+    up_command = "local up"
     starts_docker = True
-
-    @classmethod
-    def validate_inventory(cls, inv: "Inventory") -> None:
-        from chainlab.validation import LocatedValueError
-
-        if inv.local is None:
-            raise LocatedValueError(("provider",), "provider local needs a `local:` section (lan: ADDRESS/PREFIX)")
-        for name, host in inv.hosts.items():
-            if host.address not in inv.local.lan.network or host.address == inv.local.lan.ip:
-                raise LocatedValueError(
-                    ("hosts", name, "address"),
-                    f"{host.address} must be inside local.lan {inv.local.lan.network} and differ from the machine's end",
-                )
-
-    def probe_networks(self) -> tuple[IPv4Network, ...]:
-        assert self.inv.local is not None
-        return (self.inv.local.lan.network, self.inv.calico.pool)
 
     def _plan(self):  # type: ignore[no-untyped-def]
         from chainlab.local.plan import plan_lab
@@ -54,26 +33,6 @@ class LocalProvider(Provider):
         from chainlab.local.route import check_lab_route
 
         check_lab_route(self._plan(), address)
-
-    def target(self, host: str) -> Target:
-        address = self._host(host)
-        plan = self._plan()
-        self.check_route(address)
-        return Target(host, address, plan.user, SSH_PORT, plan.client_key, plan.known_hosts,
-                      self.inv.ssh.connect_timeout, plan.home)
-
-    def state_dir(self) -> Path:
-        assert self.inv.local is not None
-        return Path(self.inv.local.state_dir)  # `local down` removes it with the lab
-
-    def lab_lock_path(self) -> Path:
-        from chainlab.lock import local_lab_lock_path
-
-        return local_lab_lock_path(self.inv.lab)
-
-    def ready(self) -> None:
-        if not self._plan().state_file.exists():
-            raise ChainlabError(f"the local lab {self.inv.lab} is not up: run `chainlab -i ... local up` first")
 
     def ssh_port(self) -> int:
         return SSH_PORT

@@ -9,44 +9,24 @@ where the VM keeps them. Every address is contacted only through the lab's manag
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
 from chainlab.errors import ChainlabError
-from chainlab.providers.base import EmulationRuntime, Provider, Target
+from chainlab.providers.base import EmulationRuntime, MachineProvider
 
 if TYPE_CHECKING:
-    from chainlab.inventory import Inventory
     from chainlab.local.pki import Pki
     from chainlab.vm.plan import VmLabPlan
 
 
-class QemuProvider(Provider):
+class QemuProvider(MachineProvider):
     kind = "qemu"
-    builds_hosts = True
-    check_connects = True
+    lab_name = "VM lab"
+    up_command = "vm up"
     starts_docker = False  # systemd starts the VMs' dockerd: provisioning configures and restarts it
-
-    @classmethod
-    def validate_inventory(cls, inv: "Inventory") -> None:
-        from chainlab.validation import LocatedValueError
-
-        if inv.local is not None:
-            raise LocatedValueError(("local",), "a `local:` section is only allowed with provider: local")
-        if inv.qemu is None:
-            raise LocatedValueError(("provider",), "provider qemu needs a `qemu:` section (lan: ADDRESS/PREFIX)")
-        for name, host in inv.hosts.items():
-            if host.address not in inv.qemu.lan.network or host.address == inv.qemu.lan.ip:
-                raise LocatedValueError(
-                    ("hosts", name, "address"),
-                    f"{host.address} must be inside qemu.lan {inv.qemu.lan.network} and differ from the machine's end",
-                )
-
-    def probe_networks(self) -> tuple[IPv4Network, ...]:
-        assert self.inv.qemu is not None
-        return (self.inv.qemu.lan.network, self.inv.calico.pool)
 
     def _plan(self) -> "VmLabPlan":
         from chainlab.vm.plan import plan_vm_lab
@@ -57,28 +37,6 @@ class QemuProvider(Provider):
         from chainlab.vm.network import check_vm_route
 
         check_vm_route(self._plan(), address)
-
-    def target(self, host: str) -> Target:
-        from chainlab.vm.plan import SSH_PORT
-
-        address = self._host(host)
-        plan = self._plan()
-        self.check_route(address)
-        return Target(host, address, plan.user, SSH_PORT, plan.client_key, plan.known_hosts,
-                      self.inv.ssh.connect_timeout, plan.home)
-
-    def state_dir(self) -> Path:
-        assert self.inv.qemu is not None
-        return Path(self.inv.qemu.state_dir)  # `vm down` removes it with the VMs
-
-    def lab_lock_path(self) -> Path:
-        from chainlab.lock import local_lab_lock_path
-
-        return local_lab_lock_path(self.inv.lab)  # not in the state dir `vm down` removes
-
-    def ready(self) -> None:
-        if not self._plan().state_file.exists():
-            raise ChainlabError(f"the VM lab {self.inv.lab} is not up: run `chainlab -i ... vm up` first")
 
     def ssh_port(self) -> int:
         from chainlab.vm.plan import SSH_PORT
