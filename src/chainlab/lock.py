@@ -146,20 +146,15 @@ def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
     return exclusive(lab_lock_path(inv), _lab_what(inv.lab))
 
 
-def local_lab_lock(lab: str) -> AbstractContextManager[None]:
-    """`lab_lock` of the lab named `lab` that chainlab built on this machine (for `local
-    down` and `vm down`, which have no inventory to hand `lab_lock`)."""
-    return exclusive(local_lab_lock_path(lab), _lab_what(lab))
-
-
 @contextmanager
 def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold `local_lab_lock(lab)` while `command` (e.g. `local down`) removes the lab. A lab
-    up/down, scenario run or nightly holding it is refused, unless `force`: then `log` says
-    what is interrupted and the teardown goes on without the lock."""
+    """Hold the lab lock of `lab`, a lab chainlab built on this machine, while `command` (e.g.
+    `local down`, which has no inventory to hand `lab_lock`) removes it. A lab up/down, scenario
+    run or nightly holding it is refused, unless `force`: then `log` says what is interrupted
+    and the teardown goes on without the lock."""
     with ExitStack() as stack:
         try:
-            stack.enter_context(local_lab_lock(lab))
+            stack.enter_context(exclusive(local_lab_lock_path(lab), _lab_what(lab)))
         except LockHeld as exc:
             if not force:
                 raise ChainlabError(f"{exc}: wait for it, or `chainlab {command} --force` interrupts it") from None
