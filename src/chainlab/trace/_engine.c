@@ -695,11 +695,15 @@ static size_t trace_like_count(const char *line, size_t n) {
 
 /* The timestamps parse_kernel's regexes know, each matched at t[0:r]. */
 
+/* `[A-Z][a-z]{2} `: a month's or a weekday's name and a space, 4 characters. */
+static int day_name_at(const char *t, size_t r) {
+    return r >= 4 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' && t[3] == ' ';
+}
+
 /* `[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d` (syslog), 15 characters. */
 static int bsd_time_at(const char *t, size_t r) {
-    return r >= 15 && t[0] >= 'A' && t[0] <= 'Z' && t[1] >= 'a' && t[1] <= 'z' && t[2] >= 'a' && t[2] <= 'z' &&
-           t[3] == ' ' && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' && all_digits(t + 7, 2) &&
-           t[9] == ':' && all_digits(t + 10, 2) && t[12] == ':' && all_digits(t + 13, 2);
+    return r >= 15 && day_name_at(t, r) && (t[4] == ' ' || is_digit(t[4])) && is_digit(t[5]) && t[6] == ' ' &&
+           all_digits(t + 7, 2) && t[9] == ':' && all_digits(t + 10, 2) && t[12] == ':' && all_digits(t + 13, 2);
 }
 
 /* `\d{4}-\d\d-\d\d[T ]\d\d:\d\d` (RFC 3339 to the minute), 16 characters. */
@@ -761,8 +765,8 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
         end = p + 19;
         while (end < n && !is_space(t[end]))
             end++;
-    } else if (r >= 24 && u[0] >= 'A' && u[0] <= 'Z' && u[1] >= 'a' && u[1] <= 'z' && u[2] >= 'a' && u[2] <= 'z' &&
-               u[3] == ' ' && iso_minute_at(u + 4, r - 4) && u[14] == ' ' && u[20] == ':' && all_digits(u + 21, 2)) {
+    } else if (r >= 24 && day_name_at(u, r) && iso_minute_at(u + 4, r - 4) && u[14] == ' ' && u[20] == ':' &&
+               all_digits(u + 21, 2)) {
         size_t z = fraction_end(t, n, p + 23), z0; /* short-full: `Tue 2026-12-01 12:00:00[.123] UTC` */
         if (z < n && t[z] == ' ') {
             for (z0 = ++z; z < n && ((t[z] >= 'A' && t[z] <= 'Z') || (t[z] >= 'a' && t[z] <= 'z') || is_digit(t[z]) ||
@@ -782,8 +786,9 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
         size_t q = p;
         while (q < n && is_digit(t[q]))
             q++;
-        if (q - p >= 9 && q - p <= 11) /* short-unix: seconds since 1970 */
-            end = fraction_end(t, n, q) > q ? fraction_end(t, n, q) : 0;
+        size_t f = fraction_end(t, n, q);
+        if (q - p >= 9 && q - p <= 11 && f > q) /* short-unix: seconds since 1970 */
+            end = f;
     }
     *t1 = end;
     return end;
