@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from userenv import like_a_user_shell
+
+like_a_user_shell()  # every lab benchmark imports this module first: the tools it times run as from a user's shell
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")

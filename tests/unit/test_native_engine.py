@@ -131,6 +131,8 @@ def check_file(path: Path, node: str = "n", what: str = "", text: str | None = N
 
 
 def load_bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:  # as `python bench/trace_bench.py` has it: its helpers beside it
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("chainlab_trace_bench", BENCH)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

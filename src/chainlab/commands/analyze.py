@@ -114,11 +114,9 @@ def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource])
 def _text_output() -> tuple[Console, ModuleType]:
     """A console and the text renderer, imported only for the formats that print them (rich:
     ~30 ms that a json or diagram run does without)."""
-    from rich.console import Console
-
     from chainlab.render import text
 
-    return Console(), text
+    return text.text_console(), text
 
 
 def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:

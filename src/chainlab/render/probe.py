@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chainlab.render.text import VERDICT_STYLE, print_flow
+from chainlab.render.text import VERDICT_STYLE, flow_text
 from chainlab.run.matrix import Matrix, deciding_rules, rule_number
 from chainlab.run.outcome import ProbeResult, hop_order
 
@@ -38,7 +38,7 @@ def print_probe(console: Console, result: ProbeResult) -> None:
     else:
         console.print("[yellow]no packet of this probe in any node's trace[/]")
     for flow in result.flows:
-        print_flow(console, flow, "flow: ")
+        console.print(flow_text(flow, "flow: "))
     if result.run_dir is not None:
         console.print(f"[dim]probe exit code {result.exit_code}; evidence in {result.run_dir}/report.html[/dim]")
 

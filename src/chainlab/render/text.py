@@ -2,7 +2,8 @@
 
 The default text format shows up to PACKET_LIMIT packets in full (in the order they began,
 node by node), and when the log had more, the summary of all of them: memory stays flat
-whatever the log's size.
+whatever the log's size. On a terminal, tables wider than it wrap; into a pipe or a file
+they do not (a row is one line, for grep and less -S), as ps and kubectl print.
 """
 
 from __future__ import annotations
@@ -36,16 +37,34 @@ def _plain(text: str) -> bool:
     return text.isprintable() and cell_len(text) == len(text) and text.strip(" ") == text
 
 
-def grid(columns: list[str], rows: list[list[Cell]], width: int, right: tuple[int, ...] = ()) -> RenderableType:
+def text_console() -> Console:
+    """The console the text formats print to: into a pipe or a file it wraps nothing. No
+    :emoji: codes (a log's text is printed as it is; and rich's emoji table takes ~10 ms to
+    load), no highlighting of numbers in our own lines."""
+    console = Console(emoji=False, highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
+def layout_width(console: Console) -> int | None:
+    """The width tables are laid out to: the terminal's, or None (no limit) where the console
+    does not wrap."""
+    return None if console.soft_wrap else console.width
+
+
+def grid(columns: list[str], rows: list[list[Cell]], width: int | None, right: tuple[int, ...] = ()) -> RenderableType:
     """A table without borders (header dim, columns two spaces apart, `right` ones right-justified,
     cells as they are: no markup, no emoji codes): what rich's Table(show_edge=False,
     pad_edge=False, box=None, header_style="dim") of Text cells prints.
-    When every cell is printable ASCII and the table fits `width`, it is laid out here as one
-    Text, the same characters rich would print, without rich's per-table measuring (which
-    takes milliseconds: the text format prints 50 tables); otherwise rich's Table does it."""
+    When every cell is printable ASCII and the table fits `width` (None: any width), it is
+    laid out here as one Text, the same characters rich would print, without rich's per-table
+    measuring (which takes milliseconds: the text format prints 50 tables and a summary of up
+    to 10,000 rows); otherwise rich's Table does it. Print a grid laid out to no width with
+    soft_wrap=True, so that the console does not wrap its rows either."""
     texts = [[c if isinstance(c, str) else c[0] for c in row] for row in rows]
     widths = [max([len(name), *(len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
-    if sum(widths) + 2 * (len(columns) - 1) <= width and all(_plain(t) for row in [columns, *texts] for t in row):
+    fits = width is None or sum(widths) + 2 * (len(columns) - 1) <= width
+    if fits and all(_plain(t) for row in [columns, *texts] for t in row):
         out = Text()
         for n, row in enumerate([[(name, "dim") for name in columns], *rows]):
             for i, cell in enumerate(row):
@@ -66,7 +85,7 @@ def grid(columns: list[str], rows: list[list[Cell]], width: int, right: tuple[in
     return table
 
 
-def packet_table(p: PacketRecord, tables: set[str] | None, width: int = 80) -> RenderableType:
+def packet_table(p: PacketRecord, tables: set[str] | None, width: int | None = 80) -> RenderableType:
     steps = [s for s in p.steps if tables is None or s.table in tables]
     with_rules = any(s.rule for s in steps)
     rows: list[list[Cell]] = []
@@ -76,7 +95,7 @@ def packet_table(p: PacketRecord, tables: set[str] | None, width: int = 80) -> R
     return grid(["hook", "table:chain", "step", "mark", *(["rule"] if with_rules else [])], rows, width)
 
 
-def render_packet(p: PacketRecord, tables: set[str] | None, width: int = 80) -> Group:
+def render_packet(p: PacketRecord, tables: set[str] | None, width: int | None = 80) -> Group:
     path = " → ".join(p.hooks) or "(no step in the selected tables)"
     verdict = Text.assemble(
         ("  path: ", "dim"), (path, "bold"), ("   verdict: ", "dim"),
@@ -108,30 +127,31 @@ class TextReport:
     def print(self, console: Console, flows: list[Flow], stats: ReadStats, nodes: list[str], tables: set[str] | None,
               checks: list[Check] | None = None) -> None:
         rank = {node: i for i, node in enumerate(nodes)}
+        width = layout_width(console)
         for _, p in sorted(self.kept, key=lambda k: (rank.get(k[1].node, len(rank)), k[0])):
-            console.print(render_packet(p, tables, console.width))
+            console.print(render_packet(p, tables, width))
         total = self.summary.packets
         if total > len(self.kept):
             console.print(Text(f"{len(self.kept)} of {total} packets shown; all of them by path:", style="bold"))
             print_summary_table(console, self.summary, nodes)
         if flows:
             console.print(Text("flows across nodes", style="bold"))
-            for flow in flows[:FLOW_LIMIT]:
-                print_flow(console, flow)
+            console.print(Text("\n").join(flow_text(flow) for flow in flows[:FLOW_LIMIT]))
             if len(flows) > FLOW_LIMIT:
                 console.print(f"  ({len(flows) - FLOW_LIMIT} more flows: --format json has them all)")
             console.print()
-        console.print(f"[dim]{counts_line(stats, self.repaired, total)}[/dim]")
+        console.print(Text(counts_line(stats, self.repaired, total), style="dim"))
         if checks is not None:
             print_checks(console, checks)
 
 
-def print_flow(console: Console, flow: Flow, prefix: str = "") -> None:
+def flow_text(flow: Flow, prefix: str = "") -> Text:
     """One cross-node flow: its hops on a line, then its NAT notes."""
     hops = "  ⇒  ".join(f"{h.node}: {' → '.join(h.hooks)} ({h.verdict})" for h in flow.hops)
-    console.print(f"  {prefix}{flow.direction} {flow.protocol} ip id {flow.ip_id}: {escape(hops)}")
+    text = Text(f"  {prefix}{flow.direction} {flow.protocol} ip id {flow.ip_id}: {hops}")
     for note in flow.nat:
-        console.print(f"    [magenta]{escape(note)}[/magenta]")
+        text.append(f"\n    {note}", "magenta")
+    return text
 
 
 def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:
@@ -156,7 +176,8 @@ def print_summary_table(console: Console, summary: Summary, nodes: list[str]) ->
         for row in summary.sorted_rows(nodes)
     ]
     columns = ["packets", "node", "direction", "path", "verdict", "first", "last", "example", "drop"]
-    console.print(grid(columns, rows, console.width, right=(0,)))
+    width = layout_width(console)
+    console.print(grid(columns, rows, width, right=(0,)))
     if summary.other:
         console.print(f"  {summary.other} more packets on paths beyond the first {summary.max_rows}")
 
@@ -168,7 +189,7 @@ def print_summary(console: Console, summary: Summary, stats: ReadStats, nodes: l
     verdicts = summary.verdicts()
     console.print()
     console.print("  ".join(f"{verdicts.get(v, 0)} {v}" for v in ("dropped", "accepted", "unknown")))
-    console.print(f"[dim]{counts_line(stats, repaired, summary.packets)}[/dim]")
+    console.print(Text(counts_line(stats, repaired, summary.packets), style="dim"))
     if checks is not None:
         print_checks(console, checks)
 

@@ -69,7 +69,7 @@ class WalkInfo:
     verdict: str
     origin: bool
     drop_at: str | None
-    chains: dict[str, list[str]]
+    chains: dict[str, list[str]]  # only for diagrams (empty otherwise)
     expect_hooks: list[str]
     last_chain: str | None
 
@@ -77,9 +77,10 @@ class WalkInfo:
 class Calls:
     """What the engine asks of Python while it runs (see Engine's doc in _engine.c)."""
 
-    def __init__(self, options: AnalysisOptions, checker: Checker | None):
+    def __init__(self, options: AnalysisOptions, checker: Checker | None, diagram: bool = False):
         self.options = options
         self.checker = checker
+        self.diagram = diagram
         self.names: list[str] = []
         self.present: list[set[Slot]] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
@@ -117,7 +118,7 @@ class Calls:
         packet.origin = sent_here(steps, packet.hooks)
         last = steps[-1]
         drop_at = drop_chain(packet)
-        chains = walk_chains(steps, options.tables)
+        chains = walk_chains(steps, options.tables) if self.diagram else {}
         hooks = tuple(packet.hooks)
         summary = self.summary_keys.setdefault((hooks, packet.verdict, drop_point(packet)), len(self.summary_keys))
         diagram = self.diagram_keys.setdefault((hooks, packet.verdict, drop_at), len(self.diagram_keys))
@@ -161,7 +162,7 @@ def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: 
 
 def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None,
          out: IO[bytes] | None) -> Result:
-    calls = Calls(options, checker)
+    calls = Calls(options, checker, mode == "diagram")
     match = options.match
     declared = {
         "\0".join((node, *key)).encode("utf-8", "surrogatepass"): (HOOKS.index(chain.hook) + 1 if chain.hook else 0)
