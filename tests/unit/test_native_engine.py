@@ -21,6 +21,7 @@ import gzip
 import importlib
 import importlib.util
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -493,6 +494,16 @@ def test_packet_dense_log(tmp_path):
     log = tmp_path / "dense.log"
     log.write_text("".join(line.format(i % 65536, i) + "\n" for i in range(5000)))
     assert_same([f"n={log}"], "5000 one-line packets", formats=("json", "summary"))
+
+
+def test_more_hosts_than_the_parser_names(tmp_path):
+    """The parser thread gives the first 4096 host names ids (PARSER_HOSTS); lines of the
+    others are attributed by name: every line still goes to its host's node, in a bare file."""
+    line = "Dec  2 03:14:07 {} kernel: TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 ID={} PROTO=UDP SPT=1 DPT=2"
+    log = tmp_path / "hosts.log"
+    log.write_text("".join(line.format(f"h{i % 4500}", i % 65536) + "\n" for i in range(9000)))
+    run = assert_same([str(log)], "4500 hosts", formats=("json", "summary"))
+    assert len({p["node"] for p in json.loads(run.stdout)["packets"]}) == 4500
 
 
 def test_walk_cache_is_bounded(tmp_path):

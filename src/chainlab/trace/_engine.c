@@ -1561,6 +1561,10 @@ struct Packet {
 #define ADDRESS_CACHE 4096
 /* packets the text format shows in full (render.text.PACKET_LIMIT) */
 #define TEXT_PACKETS 50
+/* finished packets kept for reuse (see packet_release) */
+#define SPARE_PACKETS 256
+/* host names the parser thread gives ids (a log of more hosts: the others are looked up by name) */
+#define PARSER_HOSTS 4096
 
 typedef struct {
     PyObject *result; /* the Python walk tuple (see native.py) */
@@ -1620,6 +1624,8 @@ typedef struct {
     long long lines, ignored, skipped, records, cut_lines, matched, repaired;
     long long identities[3];
     Packet *head, *tail; /* open packets */
+    Packet *spare;       /* finished packets to reuse, linked by `next` */
+    int n_spare;
     Packet *bucket_head[BUCKETS], *bucket_tail[BUCKETS];
     Map by_trace; /* node + trace id -> packet */
     /* the assembler's `_last`: node, trace id, a copy of the fields, the packet (NULL: not open) */
@@ -1661,8 +1667,7 @@ typedef struct {
     char *read_buf;        /* feed_from without the parser: read_size bytes */
     size_t read_size;
     int carry_ahead;       /* the chunks handed to the parser so far end inside a line */
-    Buf fast_host;         /* the host field of the last line the parser read, and its node */
-    int fast_node;
+    int host_nodes[PARSER_HOSTS]; /* node of each Parser.hosts id, -1: not looked up yet */
     long long line_no;
     /* nft / xtables-monitor: per trace id, the last packet line's fields and the pending base chain */
     Map nft_packets, pending;
@@ -1685,10 +1690,8 @@ typedef struct {
 
 static size_t bucket_of(int node, long long ip_id) { return ((size_t)node * 7919u + (size_t)ip_id) % BUCKETS; }
 
-static void packet_free(Packet *p) {
-    free(p->steps.p);
-    free(p->sig.p);
-    free(p->at);
+/* What a packet owns besides the buffers a spare one keeps (see packet_release). */
+static void packet_free_parts(Packet *p) {
     free(p->in_if);
     free(p->out_if);
     free(p->entered);
@@ -1697,7 +1700,47 @@ static void packet_free(Packet *p) {
         free(p->trace_ids[i]);
     free(p->trace_ids);
     free(p->trace_id_n);
+}
+
+static void packet_free(Packet *p) {
+    packet_free_parts(p);
+    free(p->steps.p);
+    free(p->sig.p);
+    free(p->at);
     free(p);
+}
+
+/* A finished packet becomes a spare, up to SPARE_PACKETS of them: the next packet opened
+ * takes it with its step buffers (a packet's signature and JSON grow to kilobytes; taking
+ * them from malloc and giving them back, packet after packet, cost more than assembling). */
+static void packet_release(Engine *e, Packet *p) {
+    if (e->n_spare >= SPARE_PACKETS) {
+        packet_free(p);
+        return;
+    }
+    packet_free_parts(p);
+    Buf sig = p->sig, steps = p->steps;
+    StepAt *at = p->at;
+    size_t cap_steps = p->cap_steps;
+    memset(p, 0, sizeof *p); /* as calloc gives it, but for the buffers, emptied */
+    p->sig = (Buf){sig.p, 0, sig.cap};
+    p->steps = (Buf){steps.p, 0, steps.cap};
+    p->at = at;
+    p->cap_steps = cap_steps;
+    p->next = e->spare;
+    e->spare = p;
+    e->n_spare++;
+}
+
+/* A zeroed packet, but for its buffers: a spare one or a new one; NULL: no memory. */
+static Packet *packet_new(Engine *e) {
+    Packet *p = e->spare;
+    if (!p)
+        return calloc(1, sizeof(Packet));
+    e->spare = p->next;
+    e->n_spare--;
+    p->next = NULL;
+    return p;
 }
 
 static void lru_unlink(Engine *e, Packet *p) {
@@ -2209,7 +2252,7 @@ static void index_packet(Engine *e, Packet *p) {
 /* Assembler._open */
 static Packet *open_packet(Engine *e, const Rec *r) {
     const Fields *f = r->f;
-    Packet *p = calloc(1, sizeof *p);
+    Packet *p = packet_new(e);
     if (!p) {
         e->failed = 1;
         return NULL;
@@ -3173,7 +3216,7 @@ static void process_done(Engine *e) {
     for (size_t i = 0; i < e->n_done; i++) {
         if (!e->error)
             finish_packet(e, e->done[i]);
-        packet_free(e->done[i]);
+        packet_release(e, e->done[i]);
     }
     e->n_done = 0;
 }
@@ -3633,6 +3676,7 @@ typedef struct {
     size_t fields;           /* L_FAST: index in Batch.fields */
     Header h;                /* L_FAST: pointers into data */
     Ref host, time;          /* L_FAST: in data (n -1: none) */
+    int host_id;             /* L_FAST: Parser.hosts index of host; -1: no host, -2: not kept there */
     int table_index, chain_hook;
     uint64_t header_id;      /* L_FAST: the header slot's id */
 } Parsed;
@@ -3664,6 +3708,14 @@ typedef struct Parser {
     Buf prefix;
     int has_prefix;
     Py_ssize_t host_at, host_n, time_at, time_n;
+    int host_id;
+    /* the host names read so far, each given an id: the assembler then looks a line's node up
+     * by it, without reading the line again (a line it does not otherwise read, most of the
+     * time: reading it would cost a cache miss, the line was read on the other core). Entries
+     * are only added (while the assembler reads those of the chunks handed over). */
+    struct { char *s; size_t n; } hosts[PARSER_HOSTS];
+    int n_hosts;
+    int host_slots[2 * PARSER_HOSTS]; /* open addressing by hash: index + 1, 0: empty */
     /* chunks handed over: the one being parsed (or parsed) is views[current] */
     Batch batches[2];
     Py_buffer views[2];
@@ -3725,6 +3777,27 @@ static int batch_ignored(Batch *b, size_t count) {
     return l != NULL;
 }
 
+/* The id of host name s[0:n] (added if new), -2: the table is full, -3: no memory. */
+static int parser_host(Parser *ps, const char *s, size_t n) {
+    size_t mask = 2 * PARSER_HOSTS - 1, i = hash_bytes(s, n) & mask;
+    for (; ps->host_slots[i]; i = (i + 1) & mask) {
+        int id = ps->host_slots[i] - 1;
+        if (ps->hosts[id].n == n && memcmp(ps->hosts[id].s, s, n) == 0)
+            return id;
+    }
+    if (ps->n_hosts == PARSER_HOSTS)
+        return -2;
+    char *copy = malloc(n ? n : 1);
+    if (!copy)
+        return -3;
+    memcpy(copy, s, n);
+    int id = ps->n_hosts++;
+    ps->hosts[id].s = copy;
+    ps->hosts[id].n = n;
+    ps->host_slots[i] = id + 1;
+    return id;
+}
+
 /* One line data[at:at+n] of a kernel log (n already cut to LINE_LIMIT): the common way, or
  * handed over as it is; 0 when the batch is full. */
 static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t n, int cut) {
@@ -3783,8 +3856,14 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
         parse_prefix(line, pn, &host, &time);
         ps->host_at = host.n < 0 ? 0 : host.s - line, ps->host_n = host.n;
         ps->time_at = time.n < 0 ? 0 : time.s - line, ps->time_n = time.n;
+        ps->host_id = host.n > 0 ? parser_host(ps, host.s, (size_t)host.n) : -1;
+        if (ps->host_id == -3) {
+            b->failed = 1;
+            return 0;
+        }
         ps->has_prefix = 1;
     }
+    l->host_id = ps->host_id;
     l->host = (Ref){line + ps->host_at, ps->host_n};
     l->time = (Ref){line + ps->time_at, ps->time_n};
     /* the fields: the previous line's, or a copy whose texts point into this line */
@@ -3883,6 +3962,8 @@ static void parser_free(Parser *ps) {
         free(ps->batches[i].fields);
         free(ps->bufs[i]);
     }
+    for (int i = 0; i < ps->n_hosts; i++)
+        free(ps->hosts[i].s);
     free(ps->caches.headers);
     free(ps->caches.fields);
     free(ps->prefix.p);
@@ -3923,15 +4004,15 @@ static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
     e->line_no++;
     int node = e->line_node;
     if (l->host.n > 0 && e->from_lines) {
-        Buf *last = &e->fast_host;
-        if (e->fast_node >= 0 && last->n == (size_t)l->host.n && memcmp(last->p, l->host.s, last->n) == 0) {
-            node = e->fast_node;
+        int id = l->host_id, known = id >= 0 ? e->host_nodes[id] : -1;
+        if (known >= 0) {
+            node = known;
         } else {
-            node = node_number(e, l->host.s, (size_t)l->host.n);
-            last->n = 0;
-            e->fast_node = node >= 0 && !put(last, l->host.s, (size_t)l->host.n) ? node : -1;
-            if (node < 0)
-                node = e->line_node;
+            known = id >= 0 ? node_number(e, e->parser->hosts[id].s, e->parser->hosts[id].n)
+                            : node_number(e, l->host.s, (size_t)l->host.n);
+            if (known >= 0 && id >= 0)
+                e->host_nodes[id] = known;
+            node = known >= 0 ? known : e->line_node;
         }
     }
     Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
@@ -4214,7 +4295,8 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     e->match_dst = match_dst;
     e->window = window;
     e->line_node = -1;
-    e->fast_node = -1;
+    for (int i = 0; i < PARSER_HOSTS; i++)
+        e->host_nodes[i] = -1;
     return 0;
 }
 
@@ -4229,6 +4311,11 @@ static void Engine_dealloc(Engine *e) {
     }
     for (size_t i = 0; i < e->n_done; i++)
         packet_free(e->done[i]);
+    while (e->spare) {
+        Packet *p = e->spare;
+        e->spare = p->next;
+        packet_free(p);
+    }
     for (int i = 0; i < e->n_nodes; i++) {
         free(e->node_names[i]);
         Py_XDECREF(e->node_json[i]);
@@ -4242,7 +4329,7 @@ static void Engine_dealloc(Engine *e) {
                       e->ports, e->ip_ids, e->words.w, e->caches.headers, e->caches.fields, e->read_buf, e->heads};
     for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
         free(arrays[i]);
-    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->fast_host, &e->scratch,
+    Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->scratch,
                    &e->scratch2, &e->verdict, &e->key, &e->out};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         free(bufs[i]->p);
