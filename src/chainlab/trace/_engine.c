@@ -3181,7 +3181,8 @@ static void finish_packet(Engine *e, Packet *p) {
         return;
     e->matched++;
     e->repaired += p->repaired;
-    add_hop(e, p, w, direction);
+    if (e->mode != MODE_SUMMARY) /* the one format that prints no flows */
+        add_hop(e, p, w, direction);
     int err = 0;
     if (e->mode == MODE_JSON) {
         err = (e->written ? PUTL(&e->out, ",\n  ") : PUTL(&e->out, "\n  ")) ||

@@ -107,7 +107,7 @@ class Calls:
         `walk`: (table, chain, kind, position, handle, verdict, rule, hook, family) per step."""
         options = self.options
         name = self.names[node]
-        steps = [Step(table, chain, kind, position, handle, verdict, rule, hook=hook, family=family)
+        steps = [Step(table, chain, kind, position, handle, verdict, rule, None, 0, None, hook, family)  # positional: keywords cost 0.1 µs a step
                  for table, chain, kind, position, handle, verdict, rule, hook, family in walk]
         packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         rules = options.rules.get(name)
