@@ -1508,6 +1508,8 @@ typedef struct {
     int table_index, chain_hook; /* TABLES and HOOKS index of table and chain, -1: other */
     int repeat; /* its fields are those of the record fed just before (same text) */
     uint64_t header_id; /* the parser thread's id of its header text (0: none; see step_head) */
+    const char *json_tail; /* what its step JSON ends with after "line" (NULL: made in append_step) */
+    size_t json_tail_n;
 } Rec;
 
 typedef struct {
@@ -2140,28 +2142,32 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         }
         err |= PUTL(b, ", \"line\": ");
         err |= put_int(b, e->line_no);
-        if (r->handle.n >= 0) {
-            err |= PUTL(b, ", \"handle\": ");
-            err |= put_jstr(b, r->handle.s, (size_t)r->handle.n);
+        if (r->json_tail) { /* the parser thread wrote the rest */
+            err |= put(b, r->json_tail, r->json_tail_n);
+        } else {
+            if (r->handle.n >= 0) {
+                err |= PUTL(b, ", \"handle\": ");
+                err |= put_jstr(b, r->handle.s, (size_t)r->handle.n);
+            }
+            if (r->verdict.n >= 0) {
+                err |= PUTL(b, ", \"verdict\": ");
+                err |= put_jstr(b, r->verdict.s, (size_t)r->verdict.n);
+            }
+            if (r->family < 0 && f->mark.n >= 0) { /* nft steps have no mark */
+                err |= PUTL(b, ", \"mark\": ");
+                err |= put_mark(b, f->mark);
+            }
+            if (r->time.n >= 0) {
+                err |= PUTL(b, ", \"time\": ");
+                err |= put_jstr(b, r->time.s, (size_t)r->time.n);
+            }
+            if (r->family >= 0) {
+                err |= PUTL(b, ", \"family\": \"");
+                err |= puts_(b, FAMILIES[r->family]);
+                err |= PUTL(b, "\"");
+            }
+            err |= PUTL(b, "}");
         }
-        if (r->verdict.n >= 0) {
-            err |= PUTL(b, ", \"verdict\": ");
-            err |= put_jstr(b, r->verdict.s, (size_t)r->verdict.n);
-        }
-        if (r->family < 0 && f->mark.n >= 0) { /* nft steps have no mark */
-            err |= PUTL(b, ", \"mark\": ");
-            err |= put_mark(b, f->mark);
-        }
-        if (r->time.n >= 0) {
-            err |= PUTL(b, ", \"time\": ");
-            err |= put_jstr(b, r->time.s, (size_t)r->time.n);
-        }
-        if (r->family >= 0) {
-            err |= PUTL(b, ", \"family\": \"");
-            err |= puts_(b, FAMILIES[r->family]);
-            err |= PUTL(b, "\"");
-        }
-        err |= PUTL(b, "}");
         at->suffix_n = b->n - suffix;
     }
     p->n_steps++;
@@ -3678,6 +3684,7 @@ typedef struct {
     Header h;                /* L_FAST: pointers into data */
     Ref host, time;          /* L_FAST: in data (n -1: none) */
     int host_id;             /* L_FAST: Parser.hosts index of host; -1: no host, -2: not kept there */
+    size_t tail_at, tail_n;  /* L_FAST, json: its step JSON's end in Batch.tails (see parser_tail) */
     int table_index, chain_hook;
     uint64_t header_id;      /* L_FAST: the header slot's id */
 } Parsed;
@@ -3690,6 +3697,7 @@ typedef struct {
     size_t n;
     Fields *fields; /* their texts point into data */
     size_t n_fields;
+    Buf tails;      /* json: the lines' step JSON ends */
     size_t start, stop, end; /* lines data[start:stop] read; data[stop:end] left to feed_lines; data[end:] unfinished */
     int failed;
 } Batch;
@@ -3705,6 +3713,9 @@ typedef struct Parser {
     Batch *batch;
     Caches caches;
     int prev_fast; /* the last line read went into the batch as L_FAST */
+    int want_tails; /* json: render each line's step JSON end here (parser_tail) */
+    Ref tail_mark, tail_time; /* what the last tail rendered in this chunk was made of */
+    size_t tail_at, tail_n;   /* and where it is (tail_n 0: none yet) */
     /* the last prefix parsed: its text and where host and time are in it */
     Buf prefix;
     int has_prefix;
@@ -3776,6 +3787,30 @@ static int batch_ignored(Batch *b, size_t count) {
     if (l)
         l->n = count;
     return l != NULL;
+}
+
+/* json: what append_step writes after a kernel line's `"line": N`, its mark and time and
+ * the closing brace, written here on the parser thread (the assembling thread is the busier
+ * one); the last line's when its mark and time texts are the same (most lines). */
+static int parser_tail(Parser *ps, Batch *b, Parsed *l, const Fields *f) {
+    if (ps->tail_n && ref_eq(ps->tail_mark, f->mark) && ref_eq(ps->tail_time, l->time)) {
+        l->tail_at = ps->tail_at, l->tail_n = ps->tail_n;
+        return 0;
+    }
+    Buf *t = &b->tails;
+    size_t at = t->n;
+    int err = 0;
+    if (f->mark.n >= 0)
+        err |= PUTL(t, ", \"mark\": ") || put_mark(t, f->mark);
+    if (l->time.n >= 0)
+        err |= PUTL(t, ", \"time\": ") || put_jstr(t, l->time.s, (size_t)l->time.n);
+    err |= PUTL(t, "}");
+    if (err)
+        return -1;
+    ps->tail_mark = f->mark, ps->tail_time = l->time;
+    l->tail_at = ps->tail_at = at;
+    l->tail_n = ps->tail_n = t->n - at;
+    return 0;
 }
 
 /* The id of host name s[0:n] (added if new), -2: the table is full, -3: no memory. */
@@ -3868,9 +3903,14 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
     l->host = (Ref){line + ps->host_at, ps->host_n};
     l->time = (Ref){line + ps->time_at, ps->time_n};
     /* the fields: the previous line's, or a copy whose texts point into this line */
+    l->tail_n = 0;
     if (slot && repeated && ps->prev_fast && b->n_fields) {
         l->fields = b->n_fields - 1;
         l->repeat = 1;
+        if (ps->want_tails && parser_tail(ps, b, l, &b->fields[l->fields])) {
+            b->failed = 1;
+            return 0;
+        }
         return 1;
     }
     if (slot) {
@@ -3883,14 +3923,19 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
     l->fields = b->n_fields;
     b->fields[b->n_fields++] = f;
     ps->prev_fast = 1;
+    if (ps->want_tails && parser_tail(ps, b, l, &f)) {
+        b->failed = 1;
+        return 0;
+    }
     return 1;
 }
 
 /* The parser thread's work on one chunk: feed_lines' loop over data[start:end]. */
 static void parse_batch(Parser *ps, const char *data, size_t n, Batch *b) {
-    b->n = b->n_fields = 0;
+    b->n = b->n_fields = b->tails.n = 0;
     b->failed = 0;
     ps->prev_fast = 0;
+    ps->tail_n = 0; /* a tail's texts are in this chunk */
     const char *last = n ? memrchr(data + b->start, '\n', n - b->start) : NULL;
     b->end = last ? (size_t)(last - data) + 1 : b->start;
     size_t pos = b->start;
@@ -3961,6 +4006,7 @@ static void parser_free(Parser *ps) {
             PyBuffer_Release(&ps->views[i]);
         free(ps->batches[i].lines);
         free(ps->batches[i].fields);
+        free(ps->batches[i].tails.p);
         free(ps->bufs[i]);
     }
     for (int i = 0; i < ps->n_hosts; i++)
@@ -3972,11 +4018,12 @@ static void parser_free(Parser *ps) {
 }
 
 /* The parser thread, started (NULL: no memory, or no thread: feed_lines reads everything). */
-static Parser *parser_start(void) {
+static Parser *parser_start(int want_tails) {
     Parser *ps = calloc(1, sizeof *ps);
     if (!ps)
         return NULL;
     ps->fd = -1;
+    ps->want_tails = want_tails;
     for (int i = 0; i < 2; i++) {
         ps->batches[i].lines = malloc(BATCH_LINES * sizeof(Parsed));
         ps->batches[i].fields = malloc(BATCH_LINES * sizeof(Fields));
@@ -4018,7 +4065,8 @@ static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
     }
     Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
              {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, &b->fields[l->fields], {NULL, -1}, -1, l->time,
-             1, l->table_index, l->chain_hook, l->repeat, l->header_id};
+             1, l->table_index, l->chain_hook, l->repeat, l->header_id,
+             l->tail_n ? b->tails.p + l->tail_at : NULL, l->tail_n};
     e->records++;
     feed_record(e, &r);
 }
@@ -4129,7 +4177,7 @@ static void parser_drain(Engine *e) {
 /* feed() on a kernel log with the parser thread: chunk k goes to the parser, chunk k-1 is
  * assembled meanwhile. 0: done; -1: the caller reads the chunk itself (no parser thread). */
 static int feed_parallel(Engine *e, PyObject *arg) {
-    if (!e->parser && !(e->parser = parser_start()))
+    if (!e->parser && !(e->parser = parser_start(e->mode == MODE_JSON)))
         return -1;
     Parser *ps = e->parser;
     int k = 1 - ps->current;
@@ -4427,7 +4475,7 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
     if (e->error || e->failed)
         return hand_over(e);
 #ifdef PARSER_THREAD
-    if (e->format == FMT_KERNEL && (e->parser || (e->parser = parser_start()))) {
+    if (e->format == FMT_KERNEL && (e->parser || (e->parser = parser_start(e->mode == MODE_JSON)))) {
         int got = feed_from_parallel(e, fd, (size_t)size);
         if (got < 0)
             return NULL;
