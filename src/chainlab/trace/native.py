@@ -61,6 +61,10 @@ def wanted() -> bool:
     return choice != "python" and _engine is not None
 
 
+#: json.dumps of one str, without json.dumps' per-call set-up (a walk's JSON has a dozen)
+_json_str = json.encoder.encode_basestring_ascii
+
+
 @dataclass(frozen=True)
 class WalkInfo:
     """What Python parts of the run need of a judged walk (flows, diagrams, checks)."""
@@ -124,10 +128,12 @@ class Calls:
         diagram = self.diagram_keys.setdefault((hooks, packet.verdict, drop_at), len(self.diagram_keys))
         expect_hooks = hook_path(steps, self.checker.tables) if self.checker else []
         info = WalkInfo(packet.hooks, packet.verdict, packet.origin, drop_at, chains, expect_hooks, last.chain)
+        route = "null" if packet.route is None else _json_str(packet.route)
         return (
-            f'"hooks": {json.dumps(packet.hooks)}, "route": {json.dumps(packet.route)}'.encode(),
-            tuple(b"null" if s.rule is None else json.dumps(s.rule).encode() for s in steps),
-            f'"verdict": {json.dumps(packet.verdict)}, "reason": {json.dumps(packet.reason)}'.encode(),
+            f'"hooks": [{", ".join(map(_json_str, packet.hooks))}], "route": {route}'.encode(),
+            tuple(b"null" if s.rule is None else _json_str(s.rule).encode() for s in steps)
+            if rules is not None or any(s.rule is not None for s in steps) else (b"null",) * len(steps),
+            f'"verdict": {_json_str(packet.verdict)}, "reason": {_json_str(packet.reason)}'.encode(),
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
         )
