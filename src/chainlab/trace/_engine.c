@@ -4586,7 +4586,8 @@ static PyObject *str_or_none(const char *s, size_t n) {
 
 static PyObject *addr_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
 
-PyDoc_STRVAR(results_doc, "results() -> (summary rows, diagram rows, flow entries): what the end of the run needs.");
+PyDoc_STRVAR(results_doc, "results() -> (summary rows, diagram rows, flow entries): what the end of the run needs\n"
+                            "(the flow entries of the keys seen on more than one node).");
 
 static PyObject *Engine_results(Engine *e, PyObject *unused) {
     if (!engine_ready(e, 0))
@@ -4618,6 +4619,11 @@ static PyObject *Engine_results(Engine *e, PyObject *unused) {
     }
     for (Entry *x = e->flows.head; x; x = x->next) {
         Hops *hops = x->value;
+        size_t other = 1;
+        while (other < hops->n && hops->hops[other].node == hops->hops[0].node)
+            other++;
+        if (other >= hops->n) /* seen on one node: not a flow (flows.build_flows), most keys */
+            continue;
         size_t plen = strlen(x->key);
         long long ip_id, seq;
         memcpy(&ip_id, x->key + plen + 1, sizeof ip_id);
