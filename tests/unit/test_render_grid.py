@@ -55,3 +55,27 @@ def test_grid_lays_out_plain_tables_itself():
     rows: list[list[Cell]] = [["PREROUTING", "raw:PREROUTING", "rule 1", ""], ["FORWARD", "filter:cali-FORWARD", "policy", "0x40000"]]
     assert isinstance(grid(["hook", "table:chain", "step", "mark"], rows, 80), Text)
     assert isinstance(grid(["hook"], [["x" * 100]], 80), Table)  # too wide: rich wraps it
+
+
+def test_into_a_pipe_or_file_rows_are_not_wrapped(monkeypatch):
+    """text_console(): on a terminal tables are laid out to its width (rich wraps what does
+    not fit); into a pipe or a file they are laid out whole and nothing wraps."""
+    import io
+
+    from chainlab.render.text import layout_width, text_console
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    console = text_console()
+    assert not console.is_terminal and console.soft_wrap and layout_width(console) is None
+    row = [["PREROUTING", "filter:cali-fw-" + "x" * 120, "rule 1", "0x40000"]]
+    laid_out = grid(["hook", "table:chain", "step", "mark"], row, layout_width(console))
+    assert isinstance(laid_out, Text)
+    console.print(laid_out)
+    lines = console.file.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("PREROUTING  filter:cali-fw-xxx") and len(lines[1]) > 140
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    terminal.soft_wrap = False
+    assert layout_width(terminal) == 80
+    terminal.print(grid(["hook", "table:chain", "step", "mark"], row, layout_width(terminal)))
+    assert all(len(line) <= 80 for line in terminal.file.getvalue().splitlines())
