@@ -14,7 +14,7 @@ from rich.console import Console, Group, RenderableType
 from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Check
@@ -59,24 +59,33 @@ def grid(columns: list[str], rows: list[list[Cell]], width: int | None, right: t
     When every cell is printable ASCII and the table fits `width` (None: any width), it is
     laid out here as one Text, the same characters rich would print, without rich's per-table
     measuring (which takes milliseconds: the text format prints 50 tables and a summary of up
-    to 10,000 rows); otherwise rich's Table does it. Print a grid laid out to no width with
-    soft_wrap=True, so that the console does not wrap its rows either."""
+    to 10,000 rows); otherwise rich's Table does it. The Text is made of its lines and
+    style spans at once (Text.append, piece by piece, took most of the text format's
+    printing)."""
     texts = [[c if isinstance(c, str) else c[0] for c in row] for row in rows]
     widths = [max([len(name), *(len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
     fits = width is None or sum(widths) + 2 * (len(columns) - 1) <= width
     if fits and all(_plain(t) for row in [columns, *texts] for t in row):
-        out = Text()
+        parts: list[str] = []
+        spans: list[Span] = []
+        at = 0
         for n, row in enumerate([[(name, "dim") for name in columns], *rows]):
             for i, cell in enumerate(row):
                 text, style = (cell, "") if isinstance(cell, str) else cell
                 padded = text.rjust(widths[i]) if i in right else text.ljust(widths[i])
                 if i:  # the padding right of the last cell and left of this one, in the row's style
-                    out.append(" ", "dim" if n == 0 else "")
-                    out.append(" ", "dim" if n == 0 else "")
-                out.append(padded, style)
+                    if n == 0:
+                        spans += (Span(at, at + 1, "dim"), Span(at + 1, at + 2, "dim"))
+                    parts.append("  ")
+                    at += 2
+                if style and padded:
+                    spans.append(Span(at, at + len(padded), style))
+                parts.append(padded)
+                at += len(padded)
             if n < len(rows):
-                out.append("\n")
-        return out
+                parts.append("\n")
+                at += 1
+        return Text("".join(parts), spans=spans)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
     for i, name in enumerate(columns):
         table.add_column(Text(name), justify="right" if i in right else "left")
