@@ -3698,6 +3698,7 @@ typedef struct {
     Fields *fields; /* their texts point into data */
     size_t n_fields;
     Buf tails;      /* json: the lines' step JSON ends */
+    size_t limit;   /* lines the parser takes (at most BATCH_LINES): see parser_wait */
     size_t start, stop, end; /* lines data[start:stop] read; data[stop:end] left to feed_lines; data[end:] unfinished */
     int failed;
 } Batch;
@@ -3708,6 +3709,7 @@ typedef struct Parser {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int busy, quit;
+    size_t limit; /* lines of a chunk the parser takes; the assembling thread reads the rest */
     const char *data; /* the job: the lines of data[batch->start:n] */
     size_t n;
     Batch *batch;
@@ -3769,7 +3771,7 @@ static void read_chunk(Parser *ps, int k) {
 }
 
 static Parsed *batch_add(Batch *b, int kind) {
-    if (b->n == BATCH_LINES)
+    if (b->n == b->limit)
         return NULL;
     Parsed *l = &b->lines[b->n++];
     l->kind = kind;
@@ -3981,14 +3983,24 @@ static void *parser_main(void *arg) {
     return NULL;
 }
 
-/* Until the parser has finished its chunk (without the GIL: it may take a while). */
+/* Until the parser has finished its chunk (without the GIL: it may take a while). The two
+ * threads' shares follow who waits: when the assembling thread is kept waiting here, the
+ * parser takes fewer of a chunk's lines (this thread reads the rest after assembling, with
+ * feed_lines: the same result); when the parser was done first, it takes more again. */
 static void parser_wait(Parser *ps) {
+    int waited = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&ps->mu);
-    while (ps->busy)
+    while (ps->busy) {
+        waited = 1;
         pthread_cond_wait(&ps->cv, &ps->mu);
+    }
     pthread_mutex_unlock(&ps->mu);
     Py_END_ALLOW_THREADS
+    if (waited)
+        ps->limit = ps->limit > 512 ? ps->limit - ps->limit / 16 : 256;
+    else
+        ps->limit = ps->limit + ps->limit / 16 < BATCH_LINES ? ps->limit + ps->limit / 16 : BATCH_LINES;
 }
 
 static void parser_free(Parser *ps) {
@@ -4024,6 +4036,7 @@ static Parser *parser_start(int want_tails) {
         return NULL;
     ps->fd = -1;
     ps->want_tails = want_tails;
+    ps->limit = BATCH_LINES;
     for (int i = 0; i < 2; i++) {
         ps->batches[i].lines = malloc(BATCH_LINES * sizeof(Parsed));
         ps->batches[i].fields = malloc(BATCH_LINES * sizeof(Fields));
@@ -4109,6 +4122,7 @@ static void parser_go(Parser *ps, int k, const char *data, size_t n) {
     ps->data = data;
     ps->n = n;
     ps->batch = &ps->batches[k];
+    ps->batch->limit = ps->limit;
     ps->busy = 1;
     pthread_cond_broadcast(&ps->cv);
     pthread_mutex_unlock(&ps->mu);
