@@ -1512,10 +1512,16 @@ typedef struct {
     size_t json_tail_n;
 } Rec;
 
+/* A step's JSON in Packet.steps: at `at` its prefix, then `null`, then its suffix; the rule
+ * (from the walk) goes where `null` is. Steps follow each other with ", " between them, so
+ * that when every rule is null (a kernel log without --rules) Packet.steps is the steps'
+ * list as it is written. */
 typedef struct {
-    size_t at, prefix_n, suffix_n; /* a step's JSON in Packet.steps: prefix, rule (from the walk), suffix */
+    size_t at, prefix_n, suffix_n;
     int in_tables;
 } StepAt;
+
+#define NULL_RULE_N 4 /* strlen("null") */
 
 typedef struct Packet Packet;
 struct Packet {
@@ -1533,9 +1539,10 @@ struct Packet {
     char *entered; /* the base chain seen entered after the last step (NULL: None) */
     size_t entered_n;
     Buf sig;   /* the walk: what judging it depends on, step by step */
-    Buf steps; /* the steps' JSON (when wanted) */
+    Buf steps; /* the steps' JSON (when wanted), see StepAt */
     StepAt *at;
     size_t n_steps, cap_steps;
+    int some_out_of_tables; /* a step of a table the analysis does not show */
     int json; /* every step's JSON is in `steps` */
     char **trace_ids;
     size_t *trace_id_n, n_trace_ids, cap_trace_ids;
@@ -1573,6 +1580,7 @@ typedef struct {
     const char *hooks_json, *verdict_json, *newconn_json;
     Py_ssize_t hooks_json_n, verdict_json_n, newconn_json_n;
     PyObject *step_rules; /* tuple of bytes: each step's "rule" JSON */
+    int rules_null;       /* every one of them is null */
     const char *proto;    /* protocol from the rules, or NULL */
     int verdict, origin, walk_ok;
     long summary, diagram;
@@ -2122,6 +2130,8 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     if (p->json) {
         Buf *b = &p->steps;
         StepAt *at = &p->at[p->n_steps];
+        if (p->n_steps)
+            err |= PUTL(b, ", ");
         at->at = b->n;
         if (head) {
             at->in_tables = head->in_tables;
@@ -2131,6 +2141,8 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
             err |= put_step_json_head(b, r);
         }
         at->prefix_n = b->n - at->at;
+        p->some_out_of_tables |= !at->in_tables;
+        err |= PUTL(b, "null");
         size_t suffix = b->n;
         err |= PUTL(b, ", \"hook\": ");
         if (hook >= 0) {
@@ -2700,6 +2712,12 @@ static Walk *walk_of(Engine *e, Packet *p) {
         goto failed;
     }
     w->step_rules = PyTuple_GET_ITEM(r, 1);
+    w->rules_null = 1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w->step_rules) && w->rules_null; i++) {
+        PyObject *rule = PyTuple_GET_ITEM(w->step_rules, i);
+        w->rules_null = PyBytes_Check(rule) && PyBytes_GET_SIZE(rule) == NULL_RULE_N &&
+                        memcmp(PyBytes_AS_STRING(rule), "null", NULL_RULE_N) == 0;
+    }
     w->proto = proto == Py_None ? NULL : PyUnicode_AsUTF8(proto);
     w->verdict = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 5));
     w->origin = PyObject_IsTrue(PyTuple_GET_ITEM(r, 6)) == 1;
@@ -3094,13 +3112,16 @@ static void add_diagram(Engine *e, const Packet *p, const Walk *w, int direction
     entry->value = row;
 }
 
-static int put_step(Buf *b, const Packet *p, size_t i, PyObject *rules) {
+static int put_step(Buf *b, const Packet *p, size_t i, const Walk *w) {
     const StepAt *at = &p->at[i];
-    PyObject *rule = PyTuple_GET_ITEM(rules, (Py_ssize_t)i);
+    const char *step = p->steps.p + at->at;
+    if (w->rules_null)
+        return put(b, step, at->prefix_n + NULL_RULE_N + at->suffix_n);
+    PyObject *rule = PyTuple_GET_ITEM(w->step_rules, (Py_ssize_t)i);
     if (!PyBytes_Check(rule))
         return -1;
-    return put(b, p->steps.p + at->at, at->prefix_n) || put(b, PyBytes_AS_STRING(rule), (size_t)PyBytes_GET_SIZE(rule)) ||
-           put(b, p->steps.p + at->at + at->prefix_n, at->suffix_n);
+    return put(b, step, at->prefix_n) || put(b, PyBytes_AS_STRING(rule), (size_t)PyBytes_GET_SIZE(rule)) ||
+           put(b, step + at->prefix_n + NULL_RULE_N, at->suffix_n);
 }
 
 static int put_opt_str(Buf *b, const char *s, int has) { return has ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
@@ -3121,18 +3142,22 @@ static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int 
     err |= PUTL(b, "\", \"ttl\": ") || put_opt_int(b, p->has_first ? p->first_ttl : p->f.ttl);
     err |= PUTL(b, ", ") || put(b, w->hooks_json, (size_t)w->hooks_json_n);
     err |= PUTL(b, ", \"steps\": [");
-    int first = 1;
-    for (size_t i = 0; i < p->n_steps; i++) {
-        if (filter && !p->at[i].in_tables)
-            continue;
-        if (!first)
-            err |= PUTL(b, ", ");
-        first = 0;
-        err |= put_step(b, p, i, w->step_rules);
+    if (w->rules_null && !(filter && p->some_out_of_tables)) { /* the list as append_step wrote it */
+        err |= put(b, p->steps.p, p->steps.n);
+    } else {
+        int first = 1;
+        for (size_t i = 0; i < p->n_steps; i++) {
+            if (filter && !p->at[i].in_tables)
+                continue;
+            if (!first)
+                err |= PUTL(b, ", ");
+            first = 0;
+            err |= put_step(b, p, i, w);
+        }
     }
     err |= PUTL(b, "], ") || put(b, w->verdict_json, (size_t)w->verdict_json_n);
     err |= PUTL(b, ", \"last_step\": ");
-    err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w->step_rules) : PUTL(b, "null");
+    err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w) : PUTL(b, "null");
     err |= PUTL(b, ", \"new_connection\": ") || put(b, w->newconn_json, (size_t)w->newconn_json_n);
     err |= PUTL(b, ", \"exit\": ");
     if (p->has_last)
