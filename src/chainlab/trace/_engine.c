@@ -73,14 +73,27 @@ static int puts_(Buf *b, const char *s) { return put(b, s, strlen(s)); }
 
 #define PUTL(b, literal) put((b), (literal), sizeof(literal) - 1)
 
+static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                  "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                  "8081828384858687888990919293949596979899";
+
+/* Two digits a step: each step's line number goes through here. */
 static int put_int(Buf *b, long long v) {
     char tmp[24];
     int i = sizeof tmp;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        unsigned pair = (unsigned)(u % 100) * 2;
+        u /= 100;
+        tmp[--i] = DIGIT_PAIRS[pair + 1];
+        tmp[--i] = DIGIT_PAIRS[pair];
+    }
+    if (u >= 10) {
+        tmp[--i] = DIGIT_PAIRS[u * 2 + 1];
+        tmp[--i] = DIGIT_PAIRS[u * 2];
+    } else {
+        tmp[--i] = (char)('0' + u);
+    }
     if (v < 0)
         tmp[--i] = '-';
     return put(b, tmp + i, sizeof tmp - (size_t)i);
