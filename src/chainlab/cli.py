@@ -89,8 +89,18 @@ class _StdoutClosed(Exception):
     1, and rich's Console into SystemExit(1)."""
 
 
+class _StdoutFailed(Exception):
+    """Writing stdout failed otherwise (a full disk, /dev/full, an I/O error): one clean
+    message, not a traceback. Not an OSError, so that nothing on the way mistakes it for an
+    input's read error."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or str(error))
+
+
 class _GuardedStdout:
-    """sys.stdout (or its binary buffer), except that a closed pipe raises _StdoutClosed."""
+    """sys.stdout (or its binary buffer), except that a closed pipe raises _StdoutClosed and
+    another failed write _StdoutFailed."""
 
     def __init__(self, stream: Any):
         self._stream = stream
@@ -104,12 +114,16 @@ class _GuardedStdout:
             return self._stream.write(text)
         except BrokenPipeError:
             raise _StdoutClosed from None
+        except OSError as exc:
+            raise _StdoutFailed(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             raise _StdoutClosed from None
+        except OSError as exc:
+            raise _StdoutFailed(exc) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -118,17 +132,26 @@ class _GuardedStdout:
 def main() -> None:
     """Entry point: expected failures become one clean message and an exit code.
 
-    A closed stdout ends the command quietly with EXIT_STDOUT_CLOSED (141).
+    A closed stdout ends the command quietly with EXIT_STDOUT_CLOSED (141); a stdout that
+    cannot be written otherwise with one line on stderr and exit 1.
     """
     sys.stdout = cast(TextIO, _GuardedStdout(sys.stdout))
     try:
         code = _run()
         sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is exit 120
     except _StdoutClosed:
-        # Whatever is still buffered goes nowhere, so the exit-time flush succeeds.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         code = EXIT_STDOUT_CLOSED
+    except _StdoutFailed as exc:
+        _drop_stdout()
+        print(f"error: cannot write the output: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Whatever is still buffered for stdout goes nowhere, so the exit-time flush succeeds."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _inventory_defaulted() -> bool:

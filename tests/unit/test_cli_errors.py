@@ -104,6 +104,18 @@ def test_closed_stdout_exits_141_quietly(tmp_path: Path, args: tuple[str, ...]) 
     assert cli.EXIT_STDOUT_CLOSED == 141
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("fmt", ["json", "text", "summary"])
+def test_a_stdout_that_cannot_be_written_is_one_clean_error(engine: str, fmt: str) -> None:
+    """`chainlab analyze ... > /dev/full` (a full disk): one line on stderr, exit 1, no traceback."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(CHAINLAB), "analyze", "--format", fmt, f"master={LOG}"], cwd=ROOT,
+                              env={**_env(), "CHAINLAB_ENGINE": engine}, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: cannot write the output: No space left on device"
+
+
 def test_expect_exit_codes_with_an_open_stdout() -> None:
     assert run("analyze", "--expect", str(SCENARIO), f"master={LOG}").returncode == 0
     other = run("analyze", "--expect", str(ROOT / "scenarios" / "02-container-to-own-host.yaml"), f"master={LOG}")
