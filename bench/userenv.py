@@ -4,7 +4,8 @@ The development VM exports PYTHONDONTWRITEBYTECODE=1 and PYTHONUNBUFFERED=1; a u
 sets neither. With the first, every run of a Python tool (chainlab, pyinfra, Ansible) compiles
 its modules from source again instead of loading the cached bytecode, which is start-up cost
 no user pays; with the second, stdout is written unbuffered. Benchmarks drop both before they
-start any tool, and each tool gets a warm-up run that writes its bytecode cache.
+start any tool; a tool's first run then writes its bytecode cache (the lab benchmarks run
+each tool once before timing it, trace_bench keeps each tool's fastest of several runs).
 """
 
 from __future__ import annotations

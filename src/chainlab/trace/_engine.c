@@ -2113,6 +2113,23 @@ static const struct StepHead *step_head(Engine *e, const Rec *r) {
     return h->id ? h : NULL;
 }
 
+/* A step's JSON after its `"line": N`: handle, verdict, mark (iptables steps: nft ones have
+ * none), time, family (nft steps), the closing brace. family -1: None. */
+static int put_step_end(Buf *b, Ref handle, Ref verdict, Ref mark, Ref time, int family) {
+    int err = 0;
+    if (handle.n >= 0)
+        err |= PUTL(b, ", \"handle\": ") || put_jstr(b, handle.s, (size_t)handle.n);
+    if (verdict.n >= 0)
+        err |= PUTL(b, ", \"verdict\": ") || put_jstr(b, verdict.s, (size_t)verdict.n);
+    if (family < 0 && mark.n >= 0)
+        err |= PUTL(b, ", \"mark\": ") || put_mark(b, mark);
+    if (time.n >= 0)
+        err |= PUTL(b, ", \"time\": ") || put_jstr(b, time.s, (size_t)time.n);
+    if (family >= 0)
+        err |= PUTL(b, ", \"family\": \"") || puts_(b, FAMILIES[family]) || PUTL(b, "\"");
+    return err || PUTL(b, "}");
+}
+
 /* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
 static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
@@ -2167,32 +2184,8 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         }
         err |= PUTL(b, ", \"line\": ");
         err |= put_int(b, e->line_no);
-        if (r->json_tail) { /* the parser thread wrote the rest */
-            err |= put(b, r->json_tail, r->json_tail_n);
-        } else {
-            if (r->handle.n >= 0) {
-                err |= PUTL(b, ", \"handle\": ");
-                err |= put_jstr(b, r->handle.s, (size_t)r->handle.n);
-            }
-            if (r->verdict.n >= 0) {
-                err |= PUTL(b, ", \"verdict\": ");
-                err |= put_jstr(b, r->verdict.s, (size_t)r->verdict.n);
-            }
-            if (r->family < 0 && f->mark.n >= 0) { /* nft steps have no mark */
-                err |= PUTL(b, ", \"mark\": ");
-                err |= put_mark(b, f->mark);
-            }
-            if (r->time.n >= 0) {
-                err |= PUTL(b, ", \"time\": ");
-                err |= put_jstr(b, r->time.s, (size_t)r->time.n);
-            }
-            if (r->family >= 0) {
-                err |= PUTL(b, ", \"family\": \"");
-                err |= puts_(b, FAMILIES[r->family]);
-                err |= PUTL(b, "\"");
-            }
-            err |= PUTL(b, "}");
-        }
+        err |= r->json_tail ? put(b, r->json_tail, r->json_tail_n) /* the parser thread wrote it */
+                            : put_step_end(b, r->handle, r->verdict, f->mark, r->time, r->family);
         at->suffix_n = b->n - suffix;
     }
     p->n_steps++;
@@ -3829,9 +3822,9 @@ static int batch_ignored(Batch *b, size_t count) {
     return l != NULL;
 }
 
-/* json: what append_step writes after a kernel line's `"line": N`, its mark and time and
- * the closing brace, written here on the parser thread (the assembling thread is the busier
- * one); the last line's when its mark and time texts are the same (most lines). */
+/* json: put_step_end of a kernel line (its mark and time), written here on the parser thread
+ * (the assembling thread is the busier one); the last line's when its mark and time texts are
+ * the same (most lines). */
 static int parser_tail(Parser *ps, Batch *b, Parsed *l, const Fields *f) {
     if (ps->tail_n && ref_eq(ps->tail_mark, f->mark) && ref_eq(ps->tail_time, l->time)) {
         l->tail_at = ps->tail_at, l->tail_n = ps->tail_n;
@@ -3839,13 +3832,7 @@ static int parser_tail(Parser *ps, Batch *b, Parsed *l, const Fields *f) {
     }
     Buf *t = &b->tails;
     size_t at = t->n;
-    int err = 0;
-    if (f->mark.n >= 0)
-        err |= PUTL(t, ", \"mark\": ") || put_mark(t, f->mark);
-    if (l->time.n >= 0)
-        err |= PUTL(t, ", \"time\": ") || put_jstr(t, l->time.s, (size_t)l->time.n);
-    err |= PUTL(t, "}");
-    if (err)
+    if (put_step_end(t, (Ref){NULL, -1}, (Ref){NULL, -1}, f->mark, l->time, -1))
         return -1;
     ps->tail_mark = f->mark, ps->tail_time = l->time;
     l->tail_at = ps->tail_at = at;
