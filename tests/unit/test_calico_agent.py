@@ -70,7 +70,31 @@ def test_serve_keeps_running_after_an_unexpected_error(
             raise Stop
 
     monkeypatch.setattr(agent, "_wait_for_change", wait)
+    monkeypatch.setattr(agent, "follow_links", lambda client, host, state: None)
     with pytest.raises(Stop):
         agent.serve(None, "master")
     assert fake["applied"] == ["master"] and fake["slept"] == [agent.RETRY_DELAY]
     assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
+
+
+def test_link_thread_syncs_when_a_workload_interface_comes_or_a_sync_failed(
+        fake: dict[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
+    links = [frozenset({"cali0"})]
+    monkeypatch.setattr(agent, "workload_links", lambda: links[0])
+    state = agent.AgentState()
+    agent.iteration(None, "master", state)  # applied with cali0, then the watch (recorded)
+    looks = iter([None, "join", None, "fail", None])
+
+    def tick(seconds: float) -> None:
+        step = next(looks, "stop")
+        if step == "join":
+            links[0] = frozenset({"cali0", "cali1"})
+        elif step == "fail":
+            state.last = None  # an apply failed in the loop
+        elif step == "stop":
+            raise Stop
+
+    monkeypatch.setattr(agent.time, "sleep", tick)
+    with pytest.raises(Stop):
+        agent.follow_links(None, "master", state)
+    assert fake["applied"] == ["master"] * 3 and fake["waited"] == [7]

@@ -6,7 +6,11 @@ Runs inside one lab host, as calico/node does on a Calico 2.x host:
 - felix-lite (not Calico's felix) reads the whole /calico tree from etcd (v2 API), computes
   this host's dataplane (`chainlab.calico.rules`), applies it (`chainlab.calico.apply`), then
   watches /calico and re-applies within a second of any change (profile rules or tags,
-  endpoints, blocks) or of a new workload interface (Docker's Join).
+  endpoints, blocks) or of a new workload interface (Docker's Join: a thread looks at the
+  host's interfaces every second, without a process or a request). With nothing changing it
+  reads the tree again every WATCH_TIMEOUT seconds (felix, too, refreshes periodically); a
+  watch that ends sooner would cost a new TLS connection to etcd each time (a timed-out
+  request's connection is not reused), per host, all the time the lab is up.
 `--cleanup` removes what it made and exits.
 
     python -m chainlab.calico.agent --host master --etcd https://10.231.91.195:2379 \
@@ -22,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +42,8 @@ from chainlab.calico.sockets import PLUGIN_DIR
 from chainlab.calico.plugin_server import serve as serve_plugin
 from chainlab.calico.rules import Dataplane, dataplane
 
-WATCH_TIMEOUT = 1.0  # seconds: a watch that sees nothing ends; the tree and the links are read again
+WATCH_TIMEOUT = 30.0  # seconds: a watch that sees nothing ends; the tree is read again
+LINK_POLL = 1.0  # seconds between looks at the host's workload interfaces
 RETRY_DELAY = 1.0  # seconds after a failed sync
 log = logging.getLogger("felix-lite")
 
@@ -65,6 +71,7 @@ class AgentState:
 
     last: tuple[Dataplane, frozenset[str]] | None = None  # the last applied model and the links it saw
     warned: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one sync at a time (loop, link thread)
 
 
 def sync(client: etcd.Client, host: str, state: AgentState) -> int:
@@ -84,26 +91,52 @@ def sync(client: etcd.Client, host: str, state: AgentState) -> int:
     return index
 
 
-def iteration(client: etcd.Client, host: str, state: AgentState) -> None:
-    """One sync and watch. Nothing raised here may end the daemon: after any failure the
-    last applied state is forgotten (so the next sync re-renders) and it waits a bit."""
+def guarded_sync(client: etcd.Client, host: str, state: AgentState) -> int | None:
+    """`sync`, one at a time; None after a failure, which is logged (an apply or render
+    failure also forgets the last applied state, so that the next sync re-renders)."""
     try:
-        _wait_for_change(client, sync(client, host, state))
+        with state.lock:
+            return sync(client, host, state)
     except etcd.EtcdException as exc:
         log.warning("etcd: %s; retrying", exc)
-        time.sleep(RETRY_DELAY)
     except ApplyError as exc:
         log.error("apply failed: %s; retrying", exc)
         state.last = None
-        time.sleep(RETRY_DELAY)
     except Exception:
         log.exception("sync failed; retrying")
         state.last = None
+    return None
+
+
+def iteration(client: etcd.Client, host: str, state: AgentState) -> None:
+    """One sync and watch. Nothing raised here may end the daemon: after a failure it waits a
+    bit."""
+    index = guarded_sync(client, host, state)
+    try:
+        if index is None:
+            time.sleep(RETRY_DELAY)
+        else:
+            _wait_for_change(client, index)
+    except etcd.EtcdException as exc:
+        log.warning("etcd: %s; retrying", exc)
         time.sleep(RETRY_DELAY)
+    except Exception:
+        log.exception("watch failed; retrying")
+        time.sleep(RETRY_DELAY)
+
+
+def follow_links(client: etcd.Client, host: str, state: AgentState) -> None:
+    """Syncs when a workload interface came or went (Docker's Join changes no etcd key the
+    watch would see), or when the last sync failed; the loop meanwhile waits in its watch."""
+    while True:
+        time.sleep(LINK_POLL)
+        if state.last is None or state.last[1] != workload_links():
+            guarded_sync(client, host, state)
 
 
 def serve(client: etcd.Client, host: str) -> None:
     state = AgentState()
+    threading.Thread(target=follow_links, args=(client, host, state), name="links", daemon=True).start()
     while True:
         iteration(client, host, state)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -83,9 +84,10 @@ def _links(runner: Runner) -> set[str]:
     return {link["ifname"] for link in json.loads(runner(["ip", "-j", "link", "show"], None) or "[]")}
 
 
-def workload_links(runner: Runner = run) -> frozenset[str]:
-    """The host's `cali*` interfaces: a new one (Docker's Join) needs its route and proxy ARP."""
-    return frozenset(name for name in _links(runner) if name.startswith(IFACE_PREFIX))
+def workload_links() -> frozenset[str]:
+    """The host's `cali*` interfaces: a new one (Docker's Join) needs its route and proxy ARP.
+    Asked of the kernel directly (no `ip` process): the agent asks every second."""
+    return frozenset(name for _, name in socket.if_nameindex() if name.startswith(IFACE_PREFIX))
 
 
 def apply(model: Dataplane, runner: Runner = run) -> None:
