@@ -164,22 +164,39 @@ def ulogd_text(trace_log: str) -> str:
     ])
 
 
+def read_line(var: str, path: str) -> str:
+    """Shell code setting `var` to the first line of `path` (a shell word: quoted, or with
+    "$p" in it), empty if it cannot be read; succeeds iff a whole line was read. `read` is a
+    built-in: no process, where `$(cat ...)` costs two."""
+    return f"{{ {var}=; read -r {var} 2>/dev/null <{path}; }}"
+
+
+#: Whether PID $p lives in this shell's network namespace (`-ef`: the same namespace inode).
+SAME_NETNS = '[ /proc/"$p"/ns/net -ef /proc/$$/ns/net ]'
+PROC_COMM = '/proc/"$p"/comm'
+
+
 def _is_ours(comm: str) -> str:
     """Shell test that PID $p is a `comm` in this shell's network namespace: on a local-lab
-    host the PIDs are the machine's, so a reused PID may be another host's daemon."""
-    return (f'[ "$(cat /proc/$p/comm 2>/dev/null)" = {shlex.quote(comm)} ] && '
-            '[ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/$$/ns/net)" ]')
+    host the PIDs are the machine's, so a reused PID may be another host's daemon. Built-ins
+    only: every warm `lab up` asks it of three daemons per host."""
+    return f'{read_line("c", PROC_COMM)} && [ "$c" = {shlex.quote(comm)} ] && {SAME_NETNS}'
+
+
+def read_pid(pidfile: str) -> str:
+    """Shell code setting $p from `pidfile`; succeeds iff it named something."""
+    return f'{read_line("p", shlex.quote(pidfile))}; [ -n "$p" ]'
 
 
 def running_check_argv(pidfile: str, comm: str) -> list[str]:
     """Exit 0 and print the PID iff the pidfile names a live process of ours called `comm`."""
-    return sh(f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null) && [ -n "$p" ] && {_is_ours(comm)} && echo "$p"')
+    return sh(f'{read_pid(pidfile)} && {_is_ours(comm)} && echo "$p"')
 
 
 def stop_argv(pidfile: str, comm: str) -> list[str]:
     """Kill the recorded PID only if it is still the process we started; drop the pidfile."""
     q = shlex.quote
-    return sh(f'p=$(cat {q(pidfile)} 2>/dev/null); '
+    return sh(f'{read_line("p", q(pidfile))}; '
               f'if [ -n "$p" ] && {_is_ours(comm)}; then '
               f'kill "$p"; i=0; while [ -d /proc/$p ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; '
               f'rm -f {q(pidfile)}')

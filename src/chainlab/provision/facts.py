@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from chainlab.inventory import Inventory
-from chainlab.provision.commands import Backend, Family, choose_backend, os_family
+from chainlab.provision.commands import Backend, Family, choose_backend, os_family, read_line
 
 KernelLog = Literal["private", "shared"]
 
@@ -32,9 +32,10 @@ def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
         'echo "os_id=${ID:-unknown}"; echo "os_version=${VERSION_ID:-}"; echo "os_like=${ID_LIKE:-}"',
         'echo "os_name=${PRETTY_NAME:-unknown}"',
-        'echo "kernel=$(uname -r)"',
+        # built-ins where a file says it (`read`, `-ef`): each process is a fork and an exec
+        f'{read_line("k", "/proc/sys/kernel/osrelease")}; echo "kernel=$k"',
         # init: systemd only if booted with it; sysv only if PID 1 is an init we can ask
-        'c1=$(cat /proc/1/comm 2>/dev/null)',
+        read_line("c1", "/proc/1/comm"),
         'if [ -d /run/systemd/system ]; then echo init=systemd;'
         ' elif [ "$c1" = init ] && [ -d /etc/init.d ]; then echo init=sysv; else echo init=none; fi',
         # iptables backend
@@ -42,8 +43,7 @@ def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
         ' "") echo iptables=missing;; *) echo iptables=legacy;; esac',
         'echo "iptables_version=$v"',
         # kernel log: private only if we share PID 1's network namespace and are no container
-        'n1=$(readlink /proc/1/ns/net 2>/dev/null); ns=$(readlink /proc/self/ns/net 2>/dev/null)',
-        'if [ -n "$n1" ] && [ "$n1" = "$ns" ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
+        'if [ /proc/1/ns/net -ef /proc/$$/ns/net ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
         ' then echo kernel_log=private; else echo kernel_log=shared; fi',
     ]
     if versions:
@@ -57,8 +57,8 @@ def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
         'for t in rsyslogd ulogd xtables-monitor stdbuf setsid bash; do'
         ' if command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || [ -x /sbin/$t ]; then echo "has_$t=yes";'
         ' else echo "has_$t=no"; fi; done',
-        'echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"',
-        'echo "nf_log_ipv4=$(cat /proc/sys/net/netfilter/nf_log/2 2>/dev/null)"',
+        f'{read_line("f", "/proc/sys/net/ipv4/ip_forward")}; echo "ip_forward=$f"',
+        f'{read_line("l", "/proc/sys/net/netfilter/nf_log/2")}; echo "nf_log_ipv4=$l"',
     ]
     if etcd:
         address, port = etcd

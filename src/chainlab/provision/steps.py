@@ -22,12 +22,13 @@ from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
 StepFn = Callable[[HostContext], Step]
-NF_LOG_READ = C.sh("cat /proc/sys/net/netfilter/nf_log/2")
+NF_LOG_READ = ["cat", "/proc/sys/net/netfilter/nf_log/2"]
 IMAGE_MARK = f"{C.RUN_DIR}/image.loaded"
 
 
 def _cat(path: str) -> list[str]:
-    return C.sh(f"cat {C.shlex.quote(path)} 2>/dev/null || true")
+    """A file's text (empty if it is missing: `read` looks at the output only)."""
+    return ["cat", path]
 
 
 # --- 0 nftables baseline ----------------------------------------------------------------

@@ -35,9 +35,9 @@ def running_argv() -> list[str]:
     """Print the daemon's PID iff its pidfile names a live `-m chainlab.calico.agent` of this
     host's network namespace (local-lab hosts share the machine's PIDs)."""
     q = shlex.quote
-    return C.sh(f"p=$(cat {q(PIDFILE)} 2>/dev/null) && [ -n \"$p\" ] && "
-                f"tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q -- {q('-m ' + MODULE + ' ')} && "
-                '[ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/$$/ns/net)" ] && echo "$p"')
+    return C.sh(f"{C.read_pid(PIDFILE)} && "
+                f"tr '\\0' ' ' < /proc/\"$p\"/cmdline 2>/dev/null | grep -q -- {q('-m ' + MODULE + ' ')} && "
+                f'{C.SAME_NETNS} && echo "$p"')
 
 
 def start_argv(argv: tuple[str, ...], host: str, etcd: EtcdEndpoint) -> list[str]:
