@@ -15,7 +15,8 @@ from rich.console import Console
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
 from chainlab.errors import ChainlabError, InputError
 from chainlab.inventory import load_inventory
-from chainlab.local.pki import Pki, _server_addresses, ensure_pki
+from chainlab.local.certs import _server_addresses, ensure_pki
+from chainlab.local.pki import Pki
 from chainlab.networks.calico import dockerd, emulate, etcdtree, install
 from chainlab.networks.calico.checks import missing_drivers
 from chainlab.providers import REGISTRY, provider_class

@@ -29,7 +29,7 @@ from chainlab.lock import exclusive, teardown_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
-from chainlab.local.pki import ensure_pki
+from chainlab.local.certs import ensure_pki
 from chainlab.local.plan import HostPlan, LabPlan
 from chainlab.local.record import RecordFile, load_record
 from chainlab.local.route import check_lab_route

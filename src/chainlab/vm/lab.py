@@ -26,7 +26,7 @@ from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
 from chainlab.local import system as S
 from chainlab.local.lab import ProcRecord
-from chainlab.local.pki import ensure_pki
+from chainlab.local.certs import ensure_pki
 from chainlab.local.plan import known_hosts_text, ssh_client_config
 from chainlab.local.record import RecordFile, load_record
 from chainlab.lock import exclusive, teardown_lock
