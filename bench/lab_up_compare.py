@@ -20,14 +20,14 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchlab import ROOT, private_lab, timed, timed_argv
+from benchlab import ROOT, private_lab, settle, timed, timed_argv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "compare"))
 from spec import write as write_spec  # noqa: E402
 
 from chainlab.inventory import load_inventory  # noqa: E402
 
-ROUNDS = 5
+ROUNDS = 7
 BENCH_VENV = ROOT / ".venv-bench" / "bin"
 COMPARE = Path(__file__).resolve().parent / "compare"
 ANSIBLE_CFG = """[defaults]
@@ -85,6 +85,7 @@ def compare(tmp: Path) -> dict[str, list[float]]:
                    "-e", f"spec_file={spec_path}", str(COMPARE / "playbook.yml")]
         timed_argv(pyinfra)  # warm up: pyinfra's first run compiles, Ansible opens its control sockets
         timed_argv(ansible)
+        print(f"(waited {settle():.0f} s for the machine to settle after the lab came up)", file=sys.stderr)
         for _ in range(ROUNDS):
             times["chainlab"].append(timed(inv_path, "lab", "up"))
             times["pyinfra"].append(timed_argv(pyinfra))
@@ -99,6 +100,7 @@ def thirty(tmp: Path) -> tuple[float, float, float]:
     try:
         local = timed(inv_path, "local", "up")
         cold = timed(inv_path, "lab", "up")
+        print(f"(waited {settle():.0f} s for the 30-host lab to settle)", file=sys.stderr)
         warm = statistics.median(timed(inv_path, "lab", "up") for _ in range(3))
         timed(inv_path, "lab", "down")
     finally:
