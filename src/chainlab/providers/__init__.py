@@ -23,8 +23,17 @@ def provider_class(kind: str) -> type[Provider]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
+#: id(inventory) -> (the inventory, its provider); the inventory is held, so its id stays its own
+_PROVIDERS: dict[int, tuple["Inventory", Provider]] = {}
+
+
 def provider_for(inv: "Inventory") -> Provider:
-    return provider_class(inv.provider)(inv)
+    """The inventory's provider, one instance per (frozen) inventory: it keeps what it derives
+    from it (a lab's plan) for every host and connection of a command."""
+    held = _PROVIDERS.get(id(inv))
+    if held is None:
+        held = _PROVIDERS[id(inv)] = (inv, provider_class(inv.provider)(inv))
+    return held[1]
 
 
 __all__ = ["EmulationRuntime", "HostHints", "Provider", "Target", "provider_class", "provider_for"]

@@ -24,7 +24,7 @@ class LocalProvider(MachineProvider):
     up_command = "local up"
     starts_docker = True
 
-    def _plan(self):  # type: ignore[no-untyped-def]
+    def _make_plan(self):  # type: ignore[no-untyped-def]
         from chainlab.local.plan import plan_lab
 
         return plan_lab(self.inv)
@@ -37,14 +37,17 @@ class LocalProvider(MachineProvider):
     def ssh_port(self) -> int:
         return SSH_PORT
 
-    def etcd_endpoint(self) -> EtcdEndpoint:
+    def _etcd(self) -> EtcdEndpoint:
         if self.inv.etcd is None:
             raise ChainlabError("the inventory has no `etcd:` section")
-        address = self.inv.hosts[self.inv.etcd.host].address
-        self.check_route(address)
         pki = self._plan().pki
-        return EtcdEndpoint(str(address), self.inv.etcd.port,
+        return EtcdEndpoint(str(self.inv.hosts[self.inv.etcd.host].address), self.inv.etcd.port,
                             EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key)))
+
+    def etcd_endpoint(self) -> EtcdEndpoint:
+        endpoint = self._etcd()
+        self.check_route(IPv4Address(endpoint.host))
+        return endpoint
 
     def hints(self, host: str) -> HostHints:
         """Namespaces share the machine's kernel log; no init system runs in them."""
@@ -60,8 +63,9 @@ class LocalProvider(MachineProvider):
         build_image_tarball(path)
 
     def emulation_runtime(self, host: str) -> EmulationRuntime:
-        """This machine's interpreter (the hosts see this machine's files) and etcd as here."""
-        return EmulationRuntime((sys.executable, "-m", "chainlab.calico.agent"), self.etcd_endpoint())
+        """This machine's interpreter (the hosts see this machine's files) and etcd as here (the
+        daemon reaches it inside the lab: this machine's route is not asked)."""
+        return EmulationRuntime((sys.executable, "-m", "chainlab.calico.agent"), self._etcd())
 
     def describe(self) -> str:
         return "local (namespaces on this machine)"

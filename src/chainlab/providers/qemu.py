@@ -28,7 +28,7 @@ class QemuProvider(MachineProvider):
     up_command = "vm up"
     starts_docker = False  # systemd starts the VMs' dockerd: provisioning configures and restarts it
 
-    def _plan(self) -> "VmLabPlan":
+    def _make_plan(self) -> "VmLabPlan":
         from chainlab.vm.plan import plan_vm_lab
 
         return plan_vm_lab(self.inv)
