@@ -77,24 +77,26 @@ def test_serve_keeps_running_after_an_unexpected_error(
     assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
 
 
-def test_link_thread_syncs_when_a_workload_interface_comes_or_a_sync_failed(
+def test_link_thread_syncs_when_a_workload_interface_comes_and_retries_its_failed_sync(
         fake: dict[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
     links = [frozenset({"cali0"})]
     monkeypatch.setattr(agent, "workload_links", lambda: links[0])
     state = agent.AgentState()
     agent.iteration(None, "master", state)  # applied with cali0, then the watch (recorded)
-    looks = iter([None, "join", None, "fail", None])
+    looks = iter([None, "join", None, "join again", None])
 
     def tick(seconds: float) -> None:
         step = next(looks, "stop")
         if step == "join":
             links[0] = frozenset({"cali0", "cali1"})
-        elif step == "fail":
-            state.last = None  # an apply failed in the loop
+        elif step == "join again":
+            links[0] = frozenset({"cali0", "cali1", "cali2"})
+            fail_once(monkeypatch, "dataplane", RuntimeError("boom"))  # this sync fails: retried a tick later
         elif step == "stop":
             raise Stop
 
     monkeypatch.setattr(agent.time, "sleep", tick)
     with pytest.raises(Stop):
         agent.follow_links(None, "master", state)
-    assert fake["applied"] == ["master"] * 3 and fake["waited"] == [7]
+    assert fake["applied"] == ["master"] * 3 and fake["waited"] == [7] and state.last is not None
+    assert state.last[1] == links[0]

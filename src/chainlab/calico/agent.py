@@ -127,11 +127,13 @@ def iteration(client: etcd.Client, host: str, state: AgentState) -> None:
 
 def follow_links(client: etcd.Client, host: str, state: AgentState) -> None:
     """Syncs when a workload interface came or went (Docker's Join changes no etcd key the
-    watch would see), or when the last sync failed; the loop meanwhile waits in its watch."""
+    watch would see), and again after its own sync failed: the loop meanwhile waits in its
+    watch (it retries its own failures itself)."""
+    failed = False
     while True:
         time.sleep(LINK_POLL)
-        if state.last is None or state.last[1] != workload_links():
-            guarded_sync(client, host, state)
+        if failed or (state.last is not None and state.last[1] != workload_links()):
+            failed = guarded_sync(client, host, state) is None
 
 
 def serve(client: etcd.Client, host: str) -> None:
