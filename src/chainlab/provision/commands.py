@@ -173,6 +173,7 @@ def read_line(var: str, path: str) -> str:
 
 #: Whether PID $p lives in this shell's network namespace (`-ef`: the same namespace inode).
 SAME_NETNS = '[ /proc/"$p"/ns/net -ef /proc/$$/ns/net ]'
+#: PID $p's command name, as a shell word
 PROC_COMM = '/proc/"$p"/comm'
 
 
