@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import os
 import signal
@@ -129,12 +131,23 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
+def _no_collections_at_exit() -> None:
+    """The last exit handler (registered first): no garbage collection from here on. The
+    interpreter's teardown otherwise walks every object the imports made (pydantic's schemas,
+    rich, paramiko), again and again: ~0.07 s of a 0.55 s warm `lab up`. Everything is written
+    and closed by then; what is left is freed without them, and the process ends."""
+    gc.disable()
+    gc.freeze()
+
+
 def main() -> None:
     """Entry point: expected failures become one clean message and an exit code.
 
     A closed stdout ends the command quietly with EXIT_STDOUT_CLOSED (141); a stdout that
     cannot be written otherwise with one line on stderr and exit 1.
     """
+    atexit.unregister(_no_collections_at_exit)  # once, however often main() runs in a process
+    atexit.register(_no_collections_at_exit)
     sys.stdout = cast(TextIO, _GuardedStdout(sys.stdout))
     try:
         code = _run()
