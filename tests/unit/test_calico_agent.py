@@ -18,7 +18,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """The agent with LAB as etcd's tree, `apply` and the watch recorded, sleeps counted."""
     calls: dict[str, list] = {"applied": [], "waited": [], "slept": []}
     monkeypatch.setattr(agent, "read_tree", lambda client: (dict(LAB), 7))
-    monkeypatch.setattr(agent, "apply", lambda model: calls["applied"].append(model.host))
+    monkeypatch.setattr(agent, "apply", lambda model, links: calls["applied"].append(model.host))
     monkeypatch.setattr(agent, "_wait_for_change", lambda client, index: calls["waited"].append(index))
     monkeypatch.setattr(agent.time, "sleep", lambda seconds: calls["slept"].append(seconds))
     return calls

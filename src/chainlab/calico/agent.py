@@ -83,7 +83,7 @@ def sync(client: etcd.Client, host: str, state: AgentState) -> int:
     seen = (model, workload_links())
     if seen != state.last:
         started = time.monotonic()
-        apply(model)
+        apply(*seen)
         state.last = seen
         log.info("applied index %s: %d endpoints, %d profiles, %d routes in %.0f ms", index,
                  len(model.endpoints), len(model.profiles), len(model.routes),

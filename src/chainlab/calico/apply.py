@@ -80,18 +80,15 @@ def _routes(runner: Runner) -> dict[str, str]:
     return {r["dst"]: r.get("gateway", "") for r in json.loads(out or "[]")}
 
 
-def _links(runner: Runner) -> set[str]:
-    return {link["ifname"] for link in json.loads(runner(["ip", "-j", "link", "show"], None) or "[]")}
-
-
 def workload_links() -> frozenset[str]:
     """The host's `cali*` interfaces: a new one (Docker's Join) needs its route and proxy ARP.
     Asked of the kernel directly (no `ip` process): the agent asks every second."""
     return frozenset(name for _, name in socket.if_nameindex() if name.startswith(IFACE_PREFIX))
 
 
-def apply(model: Dataplane, runner: Runner = run) -> None:
-    """Make the host's ipsets, iptables and routes what `model` says."""
+def apply(model: Dataplane, links: frozenset[str], runner: Runner = run) -> None:
+    """Make the host's ipsets, iptables and routes what `model` says; `links`: the workload
+    interfaces there are (`workload_links`, as the caller saw them when it chose to apply)."""
     before = ipset_names(runner)
     runner(["ipset", "restore"], ipset_input(model, before))
     runner(["iptables-restore", "--noflush"], restore_input(model, runner(["iptables-save"], None)))
@@ -103,7 +100,6 @@ def apply(model: Dataplane, runner: Runner = run) -> None:
             runner(["ip", "route", "replace", dst, "via", via, "proto", ROUTE_PROTO], None)
     for dst in current.keys() - model.routes.keys():
         runner(["ip", "route", "del", dst, "proto", ROUTE_PROTO], None)
-    links = _links(runner)
     for address, iface in model.local_routes.items():
         if iface in links:  # Docker made it at Join: felix's part is the route and proxy ARP
             runner(["sysctl", "-q", "-w", f"net.ipv4.conf.{iface}.proxy_arp=1",

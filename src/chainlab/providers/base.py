@@ -19,6 +19,7 @@ from chainlab.errors import ChainlabError
 
 if TYPE_CHECKING:
     from chainlab.inventory import Inventory
+    from chainlab.local.pki import Pki
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,19 @@ class MachineProvider(Provider):
 
     def probe_networks(self) -> tuple[IPv4Network, ...]:
         return (self._settings().lan.network, self.inv.calico.pool)
+
+    def _etcd(self, pki: "Pki") -> EtcdEndpoint:
+        """etcd's address and port, with the client certificate of `pki` (this machine's, or
+        where a host keeps it)."""
+        if self.inv.etcd is None:
+            raise ChainlabError("the inventory has no `etcd:` section")
+        return EtcdEndpoint(str(self.inv.hosts[self.inv.etcd.host].address), self.inv.etcd.port,
+                            EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key)))
+
+    def etcd_endpoint(self) -> EtcdEndpoint:
+        endpoint = self._etcd(self._plan().pki)
+        self.check_route(IPv4Address(endpoint.host))
+        return endpoint
 
     def target(self, host: str) -> Target:
         address = self._host(host)

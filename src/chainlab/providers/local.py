@@ -11,8 +11,6 @@ import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
-from chainlab.errors import ChainlabError
 from chainlab.providers.base import EmulationRuntime, HostHints, MachineProvider
 
 SSH_PORT = 22
@@ -37,18 +35,6 @@ class LocalProvider(MachineProvider):
     def ssh_port(self) -> int:
         return SSH_PORT
 
-    def _etcd(self) -> EtcdEndpoint:
-        if self.inv.etcd is None:
-            raise ChainlabError("the inventory has no `etcd:` section")
-        pki = self._plan().pki
-        return EtcdEndpoint(str(self.inv.hosts[self.inv.etcd.host].address), self.inv.etcd.port,
-                            EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key)))
-
-    def etcd_endpoint(self) -> EtcdEndpoint:
-        endpoint = self._etcd()
-        self.check_route(IPv4Address(endpoint.host))
-        return endpoint
-
     def hints(self, host: str) -> HostHints:
         """Namespaces share the machine's kernel log; no init system runs in them."""
         return HostHints(kernel_log="shared", init="none",
@@ -65,7 +51,7 @@ class LocalProvider(MachineProvider):
     def emulation_runtime(self, host: str) -> EmulationRuntime:
         """This machine's interpreter (the hosts see this machine's files) and etcd as here (the
         daemon reaches it inside the lab: this machine's route is not asked)."""
-        return EmulationRuntime((sys.executable, "-m", "chainlab.calico.agent"), self._etcd())
+        return EmulationRuntime((sys.executable, "-m", "chainlab.calico.agent"), self._etcd(self._plan().pki))
 
     def describe(self) -> str:
         return "local (namespaces on this machine)"

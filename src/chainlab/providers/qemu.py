@@ -13,12 +13,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS
 from chainlab.errors import ChainlabError
 from chainlab.providers.base import EmulationRuntime, MachineProvider
 
 if TYPE_CHECKING:
-    from chainlab.local.pki import Pki
     from chainlab.vm.plan import VmLabPlan
 
 
@@ -43,16 +41,6 @@ class QemuProvider(MachineProvider):
 
         return SSH_PORT
 
-    def _etcd(self, tls: EtcdTLS) -> EtcdEndpoint:
-        if self.inv.etcd is None:
-            raise ChainlabError("the inventory has no `etcd:` section")
-        return EtcdEndpoint(str(self.inv.hosts[self.inv.etcd.host].address), self.inv.etcd.port, tls)
-
-    def etcd_endpoint(self) -> EtcdEndpoint:
-        endpoint = self._etcd(_tls(self._plan().pki))
-        self.check_route(IPv4Address(endpoint.host))
-        return endpoint
-
     def default_image_tarball(self) -> Path:
         """`mybusybox` from the VM image's own busybox-static (built with the image)."""
         return self._plan().image.busybox_tarball
@@ -65,7 +53,7 @@ class QemuProvider(MachineProvider):
         from chainlab.vm.plan import guest_pki
         from chainlab.vm.wheel import agent_argv
 
-        return EmulationRuntime(agent_argv(), self._etcd(_tls(guest_pki())))
+        return EmulationRuntime(agent_argv(), self._etcd(guest_pki()))
 
     def describe(self) -> str:
         """Says whether the VMs run under KVM or TCG (as `vm up` found)."""
@@ -78,6 +66,3 @@ class QemuProvider(MachineProvider):
         accel = {"kvm": "KVM", "tcg": "TCG, software emulation"}.get(state.accel or "", "") if state else ""
         return f"qemu (VMs on this machine{', ' + accel if accel else ''})"
 
-
-def _tls(pki: "Pki") -> EtcdTLS:
-    return EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key))

@@ -197,8 +197,7 @@ def running_check_argv(pidfile: str, comm: str) -> list[str]:
 def stop_argv(pidfile: str, comm: str) -> list[str]:
     """Kill the recorded PID only if it is still the process we started; drop the pidfile."""
     q = shlex.quote
-    return sh(f'{read_line("p", q(pidfile))}; '
-              f'if [ -n "$p" ] && {_is_ours(comm)}; then '
+    return sh(f'if {read_pid(pidfile)} && {_is_ours(comm)}; then '
               f'kill "$p"; i=0; while [ -d /proc/$p ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; '
               f'rm -f {q(pidfile)}')
 
