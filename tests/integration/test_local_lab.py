@@ -23,6 +23,7 @@ from chainlab.inventory import Inventory
 from chainlab.local import check_lab_route, down, plan_lab, status, up
 from chainlab.provision.image import import_rootfs
 from chainlab.local import system as S
+from chainlab.local import plan as P
 from chainlab.local.plan import LabPlan
 from chainlab.remote import connect, connection, docker_client, etcd_client, resolve_target, run
 
@@ -58,6 +59,27 @@ def test_up_is_idempotent(lab: LabPlan) -> None:
     before = {row.name: row.up_since for row in status(lab)}
     up(lab, log=lambda *_: None)
     assert {row.name: row.up_since for row in status(lab)} == before
+
+
+def test_host_setup_keeps_the_machines_mounts_in_a_namespace_still_shared(lab: LabPlan) -> None:
+    """The window `unshare --propagation private` leaves (it makes the new namespace private in
+    a child forked afterwards), held open: the host setup script's mount changes up to its
+    unmount of /run/netns must stay in its own namespace."""
+    lines = P.host_setup_script(lab, lab.hosts["master"], []).splitlines()
+    prefix = "\n".join(lines[: lines.index("if mountpoint -q /run/netns; then umount -R /run/netns; fi") + 1])
+    peer = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "unchanged", "--", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        while os.stat(f"/proc/{peer.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            assert time.monotonic() < deadline, "unshare did not enter a new mount namespace"
+            time.sleep(0.01)
+        subprocess.run(P.enter_argv(peer.pid, ["sh", "-c", prefix]), check=True)
+    finally:
+        peer.kill()
+        peer.wait()
+    netns = [lab.lan_netns, *(h.netns for h in lab.hosts.values())]
+    assert [ns for ns in netns if not S.is_mountpoint(f"/run/netns/{ns}")] == []
+    assert S.link_exists(P.HOST_IF, lab.hosts["master"].netns)
 
 
 def test_fabric_hostname_forwarding_and_backend(lab: LabPlan, inventory: Inventory) -> None:

@@ -147,8 +147,8 @@ def test_setup_script(inv: Inventory) -> None:
     host = plan.hosts["slave2"]
     script = P.host_setup_script(plan, host, P.cgroup_mounts(MOUNTINFO))
     lines = script.splitlines()
-    assert lines[:4] == ["set -e", "hostname slave2", "if mountpoint -q /run/netns; then umount -R /run/netns; fi",
-                         "mount -t sysfs sysfs /sys"]
+    assert lines[:5] == ["set -e", "mount --make-rprivate /", "hostname slave2",
+                         "if mountpoint -q /run/netns; then umount -R /run/netns; fi", "mount -t sysfs sysfs /sys"]
     assert "mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd" in lines
     assert "mount -t cgroup2 -o defaults cgroup2 /sys/fs/cgroup/unified" in lines
     assert lines.index("mount -t tmpfs -o mode=755 tmpfs /run") < lines.index("mkdir -p -m 755 /run/sshd /run/lock")

@@ -435,13 +435,19 @@ def cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
 def host_setup_script(plan: LabPlan, host: HostPlan, cgroups: list[CgroupMount]) -> str:
     """Shell script run once inside a fresh host (mount + UTS namespace of its holder).
 
-    The copies of the machine's /run/netns mounts are dropped first: they would keep other
-    hosts' network namespaces alive after `ip netns del`. A fresh sysfs shows the host's
-    own interfaces; the cgroup hierarchies are mounted again under it (dockerd needs them).
+    Its mounts are made private before anything else: `unshare --propagation private` does
+    that in a child it forks after entering the new namespace, so the holder's namespace can
+    still be a peer of the machine's when this script starts, and an unmount or mount here
+    would then happen on the machine too (seen: `umount -R /run/netns` took every lab's
+    namespaces off the machine's /run/netns). The copies of the machine's /run/netns mounts
+    are dropped next: they would keep other hosts' network namespaces alive after `ip netns
+    del`. A fresh sysfs shows the host's own interfaces; the cgroup hierarchies are mounted
+    again under it (dockerd needs them).
     """
     q = shlex.quote
     lines = [
         "set -e",
+        "mount --make-rprivate /",
         f"hostname {q(host.name)}",
         "if mountpoint -q /run/netns; then umount -R /run/netns; fi",
         "mount -t sysfs sysfs /sys",
