@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 
 import fabric
@@ -89,14 +90,23 @@ def _said(exc: BaseException, timeout: float) -> str:
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
     """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError."""
     line = command_line(argv)
+    started = time.monotonic()
     try:
         result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
-    except CommandTimedOut:
-        raise ChainlabError(f"{conn.host}: `{line}` did not finish within {timeout:g} s") from None
+    except CommandTimedOut as exc:
+        raise _timed_out(conn, line, exc.timeout) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ChainlabError(f"{conn.host}: `{line}`: the SSH session failed: {exc}") from exc
+    if timeout is not None and result.exited == -1 and time.monotonic() - started >= timeout:
+        # invoke's timer closed the channel (no exit status, hence -1) but had not returned
+        # yet when invoke asked it whether it had fired, so the run came back as a failure.
+        raise _timed_out(conn, line, timeout)
     if check and not result.ok:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise ChainlabError(f"{conn.host}: `{line}` failed (exit {result.exited})"
                             + (f": {detail[-1]}" if detail else ""))
     return result
+
+
+def _timed_out(conn: fabric.Connection, line: str, timeout: float) -> ChainlabError:
+    return ChainlabError(f"{conn.host}: `{line}` did not finish within {timeout:g} s")
