@@ -61,25 +61,28 @@ def test_up_is_idempotent(lab: LabPlan) -> None:
     assert {row.name: row.up_since for row in status(lab)} == before
 
 
-def test_host_setup_keeps_the_machines_mounts_in_a_namespace_still_shared(lab: LabPlan) -> None:
-    """The window `unshare --propagation private` leaves (it makes the new namespace private in
-    a child forked afterwards), held open: the host setup script's mount changes up to its
-    unmount of /run/netns must stay in its own namespace."""
-    lines = P.host_setup_script(lab, lab.hosts["master"], []).splitlines()
+def test_host_setup_keeps_a_peer_namespaces_mounts(plan: LabPlan) -> None:
+    """The window `unshare --propagation private` leaves (it makes the new namespace's mounts
+    private in a child forked afterwards), held open: the host setup script's first lines, up
+    to its unmount of /run/netns, must not reach the mounts the namespace was copied from. All
+    of it happens in a throwaway namespace with its own shared /run/netns, so that a
+    regression unmounts nothing of the machine's."""
+    lines = P.host_setup_script(plan, plan.hosts["master"], []).splitlines()
     prefix = "\n".join(lines[: lines.index("if mountpoint -q /run/netns; then umount -R /run/netns; fi") + 1])
-    peer = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "unchanged", "--", "sleep", "60"])
-    try:
-        deadline = time.monotonic() + 5
-        while os.stat(f"/proc/{peer.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
-            assert time.monotonic() < deadline, "unshare did not enter a new mount namespace"
-            time.sleep(0.01)
-        subprocess.run(P.enter_argv(peer.pid, ["sh", "-c", prefix]), check=True)
-    finally:
-        peer.kill()
-        peer.wait()
-    netns = [lab.lan_netns, *(h.netns for h in lab.hosts.values())]
-    assert [ns for ns in netns if not S.is_mountpoint(f"/run/netns/{ns}")] == []
-    assert S.link_exists(P.HOST_IF, lab.hosts["master"].netns)
+    sandbox = "\n".join([
+        "set -e",
+        "mount -t tmpfs tmpfs /run",
+        "mkdir /run/netns",
+        "mount -t tmpfs netns /run/netns",
+        "mount --make-shared /run/netns",
+        "touch /run/netns/x /run/x",
+        "mount --bind /run/x /run/netns/x",
+        'unshare --mount --uts --propagation unchanged -- sh -c "$1"',
+        "mountpoint -q /run/netns/x || { echo 'the peer unmounted /run/netns/x'; exit 1; }",
+    ])
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", sandbox, "sh", prefix],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_fabric_hostname_forwarding_and_backend(lab: LabPlan, inventory: Inventory) -> None:

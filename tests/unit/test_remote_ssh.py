@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from ipaddress import IPv4Address
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from invoke.runners import Result
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
-from chainlab.remote import connect, run
+from chainlab.providers import Target
+from chainlab.remote import connect, connection
 from chainlab.shell import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,22 +29,19 @@ def test_command_line_quotes_every_word():
     assert command_line(["echo", "a b", "$(reboot)", 3]) == "echo 'a b' '$(reboot)' 3"
 
 
-class _Conn:
-    """A connection whose run() comes back as invoke's does when its timer closed the channel
-    but had not returned yet: no CommandTimedOut, exit -1, after the timeout."""
 
-    host = "master"
-
-    def __init__(self, exited: int) -> None:
-        self.exited = exited
-
-    def run(self, line: str, **kwargs: object) -> Result:
-        time.sleep(float(kwargs["timeout"]))  # type: ignore[arg-type]
-        return Result(command=line, exited=self.exited)
-
-
-def test_a_channel_closed_by_the_timeout_is_a_timeout_even_if_invoke_missed_it():
-    with pytest.raises(ChainlabError, match=r"master: `sleep 5` did not finish within 0\.05 s"):
-        run(_Conn(-1), ["sleep", "5"], timeout=0.05)  # type: ignore[arg-type]
-    with pytest.raises(ChainlabError, match=r"`sleep 5` failed \(exit 1\)"):
-        run(_Conn(1), ["sleep", "5"], timeout=0.05)  # type: ignore[arg-type]
+def test_the_runner_knows_its_timeout_fired_before_the_timer_thread_returns(tmp_path):
+    """invoke's own answer (timer thread finished?) is still no while the thread closes the
+    channel; the runner's connections use records the kill first."""
+    target = Target("master", IPv4Address("192.0.2.1"), "root", 22, None, tmp_path / "known_hosts", 5.0, None)
+    (tmp_path / "known_hosts").touch()
+    runner = connection(target)._remote_runner()
+    runner.channel = SimpleNamespace(close=lambda: None)
+    runner._timer = threading.Timer(60, lambda: None)
+    runner._timer.start()
+    try:
+        assert not runner.timed_out  # running, not killed
+        runner.kill()  # what the timer does, here while the timer thread is still alive
+        assert runner.timed_out
+    finally:
+        runner._timer.cancel()

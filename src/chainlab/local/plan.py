@@ -436,10 +436,11 @@ def host_setup_script(plan: LabPlan, host: HostPlan, cgroups: list[CgroupMount])
     """Shell script run once inside a fresh host (mount + UTS namespace of its holder).
 
     Its mounts are made private before anything else: `unshare --propagation private` does
-    that in a child it forks after entering the new namespace, so the holder's namespace can
-    still be a peer of the machine's when this script starts, and an unmount or mount here
-    would then happen on the machine too (seen: `umount -R /run/netns` took every lab's
-    namespaces off the machine's /run/netns). The copies of the machine's /run/netns mounts
+    that in a child it forks after entering the new namespace, so when this script starts its
+    mounts can still be peers of the machine's shared ones (/run/netns always is: `ip netns
+    add` makes it shared), and an unmount or mount here would then happen on the machine too
+    (seen: `umount -R /run/netns` unmounted every network namespace under the machine's
+    /run/netns). The copies of the machine's /run/netns mounts
     are dropped next: they would keep other hosts' network namespaces alive after `ip netns
     del`. A fresh sysfs shows the host's own interfaces; the cgroup hierarchies are mounted
     again under it (dockerd needs them).

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Sequence
 
 import fabric
+import fabric.runners
 import paramiko
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result
@@ -21,6 +21,23 @@ from chainlab.shell import command_line
 CONNECT_ATTEMPTS = 5
 
 
+class _Remote(fabric.runners.Remote):
+    """fabric's runner, sure of its own timeouts: invoke asks whether the timeout fired by
+    looking whether its timer thread has finished, but that thread ends the command by closing
+    the channel, and the run can see the closed channel (exit -1) and ask before the thread has
+    returned; the run then came back as a plain failure. The kill is recorded before the close."""
+
+    _killed = False
+
+    def kill(self) -> None:
+        self._killed = True
+        super().kill()
+
+    @property
+    def timed_out(self) -> bool:
+        return self._killed or super().timed_out
+
+
 def connection(target: Target) -> fabric.Connection:
     """An unopened fabric Connection to `target` that rejects unknown host keys.
 
@@ -32,7 +49,7 @@ def connection(target: Target) -> fabric.Connection:
     conn = fabric.Connection(
         host=str(target.address), user=target.user, port=target.port,
         connect_timeout=int(target.connect_timeout), connect_kwargs=connect_kwargs,
-        config=fabric.Config(overrides={"load_ssh_configs": False}),
+        config=fabric.Config(overrides={"load_ssh_configs": False, "runners": {"remote": _Remote}}),
     )
     if target.known_hosts:
         conn.client.load_host_keys(str(target.known_hosts))
@@ -88,25 +105,17 @@ def _said(exc: BaseException, timeout: float) -> str:
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
-    """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError."""
+    """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError
+    (with `check`), a timeout or a broken session always does."""
     line = command_line(argv)
-    started = time.monotonic()
     try:
         result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
     except CommandTimedOut as exc:
-        raise _timed_out(conn, line, exc.timeout) from None
+        raise ChainlabError(f"{conn.host}: `{line}` did not finish within {exc.timeout:g} s") from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ChainlabError(f"{conn.host}: `{line}`: the SSH session failed: {exc}") from exc
-    if timeout is not None and result.exited == -1 and time.monotonic() - started >= timeout:
-        # invoke's timer closed the channel (no exit status, hence -1) but had not returned
-        # yet when invoke asked it whether it had fired, so the run came back as a failure.
-        raise _timed_out(conn, line, timeout)
     if check and not result.ok:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise ChainlabError(f"{conn.host}: `{line}` failed (exit {result.exited})"
                             + (f": {detail[-1]}" if detail else ""))
     return result
-
-
-def _timed_out(conn: fabric.Connection, line: str, timeout: float) -> ChainlabError:
-    return ChainlabError(f"{conn.host}: `{line}` did not finish within {timeout:g} s")
