@@ -48,10 +48,10 @@ class RunContext:
         inv = self.inv
         return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
 
-    def docker_names(self, host: str) -> list[str]:
-        """Every Docker object lab up looks at on `host` (one `docker inspect` for all)."""
-        return [*self.images(host), *(n for n, c in self.inv.containers.items() if c.host == host),
-                *self.network.docker_names(host)]
+    def inspect_argv(self, host: str) -> list[str]:
+        """The one probe of every Docker object lab up looks at on `host`."""
+        return inspect_argv(self.images(host), [n for n, c in self.inv.containers.items() if c.host == host],
+                            self.network.docker_names(host))
 
     def etcd(self) -> Any:
         """The run's one etcd client (route-checked and probed once, for every host)."""
@@ -132,10 +132,10 @@ class HostContext:
         return self._answer(argv)[0] == 0
 
     def docker_view(self) -> DockerView:
-        """The host's images, containers and networks of the lab, from one `docker inspect`
-        (fetched with the facts; read again after any change). Empty offline."""
+        """The host's images, containers and networks of the lab, from one probe (fetched with
+        the facts; read again after any change). Empty offline."""
         if self._view is None:
-            self._view = DockerView.parse(self.read(inspect_argv(self.run.docker_names(self.host))) or "")
+            self._view = DockerView.parse(self.read(self.run.inspect_argv(self.host)) or "")
         return self._view
 
     def perform(self, action: Action) -> Any:

@@ -1,19 +1,37 @@
-"""What a host's dockerd has, from one `docker inspect` of every object lab up looks at (pure).
+"""What a host's dockerd has, from one look at every object lab up checks (pure).
 
-One docker CLI call per host (images, containers and networks at once) instead of one per
-object: on the local lab, every host's docker start-up costs this machine's CPU.
+One process per host (images, containers and networks at once) instead of one per object:
+on the local lab, every host's start-up costs this machine's CPU. That process is curl on
+dockerd's socket where it can be (the docker CLI's start-up costs ~10 times curl's CPU), else
+`docker inspect`; both print the Engine API's own JSON, which `DockerView.parse` reads.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Where dockerd listens unless the user pointed the CLI elsewhere.
+SOCKET = "/var/run/docker.sock"
 
-def inspect_argv(names: list[str]) -> list[str]:
-    """`docker inspect` of every name (exit 1 when one is missing; the others are still printed)."""
-    return ["docker", "inspect", *names]
+
+def inspect_argv(images: Sequence[str] = (), containers: Sequence[str] = (), networks: Sequence[str] = (),
+                 socket: str = SOCKET) -> list[str]:
+    """A read-only probe printing each object's Engine API JSON (a missing one prints a message
+    object, which `parse` skips). curl asks the default socket for each object by its kind;
+    where the CLI may talk to another daemon (DOCKER_HOST, DOCKER_CONTEXT, a context of the
+    user's) or curl is missing or fails, `docker inspect` of every name answers instead."""
+    urls = [*(f"http://docker/images/{n}/json" for n in images), *(f"http://docker/containers/{n}/json" for n in containers),
+            *(f"http://docker/networks/{n}" for n in networks)]
+    names = " ".join(shlex.quote(n) for n in [*images, *containers, *networks])
+    return ["sh", "-c",
+            f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ] && [ ! -e "$HOME/.docker/contexts/meta" ]'
+            f" && [ -S {shlex.quote(socket)} ] && command -v curl >/dev/null 2>&1; then"
+            f" curl -sS --unix-socket {shlex.quote(socket)} {' '.join(shlex.quote(u) for u in urls)} && exit 0; fi;"
+            f" exec docker inspect {names}"]
 
 
 @dataclass
@@ -24,12 +42,17 @@ class DockerView:
 
     @classmethod
     def parse(cls, text: str) -> "DockerView":
+        """`docker inspect`'s list, or the objects curl printed one after another."""
         view = cls()
+        objects: list[Any] = []
+        decoder, at = json.JSONDecoder(), 0
         try:
-            objects = json.loads(text or "[]")
+            while (at := _skip_space(text, at)) < len(text):
+                value, at = decoder.raw_decode(text, at)
+                objects.extend(value if isinstance(value, list) else [value])
         except ValueError:
-            return view
-        for obj in objects if isinstance(objects, list) else []:
+            pass  # what came before a damaged part still counts
+        for obj in objects:
             if not isinstance(obj, dict):
                 continue
             if "RepoTags" in obj:
@@ -42,3 +65,9 @@ class DockerView:
             elif "IPAM" in obj and isinstance(obj.get("Name"), str):
                 view.networks[obj["Name"]] = obj
         return view
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at

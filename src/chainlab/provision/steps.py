@@ -17,7 +17,6 @@ from chainlab.provision import commands as C
 from chainlab.provision import image as I
 from chainlab.provision.actions import Action, Call, Command, Outcome, PutFile, Step
 from chainlab.provision.context import HostContext, RunContext
-from chainlab.provision.dockerview import inspect_argv
 from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
@@ -260,7 +259,7 @@ def up_probes(run: RunContext, host: str) -> list[list[str]]:
         _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
         NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
-        inspect_argv(run.docker_names(host)), *run.network.up_probes(host),
+        run.inspect_argv(host), *run.network.up_probes(host),
     ]
 
 

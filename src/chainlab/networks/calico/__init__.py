@@ -33,6 +33,7 @@ from chainlab.providers import Provider
 from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Call, Outcome
 from chainlab.provision.context import HostContext, RunContext
+from chainlab.provision.dockerview import DockerView, inspect_argv
 
 def network_probe(name: str) -> list[str]:
     return ["docker", "network", "inspect", name]
@@ -102,7 +103,10 @@ class CalicoNetwork(Network):
 
     def _existing(self, engine: HostContext, name: str) -> bool:
         """Whether network `name` exists there; one with other drivers is an error."""
-        attrs = engine.docker_view().networks.get(name)
+        if name in self.docker_names(engine.host):
+            attrs = engine.docker_view().networks.get(name)
+        else:  # the first host is not connected: another one stands in
+            attrs = DockerView.parse(engine.read(inspect_argv(networks=[name])) or "").networks.get(name)
         if attrs is None:
             return False
         drivers = (attrs.get("Driver"), (attrs.get("IPAM") or {}).get("Driver"))
@@ -188,7 +192,10 @@ class CalicoNetwork(Network):
         return [*self.mode.probes(), *(self._programmed_argv(s) for s in known)]
 
     def docker_names(self, host: str) -> list[str]:
-        return self.networks()
+        """The networks, on the host that creates them if it is connected (the inventory's
+        first, see `_engine`) and nowhere else: they are global, and each look at one makes
+        that host's dockerd read the cluster store (etcd over TLS)."""
+        return self.networks() if host == next(iter(self.inv.hosts)) else []
 
     # --- lab down -------------------------------------------------------------------------
 
