@@ -9,7 +9,7 @@ CHAINLAB := $(BIN)/chainlab
 INVENTORY ?= lab/local.yaml
 INV := $(if $(INVENTORY),-i $(INVENTORY))
 SEED := tests/fixtures/seed-logs
-APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server \
+APT_PACKAGES := iptables ipset nftables openssh-server openssh-client rsyslog ulogd2 etcd-server curl \
 	docker.io busybox-static iputils-ping conntrack graphviz iproute2 procps chromium gcc libc6-dev \
 	qemu-system-x86 qemu-utils mmdebstrap \
 	$(if $(filter /usr/bin/%,$(shell command -v $(PYTHON))),python3-dev python3-venv)

@@ -4,8 +4,9 @@ contents) for the pyinfra deploy and the Ansible playbook that do the same check
 Built from chainlab's own command builders and from what lab up left on the hosts, so the
 three tools check the same things with the same commands: the facts script, the files lab up
 wrote (same content: a no-op `put`/`copy`), ip_forward, the trace backend, the raw rules, the
-image, the Calico daemon and its etcd registration, every container and its programming, and,
-once per lab, the pool in etcd and the Docker network.
+image and the containers (chainlab's one Docker probe per host), the Calico daemon and its
+etcd registration, each container's programming, and, once per lab, the pool in etcd and the
+Docker network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from chainlab.labstate import load_state
 from chainlab.local.plan import plan_lab
 from chainlab.networks.calico.emulate import running_argv
 from chainlab.provision import commands as C
+from chainlab.provision.dockerview import inspect_argv
 from chainlab.provision.facts import facts_script
 from chainlab.provision.steps import NF_LOG_READ
 from chainlab.remote import connect, run
@@ -27,6 +29,17 @@ from chainlab.remote import connect, run
 
 def _sh(argv: list[str]) -> str:
     return argv[2] if argv[:2] == ["sh", "-c"] else shlex.join(argv)
+
+
+def _docker_check(inv: Inventory, containers: list[str]) -> str:
+    """chainlab's one Docker probe of the host (curl on dockerd's socket, else docker inspect),
+    and that its answer has the image and each container, running, labelled with the lab
+    (patterns for the API's compact JSON and the CLI's indented one)."""
+    image = inv.image.name if ":" in inv.image.name.rsplit("/", 1)[-1] else f"{inv.image.name}:latest"
+    wanted = [f'"{image}"', *(f'"Name": ?"/{c}"' for c in containers),
+              *(['"Running": ?true', f'"chainlab.lab": ?"{inv.lab}"'] if containers else [])]
+    return (f"o=$({_sh(inspect_argv([inv.image.name], containers))}) && "
+            + " && ".join(f"printf '%s' \"$o\" | grep -qE -e {shlex.quote(w)}" for w in wanted))
 
 
 def build(inv: Inventory) -> dict:
@@ -45,19 +58,19 @@ def build(inv: Inventory) -> dict:
             _sh(C.running_check_argv(C.ULOGD_PID, "ulogd")), _sh(NF_LOG_READ),
             "s=$(iptables -w 5 -t raw -S) && " + " && ".join(
                 f"printf '%s\\n' \"$s\" | grep -qxF -e {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),
-            f"docker image inspect -f '{{{{.Id}}}}' {inv.image.name}",
+            _docker_check(inv, [c for c, cs in state.containers.items() if cs.host == name]),
             _sh(running_argv()),
             f"{curl} {etcd}{D.host_ip_key(name)}",
         ]
         for cname, cstate in state.containers.items():
             if cstate.host == name:
-                checks.append(f"docker inspect -f '{{{{.State.Running}}}} {{{{index .Config.Labels \"chainlab.lab\"}}}}'"
-                              f" {cname}")
                 checks.append(f"ip -4 route show {cstate.address}/32 | grep -q 'dev {cstate.interface}' && "
                               f"iptables -w -S cali-tw-{cstate.interface} >/dev/null")
         hosts[name] = {"address": str(host.address), "files": files, "exists": [host.trace_log],
                        "checks": checks}
-    lab = [f"{curl} {etcd}{D.pool_key(inv.calico.pool)}", f"docker network inspect {inv.calico.network}"]
+    net = inv.calico.network
+    network_check = f"{_sh(inspect_argv(networks=[net]))} | grep -qE -e " + shlex.quote(f'"Name": ?"{net}"')
+    lab = [f"{curl} {etcd}{D.pool_key(inv.calico.pool)}", network_check]
     return {"ssh_config": str(plan.ssh_config), "key": str(plan.client_key), "known_hosts": str(plan.known_hosts),
             "hosts": hosts, "lab_host": next(iter(inv.hosts)), "lab_checks": lab}
 

@@ -23,7 +23,11 @@ from chainlab.inventory import Inventory, load_inventory
 from chainlab.labstate import load_state, state_path
 from chainlab.local import down, plan_lab, up
 from chainlab.local.lab import load_state as load_local_state
+from chainlab.networks import network_for
+from chainlab.providers import provider_for
 from chainlab.provision import provision
+from chainlab.provision.context import RunContext
+from chainlab.provision.dockerview import DockerView
 from chainlab.provision.recap import RunReport
 from chainlab.remote import connect, run
 
@@ -165,6 +169,22 @@ def test_check_on_local_lab_changes_nothing(prov: Inventory) -> None:
     for host in ("master", "slave1", "slave2"):
         statuses = {s.name: s.status for s in report.hosts[host].steps}
         assert statuses["ip_forward"] == statuses["trace_rules"] == statuses["trace_log"] == "ok"
+
+
+def test_docker_probe_reads_the_same_with_curl_and_with_the_cli(prov: Inventory) -> None:
+    provider = provider_for(prov)
+    run_ctx = RunContext(prov, provider, network_for(prov, provider), False)
+    for host in prov.hosts:
+        argv = run_ctx.inspect_argv(host)
+        with connect(prov, host) as conn:
+            by_curl = run(conn, argv, check=False).stdout
+            by_cli = run(conn, ["env", "DOCKER_HOST=unix:///var/run/docker.sock", *argv], check=False).stdout
+        assert by_curl.startswith("{") and by_cli.startswith("["), (by_curl[:80], by_cli[:80])
+        view = DockerView.parse(by_curl)
+        assert view == DockerView.parse(by_cli)
+        assert prov.image.name in view.images
+        assert sorted(view.containers) == sorted(c for c, spec in prov.containers.items() if spec.host == host)
+        assert sorted(view.networks) == sorted(run_ctx.network.docker_names(host))
 
 
 def test_host_with_sshd_down_fails_alone_then_converges(prov: Inventory) -> None:
