@@ -45,15 +45,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        try:
+            # the body is read before any answer, also a 404: a client still sending it to a
+            # connection closed under it gets a broken pipe instead of the answer
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 <= length <= MAX_BODY:
+                raise PluginError(f"request body of {length} bytes")
+            body = self.rfile.read(length) if length else b""
+        except (PluginError, ValueError) as exc:
+            self._answer(400, {"Err": str(exc)})
+            return
         handler = self.server.routes.get(self.path)
         if handler is None:
             self._answer(404, {"Err": f"unknown call {self.path}"})
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 <= length <= MAX_BODY:
-                raise PluginError(f"request body of {length} bytes")
-            body = self.rfile.read(length) if length else b""
             request = json.loads(body) if body.strip() else {}
             if not isinstance(request, dict):
                 raise PluginError("the request is not a JSON object")
