@@ -193,6 +193,18 @@ def test_batch_round_trips_through_sh(tmp_path: Path, concurrent: bool) -> None:
         assert other.parse(out) == {0: (4, said)}
 
 
+def test_batch_of_argvs_runs_sh_scripts_in_its_own_subshells(tmp_path):
+    """`sh -c SCRIPT` probes run as SCRIPT: same answers and statuses, no second shell; a
+    script's variables, `set -e`, `exit` and a last-line comment stay inside its subshell."""
+    probes = [["sh", "-c", "x=1; set -e; printf 'a %s' \"$x\"; false; echo never"],
+              ["sh", "-c", 'echo "x=${x:-unset}"; exit 3  # a comment on the last line'],
+              ["test", "-e", str(tmp_path / "absent")], ["echo", HOSTILE]]
+    batch = Batch.of_argvs(probes)
+    assert batch.commands[0] == probes[0][2] and batch.commands[3] == command_line(probes[3])
+    out = subprocess.run(["sh", "-c", batch.script()], capture_output=True, text=True, check=True).stdout
+    assert batch.parse(out) == {0: (1, "a 1"), 1: (3, "x=unset\n"), 2: (1, ""), 3: (0, HOSTILE + "\n")}
+
+
 def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):
     sleeper = subprocess.Popen(["sleep", "30"])
     try:

@@ -44,7 +44,6 @@ from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
 from chainlab.remote.batch import Batch
 from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
-from chainlab.shell import command_line
 
 Action = Literal["up", "down"]
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
@@ -102,7 +101,7 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
     batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
-    script = Batch.of([command_line(argv) for argv in batch])
+    script = Batch.of_argvs(batch)
     out = run(conn, ["sh", "-c", script.script()], timeout=60).stdout
     answers = script.parse(out)
     if 0 not in answers:

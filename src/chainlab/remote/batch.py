@@ -17,6 +17,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from chainlab.shell import command_line
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -30,13 +32,20 @@ class Batch:
     def of(cls, commands: Sequence[str], *, stderr: bool = False, concurrent: bool = False) -> "Batch":
         return cls(tuple(commands), stderr, concurrent)
 
+    @classmethod
+    def of_argvs(cls, argvs: Sequence[Sequence[str]]) -> "Batch":
+        """Commands run one after the other, each quoted; an `sh -c SCRIPT` runs as SCRIPT in the
+        subshell every command gets anyway (no second shell started: one process less)."""
+        return cls.of([argv[2] if len(argv) == 3 and argv[:2] == ["sh", "-c"] else command_line(argv)
+                       for argv in map(list, argvs)])
+
     def script(self) -> str:
         redirect = "2>&1" if self.stderr else "2>/dev/null"
         mark = f"@@{self.token}"
         if not self.concurrent:
             lines = []
-            for i, command in enumerate(self.commands):
-                lines.append(f"printf '{mark} {i} begin\\n'; ( {command} ) {redirect} </dev/null; "
+            for i, command in enumerate(self.commands):  # `)` on a line of its own: a command may end in a comment
+                lines.append(f"printf '{mark} {i} begin\\n'; ( {command}\n) {redirect} </dev/null; "
                              f"printf '\\n{mark} {i} %s\\n' $?")
             return "\n".join(lines) + "\n"
         lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT"]
