@@ -33,8 +33,9 @@ def _sh(argv: list[str]) -> str:
 
 def _docker_check(inv: Inventory, containers: list[str]) -> str:
     """chainlab's one Docker probe of the host (curl on dockerd's socket, else docker inspect),
-    and that its answer has the image and each container, running, labelled with the lab
-    (patterns for the API's compact JSON and the CLI's indented one)."""
+    and that its answer has the image and each container, and a running container labelled with
+    the lab (grep patterns, for the API's compact JSON and the CLI's indented one: looser than
+    chainlab's reading of each container's state, the same processes)."""
     image = inv.image.name if ":" in inv.image.name.rsplit("/", 1)[-1] else f"{inv.image.name}:latest"
     wanted = [f'"{image}"', *(f'"Name": ?"/{c}"' for c in containers),
               *(['"Running": ?true', f'"chainlab.lab": ?"{inv.lab}"'] if containers else [])]

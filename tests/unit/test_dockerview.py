@@ -25,9 +25,12 @@ def test_parse_reads_inspects_list_and_curls_objects_alike():
     assert list(listed.containers) == ["web1"] and list(listed.networks) == ["net1"]
 
 
-def test_parse_keeps_what_came_before_damage():
+def test_parse_goes_on_after_damage_at_the_next_line():
     view = DockerView.parse(f"{IMAGE}\n{{\"Name\": tru")
     assert "mybusybox" in view.images and not view.containers
+    # an old daemon's plain-text 404, a body cut short: the objects after them still count
+    view = DockerView.parse(f"No such image: foo\n{{\"Id\": \"cut\n{CONTAINER}\n{NETWORK}\n")
+    assert list(view.containers) == ["web1"] and list(view.networks) == ["net1"]
     assert DockerView.parse("") == DockerView() == DockerView.parse("Error: No such object: x\n")
 
 
@@ -54,13 +57,13 @@ def test_curl_asks_each_object_by_its_kind(host):
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp)}
     argv = inspect_argv(["mybusybox", "reg.example/a/b:1.2"], ["web1"], ["net1"], socket=str(tmp / "docker.sock"))
     assert _run(argv, env).split() == [
-        "curl", "-sS", "--unix-socket", str(tmp / "docker.sock"), "http://docker/images/mybusybox/json",
+        "curl", "-sS", "--path-as-is", "--unix-socket", str(tmp / "docker.sock"), "http://docker/images/mybusybox/json",
         "http://docker/images/reg.example/a/b:1.2/json", "http://docker/containers/web1/json",
         "http://docker/networks/net1"]
 
 
-@pytest.mark.parametrize("why", ["DOCKER_HOST", "DOCKER_CONTEXT", "a context of the user's", "curl failed",
-                                 "no socket", "no curl"])
+@pytest.mark.parametrize("why", ["DOCKER_HOST", "DOCKER_CONTEXT", "a context of the user's",
+                                 "a context in DOCKER_CONFIG", "curl failed", "no socket", "no curl"])
 def test_docker_inspect_answers_where_curl_might_ask_another_daemon_or_cannot(host, why):
     tmp, bin_dir = host
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp)}
@@ -69,6 +72,9 @@ def test_docker_inspect_answers_where_curl_might_ask_another_daemon_or_cannot(ho
         env[why] = "elsewhere"
     elif why == "a context of the user's":
         (tmp / ".docker" / "contexts" / "meta").mkdir(parents=True)
+    elif why == "a context in DOCKER_CONFIG":
+        (tmp / "conf" / "contexts" / "meta").mkdir(parents=True)
+        env["DOCKER_CONFIG"] = str(tmp / "conf")
     elif why == "curl failed":
         env["CURL_EXIT"] = "7"
     elif why == "no socket":
@@ -78,4 +84,4 @@ def test_docker_inspect_answers_where_curl_might_ask_another_daemon_or_cannot(ho
         (bin_dir / "sh").symlink_to(shutil.which("sh"))
         env["PATH"] = str(bin_dir)
     out = _run(inspect_argv(["mybusybox"], ["web1"], ["net1"], socket=sock), env)
-    assert out.splitlines()[-1] == "docker inspect mybusybox web1 net1"
+    assert out.splitlines() == ["docker inspect mybusybox web1 net1"]  # a failed curl's output is dropped

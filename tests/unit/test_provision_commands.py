@@ -12,6 +12,10 @@ from chainlab.inventory import load_inventory
 from chainlab.provision import commands as C
 from chainlab.provision.facts import assumed_facts, facts_script, parse_facts
 from chainlab.provision.image import render_dockerfile
+from chainlab.networks import network_for
+from chainlab.providers import provider_for
+from chainlab.provision.context import RunContext
+from chainlab.provision.steps import up_probes
 from chainlab.remote.batch import Batch
 from chainlab.shell import command_line
 
@@ -203,6 +207,20 @@ def test_batch_of_argvs_runs_sh_scripts_in_its_own_subshells(tmp_path):
     assert batch.commands[0] == probes[0][2] and batch.commands[3] == command_line(probes[3])
     out = subprocess.run(["sh", "-c", batch.script()], capture_output=True, text=True, check=True).stdout
     assert batch.parse(out) == {0: (1, "a 1"), 1: (3, "x=unset\n"), 2: (1, ""), 3: (0, HOSTILE + "\n")}
+
+
+def test_every_sh_probe_of_lab_up_is_valid_sh():
+    """They run inside the batch's own shell: a syntax error there would end the whole batch."""
+    inv = load_inventory(ROOT / "lab" / "local.yaml")
+    provider = provider_for(inv)
+    run_ctx = RunContext(inv, provider, network_for(inv, provider), False)
+    scripts = [facts_script(("192.0.2.1", 2379), versions=False)]
+    for host in inv.hosts:
+        scripts += [argv[2] for argv in up_probes(run_ctx, host) if argv[:2] == ["sh", "-c"]]
+    assert len(scripts) > 3
+    for script in scripts:
+        checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+        assert checked.returncode == 0, (script, checked.stderr)
 
 
 def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):

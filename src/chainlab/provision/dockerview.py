@@ -22,15 +22,18 @@ def inspect_argv(images: Sequence[str] = (), containers: Sequence[str] = (), net
                  socket: str = SOCKET) -> list[str]:
     """A read-only probe printing each object's Engine API JSON (a missing one prints a message
     object, which `parse` skips). curl asks the default socket for each object by its kind;
-    where the CLI may talk to another daemon (DOCKER_HOST, DOCKER_CONTEXT, a context of the
-    user's) or curl is missing or fails, `docker inspect` of every name answers instead."""
+    where the CLI may talk to another daemon (DOCKER_HOST, DOCKER_CONTEXT, any docker context
+    in the user's docker config), the socket is not there, or curl is missing or fails (what
+    it printed is then dropped), `docker inspect` of every name answers instead."""
     urls = [*(f"http://docker/images/{n}/json" for n in images), *(f"http://docker/containers/{n}/json" for n in containers),
             *(f"http://docker/networks/{n}" for n in networks)]
     names = " ".join(shlex.quote(n) for n in [*images, *containers, *networks])
     return ["sh", "-c",
-            f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ] && [ ! -e "$HOME/.docker/contexts/meta" ]'
-            f" && [ -S {shlex.quote(socket)} ] && command -v curl >/dev/null 2>&1; then"
-            f" curl -sS --unix-socket {shlex.quote(socket)} {' '.join(shlex.quote(u) for u in urls)} && exit 0; fi;"
+            f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ]'
+            f' && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
+            f" && [ -S {shlex.quote(socket)} ] && command -v curl >/dev/null 2>&1"
+            f" && o=$(curl -sS --path-as-is --unix-socket {shlex.quote(socket)} {' '.join(shlex.quote(u) for u in urls)});"
+            f' then printf "%s\\n" "$o"; exit 0; fi;'
             f" exec docker inspect {names}"]
 
 
@@ -46,12 +49,14 @@ class DockerView:
         view = cls()
         objects: list[Any] = []
         decoder, at = json.JSONDecoder(), 0
-        try:
-            while (at := _skip_space(text, at)) < len(text):
+        while (at := _skip_space(text, at)) < len(text):
+            try:
                 value, at = decoder.raw_decode(text, at)
-                objects.extend(value if isinstance(value, list) else [value])
-        except ValueError:
-            pass  # what came before a damaged part still counts
+            except ValueError:  # damage, or a daemon's plain-text error: go on at the next line
+                end = text.find("\n", at)
+                at = len(text) if end < 0 else end + 1
+                continue
+            objects.extend(value if isinstance(value, list) else [value])
         for obj in objects:
             if not isinstance(obj, dict):
                 continue

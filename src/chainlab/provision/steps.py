@@ -217,14 +217,14 @@ def containers(ctx: HostContext) -> Step:
 
 
 def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
-    """Run (or start) the container if needed; True if it had to. Reads are `docker inspect`
-    probes (fetched with the facts); only changes go through the docker SDK."""
+    """Run (or start) the container if needed; True if it had to. Reads are the host's Docker
+    probe (fetched with the facts); only changes go through the docker SDK."""
     inv = ctx.inv
     network = ctx.run.network
     image_name = inv.container_image(name)
     options, words = network.run_options(name)
     attrs = ctx.docker_view().containers.get(name)
-    if attrs is not None and (attrs.get("Config") or {}).get("Labels", {}).get(LABEL) != inv.lab:
+    if attrs is not None and ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL) != inv.lab:
         raise ChainlabError(f"a container {name} exists on {ctx.host} and was not made by lab {inv.lab}")
     running = attrs is not None and (attrs.get("State") or {}).get("Status") == "running"
     if attrs is None:
