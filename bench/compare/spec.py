@@ -25,10 +25,7 @@ from chainlab.provision.dockerview import inspect_argv
 from chainlab.provision.facts import facts_script
 from chainlab.provision.steps import NF_LOG_READ
 from chainlab.remote import connect, run
-
-
-def _sh(argv: list[str]) -> str:
-    return argv[2] if argv[:2] == ["sh", "-c"] else shlex.join(argv)
+from chainlab.shell import shell_text
 
 
 def _docker_check(inv: Inventory, containers: list[str]) -> str:
@@ -39,7 +36,7 @@ def _docker_check(inv: Inventory, containers: list[str]) -> str:
     image = inv.image.name if ":" in inv.image.name.rsplit("/", 1)[-1] else f"{inv.image.name}:latest"
     wanted = [f'"{image}"', *(f'"Name": ?"/{c}"' for c in containers),
               *(['"Running": ?true', f'"chainlab.lab": ?"{inv.lab}"'] if containers else [])]
-    return (f"o=$({_sh(inspect_argv([inv.image.name], containers))}) && "
+    return (f"o=$({shell_text(inspect_argv([inv.image.name], containers))}) && "
             + " && ".join(f"printf '%s' \"$o\" | grep -qE -e {shlex.quote(w)}" for w in wanted))
 
 
@@ -56,11 +53,11 @@ def build(inv: Inventory) -> dict:
             files = {path: run(conn, ["cat", path]).stdout for path in (C.SYSCTL_FILE, C.ULOGD_CONF)}
         checks = [
             facts_script((str(inv.hosts[inv.etcd.host].address), inv.etcd.port)),
-            _sh(C.running_check_argv(C.ULOGD_PID, "ulogd")), _sh(NF_LOG_READ),
+            shell_text(C.running_check_argv(C.ULOGD_PID, "ulogd")), shell_text(NF_LOG_READ),
             "s=$(iptables -w 5 -t raw -S) && " + " && ".join(
                 f"printf '%s\\n' \"$s\" | grep -qxF -e {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),
             _docker_check(inv, [c for c, cs in state.containers.items() if cs.host == name]),
-            _sh(running_argv()),
+            shell_text(running_argv()),
             f"{curl} {etcd}{D.host_ip_key(name)}",
         ]
         for cname, cstate in state.containers.items():
@@ -70,7 +67,7 @@ def build(inv: Inventory) -> dict:
         hosts[name] = {"address": str(host.address), "files": files, "exists": [host.trace_log],
                        "checks": checks}
     net = inv.calico.network
-    network_check = f"{_sh(inspect_argv(networks=[net]))} | grep -qE -e " + shlex.quote(f'"Name": ?"{net}"')
+    network_check = f"{shell_text(inspect_argv(networks=[net]))} | grep -qE -e " + shlex.quote(f'"Name": ?"{net}"')
     lab = [f"{curl} {etcd}{D.pool_key(inv.calico.pool)}", network_check]
     return {"ssh_config": str(plan.ssh_config), "key": str(plan.client_key), "known_hosts": str(plan.known_hosts),
             "hosts": hosts, "lab_host": next(iter(inv.hosts)), "lab_checks": lab}

@@ -440,10 +440,10 @@ def host_setup_script(plan: LabPlan, host: HostPlan, cgroups: list[CgroupMount])
     mounts can still be peers of the machine's shared ones (/run/netns always is: `ip netns
     add` makes it shared), and an unmount or mount here would then happen on the machine too
     (seen: `umount -R /run/netns` unmounted every network namespace under the machine's
-    /run/netns). The copies of the machine's /run/netns mounts
-    are dropped next: they would keep other hosts' network namespaces alive after `ip netns
-    del`. A fresh sysfs shows the host's own interfaces; the cgroup hierarchies are mounted
-    again under it (dockerd needs them).
+    /run/netns). The copies of the machine's /run/netns mounts are dropped next: they would
+    keep other hosts' network namespaces alive after `ip netns del`. A fresh sysfs shows the
+    host's own interfaces; the cgroup hierarchies are mounted again under it (dockerd needs
+    them).
     """
     q = shlex.quote
     lines = [

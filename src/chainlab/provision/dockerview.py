@@ -2,17 +2,21 @@
 
 One process per host (images, containers and networks at once) instead of one per object:
 on the local lab, every host's start-up costs this machine's CPU. That process is curl on
-dockerd's socket where it can be (the docker CLI's start-up costs ~10 times curl's CPU), else
-`docker inspect`; both print the Engine API's own JSON, which `DockerView.parse` reads.
+dockerd's socket where it can be (~4.5 ms of CPU a call against the docker CLI's ~10.5 ms),
+else `docker inspect`; both print the Engine API's own JSON, which `DockerView.parse` reads.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from json.decoder import WHITESPACE
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from chainlab.provision.commands import sh
+from chainlab.shell import command_line
 
 #: Where dockerd listens unless the user pointed the CLI elsewhere.
 SOCKET = "/var/run/docker.sock"
@@ -27,14 +31,13 @@ def inspect_argv(images: Sequence[str] = (), containers: Sequence[str] = (), net
     it printed is then dropped), `docker inspect` of every name answers instead."""
     urls = [*(f"http://docker/images/{n}/json" for n in images), *(f"http://docker/containers/{n}/json" for n in containers),
             *(f"http://docker/networks/{n}" for n in networks)]
-    names = " ".join(shlex.quote(n) for n in [*images, *containers, *networks])
-    return ["sh", "-c",
-            f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ]'
-            f' && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
-            f" && [ -S {shlex.quote(socket)} ] && command -v curl >/dev/null 2>&1"
-            f" && o=$(curl -sS --path-as-is --unix-socket {shlex.quote(socket)} {' '.join(shlex.quote(u) for u in urls)});"
-            f' then printf "%s\\n" "$o"; exit 0; fi;'
-            f" exec docker inspect {names}"]
+    sock = shlex.quote(socket)
+    return sh(f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ]'
+              f' && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
+              f" && [ -S {sock} ] && command -v curl >/dev/null 2>&1"
+              f" && o=$(curl -sS --path-as-is --unix-socket {sock} {command_line(urls)});"
+              f' then printf "%s\\n" "$o"; exit 0; fi;'
+              f" exec {command_line(['docker', 'inspect', *images, *containers, *networks])}")
 
 
 @dataclass
@@ -49,7 +52,7 @@ class DockerView:
         view = cls()
         objects: list[Any] = []
         decoder, at = json.JSONDecoder(), 0
-        while (at := _skip_space(text, at)) < len(text):
+        while (at := WHITESPACE.match(text, at).end()) < len(text):
             try:
                 value, at = decoder.raw_decode(text, at)
             except ValueError:  # damage, or a daemon's plain-text error: go on at the next line
@@ -70,9 +73,3 @@ class DockerView:
             elif "IPAM" in obj and isinstance(obj.get("Name"), str):
                 view.networks[obj["Name"]] = obj
         return view
-
-
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at].isspace():
-        at += 1
-    return at

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chainlab.shell import command_line
+from chainlab.shell import shell_text
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ class Batch:
     def of_argvs(cls, argvs: Sequence[Sequence[str]]) -> "Batch":
         """Commands run one after the other, each quoted; an `sh -c SCRIPT` runs as SCRIPT in the
         subshell every command gets anyway (no second shell started: one process less)."""
-        return cls.of([argv[2] if len(argv) == 3 and argv[:2] == ["sh", "-c"] else command_line(argv)
-                       for argv in map(list, argvs)])
+        return cls.of([shell_text(argv) for argv in argvs])
 
     def script(self) -> str:
         redirect = "2>&1" if self.stderr else "2>/dev/null"
