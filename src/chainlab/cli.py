@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
-from chainlab.errors import ChainlabError, NoLabState
+from chainlab.errors import ChainlabError, NoLabState, OutputError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -86,23 +86,8 @@ def group(ctx: click.Context, inventory_option: str | None) -> None:
 EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
 
 
-class _StdoutClosed(Exception):
-    """stdout is a closed pipe. Not an OSError on purpose: click would turn one into exit
-    1, and rich's Console into SystemExit(1)."""
-
-
-class _StdoutFailed(Exception):
-    """Writing stdout failed otherwise (a full disk, /dev/full, an I/O error): one clean
-    message, not a traceback. Not an OSError, so that nothing on the way mistakes it for an
-    input's read error."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error.strerror or str(error))
-
-
 class _GuardedStdout:
-    """sys.stdout (or its binary buffer), except that a closed pipe raises _StdoutClosed and
-    another failed write _StdoutFailed."""
+    """sys.stdout (or its binary buffer), except that a failed write raises OutputError."""
 
     def __init__(self, stream: Any):
         self._stream = stream
@@ -114,18 +99,14 @@ class _GuardedStdout:
     def write(self, text: Any) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            raise _StdoutClosed from None
         except OSError as exc:
-            raise _StdoutFailed(exc) from None
+            raise OutputError(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            raise _StdoutClosed from None
         except OSError as exc:
-            raise _StdoutFailed(exc) from None
+            raise OutputError(exc) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -152,13 +133,13 @@ def main() -> None:
     try:
         code = _run()
         sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is exit 120
-    except _StdoutClosed:
+    except OutputError as exc:
         _drop_stdout()
-        code = EXIT_STDOUT_CLOSED
-    except _StdoutFailed as exc:
-        _drop_stdout()
-        print(f"error: cannot write the output: {exc}", file=sys.stderr)
-        code = 1
+        if exc.closed:
+            code = EXIT_STDOUT_CLOSED
+        else:
+            print(f"error: cannot write the output: {exc}", file=sys.stderr)
+            code = 1
     sys.exit(code)
 
 

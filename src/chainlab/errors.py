@@ -39,3 +39,14 @@ class InputError(ChainlabError):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+class OutputError(Exception):
+    """Writing the command's output (stdout) failed: `closed` when its reader went away (a
+    closed pipe), else a full disk, /dev/full, an I/O error. Not an OSError on purpose: click
+    would turn one into exit 1, rich's Console into SystemExit(1), and nothing on the way
+    should mistake it for an input's read error."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or str(error))
+        self.closed = isinstance(error, BrokenPipeError)

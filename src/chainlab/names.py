@@ -1,4 +1,4 @@
-"""Strict patterns for names that end up in remote commands.
+"""The pydantic types of names that end up in remote commands (their patterns: patterns.py).
 
 Inventory values are data: anything that reaches a shell is first checked here and
 then quoted with shlex.quote anyway.
@@ -10,12 +10,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
 
-HOST_NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
-CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
-NETWORK_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
-IMAGE_NAME = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
-USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
-ABS_PATH = r"^(/|~/)[A-Za-z0-9_./-]*$"
+from chainlab.patterns import ABS_PATH, CONTAINER_NAME, HOST_NAME, IMAGE_NAME, NETWORK_NAME, USER_NAME
 
 HostName = Annotated[str, StringConstraints(pattern=HOST_NAME)]
 ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME)]
@@ -32,16 +27,3 @@ def _no_parent_steps(path: str) -> str:
 
 
 SafePath = Annotated[str, StringConstraints(pattern=ABS_PATH), AfterValidator(_no_parent_steps)]
-
-# What each pattern allows, in words: error messages say this, never the raw regex.
-PATTERN_HELP = {
-    HOST_NAME: "a host name: 1-32 lowercase letters, digits and '-', starting with a letter, not ending with '-'",
-    # CONTAINER_NAME and NETWORK_NAME are the same pattern, hence one entry for both.
-    CONTAINER_NAME: "a name of 1-63 letters, digits, '_', '.' and '-', starting with a letter or digit",
-    IMAGE_NAME: (
-        "an image name: lowercase letters, digits, '.', '_', '/' and '-' (starting with a letter or digit),"
-        " optionally ':TAG' with letters, digits, '_', '.' and '-'"
-    ),
-    USER_NAME: "a user name: 1-32 lowercase letters, digits, '_' and '-', starting with a letter or '_'",
-    ABS_PATH: "a path starting with '/' or '~/', made of letters, digits, '_', '.', '/' and '-' (no spaces)",
-}

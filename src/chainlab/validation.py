@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from chainlab.errors import InputError, Problem
-from chainlab.names import PATTERN_HELP
+from chainlab.patterns import PATTERN_HELP
 from chainlab.yamlfile import YamlDocument
 
 M = TypeVar("M", bound=BaseModel)

@@ -573,6 +573,41 @@ def test_closed_stdout_exit_status(bench_log):
     assert codes["native"] == codes["python"], codes
 
 
+@pytest.mark.parametrize("into", ["file", "pipe"])
+def test_json_written_by_the_engine_to_stdout(bench_log, tmp_path, into):
+    """With a real stdout the C engine writes the packets' JSON to its descriptor itself (the
+    in-process runs above hand it back as bytes): the same bytes as the Python engine's, in
+    order with what Python writes before and after."""
+    args = ["analyze", "--format", "json", f"master={bench_log}", f"slave1={LAB / 'scenario3-slave1.log'}"]
+    outputs = {}
+    for engine in ("python", "native"):
+        env = {**_env(), ENV: engine}
+        if into == "file":
+            path = tmp_path / f"{engine}.json"
+            with path.open("wb") as handle:
+                code = subprocess.run([CHAINLAB, *args], stdout=handle, stderr=subprocess.PIPE, env=env, timeout=120).returncode
+            outputs[engine] = (code, path.read_bytes())
+        else:
+            proc = subprocess.run([CHAINLAB, *args], capture_output=True, env=env, timeout=120)
+            outputs[engine] = (proc.returncode, proc.stdout)
+    assert outputs["native"][0] == outputs["python"][0] == 0
+    assert outputs["native"][1] == outputs["python"][1]
+    assert json.loads(outputs["native"][1])["packets"]
+
+
+def test_the_engines_failed_write_is_an_output_error_not_a_read_error():
+    """A full disk under the engine's own writes: OutputError (the CLI's clean message), not
+    OSError, which the log's reading would report as "cannot read"."""
+    native = importlib.import_module("chainlab.trace.native")
+    from chainlab.errors import OutputError
+    from chainlab.trace.pipeline import AnalysisOptions
+    from chainlab.trace.reader import LogSource
+
+    with open("/dev/full", "wb") as full, pytest.raises(OutputError) as info:
+        native.run([LogSource(SCENARIO2, "master")], AnalysisOptions(), "json", out=full)
+    assert (str(info.value), info.value.closed) == ("No space left on device", False)
+
+
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != ENV}
 

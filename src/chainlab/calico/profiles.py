@@ -18,7 +18,7 @@ import etcd
 
 from chainlab.calico import datastore as D
 from chainlab.errors import ChainlabError
-from chainlab.names import NETWORK_NAME, PATTERN_HELP
+from chainlab.patterns import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote.etcdclient import ETCD_ERRORS
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from chainlab.errors import InputError, Problem
-from chainlab.render import diagram
+from chainlab.patterns import HOST_NAME
 from chainlab.render.jsonout import write_json, write_tail
 from chainlab.trace import native
 from chainlab.trace.expect import Check, Checker
@@ -27,13 +27,13 @@ from chainlab.trace.summary import Summary
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from chainlab.render.diagram import DiagramModel
+
 FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
 
 def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[str | None, Path]:
     node, sep, rest = arg.partition("=")
-    if sep:
-        from chainlab.names import HOST_NAME  # pydantic comes with it: 50 ms a plain FILE run does without
     if sep and re.match(HOST_NAME, node):
         path = Path(rest)
     elif node_required:
@@ -145,6 +145,8 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         console, text = _text_output()
         text.print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
     else:
+        from chainlab.render import diagram  # only for diagrams: 10 ms the other formats do without
+
         builder = diagram.DiagramBuilder(options.tables)
         for packet in packets:
             builder.add(packet)
@@ -175,6 +177,8 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             console, text = _text_output()
             text.print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
         else:
+            from chainlab.render import diagram
+
             builder = diagram.DiagramBuilder(options.tables)
             for node, direction, seq, count, info in result.walks:
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
@@ -182,7 +186,9 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
     return checks is None or all(c.ok for c in checks)
 
 
-def _write_diagram(model: diagram.DiagramModel, fmt: str, title: str) -> None:
+def _write_diagram(model: DiagramModel, fmt: str, title: str) -> None:
+    from chainlab.render import diagram
+
     render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
     sys.stdout.write(render(model, title))
 

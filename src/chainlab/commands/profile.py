@@ -15,7 +15,7 @@ from rich.console import Console
 
 from chainlab.calico import profiles
 from chainlab.inventory import load_inventory
-from chainlab.names import NETWORK_NAME, PATTERN_HELP
+from chainlab.patterns import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote import etcd_client
 
 

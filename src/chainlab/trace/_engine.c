@@ -28,6 +28,7 @@
 #ifdef _WIN32
 #include <io.h>
 #define read _read
+#define write _write
 #else
 #include <unistd.h>
 #endif
@@ -1707,6 +1708,7 @@ typedef struct {
     Map addresses;  /* which + address -> ok */
     Buf out;        /* JSON written, not yet handed over */
     int written;    /* packets written to `out` so far */
+    int out_fd;     /* write_to(): `out` goes to this descriptor, not back to Python (0: none, else fd + 1) */
     PyObject *items; /* list of text packets and expect packets, not yet handed over */
     long long kept;  /* text packets handed over */
 } Engine;
@@ -4263,6 +4265,10 @@ static int engine_ready(Engine *e, int in_file) {
     return 0;
 }
 
+/* A failed write to write_to()'s descriptor, its errno as argument: not an OSError, so that
+ * it is not taken for a read error of the log. */
+static PyObject *WriteError;
+
 /* What feed/end/flush give back: the JSON written so far, or the error that stopped them. */
 static PyObject *hand_over(Engine *e) {
     if (e->error) {
@@ -4275,6 +4281,33 @@ static PyObject *hand_over(Engine *e) {
     }
     if (e->failed)
         return PyErr_NoMemory();
+    if (e->out_fd && e->out.n) { /* straight to the descriptor: no bytes object to fill and for Python to copy */
+        const char *p = e->out.p;
+        size_t left = e->out.n;
+        int err = 0;
+        e->out.n = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (left) {
+            ssize_t w = write(e->out_fd - 1, p, left);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                err = w < 0 ? errno : EIO;
+                break;
+            }
+            p += w;
+            left -= (size_t)w;
+        }
+        Py_END_ALLOW_THREADS
+        if (err) {
+            PyObject *code = PyLong_FromLong(err);
+            if (code) {
+                PyErr_SetObject(WriteError, code);
+                Py_DECREF(code);
+            }
+            return NULL;
+        }
+    }
     PyObject *out = PyBytes_FromStringAndSize(e->out.p ? e->out.p : "", (Py_ssize_t)e->out.n);
     e->out.n = 0;
     return out;
@@ -4546,6 +4579,21 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
     return hand_over(e);
 }
 
+PyDoc_STRVAR(write_to_doc, "write_to(fd): from now on feed/feed_from/end/flush write the JSON to the open descriptor\n"
+                           "`fd` themselves (without the GIL) and give back b''; WriteError if a write fails.");
+
+static PyObject *Engine_write_to(Engine *e, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "write_to: a file descriptor");
+        return NULL;
+    }
+    e->out_fd = fd + 1;
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(stop_reading_doc, "stop_reading(): the parser thread is done with feed_from's descriptor when this returns\n"
                                 "(call it before closing the file when feed_from did not reach its end, e.g. the output\n"
                                 "broke: the thread may still be reading ahead from it).");
@@ -4700,6 +4748,7 @@ static PyMethodDef Engine_methods[] = {
     {"begin", (PyCFunction)Engine_begin, METH_VARARGS, begin_doc},
     {"feed", (PyCFunction)Engine_feed, METH_O, feed_doc},
     {"feed_from", (PyCFunction)Engine_feed_from, METH_VARARGS, feed_from_doc},
+    {"write_to", (PyCFunction)Engine_write_to, METH_VARARGS, write_to_doc},
     {"stop_reading", (PyCFunction)Engine_stop_reading, METH_NOARGS, stop_reading_doc},
     {"end", (PyCFunction)Engine_end, METH_NOARGS, end_doc},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, flush_doc},
@@ -4765,7 +4814,10 @@ PyMODINIT_FUNC PyInit__engine(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
+    WriteError = PyErr_NewExceptionWithDoc("chainlab.trace._engine.WriteError",
+                                           "write_to()'s descriptor could not be written: args[0] is the errno.", NULL, NULL);
+    if (!WriteError || PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
+        PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from chainlab.errors import InputError, Problem
+from chainlab.errors import InputError, OutputError, Problem
 from chainlab.trace.analyze import (drop_chain, drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here,
                                     walk_chains)
 from chainlab.trace.contract import PacketRecord
@@ -156,14 +156,25 @@ class Result:
 def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None = None,
         out: IO[bytes] | None = None) -> Result:
     """Analyse `sources` with the C engine; in json mode the packets' JSON goes to `out`
-    as it comes (without the enclosing document: see render.jsonout)."""
+    as it comes (without the enclosing document: see render.jsonout), written by the engine
+    to `out`'s file descriptor when it has one."""
     collecting = gc.isenabled()
     gc.disable()  # the run makes no reference cycles: collections would only walk its walks, again and again
     try:
         return _run(sources, options, mode, checker, out)
+    except _engine.WriteError as exc:  # the engine's own write to out's descriptor
+        raise OutputError(OSError(exc.args[0], os.strerror(exc.args[0]))) from None
     finally:
         if collecting:
             gc.enable()
+
+
+def _descriptor(out: IO[bytes]) -> int | None:
+    """The file descriptor under `out`, or None (an in-memory stream, as in tests)."""
+    try:
+        return out.fileno()
+    except OSError:  # io.UnsupportedOperation
+        return None
 
 
 def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None,
@@ -179,6 +190,9 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
         match.protocols, match.ports, match.ip_ids, bool(match.src), bool(match.dst), bool(match), declared,
         options.window,
     )
+    if out is not None and (fd := _descriptor(out)) is not None:
+        out.flush()
+        engine.write_to(fd)  # the engine writes the JSON itself: no bytes object per chunk for Python to copy
     stats = ReadStats()
     kept: list[tuple[int, PacketRecord]] = []
 
