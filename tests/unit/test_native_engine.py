@@ -20,12 +20,15 @@ import difflib
 import gzip
 import importlib
 import importlib.util
+import io
 import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -573,6 +576,26 @@ def test_closed_stdout_exit_status(bench_log):
     assert codes["native"] == codes["python"], codes
 
 
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_ctrl_c_while_the_reader_does_not_read(bench_log, engine):
+    """`chainlab analyze --format json BIG | less`, the pager stopped, then Ctrl-C: the write
+    that waits for the pipe ends, the command says "aborted" and exits 130 (the C engine's
+    own writes check for signals when a pipe's write is cut short)."""
+    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", f"master={bench_log}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**_env(), ENV: engine})
+    assert proc.stdout and proc.stderr
+    try:
+        proc.stdout.read(100)  # it writes; then the pipe fills (the log's JSON is ~20 times the pipe)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "aborted" in proc.stderr.read().decode()
+
+
 @pytest.mark.parametrize("into", ["file", "pipe"])
 def test_json_written_by_the_engine_to_stdout(bench_log, tmp_path, into):
     """With a real stdout the C engine writes the packets' JSON to its descriptor itself (the
@@ -595,17 +618,46 @@ def test_json_written_by_the_engine_to_stdout(bench_log, tmp_path, into):
     assert json.loads(outputs["native"][1])["packets"]
 
 
-def test_the_engines_failed_write_is_an_output_error_not_a_read_error():
-    """A full disk under the engine's own writes: OutputError (the CLI's clean message), not
-    OSError, which the log's reading would report as "cannot read"."""
+def test_the_engines_failed_write_is_an_output_error_not_a_read_error(bench_log):
+    """A full disk under the engine's own writes, while it still reads the log (a 2 MB log:
+    packets are finished, and written, inside feed_from): OutputError (the CLI's clean
+    message), not the OSError that the log's reading would report as "cannot read"."""
     native = importlib.import_module("chainlab.trace.native")
     from chainlab.errors import OutputError
     from chainlab.trace.pipeline import AnalysisOptions
     from chainlab.trace.reader import LogSource
 
     with open("/dev/full", "wb") as full, pytest.raises(OutputError) as info:
-        native.run([LogSource(SCENARIO2, "master")], AnalysisOptions(), "json", out=full)
+        native.run([LogSource(bench_log, "master")], AnalysisOptions(), "json", out=full, out_fd=full.fileno())
     assert (str(info.value), info.value.closed) == ("No space left on device", False)
+
+
+def test_the_engine_writes_to_the_descriptor_itself(bench_log, tmp_path):
+    """Given out_fd, no JSON goes through Python's stream (whose write fails here); the file
+    then holds what the bytes path hands back."""
+    native = importlib.import_module("chainlab.trace.native")
+    from chainlab.trace.pipeline import AnalysisOptions
+    from chainlab.trace.reader import LogSource
+
+    class NoWrites(io.BytesIO):
+        def write(self, data):  # type: ignore[no-untyped-def, override]
+            raise AssertionError("Python wrote JSON that the engine should have written")
+
+    sources = [LogSource(bench_log, "master")]
+    handed_back = io.BytesIO()
+    native.run(sources, AnalysisOptions(), "json", out=handed_back)
+    with (tmp_path / "out.json").open("wb") as file:
+        native.run(sources, AnalysisOptions(), "json", out=NoWrites(), out_fd=file.fileno())
+    assert (tmp_path / "out.json").read_bytes() == handed_back.getvalue() != b""
+
+
+def test_analyze_imports_neither_pydantic_nor_the_diagram_renderer():
+    """analyze's fixed cost: pydantic (~50 ms) and the diagram renderer (~10 ms) are for
+    other commands and formats."""
+    code = ("import sys, chainlab.cli, chainlab.commands.analyze; "
+            "print(sorted(m for m in ('pydantic', 'chainlab.render.diagram', 'rich') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "[]"), proc.stderr
 
 
 def _env() -> dict[str, str]:

@@ -161,8 +161,7 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
     if fmt == "json":
         sys.stdout.write('{"packets": [')
         sys.stdout.flush()
-        result = native.run(sources, options, mode, checker, out=sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+        result = native.run(sources, options, mode, checker, out=sys.stdout.buffer, out_fd=_stdout_descriptor())
         checks = _checks(checker, result.nodes, sources)
         write_tail(sys.stdout, lambda: result.flows, result.stats, options.tables, result.repaired, checks)
     else:
@@ -184,6 +183,15 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
             _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
     return checks is None or all(c.ok for c in checks)
+
+
+def _stdout_descriptor() -> int | None:
+    """stdout's file descriptor, for the C engine to write to itself; None when stdout is an
+    in-memory stream (as under click's test runner)."""
+    try:
+        return sys.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation
+        return None
 
 
 def _write_diagram(model: DiagramModel, fmt: str, title: str) -> None:

@@ -1709,6 +1709,7 @@ typedef struct {
     Buf out;        /* JSON written, not yet handed over */
     int written;    /* packets written to `out` so far */
     int out_fd;     /* write_to(): `out` goes to this descriptor, not back to Python (0: none, else fd + 1) */
+    int write_errno; /* a write to out_fd failed (then every later call raises WriteError) */
     PyObject *items; /* list of text packets and expect packets, not yet handed over */
     long long kept;  /* text packets handed over */
 } Engine;
@@ -4269,6 +4270,15 @@ static int engine_ready(Engine *e, int in_file) {
  * it is not taken for a read error of the log. */
 static PyObject *WriteError;
 
+static PyObject *write_failed(int err) {
+    PyObject *code = PyLong_FromLong(err);
+    if (code) {
+        PyErr_SetObject(WriteError, code);
+        Py_DECREF(code);
+    }
+    return NULL;
+}
+
 /* What feed/end/flush give back: the JSON written so far, or the error that stopped them. */
 static PyObject *hand_over(Engine *e) {
     if (e->error) {
@@ -4281,31 +4291,32 @@ static PyObject *hand_over(Engine *e) {
     }
     if (e->failed)
         return PyErr_NoMemory();
+    if (e->write_errno) /* a write failed: no later JSON goes out with a gap before it */
+        return write_failed(e->write_errno);
     if (e->out_fd && e->out.n) { /* straight to the descriptor: no bytes object to fill and for Python to copy */
         const char *p = e->out.p;
         size_t left = e->out.n;
-        int err = 0;
         e->out.n = 0;
-        Py_BEGIN_ALLOW_THREADS
         while (left) {
-            ssize_t w = write(e->out_fd - 1, p, left);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                err = w < 0 ? errno : EIO;
-                break;
+            ssize_t w;
+            int err = 0;
+            Py_BEGIN_ALLOW_THREADS
+            w = write(e->out_fd - 1, p, left < INT_MAX ? left : INT_MAX); /* Windows' _write counts in an int */
+            if (w < 0)
+                err = errno;
+            Py_END_ALLOW_THREADS
+            if (w == 0 || (w < 0 && err != EINTR))
+                return write_failed(e->write_errno = w < 0 ? err : EIO);
+            if (w > 0) {
+                p += w;
+                left -= (size_t)w;
             }
-            p += w;
-            left -= (size_t)w;
-        }
-        Py_END_ALLOW_THREADS
-        if (err) {
-            PyObject *code = PyLong_FromLong(err);
-            if (code) {
-                PyErr_SetObject(WriteError, code);
-                Py_DECREF(code);
+            /* a signal cuts a pipe's write short (or fails it with EINTR): Ctrl-C while the
+             * reader does not read is a KeyboardInterrupt, as for Python's own writes */
+            if (left && PyErr_CheckSignals()) {
+                e->write_errno = EINTR;
+                return NULL;
             }
-            return NULL;
         }
     }
     PyObject *out = PyBytes_FromStringAndSize(e->out.p ? e->out.p : "", (Py_ssize_t)e->out.n);
@@ -4511,7 +4522,7 @@ static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     Py_buffer view;
     if (!engine_ready(e, 1))
         return NULL;
-    if (e->error || e->failed)
+    if (e->error || e->failed || e->write_errno)
         return hand_over(e);
 #ifdef PARSER_THREAD
     if (e->format == FMT_KERNEL && feed_parallel(e, arg) == 0)
@@ -4544,7 +4555,7 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
     }
     if (!engine_ready(e, 1))
         return NULL;
-    if (e->error || e->failed)
+    if (e->error || e->failed || e->write_errno)
         return hand_over(e);
 #ifdef PARSER_THREAD
     if (e->format == FMT_KERNEL && (e->parser || (e->parser = parser_start(e->mode == MODE_JSON)))) {
@@ -4580,13 +4591,14 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
 }
 
 PyDoc_STRVAR(write_to_doc, "write_to(fd): from now on feed/feed_from/end/flush write the JSON to the open descriptor\n"
-                           "`fd` themselves (without the GIL) and give back b''; WriteError if a write fails.");
+                           "`fd` themselves (without the GIL) and give back b''; WriteError(errno) if a write fails (and\n"
+                           "from every later call).");
 
 static PyObject *Engine_write_to(Engine *e, PyObject *args) {
     int fd;
     if (!PyArg_ParseTuple(args, "i", &fd))
         return NULL;
-    if (fd < 0) {
+    if (fd < 0 || fd == INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "write_to: a file descriptor");
         return NULL;
     }

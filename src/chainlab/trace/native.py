@@ -43,6 +43,8 @@ try:
     from chainlab.trace import _engine
 except ImportError:  # built without a C compiler: the Python engine does everything
     _engine = None  # type: ignore[assignment]
+if _engine is not None and not hasattr(_engine, "WriteError"):  # built from an older _engine.c
+    _engine = None  # type: ignore[assignment]
 
 ENV = "CHAINLAB_ENGINE"
 MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
@@ -57,7 +59,8 @@ def wanted() -> bool:
     if choice not in ("auto", "native", "python"):
         raise InputError([Problem(ENV, "", f"{choice!r}: choose auto, native or python")])
     if choice == "native" and _engine is None:
-        raise InputError([Problem(ENV, "", "native: chainlab.trace._engine is not built (no C compiler at install time?)")])
+        raise InputError([Problem(ENV, "", "native: chainlab.trace._engine is not built, or built from an older"
+                                           " _engine.c (no C compiler at install time? reinstall: make venv)")])
     return choice != "python" and _engine is not None
 
 
@@ -154,14 +157,15 @@ class Result:
 
 
 def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None = None,
-        out: IO[bytes] | None = None) -> Result:
+        out: IO[bytes] | None = None, out_fd: int | None = None) -> Result:
     """Analyse `sources` with the C engine; in json mode the packets' JSON goes to `out`
-    as it comes (without the enclosing document: see render.jsonout), written by the engine
-    to `out`'s file descriptor when it has one."""
+    as it comes (without the enclosing document: see render.jsonout), or, given `out_fd`,
+    is written by the engine to that descriptor itself (the caller has flushed what it
+    wrote there before)."""
     collecting = gc.isenabled()
     gc.disable()  # the run makes no reference cycles: collections would only walk its walks, again and again
     try:
-        return _run(sources, options, mode, checker, out)
+        return _run(sources, options, mode, checker, out, out_fd)
     except _engine.WriteError as exc:  # the engine's own write to out's descriptor
         raise OutputError(OSError(exc.args[0], os.strerror(exc.args[0]))) from None
     finally:
@@ -169,16 +173,8 @@ def run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: 
             gc.enable()
 
 
-def _descriptor(out: IO[bytes]) -> int | None:
-    """The file descriptor under `out`, or None (an in-memory stream, as in tests)."""
-    try:
-        return out.fileno()
-    except OSError:  # io.UnsupportedOperation
-        return None
-
-
 def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker: Checker | None,
-         out: IO[bytes] | None) -> Result:
+         out: IO[bytes] | None, out_fd: int | None) -> Result:
     calls = Calls(options, checker, mode == "diagram")
     match = options.match
     declared = {
@@ -190,9 +186,8 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
         match.protocols, match.ports, match.ip_ids, bool(match.src), bool(match.dst), bool(match), declared,
         options.window,
     )
-    if out is not None and (fd := _descriptor(out)) is not None:
-        out.flush()
-        engine.write_to(fd)  # the engine writes the JSON itself: no bytes object per chunk for Python to copy
+    if out_fd is not None:
+        engine.write_to(out_fd)  # the engine writes the JSON itself: no bytes object per chunk for Python to copy
     stats = ReadStats()
     kept: list[tuple[int, PacketRecord]] = []
 
