@@ -97,7 +97,7 @@ def vms(inv: Path) -> Iterator[Path]:
 
 def snapshots(inv_path: Path) -> dict[str, str]:
     """Each VM's SNAPSHOT, taken in all VMs at once (each VM emulates its own CPU: in turn,
-    the VMs' snapshots took ~8 s each of the suite's time under TCG)."""
+    the VMs' snapshots took ~9 s each of the suite's time under TCG)."""
     inv = load_inventory(inv_path)
 
     def snapshot(name: str) -> str:

@@ -145,12 +145,11 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         console, text = _text_output()
         text.print_summary(console, summary, analyzer.stats, analyzer.nodes, repaired, checks_after())
     else:
-        from chainlab.render import diagram  # only for diagrams: 10 ms the other formats do without
-
+        diagram = _diagram_output()
         builder = diagram.DiagramBuilder(options.tables)
         for packet in packets:
             builder.add(packet)
-        _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
+        _write_diagram(diagram, builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
         checks_after()
     return checks is None or all(c.ok for c in checks)
 
@@ -176,12 +175,11 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             console, text = _text_output()
             text.print_summary(console, result.summary, result.stats, result.nodes, result.repaired, checks)
         else:
-            from chainlab.render import diagram
-
+            diagram = _diagram_output()
             builder = diagram.DiagramBuilder(options.tables)
             for node, direction, seq, count, info in result.walks:
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
-            _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
+            _write_diagram(diagram, builder.model(result.nodes, result.flows), fmt, title)
     return checks is None or all(c.ok for c in checks)
 
 
@@ -194,9 +192,14 @@ def _stdout_descriptor() -> int | None:
         return None
 
 
-def _write_diagram(model: DiagramModel, fmt: str, title: str) -> None:
+def _diagram_output() -> ModuleType:
+    """The diagram renderer, imported only for diagrams (~10 ms the other formats do without)."""
     from chainlab.render import diagram
 
+    return diagram
+
+
+def _write_diagram(diagram: ModuleType, model: DiagramModel, fmt: str, title: str) -> None:
     render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
     sys.stdout.write(render(model, title))
 

@@ -4828,7 +4828,9 @@ PyMODINIT_FUNC PyInit__engine(void) {
         return NULL;
     WriteError = PyErr_NewExceptionWithDoc("chainlab.trace._engine.WriteError",
                                            "write_to()'s descriptor could not be written: args[0] is the errno.", NULL, NULL);
-    if (!WriteError || PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
+    /* native.INTERFACE: 2 since write_to()/WriteError (bump both with the interface) */
+    if (!WriteError || PyModule_AddIntConstant(m, "INTERFACE", 2) < 0 ||
+        PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
         PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);
         return NULL;

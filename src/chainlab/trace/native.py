@@ -43,7 +43,10 @@ try:
     from chainlab.trace import _engine
 except ImportError:  # built without a C compiler: the Python engine does everything
     _engine = None  # type: ignore[assignment]
-if _engine is not None and not hasattr(_engine, "WriteError"):  # built from an older _engine.c
+#: The interface this module drives; _engine.c says which one it has (INTERFACE). Both
+#: change together; a build of an older _engine.c (a stale .so) counts as not built.
+INTERFACE = 2
+if _engine is not None and getattr(_engine, "INTERFACE", 1) != INTERFACE:
     _engine = None  # type: ignore[assignment]
 
 ENV = "CHAINLAB_ENGINE"
