@@ -45,3 +45,39 @@ def test_the_runner_knows_its_timeout_fired_before_the_timer_thread_returns(tmp_
         assert runner.timed_out
     finally:
         runner._timer.cancel()
+
+
+def _public_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+def test_each_connection_holds_its_own_hosts_keys_from_one_parse_of_known_hosts(tmp_path, monkeypatch):
+    import paramiko
+
+    from chainlab.remote import ssh
+
+    keys = {f"192.0.2.{i}": _public_key() for i in range(1, 4)}
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"{addr},node{i} {key}\n" for i, (addr, key) in enumerate(keys.items()))
+                     + f"[192.0.2.9]:2222 {keys['192.0.2.1']}\n")
+    parses = []
+    monkeypatch.setattr(ssh, "_known_hosts", ssh.lru_cache(maxsize=8)(
+        lambda path, version: parses.append(path) or paramiko.HostKeys(path)))
+
+    def held(address: str, port: int = 22) -> list[str]:
+        target = Target("h", IPv4Address(address), "root", port, None, known, 5.0, None)
+        host_keys = connection(target).client.get_host_keys()
+        return [f"{name} {key.get_name()} {key.get_base64()}" for name in host_keys.keys()
+                for key in host_keys[name].values()]
+
+    assert held("192.0.2.2") == [f"192.0.2.2 {keys['192.0.2.2']}"]
+    assert held("192.0.2.9", 2222) == [f"[192.0.2.9]:2222 {keys['192.0.2.1']}"]
+    assert held("192.0.2.9") == []  # on port 22 it is another host: unknown, refused when it answers
+    assert len(parses) == 1
+    keys["192.0.2.2"] = _public_key()  # the file changes (a lab rebuilt): read again
+    known.write_text(f"192.0.2.2 {keys['192.0.2.2']}\n")
+    assert held("192.0.2.2") == [f"192.0.2.2 {keys['192.0.2.2']}"]
+    assert len(parses) == 2

@@ -154,7 +154,7 @@ class Runner:
         total = 1 + sum(len(p.steps) for p in self.phases if not p.lab)
         progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                            console=self.console, transient=True)
+                            console=self.console, transient=True, disable=not self.console.is_terminal)
         with signals_interrupt(), progress:
             tasks = {h: progress.add_task(f"{h}: connecting", total=total) for h in self.hosts}
             reports, _ = fan_out({h: h for h in self.hosts}, lambda h, _: self._connect(h, progress, tasks[h]),
