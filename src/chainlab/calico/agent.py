@@ -30,11 +30,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import etcd
-
 from chainlab.calico.apply import ApplyError, apply, cleanup, workload_links
 from chainlab.calico.datastore import ROOT, parse_tree, read_tree
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS, client as etcd_client
+from chainlab.calico.etcdlib import etcd
 from chainlab.calico.host import DOCKER_SOCK, IpLinks, docker_network_name
 from chainlab.calico.plugin import Plugin
 from chainlab.calico.plugin_server import remove_sockets

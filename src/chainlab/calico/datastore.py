@@ -233,7 +233,7 @@ def endpoints_of_profile(items: dict[str, str], profile: str) -> list[tuple[str,
 
 def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], int]:
     """Every leaf under `root` and the etcd index the read reflects ({} if absent)."""
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     try:
         result = client.read(root, recursive=True)
@@ -245,7 +245,7 @@ def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], in
 
 def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
     """Create `key` unless it exists; True if created."""
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     try:
         client.write(key, value, prevExist=False)
@@ -255,7 +255,7 @@ def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
 
 
 def delete_tree(client: etcd.Client, key: str) -> bool:
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     try:
         client.delete(key, recursive=True, dir=True)

@@ -50,7 +50,7 @@ def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> "etcd.Client":
     cost 40 s); callers retry, for a time they choose."""
     import ssl
 
-    import etcd
+    from chainlab.calico.etcdlib import etcd
     import urllib3
 
     kwargs: dict[str, object] = {}

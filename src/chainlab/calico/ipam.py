@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-import etcd
-
 from chainlab.calico.datastore import cidr_key, dumps
+from chainlab.calico.etcdlib import etcd
 from chainlab.errors import ChainlabError
 
 BLOCK_PREFIX = 26

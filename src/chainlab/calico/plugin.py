@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Protocol
 
-import etcd
-
 from chainlab.calico import datastore as D
 from chainlab.calico import ipam
 from chainlab.calico import validate as V
+from chainlab.calico.etcdlib import etcd
 from chainlab.calico.sockets import IPAM_DRIVER, NETWORK_DRIVER
 
 SCOPE = "global"

@@ -14,9 +14,8 @@ from contextlib import contextmanager
 from ipaddress import IPv4Network
 from typing import Any
 
-import etcd
-
 from chainlab.calico import datastore as D
+from chainlab.calico.etcdlib import etcd
 from chainlab.errors import ChainlabError
 from chainlab.patterns import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote.etcdclient import ETCD_ERRORS

@@ -15,11 +15,11 @@ import http.client
 import logging
 import re
 
-import etcd
 import urllib3
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chainlab.calico.etcdconn import client as etcd_connection
+from chainlab.calico.etcdlib import etcd
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.providers import provider_class

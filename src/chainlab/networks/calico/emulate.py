@@ -99,7 +99,7 @@ class Emulate(Mode):
         return [running_argv()]
 
     def _registered(self, ctx: HostContext) -> str | None:
-        import etcd
+        from chainlab.calico.etcdlib import etcd
 
         if ctx.offline:
             return None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def tree(client: etcd.Client) -> tuple[set[str], set[str]]:
     """(leaf keys, directories) under /calico; empty sets if there is none."""
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     try:
         result = client.read(D.ROOT, recursive=True)
@@ -49,7 +49,7 @@ def added_since(baseline: set[str], leaves: set[str], dirs: set[str]) -> tuple[l
 
 def restore(client: etcd.Client, baseline: set[str]) -> int:
     """Delete what lab up added; the number of keys deleted."""
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     leaves, dirs = tree(client)
     doomed, empty_dirs = added_since(baseline, leaves, dirs)
@@ -67,7 +67,7 @@ def restore(client: etcd.Client, baseline: set[str]) -> int:
 
 
 def pool_present(client: etcd.Client, pool: IPv4Network) -> bool:
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     try:
         client.read(D.pool_key(pool))

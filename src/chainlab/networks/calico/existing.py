@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def node_problems(ctx: HostContext) -> list[str]:
     """What keeps `ctx.host` from being a usable Calico node for Docker (read-only)."""
-    import etcd
+    from chainlab.calico.etcdlib import etcd
 
     problems = []
     missing = missing_drivers(ctx.read(drivers_argv()) or "")
