@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,8 +65,13 @@ def test_each_connection_holds_its_own_hosts_keys_from_one_parse_of_known_hosts(
     known.write_text("".join(f"{addr},node{i} {key}\n" for i, (addr, key) in enumerate(keys.items()))
                      + f"[192.0.2.9]:2222 {keys['192.0.2.1']}\n")
     parses = []
-    monkeypatch.setattr(ssh, "_known_hosts", ssh.lru_cache(maxsize=8)(
-        lambda path, version: parses.append(path) or paramiko.HostKeys(path)))
+
+    def parse(path: str, version: object) -> paramiko.HostKeys:
+        parses.append(path)
+        time.sleep(0.05)  # long enough for the other threads to ask meanwhile
+        return paramiko.HostKeys(path)
+
+    monkeypatch.setattr(ssh, "_known_hosts", ssh.lru_cache(maxsize=8)(parse))
 
     def held(address: str, port: int = 22) -> list[str]:
         target = Target("h", IPv4Address(address), "root", port, None, known, 5.0, None)
@@ -73,7 +79,10 @@ def test_each_connection_holds_its_own_hosts_keys_from_one_parse_of_known_hosts(
         return [f"{name} {key.get_name()} {key.get_base64()}" for name in host_keys.keys()
                 for key in host_keys[name].values()]
 
-    assert held("192.0.2.2") == [f"192.0.2.2 {keys['192.0.2.2']}"]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # as lab up connects: every host at once
+        assert list(pool.map(lambda _: held("192.0.2.2"), range(8))) == [[f"192.0.2.2 {keys['192.0.2.2']}"]] * 8
     assert held("192.0.2.9", 2222) == [f"[192.0.2.9]:2222 {keys['192.0.2.1']}"]
     assert held("192.0.2.9") == []  # on port 22 it is another host: unknown, refused when it answers
     assert len(parses) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -55,7 +56,7 @@ def connection(target: Target) -> fabric.Connection:
     )
     if target.known_hosts:
         name = str(target.address) if target.port == 22 else f"[{target.address}]:{target.port}"
-        entries = _known_hosts(str(target.known_hosts), _file_version(target.known_hosts)).lookup(name)
+        entries = _host_keys(target.known_hosts).lookup(name)
         for keytype, key in (entries or {}).items():
             conn.client.get_host_keys().add(name, keytype, key)
     else:
@@ -69,12 +70,21 @@ def _file_version(path: os.PathLike[str]) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-@lru_cache(maxsize=8)
-def _known_hosts(path: str, version: tuple[int, int, int]) -> paramiko.HostKeys:
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def _host_keys(path: os.PathLike[str]) -> paramiko.HostKeys:
     """known_hosts parsed once per version of the file, not once per connection: parsing
     makes a key object of every line, and a lab's file has a line per host (at 30 hosts,
     30 connections each parsing 30 keys was a tenth of a warm `lab up`'s CPU). Each
-    connection gets only its own host's keys (`connection`)."""
+    connection gets only its own host's keys (`connection`). Connections are made in
+    parallel: the lock makes the first one parse and the others wait for it."""
+    with _KNOWN_HOSTS_LOCK:
+        return _known_hosts(str(path), _file_version(path))
+
+
+@lru_cache(maxsize=8)
+def _known_hosts(path: str, version: tuple[int, int, int]) -> paramiko.HostKeys:
     return paramiko.HostKeys(path)
 
 
