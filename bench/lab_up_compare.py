@@ -5,7 +5,7 @@ for ROUNDS rounds, the warm (idempotent) `chainlab lab up`, a pyinfra deploy and
 playbook (bench/compare/) that check what that lab up checks (spec.py builds the list from
 chainlab's own probes), each as a user runs it from the shell. pyinfra and ansible-core live
 in their own venv (.venv-bench: they pin other paramiko versions). Then a 30-host lab
-(`up30`, 10.231.88.0/24, same containers): warm lab up at 30 hosts against 3.
+(`up30`, 10.231.88.0/24, same containers): warm lab up at 30 hosts (median of ROUNDS runs) against 3.
 
 Prints figures, never pass/fail; exit 1 only if a run itself failed. Needs root.
 """
@@ -101,7 +101,7 @@ def thirty(tmp: Path) -> tuple[float, float, float]:
         local = timed(inv_path, "local", "up")
         cold = timed(inv_path, "lab", "up")
         print(f"(waited {settle():.0f} s for the 30-host lab to settle)", file=sys.stderr)
-        warm = statistics.median(timed(inv_path, "lab", "up") for _ in range(3))
+        warm = statistics.median(timed(inv_path, "lab", "up") for _ in range(ROUNDS))
         timed(inv_path, "lab", "down")
     finally:
         timed_argv([str(Path(sys.executable).parent / "chainlab"), "-i", str(inv_path), "local", "down"])
@@ -130,7 +130,7 @@ def main() -> int:
           f" {'met' if med['chainlab'] <= 0.4 * med['pyinfra'] else 'NOT met'})")
     print(f"  chainlab/ansible: {med['chainlab'] / med['ansible']:.3f}x (target <= 0.05x:"
           f" {'met' if med['chainlab'] <= 0.05 * med['ansible'] else 'NOT met'})")
-    print("30 hosts (local lab of 30 namespaces, same 3 containers)")
+    print(f"30 hosts (local lab of 30 namespaces, same 3 containers; warm: median of {ROUNDS})")
     print(f"  local up {local30:.1f} s, first lab up {cold30:.1f} s, warm lab up {warm30:.2f} s")
     print(f"  warm at 30 / warm at 3: {warm30 / med['chainlab']:.2f}x (target <= 2x:"
           f" {'met' if warm30 <= 2 * med['chainlab'] else 'NOT met'})")
