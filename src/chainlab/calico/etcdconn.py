@@ -50,8 +50,9 @@ def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> "etcd.Client":
     cost 40 s); callers retry, for a time they choose."""
     import ssl
 
-    from chainlab.calico.etcdlib import etcd
     import urllib3
+
+    from chainlab.calico.etcdlib import etcd
 
     kwargs: dict[str, object] = {}
     pool: dict[str, object] = {"timeout": read_timeout, "retries": False}

@@ -35,7 +35,10 @@ class _OnFirstUse(types.ModuleType):
 def _stand_in(name: str) -> None:
     """Module `name` in sys.modules as an _OnFirstUse (if not imported yet and installed)."""
     parent, _, child = name.rpartition(".")
-    if name in sys.modules or importlib.util.find_spec(name) is None:
+    try:
+        if name in sys.modules or importlib.util.find_spec(name) is None:
+            return
+    except ImportError:  # its package is not installed either: python-etcd's own import says so
         return
     module = _OnFirstUse(name)
     sys.modules[name] = module
