@@ -87,21 +87,3 @@ def test_endpoints_of_profile_includes_invalid_ones_parse_tree_leaves_out():
     }
     assert [e.id for e in D.parse_tree(items).endpoints if "net1" in e.profiles] == ["good"]
     assert D.endpoints_of_profile(items, "net1") == [(f"{base}/bad", "bad"), (f"{base}/good", "good")]
-
-
-def test_python_etcd_is_imported_without_loading_dnspython() -> None:
-    """dnspython serves only python-etcd's SRV discovery (never used): it stays a stand-in
-    module, and still loads if something uses it."""
-    import subprocess
-    import sys
-
-    code = ("import sys\n"
-            "from chainlab.calico.etcdlib import etcd\n"
-            "lazy = type(sys.modules['dns.resolver']).__name__\n"
-            "assert lazy == '_OnFirstUse', lazy\n"
-            "assert etcd.Client and sys.modules['dns'].resolver is sys.modules['dns.resolver']\n"
-            "assert callable(sys.modules['dns.resolver'].Resolver)  # loads it now\n"
-            "assert type(sys.modules['dns'].resolver).__name__ == 'module'\n"
-            "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout == "ok\n", out.stderr

@@ -583,9 +583,12 @@ def test_ctrl_c_while_the_reader_does_not_read(bench_log, engine):
     own writes check for signals when a pipe's write is cut short). Ctrl-C's SIGINT as a
     terminal delivers it: a command started in the background of a shell script (as a CI
     runner may start the suite) inherits SIGINT ignored, and Python then leaves it so."""
-    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", f"master={bench_log}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**_env(), ENV: engine},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # what the child inherits, as from a terminal
+    try:
+        proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", f"master={bench_log}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**_env(), ENV: engine})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert proc.stdout and proc.stderr
     try:
         proc.stdout.read(100)  # it writes; then the pipe fills (the log's JSON is ~20 times the pipe)

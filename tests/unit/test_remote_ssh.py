@@ -48,45 +48,55 @@ def test_the_runner_knows_its_timeout_fired_before_the_timer_thread_returns(tmp_
         runner._timer.cancel()
 
 
-def _public_key() -> str:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def _public_key(kind: str = "ed25519") -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    return Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    private = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    return private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
 def test_each_connection_holds_its_own_hosts_keys_from_one_parse_of_known_hosts(tmp_path, monkeypatch):
     import paramiko
+    from paramiko.hostkeys import HostKeyEntry
 
     from chainlab.remote import ssh
 
     keys = {f"192.0.2.{i}": _public_key() for i in range(1, 4)}
+    ecdsa = _public_key("ecdsa")
+    hashed = HostKeyEntry.from_line(f"192.0.2.7 {ecdsa}").hostnames[0]
     known = tmp_path / "known_hosts"
     known.write_text("".join(f"{addr},node{i} {key}\n" for i, (addr, key) in enumerate(keys.items()))
-                     + f"[192.0.2.9]:2222 {keys['192.0.2.1']}\n")
+                     + f"192.0.2.2 {ecdsa}\n"  # a second key type for a host
+                     + f"[192.0.2.9]:2222 {keys['192.0.2.1']}\n"
+                     + f"{paramiko.HostKeys.hash_host(hashed)} {ecdsa}\n")  # hashed, as HashKnownHosts writes
     parses = []
 
-    def parse(path: str, version: object) -> paramiko.HostKeys:
-        parses.append(path)
-        time.sleep(0.05)  # long enough for the other threads to ask meanwhile
-        return paramiko.HostKeys(path)
+    class Counted(paramiko.HostKeys):
+        def __init__(self, filename: str) -> None:
+            parses.append(filename)
+            time.sleep(0.05)  # long enough for the other threads to ask meanwhile
+            super().__init__(filename)
 
-    monkeypatch.setattr(ssh, "_known_hosts", ssh.lru_cache(maxsize=8)(parse))
+    monkeypatch.setattr(ssh, "_KNOWN_HOSTS", {})
+    monkeypatch.setattr(paramiko, "HostKeys", Counted)
 
     def held(address: str, port: int = 22) -> list[str]:
         target = Target("h", IPv4Address(address), "root", port, None, known, 5.0, None)
         host_keys = connection(target).client.get_host_keys()
-        return [f"{name} {key.get_name()} {key.get_base64()}" for name in host_keys.keys()
-                for key in host_keys[name].values()]
+        return sorted(f"{name} {key.get_name()} {key.get_base64()}" for name in host_keys.keys()
+                      for key in host_keys[name].values())
 
     from concurrent.futures import ThreadPoolExecutor
 
+    two = sorted([f"192.0.2.2 {keys['192.0.2.2']}", f"192.0.2.2 {ecdsa}"])
     with ThreadPoolExecutor(8) as pool:  # as lab up connects: every host at once
-        assert list(pool.map(lambda _: held("192.0.2.2"), range(8))) == [[f"192.0.2.2 {keys['192.0.2.2']}"]] * 8
+        assert list(pool.map(lambda _: held("192.0.2.2"), range(8))) == [two] * 8
     assert held("192.0.2.9", 2222) == [f"[192.0.2.9]:2222 {keys['192.0.2.1']}"]
+    assert held("192.0.2.7") == [f"192.0.2.7 {ecdsa}"]
     assert held("192.0.2.9") == []  # on port 22 it is another host: unknown, refused when it answers
     assert len(parses) == 1
-    keys["192.0.2.2"] = _public_key()  # the file changes (a lab rebuilt): read again
+    keys["192.0.2.2"] = _public_key()  # the file rewritten (a lab rebuilt), even to the same size: read again
     known.write_text(f"192.0.2.2 {keys['192.0.2.2']}\n")
     assert held("192.0.2.2") == [f"192.0.2.2 {keys['192.0.2.2']}"]
     assert len(parses) == 2

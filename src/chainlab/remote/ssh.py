@@ -6,7 +6,7 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
-from functools import lru_cache
+from pathlib import Path
 
 import fabric
 import fabric.runners
@@ -65,27 +65,23 @@ def connection(target: Target) -> fabric.Connection:
     return conn
 
 
-def _file_version(path: os.PathLike[str]) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 _KNOWN_HOSTS_LOCK = threading.Lock()
+_KNOWN_HOSTS: dict[str, tuple[bytes, paramiko.HostKeys]] = {}  # by path: the text parsed, its keys
 
 
 def _host_keys(path: os.PathLike[str]) -> paramiko.HostKeys:
-    """known_hosts parsed once per version of the file, not once per connection: parsing
-    makes a key object of every line, and a lab's file has a line per host (at 30 hosts,
-    30 connections each parsing 30 keys was a tenth of a warm `lab up`'s CPU). Each
+    """known_hosts parsed once per text of the file, not once per connection: parsing makes
+    a key object of every line, and a lab's file has a line per host (at 30 hosts, 30
+    connections each parsing 30 keys was a tenth of a warm `lab up`'s CPU). The file is read
+    every time (a lab rebuilt rewrites it): a text unlike the one parsed is parsed anew. Each
     connection gets only its own host's keys (`connection`). Connections are made in
     parallel: the lock makes the first one parse and the others wait for it."""
     with _KNOWN_HOSTS_LOCK:
-        return _known_hosts(str(path), _file_version(path))
-
-
-@lru_cache(maxsize=8)
-def _known_hosts(path: str, version: tuple[int, int, int]) -> paramiko.HostKeys:
-    return paramiko.HostKeys(path)
+        text = Path(path).read_bytes()
+        parsed = _KNOWN_HOSTS.get(str(path))
+        if parsed is None or parsed[0] != text:
+            parsed = _KNOWN_HOSTS[str(path)] = (text, paramiko.HostKeys(str(path)))
+        return parsed[1]
 
 
 @retry(stop=stop_after_attempt(CONNECT_ATTEMPTS), wait=wait_exponential(multiplier=0.2, max=3),
