@@ -149,7 +149,7 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
         builder = diagram.DiagramBuilder(options.tables)
         for packet in packets:
             builder.add(packet)
-        _write_diagram(diagram, builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
+        _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
         checks_after()
     return checks is None or all(c.ok for c in checks)
 
@@ -179,7 +179,7 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             builder = diagram.DiagramBuilder(options.tables)
             for node, direction, seq, count, info in result.walks:
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
-            _write_diagram(diagram, builder.model(result.nodes, result.flows), fmt, title)
+            _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
     return checks is None or all(c.ok for c in checks)
 
 
@@ -199,7 +199,8 @@ def _diagram_output() -> ModuleType:
     return diagram
 
 
-def _write_diagram(diagram: ModuleType, model: DiagramModel, fmt: str, title: str) -> None:
+def _write_diagram(model: DiagramModel, fmt: str, title: str) -> None:
+    diagram = _diagram_output()
     render = {"mermaid": diagram.to_mermaid, "dot": diagram.to_dot, "svg": diagram.to_svg}[fmt]
     sys.stdout.write(render(model, title))
 
