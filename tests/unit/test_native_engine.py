@@ -398,6 +398,27 @@ def test_long_rule_position(tmp_path, position):
     assert_same([f"n={log}"], f"position {position[:12]}... ({len(position)} characters)")
 
 
+def test_mark_read_apart_from_the_rest_of_the_fields(tmp_path):
+    """The C engine caches a line's fields without a last MARK= token and reads the token on
+    its own (Calico's rules change the mark along a walk): every way a mark can be written
+    comes out as the Python engine reads the whole text."""
+    base = "IN=cali1 OUT=eth0 MAC=ee:ee:ee:ee:ee:ee:76:8e:1f:39:39:c2:08:00 SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={id} DF PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=1 "
+    tails = ["", "MARK=0x40000 ", "MARK=0x40000", "MARK=0x0 ", "MARK=0x00000 ", "MARK=0xABCdef ", "MARK=0x4 MARK=0x8 ",
+             "MARK=0xzz ", "MARK= ", "MARK=0x ", "MARK=40000 ", "MARK=0x1\t", "MARK=0x1 \t ", "MARK=0x" + "1" * 30 + " ",
+             "[SRC=1.1.1.1 MARK=0x5 ", "[SRC=1.1.1.1] MARK=0x6 ", "UID=0 GID=0 MARK=0x7 ", "XMARK=0x8 ", "mark=0x9 "]
+    chains = ["raw:PREROUTING:rule:1", "raw:cali-PREROUTING:rule:2", "mangle:PREROUTING:policy:1", "filter:FORWARD:rule:3"]
+    lines = []
+    for i, tail in enumerate(tails):
+        for order in (tails, tails[::-1]):  # the same packet's lines with every other mark in between
+            for j, chain in enumerate(chains):
+                lines.append(f"Dec  2 03:10:16 n kernel: TRACE: {chain} {base.format(id=100 + i)}{order[(i + j) % len(order)]}")
+                lines.append(f"Dec  2 03:10:16 n kernel: TRACE: {chain} {base.format(id=100 + i)}{tail}")
+    log = tmp_path / "marks.log"
+    log.write_text("\n".join(lines) + "\n")
+    run = assert_same([str(log)], "marks", formats=("json", "text", "summary"))
+    assert b'"mark": "0x40000"' in run.stdout and b'"mark": "0xabcdef"' in run.stdout
+
+
 # -- 2. the benchmark generator ---------------------------------------------------------------
 
 

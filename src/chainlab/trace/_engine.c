@@ -458,6 +458,20 @@ static void set_address(char *into, const char *v, size_t n) {
     into[n] = 0;
 }
 
+/* A MARK= value: 0x and hex digits (f->mark: the digits, leading zeros stripped); 0 when it is not. */
+static int read_mark(const char *v, size_t vlen, Fields *f) {
+    int ok = vlen > 2 && v[0] == '0' && v[1] == 'x';
+    for (size_t j = 2; ok && j < vlen; j++)
+        ok = is_hex_digit(v[j]);
+    if (ok) {
+        size_t j = 2;
+        while (j < vlen && v[j] == '0')
+            j++;
+        f->mark = (Ref){v + j, (Py_ssize_t)(vlen - j)};
+    }
+    return ok;
+}
+
 /* parse_kernel.parse_fields on s[0:n]. */
 static void parse_fields(const char *s, size_t n, Fields *f) {
     fields_init(f);
@@ -602,20 +616,9 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
             if (!proto[0])
                 strcpy(proto, "TCP");
             break;
-        case K_MARK: {
-            int ok = vlen > 2 && v[0] == '0' && v[1] == 'x';
-            for (size_t j = 2; ok && j < vlen; j++)
-                ok = is_hex_digit(v[j]);
-            if (ok) {
-                size_t j = 2;
-                while (j < vlen && v[j] == '0')
-                    j++;
-                f->mark = (Ref){v + j, (Py_ssize_t)(vlen - j)};
-            } else {
-                damaged = 1;
-            }
+        case K_MARK:
+            damaged |= !read_mark(v, vlen, f);
             break;
-        }
         case K_UNKNOWN:
             damaged = 1;
         }
@@ -1624,11 +1627,10 @@ typedef struct {
     PyObject *walk;
 } DiagramRow;
 
-/* What kernel lines parse to, cached (see tail_fields and cached_header); each thread has its own. */
+/* What kernel lines parse to, cached (see cached_fields and cached_header); each thread has its own. */
 typedef struct {
     struct HeaderSlot *headers; /* HEADER_CACHE slots (NULL until the first kernel line) */
-    struct FieldSlot *fields;   /* FIELD_CACHE slots, likewise */
-    struct FieldSlot *last;     /* the slot tail_fields returned last */
+    struct FieldSlot *fields;   /* FIELD_CACHE slots and the last text's, likewise */
     uint64_t filled;            /* header slots filled so far: the next one's id */
 } Caches;
 
@@ -3290,50 +3292,93 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
 
 /* What a line's fields text parses to, for FIELD_CACHE recent texts of at most FIELD_TEXT_MAX
  * bytes: the lines of one packet repeat their fields (KernelLineParser.fields caches the last
- * one the same way). A slot's Fields point into its copy of the text. */
+ * one the same way). A slot's Fields point into its copy of the text. The kernel prints MARK=
+ * last (nf_log_dump_packet) and Calico's rules change it along a packet's walk: what is cached
+ * is the text before a last MARK= token, which is then read on its own (the result is
+ * parse_fields' on the whole text, unless a '[' before it may hold the token in brackets). */
 #define FIELD_CACHE 256
 #define FIELD_TEXT_MAX 480
+#define MARK_TEXT_MAX 24
 struct FieldSlot {
     size_t hash, n;
-    int glued; /* the text holds another "TRACE: " */
+    int glued;   /* the text holds another "TRACE: " */
+    int bracket; /* the text holds a '[' */
     Fields f;
     char text[FIELD_TEXT_MAX];
 };
 
-/* The cache slot holding what s[0:n] parses to (filled now if it did not); NULL: not cached
- * (too long, or no memory). *repeated: it is the slot the last call returned. */
-static struct FieldSlot *field_slot(Caches *c, const char *s, size_t n, int *repeated) {
-    *repeated = 0;
-    if (n > FIELD_TEXT_MAX || (!c->fields && !(c->fields = calloc(FIELD_CACHE, sizeof *c->fields))))
-        return NULL;
-    struct FieldSlot *slot = c->last; /* most lines repeat the previous line's fields */
-    if (slot && slot->n == n && memcmp(slot->text, s, n) == 0) {
-        *repeated = 1;
-        return slot;
-    }
+/* Where s[0:n]'s last token starts when it is a MARK= token (at most MARK_TEXT_MAX bytes to
+ * the end); n when it is not. */
+static size_t mark_at(const char *s, size_t n) {
+    size_t e = n;
+    while (e && is_space(s[e - 1]))
+        e--;
+    size_t b = e;
+    while (b && !is_space(s[b - 1]))
+        b--;
+    return n - b <= MARK_TEXT_MAX && e - b >= 5 && memcmp(s + b, "MARK=", 5) == 0 ? b : n;
+}
+
+/* The slot holding what s[0:n] parses to, filled now if it did not. */
+static struct FieldSlot *field_slot(Caches *c, const char *s, size_t n) {
     size_t hash = hash_bytes(s, n);
-    slot = c->last = &c->fields[hash & (FIELD_CACHE - 1)];
+    struct FieldSlot *slot = &c->fields[hash & (FIELD_CACHE - 1)];
     if (!(slot->hash == hash && slot->n == n && memcmp(slot->text, s, n) == 0)) {
         memcpy(slot->text, s, n);
         slot->n = n;
         slot->hash = hash;
         parse_fields(slot->text, n, &slot->f);
         slot->glued = find_str(s, n, 0, "TRACE: ", 7) != NULL;
+        slot->bracket = memchr(s, '[', n) != NULL;
     }
     return slot;
 }
 
-/* parse_fields on s[0:n], cached (f's texts then point into the cache); returns whether
- * s[0:n] holds another "TRACE: " (then the line is glued). */
-static int tail_fields(Caches *c, const char *s, size_t n, Fields *f) {
-    int repeated;
-    struct FieldSlot *slot = field_slot(c, s, n, &repeated);
-    if (!slot) {
+/* f's texts (pointing into `from`) moved to the same places in `to`. */
+static void rebase_fields(Fields *f, const char *from, const char *to) {
+    Ref *refs[] = {&f->in_if, &f->out_if, &f->mark};
+    for (int i = 0; i < 3; i++)
+        if (refs[i]->n >= 0)
+            refs[i]->s = to + (refs[i]->s - from);
+}
+
+/* parse_fields(s, n, f), through the cache (f's texts point into s); returns whether s[0:n]
+ * holds another "TRACE: " (then the line is glued). With `repeated`: *repeated tells whether
+ * s[0:n] is the text of the last call, and then f is left as it is (the caller has it). */
+static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *repeated) {
+    if (repeated)
+        *repeated = 0;
+    if (n > FIELD_TEXT_MAX || (!c->fields && !(c->fields = calloc(FIELD_CACHE + 1, sizeof *c->fields)))) {
         parse_fields(s, n, f);
         return find_str(s, n, 0, "TRACE: ", 7) != NULL;
     }
-    *f = slot->f;
-    return slot->glued;
+    struct FieldSlot *last = &c->fields[FIELD_CACHE]; /* the last text (most lines repeat it) and its result */
+    if (last->hash && last->n == n && memcmp(last->text, s, n) == 0) {
+        if (repeated)
+            *repeated = 1;
+    } else {
+        size_t at = mark_at(s, n);
+        struct FieldSlot *slot = field_slot(c, s, at);
+        if (at < n && slot->bracket)
+            slot = field_slot(c, s, at = n);
+        memcpy(last->text, s, n);
+        last->n = n;
+        last->hash = 1;
+        last->glued = slot->glued;
+        last->f = slot->f;
+        rebase_fields(&last->f, slot->text, last->text);
+        if (at < n) {
+            size_t e = n;
+            while (is_space(s[e - 1]))
+                e--;
+            last->f.damaged |= !read_mark(last->text + at + 5, e - at - 5, &last->f);
+        }
+    }
+    if (!repeated || !*repeated) {
+        *f = last->f;
+        rebase_fields(f, last->text, s);
+    }
+    return last->glued;
 }
 
 /* match_header's result for the header text after "TRACE: " (up to the first whitespace,
@@ -3408,7 +3453,7 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
     Ref time;
     const struct HeaderSlot *names;
     if (first && cached_header(&e->caches, line, n, (size_t)(first - line), &h, &names) &&
-        !tail_fields(&e->caches, line + h.end, n - h.end, &f)) {
+        !cached_fields(&e->caches, line + h.end, n - h.end, &f, NULL)) {
         int node = line_origin(e, line, h.start, &time);
         f.damaged |= cut;
         kernel_record(e, node, time, &h, &f, names);
@@ -3458,7 +3503,7 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
             parse_fields(seg, before_next_prefix(seg, len), &f);
             f.damaged = 1;
         } else {
-            tail_fields(&e->caches, line + hs[i].end, n - hs[i].end, &f);
+            cached_fields(&e->caches, line + hs[i].end, n - hs[i].end, &f, NULL);
             f.damaged |= cut;
         }
         kernel_record(e, node, time, &hs[i], &f, NULL);
@@ -3877,21 +3922,13 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
         return batch_ignored(b, 1);
     Header h;
     const struct HeaderSlot *names = NULL;
-    struct FieldSlot *slot = NULL;
     int repeated = 0;
     size_t fa = first ? (size_t)(first - line) : 0;
     int common = first && fa + 6 < m && first[6] == ' ' && !has_high_bytes((const unsigned char *)line, m) &&
                  cached_header(&ps->caches, line, m, fa, &h, &names) && names;
     Fields f;
-    if (common) {
-        slot = field_slot(&ps->caches, line + h.end, m - h.end, &repeated);
-        if (slot)
-            common = !slot->glued;
-        else {
-            parse_fields(line + h.end, m - h.end, &f);
-            common = !find_str(line + h.end, m - h.end, 0, "TRACE: ", 7);
-        }
-    }
+    if (common) /* the previous line's fields can be this one's: see below */
+        common = !cached_fields(&ps->caches, line + h.end, m - h.end, &f, ps->prev_fast && b->n_fields ? &repeated : NULL);
     if (!common) {
         if (!(l = batch_add(b, L_SLOW)))
             return 0;
@@ -3934,7 +3971,7 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
     l->time = (Ref){line + ps->time_at, ps->time_n};
     /* the fields: the previous line's, or a copy whose texts point into this line */
     l->tail_n = 0;
-    if (slot && repeated && ps->prev_fast && b->n_fields) {
+    if (repeated) {
         l->fields = b->n_fields - 1;
         l->repeat = 1;
         if (ps->want_tails && parser_tail(ps, b, l, &b->fields[l->fields])) {
@@ -3942,13 +3979,6 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
             return 0;
         }
         return 1;
-    }
-    if (slot) {
-        f = slot->f;
-        Ref *refs[] = {&f.in_if, &f.out_if, &f.mark};
-        for (int i = 0; i < 3; i++)
-            if (refs[i]->n >= 0)
-                refs[i]->s = line + h.end + (refs[i]->s - slot->text);
     }
     l->fields = b->n_fields;
     b->fields[b->n_fields++] = f;
