@@ -334,7 +334,6 @@ static int is_ipv6(const char *s, size_t n) {
 /* ---------------------------------------------------------------- netfilter knowledge */
 
 static const char *HOOKS[] = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"};
-static const size_t HOOK_LEN[] = {10, 5, 7, 6, 11};
 #define N_HOOKS 5
 static const int HOOK_RANK[] = {0, 1, 1, 0, 2};
 static const char *TABLES[] = {"raw", "mangle", "nat", "filter", "security"};
@@ -2135,6 +2134,21 @@ static int put_step_end(Buf *b, Ref handle, Ref verdict, Ref mark, Ref time, int
     return err || PUTL(b, "}");
 }
 
+/* A step's JSON from its rule (null until the rules are joined) to its line number, by hook
+ * + 1 (HOOKS' order; 0: none): one piece a step. */
+#define TEXT_N(text) {text, sizeof(text) - 1}
+static const struct {
+    const char *s;
+    size_t n;
+} STEP_MIDDLES[N_HOOKS + 1] = {
+    TEXT_N("null, \"hook\": null, \"line\": "),
+    TEXT_N("null, \"hook\": \"PREROUTING\", \"line\": "),
+    TEXT_N("null, \"hook\": \"INPUT\", \"line\": "),
+    TEXT_N("null, \"hook\": \"FORWARD\", \"line\": "),
+    TEXT_N("null, \"hook\": \"OUTPUT\", \"line\": "),
+    TEXT_N("null, \"hook\": \"POSTROUTING\", \"line\": "),
+};
+
 /* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
 static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
@@ -2177,17 +2191,9 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         }
         at->prefix_n = b->n - at->at;
         p->some_out_of_tables |= !at->in_tables;
-        err |= PUTL(b, "null");
-        size_t suffix = b->n;
-        err |= PUTL(b, ", \"hook\": ");
-        if (hook >= 0) {
-            err |= PUTL(b, "\"");
-            err |= put(b, HOOKS[hook], HOOK_LEN[hook]);
-            err |= PUTL(b, "\"");
-        } else {
-            err |= PUTL(b, "null");
-        }
-        err |= PUTL(b, ", \"line\": ");
+        size_t suffix = b->n + 4; /* after the rule's "null" */
+        int middle = hook >= 0 ? hook + 1 : 0;
+        err |= put(b, STEP_MIDDLES[middle].s, STEP_MIDDLES[middle].n);
         err |= put_int(b, e->line_no);
         err |= r->json_tail ? put(b, r->json_tail, r->json_tail_n) /* the parser thread wrote it */
                             : put_step_end(b, r->handle, r->verdict, f->mark, r->time, r->family);
