@@ -419,6 +419,20 @@ def test_mark_read_apart_from_the_rest_of_the_fields(tmp_path):
     assert b'"mark": "0x40000"' in run.stdout and b'"mark": "0xabcdef"' in run.stdout
 
 
+def test_more_distinct_headers_than_the_caches_hold(tmp_path):
+    """Header texts and their step JSON are cached by slot (4096): a log with three times as
+    many distinct headers, each seen again after others took its slot, reads as in Python."""
+    lines = []
+    for rnd in range(2):
+        for i in range(12000):
+            position = (i * 7919 + rnd) % 12000 + 1
+            lines.append(f"Dec  2 03:10:16 n kernel: TRACE: filter:cali-fw-{i % 40}:rule:{position} IN=a OUT=b "
+                         f"SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={i % 60000 + 1} PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ=1 ")
+    log = tmp_path / "headers.log"
+    log.write_text("\n".join(lines) + "\n")
+    assert_same([str(log)], "distinct headers", formats=("json", "summary"))
+
+
 # -- 2. the benchmark generator ---------------------------------------------------------------
 
 

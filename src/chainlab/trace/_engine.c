@@ -2068,7 +2068,7 @@ static int table_in_tables(Engine *e, const char *t, size_t n) {
 /* What a step's JSON and signature start with, by header (table, chain, kind, position), for
  * STEP_HEADS recent headers the parser thread read (keyed by its header ids, which never
  * repeat): the header's text is then not read again here. */
-#define STEP_HEADS 1024
+#define STEP_HEADS 4096
 #define STEP_HEAD_MAX 192
 struct StepHead {
     uint64_t id;
@@ -2095,7 +2095,9 @@ static int put_step_sig_head(Buf *g, const Rec *r) {
            (r->pos ? sig_str(g, r->pos_n ? r->pos : "0", r->pos_n ? (Py_ssize_t)r->pos_n : 1) : sig_str(g, NULL, -1));
 }
 
-/* The record's StepHead (made now if not cached), or NULL: none (no id, too long, no memory). */
+/* The record's StepHead (made now if not cached), or NULL: none (no id, too long, no memory).
+ * Its slot is its header's slot in the parser's cache (the id's low bits): a head stays as
+ * long as its header does, however long ago that was filled. */
 static const struct StepHead *step_head(Engine *e, const Rec *r) {
     if (!r->header_id || (!e->heads && !(e->heads = calloc(STEP_HEADS, sizeof *e->heads))))
         return NULL;
@@ -3390,11 +3392,12 @@ static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *rep
 /* match_header's result for the header text after "TRACE: " (up to the first whitespace,
  * where any header ends), for HEADER_CACHE recent ones of at most HEADER_TEXT_MAX bytes, with
  * the TABLES and HOOKS index of its table and chain. Offsets count from that text's start. */
-#define HEADER_CACHE 1024
+#define HEADER_CACHE 4096
+_Static_assert(HEADER_CACHE == STEP_HEADS, "a header slot's id ends in its index: step_head's slot");
 #define HEADER_TEXT_MAX 96
 struct HeaderSlot {
     size_t hash, n;
-    uint64_t id; /* never the same for two fillings (0: none) */
+    uint64_t id; /* never the same for two fillings (0: none); modulo HEADER_CACHE: the slot's index */
     int ok, kind, table_index, chain_hook;
     size_t table_at, table_n, chain_at, chain_n, pos_at, pos_n;
     char text[HEADER_TEXT_MAX];
@@ -3415,7 +3418,7 @@ static int cached_header(Caches *cache, const char *line, size_t n, size_t at, H
         c->n = len;
         c->hash = hash;
         c->ok = match_header(line, n, at, h);
-        c->id = ++cache->filled;
+        c->id = ++cache->filled * HEADER_CACHE + (uint64_t)(c - cache->headers); /* see step_head */
         if (c->ok) {
             c->kind = h->kind;
             c->table_at = (size_t)(h->table - line) - t, c->table_n = h->table_n;
