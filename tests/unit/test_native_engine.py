@@ -398,6 +398,17 @@ def test_long_rule_position(tmp_path, position):
     assert_same([f"n={log}"], f"position {position[:12]}... ({len(position)} characters)")
 
 
+def test_a_long_fields_text_between_two_equal_ones(tmp_path):
+    """A fields text longer than the cache takes (480 bytes) between two equal ones: the third
+    line is not taken for a repeat of the second (it was, with the second's fields)."""
+    head = "Dec  2 03:10:16 n kernel: TRACE: raw:PREROUTING:rule:{} IN=e OUT= SRC=fe80::1 DST=fe80::2 LEN=80 HOPLIMIT=64 FLOWLBL=0 PROTO=ICMPv6 TYPE=128 CODE=0 ID=1 SEQ=1 "
+    lines = [head.format(1) + "MARK=0x1", head.format(2) + "OPT (" + "AB" * 260 + ") MARK=0x2", head.format(3) + "MARK=0x1"]
+    log = tmp_path / "long.log"
+    log.write_text("\n".join(lines) + "\n")
+    run = assert_same([str(log)], "long fields text", formats=("json",))
+    assert b'"line": 3, "mark": "0x1"' in run.stdout
+
+
 def test_mark_read_apart_from_the_rest_of_the_fields(tmp_path):
     """The C engine caches a line's fields without a last MARK= token and reads the token on
     its own (Calico's rules change the mark along a walk): every way a mark can be written
@@ -405,7 +416,8 @@ def test_mark_read_apart_from_the_rest_of_the_fields(tmp_path):
     base = "IN=cali1 OUT=eth0 MAC=ee:ee:ee:ee:ee:ee:76:8e:1f:39:39:c2:08:00 SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={id} DF PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=1 "
     tails = ["", "MARK=0x40000 ", "MARK=0x40000", "MARK=0x0 ", "MARK=0x00000 ", "MARK=0xABCdef ", "MARK=0x4 MARK=0x8 ",
              "MARK=0xzz ", "MARK= ", "MARK=0x ", "MARK=40000 ", "MARK=0x1\t", "MARK=0x1 \t ", "MARK=0x" + "1" * 30 + " ",
-             "[SRC=1.1.1.1 MARK=0x5 ", "[SRC=1.1.1.1] MARK=0x6 ", "UID=0 GID=0 MARK=0x7 ", "XMARK=0x8 ", "mark=0x9 "]
+             "[SRC=1.1.1.1 MARK=0x5 ", "[SRC=1.1.1.1] MARK=0x6 ", "UID=0 GID=0 MARK=0x7 ", "XMARK=0x8 ", "mark=0x9 ",
+             "MARK=0x1TRACE: ", "MARK=0x1TRACE: x "]
     chains = ["raw:PREROUTING:rule:1", "raw:cali-PREROUTING:rule:2", "mangle:PREROUTING:policy:1", "filter:FORWARD:rule:3"]
     lines = []
     for i, tail in enumerate(tails):
@@ -423,9 +435,9 @@ def test_more_distinct_headers_than_the_caches_hold(tmp_path):
     """Header texts and their step JSON are cached by slot (4096): a log with three times as
     many distinct headers, each seen again after others took its slot, reads as in Python."""
     lines = []
-    for rnd in range(2):
-        for i in range(12000):
-            position = (i * 7919 + rnd) % 12000 + 1
+    for rnd in range(2):  # the same headers in both rounds, the second in the other order
+        for i in range(12000) if rnd == 0 else reversed(range(12000)):
+            position = i * 7919 % 12000 + 1
             lines.append(f"Dec  2 03:10:16 n kernel: TRACE: filter:cali-fw-{i % 40}:rule:{position} IN=a OUT=b "
                          f"SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={i % 60000 + 1} PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ=1 ")
     log = tmp_path / "headers.log"

@@ -2066,8 +2066,8 @@ static int table_in_tables(Engine *e, const char *t, size_t n) {
 }
 
 /* What a step's JSON and signature start with, by header (table, chain, kind, position), for
- * STEP_HEADS recent headers the parser thread read (keyed by its header ids, which never
- * repeat): the header's text is then not read again here. */
+ * the headers in the parser thread's header cache (one slot each: see step_head): the
+ * header's text is then not read again here. */
 #define STEP_HEADS 4096
 #define STEP_HEAD_MAX 192
 struct StepHead {
@@ -2193,9 +2193,10 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         }
         at->prefix_n = b->n - at->at;
         p->some_out_of_tables |= !at->in_tables;
-        size_t suffix = b->n + 4; /* after the rule's "null" */
+        size_t rule_at = b->n;
         int middle = hook >= 0 ? hook + 1 : 0;
         err |= put(b, STEP_MIDDLES[middle].s, STEP_MIDDLES[middle].n);
+        size_t suffix = err ? b->n : rule_at + NULL_RULE_N; /* after the rule's "null" */
         err |= put_int(b, e->line_no);
         err |= r->json_tail ? put(b, r->json_tail, r->json_tail_n) /* the parser thread wrote it */
                             : put_step_end(b, r->handle, r->verdict, f->mark, r->time, r->family);
@@ -3299,11 +3300,12 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
 }
 
 /* What a line's fields text parses to, for FIELD_CACHE recent texts of at most FIELD_TEXT_MAX
- * bytes: the lines of one packet repeat their fields (KernelLineParser.fields caches the last
- * one the same way). A slot's Fields point into its copy of the text. The kernel prints MARK=
- * last (nf_log_dump_packet) and Calico's rules change it along a packet's walk: what is cached
- * is the text before a last MARK= token, which is then read on its own (the result is
- * parse_fields' on the whole text, unless a '[' before it may hold the token in brackets). */
+ * bytes: the lines of one packet repeat their fields (KernelLineParser.fields caches them
+ * too). A slot's Fields point into its copy of the text. The kernel prints MARK= last
+ * (nf_log_dump_packet) and Calico's rules change it along a packet's walk: what is cached is
+ * the text before a last MARK= token, which is then read on its own, with the same result as
+ * parse_fields on the whole text (a text with a '[', where brackets could hold the token, is
+ * cached whole). */
 #define FIELD_CACHE 256
 #define FIELD_TEXT_MAX 480
 #define MARK_TEXT_MAX 24
@@ -3357,6 +3359,8 @@ static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *rep
     if (repeated)
         *repeated = 0;
     if (n > FIELD_TEXT_MAX || (!c->fields && !(c->fields = calloc(FIELD_CACHE + 1, sizeof *c->fields)))) {
+        if (c->fields) /* the last text is no longer the last call's */
+            c->fields[FIELD_CACHE].hash = 0;
         parse_fields(s, n, f);
         return find_str(s, n, 0, "TRACE: ", 7) != NULL;
     }
@@ -3372,7 +3376,7 @@ static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *rep
         memcpy(last->text, s, n);
         last->n = n;
         last->hash = 1;
-        last->glued = slot->glued;
+        last->glued = slot->glued || (at < n && find_str(s, n, at, "TRACE: ", 7)); /* in the token: then it ends the line */
         last->f = slot->f;
         rebase_fields(&last->f, slot->text, last->text);
         if (at < n) {

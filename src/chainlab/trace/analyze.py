@@ -111,7 +111,7 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     routes = [packet.route] if packet.route else [r for r in ROUTES if last.hook in ROUTES[r]]
     ahead = sorted(
         {slot for r in routes for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here},
-        key=lambda slot: slot_rank(*slot),
+        key=lambda slot: (slot_rank(*slot), slot),  # ties (INPUT or FORWARD ahead): by name, not by set order
     )
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
