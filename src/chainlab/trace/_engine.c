@@ -333,7 +333,10 @@ static int is_ipv6(const char *s, size_t n) {
 
 /* ---------------------------------------------------------------- netfilter knowledge */
 
-static const char *HOOKS[] = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"};
+/* The hooks' names, in the one order every HOOKS-indexed table here follows. */
+#define FOR_HOOKS(X) X("PREROUTING") X("INPUT") X("FORWARD") X("OUTPUT") X("POSTROUTING")
+#define HOOK_NAME(name) name,
+static const char *HOOKS[] = {FOR_HOOKS(HOOK_NAME)};
 #define N_HOOKS 5
 static const int HOOK_RANK[] = {0, 1, 1, 0, 2};
 static const char *TABLES[] = {"raw", "mangle", "nat", "filter", "security"};
@@ -2143,12 +2146,9 @@ static const struct {
     const char *s;
     size_t n;
 } STEP_MIDDLES[N_HOOKS + 1] = {
-    TEXT_N("null, \"hook\": null, \"line\": "),
-    TEXT_N("null, \"hook\": \"PREROUTING\", \"line\": "),
-    TEXT_N("null, \"hook\": \"INPUT\", \"line\": "),
-    TEXT_N("null, \"hook\": \"FORWARD\", \"line\": "),
-    TEXT_N("null, \"hook\": \"OUTPUT\", \"line\": "),
-    TEXT_N("null, \"hook\": \"POSTROUTING\", \"line\": "),
+#define STEP_MIDDLE(name) TEXT_N("null, \"hook\": \"" name "\", \"line\": "),
+    TEXT_N("null, \"hook\": null, \"line\": "), FOR_HOOKS(STEP_MIDDLE)
+#undef STEP_MIDDLE
 };
 
 /* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
@@ -3318,14 +3318,15 @@ struct FieldSlot {
 };
 
 /* Where s[0:n]'s last token starts when it is a MARK= token (at most MARK_TEXT_MAX bytes to
- * the end); n when it is not. */
-static size_t mark_at(const char *s, size_t n) {
+ * the end), *end where it ends; n when it is not. */
+static size_t mark_at(const char *s, size_t n, size_t *end) {
     size_t e = n;
     while (e && is_space(s[e - 1]))
         e--;
     size_t b = e;
     while (b && !is_space(s[b - 1]))
         b--;
+    *end = e;
     return n - b <= MARK_TEXT_MAX && e - b >= 5 && memcmp(s + b, "MARK=", 5) == 0 ? b : n;
 }
 
@@ -3364,12 +3365,12 @@ static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *rep
         parse_fields(s, n, f);
         return find_str(s, n, 0, "TRACE: ", 7) != NULL;
     }
-    struct FieldSlot *last = &c->fields[FIELD_CACHE]; /* the last text (most lines repeat it) and its result */
+    struct FieldSlot *last = &c->fields[FIELD_CACHE]; /* the last text (most lines repeat it) and its result; hash 0: none */
     if (last->hash && last->n == n && memcmp(last->text, s, n) == 0) {
         if (repeated)
             *repeated = 1;
     } else {
-        size_t at = mark_at(s, n);
+        size_t end, at = mark_at(s, n, &end);
         struct FieldSlot *slot = field_slot(c, s, at);
         if (at < n && slot->bracket)
             slot = field_slot(c, s, at = n);
@@ -3379,12 +3380,8 @@ static int cached_fields(Caches *c, const char *s, size_t n, Fields *f, int *rep
         last->glued = slot->glued || (at < n && find_str(s, n, at, "TRACE: ", 7)); /* in the token: then it ends the line */
         last->f = slot->f;
         rebase_fields(&last->f, slot->text, last->text);
-        if (at < n) {
-            size_t e = n;
-            while (is_space(s[e - 1]))
-                e--;
-            last->f.damaged |= !read_mark(last->text + at + 5, e - at - 5, &last->f);
-        }
+        if (at < n)
+            last->f.damaged |= !read_mark(last->text + at + 5, end - at - 5, &last->f);
     }
     if (!repeated || !*repeated) {
         *f = last->f;
