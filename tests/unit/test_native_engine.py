@@ -383,6 +383,23 @@ def test_edge_files(tmp_path, name, data):
 
 
 @pytest.mark.parametrize(
+    "ip_id",
+    ["43007SPORT=80", "4884DF", "12DFSPORT=1", "123DF=5", "12DFX", "1SPORT=", "5ID=6", "12345678901SPORT=1",
+     "7PROTO=TCP", "7DPORT=9SPORT=8", "DF", "=5", "7sport=1"],
+)
+def test_glued_ip_id_forms(tmp_path, ip_id):
+    """xtables-monitor before iptables 1.8.5 glued the IP flags, or without flags the next
+    field, to the IP id (`ID=43007SPORT=80`): both engines read the same fields from it."""
+    log = tmp_path / "glued.log"
+    log.write_text(f"PACKET: 2 ab IN=e OUT= SRC=1.1.1.1 DST=2.2.2.2 LEN=60 TTL=64 ID={ip_id} DPORT=443 SYN \n"
+                   " TRACE: 2 ab raw:PREROUTING:policy:ACCEPT \n")
+    py = assert_same([f"n={log}"], f"ID={ip_id}", formats=("json", "text"))
+    if ip_id == "43007SPORT=80":
+        packet = json.loads(py.stdout)["packets"][0]
+        assert (packet["ip_id"], packet["sport"], packet["dport"], packet["protocol"]) == (43007, 80, 443, "tcp")
+
+
+@pytest.mark.parametrize(
     "position",
     ["9999999999", "0000000007", "00000000007", "7" * 11, "0" * 4300 + "7", "0" * 4301, "7" * 4301,
      "12345678901:rule:5", "12345678901:return:0000000003"],
@@ -740,13 +757,14 @@ def _write(tmp_path: Path, name: str, lines: list[str]) -> Path:
 
 def test_tables_seen_when_a_packet_expires(tmp_path):
     """A packet judged at expiry sees the tables of the node up to that line only: a table
-    first logged later (mangle here) must not turn its `accepted` into `dropped`."""
+    first logged later (mangle here) must not turn its `unknown` (filter FORWARD's policy,
+    which the log does not show) into `dropped`."""
     lines = [_icmp("filter:FORWARD:policy:1", 1)]
     lines += [_icmp("filter:INPUT:rule:1", 2 + i % 2) for i in range(447)]  # 448th event: expiry check
     lines.append(_icmp("mangle:INPUT:rule:1", 3))
     log = _write(tmp_path, "mask.log", lines)
     py = assert_same([f"n={log}"], "table first seen after an expiry")
-    assert b'"verdict": "accepted", "reason": "passed every table up to filter FORWARD"' in py.stdout
+    assert b'"verdict": "unknown", "reason": "decided by filter:FORWARD policy, whose target' in py.stdout
 
 
 def test_packet_joined_after_its_window(tmp_path):

@@ -350,3 +350,55 @@ def test_bridge_family_arp_frames_are_forwarded():
         (["a0369369"], ["FORWARD"], "unknown"),
     ]
     assert result.packets[1].fields.src is None and result.stats.skipped_lines == 0
+
+
+# -- verdicts that the lines do not prove (traces found in published notes) ----------------------
+
+
+def test_an_accept_followed_by_nothing_is_no_drop():
+    """xtables-monitor on a kernel that lost user-defined bridge traffic after filter FORWARD
+    (the author's fix was a newer kernel): `filter:FORWARD:rule:0x34:ACCEPT`, then no nat
+    POSTROUTING though the node has one. An ACCEPT is not where a packet dies: unknown, said
+    why. The docker0 ping of the same log is masqueraded and accepted."""
+    lost, masqueraded, reply = run(PUBLIC / "notes-docker-usernet-xtmon-forward-accept-lost.log").packets
+    assert (lost.first.src, lost.hooks, lost.verdict) == ("172.20.0.2", ["PREROUTING", "FORWARD"], "unknown")
+    assert lost.reason.startswith("accepted in filter:FORWARD rule 0x34 by `-A FORWARD -i br-406f2a425e0c")
+    assert "then no trace though nat POSTROUTING lies ahead" in lost.reason
+    assert (masqueraded.hooks[-1], masqueraded.verdict, reply.verdict) == ("POSTROUTING", "accepted", "accepted")
+
+
+def test_glued_id_and_port_and_a_packet_for_this_host():
+    """The same notes: `ID=43007SPORT=80` (no IP flags, the next field glued on) gives the IP
+    id and the port; a packet for this host (the SYN-ACK to 192.168.91.132) stops after
+    PREROUTING where iptables-nft has no INPUT chain: not called lost at routing alone."""
+    packets = run(PUBLIC / "notes-desktop-xtmon-glued-id-sport.log").packets
+    (syn_ack,) = [p for p in packets if p.fields.ip_id == 43007]
+    assert (syn_ack.fields.sport, syn_ack.fields.dport, syn_ack.protocol) == (80, 58366, "tcp")
+    assert syn_ack.verdict == "unknown" and "no traced table known after it on the local-in route" in syn_ack.reason
+
+
+def test_filter_forward_policy_is_not_shown_in_a_kernel_trace(tmp_path):
+    """Docker sets filter FORWARD's policy to DROP; a kernel TRACE line says `policy:7`, not
+    which: the author found the drop by the policy. Unknown without the ruleset; with it,
+    dropped or accepted as the policy says."""
+    log = PUBLIC / "dockerhost-legacy-forward-policy.log"
+    (packet,) = run(log).packets
+    assert (packet.hooks, packet.verdict) == (["PREROUTING", "FORWARD"], "unknown")
+    assert packet.reason.startswith("decided by filter:FORWARD policy, whose target the log does not show")
+    for policy, verdict in (("DROP", "dropped"), ("ACCEPT", "accepted")):
+        rules = tmp_path / f"{policy}.rules"
+        rules.write_text(f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {policy} [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+        (judged,) = run(log, rules=rules).packets
+        assert judged.verdict == verdict, judged.reason
+    assert judged.steps[-1].rule == "-P FORWARD ACCEPT"
+
+
+def test_nft_table_of_its_own_name_before_nat_is_one_walk():
+    """Fedora Magazine's NAT tracing article: a `trace_debug` table (prerouting, priority
+    -301) sets nftrace, then `inet nat prerouting` DNATs and `inet filter allowed_dnats`
+    drops. One trace id, one packet: a table of its own name has no known place among the
+    hook's others, so it does not start a new walk."""
+    (packet,) = run(PUBLIC / "fedoramag-nft-trace-debug-dnat-drop.log").packets
+    assert (packet.trace_ids, packet.hooks, packet.verdict) == (["9c01f8"], ["PREROUTING", "FORWARD"], "dropped")
+    assert [s.table for s in packet.steps][:4] == ["trace_debug"] * 3 + ["nat"]
+    assert packet.reason == "dropped in filter:allowed_dnats by `drop`"

@@ -1135,20 +1135,23 @@ static int proto_name(const char *v, size_t n, char *out) {
 }
 
 /* parse_nft.xt_packet_fields */
-static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
-    fields_init(f);
-    if (split_words(s, n, ws, 0, NULL))
-        return -1;
-    int v6 = 0, flags = 0;
-    for (size_t k = 0; k < ws->n; k++) {
-        const char *t = ws->w[k].s;
-        size_t len = ws->w[k].n;
+/* v[at:] starts with `[A-Z]+=` (a word glued on after an IP id). */
+static int glued_key_at(const char *v, size_t vlen, size_t at) {
+    size_t k = at;
+    while (k < vlen && v[k] >= 'A' && v[k] <= 'Z')
+        k++;
+    return k > at && k < vlen && v[k] == '=';
+}
+
+/* One `KEY=VALUE` word (or flag) of an xtables-monitor packet line into f. */
+static void xt_word(const char *t, size_t len, Fields *f, int *flags, int *v6) {
+    for (;;) {
         const char *eq = memchr(t, '=', len);
         if (!eq) {
             int flag = find_in(TCP_FLAG_NAMES, N_TCP_FLAGS, t, len);
             if (flag >= 0)
-                flags |= 1 << flag;
-            continue;
+                *flags |= 1 << flag;
+            return;
         }
         size_t klen = (size_t)(eq - t);
         const char *v = eq + 1;
@@ -1156,7 +1159,7 @@ static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
         if ((name_is(t, klen, "SRC") || name_is(t, klen, "DST")) && (is_ipv4(v, vlen) || is_ipv6(v, vlen))) {
             set_address(t[0] == 'S' ? f->src : f->dst, v, vlen);
             if (memchr(v, ':', vlen))
-                v6 = 1;
+                *v6 = 1;
         } else if (name_is(t, klen, "IN")) {
             f->in_if = (Ref){v, vlen ? (Py_ssize_t)vlen : -1};
         } else if (name_is(t, klen, "OUT")) {
@@ -1165,15 +1168,23 @@ static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
             f->ttl = small_int(v, vlen, 255);
         } else if (name_is(t, klen, "FLOWLBL")) {
             f->flow_label = small_int(v, vlen, 0xFFFFF);
-            v6 = 1;
-        } else if (name_is(t, klen, "ID")) { /* GLUED_ID: 1-10 digits, then DF, MF or CE or nothing */
+            *v6 = 1;
+        } else if (name_is(t, klen, "ID")) {
+            /* GLUED_ID: 1-10 digits, then DF, MF or CE or nothing, then a glued `KEY=...` or nothing */
             size_t d = 0;
             while (d < vlen && is_digit(v[d]))
                 d++;
-            int glued = d >= 1 && d <= 10 &&
-                        (d == vlen || (vlen - d == 2 && (memcmp(v + d, "DF", 2) == 0 || memcmp(v + d, "MF", 2) == 0 ||
-                                                         memcmp(v + d, "CE", 2) == 0)));
+            int flag = vlen - d >= 2 && (memcmp(v + d, "DF", 2) == 0 || memcmp(v + d, "MF", 2) == 0 ||
+                                         memcmp(v + d, "CE", 2) == 0);
+            size_t g = flag && (d + 2 == vlen || glued_key_at(v, vlen, d + 2)) ? d + 2
+                       : d == vlen || glued_key_at(v, vlen, d)              ? d
+                                                                            : vlen + 1;
+            int glued = d >= 1 && d <= 10 && g <= vlen;
             f->ip_id = glued ? small_int(v, d, 65535) : NONE;
+            if (glued && g < vlen) { /* the glued-on word, read as one of its own */
+                t = v + g, len = vlen - g;
+                continue;
+            }
         } else if (name_is(t, klen, "SPORT")) {
             f->sport = small_int(v, vlen, 65535);
         } else if (name_is(t, klen, "DPORT")) {
@@ -1182,7 +1193,17 @@ static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
             if (!proto_name(v, vlen, f->proto))
                 f->proto[0] = 0;
         }
+        return;
     }
+}
+
+static int xt_packet_fields(const char *s, size_t n, Fields *f, Words *ws) {
+    fields_init(f);
+    if (split_words(s, n, ws, 0, NULL))
+        return -1;
+    int v6 = 0, flags = 0;
+    for (size_t k = 0; k < ws->n; k++)
+        xt_word(ws->w[k].s, ws->w[k].n, f, &flags, &v6);
     if ((f->sport != NONE || f->dport != NONE) && !f->proto[0])
         strcpy(f->proto, flags ? "TCP" : "UDP");
     f->flags = flags;
@@ -1973,6 +1994,8 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     }
     *hook = base >= 0 ? base : p->last_hook;
     if (p->last_hook < 0)
+        return 1;
+    if (*hook == p->last_hook && (table < 0 || p->last_table < 0)) /* a table of its own name: any order */
         return 1;
     return step_rank(*hook, table, r->family == FAMILY_BRIDGE) >= step_rank(p->last_hook, p->last_table, p->last_bridge);
 }

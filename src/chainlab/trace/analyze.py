@@ -24,12 +24,19 @@ def sent_here(steps: list[Step], hooks: list[str]) -> bool:
     return bool(hooks) and steps[0].hook == "OUTPUT"
 
 
+def _policy(step: Step) -> str | None:
+    """A policy step's policy, from a ruleset's `-P CHAIN POLICY` (a kernel-log TRACE line
+    does not print it)."""
+    words = step.rule.split() if step.rule and step.kind == "policy" else []
+    return words[2].upper() if len(words) == 3 and words[0] == "-P" else None
+
+
 def _explicit_drop(step: Step) -> bool:
     if step.verdict and step.verdict.split(":")[0] in DROP_VERDICTS:
         return True
     if step.rule and step.kind == "rule":
         return rule_target(step.rule) in DROP_VERDICTS
-    return False
+    return _policy(step) in DROP_VERDICTS
 
 
 def _where(step: Step) -> str:
@@ -72,10 +79,16 @@ def walk_chains(steps: list[Step], tables: set[str] | None) -> dict[str, list[st
 
 
 def _target_unknown(step: Step) -> bool:
-    """A rule matched last and ended the walk, but neither the log nor a ruleset says whether
-    it accepted or dropped: a kernel-log TRACE line names the rule, not its target (a nat
-    rule cannot drop: iptables refuses DROP there)."""
-    return step.kind == "rule" and step.rule is None and not step.verdict and step.table != "nat"
+    """A rule or policy ended the walk, but neither the log nor a ruleset says whether it
+    accepted or dropped: a kernel-log TRACE line names the rule, not its target (a nat rule
+    cannot drop: iptables refuses DROP there), nor a chain's policy. A policy not shown is
+    read as ACCEPT, the default, except filter FORWARD's: Docker sets it to DROP on every
+    host it runs on (and routers' firewalls do), so there it is as likely one as the other."""
+    if step.rule is not None or step.verdict:
+        return False
+    if step.kind == "policy":
+        return step.table == "filter" and step.chain == "FORWARD"
+    return step.kind == "rule" and step.table != "nat"
 
 
 def _decides(step: Step) -> bool:
@@ -85,13 +98,24 @@ def _decides(step: Step) -> bool:
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
+def _accepts(step: Step) -> bool:
+    """The step let the packet out of its table: an ACCEPT verdict, or a rule whose target
+    ends the table without dropping (ACCEPT, a NAT target)."""
+    if step.verdict and step.verdict.split(":")[0] == "ACCEPT":
+        return True
+    return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
+
+
 def judge(packet: Packet, present: set[Slot]) -> None:
     """Set route, new_connection, verdict and reason of a complete packet.
 
     A packet whose trace stops while a table it must still pass (given the tables that
     exist on the node and whether it is a connection's first packet) lies ahead was
-    dropped at its last step. Stopping at the end of PREROUTING is a loss at the routing
-    decision, which netfilter does not see: verdict unknown. Where the log itself ends
+    dropped at its last step, unless that step let it out of its table (an accept, a NAT
+    target): then it was lost after, where no rule shows it, and the verdict is unknown.
+    Stopping at the end of PREROUTING is a loss at the routing decision, which netfilter
+    does not see, or (with no traced table known after it) a walk through hooks without
+    chains on the node: verdict unknown. Where the log itself ends
     after the packet's last step (`at_end`), only an explicit drop, or a policy or accept
     that ends its walk with nothing ahead, decides; otherwise the verdict is unknown.
     """
@@ -109,10 +133,13 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     present = present | {(s.hook, s.table) for s in steps if s.hook}
     here = slot_rank(last.hook, last.table)
     routes = [packet.route] if packet.route else [r for r in ROUTES if last.hook in ROUTES[r]]
+    ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here}
+                      for r in routes}
     ahead = sorted(
-        {slot for r in routes for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here},
+        set().union(*ahead_by_route.values()),
         key=lambda slot: (slot_rank(*slot), slot),  # ties (INPUT or FORWARD ahead): by name, not by set order
     )
+    untraced = [r for r in routes if not ahead_by_route[r]]
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
         packet.reason = f"the log ends after {_where(last)}, before a rule or policy decided"
@@ -127,12 +154,20 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     elif not ahead and packet.route:
         packet.verdict = "accepted"
         packet.reason = f"passed every table up to {last.table} {last.hook}"
-    elif last.hook == "PREROUTING" and (not ahead or ahead[0][0] != "PREROUTING"):
+    elif last.hook == "PREROUTING" and untraced:
+        packet.verdict = "unknown"
+        packet.reason = (f"no trace after PREROUTING, and no traced table known after it on the {untraced[0]}"
+                         " route: lost at the routing decision, or passed on through hooks without chains")
+    elif last.hook == "PREROUTING" and ahead[0][0] != "PREROUTING":
         packet.verdict = "unknown"
         packet.reason = "no trace after PREROUTING: lost at the routing decision, not by a rule"
     elif not ahead:
         packet.verdict = "unknown"
         packet.reason = f"passed every table up to {last.table} {last.hook}"
+    elif _accepts(last):
+        packet.verdict = "unknown"
+        packet.reason = (f"accepted in {_where(last)}{by_rule}, then no trace though {ahead[0][1]} {ahead[0][0]}"
+                         " lies ahead: lost where no rule shows it")
     else:
         packet.verdict = "dropped"
         packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {ahead[0][1]} {ahead[0][0]}"

@@ -39,8 +39,9 @@ NFT_LINE = re.compile(
     re.ASCII,
 )
 IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ", re.ASCII)
-#: `ID=38349DF`: xtables-monitor before iptables 1.8.5 printed the IP flags without a space.
-GLUED_ID = re.compile(r"(\d{1,10})(?:DF|MF|CE)?", re.ASCII)
+#: `ID=38349DF`: xtables-monitor before iptables 1.8.5 printed the IP flags without a space,
+#: and a packet without flags got the next field glued on: `ID=43007SPORT=80`.
+GLUED_ID = re.compile(r"(\d{1,10})(?:DF|MF|CE)?([A-Z]+=\S*)?", re.ASCII)
 TCP_FLAG_WORDS = {w.lower(): w for w in TCP_FLAGS}
 #: Bit values of the TCP flags, for nft's numeric form (`tcp flags == 0x14`).
 TCP_FLAG_BITS = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20),
@@ -65,7 +66,10 @@ def xt_packet_fields(text: str) -> Fields:
     f = Fields()
     flags: set[str] = set()
     v6 = False
-    for token in ascii.words(text):
+    tokens = ascii.words(text)
+    tokens.reverse()
+    while tokens:
+        token = tokens.pop()
         key, sep, value = token.partition("=")
         if not sep:
             if token in TCP_FLAGS:
@@ -89,6 +93,8 @@ def xt_packet_fields(text: str) -> Fields:
         elif key == "ID":
             glued = GLUED_ID.fullmatch(value)
             f.ip_id = _int(glued.group(1), 65535) if glued else None
+            if glued and glued.group(2):
+                tokens.append(glued.group(2))
         elif key in ("SPORT", "DPORT"):
             setattr(f, key[0].lower() + "port", _int(value, 65535))
         elif key == "PROTO":
