@@ -79,3 +79,23 @@ def test_into_a_pipe_or_file_rows_are_not_wrapped(monkeypatch):
     assert layout_width(terminal) == 80
     terminal.print(grid(["hook", "table:chain", "step", "mark"], row, layout_width(terminal)))
     assert all(len(line) <= 80 for line in terminal.file.getvalue().splitlines())
+
+
+def test_into_a_pipe_a_table_rich_lays_out_is_not_cut(monkeypatch):
+    """A row with a cell rich must lay out (here a rule text ending in a space, as nft prints
+    some) goes to rich's Table; into a pipe it is laid out whole too (rich fitted it to 80
+    columns, cutting chain names with an ellipsis)."""
+    import io
+
+    from chainlab.render.text import layout_width, text_console
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    console = text_console()
+    row = [["INPUT", "filter:KUBE-POD-FW-USM7NRBIRGTUOWVB", "rule → JUMP KUBE-NWPLCY-COMMON",
+            "counter packets 25 bytes 2564 jump KUBE-NWPLCY-COMMON "]]
+    laid_out = grid(["hook", "table:chain", "step", "rule"], row, layout_width(console))
+    assert isinstance(laid_out, Table)
+    console.print(laid_out)
+    printed_row = console.file.getvalue().splitlines()[1]
+    assert "…" not in printed_row and "KUBE-POD-FW-USM7NRBIRGTUOWVB" in printed_row
+    assert "jump KUBE-NWPLCY-COMMON" in printed_row

@@ -34,7 +34,7 @@ def test_seed_scenario1_exact():
         ("master", "reply", ["INPUT"], "unknown"),
     ]
     assert result.packets[1].reason == (
-        "the log ends after filter:cali-fw-calid55c454dfaa rule 1, before a rule or policy decided")
+        "the log ends after filter:cali-fw-calid55c454dfaa rule 1, whose target the log does not show")
     assert [len(p.steps) for p in result.packets] == [15, 6]
     # Every record was attributed; lines whose fields were damaged are counted, not hidden.
     assert result.stats.skipped_lines == 0 and result.stats.trace_records == 21
@@ -137,12 +137,12 @@ def test_drop_without_snapshot_is_still_found(tmp_path):
 
 
 def test_a_log_cut_during_a_walk_is_no_verdict():
-    """The log ends after the packet's last step and no rule or policy in it decided."""
+    """The log ends after the packet's last step, a rule whose target the log does not show."""
     result = analyze([LogSource(LAB / "scenario4-master.log", "master")])
     (packet,) = result.packets
     assert packet.verdict == "unknown" and packet.at_end
-    assert packet.reason == ("the log ends after filter:cali-tw-cali282b0776936 rule 4, before a rule or policy "
-                             "decided (still ahead: nat POSTROUTING)")
+    assert packet.reason == ("the log ends after filter:cali-tw-cali282b0776936 rule 4, whose target the log does"
+                             " not show (still ahead: nat POSTROUTING)")
 
 
 def test_xtables_monitor_real_capture():

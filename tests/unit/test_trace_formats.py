@@ -7,6 +7,10 @@ builds lines, it builds them from these.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -402,3 +406,32 @@ def test_nft_table_of_its_own_name_before_nat_is_one_walk():
     assert (packet.trace_ids, packet.hooks, packet.verdict) == (["9c01f8"], ["PREROUTING", "FORWARD"], "dropped")
     assert [s.table for s in packet.steps][:4] == ["trace_debug"] * 3 + ["nat"]
     assert packet.reason == "dropped in filter:allowed_dnats by `drop`"
+
+
+def test_rules_for_a_node_named_after_its_file(tmp_path):
+    """A bare log file's node is its name up to the first dot (`06-docker.log`: `06-docker`),
+    and `--rules` takes that name, though it is no host name."""
+    log = tmp_path / "06-docker.log"
+    log.write_bytes((PUBLIC / "dockerhost-legacy-forward-policy.log").read_bytes())
+    rules = tmp_path / "06.rules"
+    rules.write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", "--format", "json", "--rules", f"06-docker={rules}", str(log)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (packet,) = json.loads(proc.stdout)["packets"]
+    assert (packet["node"], packet["verdict"]) == ("06-docker", "dropped")
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_log_without_traces_says_so(tmp_path, engine):
+    """LOG-target lines (no TRACE) give no packets, and a note on stderr says why, rather than
+    an empty result alone; the exit status stays 0."""
+    log = tmp_path / "log-target.log"
+    log.write_text("Mar 30 10:00:01 web kernel: IN=eth0 OUT=docker0 SRC=10.0.0.1 DST=172.17.0.2 LEN=60 TTL=63 ID=1"
+                   " PROTO=TCP SPT=1234 DPT=80 SYN\n")
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CHAINLAB_ENGINE": engine})
+    assert proc.returncode == 0 and "0 packets" in proc.stdout
+    assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE lines")

@@ -20,7 +20,7 @@ from chainlab.trace.match import parse_match
 from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import TABLES
 from chainlab.trace.pipeline import AnalysisOptions, Analyzer
-from chainlab.trace.reader import LogSource, check_gzip_intact
+from chainlab.trace.reader import LogSource, ReadStats, check_gzip_intact
 from chainlab.trace.rules import load_rules
 from chainlab.trace.summary import Summary
 
@@ -33,8 +33,11 @@ FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
 
 def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[str | None, Path]:
+    """`NODE=FILE` or (unless `node_required`) a bare FILE. A log's NODE is a host name (a
+    path may hold '=' too); a required NODE may be any name a log's lines or file gave a
+    node (a bare `09-web.log` makes node `09-web`), only not a path."""
     node, sep, rest = arg.partition("=")
-    if sep and re.match(HOST_NAME, node):
+    if sep and (re.match(HOST_NAME, node) or (node_required and node.strip() and "/" not in node)):
         path = Path(rest)
     elif node_required:
         raise InputError([Problem(arg, "", f"{what} must be NODE=FILE")])
@@ -102,7 +105,11 @@ def analyze_command(
         for source in sources:
             check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
     run = _run_native if native.wanted() else _run_python
-    ok = run(sources, options, fmt, checker, title)
+    ok, stats = run(sources, options, fmt, checker, title)
+    if stats.lines and not stats.trace_records:
+        click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
+                   " TRACE lines, xtables-monitor --trace and nft monitor trace); LOG-target lines and quoted or"
+                   " re-wrapped traces are not", err=True)
     if not ok:
         sys.exit(1)
 
@@ -119,8 +126,10 @@ def _text_output() -> tuple[Console, ModuleType]:
     return text.text_console(), text
 
 
-def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
-    """The Python engine (the reference): packets stream into the chosen output."""
+def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None,
+                title: str) -> tuple[bool, ReadStats]:
+    """The Python engine (the reference): packets stream into the chosen output; whether the
+    checks (if any) passed, and what happened to the lines."""
     analyzer = Analyzer(options)
     packets = _checked(analyzer.packets(sources), checker)
     checks: list[Check] | None = None
@@ -151,11 +160,12 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             builder.add(packet)
         _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
         checks_after()
-    return checks is None or all(c.ok for c in checks)
+    return checks is None or all(c.ok for c in checks), analyzer.stats
 
 
-def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None, title: str) -> bool:
-    """The C engine (native.py): the same outputs, the same bytes."""
+def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None,
+                title: str) -> tuple[bool, ReadStats]:
+    """The C engine (native.py): the same outputs, the same bytes, as `_run_python` returns."""
     mode = fmt if fmt in ("json", "text", "summary") else "diagram"
     if fmt == "json":
         sys.stdout.write('{"packets": [')
@@ -180,7 +190,7 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             for node, direction, seq, count, info in result.walks:
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
             _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
-    return checks is None or all(c.ok for c in checks)
+    return checks is None or all(c.ok for c in checks), result.stats
 
 
 def _stdout_descriptor() -> int | None:

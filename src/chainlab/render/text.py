@@ -86,7 +86,10 @@ def grid(columns: list[str], rows: list[list[Cell]], width: int | None, right: t
                 parts.append("\n")
                 at += 1
         return Text("".join(parts), spans=spans)
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
+    # where nothing wraps (width None), as wide as its cells: rich would fit it to the console's
+    # 80 columns otherwise, cutting cells with an ellipsis
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim",
+                  width=None if width is not None else sum(widths) + 2 * (len(columns) - 1))
     for i, name in enumerate(columns):
         table.add_column(Text(name), justify="right" if i in right else "left")
     for row in rows:  # Text, not markup: a log's text is printed as it is (no [tags], no :emoji:)
