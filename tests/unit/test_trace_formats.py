@@ -435,3 +435,14 @@ def test_a_log_without_traces_says_so(tmp_path, engine):
                           env={**os.environ, "CHAINLAB_ENGINE": engine})
     assert proc.returncode == 0 and "0 packets" in proc.stdout
     assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE lines")
+
+
+def test_an_accept_where_the_log_ends_says_so():
+    """NixOS notes: `nft monitor trace` of a rule that sets nftrace and accepts (`unknown rule
+    handle 22 (verdict accept)`) in a regular chain `services`, the whole trace: the accept
+    let the packet on, where to the log does not show (the chain's hook is only guessed from
+    `iif`)."""
+    (packet,) = run(PUBLIC / "nixos-notes-nft-services-unknown-rule-accept.log").packets
+    assert (packet.trace_ids, packet.verdict, packet.at_end) == (["5ac77d91"], "unknown", True)
+    assert packet.reason == "the log ends after fw:services rule 22, which let it on"
+    assert (packet.fields.ip_id, packet.fields.dport) == (1816, 443)

@@ -142,7 +142,8 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     untraced = [r for r in routes if not ahead_by_route[r]]
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
-        decided = "whose target the log does not show" if _target_unknown(last) else "before a rule or policy decided"
+        decided = ("whose target the log does not show" if _target_unknown(last)
+                   else "which let it on" if _accepts(last) else "before a rule or policy decided")
         packet.reason = f"the log ends after {_where(last)}, {decided}"
         if packet.entered:
             packet.reason += f" (it went on into {packet.entered})"
