@@ -382,6 +382,20 @@ def test_edge_files(tmp_path, name, data):
     assert_same([f"n={log}"], name, data.decode("ascii", "replace"), auto=True, formats=("json", "text", "summary"))
 
 
+@pytest.mark.parametrize("quote", ["> ", "    > ", ">>", "> > ", "\t>"])
+@pytest.mark.parametrize("name", ["public/xtables-monitor-manpage.log", "captured/nft-monitor-inet-t13.log",
+                                  "public/openwrt-19814-fw4-ipv4.log"])
+def test_quoted_nft_and_xtables_monitor_lines(tmp_path, name, quote):
+    """nft monitor and xtables-monitor traces quoted in a post or a mail (`> ` before each
+    line) read as the lines themselves, in both engines."""
+    source = FIXTURES / name
+    quoted = tmp_path / "quoted.log"
+    quoted.write_text("".join(quote + line for line in source.read_text().splitlines(keepends=True)))
+    plain = json.loads(assert_same([f"n={source}"], name).stdout)
+    seen = json.loads(assert_same([f"n={quoted}"], f"{name} quoted with {quote!r}").stdout)
+    assert seen["packets"] == plain["packets"] and plain["packets"]
+
+
 @pytest.mark.parametrize(
     "ip_id",
     ["43007SPORT=80", "4884DF", "12DFSPORT=1", "123DF=5", "12DFX", "1SPORT=", "5ID=6", "12345678901SPORT=1",

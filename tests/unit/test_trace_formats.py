@@ -446,3 +446,12 @@ def test_an_accept_where_the_log_ends_says_so():
     assert (packet.trace_ids, packet.verdict, packet.at_end) == (["5ac77d91"], "unknown", True)
     assert packet.reason == "the log ends after fw:services rule 22, which let it on"
     assert (packet.fields.ip_id, packet.fields.dport) == (1816, 443)
+
+
+def test_a_trace_quoted_in_documentation_is_read():
+    """O-X-L's nftables troubleshooting docs print `nft monitor trace` with `    > ` before
+    each line: an ICMP echo reply from 8.8.8.8 accepted by `ct state established,related`."""
+    (packet,) = run(PUBLIC / "oxl-docs-quoted-nft-icmp-reply.log").packets
+    assert (packet.protocol, packet.direction, packet.hooks, packet.verdict) == ("icmp", "reply", ["PREROUTING", "INPUT"],
+                                                                                "accepted")
+    assert packet.first.src == "8.8.8.8" and "ct state established,related" in packet.steps[-1].rule

@@ -108,8 +108,8 @@ def analyze_command(
     ok, stats = run(sources, options, fmt, checker, title)
     if stats.lines and not stats.trace_records:
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
-                   " TRACE lines, xtables-monitor --trace and nft monitor trace); LOG-target lines and quoted or"
-                   " re-wrapped traces are not", err=True)
+                   " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>`); LOG-target"
+                   " lines and re-wrapped traces are not", err=True)
     if not ok:
         sys.exit(1)
 

@@ -1337,6 +1337,14 @@ static size_t skip_space(const char *s, size_t n, size_t i) {
 
 static int only_space_from(const char *s, size_t n, size_t i) { return skip_space(s, n, i) == n; }
 
+/* parse_nft.QUOTED: past spaces and the `>` marks of a quote. */
+static size_t skip_quote(const char *s, size_t n) {
+    size_t i = skip_space(s, n, 0);
+    while (i < n && s[i] == '>')
+        i = skip_space(s, n, i + 1);
+    return i;
+}
+
 static int lit(const char *s, size_t n, size_t i, const char *text) {
     size_t m = strlen(text);
     return i + m <= n && memcmp(s + i, text, m) == 0;
@@ -1395,7 +1403,7 @@ static int xt_rest(const char *s, size_t n, size_t i, NftLine *out) {
 
 /* parse_xtables_monitor: XT_PACKET or XT_TRACE; 0: neither. */
 static int parse_xt(const char *s, size_t n, NftLine *out) {
-    size_t i = skip_space(s, n, 0);
+    size_t i = skip_quote(s, n);
     memset(out, 0, sizeof *out);
     out->family = -1;
     out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
@@ -1456,7 +1464,7 @@ static int verdict_tail(const char *s, size_t n, size_t i, Ref *verdict) {
 
 /* parse_nft_monitor: NFT_LINE; 0 if it does not match. */
 static int parse_nft(const char *s, size_t n, NftLine *out) {
-    size_t i = skip_space(s, n, 0);
+    size_t i = skip_quote(s, n);
     memset(out, 0, sizeof *out);
     out->handle.n = out->verdict.n = out->target.n = out->rule.n = out->packet.n = -1;
     if (!lit(s, n, i, "trace id "))

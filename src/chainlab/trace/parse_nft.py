@@ -24,16 +24,19 @@ from chainlab.trace.model import Fields, Step
 from chainlab.trace import ascii
 from chainlab.trace.parse_kernel import IPV4, IPV6, TCP_FLAGS, _int, protocol_name
 
-XT_PACKET = re.compile(r"^\s*PACKET: (\d+) ([0-9a-f]+) (.*)$", re.ASCII)
+#: Where a line's text starts: after spaces and the `>` marks of a quote (a mail, a Markdown
+#: post: `    > trace id ...`).
+QUOTED = r"^\s*(?:>\s*)*"
+XT_PACKET = re.compile(QUOTED + r"PACKET: (\d+) ([0-9a-f]+) (.*)$", re.ASCII)
 XT_TRACE = re.compile(
-    r"^\s*TRACE: (\d+) ([0-9a-f]+) ([A-Za-z_][\w-]*):(\S+?):(rule|return|policy):"
+    QUOTED + r"TRACE: (\d+) ([0-9a-f]+) ([A-Za-z_][\w-]*):(\S+?):(rule|return|policy):"
     r"(?:(0x[0-9a-f]+):)?([A-Z]*)(?::(\S+))?(?:\s+(.*?))?\s*$",
     re.ASCII,
 )
 #: nft families, in the order the C engine numbers them.
 FAMILIES = ("ip", "inet", "ip6", "bridge", "arp", "netdev")
 NFT_LINE = re.compile(
-    r"^\s*trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
+    QUOTED + r"trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
     r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|unknown rule handle (\d{1,10}) \(verdict ([^)]*)\)"
     r"|(verdict|policy) (\S+))\s*$",
     re.ASCII,

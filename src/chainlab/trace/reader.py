@@ -222,7 +222,7 @@ def sniff_format(lines: list[str]) -> str:
     for line in lines:
         if XT_PACKET.match(line) or XT_TRACE.match(line):
             return XTABLES_MONITOR
-        if line.lstrip(WHITESPACE).startswith("trace id "):
+        if line.lstrip(WHITESPACE + ">").startswith("trace id "):  # parse_nft.QUOTED
             return NFT_MONITOR
         if TRACE_LIKE.search(line):
             return KERNEL
