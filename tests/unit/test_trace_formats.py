@@ -406,6 +406,7 @@ def test_nft_table_of_its_own_name_before_nat_is_one_walk():
     assert (packet.trace_ids, packet.hooks, packet.verdict) == (["9c01f8"], ["PREROUTING", "FORWARD"], "dropped")
     assert [s.table for s in packet.steps][:4] == ["trace_debug"] * 3 + ["nat"]
     assert packet.reason == "dropped in filter:allowed_dnats by `drop`"
+    assert (packet.protocol, packet.fields.sport, packet.fields.dport) == ("tcp", None, 1222)  # `..` elided the rest
 
 
 def test_rules_for_a_node_named_after_its_file(tmp_path):

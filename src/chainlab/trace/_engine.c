@@ -1297,11 +1297,11 @@ static int nft_packet_fields(const char *s, size_t n, Fields *f, Words *ws, Buf 
     }
     static const char *L4[] = {"tcp", "udp"};
     for (int k = 0; k < 2; k++) {
-        Word sport = pair_get(ws, L4[k], "sport");
-        if (sport.s) {
+        Word sport = pair_get(ws, L4[k], "sport"), dport = pair_get(ws, L4[k], "dport");
+        if (sport.s || dport.s) { /* either port: a post may elide the other */
             strcpy(f->proto, k ? "UDP" : "TCP");
             f->sport = word_int(sport, 65535);
-            f->dport = word_int(pair_get(ws, L4[k], "dport"), 65535);
+            f->dport = word_int(dport, 65535);
         }
     }
     if (strcmp(f->proto, "TCP") == 0) {

@@ -158,10 +158,10 @@ def nft_packet_fields(text: str) -> Fields:
             f.icmp_type = names.get(kind, _int(kind, 255))
             f.icmp_id = _int(pairs.get((icmp, "id"), ""), 65535)
             f.icmp_seq = _int(pairs.get((icmp, "sequence"), ""), 65535)
-    for proto in ("tcp", "udp"):
-        if (proto, "sport") in pairs:
+    for proto in ("tcp", "udp"):  # either port: a post may elide the other (`.. tcp dport 22`)
+        if (proto, "sport") in pairs or (proto, "dport") in pairs:
             f.proto = ascii.upper(proto)
-            f.sport = _int(pairs[(proto, "sport")], 65535)
+            f.sport = _int(pairs.get((proto, "sport"), ""), 65535)
             f.dport = _int(pairs.get((proto, "dport"), ""), 65535)
     if f.proto == "TCP":
         f.tcp_seq = _int(pairs.get(("tcp", "sequence"), ""), 0xFFFFFFFF)
