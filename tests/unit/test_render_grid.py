@@ -92,10 +92,11 @@ def test_into_a_pipe_a_table_rich_lays_out_is_not_cut(monkeypatch):
     monkeypatch.setattr("sys.stdout", io.StringIO())
     console = text_console()
     row = [["INPUT", "filter:KUBE-POD-FW-USM7NRBIRGTUOWVB", "rule → JUMP KUBE-NWPLCY-COMMON",
-            "counter packets 25 bytes 2564 jump KUBE-NWPLCY-COMMON "]]
+            "counter packets 25 bytes 2564 jump KUBE-NWPLCY-COMMON "],
+           ["INPUT", "filter:INPUT", "rule 3", 'comment "允许内网访问允许内网访问允许内网访问允许内网访问允许内网访问允许内网访问" accept']]  # two cells per character
     laid_out = grid(["hook", "table:chain", "step", "rule"], row, layout_width(console))
     assert isinstance(laid_out, Table)
     console.print(laid_out)
-    printed_row = console.file.getvalue().splitlines()[1]
-    assert "…" not in printed_row and "KUBE-POD-FW-USM7NRBIRGTUOWVB" in printed_row
-    assert "jump KUBE-NWPLCY-COMMON" in printed_row
+    printed = console.file.getvalue().splitlines()
+    assert len(printed) == 3 and "…" not in printed[1] and "KUBE-POD-FW-USM7NRBIRGTUOWVB" in printed[1]
+    assert "jump KUBE-NWPLCY-COMMON" in printed[1] and printed[2].rstrip().endswith('允许内网访问" accept')

@@ -456,3 +456,26 @@ def test_a_trace_quoted_in_documentation_is_read():
     assert (packet.protocol, packet.direction, packet.hooks, packet.verdict) == ("icmp", "reply", ["PREROUTING", "INPUT"],
                                                                                 "accepted")
     assert packet.first.src == "8.8.8.8" and "ct state established,related" in packet.steps[-1].rule
+
+
+def test_a_policy_the_ruleset_says_accepts_is_no_drop(tmp_path):
+    """A packet stopping at filter FORWARD's policy with nat POSTROUTING still ahead: with a
+    ruleset saying `-P FORWARD ACCEPT` it was let on and lost after (unknown), not dropped
+    there; with `-P FORWARD DROP`, dropped by the policy."""
+    def line(chain: str, ip_id: int) -> str:
+        return (f"[1.0] TRACE: {chain} IN=eth0 OUT=eth1 SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=63 ID={ip_id} PROTO=ICMP"
+                " TYPE=8 CODE=0 ID=5 SEQ=1\n")
+    walk = ["raw:PREROUTING:policy:2", "nat:PREROUTING:policy:1", "filter:FORWARD:policy:1"]
+    log = tmp_path / "fwd.log"
+    log.write_text("".join([*(line(c, 1) for c in [*walk, "nat:POSTROUTING:policy:1"]), *(line(c, 2) for c in walk),
+                            line("raw:PREROUTING:policy:2", 3)]))
+    for policy, verdict, reason in (
+            ("ACCEPT", "unknown", "accepted in filter:FORWARD policy by `-P FORWARD ACCEPT`, then no trace though nat"
+                                  " POSTROUTING lies ahead: lost where no rule shows it"),
+            ("DROP", "dropped", "dropped in filter:FORWARD policy by `-P FORWARD DROP`")):
+        rules = tmp_path / f"{policy}.rules"
+        rules.write_text(f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {policy} [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+                         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+        packet = run(log, rules=rules).packets[1]
+        assert (packet.fields.ip_id, packet.verdict, packet.reason) == (2, verdict, reason)

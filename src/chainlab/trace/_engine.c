@@ -1990,6 +1990,14 @@ static int resolve_hook(Engine *e, const Rec *r, int current) {
     return r->base >= 0 ? inferred_hook(r->base, current) : -1;
 }
 
+/* The packet has the trace id `tid` (n >= 0) already. */
+static int has_trace_id(const Packet *p, Ref tid) {
+    for (size_t i = 0; tid.n >= 0 && i < p->n_trace_ids; i++)
+        if (p->trace_id_n[i] == (size_t)tid.n && memcmp(p->trace_ids[i], tid.s, (size_t)tid.n) == 0)
+            return 1;
+    return 0;
+}
+
 /* Assembler._next_hook: may the record come next in `p`'s walk, and in which hook (-1: None). */
 static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *hook) {
     int current = p->last_hook >= 0 ? p->last_hook : -1;
@@ -2003,7 +2011,10 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     *hook = base >= 0 ? base : p->last_hook;
     if (p->last_hook < 0)
         return 1;
-    if (*hook == p->last_hook && (table < 0 || p->last_table < 0)) /* a table of its own name: any order */
+    if (*hook == p->last_hook && r->family >= 0 && r->family != FAMILY_BRIDGE && !p->last_bridge &&
+        (table < 0 || HOOK_TABLE_INDEX[*hook][table] < 0 || p->last_table < 0 ||
+         HOOK_TABLE_INDEX[*hook][p->last_table] < 0) &&
+        has_trace_id(p, r->trace_id)) /* a table with no place among the hook's: any order (_next_hook) */
         return 1;
     return step_rank(*hook, table, r->family == FAMILY_BRIDGE) >= step_rank(p->last_hook, p->last_table, p->last_bridge);
 }

@@ -99,10 +99,14 @@ def _decides(step: Step) -> bool:
 
 
 def _accepts(step: Step) -> bool:
-    """The step let the packet out of its table: an ACCEPT verdict, or a rule whose target
-    ends the table without dropping (ACCEPT, a NAT target)."""
+    """The step let the packet out of its table: an ACCEPT verdict, a rule whose target ends
+    the table without dropping (ACCEPT, a NAT target), or a policy a ruleset says is ACCEPT.
+    (A kernel-log policy line without a ruleset shows no policy: where the trace stops at
+    one with a table still ahead, the policy is where it stopped.)"""
     if step.verdict and step.verdict.split(":")[0] == "ACCEPT":
         return True
+    if step.kind == "policy":
+        return _policy(step) == "ACCEPT"
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet
-from chainlab.trace.netfilter import HOOKS, TABLES, step_rank
+from chainlab.trace.netfilter import HOOKS, step_rank, table_slots
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -181,8 +181,11 @@ class Assembler:
     def _next_hook(self, packet: Packet, event: Event) -> tuple[bool, str | None]:
         """Can the event's step be the next step of `packet`'s walk (no going back in hook
         order), and which hook it runs in (a base chain's own, else the current one). Within
-        one hook, a table of its own name (nft: `trace_debug`) has no known place among the
-        others (its priority is not in the trace): any order is the walk's."""
+        one hook of the same nft trace (its trace id already the packet's), a table that is not
+        iptables' at that hook (`trace_debug`, `filter` at prerouting) has no known place
+        among the others (its priority is not in the trace): any order is the walk's. Not
+        across trace ids (a retransmission traced anew), nor for the bridge family, whose
+        chains run before the hook's IP tables."""
         last = packet.last_step
         step = event.step
         if step.family is None and event.base is None:
@@ -194,7 +197,9 @@ class Assembler:
         hook = base if base is not None else last.hook
         if last.hook is None:
             return True, hook
-        if hook == last.hook and (step.table not in TABLES or last.table not in TABLES):
+        if (hook == last.hook and step.family not in (None, "bridge") and last.family != "bridge"
+                and ((hook, step.table) not in table_slots(step.table) or (hook, last.table) not in table_slots(last.table))
+                and event.trace_id in packet.trace_ids):
             return True, hook
         return step_rank(hook, step.table, step.family) >= step_rank(last.hook, last.table, last.family), hook
 
