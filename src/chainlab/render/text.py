@@ -88,9 +88,11 @@ def grid(columns: list[str], rows: list[list[Cell]], width: int | None, right: t
         return Text("".join(parts), spans=spans)
     # where nothing wraps (width None), as wide as its cells print: rich would fit it to the
     # console's 80 columns otherwise, cutting cells with an ellipsis
-    printed = [max([cell_len(name), *(cell_len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim",
-                  width=None if width is not None else sum(printed) + 2 * (len(columns) - 1))
+    whole = None
+    if width is None:
+        printed = [max([cell_len(name), *(cell_len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+        whole = sum(printed) + 2 * (len(columns) - 1)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim", width=whole)
     for i, name in enumerate(columns):
         table.add_column(Text(name), justify="right" if i in right else "left")
     for row in rows:  # Text, not markup: a log's text is printed as it is (no [tags], no :emoji:)

@@ -2388,9 +2388,8 @@ static Packet *find(Engine *e, const Rec *r, int table, int *hook) {
 }
 
 static int add_trace_id(Packet *p, Ref tid) {
-    for (size_t i = 0; i < p->n_trace_ids; i++)
-        if (p->trace_id_n[i] == (size_t)tid.n && memcmp(p->trace_ids[i], tid.s, (size_t)tid.n) == 0)
-            return 0;
+    if (has_trace_id(p, tid))
+        return 0;
     if (p->n_trace_ids == p->cap_trace_ids) {
         size_t cap = p->cap_trace_ids ? p->cap_trace_ids * 2 : 2;
         char **ids = realloc(p->trace_ids, cap * sizeof *ids);

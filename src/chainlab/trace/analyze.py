@@ -7,7 +7,7 @@ from collections import OrderedDict
 from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
 from chainlab.trace.netfilter import ROUTES, Slot, collapse_hooks, required_slots, route_of, slot_rank
-from chainlab.trace.rules import RuleSet, rule_target
+from chainlab.trace.rules import RuleSet, policy_target, rule_target
 
 DROP_VERDICTS = ("DROP", "REJECT")
 #: Targets after which a packet leaves the table it is in (and goes on to the next one).
@@ -25,10 +25,8 @@ def sent_here(steps: list[Step], hooks: list[str]) -> bool:
 
 
 def _policy(step: Step) -> str | None:
-    """A policy step's policy, from a ruleset's `-P CHAIN POLICY` (a kernel-log TRACE line
-    does not print it)."""
-    words = step.rule.split() if step.rule and step.kind == "policy" else []
-    return words[2].upper() if len(words) == 3 and words[0] == "-P" else None
+    """A policy step's policy, from its ruleset's text (a kernel-log TRACE line does not print it)."""
+    return policy_target(step.rule) if step.rule and step.kind == "policy" else None
 
 
 def _explicit_drop(step: Step) -> bool:
@@ -93,9 +91,7 @@ def _target_unknown(step: Step) -> bool:
 
 def _decides(step: Step) -> bool:
     """The step ends the table the packet is in: a policy, an accept, a NAT target."""
-    if step.kind == "policy" or (step.verdict and step.verdict.split(":")[0] == "ACCEPT"):
-        return True
-    return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
+    return step.kind == "policy" or _accepts(step)
 
 
 def _accepts(step: Step) -> bool:

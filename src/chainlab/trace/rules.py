@@ -163,6 +163,13 @@ def load_rules(path: Path) -> RuleSet:
     return parse_rules(text)
 
 
+def policy_target(text: str) -> str | None:
+    """The policy of a `-P CHAIN POLICY` text (as `RuleSet.rule_text` gives a policy step),
+    upper-cased; None for any other text."""
+    words = text.split()
+    return words[2].upper() if len(words) == 3 and words[0] == "-P" else None
+
+
 def rule_target(rule: str) -> str | None:
     """The `-j`/`-g` target of a rule line, e.g. DROP."""
     try:
