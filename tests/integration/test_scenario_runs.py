@@ -160,3 +160,28 @@ def test_scenario_7_tcp_to_a_published_port_on_a_docker_bridge_lab(bridge_lab):
     rules_seen = " ".join(step.get("rule") or "" for p in analysis["packets"] for step in p["steps"])
     assert "MASQUERADE" in rules_seen and "DNAT --to-destination" in rules_seen
     assert rules(inv) == before
+
+
+def test_a_hosts_own_traffic_in_the_window_is_not_the_probe(bridge_lab):
+    """What a real host does while a scenario runs (a local etcd client on loopback, a ping)
+    is traced too; the run judges only its own probe's packets."""
+    inv, runs = bridge_lab
+    inventory = load_inventory(inv)
+    noise = ("for i in $(seq 150); do curl -s -m 1 http://127.0.0.1:2379/ >/dev/null; ping -c 1 -W 1 127.0.0.1"
+             " >/dev/null; sleep 0.1; done")
+    conn = connect(inventory, "master")
+    try:
+        pid = run(conn, ["sh", "-c", f"({noise}) </dev/null >/dev/null 2>&1 & echo $!"]).stdout.strip()
+        try:
+            proc = cli(inv, "run", "7", "--runs", str(runs), "--scenarios", SCENARIOS, check=False)
+        finally:
+            run(conn, ["sh", "-c", f"kill {int(pid)} 2>/dev/null; true"])
+    finally:
+        conn.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    newest = sorted(runs.glob("*-07-*"))[-1]
+    analysis = json.loads((newest / "analysis.json").read_text())
+    assert {p["node"] for p in analysis["packets"]} == {"master", "slave1"}
+    assert all("127.0.0.1" not in (p["src"], p["dst"]) for p in analysis["packets"])
+    assert analysis["run"]["probe"]["other_packets"] > 0
+    assert "SRC=127.0.0.1" in (newest / "logs" / "master.log").read_text()  # the raw evidence keeps it

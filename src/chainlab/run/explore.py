@@ -69,7 +69,7 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
     that were its, with the analysis of its capture. The caller holds the lab lock."""
     specs = [plan_probe(r, state) for r in requests]
     check_addresses(inv, specs)
-    addresses = {name: frozenset({str(host.address)}) for name, host in state.hosts.items()}
+    addresses = state.own_addresses()
     waves = plan_waves(specs, {h for h, s in state.hosts.items() if s.trace_backend == "nft-monitor"})
     out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
     runs: list[ProbeRun | None] = [None] * len(specs)

@@ -36,8 +36,10 @@ from chainlab.remote import connect, run
 from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
+from chainlab.run.attribute import attribute
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
+from chainlab.run.outcome import flows_of
 from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
@@ -272,7 +274,7 @@ def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, 
     started = datetime.now()
     captured = capture(inv, state, [spec], run_dir, lambda s: all(s.get(n) for n in expected_nodes & set(s)), log,
                        hosts=hosts, needed=needed)
-    return _analyze_run(scenario, run_dir, started, captured.duration_s, spec, captured.probes[0].exit_code, inv.lab,
+    return _analyze_run(scenario, run_dir, started, captured.duration_s, spec, captured.probes[0].exit_code, state,
                         captured.notes)
 
 
@@ -480,9 +482,13 @@ def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object],
 
 
 def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration: float,
-                 spec: ProbeSpec, exit_code: int, lab: str, host_notes: list[str]) -> RunResult:
-    result = analyze_logs(run_dir)
-    checks = check_scenario(scenario, result.packets, {p.stem for p in (run_dir / "logs").glob("*.log")})
+                 spec: ProbeSpec, exit_code: int, state: LabState, host_notes: list[str]) -> RunResult:
+    whole = analyze_logs(run_dir)
+    # The window holds whatever else the hosts sent (a local etcd client, SSH): the probe's
+    # packets are judged and make the evidence, as a `chainlab probe`'s do; logs/ keep everything.
+    mine = attribute(whole.packets, [spec], state.own_addresses())[0]
+    result = Analysis(mine, flows_of(mine, spec.protocol), whole.stats, whole.nodes)
+    checks = check_scenario(scenario, mine, {p.stem for p in (run_dir / "logs").glob("*.log")})
     outcome = "reachable" if exit_code == 0 else "unreachable"
     passed = all(c.ok for c in checks) and outcome == scenario.outcome
     write_evidence(run_dir, result, {
@@ -490,8 +496,9 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
                      "outcome": scenario.outcome, "tables": scenario.tables},
         "title": f"scenario {scenario.id}: {scenario.title}",
         "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
-        "passed": passed, "outcome": outcome, "lab": lab,
-        "probe": {"command": spec.shown, "where": spec.where, "exit_code": exit_code},
+        "passed": passed, "outcome": outcome, "lab": state.lab,
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": exit_code,
+                  "other_packets": len(whole.packets) - len(mine)},
         "notes": host_notes,
     }, scenario.tables, checks)
     notes = host_notes + ([] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"])

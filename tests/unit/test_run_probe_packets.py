@@ -1,0 +1,57 @@
+"""A scenario run judges its own probe's packets, not everything the trace rules caught in its window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chainlab.run.attribute import attribute
+from chainlab.run.probe import Place, ProbeRequest, ProbeSpec
+from chainlab.scenario import load_scenario
+from chainlab.trace.expect import check_scenario
+from chainlab.trace.pipeline import AnalysisOptions, analyze
+from chainlab.trace.reader import LogSource
+
+from ..conftest import FIXTURES, ROOT
+
+LAB = FIXTURES / "lab"
+NAT_FILTER = {"nat", "filter"}
+SLAVE1 = "172.16.91.226"  # scenario 3's target in the fixture's lab
+
+#: A ping of master's own loopback during scenario 3's window (lines in the kernel's format,
+#: as `ping -c1 127.0.0.1` on a traced host writes them; its echo id is not the probe's).
+LOOPBACK_PING = "".join(
+    f"Dec  2 03:38:09 master kernel: TRACE: {where} {inout} SRC=127.0.0.1 DST=127.0.0.1 LEN=84 TOS=0x00 PREC=0x00"
+    f" TTL=64 ID={ip_id} DF PROTO=ICMP TYPE={icmp_type} CODE=0 ID=4242 SEQ=1 \n"
+    for where, inout, ip_id, icmp_type in [
+        ("raw:OUTPUT:policy:2", "IN= OUT=lo", 5001, 8), ("nat:OUTPUT:policy:1", "IN= OUT=lo", 5001, 8),
+        ("filter:OUTPUT:policy:1", "IN= OUT=lo", 5001, 8), ("nat:POSTROUTING:policy:1", "IN= OUT=lo", 5001, 8),
+        ("raw:PREROUTING:policy:3", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00", 5001, 8),
+        ("filter:INPUT:policy:1", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00", 5001, 8),
+        ("raw:OUTPUT:policy:2", "IN= OUT=lo", 5002, 0), ("filter:OUTPUT:policy:1", "IN= OUT=lo", 5002, 0),
+        ("raw:PREROUTING:policy:3", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00", 5002, 0),
+        ("filter:INPUT:policy:1", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00", 5002, 0),
+    ])
+
+
+def _scenario3_with_noise(tmp_path: Path):
+    master = tmp_path / "master.log"
+    lines = (LAB / "scenario3-master.log").read_text().splitlines(keepends=True)
+    master.write_text("".join(lines[:3]) + LOOPBACK_PING + "".join(lines[3:]))
+    return analyze([LogSource(master, "master"), LogSource(LAB / "scenario3-slave1.log", "slave1")],
+                   AnalysisOptions(tables=NAT_FILTER))
+
+
+def test_a_loopback_ping_in_the_window_is_not_the_probe(tmp_path: Path) -> None:
+    """What `chainlab run 3` judges and writes: the packets run/attribute.py gives its probe."""
+    result = _scenario3_with_noise(tmp_path)
+    scenario = load_scenario(next((ROOT / "scenarios").glob("03-*.yaml")))
+    nodes = {"master", "slave1"}
+    spec = ProbeSpec(ProbeRequest("web1", "slave1"), Place("web1", "master", "172.20.219.81", "web1"),
+                     Place("slave1", "slave1", SLAVE1), SLAVE1, (), "")
+    mine = attribute(result.packets, [spec], {"master": frozenset({"172.16.91.225"}), "slave1": frozenset({SLAVE1})})[0]
+    assert sorted((p.node, p.direction, p.fields.icmp_id) for p in mine) == [
+        ("master", "reply", 17), ("master", "request", 17), ("slave1", "reply", 17), ("slave1", "request", 17)]
+    assert all(c.ok for c in check_scenario(scenario, mine, nodes))
+    # every ICMP packet of the window, as runs judged before: the loopback ping fails master
+    failed = [c for c in check_scenario(scenario, result.packets, nodes) if not c.ok]
+    assert {(c.node, c.direction) for c in failed} == {("master", "request"), ("master", "reply")}
