@@ -48,7 +48,8 @@ def cli(inv: Path, *args: str, check: bool = True, timeout: float = 1200) -> sub
 
 def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = ()) -> Path:
     """lab/`source` as lab vmt on 10.231.82.0/24 without `drop_hosts` (and their containers),
-    its state in `directory`; the image cache is the machine's (built once)."""
+    written to `directory`/`source`, its state in `directory`/state (so inventories written to
+    one directory are views of the same VMs); the image cache is the machine's (built once)."""
     doc = yaml.safe_load((ROOT / "lab" / source).read_text())
     doc["lab"] = LAB
     doc["qemu"]["lan"] = f"{LAN}.1/24"
@@ -58,7 +59,7 @@ def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = ())
     doc["containers"] = {n: c for n, c in doc.get("containers", {}).items() if c["host"] not in drop_hosts}
     for host in doc["hosts"].values():
         host["address"] = f"{LAN}.{str(host['address']).rsplit('.', 1)[1]}"
-    path = directory / "inventory.yaml"
+    path = directory / source
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
