@@ -185,3 +185,4 @@ def test_a_hosts_own_traffic_in_the_window_is_not_the_probe(bridge_lab):
     assert all("127.0.0.1" not in (p["src"], p["dst"]) for p in analysis["packets"])
     assert analysis["run"]["probe"]["other_packets"] > 0
     assert "SRC=127.0.0.1" in (newest / "logs" / "master.log").read_text()  # the raw evidence keeps it
+    assert "other packets in the window, not the probe's" in (newest / "report.html").read_text()

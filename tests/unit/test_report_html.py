@@ -66,6 +66,14 @@ def test_scenario4_report_shows_pass_drop_and_rule(tmp_path):
     assert "<?xml" not in page and "<!DOCTYPE svg" not in page
 
 
+def test_report_counts_the_windows_other_packets(tmp_path):
+    run_dir = scenario4_run(tmp_path, mutate=lambda doc: doc["run"]["probe"].update(other_packets=12))
+    text = html.unescape(render_run_report(run_dir).read_text())
+    assert "12 other packets in the window, not the probe's (in logs/, not shown)" in text
+    quiet = scenario4_run(tmp_path / "quiet", mutate=lambda doc: doc["run"]["probe"].update(other_packets=0))
+    assert "other packets in the window" not in render_run_report(quiet).read_text()
+
+
 @needs_dot
 def test_report_is_self_contained(tmp_path):
     for make in (scenario1_run, scenario4_run):

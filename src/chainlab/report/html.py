@@ -211,6 +211,7 @@ def report_context(run: RunData) -> dict[str, Any]:
             "lines": document.counts.get("lines", 0), "trace_records": document.counts.get("trace_records", 0),
             "skipped": document.counts.get("skipped_lines", 0), "repaired": document.counts.get("repaired_lines", 0),
             "ignored": document.counts.get("ignored_lines", 0), "packets": len(packets),
+            "others": probe.get("other_packets") if isinstance(probe.get("other_packets"), int) else None,
         },
         "formats": document.formats,
         "tables": document.tables,
