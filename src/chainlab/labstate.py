@@ -48,10 +48,6 @@ class LabState(_Model):
     hosts: dict[HostName, HostState] = Field(default_factory=dict)
     containers: dict[ContainerName, ContainerState] = Field(default_factory=dict)
 
-    def own_addresses(self) -> dict[str, frozenset[str]]:
-        """Each host's own address: what it masquerades its containers' packets to."""
-        return {name: frozenset({str(host.address)}) for name, host in self.hosts.items()}
-
 
 def state_path(inv: Inventory) -> Path:
     """In the directory the provider keeps the lab's state in (see `Provider.state_dir`)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chainlab.labstate import HostState, LabState
 from chainlab.run.attribute import attribute
 from chainlab.run.probe import Place, ProbeRequest, ProbeSpec
+from chainlab.run.runner import own_addresses
+from chainlab.run.snapshot import route_sources
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
 from chainlab.trace.pipeline import AnalysisOptions, analyze
@@ -55,3 +58,35 @@ def test_a_loopback_ping_in_the_window_is_not_the_probe(tmp_path: Path) -> None:
     # every ICMP packet of the window, as runs judged before: the loopback ping fails master
     failed = [c for c in check_scenario(scenario, result.packets, nodes) if not c.ok]
     assert {(c.node, c.direction) for c in failed} == {("master", "request"), ("master", "reply")}
+
+
+def test_a_masquerade_to_another_interfaces_address_is_followed(tmp_path: Path) -> None:
+    """A host reached on a management address masquerades to its lab link's address: the
+    run knows that one from the routes it recorded (`ip route`'s `src`)."""
+    hosts = {"master": HostState(address="192.168.122.10", trace_log="/var/log/iptables.log", trace_backend="rsyslog",
+                                 iptables="legacy"),
+             "slave1": HostState(address="192.168.122.11", trace_log="/var/log/iptables.log", trace_backend="rsyslog",
+                                 iptables="legacy")}
+    state = LabState(lab="vms", hosts=hosts)
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "master.txt").write_text(
+        "default via 192.168.122.1 dev eth0\n192.168.122.0/24 dev eth0 proto kernel scope link src 192.168.122.10\n"
+        "172.16.91.0/24 dev ens33 proto kernel scope link src 172.16.91.225 \n")
+    result = analyze([LogSource(LAB / "scenario3-master.log", "master"), LogSource(LAB / "scenario3-slave1.log", "slave1")],
+                     AnalysisOptions(tables=NAT_FILTER))
+    spec = ProbeSpec(ProbeRequest("web1", "slave1"), Place("web1", "master", "172.20.219.81", "web1"),
+                     Place("slave1", "slave1", SLAVE1), SLAVE1, (), "")
+    addresses = own_addresses(state, tmp_path)
+    assert addresses["master"] == {"192.168.122.10", "172.16.91.225"} and addresses["slave1"] == {"192.168.122.11"}
+    mine = attribute(result.packets, [spec], addresses)[0]
+    assert {p.node for p in mine} == {"master", "slave1"} and len(mine) == 4
+    # with the inventory's address alone, slave1's request is not known as the probe's
+    lost = attribute(result.packets, [spec], {n: frozenset({str(h.address)}) for n, h in hosts.items()})[0]
+    assert sorted((p.node, p.direction) for p in lost) == [("master", "reply"), ("master", "request"), ("slave1", "reply")]
+
+
+def test_route_sources() -> None:
+    assert route_sources("") == frozenset()
+    assert route_sources("10.0.0.0/24 dev eth0 proto kernel scope link src 10.0.0.5\n"
+                         "default via 10.0.0.1 dev eth0\n172.30.1.0/24 dev docker0 proto kernel scope link src"
+                         " 172.30.1.1 linkdown\n") == {"10.0.0.5", "172.30.1.1"}

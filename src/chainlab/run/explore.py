@@ -32,7 +32,7 @@ from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_nam
                                  find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.runner import EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, recorded, write_evidence, write_probe_text
+from chainlab.run.runner import EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, own_addresses, recorded, write_evidence, write_probe_text
 from chainlab.rundir import check_runs_root, create_run_dir
 from chainlab.trace.pipeline import Analysis
 from chainlab.yamlfile import MAX_BYTES
@@ -69,7 +69,6 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
     that were its, with the analysis of its capture. The caller holds the lab lock."""
     specs = [plan_probe(r, state) for r in requests]
     check_addresses(inv, specs)
-    addresses = state.own_addresses()
     waves = plan_waves(specs, {h for h, s in state.hosts.items() if s.trace_backend == "nft-monitor"})
     out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
     runs: list[ProbeRun | None] = [None] * len(specs)
@@ -79,7 +78,7 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
         sources = {spec.host for spec in mine}
         captured = capture(inv, state, mine, directory, lambda slices: all(slices.get(h) for h in sources), log)
         analysis = analyze_logs(directory)
-        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
+        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, own_addresses(state, directory))):
             runs[i] = run
             out[i] = (ProbeResult(specs[i], run.exit_code, run.output, packets, flows_of(packets, specs[i].protocol),
                                   directory), analysis)

@@ -41,7 +41,7 @@ from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
 from chainlab.run.outcome import flows_of
 from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
-from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, snapshot_command
+from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, route_sources, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
 from chainlab.trace.expect import Check, check_scenario
@@ -468,6 +468,19 @@ def analyze_logs(run_dir: Path) -> Analysis:
     return analyze([LogSource(run_dir / "logs" / f"{n}.log", n) for n in nodes], AnalysisOptions(rules=rules))
 
 
+def own_addresses(state: LabState, directory: Path) -> dict[str, frozenset[str]]:
+    """Each host's own addresses (what it may masquerade packets to): its address in the lab
+    state and the sources its routes name (routes/ of the capture in `directory`)."""
+    out = {}
+    for name, host in state.hosts.items():
+        try:
+            routes = (directory / "routes" / f"{name}.txt").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            routes = ""
+        out[name] = frozenset({str(host.address)}) | route_sources(routes)
+    return out
+
+
 def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: list[str],
                    checks: list[Check] | None = None) -> None:
     """analysis.json (with `run_info` as its `run` key), diagram.svg and report.html."""
@@ -486,7 +499,7 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
     whole = analyze_logs(run_dir)
     # The window holds whatever else the hosts sent (a local etcd client, SSH): the probe's
     # packets are judged and make the evidence, as a `chainlab probe`'s do; logs/ keep everything.
-    mine = attribute(whole.packets, [spec], state.own_addresses())[0]
+    mine = attribute(whole.packets, [spec], own_addresses(state, run_dir))[0]
     result = Analysis(mine, flows_of(mine, spec.protocol), whole.stats, whole.nodes)
     checks = check_scenario(scenario, mine, {p.stem for p in (run_dir / "logs").glob("*.log")})
     outcome = "reachable" if exit_code == 0 else "unreachable"

@@ -52,6 +52,14 @@ def parse_snapshot(out: str) -> Snapshot:
     return Snapshot(rules, routes, states, said)
 
 
+def route_sources(routes: str) -> frozenset[str]:
+    """The addresses `ip route` names after `src`: the host's own addresses on its links. A
+    masquerade gives a packet the address of the link it leaves by, which on a host with a
+    management and a lab interface is not always the one the inventory connects to."""
+    words = routes.split()
+    return frozenset(words[i + 1] for i, word in enumerate(words[:-1]) if word == "src")
+
+
 def container_problem(role: str, name: str, host: str, snapshot: Snapshot) -> str | None:
     """Why the scenario's `role` (source/target) container cannot take part, or None."""
     status = snapshot.containers.get(name)
