@@ -50,6 +50,7 @@ def test_probe_names_masters_cali_tw_rule_and_exits_1(explore_lab):
     assert {(p["node"], p["direction"], p["verdict"]) for p in analysis["packets"]} == {
         ("slave1", "request", "accepted"), ("master", "request", "dropped")}
     assert analysis["run"]["kind"] == "probe" and analysis["run"]["passed"] is False
+    assert isinstance(analysis["run"]["probe"]["other_packets"], int)
     assert "UNREACHABLE" in (run_dir / "report.html").read_text()
 
 

@@ -150,6 +150,23 @@ def test_snapshot_reports_the_scenario_containers_state(tmp_path):
                                                                          + CONTAINERS_SEPARATOR + "\n/web1 running\n")) is None
 
 
+def test_snapshot_reports_a_container_address_the_lab_state_does_not_know(tmp_path):
+    """A container started again with another address (IPAM ran again): the probe and the
+    search for its packets would use the lab state's, so the run is an error, not a FAIL."""
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\necho "/web1 running 172.20.0.9"\necho "/web2 running  172.20.0.2"\n')
+    fake.chmod(0o755)
+    text = snapshot_command(["web1", "web2"]).replace("iptables-save -c", "echo r").replace("ip route", "echo x")
+    snap = parse_snapshot(subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}).stdout)
+    assert snap.addresses == {"web1": {"172.20.0.9"}, "web2": {"172.20.0.2"}}
+    assert container_problem("source", "web1", "master", snap, "172.20.0.1") == (
+        "source container web1 on master has address 172.20.0.9, the lab state says 172.20.0.1: run lab up")
+    assert container_problem("target", "web2", "master", snap, "172.20.0.2") is None
+    assert container_problem("target", "web1", "master", snap) is None  # no address to compare
+    assert "{{range .NetworkSettings.Networks}} {{.IPAddress}}{{end}}" in snapshot_command(["web1"])
+
+
 def test_snapshot_without_containers_asks_docker_nothing():
     assert "docker" not in snapshot_command([])
     assert parse_snapshot("rules\n" + ROUTES_SEPARATOR + "\nroutes\n") == Snapshot("rules\n", "routes\n")

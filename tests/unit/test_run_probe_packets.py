@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from chainlab.labstate import HostState, LabState
 from chainlab.run.attribute import attribute
 from chainlab.run.probe import Place, ProbeRequest, ProbeSpec
+from chainlab.run import runner
 from chainlab.run.runner import own_addresses
 from chainlab.run.snapshot import route_sources
 from chainlab.scenario import load_scenario
@@ -90,3 +96,26 @@ def test_route_sources() -> None:
     assert route_sources("10.0.0.0/24 dev eth0 proto kernel scope link src 10.0.0.5\n"
                          "default via 10.0.0.1 dev eth0\n172.30.1.0/24 dev docker0 proto kernel scope link src"
                          " 172.30.1.1 linkdown\n") == {"10.0.0.5", "172.30.1.1"}
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
+def test_a_run_writes_only_its_probes_packets_and_counts_the_others(tmp_path: Path) -> None:
+    """runner._analyze_run on a run dir as a capture leaves it (no lab: the logs are given)."""
+    run_dir = tmp_path / "run"
+    for sub in ("logs", "rules", "routes"):
+        (run_dir / sub).mkdir(parents=True)
+    lines = (LAB / "scenario3-master.log").read_text().splitlines(keepends=True)
+    (run_dir / "logs" / "master.log").write_text("".join(lines[:3]) + LOOPBACK_PING + "".join(lines[3:]))
+    shutil.copy(LAB / "scenario3-slave1.log", run_dir / "logs" / "slave1.log")
+    (run_dir / "routes" / "master.txt").write_text("172.16.91.0/24 dev ens33 proto kernel scope link src 172.16.91.225\n")
+    hosts = {name: HostState(address=address, trace_log="/var/log/iptables.log", trace_backend="rsyslog", iptables="legacy")
+             for name, address in (("master", "192.168.122.10"), ("slave1", SLAVE1))}
+    spec = ProbeSpec(ProbeRequest("web1", "slave1"), Place("web1", "master", "172.20.219.81", "web1"),
+                     Place("slave1", "slave1", SLAVE1), SLAVE1, ("ping", "-c", "1", SLAVE1), f"ping -c 1 {SLAVE1}")
+    scenario = load_scenario(next((ROOT / "scenarios").glob("03-*.yaml")))
+    result = runner._analyze_run(scenario, run_dir, datetime.now(), 0.5, spec, 0, LabState(lab="vms", hosts=hosts), [])
+    assert result.passed and all(c.ok for c in result.checks)
+    doc = json.loads((run_dir / "analysis.json").read_text())
+    assert len(doc["packets"]) == 4 and all("127.0.0.1" not in (p["src"], p["dst"]) for p in doc["packets"])
+    assert doc["run"]["probe"]["other_packets"] > 0 and doc["run"]["lab"] == "vms"
+    assert "other packets in the window, not the probe's" in (run_dir / "report.html").read_text()

@@ -87,7 +87,8 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
     return [x for x in out if x is not None]
 
 
-def _run_info(result: ProbeResult, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
+def _run_info(result: ProbeResult, others: int, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
+    """`others`: the packets of the capture that were not this probe's."""
     spec = result.spec
     return {
         "kind": "probe",
@@ -97,14 +98,15 @@ def _run_info(result: ProbeResult, lab: str, started: datetime, duration_s: floa
         "started": started.isoformat(timespec="seconds"), "duration_s": round(duration_s, 3),
         "passed": result.reached, "outcome": "reachable" if result.reached else "unreachable",
         "decision": result.decision, "lab": lab,
-        "probe": {"command": spec.shown, "where": spec.where, "exit_code": result.exit_code},
+        "probe": {"command": spec.shown, "where": spec.where, "exit_code": result.exit_code, "other_packets": others},
     }
 
 
 def _write_result(result: ProbeResult, analysis: Analysis, directory: Path, lab: str, started: datetime,
                   duration_s: float) -> None:
     part = Analysis(result.packets, result.flows, analysis.stats, analysis.nodes)
-    write_evidence(directory, part, _run_info(result, lab, started, duration_s), TABLES)
+    others = len(analysis.packets) - len(result.packets)
+    write_evidence(directory, part, _run_info(result, others, lab, started, duration_s), TABLES)
 
 
 def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _quiet) -> ProbeResult:

@@ -40,7 +40,7 @@ from chainlab.run.attribute import attribute
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
 from chainlab.run.outcome import flows_of
-from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
+from chainlab.run.probe import CONTAINER_GONE, Place, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, route_sources, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
@@ -330,13 +330,13 @@ def _announce(specs: list[ProbeSpec]) -> list[str]:
     return [f"probes: {len(specs)} at once from {', '.join(sorted({s.host for s in specs}))}"]
 
 
-def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, str]]]:
-    """host → [(role, container)] for the probes' source and target containers."""
-    out: dict[str, list[tuple[str, str]]] = {}
+def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, Place]]]:
+    """host → [(role, place)] for the probes' source and target containers."""
+    out: dict[str, list[tuple[str, Place]]] = {}
     for spec in specs:
         for role, place in (("source", spec.source), ("target", spec.target)):
-            if place is not None and place.container is not None and (role, place.container) not in out.get(place.host, []):
-                out.setdefault(place.host, []).append((role, place.container))
+            if place is not None and place.container is not None and (role, place) not in out.get(place.host, []):
+                out.setdefault(place.host, []).append((role, place))
     return out
 
 
@@ -347,7 +347,7 @@ def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], r
     containers = _probe_containers(specs)
 
     def work(node: str, conn: fabric.Connection) -> tuple[LogMark, Snapshot]:
-        names = list(dict.fromkeys(name for _, name in containers.get(node, [])))
+        names = list(dict.fromkeys(place.container for _, place in containers.get(node, []) if place.container))
         out = run(conn, mark_argv(state.hosts[node].trace_log, then=snapshot_command(names))).stdout
         line, _, rest = out.partition("\n")
         return parse_mark(line), parse_snapshot(rest)
@@ -359,8 +359,8 @@ def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], r
         marks[node] = mark
         write_atomic(run_dir / "rules" / f"{node}.rules", snap.rules, PRIVATE_FILE)
         write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
-        for role, name in containers.get(node, []):
-            problem = container_problem(role, name, node, snap)
+        for role, place in containers.get(node, []):
+            problem = container_problem(role, place.container or "", node, snap, place.address)
             if problem:
                 hosts.fail(node, ChainlabError(problem))
     return marks

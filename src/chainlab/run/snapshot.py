@@ -23,6 +23,8 @@ class Snapshot:
     routes: str
     #: container name → docker's State.Status (`running`, `exited`, ...); absent: no such container
     containers: dict[str, str] = field(default_factory=dict)
+    #: container name → its IPv4 addresses on its networks, as docker says them now
+    addresses: dict[str, frozenset[str]] = field(default_factory=dict)
     #: docker's last complaint (e.g. `Error: No such container: web1`), for messages
     docker_said: str = ""
 
@@ -34,7 +36,8 @@ def snapshot_command(containers: Sequence[str]) -> str:
     if containers:
         names = " ".join(shlex.quote(c) for c in containers)
         text += (f"; echo {shlex.quote(CONTAINERS_SEPARATOR)}; "
-                 f"docker inspect --type container --format '{{{{.Name}}}} {{{{.State.Status}}}}' {names} 2>&1 || :")
+                 "docker inspect --type container --format '{{.Name}} {{.State.Status}}"
+                 f"{{{{range .NetworkSettings.Networks}}}} {{{{.IPAddress}}}}{{{{end}}}}' {names} 2>&1 || :")
     return text
 
 
@@ -42,14 +45,16 @@ def parse_snapshot(out: str) -> Snapshot:
     rules, _, rest = out.partition(ROUTES_SEPARATOR + "\n")
     routes, _, docker = rest.partition(CONTAINERS_SEPARATOR + "\n")
     states: dict[str, str] = {}
+    addresses: dict[str, frozenset[str]] = {}
     said = ""
     for line in docker.splitlines():
-        name, _, status = line.partition(" ")
-        if name.startswith("/") and status and " " not in status:
-            states[name[1:]] = status
+        name, *words = line.split(" ")
+        if name.startswith("/") and words and words[0]:
+            states[name[1:]] = words[0]
+            addresses[name[1:]] = frozenset(w for w in words[1:] if w)
         elif line.strip():
             said = line.strip()
-    return Snapshot(rules, routes, states, said)
+    return Snapshot(rules, routes, states, addresses, said)
 
 
 def route_sources(routes: str) -> frozenset[str]:
@@ -60,12 +65,18 @@ def route_sources(routes: str) -> frozenset[str]:
     return frozenset(words[i + 1] for i, word in enumerate(words[:-1]) if word == "src")
 
 
-def container_problem(role: str, name: str, host: str, snapshot: Snapshot) -> str | None:
-    """Why the scenario's `role` (source/target) container cannot take part, or None."""
+def container_problem(role: str, name: str, host: str, snapshot: Snapshot, address: str | None = None) -> str | None:
+    """Why the scenario's `role` (source/target) container cannot take part, or None.
+    `address`: the one the lab state gives it, which the probe and the search for its
+    packets use; a container started again with another address would make a run see none."""
     status = snapshot.containers.get(name)
     if status is None:
         detail = f" (docker: {snapshot.docker_said})" if snapshot.docker_said else ""
         return f"{role} container {name} is gone from {host}{detail}: run lab up"
     if status != RUNNING:
         return f"{role} container {name} on {host} is {status}, not running: run lab up"
+    now = snapshot.addresses.get(name)
+    if address is not None and now and address not in now:
+        return (f"{role} container {name} on {host} has address {', '.join(sorted(now))}, the lab state says"
+                f" {address}: run lab up")
     return None
