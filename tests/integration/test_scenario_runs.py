@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chainlab.inventory import load_inventory
+from chainlab.labstate import load_state, save_state
 from chainlab.remote import connect, docker_client, run
 
 from .conftest import ROOT, make_inventory_file
@@ -106,6 +107,27 @@ def test_kill_9_during_a_run_leaves_nothing_behind(lab):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "PASS" in again.stdout
     assert rules(inv) == before
+
+
+def test_a_container_with_another_address_than_the_lab_states_is_an_error(lab):
+    """docker's own word on web1's address against the lab state's (as after a container was
+    started again and given a new address): an error before probing, not a FAIL."""
+    inv, runs = lab
+    inventory = load_inventory(inv)
+    state = load_state(inventory)
+    web1 = state.containers["web1"]
+    moved = web1.model_copy(update={"address": "172.20.250.250"})
+    save_state(inventory, state.model_copy(update={"containers": {**state.containers, "web1": moved}}))
+    try:
+        proc = cli(inv, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        said = proc.stdout + proc.stderr
+        assert f"target container web1 on master has address {web1.address}, the lab state says 172.20.250.250" in said
+        cli(inv, "lab", "up")  # what the message says to do
+        assert load_state(inventory).containers["web1"].address == web1.address
+        assert cli(inv, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0
+    finally:
+        save_state(inventory, state)
 
 
 def test_a_scenario_that_cannot_run_is_an_error_and_lab_up_repairs(lab):
