@@ -438,6 +438,18 @@ def test_a_log_without_traces_says_so(tmp_path, engine):
     assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE lines")
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_trace_lines_that_fit_no_packet_say_so(engine):
+    """A netdev reply quoting five TRACE lines shortened to `IN=enp9s0 ...` (no id, no
+    addresses): every line is skipped, and a note on stderr says why; the exit status stays 0."""
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", str(PUBLIC / "netdev-2022-trace-duplicates-elided.log")],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
+    assert proc.returncode == 0 and "5 trace records, 5 skipped" in proc.stdout and "0 packets" in proc.stdout
+    assert proc.stderr.startswith("note: none of the 5 trace lines could be placed in a packet: they show nothing"
+                                  " to group them by")
+
+
 def test_an_accept_where_the_log_ends_says_so():
     """NixOS notes: `nft monitor trace` of a rule that sets nftrace and accepts (`unknown rule
     handle 22 (verdict accept)`) in a regular chain `services`, the whole trace: the accept

@@ -110,6 +110,10 @@ def analyze_command(
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
                    " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>`); LOG-target"
                    " lines and re-wrapped traces are not", err=True)
+    elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
+        click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
+                   " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened before"
+                   " posting?) or are damaged beyond repair", err=True)
     if not ok:
         sys.exit(1)
 
