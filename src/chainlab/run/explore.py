@@ -32,7 +32,8 @@ from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_nam
                                  find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.runner import EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, own_addresses, recorded, write_evidence, write_probe_text
+from chainlab.run.runner import (EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, own_addresses, probe_part, recorded,
+                                 write_evidence, write_probe_text)
 from chainlab.rundir import check_runs_root, create_run_dir
 from chainlab.trace.pipeline import Analysis
 from chainlab.yamlfile import MAX_BYTES
@@ -78,7 +79,8 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
         sources = {spec.host for spec in mine}
         captured = capture(inv, state, mine, directory, lambda slices: all(slices.get(h) for h in sources), log)
         analysis = analyze_logs(directory)
-        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, own_addresses(state, directory))):
+        addresses = own_addresses(state, directory)
+        for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
             runs[i] = run
             out[i] = (ProbeResult(specs[i], run.exit_code, run.output, packets, flows_of(packets, specs[i].protocol),
                                   directory), analysis)
@@ -87,9 +89,9 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
     return [x for x in out if x is not None]
 
 
-def _run_info(result: ProbeResult, others: int, lab: str, started: datetime, duration_s: float) -> dict[str, object]:
-    """`others`: the packets of the capture that were not this probe's."""
-    spec = result.spec
+def _run_info(result: ProbeResult, probe: dict[str, object], lab: str, started: datetime,
+              duration_s: float) -> dict[str, object]:
+    """`probe`: the run info's probe block (`probe_part`)."""
     return {
         "kind": "probe",
         "scenario": {"id": "probe", "title": result.label, "description": "",
@@ -98,15 +100,14 @@ def _run_info(result: ProbeResult, others: int, lab: str, started: datetime, dur
         "started": started.isoformat(timespec="seconds"), "duration_s": round(duration_s, 3),
         "passed": result.reached, "outcome": "reachable" if result.reached else "unreachable",
         "decision": result.decision, "lab": lab,
-        "probe": {"command": spec.shown, "where": spec.where, "exit_code": result.exit_code, "other_packets": others},
+        "probe": probe,
     }
 
 
 def _write_result(result: ProbeResult, analysis: Analysis, directory: Path, lab: str, started: datetime,
                   duration_s: float) -> None:
-    part = Analysis(result.packets, result.flows, analysis.stats, analysis.nodes)
-    others = len(analysis.packets) - len(result.packets)
-    write_evidence(directory, part, _run_info(result, others, lab, started, duration_s), TABLES)
+    part, probe = probe_part(analysis, result.spec, result.exit_code, result.packets, result.flows)
+    write_evidence(directory, part, _run_info(result, probe, lab, started, duration_s), TABLES)
 
 
 def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _quiet) -> ProbeResult:

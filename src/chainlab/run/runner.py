@@ -40,11 +40,13 @@ from chainlab.run.attribute import attribute
 from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
 from chainlab.run.outcome import flows_of
-from chainlab.run.probe import CONTAINER_GONE, Place, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
+from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, route_sources, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
 from chainlab.trace.expect import Check, check_scenario
+from chainlab.trace.flows import Flow
+from chainlab.trace.model import Packet
 from chainlab.trace.pipeline import Analysis, AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import parse_iptables_save
@@ -330,13 +332,16 @@ def _announce(specs: list[ProbeSpec]) -> list[str]:
     return [f"probes: {len(specs)} at once from {', '.join(sorted({s.host for s in specs}))}"]
 
 
-def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, Place]]]:
-    """host → [(role, place)] for the probes' source and target containers."""
-    out: dict[str, list[tuple[str, Place]]] = {}
+def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, str, str]]]:
+    """host → [(role, container, its address in the lab state)] for the probes' source and
+    target containers."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
     for spec in specs:
         for role, place in (("source", spec.source), ("target", spec.target)):
-            if place is not None and place.container is not None and (role, place) not in out.get(place.host, []):
-                out.setdefault(place.host, []).append((role, place))
+            if place is not None and place.container is not None:
+                seen = (role, place.container, place.address)
+                if seen not in out.get(place.host, []):
+                    out.setdefault(place.host, []).append(seen)
     return out
 
 
@@ -347,7 +352,7 @@ def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], r
     containers = _probe_containers(specs)
 
     def work(node: str, conn: fabric.Connection) -> tuple[LogMark, Snapshot]:
-        names = list(dict.fromkeys(place.container for _, place in containers.get(node, []) if place.container))
+        names = list(dict.fromkeys(name for _, name, _ in containers.get(node, [])))
         out = run(conn, mark_argv(state.hosts[node].trace_log, then=snapshot_command(names))).stdout
         line, _, rest = out.partition("\n")
         return parse_mark(line), parse_snapshot(rest)
@@ -359,8 +364,8 @@ def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], r
         marks[node] = mark
         write_atomic(run_dir / "rules" / f"{node}.rules", snap.rules, PRIVATE_FILE)
         write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
-        for role, place in containers.get(node, []):
-            problem = container_problem(role, place.container or "", node, snap, place.address)
+        for role, name, address in containers.get(node, []):
+            problem = container_problem(role, name, node, snap, address)
             if problem:
                 hosts.fail(node, ChainlabError(problem))
     return marks
@@ -481,6 +486,16 @@ def own_addresses(state: LabState, directory: Path) -> dict[str, frozenset[str]]
     return out
 
 
+def probe_part(whole: Analysis, spec: ProbeSpec, exit_code: int, packets: list[Packet],
+               flows: list[Flow]) -> tuple[Analysis, dict[str, object]]:
+    """The part of a capture's analysis that is one probe's (its `packets` and `flows`), and
+    the run info's `probe` block: `other_packets` counts the capture's packets that were not
+    its (the evidence shows the probe's; logs/ keep every line)."""
+    info: dict[str, object] = {"command": spec.shown, "where": spec.where, "exit_code": exit_code,
+                               "other_packets": len(whole.packets) - len(packets)}
+    return Analysis(packets, flows, whole.stats, whole.nodes), info
+
+
 def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: list[str],
                    checks: list[Check] | None = None) -> None:
     """analysis.json (with `run_info` as its `run` key), diagram.svg and report.html."""
@@ -500,7 +515,7 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
     # The window holds whatever else the hosts sent (a local etcd client, SSH): the probe's
     # packets are judged and make the evidence, as a `chainlab probe`'s do; logs/ keep everything.
     mine = attribute(whole.packets, [spec], own_addresses(state, run_dir))[0]
-    result = Analysis(mine, flows_of(mine, spec.protocol), whole.stats, whole.nodes)
+    result, probe = probe_part(whole, spec, exit_code, mine, flows_of(mine, spec.protocol))
     checks = check_scenario(scenario, mine, {p.stem for p in (run_dir / "logs").glob("*.log")})
     outcome = "reachable" if exit_code == 0 else "unreachable"
     passed = all(c.ok for c in checks) and outcome == scenario.outcome
@@ -510,8 +525,7 @@ def _analyze_run(scenario: Scenario, run_dir: Path, started: datetime, duration:
         "title": f"scenario {scenario.id}: {scenario.title}",
         "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
         "passed": passed, "outcome": outcome, "lab": state.lab,
-        "probe": {"command": spec.shown, "where": spec.where, "exit_code": exit_code,
-                  "other_packets": len(whole.packets) - len(mine)},
+        "probe": probe,
         "notes": host_notes,
     }, scenario.tables, checks)
     notes = host_notes + ([] if outcome == scenario.outcome else [f"probe outcome {outcome}, expected {scenario.outcome}"])
