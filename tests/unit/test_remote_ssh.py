@@ -48,6 +48,25 @@ def test_the_runner_knows_its_timeout_fired_before_the_timer_thread_returns(tmp_
         runner._timer.cancel()
 
 
+def test_the_runner_wakes_when_the_exit_status_arrives_not_at_its_next_poll(tmp_path):
+    """invoke's wait sleeps `input_sleep` between looks; the runner waits on paramiko's event
+    instead. With an hour between looks, only an event-driven wait comes back."""
+    target = Target("master", IPv4Address("192.0.2.1"), "root", 22, None, tmp_path / "known_hosts", 5.0, None)
+    (tmp_path / "known_hosts").touch()
+    runner = connection(target)._remote_runner()
+    status = threading.Event()
+    runner.channel = SimpleNamespace(status_event=status, exit_status_ready=status.is_set)
+    runner.threads = {}
+    runner.input_sleep = 3600
+    waiting = threading.Thread(target=runner.wait, daemon=True)
+    waiting.start()
+    time.sleep(0.05)
+    assert waiting.is_alive()  # the command runs: wait waits
+    status.set()  # what paramiko does when the exit status (or the channel's close) arrives
+    waiting.join(30)
+    assert not waiting.is_alive()
+
+
 def _public_key(kind: str = "ed25519") -> str:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat

@@ -25,12 +25,23 @@ CONNECT_ATTEMPTS = 5
 
 
 class _Remote(fabric.runners.Remote):
-    """fabric's runner, sure of its own timeouts: invoke asks whether the timeout fired by
-    looking whether its timer thread has finished, but that thread ends the command by closing
-    the channel, and the run can see the closed channel (exit -1) and ask before the thread has
-    returned; the run then came back as a plain failure. The kill is recorded before the close."""
+    """fabric's runner, sure of its own timeouts and without invoke's polling delay.
+
+    Timeouts: invoke asks whether the timeout fired by looking whether its timer thread has
+    finished, but that thread ends the command by closing the channel, and the run can see the
+    closed channel (exit -1) and ask before the thread has returned; the run then came back as
+    a plain failure. The kill is recorded before the close.
+
+    Delay: invoke's `wait` looks whether the command has ended every `input_sleep` (10 ms) and
+    sleeps in between, which cost ~15 ms a command (a bare channel's `true`: 4.5 ms, through
+    fabric: 22 ms). Here it waits on the channel's own event, which paramiko sets the moment
+    the exit status arrives or the channel closes (a timeout's kill closes it)."""
 
     _killed = False
+
+    def wait(self) -> None:
+        while not (self.process_is_finished or self.has_dead_threads):
+            self.channel.status_event.wait(self.input_sleep)
 
     def kill(self) -> None:
         self._killed = True
