@@ -26,6 +26,7 @@ from chainlab.local import system as S
 from chainlab.local import plan as P
 from chainlab.local.plan import LabPlan
 from chainlab.remote import connect, connection, docker_client, etcd_client, resolve_target, run
+from chainlab.remote.ssh import _QuickAckSocket
 
 from .conftest import TEST_LAB, root_snapshot
 
@@ -89,6 +90,7 @@ def test_fabric_hostname_forwarding_and_backend(lab: LabPlan, inventory: Invento
     seen = {}
     for name, host in inventory.hosts.items():
         with connect(inventory, name) as conn:
+            assert isinstance(conn.client.get_transport().sock, _QuickAckSocket)  # acknowledges at once
             out = run(conn, ["sh", "-c", "hostname; sysctl net.ipv4.ip_forward; iptables -V"]).stdout
         hostname, forward, version = out.strip().splitlines()
         seen[name] = hostname

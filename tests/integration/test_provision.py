@@ -171,6 +171,25 @@ def test_check_on_local_lab_changes_nothing(prov: Inventory) -> None:
         assert statuses["ip_forward"] == statuses["trace_rules"] == statuses["trace_log"] == "ok"
 
 
+def test_a_wrong_or_missing_etcd_registration_is_written_again_for_that_host_alone(prov: Inventory) -> None:
+    """Every host's registration is read in one request (the first host to ask reads them
+    all): each host still sees its own."""
+    from chainlab.calico import datastore as D
+    from chainlab.remote.etcdclient import etcd_client
+
+    client = etcd_client(prov)
+    client.write(D.host_ip_key("slave1"), "10.9.9.9")
+    client.delete(D.host_ip_key("master"))
+    report = provision(prov, "up", console=_quiet())
+    assert not report.failed
+    assert _changed(report) == {"master": 1, "slave1": 1, "slave2": 0}
+    for host in ("master", "slave1"):
+        node = next(s for s in report.hosts[host].steps if s.name == "calico_node")
+        assert "node registered" in node.detail, node
+    for host, spec in prov.hosts.items():
+        assert client.read(D.host_ip_key(host)).value == str(spec.address)
+
+
 def test_docker_probe_reads_the_same_with_curl_and_with_the_cli(prov: Inventory) -> None:
     provider = provider_for(prov)
     run_ctx = RunContext(prov, provider, network_for(prov, provider), False)

@@ -119,3 +119,23 @@ def test_each_connection_holds_its_own_hosts_keys_from_one_parse_of_known_hosts(
     known.write_text(f"192.0.2.2 {keys['192.0.2.2']}\n")
     assert held("192.0.2.2") == [f"192.0.2.2 {keys['192.0.2.2']}"]
     assert len(parses) == 2
+
+
+def test_the_ssh_socket_acknowledges_each_read_at_once():
+    """TCP_QUICKACK (which Linux drops again) is set after every read, so a server's small
+    unsolicited packets are acknowledged at once and its next answer does not wait ~40 ms
+    for a delayed acknowledgement (Nagle). Over loopback."""
+    import socket
+
+    from chainlab.remote.ssh import _QuickAckSocket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        plain = socket.create_connection(server.getsockname())
+        client = _QuickAckSocket(fileno=plain.detach())
+        peer, _ = server.accept()
+        with client, peer:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)  # delayed acknowledgements
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
+            peer.sendall(b"hostkeys")
+            assert client.recv(64) == b"hostkeys"
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1

@@ -56,8 +56,12 @@ def endpoint_key(host: str, endpoint_id: str) -> str:
     return f"{endpoint_dir(host)}/{endpoint_id}"
 
 
+#: Where calico/node registers each host's address (`host_ip_key`).
+HOST_IP_DIR = f"{ROOT}/bgp/v1/host"
+
+
 def host_ip_key(host: str) -> str:
-    return f"{ROOT}/bgp/v1/host/{host}/ip_addr_v4"
+    return f"{HOST_IP_DIR}/{host}/ip_addr_v4"
 
 
 def interface_name(endpoint: str) -> str:

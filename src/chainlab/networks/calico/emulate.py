@@ -9,9 +9,9 @@ daemon, and waits until its plugin sockets answer and felix-lite has programmed 
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
-
 
 from chainlab.calico import datastore as D
 from chainlab.calico.etcdconn import EtcdEndpoint
@@ -24,6 +24,8 @@ from chainlab.provision.context import HostContext
 
 if TYPE_CHECKING:
     import etcd
+
+    from chainlab.networks.calico import CalicoNetwork
 
 MODULE = "chainlab.calico.agent"
 PIDFILE = f"{C.RUN_DIR}/calico.pid"
@@ -79,6 +81,11 @@ def leftovers_argv() -> list[str]:
 class Emulate(Mode):
     name = "emulate"
 
+    def __init__(self, network: "CalicoNetwork"):
+        super().__init__(network)
+        self._lock = threading.Lock()
+        self._host_ips: dict[str, str] | None = None
+
     def node_up(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         runtime = self.network.provider.emulation_runtime(ctx.host)
         address = str(ctx.inv.hosts[ctx.host].address)
@@ -99,14 +106,16 @@ class Emulate(Mode):
         return [running_argv()]
 
     def _registered(self, ctx: HostContext) -> str | None:
-        from chainlab.calico.etcdlib import etcd
-
+        """The address etcd registers for this host. Every host's is read in one request by
+        the first host to ask (the run's hosts do this step at once): a request per host cost
+        each its own TLS handshake with etcd (urllib3 keeps one connection per pool)."""
         if ctx.offline:
             return None
-        try:
-            return str(ctx.run.etcd().read(D.host_ip_key(ctx.host)).value)
-        except etcd.EtcdKeyNotFound:
-            return None
+        with self._lock:
+            if self._host_ips is None:
+                items, _ = D.read_tree(ctx.run.etcd(), D.HOST_IP_DIR)
+                self._host_ips = {host: str(address) for host, address in D.parse_tree(items).host_ips.items()}
+            return self._host_ips.get(ctx.host)
 
     def node_down(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         runtime = self.network.provider.emulation_runtime(ctx.host)
