@@ -228,3 +228,38 @@ def test_the_reason_does_not_depend_on_the_hash_seed(tmp_path):
                 capture_output=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed), "CHAINLAB_ENGINE": engine})
             reasons.add(json.loads(out.stdout)["packets"][0]["reason"])
     assert reasons == {"the log ends after mangle:PREROUTING policy, before a rule or policy decided (still ahead: mangle FORWARD)"}
+
+
+def test_nat_notes_name_changed_ports_and_keep_address_only_notes_for_icmp():
+    """Flow notes compare addresses and, where the lines show them, ports: a published Docker
+    port (address and port), a REDIRECT (port only), a masquerade that also moved the source
+    port; ICMP hops (no ports) read as before."""
+    from chainlab.trace.contract import PacketRecord
+    from chainlab.trace.flows import Flow, Hop
+
+    tcp = Flow("request", "tcp", 7, [
+        Hop("master", ["OUTPUT", "POSTROUTING"], "accepted", 64, ("172.30.1.2", "10.0.0.2", 4000, 8080),
+            ("172.30.1.2", "10.0.0.2", 4000, 8080)),
+        Hop("slave1", ["PREROUTING", "FORWARD"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 4001, 8080),
+            ("10.0.0.1", "172.30.2.2", 4001, 80)),
+    ])
+    assert tcp.nat == ["SNAT on master: src 172.30.1.2:4000 → 10.0.0.1:4001",
+                       "DNAT on slave1: dst 10.0.0.2:8080 → 172.30.2.2:80"]
+    redirect = Flow("request", "tcp", 8, [
+        Hop("a", ["OUTPUT"], "accepted", 64, ("10.0.0.1", "10.0.0.2", 5, 80), ("10.0.0.1", "10.0.0.2", 5, 80)),
+        Hop("b", ["PREROUTING", "INPUT"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 5, 80),
+            ("10.0.0.1", "10.0.0.2", 5, 3128)),
+    ])
+    assert redirect.nat == ["DNAT on b: dst 10.0.0.2:80 → 10.0.0.2:3128"]
+    icmp = Flow("request", "icmp", 9, [
+        Hop("a", ["OUTPUT"], "accepted", 64, ("fd00::1", "10.0.0.2", None, None), ("fd00::1", "10.0.0.2", None, None)),
+        Hop("b", ["PREROUTING"], "accepted", 63, ("10.0.0.1", "10.0.0.2", None, None),
+            ("10.0.0.1", "10.0.0.3", None, None)),
+    ])
+    assert icmp.nat == ["SNAT on a: src fd00::1 → 10.0.0.1", "DNAT on b: dst 10.0.0.2 → 10.0.0.3"]
+    record = PacketRecord("b", "request", "tcp", "fd00::1", "fd00::2", None, "flow", 64, ["PREROUTING"], None, [],
+                          "accepted", "", None, False, "fd00::1", "fd00::2", sport=5, dport=80, exit_sport=5,
+                          exit_dport=3128)
+    assert record.nat == ["DNAT: dst [fd00::2]:80 → [fd00::2]:3128"]
+    assert record.to_dict()["exit"] == {"src": "fd00::1", "dst": "fd00::2", "sport": 5, "dport": 3128}
+    assert PacketRecord.from_dict(record.to_dict()) == record

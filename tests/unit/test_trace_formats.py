@@ -491,3 +491,21 @@ def test_a_policy_the_ruleset_says_accepts_is_no_drop(tmp_path):
                          ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
         packet = run(log, rules=rules).packets[1]
         assert (packet.fields.ip_id, packet.verdict, packet.reason) == (2, verdict, reason)
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_port_only_dnat_on_one_node_is_named(engine):
+    """A kube-proxy host's published trace: nat PREROUTING rule 3 sends port 80 to 52000 of
+    the same address, then INPUT accepts it. Only the port changes: the packet gets a DNAT
+    note, and the JSON's exit holds the last line's ports."""
+    chainlab = Path(sys.executable).parent / "chainlab"
+    log = PUBLIC / "kube-nodeport-port80-dnat-52000.log"
+    env = {**os.environ, "CHAINLAB_ENGINE": engine}
+    text = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60, env=env)
+    assert "DNAT: dst 172.28.129.4:80 → 172.28.129.4:52000" in text.stdout, text.stdout
+    proc = subprocess.run([chainlab, "analyze", "--format", "json", str(log)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    (packet,) = json.loads(proc.stdout)["packets"]
+    assert (packet["hooks"], packet["verdict"]) == (["PREROUTING", "INPUT"], "accepted")
+    assert (packet["sport"], packet["dport"]) == (42182, 80)  # as it entered
+    assert packet["exit"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": 42182, "dport": 52000}

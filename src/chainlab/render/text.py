@@ -117,7 +117,8 @@ def render_packet(p: PacketRecord, tables: set[str] | None, width: int | None = 
         (p.verdict, VERDICT_STYLE.get(p.verdict, "")), (f"  ({p.reason})", "dim"),
     )
     title = Text(f"{p.node} · {p.direction} · {p.title()}", style="bold cyan")
-    return Group(title, verdict, packet_table(p, tables, width), Text(""))
+    nat = [Text(f"  {note}", "magenta") for note in p.nat]
+    return Group(title, verdict, *nat, packet_table(p, tables, width), Text(""))
 
 
 class TextReport:

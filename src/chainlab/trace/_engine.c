@@ -1638,7 +1638,7 @@ typedef struct {
     long long seq;
     int direction, node;
     PyObject *walk; /* result tuple */
-    long long ttl;
+    long long ttl, sport, dport, exit_sport, exit_dport;
     char src[ADDR_MAX], dst[ADDR_MAX], exit_src[ADDR_MAX], exit_dst[ADDR_MAX];
 } Hop;
 
@@ -3029,13 +3029,18 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
     h->node = p->node;
     h->walk = Py_NewRef(w->result);
     h->ttl = p->has_first ? p->first_ttl : NONE;
+    h->sport = h->dport = h->exit_sport = h->exit_dport = NONE;
     if (p->has_first) {
         memcpy(h->src, p->first_src, ADDR_MAX);
         memcpy(h->dst, p->first_dst, ADDR_MAX);
+        h->sport = p->first_sport;
+        h->dport = p->first_dport;
     }
     if (p->has_last) {
         memcpy(h->exit_src, p->last_src, ADDR_MAX);
         memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
+        h->exit_sport = p->last_sport;
+        h->exit_dport = p->last_dport;
     }
     map_move_to_end(&e->flows, entry);
 }
@@ -3221,10 +3226,14 @@ static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int 
     err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w) : PUTL(b, "null");
     err |= PUTL(b, ", \"new_connection\": ") || put(b, w->newconn_json, (size_t)w->newconn_json_n);
     err |= PUTL(b, ", \"exit\": ");
-    if (p->has_last)
-        err |= PUTL(b, "{\"src\": ") || puts_(b, "") || put_jstr(b, p->last_src, strlen(p->last_src)) ||
-               PUTL(b, ", \"dst\": ") || put_jstr(b, p->last_dst, strlen(p->last_dst)) || PUTL(b, "}");
-    else
+    if (p->has_last) {
+        err |= PUTL(b, "{\"src\": ") || put_jstr(b, p->last_src, strlen(p->last_src)) || PUTL(b, ", \"dst\": ") ||
+               put_jstr(b, p->last_dst, strlen(p->last_dst));
+        if (p->f.sport != NONE || p->f.dport != NONE) /* the last line's ports: DNAT may change them */
+            err |= PUTL(b, ", \"sport\": ") || put_opt_int(b, p->last_sport) || PUTL(b, ", \"dport\": ") ||
+                   put_opt_int(b, p->last_dport);
+        err |= PUTL(b, "}");
+    } else
         err |= PUTL(b, "null");
     err |= PUTL(b, ", \"repaired_lines\": ") || put_int(b, p->repaired);
     if (strcmp(p->f.proto, "ICMP") == 0 || strcmp(p->f.proto, "ICMPV6") == 0)
@@ -4766,6 +4775,8 @@ static PyObject *str_or_none(const char *s, size_t n) {
 
 static PyObject *addr_or_none(const char *s) { return s[0] ? PyUnicode_FromString(s) : Py_NewRef(Py_None); }
 
+static PyObject *int_or_none(long long v) { return v == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(v); }
+
 PyDoc_STRVAR(results_doc, "results() -> (summary rows, diagram rows, flow entries): what the end of the run needs\n"
                             "(the flow entries of the keys seen on more than one node).");
 
@@ -4813,10 +4824,11 @@ static PyObject *Engine_results(Engine *e, PyObject *unused) {
             goto failed;
         for (size_t i = 0; i < hops->n; i++) {
             Hop *h = &hops->hops[i];
-            PyObject *hop = Py_BuildValue("(LiiONNNNN)", h->seq, h->direction, h->node, h->walk,
-                                          h->ttl == NONE ? Py_NewRef(Py_None) : PyLong_FromLongLong(h->ttl),
-                                          addr_or_none(h->src), addr_or_none(h->dst), addr_or_none(h->exit_src),
-                                          addr_or_none(h->exit_dst));
+            PyObject *hop = Py_BuildValue("(LiiONNNNNNNNN)", h->seq, h->direction, h->node, h->walk,
+                                          int_or_none(h->ttl), addr_or_none(h->src), addr_or_none(h->dst),
+                                          int_or_none(h->sport), int_or_none(h->dport), addr_or_none(h->exit_src),
+                                          addr_or_none(h->exit_dst), int_or_none(h->exit_sport),
+                                          int_or_none(h->exit_dport));
             if (!hop) {
                 Py_DECREF(list);
                 goto failed;
@@ -4909,8 +4921,8 @@ PyMODINIT_FUNC PyInit__engine(void) {
         return NULL;
     WriteError = PyErr_NewExceptionWithDoc("chainlab.trace._engine.WriteError",
                                            "write_to()'s descriptor could not be written: args[0] is the errno.", NULL, NULL);
-    /* native.INTERFACE: 2 since write_to()/WriteError (bump both with the interface) */
-    if (!WriteError || PyModule_AddIntConstant(m, "INTERFACE", 2) < 0 ||
+    /* native.INTERFACE: 3 since flow hops carry ports (bump both with the interface) */
+    if (!WriteError || PyModule_AddIntConstant(m, "INTERFACE", 3) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
         PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlab.trace.expect import Check, is_probe
-from chainlab.trace.flows import Flow, Hop
+from chainlab.trace.flows import Endpoints, Flow, Hop, changed
 from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet, Step
 
 
@@ -135,6 +135,8 @@ class PacketRecord:
     tcp_flags: list[str] = field(default_factory=list)
     flow_label: int | None = None
     trace_ids: list[str] = field(default_factory=list)
+    exit_sport: int | None = None  # the last line's ports (DNAT may change the destination port)
+    exit_dport: int | None = None
 
     @classmethod
     def from_packet(cls, p: Packet, tables: set[str] | None = None) -> PacketRecord:
@@ -147,6 +149,7 @@ class PacketRecord:
             p.new_connection, p.last.src if p.last else None, p.last.dst if p.last else None, p.repaired_lines,
             f.icmp_type, f.icmp_id, f.icmp_seq, f.proto in ICMP_PROTOCOLS, f.sport, f.dport,
             sorted(f.tcp_flags) if f.tcp_flags else [], f.flow_label, list(p.trace_ids),
+            p.last.sport if p.last else None, p.last.dport if p.last else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,7 +159,7 @@ class PacketRecord:
             "route": self.route, "steps": [s.to_dict() for s in self.steps], "verdict": self.verdict,
             "reason": self.reason, "last_step": self.last_step.to_dict() if self.last_step else None,
             "new_connection": self.new_connection,
-            "exit": {"src": self.exit_src, "dst": self.exit_dst} if self.exit_src is not None else None,
+            "exit": self._exit() if self.exit_src is not None else None,
             "repaired_lines": self.repaired_lines,
         }
         if self.has_icmp:
@@ -170,6 +173,25 @@ class PacketRecord:
         if self.trace_ids:
             out["trace_ids"] = self.trace_ids
         return out
+
+    def _exit(self) -> dict[str, Any]:
+        """The addresses (and, for a packet with ports, the ports) on the packet's last line."""
+        out: dict[str, Any] = {"src": self.exit_src, "dst": self.exit_dst}
+        if self.sport is not None or self.dport is not None:
+            out["sport"], out["dport"] = self.exit_sport, self.exit_dport
+        return out
+
+    @property
+    def nat(self) -> list[str]:
+        """What NAT changed on this node between the packet's first and last lines, e.g.
+        `DNAT: dst 10.0.0.4:80 → 10.0.0.4:52000` (an SNAT in nat POSTROUTING, the last table,
+        is not seen on the node that does it: the flows across nodes show it)."""
+        if self.exit_src is None:
+            return []
+        entry: Endpoints = (self.src, self.dst, self.sport, self.dport)
+        last: Endpoints = (self.exit_src, self.exit_dst, self.exit_sport, self.exit_dport)
+        return [f"{kind}: {change}" for kind, which in (("SNAT", 0), ("DNAT", 1))
+                if (change := changed(entry, last, which))]
 
     @classmethod
     def from_dict(cls, d: object) -> PacketRecord | None:
@@ -189,6 +211,7 @@ class PacketRecord:
             _int(d.get("repaired_lines")) or 0, _int(_dict(icmp).get("type")), _int(_dict(icmp).get("id")),
             _int(_dict(icmp).get("seq")), isinstance(icmp, dict), _int(d.get("sport")), _int(d.get("dport")),
             _strs(d.get("tcp_flags")), _int(d.get("flow_label")), _strs(d.get("trace_ids")),
+            _int(exit_.get("sport")), _int(exit_.get("dport")),
         )
 
     def title(self) -> str:
@@ -215,6 +238,9 @@ class PacketRecord:
 
 @dataclass(frozen=True)
 class HopRecord:
+    """A flow's packet on one node: addresses (and ports, where its lines show them) on its
+    first line and, `exit_*`, on its last."""
+
     node: str
     hooks: list[str]
     verdict: str
@@ -223,14 +249,24 @@ class HopRecord:
     dst: str | None
     exit_src: str | None
     exit_dst: str | None
+    sport: int | None = None
+    dport: int | None = None
+    exit_sport: int | None = None
+    exit_dport: int | None = None
 
     @classmethod
     def from_hop(cls, h: Hop) -> HopRecord:
-        return cls(h.node, list(h.hooks), h.verdict, h.ttl, h.entry[0], h.entry[1], h.exit[0], h.exit[1])
+        return cls(h.node, list(h.hooks), h.verdict, h.ttl, h.entry[0], h.entry[1], h.exit[0], h.exit[1],
+                   h.entry[2], h.entry[3], h.exit[2], h.exit[3])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "hooks": self.hooks, "verdict": self.verdict, "ttl": self.ttl, "src": self.src,
-                "dst": self.dst, "exit_src": self.exit_src, "exit_dst": self.exit_dst}
+        out: dict[str, Any] = {"node": self.node, "hooks": self.hooks, "verdict": self.verdict, "ttl": self.ttl,
+                               "src": self.src, "dst": self.dst, "exit_src": self.exit_src, "exit_dst": self.exit_dst}
+        if any(port is not None for port in (self.sport, self.dport, self.exit_sport, self.exit_dport)):
+            # (ICMP's hops keep their four addresses only)
+            out |= {"sport": self.sport, "dport": self.dport, "exit_sport": self.exit_sport,
+                    "exit_dport": self.exit_dport}
+        return out
 
     @classmethod
     def from_dict(cls, d: object) -> HopRecord | None:
@@ -238,7 +274,8 @@ class HopRecord:
             return None
         return cls(_str(d.get("node")) or "?", _strs(d.get("hooks")), _str(d.get("verdict")) or "unknown",
                    _int(d.get("ttl")), _str(d.get("src")), _str(d.get("dst")), _str(d.get("exit_src")),
-                   _str(d.get("exit_dst")))
+                   _str(d.get("exit_dst")), _int(d.get("sport")), _int(d.get("dport")), _int(d.get("exit_sport")),
+                   _int(d.get("exit_dport")))
 
 
 @dataclass(frozen=True)

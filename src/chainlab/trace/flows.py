@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlab.trace.ascii import lower
-from chainlab.trace.model import Packet
+from chainlab.trace.model import Fields, Packet
 
 MEMORY = 20_000
 MAX_HOPS = 32
 #: The hops seen for one key: (packet seq, direction, hop), in the order they came.
 Entries = list[tuple[int, str, "Hop"]]
+
+
+#: A packet's (src, dst, sport, dport) as one line shows them (None: not shown).
+Endpoints = tuple[str | None, str | None, int | None, int | None]
+NO_ENDPOINTS: Endpoints = (None, None, None, None)
 
 
 @dataclass
@@ -26,9 +31,31 @@ class Hop:
     hooks: list[str]
     verdict: str
     ttl: int | None
-    entry: tuple[str | None, str | None]
-    exit: tuple[str | None, str | None]
+    entry: Endpoints  # on its first line
+    exit: Endpoints  # on its last line
     origin: bool = False
+
+
+def endpoints(f: Fields | None) -> Endpoints:
+    return (f.src, f.dst, f.sport, f.dport) if f is not None else NO_ENDPOINTS
+
+
+def _side(address: str | None, port: int | None) -> str:
+    if port is None:
+        return f"{address}"
+    return f"[{address}]:{port}" if address and ":" in address else f"{address}:{port}"
+
+
+def changed(before: Endpoints, after: Endpoints, which: int) -> str | None:
+    """`src 10.0.0.1:80 → 10.0.0.2:8080` when the source (which=0) or destination (1) address
+    or port differs between two lines that both show it (a port-only DNAT, REDIRECT, is a
+    change too); None when nothing shown changed."""
+    address = before[which] != after[which] and None not in (before[which], after[which])
+    port = before[which + 2] != after[which + 2] and None not in (before[which + 2], after[which + 2])
+    if not (address or port):
+        return None
+    return (f"{('src', 'dst')[which]} {_side(before[which], before[which + 2])} → "
+            f"{_side(after[which], after[which + 2])}")
 
 
 @dataclass
@@ -40,17 +67,18 @@ class Flow:
 
     @property
     def nat(self) -> list[str]:
-        """Address changes along the way, e.g. `SNAT on master: src 172.20.0.5 → 10.0.0.1`."""
+        """Address and port changes along the way, e.g. `SNAT on master: src 172.20.0.5 →
+        10.0.0.1` or `DNAT on web: dst 10.0.0.2:80 → 10.0.0.2:8080`."""
         notes = []
         for i, hop in enumerate(self.hops):
-            if hop.entry[1] != hop.exit[1] and None not in (hop.entry[1], hop.exit[1]):
-                notes.append(f"DNAT on {hop.node}: dst {hop.entry[1]} → {hop.exit[1]}")
+            if dnat := changed(hop.entry, hop.exit, 1):
+                notes.append(f"DNAT on {hop.node}: {dnat}")
             if i + 1 < len(self.hops):
                 nxt = self.hops[i + 1]
-                if hop.exit[0] != nxt.entry[0] and None not in (hop.exit[0], nxt.entry[0]):
-                    notes.append(f"SNAT on {hop.node}: src {hop.exit[0]} → {nxt.entry[0]}")
-                if hop.exit[1] != nxt.entry[1] and None not in (hop.exit[1], nxt.entry[1]):
-                    notes.append(f"DNAT on {hop.node} (after trace): dst {hop.exit[1]} → {nxt.entry[1]}")
+                if snat := changed(hop.exit, nxt.entry, 0):
+                    notes.append(f"SNAT on {hop.node}: {snat}")
+                if dnat := changed(hop.exit, nxt.entry, 1):
+                    notes.append(f"DNAT on {hop.node} (after trace): {dnat}")
         return notes
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,13 +120,9 @@ class FlowIndex:
         key = flow_key(packet)
         if key is None:
             return
-        first, last = packet.first, packet.last
-        hop = Hop(
-            packet.node, packet.hooks, packet.verdict, first.ttl if first else None,
-            (first.src, first.dst) if first else (None, None),
-            (last.src, last.dst) if last else (None, None),
-            origin=packet.origin,
-        )
+        first = packet.first
+        hop = Hop(packet.node, packet.hooks, packet.verdict, first.ttl if first else None, endpoints(first),
+                  endpoints(packet.last), origin=packet.origin)
         entries = self.hops.setdefault(key, [])
         entries.append((packet.seq, packet.direction, hop))
         if len(entries) > MAX_HOPS:

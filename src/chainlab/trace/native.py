@@ -45,7 +45,7 @@ except ImportError:  # built without a C compiler: the Python engine does everyt
     _engine = None  # type: ignore[assignment]
 #: The interface this module drives; _engine.c says which one it has (INTERFACE). Both
 #: change together; a build of an older _engine.c (a stale .so) counts as not built.
-INTERFACE = 2
+INTERFACE = 3
 if _engine is not None and getattr(_engine, "INTERFACE", 1) != INTERFACE:
     _engine = None  # type: ignore[assignment]
 
@@ -242,9 +242,10 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
     keyed: list[tuple[tuple[str | None, int, int | None], Entries]] = []
     for proto, ip_id, seq, hops in flow_entries:
         entries: Entries = []
-        for hop_seq, direction, node, walk, ttl, src, dst, exit_src, exit_dst in hops:
+        for hop_seq, direction, node, walk, ttl, src, dst, sport, dport, exit_src, exit_dst, exit_sport, exit_dport in hops:
             info = walk[8]
-            hop = Hop(calls.names[node], info.hooks, info.verdict, ttl, (src, dst), (exit_src, exit_dst), origin=info.origin)
+            hop = Hop(calls.names[node], info.hooks, info.verdict, ttl, (src, dst, sport, dport),
+                      (exit_src, exit_dst, exit_sport, exit_dport), origin=info.origin)
             entries.append((hop_seq, DIRECTIONS[direction], hop))
         keyed.append(((proto, ip_id, seq), entries))
     return Result(stats, nodes, build_flows(keyed), counts["repaired"], kept, summary, walks)
