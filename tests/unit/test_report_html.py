@@ -158,3 +158,16 @@ def test_inline_svg_strips_prolog_and_active_content():
         assert gone not in out
     assert 'xlink:href="#n1"' in out
     assert inline_svg("not xml") is None and inline_svg("<html/>") is None
+
+
+def test_a_walk_shows_what_nat_changed_on_its_node(tmp_path):
+    """A packet whose last line shows another destination port than its first (a DNAT of a
+    published port) gets the note next to its path."""
+    def redirect(doc):
+        packet = doc["packets"][0]
+        packet["sport"], packet["dport"] = 40000, 80
+        packet["exit"] = {"src": packet["src"], "dst": packet["dst"], "sport": 40000, "dport": 8080}
+
+    text = html.unescape(render_run_report(scenario4_run(tmp_path, mutate=redirect)).read_text())
+    assert re.search(r"NAT on this node: DNAT: dst [\d.]+:80 → [\d.]+:8080", text)
+    assert text.count("NAT on this node") == 1

@@ -105,7 +105,7 @@ def _row(n: int, step: StepRecord, is_drop: bool, hook_start: bool, note: str = 
 
 def _walk_key(p: PacketRecord) -> tuple[object, ...]:
     steps = tuple((s.hook, s.table, s.chain, s.kind, s.position, s.handle, s.verdict, s.rule, s.mark) for s in p.steps)
-    return (p.src, p.dst, p.protocol, tuple(p.hooks), p.verdict, p.reason, steps)
+    return (p.src, p.dst, p.protocol, tuple(p.hooks), p.verdict, p.reason, steps, tuple(p.nat))
 
 
 def walk_groups(run: RunData) -> list[dict[str, Any]]:
@@ -119,7 +119,7 @@ def walk_groups(run: RunData) -> list[dict[str, Any]]:
         if walk is None:
             walk = {
                 "title": p.title(), "hooks": list(p.hooks), "verdict": p.verdict, "reason": p.reason, "route": p.route,
-                "rows": _rows(p), "ip_ids": [], "repaired": 0, "new_connection": p.new_connection,
+                "rows": _rows(p), "ip_ids": [], "repaired": 0, "new_connection": p.new_connection, "nat": p.nat,
             }
             group["index"][wkey] = walk
             group["walks"].append(walk)
