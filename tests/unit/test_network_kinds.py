@@ -264,3 +264,36 @@ def test_one_provider_per_inventory_plans_once_and_the_daemons_etcd_is_not_route
     runtime = provider.emulation_runtime("slave1")
     assert runtime.etcd == provider.etcd_endpoint() and routes == [IPv4Address(runtime.etcd.host)]
     assert provider.default_image_tarball() and made == ["local"]
+
+
+def test_the_hosts_etcd_registrations_are_read_once_and_a_failure_fails_each_host_alike() -> None:
+    """One request for every host's registration (the first host to ask makes it); when etcd
+    does not answer, each host's step gets that error without asking etcd again."""
+    from types import SimpleNamespace
+
+    from chainlab.calico import datastore as D
+    from chainlab.calico.etcdlib import etcd
+
+    asked: list[str] = []
+
+    class Answering:
+        def read(self, key: str, recursive: bool = False) -> object:
+            asked.append(key)
+            leaf = SimpleNamespace(key=D.host_ip_key("master"), value="10.0.0.1", dir=False)
+            return SimpleNamespace(leaves=[leaf], etcd_index=7)
+
+    class Down:
+        def read(self, key: str, recursive: bool = False) -> object:
+            asked.append(key)
+            raise etcd.EtcdConnectionFailed("connection refused")
+
+    mode = emulate.Emulate(SimpleNamespace())  # type: ignore[arg-type]
+    run = SimpleNamespace(etcd=Answering)
+    seen = [mode._registered(SimpleNamespace(offline=False, host=h, run=run)) for h in ("master", "slave1")]
+    assert (seen, asked) == (["10.0.0.1", None], [D.HOST_IP_DIR])
+    asked.clear()
+    mode = emulate.Emulate(SimpleNamespace())  # type: ignore[arg-type]
+    for host in ("master", "slave1"):
+        with pytest.raises(etcd.EtcdConnectionFailed, match="connection refused"):
+            mode._registered(SimpleNamespace(offline=False, host=host, run=SimpleNamespace(etcd=Down)))
+    assert asked == [D.HOST_IP_DIR]

@@ -139,3 +139,27 @@ def test_the_ssh_socket_acknowledges_each_read_at_once():
             peer.sendall(b"hostkeys")
             assert client.recv(64) == b"hostkeys"
             assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+
+
+def test_without_tcp_quickack_the_connection_uses_a_plain_socket(tmp_path, monkeypatch):
+    """Off Linux (no TCP_QUICKACK) the SSH socket stays a plain one, with TCP_NODELAY set.
+    Over loopback; fabric's own open is replaced by a look at the socket it would use."""
+    import socket
+
+    import chainlab.remote.ssh as ssh
+
+    seen = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        target = Target("master", IPv4Address("127.0.0.1"), "root", port, None, tmp_path / "known_hosts", 5.0, None)
+        (tmp_path / "known_hosts").touch()
+        for quickack in (None, socket.TCP_QUICKACK):
+            monkeypatch.setattr(ssh, "_QUICKACK", quickack)
+            conn = connection(target)
+            monkeypatch.setattr(conn, "open", lambda conn=conn: seen.append(conn.connect_kwargs["sock"]))
+            ssh._open(conn)
+            server.accept()[0].close()
+    assert [type(s) for s in seen] == [socket.socket, ssh._QuickAckSocket]
+    for sock in seen:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1 and sock.gettimeout() == 5.0
+        sock.close()

@@ -263,3 +263,23 @@ def test_nat_notes_name_changed_ports_and_keep_address_only_notes_for_icmp():
     assert record.nat == ["DNAT: dst [fd00::2]:80 → [fd00::2]:3128"]
     assert record.to_dict()["exit"] == {"src": "fd00::1", "dst": "fd00::2", "sport": 5, "dport": 3128}
     assert PacketRecord.from_dict(record.to_dict()) == record
+
+
+def test_a_replys_translation_is_named_as_the_requests_undone_and_two_packets_are_not_one():
+    """A reply's changed destination is conntrack undoing the request's SNAT; hops of one IP
+    id whose source and destination ports both differ are two packets, so only addresses
+    are compared across them."""
+    from chainlab.trace.flows import Flow, Hop
+
+    reply = Flow("reply", "tcp", 3, [
+        Hop("web", ["INPUT"], "accepted", 64, ("10.0.0.9", "10.0.0.1", 443, 61000), ("10.0.0.9", "10.0.0.1", 443, 61000)),
+        Hop("gw", ["PREROUTING", "FORWARD"], "accepted", 63, ("10.0.0.9", "10.0.0.1", 443, 61000),
+            ("10.0.0.9", "172.17.0.2", 443, 40000)),
+    ])
+    assert reply.nat == ["SNAT reversed on gw: dst 10.0.0.1:61000 → 172.17.0.2:40000"]
+    two = Flow("request", "tcp", 4, [
+        Hop("a", ["OUTPUT"], "accepted", 64, ("10.0.0.1", "10.0.0.2", 1000, 80), ("10.0.0.1", "10.0.0.2", 1000, 80)),
+        Hop("b", ["PREROUTING"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 2000, 443),
+            ("10.0.0.1", "10.0.0.2", 2000, 443)),
+    ])
+    assert two.nat == []

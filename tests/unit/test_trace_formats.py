@@ -509,3 +509,18 @@ def test_a_port_only_dnat_on_one_node_is_named(engine):
     assert (packet["hooks"], packet["verdict"]) == (["PREROUTING", "INPUT"], "accepted")
     assert (packet["sport"], packet["dport"]) == (42182, 80)  # as it entered
     assert packet["exit"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": 42182, "dport": 52000}
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_packet_with_a_damaged_line_gets_no_port_note(tmp_path, engine):
+    """The same trace with its last line cut inside `DPT=52000` and the next line glued on:
+    the cut number still reads as a port, so a packet with a damaged line gets no port note."""
+    lines = (PUBLIC / "kube-nodeport-port80-dnat-52000.log").read_text().splitlines()
+    last = lines[-1]
+    log = tmp_path / "glued.log"
+    log.write_text("\n".join([*lines[:-1], last[:last.index("DPT=52000") + 6] + last]) + "\n")
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CHAINLAB_ENGINE": engine})
+    assert "1 damaged but attributed" in proc.stdout and "1 packets" in proc.stdout
+    assert "DNAT" not in proc.stdout

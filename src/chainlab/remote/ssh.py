@@ -95,6 +95,10 @@ def _host_keys(path: os.PathLike[str]) -> paramiko.HostKeys:
         return parsed[1]
 
 
+#: Linux's TCP_QUICKACK (absent elsewhere: there the socket stays a plain one).
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
 class _QuickAckSocket(socket.socket):
     """A TCP socket that acknowledges what it receives at once.
 
@@ -107,7 +111,7 @@ class _QuickAckSocket(socket.socket):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data = super().recv(bufsize, flags)
-        self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
         return data
 
 
@@ -116,19 +120,20 @@ class _QuickAckSocket(socket.socket):
 def _open(conn: fabric.Connection) -> None:
     """Connect on a socket of our own with TCP_NODELAY set before the SSH handshake (its
     back-to-back small packets, and every short command after it, would otherwise wait for
-    delayed ACKs, ~40 ms each), which acknowledges at once (`_QuickAckSocket`)."""
-    plain = socket.create_connection((conn.host, conn.port), timeout=conn.connect_timeout)
-    sock = _QuickAckSocket(fileno=plain.detach())
-    sock.settimeout(conn.connect_timeout)  # a socket made from a descriptor starts without one
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn.connect_kwargs["sock"] = sock
+    delayed ACKs, ~40 ms each), which acknowledges at once (`_QuickAckSocket`, on Linux)."""
+    sock = socket.create_connection((conn.host, conn.port), timeout=conn.connect_timeout)
     try:
+        if _QUICKACK is not None:
+            sock = _QuickAckSocket(fileno=sock.detach())
+            sock.settimeout(conn.connect_timeout)  # a socket made from a descriptor starts without one
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.connect_kwargs["sock"] = sock
         conn.open()
     except BaseException:
         sock.close()
         raise
     finally:
-        del conn.connect_kwargs["sock"]
+        conn.connect_kwargs.pop("sock", None)
 
 
 def connect(inv: Inventory, host: str) -> fabric.Connection:

@@ -105,7 +105,11 @@ def _row(n: int, step: StepRecord, is_drop: bool, hook_start: bool, note: str = 
 
 def _walk_key(p: PacketRecord) -> tuple[object, ...]:
     steps = tuple((s.hook, s.table, s.chain, s.kind, s.position, s.handle, s.verdict, s.rule, s.mark) for s in p.steps)
-    return (p.src, p.dst, p.protocol, tuple(p.hooks), p.verdict, p.reason, steps, tuple(p.nat))
+    return (p.src, p.dst, p.protocol, tuple(p.hooks), p.verdict, p.reason, steps)
+
+
+#: NAT notes shown per walk; the rest are counted.
+NAT_NOTES = 3
 
 
 def walk_groups(run: RunData) -> list[dict[str, Any]]:
@@ -119,12 +123,20 @@ def walk_groups(run: RunData) -> list[dict[str, Any]]:
         if walk is None:
             walk = {
                 "title": p.title(), "hooks": list(p.hooks), "verdict": p.verdict, "reason": p.reason, "route": p.route,
-                "rows": _rows(p), "ip_ids": [], "repaired": 0, "new_connection": p.new_connection, "nat": p.nat,
+                "rows": _rows(p), "ip_ids": [], "repaired": 0, "new_connection": p.new_connection, "nat": [],
+                "nat_more": 0,
             }
             group["index"][wkey] = walk
             group["walks"].append(walk)
         walk["ip_ids"].append(p.ip_id)
         walk["repaired"] += p.repaired_lines
+        for note in p.nat:  # the walk's packets' NAT, each note once (ports differ by connection)
+            if note in walk["nat"]:
+                continue
+            if len(walk["nat"]) < NAT_NOTES:
+                walk["nat"].append(note)
+            else:
+                walk["nat_more"] += 1
     order = {d: i for i, d in enumerate(DIRECTIONS)}
     out = list(groups.values())
     nodes = list(dict.fromkeys(g["node"] for g in out))

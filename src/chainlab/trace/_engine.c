@@ -3030,17 +3030,22 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
     h->walk = Py_NewRef(w->result);
     h->ttl = p->has_first ? p->first_ttl : NONE;
     h->sport = h->dport = h->exit_sport = h->exit_dport = NONE;
+    int ports = !p->repaired; /* a damaged line's cut-off number still reads as a port */
     if (p->has_first) {
         memcpy(h->src, p->first_src, ADDR_MAX);
         memcpy(h->dst, p->first_dst, ADDR_MAX);
-        h->sport = p->first_sport;
-        h->dport = p->first_dport;
+        if (ports) {
+            h->sport = p->first_sport;
+            h->dport = p->first_dport;
+        }
     }
     if (p->has_last) {
         memcpy(h->exit_src, p->last_src, ADDR_MAX);
         memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
-        h->exit_sport = p->last_sport;
-        h->exit_dport = p->last_dport;
+        if (ports) {
+            h->exit_sport = p->last_sport;
+            h->exit_dport = p->last_dport;
+        }
     }
     map_move_to_end(&e->flows, entry);
 }

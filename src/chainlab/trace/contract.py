@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlab.trace.expect import Check, is_probe
-from chainlab.trace.flows import Endpoints, Flow, Hop, changed
+from chainlab.trace.flows import Endpoints, Flow, Hop, changed, nat_kind
 from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet, Step
 
 
@@ -185,13 +185,16 @@ class PacketRecord:
     def nat(self) -> list[str]:
         """What NAT changed on this node between the packet's first and last lines, e.g.
         `DNAT: dst 10.0.0.4:80 → 10.0.0.4:52000` (an SNAT in nat POSTROUTING, the last table,
-        is not seen on the node that does it: the flows across nodes show it)."""
+        is not seen on the node that does it: the flows across nodes show it). Ports are
+        compared only when no damaged line was attributed to the packet: a line cut inside
+        `DPT=52000` still reads as a port."""
         if self.exit_src is None:
             return []
         entry: Endpoints = (self.src, self.dst, self.sport, self.dport)
         last: Endpoints = (self.exit_src, self.exit_dst, self.exit_sport, self.exit_dport)
-        return [f"{kind}: {change}" for kind, which in (("SNAT", 0), ("DNAT", 1))
-                if (change := changed(entry, last, which))]
+        ports = not self.repaired_lines
+        return [f"{nat_kind(self.direction, which)}: {change}" for which in (0, 1)
+                if (change := changed(entry, last, which, ports))]
 
     @classmethod
     def from_dict(cls, d: object) -> PacketRecord | None:

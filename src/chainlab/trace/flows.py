@@ -36,8 +36,11 @@ class Hop:
     origin: bool = False
 
 
-def endpoints(f: Fields | None) -> Endpoints:
-    return (f.src, f.dst, f.sport, f.dport) if f is not None else NO_ENDPOINTS
+def endpoints(f: Fields | None, ports: bool = True) -> Endpoints:
+    """A line's endpoints; without `ports`, its ports left out (see `FlowIndex.add`)."""
+    if f is None:
+        return NO_ENDPOINTS
+    return (f.src, f.dst, f.sport, f.dport) if ports else (f.src, f.dst, None, None)
 
 
 def _side(address: str | None, port: int | None) -> str:
@@ -46,16 +49,30 @@ def _side(address: str | None, port: int | None) -> str:
     return f"[{address}]:{port}" if address and ":" in address else f"{address}:{port}"
 
 
-def changed(before: Endpoints, after: Endpoints, which: int) -> str | None:
+def changed(before: Endpoints, after: Endpoints, which: int, ports: bool = True) -> str | None:
     """`src 10.0.0.1:80 → 10.0.0.2:8080` when the source (which=0) or destination (1) address
-    or port differs between two lines that both show it (a port-only DNAT, REDIRECT, is a
-    change too); None when nothing shown changed."""
+    or (with `ports`) port differs between two lines that both show it (a port-only DNAT,
+    REDIRECT, is a change too); None when nothing shown changed."""
     address = before[which] != after[which] and None not in (before[which], after[which])
-    port = before[which + 2] != after[which + 2] and None not in (before[which + 2], after[which + 2])
+    port = ports and before[which + 2] != after[which + 2] and None not in (before[which + 2], after[which + 2])
     if not (address or port):
         return None
     return (f"{('src', 'dst')[which]} {_side(before[which], before[which + 2])} → "
             f"{_side(after[which], after[which + 2])}")
+
+
+def nat_kind(direction: str, which: int) -> str:
+    """What changed a source (which=0) or destination (1): for a reply, conntrack undoing the
+    request's DNAT or SNAT, not a translation of its own."""
+    if direction == "reply":
+        return ("DNAT reversed", "SNAT reversed")[which]
+    return ("SNAT", "DNAT")[which]
+
+
+def _one_port_agrees(a: Endpoints, b: Endpoints) -> bool:
+    """NAT changes the ports of one side at most: two nodes' lines whose source and
+    destination ports both differ are two packets that share an IP id, not one translated."""
+    return not (None not in (a[2], b[2], a[3], b[3]) and a[2] != b[2] and a[3] != b[3])
 
 
 @dataclass
@@ -70,15 +87,17 @@ class Flow:
         """Address and port changes along the way, e.g. `SNAT on master: src 172.20.0.5 →
         10.0.0.1` or `DNAT on web: dst 10.0.0.2:80 → 10.0.0.2:8080`."""
         notes = []
+        src, dst = nat_kind(self.direction, 0), nat_kind(self.direction, 1)
         for i, hop in enumerate(self.hops):
             if dnat := changed(hop.entry, hop.exit, 1):
-                notes.append(f"DNAT on {hop.node}: {dnat}")
+                notes.append(f"{dst} on {hop.node}: {dnat}")
             if i + 1 < len(self.hops):
                 nxt = self.hops[i + 1]
-                if snat := changed(hop.exit, nxt.entry, 0):
-                    notes.append(f"SNAT on {hop.node}: {snat}")
-                if dnat := changed(hop.exit, nxt.entry, 1):
-                    notes.append(f"DNAT on {hop.node} (after trace): {dnat}")
+                ports = _one_port_agrees(hop.exit, nxt.entry)
+                if snat := changed(hop.exit, nxt.entry, 0, ports):
+                    notes.append(f"{src} on {hop.node}: {snat}")
+                if dnat := changed(hop.exit, nxt.entry, 1, ports):
+                    notes.append(f"{dst} on {hop.node} (after trace): {dnat}")
         return notes
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,8 +140,9 @@ class FlowIndex:
         if key is None:
             return
         first = packet.first
-        hop = Hop(packet.node, packet.hooks, packet.verdict, first.ttl if first else None, endpoints(first),
-                  endpoints(packet.last), origin=packet.origin)
+        ports = not packet.repaired_lines  # a damaged line's cut-off number still reads as a port
+        hop = Hop(packet.node, packet.hooks, packet.verdict, first.ttl if first else None, endpoints(first, ports),
+                  endpoints(packet.last, ports), origin=packet.origin)
         entries = self.hops.setdefault(key, [])
         entries.append((packet.seq, packet.direction, hop))
         if len(entries) > MAX_HOPS:

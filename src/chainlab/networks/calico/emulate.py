@@ -84,7 +84,7 @@ class Emulate(Mode):
     def __init__(self, network: "CalicoNetwork"):
         super().__init__(network)
         self._lock = threading.Lock()
-        self._host_ips: dict[str, str] | None = None
+        self._host_ips: dict[str, str] | Exception | None = None
 
     def node_up(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
         runtime = self.network.provider.emulation_runtime(ctx.host)
@@ -108,13 +108,19 @@ class Emulate(Mode):
     def _registered(self, ctx: HostContext) -> str | None:
         """The address etcd registers for this host. Every host's is read in one request by
         the first host to ask (the run's hosts do this step at once): a request per host cost
-        each its own TLS handshake with etcd (urllib3 keeps one connection per pool)."""
+        each its own TLS connection to etcd (urllib3 keeps one per pool). A failed read fails
+        every host's step with the same error, without each host waiting for etcd in turn."""
         if ctx.offline:
             return None
         with self._lock:
             if self._host_ips is None:
-                items, _ = D.read_tree(ctx.run.etcd(), D.HOST_IP_DIR)
-                self._host_ips = {host: str(address) for host, address in D.parse_tree(items).host_ips.items()}
+                try:
+                    items, _ = D.read_tree(ctx.run.etcd(), D.HOST_IP_DIR)
+                    self._host_ips = {host: str(address) for host, address in D.parse_tree(items).host_ips.items()}
+                except Exception as exc:  # noqa: BLE001 (run_step reports it, for each host)
+                    self._host_ips = exc
+            if isinstance(self._host_ips, Exception):
+                raise self._host_ips
             return self._host_ips.get(ctx.host)
 
     def node_down(self, ctx: HostContext) -> Generator[Action, Any, Outcome]:
