@@ -242,3 +242,20 @@ def test_a_trace_that_ends_after_prerouting_is_lost_after_routing():
     assert on_master.verdict == "unknown"
     lost = ProbeResult(blocked.spec, 1, "", packets)
     assert lost.drop is None and lost.decision == "lost after routing on master (request)"
+
+
+def test_a_probes_packet_seen_on_one_node_names_its_nat_with_the_node():
+    """The published kube-proxy trace as a probe's only packet (host 172.28.129.2 to port 80 of
+    cos74, which DNATs it to 52000): no flow, so the packet's own note, with its node, is the
+    probe's NAT; the matrix traces' flows keep theirs."""
+    from chainlab.run.probe import Place, ProbeSpec
+
+    analysis = analyze([LogSource(FIXTURES / "public" / "kube-nodeport-port80-dnat-52000.log", "cos74")],
+                       AnalysisOptions())
+    spec = ProbeSpec(ProbeRequest("cos72", "cos74", "tcp", 80), Place("cos72", "cos72", "172.28.129.2"),
+                     Place("cos74", "cos74", "172.28.129.4"), "172.28.129.4", (), "")
+    result = ProbeResult(spec, 0, "", analysis.packets, flows_of(analysis.packets, "tcp"))
+    assert result.flows == []
+    assert result.nat == result.own_nat == ["DNAT on cos74: dst 172.28.129.4:80 → 172.28.129.4:52000"]
+    three = {r.label: r for r in results("icmp", "icmp", None)}["web1 → slave1 icmp"]
+    assert three.own_nat == [] and three.nat

@@ -39,6 +39,8 @@ def print_probe(console: Console, result: ProbeResult) -> None:
         console.print("[yellow]no packet of this probe in any node's trace[/]")
     for flow in result.flows:
         console.print(flow_text(flow, "flow: "))
+    for note in result.own_nat:
+        console.print(f"  [magenta]{escape(note)}[/magenta]")
     if result.run_dir is not None:
         console.print(f"[dim]probe exit code {result.exit_code}; evidence in {result.run_dir}/report.html[/dim]")
 

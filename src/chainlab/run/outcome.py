@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chainlab.run.probe import ProbeSpec
 from chainlab.trace.analyze import hook_path
+from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import probe_packet
 from chainlab.trace.flows import Flow, FlowIndex
 from chainlab.trace.model import Packet
@@ -148,7 +149,17 @@ class ProbeResult:
 
     @property
     def nat(self) -> list[str]:
-        return [note for flow in self.flows for note in flow.nat]
+        """The NAT the probe's packets met: along each flow, and on the one node of a packet
+        no other node saw (a published port reached from its own host)."""
+        return [note for flow in self.flows for note in flow.nat] + self.own_nat
+
+    @property
+    def own_nat(self) -> list[str]:
+        """The NAT notes of the probe's packets that are in no flow, each with its node."""
+        followed = {(flow.protocol, flow.ip_id) for flow in self.flows}
+        notes = [note for p in self.packets_of() if (p.protocol, p.fields.ip_id) not in followed
+                 for note in PacketRecord.from_packet(p).nat_notes(f" on {p.node}")]
+        return list(dict.fromkeys(notes))
 
     @property
     def decision(self) -> str:

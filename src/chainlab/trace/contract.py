@@ -183,6 +183,9 @@ class PacketRecord:
 
     @property
     def nat(self) -> list[str]:
+        return self.nat_notes()
+
+    def nat_notes(self, where: str = "") -> list[str]:
         """What NAT changed on this node between the packet's first and last lines, e.g.
         `DNAT: dst 10.0.0.4:80 → 10.0.0.4:52000` (an SNAT in nat POSTROUTING, the last table,
         is not seen on the node that does it: the flows across nodes show it). Ports are
@@ -193,7 +196,7 @@ class PacketRecord:
         entry: Endpoints = (self.src, self.dst, self.sport, self.dport)
         last: Endpoints = (self.exit_src, self.exit_dst, self.exit_sport, self.exit_dport)
         ports = not self.repaired_lines
-        return [f"{nat_kind(self.direction, which)}: {change}" for which in (0, 1)
+        return [f"{nat_kind(self.direction, which)}{where}: {change}" for which in (0, 1)
                 if (change := changed(entry, last, which, ports))]
 
     @classmethod
