@@ -7,12 +7,15 @@ collection window, as `chainlab matrix` took them.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from rich.console import Console
 
 from chainlab.errors import InputError
 from chainlab.labstate import LabState
+from chainlab.render.probe import print_probe
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, deciding_rules,
                                  expect_text, load_matrix, parse_expect, write_matrix)
@@ -257,5 +260,8 @@ def test_a_probes_packet_seen_on_one_node_names_its_nat_with_the_node():
     result = ProbeResult(spec, 0, "", analysis.packets, flows_of(analysis.packets, "tcp"))
     assert result.flows == []
     assert result.nat == result.own_nat == ["DNAT on cos74: dst 172.28.129.4:80 → 172.28.129.4:52000"]
+    out = io.StringIO()
+    print_probe(Console(file=out, width=200), result)  # what `chainlab probe` prints
+    assert "  DNAT on cos74: dst 172.28.129.4:80 → 172.28.129.4:52000\n" in out.getvalue()
     three = {r.label: r for r in results("icmp", "icmp", None)}["web1 → slave1 icmp"]
     assert three.own_nat == [] and three.nat

@@ -10,6 +10,7 @@ import pytest
 
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
+from chainlab.trace.flows import Endpoints, Flow, Hop
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import load_rules
@@ -230,32 +231,28 @@ def test_the_reason_does_not_depend_on_the_hash_seed(tmp_path):
     assert reasons == {"the log ends after mangle:PREROUTING policy, before a rule or policy decided (still ahead: mangle FORWARD)"}
 
 
+def _flow(direction: str, *hops: tuple[str, Endpoints, Endpoints | None]) -> Flow:
+    """A flow for its NAT notes: per hop its node, its first line's endpoints and its last
+    line's (None: the same), in the order the packet went."""
+    return Flow(direction, "tcp", 1, [Hop(node, [], "accepted", 64 - i, entry, exit_ or entry)
+                                      for i, (node, entry, exit_) in enumerate(hops)])
+
+
 def test_nat_notes_name_changed_ports_and_keep_address_only_notes_for_icmp():
     """Flow notes compare addresses and, where the lines show them, ports: a published Docker
     port (address and port), a REDIRECT (port only), a masquerade that also moved the source
     port; ICMP hops (no ports) read as before."""
     from chainlab.trace.contract import PacketRecord
-    from chainlab.trace.flows import Flow, Hop
 
-    tcp = Flow("request", "tcp", 7, [
-        Hop("master", ["OUTPUT", "POSTROUTING"], "accepted", 64, ("172.30.1.2", "10.0.0.2", 4000, 8080),
-            ("172.30.1.2", "10.0.0.2", 4000, 8080)),
-        Hop("slave1", ["PREROUTING", "FORWARD"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 4001, 8080),
-            ("10.0.0.1", "172.30.2.2", 4001, 80)),
-    ])
+    tcp = _flow("request", ("master", ("172.30.1.2", "10.0.0.2", 4000, 8080), None),
+                ("slave1", ("10.0.0.1", "10.0.0.2", 4001, 8080), ("10.0.0.1", "172.30.2.2", 4001, 80)))
     assert tcp.nat == ["SNAT on master: src 172.30.1.2:4000 → 10.0.0.1:4001",
                        "DNAT on slave1: dst 10.0.0.2:8080 → 172.30.2.2:80"]
-    redirect = Flow("request", "tcp", 8, [
-        Hop("a", ["OUTPUT"], "accepted", 64, ("10.0.0.1", "10.0.0.2", 5, 80), ("10.0.0.1", "10.0.0.2", 5, 80)),
-        Hop("b", ["PREROUTING", "INPUT"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 5, 80),
-            ("10.0.0.1", "10.0.0.2", 5, 3128)),
-    ])
+    redirect = _flow("request", ("a", ("10.0.0.1", "10.0.0.2", 5, 80), None),
+                     ("b", ("10.0.0.1", "10.0.0.2", 5, 80), ("10.0.0.1", "10.0.0.2", 5, 3128)))
     assert redirect.nat == ["DNAT on b: dst 10.0.0.2:80 → 10.0.0.2:3128"]
-    icmp = Flow("request", "icmp", 9, [
-        Hop("a", ["OUTPUT"], "accepted", 64, ("fd00::1", "10.0.0.2", None, None), ("fd00::1", "10.0.0.2", None, None)),
-        Hop("b", ["PREROUTING"], "accepted", 63, ("10.0.0.1", "10.0.0.2", None, None),
-            ("10.0.0.1", "10.0.0.3", None, None)),
-    ])
+    icmp = _flow("request", ("a", ("fd00::1", "10.0.0.2", None, None), None),
+                 ("b", ("10.0.0.1", "10.0.0.2", None, None), ("10.0.0.1", "10.0.0.3", None, None)))
     assert icmp.nat == ["SNAT on a: src fd00::1 → 10.0.0.1", "DNAT on b: dst 10.0.0.2 → 10.0.0.3"]
     record = PacketRecord("b", "request", "tcp", "fd00::1", "fd00::2", None, "flow", 64, ["PREROUTING"], None, [],
                           "accepted", "", None, False, "fd00::1", "fd00::2", sport=5, dport=80, exit_sport=5,
@@ -269,17 +266,9 @@ def test_a_replys_translation_is_named_as_the_requests_undone_and_two_packets_ar
     """A reply's changed destination is conntrack undoing the request's SNAT; hops of one IP
     id whose source and destination ports both differ are two packets, so only addresses
     are compared across them."""
-    from chainlab.trace.flows import Flow, Hop
-
-    reply = Flow("reply", "tcp", 3, [
-        Hop("web", ["INPUT"], "accepted", 64, ("10.0.0.9", "10.0.0.1", 443, 61000), ("10.0.0.9", "10.0.0.1", 443, 61000)),
-        Hop("gw", ["PREROUTING", "FORWARD"], "accepted", 63, ("10.0.0.9", "10.0.0.1", 443, 61000),
-            ("10.0.0.9", "172.17.0.2", 443, 40000)),
-    ])
+    reply = _flow("reply", ("web", ("10.0.0.9", "10.0.0.1", 443, 61000), None),
+                  ("gw", ("10.0.0.9", "10.0.0.1", 443, 61000), ("10.0.0.9", "172.17.0.2", 443, 40000)))
     assert reply.nat == ["SNAT reversed on gw: dst 10.0.0.1:61000 → 172.17.0.2:40000"]
-    two = Flow("request", "tcp", 4, [
-        Hop("a", ["OUTPUT"], "accepted", 64, ("10.0.0.1", "10.0.0.2", 1000, 80), ("10.0.0.1", "10.0.0.2", 1000, 80)),
-        Hop("b", ["PREROUTING"], "accepted", 63, ("10.0.0.1", "10.0.0.2", 2000, 443),
-            ("10.0.0.1", "10.0.0.2", 2000, 443)),
-    ])
+    two = _flow("request", ("a", ("10.0.0.1", "10.0.0.2", 1000, 80), None),
+                ("b", ("10.0.0.1", "10.0.0.2", 2000, 443), None))
     assert two.nat == []
