@@ -854,6 +854,22 @@ def test_glued_lines_with_equal_segments(tmp_path):
     assert_same([f"n={log}"], "glued", "\n".join(lines))
 
 
+def test_glued_lines_of_two_hosts(tmp_path):
+    """A record glued on after another host's syslog prefix goes to that host (a dmesg
+    prefix names none: the file's node), and the next whole line is its own host's again."""
+    def slave1(step: str) -> str:
+        return _icmp(step, 9).replace("03:38:09 master", "03:38:10 slave1")
+
+    lines = [_icmp("raw:PREROUTING:policy:1", 4), _icmp("mangle:PREROUTING:policy:1", 4)[:90] + slave1("raw:PREROUTING:policy:1"),
+             _icmp("nat:PREROUTING:policy:1", 4), slave1("mangle:PREROUTING:policy:1"),
+             _icmp("filter:INPUT:rule:1", 4)[:90] + "[ 3.0] " + slave1("nat:PREROUTING:policy:1")[len(PFX) - 7:]]
+    log = _write(tmp_path, "central.log", lines)
+    run = assert_same([str(log)], "glued hosts", "\n".join(lines))
+    packets = json.loads(run.stdout)["packets"]
+    assert sorted((p["node"], p["ip_id"], [s["line"] for s in p["steps"]]) for p in packets) == [
+        ("central", 9, [5]), ("master", 4, [1, 2, 3, 5]), ("slave1", 9, [2, 4])]
+
+
 def test_long_mixed_log_exercises_the_window(tmp_path):
     """Hundreds of interleaved packets, reused IP ids: packets expire while others open."""
     lines = []

@@ -95,6 +95,18 @@ def test_glued_line_yields_both_records():
     assert records[0].fields.damaged and not records[1].fields.damaged
 
 
+def test_glued_line_of_another_host_keeps_that_hosts_name_and_time():
+    """A central syslog glues lines of different hosts: the glued-on record comes from the
+    host (and time) of the prefix glued on before it, not from the first line's."""
+    other = RFC3339.replace("2026-11-22T10:07:14.123456+00:00 slave1", "Dec  2 03:38:10 slave2")
+    records, bad = parse_line(RSYSLOG[:150] + other, 1)
+    assert bad == 0 and [(r.host, r.step.time) for r in records] == [("master", "Dec  2 03:38:09"),
+                                                                       ("slave2", "Dec  2 03:38:10")]
+    assert records[1].fields.ip_id == 4711 and records[0].fields.damaged
+    dmesg = parse_line(RSYSLOG[:150] + DMESG, 2)[0]  # a dmesg prefix names no host: its time alone
+    assert [(r.host, r.step.time) for r in dmesg] == [("master", "Dec  2 03:38:09"), (None, "480.849238")]
+
+
 def test_cut_ip_id_is_not_guessed():
     f = parse_fields("IN= OUT=x SRC=1.2.3.4 DST=5.6.7.8 LEN=84 TTL=64 ID=4570ICMP TYPE=8 CODE=0 ID=3584 SEQ=1")
     assert f.ip_id is None and f.icmp_id == 3584 and f.damaged

@@ -3562,6 +3562,12 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
     int node = line_origin(e, line, e->headers[0].start, &time);
     for (size_t i = 0; i < count && !e->error; i++) {
         Header *hs = e->headers;
+        if (i) { /* a record glued on after its own syslog prefix: that prefix's host and time */
+            const char *seg = line + hs[i - 1].end;
+            size_t len = hs[i].start - hs[i - 1].end, p = before_next_prefix(seg, len);
+            if (p < len)
+                node = line_origin(e, seg + p, len - p, &time);
+        }
         if (i + 1 < count) {
             const char *seg = line + hs[i].end;
             size_t len = hs[i + 1].start - hs[i].end;

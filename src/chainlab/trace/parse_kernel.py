@@ -255,7 +255,9 @@ class KernelLineParser:
         """Records found on one line, and how many TRACE-looking fragments were unreadable.
 
         A glued line (two records run together) yields both records; the first one's
-        fields end where the second header starts. Returned Fields are shared between
+        fields end where the second header starts, and the second one's host and time are
+        those of the syslog prefix glued on before it (a central log glues lines of
+        different hosts), or the first one's when none was. Returned Fields are shared between
         equal lines: treat them as read-only.
         """
         single = self.parse_single(line, number)
@@ -271,6 +273,10 @@ class KernelLineParser:
         records = []
         last = len(headers) - 1
         for i, match in enumerate(headers):
+            if i:  # a record glued on after its own syslog prefix comes from that prefix's host
+                glued = NEXT_PREFIX.search(line, headers[i - 1].end(), match.start())
+                if glued:
+                    host, time = self.prefix(glued.group())
             if i < last:
                 fields = parse_fields(NEXT_PREFIX.sub("", line[match.end() : headers[i + 1].start()]))
                 fields.damaged = True
