@@ -870,6 +870,19 @@ def test_glued_lines_of_two_hosts(tmp_path):
         ("central", 9, [5]), ("master", 4, [1, 2, 3, 5]), ("slave1", 9, [2, 4])]
 
 
+def test_walks_starting_in_user_chains(tmp_path):
+    """A log that starts inside user chains: the hook the table and interfaces give (filter
+    with IN= and OUT=: FORWARD), none where they give several (mangle with IN=), none for a
+    damaged line."""
+    lines = [_icmp("filter:cali-fw-x:rule:3", 1), _icmp("filter:FORWARD:rule:4", 1),
+             _icmp("mangle:cali-x:rule:1", 2).replace("OUT=eth1", "OUT="), _icmp("mangle:INPUT:policy:1", 2).replace("OUT=eth1", "OUT="),
+             _icmp("filter:cali-y:rule:1", 3)[:-4], _udp("raw:cali-z:rule:2", 4, 1, 2).replace("IN=eth0 OUT=", "IN= OUT=eth0")]
+    log = _write(tmp_path, "excerpt.log", lines)
+    run = assert_same([f"n={log}"], "user chains first", "\n".join(lines), formats=("json", "text"))
+    assert [[s["hook"] for s in p["steps"]] for p in json.loads(run.stdout)["packets"]] == [
+        ["FORWARD", "FORWARD"], [None, "INPUT"], [None], ["OUTPUT"]]
+
+
 def test_long_mixed_log_exercises_the_window(tmp_path):
     """Hundreds of interleaved packets, reused IP ids: packets expire while others open."""
     lines = []

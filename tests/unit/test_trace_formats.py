@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chainlab.trace.hooks import hook_by_name, inferred_hook
+from chainlab.trace.netfilter import hook_by_interfaces
 from chainlab.trace.parse_kernel import parse_fields, parse_line
 from chainlab.trace.parse_nft import parse_nft_monitor, parse_xtables_monitor
 from chainlab.trace.pipeline import AnalysisOptions, analyze
@@ -231,6 +232,29 @@ def test_hook_inferred_from_interfaces():
     assert inferred_hook((False, True), None) == "OUTPUT"
     assert inferred_hook((False, True), "FORWARD") == "POSTROUTING"
     assert inferred_hook((False, False), None) is None
+
+
+def test_hook_of_a_table_from_its_interfaces():
+    """Where only one hook of a table sees a packet's IN=/OUT= as they are."""
+    assert hook_by_interfaces("filter", (True, True)) == "FORWARD"
+    assert hook_by_interfaces("filter", (True, False)) == "INPUT"
+    assert hook_by_interfaces("raw", (False, True)) == "OUTPUT"
+    assert hook_by_interfaces("nat", (True, True)) == "POSTROUTING"
+    assert hook_by_interfaces("mangle", (True, False)) is None  # PREROUTING or INPUT
+    assert hook_by_interfaces("nat", (False, True)) is None  # OUTPUT or POSTROUTING
+    assert hook_by_interfaces("filter", (False, False)) is None
+
+
+def test_excerpt_starting_in_a_user_chain_gets_its_hook_from_the_interfaces(tmp_path):
+    """A log cut in the middle of filter INPUT (Calico's workload chains): the steps before
+    any base chain are INPUT's, since filter sees IN= without OUT= only there."""
+    lines = (FIXTURES / "seed-logs" / "scenario2-master.log").read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if "cali-from-wl-dispatch-2" in line)
+    excerpt = tmp_path / "excerpt.log"
+    excerpt.write_text("".join(lines[start:]))
+    request = next(p for p in run(excerpt).packets if p.direction == "request")
+    assert request.steps[0].chain == "cali-from-wl-dispatch-2" and {s.hook for s in request.steps} == {"INPUT"}
+    assert request.hooks == ["INPUT"] and request.verdict == "accepted"
 
 
 # -- cut-off traces ------------------------------------------------------------------------------

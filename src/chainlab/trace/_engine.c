@@ -351,6 +351,25 @@ static const int HOOK_TABLE_INDEX[N_HOOKS][N_TABLES] = {
 };
 static const int HOOK_TABLE_COUNT[] = {3, 4, 3, 5, 2};
 
+/* netfilter.HOOK_INTERFACES: per hook, bit k set when the kernel knows the interfaces
+ * k = (IN known) | (OUT known) << 1 there. */
+static const int HOOK_INTERFACES[] = {1 << 1, 1 << 1, 1 << 3, 1 << 2, 1 << 2 | 1 << 3};
+
+/* netfilter.hook_by_interfaces: the one hook at which `table` runs with the interfaces
+ * `known` (bit 0: IN, bit 1: OUT) known; -1: several or none. */
+static int hook_by_interfaces(int table, int known) {
+    if (table < 0)
+        return -1;
+    int found = -1;
+    for (int h = 0; h < N_HOOKS; h++)
+        if (HOOK_TABLE_INDEX[h][table] >= 0 && (HOOK_INTERFACES[h] >> known & 1)) {
+            if (found >= 0)
+                return -1;
+            found = h;
+        }
+    return found;
+}
+
 static int find_name(const char **names, int count, const char *s, size_t n) {
     for (int i = 0; i < count; i++)
         if (names[i][0] == s[0] && strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
@@ -2004,6 +2023,8 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     int base = r->family >= 0 || r->base >= 0 ? resolve_hook(e, r, current)
                : r->names_known                ? r->chain_hook
                                                : find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
+    if (base < 0 && r->family < 0 && r->base < 0 && p->last_hook < 0) /* a walk that starts in a user chain */
+        base = r->f->damaged ? -1 : hook_by_interfaces(table, (r->f->in_if.n > 0) | (r->f->out_if.n > 0) << 1);
     if (p->last_hook == -2) {
         *hook = base;
         return 1;

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet
-from chainlab.trace.netfilter import HOOKS, step_rank, table_slots
+from chainlab.trace.netfilter import HOOKS, hook_by_interfaces, step_rank, table_slots
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -190,6 +190,9 @@ class Assembler:
         step = event.step
         if step.family is None and event.base is None:
             base = step.chain if step.chain in HOOKS else None
+            if base is None and (last is None or last.hook is None) and not event.fields.damaged:
+                # a walk that starts in a user chain (the log or excerpt starts mid-chain)
+                base = hook_by_interfaces(step.table, (event.fields.in_if is not None, event.fields.out_if is not None))
         else:
             base = self.resolve(event, last.hook if last is not None else None)
         if last is None:

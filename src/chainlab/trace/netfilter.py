@@ -25,6 +25,17 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "local-out": ("OUTPUT", "POSTROUTING"),
 }
 
+#: Which of a packet's interfaces the kernel knows at each hook, as a trace line's IN= and
+#: OUT= show them: (in, out). POSTROUTING knows both for a forwarded packet, OUT alone for
+#: a packet sent from this host.
+HOOK_INTERFACES: dict[str, tuple[tuple[bool, bool], ...]] = {
+    "PREROUTING": ((True, False),),
+    "INPUT": ((True, False),),
+    "FORWARD": ((True, True),),
+    "OUTPUT": ((False, True),),
+    "POSTROUTING": ((False, True), (True, True)),
+}
+
 # Rank of each hook along any route, so that steps can be checked for order.
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
 
@@ -95,3 +106,20 @@ def collapse_hooks(hooks: list[str]) -> list[str]:
         if not out or out[-1] != hook:
             out.append(hook)
     return out
+
+
+def _one_hook(table: str, interfaces: tuple[bool, bool]) -> str | None:
+    hooks = [h for h in HOOKS if table in HOOK_TABLES[h] and interfaces in HOOK_INTERFACES[h]]
+    return hooks[0] if len(hooks) == 1 else None
+
+
+_HOOK_BY_INTERFACES = {(table, ifs): hook for table in TABLES for ifs in ((True, False), (False, True), (True, True))
+                       if (hook := _one_hook(table, ifs)) is not None}
+
+
+def hook_by_interfaces(table: str, interfaces: tuple[bool, bool]) -> str | None:
+    """The one hook at which `table` runs with these interfaces known (filter with IN and
+    OUT: FORWARD; raw with OUT alone: OUTPUT), None when several could (mangle with IN
+    alone: PREROUTING or INPUT). Gives the hook of a user chain that a trace excerpt
+    starts in, before any base chain says it."""
+    return _HOOK_BY_INTERFACES.get((table, interfaces))
