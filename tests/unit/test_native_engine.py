@@ -883,6 +883,24 @@ def test_walks_starting_in_user_chains(tmp_path):
         ["FORWARD", "FORWARD"], [None, "INPUT"], [None], ["OUTPUT"]]
 
 
+def test_user_chains_returning_into_their_base_chain(tmp_path):
+    """Steps in mangle user chains, the last a return, then mangle's base chain: the run
+    takes the base chain's hook (the JSON of steps already written is redone), in every
+    format and with --tables; a raw step before them keeps its own."""
+    def mangle(step: str, ip_id: int) -> str:
+        return _icmp(step, ip_id).replace("OUT=eth1", "OUT=")
+
+    lines = [mangle("mangle:cali-a:rule:2", 1), mangle("mangle:cali-b:rule:1", 2), mangle("mangle:cali-a:return:4", 1),
+             mangle("mangle:cali-b:return:3", 2), mangle("mangle:PREROUTING:policy:1", 1), mangle("mangle:INPUT:policy:1", 2),
+             mangle("raw:cali-c:rule:1", 3), mangle("mangle:cali-d:return:1", 3), mangle("mangle:PREROUTING:policy:2", 3),
+             mangle("nat:PREROUTING:policy:1", 3)]
+    log = _write(tmp_path, "returns.log", lines)
+    run = assert_same([f"n={log}"], "returns", "\n".join(lines), formats=("json", "text", "summary"))
+    assert [[s["hook"] for s in p["steps"]] for p in json.loads(run.stdout)["packets"]] == [
+        ["PREROUTING"] * 3, ["INPUT"] * 3, ["PREROUTING"] * 4]
+    assert_same(["--tables", "mangle", f"n={log}"], "returns, mangle only", formats=("json", "text"))
+
+
 def test_long_mixed_log_exercises_the_window(tmp_path):
     """Hundreds of interleaved packets, reused IP ids: packets expire while others open."""
     lines = []

@@ -257,6 +257,27 @@ def test_excerpt_starting_in_a_user_chain_gets_its_hook_from_the_interfaces(tmp_
     assert request.hooks == ["INPUT"] and request.verdict == "accepted"
 
 
+def test_excerpt_starting_with_a_return_takes_the_hook_of_the_base_chain_it_returns_to():
+    """The published kube-proxy trace starts at `mangle:cali-PREROUTING:return:5` (IN=eth0
+    fits PREROUTING and INPUT); the next line, mangle PREROUTING's policy, is where that
+    return went: PREROUTING. The author's notes between the lines are set aside."""
+    (packet,) = run(PUBLIC / "kube-firewall-mark-drop-annotated.log").packets
+    assert [(s.chain, s.hook) for s in packet.steps[:2]] == [("cali-PREROUTING", "PREROUTING"),
+                                                             ("PREROUTING", "PREROUTING")]
+    assert packet.hooks == ["PREROUTING", "INPUT"] and packet.steps[-1].chain == "KUBE-FIREWALL"
+    assert packet.verdict == "unknown" and "KUBE-FIREWALL rule 1" in packet.reason
+
+
+def test_a_return_into_another_tables_base_chain_says_nothing(tmp_path):
+    """Only a return into its own table's base chain places the user chain: mangle's return
+    followed by nat PREROUTING leaves it unplaced (mangle with IN= alone: PREROUTING or INPUT)."""
+    lines = (PUBLIC / "kube-firewall-mark-drop-annotated.log").read_text().splitlines(keepends=True)
+    excerpt = tmp_path / "excerpt.log"
+    excerpt.write_text("".join(line for line in lines if ":PREROUTING:policy:2 " not in line))
+    (packet,) = run(excerpt).packets
+    assert [(s.chain, s.hook) for s in packet.steps[:2]] == [("cali-PREROUTING", None), ("PREROUTING", "PREROUTING")]
+
+
 # -- cut-off traces ------------------------------------------------------------------------------
 
 

@@ -1586,6 +1586,8 @@ typedef struct {
 typedef struct {
     size_t at, prefix_n, suffix_n;
     int in_tables;
+    int table, family, kind; /* the step's (TABLES, FAMILIES, KINDS index; -1: other, None) */
+    size_t sig_hook;         /* where its hook's byte is in Packet.sig */
 } StepAt;
 
 #define NULL_RULE_N 4 /* strlen("null") */
@@ -2214,10 +2216,49 @@ static const struct {
 #undef STEP_MIDDLE
 };
 
+/* assemble._returned_into: the packet's last steps, all of `table` and in no hook, the last
+ * one a `return`, were called from `table`'s base chain in `hook` (the step coming next):
+ * they take that hook, in the walk signature and in their JSON. */
+static int returned_into(Packet *p, int table, int hook) {
+    size_t first = p->n_steps;
+    while (first && p->at[first - 1].table == table && p->at[first - 1].family < 0)
+        first--;
+    for (size_t i = first; i < p->n_steps; i++)
+        p->sig.p[p->at[i].sig_hook] = (char)hook;
+    if (!p->json || first == p->n_steps)
+        return 0;
+    Buf *b = &p->steps;
+    size_t from = p->at[first].at, old_n = b->n - from;
+    char *old = malloc(old_n);
+    if (!old)
+        return -1;
+    memcpy(old, b->p + from, old_n);
+    b->n = from;
+    /* a suffix starts with STEP_MIDDLES[0] after its "null": `, "hook": null, "line": ` */
+    size_t skip = STEP_MIDDLES[0].n - NULL_RULE_N, middle_n = STEP_MIDDLES[hook + 1].n - NULL_RULE_N;
+    int err = 0;
+    for (size_t i = first; i < p->n_steps; i++) {
+        StepAt *at = &p->at[i];
+        const char *step = old + (at->at - from);
+        if (i > first)
+            err |= PUTL(b, ", ");
+        at->at = b->n;
+        err |= put(b, step, at->prefix_n + NULL_RULE_N) || put(b, STEP_MIDDLES[hook + 1].s + NULL_RULE_N, middle_n) ||
+               put(b, step + at->prefix_n + NULL_RULE_N + skip, at->suffix_n - skip);
+        at->suffix_n += middle_n - skip;
+    }
+    free(old);
+    return err;
+}
+
 /* Assembler._append: the step joins the packet (its JSON pieces, if wanted, and the walk signature). */
 static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table) {
     int err = 0;
     const Fields *f = r->f;
+    if (hook >= 0 && r->family < 0 && table >= 0 && p->last_hook == -1 && p->n_steps &&
+        p->at[p->n_steps - 1].kind == 1 /* return */ && p->at[p->n_steps - 1].table == table &&
+        (r->names_known ? r->chain_hook : find_name(HOOKS, N_HOOKS, r->chain, r->chain_n)) >= 0)
+        err |= returned_into(p, table, hook);
     if (p->n_steps == p->cap_steps) {
         size_t cap = p->cap_steps ? p->cap_steps * 2 : 16;
         StepAt *at = realloc(p->at, cap * sizeof *at);
@@ -2265,12 +2306,16 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
                             : put_step_end(b, r->handle, r->verdict, f->mark, r->time, r->family);
         at->suffix_n = b->n - suffix;
     }
-    p->n_steps++;
+    StepAt *at = &p->at[p->n_steps++];
+    at->table = table;
+    at->family = r->family;
+    at->kind = r->kind;
     Buf *g = &p->sig;
     err |= head ? put(g, head->sig, head->sig_n) : put_step_sig_head(g, r);
     err |= sig_str(g, r->handle.s, r->handle.n);
     err |= sig_str(g, r->verdict.s, r->verdict.n);
     err |= sig_str(g, r->rule.s, r->rule.n);
+    at->sig_hook = g->n;
     err |= sig_byte(g, hook >= 0 ? hook : 255);
     err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
-from chainlab.trace.model import Event, Fields, Packet
+from chainlab.trace.model import Event, Fields, Packet, Step
 from chainlab.trace.netfilter import HOOKS, hook_by_interfaces, step_rank, table_slots
 
 
@@ -210,6 +210,8 @@ class Assembler:
         f = event.fields
         step = event.step
         step.hook = hook
+        if hook is not None and step.family is None and step.chain in HOOKS:
+            _returned_into(packet.steps, step)
         packet.steps.append(step)
         packet.at_end = False
         packet.entered = None
@@ -294,3 +296,16 @@ class Assembler:
         for trace_id in packet.trace_ids:
             if self.by_trace.get((packet.node, trace_id)) is packet:
                 del self.by_trace[(packet.node, trace_id)]
+
+
+def _returned_into(steps: list[Step], base: Step) -> None:
+    """A walk that starts in iptables user chains (a log cut mid-chain), none of them placed
+    in a hook: when the last one returned (`return`) and the next step is its table's base
+    chain, the user chains were called from that base chain, in its hook. Their steps of
+    that table (the run before `base`) take its hook."""
+    if not steps or steps[-1].hook is not None or steps[-1].kind != "return" or steps[-1].table != base.table:
+        return
+    for step in reversed(steps):
+        if step.table != base.table or step.family is not None:
+            return
+        step.hook = base.hook
