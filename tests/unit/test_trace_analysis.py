@@ -10,7 +10,7 @@ import pytest
 
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
-from chainlab.trace.flows import Endpoints, Flow, Hop
+from chainlab.trace.flows import Endpoints, Flow, Hop, build_flows
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import load_rules
@@ -272,3 +272,23 @@ def test_a_replys_translation_is_named_as_the_requests_undone_and_two_packets_ar
     two = _flow("request", ("a", ("10.0.0.1", "10.0.0.2", 1000, 80), None),
                 ("b", ("10.0.0.1", "10.0.0.2", 2000, 443), None))
     assert two.nat == []
+
+
+def test_flows_chain_only_hops_that_can_be_one_packet():
+    """One IP id on two nodes is one packet only when the second hop can continue the first:
+    not two unrelated packets with ID=0 (both addresses differ), not two packets each sent by
+    its own node, not after a drop; a repeat on the first node is a packet of its own."""
+    def hop(node: str, src: str, dst: str, ttl: int, origin: bool = False, verdict: str = "accepted") -> Hop:
+        return Hop(node, ["OUTPUT"] if origin else ["PREROUTING"], verdict, ttl, (src, dst, 40000, 80),
+                   (src, dst, 40000, 80), origin=origin)
+
+    def flows(*hops: Hop) -> list[list[str]]:
+        return [[h.node for h in f.hops] for f in build_flows([(("TCP", 0, None), [(i, "request", h) for i, h in enumerate(hops)])])]
+
+    assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64), hop("web", "192.168.1.1", "10.0.0.2", 63)) == [["gw", "web"]]  # SNAT
+    assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64), hop("web", "192.168.1.1", "172.16.0.9", 63)) == []
+    assert flows(hop("a", "10.0.0.1", "10.0.0.2", 64, origin=True), hop("b", "10.0.0.1", "10.0.0.2", 64, origin=True)) == []
+    assert flows(hop("b", "10.0.0.1", "10.0.0.2", 64), hop("a", "10.0.0.1", "10.0.0.2", 64, origin=True)) == [["a", "b"]]
+    assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64, verdict="dropped"), hop("web", "10.0.0.1", "10.0.0.2", 63)) == []
+    assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64), hop("web", "10.0.0.1", "10.0.0.2", 63),
+                 hop("gw", "10.0.0.1", "10.0.0.2", 64)) == [["gw", "web"]]

@@ -114,17 +114,39 @@ def flow_key(packet: Packet) -> tuple[str | None, int, int | None] | None:
     return (f.proto, f.ip_id, f.icmp_seq if f.proto == "ICMP" else None)
 
 
+def continues(a: Hop, b: Hop) -> bool:
+    """Can `b` be the packet of `a` one node further on? Not on the same node, not sent by
+    `b`'s node itself (its walk starts at OUTPUT), not after `a` dropped it, and not with
+    both addresses or both ports changed between them (NAT between two nodes rewrites one
+    side): a shared IP id alone (ID=0 is common) does not make two packets one."""
+    if b.node == a.node or b.origin or a.verdict == "dropped":
+        return False
+    out, into = a.exit, b.entry
+    moved = [out[i] != into[i] for i in (0, 1) if None not in (out[i], into[i])]
+    return not (len(moved) == 2 and all(moved)) and _one_port_agrees(out, into)
+
+
 def build_flows(keyed: Iterable[tuple[tuple[str | None, int, int | None], Entries]]) -> list[Flow]:
-    """The multi-node flows among the kept keys (in the order they were last seen)."""
+    """The multi-node flows among the kept keys (in the order they were last seen). The hops
+    of one key are chained in TTL order, each to the first chain whose last hop it
+    `continues`; a chain of one hop is no flow."""
     out = []
     for key, entries in keyed:
         if len({hop.node for _, _, hop in entries}) < 2:
             continue
         # Along the way TTL only falls; at equal TTL the node that sent the packet is first.
-        entries = sorted(entries, key=lambda e: (-(e[2].ttl or 0), not e[2].origin, e[0]))
-        flow = Flow(entries[0][1], lower(key[0] or "unknown"), key[1])
-        flow.hops = [hop for _, _, hop in entries]
-        out.append(flow)
+        chains: list[Entries] = []
+        for entry in sorted(entries, key=lambda e: (-(e[2].ttl or 0), not e[2].origin, e[0])):
+            chain = next((c for c in chains if continues(c[-1][2], entry[2])), None)
+            if chain is None:
+                chains.append([entry])
+            else:
+                chain.append(entry)
+        for chain in chains:
+            if len(chain) > 1:
+                flow = Flow(chain[0][1], lower(key[0] or "unknown"), key[1])
+                flow.hops = [hop for _, _, hop in chain]
+                out.append(flow)
     return out
 
 
