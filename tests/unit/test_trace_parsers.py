@@ -158,3 +158,6 @@ def test_nft_monitor_lines():
     assert rule.step.verdict == "DROP" and rule.step.rule.endswith("reject")
     ret = parse_nft_monitor("trace id 4cc0afaa ip filter wg1-state verdict return ", 3)
     assert ret.step.kind == "return" and ret.step.chain == "wg1-state"
+    # a verdict's keyword reads upper case; the chain a jump names keeps its own case
+    jump = parse_nft_monitor("trace id 4cc0afaa inet shorewall input rule jump ACCEPT-fw (verdict jump ACCEPT-fw)", 4)
+    assert jump.step.verdict == "JUMP ACCEPT-fw"

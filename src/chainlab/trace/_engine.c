@@ -2109,7 +2109,8 @@ static int sig_byte(Buf *g, int v) {
     return put(g, &c, 1);
 }
 
-static const char *ascii_upper(Buf *b, Ref r, Ref *out) {
+/* ascii.upper_keyword: the first word upper case, the rest as it is (`jump ACCEPT-fw`). */
+static const char *upper_keyword(Buf *b, Ref r, Ref *out) {
     b->n = 0;
     if (r.n < 0) {
         *out = r;
@@ -2117,8 +2118,11 @@ static const char *ascii_upper(Buf *b, Ref r, Ref *out) {
     }
     if (buf_grow(b, (size_t)r.n + 1))
         return NULL;
-    for (Py_ssize_t i = 0; i < r.n; i++)
-        b->p[i] = (r.s[i] >= 'a' && r.s[i] <= 'z') ? (char)(r.s[i] - 32) : r.s[i];
+    int word = 1;
+    for (Py_ssize_t i = 0; i < r.n; i++) {
+        word &= !is_space(r.s[i]);
+        b->p[i] = word && r.s[i] >= 'a' && r.s[i] <= 'z' ? (char)(r.s[i] - 32) : r.s[i];
+    }
     b->n = (size_t)r.n;
     *out = (Ref){b->p, r.n};
     return b->p;
@@ -3798,7 +3802,7 @@ static void nft_line(Engine *e, const char *line, size_t n, int cut) {
             if (r.rule.n == 0)
                 r.rule.n = -1;
         }
-    } else if (!ascii_upper(verdict, l.verdict, &r.verdict)) {
+    } else if (!upper_keyword(verdict, l.verdict, &r.verdict)) {
         e->failed = 1;
         return;
     }

@@ -15,6 +15,7 @@ _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz
 #: ASCII whitespace: what separates words.
 WHITESPACE = " \t\n\r\x0b\x0c"
 _WORD = re.compile(r"[^ \t\n\r\x0b\x0c]+")
+_SPACE = re.compile(r"[ \t\n\r\x0b\x0c]")
 #: Characters str.split() splits at besides ASCII whitespace.
 _OTHER_SPACE = re.compile(r"[\x1c-\x1f]")
 
@@ -29,6 +30,14 @@ def words(text: str) -> list[str]:
 def upper(text: str) -> str:
     """a-z made A-Z, every other character kept."""
     return text.translate(_UPPER)
+
+
+def upper_keyword(text: str) -> str:
+    """Its first word made upper case, the rest kept: a verdict `jump ACCEPT-fw` reads
+    `JUMP ACCEPT-fw` (the chain it names is case-sensitive)."""
+    space = _SPACE.search(text)
+    end = space.start() if space else len(text)
+    return upper(text[:end]) + text[end:]
 
 
 def lower(text: str) -> str:

@@ -195,10 +195,10 @@ def parse_nft_monitor(line: str, number: int) -> NftRecord | None:
     if packet:
         return NftRecord(trace_id, None, nft_packet_fields(packet_text), (table, chain))
     if rule is not None:
-        step = Step(table, chain, "rule", verdict=ascii.upper(rule_verdict), rule=rule, line=number, family=family)
+        step = Step(table, chain, "rule", verdict=ascii.upper_keyword(rule_verdict), rule=rule, line=number, family=family)
     elif handle is not None:
-        step = Step(table, chain, "rule", handle=handle, verdict=ascii.upper(handle_verdict), line=number, family=family)
+        step = Step(table, chain, "rule", handle=handle, verdict=ascii.upper_keyword(handle_verdict), line=number, family=family)
     else:
-        step = Step(table, chain, "policy" if kind == "policy" else "return", verdict=ascii.upper(verdict), line=number,
+        step = Step(table, chain, "policy" if kind == "policy" else "return", verdict=ascii.upper_keyword(verdict), line=number,
                     family=family)
     return NftRecord(trace_id, step, None)
