@@ -56,3 +56,20 @@ def test_text_output_names_path_verdict_and_counts(scenario4):
     assert "master · request · icmp 172.16.91.226 → 172.20.219.81" in out
     assert "path: PREROUTING → FORWARD" in out and "dropped" in out
     assert "0 skipped" in out and "flows across nodes" in out
+
+
+def test_a_walk_with_no_hook_says_why_its_path_is_empty(tmp_path):
+    """Steps in nat user chains only (IN= alone: PREROUTING or INPUT): no hook is known, which
+    is not the same as --tables leaving every step out."""
+    log = tmp_path / "nat.log"
+    log.write_text("".join(
+        f"Mar  9 02:07:11 node8 kernel: TRACE: nat:{step} IN=eth1 OUT= SRC=151.80.24.11 DST=164.132.217.81 LEN=60 "
+        "TTL=62 ID=47335 DF PROTO=TCP SPT=56878 DPT=80 WINDOW=29200 RES=0x00 SYN URGP=0\n"
+        for step in ("KUBE-SERVICES:rule:21", "KUBE-MARK-MASQ:rule:1", "KUBE-MARK-MASQ:return:2")))
+    result = analyze([LogSource(log, "node8")], AnalysisOptions())
+    for tables, path in ((None, "(no step placed in a hook)"), ({"filter"}, "(no step in the selected tables)")):
+        console = Console(record=True, width=200)
+        report = TextReport()
+        report.feed(result.packets)
+        report.print(console, result.flows, result.stats, result.nodes, tables)
+        assert f"path: {path}" in console.export_text()
