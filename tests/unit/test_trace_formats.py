@@ -483,6 +483,22 @@ def test_a_log_without_traces_says_so(tmp_path, engine):
     assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE lines")
 
 
+def test_records_whose_trace_prefix_was_cut_off_say_so(tmp_path):
+    """A published note whose author cut `TRACE: ` off every line: a note says which lines
+    look like records and how to put it back; put back, the SYN and the ACK (both ID=0) are
+    two packets and the SYN goes PREROUTING → FORWARD → POSTROUTING, as the author says."""
+    log = PUBLIC / "k8s-nodeport-trace-prefix-cut-id0.log"
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "0 packets" in proc.stdout
+    assert "note: 14 lines look like TRACE records whose `TRACE: ` was cut off" in proc.stderr
+    fixed = tmp_path / "fixed.log"
+    fixed.write_text("".join("TRACE: " + line for line in log.read_text().splitlines(keepends=True)))
+    syn, ack = run(fixed).packets
+    assert (syn.hooks, syn.verdict, ack.fields.tcp_flags) == (["PREROUTING", "FORWARD", "POSTROUTING"], "accepted",
+                                                              frozenset({"ACK"}))
+
+
 @pytest.mark.parametrize("engine", ["native", "python"])
 def test_trace_lines_that_fit_no_packet_say_so(engine):
     """A netdev reply quoting five TRACE lines shortened to `IN=enp9s0 ...` (no id, no

@@ -20,7 +20,7 @@ from chainlab.trace.match import parse_match
 from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import TABLES
 from chainlab.trace.pipeline import AnalysisOptions, Analyzer
-from chainlab.trace.reader import LogSource, ReadStats, check_gzip_intact
+from chainlab.trace.reader import LogSource, ReadStats, check_gzip_intact, headerless_records
 from chainlab.trace.rules import load_rules
 from chainlab.trace.summary import Summary
 
@@ -110,6 +110,11 @@ def analyze_command(
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
                    " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>`); LOG-target"
                    " lines and re-wrapped traces are not", err=True)
+        bare = sum(headerless_records(source.path) for source in sources)
+        if bare:
+            click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"
+                       " whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`): put it back in front of"
+                       " each `table:chain:...` (lines that start with it: sed 's/^/TRACE: /') and analyse again", err=True)
     elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
         click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
                    " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened before"

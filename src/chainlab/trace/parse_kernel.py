@@ -21,6 +21,9 @@ from chainlab.trace.model import Fields, Step
 #: number is damage, and int() of thousands of digits would raise).
 HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)", re.ASCII)
 TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
+#: A TRACE record's header and first field without the `TRACE: ` before it (cut off by whoever
+#: posted the log): not read as a record, but worth saying so.
+BARE_HEADER = re.compile(rb"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}\s+IN=", re.ASCII | re.MULTILINE)
 #: A syslog or journal line's time and host: the time as syslog (with journalctl's
 #: `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`), journalctl's
 #: `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or `short-unix`.

@@ -106,6 +106,15 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
             yield chunk
 
 
+def headerless_records(path: Path, limit: int = CHUNK) -> int:
+    """How many lines in the first `limit` bytes of a log look like kernel TRACE records
+    whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`)."""
+    from chainlab.trace.parse_kernel import BARE_HEADER
+
+    head = next(raw_chunks(path, limit), b"")
+    return sum(1 for line in head.splitlines() if BARE_HEADER.search(line) and b"TRACE:" not in line)
+
+
 def check_gzip_intact(path: Path) -> None:
     """Decompress a .gz log to its end, for output that streams while the log is parsed:
     a truncated file is then refused before the first byte. Decompressing takes a few
