@@ -2930,8 +2930,7 @@ static int classify(Engine *e, const Packet *p) {
             pairs = 2;
         }
     }
-    if (direction < 0) {
-        direction = DIR_REQUEST;
+    if (direction < 0) { /* Directions._by_first_seen */
         for (int i = 0; i < pairs; i++) {
             int a_first;
             if (direction_key(e, p, f->proto, as[i], ap[i], bs[i], bp[i], &a_first)) {
@@ -2945,6 +2944,9 @@ static int classify(Engine *e, const Packet *p) {
                 break;
             }
         }
+        if (direction < 0)
+            direction = f->sport != NONE && f->dport != NONE && f->sport < 1024 && f->dport >= 1024 ? DIR_REPLY
+                                                                                                  : DIR_REQUEST;
     }
     for (int i = 0; i < pairs; i++) {
         int a_first, added;

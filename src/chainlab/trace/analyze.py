@@ -235,12 +235,16 @@ class Directions:
         return direction
 
     def _by_first_seen(self, packet: Packet) -> str:
+        """By the conversation's first packet seen; the first of one is a request unless it
+        goes from a well-known port to another one (a DNS answer, 53 → 36520: its request is
+        not in the log)."""
         base = (packet.node, packet.fields.proto or "")
         for a, b in _endpoint_pairs(packet):
             known = self.seen.get((*base, frozenset((a, b))))
             if known is not None:
                 return "request" if known == (a, b) else "reply"
-        return "request"
+        sport, dport = packet.fields.sport, packet.fields.dport
+        return "reply" if sport is not None and dport is not None and sport < 1024 <= dport else "request"
 
     def _remember(self, packet: Packet, direction: str) -> None:
         base = (packet.node, packet.fields.proto or "")
