@@ -912,6 +912,27 @@ def test_a_conversation_seen_from_its_answer_on(tmp_path):
     assert [p["direction"] for p in json.loads(run.stdout)["packets"]] == ["reply", "request", "request"]
 
 
+def test_nft_conntrack_lines_are_no_steps(tmp_path):
+    """Newer nft prints the connection's state after a `packet:` line (`conntrack: ct
+    direction original ct state new ...`): counted as lines that are no trace step, not as
+    skipped ones, and the walk is the same as without them."""
+    lines = (CAPTURED / "nft-monitor-inet-t13.log").read_text().splitlines()
+    with_ct = []
+    for line in lines:
+        with_ct.append(line)
+        if " packet: " in line:
+            head = line.split(" packet: ")[0]
+            with_ct.append(f"{head} conntrack: ct direction original ct state new ct id 2641368242")
+    plain, ct = _write(tmp_path, "plain.log", lines), _write(tmp_path, "ct.log", with_ct)
+    before = json.loads(assert_same([f"n={plain}"], "no conntrack lines").stdout)
+    after = json.loads(assert_same([f"n={ct}"], "conntrack lines", "\n".join(with_ct), formats=("json", "text")).stdout)
+    def walks(doc: dict) -> list:
+        return [(p["hooks"], p["verdict"], [(s["chain"], s["kind"]) for s in p["steps"]]) for p in doc["packets"]]
+
+    assert walks(after) == walks(before) and after["skipped_lines"] == before["skipped_lines"]
+    assert after["ignored_lines"] == before["ignored_lines"] + len(with_ct) - len(lines)
+
+
 def test_long_mixed_log_exercises_the_window(tmp_path):
     """Hundreds of interleaved packets, reused IP ids: packets expire while others open."""
     lines = []

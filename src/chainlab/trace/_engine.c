@@ -1481,7 +1481,7 @@ static int verdict_tail(const char *s, size_t n, size_t i, Ref *verdict) {
     return 1;
 }
 
-/* parse_nft_monitor: NFT_LINE; 0 if it does not match. */
+/* parse_nft_monitor: NFT_LINE; 0 if it does not match, 2 for a `conntrack:` line. */
 static int parse_nft(const char *s, size_t n, NftLine *out) {
     size_t i = skip_quote(s, n);
     memset(out, 0, sizeof *out);
@@ -1513,6 +1513,8 @@ static int parse_nft(const char *s, size_t n, NftLine *out) {
         *names[k] = (Ref){s + i, (Py_ssize_t)(e - i)};
         i = e + 1;
     }
+    if (lit(s, n, i, "conntrack: "))
+        return 2;
     if (lit(s, n, i, "packet: ")) {
         out->kind = -1;
         out->packet = (Ref){s + i + 8, (Py_ssize_t)(n - i - 8)};
@@ -3751,8 +3753,12 @@ static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
 /* reader._nft_events for one line. */
 static void nft_line(Engine *e, const char *line, size_t n, int cut) {
     NftLine l;
-    if (!(e->format == FMT_XT ? parse_xt(line, n, &l) : parse_nft(line, n, &l))) {
-        e->skipped++;
+    int parsed = e->format == FMT_XT ? parse_xt(line, n, &l) : parse_nft(line, n, &l);
+    if (parsed != 1) { /* 2: conntrack, the connection's state: no step */
+        if (parsed)
+            e->ignored++;
+        else
+            e->skipped++;
         return;
     }
     if (l.kind < 0) {

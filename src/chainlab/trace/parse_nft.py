@@ -13,6 +13,8 @@ line opens each base chain the packet enters:
   trace id 4cc0afaa ip filter wg1-state verdict return
   trace id 4cc0afaa ip raw PREROUTING policy accept
   trace id c255b013 inet t13 input unknown rule handle 13 (verdict accept)
+and (newer nft) the packet's connection tracking state, read as no step:
+  trace id 32 inet filter input conntrack: ct direction original ct state new ct id 2641368242
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ FAMILIES = ("ip", "inet", "ip6", "bridge", "arp", "netdev")
 NFT_LINE = re.compile(
     QUOTED + r"trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
     r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|unknown rule handle (\d{1,10}) \(verdict ([^)]*)\)"
-    r"|(verdict|policy) (\S+))\s*$",
+    r"|(verdict|policy) (\S+)|(conntrack): .*)\s*$",
     re.ASCII,
 )
 IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ", re.ASCII)
@@ -56,8 +58,9 @@ HEX_NUMBER = re.compile(r"0x[0-9a-fA-F]{1,8}", re.ASCII)
 
 @dataclass(slots=True)
 class NftRecord:
-    """A trace step or (step None) a packet description, with its trace id; `base` is the
-    (table, chain) a `packet:` line opens (nft monitor trace only)."""
+    """A trace step, or (step None) a packet description, or (both None) a `conntrack:` line,
+    with its trace id; `base` is the (table, chain) a `packet:` line opens (nft monitor trace
+    only)."""
 
     trace_id: str
     step: Step | None
@@ -191,7 +194,9 @@ def parse_nft_monitor(line: str, number: int) -> NftRecord | None:
     if not match:
         return None
     (trace_id, family, table, chain, packet, packet_text, rule, rule_verdict, handle, handle_verdict,
-     kind, verdict) = match.groups()
+     kind, verdict, conntrack) = match.groups()
+    if conntrack:
+        return NftRecord(trace_id, None, None)
     if packet:
         return NftRecord(trace_id, None, nft_packet_fields(packet_text), (table, chain))
     if rule is not None:

@@ -403,6 +403,9 @@ def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, pars
             stats.skipped_lines += 1
             continue
         trace_id = record.trace_id
+        if record.step is None and record.fields is None:  # conntrack: the connection's state, no step
+            stats.ignored_lines += 1
+            continue
         if record.step is None:
             assert record.fields is not None
             fields = dataclasses.replace(record.fields, damaged=True) if cut else record.fields
