@@ -899,6 +899,8 @@ def test_user_chains_returning_into_their_base_chain(tmp_path):
     assert [[s["hook"] for s in p["steps"]] for p in json.loads(run.stdout)["packets"]] == [
         ["PREROUTING"] * 3, ["INPUT"] * 3, ["PREROUTING"] * 4]
     assert_same(["--tables", "mangle", f"n={log}"], "returns, mangle only", formats=("json", "text"))
+    odd = [mangle("foo:cali-a:return:1", 4), mangle("foo:PREROUTING:policy:1", 4)]  # a table netfilter has not
+    assert_same([f"n={_write(tmp_path, 'odd.log', odd)}"], "returns in an unknown table", "\n".join(odd))
 
 
 def test_a_conversation_seen_from_its_answer_on(tmp_path):

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet, Step
-from chainlab.trace.netfilter import HOOKS, hook_by_interfaces, step_rank, table_slots
+from chainlab.trace.netfilter import HOOKS, TABLES, hook_by_interfaces, step_rank, table_slots
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -210,7 +210,7 @@ class Assembler:
         f = event.fields
         step = event.step
         step.hook = hook
-        if hook is not None and step.family is None and step.chain in HOOKS:
+        if hook is not None and step.family is None and step.chain in HOOKS and step.table in TABLES:
             _returned_into(packet.steps, step)
         packet.steps.append(step)
         packet.at_end = False
