@@ -277,7 +277,7 @@ def test_a_replys_translation_is_named_as_the_requests_undone_and_two_packets_ar
 def test_flows_chain_only_hops_that_can_be_one_packet():
     """One IP id on two nodes is one packet only when the second hop can continue the first:
     not two unrelated packets with ID=0 (both addresses differ), not two packets each sent by
-    its own node, not after a drop; a repeat on the first node is a packet of its own."""
+    its own node, not after a drop or a delivery to the first node (INPUT); a repeat on the first node is a packet of its own."""
     def hop(node: str, src: str, dst: str, ttl: int, origin: bool = False, verdict: str = "accepted") -> Hop:
         return Hop(node, ["OUTPUT"] if origin else ["PREROUTING"], verdict, ttl, (src, dst, 40000, 80),
                    (src, dst, 40000, 80), origin=origin)
@@ -290,5 +290,8 @@ def test_flows_chain_only_hops_that_can_be_one_packet():
     assert flows(hop("a", "10.0.0.1", "10.0.0.2", 64, origin=True), hop("b", "10.0.0.1", "10.0.0.2", 64, origin=True)) == []
     assert flows(hop("b", "10.0.0.1", "10.0.0.2", 64), hop("a", "10.0.0.1", "10.0.0.2", 64, origin=True)) == [["a", "b"]]
     assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64, verdict="dropped"), hop("web", "10.0.0.1", "10.0.0.2", 63)) == []
+    delivered = hop("n1", "10.0.0.9", "10.0.0.1", 64)
+    delivered.hooks = ["PREROUTING", "INPUT"]  # a SYN-ACK (ID=0) for n1 itself, and one for n2
+    assert flows(delivered, hop("n2", "10.0.0.9", "10.0.0.2", 63)) == []
     assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64), hop("web", "10.0.0.1", "10.0.0.2", 63),
                  hop("gw", "10.0.0.1", "10.0.0.2", 64)) == [["gw", "web"]]

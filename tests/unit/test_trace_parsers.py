@@ -103,8 +103,21 @@ def test_glued_line_of_another_host_keeps_that_hosts_name_and_time():
     assert bad == 0 and [(r.host, r.step.time) for r in records] == [("master", "Dec  2 03:38:09"),
                                                                        ("slave2", "Dec  2 03:38:10")]
     assert records[1].fields.ip_id == 4711 and records[0].fields.damaged
-    dmesg = parse_line(RSYSLOG[:150] + DMESG, 2)[0]  # a dmesg prefix names no host: its time alone
-    assert [(r.host, r.step.time) for r in dmesg] == [("master", "Dec  2 03:38:09"), (None, "480.849238")]
+    dmesg = parse_line(RSYSLOG[:150] + DMESG, 2)[0]  # a dmesg prefix names no host: the line's stays
+    assert [(r.host, r.step.time) for r in dmesg] == [("master", "Dec  2 03:38:09")] * 2
+
+
+@pytest.mark.parametrize("first,glued", [
+    ("[Thu Apr 23 21:55:11 2020] ", "[Thu Apr 23 21:55:12 2020] "),  # dmesg -T: a time inside brackets, no host
+    ("Mon 2024-01-01 00:00:01 UTC nodeA kernel: ", "Mon 2024-01-01 00:00:02 UTC nodeB kernel: "),  # short-full
+    ("Jan  1 00:00:01 nodeA kernel: [  100.4] ", "01 nodeB kernel: [  100.5] "),  # the glued prefix lost its start
+])
+def test_glued_prefix_of_another_form_keeps_the_lines_host(first, glued):
+    """Where the glued-on text is not a prefix of the line's own form with a host (a time
+    found inside it, an uptime alone), the glued record keeps the line's host and time."""
+    tail = RSYSLOG[RSYSLOG.index("TRACE: "):]
+    records, _ = parse_line(first + tail + " " + glued + tail.replace("rule:1", "rule:2"), 1)
+    assert len(records) == 2 and records[1].host == records[0].host and records[1].step.time == records[0].step.time
 
 
 def test_cut_ip_id_is_not_guessed():

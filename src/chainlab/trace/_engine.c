@@ -781,7 +781,7 @@ static size_t before_next_prefix(const char *s, size_t n) {
 }
 
 /* parse_kernel._prefix: (host, time) of the text before a line's first header. PREFIX is
- * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[]+)\s`, else the time is UPTIME
+ * `^\s*(?:<\d+>)?(BSD time|RFC 3339 time\S*)\s+(host: [^\s:\[\]]+)\s`, else the time is UPTIME
  * `\[\s*(\d+\.\d+)\]` anywhere. n == -1 in a Ref: None. */
 /* `(?:\.\d+)?` at t[i:n]: where it ends. */
 static size_t fraction_end(const char *t, size_t n, size_t i) {
@@ -793,19 +793,22 @@ static size_t fraction_end(const char *t, size_t n, size_t i) {
 
 /* PREFIX's time alternatives (parse_kernel.py) at t[p:n]: where the time ends (0: none),
  * and the time's own text t[*t0:*t1] (short-monotonic's is inside the brackets). */
-static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t *t1) {
+static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t *t1, int *kind) {
     size_t r = n - p, end = 0;
     const char *u = t + p;
     *t0 = p;
     if (bsd_time_at(u, r)) {
+        *kind = 0;
         end = fraction_end(t, n, p + 15);
     } else if (iso_minute_at(u, r) && r >= 19 && u[16] == ':' && all_digits(u + 17, 2)) {
+        *kind = 1;
         end = p + 19;
         while (end < n && !is_space(t[end]))
             end++;
     } else if (r >= 24 && day_name_at(u, r) && iso_minute_at(u + 4, r - 4) && u[14] == ' ' && u[20] == ':' &&
                all_digits(u + 21, 2)) {
         size_t z = fraction_end(t, n, p + 23), z0; /* short-full: `Tue 2026-12-01 12:00:00[.123] UTC` */
+        *kind = 2;
         if (z < n && t[z] == ' ') {
             for (z0 = ++z; z < n && ((t[z] >= 'A' && t[z] <= 'Z') || (t[z] >= 'a' && t[z] <= 'z') || is_digit(t[z]) ||
                                      t[z] == '+' || t[z] == '-');
@@ -815,6 +818,7 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
         }
     } else if (r && u[0] == '[') {
         size_t digits, len = uptime_at(u, r, &digits);
+        *kind = 3;
         if (len) {
             *t0 = p + digits;
             *t1 = *t0 + len;
@@ -825,6 +829,7 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
         while (q < n && is_digit(t[q]))
             q++;
         size_t f = fraction_end(t, n, q);
+        *kind = 4;
         if (q - p >= 9 && q - p <= 11 && f > q) /* short-unix: seconds since 1970 */
             end = f;
     }
@@ -832,8 +837,11 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
     return end;
 }
 
-static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
+/* *kind: which of PREFIX's time forms (0 bsd, 1 iso, 2 full, 3 mono, 4 unix) a prefix with a
+ * host has, -1 when it has none (parse_kernel.prefix_kind). */
+static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kind) {
     host->n = time->n = -1;
+    int form = -1;
     size_t p = 0;
     while (p < n && is_space(t[p]))
         p++;
@@ -848,17 +856,19 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time) {
                 p += 2;
         }
     }
-    size_t t0, t1, end = prefix_time(t, n, p, &t0, &t1);
+    size_t t0, t1, end = prefix_time(t, n, p, &t0, &t1, &form);
+    *kind = -1;
     if (end) {
         size_t h = end;
         while (h < n && is_space(t[h]))
             h++;
         size_t h0 = h;
-        while (h < n && !is_space(t[h]) && t[h] != ':' && t[h] != '[')
+        while (h < n && !is_space(t[h]) && t[h] != ':' && t[h] != '[' && t[h] != ']')
             h++;
         if (h0 > end && h > h0 && h < n && is_space(t[h])) {
             *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
             *time = (Ref){t + t0, (Py_ssize_t)(t1 - t0)};
+            *kind = form;
             return;
         }
     }
@@ -3417,7 +3427,8 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
             return e->line_node;
         }
         Ref host;
-        parse_prefix(b->p, at, &host, &e->prefix_time);
+        int kind;
+        parse_prefix(b->p, at, &host, &e->prefix_time, &kind);
         int node = host.n > 0 && e->from_lines ? node_number(e, host.s, (size_t)host.n) : e->line_node;
         if (node < 0)
             node = e->line_node;
@@ -3636,11 +3647,17 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
     int node = line_origin(e, line, e->headers[0].start, &time);
     for (size_t i = 0; i < count && !e->error; i++) {
         Header *hs = e->headers;
-        if (i) { /* a record glued on after its own syslog prefix: that prefix's host and time */
+        if (i) { /* a record glued on after a syslog prefix of the line's own form: its host and time */
             const char *seg = line + hs[i - 1].end;
             size_t len = hs[i].start - hs[i - 1].end, p = before_next_prefix(seg, len);
-            if (p < len)
-                node = line_origin(e, seg + p, len - p, &time);
+            Ref h, t;
+            int kind, own;
+            if (p < len) {
+                parse_prefix(seg + p, len - p, &h, &t, &kind);
+                parse_prefix(line, hs[0].start, &h, &t, &own);
+                if (kind >= 0 && kind == own)
+                    node = line_origin(e, seg + p, len - p, &time);
+            }
         }
         if (i + 1 < count) {
             const char *seg = line + hs[i].end;
@@ -4105,7 +4122,8 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
             return 0;
         }
         Ref host, time;
-        parse_prefix(line, pn, &host, &time);
+        int kind;
+        parse_prefix(line, pn, &host, &time, &kind);
         ps->host_at = host.n < 0 ? 0 : host.s - line, ps->host_n = host.n;
         ps->time_at = time.n < 0 ? 0 : time.s - line, ps->time_n = time.n;
         ps->host_id = host.n > 0 ? parser_host(ps, host.s, (size_t)host.n) : -1;

@@ -116,10 +116,11 @@ def flow_key(packet: Packet) -> tuple[str | None, int, int | None] | None:
 
 def continues(a: Hop, b: Hop) -> bool:
     """Can `b` be the packet of `a` one node further on? Not on the same node, not sent by
-    `b`'s node itself (its walk starts at OUTPUT), not after `a` dropped it, and not with
-    both addresses or both ports changed between them (NAT between two nodes rewrites one
-    side): a shared IP id alone (ID=0 is common) does not make two packets one."""
-    if b.node == a.node or b.origin or a.verdict == "dropped":
+    `b`'s node itself (its walk starts at OUTPUT), not after `a` dropped it or delivered it
+    to itself (INPUT), and not with both addresses or both ports changed between them (NAT
+    between two nodes rewrites one side): a shared IP id alone (ID=0 is common) does not
+    make two packets one."""
+    if b.node == a.node or b.origin or a.verdict == "dropped" or "INPUT" in a.hooks:
         return False
     out, into = a.exit, b.entry
     moved = [out[i] != into[i] for i in (0, 1) if None not in (out[i], into[i])]

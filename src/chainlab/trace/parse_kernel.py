@@ -32,7 +32,7 @@ PREFIX = re.compile(
     r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*)"
     r"|(?P<full>[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+)|\[\s*(?P<mono>\d+\.\d+)\]"
     r"|(?P<unix>\d{9,11}\.\d+))"
-    r"\s+(?P<host>[^\s:\[]+)\s",
+    r"\s+(?P<host>[^\s:\[\]]+)\s",
     re.ASCII,
 )
 UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]", re.ASCII)
@@ -196,6 +196,13 @@ def parse_fields(tail: str) -> Fields:
     return f
 
 
+def prefix_kind(text: str) -> str | None:
+    """Which of PREFIX's time forms a syslog prefix with a host has (`bsd`, `iso`, ...);
+    None when the text is no such prefix."""
+    match = PREFIX.match(text)
+    return next(k for k in ("bsd", "iso", "full", "mono", "unix") if match.group(k)) if match else None
+
+
 def _prefix(text: str) -> tuple[str | None, str | None]:
     """(host, time) from what precedes `TRACE:`; dmesg lines have no host."""
     match = PREFIX.match(text)
@@ -259,8 +266,9 @@ class KernelLineParser:
 
         A glued line (two records run together) yields both records; the first one's
         fields end where the second header starts, and the second one's host and time are
-        those of the syslog prefix glued on before it (a central log glues lines of
-        different hosts), or the first one's when none was. Returned Fields are shared between
+        those of the syslog prefix glued on before it when that prefix has the line's own
+        form with a host (a central log glues lines of different hosts), else the first
+        one's (a time inside `[Thu Apr 23 ...]` or a lone `[ 100.5]` names no host). Returned Fields are shared between
         equal lines: treat them as read-only.
         """
         single = self.parse_single(line, number)
@@ -276,9 +284,9 @@ class KernelLineParser:
         records = []
         last = len(headers) - 1
         for i, match in enumerate(headers):
-            if i:  # a record glued on after its own syslog prefix comes from that prefix's host
+            if i:  # a record glued on after a syslog prefix of the line's own form: that prefix's host
                 glued = NEXT_PREFIX.search(line, headers[i - 1].end(), match.start())
-                if glued:
+                if glued and (kind := prefix_kind(glued.group())) and kind == prefix_kind(line[: headers[0].start()]):
                     host, time = self.prefix(glued.group())
             if i < last:
                 fields = parse_fields(NEXT_PREFIX.sub("", line[match.end() : headers[i + 1].start()]))
