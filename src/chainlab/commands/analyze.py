@@ -117,8 +117,8 @@ def analyze_command(
                        " each `table:chain:...` (lines that start with it: sed 's/^/TRACE: /') and analyse again", err=True)
     elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
         click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
-                   " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened before"
-                   " posting?) or are damaged beyond repair", err=True)
+                   " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
+                   " wrapped onto more lines, before posting?) or are damaged beyond repair", err=True)
     if not ok:
         sys.exit(1)
 
