@@ -911,12 +911,12 @@ def test_user_chains_returning_into_their_base_chain(tmp_path):
 def test_a_conversation_seen_from_its_answer_on(tmp_path):
     """A log that starts with a DNS answer (53 → 36520) whose query it does not hold: the
     answer is a reply, the next query of that conversation a request; a first packet between
-    two high ports stays a request."""
+    two high ports, or from a privileged port to a service's (NFS, 800 → 2049), stays a request."""
     lines = [_udp("raw:OUTPUT:policy:1", 1, 53, 36520), _udp("raw:OUTPUT:policy:1", 2, 36520, 53),
-             _udp("raw:OUTPUT:policy:1", 3, 40000, 50000)]
+             _udp("raw:OUTPUT:policy:1", 3, 40000, 50000), _udp("raw:OUTPUT:policy:1", 4, 800, 2049)]
     log = _write(tmp_path, "dns.log", lines)
     run = assert_same([f"n={log}"], "answer first", "\n".join(lines), formats=("json", "summary"))
-    assert [p["direction"] for p in json.loads(run.stdout)["packets"]] == ["reply", "request", "request"]
+    assert [p["direction"] for p in json.loads(run.stdout)["packets"]] == ["reply", "request", "request", "request"]
 
 
 def test_nft_conntrack_lines_are_no_steps(tmp_path):

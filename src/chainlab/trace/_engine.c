@@ -2956,9 +2956,9 @@ static int classify(Engine *e, const Packet *p) {
                 break;
             }
         }
-        if (direction < 0)
-            direction = f->sport != NONE && f->dport != NONE && f->sport < 1024 && f->dport >= 1024 ? DIR_REPLY
-                                                                                                  : DIR_REQUEST;
+        if (direction < 0) /* from a well-known port to an ephemeral one (analyze.EPHEMERAL) */
+            direction = f->sport != NONE && f->dport != NONE && f->sport < 1024 && f->dport >= 32768 ? DIR_REPLY
+                                                                                                   : DIR_REQUEST;
     }
     for (int i = 0; i < pairs; i++) {
         int a_first, added;

@@ -210,6 +210,10 @@ def _endpoint_pairs(packet: Packet) -> list[tuple[Endpoint, Endpoint]]:
     return pairs
 
 
+#: Where the ports a client picks start (Linux: 32768-60999; IANA, BSD, Windows: 49152-65535).
+EPHEMERAL = 32768
+
+
 class Directions:
     """Tell requests from replies: by ICMP type or TCP flags, else by who spoke first."""
 
@@ -236,15 +240,15 @@ class Directions:
 
     def _by_first_seen(self, packet: Packet) -> str:
         """By the conversation's first packet seen; the first of one is a request unless it
-        goes from a well-known port to another one (a DNS answer, 53 → 36520: its request is
-        not in the log)."""
+        goes from a well-known port to an ephemeral one (a DNS answer, 53 → 36520, whose
+        query is not in the log; an NFS client's 800 → 2049 stays a request)."""
         base = (packet.node, packet.fields.proto or "")
         for a, b in _endpoint_pairs(packet):
             known = self.seen.get((*base, frozenset((a, b))))
             if known is not None:
                 return "request" if known == (a, b) else "reply"
         sport, dport = packet.fields.sport, packet.fields.dport
-        return "reply" if sport is not None and dport is not None and sport < 1024 <= dport else "request"
+        return "reply" if sport is not None and dport is not None and sport < 1024 and dport >= EPHEMERAL else "request"
 
     def _remember(self, packet: Packet, direction: str) -> None:
         base = (packet.node, packet.fields.proto or "")
