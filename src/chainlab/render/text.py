@@ -111,8 +111,8 @@ def packet_table(p: PacketRecord, tables: set[str] | None, width: int | None = 8
 
 
 def render_packet(p: PacketRecord, tables: set[str] | None, width: int | None = 80) -> Group:
-    shown = [s for s in p.steps if tables is None or s.table in tables]
-    path = " → ".join(p.hooks) or ("(no step placed in a hook)" if shown else "(no step in the selected tables)")
+    path = " → ".join(p.hooks) or ("(no step placed in a hook)" if any(tables is None or s.table in tables for s in p.steps)
+                                   else "(no step in the selected tables)")
     verdict = Text.assemble(
         ("  path: ", "dim"), (path, "bold"), ("   verdict: ", "dim"),
         (p.verdict, VERDICT_STYLE.get(p.verdict, "")), (f"  ({p.reason})", "dim"),

@@ -837,8 +837,8 @@ static size_t prefix_time(const char *t, size_t n, size_t p, size_t *t0, size_t 
     return end;
 }
 
-/* *kind: which of PREFIX's time forms (0 bsd, 1 iso, 2 full, 3 mono, 4 unix) a prefix with a
- * host has, -1 when it has none (parse_kernel.prefix_kind). */
+/* *kind (unless NULL): which of PREFIX's time forms (0 bsd, 1 iso, 2 full, 3 mono, 4 unix) a
+ * prefix with a host has, -1 when it has none (parse_kernel.prefix_kind). */
 static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kind) {
     host->n = time->n = -1;
     int form = -1;
@@ -857,7 +857,8 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kin
         }
     }
     size_t t0, t1, end = prefix_time(t, n, p, &t0, &t1, &form);
-    *kind = -1;
+    if (kind)
+        *kind = -1;
     if (end) {
         size_t h = end;
         while (h < n && is_space(t[h]))
@@ -868,7 +869,8 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kin
         if (h0 > end && h > h0 && h < n && is_space(t[h])) {
             *host = (Ref){t + h0, (Py_ssize_t)(h - h0)};
             *time = (Ref){t + t0, (Py_ssize_t)(t1 - t0)};
-            *kind = form;
+            if (kind)
+                *kind = form;
             return;
         }
     }
@@ -3427,8 +3429,7 @@ static int line_origin(Engine *e, const char *line, size_t at, Ref *time) {
             return e->line_node;
         }
         Ref host;
-        int kind;
-        parse_prefix(b->p, at, &host, &e->prefix_time, &kind);
+        parse_prefix(b->p, at, &host, &e->prefix_time, NULL);
         int node = host.n > 0 && e->from_lines ? node_number(e, host.s, (size_t)host.n) : e->line_node;
         if (node < 0)
             node = e->line_node;
@@ -3645,17 +3646,19 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
         return;
     }
     int node = line_origin(e, line, e->headers[0].start, &time);
+    Ref glued_host, glued_time;
+    int own = -1; /* the form of the line's own prefix (with a host), for glued records */
+    if (count > 1)
+        parse_prefix(line, e->headers[0].start, &glued_host, &glued_time, &own);
     for (size_t i = 0; i < count && !e->error; i++) {
         Header *hs = e->headers;
-        if (i) { /* a record glued on after a syslog prefix of the line's own form: its host and time */
+        if (i && own >= 0) { /* a record glued on after a syslog prefix of the line's own form: its host and time */
             const char *seg = line + hs[i - 1].end;
             size_t len = hs[i].start - hs[i - 1].end, p = before_next_prefix(seg, len);
-            Ref h, t;
-            int kind, own;
+            int kind;
             if (p < len) {
-                parse_prefix(seg + p, len - p, &h, &t, &kind);
-                parse_prefix(line, hs[0].start, &h, &t, &own);
-                if (kind >= 0 && kind == own)
+                parse_prefix(seg + p, len - p, &glued_host, &glued_time, &kind);
+                if (kind == own)
                     node = line_origin(e, seg + p, len - p, &time);
             }
         }
@@ -4122,8 +4125,7 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
             return 0;
         }
         Ref host, time;
-        int kind;
-        parse_prefix(line, pn, &host, &time, &kind);
+        parse_prefix(line, pn, &host, &time, NULL);
         ps->host_at = host.n < 0 ? 0 : host.s - line, ps->host_n = host.n;
         ps->time_at = time.n < 0 ? 0 : time.s - line, ps->time_n = time.n;
         ps->host_id = host.n > 0 ? parser_host(ps, host.s, (size_t)host.n) : -1;

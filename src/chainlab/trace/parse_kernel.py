@@ -283,10 +283,11 @@ class KernelLineParser:
         host, time = self.prefix(line[: headers[0].start()])
         records = []
         last = len(headers) - 1
+        own = prefix_kind(line[: headers[0].start()]) if last else None  # the form glued prefixes must have
         for i, match in enumerate(headers):
-            if i:  # a record glued on after a syslog prefix of the line's own form: that prefix's host
+            if i and own:  # a record glued on after a syslog prefix of the line's own form: that prefix's host
                 glued = NEXT_PREFIX.search(line, headers[i - 1].end(), match.start())
-                if glued and (kind := prefix_kind(glued.group())) and kind == prefix_kind(line[: headers[0].start()]):
+                if glued and prefix_kind(glued.group()) == own:
                     host, time = self.prefix(glued.group())
             if i < last:
                 fields = parse_fields(NEXT_PREFIX.sub("", line[match.end() : headers[i + 1].start()]))

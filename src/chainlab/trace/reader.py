@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from chainlab.errors import InputError, Problem
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import Event, Fields, FileEnd, Step
-from chainlab.trace.parse_kernel import TRACE_LIKE, KernelLineParser
+from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
 if TYPE_CHECKING:
@@ -109,8 +109,6 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
 def headerless_records(path: Path, limit: int = CHUNK) -> int:
     """How many lines in the first `limit` bytes of a log look like kernel TRACE records
     whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`)."""
-    from chainlab.trace.parse_kernel import BARE_HEADER
-
     head = next(raw_chunks(path, limit), b"")
     return sum(1 for line in head.splitlines() if BARE_HEADER.search(line) and b"TRACE:" not in line)
 
