@@ -151,19 +151,27 @@ def attribute(packets: list[Packet], specs: list[ProbeSpec],
 
 
 def plan_waves(specs: list[ProbeSpec], untold: set[str]) -> list[list[int]]:
-    """Indices of `specs` per capture: all at once, except that ICMP probes meeting a node
-    in `untold` (whose trace shows no ICMP type, id or sequence: xtables-monitor) go one
-    per such node per capture, since nothing there tells their packets apart."""
+    """Indices of `specs` per capture: all at once, except for ICMP probes
+    - meeting a node in `untold` (whose trace shows no ICMP type, id or sequence:
+      xtables-monitor): one per such node per capture, since nothing there tells their
+      packets apart;
+    - from two containers of one node to one address: in different captures. Their pings
+      may send the same ICMP id (each one's ping has the same PID in its own namespace);
+      masqueraded to the node's address at the same instant, conntrack drops one of them."""
     waves: list[list[int]] = []
     used: list[set[str]] = []
+    pairs: list[set[tuple[str, str]]] = []
     for i, spec in enumerate(specs):
-        meets = {spec.source.host, *([spec.target.host] if spec.target else [])} & untold
-        if spec.protocol != "icmp":
-            meets = set()
-        k = next((k for k, nodes in enumerate(used) if not nodes & meets), len(waves))
+        icmp = spec.protocol == "icmp"
+        meets = {spec.source.host, *([spec.target.host] if spec.target else [])} & untold if icmp else set()
+        pair = (spec.host, spec.target_address) if icmp and spec.container else None
+        k = next((k for k in range(len(waves)) if not used[k] & meets and pair not in pairs[k]), len(waves))
         if k == len(waves):
             waves.append([])
             used.append(set())
+            pairs.append(set())
         waves[k].append(i)
         used[k] |= meets
+        if pair:
+            pairs[k].add(pair)
     return waves
