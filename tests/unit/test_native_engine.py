@@ -164,6 +164,28 @@ def test_native_without_the_extension_is_an_input_error(monkeypatch):
     assert analyze([f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"], None).code == 0
 
 
+def test_a_build_of_another_engine_source_is_refused(tmp_path, monkeypatch):
+    """A failed compile of a changed _engine.c leaves the last build in place: that build
+    carries the SHA-256 of its source (setup.py), and one that differs from the source
+    beside native.py counts as not built (native: exit 2; auto: the Python engine, said)."""
+    native = importlib.import_module("chainlab.trace.native")
+    engine = importlib.import_module("chainlab.trace._engine")
+    source = tmp_path / "_engine.c"
+    source.write_bytes(Path(native.__file__).with_name("_engine.c").read_bytes())
+    assert not native._stale(engine, source)
+    source.write_bytes(source.read_bytes() + b"\n/* changed */\n")
+    assert native._stale(engine, source)
+    assert not native._stale(engine, tmp_path / "absent.c")  # an installed wheel: nothing to compare
+    monkeypatch.setattr(native, "_engine", None)
+    monkeypatch.setattr(native, "STALE", True)
+    log = f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"
+    run = analyze([log], "native")
+    assert run.code == 2 and "another _engine.c" in run.stderr and run.stdout == b""
+    run = analyze([log], None)
+    assert run.code == 0 and "another _engine.c" in run.stderr and "the Python engine analyses" in run.stderr
+    assert "note:" not in analyze([log], "python").stderr
+
+
 def test_engine_output_json_utf8_matches_python():
     engine = importlib.import_module("chainlab.trace._engine")
     for data in [b"", b"plain", b'q"b\\', b"\x00\x01\x1f\x7f", "é€😀".encode(), b"\xff\xfe", b"\xe2\x82", b"\xed\xa0\x80",

@@ -104,7 +104,10 @@ def analyze_command(
     if fmt == "json":
         for source in sources:
             check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
-    run = _run_native if native.wanted() else _run_python
+    use_native = native.wanted()
+    if not use_native and (note := native.fallback_note()):
+        click.echo(note, err=True)
+    run = _run_native if use_native else _run_python
     ok, stats = run(sources, options, fmt, checker, title)
     if stats.lines and not stats.trace_records:
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"

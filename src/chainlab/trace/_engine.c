@@ -18,6 +18,9 @@
  * parser thread reads and parses chunk k while the calling thread assembles chunk k-1.
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef ENGINE_SOURCE
+#error "build with setup.py: it defines ENGINE_SOURCE, the SHA-256 of this file"
+#endif
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
@@ -5030,8 +5033,9 @@ PyMODINIT_FUNC PyInit__engine(void) {
         return NULL;
     WriteError = PyErr_NewExceptionWithDoc("chainlab.trace._engine.WriteError",
                                            "write_to()'s descriptor could not be written: args[0] is the errno.", NULL, NULL);
-    /* native.INTERFACE: 3 since flow hops carry ports (bump both with the interface) */
-    if (!WriteError || PyModule_AddIntConstant(m, "INTERFACE", 3) < 0 ||
+    /* SOURCE: the SHA-256 of the _engine.c this was built from (setup.py), for native.py to
+     * refuse a build that a failed compile of a newer _engine.c left in place */
+    if (!WriteError || PyModule_AddStringConstant(m, "SOURCE", ENGINE_SOURCE) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
         PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);

@@ -13,15 +13,19 @@ that reads and parses the next chunk while this thread assembles the last one. A
 gunzipped here and fed chunk by chunk (the parser thread then parses what it is given).
 
 `CHAINLAB_ENGINE=python` forces the Python engine, `native` insists on this one (an
-error if it is not built), unset or `auto` picks it when it is built.
+error if it is not built), unset or `auto` picks it when it is built (else says on stderr
+that the Python engine runs, and why). A build of another `_engine.c` than the one beside
+this file (a failed compile leaves the last build in place) counts as not built.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from chainlab.errors import InputError, OutputError, Problem
@@ -43,10 +47,22 @@ try:
     from chainlab.trace import _engine
 except ImportError:  # built without a C compiler: the Python engine does everything
     _engine = None  # type: ignore[assignment]
-#: The interface this module drives; _engine.c says which one it has (INTERFACE). Both
-#: change together; a build of an older _engine.c (a stale .so) counts as not built.
-INTERFACE = 3
-if _engine is not None and getattr(_engine, "INTERFACE", 1) != INTERFACE:
+
+
+def _stale(module: Any, source: Path) -> bool:
+    """Whether `module` was built from another `_engine.c` than `source` (when a compile
+    of a changed _engine.c fails, the last build stays in place). Without the source
+    beside it (an installed wheel) the build is the one installed with this module."""
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return False
+    return getattr(module, "SOURCE", None) != digest
+
+
+#: The build found but refused: it was compiled from another _engine.c
+STALE = _engine is not None and _stale(_engine, Path(__file__).with_name("_engine.c"))
+if STALE:
     _engine = None  # type: ignore[assignment]
 
 ENV = "CHAINLAB_ENGINE"
@@ -56,15 +72,32 @@ DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
 
 
+def missing() -> str | None:
+    """Why the C engine cannot run here, or None when it can."""
+    if STALE:
+        return ("chainlab.trace._engine was built from another _engine.c than the one beside it"
+                " (the last compile failed?)")
+    if _engine is None:
+        return "chainlab.trace._engine is not built (no C compiler at install time?)"
+    return None
+
+
 def wanted() -> bool:
     """Whether this run uses the C engine (CHAINLAB_ENGINE, and whether it is built)."""
     choice = os.environ.get(ENV, "auto")
     if choice not in ("auto", "native", "python"):
         raise InputError([Problem(ENV, "", f"{choice!r}: choose auto, native or python")])
-    if choice == "native" and _engine is None:
-        raise InputError([Problem(ENV, "", "native: chainlab.trace._engine is not built, or built from an older"
-                                           " _engine.c (no C compiler at install time? reinstall: make venv)")])
+    if choice == "native" and (why := missing()):
+        raise InputError([Problem(ENV, "", f"native: {why}; reinstall: make venv")])
     return choice != "python" and _engine is not None
+
+
+def fallback_note() -> str | None:
+    """What to tell a user whose run falls back to the Python engine without asking for it."""
+    why = missing()
+    if why is None or os.environ.get(ENV, "auto") != "auto":
+        return None
+    return f"note: {why}: the Python engine analyses, slower on big logs (reinstall: make venv)"
 
 
 #: json.dumps of one str, without json.dumps' per-call set-up (a walk's JSON has a dozen)
