@@ -122,6 +122,8 @@ class PacketRecord:
     verdict: str
     reason: str
     last_step: StepRecord | None
+    #: a nat chain was traced: conntrack sends only a connection's first packet through nat
+    #: (so a SYN retransmission, or a log without nat lines, reads false)
     new_connection: bool
     exit_src: str | None = None
     exit_dst: str | None = None
