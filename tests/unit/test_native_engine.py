@@ -1185,7 +1185,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def _log_file(workdir: Path, text: str) -> Path:
     path = workdir / f"h{next(_counter)}.log"
-    path.write_text(text, encoding="ascii", newline="")
+    path.write_text(text, encoding="utf-8", newline="")
     return path
 
 

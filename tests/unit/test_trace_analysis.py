@@ -215,8 +215,8 @@ def test_a_walk_ended_by_a_rule_of_unknown_target_is_not_called_accepted(tmp_pat
 
 
 def test_the_reason_does_not_depend_on_the_hash_seed(tmp_path):
-    """A walk that ends at mangle PREROUTING has INPUT and FORWARD ahead at the same rank: the
-    one named is the same in every process (it was the set's order, which the seed decides)."""
+    """A walk that ends at mangle PREROUTING has INPUT and FORWARD ahead at the same rank: both
+    are named, in the same order in every process (it was the set's order, which the seed decides)."""
     line = ("Dec  2 03:10:16 n kernel: TRACE: {} IN=e OUT= SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID=5 "
             "PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ=1 \n")
     log = tmp_path / "tie.log"
@@ -228,7 +228,7 @@ def test_the_reason_does_not_depend_on_the_hash_seed(tmp_path):
                 [sys.executable, "-c", "from chainlab.cli import main; main()", "analyze", "--format", "json", str(log)],
                 capture_output=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed), "CHAINLAB_ENGINE": engine})
             reasons.add(json.loads(out.stdout)["packets"][0]["reason"])
-    assert reasons == {"the log ends after mangle:PREROUTING policy, before a rule or policy decided (still ahead: mangle FORWARD)"}
+    assert reasons == {"the log ends after mangle:PREROUTING policy, which let it on (still ahead: mangle FORWARD or mangle INPUT)"}
 
 
 def _flow(direction: str, *hops: tuple[str, Endpoints, Endpoints | None]) -> Flow:

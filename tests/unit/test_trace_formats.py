@@ -153,6 +153,40 @@ def test_unknown_rule_handle():
     assert (step.kind, step.handle, step.verdict, step.rule, step.family) == ("rule", "13", "ACCEPT", None, "inet")
 
 
+def test_policy_and_return_lines_with_the_packets_mark():
+    """Once a rule sets a mark, nft ends policy and return lines with it (nftables' trace
+    test): the line is a step, its verdict read."""
+    for line, kind, verdict in [("trace id 0 inet t pre policy accept meta mark 0x00000042 ", "policy", "ACCEPT"),
+                                ("trace id 9 ip filter c verdict return meta mark 0x8000", "return", "RETURN")]:
+        step = parse_nft_monitor(line, 1).step
+        assert (step.kind, step.verdict) == (kind, verdict), line
+    for line in ["trace id 0 inet t pre policy accept meta mark", "trace id 0 inet t pre policy accept meta mark 0x",
+                 "trace id 0 inet t pre policy accept meta mark 0x123456789", "trace id 0 inet t pre policy accept x"]:
+        assert parse_nft_monitor(line, 1) is None, line
+
+
+def test_nft_trace_test_output_with_marks():
+    """nftables' own trace test: the echo request through `pre` and `input`, the reply out
+    through `output`, each accepted by its policy (lines that end with the mark); both
+    packets share the normalized trace id 0, told apart by their packet lines."""
+    result = run(PUBLIC / "nftables-trace-test-policy-meta-mark.log")
+    assert [(p.direction, p.hooks, p.verdict) for p in result.packets] == [
+        ("request", ["PREROUTING", "INPUT"], "accepted"), ("reply", ["OUTPUT"], "accepted")]
+    assert result.stats.skipped_lines == 0
+    assert [s.kind for s in result.packets[0].steps if s.chain in ("pre", "input")].count("policy") == 2
+
+
+def test_a_later_packet_line_keeps_the_headers_it_does_not_print():
+    """OpenWrt's fw4 trace prints the headers on the trace id's first `packet:` line, then
+    `packet: iif "br-lan2" oif "br-lan2"` per base chain: the packet keeps its addresses and
+    ports (op1's SYN-ACK: a reply), its interfaces are each line's own."""
+    result = run(PUBLIC / "therainstorm-openwrt-fw4-mss-short-packet-lines.log")
+    synack = next(p for p in result.packets if p.fields.sport == 2202)
+    assert (synack.direction, synack.fields.src, synack.fields.dst, synack.fields.dport) == (
+        "reply", "192.168.35.1", "192.168.35.126", 49780)
+    assert synack.fields.tcp_flags == frozenset({"SYN", "ACK"}) and synack.hooks == ["PREROUTING", "FORWARD"]
+
+
 def test_nft_ipv6_packet_line():
     line = next(x for x in NFT.read_text().splitlines() if "ip6 saddr fd00" in x and "packet:" in x)
     record = parse_nft_monitor(line, 1)
@@ -279,6 +313,32 @@ def test_a_return_into_another_tables_base_chain_says_nothing(tmp_path):
 
 
 # -- cut-off traces ------------------------------------------------------------------------------
+
+
+def test_a_trace_that_stops_at_a_raw_policy_lost_its_next_lines():
+    """conntracker's README: each packet of one ssh session shows one or two lines; two stop
+    at raw OUTPUT's policy, which a kernel TRACE line does not show. Read as ACCEPT (the
+    default; the other packets pass it), their verdict is unknown, not a drop by that policy."""
+    result = run(PUBLIC / "conntracker-kmsg-raw-output-policy.log")
+    verdicts = {p.fields.ip_id: (p.verdict, p.reason) for p in result.packets}
+    assert {ip_id: v for ip_id, (v, _) in verdicts.items()} == {
+        26607: "unknown", 26608: "accepted", 26610: "unknown", 26611: "accepted"}
+    assert "read as ACCEPT" in verdicts[26607][1] and "filter OUTPUT lies ahead" in verdicts[26607][1]
+
+
+def test_a_filter_policy_where_the_trace_stops_still_dropped_it(tmp_path):
+    """In filter, where firewalls set DROP policies, a trace that stops at a policy with a
+    table still ahead (mangle POSTROUTING, which the node's other packets pass) stopped there."""
+    line = ("Dec  2 03:10:16 n kernel: TRACE: {} IN= OUT=e SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={} "
+            "PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ={} \n")
+    log = tmp_path / "filter.log"
+    log.write_text(line.format("filter:OUTPUT:policy:1", 5, 1) + line.format("mangle:POSTROUTING:policy:1", 5, 1)
+                   + line.format("filter:OUTPUT:policy:1", 7, 2) + line.format("filter:OUTPUT:policy:1", 8, 3)
+                   + line.format("mangle:POSTROUTING:policy:1", 8, 3))
+    packets = {p.fields.ip_id: p for p in run(log).packets}
+    assert packets[7].verdict == "dropped" and "never reached mangle POSTROUTING" in packets[7].reason
+
+
 
 
 @pytest.mark.parametrize(

@@ -1555,8 +1555,15 @@ static int parse_nft(const char *s, size_t n, NftLine *out) {
     }
     int policy = lit(s, n, i, "policy ");
     if (policy || lit(s, n, i, "verdict ")) {
-        size_t v = i + (policy ? 7 : 8), e = nonspace_end(s, n, v);
-        if (e > v && only_space_from(s, n, e)) {
+        size_t v = i + (policy ? 7 : 8), e = nonspace_end(s, n, v), m = e;
+        if (lit(s, n, e, " meta mark 0x")) { /* the packet's mark, once set (nft's trace_print_expr) */
+            size_t h = e + 13;
+            for (m = h; m < n && m - h < 8 && is_hex_digit(s[m]); m++)
+                ;
+            if (m == h)
+                m = e;
+        }
+        if (e > v && only_space_from(s, n, m)) {
             out->kind = policy ? 2 : 1;
             out->verdict = (Ref){s + v, (Py_ssize_t)(e - v)};
             return 1;
@@ -3701,6 +3708,27 @@ static void trim(Map *m, int packets) {
     }
 }
 
+/* reader._carried: into `f` (a trace id's later packet line) the headers it does not print,
+ * from `b` (its line before); interfaces and mark belong to the hook and stay f's. */
+static void carry_headers(Fields *f, const Fields *b) {
+    if (!f->src[0])
+        memcpy(f->src, b->src, sizeof f->src);
+    if (!f->dst[0])
+        memcpy(f->dst, b->dst, sizeof f->dst);
+    if (!f->proto[0])
+        memcpy(f->proto, b->proto, sizeof f->proto);
+    long long *nums[] = {&f->ip_id, &f->ttl, &f->icmp_type, &f->icmp_id, &f->icmp_seq, &f->sport, &f->dport,
+                         &f->flow_label, &f->tcp_seq};
+    const long long *was[] = {&b->ip_id, &b->ttl, &b->icmp_type, &b->icmp_id, &b->icmp_seq, &b->sport, &b->dport,
+                              &b->flow_label, &b->tcp_seq};
+    for (size_t k = 0; k < sizeof nums / sizeof *nums; k++)
+        if (*nums[k] == NONE)
+            *nums[k] = *was[k];
+    if (!f->flags)
+        f->flags = b->flags;
+    f->damaged = f->damaged && b->damaged;
+}
+
 /* A packet line: remember its fields for the trace id (NftPacket), and the base chain it opens. */
 static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
     NftPacket *np = calloc(1, sizeof *np);
@@ -3717,6 +3745,9 @@ static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
         e->failed = 1;
         return;
     }
+    Entry *before = map_get(&e->nft_packets, l->trace_id.s, (size_t)l->trace_id.n);
+    if (before) /* reader._carried: the headers this line does not print, from the trace id's line before */
+        carry_headers(&np->f, &((NftPacket *)before->value)->f);
     if (np->f.in_if.n >= 0) {
         memcpy(np->text, np->f.in_if.s, in_n);
         np->f.in_if.s = np->text;

@@ -97,12 +97,17 @@ def _decides(step: Step) -> bool:
 def _accepts(step: Step) -> bool:
     """The step let the packet out of its table: an ACCEPT verdict, a rule whose target ends
     the table without dropping (ACCEPT, a NAT target), or a policy a ruleset says is ACCEPT.
-    (A kernel-log policy line without a ruleset shows no policy: where the trace stops at
-    one with a table still ahead, the policy is where it stopped.)"""
+    A kernel-log policy line without a ruleset shows no policy: in filter, where firewalls
+    set DROP policies, a trace that stops at one with a table still ahead stopped there;
+    raw, mangle and nat policies are read as ACCEPT, the default (DROP there is rare, and
+    iptables refuses it in nat), so a trace stopping at one lost its lines after it."""
     if step.verdict and step.verdict.split(":")[0] == "ACCEPT":
         return True
     if step.kind == "policy":
-        return _policy(step) == "ACCEPT"
+        policy = _policy(step)
+        if policy is None and not step.verdict:  # a kernel-log line, no ruleset: the policy not shown
+            return step.table != "filter"
+        return policy == "ACCEPT"
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
@@ -140,6 +145,10 @@ def judge(packet: Packet, present: set[Slot]) -> None:
         key=lambda slot: (slot_rank(*slot), slot),  # ties (INPUT or FORWARD ahead): by name, not by set order
     )
     untraced = [r for r in routes if not ahead_by_route[r]]
+    # what lies next on each route the packet may take (one slot when its route is known)
+    nexts = sorted({min(slots, key=lambda slot: (slot_rank(*slot), slot)) for slots in ahead_by_route.values() if slots},
+                   key=lambda slot: (slot_rank(*slot), slot))
+    next_text = " or ".join(f"{table} {hook}" for hook, table in nexts)
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
         decided = ("whose target the log does not show" if _target_unknown(last)
@@ -148,7 +157,7 @@ def judge(packet: Packet, present: set[Slot]) -> None:
         if packet.entered:
             packet.reason += f" (it went on into {packet.entered})"
         elif ahead:
-            packet.reason += f" (still ahead: {ahead[0][1]} {ahead[0][0]})"
+            packet.reason += f" (still ahead: {next_text})"
     elif not ahead and packet.route and _target_unknown(last):
         packet.verdict = "unknown"
         packet.reason = (f"decided by {_where(last)}, whose target the log does not show"
@@ -168,11 +177,13 @@ def judge(packet: Packet, present: set[Slot]) -> None:
         packet.reason = f"passed every table up to {last.table} {last.hook}"
     elif _accepts(last):
         packet.verdict = "unknown"
-        packet.reason = (f"accepted in {_where(last)}{by_rule}, then no trace though {ahead[0][1]} {ahead[0][0]}"
-                         " lies ahead: lost where no rule shows it")
+        passed = (f"passed {_where(last)} (read as ACCEPT, the default: a TRACE line does not show the policy)"
+                  if last.kind == "policy" and _policy(last) is None and not last.verdict
+                  else f"accepted in {_where(last)}{by_rule}")
+        packet.reason = f"{passed}, then no trace though {next_text} lies ahead: lost where no rule shows it"
     else:
         packet.verdict = "dropped"
-        packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {ahead[0][1]} {ahead[0][0]}"
+        packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {next_text}"
 
 
 def protocol_from_rules(packet: Packet) -> str | None:

@@ -13,7 +13,9 @@ line opens each base chain the packet enters:
   trace id 4cc0afaa ip filter wg1-state verdict return
   trace id 4cc0afaa ip raw PREROUTING policy accept
   trace id c255b013 inet t13 input unknown rule handle 13 (verdict accept)
-and (newer nft) the packet's connection tracking state, read as no step:
+  trace id 5a2e1c07 inet t pre policy accept meta mark 0x00000042
+(a policy or return line ends with the packet's mark once a rule set one: not kept, as no
+nft step keeps a mark) and (newer nft) the packet's connection tracking state, read as no step:
   trace id 32 inet filter input conntrack: ct direction original ct state new ct id 2641368242
 """
 
@@ -40,7 +42,7 @@ FAMILIES = ("ip", "inet", "ip6", "bridge", "arp", "netdev")
 NFT_LINE = re.compile(
     QUOTED + r"trace id ([0-9a-f]+) (" + "|".join(FAMILIES) + r") (\S+) (\S+) "
     r"(?:(packet): (.*)|rule (.*?) \(verdict ([^)]*)\)|unknown rule handle (\d{1,10}) \(verdict ([^)]*)\)"
-    r"|(verdict|policy) (\S+)|(conntrack): .*)\s*$",
+    r"|(verdict|policy) (\S+)(?: meta mark 0x[0-9a-fA-F]{1,8})?|(conntrack): .*)\s*$",
     re.ASCII,
 )
 IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ", re.ASCII)

@@ -389,6 +389,22 @@ def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[
         receiver.close()
 
 
+#: What a packet line says of the packet's headers (not of the hook: interfaces, mark).
+_HEADERS = ("src", "dst", "proto", "ip_id", "ttl", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags",
+            "flow_label", "tcp_seq")
+
+
+def _carried(before: Fields, now: Fields) -> Fields:
+    """A trace id's later packet line, with the headers it does not print taken from the
+    one before (OpenWrt's nft prints the headers once, then `packet: iif "br-lan2"` per
+    base chain; posts shorten them). Interfaces and mark belong to the hook: never carried."""
+    merged = dataclasses.replace(now, damaged=now.damaged and before.damaged)
+    for name in _HEADERS:
+        if getattr(now, name) is None:
+            setattr(merged, name, getattr(before, name))
+    return merged
+
+
 def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, parse) -> Iterator[Event | FileEnd]:  # type: ignore[no-untyped-def]
     """Events of an xtables-monitor or nft monitor trace log, then a FileEnd naming the
     trace ids whose last `packet:` line (a base chain entered) no step followed."""
@@ -406,7 +422,11 @@ def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, pars
             continue
         if record.step is None:
             assert record.fields is not None
-            fields = dataclasses.replace(record.fields, damaged=True) if cut else record.fields
+            fields = record.fields
+            if trace_id in packets:
+                fields = _carried(packets[trace_id][0], fields)
+            if cut:
+                fields = dataclasses.replace(fields, damaged=True)
             packets[trace_id] = (fields, record.base)
             pending.pop(trace_id, None)
             pending[trace_id] = f"{record.base[0]} {record.base[1]}" if record.base else "a base chain"
