@@ -187,6 +187,26 @@ def test_a_later_packet_line_keeps_the_headers_it_does_not_print():
     assert synack.fields.tcp_flags == frozenset({"SYN", "ACK"}) and synack.hooks == ["PREROUTING", "FORWARD"]
 
 
+def test_a_packet_line_that_prints_addresses_is_a_packet_of_its_own(tmp_path):
+    """A trace id that comes back for another packet (ids are the skb's, reused) carries
+    nothing over: the ICMP reply gets no TCP ports or flags, the IPv6 packet no IP id."""
+    log = tmp_path / "reused.log"
+    log.write_text(
+        'trace id 0 ip filter input packet: iif "eth0" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id 7 ip ttl 64'
+        " ip protocol tcp tcp sport 40000 tcp dport 22 tcp flags == syn tcp sequence 12345\n"
+        "trace id 0 ip filter input policy accept\n"
+        'trace id 0 ip filter output packet: oif "eth0" ip saddr 10.0.0.2 ip daddr 10.0.0.1 ip id 9 ip ttl 64'
+        " ip protocol icmp icmp type echo-reply icmp id 3 icmp sequence 4\n"
+        "trace id 0 ip filter output policy accept\n"
+        'trace id 0 ip6 filter output packet: oif "eth0" ip6 saddr fd00::2 ip6 daddr fd00::1 ip6 hoplimit 64'
+        " ip6 nexthdr udp udp sport 53 udp dport 5353\n"
+        "trace id 0 ip6 filter output policy accept\n")
+    tcp, icmp, udp = (p.fields for p in run(log).packets)
+    assert (tcp.sport, tcp.tcp_flags) == (40000, frozenset({"SYN"}))
+    assert (icmp.proto, icmp.sport, icmp.dport, icmp.tcp_flags, icmp.tcp_seq, icmp.icmp_id) == ("ICMP", None, None, None, None, 3)
+    assert (udp.proto, udp.ip_id, udp.tcp_flags, udp.sport) == ("UDP", None, None, 53)
+
+
 def test_nft_ipv6_packet_line():
     line = next(x for x in NFT.read_text().splitlines() if "ip6 saddr fd00" in x and "packet:" in x)
     record = parse_nft_monitor(line, 1)
@@ -328,17 +348,18 @@ def test_a_trace_that_stops_at_a_raw_policy_lost_its_next_lines():
 
 def test_a_filter_policy_where_the_trace_stops_still_dropped_it(tmp_path):
     """In filter, where firewalls set DROP policies, a trace that stops at a policy with a
-    table still ahead (mangle POSTROUTING, which the node's other packets pass) stopped there."""
+    table still ahead (mangle POSTROUTING, which the node's other packets pass) stopped there;
+    where the log ends after it, the verdict is unknown."""
     line = ("Dec  2 03:10:16 n kernel: TRACE: {} IN= OUT=e SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TTL=64 ID={} "
             "PROTO=ICMP TYPE=8 CODE=0 ID=1 SEQ={} \n")
     log = tmp_path / "filter.log"
     log.write_text(line.format("filter:OUTPUT:policy:1", 5, 1) + line.format("mangle:POSTROUTING:policy:1", 5, 1)
                    + line.format("filter:OUTPUT:policy:1", 7, 2) + line.format("filter:OUTPUT:policy:1", 8, 3)
-                   + line.format("mangle:POSTROUTING:policy:1", 8, 3))
+                   + line.format("mangle:POSTROUTING:policy:1", 8, 3) + line.format("filter:OUTPUT:policy:1", 9, 4))
     packets = {p.fields.ip_id: p for p in run(log).packets}
     assert packets[7].verdict == "dropped" and "never reached mangle POSTROUTING" in packets[7].reason
-
-
+    assert packets[9].verdict == "unknown" and packets[9].reason == (  # where the log itself ends
+        "the log ends after filter:OUTPUT policy, whose policy the log does not show (still ahead: mangle POSTROUTING)")
 
 
 @pytest.mark.parametrize(

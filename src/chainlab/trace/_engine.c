@@ -3708,13 +3708,14 @@ static void trim(Map *m, int packets) {
     }
 }
 
-/* reader._carried: into `f` (a trace id's later packet line) the headers it does not print,
- * from `b` (its line before); interfaces and mark belong to the hook and stay f's. */
+/* reader._carried: into `f` (a trace id's later packet line), when it prints no address, the
+ * headers it does not print from `b` (its line before); interfaces and mark belong to the hook
+ * and stay f's. Every Fields member but in_if, out_if, mark and damaged (reader._HEADERS). */
 static void carry_headers(Fields *f, const Fields *b) {
-    if (!f->src[0])
-        memcpy(f->src, b->src, sizeof f->src);
-    if (!f->dst[0])
-        memcpy(f->dst, b->dst, sizeof f->dst);
+    if (f->src[0] || f->dst[0])
+        return;
+    memcpy(f->src, b->src, sizeof f->src);
+    memcpy(f->dst, b->dst, sizeof f->dst);
     if (!f->proto[0])
         memcpy(f->proto, b->proto, sizeof f->proto);
     long long *nums[] = {&f->ip_id, &f->ttl, &f->icmp_type, &f->icmp_id, &f->icmp_seq, &f->sport, &f->dport,

@@ -94,20 +94,24 @@ def _decides(step: Step) -> bool:
     return step.kind == "policy" or _accepts(step)
 
 
+def _policy_unshown(step: Step) -> bool:
+    """A policy step whose policy neither the line (a kernel-log TRACE line) nor a ruleset shows."""
+    return step.kind == "policy" and not step.verdict and _policy(step) is None
+
+
 def _accepts(step: Step) -> bool:
     """The step let the packet out of its table: an ACCEPT verdict, a rule whose target ends
     the table without dropping (ACCEPT, a NAT target), or a policy a ruleset says is ACCEPT.
-    A kernel-log policy line without a ruleset shows no policy: in filter, where firewalls
-    set DROP policies, a trace that stops at one with a table still ahead stopped there;
-    raw, mangle and nat policies are read as ACCEPT, the default (DROP there is rare, and
-    iptables refuses it in nat), so a trace stopping at one lost its lines after it."""
+    A policy not shown: in filter, where firewalls set DROP policies, a trace that stops at
+    one with a table still ahead stopped there; every other table's (raw, mangle, nat,
+    security) is read as ACCEPT, the default (DROP there is rare, and iptables refuses it in
+    nat), so a trace stopping at one lost its lines after it."""
     if step.verdict and step.verdict.split(":")[0] == "ACCEPT":
         return True
+    if _policy_unshown(step):
+        return step.table != "filter"
     if step.kind == "policy":
-        policy = _policy(step)
-        if policy is None and not step.verdict:  # a kernel-log line, no ruleset: the policy not shown
-            return step.table != "filter"
-        return policy == "ACCEPT"
+        return _policy(step) == "ACCEPT"
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
@@ -152,7 +156,9 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
         decided = ("whose target the log does not show" if _target_unknown(last)
-                   else "which let it on" if _accepts(last) else "before a rule or policy decided")
+                   else "which let it on" if _accepts(last)
+                   else "whose policy the log does not show" if _policy_unshown(last)
+                   else "before a rule or policy decided")
         packet.reason = f"the log ends after {_where(last)}, {decided}"
         if packet.entered:
             packet.reason += f" (it went on into {packet.entered})"
@@ -178,8 +184,7 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     elif _accepts(last):
         packet.verdict = "unknown"
         passed = (f"passed {_where(last)} (read as ACCEPT, the default: a TRACE line does not show the policy)"
-                  if last.kind == "policy" and _policy(last) is None and not last.verdict
-                  else f"accepted in {_where(last)}{by_rule}")
+                  if _policy_unshown(last) else f"accepted in {_where(last)}{by_rule}")
         packet.reason = f"{passed}, then no trace though {next_text} lies ahead: lost where no rule shows it"
     else:
         packet.verdict = "dropped"

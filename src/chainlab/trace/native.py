@@ -51,11 +51,11 @@ except ImportError:  # built without a C compiler: the Python engine does everyt
 
 def _stale(module: Any, source: Path) -> bool:
     """Whether `module` was built from another `_engine.c` than `source` (when a compile
-    of a changed _engine.c fails, the last build stays in place). Without the source
-    beside it (an installed wheel) the build is the one installed with this module."""
+    of a changed _engine.c fails, the last build stays in place). A source that cannot be
+    read (an install that left it out) leaves nothing to compare: the build is trusted."""
     try:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    except FileNotFoundError:
+    except OSError:
         return False
     return getattr(module, "SOURCE", None) != digest
 

@@ -389,15 +389,19 @@ def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[
         receiver.close()
 
 
-#: What a packet line says of the packet's headers (not of the hook: interfaces, mark).
-_HEADERS = ("src", "dst", "proto", "ip_id", "ttl", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport", "tcp_flags",
-            "flow_label", "tcp_seq")
+#: What a packet line says of the packet's headers: every field but the hook's (interfaces,
+#: mark) and the damage flag.
+_HEADERS = tuple(f.name for f in dataclasses.fields(Fields) if f.name not in ("in_if", "out_if", "mark", "damaged"))
 
 
 def _carried(before: Fields, now: Fields) -> Fields:
-    """A trace id's later packet line, with the headers it does not print taken from the
-    one before (OpenWrt's nft prints the headers once, then `packet: iif "br-lan2"` per
-    base chain; posts shorten them). Interfaces and mark belong to the hook: never carried."""
+    """A trace id's later packet line that prints no address (OpenWrt's nft prints the
+    headers once, then `packet: iif "br-lan2"` per base chain; posts shorten them), with the
+    headers of the line before. A line that prints an address is a packet of its own (a
+    trace id can come back for another packet): kept as it is. Interfaces and mark belong
+    to the hook: never carried."""
+    if now.src is not None or now.dst is not None:
+        return now
     merged = dataclasses.replace(now, damaged=now.damaged and before.damaged)
     for name in _HEADERS:
         if getattr(now, name) is None:
