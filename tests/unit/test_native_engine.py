@@ -161,7 +161,8 @@ def test_native_without_the_extension_is_an_input_error(monkeypatch):
     monkeypatch.setattr(native, "_engine", None)
     run = analyze([f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"], "native")
     assert run.code == 2 and "not built" in run.stderr and run.stdout == b""
-    assert analyze([f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"], None).code == 0
+    run = analyze([f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"], None)  # auto: the Python engine, said
+    assert run.code == 0 and "is not built" in run.stderr and "the Python engine analyses" in run.stderr
 
 
 def test_a_build_of_another_engine_source_is_refused(tmp_path, monkeypatch):
