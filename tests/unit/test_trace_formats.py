@@ -185,6 +185,26 @@ def test_a_later_packet_line_keeps_the_headers_it_does_not_print():
     assert (synack.direction, synack.fields.src, synack.fields.dst, synack.fields.dport) == (
         "reply", "192.168.35.1", "192.168.35.126", 49780)
     assert synack.fields.tcp_flags == frozenset({"SYN", "ACK"}) and synack.hooks == ["PREROUTING", "FORWARD"]
+    # the author cut it after mangle_forward: fw4's postrouting chains still lie ahead
+    assert synack.verdict == "unknown" and "still ahead: fw4 POSTROUTING" in synack.reason
+
+
+def test_an_nft_table_of_its_own_name_at_a_later_hook_lies_ahead(tmp_path):
+    """fw4-like tables (not iptables' names) count where the node has base chains: a
+    forwarded packet whose lines stop after FORWARD has `t` POSTROUTING still ahead (unknown,
+    not accepted); another table at the same hook is not ahead (its priority is not known)."""
+    def packet(tid: int, *chains: str) -> str:
+        head = (f'trace id {tid} inet t prerouting packet: iif "a" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id {tid}'
+                f" ip protocol icmp icmp type echo-request icmp id 1 icmp sequence {tid}\n")
+        return head + "".join(f"trace id {tid} inet {chain} policy accept\n" for chain in chains)
+
+    log = tmp_path / "fw.log"
+    log.write_text(packet(1, "t prerouting", "t forward", "u forward", "t postrouting")
+                   + packet(2, "t prerouting", "t forward") + packet(3, "t prerouting", "u forward", "t postrouting"))
+    whole, stopped, _ = run(log).packets
+    assert (whole.hooks, whole.verdict) == (["PREROUTING", "FORWARD", "POSTROUTING"], "accepted")
+    assert (stopped.verdict, stopped.reason) == (
+        "unknown", "accepted in t:forward policy, then no trace though t POSTROUTING lies ahead: lost where no rule shows it")
 
 
 def test_a_packet_line_that_prints_addresses_is_a_packet_of_its_own(tmp_path):

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
-from chainlab.trace.netfilter import ROUTES, Slot, collapse_hooks, required_slots, route_of, slot_rank
+from chainlab.trace.netfilter import ROUTES, TABLES, Slot, collapse_hooks, required_slots, route_of, slot_rank
 from chainlab.trace.rules import RuleSet, policy_target, rule_target
 
 DROP_VERDICTS = ("DROP", "REJECT")
@@ -142,7 +142,10 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     present = present | {(s.hook, s.table) for s in steps if s.hook}
     here = slot_rank(last.hook, last.table)
     routes = [packet.route] if packet.route else [r for r in ROUTES if last.hook in ROUTES[r]]
-    ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection) if slot_rank(*slot) > here}
+    # ahead: what the route still holds; at the walk's own hook not an nft table of another
+    # name than iptables' (its place among the others is not known)
+    ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection)
+                          if slot_rank(*slot) > here and (slot[0] != last.hook or slot[1] in TABLES)}
                       for r in routes}
     ahead = sorted(
         set().union(*ahead_by_route.values()),

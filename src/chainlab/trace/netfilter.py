@@ -89,12 +89,14 @@ def required_slots(route: str, present: set[Slot], new_connection: bool) -> list
     """Every (hook, table) a packet on `route` must pass, given the ones that exist.
 
     Legacy tables hook into all their chains once loaded; iptables-nft creates a base
-    chain only when something uses it, so `present` is kept per (hook, table).
+    chain only when something uses it, so `present` is kept per (hook, table). An nft
+    table of another name (fw4, firewalld's) comes after iptables' at its hook: its
+    priority is not in the trace.
     """
     return [
         (hook, table)
         for hook in ROUTES[route]
-        for table in HOOK_TABLES[hook]
+        for table in (*HOOK_TABLES[hook], *sorted(t for h, t in present if h == hook and t not in TABLES))
         if (hook, table) in present and (table != "nat" or new_connection)
     ]
 
