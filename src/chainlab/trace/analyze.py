@@ -115,6 +115,11 @@ def _accepts(step: Step) -> bool:
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
+def _walk_order(slot: Slot) -> tuple[tuple[int, int], Slot]:
+    """Slots in walk order; ties (INPUT or FORWARD ahead) by name, never by a set's order."""
+    return slot_rank(*slot), slot
+
+
 def judge(packet: Packet, present: set[Slot]) -> None:
     """Set route, new_connection, verdict and reason of a complete packet.
 
@@ -147,14 +152,10 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection)
                           if slot_rank(*slot) > here and (slot[0] != last.hook or slot[1] in TABLES)}
                       for r in routes}
-    ahead = sorted(
-        set().union(*ahead_by_route.values()),
-        key=lambda slot: (slot_rank(*slot), slot),  # ties (INPUT or FORWARD ahead): by name, not by set order
-    )
+    ahead = sorted(set().union(*ahead_by_route.values()), key=_walk_order)
     untraced = [r for r in routes if not ahead_by_route[r]]
     # what lies next on each route the packet may take (one slot when its route is known)
-    nexts = sorted({min(slots, key=lambda slot: (slot_rank(*slot), slot)) for slots in ahead_by_route.values() if slots},
-                   key=lambda slot: (slot_rank(*slot), slot))
+    nexts = sorted({min(slots, key=_walk_order) for slots in ahead_by_route.values() if slots}, key=_walk_order)
     next_text = " or ".join(f"{table} {hook}" for hook, table in nexts)
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
