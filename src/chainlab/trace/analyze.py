@@ -152,11 +152,11 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection)
                           if slot_rank(*slot) > here and (slot[0] != last.hook or slot[1] in TABLES)}
                       for r in routes}
-    ahead = sorted(set().union(*ahead_by_route.values()), key=_walk_order)
     untraced = [r for r in routes if not ahead_by_route[r]]
-    # what lies next on each route the packet may take (one slot when its route is known)
-    nexts = sorted({min(slots, key=_walk_order) for slots in ahead_by_route.values() if slots}, key=_walk_order)
-    next_text = " or ".join(f"{table} {hook}" for hook, table in nexts)
+    # what lies next on each route the packet may take (one slot when its route is known);
+    # the first of them is the first of all that lies ahead
+    ahead = sorted({min(slots, key=_walk_order) for slots in ahead_by_route.values() if slots}, key=_walk_order)
+    next_text = " or ".join(f"{table} {hook}" for hook, table in ahead)
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"
         decided = ("whose target the log does not show" if _target_unknown(last)

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
-from chainlab.trace.model import Event, Fields, Packet, Step
+from chainlab.trace.model import Event, Fields, Packet, Step, fill_missing
 from chainlab.trace.netfilter import HOOKS, TABLES, hook_by_interfaces, step_rank, table_slots
 
 
@@ -92,13 +92,6 @@ _MERGED = ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport
            "flow_label", "tcp_seq")
 
 
-def _merge(into: Fields, f: Fields) -> None:
-    """Fill fields the packet does not know yet from a later line."""
-    for name in _MERGED:
-        if getattr(into, name) is None:
-            value = getattr(f, name)
-            if value is not None:
-                setattr(into, name, value)
 
 
 #: Quiet packets are handed on in batches: the window is `window` to `window + EXPIRE_EVERY`.
@@ -150,7 +143,7 @@ class Assembler:
             packet, hook = found
             if f.damaged:
                 packet.repaired_lines += 1
-        _merge(packet.fields, f)
+        fill_missing(packet.fields, f, _MERGED)
         if packet.identity == "flow" and packet.fields.ip_id is not None:
             packet.identity = "ip_id"
             self.open_flows -= 1

@@ -32,6 +32,15 @@ class Fields:
     tcp_seq: int | None = None
 
 
+def fill_missing(into: Fields, source: Fields, names: tuple[str, ...]) -> None:
+    """Set each of `names` that `into` does not know (None) to what `source` knows."""
+    for name in names:
+        if getattr(into, name) is None:
+            value = getattr(source, name)
+            if value is not None:
+                setattr(into, name, value)
+
+
 @dataclass(slots=True)
 class Step:
     """One trace event: the packet met `table:chain` (rule N matched, return, or policy)."""

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from chainlab.errors import InputError, Problem
 from chainlab.trace.ascii import WHITESPACE
-from chainlab.trace.model import Event, Fields, FileEnd, Step
+from chainlab.trace.model import Event, Fields, FileEnd, Step, fill_missing
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 
@@ -403,9 +403,7 @@ def _carried(before: Fields, now: Fields) -> Fields:
     if now.src is not None or now.dst is not None:
         return now
     merged = dataclasses.replace(now, damaged=now.damaged and before.damaged)
-    for name in _HEADERS:
-        if getattr(now, name) is None:
-            setattr(merged, name, getattr(before, name))
+    fill_missing(merged, before, _HEADERS)
     return merged
 
 
