@@ -649,6 +649,42 @@ def test_walk_cache_is_bounded(tmp_path):
     assert_same([f"n={log}"], "9000 packets, 9000 walks", formats=("json", "summary"))
 
 
+def test_step_cache_is_bounded(tmp_path):
+    """More distinct steps than the engine keeps tuples for (native.STEP_CACHE): output unchanged."""
+    native = importlib.import_module("chainlab.trace.native")
+    line = "TRACE: raw:c{}:rule:1 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT=2"
+    log = tmp_path / "steps.log"
+    steps = native.STEP_CACHE + 500
+    log.write_text("".join(line.format(i, i % 65536) + "\n" for i in range(steps)))
+    assert_same([f"n={log}"], f"{steps} packets of one distinct step each", formats=("summary",))
+
+
+def test_a_step_met_again_is_the_same_object():
+    """The engine hands judge the same tuple for a step it met before, and Calls the same Step
+    (without --rules: join_rules changes Steps, so with rules each walk makes its own)."""
+    engine_module = importlib.import_module("chainlab.trace._engine")
+    native = importlib.import_module("chainlab.trace.native")
+    from chainlab.trace.pipeline import AnalysisOptions
+
+    seen: list[tuple[list[tuple[object, ...]], list[object]]] = []
+
+    class Recording(native.Calls):
+        def _steps_of(self, walk):  # type: ignore[no-untyped-def]
+            steps = super()._steps_of(walk)
+            seen.append((walk, steps))
+            return steps
+
+    engine = engine_module.Engine(Recording(AnalysisOptions(), None), 0, False, None, (), (), (), False, False, False, {})
+    engine.begin("n", False, 0)
+    engine.feed(SCENARIO2.read_bytes())
+    engine.end()
+    engine.flush()
+    tuples = {id(t): t for walk, _ in seen for t in walk}
+    steps = {id(s) for _, walk_steps in seen for s in walk_steps}
+    assert len(seen) > 1 and len(tuples) == len({t for t in tuples.values()}) == len(steps)
+    assert native.Calls(AnalysisOptions(), None)._steps_of([]) == []
+
+
 def test_engine_misuse_is_an_error_not_a_crash():
     engine_module = importlib.import_module("chainlab.trace._engine")
     bare = engine_module.Engine.__new__(engine_module.Engine)

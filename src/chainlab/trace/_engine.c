@@ -943,8 +943,9 @@ static size_t hash_bytes(const char *s, size_t n) {
     return h ? (size_t)h : 1;
 }
 
-/* The slot of `key`: where it is, or (found NULL) the first free slot for it. */
-static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, Entry **found) {
+/* The slot of the key a + b (b may be empty): where it is, or (found NULL) the first free slot for it. */
+static size_t map_slot_parts(const Map *m, const char *a, size_t an, const char *b, size_t bn, size_t hash,
+                             Entry **found) {
     size_t mask = m->n_slots - 1, i = hash & mask, free_at = (size_t)-1;
     for (;; i = (i + 1) & mask) {
         Entry *e = m->slots[i];
@@ -955,11 +956,16 @@ static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, 
         if (e == &DELETED) {
             if (free_at == (size_t)-1)
                 free_at = i;
-        } else if (e->hash == hash && e->klen == klen && memcmp(e->key, key, klen) == 0) {
+        } else if (e->hash == hash && e->klen == an + bn && memcmp(e->key, a, an) == 0 &&
+                   (!bn || memcmp(e->key + an, b, bn) == 0)) {
             *found = e;
             return i;
         }
     }
+}
+
+static size_t map_slot(const Map *m, const char *key, size_t klen, size_t hash, Entry **found) {
+    return map_slot_parts(m, key, klen, NULL, 0, hash, found);
 }
 
 /* Rehash into a table a quarter full: bigger as entries come, the same size or smaller when
@@ -992,21 +998,23 @@ static Entry *map_get(const Map *m, const char *key, size_t klen) {
     return found;
 }
 
-/* The entry of `key`, added at the end (value NULL, number 0) if new; NULL when out of memory. */
-static Entry *map_put(Map *m, const char *key, size_t klen, int *added) {
+/* The entry of the key a + b whose hash is `hash`, added at the end (value NULL, number 0) if
+ * new; NULL when out of memory. A map's keys are all hashed one way (hash_bytes, or walk_hash). */
+static Entry *map_put_parts(Map *m, const char *a, size_t an, const char *b, size_t bn, size_t hash, int *added) {
     if ((m->used + 1) * 2 > m->n_slots && map_grow(m))
         return NULL;
-    size_t hash = hash_bytes(key, klen);
     Entry *found;
-    size_t i = map_slot(m, key, klen, hash, &found);
+    size_t i = map_slot_parts(m, a, an, b, bn, hash, &found);
     *added = found == NULL;
     if (found)
         return found;
-    Entry *e = calloc(1, sizeof *e + klen + 1);
+    Entry *e = calloc(1, sizeof *e + an + bn + 1);
     if (!e)
         return NULL;
-    memcpy(e->key, key, klen);
-    e->klen = klen;
+    memcpy(e->key, a, an);
+    if (bn)
+        memcpy(e->key + an, b, bn);
+    e->klen = an + bn;
     e->hash = hash;
     if (m->slots[i] != &DELETED)
         m->used++;
@@ -1019,6 +1027,11 @@ static Entry *map_put(Map *m, const char *key, size_t klen, int *added) {
         m->head = e;
     m->tail = e;
     return e;
+}
+
+/* The entry of `key`, added at the end (value NULL, number 0) if new; NULL when out of memory. */
+static Entry *map_put(Map *m, const char *key, size_t klen, int *added) {
+    return map_put_parts(m, key, klen, NULL, 0, hash_bytes(key, klen), added);
 }
 
 static void map_unlink(Map *m, Entry *e) {
@@ -1601,6 +1614,7 @@ typedef struct {
     uint64_t header_id; /* the parser thread's id of its header text (0: none; see step_head) */
     const char *json_tail; /* what its step JSON ends with after "line" (NULL: made in append_step) */
     size_t json_tail_n;
+    int in_batch; /* f and its texts stay put until the parsed batch is assembled (see keep_last) */
 } Rec;
 
 /* A step's JSON in Packet.steps: at `at` its prefix, then `null`, then its suffix; the rule
@@ -1612,6 +1626,7 @@ typedef struct {
     int in_tables;
     int table, family, kind; /* the step's (TABLES, FAMILIES, KINDS index; -1: other, None) */
     size_t sig_hook;         /* where its hook's byte is in Packet.sig */
+    uint64_t piece_hash;     /* of its part of Packet.sig before the hook's byte (see walk_hash) */
 } StepAt;
 
 #define NULL_RULE_N 4 /* strlen("null") */
@@ -1654,6 +1669,8 @@ struct Packet {
 #define PENDING_TRACE_IDS 4096
 /* native.WALK_CACHE: distinct walks judged and kept */
 #define WALK_CACHE 8192
+/* distinct steps whose tuples steps_of keeps (native.Calls keeps a Step for each tuple) */
+#define STEP_CACHE 65536
 /* analyze.Directions memory, flows.MEMORY and MAX_HOPS, summary.MAX_ROWS, diagram.MAX_WALKS */
 #define DIRECTIONS_MEMORY 16384
 #define FLOWS_MEMORY 20000
@@ -1733,6 +1750,7 @@ typedef struct {
     /* the assembler's `_last`: node, trace id, a copy of the fields, the packet (NULL: not open) */
     int has_last, last_node;
     Fields last_fields;
+    const Fields *last_f; /* &last_fields, or a batch's fields until the batch is assembled */
     Buf last_text, last_tid;
     int last_has_tid;
     Packet *last_packet;
@@ -1777,6 +1795,7 @@ typedef struct {
     Buf scratch, scratch2, verdict;
     /* finishing */
     Map walks;      /* walk key -> Walk */
+    Map step_tuples; /* a step's walk signature -> its tuple for Calls.judge (the same object each time) */
     Buf key;        /* a walk key being built */
     Map directions; /* node + proto + endpoints -> which came first */
     Map flows;      /* proto + ip id + icmp seq -> Hops, by last use */
@@ -2167,7 +2186,7 @@ static int table_in_tables(Engine *e, const char *t, size_t n) {
 #define STEP_HEADS 4096
 #define STEP_HEAD_MAX 192
 struct StepHead {
-    uint64_t id;
+    uint64_t id, sig_hash; /* sig_hash: hash_bytes(sig) */
     int in_tables;
     size_t json_n, sig_n;
     char json[STEP_HEAD_MAX]; /* `{"table": ..., "rule": ` */
@@ -2207,6 +2226,7 @@ static const struct StepHead *step_head(Engine *e, const Rec *r) {
         memcpy(h->sig, g.p, g.n);
         h->json_n = b.n;
         h->sig_n = g.n;
+        h->sig_hash = hash_bytes(g.p, g.n);
         h->in_tables = table_in_tables(e, r->table, r->table_n);
         h->id = r->header_id;
     }
@@ -2339,11 +2359,16 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     at->family = r->family;
     at->kind = r->kind;
     Buf *g = &p->sig;
+    size_t piece = g->n;
     err |= head ? put(g, head->sig, head->sig_n) : put_step_sig_head(g, r);
+    size_t extras = g->n;
     err |= sig_str(g, r->handle.s, r->handle.n);
     err |= sig_str(g, r->verdict.s, r->verdict.n);
     err |= sig_str(g, r->rule.s, r->rule.n);
     at->sig_hook = g->n;
+    if (!err)
+        at->piece_hash = hash_mix(head ? head->sig_hash : hash_bytes(g->p + piece, extras - piece),
+                                  hash_bytes(g->p + extras, g->n - extras));
     err |= sig_byte(g, hook >= 0 ? hook : 255);
     err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)
@@ -2376,18 +2401,16 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
 }
 
 /* Assembler._last: the fields, node and trace id of the last record placed. */
-static void keep_last(Engine *e, const Rec *r, Packet *p) {
-    const Fields *f = r->f;
-    e->has_last = 1;
-    e->last_node = r->node;
-    e->last_packet = p;
+/* Copy the last record's fields (and the texts they point to) into the engine. */
+static void own_last(Engine *e) {
+    if (!e->has_last || e->last_f == &e->last_fields)
+        return;
+    const Fields *f = e->last_f;
     e->last_fields = *f;
-    e->last_has_tid = r->trace_id.n >= 0;
-    e->last_tid.n = 0;
+    e->last_f = &e->last_fields;
     Buf *t = &e->last_text;
     t->n = 0;
-    if ((e->last_has_tid && put(&e->last_tid, r->trace_id.s, (size_t)r->trace_id.n)) ||
-        buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
+    if (buf_grow(t, (size_t)(f->in_if.n > 0 ? f->in_if.n : 0) + (size_t)(f->out_if.n > 0 ? f->out_if.n : 0) +
                         (size_t)(f->mark.n > 0 ? f->mark.n : 0) + 1)) {
         e->failed = 1;
         e->has_last = 0;
@@ -2401,6 +2424,25 @@ static void keep_last(Engine *e, const Rec *r, Packet *p) {
             t->n += (size_t)refs[i]->n;
         }
     }
+}
+
+/* Keep the fields of the record placed last. A fast line's fields stay in its batch until the
+ * batch is assembled, so they are only pointed at, and copied (own_last) when the batch ends:
+ * copying every record's fields cost ~4 % of the assembling thread. */
+static void keep_last(Engine *e, const Rec *r, Packet *p) {
+    e->has_last = 1;
+    e->last_node = r->node;
+    e->last_packet = p;
+    e->last_has_tid = r->trace_id.n >= 0;
+    e->last_tid.n = 0;
+    if (e->last_has_tid && put(&e->last_tid, r->trace_id.s, (size_t)r->trace_id.n)) {
+        e->failed = 1;
+        e->has_last = 0;
+        return;
+    }
+    e->last_f = r->f;
+    if (!r->in_batch)
+        own_last(e);
 }
 
 static int same_trace_id(Engine *e, const Rec *r) {
@@ -2523,7 +2565,7 @@ static void feed_record(Engine *e, const Rec *r) {
     Packet *p = NULL;
     int fast = 0;
     if (e->has_last && e->last_packet && e->last_node == r->node && same_trace_id(e, r) &&
-        ((r->repeat && e->placed_last) || fields_eq(&e->last_fields, f))) {
+        ((r->repeat && e->placed_last) || e->last_f == f || fields_eq(e->last_f, f))) {
         p = e->last_packet;
         if (next_hook(e, p, r, table, &hook)) {
             if (f->damaged)
@@ -2574,7 +2616,7 @@ static void feed_record(Engine *e, const Rec *r) {
         append_step(e, p, r, hook, table);
         keep_last(e, r, p);
     }
-    e->placed_last = 1; /* so e->last_fields are the record's */
+    e->placed_last = 1; /* so e->last_f are the record's */
     if (e->count % EXPIRE_EVERY == 0)
         expire(e);
     if (!legacy && hook >= 0) /* nft creates a base chain only where one is declared: the slots seen */
@@ -2782,41 +2824,106 @@ broken:
     return NULL;
 }
 
-/* The steps of a walk signature (append_step writes it) for native.Calls.judge: a tuple of
- * (table, chain, kind, position, handle, verdict, rule, hook, family) per step. */
-static PyObject *steps_of(const char *g, size_t n) {
+/* One step of a walk signature (append_step writes it) as the tuple native.Calls.judge takes:
+ * (table, chain, kind, position, handle, verdict, rule, hook, family); *at: where it ends. */
+static PyObject *step_tuple(const char *g, size_t n, size_t *at) {
+    PyObject *table = sig_text(g, n, at), *chain = table ? sig_text(g, n, at) : NULL;
+    int kind = chain && *at < n ? (unsigned char)g[(*at)++] : -1;
+    PyObject *position = kind >= 0 && kind < 3 ? sig_text(g, n, at) : NULL;
+    PyObject *handle = position ? sig_text(g, n, at) : NULL, *verdict = handle ? sig_text(g, n, at) : NULL;
+    PyObject *rule = verdict ? sig_text(g, n, at) : NULL, *step = NULL;
+    if (position && position != Py_None)
+        Py_SETREF(position, PyLong_FromUnicodeObject(position, 10));
+    if (rule && position && *at + 2 <= n) {
+        int hook = (unsigned char)g[*at], family = (unsigned char)g[*at + 1];
+        *at += 2;
+        step = PyTuple_Pack(9, table, chain, KIND_OBJECTS[kind], position, handle, verdict, rule,
+                            hook < N_HOOKS ? HOOK_OBJECTS[hook] : Py_None,
+                            family < N_FAMILIES ? FAMILY_OBJECTS[family] : Py_None);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+    }
+    Py_XDECREF(table);
+    Py_XDECREF(chain);
+    Py_XDECREF(position);
+    Py_XDECREF(handle);
+    Py_XDECREF(verdict);
+    Py_XDECREF(rule);
+    return step;
+}
+
+/* Past one signature field; 0: the signature is cut short. */
+static int sig_skip(const char *g, size_t n, size_t *at) {
+    uint32_t len;
+    if (*at + 4 > n)
+        return 0;
+    memcpy(&len, g + *at, 4);
+    *at += 4;
+    if (len != 0xffffffffu)
+        *at += len;
+    return *at <= n;
+}
+
+/* Where the step of a walk signature starting at `at` ends (0: cut short; step_tuple says why). */
+static size_t step_end(const char *g, size_t n, size_t at) {
+    if (!sig_skip(g, n, &at) || !sig_skip(g, n, &at) || at >= n || (unsigned char)g[at++] >= 3)
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (!sig_skip(g, n, &at))
+            return 0;
+    return at + 2 <= n ? at + 2 : 0;
+}
+
+static void decref_value(void *o) { Py_DECREF((PyObject *)o); }
+
+/* The steps of a walk signature for native.Calls.judge, a tuple per step. A step met before
+ * is the same tuple object again: a walk's ~30 steps are made once (decoding their texts was
+ * most of this), and Calls finds its Step for each tuple by identity. */
+static PyObject *steps_of(Engine *e, const char *g, size_t n) {
     if (names_ready())
         return NULL;
     PyObject *steps = PyList_New(0);
     size_t at = 0;
     while (steps && at < n) {
-        PyObject *table = sig_text(g, n, &at), *chain = table ? sig_text(g, n, &at) : NULL;
-        int kind = chain && at < n ? (unsigned char)g[at++] : -1;
-        PyObject *position = kind >= 0 && kind < 3 ? sig_text(g, n, &at) : NULL;
-        PyObject *handle = position ? sig_text(g, n, &at) : NULL, *verdict = handle ? sig_text(g, n, &at) : NULL;
-        PyObject *rule = verdict ? sig_text(g, n, &at) : NULL, *step = NULL;
-        if (position && position != Py_None)
-            Py_SETREF(position, PyLong_FromUnicodeObject(position, 10));
-        if (rule && position && at + 2 <= n) {
-            int hook = (unsigned char)g[at], family = (unsigned char)g[at + 1];
-            at += 2;
-            step = PyTuple_Pack(9, table, chain, KIND_OBJECTS[kind], position, handle, verdict, rule,
-                                hook < N_HOOKS ? HOOK_OBJECTS[hook] : Py_None,
-                                family < N_FAMILIES ? FAMILY_OBJECTS[family] : Py_None);
-        } else if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_SystemError, "_engine: a walk signature is cut short");
+        size_t end = step_end(g, n, at);
+        Entry *known = end ? map_get(&e->step_tuples, g + at, end - at) : NULL;
+        PyObject *step;
+        if (known) {
+            step = Py_NewRef((PyObject *)known->value);
+            at = end;
+        } else {
+            size_t start = at;
+            step = step_tuple(g, n, &at);
+            if (step && end) {
+                if (e->step_tuples.count >= STEP_CACHE)
+                    map_clear(&e->step_tuples, decref_value);
+                int added;
+                Entry *slot = map_put(&e->step_tuples, g + start, end - start, &added);
+                if (slot)
+                    slot->value = Py_NewRef(step);
+            }
         }
-        Py_XDECREF(table);
-        Py_XDECREF(chain);
-        Py_XDECREF(position);
-        Py_XDECREF(handle);
-        Py_XDECREF(verdict);
-        Py_XDECREF(rule);
         if (!step || PyList_Append(steps, step))
             Py_CLEAR(steps);
         Py_XDECREF(step);
     }
     return steps;
+}
+
+/* The hash of a walk's key (`prefix`, then the packet's signature) for Engine.walks: the
+ * prefix hashed, then each step's piece_hash and its hook and family bytes (returned_into may
+ * change a hook after the step), not the signature's kilobyte hashed again for each packet.
+ * Equal signatures have equal steps, so equal keys hash alike. */
+static size_t walk_hash(const Packet *p, const Buf *prefix) {
+    uint64_t h = hash_bytes(prefix->p, prefix->n);
+    for (size_t i = 0; i < p->n_steps; i++) {
+        const StepAt *at = &p->at[i];
+        h = hash_mix(hash_mix(h, at->piece_hash),
+                     (unsigned char)p->sig.p[at->sig_hook] | (uint64_t)(unsigned char)p->sig.p[at->sig_hook + 1] << 8);
+    }
+    h = (h ^ (h >> 32)) * 0x94D049BB133111EBULL;
+    h ^= h >> 29;
+    return h ? (size_t)h : 1;
 }
 
 /* The judged walk of a finished packet: from the cache, or judged in Python (native.Judge). */
@@ -2827,15 +2934,18 @@ static Walk *walk_of(Engine *e, Packet *p) {
     uint32_t entered = p->entered ? (uint32_t)p->entered_n : 0xffffffffu;
     if (put(k, (const char *)&p->node, sizeof p->node) ||
         put(k, (const char *)&e->slot_version[p->node], sizeof(long long)) || put(k, flags, 2) ||
-        put(k, (const char *)&entered, 4) || (p->entered && put(k, p->entered, p->entered_n)) ||
-        put(k, p->sig.p ? p->sig.p : "", p->sig.n)) {
+        put(k, (const char *)&entered, 4) || (p->entered && put(k, p->entered, p->entered_n))) {
         e->failed = 1;
         return NULL;
     }
-    Entry *cached = map_get(&e->walks, k->p, k->n);
+    const char *sig = p->sig.p ? p->sig.p : "";
+    size_t hash = walk_hash(p, k);
+    Entry *cached = NULL;
+    if (e->walks.n_slots)
+        map_slot_parts(&e->walks, k->p, k->n, sig, p->sig.n, hash, &cached);
     if (cached)
         return cached->value;
-    PyObject *steps = steps_of(p->sig.p ? p->sig.p : "", p->sig.n);
+    PyObject *steps = steps_of(e, sig, p->sig.n);
     if (!steps) {
         call_failed(e);
         return NULL;
@@ -2889,7 +2999,7 @@ static Walk *walk_of(Engine *e, Packet *p) {
     if (e->walks.count >= WALK_CACHE)
         map_clear(&e->walks, walk_free);
     int added;
-    Entry *slot = map_put(&e->walks, k->p, k->n, &added);
+    Entry *slot = map_put_parts(&e->walks, k->p, k->n, sig, p->sig.n, hash, &added);
     if (!slot) {
         walk_free(w);
         e->failed = 1;
@@ -4341,7 +4451,7 @@ static void fast_line(Engine *e, const Parsed *l, const Batch *b) {
     Rec r = {node, l->h.table, l->h.chain, l->h.table_n, l->h.chain_n, l->h.kind, l->h.pos, l->h.pos_n,
              {NULL, -1}, {NULL, -1}, {NULL, -1}, -1, &b->fields[l->fields], {NULL, -1}, -1, l->time,
              1, l->table_index, l->chain_hook, l->repeat, l->header_id,
-             l->tail_n ? b->tails.p + l->tail_at : NULL, l->tail_n};
+             l->tail_n ? b->tails.p + l->tail_at : NULL, l->tail_n, 1};
     e->records++;
     feed_record(e, &r);
 }
@@ -4375,6 +4485,7 @@ static void assemble_batch(Engine *e, const char *data, size_t n, const Batch *b
         feed_lines(e, data, b->end, b->stop); /* what the batch had no room for */
     if (b->end < n && !e->error && !e->failed)
         feed_lines(e, data, n, b->end); /* the unfinished last line: carried */
+    own_last(e); /* the batch's fields are about to be parsed over */
 }
 
 /* Give the parser its next job: parse data[start:n] (or, reading a file, read and parse the next chunk) into batch k. */
@@ -4706,6 +4817,7 @@ static void Engine_dealloc(Engine *e) {
     map_clear(&e->nft_packets, nft_packet_free);
     map_clear(&e->pending, free);
     map_clear(&e->walks, walk_free);
+    map_clear(&e->step_tuples, decref_value);
     map_clear(&e->directions, NULL);
     map_clear(&e->flows, hops_free);
     map_clear(&e->rows, row_free);

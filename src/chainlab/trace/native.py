@@ -70,6 +70,8 @@ MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
 FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
+#: Distinct steps whose Step objects Calls.judge keeps for the next walks (then it starts over).
+STEP_CACHE = 1 << 16
 
 
 def missing() -> str | None:
@@ -128,6 +130,9 @@ class Calls:
         self.present: list[set[Slot]] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
         self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
+        #: a walk's step tuple -> its Step, shared by the walks that pass it: without --rules
+        #: nothing changes a Step once made, and making ~30 a walk was a third of judging
+        self._steps: dict[tuple[Any, ...], Step] = {}
 
     def node_added(self, node: int, name: bytes) -> tuple[bytes, bool]:
         text = name.decode("utf-8", "surrogatepass")
@@ -150,10 +155,9 @@ class Calls:
         `walk`: (table, chain, kind, position, handle, verdict, rule, hook, family) per step."""
         options = self.options
         name = self.names[node]
-        steps = [Step(table, chain, kind, position, handle, verdict, rule, None, 0, None, hook, family)  # positional: keywords cost 0.1 µs a step
-                 for table, chain, kind, position, handle, verdict, rule, hook, family in walk]
-        packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         rules = options.rules.get(name)
+        steps = self._steps_of(walk) if rules is None else [_step(t) for t in walk]
+        packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         join_rules(packet, rules)
         proto = protocol_from_rules(packet) if proto_none else None
         judge(packet, rules.slots if rules else self.present[node])
@@ -176,6 +180,25 @@ class Calls:
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
         )
+
+    def _steps_of(self, walk: list[tuple[Any, ...]]) -> list[Step]:
+        """The walk's Step objects, shared with the walks before it (never changed: no rules)."""
+        cache = self._steps
+        if len(cache) > STEP_CACHE:
+            cache.clear()
+        steps = []
+        for t in walk:
+            step = cache.get(t)
+            if step is None:
+                step = cache[t] = _step(t)
+            steps.append(step)
+        return steps
+
+
+def _step(t: tuple[Any, ...]) -> Step:
+    """A walk's step tuple (table, chain, kind, position, handle, verdict, rule, hook, family)
+    as a Step; positional: keywords cost 0.1 µs a step."""
+    return Step(t[0], t[1], t[2], t[3], t[4], t[5], t[6], None, 0, None, t[7], t[8])
 
 
 @dataclass
