@@ -660,29 +660,37 @@ def test_step_cache_is_bounded(tmp_path):
 
 
 def test_a_step_met_again_is_the_same_object():
-    """The engine hands judge the same tuple for a step it met before, and Calls the same Step
-    (without --rules: join_rules changes Steps, so with rules each walk makes its own)."""
+    """The engine makes a Step once for each distinct step (Calls.step) and hands that object
+    to every walk that passes the step (without --rules: join_rules changes Steps, so with
+    rules judge copies them; the differential tests with --rules hold that)."""
     engine_module = importlib.import_module("chainlab.trace._engine")
     native = importlib.import_module("chainlab.trace.native")
     from chainlab.trace.pipeline import AnalysisOptions
 
-    seen: list[tuple[list[tuple[object, ...]], list[object]]] = []
+    made: list[tuple[object, ...]] = []
+    walks: list[list[object]] = []
 
     class Recording(native.Calls):
-        def _steps_of(self, walk):  # type: ignore[no-untyped-def]
-            steps = super()._steps_of(walk)
-            seen.append((walk, steps))
-            return steps
+        def step(self, t):  # type: ignore[no-untyped-def]
+            made.append(t)
+            return super().step(t)
 
+        def judge(self, node, walk, *args):  # type: ignore[no-untyped-def]
+            walks.append(list(walk))
+            return super().judge(node, walk, *args)
+
+    line = "TRACE: {} IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT=2\n"
+    chains = ["raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1", "nat:PREROUTING:policy:1"]
+    log = "".join(line.format(chain, ip_id) for ip_id, n in ((1, 2), (2, 3), (3, 2)) for chain in chains[:n])
     engine = engine_module.Engine(Recording(AnalysisOptions(), None), 0, False, None, (), (), (), False, False, False, {})
     engine.begin("n", False, 0)
-    engine.feed(SCENARIO2.read_bytes())
+    engine.feed(log.encode())
     engine.end()
     engine.flush()
-    tuples = {id(t): t for walk, _ in seen for t in walk}
-    steps = {id(s) for _, walk_steps in seen for s in walk_steps}
-    assert len(seen) > 1 and len(tuples) == len({t for t in tuples.values()}) == len(steps)
-    assert native.Calls(AnalysisOptions(), None)._steps_of([]) == []
+    passed = [step for walk in walks for step in walk]
+    assert len(walks) == 3 and len(made) == len(set(made)) == 3
+    assert len({id(step) for step in passed}) == 3
+    assert all(a is b for a, b in zip(walks[0], walks[1])) and all(a is b for a, b in zip(walks[0], walks[2]))
 
 
 def test_engine_misuse_is_an_error_not_a_crash():

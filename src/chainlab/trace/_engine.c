@@ -1669,7 +1669,7 @@ struct Packet {
 #define PENDING_TRACE_IDS 4096
 /* native.WALK_CACHE: distinct walks judged and kept */
 #define WALK_CACHE 8192
-/* distinct steps whose tuples steps_of keeps (native.Calls keeps a Step for each tuple) */
+/* native.STEP_CACHE: distinct steps whose Step objects steps_of keeps */
 #define STEP_CACHE 65536
 /* analyze.Directions memory, flows.MEMORY and MAX_HOPS, summary.MAX_ROWS, diagram.MAX_WALKS */
 #define DIRECTIONS_MEMORY 16384
@@ -1795,7 +1795,7 @@ typedef struct {
     Buf scratch, scratch2, verdict;
     /* finishing */
     Map walks;      /* walk key -> Walk */
-    Map step_tuples; /* a step's walk signature -> its tuple for Calls.judge (the same object each time) */
+    Map step_objects; /* a step's part of a walk signature -> its Step (Calls.step), for Calls.judge */
     Buf key;        /* a walk key being built */
     Map directions; /* node + proto + endpoints -> which came first */
     Map flows;      /* proto + ip id + icmp seq -> Hops, by last use */
@@ -2366,9 +2366,11 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     err |= sig_str(g, r->verdict.s, r->verdict.n);
     err |= sig_str(g, r->rule.s, r->rule.n);
     at->sig_hook = g->n;
-    if (!err)
+    if (!err) /* handle, verdict and rule: None in a kernel log's steps (any constant serves) */
         at->piece_hash = hash_mix(head ? head->sig_hash : hash_bytes(g->p + piece, extras - piece),
-                                  hash_bytes(g->p + extras, g->n - extras));
+                                  r->handle.n < 0 && r->verdict.n < 0 && r->rule.n < 0
+                                      ? 0
+                                      : hash_bytes(g->p + extras, g->n - extras));
     err |= sig_byte(g, hook >= 0 ? hook : 255);
     err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)
@@ -2824,7 +2826,7 @@ broken:
     return NULL;
 }
 
-/* One step of a walk signature (append_step writes it) as the tuple native.Calls.judge takes:
+/* One step of a walk signature (append_step writes it) as the tuple native.Calls.step takes:
  * (table, chain, kind, position, handle, verdict, rule, hook, family); *at: where it ends. */
 static PyObject *step_tuple(const char *g, size_t n, size_t *at) {
     PyObject *table = sig_text(g, n, at), *chain = table ? sig_text(g, n, at) : NULL;
@@ -2876,9 +2878,9 @@ static size_t step_end(const char *g, size_t n, size_t at) {
 
 static void decref_value(void *o) { Py_DECREF((PyObject *)o); }
 
-/* The steps of a walk signature for native.Calls.judge, a tuple per step. A step met before
- * is the same tuple object again: a walk's ~30 steps are made once (decoding their texts was
- * most of this), and Calls finds its Step for each tuple by identity. */
+/* The steps of a walk signature for native.Calls.judge: a Step object per step, made by
+ * Calls.step from the step's tuple the first time the step is met and the same object each
+ * time after (decoding a walk's ~30 steps into new objects for each walk was most of judging). */
 static PyObject *steps_of(Engine *e, const char *g, size_t n) {
     if (names_ready())
         return NULL;
@@ -2886,19 +2888,22 @@ static PyObject *steps_of(Engine *e, const char *g, size_t n) {
     size_t at = 0;
     while (steps && at < n) {
         size_t end = step_end(g, n, at);
-        Entry *known = end ? map_get(&e->step_tuples, g + at, end - at) : NULL;
-        PyObject *step;
+        Entry *known = end ? map_get(&e->step_objects, g + at, end - at) : NULL;
+        PyObject *step = NULL;
         if (known) {
             step = Py_NewRef((PyObject *)known->value);
             at = end;
         } else {
             size_t start = at;
-            step = step_tuple(g, n, &at);
+            PyObject *t = step_tuple(g, n, &at);
+            if (t)
+                step = PyObject_CallMethod(e->calls, "step", "(O)", t); /* "O" would spread a tuple */
+            Py_XDECREF(t);
             if (step && end) {
-                if (e->step_tuples.count >= STEP_CACHE)
-                    map_clear(&e->step_tuples, decref_value);
+                if (e->step_objects.count >= STEP_CACHE)
+                    map_clear(&e->step_objects, decref_value);
                 int added;
-                Entry *slot = map_put(&e->step_tuples, g + start, end - start, &added);
+                Entry *slot = map_put(&e->step_objects, g + start, end - start, &added);
                 if (slot)
                     slot->value = Py_NewRef(step);
             }
@@ -4817,7 +4822,7 @@ static void Engine_dealloc(Engine *e) {
     map_clear(&e->nft_packets, nft_packet_free);
     map_clear(&e->pending, free);
     map_clear(&e->walks, walk_free);
-    map_clear(&e->step_tuples, decref_value);
+    map_clear(&e->step_objects, decref_value);
     map_clear(&e->directions, NULL);
     map_clear(&e->flows, hops_free);
     map_clear(&e->rows, row_free);

@@ -24,7 +24,7 @@ import gc
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,7 +70,8 @@ MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
 FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
-#: Distinct steps whose Step objects Calls.judge keeps for the next walks (then it starts over).
+#: Distinct steps whose Step objects the engine keeps for the next walks (then it starts over;
+#: _engine.c's STEP_CACHE).
 STEP_CACHE = 1 << 16
 
 
@@ -130,9 +131,6 @@ class Calls:
         self.present: list[set[Slot]] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
         self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
-        #: a walk's step tuple -> its Step, shared by the walks that pass it: without --rules
-        #: nothing changes a Step once made, and making ~30 a walk was a third of judging
-        self._steps: dict[tuple[Any, ...], Step] = {}
 
     def node_added(self, node: int, name: bytes) -> tuple[bytes, bool]:
         text = name.decode("utf-8", "surrogatepass")
@@ -149,14 +147,20 @@ class Calls:
     def address_ok(self, which: int, address: str) -> bool:
         return self.options.match.address_ok("dst" if which else "src", address)
 
-    def judge(self, node: int, walk: list[tuple[Any, ...]], at_end: int, entered: str | None,
+    def step(self, t: tuple[Any, ...]) -> Step:
+        """A step the engine met for the first time: (table, chain, kind, position, handle,
+        verdict, rule, hook, family). The engine hands the same Step to every walk that passes
+        the step again."""
+        return Step(t[0], t[1], t[2], t[3], t[4], t[5], t[6], None, 0, None, t[7], t[8])  # positional: keywords cost 0.1 µs a step
+
+    def judge(self, node: int, walk: list[Step], at_end: int, entered: str | None,
               proto_none: int) -> tuple[Any, ...]:
         """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk.
-        `walk`: (table, chain, kind, position, handle, verdict, rule, hook, family) per step."""
+        `walk`: Steps shared with other walks (see step), copied where rules will be joined."""
         options = self.options
         name = self.names[node]
         rules = options.rules.get(name)
-        steps = self._steps_of(walk) if rules is None else [_step(t) for t in walk]
+        steps = walk if rules is None else [replace(s) for s in walk]  # join_rules changes Steps
         packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         join_rules(packet, rules)
         proto = protocol_from_rules(packet) if proto_none else None
@@ -180,25 +184,6 @@ class Calls:
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
         )
-
-    def _steps_of(self, walk: list[tuple[Any, ...]]) -> list[Step]:
-        """The walk's Step objects, shared with the walks before it (never changed: no rules)."""
-        cache = self._steps
-        if len(cache) > STEP_CACHE:
-            cache.clear()
-        steps = []
-        for t in walk:
-            step = cache.get(t)
-            if step is None:
-                step = cache[t] = _step(t)
-            steps.append(step)
-        return steps
-
-
-def _step(t: tuple[Any, ...]) -> Step:
-    """A walk's step tuple (table, chain, kind, position, handle, verdict, rule, hook, family)
-    as a Step; positional: keywords cost 0.1 µs a step."""
-    return Step(t[0], t[1], t[2], t[3], t[4], t[5], t[6], None, 0, None, t[7], t[8])
 
 
 @dataclass
