@@ -432,6 +432,20 @@ def test_nft_tables_order_within_a_hook(tmp_path, name, lines, walks):
     assert [(p["trace_ids"], len(p["steps"])) for p in packets] == walks
 
 
+def test_unnamed_base_chains_hooks_from_interfaces(tmp_path):
+    """nft base chains whose names say no hook: a `packet:` line with iif and oif is FORWARD,
+    or POSTROUTING once the walk is there (a forwarded packet's later table), never back."""
+    fwd = NFT_SYN.replace('iif "e"', 'iif "e" oif "f"')
+    out = NFT_SYN.replace('iif "e"', 'oif "f"')
+    lines = ["trace id d1 inet a one packet: " + fwd.format(id=5), "trace id d1 inet a one policy accept",
+             "trace id d1 inet b two packet: " + out.format(id=5), "trace id d1 inet b two policy accept",
+             "trace id d1 inet c three packet: " + fwd.format(id=5), "trace id d1 inet c three policy accept"]
+    log = tmp_path / "unnamed.log"
+    log.write_text("\n".join(lines) + "\n")
+    packets = json.loads(assert_same([f"n={log}"], "unnamed base chains").stdout)["packets"]
+    assert [[s["hook"] for s in p["steps"]] for p in packets] == [["FORWARD", "POSTROUTING", "POSTROUTING"]]
+
+
 @pytest.mark.parametrize("quote", ["> ", "    > ", ">>", "> > ", "\t>"])
 @pytest.mark.parametrize("name", ["public/xtables-monitor-manpage.log", "captured/nft-monitor-inet-t13.log",
                                   "public/openwrt-19814-fw4-ipv4.log"])

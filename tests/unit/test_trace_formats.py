@@ -303,6 +303,8 @@ def test_hook_inferred_from_interfaces():
     assert inferred_hook((True, False), "PREROUTING") == "PREROUTING"
     assert inferred_hook((True, False), "FORWARD") == "INPUT"
     assert inferred_hook((True, True), "PREROUTING") == "FORWARD"
+    assert inferred_hook((True, True), None) == "FORWARD"
+    assert inferred_hook((True, True), "POSTROUTING") == "POSTROUTING"  # a forwarded packet's later table
     assert inferred_hook((False, True), None) == "OUTPUT"
     assert inferred_hook((False, True), "FORWARD") == "POSTROUTING"
     assert inferred_hook((False, False), None) is None

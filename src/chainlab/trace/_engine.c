@@ -2019,7 +2019,7 @@ static int hook_by_name(const char *s, size_t n) {
 
 /* hooks.inferred_hook */
 static int inferred_hook(int base, int current) {
-    static const int CANDIDATES[4][2] = {{-1, -1}, {0, 1}, {3, 4}, {2, -1}}; /* by base: iif=1, oif=2 */
+    static const int CANDIDATES[4][2] = {{-1, -1}, {0, 1}, {3, 4}, {2, 4}}; /* by base: iif=1, oif=2 */
     if (base <= 0)
         return -1;
     int rank = current >= 0 ? HOOK_RANK[current] : 0;

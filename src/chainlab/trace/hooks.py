@@ -8,8 +8,9 @@ base chain; its hook is, in this order,
   2. what its name says: `input`, `PREROUTING`, firewalld's `raw_PREROUTING`, OpenWrt
      fw4's `mangle_forward`, kube-proxy's `filter-input`;
   3. what the trace shows: a chain that a `packet:` line opens is a base chain, and the
-     interfaces that line prints narrow its hook down (iif and oif: FORWARD; iif only:
-     PREROUTING or INPUT; oif only: OUTPUT or POSTROUTING). Of those it is the earliest
+     interfaces that line prints narrow its hook down (iif and oif: FORWARD or, for a
+     forwarded packet, POSTROUTING; iif only: PREROUTING or INPUT; oif only: OUTPUT or
+     POSTROUTING: netfilter.HOOK_INTERFACES). Of those it is the earliest
      that does not go back in the packet's walk so far: a guess, where 1 or 2 are facts.
 A chain that is none of these is a regular chain and runs in the hook it was jumped to from.
 """
@@ -20,7 +21,7 @@ import re
 from collections.abc import Callable
 
 from chainlab.trace.model import Event
-from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOK_RANK, HOOKS
+from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOK_INTERFACES, HOOK_RANK, HOOKS
 from chainlab.trace.rules import RuleSet
 
 _NAMED = re.compile(
@@ -28,7 +29,8 @@ _NAMED = re.compile(
     r"|[a-z0-9]+-(prerouting|input|forward|output|postrouting)",
     re.ASCII,
 )
-_BY_INTERFACES = {(True, True): ("FORWARD",), (True, False): ("PREROUTING", "INPUT"), (False, True): ("OUTPUT", "POSTROUTING")}
+#: the hooks at which a `packet:` line can print these interfaces (iif, oif), in HOOKS' order
+_BY_INTERFACES = {ifs: tuple(h for h in HOOKS if ifs in HOOK_INTERFACES[h]) for ifs in ((True, False), (False, True), (True, True))}
 
 #: (event, the hook the packet's walk is in so far) -> the hook of the event's chain if it
 #: is a base chain, else None.
