@@ -446,6 +446,26 @@ def test_unnamed_base_chains_hooks_from_interfaces(tmp_path):
     assert [[s["hook"] for s in p["steps"]] for p in packets] == [["FORWARD", "POSTROUTING", "POSTROUTING"]]
 
 
+def test_a_trace_id_in_use_outlives_the_ones_after_it(tmp_path):
+    """More trace ids than the reader keeps (reader.PENDING_TRACE_IDS) begin while one
+    packet's trace goes on: the ids used longest ago are forgotten, not the one in use, whose
+    later steps still have its packet's headers (both engines)."""
+    count = reader.PENDING_TRACE_IDS + 500
+    lines = ["trace id ffff0000 inet filter input packet: " + NFT_SYN.format(id=1)]
+    for i in range(count):
+        lines += [f"trace id {i:08x} inet filter input packet: " + NFT_SYN.format(id=2 + i % 60000),
+                  f"trace id {i:08x} inet filter input policy accept"]
+        if i % 1000 == 0:
+            lines.append("trace id ffff0000 inet filter input rule counter (verdict continue)")
+    lines.append("trace id ffff0000 inet filter input policy accept")
+    log = tmp_path / "ids.log"
+    log.write_text("\n".join(lines) + "\n")
+    packets = json.loads(assert_same([f"n={log}"], "a long trace among many", formats=("json",)).stdout)["packets"]
+    kept = [p for p in packets if "ffff0000" in p["trace_ids"]]
+    assert sum(len(p["steps"]) for p in kept) == 2 + count // 1000  # (the walk's pauses split it into packets)
+    assert all(p["src"] == "10.0.0.1" for p in kept)
+
+
 @pytest.mark.parametrize("quote", ["> ", "    > ", ">>", "> > ", "\t>"])
 @pytest.mark.parametrize("name", ["public/xtables-monitor-manpage.log", "captured/nft-monitor-inet-t13.log",
                                   "public/openwrt-19814-fw4-ipv4.log"])

@@ -3888,12 +3888,13 @@ static void nft_packet_line(Engine *e, const NftLine *l, int cut) {
     const char *tid = l->trace_id.s;
     size_t tn = (size_t)l->trace_id.n;
     int added;
-    Entry *known = map_put(&e->nft_packets, tid, tn, &added); /* an update keeps its place */
+    Entry *known = map_put(&e->nft_packets, tid, tn, &added);
     if (!known) {
         nft_packet_free(np);
         e->failed = 1;
         return;
     }
+    map_move_to_end(&e->nft_packets, known); /* the trace ids used longest ago go first (trim) */
     if (known->value)
         nft_packet_free(known->value);
     known->value = np;
@@ -3940,6 +3941,8 @@ static void nft_line(Engine *e, const char *line, size_t n, int cut) {
     size_t tn = (size_t)l.trace_id.n;
     Entry *known = map_get(&e->nft_packets, tid, tn);
     NftPacket *np = known ? known->value : NULL;
+    if (known)
+        map_move_to_end(&e->nft_packets, known);
     Fields copy;
     const Fields *f = np ? &np->f : damaged_fields();
     if (cut && !f->damaged) {

@@ -46,8 +46,9 @@ LINE_LIMIT = 64 << 10
 CHUNK = 1 << 20
 #: What every trace line of every format holds; other lines are only counted.
 MARKERS = re.compile(rb"TRACE:|trace id|PACKET:")
-#: nft trace ids whose `packet:` line (a base chain entered) no step followed yet: kept
-#: for this many trace ids at most.
+#: nft trace ids whose `packet:` line (a base chain entered) no step followed yet, and the
+#: headers of each trace id's last `packet:` line: kept for this many trace ids at most (the
+#: ones used longest ago go first).
 PENDING_TRACE_IDS = 4096
 #: Kernel-format files from this size on are parsed in a helper process (below it, starting
 #: one costs more than it saves).
@@ -425,8 +426,9 @@ def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, pars
         if record.step is None:
             assert record.fields is not None
             fields = record.fields
-            if trace_id in packets:
-                fields = _carried(packets[trace_id][0], fields)
+            before = packets.pop(trace_id, None)  # put back last: the ids used longest ago go first
+            if before is not None:
+                fields = _carried(before[0], fields)
             if cut:
                 fields = dataclasses.replace(fields, damaged=True)
             packets[trace_id] = (fields, record.base)
@@ -437,7 +439,9 @@ def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, pars
                     table.pop(next(iter(table)))
             continue
         stats.trace_records += 1
-        known = packets.get(trace_id)
+        known = packets.pop(trace_id, None)
+        if known is not None:
+            packets[trace_id] = known
         fields = known[0] if known else Fields(damaged=True)
         if cut and not fields.damaged:
             fields = dataclasses.replace(fields, damaged=True)
