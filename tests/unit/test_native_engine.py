@@ -956,10 +956,10 @@ def test_glued_lines_with_equal_segments(tmp_path):
 
 
 def test_glued_lines_of_two_hosts(tmp_path):
-    """A record glued on after another host's syslog prefix of the line's own form goes to
-    that host, and the next whole line is its own host's again; an uptime alone, a time
-    found inside a prefix of another form (dmesg -T's brackets, short-full's date after its
-    weekday) name no host: the record stays with the line's."""
+    """A record glued on after another host's syslog prefix of the line's own form (syslog,
+    journalctl's short-full) goes to that host, and the next whole line is its own host's
+    again; an uptime alone, a time found inside a prefix of another form (dmesg -T's
+    brackets) name no host: the record stays with the line's."""
     def slave1(step: str) -> str:
         return _icmp(step, 9).replace("03:38:09 master", "03:38:10 slave1")
 
@@ -973,7 +973,8 @@ def test_glued_lines_of_two_hosts(tmp_path):
     run = assert_same([str(log)], "glued hosts", "\n".join(lines))
     packets = json.loads(run.stdout)["packets"]
     nodes_of_9 = {(p["node"], s["line"]) for p in packets if p["ip_id"] == 9 for s in p["steps"]}
-    assert nodes_of_9 == {("slave1", 2), ("slave1", 4), ("master", 5), ("master", 6), ("master", 7)}
+    # line 7: its first record (cut before its ID) joins master's packet; the glued one is slave1's
+    assert nodes_of_9 == {("slave1", 2), ("slave1", 4), ("master", 5), ("master", 6), ("master", 7), ("slave1", 7)}
 
 
 def test_walks_starting_in_user_chains(tmp_path):

@@ -774,11 +774,17 @@ static size_t uptime_at(const char *t, size_t r, size_t *digits) {
     return q - d0;
 }
 
-/* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/RFC 3339/dmesg time starts). */
+/* `[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d` (journalctl short-full to the minute), 20 characters. */
+static int full_minute_at(const char *t, size_t r) {
+    return r >= 20 && day_name_at(t, r) && iso_minute_at(t + 4, r - 4) && t[14] == ' ';
+}
+
+/* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/short-full/RFC 3339/dmesg time starts). */
 static size_t before_next_prefix(const char *s, size_t n) {
     size_t digits;
     for (size_t p = 0; p < n; p++)
-        if (bsd_time_at(s + p, n - p) || iso_minute_at(s + p, n - p) || uptime_at(s + p, n - p, &digits))
+        if (bsd_time_at(s + p, n - p) || full_minute_at(s + p, n - p) || iso_minute_at(s + p, n - p) ||
+            uptime_at(s + p, n - p, &digits))
             return p;
     return n;
 }
