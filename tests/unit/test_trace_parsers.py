@@ -109,7 +109,6 @@ def test_glued_line_of_another_host_keeps_that_hosts_name_and_time():
 
 @pytest.mark.parametrize("first,glued", [
     ("[Thu Apr 23 21:55:11 2020] ", "[Thu Apr 23 21:55:12 2020] "),  # dmesg -T: a time inside brackets, no host
-    ("Mon 2024-01-01 00:00:01 UTC nodeA kernel: ", "Mon 2024-01-01 00:00:02 UTC nodeB kernel: "),  # short-full
     ("Jan  1 00:00:01 nodeA kernel: [  100.4] ", "01 nodeB kernel: [  100.5] "),  # the glued prefix lost its start
 ])
 def test_glued_prefix_of_another_form_keeps_the_lines_host(first, glued):
@@ -118,6 +117,18 @@ def test_glued_prefix_of_another_form_keeps_the_lines_host(first, glued):
     tail = RSYSLOG[RSYSLOG.index("TRACE: "):]
     records, _ = parse_line(first + tail + " " + glued + tail.replace("rule:1", "rule:2"), 1)
     assert len(records) == 2 and records[1].host == records[0].host and records[1].step.time == records[0].step.time
+
+
+def test_glued_short_full_prefix_names_its_host():
+    """journalctl's short-full prefix glued on (weekday, date, time, zone, host) is of the
+    line's own form: the glued record is that host's, at that time."""
+    tail = RSYSLOG[RSYSLOG.index("TRACE: "):]
+    line = ("Mon 2024-01-01 00:00:01 UTC nodeA kernel: " + tail + " Mon 2024-01-01 00:00:02 UTC nodeB kernel: "
+            + tail.replace("rule:1", "rule:2"))
+    records, _ = parse_line(line, 1)
+    assert [(r.host, r.step.time) for r in records] == [("nodeA", "Mon 2024-01-01 00:00:01 UTC"),
+                                                         ("nodeB", "Mon 2024-01-01 00:00:02 UTC")]
+    assert records[0].fields.damaged and records[1].fields.ip_id == records[0].fields.ip_id
 
 
 def test_cut_ip_id_is_not_guessed():
