@@ -684,7 +684,7 @@ def test_walk_cache_is_bounded(tmp_path):
 
 
 def test_step_cache_is_bounded(tmp_path):
-    """More distinct steps than the engine keeps tuples for (native.STEP_CACHE): output unchanged."""
+    """More distinct steps than the engine keeps Step objects for (native.STEP_CACHE): output unchanged."""
     native = importlib.import_module("chainlab.trace.native")
     line = "TRACE: raw:c{}:rule:1 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT=2"
     log = tmp_path / "steps.log"
@@ -975,6 +975,19 @@ def test_glued_lines_of_two_hosts(tmp_path):
     nodes_of_9 = {(p["node"], s["line"]) for p in packets if p["ip_id"] == 9 for s in p["steps"]}
     # line 7: its first record (cut before its ID) joins master's packet; the glued one is slave1's
     assert nodes_of_9 == {("slave1", 2), ("slave1", 4), ("master", 5), ("master", 6), ("master", 7), ("slave1", 7)}
+
+
+@pytest.mark.parametrize("before", ["", "Foo ", "DeMon "])
+def test_glued_rfc3339_and_short_full_prefixes(tmp_path, before):
+    """A glued RFC 3339 or short-full prefix of the line's own form names its host in both
+    engines, also after a capitalised word (which makes no short-full prefix of a date)."""
+    body = _icmp("raw:PREROUTING:policy:1", 9)[len(PFX) - 7:]
+    lines = ["2024-01-01 00:00:01 nodeA kernel: " + body + before + "2024-01-01 00:00:02 nodeF kernel: " + body,
+             "Mon 2024-01-01 00:00:03 UTC nodeA kernel: " + body + before + "Mon 2024-01-01 00:00:04 UTC nodeF kernel: " + body]
+    log = _write(tmp_path, "glued.log", lines)
+    packets = json.loads(assert_same([str(log)], "glued prefixes", "\n".join(lines)).stdout)["packets"]
+    assert {(p["node"], s["line"]) for p in packets for s in p["steps"]} == {("nodeA", 1), ("nodeF", 1), ("nodeA", 2),
+                                                                           ("nodeF", 2)}
 
 
 def test_walks_starting_in_user_chains(tmp_path):

@@ -131,6 +131,15 @@ def test_glued_short_full_prefix_names_its_host():
     assert records[0].fields.damaged and records[1].fields.ip_id == records[0].fields.ip_id
 
 
+@pytest.mark.parametrize("before", ["Foo ", "MARK=0x1 Abc ", "DeMon "])
+def test_a_word_before_a_glued_rfc3339_prefix_is_no_short_full_one(before):
+    """A capitalised word before a glued RFC 3339 prefix (the line's own form) does not make
+    a short-full prefix of it: the glued record is still that prefix's host's."""
+    tail = RSYSLOG[RSYSLOG.index("TRACE: "):]
+    line = "2024-01-01 00:00:01 nodeA kernel: " + tail + " " + before + "2024-01-01 00:00:02 nodeF kernel: " + tail
+    assert [r.host for r in parse_line(line, 1)[0]] == ["nodeA", "nodeF"]
+
+
 def test_cut_ip_id_is_not_guessed():
     f = parse_fields("IN= OUT=x SRC=1.2.3.4 DST=5.6.7.8 LEN=84 TTL=64 ID=4570ICMP TYPE=8 CODE=0 ID=3584 SEQ=1")
     assert f.ip_id is None and f.icmp_id == 3584 and f.damaged

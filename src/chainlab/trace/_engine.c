@@ -774,16 +774,24 @@ static size_t uptime_at(const char *t, size_t r, size_t *digits) {
     return q - d0;
 }
 
-/* `[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d` (journalctl short-full to the minute), 20 characters. */
-static int full_minute_at(const char *t, size_t r) {
-    return r >= 20 && day_name_at(t, r) && iso_minute_at(t + 4, r - 4) && t[14] == ' ';
+static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kind);
+
+/* A whole journalctl short-full prefix with its host at t (`Tue 2026-12-01 12:00:00 UTC host `):
+ * a capitalised word before an RFC 3339 time is not one. */
+static int full_prefix_at(const char *t, size_t r) {
+    if (!(r >= 24 && day_name_at(t, r) && iso_minute_at(t + 4, r - 4) && t[14] == ' '))
+        return 0;
+    Ref host, time;
+    int kind;
+    parse_prefix(t, r, &host, &time, &kind);
+    return kind == 2;
 }
 
 /* Length of s[0:n] before NEXT_PREFIX (where a glued-on line's syslog/short-full/RFC 3339/dmesg time starts). */
 static size_t before_next_prefix(const char *s, size_t n) {
     size_t digits;
     for (size_t p = 0; p < n; p++)
-        if (bsd_time_at(s + p, n - p) || full_minute_at(s + p, n - p) || iso_minute_at(s + p, n - p) ||
+        if (bsd_time_at(s + p, n - p) || full_prefix_at(s + p, n - p) || iso_minute_at(s + p, n - p) ||
             uptime_at(s + p, n - p, &digits))
             return p;
     return n;
@@ -2408,8 +2416,8 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     lru_append(e, p);
 }
 
-/* Assembler._last: the fields, node and trace id of the last record placed. */
-/* Copy the last record's fields (and the texts they point to) into the engine. */
+/* Assembler._last (the fields, node and trace id of the last record placed): its fields, and
+ * the texts they point to, copied into the engine. */
 static void own_last(Engine *e) {
     if (!e->has_last || e->last_f == &e->last_fields)
         return;
@@ -2912,6 +2920,8 @@ static PyObject *steps_of(Engine *e, const char *g, size_t n) {
                 Entry *slot = map_put(&e->step_objects, g + start, end - start, &added);
                 if (slot)
                     slot->value = Py_NewRef(step);
+                else
+                    e->failed = 1;
             }
         }
         if (!step || PyList_Append(steps, step))

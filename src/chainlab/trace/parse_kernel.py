@@ -36,11 +36,13 @@ PREFIX = re.compile(
     re.ASCII,
 )
 UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]", re.ASCII)
-#: Where a glued-on second line's prefix starts (syslog, journalctl's short-full with its
-#: weekday, or RFC 3339 time, or dmesg uptime).
+#: Where a glued-on second line's prefix starts (syslog, journalctl's short-full prefix whole
+#: with its host: a capitalised word before an RFC 3339 time is not one, or RFC 3339 time, or
+#: dmesg uptime).
 NEXT_PREFIX = re.compile(
-    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d"
-    r"|\[\s*\d+\.\d+\]).*$",
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
+    r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+\s+[^\s:\[\]]+\s"
+    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\[\s*\d+\.\d+\]).*$",
     re.ASCII | re.DOTALL,
 )
 PROTOCOLS = frozenset({"ICMP", "TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "GRE", "ESP", "AH", "IGMP", "ICMPV6"})
