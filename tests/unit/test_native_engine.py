@@ -684,11 +684,11 @@ def test_walk_cache_is_bounded(tmp_path):
 
 
 def test_step_cache_is_bounded(tmp_path):
-    """More distinct steps than the engine keeps Step objects for (native.STEP_CACHE): output unchanged."""
-    native = importlib.import_module("chainlab.trace.native")
+    """More distinct steps than the engine keeps Step objects for (_engine.STEP_CACHE): output unchanged."""
+    engine_module = importlib.import_module("chainlab.trace._engine")
     line = "TRACE: raw:c{}:rule:1 IN=eth0 OUT= SRC=1.1.1.1 DST=2.2.2.2 TTL=64 ID={} PROTO=UDP SPT=1 DPT=2"
     log = tmp_path / "steps.log"
-    steps = native.STEP_CACHE + 500
+    steps = engine_module.STEP_CACHE + 500
     log.write_text("".join(line.format(i, i % 65536) + "\n" for i in range(steps)))
     assert_same([f"n={log}"], f"{steps} packets of one distinct step each", formats=("summary",))
 

@@ -1004,12 +1004,17 @@ static int map_grow(Map *m) {
     return 0;
 }
 
-static Entry *map_get(const Map *m, const char *key, size_t klen) {
+/* The entry of the key a + b whose hash is `hash` (see map_put_parts), NULL if none. */
+static Entry *map_get_parts(const Map *m, const char *a, size_t an, const char *b, size_t bn, size_t hash) {
     if (!m->n_slots)
         return NULL;
     Entry *found;
-    map_slot(m, key, klen, hash_bytes(key, klen), &found);
+    map_slot_parts(m, a, an, b, bn, hash, &found);
     return found;
+}
+
+static Entry *map_get(const Map *m, const char *key, size_t klen) {
+    return m->n_slots ? map_get_parts(m, key, klen, NULL, 0, hash_bytes(key, klen)) : NULL;
 }
 
 /* The entry of the key a + b whose hash is `hash`, added at the end (value NULL, number 0) if
@@ -1681,9 +1686,9 @@ struct Packet {
 #define EXPIRE_EVERY 64
 /* reader.PENDING_TRACE_IDS */
 #define PENDING_TRACE_IDS 4096
-/* native.WALK_CACHE: distinct walks judged and kept */
+/* distinct walks judged and kept (exported as WALK_CACHE) */
 #define WALK_CACHE 8192
-/* native.STEP_CACHE: distinct steps whose Step objects steps_of keeps */
+/* distinct steps whose Step objects steps_of keeps (exported as STEP_CACHE) */
 #define STEP_CACHE 65536
 /* analyze.Directions memory, flows.MEMORY and MAX_HOPS, summary.MAX_ROWS, diagram.MAX_WALKS */
 #define DIRECTIONS_MEMORY 16384
@@ -2868,52 +2873,30 @@ static PyObject *step_tuple(const char *g, size_t n, size_t *at) {
     return step;
 }
 
-/* Past one signature field; 0: the signature is cut short. */
-static int sig_skip(const char *g, size_t n, size_t *at) {
-    uint32_t len;
-    if (*at + 4 > n)
-        return 0;
-    memcpy(&len, g + *at, 4);
-    *at += 4;
-    if (len != 0xffffffffu)
-        *at += len;
-    return *at <= n;
-}
-
-/* Where the step of a walk signature starting at `at` ends (0: cut short; step_tuple says why). */
-static size_t step_end(const char *g, size_t n, size_t at) {
-    if (!sig_skip(g, n, &at) || !sig_skip(g, n, &at) || at >= n || (unsigned char)g[at++] >= 3)
-        return 0;
-    for (int i = 0; i < 4; i++)
-        if (!sig_skip(g, n, &at))
-            return 0;
-    return at + 2 <= n ? at + 2 : 0;
-}
-
 static void decref_value(void *o) { Py_DECREF((PyObject *)o); }
 
-/* The steps of a walk signature for native.Calls.judge: a Step object per step, made by
- * Calls.step from the step's tuple the first time the step is met and the same object each
- * time after (decoding a walk's ~30 steps into new objects for each walk was most of judging). */
-static PyObject *steps_of(Engine *e, const char *g, size_t n) {
+/* The steps of a packet's walk signature for native.Calls.judge: a Step object per step, made
+ * by Calls.step from the step's tuple the first time the step is met and the same object each
+ * time after (decoding a walk's ~30 steps into new objects for each walk was most of judging).
+ * A step's part of the signature ends after its hook and family bytes (StepAt.sig_hook). */
+static PyObject *steps_of(Engine *e, const Packet *p) {
     if (names_ready())
         return NULL;
+    const char *g = p->sig.p;
     PyObject *steps = PyList_New(0);
-    size_t at = 0;
-    while (steps && at < n) {
-        size_t end = step_end(g, n, at);
-        Entry *known = end ? map_get(&e->step_objects, g + at, end - at) : NULL;
+    for (size_t i = 0, start = 0; steps && i < p->n_steps; i++) {
+        size_t end = p->at[i].sig_hook + 2;
+        Entry *known = map_get(&e->step_objects, g + start, end - start);
         PyObject *step = NULL;
         if (known) {
             step = Py_NewRef((PyObject *)known->value);
-            at = end;
         } else {
-            size_t start = at;
-            PyObject *t = step_tuple(g, n, &at);
+            size_t at = start;
+            PyObject *t = step_tuple(g, end, &at);
             if (t)
                 step = PyObject_CallMethod(e->calls, "step", "(O)", t); /* "O" would spread a tuple */
             Py_XDECREF(t);
-            if (step && end) {
+            if (step) {
                 if (e->step_objects.count >= STEP_CACHE)
                     map_clear(&e->step_objects, decref_value);
                 int added;
@@ -2927,6 +2910,7 @@ static PyObject *steps_of(Engine *e, const char *g, size_t n) {
         if (!step || PyList_Append(steps, step))
             Py_CLEAR(steps);
         Py_XDECREF(step);
+        start = end;
     }
     return steps;
 }
@@ -2961,12 +2945,10 @@ static Walk *walk_of(Engine *e, Packet *p) {
     }
     const char *sig = p->sig.p ? p->sig.p : "";
     size_t hash = walk_hash(p, k);
-    Entry *cached = NULL;
-    if (e->walks.n_slots)
-        map_slot_parts(&e->walks, k->p, k->n, sig, p->sig.n, hash, &cached);
+    Entry *cached = map_get_parts(&e->walks, k->p, k->n, sig, p->sig.n, hash);
     if (cached)
         return cached->value;
-    PyObject *steps = steps_of(e, sig, p->sig.n);
+    PyObject *steps = steps_of(e, p);
     if (!steps) {
         call_failed(e);
         return NULL;
@@ -5204,6 +5186,7 @@ PyMODINIT_FUNC PyInit__engine(void) {
     /* SOURCE: the SHA-256 of the _engine.c this was built from (setup.py), for native.py to
      * refuse a build that a failed compile of a newer _engine.c left in place */
     if (!WriteError || PyModule_AddStringConstant(m, "SOURCE", ENGINE_SOURCE) < 0 ||
+        PyModule_AddIntMacro(m, WALK_CACHE) < 0 || PyModule_AddIntMacro(m, STEP_CACHE) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
         PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(m);

@@ -92,8 +92,6 @@ _MERGED = ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport
            "flow_label", "tcp_seq")
 
 
-
-
 #: Quiet packets are handed on in batches: the window is `window` to `window + EXPIRE_EVERY`.
 EXPIRE_EVERY = 64
 

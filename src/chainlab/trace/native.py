@@ -70,9 +70,6 @@ MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
 FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
-#: Distinct steps whose Step objects the engine keeps for the next walks (then it starts over;
-#: _engine.c's STEP_CACHE).
-STEP_CACHE = 1 << 16
 
 
 def missing() -> str | None:

@@ -24,13 +24,15 @@ TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
 #: A TRACE record's header and first field without the `TRACE: ` before it (cut off by whoever
 #: posted the log): not read as a record, but worth saying so.
 BARE_HEADER = re.compile(rb"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}\s+IN=", re.ASCII | re.MULTILINE)
+_SHORT_FULL = r"[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+"  # weekday ... zone
+_HOST = r"\s+[^\s:\[\]]+\s"  # spaces, the host, a space
 #: A syslog or journal line's time and host: the time as syslog (with journalctl's
 #: `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`), journalctl's
 #: `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or `short-unix`.
 PREFIX = re.compile(
     r"^\s*(?:<\d+>(?:1 )?)?"
     r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*)"
-    r"|(?P<full>[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+)|\[\s*(?P<mono>\d+\.\d+)\]"
+    rf"|(?P<full>{_SHORT_FULL})|\[\s*(?P<mono>\d+\.\d+)\]"
     r"|(?P<unix>\d{9,11}\.\d+))"
     r"\s+(?P<host>[^\s:\[\]]+)\s",
     re.ASCII,
@@ -41,7 +43,7 @@ UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]", re.ASCII)
 #: dmesg uptime).
 NEXT_PREFIX = re.compile(
     r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
-    r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+\s+[^\s:\[\]]+\s"
+    rf"|{_SHORT_FULL}{_HOST}"
     r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\[\s*\d+\.\d+\]).*$",
     re.ASCII | re.DOTALL,
 )
