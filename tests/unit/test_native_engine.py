@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from chainlab import cli
 from chainlab.trace import reader
 from chainlab.trace.netfilter import HOOKS
-from chainlab.trace.reader import KERNEL, SNIFF_LINES, log_format
+from chainlab.trace.reader import KERNEL, KERNEL_WRAPPED, SNIFF_LINES, log_format
 
 from ..conftest import FIXTURES, PUBLIC, ROOT
 
@@ -1366,3 +1366,18 @@ def nft_log_text(draw) -> str:
 @given(text=nft_log_text(), fmt=st.sampled_from(["json", "json", "summary", "text", "mermaid"]))
 def test_mutated_nft_logs(workdir, text, fmt):
     check_file(_log_file(workdir, text), text=text, formats=(fmt,))
+
+
+@pytest.mark.parametrize("width", [72, 100])
+def test_wrapped_kernel_logs(tmp_path, width):
+    """Kernel logs hard-wrapped as posts and mails print them (unwrap joins their records
+    before either engine reads them): the engines agree, in every format."""
+    from .test_trace_unwrap import wrap
+
+    paths = []
+    for i, path in enumerate(KERNEL_LOGS):
+        wrapped = tmp_path / f"w{i}.log"
+        wrapped.write_text(wrap(path.read_text(errors="replace"), width))
+        paths.append(wrapped)
+    assert all(log_format(p) == KERNEL_WRAPPED for p in paths[:3])
+    assert_same([f"n{i}={p}" for i, p in enumerate(paths)], f"wrapped at {width}", formats=FORMATS)

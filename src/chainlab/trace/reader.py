@@ -34,14 +34,20 @@ from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import Event, Fields, FileEnd, Step, fill_missing
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
+from chainlab.trace.unwrap import is_wrapped, unwrap
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
+#: The kernel format with its records hard-wrapped over several lines (a post's, a mail's):
+#: read through unwrap, which joins them.
+KERNEL_WRAPPED = "kernel-wrapped"
 SNIFF_LINES = 500
 #: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
 SNIFF_BYTES = 4 << 20
+#: A kernel log is read as wrapped when its first WRAP_SNIFF_BYTES show a wrapped record.
+WRAP_SNIFF_BYTES = 64 << 10
 LINE_LIMIT = 64 << 10
 CHUNK = 1 << 20
 #: What every trace line of every format holds; other lines are only counted.
@@ -105,6 +111,13 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
                 return
             left -= len(chunk) if left > 0 else 0
             yield chunk
+
+
+def log_chunks(path: Path, fmt: str) -> Iterator[bytes]:
+    """The bytes of a log as the parsers read them: raw_chunks, with a wrapped kernel log's
+    records joined."""
+    chunks = raw_chunks(path)
+    return unwrap(chunks, LINE_LIMIT) if fmt == KERNEL_WRAPPED else chunks
 
 
 def headerless_records(path: Path, limit: int = CHUNK) -> int:
@@ -238,24 +251,28 @@ def sniff_format(lines: list[str]) -> str:
 
 
 def log_format(path: Path) -> str:
-    """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES)."""
+    """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES);
+    KERNEL_WRAPPED when its first WRAP_SNIFF_BYTES hold a kernel record wrapped over lines."""
     head = []
     for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()):
         if number > SNIFF_LINES:
             break  # the rest of SNIFF_BYTES would only be read to be thrown away
         head.append(text)
-    return sniff_format(head)
+    fmt = sniff_format(head)
+    if fmt == KERNEL and is_wrapped(next(raw_chunks(path, WRAP_SNIFF_BYTES), b""), LINE_LIMIT):
+        return KERNEL_WRAPPED
+    return fmt
 
 
 def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd]:
     """Events of one file, in file order, then a FileEnd."""
     fmt = log_format(source.path)
     stats.formats[str(source.path)] = fmt
-    if fmt == KERNEL and source.path.stat().st_size >= HELPER_MIN_BYTES:
-        yield from _kernel_events_from_helper(source, stats)
+    if fmt in (KERNEL, KERNEL_WRAPPED) and source.path.stat().st_size >= HELPER_MIN_BYTES:
+        yield from _kernel_events_from_helper(source, fmt, stats)
         yield FileEnd({})
-    elif fmt == KERNEL:
-        yield from _kernel_events(marked_lines(raw_chunks(source.path), stats), source, stats)
+    elif fmt in (KERNEL, KERNEL_WRAPPED):
+        yield from _kernel_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats)
         yield FileEnd({})
     else:
         parse = parse_xtables_monitor if fmt == XTABLES_MONITOR else parse_nft_monitor
@@ -306,7 +323,7 @@ def _counts(stats: ReadStats) -> tuple[int, int, int, int, int]:
     return stats.lines, stats.ignored_lines, stats.skipped_lines, stats.trace_records, stats.cut_lines
 
 
-def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connection) -> None:
+def _helper(path: Path, fmt: str, want_host: bool, conn: Connection, reading_end: Connection) -> None:
     """Parse `path` and send ([row, ...], counts since the last batch) batches, then None
     (or the exception that stopped it)."""
     reading_end.close()  # so that a send fails, and this process ends, if the reader dies
@@ -318,7 +335,7 @@ def _helper(path: Path, want_host: bool, conn: Connection, reading_end: Connecti
     serials: dict[int, tuple[int, Fields]] = {}
     rows: list[_Row] = []
     try:
-        for step, fields, host, shared in _kernel_records(marked_lines(raw_chunks(path), stats), parser, stats):
+        for step, fields, host, shared in _kernel_records(marked_lines(log_chunks(path, fmt), stats), parser, stats):
             if parser.generation != generation:
                 generation = parser.generation
                 serials.clear()
@@ -349,14 +366,14 @@ def _minus(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(x - y for x, y in zip(a, b))
 
 
-def _kernel_events_from_helper(source: LogSource, stats: ReadStats) -> Iterator[Event]:
+def _kernel_events_from_helper(source: LogSource, fmt: str, stats: ReadStats) -> Iterator[Event]:
     """What `_kernel_events` yields for the whole file, parsed in a helper process."""
     node, fallback = source.node, source.fallback_node
     import multiprocessing  # only the Python engine's big logs need it
 
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_helper, args=(source.path, node is None, sender, receiver), daemon=True)
+    process = context.Process(target=_helper, args=(source.path, fmt, node is None, sender, receiver), daemon=True)
     process.start()
     sender.close()
     objects: dict[int, Fields] = {}

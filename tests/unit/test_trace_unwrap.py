@@ -1,0 +1,138 @@
+"""Kernel TRACE records hard-wrapped over several lines (as posts and mails print them) are
+read as one line each, with the file's line numbers; other logs are read as they are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chainlab.trace.contract import PacketRecord
+from chainlab.trace.pipeline import analyze
+from chainlab.trace.reader import KERNEL, KERNEL_WRAPPED, LINE_LIMIT, LogSource, log_format
+from chainlab.trace.unwrap import is_wrapped, unwrap
+
+from ..conftest import FIXTURES
+
+PUBLIC = FIXTURES / "public"
+WRAPPED = PUBLIC / "melon-kernlog-wrapped-100col-syn80.log"
+#: Kernel logs of whole lines: a reference to wrap (tests/fixtures/README.md says whence).
+WHOLE = sorted(p for d in ("seed-logs", "lab", "public", "public-traces") for p in (FIXTURES / d).glob("*.log")
+               if log_format(p) == KERNEL)
+LINE = ("Mar 24 22:41:52 enterprise kernel: [885386.325658] TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= "
+        "MAC=00:1d:7d:aa:e3:4e:00:04:4b:05:b4:dc:08:00 SRC=192.168.32.18 DST=192.168.12.152 LEN=52 TOS=0x00 "
+        "PREC=0x00 TTL=128 ID=30561 DF PROTO=TCP SPT=53054 DPT=80 SEQ=3653700382 ACK=0 WINDOW=8192 RES=0x00 "
+        "SYN URGP=0 OPT (020405B40103030201010402)")
+
+
+def joined(text: str) -> str:
+    return b"".join(unwrap([text.encode()], LINE_LIMIT)).decode()
+
+
+def wrap(text: str, width: int) -> str:
+    """Each line broken at its spaces into pieces of at most `width` (a longer word alone),
+    as a blog's or a mail's word wrap does."""
+    out = []
+    for line in text.split("\n"):
+        while len(line) > width and (cut := line.rfind(" ", 1, width + 1) if " " in line[1 : width + 1]
+                                     else line.find(" ", width)) > 0:
+            out.append(line[:cut])
+            line = line[cut + 1 :]
+        out.append(line)
+    return "\n".join(out)
+
+
+def packets(path: Path) -> list[dict]:
+    """The packets of an analysis, without line numbers (wrapping moves them)."""
+    records = [PacketRecord.from_packet(p).to_dict() for p in analyze([LogSource(path, "n")]).packets]
+    for record in records:
+        for step in record["steps"] + [record["last_step"]]:
+            step.pop("line")
+    return records
+
+
+def test_the_published_wrapped_trace_is_one_packet_walking_two_tables():
+    """melon's kern.log excerpt: 4 lines a record, a blank line between; the author's SYN to
+    port 80 passes raw and mangle PREROUTING (the excerpt ends there: verdict unknown)."""
+    assert log_format(WRAPPED) == KERNEL_WRAPPED
+    result = analyze([LogSource(WRAPPED)])
+    (packet,) = result.packets
+    assert (packet.node, packet.fields.src, packet.fields.dst, packet.fields.sport, packet.fields.dport) == (
+        "enterprise", "192.168.32.18", "192.168.12.152", 53054, 80)
+    assert packet.fields.ip_id == 30561 and "SYN" in packet.fields.tcp_flags and not packet.fields.damaged
+    assert [(s.table, s.chain, s.kind, s.line) for s in packet.steps] == [
+        ("raw", "PREROUTING", "policy", 2), ("mangle", "PREROUTING", "policy", 7)]
+    assert packet.verdict == "unknown" and "the log ends after mangle:PREROUTING policy" in packet.reason
+    assert (result.stats.lines, result.stats.trace_records, result.stats.skipped_lines) == (10, 2, 0)
+    assert result.stats.formats == {str(WRAPPED): KERNEL_WRAPPED}
+
+
+def test_a_record_keeps_its_first_line_number_and_every_later_line_keeps_its_own():
+    text = wrap(LINE, 100) + "\nMar 24 22:41:53 enterprise sshd[1]: other\n"
+    out = joined(text)
+    assert out.split("\n") == [LINE, "", "", "", "Mar 24 22:41:53 enterprise sshd[1]: other", ""]
+
+
+def test_what_continues_a_record():
+    head = LINE[: LINE.index(" MAC=")]
+    assert joined(f"{head}\n  MAC=00:1d SRC=1.2.3.4\n") == f"{head} MAC=00:1d SRC=1.2.3.4\n\n"  # indented
+    assert joined(f"{head}\r\nMAC=00:1d\r\n") == f"{head} MAC=00:1d\n\n"  # CRLF
+    assert joined(f"{head} OPT\n(0204)\n") == f"{head} OPT (0204)\n\n"  # the options' bytes
+    cut = LINE.index("TRACE:") + 6
+    assert joined(f"{LINE[:cut]}\n{LINE[cut + 1:]}\n") == f"{LINE}\n\n"  # a mail's 72 columns: after TRACE:
+    assert joined(f"{head}\nDF SYN\n") == f"{head} DF SYN\n\n"  # flags
+
+
+def test_what_does_not_continue_a_record():
+    """A whole line then a line cut at its head (a damaged log), a field the record holds,
+    a blank line, another record, a line of other text: each stays a line of its own."""
+    for text in [f"{LINE}\nSRC=1.2.3.4 DST=5.6.7.8 LEN=52\n", f"{LINE}\nSYN URGP=0\n", f"{LINE[:80]}\n\nMAC=00:1d\n",
+                 f"{LINE[:80]}\n{LINE}\n", f"{LINE[:80]}\nhello MAC=00:1d\n", f"{LINE[:80]}\nMACX=1\n",
+                 f"{LINE[:80]}\nOPTIONS here\n"]:
+        assert joined(text) == text
+        assert not is_wrapped(text.encode(), LINE_LIMIT)
+
+
+def test_a_line_longer_than_the_limit_passes_as_it_comes():
+    """Neither a record nor a continuation: memory stays flat (pieces as they come)."""
+    long = b"x" * (3 * 4096)
+    data = LINE[:80].encode() + b"\nMAC=1 " + long + b"\n" + LINE.encode()
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    out = list(unwrap(chunks, 4096))
+    assert b"".join(out) == data + b"\n" and max(map(len, out)) <= 2 * 4096 + len(LINE)  # a chunk and a carry
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
+def test_chunks_never_change_the_result(data, cuts):
+    pieces = [LINE.encode(), wrap(LINE, 70).encode(), b"MAC=1 DF", b"\r\n", b"\n", b"OPT", b" (01)", b"TRACE:"]
+    data = b"\n".join([data, *pieces, data[:50]])
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    whole = b"".join(unwrap([data], LINE_LIMIT))
+    assert b"".join(unwrap(chunks, LINE_LIMIT)) == whole
+    assert whole.count(b"\n") == data.count(b"\n") + (not data.endswith(b"\n"))  # every line keeps its number
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(WHOLE), st.integers(60, 200))
+def test_a_wrapped_log_says_what_the_whole_one_says(tmp_path, path, width):
+    """Any kernel fixture log, wrapped at any width from 60 columns: the same packets."""
+    wrapped = tmp_path / f"w{width}-{path.name}"
+    wrapped.write_text(wrap(path.read_text(), width))
+    assert packets(wrapped) == packets(path), json.dumps(wrapped.read_text()[:2000])
+
+
+def test_the_fields_an_icmp_packet_prints_twice_continue_it():
+    """The echo's `ID=` after the IP id, and the `[...]` an ICMP error quotes (published
+    LOG lines of that shape: `... PROTO=ICMP TYPE=3 CODE=3 [SRC=... LEN=109 ] MTU=1500`)."""
+    echo = LINE.replace("PROTO=TCP SPT=53054 DPT=80 SEQ=3653700382 ACK=0 WINDOW=8192 RES=0x00 SYN URGP=0 OPT "
+                        "(020405B40103030201010402)", "PROTO=ICMP TYPE=8 CODE=0 ID=17 SEQ=1")
+    error = echo.replace("TYPE=8 CODE=0 ID=17 SEQ=1", "TYPE=3 CODE=4 [SRC=192.168.12.152 DST=192.168.32.18 LEN=129 "
+                         "TOS=0x00 PREC=0x00 TTL=49 ID=0 DF PROTO=UDP SPT=9985 DPT=60435 LEN=109 ] MTU=1500")
+    for line in (echo, error):
+        for width in range(60, len(line), 7):
+            text = wrap(line, width) + "\n"
+            assert joined(text) == line + "\n" * (text.count("\n")), (width, text)
