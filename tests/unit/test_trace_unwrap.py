@@ -136,3 +136,12 @@ def test_the_fields_an_icmp_packet_prints_twice_continue_it():
         for width in range(60, len(line), 7):
             text = wrap(line, width) + "\n"
             assert joined(text) == line + "\n" * (text.count("\n")), (width, text)
+
+
+def test_a_record_split_after_its_header_counts_its_fields_once():
+    """`TRACE:` at a line's end, the header and fields on the next: the echo's `ID=` on the
+    line after that is the record's second (the IP id was the first), so it continues it."""
+    line = ("Mar 24 22:41:52 enterprise kernel: TRACE: raw:PREROUTING:policy:2 IN=eth0 OUT= SRC=10.0.0.1 "
+            "DST=10.0.0.2 LEN=84 TTL=64 ID=5 PROTO=ICMP TYPE=8 CODE=0 ID=17 SEQ=1")
+    cut, echo = line.index("TRACE:") + 6, line.index(" ID=17")
+    assert joined(f"{line[:cut]}\n{line[cut + 1 : echo]}\n{line[echo + 1 :]}\n") == f"{line}\n\n\n"

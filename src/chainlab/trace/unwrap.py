@@ -48,7 +48,14 @@ class _Record:
     def __init__(self, text: bytes) -> None:
         self.text = text
         self.joined = 0
-        self.keys: Counter[bytes] = Counter(_word_key(word) for word in text[text.rfind(b"TRACE:") + 6 :].split())
+        self._keys: Counter[bytes] | None = None  # counted when a line may continue the record (most never)
+
+    @property
+    def keys(self) -> Counter[bytes]:
+        """How often the record holds each field's key."""
+        if self._keys is None:
+            self._keys = Counter(_word_key(word) for word in self.text[self.text.rfind(b"TRACE:") + 6 :].split())
+        return self._keys
 
     def _quoting(self) -> bool:
         """Whether the record ends within the `[...]` of a quoted packet."""
@@ -88,8 +95,9 @@ class _Record:
 
     def join(self, line: bytes) -> None:
         rest = line.strip(_BLANKS)
+        keys = self.keys  # counted before the text grows
         self.text = self.text.rstrip(_BLANKS) + b" " + rest
-        self.keys.update(_word_key(word) for word in rest.split())
+        keys.update(_word_key(word) for word in rest.split())
         self.joined += 1
 
     def lines(self) -> bytes:
