@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from chainlab import cli
 from chainlab.trace import reader
 from chainlab.trace.netfilter import HOOKS
-from chainlab.trace.reader import KERNEL, KERNEL_WRAPPED, SNIFF_LINES, log_format
+from chainlab.trace.reader import KERNEL, KERNEL_WRAPPED, NFT_MONITOR, NFT_WRAPPED, SNIFF_LINES, log_format
 
 from ..conftest import FIXTURES, PUBLIC, ROOT
 
@@ -1381,3 +1381,18 @@ def test_wrapped_kernel_logs(tmp_path, width):
         paths.append(wrapped)
     assert all(log_format(p) == KERNEL_WRAPPED for p in paths[:3])
     assert_same([f"n{i}={p}" for i, p in enumerate(paths)], f"wrapped at {width}", formats=FORMATS)
+
+
+def test_wrapped_nft_logs(tmp_path):
+    """nft logs whose rule lines are wrapped (their verdicts on a later line), joined by
+    unwrap before either engine reads them: the engines agree, in every format."""
+    from .test_trace_unwrap import wrap
+
+    paths = []
+    for i, path in enumerate(p for p in FIXTURE_LOGS if log_format(p) == NFT_MONITOR):
+        wrapped = tmp_path / f"w{i}.log"
+        wrapped.write_text("\n".join(wrap(line, 72) if " rule " in line else line
+                                     for line in path.read_text(errors="replace").split("\n")))
+        paths.append(wrapped)
+    assert sum(log_format(p) == NFT_WRAPPED for p in paths) > 5
+    assert_same([f"n{i}={p}" for i, p in enumerate(paths)], "nft wrapped at 72", formats=FORMATS)

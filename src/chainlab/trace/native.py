@@ -39,7 +39,8 @@ from chainlab.trace.netfilter import HOOKS, Slot, table_slots
 from chainlab.trace.pipeline import AnalysisOptions
 from chainlab.trace import reader
 from chainlab.trace.reader import (
-    KERNEL, KERNEL_WRAPPED, NFT_MONITOR, XTABLES_MONITOR, LogSource, ReadStats, log_chunks, log_format, read_errors,
+    KERNEL, KERNEL_WRAPPED, NFT_MONITOR, NFT_WRAPPED, XTABLES_MONITOR, LogSource, ReadStats, log_chunks, log_format,
+    read_errors,
 )
 from chainlab.trace.summary import Row, Summary
 
@@ -67,7 +68,7 @@ if STALE:
 
 ENV = "CHAINLAB_ENGINE"
 MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
-FORMATS = {KERNEL: 0, KERNEL_WRAPPED: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
+FORMATS = {KERNEL: 0, KERNEL_WRAPPED: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2, NFT_WRAPPED: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
 
@@ -248,7 +249,7 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
         fmt = log_format(source.path)
         stats.formats[str(source.path)] = fmt
         engine.begin(source.fallback_node, source.node is None, FORMATS[fmt])
-        if source.path.suffix == ".gz" or fmt == KERNEL_WRAPPED:  # gunzipped or joined here
+        if source.path.suffix == ".gz" or fmt in (KERNEL_WRAPPED, NFT_WRAPPED):  # gunzipped or joined here
             for chunk in log_chunks(source.path, fmt):
                 take(engine.feed(chunk))
         else:  # read by the engine (a kernel log: in its parser thread)

@@ -34,19 +34,20 @@ from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import Event, Fields, FileEnd, Step, fill_missing
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
-from chainlab.trace.unwrap import is_wrapped, unwrap
+from chainlab.trace.unwrap import KernelJoiner, NftJoiner, is_wrapped, unwrap
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
-#: The kernel format with its records hard-wrapped over several lines (a post's, a mail's):
-#: read through unwrap, which joins them.
-KERNEL_WRAPPED = "kernel-wrapped"
+#: The kernel and nft formats with their records hard-wrapped over several lines (a post's,
+#: a mail's): read through unwrap, which joins them.
+KERNEL_WRAPPED, NFT_WRAPPED = "kernel-wrapped", "nft-monitor-wrapped"
+_JOINERS = {KERNEL_WRAPPED: KernelJoiner, NFT_WRAPPED: NftJoiner}
 SNIFF_LINES = 500
 #: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
 SNIFF_BYTES = 4 << 20
-#: A kernel log is read as wrapped when its first WRAP_SNIFF_BYTES show a wrapped record.
+#: A kernel or nft log is read as wrapped when its first WRAP_SNIFF_BYTES show a wrapped record.
 WRAP_SNIFF_BYTES = 64 << 10
 LINE_LIMIT = 64 << 10
 CHUNK = 1 << 20
@@ -114,10 +115,11 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
 
 
 def log_chunks(path: Path, fmt: str) -> Iterator[bytes]:
-    """The bytes of a log as the parsers read them: raw_chunks, with a wrapped kernel log's
-    records joined."""
+    """The bytes of a log as the parsers read them: raw_chunks, with a wrapped log's records
+    joined."""
     chunks = raw_chunks(path)
-    return unwrap(chunks, LINE_LIMIT) if fmt == KERNEL_WRAPPED else chunks
+    joiner = _JOINERS.get(fmt)
+    return unwrap(chunks, joiner(LINE_LIMIT)) if joiner else chunks
 
 
 def headerless_records(path: Path, limit: int = CHUNK) -> int:
@@ -252,15 +254,17 @@ def sniff_format(lines: list[str]) -> str:
 
 def log_format(path: Path) -> str:
     """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES);
-    KERNEL_WRAPPED when its first WRAP_SNIFF_BYTES hold a kernel record wrapped over lines."""
+    KERNEL_WRAPPED or NFT_WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over
+    lines."""
     head = []
     for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()):
         if number > SNIFF_LINES:
             break  # the rest of SNIFF_BYTES would only be read to be thrown away
         head.append(text)
     fmt = sniff_format(head)
-    if fmt == KERNEL and is_wrapped(next(raw_chunks(path, WRAP_SNIFF_BYTES), b""), LINE_LIMIT):
-        return KERNEL_WRAPPED
+    wrapped = {KERNEL: KERNEL_WRAPPED, NFT_MONITOR: NFT_WRAPPED}.get(fmt)
+    if wrapped and is_wrapped(next(raw_chunks(path, WRAP_SNIFF_BYTES), b""), _JOINERS[wrapped](LINE_LIMIT)):
+        return wrapped
     return fmt
 
 
@@ -276,7 +280,7 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd
         yield FileEnd({})
     else:
         parse = parse_xtables_monitor if fmt == XTABLES_MONITOR else parse_nft_monitor
-        yield from _nft_events(marked_lines(raw_chunks(source.path), stats), source, stats, parse)
+        yield from _nft_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats, parse)
 
 
 def _kernel_records(lines: Iterator[Line], parser: KernelLineParser, stats: ReadStats) -> Iterator[_Record]:

@@ -1,4 +1,4 @@
-"""Kernel TRACE records that a post or a mail hard-wrapped over several lines, joined again.
+"""Trace records that a post or a mail hard-wrapped over several lines, joined again.
 
 Blogs, forums and mails wrap a kernel log's long lines at word boundaries (a blog's 100
 columns, a mail's 72): a record becomes its TRACE line, ending mid-record, and lines of
@@ -14,6 +14,11 @@ an `OPT` the record ends with, or the `table:chain:kind:N` header of a record en
 (the IP id, then the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the packet an
 ICMP error quotes in `[...]`, so a whole line followed by a line whose head was cut off
 (`SRC=... DST=...`, a damaged log) stays two.
+
+An `nft monitor trace` line wraps the same way: a `rule` line whose `(verdict ...)` comes on
+a later line (the lines between and that one join it, when it comes within a few lines and
+no blank or trace line comes first), and a `packet:` line whose headers go on (a line that
+starts with a header's keyword, `ip`, `tcp`, `ether`, `@ll,...`, joins it).
 
 Line numbers stay those of the file: a joined record keeps its first line's number and is
 followed by one empty line for each line joined to it, so every later line keeps its number
@@ -105,8 +110,8 @@ class _Record:
         return self.text + b"\n" * (1 + self.joined)
 
 
-class Joiner:
-    """Lines in, lines out: each record's wrapped lines joined (see the module's doc)."""
+class KernelJoiner:
+    """Lines in, lines out: each kernel record's wrapped lines joined (see the module's doc)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit  # the longest line a record may grow to
@@ -133,9 +138,71 @@ class Joiner:
         return record.lines() if record is not None else b""
 
 
-def is_wrapped(head: bytes, limit: int) -> bool:
+_NFT_RULE = re.compile(rb"trace id [0-9a-f]+ \S+ \S+ \S+ (?:rule|unknown rule handle)(?:\s|$)")
+_NFT_PACKET = re.compile(rb"trace id [0-9a-f]+ \S+ \S+ \S+ packet:")
+_NFT_VERDICT = re.compile(rb"\(verdict [^()]*\)[ \t\r]*$")  # what ends a rule line
+_NFT_KEYWORDS = frozenset(b"ip ip6 tcp udp udplite sctp dccp icmp icmpv6 igmp esp ah comp ether vlan arp meta ct th "
+                          b"iif oif iifname oifname @ll @nh @th".split())
+#: How many lines may come between a rule line and its `(verdict ...)`.
+NFT_RULE_LINES = 6
+
+
+class NftJoiner:
+    """Lines in, lines out: each `nft monitor trace` line's wrapped lines joined (see the
+    module's doc)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.record: bytes | None = None
+        self.rule = False  # the record is a rule line waiting for its verdict (else a packet line)
+        self.held: list[bytes] = []  # lines after a rule line, joined once its verdict comes
+        self.joined = 0
+
+    def _continues(self, line: bytes) -> bytes | None:
+        """`line` without its blanks if it may continue the record, else None."""
+        rest = line.strip(_BLANKS)
+        if not rest or _MARKER.search(rest) or self.record is None:
+            return None
+        size = len(self.record) + sum(len(h) + 1 for h in self.held) + 1 + len(rest)
+        return rest if size <= self.limit else None
+
+    def _flush(self, joined: bool) -> bytes:
+        """The record and the lines held after it: one line (joined), or as they came."""
+        record, held, self.record, self.held = self.record, self.held, None, []
+        if record is None:
+            return b""
+        if joined:
+            self.joined += len(held)
+            return b" ".join([record.rstrip(_BLANKS), *held]) + b"\n" * (1 + len(held))
+        return b"".join(line + b"\n" for line in [record, *held])
+
+    def line(self, line: bytes) -> bytes:
+        """One line without its newline; what can be written out now (lines, each ended)."""
+        out = b""
+        if self.record is not None:
+            rest = self._continues(line)
+            if rest is not None and self.rule and len(self.held) < NFT_RULE_LINES:
+                self.held.append(rest)
+                return self._flush(True) if _NFT_VERDICT.search(b" ".join([self.record, *self.held])) else b""
+            if rest is not None and not self.rule and rest.split(None, 1)[0].split(b",")[0] in _NFT_KEYWORDS:
+                self.held.append(rest)
+                return b""
+            out = self._flush(not self.rule)  # a rule line whose verdict never came stays as it was
+        if len(line) < self.limit and (_NFT_RULE.search(line) and not _NFT_VERDICT.search(line) or _NFT_PACKET.search(line)):
+            self.record, self.rule = line, _NFT_PACKET.search(line) is None
+            return out
+        return out + line + b"\n"
+
+    def end(self) -> bytes:
+        """What is still held at the end of the input."""
+        return self._flush(not self.rule)
+
+
+Joiner = KernelJoiner | NftJoiner
+
+
+def is_wrapped(head: bytes, joiner: Joiner) -> bool:
     """Whether the first lines of a log (`head`, its last line possibly cut) hold a wrapped record."""
-    joiner = Joiner(limit)
     for line in head.split(b"\n")[:-1]:
         joiner.line(line)
         if joiner.joined:
@@ -143,10 +210,11 @@ def is_wrapped(head: bytes, limit: int) -> bool:
     return False
 
 
-def unwrap(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
-    """The log's bytes (in chunks) with wrapped records joined. A line longer than `limit`
-    is passed on as it comes, piece by piece: memory stays flat whatever the input."""
-    joiner = Joiner(limit)
+def unwrap(chunks: Iterable[bytes], joiner: Joiner) -> Iterator[bytes]:
+    """The log's bytes (in chunks) with wrapped records joined. A line longer than the
+    joiner's limit is passed on as it comes, piece by piece: memory stays flat whatever the
+    input."""
+    limit = joiner.limit
     carry = b""  # the start of a line that goes on in the next chunk (shorter than limit)
     passing = False  # within a line longer than limit, passed on as it comes
     for chunk in chunks:
