@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from chainlab.trace.ascii import lower
@@ -83,6 +84,8 @@ class FileEnd:
 
 #: How the lines of a packet were grouped: by IPv4 id, by nft trace id, or (no id at all,
 #: e.g. IPv6 in a kernel log) by addresses, ports, interfaces, flow label and adjacency.
+#: What every trace line of every format holds; other lines are only counted.
+MARKERS = re.compile(rb"TRACE:|trace id|PACKET:")
 IDENTITIES = ("ip_id", "trace_id", "flow")
 ICMP_PROTOCOLS = ("ICMP", "ICMPV6")
 

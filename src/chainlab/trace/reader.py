@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
-import re
 import signal
 import zlib
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from chainlab.errors import InputError, Problem
 from chainlab.trace.ascii import WHITESPACE
-from chainlab.trace.model import Event, Fields, FileEnd, Step, fill_missing
+from chainlab.trace.model import MARKERS, Event, Fields, FileEnd, Step, fill_missing
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
 from chainlab.trace.unwrap import KernelJoiner, NftJoiner, is_wrapped, unwrap
@@ -51,8 +50,6 @@ SNIFF_BYTES = 4 << 20
 WRAP_SNIFF_BYTES = 64 << 10
 LINE_LIMIT = 64 << 10
 CHUNK = 1 << 20
-#: What every trace line of every format holds; other lines are only counted.
-MARKERS = re.compile(rb"TRACE:|trace id|PACKET:")
 #: nft trace ids whose `packet:` line (a base chain entered) no step followed yet, and the
 #: headers of each trace id's last `packet:` line: kept for this many trace ids at most (the
 #: ones used longest ago go first).

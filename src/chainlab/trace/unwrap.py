@@ -31,9 +31,9 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from chainlab.trace.model import MARKERS
 from chainlab.trace.parse_kernel import IP_FLAGS, KNOWN_KEYS, TCP_FLAGS
 
-_MARKER = re.compile(rb"TRACE:|trace id|PACKET:")  # reader.MARKERS: no line of any trace format
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
 _HEADER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}(?:\s|$)")
@@ -78,7 +78,7 @@ class _Record:
     def takes(self, line: bytes, limit: int) -> bool:
         """Whether `line` (without its newline) continues this record."""
         rest = line.lstrip(_BLANKS)
-        if not rest or len(self.text) + 1 + len(rest) > limit or _MARKER.search(rest):
+        if not rest or len(self.text) + 1 + len(rest) > limit or MARKERS.search(rest):
             return False
         ending = self.text.rstrip(_BLANKS)
         if ending.endswith(b"TRACE:"):
@@ -161,7 +161,7 @@ class NftJoiner:
     def _continues(self, line: bytes) -> bytes | None:
         """`line` without its blanks if it may continue the record, else None."""
         rest = line.strip(_BLANKS)
-        if not rest or _MARKER.search(rest) or self.record is None:
+        if not rest or MARKERS.search(rest) or self.record is None:
             return None
         size = len(self.record) + sum(len(h) + 1 for h in self.held) + 1 + len(rest)
         return rest if size <= self.limit else None
