@@ -175,12 +175,19 @@ def test_what_continues_an_nft_line():
     rule = "trace id 1 ip t input rule tcp dport 22 counter packets 0 bytes 0"
     packet = 'trace id 1 ip t input packet: iif "lo" ip saddr 127.0.0.1'
     assert nft_joined(f"{rule}\n  accept (verdict\n  accept)\n") == f"{rule} accept (verdict accept)\n\n\n"
-    assert nft_joined(f"{packet}\n ip daddr 10.0.0.2 tcp dport 22\n@ll,0,8 0x1\n") == (
-        f"{packet} ip daddr 10.0.0.2 tcp dport 22 @ll,0,8 0x1\n\n\n")
+    assert nft_joined(f"{packet}\n ip daddr 10.0.0.2 tcp dport 22\n@ll,0,8 0x1\nsaddr fd00::1 tcp flags == syn,ack\n"
+                      ) == f"{packet} ip daddr 10.0.0.2 tcp dport 22 @ll,0,8 0x1 saddr fd00::1 tcp flags == syn,ack\n\n\n\n"
+    policy = "trace id 1 inet t pre policy accept"
+    assert nft_joined(f"{policy}\nmeta mark 0x00000042\n") == f"{policy} meta mark 0x00000042\n\n"
+    quoted = f"> {rule}\n> accept (verdict accept)\n"  # a mail's reply quotes each line
+    assert nft_joined(quoted) == f"> {rule} accept (verdict accept)\n\n"
+    cut = LINE.index(" MAC=")
+    assert joined(f"> {LINE[:cut]}\n> {LINE[cut + 1:]}\n") == f"> {LINE}\n\n"
     for text in [f"{rule}\n\naccept (verdict accept)\n",  # a blank line first
                  f"{rule}\n" + "x\n" * 7 + "(verdict accept)\n",  # too far
                  f"{rule}\n{packet}\n",  # another trace line
                  f"{packet}\nThe packet was dropped.\n",  # prose after a packet line
+                 f"{packet}\n...\n", f"{packet}\n# the reply\n",  # an elision, a comment
                  f"{rule} (verdict accept)\nmore words (verdict drop)\n"]:  # a whole rule line
         assert nft_joined(text) == text
         assert not is_wrapped(text.encode(), NftJoiner(LINE_LIMIT))
@@ -188,10 +195,10 @@ def test_what_continues_an_nft_line():
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(NFT_WHOLE), st.integers(60, 160))
-def test_an_nft_log_whose_rule_lines_are_wrapped_says_what_the_whole_one_says(tmp_path, path, width):
-    """Any nft fixture log, its rule lines wrapped at any width from 60 columns (their
-    verdicts on a later line; a mail's 72 columns break after `... chain rule`): the same packets."""
-    lines = path.read_text().split("\n")
+def test_a_wrapped_nft_log_says_what_the_whole_one_says(tmp_path, path, width):
+    """Any nft fixture log wrapped at any width from 60 columns (a mail's 72 break a rule
+    line after `... chain rule`, its verdict on a later line, and a packet line anywhere in
+    its headers): the same packets."""
     wrapped = tmp_path / f"w{width}-{path.name}"
-    wrapped.write_text("\n".join(wrap(line, width) if " rule " in line else line for line in lines))
+    wrapped.write_text(wrap(path.read_text(), width))
     assert packets(wrapped) == packets(path), json.dumps(wrapped.read_text()[:2000])

@@ -17,8 +17,11 @@ ICMP error quotes in `[...]`, so a whole line followed by a line whose head was 
 
 An `nft monitor trace` line wraps the same way: a `rule` line whose `(verdict ...)` comes on
 a later line (the lines between and that one join it, when it comes within a few lines and
-no blank or trace line comes first), and a `packet:` line whose headers go on (a line that
-starts with a header's keyword, `ip`, `tcp`, `ether`, `@ll,...`, joins it).
+no blank or trace line comes first), and any other trace line (`packet:`, `policy`,
+`verdict`, `conntrack:`) whose words go on: a line made only of what such a line prints
+(lower-case words, numbers, addresses, MACs, `"names"`, `==`, `@th,64,96`), with more than
+an elision's dots, joins it; a sentence, a `#` comment or an `...` line does not. A mail's
+quoting (`> `) before a wrapped line is not part of it.
 
 Line numbers stay those of the file: a joined record keeps its first line's number and is
 followed by one empty line for each line joined to it, so every later line keeps its number
@@ -38,6 +41,7 @@ _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode(
                          | {b"OPT"})
 _HEADER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}(?:\s|$)")
 _BLANKS = b" \t\r"
+_QUOTING = b" \t\r>"  # before a line a mail quotes
 _DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*(?:=\S*)?")
 
 
@@ -77,7 +81,7 @@ class _Record:
 
     def takes(self, line: bytes, limit: int) -> bool:
         """Whether `line` (without its newline) continues this record."""
-        rest = line.lstrip(_BLANKS)
+        rest = line.lstrip(_QUOTING)
         if not rest or len(self.text) + 1 + len(rest) > limit or MARKERS.search(rest):
             return False
         ending = self.text.rstrip(_BLANKS)
@@ -99,7 +103,7 @@ class _Record:
                 and self._room_for(_word_key(words[1])))
 
     def join(self, line: bytes) -> None:
-        rest = line.strip(_BLANKS)
+        rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
         keys = self.keys  # counted before the text grows
         self.text = self.text.rstrip(_BLANKS) + b" " + rest
         keys.update(_word_key(word) for word in rest.split())
@@ -138,13 +142,20 @@ class KernelJoiner:
         return record.lines() if record is not None else b""
 
 
+_NFT_LINE = re.compile(rb"trace id [0-9a-f]+ ")
 _NFT_RULE = re.compile(rb"trace id [0-9a-f]+ \S+ \S+ \S+ (?:rule|unknown rule handle)(?:\s|$)")
-_NFT_PACKET = re.compile(rb"trace id [0-9a-f]+ \S+ \S+ \S+ packet:")
 _NFT_VERDICT = re.compile(rb"\(verdict [^()]*\)[ \t\r]*$")  # what ends a rule line
-_NFT_KEYWORDS = frozenset(b"ip ip6 tcp udp udplite sctp dccp icmp icmpv6 igmp esp ah comp ether vlan arp meta ct th "
-                          b"iif oif iifname oifname @ll @nh @th".split())
+#: A word of what a trace line prints after its chain (but a rule): keywords, values (numbers,
+#: addresses, MACs, flags), quoted interface names, operators (and `$ns1mac`, which a test script left).
+_NFT_WORD = re.compile(rb'[a-z0-9@.$][a-zA-Z0-9@,.:_/+-]*|"[^"\s]*"|==|!=|[{}]')
 #: How many lines may come between a rule line and its `(verdict ...)`.
 NFT_RULE_LINES = 6
+
+
+def _headers_only(text: bytes) -> bool:
+    """Whether a line holds only what a trace line prints after its chain (and more than dots)."""
+    words = text.split()
+    return all(_NFT_WORD.fullmatch(w) for w in words) and any(w.strip(b".") for w in words)
 
 
 class NftJoiner:
@@ -154,13 +165,13 @@ class NftJoiner:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.record: bytes | None = None
-        self.rule = False  # the record is a rule line waiting for its verdict (else a packet line)
+        self.rule = False  # the record is a rule line waiting for its verdict (else another trace line)
         self.held: list[bytes] = []  # lines after a rule line, joined once its verdict comes
         self.joined = 0
 
     def _continues(self, line: bytes) -> bytes | None:
         """`line` without its blanks if it may continue the record, else None."""
-        rest = line.strip(_BLANKS)
+        rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
         if not rest or MARKERS.search(rest) or self.record is None:
             return None
         size = len(self.record) + sum(len(h) + 1 for h in self.held) + 1 + len(rest)
@@ -184,13 +195,15 @@ class NftJoiner:
             if rest is not None and self.rule and len(self.held) < NFT_RULE_LINES:
                 self.held.append(rest)
                 return self._flush(True) if _NFT_VERDICT.search(b" ".join([self.record, *self.held])) else b""
-            if rest is not None and not self.rule and rest.split(None, 1)[0].split(b",")[0] in _NFT_KEYWORDS:
+            if rest is not None and not self.rule and _headers_only(rest):
                 self.held.append(rest)
                 return b""
             out = self._flush(not self.rule)  # a rule line whose verdict never came stays as it was
-        if len(line) < self.limit and (_NFT_RULE.search(line) and not _NFT_VERDICT.search(line) or _NFT_PACKET.search(line)):
-            self.record, self.rule = line, _NFT_PACKET.search(line) is None
-            return out
+        if len(line) < self.limit and _NFT_LINE.search(line):
+            rule = _NFT_RULE.search(line) is not None
+            if not (rule and _NFT_VERDICT.search(line)):  # a rule line with its verdict is whole
+                self.record, self.rule = line, rule
+                return out
         return out + line + b"\n"
 
     def end(self) -> bytes:
