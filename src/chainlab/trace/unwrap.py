@@ -8,12 +8,12 @@ file is read as if each record were one line again.
 A line joins the record above it when it directly follows that record's TRACE line (or a
 line already joined to it), holds no trace marker, and starts with what can only continue
 a record: a kernel field (`KEY=` of a known key, an IP or TCP flag, `OPT`) that the record
-does not hold yet (or a word a damaged log left, `DST225`, `DS.225`, then such a field), the `(...)` of
-an `OPT` the record ends with, or the `table:chain:kind:N` header of a record ending in
-`TRACE:`. A record repeats no field but an ICMP packet's `ID=`
-(the IP id, then the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the packet an
-ICMP error quotes in `[...]`, so a whole line followed by a line whose head was cut off
-(`SRC=... DST=...`, a damaged log) stays two.
+does not hold yet (or a word a damaged log left, `DST225`, `DS.225`, then such a field),
+the `(...)` of an `OPT` the record ends with, or the `table:chain:kind:N` header of a
+record ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP
+id, then the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the packet an ICMP
+error quotes in `[...]`, so a whole line followed by a line whose head was cut off (`SRC=...
+DST=...`, a damaged log) stays two.
 
 An `nft monitor trace` line wraps the same way: a `rule` line whose `(verdict ...)` comes on
 a later line (the lines between and that one join it, when it comes within a few lines and
