@@ -1395,3 +1395,17 @@ def test_wrapped_nft_logs(tmp_path):
         paths.append(wrapped)
     assert sum(log_format(p) == NFT_WRAPPED for p in paths) > 5
     assert_same([f"n{i}={p}" for i, p in enumerate(paths)], "nft wrapped at 72", formats=FORMATS)
+
+
+def test_a_walk_judged_before_the_order_of_its_base_chains_was_known_is_judged_again(tmp_path):
+    """The engine caches each walk's judgment; a later walk that shows which fw4 base chain
+    follows which must make it judge the cached ones again, as the Python engine judges
+    every packet with what it knows when the packet ends."""
+    from .test_trace_formats import fw4_walk
+
+    log = tmp_path / "fw4.log"
+    log.write_text(fw4_walk("1", "mangle_forward") + fw4_walk("2", "mangle_forward", "forward")
+                   + fw4_walk("3", "mangle_forward") + fw4_walk("4", "mangle_forward", "forward"))
+    run = assert_same([f"n={log}"], "fw4 order learned mid-log", formats=FORMATS)
+    verdicts = [p["verdict"] for p in json.loads(run.stdout)["packets"]]
+    assert verdicts == ["accepted", "accepted", "unknown", "accepted"]

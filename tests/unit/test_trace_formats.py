@@ -185,8 +185,9 @@ def test_a_later_packet_line_keeps_the_headers_it_does_not_print():
     assert (synack.direction, synack.fields.src, synack.fields.dst, synack.fields.dport) == (
         "reply", "192.168.35.1", "192.168.35.126", 49780)
     assert synack.fields.tcp_flags == frozenset({"SYN", "ACK"}) and synack.hooks == ["PREROUTING", "FORWARD"]
-    # the author cut it after mangle_forward: fw4's postrouting chains still lie ahead
-    assert synack.verdict == "unknown" and "still ahead: fw4 POSTROUTING" in synack.reason
+    # the author cut it after mangle_forward: fw4's forward chain, which the SYN's walk shows
+    # coming after mangle_forward, still lies ahead (before fw4's postrouting chains)
+    assert synack.verdict == "unknown" and synack.reason.endswith("(still ahead: fw4:forward FORWARD)")
 
 
 def test_an_nft_table_of_its_own_name_at_a_later_hook_lies_ahead(tmp_path):
@@ -205,6 +206,40 @@ def test_an_nft_table_of_its_own_name_at_a_later_hook_lies_ahead(tmp_path):
     assert (whole.hooks, whole.verdict) == (["PREROUTING", "FORWARD", "POSTROUTING"], "accepted")
     assert (stopped.verdict, stopped.reason) == (
         "unknown", "accepted in t:forward policy, then no trace though t POSTROUTING lies ahead: lost where no rule shows it")
+
+
+FW4_SYN = PUBLIC / "therainstorm-openwrt-fw4-mss-short-packet-lines.log"
+
+
+def fw4_walk(trace_id: str, *chains: str) -> str:
+    """A walk of fw4 base chains at forward, from the published trace's lines: each chain's
+    `packet:` line, then its policy."""
+    head = next(line for line in FW4_SYN.read_text().splitlines() if "trace_chain packet:" in line)
+    head = (head.replace("938d2a85", trace_id).replace("trace_chain packet: iif", 'trace_chain packet: oif "br-lan2" iif')
+            .replace("ip id 7498", f"ip id {7000 + int(trace_id)}").replace("sport 49780", f"sport {49000 + int(trace_id)}"))
+    assert trace_id in head and f"ip id {7000 + int(trace_id)}" in head
+    lines = [head]
+    for chain in chains:
+        lines += [f'trace id {trace_id} inet fw4 {chain} packet: iif "br-lan2" oif "br-lan2"',
+                  f"trace id {trace_id} inet fw4 {chain} policy accept"]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_base_chains_of_one_table_at_one_hook_follow_in_the_order_walks_show(tmp_path):
+    """fw4 hooks `mangle_forward` and then `forward` into forward (their priorities are not
+    in the trace): once a walk shows the order, a packet whose trace stops after
+    mangle_forward's policy still had `forward` ahead (lost, not accepted); one that
+    passed both passed every chain there is."""
+    log = tmp_path / "fw4.log"
+    log.write_text(fw4_walk("1", "mangle_forward", "forward") + fw4_walk("2", "mangle_forward")
+                   + fw4_walk("3", "mangle_forward", "forward"))
+    whole, stopped, again = run(log).packets
+    assert (whole.verdict, again.verdict) == ("accepted", "accepted") and whole.reason == again.reason
+    assert (stopped.verdict, stopped.reason) == ("unknown", "accepted in fw4:mangle_forward policy, then no trace "
+                                                 "though fw4:forward FORWARD lies ahead: lost where no rule shows it")
+    # before any walk showed the order, nothing is known to follow mangle_forward
+    log.write_text(fw4_walk("2", "mangle_forward") + fw4_walk("1", "mangle_forward", "forward"))
+    assert run(log).packets[0].verdict == "accepted"
 
 
 def test_a_packet_line_that_prints_addresses_is_a_packet_of_its_own(tmp_path):

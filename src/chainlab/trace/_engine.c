@@ -2958,8 +2958,8 @@ static Walk *walk_of(Engine *e, Packet *p) {
     Py_DECREF(steps);
     if (!r)
         goto failed;
-    if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 11) {
-        PyErr_SetString(PyExc_TypeError, "judge() must return an 11-tuple");
+    if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 12) {
+        PyErr_SetString(PyExc_TypeError, "judge() must return a 12-tuple");
         goto failed;
     }
     Walk *w = calloc(1, sizeof *w);
@@ -2992,6 +2992,7 @@ static Walk *walk_of(Engine *e, Packet *p) {
     w->walk_ok = PyObject_IsTrue(PyTuple_GET_ITEM(r, 7)) == 1;
     w->summary = PyLong_AsLong(PyTuple_GET_ITEM(r, 9));
     w->diagram = PyLong_AsLong(PyTuple_GET_ITEM(r, 10));
+    int learned = PyObject_IsTrue(PyTuple_GET_ITEM(r, 11)) == 1; /* cached walks of the node: judged anew */
     if (PyErr_Occurred() || (w->proto == NULL && proto != Py_None) || PyTuple_GET_SIZE(w->step_rules) != (Py_ssize_t)p->n_steps) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "judge() returned a rule for each step? no");
@@ -3009,6 +3010,8 @@ static Walk *walk_of(Engine *e, Packet *p) {
         return NULL;
     }
     slot->value = w;
+    if (learned)
+        e->slot_version[p->node]++;
     return w;
 failed:
     Py_XDECREF(r);

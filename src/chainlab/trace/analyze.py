@@ -115,16 +115,57 @@ def _accepts(step: Step) -> bool:
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
+class BaseChainOrder:
+    """Which base chain of an nft table follows which at one hook, as a node's walks show it.
+
+    A table may hook several base chains into one hook at different priorities (OpenWrt's
+    fw4: `mangle_forward`, then `forward`); the trace prints no priority, but a walk that
+    leaves one base chain by its policy and goes on in another of the same table at the
+    same hook shows their order. A packet whose trace stops after the first then still had
+    the second ahead."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[str, str, str], set[str]] = {}  # (hook, table, chain) -> chains after it
+        self._bases: dict[tuple[str, str], set[str]] = {}  # (hook, table) -> its base chains seen so far
+
+    def learn(self, steps: list[Step]) -> bool:
+        """Take what the walk shows; whether it showed something new."""
+        learned = False
+        for before, after in zip(steps, steps[1:]):
+            if (before.kind == "policy" and before.family is not None and before.hook is not None
+                    and (after.hook, after.table, after.family) == (before.hook, before.table, before.family)
+                    and after.chain != before.chain):
+                later = self._next.setdefault((before.hook, before.table, before.chain), set())
+                learned |= after.chain not in later
+                later.add(after.chain)
+                self._bases.setdefault((before.hook, before.table), set()).update((before.chain, after.chain))
+        return learned
+
+    def following(self, steps: list[Step]) -> list[Slot]:
+        """The base chains that follow, at the last step's hook, the one the walk was last
+        in there and that it has not passed (as `table:chain` slots of that hook, by name)."""
+        last = steps[-1]
+        bases = self._bases.get((last.hook, last.table), set()) if last.hook is not None else set()
+        here = [s for s in steps if s.hook == last.hook and s.table == last.table]
+        base = next((s.chain for s in reversed(here) if s.chain in bases), None)
+        if base is None:
+            return []
+        passed = {s.chain for s in here}
+        later = self._next.get((last.hook, last.table, base), set()) - passed
+        return [(last.hook, f"{last.table}:{chain}") for chain in sorted(later)]
+
+
 def _walk_order(slot: Slot) -> tuple[tuple[int, int], Slot]:
     """Slots in walk order; ties (INPUT or FORWARD ahead) by name, never by a set's order."""
     return slot_rank(*slot), slot
 
 
-def judge(packet: Packet, present: set[Slot]) -> None:
+def judge(packet: Packet, present: set[Slot], order: BaseChainOrder | None = None) -> None:
     """Set route, new_connection, verdict and reason of a complete packet.
 
     A packet whose trace stops while a table it must still pass (given the tables that
-    exist on the node and whether it is a connection's first packet) lies ahead was
+    exist on the node, the base chains `order` knows to follow at the hook it stopped in,
+    and whether it is a connection's first packet) lies ahead was
     dropped at its last step, unless that step let it out of its table (an accept, a NAT
     target): then it was lost after, where no rule shows it, and the verdict is unknown.
     Stopping at the end of PREROUTING is a loss at the routing decision, which netfilter
@@ -156,6 +197,9 @@ def judge(packet: Packet, present: set[Slot]) -> None:
     # what lies next on each route the packet may take (one slot when its route is known);
     # the first of them is the first of all that lies ahead
     ahead = sorted({min(slots, key=_walk_order) for slots in ahead_by_route.values() if slots}, key=_walk_order)
+    following = order.following(steps) if order is not None and last.family is not None else []
+    if following:  # at the hook it stopped in: what comes next, before any later hook's
+        ahead, untraced = following[:1], []
     next_text = " or ".join(f"{table} {hook}" for hook, table in ahead)
     if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
         packet.verdict = "unknown"

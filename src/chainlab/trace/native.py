@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from chainlab.errors import InputError, OutputError, Problem
-from chainlab.trace.analyze import (drop_chain, drop_point, hook_path, join_rules, judge, protocol_from_rules, sent_here,
-                                    walk_chains)
+from chainlab.trace.analyze import (BaseChainOrder, drop_chain, drop_point, hook_path, join_rules, judge,
+                                    protocol_from_rules, sent_here, walk_chains)
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Checker, is_probe
 from chainlab.trace.flows import Entries, Flow, Hop, build_flows
@@ -127,6 +127,7 @@ class Calls:
         self.diagram = diagram
         self.names: list[str] = []
         self.present: list[set[Slot]] = []
+        self.orders: list[BaseChainOrder] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
         self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
 
@@ -134,6 +135,7 @@ class Calls:
         text = name.decode("utf-8", "surrogatepass")
         self.names.append(text)
         self.present.append(set())
+        self.orders.append(BaseChainOrder())
         return json.dumps(text).encode(), self.options.match.node_ok(text)
 
     def slot_added(self, node: int, hook: str | None, table: str) -> None:
@@ -154,7 +156,10 @@ class Calls:
     def judge(self, node: int, walk: list[Step], at_end: int, entered: str | None,
               proto_none: int) -> tuple[Any, ...]:
         """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk.
-        `walk`: Steps shared with other walks (see step), copied where rules will be joined."""
+        `walk`: Steps shared with other walks (see step), copied where rules will be joined.
+        The last item says whether the walk taught the node's BaseChainOrder something: the
+        engine then judges its cached walks of that node again (as the pipeline judges every
+        packet with what is known when it finishes)."""
         options = self.options
         name = self.names[node]
         rules = options.rules.get(name)
@@ -162,7 +167,8 @@ class Calls:
         packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         join_rules(packet, rules)
         proto = protocol_from_rules(packet) if proto_none else None
-        judge(packet, rules.slots if rules else self.present[node])
+        learned = self.orders[node].learn(steps)
+        judge(packet, rules.slots if rules else self.present[node], self.orders[node])
         packet.hooks = hook_path(steps, options.tables)
         packet.origin = sent_here(steps, packet.hooks)
         last = steps[-1]
@@ -181,6 +187,7 @@ class Calls:
             f'"verdict": {_json_str(packet.verdict)}, "reason": {_json_str(packet.reason)}'.encode(),
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,
+            learned,
         )
 
 
