@@ -723,3 +723,18 @@ def test_a_packet_with_a_damaged_line_gets_no_port_note(tmp_path, engine):
                           env={**os.environ, "CHAINLAB_ENGINE": engine})
     assert "1 damaged but attributed" in proc.stdout and "1 packets" in proc.stdout
     assert "DNAT" not in proc.stdout
+
+
+def test_the_base_chain_order_a_node_learns_is_bounded(monkeypatch):
+    """Ever new chain names (a hostile log) stop being learned at LIMIT pairs."""
+    from chainlab.trace.analyze import BaseChainOrder
+    from chainlab.trace.model import Step
+
+    monkeypatch.setattr(BaseChainOrder, "LIMIT", 3)
+    order = BaseChainOrder()
+    learned = []
+    for n in range(5):
+        walk = [Step("t", f"c{n}", "policy", hook="FORWARD", family="inet"), Step("t", f"d{n}", "policy", hook="FORWARD", family="inet")]
+        learned.append(order.learn(walk))
+    assert learned == [True, True, True, False, False]
+    assert order.following(walk[:1]) == [] and order.following([walk[0].__class__("t", "c0", "policy", hook="FORWARD", family="inet")]) == [("FORWARD", "t:d0")]

@@ -122,11 +122,15 @@ class BaseChainOrder:
     fw4: `mangle_forward`, then `forward`); the trace prints no priority, but a walk that
     leaves one base chain by its policy and goes on in another of the same table at the
     same hook shows their order. A packet whose trace stops after the first then still had
-    the second ahead."""
+    the second ahead. It holds at most LIMIT pairs: a hostile log of ever new chain names
+    keeps memory flat (a table has a few base chains)."""
+
+    LIMIT = 4096
 
     def __init__(self) -> None:
         self._next: dict[tuple[str, str, str], set[str]] = {}  # (hook, table, chain) -> chains after it
         self._bases: dict[tuple[str, str], set[str]] = {}  # (hook, table) -> its base chains seen so far
+        self._pairs = 0
 
     def learn(self, steps: list[Step]) -> bool:
         """Take what the walk shows; whether it showed something new."""
@@ -135,10 +139,13 @@ class BaseChainOrder:
             if (before.kind == "policy" and before.family is not None and before.hook is not None
                     and (after.hook, after.table, after.family) == (before.hook, before.table, before.family)
                     and after.chain != before.chain):
-                later = self._next.setdefault((before.hook, before.table, before.chain), set())
-                learned |= after.chain not in later
-                later.add(after.chain)
-                self._bases.setdefault((before.hook, before.table), set()).update((before.chain, after.chain))
+                key = (before.hook, before.table, before.chain)
+                if after.chain in self._next.get(key, ()) or self._pairs >= self.LIMIT:
+                    continue
+                self._next.setdefault(key, set()).add(after.chain)
+                self._bases.setdefault(key[:2], set()).update((before.chain, after.chain))
+                self._pairs += 1
+                learned = True
         return learned
 
     def following(self, steps: list[Step]) -> list[Slot]:

@@ -82,10 +82,10 @@ class FileEnd:
     entered: dict[tuple[str, str], str]
 
 
-#: How the lines of a packet were grouped: by IPv4 id, by nft trace id, or (no id at all,
-#: e.g. IPv6 in a kernel log) by addresses, ports, interfaces, flow label and adjacency.
 #: What every trace line of every format holds; other lines are only counted.
 MARKERS = re.compile(rb"TRACE:|trace id|PACKET:")
+#: How the lines of a packet were grouped: by IPv4 id, by nft trace id, or (no id at all,
+#: e.g. IPv6 in a kernel log) by addresses, ports, interfaces, flow label and adjacency.
 IDENTITIES = ("ip_id", "trace_id", "flow")
 ICMP_PROTOCOLS = ("ICMP", "ICMPV6")
 

@@ -39,7 +39,7 @@ from chainlab.trace.netfilter import HOOKS, Slot, table_slots
 from chainlab.trace.pipeline import AnalysisOptions
 from chainlab.trace import reader
 from chainlab.trace.reader import (
-    KERNEL, KERNEL_WRAPPED, NFT_MONITOR, NFT_WRAPPED, XTABLES_MONITOR, LogSource, ReadStats, log_chunks, log_format,
+    KERNEL, NFT_MONITOR, WRAPPED, XTABLES_MONITOR, LogSource, ReadStats, base_format, log_chunks, log_format,
     read_errors,
 )
 from chainlab.trace.summary import Row, Summary
@@ -68,7 +68,7 @@ if STALE:
 
 ENV = "CHAINLAB_ENGINE"
 MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}
-FORMATS = {KERNEL: 0, KERNEL_WRAPPED: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2, NFT_WRAPPED: 2}
+FORMATS = {KERNEL: 0, XTABLES_MONITOR: 1, NFT_MONITOR: 2}
 DIRECTIONS = ("request", "reply", "error")
 VERDICTS = ("accepted", "dropped", "unknown")
 
@@ -255,8 +255,8 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
     for source in sources:
         fmt = log_format(source.path)
         stats.formats[str(source.path)] = fmt
-        engine.begin(source.fallback_node, source.node is None, FORMATS[fmt])
-        if source.path.suffix == ".gz" or fmt in (KERNEL_WRAPPED, NFT_WRAPPED):  # gunzipped or joined here
+        engine.begin(source.fallback_node, source.node is None, FORMATS[base_format(fmt)])
+        if source.path.suffix == ".gz" or fmt in WRAPPED:  # gunzipped or joined here
             for chunk in log_chunks(source.path, fmt):
                 take(engine.feed(chunk))
         else:  # read by the engine (a kernel log: in its parser thread)

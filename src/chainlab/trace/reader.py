@@ -42,7 +42,9 @@ KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor
 #: The kernel and nft formats with their records hard-wrapped over several lines (a post's,
 #: a mail's): read through unwrap, which joins them.
 KERNEL_WRAPPED, NFT_WRAPPED = "kernel-wrapped", "nft-monitor-wrapped"
-_JOINERS = {KERNEL_WRAPPED: KernelJoiner, NFT_WRAPPED: NftJoiner}
+#: Each wrapped format: the format its lines are in once joined, and the joiner.
+WRAPPED: dict[str, tuple[str, type[KernelJoiner] | type[NftJoiner]]] = {
+    KERNEL_WRAPPED: (KERNEL, KernelJoiner), NFT_WRAPPED: (NFT_MONITOR, NftJoiner)}
 SNIFF_LINES = 500
 #: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
 SNIFF_BYTES = 4 << 20
@@ -115,8 +117,12 @@ def log_chunks(path: Path, fmt: str) -> Iterator[bytes]:
     """The bytes of a log as the parsers read them: raw_chunks, with a wrapped log's records
     joined."""
     chunks = raw_chunks(path)
-    joiner = _JOINERS.get(fmt)
-    return unwrap(chunks, joiner(LINE_LIMIT)) if joiner else chunks
+    return unwrap(chunks, WRAPPED[fmt][1](LINE_LIMIT)) if fmt in WRAPPED else chunks
+
+
+def base_format(fmt: str) -> str:
+    """The format a log's lines are in once any wrapped records are joined."""
+    return WRAPPED[fmt][0] if fmt in WRAPPED else fmt
 
 
 def headerless_records(path: Path, limit: int = CHUNK) -> int:
@@ -259,9 +265,11 @@ def log_format(path: Path) -> str:
             break  # the rest of SNIFF_BYTES would only be read to be thrown away
         head.append(text)
     fmt = sniff_format(head)
-    wrapped = {KERNEL: KERNEL_WRAPPED, NFT_MONITOR: NFT_WRAPPED}.get(fmt)
-    if wrapped and is_wrapped(next(raw_chunks(path, WRAP_SNIFF_BYTES), b""), _JOINERS[wrapped](LINE_LIMIT)):
-        return wrapped
+    for wrapped, (unwrapped, joiner) in WRAPPED.items():
+        if fmt == unwrapped:
+            first = next(raw_chunks(path, WRAP_SNIFF_BYTES), b"")
+            if is_wrapped(first, joiner(LINE_LIMIT), whole=len(first) < WRAP_SNIFF_BYTES):
+                return wrapped
     return fmt
 
 
@@ -269,10 +277,10 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd
     """Events of one file, in file order, then a FileEnd."""
     fmt = log_format(source.path)
     stats.formats[str(source.path)] = fmt
-    if fmt in (KERNEL, KERNEL_WRAPPED) and source.path.stat().st_size >= HELPER_MIN_BYTES:
+    if base_format(fmt) == KERNEL and source.path.stat().st_size >= HELPER_MIN_BYTES:
         yield from _kernel_events_from_helper(source, fmt, stats)
         yield FileEnd({})
-    elif fmt in (KERNEL, KERNEL_WRAPPED):
+    elif base_format(fmt) == KERNEL:
         yield from _kernel_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats)
         yield FileEnd({})
     else:

@@ -1,27 +1,37 @@
 """Trace records that a post or a mail hard-wrapped over several lines, joined again.
 
-Blogs, forums and mails wrap a kernel log's long lines at word boundaries (a blog's 100
-columns, a mail's 72): a record becomes its TRACE line, ending mid-record, and lines of
+Blogs, forums and mails wrap a log's long lines at word boundaries (a blog's 100 columns, a
+mail's 72): a kernel TRACE record becomes its TRACE line, ending mid-record, and lines of
 its fields under it (`MAC=...`, `PREC=0x00 TTL=128 ...`, `SYN URGP=0 OPT (...)`). Such a
 file is read as if each record were one line again.
 
-A line joins the record above it when it directly follows that record's TRACE line (or a
-line already joined to it), holds no trace marker, and starts with what can only continue
-a record: a kernel field (`KEY=` of a known key, an IP or TCP flag, `OPT`) that the record
-does not hold yet (or a word a damaged log left, `DST225`, `DS.225`, then such a field),
-the `(...)` of an `OPT` the record ends with, or the `table:chain:kind:N` header of a
-record ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP
-id, then the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the packet an ICMP
-error quotes in `[...]`, so a whole line followed by a line whose head was cut off (`SRC=...
-DST=...`, a damaged log) stays two.
+Kernel records: a line joins the record above it when it directly follows that record's
+TRACE line (or a line already joined to it), holds no trace marker, and starts with what
+can only continue a record: a kernel field (`KEY=` of a known key, an IP or TCP flag,
+`OPT`) that the record does not hold yet (or a word a damaged log left, `DST225`,
+`DS.225`, then such a field), the `(...)` of an `OPT` the record ends with, the `[` and `]`
+of the packet an ICMP error quotes, or the `table:chain:kind:N IN=` header of a record
+ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then the
+echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the quoted packet, so a whole line
+followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log) stays two.
 
-An `nft monitor trace` line wraps the same way: a `rule` line whose `(verdict ...)` comes on
-a later line (the lines between and that one join it, when it comes within a few lines and
-no blank or trace line comes first), and any other trace line (`packet:`, `policy`,
-`verdict`, `conntrack:`) whose words go on: a line made only of what such a line prints
-(lower-case words, numbers, addresses, MACs, `"names"`, `==`, `@th,64,96`), with more than
-an elision's dots, joins it; a sentence, a `#` comment or an `...` line does not. A mail's
-quoting (`> `) before a wrapped line is not part of it.
+`nft monitor trace` lines: a trace line that parse_nft's grammar does not read whole (a
+`rule` line whose `(verdict ...)` is on a later line, a `verdict` or `policy` line without
+its word) takes the lines after it, up to NFT_LINES of them, once the joined line reads
+whole; a `packet:` or `conntrack:` line (whose grammar takes any words) takes the lines that
+go on with its headers: lower-case words, numbers, addresses, `"names"`, `==`, the first of
+them a header keyword (`ip`, `saddr`), a value (`10325`, `@th,64,96`) or a named value
+(`not-ect`, `nd-router-solicit`, `syn`); not `nft monitor`'s own events (`add rule ...`), a
+sentence, a `#` comment or an `...` line.
+
+A mail's quoting (`> `) before a wrapped line is not part of it. A file is read as wrapped
+when its head shows records taking lines (is_wrapped), but not when the lines after a
+record that it does not take although they look like pieces of records (kernel fields; nft
+header words: not an author's notes) are more than a quarter of those it takes, nor (nft)
+when three or more lines were each continued at one and the same length: that is a cut at a
+fixed
+column (`fold`, a terminal's copy), whose pieces start inside words (`D=13891`, `dr
+10.0.0.2`) and must not be glued together with a space.
 
 Line numbers stay those of the file: a joined record keeps its first line's number and is
 followed by one empty line for each line joined to it, so every later line keeps its number
@@ -34,15 +44,16 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS
-from chainlab.trace.parse_kernel import IP_FLAGS, KNOWN_KEYS, TCP_FLAGS
+from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, TCP_FLAGS
+from chainlab.trace.parse_nft import NFT_LINE
 
+_BLANKS = WHITESPACE.encode()
+_QUOTING = _BLANKS + b">"  # before a line a mail quotes (parse_nft.QUOTED)
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
-_HEADER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}(?:\s|$)")
-_BLANKS = b" \t\r"
-_QUOTING = b" \t\r>"  # before a line a mail quotes
-_DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*(?:=\S*)?")
+_DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*")
 
 
 def _word_key(word: bytes) -> bytes:
@@ -52,66 +63,77 @@ def _word_key(word: bytes) -> bytes:
 
 
 class _Record:
-    """A TRACE line waiting for the lines that may continue it."""
+    """A kernel TRACE line waiting for the lines that may continue it. Each test and join
+    costs what the new line's length costs (the record is kept in parts)."""
 
     def __init__(self, text: bytes) -> None:
-        self.text = text
-        self.joined = 0
+        self.parts = [text]
+        self.size = len(text)
         self._keys: Counter[bytes] | None = None  # counted when a line may continue the record (most never)
+        self.quoting = self._brackets(text[text.rfind(b"TRACE:") + 6 :], False)
+        self.icmp = b"PROTO=ICMP" in text
+        self.udp = b"PROTO=UDP" in text
+
+    @staticmethod
+    def _brackets(text: bytes, inside: bool) -> bool:
+        """Whether, after `text`, the record is within the `[...]` of a quoted packet."""
+        opened, closed = text.rfind(b"["), text.rfind(b"]")
+        return inside if opened == closed else opened > closed
 
     @property
     def keys(self) -> Counter[bytes]:
         """How often the record holds each field's key."""
         if self._keys is None:
-            self._keys = Counter(_word_key(word) for word in self.text[self.text.rfind(b"TRACE:") + 6 :].split())
+            first = self.parts[0]
+            self._keys = Counter(_word_key(w) for part in [first[first.rfind(b"TRACE:") + 6 :], *self.parts[1:]]
+                                 for w in part.split())
         return self._keys
-
-    def _quoting(self) -> bool:
-        """Whether the record ends within the `[...]` of a quoted packet."""
-        return self.text.rfind(b"[") > self.text.rfind(b"]")
 
     def _room_for(self, key: bytes) -> bool:
         """Whether the record may hold one more `key` (see the module's doc)."""
         held = self.keys[key]
-        if held == 0 or self._quoting():
+        if held == 0 or self.quoting:
             return True
-        icmp = b"PROTO=ICMP" in self.text or self.keys[b"CODE="] > 0
-        twice = (key == b"ID=" and icmp) or (key == b"LEN=" and b"PROTO=UDP" in self.text)
-        return held == 1 and twice
+        icmp = self.icmp or self.keys[b"CODE="] > 0
+        return held == 1 and ((key == b"ID=" and icmp) or (key == b"LEN=" and self.udp))
 
-    def takes(self, line: bytes, limit: int) -> bool:
-        """Whether `line` (without its newline) continues this record."""
-        rest = line.lstrip(_QUOTING)
-        if not rest or len(self.text) + 1 + len(rest) > limit or MARKERS.search(rest):
+    def takes(self, rest: bytes, limit: int) -> bool:
+        """Whether `rest` (a line without its quoting and newline) continues this record."""
+        if not rest or self.size + 1 + len(rest) > limit or MARKERS.search(rest):
             return False
-        ending = self.text.rstrip(_BLANKS)
+        ending = self.parts[-1].rstrip(_BLANKS)
         if ending.endswith(b"TRACE:"):
-            return _HEADER.match(rest) is not None
-        word = rest.split(None, 1)[0]
-        if rest.startswith(b"(") and ending.rsplit(None, 1)[-1] == b"OPT":
+            return BARE_HEADER.match(rest) is not None
+        words = rest.split(None, 2)
+        word = words[0]
+        if word.startswith(b"(") and ending.rsplit(None, 1)[-1] == b"OPT":
             return True
         if word.startswith(b"["):  # the packet an ICMP error quotes
             return _word_key(word[1:]) in _FIELD_WORDS
         if word == b"]":
-            return self._quoting()
+            return self.quoting
         key = _word_key(word)
         if key in _FIELD_WORDS:
-            return self._room_for(key) and (word != b"OPT" or rest[3:4] in (b" ", b""))
+            return self._room_for(key) and (word != b"OPT" or len(words) == 1 or words[1].startswith(b"("))
         # a word the log's damage left (`DST225`), then fields
-        words = rest.split(None, 2)
         return (_DAMAGED.fullmatch(word) is not None and len(words) > 1 and _word_key(words[1]) in _FIELD_WORDS
                 and self._room_for(_word_key(words[1])))
 
-    def join(self, line: bytes) -> None:
-        rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
-        keys = self.keys  # counted before the text grows
-        self.text = self.text.rstrip(_BLANKS) + b" " + rest
+    def join(self, rest: bytes) -> None:
+        """Add a line that continues the record (`rest`: without quoting and newline)."""
+        rest = rest.rstrip(_BLANKS)
+        keys = self.keys  # counted before the record grows
+        self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
+        self.parts.append(rest)
+        self.size += 1 + len(rest)
         keys.update(_word_key(word) for word in rest.split())
-        self.joined += 1
+        self.quoting = self._brackets(rest, self.quoting)
+        self.icmp |= b"PROTO=ICMP" in rest
+        self.udp |= b"PROTO=UDP" in rest
 
     def lines(self) -> bytes:
         """The record as one line, then an empty line for each line joined to it."""
-        return self.text + b"\n" * (1 + self.joined)
+        return b" ".join(self.parts) + b"\n" * len(self.parts)
 
 
 class KernelJoiner:
@@ -120,15 +142,22 @@ class KernelJoiner:
     def __init__(self, limit: int) -> None:
         self.limit = limit  # the longest line a record may grow to
         self.record: _Record | None = None
-        self.joined = 0  # lines joined so far
+        self.joined = self.rejected = 0  # lines records took, and lines after one they did not
+
+    def looks_cut(self) -> bool:
+        """Whether what was read looks cut at a fixed column (see the module's doc)."""
+        return self.rejected * 4 > self.joined
 
     def line(self, line: bytes) -> bytes:
         """One line without its newline; what can be written out now (lines, each ended)."""
         record = self.record
-        if record is not None and record.takes(line, self.limit):
-            record.join(line)
+        rest = line.lstrip(_QUOTING)
+        if record is not None and len(line) < self.limit and record.takes(rest, self.limit):
+            record.join(rest)
             self.joined += 1
             return b""
+        if record is not None and not MARKERS.search(rest) and any(_word_key(w) in _FIELD_WORDS for w in rest.split()):
+            self.rejected += 1  # a piece of a record (it holds fields) that could not go on from there
         out = record.lines() if record is not None else b""
         if b"TRACE:" in line and len(line) < self.limit:
             self.record = _Record(line)
@@ -142,20 +171,38 @@ class KernelJoiner:
         return record.lines() if record is not None else b""
 
 
-_NFT_LINE = re.compile(rb"trace id [0-9a-f]+ ")
-_NFT_RULE = re.compile(rb"trace id [0-9a-f]+ \S+ \S+ \S+ (?:rule|unknown rule handle)(?:\s|$)")
-_NFT_VERDICT = re.compile(rb"\(verdict [^()]*\)[ \t\r]*$")  # what ends a rule line
-#: A word of what a trace line prints after its chain (but a rule): keywords, values (numbers,
-#: addresses, MACs, flags), quoted interface names, operators (and `$ns1mac`, which a test script left).
+#: How many lines a trace line that is not whole may take to read whole.
+NFT_LINES = 6
+#: A word of what a `packet:` or `conntrack:` line prints: keywords, values (numbers,
+#: addresses, MACs, flags), quoted interface names, operators (and `$ns1mac`, which a test
+#: script left).
 _NFT_WORD = re.compile(rb'[a-z0-9@.$][a-zA-Z0-9@,.:_/+-]*|"[^"\s]*"|==|!=|[{}]')
-#: How many lines may come between a rule line and its `(verdict ...)`.
-NFT_RULE_LINES = 6
+#: What a line that goes on with a packet's headers may start with besides a value: the
+#: header keywords and field names nft prints, and its common named values.
+_NFT_HEADS = frozenset(
+    b"ip ip6 tcp udp udplite sctp dccp icmp icmpv6 igmp esp ah comp ether vlan arp meta ct th iif oif iifname "
+    b"oifname saddr daddr dscp ecn ttl id protocol length sport dport flags window sequence ackseq doff reserved "
+    b"urgptr type code hoplimit flowlabel nexthdr checksum mtu gateway pcp dei cfi htype ptype hlen plen operation "
+    b"direction state status mark expiration helper label l3proto ce ef syn ack fin rst psh urg cwr ecn original "
+    b"reply request new established related untracked invalid".split()
+) | {f"cs{n}".encode() for n in range(8)} | {f"af{a}{b}".encode() for a in range(1, 5) for b in range(1, 4)}
+_VALUE = re.compile(rb'[0-9@".:]|\$\w|.*[0-9,-]|[=!]=')  # a number, address, `@th,64,96`, `"name"`, a named value, `==`
 
 
-def _headers_only(text: bytes) -> bool:
-    """Whether a line holds only what a trace line prints after its chain (and more than dots)."""
-    words = text.split()
+def _nft_words(rest: bytes) -> bool:
+    """Whether a line holds only words of a packet's headers (and more than an elision's dots)."""
+    words = rest.split()
     return all(_NFT_WORD.fullmatch(w) for w in words) and any(w.strip(b".") for w in words)
+
+
+def _goes_on(rest: bytes) -> bool:
+    """Whether a line goes on with a packet's headers (see the module's doc)."""
+    first = rest.split(None, 1)[0]
+    return _nft_words(rest) and (first in _NFT_HEADS or _VALUE.match(first) is not None)
+
+
+def _nft_match(line: bytes) -> re.Match[str] | None:
+    return NFT_LINE.match(line.decode("utf-8", "replace"))
 
 
 class NftJoiner:
@@ -165,17 +212,19 @@ class NftJoiner:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.record: bytes | None = None
-        self.rule = False  # the record is a rule line waiting for its verdict (else another trace line)
-        self.held: list[bytes] = []  # lines after a rule line, joined once its verdict comes
-        self.joined = 0
+        self.whole = False  # the record reads whole (a packet or conntrack line): lines go on with it
+        self.held: list[tuple[bytes, bytes]] = []  # (line as it came, without its quoting)
+        self.size = 0  # the joined line's length
+        self.joined = self.rejected = 0  # lines records took, and lines after one they did not
+        self.continued: list[int] = []  # the length of each line another was joined to
+        self._previous = 0
 
-    def _continues(self, line: bytes) -> bytes | None:
-        """`line` without its blanks if it may continue the record, else None."""
-        rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
-        if not rest or MARKERS.search(rest) or self.record is None:
-            return None
-        size = len(self.record) + sum(len(h) + 1 for h in self.held) + 1 + len(rest)
-        return rest if size <= self.limit else None
+    def looks_cut(self) -> bool:
+        """Whether what was read looks cut at a fixed column (see the module's doc): nft
+        lines, unlike kernel ones, are never padded into columns, so lines that were each
+        continued at one and the same length say so too."""
+        lengths = self.continued
+        return self.rejected * 4 > self.joined or (len(lengths) >= 3 and len(set(lengths)) == 1)
 
     def _flush(self, joined: bool) -> bytes:
         """The record and the lines held after it: one line (joined), or as they came."""
@@ -184,43 +233,55 @@ class NftJoiner:
             return b""
         if joined:
             self.joined += len(held)
-            return b" ".join([record.rstrip(_BLANKS), *held]) + b"\n" * (1 + len(held))
-        return b"".join(line + b"\n" for line in [record, *held])
+            return b" ".join([record.rstrip(_BLANKS), *(rest for _, rest in held)]) + b"\n" * (1 + len(held))
+        self.rejected += len(held)
+        return b"".join(line + b"\n" for line in [record, *(line for line, _ in held)])
 
     def line(self, line: bytes) -> bytes:
         """One line without its newline; what can be written out now (lines, each ended)."""
+        previous, self._previous = self._previous, len(line)
         out = b""
         if self.record is not None:
-            rest = self._continues(line)
-            if rest is not None and self.rule and len(self.held) < NFT_RULE_LINES:
-                self.held.append(rest)
-                return self._flush(True) if _NFT_VERDICT.search(b" ".join([self.record, *self.held])) else b""
-            if rest is not None and not self.rule and _headers_only(rest):
-                self.held.append(rest)
-                return b""
-            out = self._flush(not self.rule)  # a rule line whose verdict never came stays as it was
-        if len(line) < self.limit and _NFT_LINE.search(line):
-            rule = _NFT_RULE.search(line) is not None
-            if not (rule and _NFT_VERDICT.search(line)):  # a rule line with its verdict is whole
-                self.record, self.rule = line, rule
-                return out
+            rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
+            fits = rest and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit and not MARKERS.search(rest)
+            if fits and (_goes_on(rest) if self.whole else len(self.held) < NFT_LINES):
+                self.held.append((line, rest))
+                self.size += 1 + len(rest)
+                if self.whole:
+                    self.continued.append(previous)
+                    return b""
+                joined = b" ".join([self.record.rstrip(_BLANKS), *(r for _, r in self.held)])
+                if _nft_match(joined) is None:
+                    return b""
+                self.continued += [len(self.record), *(len(held) for held, _ in self.held[:-1])]
+                return self._flush(True)
+            if rest and not MARKERS.search(rest) and _nft_words(rest):
+                self.rejected += 1  # a piece of trace output that could not go on from there
+            out = self._flush(self.whole)  # a line that never read whole stays as it came
+        match = _nft_match(line) if len(line) < self.limit and b"trace id " in line else None
+        if b"trace id " in line and len(line) < self.limit and (match is None or match.group(5) or match.group(13)):
+            self.record, self.whole, self.size = line, match is not None, len(line)
+            return out
         return out + line + b"\n"
 
     def end(self) -> bytes:
         """What is still held at the end of the input."""
-        return self._flush(not self.rule)
+        return self._flush(self.whole)
 
 
 Joiner = KernelJoiner | NftJoiner
 
 
-def is_wrapped(head: bytes, joiner: Joiner) -> bool:
-    """Whether the first lines of a log (`head`, its last line possibly cut) hold a wrapped record."""
-    for line in head.split(b"\n")[:-1]:
+def is_wrapped(head: bytes, joiner: Joiner, whole: bool) -> bool:
+    """Whether the first lines of a log (`head`; `whole`: all of it, else its last line may be
+    cut) hold a wrapped record, and not a cut at a fixed column (see the module's doc)."""
+    lines = head.split(b"\n")
+    if not whole or not lines[-1]:
+        lines.pop()
+    for line in lines:
         joiner.line(line)
-        if joiner.joined:
-            return True
-    return False
+    joiner.end()
+    return joiner.joined > 0 and not joiner.looks_cut()
 
 
 def unwrap(chunks: Iterable[bytes], joiner: Joiner) -> Iterator[bytes]:
