@@ -135,6 +135,8 @@ class BaseChainOrder:
     def learn(self, steps: list[Step]) -> bool:
         """Take what the walk shows; whether it showed something new."""
         learned = False
+        if steps[0].family is None and steps[-1].family is None:  # a kernel log's walk: no nft base chains
+            return learned
         for before, after in zip(steps, steps[1:]):
             if (before.kind == "policy" and before.family is not None and before.hook is not None
                     and (after.hook, after.table, after.family) == (before.hook, before.table, before.family)
