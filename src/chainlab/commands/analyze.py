@@ -111,8 +111,8 @@ def analyze_command(
     ok, stats = run(sources, options, fmt, checker, title)
     if stats.lines and not stats.trace_records:
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
-                   " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>`); LOG-target"
-                   " lines and re-wrapped traces are not", err=True)
+                   " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
+                   " post); LOG-target lines are not", err=True)
         bare = sum(headerless_records(source.path) for source in sources)
         if bare:
             click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"
@@ -121,7 +121,7 @@ def analyze_command(
     elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
         click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
                    " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
-                   " wrapped onto more lines, before posting?) or are damaged beyond repair", err=True)
+                   " cut at a fixed column, before posting?) or are damaged beyond repair", err=True)
     if not ok:
         sys.exit(1)
 
