@@ -282,3 +282,27 @@ def test_a_damaged_word_then_fields_and_a_quoted_packet_continue_a_record():
     error = f"{head} PROTO=ICMP TYPE=3 CODE=3 [SRC=10.0.0.2 DST=10.0.0.1 LEN=40"
     assert joined(f"{error}\nPROTO=UDP SPT=53 DPT=5353 LEN=20\n]\nMTU=1500\n") == (
         f"{error} PROTO=UDP SPT=53 DPT=5353 LEN=20 ] MTU=1500\n\n\n\n")
+
+
+def test_a_prefix_alone_on_its_line_starts_the_record_below_it():
+    """A long RFC 3339 time and an EC2 host fill a mail's 72 columns: `kernel: TRACE: ...`
+    comes on the next line; the record keeps the prefix's host, time and line number. A line
+    that is more than a prefix, or a prefix whose next line brings its own, stays apart."""
+    prefix = "2024-01-31T22:41:52.123456+00:00 ip-10-0-12-34.eu-west-1.compute.internal"
+    record = f"kernel: {LINE[LINE.index('TRACE:'):]}"
+    assert joined(f"{prefix}\n{record}\n") == f"{prefix} {record}\n\n"
+    log = f"> {prefix}\n> {record}\n"
+    assert joined(log) == f"> {prefix} {record}\n\n"
+    for text in [f"Mar 24 22:41:52 host sshd[1]: Accepted\n{record[8:]}\n", "[ 12.5]\n[ 12.5] TRACE: x\n",
+                 f"{prefix} kernel:\n{record}\n", f"{prefix}\nhello\n", f"{prefix}\n"]:
+        assert joined(text) == text
+
+
+def test_the_record_after_a_prefix_line_is_the_host_s(tmp_path):
+    prefix = "2024-01-31T22:41:52.123456+00:00 ip-10-0-12-34.eu-west-1.compute.internal"
+    log = tmp_path / "eks.log"
+    log.write_text(f"{prefix}\nkernel: {LINE[LINE.index('TRACE:'):LINE.index(' MAC=')]}\n{LINE[LINE.index('MAC='):]}\n")
+    assert log_format(log) == KERNEL_WRAPPED
+    (packet,) = analyze([LogSource(log)]).packets
+    assert packet.node == "ip-10-0-12-34.eu-west-1.compute.internal" and packet.steps[0].line == 1
+    assert packet.fields.dport == 80 and packet.steps[0].time

@@ -11,7 +11,9 @@ can only continue a record: a kernel field (`KEY=` of a known key, an IP or TCP 
 `OPT`) that the record does not hold yet (or a word a damaged log left, `DST225`,
 `DS.225`, then such a field), the `(...)` of an `OPT` the record ends with, the `[` and `]`
 of the packet an ICMP error quotes, or the `table:chain:kind:N IN=` header of a record
-ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then the
+ending in `TRACE:`; and a line that is a log line's prefix alone (a long RFC 3339 time and
+host filled it) joins the TRACE line after it when that starts with the prefix's rest
+(`kernel:`, an uptime) and `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then the
 echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the quoted packet, so a whole line
 followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log) stays two.
 
@@ -46,7 +48,7 @@ from collections.abc import Iterable, Iterator
 
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS
-from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, TCP_FLAGS
+from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, PREFIX, TCP_FLAGS
 from chainlab.trace.parse_nft import NFT_LINE
 
 _BLANKS = WHITESPACE.encode()
@@ -54,6 +56,11 @@ _QUOTING = _BLANKS + b">"  # before a line a mail quotes (parse_nft.QUOTED)
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
 _DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*")
+_UPTIME = r"\[\s*\d+\.\d+\]"
+#: A line that is a log line's prefix and nothing more (a long time and host filled it).
+_PREFIX_ONLY = re.compile(rf"(?:{PREFIX.pattern}(?:kernel:\s*)?(?:{_UPTIME}\s*)?|\s*{_UPTIME}\s*)$", re.ASCII)
+#: What the line after such a prefix may start with: the rest of it, then the record.
+_AFTER_PREFIX = re.compile(rb"(?:kernel:\s*)?(?:\[\s*\d+\.\d+\]\s*)?TRACE:")
 
 
 def _word_key(word: bytes) -> bytes:
@@ -136,6 +143,13 @@ class _Record:
         return b" ".join(self.parts) + b"\n" * len(self.parts)
 
 
+def _goes_on_from(prefix: bytes, rest: bytes) -> bool:
+    """Whether `rest` starts with what a prefix alone (`prefix`) lacks, then `TRACE:`."""
+    head = prefix.rstrip(_BLANKS)
+    return (_AFTER_PREFIX.match(rest) is not None and not (b"kernel:" in head and rest.startswith(b"kernel:"))
+            and not (head.endswith(b"]") and rest.startswith(b"[")))
+
+
 class KernelJoiner:
     """Lines in, lines out: each kernel record's wrapped lines joined (see the module's doc)."""
 
@@ -143,6 +157,7 @@ class KernelJoiner:
         self.limit = limit  # the longest line a record may grow to
         self.record: _Record | None = None
         self.joined = self.rejected = 0  # lines records took, and lines after one they did not
+        self.prefix: bytes | None = None  # a line that is a prefix alone: the record may start on the next
 
     def looks_cut(self) -> bool:
         """Whether what was read looks cut at a fixed column (see the module's doc)."""
@@ -159,16 +174,29 @@ class KernelJoiner:
         if record is not None and not MARKERS.search(rest) and any(_word_key(w) in _FIELD_WORDS for w in rest.split()):
             self.rejected += 1  # a piece of a record (it holds fields) that could not go on from there
         out = record.lines() if record is not None else b""
+        self.record = None
+        prefix, self.prefix = self.prefix, None
+        joined_prefix = prefix is not None and _goes_on_from(prefix, rest)
+        if prefix is not None and not joined_prefix:
+            out += prefix + b"\n"
+        if joined_prefix:  # the prefix line, then the record that goes on from it
+            line = prefix.rstrip(_BLANKS) + b" " + rest
         if b"TRACE:" in line and len(line) < self.limit:
             self.record = _Record(line)
+            if joined_prefix:
+                self.record.parts, self.record.size = [prefix.rstrip(_BLANKS), rest], len(line)
+                self.joined += 1
             return out
-        self.record = None
+        if len(line) < self.limit and not MARKERS.search(line) and _PREFIX_ONLY.match(
+                line.lstrip(_QUOTING).decode("ascii", "replace") + " "):
+            self.prefix = line
+            return out
         return out + line + b"\n"
 
     def end(self) -> bytes:
         """What is still held at the end of the input."""
-        record, self.record = self.record, None
-        return record.lines() if record is not None else b""
+        record, prefix, self.record, self.prefix = self.record, self.prefix, None, None
+        return (record.lines() if record is not None else b"") + (prefix + b"\n" if prefix is not None else b"")
 
 
 #: How many lines a trace line that is not whole may take to read whole.
