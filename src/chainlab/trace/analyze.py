@@ -134,9 +134,9 @@ class BaseChainOrder:
 
     def learn(self, steps: list[Step]) -> bool:
         """Take what the walk shows; whether it showed something new."""
-        learned = False
         if steps[0].family is None and steps[-1].family is None:  # a kernel log's walk: no nft base chains
-            return learned
+            return False
+        learned = False
         for before, after in zip(steps, steps[1:]):
             if (before.kind == "policy" and before.family is not None and before.hook is not None
                     and (after.hook, after.table, after.family) == (before.hook, before.table, before.family)
@@ -157,10 +157,7 @@ class BaseChainOrder:
         bases = self._bases.get((last.hook, last.table), set()) if last.hook is not None else set()
         here = [s for s in steps if s.hook == last.hook and s.table == last.table]
         base = next((s.chain for s in reversed(here) if s.chain in bases), None)
-        if base is None:
-            return []
-        passed = {s.chain for s in here}
-        later = self._next.get((last.hook, last.table, base), set()) - passed
+        later = self._next.get((last.hook, last.table, base), set()) - {s.chain for s in here} if base else set()
         return [(last.hook, f"{last.table}:{chain}") for chain in sorted(later)]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import itertools
 import signal
 import zlib
 from collections.abc import Iterator
@@ -260,15 +261,17 @@ def log_format(path: Path) -> str:
     KERNEL_WRAPPED or NFT_WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over
     lines."""
     head = []
-    for number, text, _ in marked_lines(raw_chunks(path, SNIFF_BYTES), ReadStats()):
+    chunks = raw_chunks(path, SNIFF_BYTES)
+    first = next(chunks, b"")  # CHUNK bytes: the wrap sniff's too
+    for number, text, _ in marked_lines(itertools.chain([first], chunks), ReadStats()):
         if number > SNIFF_LINES:
             break  # the rest of SNIFF_BYTES would only be read to be thrown away
         head.append(text)
     fmt = sniff_format(head)
     for wrapped, (unwrapped, joiner) in WRAPPED.items():
         if fmt == unwrapped:
-            first = next(raw_chunks(path, WRAP_SNIFF_BYTES), b"")
-            if is_wrapped(first, joiner(LINE_LIMIT), whole=len(first) < WRAP_SNIFF_BYTES):
+            wrap_head = first[:WRAP_SNIFF_BYTES]
+            if is_wrapped(wrap_head, joiner(LINE_LIMIT), whole=len(wrap_head) < WRAP_SNIFF_BYTES):
                 return wrapped
     return fmt
 
@@ -277,10 +280,11 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd
     """Events of one file, in file order, then a FileEnd."""
     fmt = log_format(source.path)
     stats.formats[str(source.path)] = fmt
-    if base_format(fmt) == KERNEL and source.path.stat().st_size >= HELPER_MIN_BYTES:
+    kernel = base_format(fmt) == KERNEL
+    if kernel and source.path.stat().st_size >= HELPER_MIN_BYTES:
         yield from _kernel_events_from_helper(source, fmt, stats)
         yield FileEnd({})
-    elif base_format(fmt) == KERNEL:
+    elif kernel:
         yield from _kernel_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats)
         yield FileEnd({})
     else:

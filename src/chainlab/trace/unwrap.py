@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS
-from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, PREFIX, TCP_FLAGS
+from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, PREFIX, TCP_FLAGS, UPTIME
 from chainlab.trace.parse_nft import NFT_LINE
 
 _BLANKS = WHITESPACE.encode()
@@ -56,11 +56,11 @@ _QUOTING = _BLANKS + b">"  # before a line a mail quotes (parse_nft.QUOTED)
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
 _DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*")
-_UPTIME = r"\[\s*\d+\.\d+\]"
 #: A line that is a log line's prefix and nothing more (a long time and host filled it).
-_PREFIX_ONLY = re.compile(rf"(?:{PREFIX.pattern}(?:kernel:\s*)?(?:{_UPTIME}\s*)?|\s*{_UPTIME}\s*)$", re.ASCII)
+_PREFIX_ONLY = re.compile(rf"(?:{PREFIX.pattern}(?:kernel:\s*)?(?:{UPTIME.pattern}\s*)?|\s*{UPTIME.pattern}\s*)$",
+                          re.ASCII)
 #: What the line after such a prefix may start with: the rest of it, then the record.
-_AFTER_PREFIX = re.compile(rb"(?:kernel:\s*)?(?:\[\s*\d+\.\d+\]\s*)?TRACE:")
+_AFTER_PREFIX = re.compile(rf"(?:kernel:\s*)?(?:{UPTIME.pattern}\s*)?TRACE:".encode(), re.ASCII)
 
 
 def _word_key(word: bytes) -> bytes:
@@ -69,15 +69,22 @@ def _word_key(word: bytes) -> bytes:
     return word if equals < 0 else word[: equals + 1]
 
 
+def _fields_text(text: bytes) -> bytes:
+    """What follows a record's last `TRACE:`: its header and fields."""
+    return text[text.rfind(b"TRACE:") + 6 :]
+
+
 class _Record:
-    """A kernel TRACE line waiting for the lines that may continue it. Each test and join
+    """A kernel TRACE line waiting for the lines that may continue it (given in `parts` when
+    it already spans lines: a prefix alone, then the line with `TRACE:`). Each test and join
     costs what the new line's length costs (the record is kept in parts)."""
 
-    def __init__(self, text: bytes) -> None:
-        self.parts = [text]
+    def __init__(self, *parts: bytes) -> None:
+        text = b" ".join(parts)
+        self.parts = list(parts)
         self.size = len(text)
         self._keys: Counter[bytes] | None = None  # counted when a line may continue the record (most never)
-        self.quoting = self._brackets(text[text.rfind(b"TRACE:") + 6 :], False)
+        self.quoting = self._brackets(_fields_text(text), False)
         self.icmp = b"PROTO=ICMP" in text
         self.udp = b"PROTO=UDP" in text
 
@@ -91,9 +98,7 @@ class _Record:
     def keys(self) -> Counter[bytes]:
         """How often the record holds each field's key."""
         if self._keys is None:
-            first = self.parts[0]
-            self._keys = Counter(_word_key(w) for part in [first[first.rfind(b"TRACE:") + 6 :], *self.parts[1:]]
-                                 for w in part.split())
+            self._keys = Counter(_word_key(w) for w in _fields_text(b" ".join(self.parts)).split())
         return self._keys
 
     def _room_for(self, key: bytes) -> bool:
@@ -176,16 +181,14 @@ class KernelJoiner:
         out = record.lines() if record is not None else b""
         self.record = None
         prefix, self.prefix = self.prefix, None
-        joined_prefix = prefix is not None and _goes_on_from(prefix, rest)
-        if prefix is not None and not joined_prefix:
+        if prefix is not None and _goes_on_from(prefix, rest) and len(prefix) + 1 + len(rest) < self.limit:
+            self.record = _Record(prefix.rstrip(_BLANKS), rest)  # the prefix line, then the record going on from it
+            self.joined += 1
+            return out
+        if prefix is not None:
             out += prefix + b"\n"
-        if joined_prefix:  # the prefix line, then the record that goes on from it
-            line = prefix.rstrip(_BLANKS) + b" " + rest
         if b"TRACE:" in line and len(line) < self.limit:
             self.record = _Record(line)
-            if joined_prefix:
-                self.record.parts, self.record.size = [prefix.rstrip(_BLANKS), rest], len(line)
-                self.joined += 1
             return out
         if len(line) < self.limit and not MARKERS.search(line) and _PREFIX_ONLY.match(
                 line.lstrip(_QUOTING).decode("ascii", "replace") + " "):
@@ -286,10 +289,12 @@ class NftJoiner:
             if rest and not MARKERS.search(rest) and _nft_words(rest):
                 self.rejected += 1  # a piece of trace output that could not go on from there
             out = self._flush(self.whole)  # a line that never read whole stays as it came
-        match = _nft_match(line) if len(line) < self.limit and b"trace id " in line else None
-        if b"trace id " in line and len(line) < self.limit and (match is None or match.group(5) or match.group(13)):
-            self.record, self.whole, self.size = line, match is not None, len(line)
-            return out
+        if len(line) < self.limit and b"trace id " in line:
+            match = _nft_match(line)
+            # not whole yet, or a packet or conntrack line (parse_nft_monitor's groups 5 and 13)
+            if match is None or any(match.group(5, 13)):
+                self.record, self.whole, self.size = line, match is not None, len(line)
+                return out
         return out + line + b"\n"
 
     def end(self) -> bytes:
