@@ -166,6 +166,7 @@ def test_a_walk_shows_what_nat_changed_on_its_node(tmp_path):
     def redirect(doc):
         packet = doc["packets"][0]
         packet["sport"], packet["dport"] = 40000, 80
+        packet["entry"] = {"src": packet["src"], "dst": packet["dst"], "sport": 40000, "dport": 80}
         packet["exit"] = {"src": packet["src"], "dst": packet["dst"], "sport": 40000, "dport": 8080}
 
     text = html.unescape(render_run_report(scenario4_run(tmp_path, mutate=redirect)).read_text())

@@ -256,8 +256,9 @@ def test_nat_notes_name_changed_ports_and_keep_address_only_notes_for_icmp():
     assert icmp.nat == ["SNAT on a: src fd00::1 → 10.0.0.1", "DNAT on b: dst 10.0.0.2 → 10.0.0.3"]
     record = PacketRecord("b", "request", "tcp", "fd00::1", "fd00::2", None, "flow", 64, ["PREROUTING"], None, [],
                           "accepted", "", None, False, "fd00::1", "fd00::2", sport=5, dport=80, exit_sport=5,
-                          exit_dport=3128)
+                          exit_dport=3128, has_entry=True, entry_sport=5, entry_dport=80)
     assert record.nat == ["DNAT: dst [fd00::2]:80 → [fd00::2]:3128"]
+    assert record.to_dict()["entry"] == {"src": "fd00::1", "dst": "fd00::2", "sport": 5, "dport": 80}
     assert record.to_dict()["exit"] == {"src": "fd00::1", "dst": "fd00::2", "sport": 5, "dport": 3128}
     assert PacketRecord.from_dict(record.to_dict()) == record
 
@@ -295,3 +296,25 @@ def test_flows_chain_only_hops_that_can_be_one_packet():
     assert flows(delivered, hop("n2", "10.0.0.9", "10.0.0.2", 63)) == []
     assert flows(hop("gw", "10.0.0.1", "10.0.0.2", 64), hop("web", "10.0.0.1", "10.0.0.2", 63),
                  hop("gw", "10.0.0.1", "10.0.0.2", 64)) == [["gw", "web"]]
+
+
+def test_a_hop_and_its_packet_read_the_same_ports_of_a_damaged_line():
+    """A flow's hop and the packet's JSON take a line's ports by one rule (flows.endpoints):
+    an intact first or last line keeps them whatever other lines were damaged; a damaged one
+    gives none (its number may be cut off)."""
+    from chainlab.trace.contract import PacketRecord
+    from chainlab.trace.flows import FlowIndex
+    from chainlab.trace.model import Fields, Packet
+
+    first = Fields(src="10.0.0.1", dst="10.0.0.2", sport=4000, dport=80, ip_id=7, proto="TCP", ttl=64)
+    cut = Fields(src="10.0.0.1", dst="172.30.2.2", sport=4000, dport=52, ip_id=7, proto="TCP", ttl=64, damaged=True)
+    intact = Fields(src="10.0.0.1", dst="172.30.2.2", sport=4000, dport=8080, ip_id=7, proto="TCP", ttl=64)
+    for last, exit_ports in ((intact, (4000, 8080)), (cut, (None, None))):
+        packet = Packet("web", first, first=first, last=last, repaired_lines=1, hooks=["PREROUTING"])
+        index = FlowIndex()
+        index.add(packet)
+        ((_, _, hop),) = next(iter(index.hops.values()))
+        record = PacketRecord.from_packet(packet)
+        assert hop.entry[2:] == (4000, 80) and hop.exit[2:] == exit_ports
+        assert (record.exit_sport, record.exit_dport) == exit_ports
+        assert (record.entry_sport, record.entry_dport) == (4000, 80)

@@ -710,19 +710,55 @@ def test_a_port_only_dnat_on_one_node_is_named(engine):
     assert packet["exit"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": 42182, "dport": 52000}
 
 
+def _analyze_lines(tmp_path: Path, lines: list[str], engine: str, *args: str) -> str:
+    log = tmp_path / "edited.log"
+    log.write_text("\n".join(lines) + "\n")
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", *args, str(log)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CHAINLAB_ENGINE": engine})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 @pytest.mark.parametrize("engine", ["native", "python"])
-def test_a_packet_with_a_damaged_line_gets_no_port_note(tmp_path, engine):
-    """The same trace with its last line cut inside `DPT=52000` and the next line glued on:
-    the cut number still reads as a port, so a packet with a damaged line gets no port note."""
+def test_a_damaged_line_between_intact_ones_hides_no_nat(tmp_path, engine):
+    """The trace with its last line cut inside `DPT=52000` and the whole line glued on after
+    the cut: the cut piece is damaged, its ports not read; the intact lines around it still
+    show the DNAT of port 80 to 52000."""
     lines = (PUBLIC / "kube-nodeport-port80-dnat-52000.log").read_text().splitlines()
     last = lines[-1]
-    log = tmp_path / "glued.log"
-    log.write_text("\n".join([*lines[:-1], last[:last.index("DPT=52000") + 6] + last]) + "\n")
-    chainlab = Path(sys.executable).parent / "chainlab"
-    proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "CHAINLAB_ENGINE": engine})
-    assert "1 damaged but attributed" in proc.stdout and "1 packets" in proc.stdout
-    assert "DNAT" not in proc.stdout
+    out = _analyze_lines(tmp_path, [*lines[:-1], last[:last.index("DPT=52000") + 6] + last], engine)
+    assert "1 damaged but attributed" in out and "1 packets" in out
+    assert "DNAT: dst 172.28.129.4:80 → 172.28.129.4:52000" in out
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_damaged_last_line_gives_no_port_note(tmp_path, engine):
+    """The last line cut inside `DPT=52000`, another kernel line glued on: the cut number
+    still reads as a port, so the packet's exit has no ports and no port note is made."""
+    lines = (PUBLIC / "kube-nodeport-port80-dnat-52000.log").read_text().splitlines()
+    last = lines[-1]
+    cut = last[:last.index("DPT=52000") + 6] + "Jan  3 13:49:23 cos74 kernel: eth0: link becomes ready"
+    packet = json.loads(_analyze_lines(tmp_path, [*lines[:-1], cut], engine, "--format", "json"))["packets"][0]
+    assert packet["repaired_lines"] == 1
+    assert packet["entry"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": 42182, "dport": 80}
+    assert packet["exit"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": None, "dport": None}
+    assert "DNAT" not in _analyze_lines(tmp_path, [*lines[:-1], cut], engine)
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_first_line_without_ports_shows_none_in_the_nat_note(tmp_path, engine):
+    """A shortened first line (no SPT=/DPT=) whose next lines come after a DNAT: the packet's
+    ports are the later lines' (52000), but the note shows the first line's destination
+    without a port instead of with the translated one on both sides."""
+    lines = (PUBLIC / "kube-nodeport-port80-dnat-52000.log").read_text().splitlines()
+    first = lines[0].replace(" SPT=42182 DPT=80", "")
+    later = [line.replace("DST=172.28.129.4", "DST=10.244.1.5") for line in lines[15:]]
+    out = _analyze_lines(tmp_path, [first, *later], engine)
+    assert "DNAT: dst 172.28.129.4 → 10.244.1.5:52000" in out
+    packet = json.loads(_analyze_lines(tmp_path, [first, *later], engine, "--format", "json"))["packets"][0]
+    assert (packet["sport"], packet["dport"]) == (42182, 52000)
+    assert packet["entry"] == {"src": "172.28.129.2", "dst": "172.28.129.4", "sport": None, "dport": None}
 
 
 def test_the_base_chain_order_a_node_learns_is_bounded(monkeypatch):

@@ -1660,6 +1660,7 @@ struct Packet {
     int has_first, has_last;
     char first_src[ADDR_MAX], first_dst[ADDR_MAX], last_src[ADDR_MAX], last_dst[ADDR_MAX];
     long long first_ttl, first_sport, first_dport, last_ttl, last_sport, last_dport;
+    int first_damaged, last_damaged; /* those lines' ports are not read (flows.endpoints) */
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
     int last_bridge;           /* the last step is of an nft bridge table */
     int at_end;
@@ -2408,6 +2409,7 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
             p->first_ttl = f->ttl;
             p->first_sport = f->sport;
             p->first_dport = f->dport;
+            p->first_damaged = f->damaged;
         }
         p->has_last = 1;
         memcpy(p->last_src, f->src, ADDR_MAX);
@@ -2415,6 +2417,7 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         p->last_ttl = f->ttl;
         p->last_sport = f->sport;
         p->last_dport = f->dport;
+        p->last_damaged = f->damaged;
     }
     p->last_seen = e->count;
     lru_unlink(e, p);
@@ -3242,11 +3245,10 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
     h->walk = Py_NewRef(w->result);
     h->ttl = p->has_first ? p->first_ttl : NONE;
     h->sport = h->dport = h->exit_sport = h->exit_dport = NONE;
-    int ports = !p->repaired; /* a damaged line's cut-off number still reads as a port */
     if (p->has_first) {
         memcpy(h->src, p->first_src, ADDR_MAX);
         memcpy(h->dst, p->first_dst, ADDR_MAX);
-        if (ports) {
+        if (!p->first_damaged) {
             h->sport = p->first_sport;
             h->dport = p->first_dport;
         }
@@ -3254,7 +3256,7 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
     if (p->has_last) {
         memcpy(h->exit_src, p->last_src, ADDR_MAX);
         memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
-        if (ports) {
+        if (!p->last_damaged) {
             h->exit_sport = p->last_sport;
             h->exit_dport = p->last_dport;
         }
@@ -3409,6 +3411,18 @@ static int put_step(Buf *b, const Packet *p, size_t i, const Walk *w) {
 
 static int put_opt_str(Buf *b, const char *s, int has) { return has ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
 
+/* PacketRecord._ends: a line's addresses and, for a packet with ports, its ports (None on a
+ * damaged line: flows.endpoints). */
+static int put_ends(Buf *b, const Packet *p, const char *src, const char *dst, long long sport, long long dport,
+                    int damaged) {
+    int err = PUTL(b, "{\"src\": ") || put_jstr(b, src, strlen(src)) || PUTL(b, ", \"dst\": ") ||
+              put_jstr(b, dst, strlen(dst));
+    if (p->f.sport != NONE || p->f.dport != NONE)
+        err = err || PUTL(b, ", \"sport\": ") || put_opt_int(b, damaged ? NONE : sport) || PUTL(b, ", \"dport\": ") ||
+              put_opt_int(b, damaged ? NONE : dport);
+    return err || PUTL(b, "}");
+}
+
 /* contract.PacketRecord.to_dict, as JSON: steps in the analysis's tables (all of them when
  * `filter` is 0), the walk's pieces from `w`. */
 static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int direction, int filter) {
@@ -3442,16 +3456,12 @@ static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int 
     err |= PUTL(b, ", \"last_step\": ");
     err |= p->n_steps ? put_step(b, p, p->n_steps - 1, w) : PUTL(b, "null");
     err |= PUTL(b, ", \"new_connection\": ") || put(b, w->newconn_json, (size_t)w->newconn_json_n);
+    err |= PUTL(b, ", \"entry\": ");
+    err |= p->has_first ? put_ends(b, p, p->first_src, p->first_dst, p->first_sport, p->first_dport, p->first_damaged)
+                        : PUTL(b, "null");
     err |= PUTL(b, ", \"exit\": ");
-    if (p->has_last) {
-        err |= PUTL(b, "{\"src\": ") || put_jstr(b, p->last_src, strlen(p->last_src)) || PUTL(b, ", \"dst\": ") ||
-               put_jstr(b, p->last_dst, strlen(p->last_dst));
-        if (p->f.sport != NONE || p->f.dport != NONE) /* the last line's ports: DNAT may change them */
-            err |= PUTL(b, ", \"sport\": ") || put_opt_int(b, p->last_sport) || PUTL(b, ", \"dport\": ") ||
-                   put_opt_int(b, p->last_dport);
-        err |= PUTL(b, "}");
-    } else
-        err |= PUTL(b, "null");
+    err |= p->has_last ? put_ends(b, p, p->last_src, p->last_dst, p->last_sport, p->last_dport, p->last_damaged)
+                       : PUTL(b, "null");
     err |= PUTL(b, ", \"repaired_lines\": ") || put_int(b, p->repaired);
     if (strcmp(p->f.proto, "ICMP") == 0 || strcmp(p->f.proto, "ICMPV6") == 0)
         err |= PUTL(b, ", \"icmp\": {\"type\": ") || put_opt_int(b, p->f.icmp_type) || PUTL(b, ", \"id\": ") ||

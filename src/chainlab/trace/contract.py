@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlab.trace.expect import Check, is_probe
-from chainlab.trace.flows import Endpoints, Flow, Hop, changed, nat_kind
+from chainlab.trace.flows import Endpoints, Flow, Hop, changed, endpoints, nat_kind
 from chainlab.trace.model import ICMP_PROTOCOLS, IDENTITIES, Packet, Step
 
 
@@ -139,19 +139,25 @@ class PacketRecord:
     trace_ids: list[str] = field(default_factory=list)
     exit_sport: int | None = None  # the last line's ports (DNAT may change the destination port)
     exit_dport: int | None = None
+    #: a line shows both addresses: `src`, `dst` and these ports are the first such line's
+    #: (`exit_*` the last one's); a damaged line's ports are None (flows.endpoints)
+    has_entry: bool = False
+    entry_sport: int | None = None
+    entry_dport: int | None = None
 
     @classmethod
     def from_packet(cls, p: Packet, tables: set[str] | None = None) -> PacketRecord:
         f = p.fields
         entry = p.first or f
         steps = [StepRecord.from_step(s) for s in p.steps if tables is None or s.table in tables]
+        first, last = endpoints(p.first), endpoints(p.last)
         return cls(
             p.node, p.direction, p.protocol, entry.src, entry.dst, f.ip_id, p.identity, entry.ttl, list(p.hooks),
             p.route, steps, p.verdict, p.reason, StepRecord.from_step(p.steps[-1]) if p.steps else None,
-            p.new_connection, p.last.src if p.last else None, p.last.dst if p.last else None, p.repaired_lines,
+            p.new_connection, last[0], last[1], p.repaired_lines,
             f.icmp_type, f.icmp_id, f.icmp_seq, f.proto in ICMP_PROTOCOLS, f.sport, f.dport,
             sorted(f.tcp_flags) if f.tcp_flags else [], f.flow_label, list(p.trace_ids),
-            p.last.sport if p.last else None, p.last.dport if p.last else None,
+            last[2], last[3], p.first is not None, first[2], first[3],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +167,9 @@ class PacketRecord:
             "route": self.route, "steps": [s.to_dict() for s in self.steps], "verdict": self.verdict,
             "reason": self.reason, "last_step": self.last_step.to_dict() if self.last_step else None,
             "new_connection": self.new_connection,
-            "exit": self._exit() if self.exit_src is not None else None,
+            "entry": self._ends(self.src, self.dst, self.entry_sport, self.entry_dport) if self.has_entry else None,
+            "exit": self._ends(self.exit_src, self.exit_dst, self.exit_sport, self.exit_dport)
+            if self.exit_src is not None else None,
             "repaired_lines": self.repaired_lines,
         }
         if self.has_icmp:
@@ -176,11 +184,12 @@ class PacketRecord:
             out["trace_ids"] = self.trace_ids
         return out
 
-    def _exit(self) -> dict[str, Any]:
-        """The addresses (and, for a packet with ports, the ports) on the packet's last line."""
-        out: dict[str, Any] = {"src": self.exit_src, "dst": self.exit_dst}
+    def _ends(self, src: str | None, dst: str | None, sport: int | None, dport: int | None) -> dict[str, Any]:
+        """The addresses (and, for a packet with ports, the ports) on the packet's first
+        (`entry`) or last (`exit`) line."""
+        out: dict[str, Any] = {"src": src, "dst": dst}
         if self.sport is not None or self.dport is not None:
-            out["sport"], out["dport"] = self.exit_sport, self.exit_dport
+            out["sport"], out["dport"] = sport, dport
         return out
 
     @property
@@ -191,22 +200,20 @@ class PacketRecord:
         """What NAT changed on this node between the packet's first and last lines, e.g.
         `DNAT: dst 10.0.0.4:80 → 10.0.0.4:52000` (an SNAT in nat POSTROUTING, the last table,
         is not seen on the node that does it: the flows across nodes show it). Ports are
-        compared only when no damaged line was attributed to the packet: a line cut inside
-        `DPT=52000` still reads as a port."""
-        if self.exit_src is None:
+        compared where both lines show them (a damaged line's are not read: flows.endpoints)."""
+        if self.exit_src is None or not self.has_entry:
             return []
-        entry: Endpoints = (self.src, self.dst, self.sport, self.dport)
+        entry: Endpoints = (self.src, self.dst, self.entry_sport, self.entry_dport)
         last: Endpoints = (self.exit_src, self.exit_dst, self.exit_sport, self.exit_dport)
-        ports = not self.repaired_lines
         return [f"{nat_kind(self.direction, which)}{where}: {change}" for which in (0, 1)
-                if (change := changed(entry, last, which, ports))]
+                if (change := changed(entry, last, which))]
 
     @classmethod
     def from_dict(cls, d: object) -> PacketRecord | None:
         if not isinstance(d, dict):
             return None
         icmp = d.get("icmp")
-        exit_ = _dict(d.get("exit"))
+        entry, exit_ = d.get("entry"), _dict(d.get("exit"))
         identity = _str(d.get("identity"))
         return cls(
             _str(d.get("node")) or "?", _str(d.get("direction")) or "unknown", _str(d.get("protocol")) or "unknown",
@@ -219,7 +226,8 @@ class PacketRecord:
             _int(d.get("repaired_lines")) or 0, _int(_dict(icmp).get("type")), _int(_dict(icmp).get("id")),
             _int(_dict(icmp).get("seq")), isinstance(icmp, dict), _int(d.get("sport")), _int(d.get("dport")),
             _strs(d.get("tcp_flags")), _int(d.get("flow_label")), _strs(d.get("trace_ids")),
-            _int(exit_.get("sport")), _int(exit_.get("dport")),
+            _int(exit_.get("sport")), _int(exit_.get("dport")), isinstance(entry, dict),
+            _int(_dict(entry).get("sport")), _int(_dict(entry).get("dport")),
         )
 
     def title(self) -> str:

@@ -36,11 +36,12 @@ class Hop:
     origin: bool = False
 
 
-def endpoints(f: Fields | None, ports: bool = True) -> Endpoints:
-    """A line's endpoints; without `ports`, its ports left out (see `FlowIndex.add`)."""
+def endpoints(f: Fields | None) -> Endpoints:
+    """A line's endpoints. A damaged line's ports are left out: a line cut inside
+    `DPT=52000` still reads as a port, and would show a NAT that never happened."""
     if f is None:
         return NO_ENDPOINTS
-    return (f.src, f.dst, f.sport, f.dport) if ports else (f.src, f.dst, None, None)
+    return (f.src, f.dst, None, None) if f.damaged else (f.src, f.dst, f.sport, f.dport)
 
 
 def _side(address: str | None, port: int | None) -> str:
@@ -163,9 +164,8 @@ class FlowIndex:
         if key is None:
             return
         first = packet.first
-        ports = not packet.repaired_lines  # a damaged line's cut-off number still reads as a port
-        hop = Hop(packet.node, packet.hooks, packet.verdict, first.ttl if first else None, endpoints(first, ports),
-                  endpoints(packet.last, ports), origin=packet.origin)
+        hop = Hop(packet.node, packet.hooks, packet.verdict, first.ttl if first else None, endpoints(first),
+                  endpoints(packet.last), origin=packet.origin)
         entries = self.hops.setdefault(key, [])
         entries.append((packet.seq, packet.direction, hop))
         if len(entries) > MAX_HOPS:
