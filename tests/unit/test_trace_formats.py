@@ -482,12 +482,13 @@ def test_dmesg_T_bracketed_dates():
 
 def test_libvirt_virbr0_guest_forwarded_and_masqueraded():
     """A libvirt guest's SYN from virbr0 out of bond0: the author says it is forwarded and
-    SNATed in nat POSTROUTING (rule 3 is MASQUERADE in the author's listing); without the
-    rules the last rule's target is not known, so no verdict."""
+    SNATed in nat POSTROUTING (rule 3 is MASQUERADE in the author's listing). The log ends
+    there; without the rules the rule's target is not known, but a nat rule cannot drop
+    (iptables refuses DROP in nat) and no table follows nat POSTROUTING: accepted."""
     (packet,) = run(PUBLIC / "xixiliguo-libvirt-virbr0-snat.log").packets
     assert (packet.identity, packet.protocol, packet.hooks) == ("ip_id", "tcp", ["PREROUTING", "FORWARD", "POSTROUTING"])
-    assert (packet.first.src, packet.first.dst, packet.verdict) == ("192.168.122.17", "10.44.32.217", "unknown")
-    assert "the log ends after nat:POSTROUTING rule 3" in packet.reason
+    assert (packet.first.src, packet.first.dst, packet.verdict) == ("192.168.122.17", "10.44.32.217", "accepted")
+    assert packet.reason == "passed every table up to nat POSTROUTING"
 
 
 def test_firewalld_ipv6_rpfilter_drops_in_raw_prerouting():
@@ -763,14 +764,86 @@ def test_a_first_line_without_ports_shows_none_in_the_nat_note(tmp_path, engine)
 
 def test_the_base_chain_order_a_node_learns_is_bounded(monkeypatch):
     """Ever new chain names (a hostile log) stop being learned at LIMIT pairs."""
-    from chainlab.trace.analyze import BaseChainOrder
+    from chainlab.trace.analyze import BaseChains
     from chainlab.trace.model import Step
 
-    monkeypatch.setattr(BaseChainOrder, "LIMIT", 3)
-    order = BaseChainOrder()
+    monkeypatch.setattr(BaseChains, "LIMIT", 3)
+    order = BaseChains()
     learned = []
     for n in range(5):
         walk = [Step("t", f"c{n}", "policy", hook="FORWARD", family="inet"), Step("t", f"d{n}", "policy", hook="FORWARD", family="inet")]
         learned.append(order.learn(walk))
     assert learned == [True, True, True, False, False]
     assert order.following(walk[:1]) == [] and order.following([walk[0].__class__("t", "c0", "policy", hook="FORWARD", family="inet")]) == [("FORWARD", "t:d0")]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_walk_ending_in_a_nat_rule_at_the_end_of_the_log_is_accepted(engine):
+    """Three DNS queries of one walk, ending in `nat:KUBE-POSTROUTING:rule:1` (a published
+    kube-dns trace): the last is the log's last line too, but a nat rule cannot drop and no
+    table follows nat POSTROUTING, so all three are accepted, as the author says."""
+    log = PUBLIC / "centos-weave-kubedns-nat-postrouting-last.log"
+    proc = subprocess.run([Path(sys.executable).parent / "chainlab", "analyze", "--format", "json", str(log)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
+    packets = json.loads(proc.stdout)["packets"]
+    assert [(p["ip_id"], p["hooks"], p["verdict"]) for p in packets] == [
+        (ip_id, ["PREROUTING", "FORWARD", "POSTROUTING"], "accepted") for ip_id in (20539, 20790, 20808)]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_nat_rule_is_never_read_as_a_drop(tmp_path, engine):
+    """An excerpt of that trace (what a grep leaves): filter FORWARD, then the nat user chain,
+    the nat:POSTROUTING line between them gone. Whatever hook the nat chain is put in, a nat
+    rule cannot drop: the packet is not `dropped`."""
+    lines = (PUBLIC / "centos-weave-kubedns-nat-postrouting-last.log").read_text().splitlines()
+    log = tmp_path / "excerpt.log"
+    log.write_text("\n".join(lines[i] for i in (0, 8, 21, 43, 51, 64)) + "\n")
+    proc = subprocess.run([Path(sys.executable).parent / "chainlab", "analyze", "--format", "json", str(log)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
+    packets = json.loads(proc.stdout)["packets"]
+    assert [p["last_step"]["chain"] for p in packets] == ["KUBE-POSTROUTING"] * 2
+    assert "dropped" not in [p["verdict"] for p in packets]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("with_rules", [False, True])
+def test_an_established_packet_passes_no_nft_nat_chain(tmp_path, engine, with_rules):
+    """The published `inet egress` trace: its `postrouting` is a `type nat` chain. Its rule
+    `masquerade` shows it (nft allows NAT statements only in nat chains), or the ruleset
+    says it: the SYN is a new connection, masqueraded; the later ACK, accepted in forward,
+    does not have that nat chain ahead, so it is accepted, as the author says."""
+    log = PUBLIC / "es-nft-egress-masquerade-established-ack.log"
+    args = []
+    if with_rules:  # the chains' declarations as the post shows them, only the hooks
+        rules = tmp_path / "egress.nft"
+        rules.write_text("table inet egress {\n"
+                         "\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n\t}\n"
+                         "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n"
+                         "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n")
+        args = ["--rules", f"{log.stem}={rules}"]
+    proc = subprocess.run([Path(sys.executable).parent / "chainlab", "analyze", "--format", "json", *args, str(log)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
+    syn, ack = json.loads(proc.stdout)["packets"]
+    assert (syn["hooks"], syn["new_connection"], syn["verdict"]) == (["PREROUTING", "FORWARD", "POSTROUTING"], True, "accepted")
+    assert (ack["hooks"], ack["new_connection"], ack["verdict"]) == (["PREROUTING", "FORWARD"], False, "accepted")
+
+
+def test_the_nat_chains_a_node_learns():
+    """From a rule's NAT statement: its chain and the base chain the walk was in at that hook;
+    a slot is nat-only while no other base chain of its table is known there (fw4: `srcnat`
+    and `mangle_postrouting` both at postrouting)."""
+    from chainlab.trace.analyze import BaseChains
+    from chainlab.trace.model import Step
+
+    chains = BaseChains()
+    walk = [Step("fw4", "forward", "policy", hook="FORWARD", family="inet"),
+            Step("fw4", "mangle_postrouting", "policy", hook="POSTROUTING", family="inet"),
+            Step("fw4", "srcnat", "rule", rule="jump srcnat_wan", hook="POSTROUTING", family="inet"),
+            Step("fw4", "srcnat_wan", "rule", rule='meta nfproto ipv4 masquerade comment "!fw4"', hook="POSTROUTING",
+                 family="inet")]
+    assert chains.learn(walk) and not chains.learn(walk)
+    assert [chains.is_nat(s) for s in walk] == [False, False, True, True]
+    assert chains.nat_slots() == set()  # mangle_postrouting, of type filter, is there too
+    alone = BaseChains()
+    alone.learn(walk[2:])
+    assert alone.nat_slots() == {("POSTROUTING", "fw4")}

@@ -94,6 +94,12 @@ def _decides(step: Step) -> bool:
     return step.kind == "policy" or _accepts(step)
 
 
+def _cannot_drop(step: Step) -> bool:
+    """A step of iptables' nat table: iptables refuses DROP there, so whatever its rule's
+    target (a NAT target, RETURN, a jump to a nat chain), the packet leaves the table alive."""
+    return step.family is None and step.table == "nat"
+
+
 def _policy_unshown(step: Step) -> bool:
     """A policy step whose policy neither the line (a kernel-log TRACE line) nor a ruleset shows."""
     return step.kind == "policy" and not step.verdict and _policy(step) is None
@@ -115,27 +121,66 @@ def _accepts(step: Step) -> bool:
     return bool(step.rule and step.kind == "rule" and rule_target(step.rule) in ENDING_TARGETS)
 
 
-class BaseChainOrder:
-    """Which base chain of an nft table follows which at one hook, as a node's walks show it.
+#: nft statements only a chain of `type nat` (or one it calls) may hold: nft refuses them elsewhere.
+NAT_STATEMENTS = frozenset({"masquerade", "snat", "dnat", "redirect"})
 
-    A table may hook several base chains into one hook at different priorities (OpenWrt's
-    fw4: `mangle_forward`, then `forward`); the trace prints no priority, but a walk that
-    leaves one base chain by its policy and goes on in another of the same table at the
-    same hook shows their order. A packet whose trace stops after the first then still had
-    the second ahead. It holds at most LIMIT pairs: a hostile log of ever new chain names
+
+class BaseChains:
+    """What a node's walks (and its nft ruleset, when given) show about its nft base chains:
+    their order at one hook, and which are of type nat.
+
+    Order: a table may hook several base chains into one hook at different priorities
+    (OpenWrt's fw4: `mangle_forward`, then `forward`); the trace prints no priority, but a
+    walk that leaves one base chain by its policy and goes on in another of the same table
+    at the same hook shows their order. A packet whose trace stops after the first then
+    still had the second ahead.
+
+    Type nat: a chain whose traced rule holds a NAT statement (`masquerade`, `snat to`) is
+    of type nat, and so is the base chain the walk was in at that hook (nft allows these
+    statements nowhere else); a ruleset says it outright (`type nat hook postrouting`). Like
+    iptables' nat table, such a chain sees only a connection's first packet: a later one
+    does not have it ahead (`nat_slots`), and a walk through one is a new connection.
+
+    It holds at most LIMIT pairs and nat chains: a hostile log of ever new chain names
     keeps memory flat (a table has a few base chains)."""
 
     LIMIT = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, rules: RuleSet | None = None) -> None:
         self._next: dict[tuple[str, str, str], set[str]] = {}  # (hook, table, chain) -> chains after it
         self._bases: dict[tuple[str, str], set[str]] = {}  # (hook, table) -> its base chains seen so far
+        self._nat: dict[Slot, set[str]] = {}  # (hook, table) -> its chains of type nat
         self._pairs = 0
+        for (_, table, chain), declared in (rules.nft.items() if rules else ()):
+            if declared.hook is not None:
+                self._bases.setdefault((declared.hook, table), set()).add(chain)
+                if declared.type == "nat":
+                    self._nat.setdefault((declared.hook, table), set()).add(chain)
 
     def learn(self, steps: list[Step]) -> bool:
         """Take what the walk shows; whether it showed something new."""
         if steps[0].family is None and steps[-1].family is None:  # a kernel log's walk: no nft base chains
             return False
+        return self._learn_order(steps) | self._learn_nat(steps)
+
+    def _learn_nat(self, steps: list[Step]) -> bool:
+        learned = False
+        base: str | None = None  # the base chain the walk is in at the step's hook
+        for before, step in zip([None, *steps], steps):
+            if before is None or (before.hook, before.table) != (step.hook, step.table) or before.kind == "policy":
+                base = step.chain
+            if (step.family is None or step.hook is None or not step.rule or self._pairs >= self.LIMIT
+                    or NAT_STATEMENTS.isdisjoint(ascii.words(step.rule))):
+                continue
+            chains = self._nat.setdefault((step.hook, step.table), set())
+            new = {step.chain, base} - chains
+            if new:
+                chains |= new
+                self._pairs += len(new)
+                learned = True
+        return learned
+
+    def _learn_order(self, steps: list[Step]) -> bool:
         learned = False
         for before, after in zip(steps, steps[1:]):
             if (before.kind == "policy" and before.family is not None and before.hook is not None
@@ -160,17 +205,27 @@ class BaseChainOrder:
         later = self._next.get((last.hook, last.table, base), set()) - {s.chain for s in here} if base else set()
         return [(last.hook, f"{last.table}:{chain}") for chain in sorted(later)]
 
+    def is_nat(self, step: Step) -> bool:
+        """The step is in a chain of type nat (iptables' nat table, or an nft chain known so)."""
+        if step.family is None:
+            return step.table == "nat"
+        return step.chain in self._nat.get((step.hook or "", step.table), ())
+
+    def nat_slots(self) -> set[Slot]:
+        """The (hook, table)s of nft tables whose every base chain known there is of type nat."""
+        return {slot for slot, nat in self._nat.items() if self._bases.get(slot, set()) <= nat}
+
 
 def _walk_order(slot: Slot) -> tuple[tuple[int, int], Slot]:
     """Slots in walk order; ties (INPUT or FORWARD ahead) by name, never by a set's order."""
     return slot_rank(*slot), slot
 
 
-def judge(packet: Packet, present: set[Slot], order: BaseChainOrder | None = None) -> None:
+def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) -> None:
     """Set route, new_connection, verdict and reason of a complete packet.
 
     A packet whose trace stops while a table it must still pass (given the tables that
-    exist on the node, the base chains `order` knows to follow at the hook it stopped in,
+    exist on the node, the base chains `chains` knows to follow at the hook it stopped in,
     and whether it is a connection's first packet) lies ahead was
     dropped at its last step, unless that step let it out of its table (an accept, a NAT
     target): then it was lost after, where no rule shows it, and the verdict is unknown.
@@ -182,7 +237,8 @@ def judge(packet: Packet, present: set[Slot], order: BaseChainOrder | None = Non
     """
     steps = packet.steps
     packet.route = route_of(hook_path(steps))
-    packet.new_connection = any(s.table == "nat" for s in steps)
+    chains = chains or BaseChains()
+    packet.new_connection = any(map(chains.is_nat, steps))
     last = steps[-1]
     by_rule = f" by `{last.rule}`" if last.rule else ""
     if _explicit_drop(last):
@@ -196,21 +252,23 @@ def judge(packet: Packet, present: set[Slot], order: BaseChainOrder | None = Non
     routes = [packet.route] if packet.route else [r for r in ROUTES if last.hook in ROUTES[r]]
     # ahead: what the route still holds; at the walk's own hook not an nft table of another
     # name than iptables' (its place among the others is not known)
-    ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection)
+    nat_slots = chains.nat_slots()
+    ahead_by_route = {r: {slot for slot in required_slots(r, present, packet.new_connection, nat_slots)
                           if slot_rank(*slot) > here and (slot[0] != last.hook or slot[1] in TABLES)}
                       for r in routes}
     untraced = [r for r in routes if not ahead_by_route[r]]
     # what lies next on each route the packet may take (one slot when its route is known);
     # the first of them is the first of all that lies ahead
     ahead = sorted({min(slots, key=_walk_order) for slots in ahead_by_route.values() if slots}, key=_walk_order)
-    following = order.following(steps) if order is not None and last.family is not None else []
+    following = chains.following(steps) if last.family is not None else []
     if following:  # at the hook it stopped in: what comes next, before any later hook's
         ahead, untraced = following[:1], []
     next_text = " or ".join(f"{table} {hook}" for hook, table in ahead)
-    if packet.at_end and (ahead or packet.entered or not packet.route or not _decides(last)):
+    if packet.at_end and (ahead or packet.entered or not packet.route or not (_decides(last) or _cannot_drop(last))):
         packet.verdict = "unknown"
         decided = ("whose target the log does not show" if _target_unknown(last)
                    else "which let it on" if _accepts(last)
+                   else "which cannot drop it (iptables' nat table)" if _cannot_drop(last)
                    else "whose policy the log does not show" if _policy_unshown(last)
                    else "before a rule or policy decided")
         packet.reason = f"the log ends after {_where(last)}, {decided}"
@@ -235,10 +293,11 @@ def judge(packet: Packet, present: set[Slot], order: BaseChainOrder | None = Non
     elif not ahead:
         packet.verdict = "unknown"
         packet.reason = f"passed every table up to {last.table} {last.hook}"
-    elif _accepts(last):
+    elif _accepts(last) or _cannot_drop(last):
         packet.verdict = "unknown"
         passed = (f"passed {_where(last)} (read as ACCEPT, the default: a TRACE line does not show the policy)"
-                  if _policy_unshown(last) else f"accepted in {_where(last)}{by_rule}")
+                  if _policy_unshown(last) else f"accepted in {_where(last)}{by_rule}" if _accepts(last)
+                  else f"left {_where(last)}{by_rule} (iptables' nat table cannot drop)")
         packet.reason = f"{passed}, then no trace though {next_text} lies ahead: lost where no rule shows it"
     else:
         packet.verdict = "dropped"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from chainlab.errors import InputError, OutputError, Problem
-from chainlab.trace.analyze import (BaseChainOrder, drop_chain, drop_point, hook_path, join_rules, judge,
+from chainlab.trace.analyze import (BaseChains, drop_chain, drop_point, hook_path, join_rules, judge,
                                     protocol_from_rules, sent_here, walk_chains)
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Checker, is_probe
@@ -127,7 +127,7 @@ class Calls:
         self.diagram = diagram
         self.names: list[str] = []
         self.present: list[set[Slot]] = []
-        self.orders: list[BaseChainOrder] = []
+        self.chains: list[BaseChains] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
         self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
 
@@ -135,7 +135,7 @@ class Calls:
         text = name.decode("utf-8", "surrogatepass")
         self.names.append(text)
         self.present.append(set())
-        self.orders.append(BaseChainOrder())
+        self.chains.append(BaseChains(self.options.rules.get(text)))
         return json.dumps(text).encode(), self.options.match.node_ok(text)
 
     def slot_added(self, node: int, hook: str | None, table: str) -> None:
@@ -157,7 +157,7 @@ class Calls:
               proto_none: int) -> tuple[Any, ...]:
         """Pipeline._finish's walk part: rules joined, verdict, hook path, match on the walk.
         `walk`: Steps shared with other walks (see step), copied where rules will be joined.
-        The last item says whether the walk taught the node's BaseChainOrder something: the
+        The last item says whether the walk taught the node's BaseChains something: the
         engine then judges its cached walks of that node again (as the pipeline judges every
         packet with what is known when it finishes)."""
         options = self.options
@@ -167,8 +167,8 @@ class Calls:
         packet = Packet(node=name, fields=Fields(), steps=steps, at_end=bool(at_end), entered=entered)
         join_rules(packet, rules)
         proto = protocol_from_rules(packet) if proto_none else None
-        learned = self.orders[node].learn(steps)
-        judge(packet, rules.slots if rules else self.present[node], self.orders[node])
+        learned = self.chains[node].learn(steps)
+        judge(packet, rules.slots if rules else self.present[node], self.chains[node])
         packet.hooks = hook_path(steps, options.tables)
         packet.origin = sent_here(steps, packet.hooks)
         last = steps[-1]

@@ -85,19 +85,21 @@ def table_slots(table: str) -> frozenset[Slot]:
 _TABLE_SLOTS = {t: frozenset((h, t) for h, ts in HOOK_TABLES.items() if t in ts) for t in TABLES}
 
 
-def required_slots(route: str, present: set[Slot], new_connection: bool) -> list[Slot]:
+def required_slots(route: str, present: set[Slot], new_connection: bool,
+                   nat_slots: frozenset[Slot] | set[Slot] = frozenset()) -> list[Slot]:
     """Every (hook, table) a packet on `route` must pass, given the ones that exist.
 
     Legacy tables hook into all their chains once loaded; iptables-nft creates a base
     chain only when something uses it, so `present` is kept per (hook, table). An nft
     table of another name (fw4, firewalld's) comes after iptables' at its hook: its
-    priority is not in the trace.
+    priority is not in the trace. A connection's later packets pass neither the nat table
+    nor `nat_slots`, nft tables whose base chains at that hook are all of type nat.
     """
     return [
         (hook, table)
         for hook in ROUTES[route]
         for table in (*HOOK_TABLES[hook], *sorted(t for h, t in present if h == hook and t not in TABLES))
-        if (hook, table) in present and (table != "nat" or new_connection)
+        if (hook, table) in present and (new_connection or (table != "nat" and (hook, table) not in nat_slots))
     ]
 
 

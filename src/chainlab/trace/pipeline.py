@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chainlab.trace.analyze import (BaseChainOrder, Directions, hook_path, join_rules, judge, protocol_from_rules,
+from chainlab.trace.analyze import (BaseChains, Directions, hook_path, join_rules, judge, protocol_from_rules,
                                     sent_here)
 from chainlab.trace.assemble import Assembler
 from chainlab.trace.flows import Flow, FlowIndex
@@ -39,7 +39,7 @@ class Analyzer:
         self._directions = Directions()
         self._flows = FlowIndex()
         self._slots_seen: dict[str, set[Slot]] = {}
-        self._orders: dict[str, BaseChainOrder] = {}
+        self._chains: dict[str, BaseChains] = {}
         if self.options.match:
             self.stats.matched = 0
 
@@ -76,9 +76,11 @@ class Analyzer:
         present = rules.slots if rules else self._slots_seen.get(packet.node, set())
         if packet.fields.proto is None:
             packet.fields.proto = protocol_from_rules(packet)
-        order = self._orders.setdefault(packet.node, BaseChainOrder())
-        order.learn(packet.steps)
-        judge(packet, present, order)
+        chains = self._chains.get(packet.node)
+        if chains is None:
+            chains = self._chains[packet.node] = BaseChains(rules)
+        chains.learn(packet.steps)
+        judge(packet, present, chains)
         self.stats.identities[packet.identity] = self.stats.identities.get(packet.identity, 0) + 1
         packet.direction = self._directions.classify(packet)
         packet.hooks = hook_path(packet.steps, self.options.tables)

@@ -22,7 +22,7 @@ from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOKS, Slot
 COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 NFT_TABLE = re.compile(r"^table\s+(\S+)\s+(\S+)\s*\{", re.ASCII | re.MULTILINE)
 NFT_BLOCK = re.compile(r"^(\S+)\s+(\S+)\s*\{", re.ASCII)
-NFT_TYPE = re.compile(r"\btype\s+\S+\s+hook\s+(\w+)\b", re.ASCII)
+NFT_TYPE = re.compile(r"\btype\s+(\S+)\s+hook\s+(\w+)\b", re.ASCII)
 NFT_POLICY = re.compile(r"\bpolicy\s+(\w+)\s*;", re.ASCII)
 NFT_HANDLE = re.compile(r"\s*#\s*handle\s+(\d{1,10})\s*$", re.ASCII)
 #: nft hooks of the families whose packets walk the IP hooks.
@@ -34,6 +34,7 @@ class NftChain:
     """A chain of an nft ruleset: its hook if it is a base chain, rules by handle."""
 
     hook: str | None = None
+    type: str | None = None  # a base chain's: filter, nat, route
     policy: str | None = None
     rules: dict[int, str] = field(default_factory=dict)
 
@@ -139,7 +140,8 @@ def parse_nft_ruleset(text: str) -> RuleSet:
         elif opens > closes:
             pending = line
         elif typed := NFT_TYPE.search(line):
-            chain.hook = HOOK_BY_NFT_NAME.get(typed.group(1).lower()) if table and table[0] in NFT_IP_FAMILIES else None
+            chain.hook = HOOK_BY_NFT_NAME.get(typed.group(2).lower()) if table and table[0] in NFT_IP_FAMILIES else None
+            chain.type = typed.group(1)
             policy = NFT_POLICY.search(line)
             chain.policy = policy.group(1) if policy else chain.policy
         elif policy := NFT_POLICY.fullmatch(line):
