@@ -276,6 +276,8 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
             packet.reason += f" (it went on into {packet.entered})"
         elif ahead:
             packet.reason += f" (still ahead: {next_text})"
+        if not packet.entered and last.hook == "PREROUTING" and ahead and ahead[0][0] != "PREROUTING" and _decides(last):
+            packet.reason += ": the log was cut there, or the packet was lost at the routing decision"
     elif not ahead and packet.route and _target_unknown(last):
         packet.verdict = "unknown"
         packet.reason = (f"decided by {_where(last)}, whose target the log does not show"
