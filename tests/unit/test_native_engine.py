@@ -1397,6 +1397,20 @@ def test_wrapped_nft_logs(tmp_path):
     assert_same([f"n{i}={p}" for i, p in enumerate(paths)], "nft wrapped at 72", formats=FORMATS)
 
 
+def test_a_prefix_cut_in_two(tmp_path):
+    """A long RFC 3339 time and an EC2 host broken over two and three lines, joined with and
+    without a space: both engines read the joined record's host and time."""
+    from .test_trace_unwrap import EC2, LINE
+
+    record = LINE[LINE.index("TRACE:"):]
+    log = tmp_path / "ec2.log"
+    log.write_text(f"{EC2[:-8]}\ninternal kernel: [ 123.456] {record}\n{EC2[:32]}\n{EC2[33:]} kernel: [\n"
+                   f"124.5] {record.replace('ID=30561', 'ID=30562')}\n")
+    assert log_format(log) == KERNEL_WRAPPED
+    run = assert_same([str(log)], "a prefix cut in two", formats=FORMATS)
+    assert [p["node"] for p in json.loads(run.stdout)["packets"]] == [EC2[33:]] * 2
+
+
 def test_a_walk_judged_before_the_order_of_its_base_chains_was_known_is_judged_again(tmp_path):
     """The engine caches each walk's judgment; a later walk that shows which fw4 base chain
     follows which must make it judge the cached ones again, as the Python engine judges

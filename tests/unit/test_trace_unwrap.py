@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,7 @@ def test_a_prefix_alone_on_its_line_starts_the_record_below_it():
     assert joined(f"{prefix}\n{record}\n") == f"{prefix} {record}\n\n"
     log = f"> {prefix}\n> {record}\n"
     assert joined(log) == f"> {prefix} {record}\n\n"
+    assert joined(f"> {prefix[:32]}\n> {prefix[33:]}\n> {record}\n") == f"> {prefix} {record}\n\n\n"
     for text in [f"Mar 24 22:41:52 host sshd[1]: Accepted\n{record[8:]}\n", "[ 12.5]\n[ 12.5] TRACE: x\n",
                  f"{prefix} kernel:\n{record}\n", f"{prefix}\nhello\n", f"{prefix}\n"]:
         assert joined(text) == text
@@ -306,3 +308,53 @@ def test_the_record_after_a_prefix_line_is_the_host_s(tmp_path):
     (packet,) = analyze([LogSource(log)]).packets
     assert packet.node == "ip-10-0-12-34.eu-west-1.compute.internal" and packet.steps[0].line == 1
     assert packet.fields.dport == 80 and packet.steps[0].time
+
+
+EC2 = "2023-04-05T10:11:12.123456+00:00 ip-172-31-5-10.eu-west-1.compute.internal"
+
+
+@pytest.mark.parametrize("text", [
+    f"{EC2[:-8]}\ninternal kernel: [ 123.456] {LINE[LINE.index('TRACE:'):]}\n",  # cut inside the host's name
+    f"{EC2[:32]}\n{EC2[33:]} kernel: [ 123.456] {LINE[LINE.index('TRACE:'):]}\n",  # the time alone (72 columns)
+    f"{EC2} kernel: [\n123.456] {LINE[LINE.index('TRACE:'):]}\n",  # inside the uptime's brackets (90 columns)
+    f"{EC2[:32]}\n{EC2[33:]} kernel: [\n123.456] {LINE[LINE.index('TRACE:'):]}\n",  # over three lines (60 columns)
+])
+def test_a_prefix_cut_anywhere_starts_the_record_below_it(tmp_path, text):
+    """A long RFC 3339 time and an EC2 host broken over lines: joined at a space, or without
+    one where the cut fell inside a word (the host's name); the record keeps the host, the
+    time and its first line's number."""
+    log = tmp_path / "ec2.log"
+    log.write_text(text)
+    assert log_format(log) == KERNEL_WRAPPED
+    out = joined(text)
+    assert out.count("\n") == text.count("\n") and out.endswith("\n" * text.count("\n"))
+    (packet,) = analyze([LogSource(log)]).packets
+    assert packet.node == "ip-172-31-5-10.eu-west-1.compute.internal" and packet.fields.dport == 80
+    assert (packet.steps[0].line, packet.steps[0].time) == (1, "2023-04-05T10:11:12.123456+00:00")
+
+
+@pytest.mark.parametrize("prefix", [f"{EC2} kernel: [  123.456789]", "Apr  5 10:11:12 some-very-long-hostname-of-the-"
+                                    "cluster-node-number-seven kernel:", f"<13>1 {EC2} kernel:", "[  480.849238]"])
+def test_a_prefix_wrapped_at_any_width_is_joined_again(prefix):
+    """Word-wrapped at every width from 40 to 130 columns, also at hyphens (textwrap's
+    default): the record is its line again (but for the spaces of a break)."""
+    line = f"{prefix} {LINE[LINE.index('TRACE:'):]}"
+    for width in range(40, 131):
+        for hyphens in (False, True):
+            text = "\n".join(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=hyphens)) + "\n"
+            first = joined(text).split("\n")[0]
+            assert re.sub(" +", " ", first) == re.sub(" +", " ", line), (width, hyphens, text)
+
+
+def test_what_is_no_prefix_cut_in_two():
+    """A time or a prefix's start before prose, before a whole record of its own, before
+    another program's line, or itself followed by a message; and prose that holds a time:
+    each line stays as it came."""
+    record = LINE[LINE.index("TRACE:"):]
+    for text in [f"{EC2[:32]}\nThe host then logged:\n", f"{EC2}\n{LINE}\n", f"{EC2[:32]}\n{LINE}\n",
+                 f"{EC2}\nsshd[1]: {record}\n", f"{EC2} sshd[1]:\n{record}\n", f"{EC2[:32]} host\nbus kernel: hello\n",
+                 f"At {EC2[:32]} the host\nkernel: {record}\n", f"{EC2[:32]}\n[ 1.5] [ 2.5] {record}\n",
+                 f"{EC2[:32]}\n{EC2[:32]}\nkernel: {record}\n"]:
+        assert joined(text) == text, text
+        assert not is_wrapped(text.encode(), KernelJoiner(LINE_LIMIT), whole=True), text
+
