@@ -160,12 +160,14 @@ def test_a_record_split_after_its_header_counts_its_fields_once():
 
 SHOREWALL = PUBLIC / "shorewall-nft-doc-wrapped-rule-accept.log"
 NFT_WHOLE = [p for p in FIXTURE_LOGS if base_format(log_format(p)) == NFT_MONITOR and p != SHOREWALL]
-XT_WHOLE = [p for p in FIXTURE_LOGS if base_format(log_format(p)) == XTABLES_MONITOR]
+MANPAGE = PUBLIC / "xtables-monitor-manpage.log"
+MANPAGE_WRAPPED = PUBLIC / "xtables-monitor-manpage-wrapped-60col.log"
+XT_WHOLE = [p for p in FIXTURE_LOGS if base_format(log_format(p)) == XTABLES_MONITOR and p != MANPAGE_WRAPPED]
 
 
-def test_no_fixture_but_the_two_wrapped_ones_reads_as_wrapped():
+def test_no_fixture_but_the_three_wrapped_ones_reads_as_wrapped():
     wrapped = [p.name for p in FIXTURE_LOGS if log_format(p) in (KERNEL_WRAPPED, XTABLES_WRAPPED, NFT_WRAPPED)]
-    assert wrapped == [WRAPPED.name, SHOREWALL.name]
+    assert wrapped == [WRAPPED.name, SHOREWALL.name, MANPAGE_WRAPPED.name]
     assert len(WHOLE) > 15 and len(NFT_WHOLE) > 10 and len(XT_WHOLE) >= 5
 
 
@@ -371,6 +373,19 @@ XT_PACKET = ("PACKET: 2 d922bdcd IN=br-406f2a425e0c OUT=ens160 MACSRC=2:42:ac:14
 
 def xt_joined(text: str) -> str:
     return b"".join(unwrap([text.encode()], XtablesJoiner(LINE_LIMIT))).decode()
+
+
+def test_the_published_wrapped_xtables_monitor_example_says_what_the_whole_one_says():
+    """xtables-monitor(8)'s example as a man page reader printed it at ~60 columns (the rule
+    under its TRACE line, the packet's link layer bytes and addresses under its PACKET
+    line): the packets of the unwrapped example, rules and addresses and all (before, the
+    packet's addresses and IP id and every rule were lost)."""
+    assert log_format(MANPAGE_WRAPPED) == XTABLES_WRAPPED
+    first, _ = whole = packets(MANPAGE_WRAPPED)
+    assert whole == packets(MANPAGE)
+    assert (first["src"], first["ip_id"], first["verdict"]) == ("127.0.0.1", 38349, "dropped")
+    assert first["steps"][0]["rule"] == "-A PREROUTING -p icmp -j TRACE"
+    assert [s.line for s in analyze([LogSource(MANPAGE_WRAPPED, "n")]).packets[0].steps] == [1, 6, 7, 8, 9]
 
 
 @pytest.mark.parametrize("cut", [
