@@ -41,7 +41,8 @@ from hypothesis import strategies as st
 from chainlab import cli
 from chainlab.trace import reader
 from chainlab.trace.netfilter import HOOKS
-from chainlab.trace.reader import KERNEL, KERNEL_WRAPPED, NFT_MONITOR, NFT_WRAPPED, SNIFF_LINES, log_format
+from chainlab.trace.reader import (KERNEL, KERNEL_WRAPPED, NFT_MONITOR, NFT_WRAPPED, SNIFF_LINES, XTABLES_MONITOR,
+                                   XTABLES_WRAPPED, log_format)
 
 from ..conftest import FIXTURES, PUBLIC, ROOT
 
@@ -1395,6 +1396,36 @@ def test_wrapped_nft_logs(tmp_path):
         paths.append(wrapped)
     assert sum(log_format(p) == NFT_WRAPPED for p in paths) > 5
     assert_same([f"n{i}={p}" for i, p in enumerate(paths)], "nft wrapped at 72", formats=FORMATS)
+
+
+@pytest.mark.parametrize("width", [72, 100])
+def test_wrapped_xtables_monitor_logs(tmp_path, width):
+    """xtables-monitor logs wrapped as posts and mails print them: unwrap joins them before
+    either engine reads them (the C engine is fed the joined lines, not the file): the
+    engines agree, in every format."""
+    from .test_trace_unwrap import wrap
+
+    paths = []
+    for i, path in enumerate(p for p in FIXTURE_LOGS if log_format(p) == XTABLES_MONITOR):
+        wrapped = tmp_path / f"w{i}.log"
+        wrapped.write_text(wrap(path.read_text(errors="replace"), width))
+        paths.append(wrapped)
+    assert sum(log_format(p) == XTABLES_WRAPPED for p in paths) >= 4
+    assert_same([f"n{i}={p}" for i, p in enumerate(paths)], f"xtables-monitor wrapped at {width}", formats=FORMATS)
+
+
+def test_a_prefix_cut_in_two(tmp_path):
+    """A long RFC 3339 time and an EC2 host broken over two and three lines, joined with and
+    without a space: both engines read the joined record's host and time."""
+    from .test_trace_unwrap import EC2, LINE
+
+    record = LINE[LINE.index("TRACE:"):]
+    log = tmp_path / "ec2.log"
+    log.write_text(f"{EC2[:-8]}\ninternal kernel: [ 123.456] {record}\n{EC2[:32]}\n{EC2[33:]} kernel: [\n"
+                   f"124.5] {record.replace('ID=30561', 'ID=30562')}\n")
+    assert log_format(log) == KERNEL_WRAPPED
+    run = assert_same([str(log)], "a prefix cut in two", formats=FORMATS)
+    assert [p["node"] for p in json.loads(run.stdout)["packets"]] == [EC2[33:]] * 2
 
 
 def test_a_walk_judged_before_the_order_of_its_base_chains_was_known_is_judged_again(tmp_path):

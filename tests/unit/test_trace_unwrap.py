@@ -1,11 +1,12 @@
-"""Kernel and nft trace records hard-wrapped over several lines (as posts and mails print
-them) are read as one line each, with the file's line numbers; other logs are read as they
-are, and so are logs cut at a fixed column."""
+"""Kernel, xtables-monitor and nft trace records hard-wrapped over several lines (as posts
+and mails print them) are read as one line each, with the file's line numbers; other logs are
+read as they are, and so are logs cut at a fixed column."""
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,9 @@ from hypothesis import strategies as st
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace import reader
 from chainlab.trace.pipeline import analyze
-from chainlab.trace.reader import (KERNEL, KERNEL_WRAPPED, LINE_LIMIT, NFT_MONITOR, NFT_WRAPPED, LogSource, base_format,
-                                   log_format)
-from chainlab.trace.unwrap import KernelJoiner, NftJoiner, is_wrapped, unwrap
+from chainlab.trace.reader import (KERNEL, KERNEL_WRAPPED, LINE_LIMIT, NFT_MONITOR, NFT_WRAPPED, XTABLES_MONITOR,
+                                   XTABLES_WRAPPED, LogSource, base_format, log_format)
+from chainlab.trace.unwrap import KernelJoiner, NftJoiner, XtablesJoiner, is_wrapped, unwrap
 
 from ..conftest import FIXTURES
 
@@ -159,11 +160,15 @@ def test_a_record_split_after_its_header_counts_its_fields_once():
 
 SHOREWALL = PUBLIC / "shorewall-nft-doc-wrapped-rule-accept.log"
 NFT_WHOLE = [p for p in FIXTURE_LOGS if base_format(log_format(p)) == NFT_MONITOR and p != SHOREWALL]
+MANPAGE = PUBLIC / "xtables-monitor-manpage.log"
+MANPAGE_WRAPPED = PUBLIC / "xtables-monitor-manpage-wrapped-60col.log"
+XT_WHOLE = [p for p in FIXTURE_LOGS if base_format(log_format(p)) == XTABLES_MONITOR and p != MANPAGE_WRAPPED]
 
 
-def test_no_fixture_but_the_two_wrapped_ones_reads_as_wrapped():
-    wrapped = [p.name for p in FIXTURE_LOGS if log_format(p) in (KERNEL_WRAPPED, NFT_WRAPPED)]
-    assert wrapped == [WRAPPED.name, SHOREWALL.name] and len(WHOLE) > 15 and len(NFT_WHOLE) > 10
+def test_no_fixture_but_the_three_wrapped_ones_reads_as_wrapped():
+    wrapped = [p.name for p in FIXTURE_LOGS if log_format(p) in (KERNEL_WRAPPED, XTABLES_WRAPPED, NFT_WRAPPED)]
+    assert wrapped == [WRAPPED.name, SHOREWALL.name, MANPAGE_WRAPPED.name]
+    assert len(WHOLE) > 15 and len(NFT_WHOLE) > 10 and len(XT_WHOLE) >= 5
 
 
 def nft_joined(text: str) -> str:
@@ -235,7 +240,7 @@ def test_a_log_cut_at_a_fixed_column_is_read_no_worse_than_without_joining(tmp_p
     are joined: against the whole log, no fewer packets come out right and none more wrong
     than with no joining at all."""
     read_as_cut = 0
-    for i, path in enumerate(WHOLE + NFT_WHOLE):
+    for i, path in enumerate(WHOLE + NFT_WHOLE + XT_WHOLE):
         folded = tmp_path / f"f{i}.log"
         folded.write_text(fold(path.read_text(), width))
         truth = _outcomes(path)
@@ -247,8 +252,8 @@ def test_a_log_cut_at_a_fixed_column_is_read_no_worse_than_without_joining(tmp_p
         assert len(joined & truth) >= len(plain & truth), path.name
         wrong = {o for o in joined - truth if o[2] != "unknown"} - {o for o in plain - truth if o[2] != "unknown"}
         assert not wrong, path.name
-    if width < 100:  # most lines cut: nine in ten of these logs are read as they are (36 of 39 at 60 columns)
-        assert read_as_cut * 10 >= 9 * len(WHOLE + NFT_WHOLE)
+    if width < 100:  # most lines cut: nine in ten of these logs are read as they are
+        assert read_as_cut * 10 >= 9 * len(WHOLE + NFT_WHOLE + XT_WHOLE)
 
 
 def test_a_line_of_other_whitespace_is_no_continuation():
@@ -293,6 +298,7 @@ def test_a_prefix_alone_on_its_line_starts_the_record_below_it():
     assert joined(f"{prefix}\n{record}\n") == f"{prefix} {record}\n\n"
     log = f"> {prefix}\n> {record}\n"
     assert joined(log) == f"> {prefix} {record}\n\n"
+    assert joined(f"> {prefix[:32]}\n> {prefix[33:]}\n> {record}\n") == f"> {prefix} {record}\n\n\n"
     for text in [f"Mar 24 22:41:52 host sshd[1]: Accepted\n{record[8:]}\n", "[ 12.5]\n[ 12.5] TRACE: x\n",
                  f"{prefix} kernel:\n{record}\n", f"{prefix}\nhello\n", f"{prefix}\n"]:
         assert joined(text) == text
@@ -306,3 +312,142 @@ def test_the_record_after_a_prefix_line_is_the_host_s(tmp_path):
     (packet,) = analyze([LogSource(log)]).packets
     assert packet.node == "ip-10-0-12-34.eu-west-1.compute.internal" and packet.steps[0].line == 1
     assert packet.fields.dport == 80 and packet.steps[0].time
+
+
+EC2 = "2023-04-05T10:11:12.123456+00:00 ip-172-31-5-10.eu-west-1.compute.internal"
+
+
+@pytest.mark.parametrize("text", [
+    f"{EC2[:-8]}\ninternal kernel: [ 123.456] {LINE[LINE.index('TRACE:'):]}\n",  # cut inside the host's name
+    f"{EC2[:32]}\n{EC2[33:]} kernel: [ 123.456] {LINE[LINE.index('TRACE:'):]}\n",  # the time alone (72 columns)
+    f"{EC2} kernel: [\n123.456] {LINE[LINE.index('TRACE:'):]}\n",  # inside the uptime's brackets (90 columns)
+    f"{EC2[:32]}\n{EC2[33:]} kernel: [\n123.456] {LINE[LINE.index('TRACE:'):]}\n",  # over three lines (60 columns)
+])
+def test_a_prefix_cut_anywhere_starts_the_record_below_it(tmp_path, text):
+    """A long RFC 3339 time and an EC2 host broken over lines: joined at a space, or without
+    one where the cut fell inside a word (the host's name); the record keeps the host, the
+    time and its first line's number."""
+    log = tmp_path / "ec2.log"
+    log.write_text(text)
+    assert log_format(log) == KERNEL_WRAPPED
+    out = joined(text)
+    assert out.count("\n") == text.count("\n") and out.endswith("\n" * text.count("\n"))
+    (packet,) = analyze([LogSource(log)]).packets
+    assert packet.node == "ip-172-31-5-10.eu-west-1.compute.internal" and packet.fields.dport == 80
+    assert (packet.steps[0].line, packet.steps[0].time) == (1, "2023-04-05T10:11:12.123456+00:00")
+
+
+@pytest.mark.parametrize("prefix", [f"{EC2} kernel: [  123.456789]", "Apr  5 10:11:12 some-very-long-hostname-of-the-"
+                                    "cluster-node-number-seven kernel:", f"<13>1 {EC2} kernel:", "[  480.849238]"])
+def test_a_prefix_wrapped_at_any_width_is_joined_again(prefix):
+    """Word-wrapped at every width from 40 to 130 columns, also at hyphens (textwrap's
+    default): the record is its line again (but for the spaces of a break)."""
+    line = f"{prefix} {LINE[LINE.index('TRACE:'):]}"
+    for width in range(40, 131):
+        for hyphens in (False, True):
+            text = "\n".join(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=hyphens)) + "\n"
+            first = joined(text).split("\n")[0]
+            assert re.sub(" +", " ", first) == re.sub(" +", " ", line), (width, hyphens, text)
+
+
+def test_what_is_no_prefix_cut_in_two():
+    """A time or a prefix's start before prose, before a whole record of its own, before
+    another program's line, or itself followed by a message; and prose that holds a time:
+    each line stays as it came."""
+    record = LINE[LINE.index("TRACE:"):]
+    for text in [f"{EC2[:32]}\nThe host then logged:\n", f"{EC2}\n{LINE}\n", f"{EC2[:32]}\n{LINE}\n",
+                 f"{EC2}\nsshd[1]: {record}\n", f"{EC2} sshd[1]:\n{record}\n", f"{EC2[:32]} host\nbus kernel: hello\n",
+                 f"At {EC2[:32]} the host\nkernel: {record}\n", f"{EC2[:32]}\n[ 1.5] [ 2.5] {record}\n",
+                 f"{EC2[:32]}\n{EC2[:32]}\nkernel: {record}\n"]:
+        assert joined(text) == text, text
+        assert not is_wrapped(text.encode(), KernelJoiner(LINE_LIMIT), whole=True), text
+
+
+# -- xtables-monitor --trace -----------------------------------------------------------------------
+
+XT_RULE = (" TRACE: 2 d922bdcd filter:DOCKER-ISOLATION-STAGE-1:rule:0x42:JUMP:DOCKER-ISOLATION-STAGE-2  -4 -t filter -A "
+           "DOCKER-ISOLATION-STAGE-1 -i br-406f2a425e0c ! -o br-406f2a425e0c -j DOCKER-ISOLATION-STAGE-2")
+XT_PACKET = ("PACKET: 2 d922bdcd IN=br-406f2a425e0c OUT=ens160 MACSRC=2:42:ac:14:0:2 MACDST=2:42:a4:c7:f1:f1 "
+             "MACPROTO=0800 SRC=172.20.0.2 DST=40.89.244.232 LEN=84 TOS=0x0 TTL=63 ID=43751DF")
+
+
+def xt_joined(text: str) -> str:
+    return b"".join(unwrap([text.encode()], XtablesJoiner(LINE_LIMIT))).decode()
+
+
+def test_the_published_wrapped_xtables_monitor_example_says_what_the_whole_one_says():
+    """xtables-monitor(8)'s example as a man page reader printed it at ~60 columns (the rule
+    under its TRACE line, the packet's link layer bytes and addresses under its PACKET
+    line): the packets of the unwrapped example, rules and addresses and all (before, the
+    packet's addresses and IP id and every rule were lost)."""
+    assert log_format(MANPAGE_WRAPPED) == XTABLES_WRAPPED
+    first, _ = whole = packets(MANPAGE_WRAPPED)
+    assert whole == packets(MANPAGE)
+    assert (first["src"], first["ip_id"], first["verdict"]) == ("127.0.0.1", 38349, "dropped")
+    assert first["steps"][0]["rule"] == "-A PREROUTING -p icmp -j TRACE"
+    assert [s.line for s in analyze([LogSource(MANPAGE_WRAPPED, "n")]).packets[0].steps] == [1, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("cut", [
+    XT_RULE.index(" filter:"),  # the header on the next line (a long chain's name)
+    XT_RULE.index("  -4"),  # the rule on the next line
+    XT_RULE.index(" filter -A"),  # inside the rule's start: `-4 -t` / `filter -A ...`
+    XT_RULE.index(" DOCKER-ISOLATION-STAGE-1 -i"),  # `... -A` / the chain (xtables-monitor(8) in iptables 1.8.4, at 80)
+    XT_RULE.index(" -A"),  # `... -t filter` / `-A ...` (xtables-monitor(8) in iptables 1.8.5)
+    XT_RULE.index(" ! -o"),  # an option's `!` first
+    XT_RULE.rindex(" DOCKER-ISOLATION-STAGE-2"),  # an option's value after it
+])
+def test_what_continues_an_xtables_monitor_trace_line(cut):
+    text = f"{XT_RULE[:cut]}\n{XT_RULE[cut:].lstrip()}\n"
+    assert re.sub(" +", " ", xt_joined(text)) == re.sub(" +", " ", f"{XT_RULE}\n\n")
+    assert is_wrapped(text.encode(), XtablesJoiner(LINE_LIMIT), whole=True)
+
+
+def test_what_continues_an_xtables_monitor_line():
+    for line in [XT_PACKET, XT_PACKET.replace("MACSRC=2:42:ac:14:0:2 MACDST=2:42:a4:c7:f1:f1 MACPROTO=0800",
+                                              "LL=0x304 0000000000000000000000000800"),  # the link layer's bytes
+                 XT_PACKET + " SPORT=80 DPORT=443 SYN ACK MARK=0x8000",
+                 XT_RULE.replace("-i br-406f2a425e0c", '-m comment --comment "kubernetes forwarding rules"'),
+                 XT_RULE.replace("-i br-406f2a425e0c", "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN")]:
+        for width in range(30, len(line), 4):
+            text = "\n".join(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False)) + "\n"
+            assert re.sub(" +", " ", xt_joined(text)) == re.sub(" +", " ", f"{line}\n" + "\n" * (text.count("\n") - 1))
+    cut = XT_PACKET.index(" MACSRC")
+    assert xt_joined(f"> {XT_PACKET[:cut]}\n> {XT_PACKET[cut + 1:]}\n") == f"> {XT_PACKET}\n\n"  # a mail's quoting
+
+
+def test_what_does_not_continue_an_xtables_monitor_line():
+    """A whole line before prose, the command line, an error xtables-monitor printed, a
+    blank line, a field the PACKET line holds, another table's rule, a header that does not
+    read: each line stays as it came."""
+    policy = " TRACE: 2 d922bdcd raw:PREROUTING:policy:ACCEPT"
+    for text in [f"{XT_RULE}\nThe packet goes on to DOCKER-ISOLATION-STAGE-2.\n", f"{XT_RULE}\nxtables-monitor --trace\n",
+                 f"{policy}\nError: unsupported layer 4 protocol value\n", f"{policy}\n-j ACCEPT\n",
+                 f"{XT_RULE[:XT_RULE.rindex(' -j')]}\n\n-j DOCKER-ISOLATION-STAGE-2\n",
+                 f"{XT_PACKET}\nSRC=1.2.3.4 DST=5.6.7.8\n", f"{XT_PACKET}\nhello SPORT=80\n",
+                 f"{XT_PACKET[:XT_PACKET.index(' TTL=')]}\nTTL=63 ID=43751DF and more\n",
+                 f"{XT_RULE[:XT_RULE.index(' filter -A')]}\nraw -A PREROUTING -j TRACE\n",
+                 f"{XT_RULE[:XT_RULE.index(' filter:')]}\nhello world\n", f"{XT_RULE}\n{XT_PACKET}\n"]:
+        assert xt_joined(text) == text, text
+        assert not is_wrapped(text.encode(), XtablesJoiner(LINE_LIMIT), whole=True), text
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(XT_WHOLE), st.integers(60, 200))
+def test_a_wrapped_xtables_monitor_log_says_what_the_whole_one_says(tmp_path, path, width):
+    """Any xtables-monitor fixture log wrapped at any width from 60 columns (a rule's words,
+    a PACKET line's fields, a TRACE line's header on lines of their own): the same packets."""
+    wrapped = tmp_path / f"w{width}-{path.name}"
+    wrapped.write_text(wrap(path.read_text(), width))
+    assert packets(wrapped) == packets(path), json.dumps(wrapped.read_text()[:2000])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 900), max_size=6))
+def test_chunks_never_change_what_xtables_monitor_lines_join_to(data, cuts):
+    pieces = [XT_PACKET.encode(), wrap(XT_PACKET, 50).encode(), wrap(XT_RULE, 60).encode(), b"TRACE: 2", b"\r\n", b"-j"]
+    data = b"\n".join([data, *pieces, data[:50]])
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    whole = b"".join(unwrap([data], XtablesJoiner(LINE_LIMIT)))
+    assert b"".join(unwrap([data[a:b] for a, b in zip(bounds, bounds[1:])], XtablesJoiner(LINE_LIMIT))) == whole
+    assert whole.count(b"\n") == data.count(b"\n") + (not data.endswith(b"\n"))

@@ -25,18 +25,21 @@ TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
 #: posted the log): not read as a record, but worth saying so.
 BARE_HEADER = re.compile(rb"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}\s+IN=", re.ASCII | re.MULTILINE)
 _SHORT_FULL = r"[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+"  # weekday ... zone
-_HOST = r"\s+[^\s:\[\]]+\s"  # spaces, the host, a space
-#: A syslog or journal line's time and host: the time as syslog (with journalctl's
-#: `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`), journalctl's
-#: `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or `short-unix`.
-PREFIX = re.compile(
+#: A host name as a log line's prefix has it.
+HOST_WORD = r"[^\s:\[\]]+"
+_HOST = rf"\s+{HOST_WORD}\s"  # spaces, the host, a space
+#: The start of a syslog or journal line, up to its time: the time as syslog (with
+#: journalctl's `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`),
+#: journalctl's `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or
+#: `short-unix`.
+PREFIX_TIME = (
     r"^\s*(?:<\d+>(?:1 )?)?"
     r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*)"
     rf"|(?P<full>{_SHORT_FULL})|\[\s*(?P<mono>\d+\.\d+)\]"
     r"|(?P<unix>\d{9,11}\.\d+))"
-    r"\s+(?P<host>[^\s:\[\]]+)\s",
-    re.ASCII,
 )
+#: A syslog or journal line's time and host.
+PREFIX = re.compile(rf"{PREFIX_TIME}\s+(?P<host>{HOST_WORD})\s", re.ASCII)
 UPTIME = re.compile(r"\[\s*(\d+\.\d+)\]", re.ASCII)
 #: Where a glued-on second line's prefix starts (syslog, journalctl's short-full prefix whole
 #: with its host: a capitalised word before an RFC 3339 time is not one, or RFC 3339 time, or

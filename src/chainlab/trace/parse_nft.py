@@ -45,6 +45,11 @@ NFT_LINE = re.compile(
     r"|(verdict|policy) (\S+)(?: meta mark 0x[0-9a-fA-F]{1,8})?|(conntrack): .*)\s*$",
     re.ASCII,
 )
+#: The `KEY=` fields an xtables-monitor PACKET line may print (trace_print_packet, iptables
+#: 1.8): besides them, IP and TCP flags, `FRAG:N`, `OPT (...)` and, after `LL=`, the link
+#: layer header's bytes.
+XT_PACKET_KEYS = frozenset(
+    "IN OUT NFPROTO MACSRC MACDST MACPROTO LL SRC DST LEN TOS TTL ID TC HOPLIMIT FLOWLBL NH SPORT DPORT MARK".split())
 IPTABLES_PREFIX = re.compile(r"^-[46] -t \S+ ", re.ASCII)
 #: `ID=38349DF`: xtables-monitor before iptables 1.8.5 printed the IP flags without a space,
 #: and a packet without flags got the next field glued on: `ID=43007SPORT=80`.

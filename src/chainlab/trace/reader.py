@@ -34,22 +34,23 @@ from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS, Event, Fields, FileEnd, Step, fill_missing
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
-from chainlab.trace.unwrap import KernelJoiner, NftJoiner, is_wrapped, unwrap
+from chainlab.trace.unwrap import Joiner, KernelJoiner, NftJoiner, XtablesJoiner, is_wrapped, unwrap
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 KERNEL, XTABLES_MONITOR, NFT_MONITOR = "kernel", "xtables-monitor", "nft-monitor"
-#: The kernel and nft formats with their records hard-wrapped over several lines (a post's,
-#: a mail's): read through unwrap, which joins them.
-KERNEL_WRAPPED, NFT_WRAPPED = "kernel-wrapped", "nft-monitor-wrapped"
+#: The formats with their records hard-wrapped over several lines (a post's, a mail's):
+#: read through unwrap, which joins them.
+KERNEL_WRAPPED, XTABLES_WRAPPED, NFT_WRAPPED = "kernel-wrapped", "xtables-monitor-wrapped", "nft-monitor-wrapped"
 #: Each wrapped format: the format its lines are in once joined, and the joiner.
-WRAPPED: dict[str, tuple[str, type[KernelJoiner] | type[NftJoiner]]] = {
-    KERNEL_WRAPPED: (KERNEL, KernelJoiner), NFT_WRAPPED: (NFT_MONITOR, NftJoiner)}
+WRAPPED: dict[str, tuple[str, type[Joiner]]] = {
+    KERNEL_WRAPPED: (KERNEL, KernelJoiner), XTABLES_WRAPPED: (XTABLES_MONITOR, XtablesJoiner),
+    NFT_WRAPPED: (NFT_MONITOR, NftJoiner)}
 SNIFF_LINES = 500
 #: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
 SNIFF_BYTES = 4 << 20
-#: A kernel or nft log is read as wrapped when its first WRAP_SNIFF_BYTES show a wrapped record.
+#: A log is read as wrapped when its first WRAP_SNIFF_BYTES show a wrapped record.
 WRAP_SNIFF_BYTES = 64 << 10
 LINE_LIMIT = 64 << 10
 CHUNK = 1 << 20
@@ -257,9 +258,8 @@ def sniff_format(lines: list[str]) -> str:
 
 
 def log_format(path: Path) -> str:
-    """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES);
-    KERNEL_WRAPPED or NFT_WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over
-    lines."""
+    """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES); one
+    of WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over lines."""
     head = []
     chunks = raw_chunks(path, SNIFF_BYTES)
     first = next(chunks, b"")  # CHUNK bytes: the wrap sniff's too
@@ -288,7 +288,7 @@ def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd
         yield from _kernel_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats)
         yield FileEnd({})
     else:
-        parse = parse_xtables_monitor if fmt == XTABLES_MONITOR else parse_nft_monitor
+        parse = parse_xtables_monitor if base_format(fmt) == XTABLES_MONITOR else parse_nft_monitor
         yield from _nft_events(marked_lines(log_chunks(source.path, fmt), stats), source, stats, parse)
 
 

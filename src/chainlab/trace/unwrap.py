@@ -11,11 +11,18 @@ can only continue a record: a kernel field (`KEY=` of a known key, an IP or TCP 
 `OPT`) that the record does not hold yet (or a word a damaged log left, `DST225`,
 `DS.225`, then such a field), the `(...)` of an `OPT` the record ends with, the `[` and `]`
 of the packet an ICMP error quotes, or the `table:chain:kind:N IN=` header of a record
-ending in `TRACE:`; and a line that is a log line's prefix alone (a long RFC 3339 time and
-host filled it) joins the TRACE line after it when that starts with the prefix's rest
-(`kernel:`, an uptime) and `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then the
-echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the quoted packet, so a whole line
-followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log) stays two.
+ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then
+the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the quoted packet, so a whole
+line followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log) stays two.
+A log line's prefix broken over lines (a long RFC 3339 time and host fill a mail's 72
+columns: the time alone, then `host kernel: [ 123.4] TRACE: ...`; or the host's name cut,
+`... ip-10-0-1-2.eu-west-1.compute.` / `internal kernel: ...`) starts the record: lines
+that are a prefix's start and nothing more (its time, then maybe its host or the host's
+start, `kernel:`, an uptime or its `[`), up to PREFIX_LINES of them, join the line after
+them when that completes the prefix and goes on with `TRACE:` (what comes before the
+`TRACE:` is then a whole prefix and no more): at a space, or without one when only that
+reads so (the cut fell inside the host's name or the time). The record keeps the prefix's
+host and time and its first line's number.
 
 `nft monitor trace` lines: a trace line that parse_nft's grammar does not read whole (a
 `rule` line whose `(verdict ...)` is on a later line, a `verdict` or `policy` line without
@@ -26,14 +33,28 @@ them a header keyword (`ip`, `saddr`), a value (`10325`, `@th,64,96`) or a named
 (`not-ect`, `nd-router-solicit`, `syn`); not `nft monitor`'s own events (`add rule ...`), a
 sentence, a `#` comment or an `...` line.
 
+`xtables-monitor --trace` lines: a PACKET line takes the lines that go on with its fields:
+lines of words it prints (a `KEY=` of XT_PACKET_KEYS, an IP or TCP flag, `FRAG:N`, the
+link layer header's bytes after `LL=`, the `(...)` after `OPT`), the first a field the
+line does not hold yet. A TRACE line whose `table:chain:kind` went to the next line takes
+that line when the two then read as a TRACE line. A TRACE line of a rule takes the lines
+that go on with its rule, which xtables-monitor always starts with `-4 -t TABLE -A CHAIN`
+(`-6`, `-0`; the line's own table and chain): while that start is not whole, a line that
+goes on with it (`-4 -t` / `raw -A PREROUTING -p icmp -j TRACE`); after it, a line that
+starts with an option (`-j`, `--dport`) or `!`, a line after one ending with an option or
+`!` (its value: `-j` / `DOCKER-USER`) or with the first of an option's two arguments
+(`--tcp-flags FIN,SYN,RST,ACK` / `SYN`), and any line within a `"..."` (a comment); not a
+sentence after a whole rule, the command line (`xtables-monitor --trace`) or the tool's
+own error lines (but after a rule that ends with an option of no argument, `--syn`, the
+next line is taken whatever it holds). A policy or return line takes nothing.
+
 A mail's quoting (`> `) before a wrapped line is not part of it. A file is read as wrapped
 when its head shows records taking lines (is_wrapped), but not when the lines after a
-record that it does not take although they look like pieces of records (kernel fields; nft
-header words: not an author's notes) are more than a quarter of those it takes, nor (nft)
-when three or more lines were each continued at one and the same length: that is a cut at a
-fixed
-column (`fold`, a terminal's copy), whose pieces start inside words (`D=13891`, `dr
-10.0.0.2`) and must not be glued together with a space.
+record that it does not take although they look like pieces of records (kernel fields,
+PACKET fields; nft header words: not an author's notes) are more than a quarter of those it
+takes, nor (nft) when three or more lines were each continued at one and the same length:
+that is a cut at a fixed column (`fold`, a terminal's copy), whose pieces start inside
+words (`D=13891`, `dr 10.0.0.2`) and must not be glued together with a space.
 
 Line numbers stay those of the file: a joined record keeps its first line's number and is
 followed by one empty line for each line joined to it, so every later line keeps its number
@@ -48,19 +69,26 @@ from collections.abc import Iterable, Iterator
 
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS
-from chainlab.trace.parse_kernel import BARE_HEADER, IP_FLAGS, KNOWN_KEYS, PREFIX, TCP_FLAGS, UPTIME
-from chainlab.trace.parse_nft import NFT_LINE
+from chainlab.trace.parse_kernel import (BARE_HEADER, HOST_WORD, IP_FLAGS, KNOWN_KEYS, PREFIX, PREFIX_TIME, TCP_FLAGS,
+                                         UPTIME)
+from chainlab.trace.parse_nft import NFT_LINE, XT_PACKET_KEYS, XT_TRACE
 
 _BLANKS = WHITESPACE.encode()
 _QUOTING = _BLANKS + b">"  # before a line a mail quotes (parse_nft.QUOTED)
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
 _DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*")
-#: A line that is a log line's prefix and nothing more (a long time and host filled it).
-_PREFIX_ONLY = re.compile(rf"(?:{PREFIX.pattern}(?:kernel:\s*)?(?:{UPTIME.pattern}\s*)?|\s*{UPTIME.pattern}\s*)$",
+#: A line that is the start of a log line's prefix and nothing more: its time, then maybe
+#: its host (or the host's start), `kernel:`, an uptime or the `[` that opens one (a long
+#: time and host filled the line).
+_PREFIX_HEAD = re.compile(rf"{PREFIX_TIME}(?:\s+{HOST_WORD}(?:\s+kernel:)?(?:\s+(?:\[|{UPTIME.pattern}))?)?\s*$".encode(),
                           re.ASCII)
-#: What the line after such a prefix may start with: the rest of it, then the record.
-_AFTER_PREFIX = re.compile(rf"(?:kernel:\s*)?(?:{UPTIME.pattern}\s*)?TRACE:".encode(), re.ASCII)
+#: How many lines a prefix's start may take (its time, its host, `kernel:` and an uptime are
+#: four pieces: a narrow wrap puts each of them on a line of its own at most).
+PREFIX_LINES = 3
+#: A record's line up to its `TRACE:` when what precedes that is a whole prefix and no more.
+_PREFIX_TRACE = re.compile(
+    rf"(?:{PREFIX.pattern}(?:kernel:\s*)?(?:{UPTIME.pattern}\s*)?|\s*{UPTIME.pattern}\s*)TRACE:".encode(), re.ASCII)
 
 
 def _word_key(word: bytes) -> bytes:
@@ -75,13 +103,13 @@ def _fields_text(text: bytes) -> bytes:
 
 
 class _Record:
-    """A kernel TRACE line waiting for the lines that may continue it (given in `parts` when
-    it already spans lines: a prefix alone, then the line with `TRACE:`). Each test and join
-    costs what the new line's length costs (the record is kept in parts)."""
+    """A kernel TRACE line waiting for the lines that may continue it (`taken`: how many of
+    the file's lines `text` already is: more than one when a prefix's start came first).
+    Each test and join costs what the new line's length costs (the record is kept in parts)."""
 
-    def __init__(self, *parts: bytes) -> None:
-        text = b" ".join(parts)
-        self.parts = list(parts)
+    def __init__(self, text: bytes, taken: int = 1) -> None:
+        self.parts = [text]
+        self.taken = taken
         self.size = len(text)
         self._keys: Counter[bytes] | None = None  # counted when a line may continue the record (most never)
         self.quoting = self._brackets(_fields_text(text), False)
@@ -137,6 +165,7 @@ class _Record:
         keys = self.keys  # counted before the record grows
         self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
         self.parts.append(rest)
+        self.taken += 1
         self.size += 1 + len(rest)
         keys.update(_word_key(word) for word in rest.split())
         self.quoting = self._brackets(rest, self.quoting)
@@ -145,14 +174,19 @@ class _Record:
 
     def lines(self) -> bytes:
         """The record as one line, then an empty line for each line joined to it."""
-        return b" ".join(self.parts) + b"\n" * len(self.parts)
+        return b" ".join(self.parts) + b"\n" * self.taken
 
 
-def _goes_on_from(prefix: bytes, rest: bytes) -> bool:
-    """Whether `rest` starts with what a prefix alone (`prefix`) lacks, then `TRACE:`."""
-    head = prefix.rstrip(_BLANKS)
-    return (_AFTER_PREFIX.match(rest) is not None and not (b"kernel:" in head and rest.startswith(b"kernel:"))
-            and not (head.endswith(b"]") and rest.startswith(b"[")))
+def _joined(head: bytes, rest: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
+    """`head` and the line after it (`rest`, without quoting) as one line that `pattern`
+    matches (without its quoting): joined at a space, or without one when only that matches
+    (the cut fell inside a word: the host's name, the time); None when neither does."""
+    head = head.rstrip(_BLANKS)
+    for glue in (b" ", b""):
+        line = head + glue + rest
+        if pattern.match(line.lstrip(_QUOTING)):
+            return line
+    return None
 
 
 class KernelJoiner:
@@ -162,7 +196,8 @@ class KernelJoiner:
         self.limit = limit  # the longest line a record may grow to
         self.record: _Record | None = None
         self.joined = self.rejected = 0  # lines records took, and lines after one they did not
-        self.prefix: bytes | None = None  # a line that is a prefix alone: the record may start on the next
+        self.head: list[bytes] = []  # lines that are a prefix's start: the record may start on the next
+        self.head_text = b""  # those lines joined
 
     def looks_cut(self) -> bool:
         """Whether what was read looks cut at a fixed column (see the module's doc)."""
@@ -180,26 +215,42 @@ class KernelJoiner:
             self.rejected += 1  # a piece of a record (it holds fields) that could not go on from there
         out = record.lines() if record is not None else b""
         self.record = None
-        prefix, self.prefix = self.prefix, None
-        if prefix is not None and _goes_on_from(prefix, rest) and len(prefix) + 1 + len(rest) < self.limit:
-            self.record = _Record(prefix.rstrip(_BLANKS), rest)  # the prefix line, then the record going on from it
-            self.joined += 1
+        if self.head and len(line) < self.limit and self._goes_on_with_head(line, rest):
             return out
-        if prefix is not None:
-            out += prefix + b"\n"
+        out += self._drop_head()
         if b"TRACE:" in line and len(line) < self.limit:
             self.record = _Record(line)
             return out
-        if len(line) < self.limit and not MARKERS.search(line) and _PREFIX_ONLY.match(
-                line.lstrip(_QUOTING).decode("ascii", "replace") + " "):
-            self.prefix = line
+        if len(line) < self.limit and not MARKERS.search(line) and _PREFIX_HEAD.match(line.lstrip(_QUOTING)):
+            self.head, self.head_text = [line], line
             return out
         return out + line + b"\n"
 
+    def _goes_on_with_head(self, line: bytes, rest: bytes) -> bool:
+        """Whether `line` completes the prefix's start held (the record starts) or goes on
+        with it (held too)."""
+        head = self.head
+        completed = _joined(self.head_text, rest, _PREFIX_TRACE)
+        if completed is not None and len(completed) < self.limit:
+            self.record = _Record(completed, len(head) + 1)
+            self.joined += len(head)
+            self.head = []
+            return True
+        extended = _joined(self.head_text, rest, _PREFIX_HEAD) if len(head) < PREFIX_LINES else None
+        if extended is not None:
+            head.append(line)
+            self.head_text = extended
+        return extended is not None
+
+    def _drop_head(self) -> bytes:
+        """The prefix's start held, as it came (no record went on from it)."""
+        head, self.head = self.head, []
+        return b"".join(line + b"\n" for line in head)
+
     def end(self) -> bytes:
         """What is still held at the end of the input."""
-        record, prefix, self.record, self.prefix = self.record, self.prefix, None, None
-        return (record.lines() if record is not None else b"") + (prefix + b"\n" if prefix is not None else b"")
+        record, self.record = self.record, None
+        return (record.lines() if record is not None else b"") + self._drop_head()
 
 
 #: How many lines a trace line that is not whole may take to read whole.
@@ -302,7 +353,168 @@ class NftJoiner:
         return self._flush(self.whole)
 
 
-Joiner = KernelJoiner | NftJoiner
+_XT_KEYS = frozenset(f"{key}=".encode() for key in XT_PACKET_KEYS)
+#: A word of what an xtables-monitor PACKET line prints, by its key (`FRAG:` for `FRAG:N`).
+_XT_FIELD_WORDS = _XT_KEYS | {w.encode() for w in TCP_FLAGS | IP_FLAGS} | {b"OPT", b"FRAG:"}
+_LL_BYTES = re.compile(rb"[0-9a-f]+")  # `%02x` of each byte (of a signed char: `ffffff80` for 0x80)
+#: An option of an iptables rule (`-p`, `--dport`) or the `!` that negates one.
+_OPTION = re.compile(rb"!|-[A-Za-z0-9]|--[a-z0-9][a-z0-9-]*")
+#: Options that take two arguments: a line may start with the second (`--tcp-flags
+#: FIN,SYN,RST,ACK` / `SYN`, `--match-set KUBE-CLUSTER-IP` / `dst,dst`).
+_TWO_ARGUMENTS = frozenset({b"--tcp-flags", b"--match-set", b"--add-set", b"--del-set", b"--map-set"})
+#: The family a rule xtables-monitor prints starts with (rule_cb: IPv4, IPv6, ARP).
+_FAMILIES = frozenset({b"-4", b"-6", b"-0"})
+_XT_TRACE = re.compile(XT_TRACE.pattern.encode(), re.ASCII)
+
+
+def _xt_key(word: bytes) -> bytes:
+    """What names a PACKET line's word (see _word_key; `FRAG:` for `FRAG:N`)."""
+    return b"FRAG:" if word.startswith(b"FRAG:") else _word_key(word)
+
+
+def _packet_word(word: bytes, previous: bytes) -> bool:
+    """Whether a PACKET line prints `word` after `previous`: a field or flag, the link layer
+    header's bytes after `LL=`, the `(...)` after `OPT`."""
+    return (_xt_key(word) in _XT_FIELD_WORDS or (previous.startswith(b"LL=") and _LL_BYTES.fullmatch(word) is not None)
+            or (previous == b"OPT" and word.startswith(b"(")))
+
+
+class _XtPacket:
+    """A PACKET line waiting for the lines that go on with its fields: lines of words it
+    prints, the first a field it does not hold yet (it prints each once)."""
+
+    def __init__(self, text: bytes) -> None:
+        words = text.split()[3:]  # after `PACKET: N ID`
+        self.held = {_xt_key(word) for word in words}
+        self.last = words[-1] if words else b""
+
+    def takes(self, rest: bytes) -> bool:
+        words = rest.split()
+        if _xt_key(words[0]) in self.held:
+            return False
+        previous = self.last
+        for word in words:
+            if not _packet_word(word, previous):
+                return False
+            previous = word
+        return True
+
+    def join(self, rest: bytes) -> _XtPacket:
+        words = rest.split()
+        self.held.update(_xt_key(word) for word in words)
+        self.last = words[-1]
+        return self
+
+
+class _XtRule:
+    """The rule a TRACE line of a rule prints, waiting for the lines that go on with it. It
+    starts as xtables-monitor prints every rule, `-4 -t TABLE -A CHAIN` with the line's
+    table and chain: a line goes on with that start while it is not whole; after it, a line
+    that starts with an option or `!`, a line after one that ends with an option or `!` or
+    with an option's first of two arguments, and any line within a `"..."`."""
+
+    def __init__(self, table: bytes, chain: bytes) -> None:
+        self.start = (_FAMILIES, {b"-t"}, {table}, {b"-A"}, {chain})
+        self.seen = 0  # how many words of the start it holds; -1: a rule that starts otherwise (it takes nothing)
+        self.quoted = False
+        self.tail = [b"", b""]  # its last two words
+
+    def _starts(self, words: list[bytes]) -> bool:
+        """Whether `words` go on with the rule's start (as far as they reach into it)."""
+        return self.seen >= 0 and all(word in self.start[self.seen + i] for i, word in enumerate(words[: 5 - self.seen]))
+
+    def takes(self, rest: bytes) -> bool:
+        words = rest.split()
+        if self.seen < 5:
+            return self._starts(words)
+        before, last = self.tail
+        return (self.quoted or _OPTION.fullmatch(words[0]) is not None or _OPTION.fullmatch(last) is not None
+                or before in _TWO_ARGUMENTS)
+
+    def join(self, rest: bytes) -> _XtRule:
+        words = rest.split()
+        if 0 <= self.seen < 5:
+            self.seen = min(self.seen + len(words), 5) if self._starts(words) else -1
+        for word in words:
+            self.quoted ^= (word.count(b'"') - word.count(b'\\"')) % 2 == 1
+        self.tail = [*self.tail, *words][-2:]
+        return self
+
+
+class _XtHeader:
+    """A TRACE line cut before its `table:chain:kind` (a long chain's name went to the next
+    line): it takes the next line when the two read as one TRACE line."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+    def takes(self, rest: bytes) -> bool:
+        return _XT_TRACE.match(self.text + b" " + rest) is not None
+
+    def join(self, rest: bytes) -> _XtState | None:
+        return _xt_state(self.text + b" " + rest)
+
+
+_XtState = _XtPacket | _XtRule | _XtHeader
+
+
+def _xt_state(text: bytes) -> _XtState | None:
+    """What may go on with an xtables-monitor line (`text`: without quoting): a PACKET line's
+    fields, a rule's rule, a TRACE line's header; None: nothing (a policy or return line)."""
+    if text.startswith(b"PACKET: "):
+        return _XtPacket(text)
+    match = _XT_TRACE.match(text)
+    if match is None:
+        return _XtHeader(text)
+    if match.group(5) != b"rule":
+        return None
+    return _XtRule(match.group(3), match.group(4)).join(match.group(9) or b"")
+
+
+class XtablesJoiner:
+    """Lines in, lines out: each `xtables-monitor --trace` line's wrapped lines joined (see
+    the module's doc)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []  # the record's lines: the first as it came, the others without quoting
+        self.size = 0  # the joined line's length
+        self.state: _XtState | None = None  # what may go on with the record
+        self.joined = self.rejected = 0  # lines records took, and lines after one they did not
+
+    def looks_cut(self) -> bool:
+        """Whether what was read looks cut at a fixed column (see the module's doc)."""
+        return self.rejected * 4 > self.joined
+
+    def line(self, line: bytes) -> bytes:
+        """One line without its newline; what can be written out now (lines, each ended)."""
+        rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
+        out = b""
+        if self.parts:
+            piece = bool(rest) and not MARKERS.search(rest)
+            if (piece and self.state is not None and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit
+                    and self.state.takes(rest)):
+                self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
+                self.parts.append(rest)
+                self.size += 1 + len(rest)
+                self.state = self.state.join(rest)
+                self.joined += 1
+                return b""
+            if piece and any(_word_key(word) in _XT_KEYS for word in rest.split()):
+                self.rejected += 1  # a piece of a PACKET line (it holds fields) that could not go on from there
+            out = self.end()
+        if len(line) < self.limit and rest.startswith((b"PACKET: ", b"TRACE: ")):
+            self.parts, self.size, self.state = [line], len(line), _xt_state(rest)
+            return out
+        return out + line + b"\n"
+
+    def end(self) -> bytes:
+        """What is still held at the end of the input."""
+        parts, self.parts = self.parts, []
+        return b" ".join(parts) + b"\n" * len(parts) if parts else b""
+
+
+Joiner = KernelJoiner | NftJoiner | XtablesJoiner
 
 
 def is_wrapped(head: bytes, joiner: Joiner, whole: bool) -> bool:
