@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from chainlab.trace.contract import PacketRecord
@@ -216,9 +216,15 @@ def test_what_continues_an_nft_line():
 def test_a_wrapped_nft_log_says_what_the_whole_one_says(tmp_path, path, width):
     """Any nft fixture log wrapped at any width from 60 columns (a mail's 72 break a rule
     line after `... chain rule`, its verdict on a later line, and a packet line anywhere in
-    its headers): the same packets."""
+    its headers): the same packets. Not where every line the wrap broke (three or more) has
+    one and the same length: a cut at a fixed column leaves just that, and the file is read
+    so (a limit the README states; one fixture at 93-95 columns, its four broken lines 93 long)."""
+    text = wrap(path.read_text(), width)
+    broken = [len(line) for line, after in zip(text.split("\n"), text.split("\n")[1:])
+              if after and not re.match(r"\s*(trace id|#|$)", after) and len(line) > width - 20]
+    assume(not (len(broken) >= 3 and len(set(broken)) == 1))
     wrapped = tmp_path / f"w{width}-{path.name}"
-    wrapped.write_text(wrap(path.read_text(), width))
+    wrapped.write_text(text)
     assert packets(wrapped) == packets(path), json.dumps(wrapped.read_text()[:2000])
 
 
