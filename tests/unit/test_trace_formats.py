@@ -847,3 +847,21 @@ def test_the_nat_chains_a_node_learns():
     alone = BaseChains()
     alone.learn(walk[2:])
     assert alone.nat_slots() == {("POSTROUTING", "fw4")}
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_dmesg_records_glued_on_one_line_keep_their_own_times(tmp_path, engine):
+    """dmesg records whose line breaks a web copy lost: each record glued on after its own
+    `[ uptime]` takes that time (a line with a host keeps the rule for hosts: the glued
+    prefix must have the line's own form)."""
+    record = ("[ {t}] TRACE: {h} IN=eth1 OUT= MAC=08:00:27:f6:4b:48:0a:00:27:00:00:00:08:00 SRC=192.168.56.1 "
+              "DST={d} LEN=84 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=ICMP TYPE=8 CODE=0 ID=2337 SEQ=1 ")
+    line = "".join(record.format(t=t, h=h, d=d) for t, h, d in (
+        ("5281.733217", "raw:PREROUTING:policy:2", "1.2.3.4"), ("5281.737057", "nat:PREROUTING:rule:1", "1.2.3.4"),
+        ("5281.737090", "filter:FORWARD:rule:1", "192.168.42.4")))
+    log = tmp_path / "glued.log"
+    log.write_text(line.rstrip() + "\n")
+    proc = subprocess.run([Path(sys.executable).parent / "chainlab", "analyze", "--format", "json", str(log)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
+    (packet,) = json.loads(proc.stdout)["packets"]
+    assert [s["time"] for s in packet["steps"]] == ["5281.733217", "5281.737057", "5281.737090"]

@@ -3788,14 +3788,17 @@ static void kernel_line(Engine *e, const char *line, size_t n, int cut, const ch
         parse_prefix(line, e->headers[0].start, &glued_host, &glued_time, &own);
     for (size_t i = 0; i < count && !e->error; i++) {
         Header *hs = e->headers;
-        if (i && own >= 0) { /* a record glued on after a syslog prefix of the line's own form: its host and time */
+        if (i) { /* a record glued on after a syslog prefix of the line's own form: its host and time;
+                  * on a line without a host (dmesg's), after an uptime: its time */
             const char *seg = line + hs[i - 1].end;
-            size_t len = hs[i].start - hs[i - 1].end, p = before_next_prefix(seg, len);
+            size_t len = hs[i].start - hs[i - 1].end, p = before_next_prefix(seg, len), digits, up;
             int kind;
-            if (p < len) {
+            if (p < len && own >= 0) {
                 parse_prefix(seg + p, len - p, &glued_host, &glued_time, &kind);
                 if (kind == own)
                     node = line_origin(e, seg + p, len - p, &time);
+            } else if (p < len && own < 0 && (up = uptime_at(seg + p, len - p, &digits))) {
+                time = (Ref){seg + p + digits, (Py_ssize_t)up};
             }
         }
         if (i + 1 < count) {

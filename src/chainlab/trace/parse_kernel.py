@@ -278,8 +278,9 @@ class KernelLineParser:
         fields end where the second header starts, and the second one's host and time are
         those of the syslog prefix glued on before it when that prefix has the line's own
         form with a host (a central log glues lines of different hosts), else the first
-        one's (a time inside `[Thu Apr 23 ...]` or a lone `[ 100.5]` names no host). Returned Fields are shared between
-        equal lines: treat them as read-only.
+        one's (a time inside `[Thu Apr 23 ...]` or a lone `[ 100.5]` names no host); on a
+        line without a host (dmesg's), a record glued on after its own `[ 100.5]` takes that
+        time. Returned Fields are shared between equal lines: treat them as read-only.
         """
         single = self.parse_single(line, number)
         if single is not None:
@@ -295,10 +296,11 @@ class KernelLineParser:
         last = len(headers) - 1
         own = prefix_kind(line[: headers[0].start()]) if last else None  # the form glued prefixes must have
         for i, match in enumerate(headers):
-            if i and own:  # a record glued on after a syslog prefix of the line's own form: that prefix's host
-                glued = NEXT_PREFIX.search(line, headers[i - 1].end(), match.start())
-                if glued and prefix_kind(glued.group()) == own:
-                    host, time = self.prefix(glued.group())
+            glued = NEXT_PREFIX.search(line, headers[i - 1].end(), match.start()) if i else None
+            if glued and own and prefix_kind(glued.group()) == own:  # a syslog prefix of the line's own form
+                host, time = self.prefix(glued.group())
+            elif glued and not own and UPTIME.match(glued.group()):  # on a line without a host, dmesg's uptime
+                time = self.prefix(glued.group())[1]
             if i < last:
                 fields = parse_fields(NEXT_PREFIX.sub("", line[match.end() : headers[i + 1].start()]))
                 fields.damaged = True
