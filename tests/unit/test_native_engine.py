@@ -1004,6 +1004,44 @@ def test_walks_starting_in_user_chains(tmp_path):
         ["FORWARD", "FORWARD"], [None, "INPUT"], [None], ["OUTPUT"]]
 
 
+def test_user_chains_after_a_hook_their_table_has_no_chain_in(tmp_path):
+    """A user chain whose table has no base chain at the walk's hook runs at the next hook of
+    the route where it has one: nat after FORWARD in POSTROUTING; filter and security after
+    PREROUTING in INPUT or FORWARD, as IN=/OUT= say; a damaged line (INPUT or FORWARD) and raw
+    after FORWARD (no raw chain follows) keep the walk's hook."""
+    def local(step: str, ip_id: int) -> str:
+        return _icmp(step, ip_id).replace("OUT=eth1", "OUT=")
+
+    lines = [local("raw:PREROUTING:policy:1", 1), _icmp("filter:FORWARD:rule:1", 1),
+             _icmp("nat:KUBE-POSTROUTING:rule:1", 1).replace("IN=eth0", "IN="), _icmp("nat:POSTROUTING:policy:1", 1),
+             local("nat:PREROUTING:policy:1", 2), local("filter:KUBE-FIREWALL:rule:1", 2), local("filter:INPUT:policy:1", 2),
+             local("mangle:PREROUTING:policy:1", 3), _icmp("security:cali-x:rule:1", 3),
+             local("raw:PREROUTING:policy:1", 4), _icmp("filter:cali-y:rule:2", 4)[:-4],
+             _icmp("filter:FORWARD:rule:2", 5), _icmp("raw:cali-z:rule:1", 5),
+             _icmp("filter:FORWARD:rule:3", 6), _icmp("nat:KUBE-POSTROUTING:rule:1", 6)]  # the same fields
+    log = _write(tmp_path, "after.log", lines)
+    run = assert_same([f"n={log}"], "user chains after a hook", "\n".join(lines), formats=("json", "text", "summary"))
+    assert [[s["hook"] for s in p["steps"]] for p in json.loads(run.stdout)["packets"]] == [
+        ["PREROUTING", "FORWARD", "POSTROUTING", "POSTROUTING"], ["PREROUTING", "INPUT", "INPUT"],
+        ["PREROUTING", "FORWARD"], ["PREROUTING", "PREROUTING"], ["FORWARD", "FORWARD"], ["FORWARD", "POSTROUTING"]]
+
+
+def test_user_chains_after_every_hook(tmp_path):
+    """Every table's user chain after every hook's base chain, with every IN=/OUT= (and cut):
+    both engines place it alike."""
+    interfaces = {"in": "IN=eth0 OUT=", "out": "IN= OUT=eth1", "both": "IN=eth0 OUT=eth1", "none": "IN= OUT="}
+    lines, ip_id = [], 0
+    for hook in HOOKS:
+        for table in ("raw", "mangle", "nat", "filter", "security"):
+            for ifs in [*interfaces.values(), "cut"]:
+                ip_id += 1
+                lines.append(_icmp(f"mangle:{hook}:policy:1", ip_id))
+                user = _icmp(f"{table}:chain-x:rule:1", ip_id)
+                lines.append(user[:-4] if ifs == "cut" else user.replace("IN=eth0 OUT=eth1", ifs))
+    log = _write(tmp_path, "every.log", lines)
+    assert_same([f"n={log}"], "user chains after every hook", formats=("json", "summary"))
+
+
 def test_user_chains_returning_into_their_base_chain(tmp_path):
     """Steps in mangle user chains, the last a return, then mangle's base chain: the run
     takes the base chain's hook (the JSON of steps already written is redone), in every

@@ -11,6 +11,7 @@ import pytest
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
 from chainlab.trace.flows import Endpoints, Flow, Hop, build_flows
+from chainlab.trace.netfilter import HOOK_TABLES, HOOKS, user_chain_hook
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import load_rules
@@ -230,6 +231,49 @@ def test_the_reason_does_not_depend_on_the_hash_seed(tmp_path):
             reasons.add(json.loads(out.stdout)["packets"][0]["reason"])
     assert reasons == {"the log ends after mangle:PREROUTING policy, which let it on (still ahead: mangle FORWARD or mangle"
                        " INPUT): the log was cut there, or the packet was lost at the routing decision"}
+
+
+#: Sample 10 of the published traces checked on 2026-12-04 (a kube-dns query on a weave node,
+#: /var/log/messages), as an excerpt or a `grep` gives it: raw PREROUTING, filter FORWARD and
+#: nat KUBE-POSTROUTING, without the nat POSTROUTING line that jumped to it; two queries.
+KUBE_DNS_EXCERPT = "".join(
+    f"Mar 30 19:33:{second} dev-node1 kernel: TRACE: {step} {ifs} SRC=10.44.0.44 DST={dst} LEN=90 TOS=0x00 PREC=0x00 "
+    f"TTL=64 ID={ip_id} PROTO=UDP SPT={sport} DPT=53 LEN=70\n"
+    for second, ip_id, sport in ((27, 20539, 43834), (28, 20808, 53495))
+    for step, ifs, dst in (("raw:PREROUTING:policy:3", "IN=weave OUT=", "10.96.0.10"),
+                           ("filter:FORWARD:rule:1", "IN=weave OUT=weave", "10.44.0.47"),
+                           ("nat:KUBE-POSTROUTING:rule:1", "IN= OUT=weave", "10.44.0.47")))
+
+
+def test_a_user_chain_runs_where_its_table_has_a_base_chain():
+    """iptables' nat has no FORWARD chain: a nat user chain met after FORWARD was jumped to
+    from nat POSTROUTING; filter and security user chains after PREROUTING run in INPUT or
+    FORWARD, as the line's interfaces say. Where nothing tells, the hook stays the walk's."""
+    assert user_chain_hook("FORWARD", "nat", (False, True)) == "POSTROUTING"
+    assert user_chain_hook("FORWARD", "nat", None) == "POSTROUTING"  # a damaged line: only one hook follows
+    assert user_chain_hook("PREROUTING", "filter", (True, False)) == "INPUT"
+    assert user_chain_hook("PREROUTING", "filter", (True, True)) == "FORWARD"
+    assert user_chain_hook("PREROUTING", "security", (True, False)) == "INPUT"
+    assert user_chain_hook("PREROUTING", "filter", None) == "PREROUTING"  # damaged: INPUT or FORWARD
+    assert user_chain_hook("PREROUTING", "filter", (False, True)) == "PREROUTING"  # fits neither
+    assert user_chain_hook("FORWARD", "raw", (True, True)) == "FORWARD"  # no raw chain after FORWARD
+    assert user_chain_hook("INPUT", "raw", (True, False)) == "INPUT"
+    assert user_chain_hook("POSTROUTING", "filter", (False, True)) == "POSTROUTING"
+    assert user_chain_hook("FORWARD", "KUBE", (True, True)) == "FORWARD"  # no table of netfilter's
+    assert all(user_chain_hook(hook, table, (True, True)) == hook for hook in HOOKS for table in HOOK_TABLES[hook])
+
+
+def test_a_nat_user_chain_after_forward_is_in_postrouting(tmp_path):
+    """The excerpt of sample 10: KUBE-POSTROUTING comes right after filter FORWARD. It runs in
+    nat POSTROUTING, where the first query's walk ends (it was FORWARD's, and its nat rule
+    read as a drop there, "never reached nat POSTROUTING")."""
+    log = tmp_path / "kube-dns.log"
+    log.write_text(KUBE_DNS_EXCERPT)
+    first, second = analyze([LogSource(log)]).packets
+    for packet in (first, second):
+        assert [s.hook for s in packet.steps] == ["PREROUTING", "FORWARD", "POSTROUTING"]
+        assert packet.hooks == ["PREROUTING", "FORWARD", "POSTROUTING"] and packet.route == "forward"
+    assert (first.verdict, first.reason) == ("accepted", "passed every table up to nat POSTROUTING")
 
 
 def _flow(direction: str, *hops: tuple[str, Endpoints, Endpoints | None]) -> Flow:

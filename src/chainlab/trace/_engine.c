@@ -373,6 +373,46 @@ static int hook_by_interfaces(int table, int known) {
     return found;
 }
 
+/* netfilter.ROUTES (local-in, forward, local-out) as hooks; -1: the route has ended. */
+#define N_ROUTES 3
+static const int ROUTES[N_ROUTES][3] = {{0, 1, -1}, {0, 2, 4}, {3, 4, -1}};
+
+/* netfilter._next_hooks for one route: the first hook after `hook` at which `table` runs; -1: none. */
+static int route_next_hook(const int *route, int hook, int table) {
+    int i = 0;
+    while (i < 3 && route[i] >= 0 && route[i] != hook)
+        i++;
+    for (i++; i < 3 && route[i] >= 0; i++)
+        if (HOOK_TABLE_INDEX[route[i]][table] >= 0)
+            return route[i];
+    return -1;
+}
+
+/* netfilter.user_chain_hook: the hook of a step in a user chain of `table` (-1: not one of
+ * netfilter's), the walk being in `hook`: `hook` where the table has a base chain, else the
+ * next hook of a route where it has one; of several, the one the interfaces `known` fit
+ * (bit 0: IN, bit 1: OUT; -1: a damaged line); `hook` when nothing tells. */
+static int user_chain_hook(int hook, int table, int known) {
+    if (table < 0 || HOOK_TABLE_INDEX[hook][table] >= 0)
+        return hook;
+    int next[N_ROUTES], n = 0;
+    for (int r = 0; r < N_ROUTES; r++) {
+        int later = route_next_hook(ROUTES[r], hook, table), seen = 0;
+        for (int i = 0; i < n; i++)
+            seen |= next[i] == later;
+        if (later >= 0 && !seen)
+            next[n++] = later;
+    }
+    if (n > 1 && known >= 0) {
+        int kept = 0;
+        for (int i = 0; i < n; i++)
+            if (HOOK_INTERFACES[next[i]] >> known & 1)
+                next[kept++] = next[i];
+        n = kept;
+    }
+    return n == 1 ? next[0] : hook;
+}
+
 static int find_name(const char **names, int count, const char *s, size_t n) {
     for (int i = 0; i < count; i++)
         if (names[i][0] == s[0] && strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
@@ -2088,15 +2128,16 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     int base = r->family >= 0 || r->base >= 0 ? resolve_hook(e, r, current)
                : r->names_known                ? r->chain_hook
                                                : find_name(HOOKS, N_HOOKS, r->chain, r->chain_n);
+    int known = (r->f->in_if.n > 0) | (r->f->out_if.n > 0) << 1;
     if (base < 0 && r->family < 0 && r->base < 0 && p->last_hook < 0) /* a walk that starts in a user chain */
-        base = r->f->damaged ? -1 : hook_by_interfaces(table, (r->f->in_if.n > 0) | (r->f->out_if.n > 0) << 1);
-    if (p->last_hook == -2) {
+        base = r->f->damaged ? -1 : hook_by_interfaces(table, known);
+    if (p->last_hook < 0) { /* no step yet, or the last one in no hook */
         *hook = base;
         return 1;
     }
-    *hook = base >= 0 ? base : p->last_hook;
-    if (p->last_hook < 0)
-        return 1;
+    *hook = base >= 0       ? base
+            : r->family < 0 ? user_chain_hook(p->last_hook, table, r->f->damaged ? -1 : known)
+                            : p->last_hook; /* _hook_of_regular_chain */
     if (*hook == p->last_hook && r->family >= 0 && r->family != FAMILY_BRIDGE && !p->last_bridge &&
         (table < 0 || HOOK_TABLE_INDEX[*hook][table] < 0 || p->last_table < 0 ||
          HOOK_TABLE_INDEX[*hook][p->last_table] < 0) &&

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet, Step, fill_missing
-from chainlab.trace.netfilter import HOOKS, TABLES, hook_by_interfaces, step_rank, table_slots
+from chainlab.trace.netfilter import HOOKS, TABLES, hook_by_interfaces, step_rank, table_slots, user_chain_hook
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -186,11 +186,9 @@ class Assembler:
                 base = hook_by_interfaces(step.table, (event.fields.in_if is not None, event.fields.out_if is not None))
         else:
             base = self.resolve(event, last.hook if last is not None else None)
-        if last is None:
+        if last is None or last.hook is None:
             return True, base
-        hook = base if base is not None else last.hook
-        if last.hook is None:
-            return True, hook
+        hook = base if base is not None else _hook_of_regular_chain(event, last.hook)
         if (hook == last.hook and step.family not in (None, "bridge") and last.family != "bridge"
                 and ((hook, step.table) not in table_slots(step.table) or (hook, last.table) not in table_slots(last.table))
                 and event.trace_id in packet.trace_ids):
@@ -287,6 +285,17 @@ class Assembler:
         for trace_id in packet.trace_ids:
             if self.by_trace.get((packet.node, trace_id)) is packet:
                 del self.by_trace[(packet.node, trace_id)]
+
+
+def _hook_of_regular_chain(event: Event, current: str) -> str:
+    """The hook of a step in a chain that is no base chain, the walk being in `current`: an
+    iptables user chain runs where its table has a base chain (netfilter.user_chain_hook), an
+    nft regular chain in the hook it was jumped to from."""
+    if event.step.family is not None:
+        return current
+    f = event.fields
+    interfaces = None if f.damaged else (f.in_if is not None, f.out_if is not None)
+    return user_chain_hook(current, event.step.table, interfaces)
 
 
 def _returned_into(steps: list[Step], base: Step) -> None:

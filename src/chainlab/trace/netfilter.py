@@ -127,3 +127,31 @@ def hook_by_interfaces(table: str, interfaces: tuple[bool, bool]) -> str | None:
     alone: PREROUTING or INPUT). Gives the hook of a user chain that a trace excerpt
     starts in, before any base chain says it."""
     return _HOOK_BY_INTERFACES.get((table, interfaces))
+
+
+def _next_hooks(hook: str, table: str) -> tuple[str, ...]:
+    """On each route through `hook`, the first hook after it at which `table` runs."""
+    found: list[str] = []
+    for route in ROUTES.values():
+        if hook in route:
+            later = next((h for h in route[route.index(hook) + 1:] if table in HOOK_TABLES[h]), None)
+            if later is not None and later not in found:
+                found.append(later)
+    return tuple(found)
+
+
+_NEXT_HOOKS = {(hook, table): hooks for hook in HOOKS for table in TABLES
+               if table not in HOOK_TABLES[hook] and (hooks := _next_hooks(hook, table))}
+
+
+def user_chain_hook(hook: str, table: str, interfaces: tuple[bool, bool] | None) -> str:
+    """The hook a step of a user chain of iptables' `table` runs in, the packet's walk being
+    in `hook`: that one if the table has a base chain there to jump from, else the next hook
+    of the route where it has one (nat after FORWARD: POSTROUTING, an excerpt that left out
+    nat POSTROUTING's own line); where routes part (filter after PREROUTING: INPUT or FORWARD)
+    the one whose interfaces the line shows (`interfaces`: IN and OUT known; None: a damaged
+    line). `hook` itself when nothing tells."""
+    hooks = _NEXT_HOOKS.get((hook, table), ())
+    if len(hooks) > 1 and interfaces is not None:
+        hooks = tuple(h for h in hooks if interfaces in HOOK_INTERFACES[h])
+    return hooks[0] if len(hooks) == 1 else hook
