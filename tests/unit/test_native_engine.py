@@ -1042,6 +1042,65 @@ def test_user_chains_after_every_hook(tmp_path):
     assert_same([f"n={log}"], "user chains after every hook", formats=("json", "summary"))
 
 
+def test_a_packet_looped_over_lo(tmp_path):
+    """Out on lo, back in on lo at PREROUTING: one packet, once (the published SYN_SENT post,
+    with its rebuilt rules; made lines: nat on the way out, two packets interleaved, a
+    damaged line back in, out or in on another interface, a second way back in, IPv6 (no IP
+    id), nft with one trace id and with one per half, nft out first on `oif ""`)."""
+    public = FIXTURES / "public" / "synsent-dmesg-loopback-syn-input-drop.log"
+    run = assert_same(["--rules", f"n={public.with_suffix('.rules')}", f"n={public}"], "SYN_SENT", formats=FORMATS)
+    assert [p["verdict"] for p in json.loads(run.stdout)["packets"]] == ["dropped", "dropped"]
+
+    def lo(step: str, ip_id: int, ifs: str) -> str:
+        return _icmp(step, ip_id).replace("IN=eth0 OUT=eth1", ifs).replace("10.0.0.", "127.0.0.")
+
+    out, back = "IN= OUT=lo", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00"
+    lines = [lo("raw:OUTPUT:policy:2", 1, out), lo("nat:OUTPUT:policy:1", 1, out), lo("filter:OUTPUT:policy:1", 1, out),
+             lo("raw:OUTPUT:policy:2", 2, out), lo("nat:POSTROUTING:policy:1", 1, out),
+             lo("filter:OUTPUT:policy:1", 2, out), lo("raw:PREROUTING:policy:3", 1, back),
+             lo("raw:PREROUTING:policy:3", 2, back), lo("filter:INPUT:policy:1", 1, back),
+             lo("filter:INPUT:rule:1", 2, back)[:-4],  # damaged
+             lo("raw:OUTPUT:policy:2", 3, "IN= OUT=eth0"), lo("raw:PREROUTING:policy:3", 3, back),
+             lo("raw:OUTPUT:policy:2", 4, out), lo("raw:PREROUTING:policy:3", 4, "IN=eth0 OUT="),
+             lo("raw:OUTPUT:policy:2", 5, out), lo("raw:PREROUTING:policy:3", 5, back)[:-4],
+             lo("filter:INPUT:policy:1", 5, back), lo("nat:POSTROUTING:policy:1", 5, out),
+             lo("raw:PREROUTING:policy:3", 5, back)]
+    log = _write(tmp_path, "lo.log", lines)
+    run = assert_same([f"n={log}"], "looped over lo", "\n".join(lines), formats=FORMATS)
+    assert [(p["ip_id"], p["hooks"], p["route"]) for p in json.loads(run.stdout)["packets"]] == [
+        (1, ["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"], "loopback"),
+        (2, ["OUTPUT", "PREROUTING", "INPUT"], "loopback"), (3, ["OUTPUT"], "local-out"), (3, ["PREROUTING"], None),
+        (4, ["OUTPUT"], "local-out"), (4, ["PREROUTING"], None),
+        (5, ["OUTPUT", "PREROUTING", "INPUT", "POSTROUTING"], "loopback"), (5, ["PREROUTING"], None)]
+
+    v6_walk = (("raw:OUTPUT:policy:2", out), ("filter:OUTPUT:policy:1", out), ("raw:PREROUTING:policy:3", back),
+               ("filter:INPUT:rule:1", back))
+    v6 = [f"{PFX}{step} {ifs} SRC=::1 DST=::1 LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=5 PROTO=TCP SPT=40000 DPT=81 SEQ=1000 "
+          "ACK=0 WINDOW=64800 SYN URGP=0 " for step, ifs in v6_walk]
+    run = assert_same([f"n={_write(tmp_path, 'lo6.log', v6)}"], "IPv6 looped over lo", "\n".join(v6), formats=FORMATS)
+    assert [(p["identity"], p["hooks"]) for p in json.loads(run.stdout)["packets"]] == [
+        ("flow", ["OUTPUT", "PREROUTING", "INPUT"])]
+
+    def nft(tid: str, chain: str, what: str) -> str:
+        return f"trace id {tid} ip t {chain} {what}"
+
+    def packet(ifs: str) -> str:
+        return (f"packet: {ifs} ip saddr 127.0.0.1 ip daddr 127.0.0.1 ip ttl 64 ip id 7 ip protocol icmp ip length 84 "
+                "icmp type echo-request icmp code net-unreachable icmp id 1 icmp sequence 1")
+
+    # the first interface out is the packet's (an empty one too): out on "" is not out on lo
+    for back_tid, first_out, walks in (("0000aaaa", "lo", [["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"]]),
+                                       ("0000bbbb", "lo", [["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"]]),
+                                       ("0000aaaa", "", [["OUTPUT", "POSTROUTING"], ["PREROUTING", "INPUT"]])):
+        lines = [nft("0000aaaa", "output", packet(f'oif "{first_out}"')), nft("0000aaaa", "output", "policy accept"),
+                 nft("0000aaaa", "postrouting", packet('oif "lo"')), nft("0000aaaa", "postrouting", "policy accept"),
+                 nft(back_tid, "prerouting", packet('iif "lo"')), nft(back_tid, "prerouting", "policy accept"),
+                 nft(back_tid, "input", packet('iif "lo"')), nft(back_tid, "input", "policy accept")]
+        log = _write(tmp_path, "lo-nft.log", lines)
+        run = assert_same([f"n={log}"], f"nft over lo, {back_tid}, out {first_out!r}", "\n".join(lines), formats=FORMATS)
+        assert [p["hooks"] for p in json.loads(run.stdout)["packets"]] == walks
+
+
 def test_user_chains_returning_into_their_base_chain(tmp_path):
     """Steps in mangle user chains, the last a return, then mangle's base chain: the run
     takes the base chain's hook (the JSON of steps already written is redone), in every

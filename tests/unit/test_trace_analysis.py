@@ -11,7 +11,8 @@ import pytest
 from chainlab.scenario import load_scenario
 from chainlab.trace.expect import check_scenario
 from chainlab.trace.flows import Endpoints, Flow, Hop, build_flows
-from chainlab.trace.netfilter import HOOK_TABLES, HOOKS, user_chain_hook
+from chainlab.trace.netfilter import (HOOK_TABLES, HOOKS, LOOPBACK_ROUTE, required_slots, route_of, table_slots,
+                                      user_chain_hook)
 from chainlab.trace.pipeline import AnalysisOptions, analyze
 from chainlab.trace.reader import LogSource
 from chainlab.trace.rules import load_rules
@@ -274,6 +275,69 @@ def test_a_nat_user_chain_after_forward_is_in_postrouting(tmp_path):
         assert [s.hook for s in packet.steps] == ["PREROUTING", "FORWARD", "POSTROUTING"]
         assert packet.hooks == ["PREROUTING", "FORWARD", "POSTROUTING"] and packet.route == "forward"
     assert (first.verdict, first.reason) == ("accepted", "passed every table up to nat POSTROUTING")
+
+
+LOOPBACK_SYN = FIXTURES / "public" / "synsent-dmesg-loopback-syn-input-drop.log"
+
+
+def _local(steps: list[tuple[str, str]], ip_id: int = 9) -> str:
+    """A ping this host sends itself, as (step, IN=/OUT=) lines."""
+    return "".join(f"Dec  2 03:38:09 master kernel: TRACE: {step} {ifs} SRC=127.0.0.1 DST=127.0.0.1 LEN=84 TOS=0x00 "
+                   f"PREC=0x00 TTL=64 ID={ip_id} DF PROTO=ICMP TYPE=8 CODE=0 ID=4242 SEQ=1 \n" for step, ifs in steps)
+
+
+OUT_LO, IN_LO = "IN= OUT=lo", "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00"
+
+
+def test_a_packet_looped_over_lo_is_one_packet():
+    """The published SYN_SENT post: each SYN goes out on lo (raw, filter OUTPUT) and comes
+    back in on lo (raw PREROUTING, filter INPUT rule 1): one packet each, sent here, its
+    verdict the INPUT half's (before, the OUTPUT half was a packet of its own, "accepted")."""
+    result = analyze([LogSource(LOOPBACK_SYN, "n")])
+    assert [(p.fields.ip_id, p.hooks, p.route, p.direction, p.origin) for p in result.packets] == [
+        (48009, ["OUTPUT", "PREROUTING", "INPUT"], LOOPBACK_ROUTE, "request", True),
+        (48010, ["OUTPUT", "PREROUTING", "INPUT"], LOOPBACK_ROUTE, "request", True)]
+    first = result.packets[0]
+    assert [(s.chain, s.hook) for s in first.steps] == [("OUTPUT", "OUTPUT"), ("OUTPUT", "OUTPUT"),
+                                                        ("PREROUTING", "PREROUTING"), ("INPUT", "INPUT")]
+    assert first.verdict == "unknown" and first.reason.startswith("decided by filter:INPUT rule 1, whose target")
+    rules = load_rules(LOOPBACK_SYN.with_suffix(".rules"))
+    with_rules = analyze([LogSource(LOOPBACK_SYN, "n")], AnalysisOptions(rules={"n": rules})).packets
+    assert [(p.verdict, p.reason) for p in with_rules] == [
+        ("dropped", "dropped in filter:INPUT rule 1 by `-A INPUT -p tcp -m tcp --dport 1060 -j DROP`")] * 2
+
+
+def test_a_looped_packet_passes_nat_on_its_way_out_only(tmp_path):
+    """A connection's first packet over lo meets nat in OUTPUT and POSTROUTING; conntrack has
+    set its NAT up then, so nat PREROUTING and INPUT do not see it back in: nothing lies
+    ahead after filter INPUT's policy (it was "dropped ..., never reached nat INPUT")."""
+    log = tmp_path / "lo.log"
+    log.write_text(_local([("raw:OUTPUT:policy:2", OUT_LO), ("nat:OUTPUT:policy:1", OUT_LO),
+                           ("filter:OUTPUT:policy:1", OUT_LO), ("nat:POSTROUTING:policy:1", OUT_LO),
+                           ("raw:PREROUTING:policy:3", IN_LO), ("filter:INPUT:policy:1", IN_LO)]))
+    (packet,) = analyze([LogSource(log, "master")]).packets
+    assert packet.hooks == ["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"] and packet.new_connection
+    assert (packet.route, packet.verdict) == (LOOPBACK_ROUTE, "accepted")
+    assert packet.reason == "passed every table up to filter INPUT"
+    present = table_slots("raw") | table_slots("nat") | table_slots("filter")
+    assert required_slots(LOOPBACK_ROUTE, present, True) == [("PREROUTING", "raw"), ("INPUT", "filter")]
+    assert route_of(["POSTROUTING", "PREROUTING"]) == LOOPBACK_ROUTE
+    assert route_of(["OUTPUT", "POSTROUTING"]) == "local-out"
+
+
+def test_only_a_packet_out_and_back_in_on_lo_loops_and_only_once(tmp_path):
+    """Out on eth0 or back in on eth0: two packets that share an IP id, as before. Back in on
+    lo once, the walk does not come back in a second time (filter INPUT, then, out of order,
+    nat POSTROUTING on lo: the next PREROUTING line starts a packet of its own)."""
+    log = tmp_path / "lo.log"
+    log.write_text(_local([("raw:OUTPUT:policy:2", "IN= OUT=eth0"), ("raw:PREROUTING:policy:3", IN_LO)], 1)
+                   + _local([("raw:OUTPUT:policy:2", OUT_LO), ("raw:PREROUTING:policy:3", "IN=eth0 OUT=")], 2)
+                   + _local([("raw:OUTPUT:policy:2", OUT_LO), ("raw:PREROUTING:policy:3", IN_LO),
+                             ("filter:INPUT:policy:1", IN_LO), ("nat:POSTROUTING:policy:1", OUT_LO),
+                             ("raw:PREROUTING:policy:3", IN_LO)], 3))
+    walks = [(p.fields.ip_id, p.hooks) for p in analyze([LogSource(log, "master")]).packets]
+    assert walks == [(1, ["OUTPUT"]), (1, ["PREROUTING"]), (2, ["OUTPUT"]), (2, ["PREROUTING"]),
+                     (3, ["OUTPUT", "PREROUTING", "INPUT", "POSTROUTING"]), (3, ["PREROUTING"])]
 
 
 def _flow(direction: str, *hops: tuple[str, Endpoints, Endpoints | None]) -> Flow:

@@ -413,6 +413,9 @@ static int user_chain_hook(int hook, int table, int known) {
     return n == 1 ? next[0] : hook;
 }
 
+/* netfilter.re_enters: a walk going from `last_hook` back to PREROUTING (after OUTPUT or POSTROUTING). */
+static int re_enters(int last_hook, int hook) { return hook == 0 && (last_hook == 3 || last_hook == 4); }
+
 static int find_name(const char **names, int count, const char *s, size_t n) {
     for (int i = 0; i < count; i++)
         if (names[i][0] == s[0] && strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
@@ -497,6 +500,9 @@ typedef struct {
     Ref in_if, out_if; /* n == -1: None (an empty IN= is None too) */
     Ref mark;          /* hex digits, leading zeros stripped ("" = 0); n == -1: None */
 } Fields;
+
+/* netfilter.LOOPBACK (loops_back) */
+static int is_loopback(Ref name) { return name.n == 2 && memcmp(name.s, "lo", 2) == 0; }
 
 static int ref_eq(Ref a, Ref b) { return a.n == b.n && (a.n <= 0 || memcmp(a.s, b.s, (size_t)a.n) == 0); }
 
@@ -1703,6 +1709,8 @@ struct Packet {
     int first_damaged, last_damaged; /* those lines' ports are not read (flows.endpoints) */
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
     int last_bridge;           /* the last step is of an nft bridge table */
+    int out_seen, out_lo;      /* a line showed OUT=, the first that did showed lo (assemble: fields.out_if) */
+    int looped;                /* it went out on lo and came back in (Packet.looped) */
     int at_end;
     char *entered; /* the base chain seen entered after the last step (NULL: None) */
     size_t entered_n;
@@ -2138,6 +2146,8 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
     *hook = base >= 0       ? base
             : r->family < 0 ? user_chain_hook(p->last_hook, table, r->f->damaged ? -1 : known)
                             : p->last_hook; /* _hook_of_regular_chain */
+    if (re_enters(p->last_hook, *hook))
+        return !p->looped && p->out_lo && is_loopback(r->f->in_if);
     if (*hook == p->last_hook && r->family >= 0 && r->family != FAMILY_BRIDGE && !p->last_bridge &&
         (table < 0 || HOOK_TABLE_INDEX[*hook][table] < 0 || p->last_table < 0 ||
          HOOK_TABLE_INDEX[*hook][p->last_table] < 0) &&
@@ -2180,6 +2190,10 @@ static int merge(Packet *packet, const Fields *f) {
         into->flow_label = f->flow_label;
     if (into->tcp_seq == NONE)
         into->tcp_seq = f->tcp_seq;
+    if (!packet->out_seen && f->out_if.n >= 0) { /* an nft `oif ""` is known, as "" */
+        packet->out_seen = 1;
+        packet->out_lo = is_loopback(f->out_if);
+    }
     if (packet->f.ip_id == NONE) /* only a packet without IP id compares interfaces */
         return copy_text(&packet->in_if, &packet->in_if_n, f->in_if) ||
                copy_text(&packet->out_if, &packet->out_if_n, f->out_if);
@@ -2436,6 +2450,7 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     err |= sig_byte(g, r->family >= 0 ? r->family : 255);
     if (err)
         e->failed = 1;
+    p->looped |= re_enters(p->last_hook, hook);
     p->last_hook = hook;
     p->last_table = table;
     p->last_bridge = r->family == FAMILY_BRIDGE;

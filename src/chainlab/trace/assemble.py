@@ -31,7 +31,8 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet, Step, fill_missing
-from chainlab.trace.netfilter import HOOKS, TABLES, hook_by_interfaces, step_rank, table_slots, user_chain_hook
+from chainlab.trace.netfilter import (HOOKS, TABLES, hook_by_interfaces, loops_back, re_enters, step_rank, table_slots,
+                                      user_chain_hook)
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -176,7 +177,8 @@ class Assembler:
         iptables' at that hook (`trace_debug`, `filter` at prerouting) has no known place
         among the others (its priority is not in the trace): any order is the walk's. Not
         across trace ids (a retransmission traced anew), nor for the bridge family, whose
-        chains run before the hook's IP tables."""
+        chains run before the hook's IP tables. Back to PREROUTING after OUTPUT or POSTROUTING
+        only a packet that went out on `lo` goes, once: it came back in (netfilter.loops_back)."""
         last = packet.last_step
         step = event.step
         if step.family is None and event.base is None:
@@ -189,6 +191,8 @@ class Assembler:
         if last is None or last.hook is None:
             return True, base
         hook = base if base is not None else _hook_of_regular_chain(event, last.hook)
+        if re_enters(last.hook, hook):
+            return not packet.looped and loops_back(packet.fields.out_if, event.fields.in_if), hook
         if (hook == last.hook and step.family not in (None, "bridge") and last.family != "bridge"
                 and ((hook, step.table) not in table_slots(step.table) or (hook, last.table) not in table_slots(last.table))
                 and event.trace_id in packet.trace_ids):
@@ -199,6 +203,9 @@ class Assembler:
         f = event.fields
         step = event.step
         step.hook = hook
+        last = packet.last_step
+        if last is not None and re_enters(last.hook, hook):
+            packet.looped = True
         if hook is not None and step.family is None and step.chain in HOOKS and step.table in TABLES:
             _returned_into(packet.steps, step)
         packet.steps.append(step)

@@ -116,6 +116,8 @@ class Packet:
     #: beyond the evidence. `entered`: the base chain it was seen entering after that step.
     at_end: bool = False
     entered: str | None = None
+    #: It went out on `lo` and came back in: its walk started again at PREROUTING (once at most).
+    looped: bool = False
 
     @property
     def protocol(self) -> str:

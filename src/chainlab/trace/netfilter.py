@@ -64,7 +64,10 @@ def step_rank(hook: str, table: str, family: str | None) -> tuple[int, int]:
 
 
 def route_of(hooks: list[str]) -> str | None:
-    """The route a packet took, from the hooks it was seen in (None if undecided)."""
+    """The route a packet took, from the hooks it was seen in (None if undecided): a walk
+    that came back in (`re_enters`) is a packet this host sent itself over `lo`."""
+    if any(re_enters(before, after) for before, after in zip(hooks, hooks[1:])):
+        return LOOPBACK_ROUTE
     if "FORWARD" in hooks:
         return "forward"
     if "INPUT" in hooks:
@@ -72,6 +75,24 @@ def route_of(hooks: list[str]) -> str | None:
     if "OUTPUT" in hooks:
         return "local-out"
     return None
+
+
+#: The interface a packet this host sends to itself goes out and comes back in on.
+LOOPBACK = "lo"
+#: The route of such a packet: out (local-out), then back in at PREROUTING (local-in). Not
+#: one of ROUTES, each of which passes every hook once (a walk's order compares hooks on them).
+LOOPBACK_ROUTE = "loopback"
+
+
+def re_enters(last_hook: str | None, hook: str | None) -> bool:
+    """A walk going from `last_hook` back to PREROUTING: only a packet that left this host in
+    OUTPUT or POSTROUTING, and came back in, does."""
+    return hook == "PREROUTING" and last_hook in ("OUTPUT", "POSTROUTING")
+
+
+def loops_back(out_if: str | None, in_if: str | None) -> bool:
+    """A packet that went out on `out_if` comes back in on `in_if` as the same packet: `lo`."""
+    return out_if == LOOPBACK and in_if == LOOPBACK
 
 
 Slot = tuple[str, str]
@@ -93,8 +114,13 @@ def required_slots(route: str, present: set[Slot], new_connection: bool,
     chain only when something uses it, so `present` is kept per (hook, table). An nft
     table of another name (fw4, firewalld's) comes after iptables' at its hook: its
     priority is not in the trace. A connection's later packets pass neither the nat table
-    nor `nat_slots`, nft tables whose base chains at that hook are all of type nat.
+    nor `nat_slots`, nft tables whose base chains at that hook are all of type nat. On the
+    loopback route, what the packet must pass once back in: local-in's tables but those,
+    which took it on its way out (conntrack set its NAT up in OUTPUT and POSTROUTING; nat
+    PREROUTING and INPUT do not see it again).
     """
+    if route == LOOPBACK_ROUTE:
+        route, new_connection = "local-in", False
     return [
         (hook, table)
         for hook in ROUTES[route]
