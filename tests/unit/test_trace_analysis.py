@@ -266,8 +266,8 @@ def test_a_user_chain_runs_where_its_table_has_a_base_chain():
 
 def test_a_nat_user_chain_after_forward_is_in_postrouting(tmp_path):
     """The excerpt of sample 10: KUBE-POSTROUTING comes right after filter FORWARD. It runs in
-    nat POSTROUTING, where the first query's walk ends (it was FORWARD's, and its nat rule
-    read as a drop there, "never reached nat POSTROUTING")."""
+    nat POSTROUTING, where the first query's walk ends (it was FORWARD's, nat POSTROUTING
+    still ahead: "dropped ..., never reached nat POSTROUTING", then "unknown")."""
     log = tmp_path / "kube-dns.log"
     log.write_text(KUBE_DNS_EXCERPT)
     first, second = analyze([LogSource(log)]).packets
