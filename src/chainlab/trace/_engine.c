@@ -3233,6 +3233,9 @@ static int matches(Engine *e, const Packet *p, const Walk *w) {
     return 1;
 }
 
+/* flows.endpoints: a line's port as read; a damaged line's is not (a cut `DPT=52000` reads as 52). */
+static long long line_port(long long port, int damaged) { return damaged ? NONE : port; }
+
 static void hops_free(void *h) {
     Hops *hops = h;
     for (size_t i = 0; i < hops->n; i++)
@@ -3304,18 +3307,14 @@ static void add_hop(Engine *e, const Packet *p, const Walk *w, int direction) {
     if (p->has_first) {
         memcpy(h->src, p->first_src, ADDR_MAX);
         memcpy(h->dst, p->first_dst, ADDR_MAX);
-        if (!p->first_damaged) {
-            h->sport = p->first_sport;
-            h->dport = p->first_dport;
-        }
+        h->sport = line_port(p->first_sport, p->first_damaged);
+        h->dport = line_port(p->first_dport, p->first_damaged);
     }
     if (p->has_last) {
         memcpy(h->exit_src, p->last_src, ADDR_MAX);
         memcpy(h->exit_dst, p->last_dst, ADDR_MAX);
-        if (!p->last_damaged) {
-            h->exit_sport = p->last_sport;
-            h->exit_dport = p->last_dport;
-        }
+        h->exit_sport = line_port(p->last_sport, p->last_damaged);
+        h->exit_dport = line_port(p->last_dport, p->last_damaged);
     }
     map_move_to_end(&e->flows, entry);
 }
@@ -3467,15 +3466,15 @@ static int put_step(Buf *b, const Packet *p, size_t i, const Walk *w) {
 
 static int put_opt_str(Buf *b, const char *s, int has) { return has ? put_jstr(b, s, strlen(s)) : PUTL(b, "null"); }
 
-/* PacketRecord._ends: a line's addresses and, for a packet with ports, its ports (None on a
- * damaged line: flows.endpoints). */
+/* PacketRecord._ends: a line's addresses and, for a packet with ports, its ports as read
+ * (line_port). */
 static int put_ends(Buf *b, const Packet *p, const char *src, const char *dst, long long sport, long long dport,
                     int damaged) {
     int err = PUTL(b, "{\"src\": ") || put_jstr(b, src, strlen(src)) || PUTL(b, ", \"dst\": ") ||
               put_jstr(b, dst, strlen(dst));
     if (p->f.sport != NONE || p->f.dport != NONE)
-        err = err || PUTL(b, ", \"sport\": ") || put_opt_int(b, damaged ? NONE : sport) || PUTL(b, ", \"dport\": ") ||
-              put_opt_int(b, damaged ? NONE : dport);
+        err = err || PUTL(b, ", \"sport\": ") || put_opt_int(b, line_port(sport, damaged)) ||
+              PUTL(b, ", \"dport\": ") || put_opt_int(b, line_port(dport, damaged));
     return err || PUTL(b, "}");
 }
 

@@ -264,6 +264,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
     if following:  # at the hook it stopped in: what comes next, before any later hook's
         ahead, untraced = following[:1], []
     next_text = " or ".join(f"{table} {hook}" for hook, table in ahead)
+    left_prerouting = last.hook == "PREROUTING" and bool(ahead) and ahead[0][0] != "PREROUTING"
     if packet.at_end and (ahead or packet.entered or not packet.route or not (_decides(last) or _cannot_drop(last))):
         packet.verdict = "unknown"
         decided = ("whose target the log does not show" if _target_unknown(last)
@@ -276,7 +277,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
             packet.reason += f" (it went on into {packet.entered})"
         elif ahead:
             packet.reason += f" (still ahead: {next_text})"
-        if not packet.entered and last.hook == "PREROUTING" and ahead and ahead[0][0] != "PREROUTING" and _decides(last):
+        if not packet.entered and left_prerouting and _decides(last):
             packet.reason += ": the log was cut there, or the packet was lost at the routing decision"
     elif not ahead and packet.route and _target_unknown(last):
         packet.verdict = "unknown"
@@ -289,7 +290,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
         packet.verdict = "unknown"
         packet.reason = (f"no trace after PREROUTING, and no traced table known after it on the {untraced[0]}"
                          " route: lost at the routing decision, or passed on through hooks without chains")
-    elif last.hook == "PREROUTING" and ahead[0][0] != "PREROUTING":
+    elif left_prerouting:
         packet.verdict = "unknown"
         packet.reason = "no trace after PREROUTING: lost at the routing decision, not by a rule"
     elif not ahead:
