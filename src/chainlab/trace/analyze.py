@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
-from chainlab.trace.netfilter import ROUTES, TABLES, Slot, collapse_hooks, required_slots, route_of, slot_rank
+from chainlab.trace.netfilter import ROUTES, TABLES, Slot, required_slots, route_of, slot_rank
 from chainlab.trace.rules import RuleSet, policy_target, rule_target
 
 DROP_VERDICTS = ("DROP", "REJECT")
@@ -15,8 +15,16 @@ ENDING_TARGETS = ("ACCEPT", "MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP")
 
 
 def hook_path(steps: list[Step], tables: set[str] | None = None) -> list[str]:
-    """Built-in hooks the steps passed, in order; consecutive repeats collapse."""
-    return collapse_hooks([s.hook for s in steps if s.hook and (tables is None or s.table in tables)])
+    """Built-in hooks the steps passed, in order; consecutive repeats collapse (one pass: the
+    C engine has Python judge each distinct walk, this twice)."""
+    path: list[str] = []
+    last = None
+    for step in steps:
+        hook = step.hook
+        if hook and hook != last and (tables is None or step.table in tables):
+            path.append(hook)
+            last = hook
+    return path
 
 
 def sent_here(steps: list[Step], hooks: list[str]) -> bool:
@@ -211,6 +219,13 @@ class BaseChains:
             return step.table == "nat"
         return step.chain in self._nat.get((step.hook or "", step.table), ())
 
+    def any_nat(self, steps: list[Step]) -> bool:
+        """Some step is in a chain of type nat (is_nat); a kernel log's walk (nothing learned
+        of nft chains) looks at tables only."""
+        if not self._nat:
+            return "nat" in [s.table for s in steps if s.family is None]
+        return any(map(self.is_nat, steps))
+
     def nat_slots(self) -> set[Slot]:
         """The (hook, table)s of nft tables whose every base chain known there is of type nat."""
         return {slot for slot, nat in self._nat.items() if self._bases.get(slot, set()) <= nat}
@@ -238,7 +253,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
     steps = packet.steps
     packet.route = route_of(hook_path(steps))
     chains = chains or BaseChains()
-    packet.new_connection = any(map(chains.is_nat, steps))
+    packet.new_connection = chains.any_nat(steps)
     last = steps[-1]
     by_rule = f" by `{last.rule}`" if last.rule else ""
     if _explicit_drop(last):

@@ -180,10 +180,11 @@ class Calls:
         expect_hooks = hook_path(steps, self.checker.tables) if self.checker else []
         info = WalkInfo(packet.hooks, packet.verdict, packet.origin, drop_at, chains, expect_hooks, last.chain)
         route = "null" if packet.route is None else _json_str(packet.route)
+        texts = [s.rule for s in steps]
         return (
             f'"hooks": [{", ".join(map(_json_str, packet.hooks))}], "route": {route}'.encode(),
-            tuple(b"null" if s.rule is None else _json_str(s.rule).encode() for s in steps)
-            if rules is not None or any(s.rule is not None for s in steps) else (b"null",) * len(steps),
+            tuple(b"null" if t is None else _json_str(t).encode() for t in texts)
+            if texts.count(None) < len(texts) else (b"null",) * len(texts),
             f'"verdict": {_json_str(packet.verdict)}, "reason": {_json_str(packet.reason)}'.encode(),
             b"true" if packet.new_connection else b"false",
             proto, VERDICTS.index(packet.verdict), packet.origin, options.match.walk_ok(packet), info, summary, diagram,

@@ -121,21 +121,16 @@ def required_slots(route: str, present: set[Slot], new_connection: bool,
     """
     if route == LOOPBACK_ROUTE:
         route, new_connection = "local-in", False
+    others: dict[str, list[str]] = {}  # hook -> nft tables of other names there
+    for hook, table in present:
+        if table not in TABLES:
+            others.setdefault(hook, []).append(table)
     return [
         (hook, table)
         for hook in ROUTES[route]
-        for table in (*HOOK_TABLES[hook], *sorted(t for h, t in present if h == hook and t not in TABLES))
+        for table in (*HOOK_TABLES[hook], *sorted(others.get(hook, ())))
         if (hook, table) in present and (new_connection or (table != "nat" and (hook, table) not in nat_slots))
     ]
-
-
-def collapse_hooks(hooks: list[str]) -> list[str]:
-    """Consecutive repeats of one hook become one entry."""
-    out: list[str] = []
-    for hook in hooks:
-        if not out or out[-1] != hook:
-            out.append(hook)
-    return out
 
 
 def _one_hook(table: str, interfaces: tuple[bool, bool]) -> str | None:
