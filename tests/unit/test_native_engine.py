@@ -481,6 +481,20 @@ def test_quoted_nft_and_xtables_monitor_lines(tmp_path, name, quote):
     assert seen["packets"] == plain["packets"] and plain["packets"]
 
 
+@pytest.mark.parametrize("quote", ["> ", "    > ", ">>", "> > "])
+@pytest.mark.parametrize("name", ["seed-logs/scenario2-master.log", "public/xixiliguo-libvirt-virbr0-snat.log",
+                                  "public/conntracker-kmsg-raw-output-policy.log"])
+def test_quoted_kernel_lines(tmp_path, name, quote):
+    """Kernel-log traces quoted in a post or a mail (`> ` before each line) keep their host
+    and time (syslog, RFC 3339 and dmesg prefixes), in both engines."""
+    source = FIXTURES / name
+    quoted = tmp_path / source.name  # the node of a log without hosts: the file's name
+    quoted.write_text("".join(quote + line for line in source.read_text().splitlines(keepends=True)))
+    plain = json.loads(assert_same([str(source)], name).stdout)
+    seen = json.loads(assert_same([str(quoted)], f"{name} quoted with {quote!r}").stdout)
+    assert seen["packets"] == plain["packets"] and plain["packets"]  # each with its node, each step with its time
+
+
 @pytest.mark.parametrize(
     "ip_id",
     ["43007SPORT=80", "4884DF", "12DFSPORT=1", "123DF=5", "12DFX", "1SPORT=", "5ID=6", "12345678901SPORT=1",

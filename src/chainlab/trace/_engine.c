@@ -941,7 +941,7 @@ static void parse_prefix(const char *t, size_t n, Ref *host, Ref *time, int *kin
     host->n = time->n = -1;
     int form = -1;
     size_t p = 0;
-    while (p < n && is_space(t[p]))
+    while (p < n && (is_space(t[p]) || t[p] == '>')) /* spaces and a quote's marks: PREFIX_TIME */
         p++;
     size_t q = p;
     if (q < n && t[q] == '<') {

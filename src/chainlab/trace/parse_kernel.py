@@ -31,9 +31,10 @@ _HOST = rf"\s+{HOST_WORD}\s"  # spaces, the host, a space
 #: The start of a syslog or journal line, up to its time: the time as syslog (with
 #: journalctl's `short-precise` fraction), RFC 3339 (also after an RFC 5424 `<PRI>1`),
 #: journalctl's `short-full` (weekday, date, time, zone), `short-monotonic` (`[ uptime]`) or
-#: `short-unix`.
+#: `short-unix`; after the `>` marks of a quote (a log posted in a mail or a forum), as
+#: parse_nft.QUOTED.
 PREFIX_TIME = (
-    r"^\s*(?:<\d+>(?:1 )?)?"
+    r"^\s*(?:>\s*)*(?:<\d+>(?:1 )?)?"
     r"(?:(?P<bsd>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*)"
     rf"|(?P<full>{_SHORT_FULL})|\[\s*(?P<mono>\d+\.\d+)\]"
     r"|(?P<unix>\d{9,11}\.\d+))"
