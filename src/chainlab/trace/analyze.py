@@ -94,7 +94,7 @@ def _target_unknown(step: Step) -> bool:
         return False
     if step.kind == "policy":
         return step.table == "filter" and step.chain == "FORWARD"
-    return step.kind == "rule" and step.table != "nat"
+    return step.kind == "rule" and not _cannot_drop(step)
 
 
 def _decides(step: Step) -> bool:
