@@ -4856,7 +4856,11 @@ static int write_iov(int fd, struct iovec *iov, int count) {
     return 0;
 }
 
-#define WRITE_IOVS 512
+#if defined(IOV_MAX) && IOV_MAX < 512
+#define WRITE_IOVS IOV_MAX
+#else
+#define WRITE_IOVS 512 /* Linux, macOS and the BSDs take 1024 */
+#endif
 
 /* `out` and the steps lists left in place (Engine.pieces), in order, to write_to()'s
  * descriptor, as write_iov; then `out` is empty and the pieces' buffers serve packets again. */
