@@ -156,7 +156,8 @@ typedef struct {
     int start;
 } LineText;
 
-static int put_line_no(LineText *t, Buf *b, long long line_no) {
+/* t's text made line_no's; its length. */
+static size_t line_text(LineText *t, long long line_no) {
     if (t->value != line_no) {
         if (t->value > 0 && line_no == t->value + 1) {
             int i = 23;
@@ -171,7 +172,11 @@ static int put_line_no(LineText *t, Buf *b, long long line_no) {
         }
         t->value = line_no;
     }
-    size_t n = sizeof t->text - (size_t)t->start;
+    return sizeof t->text - (size_t)t->start;
+}
+
+static int put_line_no(LineText *t, Buf *b, long long line_no) {
+    size_t n = line_text(t, line_no);
     return n <= sizeof t->text ? put(b, t->text + t->start, n) : -1; /* as put_int */
 }
 
@@ -190,9 +195,22 @@ static int put_u16_escape(Buf *b, unsigned int u) {
  * above U+FFFF), DEL as \u007f. */
 static int put_jstr(Buf *b, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n && u[i] >= 0x20 && u[i] < 0x7f && u[i] != '"' && u[i] != '\\')
+        i++;
+    if (i == n) { /* nothing to escape (most strings: addresses, names): one reservation */
+        if (buf_grow(b, n + 2))
+            return -1;
+        char *d = b->p + b->n;
+        d[0] = '"';
+        copy_bytes(d + 1, s, n);
+        d[n + 1] = '"';
+        b->n += n + 2;
+        return 0;
+    }
     if (put(b, "\"", 1))
         return -1;
-    size_t done = 0, i = 0;
+    size_t done = 0;
     while (i < n) {
         unsigned char c = u[i];
         if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
@@ -2495,7 +2513,37 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     if (!want_json)
         p->json = 0;
     const struct StepHead *head = step_head(e, r);
-    if (p->json) {
+    int middle = hook >= 0 ? hook + 1 : 0;
+    size_t line_n = p->json && head && r->json_tail ? line_text(&e->line_text, e->line_no) : 0;
+    if (line_n && line_n <= sizeof e->line_text.text) {
+        /* a fast line's step (the common case): its pieces copied in one reservation, not a
+         * put each (their calls were ~3 % of a json run's CPU) */
+        Buf *b = &p->steps;
+        StepAt *at = &p->at[p->n_steps];
+        size_t middle_n = STEP_MIDDLES[middle].n;
+        if (buf_grow(b, 2 + head->json_n + middle_n + line_n + r->json_tail_n)) {
+            err = 1;
+        } else {
+            char *d = b->p + b->n;
+            if (p->n_steps) {
+                memcpy(d, ", ", 2);
+                d += 2;
+            }
+            at->at = (size_t)(d - b->p);
+            at->in_tables = head->in_tables;
+            at->prefix_n = head->json_n;
+            at->suffix_n = middle_n - NULL_RULE_N + line_n + r->json_tail_n; /* after the rule's "null" */
+            p->some_out_of_tables |= !at->in_tables;
+            copy_bytes(d, head->json, head->json_n);
+            d += head->json_n;
+            copy_bytes(d, STEP_MIDDLES[middle].s, middle_n);
+            d += middle_n;
+            copy_bytes(d, e->line_text.text + e->line_text.start, line_n);
+            d += line_n;
+            copy_bytes(d, r->json_tail, r->json_tail_n);
+            b->n = (size_t)(d + r->json_tail_n - b->p);
+        }
+    } else if (p->json) {
         Buf *b = &p->steps;
         StepAt *at = &p->at[p->n_steps];
         if (p->n_steps)
@@ -2511,7 +2559,6 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
         at->prefix_n = b->n - at->at;
         p->some_out_of_tables |= !at->in_tables;
         size_t rule_at = b->n;
-        int middle = hook >= 0 ? hook + 1 : 0;
         err |= put(b, STEP_MIDDLES[middle].s, STEP_MIDDLES[middle].n);
         size_t suffix = err ? b->n : rule_at + NULL_RULE_N; /* after the rule's "null" */
         err |= put_line_no(&e->line_text, b, e->line_no);
