@@ -33,12 +33,11 @@
 #define read _read
 #define write _write
 #else
-#include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#define STEPS_IN_PLACE 1
 #endif
 #include <errno.h>
+#include <limits.h>
 
 
 #define NONE (-1LL)
@@ -66,35 +65,31 @@ static int buf_grow(Buf *b, size_t extra) {
     return 0;
 }
 
-typedef struct { char b[16]; } Block16;
+/* s[0:n] to d as two blocks of `width` bytes (a constant where inlined, so each memcpy is a
+ * load or a store), the first and the last, overlapping when n < 2 * width. */
+static inline void copy_ends(char *d, const char *s, size_t n, size_t width) {
+    char head[16], tail[16];
+    memcpy(head, s, width);
+    memcpy(tail, s + n - width, width);
+    memcpy(d, head, width);
+    memcpy(d + n - width, tail, width);
+}
 
 /* memcpy(d, s, n), the small sizes inline: 16 bytes at a time with the last block
- * overlapping the one before, or two overlapping loads and stores below 16 bytes (what put
- * copies is mostly small: a step's pieces, a line number, an address), where a call to
- * libc's memmove cost ~5 % of the assembling thread in json. */
+ * overlapping the one before, or two overlapping blocks below 16 bytes (what put copies is
+ * mostly small: a step's pieces, a line number, an address), where a call to libc's memmove
+ * cost ~5 % of the assembling thread in json. */
 static inline void copy_bytes(char *d, const char *s, size_t n) {
     if (n > 128) {
         memcpy(d, s, n);
     } else if (n >= 16) {
-        Block16 block;
-        for (size_t i = 0; i + 16 < n; i += 16) {
-            memcpy(&block, s + i, 16);
-            memcpy(d + i, &block, 16);
-        }
-        memcpy(&block, s + n - 16, 16);
-        memcpy(d + n - 16, &block, 16);
+        for (size_t i = 0; i + 16 < n; i += 16)
+            copy_ends(d + i, s + i, 16, 16);
+        copy_ends(d + n - 16, s + n - 16, 16, 16);
     } else if (n >= 8) {
-        uint64_t head, tail;
-        memcpy(&head, s, 8);
-        memcpy(&tail, s + n - 8, 8);
-        memcpy(d, &head, 8);
-        memcpy(d + n - 8, &tail, 8);
+        copy_ends(d, s, n, 8);
     } else if (n >= 4) {
-        uint32_t head, tail;
-        memcpy(&head, s, 4);
-        memcpy(&tail, s + n - 4, 4);
-        memcpy(d, &head, 4);
-        memcpy(d + n - 4, &tail, 4);
+        copy_ends(d, s, n, 4);
     } else {
         for (size_t i = 0; i < n; i++)
             d[i] = s[i];
@@ -173,11 +168,6 @@ static size_t line_text(LineText *t, long long line_no) {
         t->value = line_no;
     }
     return sizeof t->text - (size_t)t->start;
-}
-
-static int put_line_no(LineText *t, Buf *b, long long line_no) {
-    size_t n = line_text(t, line_no);
-    return n <= sizeof t->text ? put(b, t->text + t->start, n) : -1; /* as put_int */
 }
 
 static int put_opt_int(Buf *b, long long v) { return v == NONE ? PUTL(b, "null") : put_int(b, v); }
@@ -1947,7 +1937,8 @@ typedef struct {
     int carry_ahead;       /* the chunks handed to the parser so far end inside a line */
     int host_nodes[PARSER_HOSTS]; /* node of each Parser.hosts id, -1: not looked up yet */
     long long line_no;
-    LineText line_text; /* for line_no (see put_line_no) */
+    LineText line_text; /* for line_no (see line_text) */
+    Buf step_text;      /* a step's JSON head and end, when no cache has them (see append_step) */
     /* nft / xtables-monitor: per trace id, the last packet line's fields and the pending base chain */
     Map nft_packets, pending;
     Words words;
@@ -1963,7 +1954,6 @@ typedef struct {
     Map diagram;    /* node + direction + diagram id -> DiagramRow */
     Map addresses;  /* which + address -> ok */
     Buf out;        /* JSON written, not yet handed over */
-#ifdef STEPS_IN_PLACE
     /* write_to(): a packet's steps list goes out from the packet's own buffer (writev), not
      * copied into `out` first (the copy was ~5 % of the assembling thread): pieces[i]'s
      * buffer goes out after out[:pieces[i].at]. Their buffers then serve packets again. */
@@ -1971,7 +1961,6 @@ typedef struct {
     size_t n_pieces, cap_pieces;
     Buf *free_steps; /* buffers written out, for packets without one (at most SPARE_PACKETS) */
     size_t n_free_steps;
-#endif
     int written;    /* packets written to `out` so far */
     int out_fd;     /* write_to(): `out` goes to this descriptor, not back to Python (0: none, else fd + 1) */
     int write_errno; /* a write to out_fd failed (then every later call raises WriteError) */
@@ -2033,12 +2022,10 @@ static Packet *packet_new(Engine *e) {
     } else if (!(p = calloc(1, sizeof(Packet)))) {
         return NULL;
     }
-#ifdef STEPS_IN_PLACE
     if (!p->steps.p && e->n_free_steps) { /* its own went out in place (see Engine.pieces) */
         p->steps = e->free_steps[--e->n_free_steps];
         p->steps.n = 0;
     }
-#endif
     return p;
 }
 
@@ -2513,58 +2500,48 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
     if (!want_json)
         p->json = 0;
     const struct StepHead *head = step_head(e, r);
-    int middle = hook >= 0 ? hook + 1 : 0;
-    size_t line_n = p->json && head && r->json_tail ? line_text(&e->line_text, e->line_no) : 0;
-    if (line_n && line_n <= sizeof e->line_text.text) {
-        /* a fast line's step (the common case): its pieces copied in one reservation, not a
-         * put each (their calls were ~3 % of a json run's CPU) */
+    if (p->json) {
+        /* the step's JSON: its head and end as the caches hold them (a fast line's, most
+         * lines) or written now into step_text, then every piece copied in one reservation
+         * (a put per piece cost ~3 % of a json run's CPU) */
+        Buf *t = &e->step_text;
+        t->n = 0;
+        size_t head_n = head ? head->json_n : 0, tail_at = 0, tail_n = r->json_tail_n;
+        if (!head) {
+            err |= put_step_json_head(t, r);
+            head_n = tail_at = t->n;
+        }
+        if (!r->json_tail) { /* the parser thread writes a fast line's */
+            err |= put_step_end(t, r->handle, r->verdict, f->mark, r->time, r->family);
+            tail_n = t->n - tail_at;
+        }
+        const char *head_json = head ? head->json : t->p, *tail = r->json_tail ? r->json_tail : t->p + tail_at;
+        int middle = hook >= 0 ? hook + 1 : 0;
+        size_t middle_n = STEP_MIDDLES[middle].n, line_n = line_text(&e->line_text, e->line_no);
         Buf *b = &p->steps;
-        StepAt *at = &p->at[p->n_steps];
-        size_t middle_n = STEP_MIDDLES[middle].n;
-        if (buf_grow(b, 2 + head->json_n + middle_n + line_n + r->json_tail_n)) {
+        if (err || line_n > sizeof e->line_text.text || buf_grow(b, 2 + head_n + middle_n + line_n + tail_n)) {
             err = 1;
         } else {
+            StepAt *at = &p->at[p->n_steps];
             char *d = b->p + b->n;
             if (p->n_steps) {
                 memcpy(d, ", ", 2);
                 d += 2;
             }
             at->at = (size_t)(d - b->p);
-            at->in_tables = head->in_tables;
-            at->prefix_n = head->json_n;
-            at->suffix_n = middle_n - NULL_RULE_N + line_n + r->json_tail_n; /* after the rule's "null" */
+            at->in_tables = head ? head->in_tables : table_in_tables(e, r->table, r->table_n);
+            at->prefix_n = head_n;
+            at->suffix_n = middle_n - NULL_RULE_N + line_n + tail_n; /* after the rule's "null" */
             p->some_out_of_tables |= !at->in_tables;
-            copy_bytes(d, head->json, head->json_n);
-            d += head->json_n;
+            copy_bytes(d, head_json, head_n);
+            d += head_n;
             copy_bytes(d, STEP_MIDDLES[middle].s, middle_n);
             d += middle_n;
             copy_bytes(d, e->line_text.text + e->line_text.start, line_n);
             d += line_n;
-            copy_bytes(d, r->json_tail, r->json_tail_n);
-            b->n = (size_t)(d + r->json_tail_n - b->p);
+            copy_bytes(d, tail, tail_n);
+            b->n = (size_t)(d + tail_n - b->p);
         }
-    } else if (p->json) {
-        Buf *b = &p->steps;
-        StepAt *at = &p->at[p->n_steps];
-        if (p->n_steps)
-            err |= PUTL(b, ", ");
-        at->at = b->n;
-        if (head) {
-            at->in_tables = head->in_tables;
-            err |= put(b, head->json, head->json_n);
-        } else {
-            at->in_tables = table_in_tables(e, r->table, r->table_n);
-            err |= put_step_json_head(b, r);
-        }
-        at->prefix_n = b->n - at->at;
-        p->some_out_of_tables |= !at->in_tables;
-        size_t rule_at = b->n;
-        err |= put(b, STEP_MIDDLES[middle].s, STEP_MIDDLES[middle].n);
-        size_t suffix = err ? b->n : rule_at + NULL_RULE_N; /* after the rule's "null" */
-        err |= put_line_no(&e->line_text, b, e->line_no);
-        err |= r->json_tail ? put(b, r->json_tail, r->json_tail_n) /* the parser thread wrote it */
-                            : put_step_end(b, r->handle, r->verdict, f->mark, r->time, r->family);
-        at->suffix_n = b->n - suffix;
     }
     StepAt *at = &p->at[p->n_steps++];
     at->table = table;
@@ -3617,12 +3594,11 @@ static int put_ends(Buf *b, const Packet *p, const char *src, const char *dst, l
 
 /* contract.PacketRecord.to_dict, as JSON: steps in the analysis's tables (all of them when
  * `filter` is 0), the walk's pieces from `w`. */
-/* The steps list as append_step wrote it, after b's JSON: copied, or with `in_place` (b is
+/* The steps list as append_step wrote it, after b's JSON: copied, or given `taken` (b is
  * `out` and goes to write_to()'s descriptor) left in the packet's buffer, which *taken says
  * then belongs to Engine.pieces. */
-static int put_steps(Engine *e, Buf *b, const Packet *p, int in_place, int *taken) {
-#ifdef STEPS_IN_PLACE
-    if (in_place && p->steps.n) {
+static int put_steps(Engine *e, Buf *b, const Packet *p, int *taken) {
+    if (taken && p->steps.n) {
         if (e->n_pieces == e->cap_pieces) {
             size_t cap = e->cap_pieces ? 2 * e->cap_pieces : 256;
             struct OutPiece *pieces = realloc(e->pieces, cap * sizeof *pieces);
@@ -3635,14 +3611,10 @@ static int put_steps(Engine *e, Buf *b, const Packet *p, int in_place, int *take
         *taken = 1;
         return 0;
     }
-#else
-    (void)e, (void)in_place, (void)taken;
-#endif
     return put(b, p->steps.p, p->steps.n);
 }
 
-static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int direction, int filter, int in_place,
-                         int *taken) {
+static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int direction, int filter, int *taken) {
     char protocol[8];
     lower_proto(p->f.proto, protocol);
     PyObject *node = e->node_json[p->node];
@@ -3657,7 +3629,7 @@ static int render_packet(Engine *e, Buf *b, const Packet *p, const Walk *w, int 
     err |= PUTL(b, ", ") || put(b, w->hooks_json, (size_t)w->hooks_json_n);
     err |= PUTL(b, ", \"steps\": [");
     if (w->rules_null && !(filter && p->some_out_of_tables)) { /* the list as append_step wrote it */
-        err |= put_steps(e, b, p, in_place, taken);
+        err |= put_steps(e, b, p, taken);
     } else {
         int first = 1;
         for (size_t i = 0; i < p->n_steps; i++) {
@@ -3731,12 +3703,12 @@ static void finish_packet(Engine *e, Packet *p) {
     int err = 0, taken = 0;
     if (e->mode == MODE_JSON) {
         err = (e->written ? PUTL(&e->out, ",\n  ") : PUTL(&e->out, "\n  ")) ||
-              render_packet(e, &e->out, p, w, direction, !e->all_tables, e->out_fd != 0, &taken);
+              render_packet(e, &e->out, p, w, direction, !e->all_tables, e->out_fd ? &taken : NULL);
         e->written++;
     } else if (e->mode == MODE_TEXT) {
         if (e->kept < TEXT_PACKETS && p->json) {
             Buf b = {0};
-            if (render_packet(e, &b, p, w, direction, 0, 0, &taken))
+            if (render_packet(e, &b, p, w, direction, 0, NULL))
                 err = 1;
             else
                 add_item(e, Py_BuildValue("(sLy#)", "packet", p->seq, b.p, (Py_ssize_t)b.n));
@@ -4914,31 +4886,21 @@ static int write_iov(int fd, struct iovec *iov, int count) {
 static int write_out(Engine *e) {
     struct iovec iov[WRITE_IOVS];
     int result = 0;
-    size_t pieces = 0, from = 0; /* out[from:] and the pieces from `pieces` on are still to go */
-#ifdef STEPS_IN_PLACE
-    pieces = e->n_pieces;
-#endif
+    size_t pieces = e->n_pieces, from = 0; /* out[from:] and pieces[i:] are still to go */
     for (size_t i = 0; !result && i <= pieces;) {
         int count = 0;
-        for (; i <= pieces && count + 2 <= WRITE_IOVS; i++) {
-            size_t to = e->out.n;
-#ifdef STEPS_IN_PLACE
-            if (i < pieces)
-                to = e->pieces[i].at;
-#endif
+        for (; i <= pieces && count + 2 <= WRITE_IOVS; i++) { /* out up to piece i, piece i */
+            size_t to = i < pieces ? e->pieces[i].at : e->out.n;
             if (to > from)
                 iov[count++] = (struct iovec){e->out.p + from, to - from};
             from = to;
-#ifdef STEPS_IN_PLACE
             if (i < pieces)
                 iov[count++] = (struct iovec){e->pieces[i].steps.p, e->pieces[i].steps.n};
-#endif
         }
         if (count)
             result = write_iov(e->out_fd - 1, iov, count);
     }
     e->out.n = 0;
-#ifdef STEPS_IN_PLACE
     for (size_t i = 0; i < pieces; i++) {
         if (e->n_free_steps < SPARE_PACKETS &&
             (e->free_steps || (e->free_steps = malloc(SPARE_PACKETS * sizeof *e->free_steps))))
@@ -4947,7 +4909,6 @@ static int write_out(Engine *e) {
             free(e->pieces[i].steps.p);
     }
     e->n_pieces = 0;
-#endif
     return result;
 }
 
@@ -5117,17 +5078,15 @@ static void Engine_dealloc(Engine *e) {
     for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
         free(arrays[i]);
     Buf *bufs[] = {&e->last_text, &e->last_tid, &e->carry, &e->text, &e->prefix_text, &e->scratch,
-                   &e->scratch2, &e->verdict, &e->key, &e->out};
+                   &e->scratch2, &e->verdict, &e->key, &e->out, &e->step_text};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         free(bufs[i]->p);
-#ifdef STEPS_IN_PLACE
     for (size_t i = 0; i < e->n_pieces; i++)
         free(e->pieces[i].steps.p);
     for (size_t i = 0; i < e->n_free_steps; i++)
         free(e->free_steps[i].p);
     free(e->pieces);
     free(e->free_steps);
-#endif
     map_clear(&e->declared, NULL);
     map_clear(&e->by_trace, NULL);
     map_clear(&e->nodes, NULL);
