@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import yaml
 from userenv import like_a_user_shell
+
+from chainlab.warm.place import end_server
 
 like_a_user_shell()  # every lab benchmark imports this module first: the tools it times run as from a user's shell
 
@@ -30,18 +33,38 @@ def inventory(directory: Path, lab: str, lan: str) -> Path:
     return path
 
 
-def timed_argv(argv: list[str], cwd: Path | None = None) -> float:
+def timed_argv(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
     """Wall time of a command; a failure raises with its output."""
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}")
     return time.monotonic() - started
 
 
-def timed(inv: Path, *args: str) -> float:
+def timed(inv: Path, *args: str, env: dict[str, str] | None = None) -> float:
     """Wall time of `chainlab -i INV ARGS...`; a failure raises with its output."""
-    return timed_argv([CHAINLAB, "-i", str(inv), *args])
+    return timed_argv([CHAINLAB, "-i", str(inv), *args], env=env)
+
+
+@contextmanager
+def warm_server(directory: Path) -> Iterator[dict[str, str]]:
+    """The environment of commands served by a warm server (CHAINLAB_PERSIST) of its own, in
+    `directory`; the server is ended afterwards."""
+    try:
+        yield {**os.environ, "CHAINLAB_PERSIST": "600", "XDG_RUNTIME_DIR": str(directory)}
+    finally:
+        end_server(str(directory / f"chainlab-warm-{os.getuid()}"))
+
+
+def wait_for_server(env: dict[str, str], timeout: float = 60) -> None:
+    """Until the warm server that the first served command started listens."""
+    sock = Path(env["XDG_RUNTIME_DIR"]) / f"chainlab-warm-{os.getuid()}" / "server.sock"
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm server did not start")
+        time.sleep(0.05)
 
 
 @contextmanager

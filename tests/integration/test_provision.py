@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from chainlab.provision.context import RunContext
 from chainlab.provision.dockerview import DockerView
 from chainlab.provision.recap import RunReport
 from chainlab.remote import connect, run
+from chainlab.warm.place import end_server
 
 from .conftest import make_inventory_file
 
@@ -161,6 +163,29 @@ def test_second_run_changes_nothing_and_is_faster(prov: Inventory, timings: dict
     assert not report.failed
     assert _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
     assert timings["second"] < timings["first"] / 1.5, timings
+
+
+def test_lab_up_served_by_the_warm_server_reads_as_run_here(prov: Inventory, tmp_path: Path) -> None:
+    """CHAINLAB_PERSIST: the same per-host recap as a `lab up` run in the shell's process,
+    from a child of the warm server (its own SSH connections, Docker and etcd clients)."""
+    runtime = Path(tempfile.mkdtemp(prefix="cw", dir="/tmp"))  # a socket's path is at most 107 bytes
+    env = {**os.environ, "CHAINLAB_PERSIST": "60", "XDG_RUNTIME_DIR": str(runtime)}
+    where = runtime / f"chainlab-warm-{os.getuid()}"
+    argv = [CLI, "-i", _inventory_file(prov), "lab", "up"]
+    try:
+        here = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)  # starts the server
+        deadline = time.monotonic() + 60
+        while not (where / "server.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert "lab up" in (where / "server.log").read_text()
+    finally:
+        end_server(str(where))
+        subprocess.run(["rm", "-rf", str(runtime)], check=False)
+    assert here.returncode == served.returncode == 0, served.stdout + served.stderr
+    assert sorted(here.stdout.splitlines()) == sorted(served.stdout.splitlines())  # hosts finish in any order
+    assert re.search(r"master : ok=\d+ changed=0 failed=0", served.stdout), served.stdout
 
 
 def test_check_on_local_lab_changes_nothing(prov: Inventory) -> None:

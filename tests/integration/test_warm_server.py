@@ -1,0 +1,217 @@
+"""The warm server (CHAINLAB_PERSIST): real processes, a real socket, real signals.
+
+Each test has its own runtime directory (XDG_RUNTIME_DIR), so its own server, ended by the
+PID in its lock file whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chainlab.warm import place
+
+CHAINLAB = str(Path(sys.executable).parent / "chainlab")
+LOG = Path(__file__).parents[1] / "fixtures" / "seed-logs" / "scenario1-master.log"
+pytestmark = pytest.mark.integration  # root: a `nobody` is tried
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+class Warm:
+    """A runtime directory and the commands run with it."""
+
+    def __init__(self, base: Path, seconds: int = 60):
+        self.base = base
+        self.dir = base / f"chainlab-warm-{os.getuid()}"
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(base), "CHAINLAB_PERSIST": str(seconds)}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CHAINLAB, *args], capture_output=True, text=True, env=env or self.env, timeout=timeout)
+
+    def server_pid(self) -> int | None:
+        try:
+            text = (self.dir / "server.lock").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text and alive(int(text)) else None
+
+    def wait_server(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.server_pid()
+            if pid and (self.dir / "server.sock").exists():
+                return pid
+            time.sleep(0.05)
+        raise AssertionError("no warm server started")
+
+    def served(self) -> list[str]:
+        path = self.dir / "server.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/cmdline").read_bytes().find(b"chainlab.warm.server") >= 0
+
+
+@pytest.fixture
+def warm() -> Iterator[Warm]:
+    base = Path(tempfile.mkdtemp(prefix="cw", dir="/tmp"))  # a short path: a socket's is at most 107 bytes
+    w = Warm(base)
+    try:
+        yield w
+    finally:
+        place.end_server(str(w.dir))
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_commands_served_match_commands_run_here(warm: Warm) -> None:
+    here = warm.run("analyze", "--format", "json", str(LOG), env={**os.environ})
+    first = warm.run("analyze", "--format", "json", str(LOG))  # no server yet: runs here, starts one
+    warm.wait_server()
+    served = warm.run("analyze", "--format", "json", str(LOG))
+    assert here.returncode == first.returncode == served.returncode == 0
+    assert here.stdout == first.stdout == served.stdout
+    assert len(warm.served()) == 1 and "analyze --format json" in warm.served()[0]
+    failed_here = warm.run("analyze", "/nonexistent.log", env={**os.environ})
+    failed = warm.run("analyze", "/nonexistent.log")
+    assert failed.returncode == failed_here.returncode == 2
+    assert failed.stderr == failed_here.stderr and "no such file" in failed.stderr
+    assert len(warm.served()) == 2
+
+
+def test_directory_and_socket_are_the_users_alone(warm: Warm) -> None:
+    warm.run("analyze", str(LOG))
+    warm.wait_server()
+    assert warm.dir.stat().st_mode & 0o777 == 0o700
+    assert (warm.dir / "server.sock").stat().st_mode & 0o077 == 0
+    grab = "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])"
+    proc = subprocess.run([*NOBODY, sys.executable, "-c", grab, str(warm.dir / "server.sock")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "PermissionError" in proc.stderr
+
+
+def test_a_directory_others_can_enter_is_not_used(warm: Warm) -> None:
+    warm.dir.mkdir(mode=0o755)
+    warm.dir.chmod(0o755)
+    proc = warm.run("analyze", str(LOG))
+    assert proc.returncode == 0
+    time.sleep(1)
+    assert not (warm.dir / "server.sock").exists() and warm.server_pid() is None
+
+
+def test_other_settings_get_a_new_server(warm: Warm) -> None:
+    warm.run("analyze", str(LOG))
+    old = warm.wait_server()
+    other = {**warm.env, "CHAINLAB_ENGINE": "python"}
+    proc = warm.run("analyze", "--format", "json", str(LOG), env=other)  # the old server cannot run it
+    assert proc.returncode == 0 and proc.stdout == warm.run("analyze", "--format", "json", str(LOG), env={
+        **os.environ, "CHAINLAB_ENGINE": "python"}).stdout
+    deadline = time.monotonic() + 30
+    while alive(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(old)
+    assert warm.wait_server() != old
+
+
+def test_signals_reach_the_command_and_end_it(warm: Warm) -> None:
+    big = warm.base / "zeros.log"
+    with big.open("wb") as handle:
+        handle.truncate(8 << 30)  # sparse: 8 GiB of NUL bytes to read, no disk used
+    warm.run("analyze", str(LOG))
+    warm.wait_server()
+    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", str(big)], env=warm.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    assert proc.poll() is None
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 130, err
+    children = subprocess.run(["pgrep", "-P", str(warm.server_pid())], capture_output=True, text=True).stdout
+    assert children.strip() == ""  # the child ended too
+
+
+def test_the_server_ends_when_idle(warm: Warm) -> None:
+    short = Warm(warm.base, seconds=1)
+    short.run("analyze", str(LOG))
+    pid = short.wait_server()
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
+    assert not (short.dir / "server.sock").exists()
+
+
+def test_commands_not_served_run_here(warm: Warm) -> None:
+    proc = warm.run("--version")
+    assert proc.returncode == 0 and "chainlab" in proc.stdout
+    time.sleep(0.5)
+    assert warm.server_pid() is None  # nothing to serve: no server started
+
+
+def test_a_socket_nobody_listens_on_is_replaced(warm: Warm) -> None:
+    warm.dir.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(warm.dir / "server.sock"))
+    stale.close()  # the file stays, nobody listens (a server killed with -9)
+    assert warm.run("analyze", str(LOG)).returncode == 0
+    warm.wait_server()
+    assert warm.run("analyze", str(LOG)).returncode == 0
+    assert len(warm.served()) == 1
+
+
+def test_sigterm_lets_the_running_command_finish(warm: Warm) -> None:
+    big = warm.base / "big.log"
+    big.write_bytes(LOG.read_bytes() * 2000)  # seconds on the Python engine
+    warm.env["CHAINLAB_ENGINE"] = "python"
+    warm.run("analyze", str(LOG))
+    pid = warm.wait_server()
+    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", str(big)], env=warm.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not warm.served() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert not (warm.dir / "server.sock").exists()  # no new command from now on
+    assert proc.poll() is None
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err  # the one running finished, and its status came back
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def test_the_command_has_the_callers_umask_and_directory(warm: Warm) -> None:
+    big = warm.base / "big.log"
+    big.write_bytes(LOG.read_bytes() * 2000)  # seconds on the Python engine: time to look at it
+    warm.env["CHAINLAB_ENGINE"] = "python"
+    warm.run("analyze", str(LOG))
+    warm.wait_server()
+    proc = subprocess.Popen(["sh", "-c", f"umask 027; exec {CHAINLAB} analyze --format json big.log"], cwd=warm.base,
+                            env=warm.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not warm.served() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(warm.served()[0].split(" pid ")[1].split(":")[0])
+    status = Path(f"/proc/{child}/status").read_text()
+    assert "Umask:\t0027" in status
+    assert os.readlink(f"/proc/{child}/cwd") == str(warm.base)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
