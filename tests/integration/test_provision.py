@@ -31,7 +31,7 @@ from chainlab.provision.context import RunContext
 from chainlab.provision.dockerview import DockerView
 from chainlab.provision.recap import RunReport
 from chainlab.remote import connect, run
-from chainlab.warm.place import end_server
+from chainlab.warm import place
 
 from .conftest import make_inventory_file
 
@@ -176,12 +176,12 @@ def test_lab_up_served_by_the_warm_server_reads_as_run_here(prov: Inventory, tmp
         here = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)  # starts the server
         deadline = time.monotonic() + 60
-        while not (where / "server.sock").exists() and time.monotonic() < deadline:
+        while not Path(place.socket_path(str(where))).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         served = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-        assert "lab up" in (where / "server.log").read_text()
+        assert "lab up" in Path(place.log_path(str(where))).read_text()
     finally:
-        end_server(str(where))
+        place.end_server(str(where))
         subprocess.run(["rm", "-rf", str(runtime)], check=False)
     assert here.returncode == served.returncode == 0, served.stdout + served.stderr
     assert sorted(here.stdout.splitlines()) == sorted(served.stdout.splitlines())  # hosts finish in any order

@@ -40,7 +40,7 @@ class Warm:
 
     def server_pid(self) -> int | None:
         try:
-            text = (self.dir / "server.lock").read_text().strip()
+            text = Path(place.lock_path(str(self.dir))).read_text().strip()
         except FileNotFoundError:
             return None
         return int(text) if text and alive(int(text)) else None
@@ -49,14 +49,25 @@ class Warm:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = self.server_pid()
-            if pid and (self.dir / "server.sock").exists():
+            if pid and listening(place.socket_path(str(self.dir))):
                 return pid
             time.sleep(0.05)
         raise AssertionError("no warm server started")
 
     def served(self) -> list[str]:
-        path = self.dir / "server.log"
-        return path.read_text().splitlines() if path.exists() else []
+        path = Path(place.log_path(str(self.dir)))
+        return [line for line in path.read_text().splitlines() if " pid " in line] if path.exists() else []
+
+
+def listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def alive(pid: int) -> bool:
@@ -97,9 +108,9 @@ def test_directory_and_socket_are_the_users_alone(warm: Warm) -> None:
     warm.run("analyze", str(LOG))
     warm.wait_server()
     assert warm.dir.stat().st_mode & 0o777 == 0o700
-    assert (warm.dir / "server.sock").stat().st_mode & 0o077 == 0
+    assert Path(place.socket_path(str(warm.dir))).stat().st_mode & 0o077 == 0
     grab = "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])"
-    proc = subprocess.run([*NOBODY, sys.executable, "-c", grab, str(warm.dir / "server.sock")],
+    proc = subprocess.run([*NOBODY, sys.executable, "-c", grab, place.socket_path(str(warm.dir))],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "PermissionError" in proc.stderr
 
@@ -110,7 +121,7 @@ def test_a_directory_others_can_enter_is_not_used(warm: Warm) -> None:
     proc = warm.run("analyze", str(LOG))
     assert proc.returncode == 0
     time.sleep(1)
-    assert not (warm.dir / "server.sock").exists() and warm.server_pid() is None
+    assert not Path(place.socket_path(str(warm.dir))).exists() and warm.server_pid() is None
 
 
 def test_other_settings_get_a_new_server(warm: Warm) -> None:
@@ -154,7 +165,7 @@ def test_the_server_ends_when_idle(warm: Warm) -> None:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid)
-    assert not (short.dir / "server.sock").exists()
+    assert not Path(place.socket_path(str(short.dir))).exists()
 
 
 def test_commands_not_served_run_here(warm: Warm) -> None:
@@ -167,7 +178,7 @@ def test_commands_not_served_run_here(warm: Warm) -> None:
 def test_a_socket_nobody_listens_on_is_replaced(warm: Warm) -> None:
     warm.dir.mkdir(mode=0o700)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stale.bind(str(warm.dir / "server.sock"))
+    stale.bind(place.socket_path(str(warm.dir)))
     stale.close()  # the file stays, nobody listens (a server killed with -9)
     assert warm.run("analyze", str(LOG)).returncode == 0
     warm.wait_server()
@@ -188,7 +199,7 @@ def test_sigterm_lets_the_running_command_finish(warm: Warm) -> None:
         time.sleep(0.02)
     os.kill(pid, signal.SIGTERM)
     time.sleep(0.2)
-    assert not (warm.dir / "server.sock").exists()  # no new command from now on
+    assert not Path(place.socket_path(str(warm.dir))).exists()  # no new command from now on
     assert proc.poll() is None
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err  # the one running finished, and its status came back
@@ -215,3 +226,81 @@ def test_the_command_has_the_callers_umask_and_directory(warm: Warm) -> None:
     assert os.readlink(f"/proc/{child}/cwd") == str(warm.base)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+
+
+def test_the_first_commands_directory_is_not_on_the_servers_module_path(warm: Warm) -> None:
+    evil = warm.base / "evil"
+    evil.mkdir()
+    marker = warm.base / "imported"
+    (evil / "hashlib.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError\n")
+    proc = subprocess.run([CHAINLAB, "analyze", str(LOG)], cwd=evil, env=warm.env, capture_output=True, text=True)
+    assert proc.returncode == 0
+    warm.wait_server()
+    assert warm.run("analyze", str(LOG)).returncode == 0 and len(warm.served()) == 1
+    assert not marker.exists()
+    assert os.readlink(f"/proc/{warm.server_pid()}/cwd") == "/"
+
+
+def _slow_command(warm: Warm) -> tuple[subprocess.Popen[str], int]:
+    """A served analyze that takes seconds (the Python engine on a 9 MB log), and its child's PID."""
+    big = warm.base / "big.log"
+    big.write_bytes(LOG.read_bytes() * 2000)
+    warm.env["CHAINLAB_ENGINE"] = "python"
+    warm.run("analyze", str(LOG))
+    warm.wait_server()
+    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", str(big)], env=warm.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not warm.served() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc, int(warm.served()[0].split(" pid ")[1].split(":")[0])
+
+
+def test_a_killed_client_takes_its_command_with_it(warm: Warm) -> None:
+    proc, child = _slow_command(warm)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists()
+
+
+def test_the_child_holds_no_other_descriptor_of_the_server(warm: Warm) -> None:
+    first, first_child = _slow_command(warm)
+    second = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", str(warm.base / "big.log")], env=warm.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(warm.served()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second_child = int(warm.served()[1].split(" pid ")[1].split(":")[0])
+    theirs = os.readlink(f"/proc/{second.pid}/fd/2")
+    while os.readlink(f"/proc/{second_child}/fd/2") != theirs and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the child has become the command (its streams are the client's)
+    targets = [os.readlink(f"/proc/{second_child}/fd/{fd}") for fd in os.listdir(f"/proc/{second_child}/fd")]
+    assert not [t for t in targets if t.startswith(("socket:", "pipe:")) and t not in (
+        os.readlink(f"/proc/{second.pid}/fd/1"), os.readlink(f"/proc/{second.pid}/fd/2"))], targets
+    for proc in (first, second):
+        proc.communicate(timeout=120)
+        assert proc.returncode == 0
+
+
+def test_a_connection_that_says_nothing_neither_blocks_nor_ends_the_server(warm: Warm) -> None:
+    warm.run("analyze", str(LOG))
+    pid = warm.wait_server()
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    idle.connect(place.socket_path(str(warm.dir)))
+    started = time.monotonic()
+    assert warm.run("analyze", str(LOG)).returncode == 0
+    idle.close()
+    assert warm.run("analyze", str(LOG)).returncode == 0
+    assert warm.server_pid() == pid
+    assert sum(" pid " in line for line in warm.served()) >= 1
+    assert time.monotonic() - started < 30
+
+
+def test_a_command_ended_by_a_signal_ends_the_client_by_it(warm: Warm) -> None:
+    proc, child = _slow_command(warm)
+    os.kill(child, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # as a shell sees a command killed by SIGTERM

@@ -47,6 +47,25 @@ def test_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_end_server_trusts_a_pid_only_under_a_held_lock(tmp_path: Path) -> None:
-    (tmp_path / "server.lock").write_text(f"{os.getpid()}\n")  # a dead server's file, a live PID
+    Path(place.lock_path(str(tmp_path))).write_text(f"{os.getpid()}\n")  # a dead server's file, a live PID
     assert place.end_server(str(tmp_path)) is None  # this process is not signalled
     assert place.end_server(str(tmp_path / "none")) is None
+
+
+def test_each_installation_has_its_own_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = place.socket_path("/d")
+    monkeypatch.setattr("sys.prefix", "/opt/other-venv")
+    assert place.socket_path("/d") != mine
+
+
+def test_a_parent_directory_another_user_could_change_is_not_used(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "run-user"
+    base.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
+    base.chmod(0o777)  # anyone could swap our directory in it
+    assert place.directory() is None
+    base.chmod(0o1777)  # sticky, as /tmp: they cannot
+    assert place.directory() is not None
+    os.chown(base, 65534, 65534)  # another user's (e.g. root under sudo -E with a user's XDG_RUNTIME_DIR)
+    assert place.directory() is None

@@ -11,6 +11,9 @@ import sys
 
 from chainlab.warm import place
 
+#: Seconds to wait for the server to take a command (it may be busy starting).
+ANSWER_WITHIN = 10
+
 
 def main() -> None:
     seconds = _persist_seconds()
@@ -30,53 +33,91 @@ def _persist_seconds() -> int:
 
 def _served(seconds: int) -> int | None:
     """Run the command on the server: its exit status, or None to run it here (no server
-    yet: one is started for the next command; or the one there no longer fits)."""
+    yet: one is started for the next command; or the one there does not take it)."""
     import json
     import signal
     import socket
+    import struct
 
     where = place.directory()
     if where is None:
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(place.socket_path(where))
-        mask = os.umask(0o077)
-        os.umask(mask)
-        request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask}
-        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
-        answer = sock.recv(64).decode()
-    except OSError:
-        answer = ""
-    if not answer.startswith("pid "):  # none there, or it went (stale: it ends itself)
-        sock.close()
-        _start_server(where, seconds)
-        return None
-    pid = int(answer[4:])
+    # Signals that come before the command has a PID are kept, then forwarded.
+    pending: list[int] = []
+    pid = 0
 
     def forward(signum: int, frame: object) -> None:
+        if not pid:
+            pending.append(signum)
+            return
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    for signum in forwarded:
         signal.signal(signum, forward)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(place.socket_path(where))
+        peer_uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+    except OSError:  # none there: run here, and start one for the next command
+        sock.close()
+        _start_server(where, seconds)
+        return _not_served(forwarded, pending)
+    try:
+        if peer_uid != os.getuid():
+            raise OSError("the server is another user's")
+        mask = os.umask(0o077)
+        os.umask(mask)
+        request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask,
+                   "install": place.install()}
+        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+        sock.settimeout(ANSWER_WITHIN)
+        answer = sock.recv(64).decode()
+    except OSError:  # too big a request, a server that does not answer: run here
+        answer = ""
+    if not answer.startswith("pid "):
+        sock.close()
+        if answer == "stale":  # it ends: the next one fits this command
+            _start_server(where, seconds)
+        return _not_served(forwarded, pending)
+    pid = int(answer[4:])
+    for signum in pending:
+        forward(signum, None)
+    sock.settimeout(None)
     status = sock.recv(64).decode()  # forward() returns: recv goes on waiting (PEP 475)
     if status.startswith("exit "):
         return int(status[5:])
-    if status.startswith("signal "):
-        return 128 + int(status[7:])
+    if status.startswith("signal "):  # die as the command died (the shell sees the same)
+        signum = int(status[7:])
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return 128 + signum
     print("chainlab: the warm server went away before the command ended", file=sys.stderr)
     return 1
 
 
+def _not_served(forwarded: tuple[int, ...], pending: list[int]) -> None:
+    """Back to running here: the signals' usual handling, and any that came meanwhile."""
+    import signal
+
+    for signum in forwarded:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    for signum in pending:  # interrupted before the command started: end as a program would
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return None
+
+
 def _start_server(where: str, seconds: int) -> None:
-    """A server in the background (its own session, no terminal), for the next command."""
+    """A server in the background (its own session, no terminal, in `/`, and without the
+    caller's directory on its module path: `-P`), for the next command."""
     import subprocess
 
     subprocess.Popen(
-        [sys.executable, "-m", "chainlab.warm.server", where, str(seconds)],
+        [sys.executable, "-P", "-m", "chainlab.warm.server", where, str(seconds)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        start_new_session=True, close_fds=True, cwd="/",
     )

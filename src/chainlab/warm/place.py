@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 #: Sub-commands the server runs. Not `ssh` (an interactive terminal wants its own session),
 #: nor `local` and `vm` (they start daemons, which should not be the server's descendants).
@@ -19,8 +20,16 @@ ENV_PREFIXES = ("CHAINLAB_", "PYTHON", "PYDANTIC_")
 
 def directory() -> str | None:
     """The user's private directory for the socket (made 0700 if missing), or None when it
-    exists but is not private (then nothing is served)."""
+    is not private, or its parent could be changed by another user (then nothing is served:
+    e.g. root under `sudo -E` with a user's XDG_RUNTIME_DIR)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
+    try:
+        parent = os.stat(base)
+    except OSError:
+        return None
+    sticky = parent.st_mode & stat.S_ISVTX  # /tmp: others cannot rename what is ours in it
+    if parent.st_uid not in (0, os.getuid()) or (parent.st_mode & 0o022 and not sticky):
+        return None
     path = os.path.join(base, f"chainlab-warm-{os.getuid()}")
     try:
         os.mkdir(path, 0o700)
@@ -34,8 +43,28 @@ def directory() -> str | None:
     return path
 
 
+def install() -> str:
+    """This chainlab installation (its Python environment and package directory): each has
+    a server of its own, so a second checkout or a pipx install is never served by another."""
+    import zlib
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    key = "\0".join((sys.prefix, package)).encode()
+    return f"{zlib.crc32(key):08x}"
+
+
 def socket_path(where: str) -> str:
-    return os.path.join(where, "server.sock")
+    return os.path.join(where, f"server-{install()}.sock")
+
+
+def lock_path(where: str) -> str:
+    """The server holds it locked while it runs; it holds the server's PID."""
+    return os.path.join(where, f"server-{install()}.lock")
+
+
+def log_path(where: str) -> str:
+    """The commands the running server has served (one line each: time, PID, command)."""
+    return os.path.join(where, f"server-{install()}.log")
 
 
 def environment_key(env: dict[str, str]) -> list[list[str]]:
@@ -64,7 +93,7 @@ def end_server(where: str) -> int | None:
     import signal
 
     try:
-        lock = open(os.path.join(where, "server.lock"))  # noqa: SIM115 - closed below
+        lock = open(lock_path(where))  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return None
     with lock:

@@ -1,9 +1,10 @@
 """The warm server: chainlab imported once, a forked child per command (see chainlab.warm).
 
-`python -m chainlab.warm.server DIRECTORY SECONDS`, started by the client. One server per
-directory (a lock file); it ends after SECONDS without a command, when chainlab's files
-change, or when a command's CHAINLAB_/PYTHON environment is not the one it started with.
-Only its own user reaches it: the directory is 0700 and each peer's uid is checked.
+`python -P -m chainlab.warm.server DIRECTORY SECONDS`, started by the client. One server per
+installation and directory (a lock file); it ends after SECONDS without a command, when
+chainlab's files change, or when a command's CHAINLAB_/PYTHON environment is not the one it
+started with. Only its own user reaches it: the directory is 0700 and each peer's uid is
+checked. A command whose client goes away (killed) is sent SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from chainlab.warm import place
 
 #: Not imported ahead: the pytest plugin (imports pytest) and this package.
 NOT_PRELOADED = ("chainlab.pytest_plugin", "chainlab.warm")
+#: Signals a command's child must not get before its own handlers are set.
+HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+#: Seconds a client has to send its command once connected (it sends it at once).
+REQUEST_WITHIN = 5
 
 
 def preload() -> None:
@@ -52,27 +57,38 @@ def code_key() -> str:
     return digest.hexdigest()
 
 
+def _peer_uid(conn: socket.socket) -> int:
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+
+
 class Server:
     def __init__(self, where: str, idle: float):
         self.where, self.idle = where, idle
-        self.children: dict[int, socket.socket] = {}
+        self.children: dict[int, socket.socket | None] = {}  # PID -> its client (None: gone)
+        self.pending: dict[socket.socket, float] = {}  # connected, command not read yet -> until when
         self.stopping = False
         self.ending = False  # a signal asked the server to end
 
-    def listen(self) -> bool:
-        """Bind the socket: False if another server has it."""
-        self.lock = open(os.path.join(self.where, "server.lock"), "a")  # noqa: SIM115 - held while serving
-        os.chmod(self.lock.name, 0o600)
+    def lock(self) -> bool:
+        """Take the installation's lock: False if another server has it."""
+        fd = os.open(place.lock_path(self.where), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.lock_file = os.fdopen(fd, "r+")
         try:
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self.lock_file.close()
             return False
-        self.lock.truncate(0)
-        self.lock.write(f"{os.getpid()}\n")  # which process serves (tests end it by this PID)
-        self.lock.flush()
-        self.log = open(os.path.join(self.where, "server.log"), "a", buffering=1)  # noqa: SIM115
+        self.lock_file.truncate(0)
+        self.lock_file.write(f"{os.getpid()}\n")  # which process serves (end_server trusts it under the lock)
+        self.lock_file.flush()
+        return True
+
+    def listen(self) -> None:
+        fd = os.open(place.log_path(self.where), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        self.log = os.fdopen(fd, "w", buffering=1)  # this server's commands only: it does not grow across servers
         path = place.socket_path(self.where)
-        if os.path.exists(path):
+        if os.path.lexists(path):
             os.unlink(path)  # a server that ended without removing it: the lock says none runs
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         old = os.umask(0o077)
@@ -81,24 +97,26 @@ class Server:
         finally:
             os.umask(old)
         self.listener.listen(16)
-        return True
 
     def serve(self) -> None:
         self.env_key = place.environment_key(dict(os.environ))
         self.code = code_key()
-        self.wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # end as when idle: commands running finish
             signal.signal(signum, self.asked_to_end)
         gc.freeze()  # what the imports made stays out of the children's collections (and shared)
         last = time.monotonic()
         while True:
-            if not self.children and (self.stopping or time.monotonic() - last >= self.idle):
+            if not self.children and not self.pending and (self.stopping or time.monotonic() - last >= self.idle):
                 break
-            timeout = None if self.children else max(0.0, self.idle - (time.monotonic() - last))
-            watched = [self.wake_r] + ([] if self.stopping else [self.listener])
+            now = time.monotonic()
+            deadlines = list(self.pending.values()) + ([] if self.children else [last + self.idle])
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            clients = [c for c in self.children.values() if c is not None]
+            watched = [self.wake_r, *clients, *self.pending] + ([] if self.stopping else [self.listener])
             try:
                 ready, _, _ = select.select(watched, [], [], timeout)
             except InterruptedError:
@@ -108,10 +126,17 @@ class Server:
             if self.ending:
                 self.stop()
             self.reap()
+            self.hung_up([c for c in ready if c in clients])
+            for conn in [c for c in self.pending if c in ready or self.pending[c] <= time.monotonic()]:
+                del self.pending[conn]
+                if conn in ready and not self.stopping:
+                    self.take(conn)  # its command is there (or it closed): recv does not wait
+                    last = time.monotonic()
+                else:
+                    conn.close()  # connected and said nothing in time (or the server is ending)
             if not self.stopping and self.listener in ready:
                 conn, _ = self.listener.accept()
-                self.take(conn)
-                last = time.monotonic()
+                self.pending[conn] = time.monotonic() + REQUEST_WITHIN
         self.stop()
 
     def asked_to_end(self, signum: int, frame: object) -> None:
@@ -134,34 +159,78 @@ class Server:
                     pass
                 conn.close()
 
+    def hung_up(self, conns: list[socket.socket]) -> None:
+        """A client that went away (killed): its command is sent SIGTERM (as a closed
+        terminal would end it), and is reaped as usual."""
+        for pid, conn in list(self.children.items()):
+            if conn is not None and conn in conns and not _still_there(conn):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                conn.close()
+                self.children[pid] = None
+
     def take(self, conn: socket.socket) -> None:
         """One command: checked, then run in a child."""
         fds: list[int] = []
+        verdict = "no"
         try:
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if _peer_uid(conn) != os.getuid():
+                raise ValueError("another user")
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            if not message:  # connected and closed (a probe of whether one listens)
+                for fd in fds:
+                    os.close(fd)
+                conn.close()
+                return
             request = json.loads(message)
-            fits = (uid == os.getuid() and len(fds) == 3
-                    and place.environment_key(request["env"]) == self.env_key and code_key() == self.code)
-        except (OSError, ValueError, KeyError, TypeError):
-            fits = False
-        if not fits:
-            self.stop()  # a command it cannot run: the client runs it itself and starts a new server
-            conn.close()
-            for fd in fds:
-                os.close(fd)
-            return
-        pid = os.fork()
-        if pid == 0:
-            self.child(conn, fds, request)
-        self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {pid}: {' '.join(request['argv'][1:])}\n")
+            if len(fds) != 3 or request["install"] != place.install():
+                raise ValueError("not a command of this installation")
+            if place.environment_key(request["env"]) != self.env_key or code_key() != self.code:
+                verdict = "stale"
+                raise ValueError("another environment or changed code")
+            if not _still_there(conn):
+                raise ValueError("the client went away")
+            pid = self.fork(conn, fds, request)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            pid = 0
+            self.note(f"not served ({exc}): {verdict}")
         for fd in fds:
             os.close(fd)
-        self.children[pid] = conn
+        if not pid:
+            try:
+                conn.send(verdict.encode())
+            except OSError:
+                pass
+            conn.close()
+            if verdict == "stale":
+                self.stop()  # the client runs the command itself and starts a new server
+            return
         try:
             conn.send(f"pid {pid}".encode())
-        except OSError:
-            pass
+        except OSError:  # gone meanwhile: so is its command
+            os.kill(pid, signal.SIGKILL)
+        self.children[pid] = conn
+        self.note(f"pid {pid}: {' '.join(request['argv'][1:])}")
+
+    def fork(self, conn: socket.socket, fds: list[int], request: dict) -> int:
+        """The command's child (its PID). Signals are held across the fork, so that none
+        reaches the child before it has a command's handlers."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self.child(conn, fds, request)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+        return pid
+
+    def note(self, line: str) -> None:
+        try:
+            self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+        except (OSError, ValueError):
+            pass  # a full disk does not stop the serving
 
     def child(self, conn: socket.socket, fds: list[int], request: dict) -> None:
         """In the forked child: become the command (its streams, directory, environment) and run it."""
@@ -171,10 +240,15 @@ class Server:
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+            for other in [*self.children.values(), *self.pending]:
+                if other is not None:
+                    other.close()
             self.listener.close()
-            self.lock.close()
+            self.lock_file.close()
             self.log.close()
             os.close(self.wake_r)
+            os.close(self.wake_w)
             conn.close()
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
@@ -219,18 +293,29 @@ class Server:
             except FileNotFoundError:
                 pass
             self.listener.close()
-            self.lock.close()
-            self.log.close()
+            self.lock_file.close()
+
+
+def _still_there(conn: socket.socket) -> bool:
+    """Whether the client still waits (it sends nothing more: readable means it closed)."""
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK) != b""
+    except OSError:
+        return False
 
 
 def main(argv: list[str]) -> int:
     where, seconds = argv[0], float(argv[1])
     if place.directory() != where:
         return 2
-    preload()
     server = Server(where, seconds)
-    if not server.listen():
+    if not server.lock():
         return 0  # another server has started meanwhile
+    preload()
+    server.listen()
     server.serve()
     return 0
 
