@@ -65,3 +65,33 @@ def wait_for_server(env: dict[str, str], timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the warm server did not start")
         time.sleep(0.05)
+
+
+@contextmanager
+def private_lab(directory: Path, lab: str, lan: str) -> Iterator[Path]:
+    """The inventory of a private copy of lab/local.yaml; its local lab is always taken down."""
+    inv = inventory(directory, lab, lan)
+    try:
+        yield inv
+    finally:
+        subprocess.run([CHAINLAB, "-i", str(inv), "local", "down"], capture_output=True)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def settle(idle: float = 0.75, limit: float = 60.0) -> float:
+    """Wait until the machine is at least `idle` idle over one second (a lab just brought up
+    keeps its daemons busy for a while), at most `limit` seconds; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        busy0, total0 = _cpu_times()
+        time.sleep(1.0)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and 1 - (busy1 - busy0) / (total1 - total0) >= idle:
+            break
+    return time.monotonic() - started
