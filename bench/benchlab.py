@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from userenv import like_a_user_shell
 
-from chainlab.warm.place import end_server, socket_path
+from chainlab.warm.place import directory_in, end_server, listening
 
 like_a_user_shell()  # every lab benchmark imports this module first: the tools it times run as from a user's shell
 
@@ -54,14 +54,14 @@ def warm_server(directory: Path) -> Iterator[dict[str, str]]:
     try:
         yield {**os.environ, "CHAINLAB_PERSIST": "600", "XDG_RUNTIME_DIR": str(directory)}
     finally:
-        end_server(str(directory / f"chainlab-warm-{os.getuid()}"))
+        end_server(directory_in(str(directory)))
 
 
 def wait_for_server(env: dict[str, str], timeout: float = 60) -> None:
     """Until the warm server that the first served command started listens."""
-    where = str(Path(env["XDG_RUNTIME_DIR"]) / f"chainlab-warm-{os.getuid()}")
+    where = directory_in(env["XDG_RUNTIME_DIR"])
     deadline = time.monotonic() + timeout
-    while not Path(socket_path(where)).exists():
+    while not listening(where):
         if time.monotonic() > deadline:
             raise RuntimeError("the warm server did not start")
         time.sleep(0.05)

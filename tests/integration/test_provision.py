@@ -165,25 +165,26 @@ def test_second_run_changes_nothing_and_is_faster(prov: Inventory, timings: dict
     assert timings["second"] < timings["first"] / 1.5, timings
 
 
-def test_lab_up_served_by_the_warm_server_reads_as_run_here(prov: Inventory, tmp_path: Path) -> None:
+def test_lab_up_served_by_the_warm_server_reads_as_run_here(prov: Inventory) -> None:
     """CHAINLAB_PERSIST: the same per-host recap as a `lab up` run in the shell's process,
     from a child of the warm server (its own SSH connections, Docker and etcd clients)."""
     runtime = Path(tempfile.mkdtemp(prefix="cw", dir="/tmp"))  # a socket's path is at most 107 bytes
     env = {**os.environ, "CHAINLAB_PERSIST": "60", "XDG_RUNTIME_DIR": str(runtime)}
-    where = runtime / f"chainlab-warm-{os.getuid()}"
+    where = place.directory_in(str(runtime))
     argv = [CLI, "-i", _inventory_file(prov), "lab", "up"]
     try:
         here = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)  # starts the server
         deadline = time.monotonic() + 60
-        while not Path(place.socket_path(str(where))).exists() and time.monotonic() < deadline:
+        while not place.listening(where) and time.monotonic() < deadline:
             time.sleep(0.05)
         served = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-        assert "lab up" in Path(place.log_path(str(where))).read_text()
+        assert "lab up" in Path(place.log_path(where)).read_text()
     finally:
-        place.end_server(str(where))
+        place.end_server(where)
         subprocess.run(["rm", "-rf", str(runtime)], check=False)
     assert here.returncode == served.returncode == 0, served.stdout + served.stderr
+
     def lines(out: str) -> list[str]:  # hosts finish in any order; durations differ
         return sorted(re.sub(r"\b\d+(\.\d+)?s\b", "<t>", line) for line in out.splitlines())
 

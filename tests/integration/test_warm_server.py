@@ -32,7 +32,7 @@ class Warm:
 
     def __init__(self, base: Path, seconds: int = 60):
         self.base = base
-        self.dir = base / f"chainlab-warm-{os.getuid()}"
+        self.dir = Path(place.directory_in(str(base)))
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(base), "CHAINLAB_PERSIST": str(seconds)}
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,7 +49,7 @@ class Warm:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid = self.server_pid()
-            if pid and listening(place.socket_path(str(self.dir))):
+            if pid and place.listening(str(self.dir)):
                 return pid
             time.sleep(0.05)
         raise AssertionError("no warm server started")
@@ -57,17 +57,6 @@ class Warm:
     def served(self) -> list[str]:
         path = Path(place.log_path(str(self.dir)))
         return [line for line in path.read_text().splitlines() if " pid " in line] if path.exists() else []
-
-
-def listening(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def alive(pid: int) -> bool:

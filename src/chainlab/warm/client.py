@@ -37,7 +37,6 @@ def _served(seconds: int) -> int | None:
     import json
     import signal
     import socket
-    import struct
 
     where = place.directory()
     if where is None:
@@ -61,7 +60,7 @@ def _served(seconds: int) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(place.socket_path(where))
-        peer_uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        peer_uid = place.peer_uid(sock)
     except OSError:  # none there: run here, and start one for the next command
         sock.close()
         _start_server(where, seconds)

@@ -30,7 +30,7 @@ def directory() -> str | None:
     sticky = parent.st_mode & stat.S_ISVTX  # /tmp: others cannot rename what is ours in it
     if parent.st_uid not in (0, os.getuid()) or (parent.st_mode & 0o022 and not sticky):
         return None
-    path = os.path.join(base, f"chainlab-warm-{os.getuid()}")
+    path = directory_in(base)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -41,6 +41,34 @@ def directory() -> str | None:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         return None
     return path
+
+
+def directory_in(base: str) -> str:
+    """The user's socket directory under `base` (a runtime directory)."""
+    return os.path.join(base, f"chainlab-warm-{os.getuid()}")
+
+
+def peer_uid(sock: object) -> int:
+    """The uid of the process at the other end of a connected unix socket."""
+    import socket
+    import struct
+
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # type: ignore[attr-defined]
+    return struct.unpack("3i", raw)[1]
+
+
+def listening(where: str) -> bool:
+    """Whether a server of this installation takes connections in `where` now."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(socket_path(where))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def install() -> str:

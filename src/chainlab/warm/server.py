@@ -19,7 +19,6 @@ import pkgutil
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
@@ -55,10 +54,6 @@ def code_key() -> str:
                 info = path.stat()
                 digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def _peer_uid(conn: socket.socket) -> int:
-    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
 
 
 class Server:
@@ -175,32 +170,32 @@ class Server:
         """One command: checked, then run in a child."""
         fds: list[int] = []
         verdict = "no"
+        pid = 0
         try:
-            if _peer_uid(conn) != os.getuid():
+            if place.peer_uid(conn) != os.getuid():
                 raise ValueError("another user")
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             if not message:  # connected and closed (a probe of whether one listens)
-                for fd in fds:
-                    os.close(fd)
-                conn.close()
-                return
-            request = json.loads(message)
-            if len(fds) != 3 or request["install"] != place.install():
-                raise ValueError("not a command of this installation")
-            if place.environment_key(request["env"]) != self.env_key or code_key() != self.code:
-                verdict = "stale"
-                raise ValueError("another environment or changed code")
-            if not _still_there(conn):
-                raise ValueError("the client went away")
-            pid = self.fork(conn, fds, request)
+                verdict = ""
+            else:
+                request = json.loads(message)
+                if len(fds) != 3 or request["install"] != place.install():
+                    raise ValueError("not a command of this installation")
+                if place.environment_key(request["env"]) != self.env_key or code_key() != self.code:
+                    verdict = "stale"
+                    raise ValueError("another environment or changed code")
+                if not _still_there(conn):
+                    raise ValueError("the client went away")
+                pid = self.fork(conn, fds, request)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            pid = 0
             self.note(f"not served ({exc}): {verdict}")
-        for fd in fds:
-            os.close(fd)
+        finally:
+            for fd in fds:  # the child has its own copies
+                os.close(fd)
         if not pid:
             try:
-                conn.send(verdict.encode())
+                if verdict:
+                    conn.send(verdict.encode())
             except OSError:
                 pass
             conn.close()
