@@ -14,6 +14,8 @@ from chainlab.inventory import Inventory, load_inventory
 from chainlab.local import down, plan_lab, up
 from chainlab.local.plan import LabPlan
 
+from . import suite
+
 ROOT = Path(__file__).resolve().parents[2]
 LAB_YAML = ROOT / "lab" / "local.yaml"
 #: The test lab: lab/local.yaml on its own lan and lab name (so it never collides with a
@@ -57,7 +59,30 @@ def make_inventory_file(directory: Path, lab: str = TEST_LAB, lan: str = TEST_LA
         doc["hosts"]["slave2"]["iptables"] = "nft"
     path = directory / "inventory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    suite.register(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_suite_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Wait for another integration suite on this machine, then take down labs a killed one left."""
+    if os.geteuid() != 0:
+        yield
+        return
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+
+    def say(line: str) -> None:  # on the terminal even while pytest captures the test's output
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"chainlab tests: {line}")
+
+    fd = suite.hold_lock(say)
+    try:
+        suite.sweep(say, lambda directory, lab: make_inventory_file(directory, lab=lab))
+        yield
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from chainlab.local import plan_lab
 from chainlab.provision.image import import_rootfs
 from chainlab.remote import docker_client
 
+from . import suite
 from .conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,7 @@ def build_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     }
     inv = directory / "inventory.yaml"
     inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+    suite.register(inv)
     try:
         assert cli(inv, "local", "up").returncode == 0
         client = docker_client(load_inventory(inv), "master")

@@ -21,6 +21,7 @@ from chainlab.local import system as S
 from chainlab.remote import connect, run
 from chainlab.vm.plan import VmLabPlan, plan_vm_lab
 
+from . import suite
 from .conftest import ROOT
 
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")
@@ -61,6 +62,7 @@ def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = ())
         host["address"] = f"{LAN}.{str(host['address']).rsplit('.', 1)[1]}"
     path = directory / source
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    suite.register(path)
     return path
 
 
