@@ -293,3 +293,39 @@ def test_a_command_ended_by_a_signal_ends_the_client_by_it(warm: Warm) -> None:
     os.kill(child, signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM  # as a shell sees a command killed by SIGTERM
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid: int, wanted: set[str], timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := _state(pid)) not in wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return state
+
+
+def test_job_control_stops_and_continues_the_command_with_its_client(warm: Warm) -> None:
+    proc, child = _slow_command(warm)
+    proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
+    assert _wait_state(proc.pid, {"T"}) == "T"
+    assert _wait_state(child, {"T"}) == "T"
+    time.sleep(0.3)
+    assert _state(child) == "T"  # stays stopped while the client is
+    proc.send_signal(signal.SIGCONT)  # fg / bg
+    assert _wait_state(child, {"R", "S", "D"}) in {"R", "S", "D"}
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+def test_a_client_killed_while_stopped_ends_its_stopped_command(warm: Warm) -> None:
+    proc, child = _slow_command(warm)
+    proc.send_signal(signal.SIGTSTP)
+    assert _wait_state(child, {"T"}) == "T"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists()

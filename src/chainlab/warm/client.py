@@ -45,18 +45,32 @@ def _served(seconds: int) -> int | None:
     pending: list[int] = []
     pid = 0
 
-    def forward(signum: int, frame: object) -> None:
-        if not pid:
-            pending.append(signum)
-            return
+    def send(signum: int) -> None:
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
+    def forward(signum: int, frame: object) -> None:
+        if pid:
+            send(signum)
+        else:
+            pending.append(signum)
+
+    def stop(signum: int, frame: object) -> None:
+        """Job control (Ctrl-Z, then fg or bg): the command stops and goes on with the client.
+        SIGSTOP, as the command's process group (the server's) is orphaned and the kernel
+        would not stop it with SIGTSTP."""
+        if pid:
+            send(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        if pid:  # continued (fg, bg)
+            send(signal.SIGCONT)
+
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     for signum in forwarded:
         signal.signal(signum, forward)
+    signal.signal(signal.SIGTSTP, stop)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(place.socket_path(where))
@@ -102,6 +116,7 @@ def _not_served(forwarded: tuple[int, ...], pending: list[int]) -> None:
     """Back to running here: the signals' usual handling, and any that came meanwhile."""
     import signal
 
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
     for signum in forwarded:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     for signum in pending:  # interrupted before the command started: end as a program would

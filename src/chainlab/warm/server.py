@@ -156,11 +156,13 @@ class Server:
 
     def hung_up(self, conns: list[socket.socket]) -> None:
         """A client that went away (killed): its command is sent SIGTERM (as a closed
-        terminal would end it), and is reaped as usual."""
+        terminal would end it; SIGCONT too, for a command its client had stopped), and is
+        reaped as usual."""
         for pid, conn in list(self.children.items()):
             if conn is not None and conn in conns and not _still_there(conn):
                 try:
                     os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
                 conn.close()
