@@ -6,6 +6,7 @@ PID in its lock file whatever happens.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from chainlab.warm import place
+from chainlab.lock import describe_process
+from chainlab.warm import attributes, place
 
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")
 LOG = Path(__file__).parents[1] / "fixtures" / "seed-logs" / "scenario1-master.log"
@@ -230,14 +232,15 @@ def test_the_first_commands_directory_is_not_on_the_servers_module_path(warm: Wa
     assert os.readlink(f"/proc/{warm.server_pid()}/cwd") == "/"
 
 
-def _slow_command(warm: Warm) -> tuple[subprocess.Popen[str], int]:
-    """A served analyze that takes seconds (the Python engine on a 9 MB log), and its child's PID."""
+def _slow_command(warm: Warm, wrapper: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], int]:
+    """A served analyze that takes seconds (the Python engine on a 9 MB log), and its child's
+    PID; the client is started through `wrapper` (prlimit, nice...)."""
     big = warm.base / "big.log"
     big.write_bytes(LOG.read_bytes() * 2000)
     warm.env["CHAINLAB_ENGINE"] = "python"
     warm.run("analyze", str(LOG))
     warm.wait_server()
-    proc = subprocess.Popen([CHAINLAB, "analyze", "--format", "json", str(big)], env=warm.env,
+    proc = subprocess.Popen([*wrapper, CHAINLAB, "analyze", "--format", "json", str(big)], env=warm.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not warm.served() and time.monotonic() < deadline:
@@ -329,3 +332,82 @@ def test_a_client_killed_while_stopped_ends_its_stopped_command(warm: Warm) -> N
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{child}").exists()
+
+
+def test_a_served_command_shows_its_own_command_line(warm: Warm) -> None:
+    proc, child = _slow_command(warm)
+    try:
+        deadline = time.monotonic() + 10
+        while "analyze" not in describe_process(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert describe_process(child) == f"pid {child}: {CHAINLAB} analyze --format json {warm.base / 'big.log'}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _limits(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]
+    return {line[:26].strip(): " ".join(line[26:].split()[:2]) for line in lines}
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_served_command_has_its_callers_limits_and_nice(warm: Warm) -> None:
+    proc, child = _slow_command(warm, ("prlimit", "--nofile=100:200", "--stack=4194304:8388608", "--",
+                                       "nice", "-n", "7"))
+    try:
+        limits = _limits(child)
+        assert limits["Max open files"] == "100 200"
+        assert limits["Max stack size"] == "4194304 8388608"
+        assert _nice(child) == 7
+        assert _nice(warm.server_pid() or 0) == 0  # the server's own stay
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_served_command_joins_its_callers_cgroup(warm: Warm) -> None:
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    unified = next((Path(m[1]) for m in mounts if m[2] == "cgroup2"), None)
+    if unified is None:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    own = Path("/proc/self/cgroup").read_text().splitlines()
+    base = unified / next(line.split(":", 2)[2] for line in own if line.startswith("0::")).lstrip("/")
+    group = base / f"chainlab-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        enter = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        proc, child = _slow_command(warm, ("sh", "-c", enter, str(group)))
+        try:
+            relative = "/" + str(group.relative_to(unified))
+            assert f"0::{relative}" in Path(f"/proc/{child}/cgroup").read_text().splitlines()
+            assert f"0::{relative}" not in Path(f"/proc/{warm.server_pid()}/cgroup").read_text().splitlines()
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        deadline = time.monotonic() + 10
+        while (group / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        group.rmdir()
+
+
+def test_a_command_whose_limits_cannot_be_given_is_not_served(warm: Warm) -> None:
+    warm.run("analyze", str(LOG))
+    warm.wait_server()
+    beyond = int(Path("/proc/sys/fs/nr_open").read_text()) + 1  # not even root may set this
+    process = attributes.collect()
+    process["limits"]["RLIMIT_NOFILE"] = [beyond, beyond]
+    request = {"argv": [CHAINLAB, "analyze", str(LOG)], "cwd": "/", "env": warm.env, "umask": 0o022,
+               "install": place.install(), "process": process}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock, open(os.devnull, "r+b") as null:
+        sock.connect(place.socket_path(str(warm.dir)))
+        socket.send_fds(sock, [json.dumps(request).encode()], [null.fileno()] * 3)
+        sock.settimeout(30)
+        assert sock.recv(64) == b"no"  # the client then runs the command itself
+    log_text = Path(place.log_path(str(warm.dir))).read_text()
+    assert "not served (the caller's process attributes cannot be taken on here)" in log_text
+    assert warm.run("analyze", str(LOG)).returncode == 0 and len(warm.served()) == 1  # it goes on serving

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from chainlab.warm import place
+from chainlab.warm import attributes, place
 
 #: Seconds to wait for the server to take a command (it may be busy starting).
 ANSWER_WITHIN = 10
@@ -85,7 +85,7 @@ def _served(seconds: int) -> int | None:
         mask = os.umask(0o077)
         os.umask(mask)
         request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask,
-                   "install": place.install()}
+                   "install": place.install(), "process": attributes.collect()}
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
         sock.settimeout(ANSWER_WITHIN)
         answer = sock.recv(64).decode()
@@ -130,8 +130,11 @@ def _start_server(where: str, seconds: int) -> None:
     caller's directory on its module path: `-P`), for the next command."""
     import subprocess
 
-    subprocess.Popen(
-        [sys.executable, "-P", "-m", "chainlab.warm.server", where, str(seconds)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd="/",
-    )
+    try:
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "chainlab.warm.server", where, str(seconds)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True, cwd="/",
+        )
+    except OSError:  # no server then (a cache): the command runs here all the same
+        pass

@@ -24,8 +24,10 @@ import time
 import traceback
 from pathlib import Path
 
+import setproctitle
+
 import chainlab
-from chainlab.warm import place
+from chainlab.warm import attributes, place
 
 #: Not imported ahead: the pytest plugin (imports pytest) and this package.
 NOT_PRELOADED = ("chainlab.pytest_plugin", "chainlab.warm")
@@ -33,6 +35,8 @@ NOT_PRELOADED = ("chainlab.pytest_plugin", "chainlab.warm")
 HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 #: Seconds a client has to send its command once connected (it sends it at once).
 REQUEST_WITHIN = 5
+#: Seconds a new child has to take on its caller's process attributes (a few system calls).
+READY_WITHIN = 5
 
 
 def preload() -> None:
@@ -215,12 +219,23 @@ class Server:
         """The command's child (its PID). Signals are held across the fork, so that none
         reaches the child before it has a command's handlers."""
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        ready_r, ready_w = os.pipe()
         try:
             pid = os.fork()
             if pid == 0:
-                self.child(conn, fds, request)
+                os.close(ready_r)
+                self.child(conn, fds, request, ready_w)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+            os.close(ready_w)
+        try:
+            ready = select.select([ready_r], [], [], READY_WITHIN)[0] and os.read(ready_r, 1) == b"1"
+        finally:
+            os.close(ready_r)
+        if not ready:  # it could not take on the caller's limits, groups or cgroups
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ValueError("the caller's process attributes cannot be taken on here")
         return pid
 
     def note(self, line: str) -> None:
@@ -229,8 +244,16 @@ class Server:
         except (OSError, ValueError):
             pass  # a full disk does not stop the serving
 
-    def child(self, conn: socket.socket, fds: list[int], request: dict) -> None:
-        """In the forked child: become the command (its streams, directory, environment) and run it."""
+    def child(self, conn: socket.socket, fds: list[int], request: dict, ready: int) -> None:
+        """In the forked child: take on the caller's process attributes (or end, and the
+        command is not served), then become the command (its streams, directory,
+        environment) and run it."""
+        try:
+            attributes.take_on(request["process"])
+            os.write(ready, b"1")
+        except (OSError, ValueError, KeyError, TypeError):
+            os._exit(1)
+        os.close(ready)
         code: int = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -259,6 +282,7 @@ class Server:
             os.environ.clear()
             os.environ.update(request["env"])
             sys.argv = request["argv"]
+            setproctitle.setproctitle(" ".join(request["argv"]))  # ps and lab-busy messages show the command
             from chainlab.cli import main
 
             main()
@@ -312,6 +336,7 @@ def main(argv: list[str]) -> int:
     if not server.lock():
         return 0  # another server has started meanwhile
     preload()
+    setproctitle.getproctitle()  # finds the title's room while the environment is the exec's: a child clears it
     server.listen()
     server.serve()
     return 0
