@@ -377,7 +377,10 @@ def test_a_served_command_joins_its_callers_cgroup(warm: Warm) -> None:
     own = Path("/proc/self/cgroup").read_text().splitlines()
     base = unified / next(line.split(":", 2)[2] for line in own if line.startswith("0::")).lstrip("/")
     group = base / f"chainlab-test-{os.getpid()}"
-    group.mkdir()
+    try:
+        group.mkdir()
+    except OSError as exc:  # a container's read-only cgroupfs, say
+        pytest.skip(f"cannot make a cgroup in {base}: {exc}")
     try:
         enter = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
         proc, child = _slow_command(warm, ("sh", "-c", enter, str(group)))
