@@ -9,7 +9,7 @@ set back:
   OS pick rsyslog), scenario 7, `lab down` gives each VM back as it was;
 - lab/vm.yaml's (`calico.mode: emulate`): `lab up` gives each dockerd its cluster store
   through /etc/docker/daemon.json and `systemctl restart docker`, starts the Calico daemon
-  from the wheel with Debian's python3, runs the containers on net1; scenario 6 (web1 pings
+  from the wheel with Debian's python3, runs web1 and web3 on net1; scenario 6 (web1 pings
   web3 across the VMs); `lab down` gives each VM back as it was.
 `vm down` leaves nothing, also after `kill -9` of `up` (that test boots VMs of its own,
 before the module's).
@@ -80,7 +80,8 @@ class VmLab:
 def vm_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
     directory = tmp_path_factory.mktemp("vm-lab")
     bridge = vm_inventory(directory, "vm-bridge.yaml")
-    with vms(vm_inventory(directory, "vm.yaml", drop_hosts=("slave2",))) as calico:
+    # scenario 6 is web1 -> web3: web2 would cost ~40 s of docker under TCG and show nothing more
+    with vms(vm_inventory(directory, "vm.yaml", drop_hosts=("slave2",), drop_containers=("web2",))) as calico:
         yield VmLab(bridge=bridge, calico=calico)
 
 

@@ -47,17 +47,20 @@ def cli(inv: Path, *args: str, check: bool = True, timeout: float = 1200) -> sub
     return proc
 
 
-def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = ()) -> Path:
-    """lab/`source` as lab vmt on 10.231.82.0/24 without `drop_hosts` (and their containers),
-    written to `directory`/`source`, its state in `directory`/state (so inventories written to
-    one directory are views of the same VMs); the image cache is the machine's (built once)."""
+def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = (),
+                 drop_containers: tuple[str, ...] = ()) -> Path:
+    """lab/`source` as lab vmt on 10.231.82.0/24 without `drop_hosts` (and their containers)
+    and `drop_containers`, written to `directory`/`source`, its state in `directory`/state (so
+    inventories written to one directory are views of the same VMs); the image cache is the
+    machine's (built once)."""
     doc = yaml.safe_load((ROOT / "lab" / source).read_text())
     doc["lab"] = LAB
     doc["qemu"]["lan"] = f"{LAN}.1/24"
     doc["qemu"]["state_dir"] = str(directory / "state")
     for name in drop_hosts:
         del doc["hosts"][name]
-    doc["containers"] = {n: c for n, c in doc.get("containers", {}).items() if c["host"] not in drop_hosts}
+    doc["containers"] = {n: c for n, c in doc.get("containers", {}).items()
+                         if c["host"] not in drop_hosts and n not in drop_containers}
     for host in doc["hosts"].values():
         host["address"] = f"{LAN}.{str(host['address']).rsplit('.', 1)[1]}"
     path = directory / source
