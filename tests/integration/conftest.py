@@ -79,8 +79,9 @@ def one_suite_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
 
     fd = suite.hold_lock(say)
     try:
-        suite.sweep(say, lambda directory, lab: make_inventory_file(directory, lab=lab))
+        suite.sweep(say)
         yield
+        suite.forget_downed()
     finally:
         os.close(fd)
 

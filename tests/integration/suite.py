@@ -6,9 +6,10 @@ mid-way (SIGKILL, a machine restart of the runner) leaves its labs up: the next 
 up` is then refused ("a lab named ex2 is up, but not from this inventory's state dir").
 
 So every suite holds SUITE_LOCK for its whole session (a second one waits, and says so), and
-every test inventory is registered in LABS_DIR (lab name -> inventory path) before its lab goes
-up. Under the lock no other suite runs, so a registered lab whose namespace still exists was
-left by a dead suite: it is taken down with `--force` before this suite starts.
+every test inventory is copied to LABS_DIR (`<lab>.yaml`) before its lab goes up. Under the
+lock no other suite runs, so at a suite's start a registered lab whose namespace still exists
+was left by a dead suite: it is taken down with `--force`, from the copy. At a suite's end the
+copies of labs that are down are forgotten, so a lab brought up later by hand is never taken.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import fcntl
 import os
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ STATE_DIR = Path("/run/chainlab-tests")
 SUITE_LOCK = STATE_DIR / "suite.lock"
 LABS_DIR = STATE_DIR / "labs"
 CHAINLAB = str(Path(sys.executable).parent / "chainlab")
+#: Seconds to wait for a killed suite's own `chainlab` process, still running, to let its lab go.
+BUSY_FOR = 300
 
 
 def hold_lock(say: Callable[[str], None]) -> int:
@@ -47,33 +50,44 @@ def hold_lock(say: Callable[[str], None]) -> int:
 
 
 def register(inventory: Path) -> None:
-    """Remember `inventory`'s lab so a later suite can take it down if this one dies."""
+    """Keep a copy of `inventory`, so a later suite can take its lab down if this one dies."""
     if os.geteuid() != 0:  # no lab goes up
         return
-    lab = yaml.safe_load(inventory.read_text())["lab"]
+    text = inventory.read_text()
     LABS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (LABS_DIR / lab).write_text(str(inventory))
+    (LABS_DIR / f"{yaml.safe_load(text)['lab']}.yaml").write_text(text)
 
 
-def _provider(inventory: Path) -> str:
-    return "vm" if yaml.safe_load(inventory.read_text()).get("provider") == "qemu" else "local"
+def _up(lab: str) -> bool:
+    return S.netns_exists(f"chainlab.{lab}")
 
 
-def sweep(say: Callable[[str], None], fallback: Callable[[Path, str], Path]) -> None:
-    """Take down every registered lab that is still up (call with the lock held), forget the rest.
-
-    `fallback(directory, lab)` writes a local inventory of that name, for a lab whose
-    inventory is gone with its session's temporary directory."""
-    for entry in sorted(LABS_DIR.iterdir()):
-        lab, inventory = entry.name, Path(entry.read_text())
-        if S.netns_exists(f"chainlab.{lab}"):
+def sweep(say: Callable[[str], None]) -> None:
+    """Take down every registered lab that is still up (call with the lock held), forget the rest."""
+    for copy in sorted(LABS_DIR.glob("*.yaml")):
+        lab = copy.stem
+        if _up(lab):
             say(f"lab {lab} was left up by an earlier test session that did not end: taking it down")
-            with tempfile.TemporaryDirectory() as scratch:
-                if not inventory.is_file():
-                    inventory = fallback(Path(scratch), lab)
-                proc = subprocess.run([CHAINLAB, "-i", str(inventory), _provider(inventory), "down", "--force"],
-                                      capture_output=True, text=True, timeout=600)
-            if proc.returncode != 0 or S.netns_exists(f"chainlab.{lab}"):
-                raise RuntimeError(f"could not take down the leftover lab {lab} ({inventory}):\n"
-                                   f"{proc.stdout}{proc.stderr}")
-        entry.unlink(missing_ok=True)
+            _take_down(copy, lab)
+        copy.unlink()
+
+
+def _take_down(copy: Path, lab: str) -> None:
+    provider = "vm" if yaml.safe_load(copy.read_text()).get("provider") == "qemu" else "local"
+    deadline = time.monotonic() + BUSY_FOR
+    while True:
+        proc = subprocess.run([CHAINLAB, "-i", str(copy), provider, "down", "--force"],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0 and not _up(lab):
+            return
+        # a `local up` of the dead suite still running holds the lab's up/down lock
+        if "already running" not in proc.stderr or time.monotonic() > deadline:
+            raise RuntimeError(f"could not take down the leftover lab {lab} ({copy}):\n{proc.stdout}{proc.stderr}")
+        time.sleep(2)
+
+
+def forget_downed() -> None:
+    """At a suite's end: forget the labs that are down (those still up are the next suite's to take)."""
+    for copy in LABS_DIR.glob("*.yaml"):
+        if not _up(copy.stem):
+            copy.unlink()

@@ -311,6 +311,7 @@ def _wait_state(pid: int, wanted: set[str], timeout: float = 10) -> str:
 
 def test_job_control_stops_and_continues_the_command_with_its_client(warm: Warm) -> None:
     proc, child = _slow_command(warm)
+    assert os.getpgid(child) == child  # a group of its own: the terminal's signals reach its subprocesses too
     proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
     assert _wait_state(proc.pid, {"T"}) == "T"
     assert _wait_state(child, {"T"}) == "T"
@@ -398,7 +399,7 @@ def test_a_served_command_joins_its_callers_cgroup(warm: Warm) -> None:
         group.rmdir()
 
 
-def test_a_command_whose_limits_cannot_be_given_is_not_served(warm: Warm) -> None:
+def test_a_command_whose_limits_the_server_cannot_give_gets_a_new_server(warm: Warm) -> None:
     warm.run("analyze", str(LOG))
     warm.wait_server()
     beyond = int(Path("/proc/sys/fs/nr_open").read_text()) + 1  # not even root may set this
@@ -406,11 +407,36 @@ def test_a_command_whose_limits_cannot_be_given_is_not_served(warm: Warm) -> Non
     process["limits"]["RLIMIT_NOFILE"] = [beyond, beyond]
     request = {"argv": [CHAINLAB, "analyze", str(LOG)], "cwd": "/", "env": warm.env, "umask": 0o022,
                "install": place.install(), "process": process}
+    old = warm.server_pid()
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock, open(os.devnull, "r+b") as null:
         sock.connect(place.socket_path(str(warm.dir)))
         socket.send_fds(sock, [json.dumps(request).encode()], [null.fileno()] * 3)
         sock.settimeout(30)
-        assert sock.recv(64) == b"no"  # the client then runs the command itself
+        # The client runs the command itself and starts a server of its own (with its attributes).
+        assert sock.recv(64) == b"stale"
     log_text = Path(place.log_path(str(warm.dir))).read_text()
-    assert "not served (the caller's process attributes cannot be taken on here)" in log_text
-    assert warm.run("analyze", str(LOG)).returncode == 0 and len(warm.served()) == 1  # it goes on serving
+    assert "not served (the caller's process attributes cannot be taken on here): stale" in log_text
+    deadline = time.monotonic() + 30
+    while old and alive(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old and not alive(old)
+
+
+def test_a_caller_in_another_network_namespace_runs_the_command_itself(warm: Warm) -> None:
+    warm.run("analyze", str(LOG))
+    old = warm.wait_server()
+    netns = f"cwtest{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        inside = subprocess.run(["ip", "netns", "exec", netns, CHAINLAB, "analyze", "--format", "json", str(LOG)],
+                                capture_output=True, text=True, env=warm.env, timeout=120)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+    assert inside.returncode == 0, inside.stderr
+    deadline = time.monotonic() + 30
+    while alive(old) and time.monotonic() < deadline:  # it was not its command: it ends ("stale")
+        time.sleep(0.05)
+    assert not alive(old)
+    outside = warm.run("analyze", "--format", "json", str(LOG))
+    assert outside.returncode == 0 and inside.stdout == outside.stdout
+    assert not [line for line in warm.served() if "--format json" in line]  # neither was served

@@ -1,7 +1,7 @@
 """A command's process attributes, so that a served command runs with its caller's.
 
 A child of the warm server would otherwise have the server's: the resource limits, nice
-value, cgroups and groups of the command that started the server. The client collects its
+value, cgroups, groups and namespaces of the command that started the server. The client collects its
 own (`collect`); the server's child takes them on (`take_on`) before it becomes the command,
 or the command is not served and runs in the caller's process. Lowering a limit or the
 priority needs no privilege; raising them, other groups or another cgroup may (root can).
@@ -13,6 +13,9 @@ import os
 import resource
 
 LIMITS = sorted(name for name in dir(resource) if name.startswith("RLIMIT_"))
+#: Namespaces a command must share with its caller (`ip netns exec NS chainlab ...`): a child
+#: of the server cannot enter them, so a caller in others is not served.
+NAMESPACES = ("net", "mnt", "pid", "uts", "ipc", "user", "cgroup")
 
 
 def collect() -> dict:
@@ -22,11 +25,14 @@ def collect() -> dict:
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "groups": [os.getgid(), os.getegid(), sorted(os.getgroups())],
         "cgroups": _cgroups(),
+        "namespaces": _namespaces(),
     }
 
 
 def take_on(wanted: dict) -> None:
     """Give this process `wanted`'s attributes; OSError or ValueError when it cannot."""
+    if wanted["namespaces"] != _namespaces():
+        raise ValueError("the caller is in other namespaces")
     gid, egid, groups = wanted["groups"]
     if [os.getgid(), os.getegid(), sorted(os.getgroups())] != [gid, egid, sorted(groups)]:
         os.setgroups(groups)
@@ -41,8 +47,18 @@ def take_on(wanted: dict) -> None:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:  # a cgroup's name is bytes
         return handle.read()
+
+
+def _namespaces() -> dict[str, int]:
+    found = {}
+    for name in NAMESPACES:
+        try:
+            found[name] = os.stat(f"/proc/self/ns/{name}").st_ino
+        except OSError:  # a kernel without that kind
+            pass
+    return found
 
 
 def _cgroups() -> str:

@@ -41,13 +41,19 @@ def _served(seconds: int) -> int | None:
     where = place.directory()
     if where is None:
         return None
-    # Signals that come before the command has a PID are kept, then forwarded.
+    # Signals that come before the command has a PID are kept, then forwarded. The command
+    # leads a process group of its own: what a terminal sends to its foreground group (Ctrl-C,
+    # Ctrl-\ and Ctrl-Z) goes to that group, its subprocesses too; SIGTERM and SIGHUP to its PID.
     pending: list[int] = []
     pid = 0
+    to_group = {signal.SIGINT, signal.SIGQUIT, signal.SIGSTOP, signal.SIGCONT}
 
     def send(signum: int) -> None:
         try:
-            os.kill(pid, signum)
+            if signum in to_group:
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
@@ -59,8 +65,8 @@ def _served(seconds: int) -> int | None:
 
     def stop(signum: int, frame: object) -> None:
         """Job control (Ctrl-Z, then fg or bg): the command stops and goes on with the client.
-        SIGSTOP, as the command's process group (the server's) is orphaned and the kernel
-        would not stop it with SIGTSTP."""
+        Blocked until the command has a PID (see below); SIGSTOP, as the command's group is
+        not in the terminal's session and the kernel would not stop it with SIGTSTP."""
         if pid:
             send(signal.SIGSTOP)
         os.kill(os.getpid(), signal.SIGSTOP)
@@ -86,19 +92,24 @@ def _served(seconds: int) -> int | None:
         os.umask(mask)
         request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": mask,
                    "install": place.install(), "process": attributes.collect()}
+        # Ctrl-Z waits for the PID: a client stopped now would stop without its command, and
+        # its wait for the answer would time out meanwhile (then it would run the command too).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTSTP})
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
         sock.settimeout(ANSWER_WITHIN)
         answer = sock.recv(64).decode()
-    except OSError:  # too big a request, a server that does not answer: run here
+    except (OSError, ValueError):  # too big a request, a server that does not answer: run here
         answer = ""
     if not answer.startswith("pid "):
         sock.close()
+        _not_served(forwarded, pending)
         if answer == "stale":  # it ends: the next one fits this command
             _start_server(where, seconds)
-        return _not_served(forwarded, pending)
+        return None
     pid = int(answer[4:])
     for signum in pending:
         forward(signum, None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTSTP})
     sock.settimeout(None)
     status = sock.recv(64).decode()  # forward() returns: recv goes on waiting (PEP 475)
     if status.startswith("exit "):
@@ -117,6 +128,7 @@ def _not_served(forwarded: tuple[int, ...], pending: list[int]) -> None:
     import signal
 
     signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTSTP})  # a Ctrl-Z meanwhile stops it now
     for signum in forwarded:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     for signum in pending:  # interrupted before the command started: end as a program would

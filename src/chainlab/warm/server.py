@@ -39,6 +39,10 @@ REQUEST_WITHIN = 5
 READY_WITHIN = 5
 
 
+class Unmatched(Exception):
+    """A command's child could not take on its caller's process attributes."""
+
+
 def preload() -> None:
     """Every chainlab module (and so what they import), so that no command imports any."""
     for info in pkgutil.walk_packages(chainlab.__path__, "chainlab."):
@@ -166,7 +170,7 @@ class Server:
             if conn is not None and conn in conns and not _still_there(conn):
                 try:
                     os.kill(pid, signal.SIGTERM)
-                    os.kill(pid, signal.SIGCONT)
+                    os.killpg(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
                 conn.close()
@@ -193,6 +197,9 @@ class Server:
                 if not _still_there(conn):
                     raise ValueError("the client went away")
                 pid = self.fork(conn, fds, request)
+        except Unmatched as exc:  # this server's own limits, nice or cgroups are in the way:
+            verdict = "stale"     # the client starts a server of its own
+            self.note(f"not served ({exc}): {verdict}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.note(f"not served ({exc}): {verdict}")
         finally:
@@ -225,6 +232,9 @@ class Server:
             if pid == 0:
                 os.close(ready_r)
                 self.child(conn, fds, request, ready_w)
+        except OSError:
+            os.close(ready_r)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
             os.close(ready_w)
@@ -235,7 +245,7 @@ class Server:
         if not ready:  # it could not take on the caller's limits, groups or cgroups
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise ValueError("the caller's process attributes cannot be taken on here")
+            raise Unmatched("the caller's process attributes cannot be taken on here")
         return pid
 
     def note(self, line: str) -> None:
@@ -249,9 +259,10 @@ class Server:
         command is not served), then become the command (its streams, directory,
         environment) and run it."""
         try:
+            os.setpgid(0, 0)  # a group of its own, for the terminal's signals the client forwards
             attributes.take_on(request["process"])
             os.write(ready, b"1")
-        except (OSError, ValueError, KeyError, TypeError):
+        except BaseException:  # noqa: BLE001 - never back into the server's loop
             os._exit(1)
         os.close(ready)
         code: int = 1
