@@ -35,3 +35,12 @@ def test_a_hierarchy_that_is_not_mounted_is_refused() -> None:
     wanted["cgroups"] = "12:no-such-controller:/x\n"
     with pytest.raises(ValueError, match="no mount"):
         attributes.take_on(wanted)
+
+
+def test_a_memory_limit_below_what_the_process_uses_is_refused() -> None:
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = attributes.collect()
+    wanted["limits"]["RLIMIT_AS"] = [4096, 4096]  # 4 KiB: no Python process fits
+    with pytest.raises(ValueError, match="RLIMIT_AS .* below the server's own"):
+        attributes.take_on(wanted)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before  # not set

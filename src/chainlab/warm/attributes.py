@@ -41,6 +41,7 @@ def take_on(wanted: dict) -> None:
         _join_cgroups(wanted["cgroups"])
     for name, (soft, hard) in wanted["limits"].items():
         if name in LIMITS and resource.getrlimit(getattr(resource, name)) != (soft, hard):
+            _fits(name, soft)
             resource.setrlimit(getattr(resource, name), (soft, hard))
     if os.getpriority(os.PRIO_PROCESS, 0) != wanted["nice"]:
         os.setpriority(os.PRIO_PROCESS, 0, wanted["nice"])
@@ -49,6 +50,20 @@ def take_on(wanted: dict) -> None:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:  # a cgroup's name is bytes
         return handle.read()
+
+
+#: Memory limits and the /proc/self/status line of what they bound.
+MEMORY = {"RLIMIT_AS": "VmSize", "RLIMIT_DATA": "VmData"}
+
+
+def _fits(name: str, soft: int) -> None:
+    """A memory limit below what the server's child already uses (it has imported
+    everything) would fail the command where the caller's own process would not."""
+    if name not in MEMORY or soft == resource.RLIM_INFINITY:
+        return
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith(MEMORY[name] + ":") and int(line.split()[1]) * 1024 >= soft:
+            raise ValueError(f"{name} {soft} is below the server's own {line.split()[1]} kB")
 
 
 def _namespaces() -> dict[str, int]:
