@@ -24,7 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from chainlab.inventory import load_inventory
 from chainlab.local import system as S
+from chainlab.local.plan import plan_lab
+from chainlab.vm.plan import plan_vm_lab
 
 STATE_DIR = Path("/run/chainlab-tests")
 SUITE_LOCK = STATE_DIR / "suite.lock"
@@ -58,36 +61,37 @@ def register(inventory: Path) -> None:
     (LABS_DIR / f"{yaml.safe_load(text)['lab']}.yaml").write_text(text)
 
 
-def _up(lab: str) -> bool:
-    return S.netns_exists(f"chainlab.{lab}")
+def _up(copy: Path) -> bool:
+    """Whether the lab of inventory `copy` is up: its lan namespace, as the product's plan names it."""
+    inv = load_inventory(copy)
+    return S.netns_exists((plan_vm_lab(inv) if inv.provider == "qemu" else plan_lab(inv)).lan_netns)
 
 
 def sweep(say: Callable[[str], None]) -> None:
     """Take down every registered lab that is still up (call with the lock held), forget the rest."""
     for copy in sorted(LABS_DIR.glob("*.yaml")):
-        lab = copy.stem
-        if _up(lab):
-            say(f"lab {lab} was left up by an earlier test session that did not end: taking it down")
-            _take_down(copy, lab)
+        if _up(copy):
+            say(f"lab {copy.stem} was left up by an earlier test session that did not end: taking it down")
+            _take_down(copy)
         copy.unlink()
 
 
-def _take_down(copy: Path, lab: str) -> None:
-    provider = "vm" if yaml.safe_load(copy.read_text()).get("provider") == "qemu" else "local"
+def _take_down(copy: Path) -> None:
+    provider = "vm" if load_inventory(copy).provider == "qemu" else "local"
     deadline = time.monotonic() + BUSY_FOR
     while True:
         proc = subprocess.run([CHAINLAB, "-i", str(copy), provider, "down", "--force"],
                               capture_output=True, text=True, timeout=600)
-        if proc.returncode == 0 and not _up(lab):
+        if proc.returncode == 0 and not _up(copy):
             return
         # a `local up` of the dead suite still running holds the lab's up/down lock
         if "already running" not in proc.stderr or time.monotonic() > deadline:
-            raise RuntimeError(f"could not take down the leftover lab {lab} ({copy}):\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"could not take down the leftover lab {copy.stem} ({copy}):\n{proc.stdout}{proc.stderr}")
         time.sleep(2)
 
 
 def forget_downed() -> None:
     """At a suite's end: forget the labs that are down (those still up are the next suite's to take)."""
     for copy in LABS_DIR.glob("*.yaml"):
-        if not _up(copy.stem):
+        if not _up(copy):
             copy.unlink()
