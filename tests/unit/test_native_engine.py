@@ -1077,7 +1077,7 @@ def test_a_packet_looped_over_lo(tmp_path):
              lo("raw:OUTPUT:policy:2", 3, "IN= OUT=eth0"), lo("raw:PREROUTING:policy:3", 3, back),
              lo("raw:OUTPUT:policy:2", 4, out), lo("raw:PREROUTING:policy:3", 4, "IN=eth0 OUT="),
              lo("raw:OUTPUT:policy:2", 5, out), lo("raw:PREROUTING:policy:3", 5, back)[:-4],
-             lo("filter:INPUT:policy:1", 5, back), lo("nat:POSTROUTING:policy:1", 5, out),
+             lo("nat:POSTROUTING:policy:1", 5, out),
              lo("raw:PREROUTING:policy:3", 5, back)]
     log = _write(tmp_path, "lo.log", lines)
     run = assert_same([f"n={log}"], "looped over lo", "\n".join(lines), formats=FORMATS)
@@ -1085,7 +1085,7 @@ def test_a_packet_looped_over_lo(tmp_path):
         (1, ["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"], "loopback"),
         (2, ["OUTPUT", "PREROUTING", "INPUT"], "loopback"), (3, ["OUTPUT"], "local-out"), (3, ["PREROUTING"], None),
         (4, ["OUTPUT"], "local-out"), (4, ["PREROUTING"], None),
-        (5, ["OUTPUT", "PREROUTING", "INPUT", "POSTROUTING"], "loopback"), (5, ["PREROUTING"], None)]
+        (5, ["OUTPUT", "PREROUTING", "POSTROUTING"], "loopback"), (5, ["PREROUTING"], None)]
 
     v6_walk = (("raw:OUTPUT:policy:2", out), ("filter:OUTPUT:policy:1", out), ("raw:PREROUTING:policy:3", back),
                ("filter:INPUT:rule:1", back))
@@ -1113,6 +1113,13 @@ def test_a_packet_looped_over_lo(tmp_path):
         log = _write(tmp_path, "lo-nft.log", lines)
         run = assert_same([f"n={log}"], f"nft over lo, {back_tid}, out {first_out!r}", "\n".join(lines), formats=FORMATS)
         assert [p["hooks"] for p in json.loads(run.stdout)["packets"]] == walks
+
+
+def test_a_walk_goes_on_only_along_one_route(tmp_path):
+    """INPUT then FORWARD and the like are two packets (test_trace_analysis)."""
+    from .test_trace_analysis import across_routes
+
+    check_file(_write(tmp_path, "routes.log", [across_routes()]), "master", formats=FORMATS)
 
 
 def test_user_chains_returning_into_their_base_chain(tmp_path):

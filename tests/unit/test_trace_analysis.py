@@ -327,17 +327,39 @@ def test_a_looped_packet_passes_nat_on_its_way_out_only(tmp_path):
 
 def test_only_a_packet_out_and_back_in_on_lo_loops_and_only_once(tmp_path):
     """Out on eth0 or back in on eth0: two packets that share an IP id, as before. Back in on
-    lo once, the walk does not come back in a second time (filter INPUT, then, out of order,
+    lo once, the walk does not come back in a second time (PREROUTING, then, out of place,
     nat POSTROUTING on lo: the next PREROUTING line starts a packet of its own)."""
     log = tmp_path / "lo.log"
     log.write_text(_local([("raw:OUTPUT:policy:2", "IN= OUT=eth0"), ("raw:PREROUTING:policy:3", IN_LO)], 1)
                    + _local([("raw:OUTPUT:policy:2", OUT_LO), ("raw:PREROUTING:policy:3", "IN=eth0 OUT=")], 2)
                    + _local([("raw:OUTPUT:policy:2", OUT_LO), ("raw:PREROUTING:policy:3", IN_LO),
-                             ("filter:INPUT:policy:1", IN_LO), ("nat:POSTROUTING:policy:1", OUT_LO),
-                             ("raw:PREROUTING:policy:3", IN_LO)], 3))
+                             ("nat:POSTROUTING:policy:1", OUT_LO), ("raw:PREROUTING:policy:3", IN_LO)], 3))
     walks = [(p.fields.ip_id, p.hooks) for p in analyze([LogSource(log, "master")]).packets]
     assert walks == [(1, ["OUTPUT"]), (1, ["PREROUTING"]), (2, ["OUTPUT"]), (2, ["PREROUTING"]),
-                     (3, ["OUTPUT", "PREROUTING", "INPUT", "POSTROUTING"]), (3, ["PREROUTING"])]
+                     (3, ["OUTPUT", "PREROUTING", "POSTROUTING"]), (3, ["PREROUTING"])]
+
+
+ACROSS_ROUTES = [("filter:INPUT:policy:1", IN_LO, "filter:FORWARD:policy:1", "IN=eth0 OUT=eth1"),
+                 ("raw:PREROUTING:policy:1", IN_LO, "mangle:OUTPUT:policy:1", OUT_LO),
+                 ("filter:INPUT:policy:1", IN_LO, "nat:POSTROUTING:policy:1", "IN=eth0 OUT=eth1"),
+                 ("raw:PREROUTING:policy:1", "IN=eth0 OUT=", "nat:POSTROUTING:policy:1", "IN=eth0 OUT=eth1")]
+
+
+def across_routes() -> str:
+    """Per ACROSS_ROUTES row, a packet's two lines (IP id 1, 2, ...)."""
+    return "".join(_local([(a, a_ifs), (b, b_ifs)], i) for i, (a, a_ifs, b, b_ifs) in enumerate(ACROSS_ROUTES, 1))
+
+
+def test_a_walk_goes_on_only_along_one_route(tmp_path):
+    """Hooks of equal rank are no walk's next: INPUT then FORWARD, PREROUTING then OUTPUT,
+    INPUT then POSTROUTING are two packets that share an IP id (before, one walk each, its
+    hooks from two routes), while PREROUTING then POSTROUTING (no FORWARD base chain) is one.
+    The C engine: test_native_engine.test_a_walk_goes_on_only_along_one_route."""
+    log = tmp_path / "routes.log"
+    log.write_text(across_routes())
+    walks = [(p.fields.ip_id, p.hooks) for p in analyze([LogSource(log, "master")]).packets]
+    assert walks == [(1, ["INPUT"]), (1, ["FORWARD"]), (2, ["PREROUTING"]), (2, ["OUTPUT"]),
+                     (3, ["INPUT"]), (3, ["POSTROUTING"]), (4, ["PREROUTING", "POSTROUTING"])]
 
 
 def _flow(direction: str, *hops: tuple[str, Endpoints, Endpoints | None]) -> Flow:

@@ -422,6 +422,9 @@ static int is_ipv6(const char *s, size_t n) {
 static const char *HOOKS[] = {FOR_HOOKS(HOOK_NAME)};
 #define N_HOOKS 5
 static const int HOOK_RANK[] = {0, 1, 1, 0, 2};
+/* netfilter.HOOKS_AFTER as bits by hook index: PREROUTING -> INPUT, FORWARD, POSTROUTING; INPUT
+   ends; FORWARD -> POSTROUTING; OUTPUT -> POSTROUTING (each hook itself included). */
+static const int HOOKS_AFTER[] = {0x17, 0x02, 0x14, 0x18, 0x10};
 static const char *TABLES[] = {"raw", "mangle", "nat", "filter", "security"};
 #define N_TABLES 5
 /* Index of each table at each hook (HOOK_TABLES in netfilter.py); -1: not there. */
@@ -2185,10 +2188,11 @@ static int inferred_hook(int base, int current) {
     static const int CANDIDATES[4][2] = {{-1, -1}, {0, 1}, {3, 4}, {2, 4}}; /* by base: iif=1, oif=2 */
     if (base <= 0)
         return -1;
-    int rank = current >= 0 ? HOOK_RANK[current] : 0;
     const int *c = CANDIDATES[base];
+    if (current < 0)
+        return c[0];
     for (int i = 0; i < 2 && c[i] >= 0; i++)
-        if (HOOK_RANK[c[i]] >= rank)
+        if (HOOKS_AFTER[current] >> c[i] & 1 || re_enters(current, c[i]))
             return c[i];
     return c[1] >= 0 ? c[1] : c[0];
 }
@@ -2243,6 +2247,8 @@ static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *h
                             : p->last_hook; /* _hook_of_regular_chain */
     if (re_enters(p->last_hook, *hook))
         return !p->looped && p->out_lo && is_loopback(r->f->in_if);
+    if (*hook >= 0 && !(HOOKS_AFTER[p->last_hook] >> *hook & 1)) /* netfilter.can_follow */
+        return 0;
     if (*hook == p->last_hook && r->family >= 0 && r->family != FAMILY_BRIDGE && !p->last_bridge &&
         (table < 0 || HOOK_TABLE_INDEX[*hook][table] < 0 || p->last_table < 0 ||
          HOOK_TABLE_INDEX[*hook][p->last_table] < 0) &&

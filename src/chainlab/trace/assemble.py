@@ -31,8 +31,8 @@ from collections.abc import Iterator
 
 from chainlab.trace.hooks import Resolver, resolver
 from chainlab.trace.model import Event, Fields, Packet, Step, fill_missing
-from chainlab.trace.netfilter import (HOOKS, TABLES, hook_by_interfaces, loops_back, re_enters, step_rank, table_slots,
-                                      user_chain_hook)
+from chainlab.trace.netfilter import (HOOKS, TABLES, can_follow, hook_by_interfaces, loops_back, re_enters, step_rank,
+                                      table_slots, user_chain_hook)
 
 
 def _agree(a: int | str | frozenset[str] | None, b: int | str | frozenset[str] | None) -> bool:
@@ -172,7 +172,7 @@ class Assembler:
 
     def _next_hook(self, packet: Packet, event: Event) -> tuple[bool, str | None]:
         """Can the event's step be the next step of `packet`'s walk (no going back in hook
-        order), and which hook it runs in (a base chain's own, else the current one). Within
+        order, nor over to a hook of another route: INPUT, then FORWARD), and which hook it runs in (a base chain's own, else the current one). Within
         one hook of the same nft trace (its trace id already the packet's), a table that is not
         iptables' at that hook (`trace_debug`, `filter` at prerouting) has no known place
         among the others (its priority is not in the trace): any order is the walk's. Not
@@ -193,6 +193,8 @@ class Assembler:
         hook = base if base is not None else _hook_of_regular_chain(event, last.hook)
         if re_enters(last.hook, hook):
             return not packet.looped and loops_back(packet.fields.out_if, event.fields.in_if), hook
+        if not can_follow(last.hook, hook):
+            return False, hook
         if (hook == last.hook and step.family not in (None, "bridge") and last.family != "bridge"
                 and ((hook, step.table) not in table_slots(step.table) or (hook, last.table) not in table_slots(last.table))
                 and event.trace_id in packet.trace_ids):

@@ -11,7 +11,8 @@ base chain; its hook is, in this order,
      interfaces that line prints narrow its hook down (iif and oif: FORWARD or, for a
      forwarded packet, POSTROUTING; iif only: PREROUTING or INPUT; oif only: OUTPUT or
      POSTROUTING: netfilter.HOOK_INTERFACES). Of those it is the earliest
-     that does not go back in the packet's walk so far: a guess, where 1 or 2 are facts.
+     that the packet's walk so far can go on to (or come back in at, over lo): a guess,
+     where 1 or 2 are facts.
 A chain that is none of these is a regular chain and runs in the hook it was jumped to from.
 """
 
@@ -21,7 +22,7 @@ import re
 from collections.abc import Callable
 
 from chainlab.trace.model import Event
-from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOK_INTERFACES, HOOK_RANK, HOOKS
+from chainlab.trace.netfilter import HOOK_BY_NFT_NAME, HOOK_INTERFACES, HOOKS, can_follow, re_enters
 from chainlab.trace.rules import RuleSet
 
 _NAMED = re.compile(
@@ -51,9 +52,10 @@ def inferred_hook(base: tuple[bool, bool], current: str | None) -> str | None:
     candidates = _BY_INTERFACES.get(base)
     if candidates is None:
         return None
-    rank = HOOK_RANK[current] if current in HOOK_RANK else 0
+    if current is None:
+        return candidates[0]
     for hook in candidates:
-        if HOOK_RANK[hook] >= rank:
+        if can_follow(current, hook) or re_enters(current, hook):
             return hook
     return candidates[-1]
 

@@ -38,6 +38,11 @@ HOOK_INTERFACES: dict[str, tuple[tuple[bool, bool], ...]] = {
 
 # Rank of each hook along any route, so that steps can be checked for order.
 HOOK_RANK = {"PREROUTING": 0, "OUTPUT": 0, "INPUT": 1, "FORWARD": 1, "POSTROUTING": 2}
+#: The hooks a walk can go on to from each hook without coming back in (itself included):
+#: the rest of each route through it. Ranks alone would let INPUT lead to FORWARD.
+HOOKS_AFTER: dict[str, frozenset[str]] = {
+    hook: frozenset(h for route in ROUTES.values() if hook in route for h in route[route.index(hook):]) for hook in HOOKS
+}
 
 
 def _rank(hook: str, table: str) -> tuple[int, int]:
@@ -88,6 +93,12 @@ def re_enters(last_hook: str | None, hook: str | None) -> bool:
     """A walk going from `last_hook` back to PREROUTING: only a packet that left this host in
     OUTPUT or POSTROUTING, and came back in, does."""
     return hook == "PREROUTING" and last_hook in ("OUTPUT", "POSTROUTING")
+
+
+def can_follow(last_hook: str, hook: str) -> bool:
+    """A walk in `last_hook` can go on in `hook`, going on along one route (coming back in
+    at PREROUTING is `re_enters`, judged apart)."""
+    return hook in HOOKS_AFTER.get(last_hook, HOOKS)
 
 
 def loops_back(out_if: str | None, in_if: str | None) -> bool:
