@@ -1059,8 +1059,9 @@ def test_user_chains_after_every_hook(tmp_path):
 def test_a_packet_looped_over_lo(tmp_path):
     """Out on lo, back in on lo at PREROUTING: one packet, once (the published SYN_SENT post,
     with its rebuilt rules; made lines: nat on the way out, two packets interleaved, a
-    damaged line back in, out or in on another interface, a second way back in, IPv6 (no IP
-    id), nft with one trace id and with one per half, nft out first on `oif ""`)."""
+    damaged line back in, out or in on another interface, a second way back in, rerouted to
+    lo in OUTPUT, IPv6 (no IP id), nft with one trace id and with one per half, nft rerouted
+    to or from lo)."""
     public = FIXTURES / "public" / "synsent-dmesg-loopback-syn-input-drop.log"
     run = assert_same(["--rules", f"n={public.with_suffix('.rules')}", f"n={public}"], "SYN_SENT", formats=FORMATS)
     assert [p["verdict"] for p in json.loads(run.stdout)["packets"]] == ["dropped", "dropped"]
@@ -1078,14 +1079,17 @@ def test_a_packet_looped_over_lo(tmp_path):
              lo("raw:OUTPUT:policy:2", 4, out), lo("raw:PREROUTING:policy:3", 4, "IN=eth0 OUT="),
              lo("raw:OUTPUT:policy:2", 5, out), lo("raw:PREROUTING:policy:3", 5, back)[:-4],
              lo("nat:POSTROUTING:policy:1", 5, out),
-             lo("raw:PREROUTING:policy:3", 5, back)]
+             lo("raw:PREROUTING:policy:3", 5, back),
+             lo("mangle:OUTPUT:policy:1", 6, "IN= OUT=eth0"), lo("nat:POSTROUTING:policy:1", 6, out),
+             lo("raw:PREROUTING:policy:3", 6, back)]
     log = _write(tmp_path, "lo.log", lines)
     run = assert_same([f"n={log}"], "looped over lo", "\n".join(lines), formats=FORMATS)
     assert [(p["ip_id"], p["hooks"], p["route"]) for p in json.loads(run.stdout)["packets"]] == [
         (1, ["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"], "loopback"),
         (2, ["OUTPUT", "PREROUTING", "INPUT"], "loopback"), (3, ["OUTPUT"], "local-out"), (3, ["PREROUTING"], None),
         (4, ["OUTPUT"], "local-out"), (4, ["PREROUTING"], None),
-        (5, ["OUTPUT", "PREROUTING", "POSTROUTING"], "loopback"), (5, ["PREROUTING"], None)]
+        (5, ["OUTPUT", "PREROUTING", "POSTROUTING"], "loopback"), (5, ["PREROUTING"], None),
+        (6, ["OUTPUT", "POSTROUTING", "PREROUTING"], "loopback")]
 
     v6_walk = (("raw:OUTPUT:policy:2", out), ("filter:OUTPUT:policy:1", out), ("raw:PREROUTING:policy:3", back),
                ("filter:INPUT:rule:1", back))
@@ -1102,17 +1106,41 @@ def test_a_packet_looped_over_lo(tmp_path):
         return (f"packet: {ifs} ip saddr 127.0.0.1 ip daddr 127.0.0.1 ip ttl 64 ip id 7 ip protocol icmp ip length 84 "
                 "icmp type echo-request icmp code net-unreachable icmp id 1 icmp sequence 1")
 
-    # the first interface out is the packet's (an empty one too): out on "" is not out on lo
-    for back_tid, first_out, walks in (("0000aaaa", "lo", [["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"]]),
-                                       ("0000bbbb", "lo", [["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"]]),
-                                       ("0000aaaa", "", [["OUTPUT", "POSTROUTING"], ["PREROUTING", "INPUT"]])):
+    # the last interface out is the one the packet left on (an empty one too): rerouted from
+    # eth0 (or "") to lo in OUTPUT it comes back in; from lo to eth0 (or "") it does not
+    one, two = [["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"]], [["OUTPUT", "POSTROUTING"], ["PREROUTING", "INPUT"]]
+    for back_tid, first_out, last_out, walks in (("0000aaaa", "lo", "lo", one), ("0000bbbb", "lo", "lo", one),
+                                                 ("0000aaaa", "", "lo", one), ("0000aaaa", "eth0", "lo", one),
+                                                 ("0000aaaa", "lo", "", two), ("0000aaaa", "lo", "eth0", two)):
         lines = [nft("0000aaaa", "output", packet(f'oif "{first_out}"')), nft("0000aaaa", "output", "policy accept"),
-                 nft("0000aaaa", "postrouting", packet('oif "lo"')), nft("0000aaaa", "postrouting", "policy accept"),
+                 nft("0000aaaa", "postrouting", packet(f'oif "{last_out}"')),
+                 nft("0000aaaa", "postrouting", "policy accept"),
                  nft(back_tid, "prerouting", packet('iif "lo"')), nft(back_tid, "prerouting", "policy accept"),
                  nft(back_tid, "input", packet('iif "lo"')), nft(back_tid, "input", "policy accept")]
         log = _write(tmp_path, "lo-nft.log", lines)
-        run = assert_same([f"n={log}"], f"nft over lo, {back_tid}, out {first_out!r}", "\n".join(lines), formats=FORMATS)
+        run = assert_same([f"n={log}"], f"nft over lo, {back_tid}, out {first_out!r} then {last_out!r}", "\n".join(lines),
+                          formats=FORMATS)
         assert [p["hooks"] for p in json.loads(run.stdout)["packets"]] == walks
+
+
+def test_back_in_over_lo_through_an_unnamed_base_chain(tmp_path):
+    """nft: out through `postrouting` on lo, back in through a base chain whose name says no
+    hook (`iif "lo"` only): its hook is guessed as PREROUTING, the way back in, and the walk
+    is one packet (before, the guess was INPUT, which cannot follow POSTROUTING: two)."""
+    def line(chain: str, what: str) -> str:
+        return f"trace id 0000cccc ip t {chain} {what}"
+
+    def packet(ifs: str) -> str:
+        return (f"packet: {ifs} ip saddr 127.0.0.1 ip daddr 127.0.0.1 ip ttl 64 ip id 7 ip protocol icmp "
+                "ip length 84 icmp type echo-request icmp code net-unreachable icmp id 1 icmp sequence 1")
+
+    lines = [line("output", packet('oif "lo"')), line("output", "policy accept"),
+             line("postrouting", packet('oif "lo"')), line("postrouting", "policy accept"),
+             line("from-lo", packet('iif "lo"')), line("from-lo", "policy accept")]
+    run = assert_same([f"n={_write(tmp_path, 'lo-unnamed.log', lines)}"], "unnamed base chain back in",
+                      "\n".join(lines), formats=FORMATS)
+    assert [(p["hooks"], p["route"]) for p in json.loads(run.stdout)["packets"]] == [
+        (["OUTPUT", "POSTROUTING", "PREROUTING"], "loopback")]
 
 
 def test_a_walk_goes_on_only_along_one_route(tmp_path):

@@ -339,6 +339,18 @@ def test_only_a_packet_out_and_back_in_on_lo_loops_and_only_once(tmp_path):
                      (3, ["OUTPUT", "PREROUTING", "POSTROUTING"]), (3, ["PREROUTING"])]
 
 
+def test_a_packet_rerouted_to_lo_in_output_loops(tmp_path):
+    """Routed to eth0, then rerouted in mangle OUTPUT (a mark, a policy route) out on lo: the
+    interface it left on is POSTROUTING's, and it comes back in as the same packet (before,
+    its first OUT= decided: two packets)."""
+    log = tmp_path / "reroute.log"
+    log.write_text(_local([("mangle:OUTPUT:policy:1", "IN= OUT=eth0"), ("nat:POSTROUTING:policy:1", OUT_LO),
+                           ("raw:PREROUTING:policy:3", IN_LO), ("filter:INPUT:policy:1", IN_LO)]))
+    (packet,) = analyze([LogSource(log, "master")]).packets
+    assert (packet.hooks, packet.route, packet.left_on) == (["OUTPUT", "POSTROUTING", "PREROUTING", "INPUT"],
+                                                           LOOPBACK_ROUTE, "lo")
+
+
 ACROSS_ROUTES = [("filter:INPUT:policy:1", IN_LO, "filter:FORWARD:policy:1", "IN=eth0 OUT=eth1"),
                  ("raw:PREROUTING:policy:1", IN_LO, "mangle:OUTPUT:policy:1", OUT_LO),
                  ("filter:INPUT:policy:1", IN_LO, "nat:POSTROUTING:policy:1", "IN=eth0 OUT=eth1"),

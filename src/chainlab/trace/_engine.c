@@ -1792,7 +1792,7 @@ struct Packet {
     int first_damaged, last_damaged; /* those lines' ports are not read (flows.endpoints) */
     int last_hook, last_table; /* last step's; last_hook -1: None; -2: no step yet */
     int last_bridge;           /* the last step is of an nft bridge table */
-    int out_seen, out_lo;      /* a line showed OUT=, the first that did showed lo (assemble: fields.out_if) */
+    int out_lo;                /* the last line that showed OUT= showed lo (Packet.left_on) */
     int looped;                /* it went out on lo and came back in (Packet.looped) */
     int at_end;
     char *entered; /* the base chain seen entered after the last step (NULL: None) */
@@ -2291,10 +2291,8 @@ static int merge(Packet *packet, const Fields *f) {
         into->flow_label = f->flow_label;
     if (into->tcp_seq == NONE)
         into->tcp_seq = f->tcp_seq;
-    if (!packet->out_seen && f->out_if.n >= 0) { /* an nft `oif ""` is known, as "" */
-        packet->out_seen = 1;
+    if (f->out_if.n >= 0) /* an nft `oif ""` is known, as "" */
         packet->out_lo = is_loopback(f->out_if);
-    }
     if (packet->f.ip_id == NONE) /* only a packet without IP id compares interfaces */
         return copy_text(&packet->in_if, &packet->in_if_n, f->in_if) ||
                copy_text(&packet->out_if, &packet->out_if_n, f->out_if);

@@ -143,6 +143,8 @@ class Assembler:
             if f.damaged:
                 packet.repaired_lines += 1
         fill_missing(packet.fields, f, _MERGED)
+        if f.out_if is not None:
+            packet.left_on = f.out_if
         if packet.identity == "flow" and packet.fields.ip_id is not None:
             packet.identity = "ip_id"
             self.open_flows -= 1
@@ -192,7 +194,7 @@ class Assembler:
             return True, base
         hook = base if base is not None else _hook_of_regular_chain(event, last.hook)
         if re_enters(last.hook, hook):
-            return not packet.looped and loops_back(packet.fields.out_if, event.fields.in_if), hook
+            return not packet.looped and loops_back(packet.left_on, event.fields.in_if), hook
         if not can_follow(last.hook, hook):
             return False, hook
         if (hook == last.hook and step.family not in (None, "bridge") and last.family != "bridge"

@@ -118,6 +118,9 @@ class Packet:
     entered: str | None = None
     #: It went out on `lo` and came back in: its walk started again at PREROUTING (once at most).
     looped: bool = False
+    #: The interface its last line with one out (OUT=, oif) names: the one it leaves on, also
+    #: when a rule in OUTPUT rerouted it (its first OUT= is the route before).
+    left_on: str | None = None
 
     @property
     def protocol(self) -> str:
