@@ -43,8 +43,10 @@ system-deps local-deps:
 
 deps: system-deps venv
 
+# Two workers: one runs every test that changes the machine (labs, VMs, mounts) in order,
+# the other the tests of pure logic meanwhile (tests/conftest.py: the "machine" group).
 test: deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"

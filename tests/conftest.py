@@ -11,6 +11,23 @@ FIXTURES = ROOT / "tests" / "fixtures"
 PUBLIC = FIXTURES / "public-traces"  # copied from ../shared/fixtures/public-traces, with its README
 
 
+#: Fixtures that change the machine itself (a mount shows in the local lab tests' snapshot
+#: of the machine's namespace).
+MACHINE_FIXTURES = {"tmpfs", "tiny_tmpfs"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`: every test that
+    changes the machine (the labs' namespaces, links, routes, daemons, VMs; mounts) is in one
+    group, run by one worker in the order collected, as a suite of its own would (the labs'
+    module and session fixtures, the before/after snapshots of the machine); the tests of
+    pure logic run on the other worker meanwhile. Without xdist the mark does nothing."""
+    for item in items:
+        if item.get_closest_marker("integration") or MACHINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("machine"))
+
+
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES
