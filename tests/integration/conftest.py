@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,13 +70,14 @@ def one_suite_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
     if os.geteuid() != 0:
         yield
         return
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
-    def say(line: str) -> None:  # on the terminal even while pytest captures the test's output
-        if reporter is not None and capture is not None:
+    def say(line: str) -> None:
+        """On the terminal even while pytest captures the test's output; stderr, not the
+        terminal reporter, whose lines an xdist worker (`make test`) never shows."""
+        if capture is not None:
             with capture.global_and_fixture_disabled():
-                reporter.write_line(f"chainlab tests: {line}")
+                print(f"chainlab tests: {line}", file=sys.stderr, flush=True)
 
     fd = suite.hold_lock(say)
     try:
