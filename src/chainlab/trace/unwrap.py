@@ -14,6 +14,12 @@ of the packet an ICMP error quotes, or the `table:chain:kind:N IN=` header of a 
 ending in `TRACE:`. A record repeats no field but an ICMP packet's `ID=` (the IP id, then
 the echo's), a UDP packet's `LEN=` (IP, then UDP) and those of the quoted packet, so a whole
 line followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log) stays two.
+After `TRACE:`, the header alone on its line (its `IN=` on the next) goes on too. A record's
+line that ends in a letter and a hyphen was broken there (textwrap's default breaks at the
+hyphens of `cali-PREROUTING`, `br-lan`; no kernel record ends so): a line that starts with a
+letter or digit goes on with that word, without a space, when that completes the header
+(`raw:cali-` / `PREROUTING:rule:1 IN=...`) or goes on with a field's value, then fields
+(`IN=br-` / `lan OUT=...`).
 A log line's prefix broken over lines (a long RFC 3339 time and host fill a mail's 72
 columns: the time alone, then `host kernel: [ 123.4] TRACE: ...`; or the host's name cut,
 `... ip-10-0-1-2.eu-west-1.compute.` / `internal kernel: ...`) starts the record: lines
@@ -78,6 +84,12 @@ _QUOTING = _BLANKS + b">"  # before a line a mail quotes (parse_nft.QUOTED)
 _FIELD_WORDS = frozenset({f"{key}=".encode() for key in KNOWN_KEYS} | {w.encode() for w in TCP_FLAGS | IP_FLAGS}
                          | {b"OPT"})
 _DAMAGED = re.compile(rb"[A-Z][^\sa-z=]*")
+#: A record's header alone (`table:chain:kind:N`, its `IN=` on the next line), or its start
+#: up to a hyphen that a wrap broke it at (`raw:cali-`).
+_HEADER_ALONE = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}|[A-Za-z_][A-Za-z0-9_]*:\S*[A-Za-z]-",
+                           re.ASCII)
+#: The end of a line broken at a hyphen (textwrap's default): a letter, then the hyphen.
+_HYPHEN_END = re.compile(rb"[A-Za-z]-$")
 #: A line that is the start of a log line's prefix and nothing more: its time, then maybe
 #: its host (or the host's start), `kernel:`, an uptime or the `[` that opens one (a long
 #: time and host filled the line).
@@ -137,13 +149,37 @@ class _Record:
         icmp = self.icmp or self.keys[b"CODE="] > 0
         return held == 1 and ((key == b"ID=" and icmp) or (key == b"LEN=" and self.udp))
 
-    def takes(self, rest: bytes, limit: int) -> bool:
-        """Whether `rest` (a line without its quoting and newline) continues this record."""
+    def takes(self, rest: bytes, limit: int) -> bytes | None:
+        """How `rest` (a line without its quoting and newline) continues this record: after a
+        space, or with none (the word a wrap broke at a hyphen goes on); None if it does not."""
         if not rest or self.size + 1 + len(rest) > limit or MARKERS.search(rest):
-            return False
+            return None
         ending = self.parts[-1].rstrip(_BLANKS)
         if ending.endswith(b"TRACE:"):
-            return BARE_HEADER.match(rest) is not None
+            return b" " if BARE_HEADER.match(rest) is not None or self._header_alone(rest) else None
+        if _HYPHEN_END.search(ending) and rest[:1].isalnum():
+            return b"" if self._goes_on_in_word(ending, rest) else None
+        return b" " if self._takes_after_space(ending, rest) else None
+
+    @staticmethod
+    def _header_alone(rest: bytes) -> bool:
+        """A header alone on its line, or its start up to a hyphen, then at most `IN=...`."""
+        words = rest.split(None, 1)
+        return _HEADER_ALONE.fullmatch(words[0]) is not None and (len(words) == 1 or words[1].startswith(b"IN="))
+
+    def _goes_on_in_word(self, ending: bytes, rest: bytes) -> bool:
+        """Whether `rest` goes on with the word `ending` ends in, which a wrap broke at its
+        hyphen: the record's header (`raw:cali-` / `PREROUTING:rule:1 IN=...`) or a field's
+        value (`IN=br-` / `lan OUT=`), then fields."""
+        last = ending.rsplit(None, 1)[-1]
+        if _fields_text(b" ".join(self.parts)).split() == [last]:  # the header, alone after `TRACE:` so far
+            return self._header_alone(last + rest)
+        if b"=" not in last:
+            return False
+        words = rest.split(None, 2)[1:]
+        return not words or (_word_key(words[0]) in _FIELD_WORDS and self._room_for(_word_key(words[0])))
+
+    def _takes_after_space(self, ending: bytes, rest: bytes) -> bool:
         words = rest.split(None, 2)
         word = words[0]
         if word.startswith(b"(") and ending.rsplit(None, 1)[-1] == b"OPT":
@@ -159,15 +195,21 @@ class _Record:
         return (_DAMAGED.fullmatch(word) is not None and len(words) > 1 and _word_key(words[1]) in _FIELD_WORDS
                 and self._room_for(_word_key(words[1])))
 
-    def join(self, rest: bytes) -> None:
-        """Add a line that continues the record (`rest`: without quoting and newline)."""
+    def join(self, rest: bytes, glue: bytes = b" ") -> None:
+        """Add a line that continues the record (`rest`: without quoting and newline), after
+        `glue` (takes)."""
         rest = rest.rstrip(_BLANKS)
         keys = self.keys  # counted before the record grows
+        words = rest.split()
         self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
-        self.parts.append(rest)
+        if glue:
+            self.parts.append(rest)
+        else:  # the last word goes on: its key is counted already
+            self.parts[-1] += rest
+            words = words[1:]
         self.taken += 1
-        self.size += 1 + len(rest)
-        keys.update(_word_key(word) for word in rest.split())
+        self.size += len(glue) + len(rest)
+        keys.update(_word_key(word) for word in words)
         self.quoting = self._brackets(rest, self.quoting)
         self.icmp |= b"PROTO=ICMP" in rest
         self.udp |= b"PROTO=UDP" in rest
@@ -207,8 +249,9 @@ class KernelJoiner:
         """One line without its newline; what can be written out now (lines, each ended)."""
         record = self.record
         rest = line.lstrip(_QUOTING)
-        if record is not None and len(line) < self.limit and record.takes(rest, self.limit):
-            record.join(rest)
+        glue = record.takes(rest, self.limit) if record is not None and len(line) < self.limit else None
+        if record is not None and glue is not None:
+            record.join(rest, glue)
             self.joined += 1
             return b""
         if record is not None and not MARKERS.search(rest) and any(_word_key(w) in _FIELD_WORDS for w in rest.split()):
