@@ -43,10 +43,10 @@ system-deps local-deps:
 
 deps: system-deps venv
 
-# Two workers: one runs every test that changes the machine (labs, VMs, mounts) in order,
-# the other the tests of pure logic meanwhile (tests/conftest.py: the "machine" group).
+# Two workers: one runs every test that changes the machine (labs, VMs) in order, the other
+# the tests of pure logic meanwhile (tests/conftest.py: pytest_xdist_make_scheduler).
 test: deps
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"

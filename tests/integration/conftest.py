@@ -42,8 +42,10 @@ def root_snapshot() -> dict[str, str]:
     snap = {}
     for argv in SNAPSHOT_COMMANDS:
         out = subprocess.run(argv, capture_output=True, text=True).stdout
-        # iptables-save stamps comment lines with the current time
-        snap[" ".join(argv)] = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+        # iptables-save stamps comment lines with the current time; a tmpfs that a unit test
+        # mounts in its pytest temp dir meanwhile (`make test` runs them beside) is not the lab's
+        snap[" ".join(argv)] = "\n".join(line for line in out.splitlines()
+                                         if not line.startswith("#") and "/pytest-of-" not in line)
     cgroups = Path("/sys/fs/cgroup")
     snap["cgroups"] = "\n".join(sorted(str(p) for p in cgroups.glob("*/*") if p.is_dir()))
     return snap
