@@ -37,7 +37,10 @@ whole; a `packet:` or `conntrack:` line (whose grammar takes any words) takes th
 go on with its headers: lower-case words, numbers, addresses, `"names"`, `==`, the first of
 them a header keyword (`ip`, `saddr`), a value (`10325`, `@th,64,96`) or a named value
 (`not-ect`, `nd-router-solicit`, `syn`); not `nft monitor`'s own events (`add rule ...`), a
-sentence, a `#` comment or an `...` line.
+sentence, a `#` comment or an `...` line. After a line that ends in a letter and a hyphen, a
+line that starts with a letter or digit goes on with that word, without a space (`ip filter
+DOCKER-` / `USER rule ...`; in a packet line, when the word so glued is one it prints:
+`iif "br-` / `lan"`).
 
 `xtables-monitor --trace` lines: a PACKET line takes the lines that go on with its fields:
 lines of words it prints (a `KEY=` of XT_PACKET_KEYS, an IP or TCP flag, `FRAG:N`, the
@@ -52,7 +55,10 @@ starts with an option (`-j`, `--dport`) or `!`, a line after one ending with an 
 (`--tcp-flags FIN,SYN,RST,ACK` / `SYN`), and any line within a `"..."` (a comment); not a
 sentence after a whole rule, the command line (`xtables-monitor --trace`) or the tool's
 own error lines (but after a rule that ends with an option of no argument, `--syn`, the
-next line is taken whatever it holds). A policy or return line takes nothing.
+next line is taken whatever it holds). A policy or return line takes nothing. After a line
+that ends in a letter and a hyphen, a line that starts with a letter or digit goes on with
+that word, without a space, when the record so glued still reads: a PACKET line of fields, a
+rule whose start is whole, a TRACE line (or its header's start, broken at a hyphen again).
 
 A mail's quoting (`> `) before a wrapped line is not part of it. A file is read as wrapped
 when its head shows records taking lines (is_wrapped), but not when the lines after a
@@ -338,7 +344,7 @@ class NftJoiner:
         self.limit = limit
         self.record: bytes | None = None
         self.whole = False  # the record reads whole (a packet or conntrack line): lines go on with it
-        self.held: list[tuple[bytes, bytes]] = []  # (line as it came, without its quoting)
+        self.held: list[tuple[bytes, bytes, bytes]] = []  # (line as it came, without its quoting, glue before it)
         self.size = 0  # the joined line's length
         self.joined = self.rejected = 0  # lines records took, and lines after one they did not
         self.continued: list[int] = []  # the length of each line another was joined to
@@ -351,16 +357,28 @@ class NftJoiner:
         lengths = self.continued
         return self.rejected * 4 > self.joined or (len(lengths) >= 3 and len(set(lengths)) == 1)
 
+    @staticmethod
+    def _goes_on(ending: bytes, rest: bytes, glue: bytes) -> bool:
+        """Whether `rest` goes on with a packet's headers after `ending`, the word `ending`
+        ends in going on when there is no glue."""
+        return _goes_on(rest) if glue else _nft_words(ending.rsplit(None, 1)[-1] + rest)
+
+    def _text(self) -> bytes:
+        """The record and the lines held after it as one line."""
+        assert self.record is not None
+        return self.record.rstrip(_BLANKS) + b"".join(glue + rest for _, rest, glue in self.held)
+
     def _flush(self, joined: bool) -> bytes:
         """The record and the lines held after it: one line (joined), or as they came."""
-        record, held, self.record, self.held = self.record, self.held, None, []
-        if record is None:
+        if self.record is None:
             return b""
+        text = self._text() if joined else b""
+        record, held, self.record, self.held = self.record, self.held, None, []
         if joined:
             self.joined += len(held)
-            return b" ".join([record.rstrip(_BLANKS), *(rest for _, rest in held)]) + b"\n" * (1 + len(held))
+            return text + b"\n" * (1 + len(held))
         self.rejected += len(held)
-        return b"".join(line + b"\n" for line in [record, *(line for line, _ in held)])
+        return b"".join(line + b"\n" for line in [record, *(line for line, _, _ in held)])
 
     def line(self, line: bytes) -> bytes:
         """One line without its newline; what can be written out now (lines, each ended)."""
@@ -369,16 +387,18 @@ class NftJoiner:
         if self.record is not None:
             rest = line.lstrip(_QUOTING).rstrip(_BLANKS)
             fits = rest and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit and not MARKERS.search(rest)
-            if fits and (_goes_on(rest) if self.whole else len(self.held) < NFT_LINES):
-                self.held.append((line, rest))
-                self.size += 1 + len(rest)
+            # a word a wrap broke at its hyphen (`ip filter cali-` / `fw-eth0 rule ...`) goes on
+            ending = (self.held[-1][1] if self.held else self.record).rstrip(_BLANKS)
+            glue = b"" if _HYPHEN_END.search(ending) and rest[:1].isalnum() else b" "
+            if fits and (self._goes_on(ending, rest, glue) if self.whole else len(self.held) < NFT_LINES):
+                self.held.append((line, rest, glue))
+                self.size += len(glue) + len(rest)
                 if self.whole:
                     self.continued.append(previous)
                     return b""
-                joined = b" ".join([self.record.rstrip(_BLANKS), *(r for _, r in self.held)])
-                if _nft_match(joined) is None:
+                if _nft_match(self._text()) is None:
                     return b""
-                self.continued += [len(self.record), *(len(held) for held, _ in self.held[:-1])]
+                self.continued += [len(self.record), *(len(held) for held, _, _ in self.held[:-1])]
                 return self._flush(True)
             if rest and not MARKERS.search(rest) and _nft_words(rest):
                 self.rejected += 1  # a piece of trace output that could not go on from there
@@ -521,6 +541,7 @@ class XtablesJoiner:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.parts: list[bytes] = []  # the record's lines: the first as it came, the others without quoting
+        self.glued = 0  # lines the record took into its last part (a word broken at a hyphen going on)
         self.size = 0  # the joined line's length
         self.state: _XtState | None = None  # what may go on with the record
         self.joined = self.rejected = 0  # lines records took, and lines after one they did not
@@ -535,8 +556,14 @@ class XtablesJoiner:
         out = b""
         if self.parts:
             piece = bool(rest) and not MARKERS.search(rest)
-            if (piece and self.state is not None and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit
-                    and self.state.takes(rest)):
+            fits = piece and self.state is not None and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit
+            if fits and self._goes_on_in_word(rest):
+                self.parts[-1] = self.parts[-1].rstrip(_BLANKS) + rest
+                self.size += len(rest)
+                self.glued += 1
+                self.joined += 1
+                return b""
+            if fits and self.state is not None and self.state.takes(rest):
                 self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
                 self.parts.append(rest)
                 self.size += 1 + len(rest)
@@ -547,14 +574,35 @@ class XtablesJoiner:
                 self.rejected += 1  # a piece of a PACKET line (it holds fields) that could not go on from there
             out = self.end()
         if len(line) < self.limit and rest.startswith((b"PACKET: ", b"TRACE: ")):
-            self.parts, self.size, self.state = [line], len(line), _xt_state(rest)
+            self.parts, self.size, self.state, self.glued = [line], len(line), _xt_state(rest), 0
             return out
         return out + line + b"\n"
 
+    def _goes_on_in_word(self, rest: bytes) -> bool:
+        """Whether `rest` goes on with the word the record ends in, which a wrap broke at its
+        hyphen (`filter:DOCKER-` / `USER:return:1`, `-j DOCKER-` / `ISOLATION-STAGE-2`,
+        `IN=br-` / `lan OUT=...`): the record, so glued, reads as one line still (a PACKET line's
+        words all fields, a rule whose start is whole, a TRACE line's header, or its start
+        broken at a hyphen again). If so, the state is the glued record's."""
+        if not (_HYPHEN_END.search(self.parts[-1].rstrip(_BLANKS)) and rest[:1].isalnum()):
+            return False
+        text = b" ".join([self.parts[0].lstrip(_QUOTING), *self.parts[1:]]).rstrip(_BLANKS) + rest
+        state = _xt_state(text)
+        if isinstance(state, _XtPacket):
+            words = text.split()[3:]
+            reads = all(_packet_word(word, previous) for previous, word in zip([b"", *words], words))
+        elif isinstance(state, _XtRule):
+            reads = state.seen != -1
+        else:
+            reads = not isinstance(state, _XtHeader) or _HYPHEN_END.search(text) is not None
+        if reads:
+            self.state = state
+        return reads
+
     def end(self) -> bytes:
         """What is still held at the end of the input."""
-        parts, self.parts = self.parts, []
-        return b" ".join(parts) + b"\n" * len(parts) if parts else b""
+        parts, glued, self.parts, self.glued = self.parts, self.glued, [], 0
+        return b" ".join(parts) + b"\n" * (len(parts) + glued) if parts else b""
 
 
 Joiner = KernelJoiner | NftJoiner | XtablesJoiner
