@@ -17,12 +17,16 @@ MACHINE_TESTS = "tests/integration/"
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """`make test` runs two pytest-xdist workers: one takes every test under MACHINE_TESTS
     as one unit, in the order collected, as a suite of its own would (the labs' module and
     session fixtures, the suite lock, the before/after snapshots of the machine); the
     other takes the pure-logic tests, a module at a time, meanwhile. (A scheduler, not
-    `xdist_group` marks: pytest 9 ignores the node ids xdist 3.8 rewrites for them.)"""
+    `xdist_group` marks: pytest 9 ignores the node ids xdist 3.8 rewrites for them.) Only for
+    xdist's default `--dist load`; another `--dist` is xdist's own. Node ids are relative to
+    the rootdir, this repository."""
+    if config.getvalue("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class MachineTestsTogether(LoadScopeScheduling):

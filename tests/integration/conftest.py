@@ -37,15 +37,22 @@ SNAPSHOT_COMMANDS = [
 ]
 
 
+def _unit_test_tmpfs(line: str) -> bool:
+    """A mountinfo line of a tmpfs that a unit test mounted in its pytest temp dir meanwhile
+    (`make test` runs them beside): not the lab's (a lab's bind mount that leaked into the
+    machine's namespace names a pytest temp dir as its root, not as its mount point)."""
+    fields = line.split()
+    return len(fields) > 4 and "/pytest-of-" in fields[4] and " - tmpfs " in line
+
+
 def root_snapshot() -> dict[str, str]:
     """What must be identical in the machine's namespace before `up` and after `down`."""
     snap = {}
     for argv in SNAPSHOT_COMMANDS:
         out = subprocess.run(argv, capture_output=True, text=True).stdout
-        # iptables-save stamps comment lines with the current time; a tmpfs that a unit test
-        # mounts in its pytest temp dir meanwhile (`make test` runs them beside) is not the lab's
+        # iptables-save stamps comment lines with the current time
         snap[" ".join(argv)] = "\n".join(line for line in out.splitlines()
-                                         if not line.startswith("#") and "/pytest-of-" not in line)
+                                         if not line.startswith("#") and not _unit_test_tmpfs(line))
     cgroups = Path("/sys/fs/cgroup")
     snap["cgroups"] = "\n".join(sorted(str(p) for p in cgroups.glob("*/*") if p.is_dir()))
     return snap

@@ -19,7 +19,7 @@ from chainlab.trace import reader
 from chainlab.trace.pipeline import analyze
 from chainlab.trace.reader import (KERNEL, KERNEL_WRAPPED, LINE_LIMIT, NFT_MONITOR, NFT_WRAPPED, XTABLES_MONITOR,
                                    XTABLES_WRAPPED, LogSource, base_format, log_format)
-from chainlab.trace.unwrap import KernelJoiner, NftJoiner, XtablesJoiner, is_wrapped, unwrap
+from chainlab.trace.unwrap import WORD_LIMIT, KernelJoiner, NftJoiner, XtablesJoiner, is_wrapped, unwrap
 
 from ..conftest import FIXTURES
 
@@ -113,6 +113,30 @@ def test_a_record_wrapped_at_any_width_also_at_hyphens_is_its_line_again(line):
         for hyphens in (False, True):
             text = "\n".join(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=hyphens)) + "\n"
             assert re.sub(" +", " ", joined(text).split("\n")[0]) == re.sub(" +", " ", line).rstrip(), (width, text)
+
+
+def test_a_word_goes_on_over_lines_up_to_its_limit_only():
+    """Lines of `a-` after a record ending in `IN=a-`: the word goes on up to WORD_LIMIT
+    bytes, then the lines come as they are (each glue costs the new line's length: no
+    record is read again); every line keeps its number, in each format's joiner."""
+    pieces = "a-\n" * 300
+    for joiner, head in ((KernelJoiner, "Dec  2 03:10:16 master kernel: TRACE: raw:PREROUTING:rule:1 IN=a-"),
+                         (XtablesJoiner, "PACKET: 2 d922bdcd IN=a-"),
+                         (XtablesJoiner, "TRACE: 2 d922bdcd filter:X:rule:0x1:CONTINUE -4 -t filter -A X -j a-")):
+        out = b"".join(unwrap([f"{head}\n{pieces}".encode()], joiner(LINE_LIMIT))).decode()
+        first = out.split("\n")[0]
+        assert out.count("\n") == 301 and WORD_LIMIT <= len(first.rsplit(" ", 1)[-1]) <= WORD_LIMIT + 3, joiner
+        assert out.split("\n")[-2] == "a-"
+
+
+def test_what_does_not_go_on_with_a_word_broken_at_a_hyphen():
+    """After a rule whose last word ends in a hyphen, an author's sentence; after a kernel
+    record's `IN=br-`, a word and then prose: each line stays as it came."""
+    rule = "TRACE: 2 d922bdcd filter:X:rule:0x1:CONTINUE -4 -t filter -A X -j DOCKER-"
+    text = f"{rule}\nHello world, this is my note\n"
+    assert xt_joined(text) == text
+    kernel = f"{LINE[:80]} IN=br-\nlan and then prose\n"
+    assert joined(kernel) == kernel
 
 
 def test_a_break_at_a_hyphen_before_a_digit_is_joined_too():

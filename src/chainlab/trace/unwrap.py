@@ -17,9 +17,9 @@ line followed by a line whose head was cut off (`SRC=... DST=...`, a damaged log
 After `TRACE:`, the header alone on its line (its `IN=` on the next) goes on too. A record's
 line that ends in a letter and a hyphen was broken there (textwrap's default breaks at the
 hyphens of `cali-PREROUTING`, `br-lan`; no kernel record ends so): a line that starts with a
-letter or digit goes on with that word, without a space, when that completes the header
-(`raw:cali-` / `PREROUTING:rule:1 IN=...`) or goes on with a field's value, then fields
-(`IN=br-` / `lan OUT=...`).
+letter or digit goes on with that word (up to WORD_LIMIT bytes), without a space, when that
+completes the header (`raw:cali-` / `PREROUTING:rule:1 IN=...`) or goes on with a field's
+value, then fields (`IN=br-` / `lan OUT=...`).
 A log line's prefix broken over lines (a long RFC 3339 time and host fill a mail's 72
 columns: the time alone, then `host kernel: [ 123.4] TRACE: ...`; or the host's name cut,
 `... ip-10-0-1-2.eu-west-1.compute.` / `internal kernel: ...`) starts the record: lines
@@ -96,6 +96,23 @@ _HEADER_ALONE = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):
                            re.ASCII)
 #: The end of a line broken at a hyphen (textwrap's default): a letter, then the hyphen.
 _HYPHEN_END = re.compile(rb"[A-Za-z]-$")
+#: The longest word a line broken at a hyphen goes on with (a chain's, a set's or an
+#: interface's name is shorter): what bounds the work of gluing to the new line's length.
+WORD_LIMIT = 256
+
+
+def _last_word(text: bytes) -> bytes:
+    """The last word of `text`, looking back at most WORD_LIMIT + 1 bytes."""
+    words = text[-(WORD_LIMIT + 1) :].rsplit(None, 1)
+    return words[-1] if words else b""
+
+
+def _broken_word(ending: bytes, rest: bytes) -> bool:
+    """Whether `ending` (a line's text so far) ends in a word a wrap broke at its hyphen that
+    `rest` (the next line) may go on with: a letter and a hyphen, then a letter or a digit,
+    the word no longer than WORD_LIMIT."""
+    return (_HYPHEN_END.search(ending) is not None and rest[:1].isalnum()
+            and len(_last_word(ending)) <= WORD_LIMIT)
 #: A line that is the start of a log line's prefix and nothing more: its time, then maybe
 #: its host (or the host's start), `kernel:`, an uptime or the `[` that opens one (a long
 #: time and host filled the line).
@@ -123,10 +140,14 @@ def _fields_text(text: bytes) -> bytes:
 class _Record:
     """A kernel TRACE line waiting for the lines that may continue it (`taken`: how many of
     the file's lines `text` already is: more than one when a prefix's start came first).
-    Each test and join costs what the new line's length costs (the record is kept in parts)."""
+    Each test and join costs what the new line's length costs (the record is kept in parts,
+    each after its glue: a space, or none where a word broken at a hyphen goes on)."""
 
     def __init__(self, text: bytes, taken: int = 1) -> None:
         self.parts = [text]
+        self.glues: list[bytes] = []  # before each part after the first
+        self.last = _last_word(text)  # the record's last word, across parts glued without a space
+        self.field_words = len(_fields_text(text).split())  # words after `TRACE:`: 1, the header (or its start) alone
         self.taken = taken
         self.size = len(text)
         self._keys: Counter[bytes] | None = None  # counted when a line may continue the record (most never)
@@ -144,8 +165,12 @@ class _Record:
     def keys(self) -> Counter[bytes]:
         """How often the record holds each field's key."""
         if self._keys is None:
-            self._keys = Counter(_word_key(w) for w in _fields_text(b" ".join(self.parts)).split())
+            self._keys = Counter(_word_key(w) for w in _fields_text(self.text()).split())
         return self._keys
+
+    def text(self) -> bytes:
+        """The record as one line."""
+        return self.parts[0] + b"".join(glue + part for glue, part in zip(self.glues, self.parts[1:]))
 
     def _room_for(self, key: bytes) -> bool:
         """Whether the record may hold one more `key` (see the module's doc)."""
@@ -163,8 +188,8 @@ class _Record:
         ending = self.parts[-1].rstrip(_BLANKS)
         if ending.endswith(b"TRACE:"):
             return b" " if BARE_HEADER.match(rest) is not None or self._header_alone(rest) else None
-        if _HYPHEN_END.search(ending) and rest[:1].isalnum():
-            return b"" if self._goes_on_in_word(ending, rest) else None
+        if _HYPHEN_END.search(ending) and rest[:1].isalnum() and len(self.last) <= WORD_LIMIT:
+            return b"" if self._goes_on_in_word(rest) else None  # a word broken at its hyphen
         return b" " if self._takes_after_space(ending, rest) else None
 
     @staticmethod
@@ -173,12 +198,12 @@ class _Record:
         words = rest.split(None, 1)
         return _HEADER_ALONE.fullmatch(words[0]) is not None and (len(words) == 1 or words[1].startswith(b"IN="))
 
-    def _goes_on_in_word(self, ending: bytes, rest: bytes) -> bool:
-        """Whether `rest` goes on with the word `ending` ends in, which a wrap broke at its
+    def _goes_on_in_word(self, rest: bytes) -> bool:
+        """Whether `rest` goes on with the record's last word, which a wrap broke at its
         hyphen: the record's header (`raw:cali-` / `PREROUTING:rule:1 IN=...`) or a field's
         value (`IN=br-` / `lan OUT=`), then fields."""
-        last = ending.rsplit(None, 1)[-1]
-        if _fields_text(b" ".join(self.parts)).split() == [last]:  # the header, alone after `TRACE:` so far
+        last = self.last
+        if self.field_words == 1:
             return self._header_alone(last + rest)
         if b"=" not in last:
             return False
@@ -208,11 +233,12 @@ class _Record:
         keys = self.keys  # counted before the record grows
         words = rest.split()
         self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
-        if glue:
-            self.parts.append(rest)
-        else:  # the last word goes on: its key is counted already
-            self.parts[-1] += rest
+        self.parts.append(rest)
+        self.glues.append(glue)
+        self.last = self.last + words[0] if not glue and len(words) == 1 else words[-1]
+        if not glue:  # the last word goes on: its key is counted already
             words = words[1:]
+        self.field_words += len(words)
         self.taken += 1
         self.size += len(glue) + len(rest)
         keys.update(_word_key(word) for word in words)
@@ -222,7 +248,7 @@ class _Record:
 
     def lines(self) -> bytes:
         """The record as one line, then an empty line for each line joined to it."""
-        return b" ".join(self.parts) + b"\n" * self.taken
+        return self.text() + b"\n" * self.taken
 
 
 def _joined(head: bytes, rest: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
@@ -389,7 +415,7 @@ class NftJoiner:
             fits = rest and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit and not MARKERS.search(rest)
             # a word a wrap broke at its hyphen (`ip filter cali-` / `fw-eth0 rule ...`) goes on
             ending = (self.held[-1][1] if self.held else self.record).rstrip(_BLANKS)
-            glue = b"" if _HYPHEN_END.search(ending) and rest[:1].isalnum() else b" "
+            glue = b"" if _broken_word(ending, rest) else b" "
             if fits and (self._goes_on(ending, rest, glue) if self.whole else len(self.held) < NFT_LINES):
                 self.held.append((line, rest, glue))
                 self.size += len(glue) + len(rest)
@@ -449,7 +475,7 @@ class _XtPacket:
     def __init__(self, text: bytes) -> None:
         words = text.split()[3:]  # after `PACKET: N ID`
         self.held = {_xt_key(word) for word in words}
-        self.last = words[-1] if words else b""
+        self.before, self.last = ([b"", b"", *words])[-2:]
 
     def takes(self, rest: bytes) -> bool:
         words = rest.split()
@@ -465,8 +491,26 @@ class _XtPacket:
     def join(self, rest: bytes) -> _XtPacket:
         words = rest.split()
         self.held.update(_xt_key(word) for word in words)
-        self.last = words[-1]
+        self.before, self.last = [self.last, *words][-2:]
         return self
+
+    def goes_on_in_word(self, rest: bytes) -> bool:
+        """Whether `rest` goes on with the last word (broken at its hyphen), then fields."""
+        first, *words = rest.split()
+        previous = self.last + first
+        if not _packet_word(previous, self.before):
+            return False
+        for word in words:
+            if not _packet_word(word, previous):
+                return False
+            previous = word
+        return True
+
+    def join_in_word(self, rest: bytes) -> _XtPacket:
+        first, *words = rest.split()
+        self.last += first
+        self.held.add(_xt_key(self.last))
+        return self.join(b" ".join(words)) if words else self
 
 
 class _XtRule:
@@ -493,6 +537,18 @@ class _XtRule:
         before, last = self.tail
         return (self.quoted or _OPTION.fullmatch(words[0]) is not None or _OPTION.fullmatch(last) is not None
                 or before in _TWO_ARGUMENTS)
+
+    def goes_on_in_word(self, rest: bytes) -> bool:
+        """Whether `rest` goes on with the rule's last word (broken at its hyphen, its start
+        whole), then, if anything, with an option or `!` (not an author's sentence)."""
+        words = rest.split(None, 2)
+        return self.seen == 5 and (len(words) == 1 or self.quoted or _OPTION.fullmatch(words[1]) is not None)
+
+    def join_in_word(self, rest: bytes) -> _XtRule:
+        first, _, after = rest.partition(b" ")
+        self.quoted ^= (first.count(b'"') - first.count(b'\\"')) % 2 == 1
+        self.tail[-1] += first
+        return self.join(after) if after.strip() else self
 
     def join(self, rest: bytes) -> _XtRule:
         words = rest.split()
@@ -541,7 +597,8 @@ class XtablesJoiner:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.parts: list[bytes] = []  # the record's lines: the first as it came, the others without quoting
-        self.glued = 0  # lines the record took into its last part (a word broken at a hyphen going on)
+        self.glues: list[bytes] = []  # before each part after the first: a space, or none (a word going on)
+        self.word = b""  # the record's last word, across parts glued without a space
         self.size = 0  # the joined line's length
         self.state: _XtState | None = None  # what may go on with the record
         self.joined = self.rejected = 0  # lines records took, and lines after one they did not
@@ -558,51 +615,73 @@ class XtablesJoiner:
             piece = bool(rest) and not MARKERS.search(rest)
             fits = piece and self.state is not None and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit
             if fits and self._goes_on_in_word(rest):
-                self.parts[-1] = self.parts[-1].rstrip(_BLANKS) + rest
-                self.size += len(rest)
-                self.glued += 1
-                self.joined += 1
+                self._add(rest, b"")
                 return b""
             if fits and self.state is not None and self.state.takes(rest):
-                self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
-                self.parts.append(rest)
-                self.size += 1 + len(rest)
                 self.state = self.state.join(rest)
-                self.joined += 1
+                self._add(rest, b" ")
                 return b""
             if piece and any(_word_key(word) in _XT_KEYS for word in rest.split()):
                 self.rejected += 1  # a piece of a PACKET line (it holds fields) that could not go on from there
             out = self.end()
         if len(line) < self.limit and rest.startswith((b"PACKET: ", b"TRACE: ")):
-            self.parts, self.size, self.state, self.glued = [line], len(line), _xt_state(rest), 0
+            self.parts, self.glues, self.size, self.state = [line], [], len(line), _xt_state(rest)
+            self.word = _last_word(rest)
             return out
         return out + line + b"\n"
+
+    def _add(self, rest: bytes, glue: bytes) -> None:
+        """Take `rest` into the record after `glue`."""
+        self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
+        self.parts.append(rest)
+        self.glues.append(glue)
+        self.size += len(glue) + len(rest)
+        words = rest.split()
+        self.word = self.word + words[0] if not glue and len(words) == 1 else words[-1]
+        self.joined += 1
 
     def _goes_on_in_word(self, rest: bytes) -> bool:
         """Whether `rest` goes on with the word the record ends in, which a wrap broke at its
         hyphen (`filter:DOCKER-` / `USER:return:1`, `-j DOCKER-` / `ISOLATION-STAGE-2`,
-        `IN=br-` / `lan OUT=...`): the record, so glued, reads as one line still (a PACKET line's
-        words all fields, a rule whose start is whole, a TRACE line's header, or its start
-        broken at a hyphen again). If so, the state is the glued record's."""
-        if not (_HYPHEN_END.search(self.parts[-1].rstrip(_BLANKS)) and rest[:1].isalnum()):
+        `IN=br-` / `lan OUT=...`), and if so the state after it: a PACKET line's words all
+        fields, a rule whose start is whole then an option, or (read again, glued: a TRACE line
+        and its rule's start are short) a TRACE line, its header's start broken at a hyphen
+        again, or its rule's start."""
+        state = self.state
+        if not (_HYPHEN_END.search(self.parts[-1].rstrip(_BLANKS)) and rest[:1].isalnum()
+                and len(self.word) <= WORD_LIMIT):
             return False
-        text = b" ".join([self.parts[0].lstrip(_QUOTING), *self.parts[1:]]).rstrip(_BLANKS) + rest
-        state = _xt_state(text)
         if isinstance(state, _XtPacket):
-            words = text.split()[3:]
-            reads = all(_packet_word(word, previous) for previous, word in zip([b"", *words], words))
-        elif isinstance(state, _XtRule):
-            reads = state.seen != -1
+            if state.goes_on_in_word(rest):
+                self.state = state.join_in_word(rest)
+                return True
+            return False
+        if isinstance(state, _XtRule) and state.seen == 5:
+            if state.goes_on_in_word(rest):
+                self.state = state.join_in_word(rest)
+                return True
+            return False
+        text = self.text().lstrip(_QUOTING).rstrip(_BLANKS) + rest
+        glued = _xt_state(text)
+        if isinstance(glued, _XtRule):
+            reads = glued.seen != -1
         else:
-            reads = not isinstance(state, _XtHeader) or _HYPHEN_END.search(text) is not None
+            reads = not isinstance(glued, (_XtHeader, _XtPacket)) or _HYPHEN_END.search(text) is not None
         if reads:
-            self.state = state
+            self.state = glued
         return reads
+
+    def text(self) -> bytes:
+        """The record as one line."""
+        return self.parts[0] + b"".join(glue + part for glue, part in zip(self.glues, self.parts[1:]))
 
     def end(self) -> bytes:
         """What is still held at the end of the input."""
-        parts, glued, self.parts, self.glued = self.parts, self.glued, [], 0
-        return b" ".join(parts) + b"\n" * (len(parts) + glued) if parts else b""
+        if not self.parts:
+            return b""
+        text, taken = self.text(), len(self.parts)
+        self.parts, self.glues = [], []
+        return text + b"\n" * taken
 
 
 Joiner = KernelJoiner | NftJoiner | XtablesJoiner
