@@ -468,6 +468,15 @@ def _packet_word(word: bytes, previous: bytes) -> bool:
             or (previous == b"OPT" and word.startswith(b"(")))
 
 
+def _packet_words(words: list[bytes], previous: bytes) -> bool:
+    """Whether a PACKET line prints each of `words` in turn, after `previous`."""
+    for word in words:
+        if not _packet_word(word, previous):
+            return False
+        previous = word
+    return True
+
+
 class _XtPacket:
     """A PACKET line waiting for the lines that go on with its fields: lines of words it
     prints, the first a field it does not hold yet (it prints each once)."""
@@ -479,14 +488,7 @@ class _XtPacket:
 
     def takes(self, rest: bytes) -> bool:
         words = rest.split()
-        if _xt_key(words[0]) in self.held:
-            return False
-        previous = self.last
-        for word in words:
-            if not _packet_word(word, previous):
-                return False
-            previous = word
-        return True
+        return _xt_key(words[0]) not in self.held and _packet_words(words, self.last)
 
     def join(self, rest: bytes) -> _XtPacket:
         words = rest.split()
@@ -497,14 +499,7 @@ class _XtPacket:
     def goes_on_in_word(self, rest: bytes) -> bool:
         """Whether `rest` goes on with the last word (broken at its hyphen), then fields."""
         first, *words = rest.split()
-        previous = self.last + first
-        if not _packet_word(previous, self.before):
-            return False
-        for word in words:
-            if not _packet_word(word, previous):
-                return False
-            previous = word
-        return True
+        return _packet_words([self.last + first, *words], self.before)
 
     def join_in_word(self, rest: bytes) -> _XtPacket:
         first, *words = rest.split()
