@@ -61,28 +61,31 @@ def register(inventory: Path) -> None:
     (LABS_DIR / f"{yaml.safe_load(text)['lab']}.yaml").write_text(text)
 
 
-def _up(copy: Path) -> bool:
-    """Whether the lab of inventory `copy` is up: its lan namespace, as the product's plan names it."""
+def _lan_netns(copy: Path) -> tuple[str, str]:
+    """The lab of inventory `copy`: its provider's command (`local`, `vm`) and its lan
+    namespace, as the product's plan names it (up while that exists)."""
     inv = load_inventory(copy)
-    return S.netns_exists((plan_vm_lab(inv) if inv.provider == "qemu" else plan_lab(inv)).lan_netns)
+    if inv.provider == "qemu":
+        return "vm", plan_vm_lab(inv).lan_netns
+    return "local", plan_lab(inv).lan_netns
 
 
 def sweep(say: Callable[[str], None]) -> None:
     """Take down every registered lab that is still up (call with the lock held), forget the rest."""
     for copy in sorted(LABS_DIR.glob("*.yaml")):
-        if _up(copy):
+        provider, netns = _lan_netns(copy)
+        if S.netns_exists(netns):
             say(f"lab {copy.stem} was left up by an earlier test session that did not end: taking it down")
-            _take_down(copy)
+            _take_down(copy, provider, netns)
         copy.unlink()
 
 
-def _take_down(copy: Path) -> None:
-    provider = "vm" if load_inventory(copy).provider == "qemu" else "local"
+def _take_down(copy: Path, provider: str, netns: str) -> None:
     deadline = time.monotonic() + BUSY_FOR
     while True:
         proc = subprocess.run([CHAINLAB, "-i", str(copy), provider, "down", "--force"],
                               capture_output=True, text=True, timeout=600)
-        if proc.returncode == 0 and not _up(copy):
+        if proc.returncode == 0 and not S.netns_exists(netns):
             return
         # a `local up` of the dead suite still running holds the lab's up/down lock
         if "already running" not in proc.stderr or time.monotonic() > deadline:
@@ -93,5 +96,5 @@ def _take_down(copy: Path) -> None:
 def forget_downed() -> None:
     """At a suite's end: forget the labs that are down (those still up are the next suite's to take)."""
     for copy in LABS_DIR.glob("*.yaml"):
-        if not _up(copy):
+        if not S.netns_exists(_lan_netns(copy)[1]):
             copy.unlink()

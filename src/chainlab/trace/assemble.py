@@ -175,9 +175,10 @@ class Assembler:
     def _next_hook(self, packet: Packet, event: Event) -> tuple[bool, str | None]:
         """Can the event's step be the next step of `packet`'s walk (no going back in hook
         order, nor over to a hook of another route: INPUT, then FORWARD), and which hook it
-        runs in (a base chain's own, else the current one). Within one hook of the same nft trace (its trace id already the packet's), a table that is not
-        iptables' at that hook (`trace_debug`, `filter` at prerouting) has no known place
-        among the others (its priority is not in the trace): any order is the walk's. Not
+        runs in (a base chain's own, else the current one). Within one hook of the same nft
+        trace (its trace id already the packet's), a table that is not iptables' at that hook
+        (`trace_debug`, `filter` at prerouting) has no known place among the others (its
+        priority is not in the trace): any order is the walk's. Not
         across trace ids (a retransmission traced anew), nor for the bridge family, whose
         chains run before the hook's IP tables. Back to PREROUTING after OUTPUT or POSTROUTING
         only a packet that went out on `lo` goes, once: it came back in (netfilter.loops_back)."""

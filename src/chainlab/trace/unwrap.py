@@ -107,12 +107,16 @@ def _last_word(text: bytes) -> bytes:
     return words[-1] if words else b""
 
 
-def _broken_word(ending: bytes, rest: bytes) -> bool:
-    """Whether `ending` (a line's text so far) ends in a word a wrap broke at its hyphen that
-    `rest` (the next line) may go on with: a letter and a hyphen, then a letter or a digit,
-    the word no longer than WORD_LIMIT."""
-    return (_HYPHEN_END.search(ending) is not None and rest[:1].isalnum()
-            and len(_last_word(ending)) <= WORD_LIMIT)
+def _broken_word(ending: bytes, rest: bytes, word: bytes) -> bool:
+    """Whether `ending` (a line's text so far, its last word `word`, across lines glued
+    already) ends in a word a wrap broke at its hyphen that `rest` (the next line) may go on
+    with: a letter and a hyphen, then a letter or a digit, the word no longer than WORD_LIMIT."""
+    return _HYPHEN_END.search(ending) is not None and rest[:1].isalnum() and len(word) <= WORD_LIMIT
+
+
+def _glued(parts: list[bytes], glues: list[bytes]) -> bytes:
+    """A record's lines as one line, each after its glue (a space, or none)."""
+    return parts[0] + b"".join(glue + part for glue, part in zip(glues, parts[1:]))
 #: A line that is the start of a log line's prefix and nothing more: its time, then maybe
 #: its host (or the host's start), `kernel:`, an uptime or the `[` that opens one (a long
 #: time and host filled the line).
@@ -170,7 +174,7 @@ class _Record:
 
     def text(self) -> bytes:
         """The record as one line."""
-        return self.parts[0] + b"".join(glue + part for glue, part in zip(self.glues, self.parts[1:]))
+        return _glued(self.parts, self.glues)
 
     def _room_for(self, key: bytes) -> bool:
         """Whether the record may hold one more `key` (see the module's doc)."""
@@ -188,7 +192,7 @@ class _Record:
         ending = self.parts[-1].rstrip(_BLANKS)
         if ending.endswith(b"TRACE:"):
             return b" " if BARE_HEADER.match(rest) is not None or self._header_alone(rest) else None
-        if _HYPHEN_END.search(ending) and rest[:1].isalnum() and len(self.last) <= WORD_LIMIT:
+        if _broken_word(ending, rest, self.last):
             return b"" if self._goes_on_in_word(rest) else None  # a word broken at its hyphen
         return b" " if self._takes_after_space(ending, rest) else None
 
@@ -415,7 +419,7 @@ class NftJoiner:
             fits = rest and len(line) < self.limit and self.size + 1 + len(rest) <= self.limit and not MARKERS.search(rest)
             # a word a wrap broke at its hyphen (`ip filter cali-` / `fw-eth0 rule ...`) goes on
             ending = (self.held[-1][1] if self.held else self.record).rstrip(_BLANKS)
-            glue = b"" if _broken_word(ending, rest) else b" "
+            glue = b"" if _broken_word(ending, rest, _last_word(ending)) else b" "
             if fits and (self._goes_on(ending, rest, glue) if self.whole else len(self.held) < NFT_LINES):
                 self.held.append((line, rest, glue))
                 self.size += len(glue) + len(rest)
@@ -643,19 +647,13 @@ class XtablesJoiner:
         and its rule's start are short) a TRACE line, its header's start broken at a hyphen
         again, or its rule's start."""
         state = self.state
-        if not (_HYPHEN_END.search(self.parts[-1].rstrip(_BLANKS)) and rest[:1].isalnum()
-                and len(self.word) <= WORD_LIMIT):
+        if not _broken_word(self.parts[-1].rstrip(_BLANKS), rest, self.word):
             return False
-        if isinstance(state, _XtPacket):
-            if state.goes_on_in_word(rest):
-                self.state = state.join_in_word(rest)
-                return True
-            return False
-        if isinstance(state, _XtRule) and state.seen == 5:
-            if state.goes_on_in_word(rest):
-                self.state = state.join_in_word(rest)
-                return True
-            return False
+        if isinstance(state, _XtPacket) or (isinstance(state, _XtRule) and state.seen == 5):
+            if not state.goes_on_in_word(rest):
+                return False
+            self.state = state.join_in_word(rest)
+            return True
         text = self.text().lstrip(_QUOTING).rstrip(_BLANKS) + rest
         glued = _xt_state(text)
         if isinstance(glued, _XtRule):
@@ -668,7 +666,7 @@ class XtablesJoiner:
 
     def text(self) -> bytes:
         """The record as one line."""
-        return self.parts[0] + b"".join(glue + part for glue, part in zip(self.glues, self.parts[1:]))
+        return _glued(self.parts, self.glues)
 
     def end(self) -> bytes:
         """What is still held at the end of the input."""
