@@ -539,9 +539,11 @@ class _XtRule:
 
     def goes_on_in_word(self, rest: bytes) -> bool:
         """Whether `rest` goes on with the rule's last word (broken at its hyphen, its start
-        whole), then, if anything, with an option or `!` (not an author's sentence)."""
+        whole), then, if anything, with an option or `!`, or with its value when the word is
+        an option (`--dst-` / `type LOCAL`): not an author's sentence."""
         words = rest.split(None, 2)
-        return self.seen == 5 and (len(words) == 1 or self.quoted or _OPTION.fullmatch(words[1]) is not None)
+        return self.seen == 5 and (len(words) == 1 or self.quoted or _OPTION.fullmatch(words[1]) is not None
+                                   or _OPTION.fullmatch(self.tail[-1] + words[0]) is not None)
 
     def join_in_word(self, rest: bytes) -> _XtRule:
         first, _, after = rest.partition(b" ")
@@ -656,10 +658,11 @@ class XtablesJoiner:
             return True
         text = self.text().lstrip(_QUOTING).rstrip(_BLANKS) + rest
         glued = _xt_state(text)
+        broken_again = _HYPHEN_END.search(text) is not None
         if isinstance(glued, _XtRule):
-            reads = glued.seen != -1
+            reads = glued.seen != -1 or broken_again
         else:
-            reads = not isinstance(glued, (_XtHeader, _XtPacket)) or _HYPHEN_END.search(text) is not None
+            reads = not isinstance(glued, (_XtHeader, _XtPacket)) or broken_again
         if reads:
             self.state = glued
         return reads
