@@ -322,6 +322,19 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
         packet.reason = f"dropped in {_where(last)}{by_rule}, never reached {next_text}"
 
 
+def judge_key(steps: list[Step]) -> tuple[object, ...] | None:
+    """What judge(), hook_path() and sent_here() read of a kernel-log walk: each step's hook
+    and table (in order) and the last step whole; None for a walk with nft steps or rule
+    texts (BaseChains learns from those, rules name protocols: all of the walk counts).
+    Walks of one key, judged on one node with the same tables present and nothing learned
+    in between, at the same end of the log, get the same verdict and reason."""
+    last = steps[-1]
+    if any(s.family is not None or s.rule is not None for s in steps):
+        return None
+    return (tuple([(s.hook, s.table) for s in steps]), last.table, last.chain, last.kind, last.position,
+            last.handle, last.verdict)
+
+
 def protocol_from_rules(packet: Packet) -> str | None:
     """The protocol the rules a packet matched name (xtables-monitor prints no protocol
     for ICMP packets, but the TRACE rule that picked them says `-p icmp`)."""

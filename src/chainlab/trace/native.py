@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from chainlab.errors import InputError, OutputError, Problem
-from chainlab.trace.analyze import (BaseChains, drop_chain, drop_point, hook_path, join_rules, judge,
+from chainlab.trace.analyze import (BaseChains, drop_chain, drop_point, hook_path, join_rules, judge, judge_key,
                                     protocol_from_rules, sent_here, walk_chains)
 from chainlab.trace.contract import PacketRecord
 from chainlab.trace.expect import Checker, is_probe
@@ -130,15 +130,23 @@ class Calls:
         self.chains: list[BaseChains] = []
         self.summary_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
         self.diagram_keys: dict[tuple[tuple[str, ...], str, str | None], int] = {}
+        #: judged walks by what judging reads of them (analyze.judge_key), when that is all a
+        #: judgment here depends on (see judge): the engine's own cache tells walks apart by
+        #: every chain and rule position, and judging each in Python was ~10 % of a json run
+        self.judged: dict[tuple[object, ...], tuple[Any, ...]] = {}
+        self.keyed = not diagram and not options.match.chains
+        self.versions: list[int] = []  # per node: bumped when its tables present or BaseChains change
 
     def node_added(self, node: int, name: bytes) -> tuple[bytes, bool]:
         text = name.decode("utf-8", "surrogatepass")
         self.names.append(text)
         self.present.append(set())
         self.chains.append(BaseChains(self.options.rules.get(text)))
+        self.versions.append(0)
         return json.dumps(text).encode(), self.options.match.node_ok(text)
 
     def slot_added(self, node: int, hook: str | None, table: str) -> None:
+        self.versions[node] += 1
         if hook is None:
             self.present[node] |= table_slots(table)
         else:
@@ -159,7 +167,26 @@ class Calls:
         `walk`: Steps shared with other walks (see step), copied where rules will be joined.
         The last item says whether the walk taught the node's BaseChains something: the
         engine then judges its cached walks of that node again (as the pipeline judges every
-        packet with what is known when it finishes)."""
+        packet with what is known when it finishes).
+
+        A walk of the same judge_key as one judged before on the node, with its tables and
+        BaseChains as they were then, gets that judgment: without rules, diagrams (which
+        show every chain) and a --match on chains, nothing else of the walk is read."""
+        key = None
+        if self.keyed and self.names[node] not in self.options.rules:
+            essence = judge_key(walk)
+            if essence is not None:
+                key = (node, self.versions[node], at_end, entered, proto_none, essence)
+                known = self.judged.get(key)
+                if known is not None:
+                    return known
+        result = self._judge(node, walk, at_end, entered, proto_none)
+        if key is not None:
+            self.judged[key] = result
+        return result
+
+    def _judge(self, node: int, walk: list[Step], at_end: int, entered: str | None,
+               proto_none: int) -> tuple[Any, ...]:
         options = self.options
         name = self.names[node]
         rules = options.rules.get(name)
@@ -168,6 +195,8 @@ class Calls:
         join_rules(packet, rules)
         proto = protocol_from_rules(packet) if proto_none else None
         learned = self.chains[node].learn(steps)
+        if learned:
+            self.versions[node] += 1
         judge(packet, rules.slots if rules else self.present[node], self.chains[node])
         packet.hooks = hook_path(steps, options.tables)
         packet.origin = sent_here(steps, packet.hooks)
