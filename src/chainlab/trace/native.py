@@ -4,12 +4,13 @@ The engine reads the lines, parses them, groups them into packets, classifies di
 applies --match, keeps flows, summary rows and diagram walks, and writes the JSON. Python
 keeps what depends on more than the line: judging a walk (verdict, hook path, rules
 joined, the match's verdict and chain parts) is done here once per distinct walk (the
-engine caches the result), the match's node and address parts once per node and address.
+engine caches the result; a kernel walk once per analyze.judge_key, see Calls.judge), the
+match's node and address parts once per node and address.
 The Python modules (pipeline.py and what it uses) stay the reference: tests require the
 same output from both engines, byte for byte.
 
 A plain file is read by the engine itself (feed_from): a kernel log in a thread of its own
-that reads and parses the next chunk while this thread assembles the last one. A `.gz` is
+that reads and parses the next chunks (up to three ahead) while this thread assembles one. A `.gz` is
 gunzipped here and fed chunk by chunk (the parser thread then parses what it is given).
 
 `CHAINLAB_ENGINE=python` forces the Python engine, `native` insists on this one (an
