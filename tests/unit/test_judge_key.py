@@ -84,3 +84,12 @@ def test_no_key_where_the_judgment_reads_every_chain(options):
     assert calls.judge(0, walk, 0, None, 0)[7] is True  # walk_ok
     assert calls.judge(0, twin, 0, None, 0)[7] is False
     assert not Calls(AnalysisOptions(), None, diagram=True).keyed
+
+
+def test_the_judgments_kept_are_bounded(monkeypatch):
+    """A log of ever new kinds of walk: the judgments kept by key stay at most JUDGED_KEYS."""
+    monkeypatch.setattr("chainlab.trace.native.JUDGED_KEYS", 10)
+    calls = _calls()
+    for position in range(25):
+        calls.judge(0, [Step("raw", "PREROUTING", "rule", position + 1, hook="PREROUTING")], 0, None, 0)
+        assert len(calls.judged) <= 10

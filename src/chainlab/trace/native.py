@@ -119,6 +119,10 @@ class WalkInfo:
     last_chain: str | None
 
 
+#: judgments Calls keeps by judge_key (the engine keeps as many walks: _engine.WALK_CACHE)
+JUDGED_KEYS = 8192
+
+
 class Calls:
     """What the engine asks of Python while it runs (see Engine's doc in _engine.c)."""
 
@@ -183,6 +187,8 @@ class Calls:
                     return known
         result = self._judge(node, walk, at_end, entered, proto_none)
         if key is not None:
+            if len(self.judged) >= JUDGED_KEYS:  # a log of ever new walks: memory stays flat
+                self.judged.clear()
             self.judged[key] = result
         return result
 
