@@ -63,7 +63,8 @@ def test_a_walk_with_nft_steps_or_rules_has_no_key():
 
 def test_a_key_judged_again_after_the_nodes_tables_changed():
     """A table seen later changes what lies ahead of a walk: its next walk of the same key
-    is judged anew (the engine's own cache keys on the same version)."""
+    is judged anew (the engine's own walk cache keys on its slot_version, bumped at the same
+    events)."""
     calls = _calls(present={("PREROUTING", "raw")})
     walk = [Step("raw", "PREROUTING", "policy", 1, hook="PREROUTING")]
     before = calls.judge(0, walk, 0, None, 0)

@@ -618,6 +618,39 @@ def test_generated_log_split_mid_packet(bench_log, tmp_path):
     assert_same([f"m={two}", f"m={one}"], "halves swapped")
 
 
+def test_a_file_read_again_after_it_grew(bench_log, tmp_path):
+    """feed_from on a file that ended inside a line, called again once the file grew (the
+    parser reads ahead from its descriptor): the line is read once, as feed() of the whole
+    file reads it."""
+    native = importlib.import_module("chainlab.trace.native")
+    from chainlab.trace.pipeline import AnalysisOptions
+
+    options = AnalysisOptions()
+
+    def engine():  # type: ignore[no-untyped-def]
+        e = native._engine.Engine(native.Calls(options, None), 0, False, None, (), (), (), False, False, False, {},
+                                  options.window)
+        e.begin("m", True, 0)
+        return e
+
+    data = bench_log.read_bytes()[:300_000]
+    whole = engine()
+    expected = whole.feed(data) + whole.end() + whole.flush()
+    cut = data.index(b"\n", 150_000) - 20  # inside a line
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(data[:cut])
+    e, out = engine(), b""
+    with grown.open("rb") as handle:
+        while (written := e.feed_from(handle.fileno(), 65536)) is not None:
+            out += written
+        with grown.open("ab") as more:
+            more.write(data[cut:])
+        while (written := e.feed_from(handle.fileno(), 65536)) is not None:
+            out += written
+    out += e.end() + e.flush()
+    assert (out, e.stats()["lines"]) == (expected, whole.stats()["lines"])
+
+
 def test_generated_log_parsed_in_a_helper_process(tmp_path):
     """From HELPER_MIN_BYTES on, the Python engine parses in a helper process (other code)."""
     from chainlab.trace.reader import HELPER_MIN_BYTES

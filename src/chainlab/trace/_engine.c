@@ -1934,7 +1934,7 @@ typedef struct {
     Caches caches; /* the kernel lines read here (those the parser thread leaves) */
     struct StepHead *heads; /* STEP_HEADS slots (NULL until needed), see step_head */
     int placed_last; /* the last record fed was placed in a packet */
-    struct Parser *parser; /* kernel logs: parses the next chunk while this one is assembled (NULL: none) */
+    struct Parser *parser; /* kernel logs: parses the next chunks while one is assembled (NULL: none) */
     char *read_buf;        /* feed_from without the parser: read_size bytes */
     size_t read_size;
     int carry_ahead;       /* the chunks handed to the parser so far end inside a line */
@@ -2568,16 +2568,16 @@ static void append_step(Engine *e, Packet *p, const Rec *r, int hook, int table)
             g->p[g->n++] = (char)(r->family >= 0 ? r->family : 255);
             at->piece_hash = hash_mix(head->sig_hash, 0);
         }
-    } else {
+    } else { /* no head cached (only a kernel line the parser read has one), or nft fields */
         size_t piece = g->n;
-        err |= head ? put(g, head->sig, head->sig_n) : put_step_sig_head(g, r);
+        err |= put_step_sig_head(g, r);
         size_t extras = g->n;
         err |= sig_str(g, r->handle.s, r->handle.n);
         err |= sig_str(g, r->verdict.s, r->verdict.n);
         err |= sig_str(g, r->rule.s, r->rule.n);
         at->sig_hook = g->n;
         if (!err) /* handle, verdict and rule: None in a kernel log's steps (any constant serves) */
-            at->piece_hash = hash_mix(head ? head->sig_hash : hash_bytes(g->p + piece, extras - piece),
+            at->piece_hash = hash_mix(hash_bytes(g->p + piece, extras - piece),
                                       nones ? 0 : hash_bytes(g->p + extras, g->n - extras));
         err |= sig_byte(g, hook >= 0 ? hook : 255);
         err |= sig_byte(g, r->family >= 0 ? r->family : 255);
@@ -4295,8 +4295,8 @@ static void feed_lines(Engine *e, const char *data, size_t n, size_t pos) {
 
 /* A kernel log is read by two threads: the parser thread reads chunk k's lines (splits them,
  * finds each header and parses its prefix and fields, the pure part of the work; reading the
- * file itself, up to SLOTS - 1 chunks ahead) while the thread that called feed() assembles
- * chunk k-1's (packets, walks, output: what needs the
+ * file itself, up to SLOTS - 1 chunks ahead) while the thread that called feed() or
+ * feed_from() assembles an earlier chunk's (packets, walks, output: what needs the
  * engine's state and Python). A line the parser does not read the common way (no header
  * where expected, glued, bytes >= 0x80, too long) goes over as it is, and is read by
  * feed_line then, in its place: the result is the same as reading every line in one thread. */
@@ -4325,7 +4325,7 @@ typedef struct {
     Fields *fields; /* their texts point into data */
     size_t n_fields;
     Buf tails;      /* json: the lines' step JSON ends */
-    size_t limit;   /* lines the parser takes (at most BATCH_LINES): see parser_wait */
+    size_t limit;   /* lines the parser takes (at most BATCH_LINES): see share */
     size_t start, stop, end; /* lines data[start:stop] read; data[stop:end] left to feed_lines; data[end:] unfinished */
     int failed;
 } Batch;
@@ -4768,7 +4768,7 @@ static void assemble_batch(Engine *e, const char *data, size_t n, const Batch *b
     own_last(e); /* the batch's fields are about to be parsed over */
 }
 
-/* Give the parser its next job: parse data[start:n] (or, reading a file, read and parse the next chunk) into batch k. */
+/* feed(): give the parser its next job, parse data[start:n] into batch k. */
 static void parser_go(Parser *ps, int k, const char *data, size_t n) {
     pthread_mutex_lock(&ps->mu);
     ps->current = k;
@@ -4801,7 +4801,6 @@ static int feed_from_parallel(Engine *e, int fd, size_t size) {
         }
         pthread_mutex_lock(&ps->mu);
         ps->fd = fd;
-        ps->carry_ahead = 0;
         ps->head = ps->tail = ps->filled = ps->at_end = 0;
         ps->reading = 1;
         pthread_cond_broadcast(&ps->cv);
@@ -5216,6 +5215,11 @@ static PyObject *Engine_begin(Engine *e, PyObject *args) {
     e->in_file = 1;
     e->carrying = e->carry_cut = 0;
     e->carry_ahead = 0;
+#ifdef PARSER_THREAD
+    if (e->parser) /* the file's reading starts anew (feed_from called again after the end of a
+                    * file that grew goes on from where it ended) */
+        e->parser->carry_ahead = 0;
+#endif
     e->carry.n = 0;
     Py_RETURN_NONE;
 }
