@@ -651,6 +651,31 @@ def test_a_file_read_again_after_it_grew(bench_log, tmp_path):
     assert (out, e.stats()["lines"]) == (expected, whole.stats()["lines"])
 
 
+def test_feed_and_feed_from_are_not_mixed_in_one_file(bench_log):
+    """While the parser reads a file ahead (feed_from), feed() would hand it chunks into the
+    batches the ring holds; a chunk feed() handed over waits for the next feed(): each refuses
+    the other until end()."""
+    native = importlib.import_module("chainlab.trace.native")
+    from chainlab.trace.pipeline import AnalysisOptions
+
+    options = AnalysisOptions()
+    e = native._engine.Engine(native.Calls(options, None), 0, False, None, (), (), (), False, False, False, {},
+                              options.window)
+    data = bench_log.read_bytes()
+    with bench_log.open("rb") as handle:
+        e.begin("m", True, 0)
+        e.feed_from(handle.fileno(), 65536)
+        with pytest.raises(RuntimeError, match="feed\\(\\) while feed_from"):
+            e.feed(data[:1000])
+        e.end()
+        e.begin("m", True, 0)
+        e.feed(data[:65536])
+        with pytest.raises(RuntimeError, match="after feed"):
+            e.feed_from(handle.fileno(), 65536)
+        e.end()
+    e.flush()
+
+
 def test_generated_log_parsed_in_a_helper_process(tmp_path):
     """From HELPER_MIN_BYTES on, the Python engine parses in a helper process (other code)."""
     from chainlab.trace.reader import HELPER_MIN_BYTES

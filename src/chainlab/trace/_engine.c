@@ -5231,6 +5231,12 @@ static PyObject *Engine_feed(Engine *e, PyObject *arg) {
     Py_buffer view;
     if (!engine_ready(e, 1))
         return NULL;
+#ifdef PARSER_THREAD
+    if (e->parser && e->parser->reading) { /* its batches are the ring's */
+        PyErr_SetString(PyExc_RuntimeError, "feed() while feed_from() reads a file: end() the file first");
+        return NULL;
+    }
+#endif
     if (e->error || e->failed || e->write_errno)
         return hand_over(e);
 #ifdef PARSER_THREAD
@@ -5264,6 +5270,12 @@ static PyObject *Engine_feed_from(Engine *e, PyObject *args) {
     }
     if (!engine_ready(e, 1))
         return NULL;
+#ifdef PARSER_THREAD
+    if (e->parser && e->parser->pending) { /* a chunk feed() handed over is not assembled yet */
+        PyErr_SetString(PyExc_RuntimeError, "feed_from() after feed() in one file: end() the file first");
+        return NULL;
+    }
+#endif
     if (e->error || e->failed || e->write_errno)
         return hand_over(e);
 #ifdef PARSER_THREAD
