@@ -4625,26 +4625,13 @@ static void share(Parser *ps, int waited) {
         ps->limit = ps->limit + ps->limit / 16 < BATCH_LINES ? ps->limit + ps->limit / 16 : BATCH_LINES;
 }
 
-/* feed(): until the parser has finished its chunk (without the GIL: it may take a while). */
-static void parser_wait(Parser *ps) {
+/* Until a parsed chunk is there (without the GIL: it may take a while): feed()'s, the parser
+ * done with the one handed over (`ring` 0), or feed_from's, the ring holding one (`ring` 1). */
+static void parser_wait(Parser *ps, int ring) {
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&ps->mu);
     int waited = 0;
-    while (ps->busy) {
-        waited = 1;
-        pthread_cond_wait(&ps->cv, &ps->mu);
-    }
-    share(ps, waited);
-    pthread_mutex_unlock(&ps->mu);
-    Py_END_ALLOW_THREADS
-}
-
-/* feed_from: until the ring holds a chunk read and parsed (without the GIL). */
-static void ring_wait(Parser *ps) {
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&ps->mu);
-    int waited = 0;
-    while (!ps->filled) {
+    while (ring ? !ps->filled : ps->busy) {
         waited = 1;
         pthread_cond_wait(&ps->cv, &ps->mu);
     }
@@ -4806,7 +4793,7 @@ static int feed_from_parallel(Engine *e, int fd, size_t size) {
         pthread_cond_broadcast(&ps->cv);
         pthread_mutex_unlock(&ps->mu);
     }
-    ring_wait(ps);
+    parser_wait(ps, 1);
     int k = ps->tail, failed = ps->read_errno[k];
     if (failed || ps->got[k] == 0) {
         parser_stop_reading(ps);
@@ -4847,7 +4834,7 @@ static void parser_drain(Engine *e) {
     parser_stop_reading(ps);
     if (!ps || !ps->pending)
         return;
-    parser_wait(ps);
+    parser_wait(ps, 0);
     int k = ps->current;
     ps->pending = 0;
     assemble_batch(e, ps->views[k].buf, (size_t)ps->views[k].len, &ps->batches[k]);
@@ -4869,7 +4856,7 @@ static int feed_parallel(Engine *e, PyObject *arg) {
     ps->held[k] = 1;
     const char *data = ps->views[k].buf;
     size_t n = (size_t)ps->views[k].len;
-    parser_wait(ps);
+    parser_wait(ps, 0);
     /* where chunk k's own lines start: after the end of the line the chunks before it left open */
     size_t start = 0;
     if (e->carry_ahead) {

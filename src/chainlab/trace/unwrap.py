@@ -114,6 +114,12 @@ def _broken_word(ending: bytes, rest: bytes, word: bytes) -> bool:
     return _HYPHEN_END.search(ending) is not None and rest[:1].isalnum() and len(word) <= WORD_LIMIT
 
 
+def _word_after(last: bytes, glue: bytes, words: list[bytes]) -> bytes:
+    """A record's last word once a line of `words` joined it after `glue`: the word it ended
+    in goes on when there is no glue and the line is one word, else the line's last word."""
+    return last + words[0] if not glue and len(words) == 1 else words[-1]
+
+
 def _glued(parts: list[bytes], glues: list[bytes]) -> bytes:
     """A record's lines as one line, each after its glue (a space, or none)."""
     return parts[0] + b"".join(glue + part for glue, part in zip(glues, parts[1:]))
@@ -239,7 +245,7 @@ class _Record:
         self.parts[-1] = self.parts[-1].rstrip(_BLANKS)
         self.parts.append(rest)
         self.glues.append(glue)
-        self.last = self.last + words[0] if not glue and len(words) == 1 else words[-1]
+        self.last = _word_after(self.last, glue, words)
         if not glue:  # the last word goes on: its key is counted already
             words = words[1:]
         self.field_words += len(words)
@@ -637,8 +643,7 @@ class XtablesJoiner:
         self.parts.append(rest)
         self.glues.append(glue)
         self.size += len(glue) + len(rest)
-        words = rest.split()
-        self.word = self.word + words[0] if not glue and len(words) == 1 else words[-1]
+        self.word = _word_after(self.word, glue, rest.split())
         self.joined += 1
 
     def _goes_on_in_word(self, rest: bytes) -> bool:
