@@ -165,6 +165,19 @@ def test_second_run_changes_nothing_and_is_faster(prov: Inventory, timings: dict
     assert timings["second"] < timings["first"] / 1.5, timings
 
 
+def test_calico_daemons_are_known_by_their_name(prov: Inventory) -> None:
+    """The warm run's check of the daemon reads its name with built-ins; the fallback (its
+    command line, for a daemon an earlier chainlab started) would hide a daemon left unnamed."""
+    from chainlab.calico import PROCESS_NAME
+    from chainlab.networks.calico.emulate import running_argv
+
+    for host in prov.hosts:
+        with connect(prov, host) as conn:
+            pid = run(conn, running_argv()).stdout.strip()
+            assert pid, host
+            assert run(conn, ["cat", f"/proc/{pid}/comm"]).stdout.strip() == PROCESS_NAME
+
+
 def test_lab_up_served_by_the_warm_server_reads_as_run_here(prov: Inventory) -> None:
     """CHAINLAB_PERSIST: the same per-host recap as a `lab up` run in the shell's process,
     from a child of the warm server (its own SSH connections, Docker and etcd clients)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,42 @@ def test_backend_pidfile_checks_name_and_namespace_before_a_kill(tmp_path):
         assert sleeper.wait(timeout=5) is not None
     finally:
         sleeper.kill()
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_small_file_read_prints_what_cat_prints(tmp_path: Path, shell: str) -> None:
+    """Built-ins only, byte for byte as `cat`: no trailing newline, blank lines, backslashes,
+    leading blanks, tabs, CR; nothing for a missing file. A hostile name stays one word."""
+    texts = ["a b\n  lead\\x\ttab \n\nlast-no-nl", "x\n", "", "\n\n", "a\\\\b\\\n-c\r\n", "$(touch pwned)\n"]
+    for i, text in enumerate(texts):
+        f = tmp_path / f"{i}{HOSTILE.replace('/', '_')}"
+        f.write_text(text)
+        script = C.read_file_argv(str(f))[2]
+        out = subprocess.run([shell, "-c", script], capture_output=True, cwd=tmp_path).stdout
+        assert out == f.read_bytes(), (text, out)
+    assert subprocess.run([shell, "-c", C.read_file_argv(str(tmp_path / "absent"))[2]],
+                          capture_output=True).stdout == b""
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_calico_daemon_known_by_its_name_or_by_an_earlier_command_line(tmp_path: Path) -> None:
+    from chainlab.calico import PROCESS_NAME
+    from chainlab.networks.calico.emulate import running_argv
+
+    named = subprocess.Popen([sys.executable, "-c", "from chainlab.calico.agent import _name_process as n;"
+                              f" n({PROCESS_NAME!r}); import time; time.sleep(30)"])
+    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "chainlab.calico.agent", "--x"])
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile = tmp_path / "calico.pid"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{named.pid}/comm").read_text().strip() != PROCESS_NAME and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for proc, known in ((named, True), (earlier, True), (other, False)):
+            pidfile.write_text(f"{proc.pid}\n")
+            out = subprocess.run(running_argv(str(pidfile)), capture_output=True, text=True).stdout.strip()
+            assert out == (str(proc.pid) if known else ""), (proc.args, out)
+    finally:
+        for proc in (named, earlier, other):
+            proc.kill()
+            proc.wait()

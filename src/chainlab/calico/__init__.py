@@ -15,3 +15,7 @@ the same iptables chains:
 This package runs on the lab hosts and needs only python-etcd and jinja2 there (no pydantic,
 fabric or docker SDK). Provisioning drives it from `chainlab.networks.calico`.
 """
+
+#: The daemon's name in /proc/PID/comm (at most 15 bytes): provisioning tells it from a
+#: recycled PID with shell built-ins, as it does ulogd and xtables-monitor.
+PROCESS_NAME = "chainlab-calico"

@@ -29,7 +29,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from chainlab.calico import PROCESS_NAME
 from chainlab.calico.apply import ApplyError, apply, cleanup, workload_links
 from chainlab.calico.datastore import ROOT, parse_tree, read_tree
 from chainlab.calico.etcdconn import EtcdEndpoint, EtcdTLS, client as etcd_client
@@ -142,6 +144,14 @@ def serve(client: etcd.Client, host: str) -> None:
         iteration(client, host, state)
 
 
+def _name_process(name: str) -> None:
+    """Set this process's comm (Linux; elsewhere the name stays the interpreter's)."""
+    try:
+        Path("/proc/self/comm").write_text(name)
+    except OSError:
+        pass
+
+
 def _daemonize(pidfile: str, logfile: str) -> None:
     """Double fork; the first parent exits once the daemon has written its pidfile."""
     read_end, write_end = os.pipe()
@@ -153,6 +163,7 @@ def _daemonize(pidfile: str, logfile: str) -> None:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    _name_process(PROCESS_NAME)
     with open(pidfile + ".tmp", "w") as handle:
         handle.write(f"{os.getpid()}\n")
     os.replace(pidfile + ".tmp", pidfile)

@@ -171,17 +171,30 @@ def read_line(var: str, path: str) -> str:
     return f"{{ {var}=; read -r {var} 2>/dev/null <{path}; }}"
 
 
+def read_file_argv(path: str) -> list[str]:
+    """A small file's text as `cat` prints it (NUL bytes aside), by built-ins: lab up reads
+    several such files on every host in every run, and a `cat` is a process start each time.
+    Prints nothing if the file cannot be read. dash's `read` takes a byte per system call:
+    for files of a few KB, not for big ones."""
+    return sh(f"while IFS= read -r l; do printf '%s\\n' \"$l\"; done <{shlex.quote(path)} && printf %s \"$l\"")
+
+
 #: Whether PID $p lives in this shell's network namespace (`-ef`: the same namespace inode).
 SAME_NETNS = '[ /proc/"$p"/ns/net -ef /proc/$$/ns/net ]'
 #: PID $p's command name, as a shell word
 PROC_COMM = '/proc/"$p"/comm'
 
 
+def is_named(comm: str) -> str:
+    """Shell test that PID $p is called `comm`. Built-ins only: every warm `lab up` asks it of
+    three daemons per host."""
+    return f'{read_line("c", PROC_COMM)} && [ "$c" = {shlex.quote(comm)} ]'
+
+
 def _is_ours(comm: str) -> str:
     """Shell test that PID $p is a `comm` in this shell's network namespace: on a local-lab
-    host the PIDs are the machine's, so a reused PID may be another host's daemon. Built-ins
-    only: every warm `lab up` asks it of three daemons per host."""
-    return f'{read_line("c", PROC_COMM)} && [ "$c" = {shlex.quote(comm)} ] && {SAME_NETNS}'
+    host the PIDs are the machine's, so a reused PID may be another host's daemon."""
+    return f"{is_named(comm)} && {SAME_NETNS}"
 
 
 def read_pid(pidfile: str) -> str:

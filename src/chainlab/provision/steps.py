@@ -21,13 +21,8 @@ from chainlab.provision.executor import Skip
 from chainlab.shell import command_line
 
 StepFn = Callable[[HostContext], Step]
-NF_LOG_READ = ["cat", "/proc/sys/net/netfilter/nf_log/2"]
+NF_LOG_READ = C.read_file_argv("/proc/sys/net/netfilter/nf_log/2")
 IMAGE_MARK = f"{C.RUN_DIR}/image.loaded"
-
-
-def _cat(path: str) -> list[str]:
-    """A file's text (empty if it is missing: `read` looks at the output only)."""
-    return ["cat", path]
 
 
 # --- 0 nftables baseline ----------------------------------------------------------------
@@ -45,7 +40,7 @@ def nft_baseline(ctx: HostContext) -> Step:
 # --- 1 ip_forward ---------------------------------------------------------------------
 
 def ip_forward(ctx: HostContext) -> Step:
-    text = ctx.read(_cat(C.SYSCTL_FILE)) or ""
+    text = ctx.read(C.read_file_argv(C.SYSCTL_FILE)) or ""
     runtime = ctx.facts.ip_forward if ctx.facts.ip_forward in ("0", "1") else "0"
     before = C.sysctl_before(text) or runtime
     wanted = C.sysctl_text(before)
@@ -103,7 +98,7 @@ def _rsyslog(ctx: HostContext, log: str) -> Step:
         raise ChainlabError("rsyslog would read the kernel log this host shares with others:"
                             " set trace_backend: ulogd (legacy) or nft-monitor (nft) for this host")
     yield from _ensure_tool(ctx, "rsyslog", "rsyslogd")
-    text = ctx.read(_cat(C.RSYSLOG_FILE))
+    text = ctx.read(C.read_file_argv(C.RSYSLOG_FILE))
     if text != C.rsyslog_text(log):
         if text and not text.startswith(C.MARKER):
             yield Command.of(C.backup_argv(C.RSYSLOG_FILE))
@@ -122,7 +117,7 @@ def _rsyslog(ctx: HostContext, log: str) -> Step:
 def _ulogd(ctx: HostContext, log: str) -> Step:
     yield from _ensure_tool(ctx, "ulogd", "ulogd")
     yield from _ensure_trace_file(ctx)
-    conf = ctx.read(_cat(C.ULOGD_CONF))
+    conf = ctx.read(C.read_file_argv(C.ULOGD_CONF))
     pid = (ctx.read(C.running_check_argv(C.ULOGD_PID, "ulogd")) or "").strip()
     if conf != C.ulogd_text(log):
         yield Command.of(["mkdir", "-p", C.RUN_DIR])
@@ -255,8 +250,9 @@ def _start(ctx: HostContext, name: str) -> Any:
 def up_probes(run: RunContext, host: str) -> list[list[str]]:
     """The read-only probes the up steps make first, fetched with the facts in one round trip."""
     log = run.inv.hosts[host].trace_log
+    read = C.read_file_argv
     return [
-        _cat(C.SYSCTL_FILE), _cat(C.RSYSLOG_FILE), _cat(C.ULOGD_CONF), ["test", "-e", log],
+        read(C.SYSCTL_FILE), read(C.RSYSLOG_FILE), read(C.ULOGD_CONF), ["test", "-e", log],
         C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
         NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
         run.inspect_argv(host), *run.network.up_probes(host),

@@ -16,16 +16,20 @@ from chainlab.provision import commands as C
 from chainlab.provision.actions import Action, Command, Step
 from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import Skip
-from chainlab.provision.steps import IMAGE_MARK, StepFn, _cat
+from chainlab.provision.steps import IMAGE_MARK, StepFn
 from chainlab.shell import command_line
+
+#: The ruleset on record may be tens of KB: `cat` (a built-in read takes a byte per system call).
+NFT_BEFORE_READ = ["cat", C.NFT_BEFORE]
 
 
 def down_probes(run: RunContext, host: str) -> list[list[str]]:
     """The read-only probes the down steps make first, fetched with the facts in one round trip."""
+    read = C.read_file_argv
     return [
-        _cat(IMAGE_MARK), C.RAW_LIST, _cat(C.NFT_BEFORE), C.NFT_LIST, C.running_check_argv(C.ULOGD_PID, "ulogd"),
-        C.running_check_argv(C.MONITOR_PID, "xtables-monitor"), _cat(C.NF_LOG_BEFORE), _cat(C.RSYSLOG_FILE),
-        _cat(C.TRACE_LOG_CREATED), _cat(C.SYSCTL_FILE), ["test", "-e", C.RUN_DIR],
+        read(IMAGE_MARK), C.RAW_LIST, NFT_BEFORE_READ, C.NFT_LIST, C.running_check_argv(C.ULOGD_PID, "ulogd"),
+        C.running_check_argv(C.MONITOR_PID, "xtables-monitor"), read(C.NF_LOG_BEFORE), read(C.RSYSLOG_FILE),
+        read(C.TRACE_LOG_CREATED), read(C.SYSCTL_FILE), ["test", "-e", C.RUN_DIR],
     ]
 
 
@@ -55,7 +59,7 @@ def _remove(box: object) -> None:
 
 def image(ctx: HostContext) -> Step:
     """Remove the image only if lab up loaded it (its id is in /run/chainlab/image.loaded)."""
-    mark = (ctx.read(_cat(IMAGE_MARK)) or "").strip()
+    mark = (ctx.read(C.read_file_argv(IMAGE_MARK)) or "").strip()
     if not mark and not ctx.offline:
         return "", "no image loaded by lab up"
     yield ctx.call(f"docker rmi {ctx.inv.image.name} ({mark[:19] or 'if lab up loaded it'})",
@@ -107,11 +111,11 @@ def trace_log(ctx: HostContext) -> Step:
         if ctx.offline or ctx.read(C.running_check_argv(pidfile, comm)):
             yield Command.of(C.stop_argv(pidfile, comm))
             done.append(f"stopped {comm}")
-    before = ctx.read(_cat(C.NF_LOG_BEFORE))
+    before = ctx.read(C.read_file_argv(C.NF_LOG_BEFORE))
     if before is None or before.strip():
         yield Command.of(C.nf_log_restore_argv(C.parse_nf_log(before or "")))
         done.append("nf_log restored")
-    text = ctx.read(_cat(C.RSYSLOG_FILE))
+    text = ctx.read(C.read_file_argv(C.RSYSLOG_FILE))
     if text is None or text.startswith(C.MARKER):
         yield Command.of(C.restore_argv(C.RSYSLOG_FILE))
         if ctx.facts.init != "none" and ctx.facts.has("rsyslogd"):
@@ -119,7 +123,7 @@ def trace_log(ctx: HostContext) -> Step:
         done.append("rsyslog drop-in removed")
     elif (yield from _backup_orphaned(ctx, C.RSYSLOG_FILE, text)):
         done.append(f"{C.RSYSLOG_FILE} put back")
-    created = ctx.read(_cat(C.TRACE_LOG_CREATED))
+    created = ctx.read(C.read_file_argv(C.TRACE_LOG_CREATED))
     if created is None or created.strip():
         yield Command.of(C.remove_created_trace_log_argv(log))
         done.append(f"removed {log}")
@@ -131,7 +135,7 @@ def nft_leftovers(ctx: HostContext) -> Step:
     the filter INPUT/OUTPUT of Calico's jumps) and that are empty now, if not there before."""
     if ctx.facts.iptables != "nft":
         raise Skip("legacy iptables: its tables are the kernel's, not removable")
-    before = ctx.read(_cat(C.NFT_BEFORE))
+    before = ctx.read(NFT_BEFORE_READ)
     now = ctx.read(C.NFT_LIST)
     if before is not None and not before.strip():
         return "", f"no record of nftables before lab up ({C.NFT_BEFORE})"
@@ -145,7 +149,7 @@ def nft_leftovers(ctx: HostContext) -> Step:
 
 
 def ip_forward(ctx: HostContext) -> Step:
-    text = ctx.read(_cat(C.SYSCTL_FILE))
+    text = ctx.read(C.read_file_argv(C.SYSCTL_FILE))
     if text is not None and not text.startswith(C.MARKER):
         if (yield from _backup_orphaned(ctx, C.SYSCTL_FILE, text)):
             return f"{C.SYSCTL_FILE} put back", ""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from chainlab.calico import PROCESS_NAME
 from chainlab.calico import datastore as D
 from chainlab.calico.etcdconn import EtcdEndpoint
 from chainlab.calico.sockets import socket_paths
@@ -33,12 +34,14 @@ LOGFILE = f"{C.RUN_DIR}/calico.log"
 READY_TIMEOUT = 20
 
 
-def running_argv() -> list[str]:
-    """Print the daemon's PID iff its pidfile names a live `-m chainlab.calico.agent` of this
-    host's network namespace (local-lab hosts share the machine's PIDs)."""
+def running_argv(pidfile: str = PIDFILE) -> list[str]:
+    """Print the daemon's PID iff its pidfile names a live daemon of this host's network
+    namespace (local-lab hosts share the machine's PIDs). The daemon names itself
+    (`PROCESS_NAME`, read by built-ins); one that an earlier chainlab started kept the
+    interpreter's name and is known by its command line."""
     q = shlex.quote
-    return C.sh(f"{C.read_pid(PIDFILE)} && "
-                f"tr '\\0' ' ' < /proc/\"$p\"/cmdline 2>/dev/null | grep -q -- {q('-m ' + MODULE + ' ')} && "
+    by_cmdline = f"tr '\\0' ' ' < /proc/\"$p\"/cmdline 2>/dev/null | grep -q -- {q('-m ' + MODULE + ' ')}"
+    return C.sh(f"{C.read_pid(pidfile)} && {{ {C.is_named(PROCESS_NAME)} || {by_cmdline}; }} && "
                 f'{C.SAME_NETNS} && echo "$p"')
 
 
