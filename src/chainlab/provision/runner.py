@@ -26,6 +26,7 @@ from typing import Literal
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
@@ -267,16 +268,15 @@ class Runner:
 
     def _show(self, host: str, result: StepResult) -> None:
         """One step's line (and, under --check, its commands) printed as one block."""
-        colour = COLOURS[result.status]
         label = "would change" if self.check and result.status == "changed" else result.status
-        lines = [f"[{colour}]{label:>12}[/{colour}] {escape(host)}: {result.name}"
-                 f"  [dim]{escape(result.detail)}[/dim]"]
+        block = Text.assemble((f"{label:>12}", COLOURS[result.status]), f" {host}: {result.name}  ",
+                              (result.detail, "dim"))
         if self.check:
             for cmd in result.commands:
                 for i, text in enumerate(cmd.splitlines()):
-                    lines.append(("      $ " if i == 0 else "        ") + escape(text))
+                    block.append(("\n      $ " if i == 0 else "\n        ") + text)
         with self._print_lock:
-            self.console.print("\n".join(lines), soft_wrap=True)
+            self.console.print(block, soft_wrap=True)
 
     # --- after the hosts ----------------------------------------------------------------
 
