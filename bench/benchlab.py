@@ -47,6 +47,27 @@ def timed(inv: Path, *args: str, env: dict[str, str] | None = None) -> float:
     return timed_argv([CHAINLAB, "-i", str(inv), *args], env=env)
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy so far (every process: on a local lab the
+    hosts' sshd and shells run here too), from /proc/stat."""
+    return _cpu_times()[0] / os.sysconf("SC_CLK_TCK")
+
+
+def background_cpu(seconds: float = 2.0) -> float:
+    """The machine's busy CPU per second while nothing is run (a lab's own idle daemons)."""
+    before = machine_cpu()
+    time.sleep(seconds)
+    return (machine_cpu() - before) / seconds
+
+
+def timed_cpu(inv: Path, *args: str, background: float, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall time, the machine's CPU seconds beyond `background` per second) of
+    `chainlab -i INV ARGS...`."""
+    before = machine_cpu()
+    wall = timed(inv, *args, env=env)
+    return wall, machine_cpu() - before - background * wall
+
+
 @contextmanager
 def warm_server(directory: Path) -> Iterator[dict[str, str]]:
     """The environment of commands served by a warm server (CHAINLAB_PERSIST) of its own, in

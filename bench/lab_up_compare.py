@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchlab import ROOT, private_lab, settle, timed, timed_argv, wait_for_server, warm_server
+from benchlab import (ROOT, background_cpu, private_lab, settle, timed, timed_argv, timed_cpu, wait_for_server,
+                      warm_server)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "compare"))
 from spec import write as write_spec  # noqa: E402
@@ -68,7 +69,8 @@ def _thirty_hosts(directory: Path) -> Path:
 
 
 def compare(tmp: Path, served: dict[str, str]) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"chainlab": [], "chainlab-warm": [], "pyinfra": [], "ansible": []}
+    """Wall times of each tool's warm run; "cpu" holds the machine's CPU of chainlab's plain runs."""
+    times: dict[str, list[float]] = {"chainlab": [], "chainlab-warm": [], "pyinfra": [], "ansible": [], "cpu": []}
     with private_lab(tmp, "upcmp", "10.231.87") as inv_path:
         timed(inv_path, "local", "up")
         timed(inv_path, "lab", "up")
@@ -88,8 +90,11 @@ def compare(tmp: Path, served: dict[str, str]) -> dict[str, list[float]]:
         timed(inv_path, "lab", "up", env=served)  # and chainlab's warm server starts
         wait_for_server(served)
         print(f"(waited {settle():.0f} s for the machine to settle after the lab came up)", file=sys.stderr)
+        background = background_cpu()
         for _ in range(ROUNDS):
-            times["chainlab"].append(timed(inv_path, "lab", "up"))
+            wall, cpu = timed_cpu(inv_path, "lab", "up", background=background)
+            times["chainlab"].append(wall)
+            times["cpu"].append(cpu)
             times["chainlab-warm"].append(timed(inv_path, "lab", "up", env=served))
             times["pyinfra"].append(timed_argv(pyinfra))
             times["ansible"].append(timed_argv(ansible))
@@ -97,9 +102,9 @@ def compare(tmp: Path, served: dict[str, str]) -> dict[str, list[float]]:
     return times
 
 
-def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, float]:
+def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, float, float]:
     """local up's time, the first lab up's and the warm lab up's at 30 hosts, without and
-    with the warm server."""
+    with the warm server, and the machine's CPU of the plain warm run."""
     inv_path = _thirty_hosts(tmp)
     try:
         local = timed(inv_path, "local", "up")
@@ -107,13 +112,17 @@ def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, floa
         print(f"(waited {settle():.0f} s for the 30-host lab to settle)", file=sys.stderr)
         plain: list[float] = []
         warm: list[float] = []
+        cpu: list[float] = []
+        background = background_cpu()
         for _ in range(ROUNDS):
-            plain.append(timed(inv_path, "lab", "up"))
+            wall, used = timed_cpu(inv_path, "lab", "up", background=background)
+            plain.append(wall)
+            cpu.append(used)
             warm.append(timed(inv_path, "lab", "up", env=served))
         timed(inv_path, "lab", "down")
     finally:
         timed_argv([str(Path(sys.executable).parent / "chainlab"), "-i", str(inv_path), "local", "down"])
-    return local, cold, statistics.median(plain), statistics.median(warm)
+    return local, cold, statistics.median(plain), statistics.median(warm), statistics.median(cpu)
 
 
 def main() -> int:
@@ -125,10 +134,11 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="chainlab-upcmp-") as tmp:
                 times = compare(Path(tmp), served)
             with tempfile.TemporaryDirectory(prefix="chainlab-up30-") as tmp:
-                local30, cold30, plain30, warm30 = thirty(Path(tmp), served)
+                local30, cold30, plain30, warm30, cpu30 = thirty(Path(tmp), served)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
+    cpu3 = statistics.median(times.pop("cpu"))
     med = {tool: statistics.median(values) for tool, values in times.items()}
     load = os.getloadavg()[0]
     print(f"warm lab up vs the same checks in pyinfra and Ansible (3-host local lab, median of {ROUNDS},"
@@ -147,7 +157,12 @@ def main() -> int:
     for tool, at30 in (("chainlab", plain30), ("chainlab-warm", warm30)):
         print(f"  {tool}: warm at 30 / warm at 3: {at30 / med[tool]:.2f}x (target <= 2x:"
               f" {'met' if at30 <= 2 * med[tool] else 'NOT met'})")
-    print(json.dumps({"warm_s": med, "warm30_s": plain30, "warm30_server_s": warm30, "load": load}))
+    per_host = (cpu30 - cpu3) / 27
+    print(f"  the machine's CPU of a warm lab up (every process: the hosts' sshd and shells run here too; the idle"
+          f" lab's own use taken out): 3 hosts {cpu3:.2f} s, 30 hosts {cpu30:.2f} s: {1000 * per_host:.1f} ms per host"
+          f" beyond the third, on {os.cpu_count()} cores")
+    print(json.dumps({"warm_s": med, "warm30_s": plain30, "warm30_server_s": warm30, "cpu3_s": cpu3, "cpu30_s": cpu30,
+                      "cpu_per_host_ms": 1000 * per_host, "load": load}))
     return 0
 
 
