@@ -29,6 +29,7 @@ from spec import write as write_spec  # noqa: E402
 from chainlab.inventory import load_inventory  # noqa: E402
 
 ROUNDS = 7
+MANY = 30  # hosts of the larger lab
 BENCH_VENV = ROOT / ".venv-bench" / "bin"
 COMPARE = Path(__file__).resolve().parent / "compare"
 ANSIBLE_CFG = """[defaults]
@@ -61,16 +62,17 @@ def _thirty_hosts(directory: Path) -> Path:
     first = next(iter(doc["hosts"].values()))
     doc["hosts"] = {("master" if i == 1 else f"node{i:02d}"): {**first, "address": f"10.231.88.{100 + i}",
                                                                 "roles": ["master", "etcd"] if i == 1 else ["worker"]}
-                    for i in range(1, 31)}
+                    for i in range(1, MANY + 1)}
     doc["containers"] = {"web1": {"host": "master"}, "web2": {"host": "master"}, "web3": {"host": "node02"}}
     path = directory / "inventory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def compare(tmp: Path, served: dict[str, str]) -> dict[str, list[float]]:
-    """Wall times of each tool's warm run; "cpu" holds the machine's CPU of chainlab's plain runs."""
-    times: dict[str, list[float]] = {"chainlab": [], "chainlab-warm": [], "pyinfra": [], "ansible": [], "cpu": []}
+def compare(tmp: Path, served: dict[str, str]) -> tuple[dict[str, list[float]], list[float], int]:
+    """Each tool's warm runs' wall times, the machine's CPU of chainlab's plain ones, and the lab's hosts."""
+    times: dict[str, list[float]] = {"chainlab": [], "chainlab-warm": [], "pyinfra": [], "ansible": []}
+    cpu: list[float] = []
     with private_lab(tmp, "upcmp", "10.231.87") as inv_path:
         timed(inv_path, "local", "up")
         timed(inv_path, "lab", "up")
@@ -92,14 +94,14 @@ def compare(tmp: Path, served: dict[str, str]) -> dict[str, list[float]]:
         print(f"(waited {settle():.0f} s for the machine to settle after the lab came up)", file=sys.stderr)
         background = background_cpu()
         for _ in range(ROUNDS):
-            wall, cpu = timed_cpu(inv_path, "lab", "up", background=background)
+            wall, used = timed_cpu(inv_path, "lab", "up", background=background)
             times["chainlab"].append(wall)
-            times["cpu"].append(cpu)
+            cpu.append(used)
             times["chainlab-warm"].append(timed(inv_path, "lab", "up", env=served))
             times["pyinfra"].append(timed_argv(pyinfra))
             times["ansible"].append(timed_argv(ansible))
         timed(inv_path, "lab", "down")
-    return times
+    return times, cpu, len(spec["hosts"])
 
 
 def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, float, float]:
@@ -132,13 +134,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="cw") as runtime, warm_server(Path(runtime)) as served:
             with tempfile.TemporaryDirectory(prefix="chainlab-upcmp-") as tmp:
-                times = compare(Path(tmp), served)
+                times, cpu3_runs, few = compare(Path(tmp), served)
             with tempfile.TemporaryDirectory(prefix="chainlab-up30-") as tmp:
                 local30, cold30, plain30, warm30, cpu30 = thirty(Path(tmp), served)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    cpu3 = statistics.median(times.pop("cpu"))
+    cpu3 = statistics.median(cpu3_runs)
     med = {tool: statistics.median(values) for tool, values in times.items()}
     load = os.getloadavg()[0]
     print(f"warm lab up vs the same checks in pyinfra and Ansible (3-host local lab, median of {ROUNDS},"
@@ -157,10 +159,10 @@ def main() -> int:
     for tool, at30 in (("chainlab", plain30), ("chainlab-warm", warm30)):
         print(f"  {tool}: warm at 30 / warm at 3: {at30 / med[tool]:.2f}x (target <= 2x:"
               f" {'met' if at30 <= 2 * med[tool] else 'NOT met'})")
-    per_host = (cpu30 - cpu3) / 27
+    per_host = (cpu30 - cpu3) / (MANY - few)
     print(f"  the machine's CPU of a warm lab up (every process: the hosts' sshd and shells run here too; the idle"
-          f" lab's own use taken out): 3 hosts {cpu3:.2f} s, 30 hosts {cpu30:.2f} s: {1000 * per_host:.1f} ms per host"
-          f" beyond the third, on {os.cpu_count()} cores")
+          f" lab's own use taken out): {few} hosts {cpu3:.2f} s, {MANY} hosts {cpu30:.2f} s: {1000 * per_host:.1f} ms per host"
+          f" beyond the first {few}, on {os.cpu_count()} cores")
     print(json.dumps({"warm_s": med, "warm30_s": plain30, "warm30_server_s": warm30, "cpu3_s": cpu3, "cpu30_s": cpu30,
                       "cpu_per_host_ms": 1000 * per_host, "load": load}))
     return 0
