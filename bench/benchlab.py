@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -60,12 +62,33 @@ def background_cpu(seconds: float = 2.0) -> float:
     return (machine_cpu() - before) / seconds
 
 
-def timed_cpu(inv: Path, *args: str, background: float, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall time, the machine's CPU seconds beyond `background` per second) of
-    `chainlab -i INV ARGS...`."""
-    before = machine_cpu()
+@dataclass(frozen=True)
+class CpuRun:
+    """One timed run: its wall time, the machine's CPU beyond the idle background, and the part
+    of it that the command itself (with its own children, e.g. `ip`) used."""
+
+    wall: float
+    machine: float
+    client: float
+
+    @property
+    def others(self) -> float:
+        """What the rest of the machine did for the run: on a local lab, the hosts' sshd,
+        shells, dockerd and the commands they start."""
+        return self.machine - self.client
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_cpu(inv: Path, *args: str, background: float, env: dict[str, str] | None = None) -> CpuRun:
+    """`chainlab -i INV ARGS...` timed, with the machine's CPU beyond `background` per second
+    and the command's own."""
+    before, client = machine_cpu(), _children_cpu()
     wall = timed(inv, *args, env=env)
-    return wall, machine_cpu() - before - background * wall
+    return CpuRun(wall, machine_cpu() - before - background * wall, _children_cpu() - client)
 
 
 @contextmanager

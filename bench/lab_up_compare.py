@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchlab import (ROOT, background_cpu, private_lab, settle, timed, timed_argv, timed_cpu, wait_for_server,
-                      warm_server)
+from benchlab import (ROOT, CpuRun, background_cpu, private_lab, settle, timed, timed_argv, timed_cpu,
+                      wait_for_server, warm_server)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "compare"))
 from spec import write as write_spec  # noqa: E402
@@ -69,10 +69,10 @@ def _thirty_hosts(directory: Path) -> Path:
     return path
 
 
-def compare(tmp: Path, served: dict[str, str]) -> tuple[dict[str, list[float]], list[float], int]:
-    """Each tool's warm runs' wall times, the machine's CPU of chainlab's plain ones, and the lab's hosts."""
+def compare(tmp: Path, served: dict[str, str]) -> tuple[dict[str, list[float]], list[CpuRun], int]:
+    """Each tool's warm runs' wall times, chainlab's plain runs with their CPU, and the lab's hosts."""
     times: dict[str, list[float]] = {"chainlab": [], "chainlab-warm": [], "pyinfra": [], "ansible": []}
-    cpu: list[float] = []
+    cpu: list[CpuRun] = []
     with private_lab(tmp, "upcmp", "10.231.87") as inv_path:
         timed(inv_path, "local", "up")
         timed(inv_path, "lab", "up")
@@ -94,9 +94,9 @@ def compare(tmp: Path, served: dict[str, str]) -> tuple[dict[str, list[float]], 
         print(f"(waited {settle():.0f} s for the machine to settle after the lab came up)", file=sys.stderr)
         background = background_cpu()
         for _ in range(ROUNDS):
-            wall, used = timed_cpu(inv_path, "lab", "up", background=background)
-            times["chainlab"].append(wall)
-            cpu.append(used)
+            run = timed_cpu(inv_path, "lab", "up", background=background)
+            times["chainlab"].append(run.wall)
+            cpu.append(run)
             times["chainlab-warm"].append(timed(inv_path, "lab", "up", env=served))
             times["pyinfra"].append(timed_argv(pyinfra))
             times["ansible"].append(timed_argv(ansible))
@@ -104,9 +104,9 @@ def compare(tmp: Path, served: dict[str, str]) -> tuple[dict[str, list[float]], 
     return times, cpu, len(spec["hosts"])
 
 
-def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, float, float]:
+def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, float, list[CpuRun]]:
     """local up's time, the first lab up's and the warm lab up's at 30 hosts, without and
-    with the warm server, and the machine's CPU of the plain warm run."""
+    with the warm server, and the plain warm runs with their CPU."""
     inv_path = _thirty_hosts(tmp)
     try:
         local = timed(inv_path, "local", "up")
@@ -114,17 +114,21 @@ def thirty(tmp: Path, served: dict[str, str]) -> tuple[float, float, float, floa
         print(f"(waited {settle():.0f} s for the 30-host lab to settle)", file=sys.stderr)
         plain: list[float] = []
         warm: list[float] = []
-        cpu: list[float] = []
+        cpu: list[CpuRun] = []
         background = background_cpu()
         for _ in range(ROUNDS):
-            wall, used = timed_cpu(inv_path, "lab", "up", background=background)
-            plain.append(wall)
-            cpu.append(used)
+            run = timed_cpu(inv_path, "lab", "up", background=background)
+            plain.append(run.wall)
+            cpu.append(run)
             warm.append(timed(inv_path, "lab", "up", env=served))
         timed(inv_path, "lab", "down")
     finally:
         timed_argv([str(Path(sys.executable).parent / "chainlab"), "-i", str(inv_path), "local", "down"])
-    return local, cold, statistics.median(plain), statistics.median(warm), statistics.median(cpu)
+    return local, cold, statistics.median(plain), statistics.median(warm), cpu
+
+
+def _cpu_medians(runs: list[CpuRun]) -> dict[str, float]:
+    return {part: statistics.median(getattr(run, part) for run in runs) for part in ("machine", "client", "others")}
 
 
 def main() -> int:
@@ -136,11 +140,10 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="chainlab-upcmp-") as tmp:
                 times, cpu3_runs, few = compare(Path(tmp), served)
             with tempfile.TemporaryDirectory(prefix="chainlab-up30-") as tmp:
-                local30, cold30, plain30, warm30, cpu30 = thirty(Path(tmp), served)
+                local30, cold30, plain30, warm30, cpu30_runs = thirty(Path(tmp), served)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    cpu3 = statistics.median(cpu3_runs)
     med = {tool: statistics.median(values) for tool, values in times.items()}
     load = os.getloadavg()[0]
     print(f"warm lab up vs the same checks in pyinfra and Ansible (3-host local lab, median of {ROUNDS},"
@@ -159,12 +162,20 @@ def main() -> int:
     for tool, at30 in (("chainlab", plain30), ("chainlab-warm", warm30)):
         print(f"  {tool}: warm at 30 / warm at 3: {at30 / med[tool]:.2f}x (target <= 2x:"
               f" {'met' if at30 <= 2 * med[tool] else 'NOT met'})")
-    per_host = (cpu30 - cpu3) / (MANY - few)
+    cpu3, cpu30 = _cpu_medians(cpu3_runs), _cpu_medians(cpu30_runs)
+    extra, cores = MANY - few, os.cpu_count() or 1
+    per_host = {part: (cpu30[part] - cpu3[part]) / extra for part in cpu3}
     print(f"  the machine's CPU of a warm lab up (every process: the hosts' sshd and shells run here too; the idle"
-          f" lab's own use taken out): {few} hosts {cpu3:.2f} s, {MANY} hosts {cpu30:.2f} s: {1000 * per_host:.1f} ms per host"
-          f" beyond the first {few}, on {os.cpu_count()} cores")
+          f" lab's own use taken out): {few} hosts {cpu3['machine']:.2f} s, {MANY} hosts {cpu30['machine']:.2f} s:"
+          f" {1000 * per_host['machine']:.1f} ms per host beyond the first {few}, on {cores} cores; of it chainlab's"
+          f" own process {1000 * per_host['client']:.1f} ms, the hosts' processes {1000 * per_host['others']:.1f} ms")
+    floor = med["chainlab"] + per_host["others"] * extra / cores
+    print(f"  the hosts' own share alone, spread evenly on {cores} cores, adds {floor - med['chainlab']:.2f} s to the"
+          f" {few}-host run: ~{floor:.2f} s = {floor / med['chainlab']:.2f}x at {MANY} hosts, with a chainlab that took"
+          " no CPU of its own")
     print(json.dumps({"warm_s": med, "warm30_s": plain30, "warm30_server_s": warm30, "cpu3_s": cpu3, "cpu30_s": cpu30,
-                      "cpu_per_host_ms": 1000 * per_host, "load": load}))
+                      "cpu_per_host_ms": {part: 1000 * value for part, value in per_host.items()},
+                      "floor30_s": floor, "load": load}))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,23 @@ def test_check_on_reference_inventory_plans_centos7_offline(no_network: None, tm
     assert "chainlab.calico" not in text and "felix" not in text and "--network none" not in text
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["check"] is True and set(plan["hosts"]) == {"master", "slave1", "slave2", "(lab)"}
+
+
+def test_step_lines_written_plain_are_what_rich_writes(no_network: None) -> None:
+    """Without a terminal a step's line skips rich's rendering: the same characters, --check's
+    commands included, as rich prints them (a recording console still goes through rich)."""
+    inv = load_inventory(ROOT / "inventory.yaml")
+    outputs = []
+    for record in (False, True):
+        out = io.StringIO()
+        provision(inv, "up", check=True, offline=True, console=Console(file=out, width=80, highlight=False,
+                                                                        record=record))
+        # hosts run in parallel: each step's block (its line and commands) compared in any order
+        outputs.append(sorted(re.split(r"\n(?= *(?:ok|changed|would change|failed|skipped) \S+: )",
+                                       out.getvalue().split("\nRECAP")[0].rstrip("\n"))))
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 10
+    text = "\n".join(outputs[0])
+    assert "\n      $ " in text and len(max(text.splitlines(), key=len)) > 80  # commands; not wrapped
 
 
 def test_check_debian_nft_plan_differs(no_network: None, tmp_path: Path) -> None:
