@@ -24,7 +24,7 @@ help:
 	@echo "make sanitize    the C engine's tests under ASan+UBSan and ThreadSanitizer"
 	@echo "make vm-up nightly INVENTORY=lab/vm.yaml   the lab as qemu VMs, every scenario (make lab-down vm-down ... after)"
 
-$(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c
+$(VENV)/.installed: pyproject.toml setup.py src/chainlab/trace/_engine.c $(wildcard src/chainlab/trace/engine/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

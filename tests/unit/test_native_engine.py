@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,17 +168,23 @@ def test_native_without_the_extension_is_an_input_error(monkeypatch):
 
 
 def test_a_build_of_another_engine_source_is_refused(tmp_path, monkeypatch):
-    """A failed compile of a changed _engine.c leaves the last build in place: that build
-    carries the SHA-256 of its source (setup.py), and one that differs from the source
+    """A failed compile of a changed _engine.c or part leaves the last build in place: that
+    build carries the digest of its sources (setup.py), and one that differs from the sources
     beside native.py counts as not built (native: exit 2; auto: the Python engine, said)."""
     native = importlib.import_module("chainlab.trace.native")
     engine = importlib.import_module("chainlab.trace._engine")
-    source = tmp_path / "_engine.c"
-    source.write_bytes(Path(native.__file__).with_name("_engine.c").read_bytes())
-    assert not native._stale(engine, source)
-    source.write_bytes(source.read_bytes() + b"\n/* changed */\n")
-    assert native._stale(engine, source)
-    assert not native._stale(engine, tmp_path / "absent.c")  # an installed wheel: nothing to compare
+    trace = Path(native.__file__).parent
+    shutil.copy(trace / "_engine.c", tmp_path / "_engine.c")
+    shutil.copytree(trace / "engine", tmp_path / "engine")
+    assert not native._stale(engine, tmp_path)
+    part = tmp_path / "engine" / "maps.c"
+    part.write_bytes(part.read_bytes() + b"\n/* changed */\n")
+    assert native._stale(engine, tmp_path)  # a part changed
+    shutil.copy(trace / "engine" / "maps.c", part)
+    main = tmp_path / "_engine.c"
+    main.write_bytes(main.read_bytes().replace(b'#include "engine/maps.c"\n', b""))
+    assert native._stale(engine, tmp_path)  # a part left out
+    assert not native._stale(engine, tmp_path / "absent")  # an installed wheel: nothing to compare
     monkeypatch.setattr(native, "_engine", None)
     monkeypatch.setattr(native, "STALE", True)
     log = f"n={FIXTURES / 'seed-logs' / 'scenario2-master.log'}"

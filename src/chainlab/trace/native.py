@@ -15,14 +15,14 @@ gunzipped here and fed chunk by chunk (the parser thread then parses what it is 
 
 `CHAINLAB_ENGINE=python` forces the Python engine, `native` insists on this one (an
 error if it is not built), unset or `auto` picks it when it is built (else says on stderr
-that the Python engine runs, and why). A build of another `_engine.c` than the one beside
-this file (a failed compile leaves the last build in place) counts as not built.
+that the Python engine runs, and why). A build of another `_engine.c` (or parts in engine/)
+than the ones beside this file (a failed compile leaves the last build in place) counts as
+not built.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -38,7 +38,7 @@ from chainlab.trace.flows import Entries, Flow, Hop, build_flows
 from chainlab.trace.model import IDENTITIES, Fields, Packet, Step
 from chainlab.trace.netfilter import HOOKS, Slot, table_slots
 from chainlab.trace.pipeline import AnalysisOptions
-from chainlab.trace import reader
+from chainlab.trace import engine_source, reader
 from chainlab.trace.reader import (
     KERNEL, NFT_MONITOR, WRAPPED, XTABLES_MONITOR, LogSource, ReadStats, base_format, log_chunks, log_format,
     read_errors,
@@ -51,19 +51,20 @@ except ImportError:  # built without a C compiler: the Python engine does everyt
     _engine = None  # type: ignore[assignment]
 
 
-def _stale(module: Any, source: Path) -> bool:
-    """Whether `module` was built from another `_engine.c` than `source` (when a compile
-    of a changed _engine.c fails, the last build stays in place). A source that cannot be
-    read (an install that left it out) leaves nothing to compare: the build is trusted."""
+def _stale(module: Any, trace_dir: Path) -> bool:
+    """Whether `module` was built from other sources than the `_engine.c` and parts in
+    `trace_dir` (when a compile of changed sources fails, the last build stays in place).
+    Sources that cannot be read (an install that left them out) leave nothing to compare:
+    the build is trusted."""
     try:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        digest = engine_source.digest(trace_dir)
     except OSError:
         return False
     return getattr(module, "SOURCE", None) != digest
 
 
 #: The build found but refused: it was compiled from another _engine.c
-STALE = _engine is not None and _stale(_engine, Path(__file__).with_name("_engine.c"))
+STALE = _engine is not None and _stale(_engine, Path(__file__).parent)
 if STALE:
     _engine = None  # type: ignore[assignment]
 
@@ -77,8 +78,8 @@ VERDICTS = ("accepted", "dropped", "unknown")
 def missing() -> str | None:
     """Why the C engine cannot run here, or None when it can."""
     if STALE:
-        return ("chainlab.trace._engine was built from another _engine.c than the one beside it"
-                " (the last compile failed?)")
+        return ("chainlab.trace._engine was built from another _engine.c or engine/ part than the ones"
+                " beside it (the last compile failed?)")
     if _engine is None:
         return "chainlab.trace._engine is not built (no C compiler at install time?)"
     return None
