@@ -60,7 +60,7 @@ def build(inv: Inventory) -> dict:
             shell_text(running_argv()),
             f"{curl} {etcd}{D.host_ip_key(name)}",
         ]
-        for cname, cstate in state.containers.items():
+        for cstate in state.containers.values():
             if cstate.host == name:
                 checks.append(f"ip -4 route show {cstate.address}/32 | grep -q 'dev {cstate.interface}' && "
                               f"iptables -w -S cali-tw-{cstate.interface} >/dev/null")

@@ -109,7 +109,3 @@ def load_etcd_baseline(inv: Inventory) -> set[str] | None:
         return {str(k) for k in data["keys"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def remove_etcd_baseline(inv: Inventory) -> None:
-    _baseline_path(inv).unlink(missing_ok=True)

@@ -18,9 +18,9 @@ import pytest
 
 from chainlab.calico import datastore as D
 from chainlab.calico import ipam
-from chainlab.calico.plugin import FIXED_MAC, IPAM_DRIVER, NETWORK_DRIVER, Plugin, PluginError
+from chainlab.calico.plugin import FIXED_MAC, Plugin, PluginError
 from chainlab.calico.plugin_server import remove_sockets, serve
-from chainlab.calico.sockets import socket_paths
+from chainlab.calico.sockets import IPAM_DRIVER, NETWORK_DRIVER, socket_paths
 from chainlab.networks.calico import etcdtree
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import http.client
 import socket
 import sys
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 

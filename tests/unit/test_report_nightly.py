@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from chainlab.report.nightly import (
-    CHANGED, NO_CHANGE, NO_PREVIOUS, diff_summaries, find_baseline, find_previous_nightly, write_nightly,
+    CHANGED, NO_CHANGE, NO_PREVIOUS, diff_summaries, find_baseline, write_nightly,
 )
 from chainlab.rundir import PARTIAL
 
@@ -48,7 +48,7 @@ def runs(tmp_path):
 def _nightly(runs, name, stamp, **s4):
     run_dirs = [scenario1_run(runs, stamp=stamp), scenario4_run(runs, stamp=stamp, **s4)]
     out = runs / name
-    return write_nightly(out, run_dirs, find_previous_nightly(runs, out))
+    return write_nightly(out, run_dirs, find_baseline(runs, out)[0])
 
 
 def test_first_nightly_files_and_contents(runs):
@@ -139,8 +139,8 @@ def test_a_rule_text_change_alone_is_a_change(runs):
     assert "cali-pri-net2" in summary.diff["changes"][0]["message"]
 
 
-def test_find_previous_nightly(tmp_path):
-    assert find_previous_nightly(tmp_path, tmp_path / "nightly-20250103") is None
+def test_find_baseline_is_the_newest_complete_older_nightly(tmp_path):
+    assert find_baseline(tmp_path, tmp_path / "nightly-20250103")[0] is None
     for name in ("nightly-20250101", "nightly-20250102", "nightly-20250104", "nightly-20250102-x-no-summary"):
         (tmp_path / name).mkdir()
     for name in ("nightly-20250101", "nightly-20250102", "nightly-20250104"):
@@ -149,8 +149,8 @@ def test_find_previous_nightly(tmp_path):
     current = tmp_path / "nightly-20250103"
     current.mkdir()
     (current / "summary.json").write_text("{}")
-    assert find_previous_nightly(tmp_path, current) == tmp_path / "nightly-20250102"
-    assert find_previous_nightly(tmp_path, tmp_path / "nightly-20250101") is None
+    assert find_baseline(tmp_path, current)[0] == tmp_path / "nightly-20250102"
+    assert find_baseline(tmp_path, tmp_path / "nightly-20250101")[0] is None
 
 
 def test_previous_nightly_is_of_the_same_lab(tmp_path):
@@ -158,9 +158,9 @@ def test_previous_nightly_is_of_the_same_lab(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps({"lab": lab}))
     current = tmp_path / "nightly-20250103"
-    assert find_previous_nightly(tmp_path, current, "local") == tmp_path / "nightly-20250101"
-    assert find_previous_nightly(tmp_path, current, "bridge") == tmp_path / "nightly-20250102"
-    assert find_previous_nightly(tmp_path, current, "other") is None
+    assert find_baseline(tmp_path, current, "local")[0] == tmp_path / "nightly-20250101"
+    assert find_baseline(tmp_path, current, "bridge")[0] == tmp_path / "nightly-20250102"
+    assert find_baseline(tmp_path, current, "other")[0] is None
 
 
 def test_broken_run_is_a_junit_error_and_scenarios_added_or_gone_are_changes(runs):
@@ -212,7 +212,7 @@ def test_only_complete_nightlies_are_compared_and_partial_ones_are_named(tmp_pat
         tmp_path / "nightly-rel-20250102-030000.000", [])
     assert find_baseline(tmp_path, tmp_path / "nightly-rel-20250101-050000.000", "rel") == (
         tmp_path / "nightly-20250101", [])
-    assert find_previous_nightly(tmp_path, current, "other") == tmp_path / "nightly-other-20250103-040000.000"
+    assert find_baseline(tmp_path, current, "other")[0] == tmp_path / "nightly-other-20250103-040000.000"
 
 
 def test_a_run_dir_the_report_code_chokes_on_is_an_error_entry(runs, monkeypatch):

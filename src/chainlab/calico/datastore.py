@@ -220,21 +220,6 @@ def parse_tree(items: dict[str, str]) -> Snapshot:
     return snap
 
 
-def endpoints_of_profile(items: dict[str, str], profile: str) -> list[tuple[str, str]]:
-    """(key, endpoint id) of every workload endpoint naming `profile`, valid or not: what a
-    network's removal must delete, also where parse_tree left an endpoint out."""
-    found = []
-    for key, value in sorted(items.items()):
-        parts = key.strip("/").split("/")
-        if (parts[:3] == ["calico", "v1", "host"] and len(parts) == 9 and parts[4] == "workload"
-                and parts[7] == "endpoint"):
-            ep = _json(value, None)
-            profiles = ep.get("profile_ids") if isinstance(ep, dict) else None
-            if isinstance(profiles, list) and profile in profiles:
-                found.append((key, parts[8]))
-    return found
-
-
 def read_tree(client: etcd.Client, root: str = ROOT) -> tuple[dict[str, str], int]:
     """Every leaf under `root` and the etcd index the read reflects ({} if absent)."""
     from chainlab.calico.etcdlib import etcd
@@ -256,16 +241,3 @@ def write_if_absent(client: etcd.Client, key: str, value: str) -> bool:
         return True
     except etcd.EtcdAlreadyExist:
         return False
-
-
-def delete_tree(client: etcd.Client, key: str) -> bool:
-    from chainlab.calico.etcdlib import etcd
-
-    try:
-        client.delete(key, recursive=True, dir=True)
-        return True
-    except etcd.EtcdKeyNotFound:
-        return False
-    except etcd.EtcdNotDir:
-        client.delete(key)
-        return True

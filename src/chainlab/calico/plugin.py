@@ -34,7 +34,7 @@ from chainlab.calico import datastore as D
 from chainlab.calico import ipam
 from chainlab.calico import validate as V
 from chainlab.calico.etcdlib import etcd
-from chainlab.calico.sockets import IPAM_DRIVER, NETWORK_DRIVER
+from chainlab.calico.sockets import NETWORK_DRIVER
 
 SCOPE = "global"
 POOL_ID_V4 = "CalicoPoolIPv4"

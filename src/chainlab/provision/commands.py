@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
-from chainlab.shell import command_line
 
 Backend = Literal["rsyslog", "ulogd", "nft-monitor"]
 Family = Literal["rhel", "debian", "unknown"]

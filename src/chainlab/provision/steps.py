@@ -15,7 +15,7 @@ from chainlab.errors import ChainlabError
 from chainlab.networks.base import LABEL
 from chainlab.provision import commands as C
 from chainlab.provision import image as I
-from chainlab.provision.actions import Action, Call, Command, Outcome, PutFile, Step
+from chainlab.provision.actions import Action, Command, PutFile, Step
 from chainlab.provision.context import HostContext, RunContext
 from chainlab.provision.executor import Skip
 from chainlab.shell import command_line

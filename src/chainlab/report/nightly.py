@@ -181,11 +181,6 @@ def find_baseline(runs_root: Path, current: Path, lab: str | None = None) -> tup
     return None, skipped
 
 
-def find_previous_nightly(runs_root: Path, current: Path, lab: str | None = None) -> Path | None:
-    """The newest complete nightly of `lab` older than `current` (see `find_baseline`)."""
-    return find_baseline(runs_root, current, lab)[0]
-
-
 def _nightly_key(name: str) -> str:
     parsed = nightly_lab_and_stamp(name)
     return parsed[1] if parsed else name[len(NIGHTLY_PREFIX):]

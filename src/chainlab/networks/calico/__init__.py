@@ -12,7 +12,6 @@ of an ipPool writes), and the /calico tree put back as it was at lab down.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Generator
 from functools import cached_property

@@ -24,8 +24,6 @@ from chainlab.provision.actions import Action, Command, Outcome
 from chainlab.provision.context import HostContext
 
 if TYPE_CHECKING:
-    import etcd
-
     from chainlab.networks.calico import CalicoNetwork
 
 MODULE = "chainlab.calico.agent"

@@ -8,8 +8,7 @@ network is global), and the node registered in etcd (calico/node writes its addr
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
-
+from typing import Any
 
 from chainlab.calico import datastore as D
 from chainlab.errors import ChainlabError
@@ -17,9 +16,6 @@ from chainlab.networks.calico.checks import drivers_argv, missing_drivers
 from chainlab.networks.calico.modes import Mode
 from chainlab.provision.actions import Action, Outcome
 from chainlab.provision.context import HostContext
-
-if TYPE_CHECKING:
-    import etcd
 
 
 def node_problems(ctx: HostContext) -> list[str]:
