@@ -147,7 +147,7 @@ def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], None]) -> Iterator[None]:
+def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], object]) -> Iterator[None]:
     """Hold the lab lock of `lab`, a lab chainlab built on this machine, while `command` (e.g.
     `local down`, which has no inventory to hand `lab_lock`) removes it. A lab up/down, scenario
     run or nightly holding it is refused, unless `force`: then `log` says what is interrupted

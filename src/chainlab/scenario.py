@@ -17,6 +17,8 @@ from chainlab.yamlfile import load_yaml
 
 Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
 Table = Literal["raw", "mangle", "nat", "filter", "security"]
+#: The tables a scenario states its expected hook paths in, unless it says otherwise.
+DEFAULT_TABLES: tuple[Table, ...] = ("nat", "filter")
 assert set(Hook.__args__) == set(HOOKS) and set(Table.__args__) == set(TABLES)  # type: ignore[attr-defined]
 
 
@@ -89,7 +91,7 @@ class Scenario(Strict):
     target: Endpoint
     probe: Annotated[PingProbe | TcpProbe, Field(discriminator="kind")]
     tables: list[Table] = Field(
-        default_factory=lambda: ["nat", "filter"],
+        default_factory=lambda: list(DEFAULT_TABLES),
         description="tables in which the expected hook paths are stated",
     )
     outcome: Literal["reachable", "unreachable"]

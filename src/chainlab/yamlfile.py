@@ -59,7 +59,7 @@ class _NoAliasLoader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep)
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
@@ -132,12 +132,12 @@ def load_yaml(path: Path) -> YamlDocument:
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
         if context:
             problem = f"{context}, {problem}"
-        raise InputError([Problem(str(path), "", f"invalid YAML: {problem}", line)]) from None
+        raise InputError([Problem(str(path), "", f"invalid YAML: {problem}",
+                                  mark.line + 1 if mark is not None else None)]) from None
     except RecursionError:
         raise InputError([Problem(str(path), "", "invalid YAML: nested too deeply")]) from None
     finally:

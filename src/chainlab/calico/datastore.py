@@ -177,8 +177,9 @@ def _tags(profile: str, tags: list[Any], skipped: list[str]) -> tuple[str, ...]:
 def _profile(name: str, data: dict[str, Any], skipped: list[str]) -> Profile:
     """Profile `name` without its invalid rules and tags (each noted in `skipped`)."""
     V.name(name, "profile name")
-    rules = data.get("rules") if isinstance(data.get("rules"), dict) else {}
-    tags = data.get("tags") if isinstance(data.get("tags"), list) else []
+    raw_rules, raw_tags = data.get("rules"), data.get("tags")
+    rules = raw_rules if isinstance(raw_rules, dict) else {}
+    tags = raw_tags if isinstance(raw_tags, list) else []
     return Profile(name, _rules(name, rules, "inbound_rules", skipped), _rules(name, rules, "outbound_rules", skipped),
                    _tags(name, tags, skipped))
 

@@ -7,7 +7,7 @@ hosts, which has nothing of chainlab but this package: no pydantic, no fabric he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def client(endpoint: EtcdEndpoint, read_timeout: float = 10) -> "etcd.Client":
     from chainlab.calico.etcdlib import etcd
 
     kwargs: dict[str, object] = {}
-    pool: dict[str, object] = {"timeout": read_timeout, "retries": False}
+    pool: dict[str, Any] = {"timeout": read_timeout, "retries": False}
     if endpoint.tls:
         kwargs = {"protocol": "https", "cert": (endpoint.tls.cert, endpoint.tls.key), "ca_cert": endpoint.tls.ca}
         pool |= {"cert_file": endpoint.tls.cert, "key_file": endpoint.tls.key, "ca_certs": endpoint.tls.ca,

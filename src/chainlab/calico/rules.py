@@ -205,7 +205,8 @@ def dispatch(root: str, direction: str, kind: str, ifaces: list[str]) -> Dispatc
         groups.setdefault(name[len(prefix): len(prefix) + 1], []).append(name)
     if len(groups) <= 1:
         return Dispatch(root, direction, (), {root: tuple((n, chain(kind, n)) for n in names)})
-    children, leaves = [], {root: ()}
+    children: list[tuple[str, str]] = []
+    leaves: dict[str, tuple[tuple[str, str], ...]] = {root: ()}
     for key, members in sorted(groups.items()):
         child = f"{root}-{key}"
         children.append((f"{prefix}{key}+", child))

@@ -36,8 +36,9 @@ def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[st
     """`NODE=FILE` or (unless `node_required`) a bare FILE. A log's NODE is a host name (a
     path may hold '=' too); a required NODE may be any name a log's lines or file gave a
     node (a bare `09-web.log` makes node `09-web`), only not a path."""
-    node, sep, rest = arg.partition("=")
-    if sep and (re.match(HOST_NAME, node) or (node_required and node.strip() and "/" not in node)):
+    name, sep, rest = arg.partition("=")
+    node: str | None = name
+    if sep and (re.match(HOST_NAME, name) or (node_required and name.strip() and "/" not in name)):
         path = Path(rest)
     elif node_required:
         raise InputError([Problem(arg, "", f"{what} must be NODE=FILE")])
@@ -91,6 +92,7 @@ def analyze_command(
     rules = {}
     for arg in rules_args:
         node, path = _node_and_path(arg, "--rules", node_required=True)
+        assert node is not None  # required
         rules[node] = load_rules(path)
     tables = parse_tables(tables_arg)
     match = parse_match(match_args)

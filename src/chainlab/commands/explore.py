@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,7 +19,7 @@ RUNS = Path("runs")
 PROTOS = "icmp, tcp:PORT or udp:PORT"
 
 
-def _runs_option(fn):  # type: ignore[no-untyped-def]
+def _runs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=RUNS,
                         show_default=True, help="Where run directories go.")(fn)
 

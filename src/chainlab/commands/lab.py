@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -30,7 +32,7 @@ def _inventory(obj: object) -> Inventory:
     return load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
 
 
-def _options(fn):  # type: ignore[no-untyped-def]
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--timeout", "step_timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
                       help="Give up on a host whose step has not finished after SECONDS (default: 300;"
                            " 900-1800 for steps that install or build).")(fn)
@@ -52,7 +54,7 @@ def _run(obj: object, action: str, check: bool, offline: bool, limit: tuple[str,
         raise click.UsageError("--offline only goes with --check")
     # Hosts chainlab did not build are never contacted by --check: the plan comes from hints.
     offline = check and (offline or not provider_class(inv.provider).check_connects)
-    report = provision(inv, action, check=check, offline=offline, limit=limit,  # type: ignore[arg-type]
+    report = provision(inv, action, check=check, offline=offline, limit=limit,
                        json_path=json_path, console=Console(highlight=False), step_timeout=step_timeout)
     if report.failed:
         raise _Failed()

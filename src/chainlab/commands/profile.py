@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -18,13 +19,16 @@ from chainlab.inventory import load_inventory
 from chainlab.patterns import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote import etcd_client
 
+if TYPE_CHECKING:
+    import etcd
+
 
 #: etcd answers a profile read in milliseconds: a stopped one is said within seconds.
 READ_TIMEOUT_S = 2
 RETRY_FOR_S = 4
 
 
-def _client(obj: object):  # type: ignore[no-untyped-def]
+def _client(obj: object) -> etcd.Client:
     return etcd_client(load_inventory(obj.inventory_path),  # type: ignore[attr-defined]
                        read_timeout=READ_TIMEOUT_S, retry_for=RETRY_FOR_S)
 

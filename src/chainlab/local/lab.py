@@ -210,11 +210,11 @@ def _ensure_host(plan: LabPlan, host: HostPlan, store: _Store, log: Log) -> None
             log(f"{host.name}: stopped {daemon}, which the inventory no longer puts here")
         store.save()
     for daemon, argv in wanted.items():
-        record = hs.daemons.get(daemon)
-        if record is not None and record.argv and record.argv != argv and S.alive(record.proc()):
-            S.stop(record.proc())
+        running = hs.daemons.get(daemon)
+        if running is not None and running.argv and running.argv != argv and S.alive(running.proc()):
+            S.stop(running.proc())
             log(f"{host.name}: restarting {daemon} with its new settings")
-        if record is None or not S.alive(record.proc()):
+        if running is None or not S.alive(running.proc()):
             proc = S.spawn(P.enter_argv(hs.holder.pid, argv), host.log_dir / f"{daemon}.log")
             hs.daemons[daemon] = ProcRecord(pid=proc.pid, start=proc.start, argv=argv)
             store.save()

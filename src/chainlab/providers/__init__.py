@@ -20,7 +20,7 @@ REGISTRY: dict[str, str] = {
 
 def provider_class(kind: str) -> type[Provider]:
     module, _, name = REGISTRY[kind].partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)
 
 
 #: id(inventory) -> (the inventory, its provider); the inventory is held, so its id stays its own

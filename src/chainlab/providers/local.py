@@ -10,8 +10,12 @@ from __future__ import annotations
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chainlab.providers.base import EmulationRuntime, HostHints, MachineProvider
+
+if TYPE_CHECKING:
+    from chainlab.local.plan import LabPlan
 
 SSH_PORT = 22
 
@@ -22,7 +26,7 @@ class LocalProvider(MachineProvider):
     up_command = "local up"
     starts_docker = True
 
-    def _make_plan(self):  # type: ignore[no-untyped-def]
+    def _make_plan(self) -> LabPlan:
         from chainlab.local.plan import plan_lab
 
         return plan_lab(self.inv)

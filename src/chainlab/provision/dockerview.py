@@ -9,8 +9,8 @@ else `docker inspect`; both print the Engine API's own JSON, which `DockerView.p
 from __future__ import annotations
 
 import json
+import re
 import shlex
-from json.decoder import WHITESPACE
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 from chainlab.provision.commands import sh
 from chainlab.shell import command_line
 
+#: The start of the next JSON value: anything but JSON's whitespace.
+NEXT_VALUE = re.compile(r"[^ \t\n\r]")
 #: Where dockerd listens unless the user pointed the CLI elsewhere.
 SOCKET = "/var/run/docker.sock"
 
@@ -52,7 +54,8 @@ class DockerView:
         view = cls()
         objects: list[Any] = []
         decoder, at = json.JSONDecoder(), 0
-        while (at := WHITESPACE.match(text, at).end()) < len(text):
+        while (start := NEXT_VALUE.search(text, at)) is not None:
+            at = start.start()
             try:
                 value, at = decoder.raw_decode(text, at)
             except ValueError:  # damage, or a daemon's plain-text error: go on at the next line

@@ -19,7 +19,8 @@ class Skip(Exception):
 
 
 class Performer(Protocol):
-    check: bool
+    @property
+    def check(self) -> bool: ...
 
     def perform(self, action: Action) -> Any: ...
 

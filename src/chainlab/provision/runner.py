@@ -69,7 +69,7 @@ class Phase:
     """Steps on every host (in parallel), or lab-level steps run once."""
 
     lab: bool
-    steps: list[tuple[str, HostStep]] | list[tuple[str, LabStep]]
+    steps: Sequence[tuple[str, HostStep]] | Sequence[tuple[str, LabStep]]
 
 
 def phases(action: Action, run: RunContext) -> list[Phase]:

@@ -235,6 +235,7 @@ def _container(ctx: HostContext, name: str) -> Generator[Action, Any, bool]:
             return True
         box.reload()
         attrs = box.attrs
+    assert attrs is not None  # it ran, or it was there
     state = network.container_state(ctx, attrs, name)
     network.wait_ready(ctx, state)
     ctx.containers[name] = state

@@ -8,6 +8,7 @@ host and when run twice. Nothing that lacks our mark is touched.
 from __future__ import annotations
 
 from collections.abc import Generator
+from functools import partial
 from typing import Any
 
 from chainlab.errors import ChainlabError
@@ -43,7 +44,7 @@ def containers(ctx: HostContext) -> Step:
         return "would remove the lab's containers", "no containers"
     removed = []
     for box in ctx.docker().containers.list(all=True, filters={"label": f"{LABEL}={inv.lab}"}):
-        yield ctx.call(f"docker rm -f {box.name}", lambda box=box: _remove(box))
+        yield ctx.call(f"docker rm -f {box.name}", partial(_remove, box))
         removed.append(box.name)
     return f"removed {', '.join(removed)}", "no lab containers"
 

@@ -76,7 +76,7 @@ def docker_over(conn: "fabric.Connection", api_version: str | None = None, timeo
     import docker
     from docker.transport.sshconn import SSHHTTPAdapter
 
-    class SharedTransportAdapter(SSHHTTPAdapter):  # type: ignore[misc]
+    class SharedTransportAdapter(SSHHTTPAdapter):
         """The SDK's SSH adapter on an SSH client that is already connected (and not ours to close)."""
 
         def __init__(self, ssh_client: Any) -> None:

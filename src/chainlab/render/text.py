@@ -69,7 +69,8 @@ def grid(columns: list[str], rows: list[list[Cell]], width: int | None, right: t
         parts: list[str] = []
         spans: list[Span] = []
         at = 0
-        for n, row in enumerate([[(name, "dim") for name in columns], *rows]):
+        header: list[Cell] = [(name, "dim") for name in columns]
+        for n, row in enumerate([header, *rows]):
             for i, cell in enumerate(row):
                 text, style = (cell, "") if isinstance(cell, str) else cell
                 padded = text.rjust(widths[i]) if i in right else text.ljust(widths[i])

@@ -186,7 +186,8 @@ def report_context(run: RunData) -> dict[str, Any]:
         svg = inline_svg((run.run_dir / "diagram.svg").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         svg = None
-    probe = run.run.get("probe") if isinstance(run.run.get("probe"), dict) else {}
+    given = run.run.get("probe")
+    probe = given if isinstance(given, dict) else {}
     groups = walk_groups(run)
     packets = run.packets
     kind = "probe" if run.run.get("kind") == "probe" else "scenario"

@@ -162,9 +162,9 @@ def path_summaries(run: RunData) -> list[dict[str, Any]]:
     packets = run.probe_packets()
     keys: list[tuple[str, str]] = []
     checks: dict[tuple[str, str], Check] = {}
-    for check in run.checks:
-        key = (check.node, check.direction)
-        checks[key] = check
+    for given in run.checks:
+        key = (given.node, given.direction)
+        checks[key] = given
         if key not in keys:
             keys.append(key)
     for p in packets:

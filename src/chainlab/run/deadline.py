@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -144,7 +145,7 @@ def fan_out(items: Mapping[K, V], work: Callable[[K, V], T], seconds: float | Ca
     """
     limit = seconds if callable(seconds) else (lambda _key: seconds)
     start = time.monotonic()
-    jobs = {key: _Job(lambda k=key, v=item: work(k, v), discard, f"chainlab-{host(key)}")
+    jobs = {key: _Job(partial(work, key, item), discard, f"chainlab-{host(key)}")
             for key, item in items.items()}
     results: dict[K, T] = {}
     errors: dict[K, ChainlabError] = {}
@@ -153,7 +154,7 @@ def fan_out(items: Mapping[K, V], work: Callable[[K, V], T], seconds: float | Ca
         if not job.wait(max(0.0, start + limit(key) - time.monotonic())):
             errors[key] = DeadlineExceeded(host(key), what(key), limit(key))
             if cancel is not None:
-                cancel_in_background(lambda k=key: cancel(k, items[k]))
+                cancel_in_background(partial(cancel, key, items[key]))
         elif isinstance(job.error, ChainlabError):
             errors[key] = job.error
         elif job.error is not None:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -230,7 +230,7 @@ class _Hosts:
                                 lambda h: d.connect_again if h in self.unanswered else d.connect,
                                 lambda h: "connecting over SSH", discard=lambda conn: conn.close())
         self.conns.update(conns)
-        self._record(conns, errors, connecting=True)  # type: ignore[arg-type]
+        self._record(conns, errors, connecting=True)
 
     def live(self, only: set[str] | None = None) -> dict[str, fabric.Connection]:
         return {h: c for h, c in self.conns.items() if h not in self.errors and (only is None or h in only)}
@@ -496,7 +496,7 @@ def probe_part(whole: Analysis, spec: ProbeSpec, exit_code: int, packets: list[P
     return Analysis(packets, flows, whole.stats, whole.nodes), info
 
 
-def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: list[str],
+def write_evidence(run_dir: Path, result: Analysis, run_info: dict[str, object], tables: Sequence[str],
                    checks: list[Check] | None = None) -> None:
     """analysis.json (with `run_info` as its `run` key), diagram.svg and report.html."""
     buffer = io.StringIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 
 from chainlab.trace import ascii
 from chainlab.trace.model import Packet, Step
@@ -14,7 +15,7 @@ DROP_VERDICTS = ("DROP", "REJECT")
 ENDING_TARGETS = ("ACCEPT", "MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP")
 
 
-def hook_path(steps: list[Step], tables: set[str] | None = None) -> list[str]:
+def hook_path(steps: list[Step], tables: AbstractSet[str] | None = None) -> list[str]:
     """Built-in hooks the steps passed, in order; consecutive repeats collapse (one pass: the
     C engine has Python judge each distinct walk, this twice)."""
     path: list[str] = []
@@ -173,7 +174,7 @@ class BaseChains:
 
     def _learn_nat(self, steps: list[Step]) -> bool:
         learned = False
-        base: str | None = None  # the base chain the walk is in at the step's hook
+        base = ""  # the base chain the walk is in at the step's hook (set at the first step)
         for before, step in zip([None, *steps], steps):
             if before is None or (before.hook, before.table) != (step.hook, step.table) or before.kind == "policy":
                 base = step.chain
@@ -207,7 +208,9 @@ class BaseChains:
         """The base chains that follow, at the last step's hook, the one the walk was last
         in there and that it has not passed (as `table:chain` slots of that hook, by name)."""
         last = steps[-1]
-        bases = self._bases.get((last.hook, last.table), set()) if last.hook is not None else set()
+        if last.hook is None:
+            return []
+        bases = self._bases.get((last.hook, last.table), set())
         here = [s for s in steps if s.hook == last.hook and s.table == last.table]
         base = next((s.chain for s in reversed(here) if s.chain in bases), None)
         later = self._next.get((last.hook, last.table, base), set()) - {s.chain for s in here} if base else set()
@@ -361,7 +364,7 @@ Endpoint = tuple[str | None, int | None]
 
 def _endpoint_pairs(packet: Packet) -> list[tuple[Endpoint, Endpoint]]:
     """(source, destination) as the packet entered and as it left; once if NAT changed nothing."""
-    pairs = []
+    pairs: list[tuple[Endpoint, Endpoint]] = []
     for f in (packet.first, packet.last):
         if f is not None:
             pair = ((f.src, f.sport), (f.dst, f.dport))

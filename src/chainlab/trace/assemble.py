@@ -168,9 +168,9 @@ class Assembler:
             if began.get(packet.node, 0) <= packet.last_seen:
                 packet.at_end = True
         for key, chain in entered.items():
-            packet = self.by_trace.get(key)
-            if packet is not None and id(packet) in self.open:
-                packet.entered = chain
+            traced = self.by_trace.get(key)
+            if traced is not None and id(traced) in self.open:
+                traced.entered = chain
 
     def _next_hook(self, packet: Packet, event: Event) -> tuple[bool, str | None]:
         """Can the event's step be the next step of `packet`'s walk (no going back in hook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ PROBE_PROTOCOL = {"ping": "icmp", "tcp": "tcp"}
 class Check:
     node: str
     direction: str
-    expected: list[str]
+    expected: Sequence[str]
     actual: list[list[str]]
     verdicts: list[str]
     ok: bool

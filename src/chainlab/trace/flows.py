@@ -44,6 +44,11 @@ def endpoints(f: Fields | None) -> Endpoints:
     return (f.src, f.dst, None, None) if f.damaged else (f.src, f.dst, f.sport, f.dport)
 
 
+def _shown(e: Endpoints, which: int) -> tuple[str | None, int | None]:
+    """The source (which=0) or destination (1) address and port of `e`."""
+    return (e[0], e[2]) if which == 0 else (e[1], e[3])
+
+
 def _side(address: str | None, port: int | None) -> str:
     if port is None:
         return f"{address}"
@@ -58,8 +63,7 @@ def changed(before: Endpoints, after: Endpoints, which: int, ports: bool = True)
     port = ports and before[which + 2] != after[which + 2] and None not in (before[which + 2], after[which + 2])
     if not (address or port):
         return None
-    return (f"{('src', 'dst')[which]} {_side(before[which], before[which + 2])} → "
-            f"{_side(after[which], after[which + 2])}")
+    return f"{('src', 'dst')[which]} {_side(*_shown(before, which))} → {_side(*_shown(after, which))}"
 
 
 def nat_kind(direction: str, which: int) -> str:

@@ -23,6 +23,7 @@ not built.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -46,9 +47,9 @@ from chainlab.trace.reader import (
 from chainlab.trace.summary import Row, Summary
 
 try:
-    from chainlab.trace import _engine
+    _engine: Any = importlib.import_module("chainlab.trace._engine")  # C: no type information
 except ImportError:  # built without a C compiler: the Python engine does everything
-    _engine = None  # type: ignore[assignment]
+    _engine = None
 
 
 def _stale(module: Any, trace_dir: Path) -> bool:
@@ -66,7 +67,7 @@ def _stale(module: Any, trace_dir: Path) -> bool:
 #: The build found but refused: it was compiled from another _engine.c
 STALE = _engine is not None and _stale(_engine, Path(__file__).parent)
 if STALE:
-    _engine = None  # type: ignore[assignment]
+    _engine = None
 
 ENV = "CHAINLAB_ENGINE"
 MODES = {"json": 0, "text": 1, "summary": 2, "diagram": 3}

@@ -24,7 +24,7 @@ import gzip
 import itertools
 import signal
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,7 +106,7 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
     """
     opener = gzip.open if path.suffix == ".gz" else open
     left = -1 if limit is None else limit
-    with read_errors(path), opener(path, "rb") as handle:  # type: ignore[operator]
+    with read_errors(path), opener(path, "rb") as handle:
         while left:
             chunk = handle.read(CHUNK if left < 0 else min(CHUNK, left))
             if not chunk:
@@ -438,7 +438,8 @@ def _carried(before: Fields, now: Fields) -> Fields:
     return merged
 
 
-def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats, parse) -> Iterator[Event | FileEnd]:  # type: ignore[no-untyped-def]
+def _nft_events(lines: Iterator[Line], source: LogSource, stats: ReadStats,
+                parse: Callable[..., Any]) -> Iterator[Event | FileEnd]:
     """Events of an xtables-monitor or nft monitor trace log, then a FileEnd naming the
     trace ids whose last `packet:` line (a base chain entered) no step followed."""
     node = source.fallback_node

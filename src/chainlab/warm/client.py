@@ -73,7 +73,7 @@ def _served(seconds: int) -> int | None:
         if pid:  # continued (fg, bg)
             send(signal.SIGCONT)
 
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    forwarded: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     for signum in forwarded:
         signal.signal(signum, forward)
     signal.signal(signal.SIGTSTP, stop)
@@ -84,7 +84,8 @@ def _served(seconds: int) -> int | None:
     except OSError:  # none there: run here, and start one for the next command
         sock.close()
         _start_server(where, seconds)
-        return _not_served(forwarded, pending)
+        _not_served(forwarded, pending)
+        return None
     try:
         if peer_uid != os.getuid():
             raise OSError("the server is another user's")

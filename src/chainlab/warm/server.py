@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import setproctitle
 
@@ -119,7 +120,7 @@ class Server:
             deadlines = list(self.pending.values()) + ([] if self.children else [last + self.idle])
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             clients = [c for c in self.children.values() if c is not None]
-            watched = [self.wake_r, *clients, *self.pending] + ([] if self.stopping else [self.listener])
+            watched: list[Any] = [self.wake_r, *clients, *self.pending] + ([] if self.stopping else [self.listener])
             try:
                 ready, _, _ = select.select(watched, [], [], timeout)
             except InterruptedError:
@@ -287,7 +288,8 @@ class Server:
             sys.stdin = open(0, encoding="utf-8", errors="strict", closefd=False)  # noqa: SIM115
             sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1 if os.isatty(1) else -1)  # noqa: SIM115
             sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
-            sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+            # typeshed calls them Final; the command's code (rich, invoke) reads them as its streams
+            sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
             os.umask(request["umask"])
             os.chdir(request["cwd"])
             os.environ.clear()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from chainlab.calico import datastore as D
@@ -96,7 +96,7 @@ class CalicoNetwork(Network):
                 continue
             yield Call(f"docker network create --driver {DRIVER} --ipam-driver {IPAM_DRIVER} --subnet {pool}"
                        f" --label {LABEL}={self.inv.lab} {name}   # docker SDK on {where}",
-                       lambda name=name: self._create(engine, name))
+                       partial(self._create, engine, name))
         return (f"pool {pool} and network(s) {', '.join(self.networks())} created",
                 f"pool {pool} and network(s) {', '.join(self.networks())} present")
 

@@ -27,7 +27,8 @@ def tree(client: etcd.Client) -> tuple[set[str], set[str]]:
         result = client.read(D.ROOT, recursive=True)
     except etcd.EtcdKeyNotFound:
         return set(), set()
-    leaves, dirs = set(), {D.ROOT}
+    leaves: set[str] = set()
+    dirs = {D.ROOT}
     for node in result.leaves:
         if not node.key or node.key == D.ROOT:
             continue
