@@ -201,9 +201,12 @@ def read_pid(pidfile: str) -> str:
     return f'{read_line("p", shlex.quote(pidfile))}; [ -n "$p" ]'
 
 
-def running_check_argv(pidfile: str, comm: str) -> list[str]:
-    """Exit 0 and print the PID iff the pidfile names a live process of ours called `comm`."""
-    return sh(f'{read_pid(pidfile)} && {_is_ours(comm)} && echo "$p"')
+def running_check_argv(pidfile: str, comm: str, or_known_by: str | None = None) -> list[str]:
+    """Exit 0 and print the PID iff the pidfile names a live process of ours called `comm`
+    (or, with `or_known_by`, one that shell test accepts: e.g. a daemon an earlier version
+    started under another name)."""
+    named = is_named(comm) if or_known_by is None else f"{{ {is_named(comm)} || {or_known_by}; }}"
+    return sh(f'{read_pid(pidfile)} && {named} && {SAME_NETNS} && echo "$p"')
 
 
 def stop_argv(pidfile: str, comm: str) -> list[str]:

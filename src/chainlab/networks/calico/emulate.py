@@ -37,10 +37,8 @@ def running_argv(pidfile: str = PIDFILE) -> list[str]:
     namespace (local-lab hosts share the machine's PIDs). The daemon names itself
     (`PROCESS_NAME`, read by built-ins); one that an earlier chainlab started kept the
     interpreter's name and is known by its command line."""
-    q = shlex.quote
-    by_cmdline = f"tr '\\0' ' ' < /proc/\"$p\"/cmdline 2>/dev/null | grep -q -- {q('-m ' + MODULE + ' ')}"
-    return C.sh(f"{C.read_pid(pidfile)} && {{ {C.is_named(PROCESS_NAME)} || {by_cmdline}; }} && "
-                f'{C.SAME_NETNS} && echo "$p"')
+    by_cmdline = f"tr '\\0' ' ' < /proc/\"$p\"/cmdline 2>/dev/null | grep -q -- {shlex.quote('-m ' + MODULE + ' ')}"
+    return C.running_check_argv(pidfile, PROCESS_NAME, or_known_by=by_cmdline)
 
 
 def start_argv(argv: tuple[str, ...], host: str, etcd: EtcdEndpoint) -> list[str]:
