@@ -68,6 +68,42 @@ def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
     assert_clean_error(result, f"{fifo}: --rules: not a regular file")
 
 
+@pytest.mark.parametrize("node", ["node_a", "Web1", "node-a.example.com", "09-web", "x" * 40])
+def test_analyze_node_is_any_name_but_a_path(node: str, tmp_path: Path) -> None:
+    """NODE=LOGFILE names the node as the logs themselves may (not only a lab's host names)."""
+    import json
+
+    result = run("analyze", "--format", "json", f"{node}={LOG}")
+    assert result.returncode == 0, result.stderr
+    assert {p["node"] for p in json.loads(result.stdout)["packets"]} == {node}
+
+
+def test_analyze_log_whose_path_holds_an_equals_sign(tmp_path: Path) -> None:
+    path = tmp_path / "a=b.log"
+    path.write_bytes(LOG.read_bytes())
+    assert run("analyze", str(path)).returncode == 0
+    assert_clean_error(run("analyze", "master="), "master= names no file")
+
+
+RULES = ROOT / "tests" / "fixtures" / "lab" / "scenario4-master.rules"
+
+
+@pytest.mark.parametrize("text", ["", "garbage line\n", "\x00\xff\xfe binary\n"], ids=["empty", "junk", "binary"])
+def test_analyze_rules_without_a_table_is_an_error(tmp_path: Path, text: str) -> None:
+    """Taken as a snapshot, a file with no table would say the node has no chain at all and
+    turn verdicts into unknowns without a word."""
+    path = tmp_path / "x.rules"
+    path.write_text(text, errors="surrogateescape")
+    assert_clean_error(run("analyze", "--rules", f"master={path}", str(LOG)), f"{path}: --rules: no iptables-save table")
+
+
+def test_analyze_rules_twice_for_a_node_and_for_no_node_of_the_logs() -> None:
+    assert_clean_error(run("analyze", "--rules", f"master={RULES}", "--rules", f"master={RULES}", f"master={LOG}"),
+                       "a second snapshot of node master")
+    result = run("analyze", "--rules", f"nosuch={RULES}", f"master={LOG}")
+    assert result.returncode == 0 and "note: --rules nosuch=...: no trace line is of node nosuch" in result.stderr
+
+
 def test_svg_without_graphviz_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ChainlabError, match=r"graphviz's `dot` is not installed: apt-get install graphviz"):

@@ -413,6 +413,26 @@ def test_edge_files(tmp_path, name, data):
     assert_same([f"n={log}"], name, data.decode("ascii", "replace"), auto=True, formats=("json", "text", "summary"))
 
 
+@pytest.mark.parametrize("log", [LAB / "scenario3-master.log", FIXTURES / "traces" / "nft-monitor-local-in.log",
+                                 FIXTURES / "traces" / "xtables-monitor-local-in.log"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("before", [b"\xef\xbb\xbf", b"\0" * 1000, b"\0" * 70000, b"\0\0\xef\xbb\xbf"],
+                         ids=["bom", "nul-1000", "nul-70000", "nul-bom"])
+def test_what_stands_before_the_first_line(tmp_path, log, before):
+    """A byte-order mark, or NUL bytes (a log truncated under its writer: logrotate's
+    copytruncate), before the first line: each line keeps its host field, so its node (the
+    first line was read as the file's node: one packet split in two, a flow invented)."""
+    prefixed = tmp_path / log.name
+    prefixed.write_bytes(before + log.read_bytes())
+    for args in ([str(log)], [str(prefixed)]):
+        runs = [assert_same(args, formats=(fmt,)) for fmt in ("json", "summary")]
+        if args[0] == str(log):
+            expected = [r.stdout.replace(str(log).encode(), str(prefixed).encode()) for r in runs]
+        elif len(before) < 65536:
+            assert [r.stdout for r in runs] == expected
+        else:  # longer than a line may be: the first line is cut (and so damaged), the others stay
+            assert json.loads(runs[0].stdout)["cut_lines"] == 1
+
+
 NFT_SYN = "iif \"e\" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id {id} ip protocol tcp tcp sport 5000 tcp dport 80"
 
 

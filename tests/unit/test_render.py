@@ -34,14 +34,14 @@ def test_model_has_nodes_walks_and_the_drop(scenario4):
 
 def test_mermaid(scenario4):
     text = diagram.to_mermaid(diagram.build_model(scenario4.packets, scenario4.flows, None), "s4")
-    assert text.startswith("---\ntitle: s4") and "flowchart LR" in text
-    assert 'subgraph n_master["master"]' in text and "dropped" in text and "linkStyle" in text
+    assert text.startswith("---\ntitle: \"s4\"") and "flowchart LR" in text
+    assert 'subgraph n0["master"]' in text and "dropped" in text and "linkStyle" in text
 
 
 def test_dot_and_svg(scenario4):
     model = diagram.build_model(scenario4.packets, scenario4.flows, None)
     dot = diagram.to_dot(model, "s4")
-    assert "cluster_master" in dot and "cluster_slave1" in dot and "dropped" in dot
+    assert "cluster_n0" in dot and "cluster_n1" in dot and "label=master" in dot and "dropped" in dot
     if shutil.which("dot"):
         svg = diagram.to_svg(model, "s4")
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "cali-tw-cali282b0776936" in html.unescape(svg)
@@ -73,3 +73,30 @@ def test_a_walk_with_no_hook_says_why_its_path_is_empty(tmp_path):
         report.feed(result.packets)
         report.print(console, result.flows, result.stats, result.nodes, tables)
         assert f"path: {path}" in console.export_text()
+
+
+def test_node_names_that_differ_only_in_punctuation_stay_apart():
+    """Ids are by a node's place, not its name made an id (node-a and node_a were one box)."""
+    import re
+
+    packets = analyze([LogSource(LAB / "scenario4-master.log", "node-a"), LogSource(LAB / "scenario4-slave1.log", "node_a"),
+                       LogSource(LAB / "scenario3-master.log", "ßeta")], AnalysisOptions())
+    model = diagram.build_model(packets.packets, packets.flows, None)
+    assert set(model.nodes) == {"node-a", "node_a", "ßeta"}
+    text = diagram.to_mermaid(model)
+    subgraphs = re.findall(r'subgraph (\S+)\["([^"]+)"\]', text)
+    assert sorted(label for _, label in subgraphs) == sorted(model.nodes) and len({i for i, _ in subgraphs}) == 3
+    boxes = re.findall(r"^    (\w+)\[", text, re.M)
+    assert len(boxes) == len(set(boxes))
+    dot = diagram.to_dot(model)
+    assert len(set(re.findall(r"subgraph (cluster_\w+)", dot))) == 3
+
+
+def test_mermaid_title_is_yaml_text():
+    """The front matter's title stays the text given: a colon, a leading # or {, a line break."""
+    import yaml
+
+    model = diagram.DiagramModel(nodes=[], walks=[], links=[])
+    for title in ("Scenario 3: pod to pod", "#1 ping", "{x}", "two\nlines", 'say "hi"'):
+        front = diagram.to_mermaid(model, title).split("---")[1]
+        assert yaml.safe_load(front) == {"title": title}

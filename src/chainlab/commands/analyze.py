@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING
 import click
 
 from chainlab.errors import InputError, Problem
-from chainlab.patterns import HOST_NAME
 from chainlab.render.jsonout import write_json, write_tail
 from chainlab.trace import native
 from chainlab.trace.expect import Check, Checker
@@ -33,13 +31,16 @@ FORMATS = ("text", "summary", "json", "mermaid", "dot", "svg")
 
 
 def _node_and_path(arg: str, what: str, node_required: bool = False) -> tuple[str | None, Path]:
-    """`NODE=FILE` or (unless `node_required`) a bare FILE. A log's NODE is a host name (a
-    path may hold '=' too); a required NODE may be any name a log's lines or file gave a
-    node (a bare `09-web.log` makes node `09-web`), only not a path."""
+    """`NODE=FILE` or (unless `node_required`) a bare FILE. NODE is any name a log's lines or
+    file could give a node (node_a, node-a.example.com, 09-web), only not a path; a log whose
+    own path holds '=' is read as that file when it exists."""
     name, sep, rest = arg.partition("=")
-    node: str | None = name
-    if sep and (re.match(HOST_NAME, name) or (node_required and name.strip() and "/" not in name)):
-        path = Path(rest)
+    named = bool(sep) and bool(name.strip()) and "/" not in name
+    node: str | None
+    if named and (node_required or not Path(arg).is_file()):
+        node, path = name, Path(rest)
+        if not rest:
+            raise InputError([Problem(arg, "", f"{what}: {name}= names no file")])
     elif node_required:
         raise InputError([Problem(arg, "", f"{what} must be NODE=FILE")])
     else:
@@ -93,6 +94,8 @@ def analyze_command(
     for arg in rules_args:
         node, path = _node_and_path(arg, "--rules", node_required=True)
         assert node is not None  # required
+        if node in rules:
+            raise InputError([Problem(arg, "", f"--rules: a second snapshot of node {node}: give one per node")])
         rules[node] = load_rules(path)
     tables = parse_tables(tables_arg)
     match = parse_match(match_args)
@@ -110,7 +113,10 @@ def analyze_command(
     if not use_native and (note := native.fallback_note()):
         click.echo(note, err=True)
     run = _run_native if use_native else _run_python
-    ok, stats = run(sources, options, fmt, checker, title)
+    ok, stats, nodes = run(sources, options, fmt, checker, title)
+    for node in [n for n in rules if n not in nodes and stats.trace_records]:
+        click.echo(f"note: --rules {node}=...: no trace line is of node {node} (the logs' nodes: {', '.join(nodes)})",
+                   err=True)
     if stats.lines and not stats.trace_records:
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
                    " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
@@ -136,14 +142,15 @@ def _text_output() -> tuple[Console, ModuleType]:
     """A console and the text renderer, imported only for the formats that print them (rich:
     ~30 ms that a json or diagram run does without)."""
     from chainlab.render import text
+    from chainlab.render.console import make_console
 
-    return text.text_console(), text
+    return make_console(emoji=False), text
 
 
 def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None,
-                title: str) -> tuple[bool, ReadStats]:
+                title: str) -> tuple[bool, ReadStats, list[str]]:
     """The Python engine (the reference): packets stream into the chosen output; whether the
-    checks (if any) passed, and what happened to the lines."""
+    checks (if any) passed, what happened to the lines, and the nodes they named."""
     analyzer = Analyzer(options)
     packets = _checked(analyzer.packets(sources), checker)
     checks: list[Check] | None = None
@@ -174,11 +181,11 @@ def _run_python(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             builder.add(packet)
         _write_diagram(builder.model(analyzer.nodes, analyzer.flows()), fmt, title)
         checks_after()
-    return checks is None or all(c.ok for c in checks), analyzer.stats
+    return checks is None or all(c.ok for c in checks), analyzer.stats, analyzer.nodes
 
 
 def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, checker: Checker | None,
-                title: str) -> tuple[bool, ReadStats]:
+                title: str) -> tuple[bool, ReadStats, list[str]]:
     """The C engine (native.py): the same outputs, the same bytes, as `_run_python` returns."""
     mode = fmt if fmt in ("json", "text", "summary") else "diagram"
     if fmt == "json":
@@ -204,7 +211,7 @@ def _run_native(sources: list[LogSource], options: AnalysisOptions, fmt: str, ch
             for node, direction, seq, count, info in result.walks:
                 builder.put(seq, diagram.Walk(node, direction, info.hooks, info.chains, info.verdict, info.drop_at, count))
             _write_diagram(builder.model(result.nodes, result.flows), fmt, title)
-    return checks is None or all(c.ok for c in checks), result.stats
+    return checks is None or all(c.ok for c in checks), result.stats, result.nodes
 
 
 def _stdout_descriptor() -> int | None:

@@ -7,6 +7,7 @@ SVG) and Mermaid.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -107,6 +108,17 @@ def _id(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
 
 
+def _node_ids(model: DiagramModel) -> dict[str, str]:
+    """Each node's id in the diagram's source, by its place: names that differ only in what
+    an id cannot hold (node-a and node_a, web.1 and web-1, non-ASCII names) must not share
+    one, or their hooks merge into one box. The name itself is the box's label."""
+    ids = {node: f"n{i}" for i, node in enumerate(model.nodes)}
+    for a_node, _, b_node, _, _ in model.links:
+        for node in (a_node, b_node):
+            ids.setdefault(node, f"n{len(ids)}")
+    return ids
+
+
 def _hook_label(hook: str, chains: list[str]) -> str:
     return "\n".join([hook, *chains])
 
@@ -129,27 +141,29 @@ def to_graphviz(model: DiagramModel, title: str = "") -> graphviz.Digraph:
         "rankdir": "LR", "fontname": "Helvetica", "label": title, "labelloc": "t", "newrank": "true",
     }, node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "#f6f8fa", "fontname": "Helvetica", "fontsize": "10"},
        edge_attr={"fontname": "Helvetica", "fontsize": "9"})
+    ids = _node_ids(model)
     for node in model.nodes:
-        with graph.subgraph(name=f"cluster_{_id(node)}") as cluster:
+        nid = ids[node]
+        with graph.subgraph(name=f"cluster_{nid}") as cluster:
             cluster.attr(label=node, style="rounded", color="#57606a", fontsize="14")
             for hook, chains in _hook_chains(model, node).items():
-                cluster.node(_id(node, hook), _hook_label(hook, chains))
+                cluster.node(_id(nid, hook), _hook_label(hook, chains))
             for i, walk in enumerate(w for w in model.walks if w.node == node):
                 color = COLORS.get(walk.direction, OTHER_COLOR)
                 label = walk.direction + (f" ×{walk.count}" if walk.count > 1 else "")
                 for a, b in zip(walk.hooks, walk.hooks[1:]):
-                    cluster.edge(_id(node, a), _id(node, b), label=label, color=color, fontcolor=color)
+                    cluster.edge(_id(nid, a), _id(nid, b), label=label, color=color, fontcolor=color)
                 if walk.drop_at and walk.hooks:
-                    drop = _id(node, "drop", str(i))
+                    drop = _id(nid, "drop", str(i))
                     cluster.node(drop, f"✖ dropped\n{walk.drop_at}", shape="octagon", fillcolor="#ffebe9", color=DROP_COLOR, fontcolor=DROP_COLOR)
-                    cluster.edge(_id(node, walk.hooks[-1]), drop, color=DROP_COLOR, label=walk.direction, fontcolor=DROP_COLOR)
+                    cluster.edge(_id(nid, walk.hooks[-1]), drop, color=DROP_COLOR, label=walk.direction, fontcolor=DROP_COLOR)
                 if len(walk.hooks) == 1 and not walk.drop_at:
-                    start = _id(node, walk.direction, "in", str(i))
+                    start = _id(nid, walk.direction, "in", str(i))
                     cluster.node(start, walk.direction, shape="plaintext", style="", fontcolor=color)
-                    cluster.edge(start, _id(node, walk.hooks[0]), color=color)
+                    cluster.edge(start, _id(nid, walk.hooks[0]), color=color)
     for a_node, a_hook, b_node, b_hook, direction in model.links:
         color = COLORS.get(direction, OTHER_COLOR)
-        graph.edge(_id(a_node, a_hook), _id(b_node, b_hook), color=color, style="dashed", label=f"{direction} (wire)", fontcolor=color)
+        graph.edge(_id(ids[a_node], a_hook), _id(ids[b_node], b_hook), color=color, style="dashed", label=f"{direction} (wire)", fontcolor=color)
     return graph
 
 
@@ -171,28 +185,32 @@ def _mermaid_text(text: str) -> str:
 
 
 def to_mermaid(model: DiagramModel, title: str = "") -> str:
+    ids = _node_ids(model)
     lines = ["flowchart LR"]
     if title:
-        lines.insert(0, f"---\ntitle: {_mermaid_text(title)}\n---")
+        # a YAML front matter: the title as a double-quoted scalar (JSON's string is one), so a
+        # colon, a leading # or {, or a line break stay text
+        lines.insert(0, f"---\ntitle: {json.dumps(title, ensure_ascii=False)}\n---")
     edges: list[str] = []
     styles: list[str] = []
     for node in model.nodes:
-        lines.append(f'  subgraph {_id("n", node)}["{_mermaid_text(node)}"]')
+        nid = ids[node]
+        lines.append(f'  subgraph {nid}["{_mermaid_text(node)}"]')
         for hook, chains in _hook_chains(model, node).items():
             label = "<br/>".join([f"<b>{hook}</b>", *chains])
-            lines.append(f'    {_id(node, hook)}["{_mermaid_text(label)}"]')
+            lines.append(f'    {_id(nid, hook)}["{_mermaid_text(label)}"]')
         for i, walk in enumerate(w for w in model.walks if w.node == node):
             for a, b in zip(walk.hooks, walk.hooks[1:]):
-                edges.append(f"  {_id(node, a)} -->|{walk.direction}| {_id(node, b)}")
+                edges.append(f"  {_id(nid, a)} -->|{walk.direction}| {_id(nid, b)}")
                 styles.append(COLORS.get(walk.direction, OTHER_COLOR))
             if walk.drop_at and walk.hooks:
-                drop = _id(node, "drop", str(i))
+                drop = _id(nid, "drop", str(i))
                 lines.append(f'    {drop}{{{{"✖ dropped<br/>{_mermaid_text(walk.drop_at)}"}}}}')
-                edges.append(f"  {_id(node, walk.hooks[-1])} -->|{walk.direction}| {drop}")
+                edges.append(f"  {_id(nid, walk.hooks[-1])} -->|{walk.direction}| {drop}")
                 styles.append(DROP_COLOR)
         lines.append("  end")
     for a_node, a_hook, b_node, b_hook, direction in model.links:
-        edges.append(f"  {_id(a_node, a_hook)} -.->|{direction}| {_id(b_node, b_hook)}")
+        edges.append(f"  {_id(ids[a_node], a_hook)} -.->|{direction}| {_id(ids[b_node], b_hook)}")
         styles.append(COLORS.get(direction, OTHER_COLOR))
     lines.extend(edges)
     lines.extend(f"  linkStyle {i} stroke:{color},color:{color}" for i, color in enumerate(styles))

@@ -37,15 +37,6 @@ def _plain(text: str) -> bool:
     return text.isprintable() and cell_len(text) == len(text) and text.strip(" ") == text
 
 
-def text_console() -> Console:
-    """The console the text formats print to: into a pipe or a file it wraps nothing. No
-    :emoji: codes (a log's text is printed as it is; and rich's emoji table takes ~10 ms to
-    load), no highlighting of numbers in our own lines."""
-    console = Console(emoji=False, highlight=False)
-    console.soft_wrap = not console.is_terminal
-    return console
-
-
 def layout_width(console: Console) -> int | None:
     """The width tables are laid out to: the terminal's, or None (no limit) where the console
     does not wrap."""
@@ -173,11 +164,13 @@ def flow_text(flow: Flow, prefix: str = "") -> Text:
 
 
 def counts_line(stats: ReadStats, repaired: int, packets: int) -> str:
+    """The read's counts; `packets` are those shown (with --match: those that matched, of
+    all the packets seen, which the identities count)."""
     line = (f"{stats.lines} lines, {stats.trace_records} trace records, {stats.skipped_lines} skipped, "
             f"{repaired} damaged but attributed, {stats.ignored_lines} not trace lines")
     if stats.cut_lines:
         line += f", {stats.cut_lines} cut at 64 KiB"
-    line += f"; {packets} packets"
+    line += f"; {packets if stats.matched is None else sum(stats.identities.values())} packets"
     if set(stats.identities) - {"ip_id"}:
         line += " (" + ", ".join(f"{stats.identities[n]} by {n.replace('_', ' ')}" for n in IDENTITIES
                                  if n in stats.identities) + ")"

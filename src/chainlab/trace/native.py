@@ -317,6 +317,7 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
     rows, diagram_rows, flow_entries = engine.results()
     summary = Summary()
     summary.packets, summary.other = counts["matched"], counts["other"]
+    summary.other_verdicts = {v: n for v, n in zip(VERDICTS, counts["other_verdicts"]) if n}
     summary_keys = {i: key for key, i in calls.summary_keys.items()}
     for node, direction, sid, count, first_seq, first_time, last_seq, last_time, example in rows:
         hooks, verdict, drop = summary_keys[sid]

@@ -18,6 +18,7 @@ cache.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import gzip
@@ -149,7 +150,10 @@ Line = tuple[int, str, bool]
 
 
 def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\r").decode("utf-8", "replace")
+    """A line's text, without what may stand before its first character: NUL bytes (a log
+    truncated under its writer, as by logrotate's copytruncate) and a UTF-8 byte-order mark."""
+    raw = raw.rstrip(b"\r").lstrip(b"\0")
+    return raw.decode("utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8", "replace")
 
 
 def _long_lines(data: bytes, start: int, end: int) -> int:

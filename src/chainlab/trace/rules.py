@@ -157,12 +157,17 @@ def parse_rules(text: str) -> RuleSet:
 
 
 def load_rules(path: Path) -> RuleSet:
-    """The snapshot in `path`; a file that cannot be read is an InputError."""
+    """The snapshot in `path`; a file that cannot be read, or holds no table of either format
+    (taken as a snapshot, it would say the node has no chain at all), is an InputError."""
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
         raise InputError([Problem(str(path), "", f"--rules: cannot read: {exc.strerror or exc}")]) from None
-    return parse_rules(text)
+    rules = parse_rules(text)
+    if not (rules.rules or rules.policies or rules.nft):
+        raise InputError([Problem(str(path), "", "--rules: no iptables-save table (`*filter` ... `COMMIT`) and no"
+                                                 " `nft -a list ruleset` table in it")])
+    return rules
 
 
 def policy_target(text: str) -> str | None:

@@ -53,7 +53,8 @@ class Summary:
     def __init__(self, max_rows: int = MAX_ROWS):
         self.max_rows = max_rows
         self.rows: dict[Signature, Row] = {}
-        self.other = 0
+        self.other = 0  # packets on paths beyond the first max_rows: counted, by verdict too
+        self.other_verdicts: dict[str, int] = {}
         self.packets = 0
 
     def add(self, packet: Packet) -> None:
@@ -64,6 +65,7 @@ class Summary:
         if row is None:
             if len(self.rows) >= self.max_rows:
                 self.other += 1
+                self.other_verdicts[packet.verdict] = self.other_verdicts.get(packet.verdict, 0) + 1
                 return
             self.rows[key] = Row(*key, 1, packet.seq, time, packet.seq, time, example(packet))
             return
@@ -80,7 +82,8 @@ class Summary:
                       key=lambda r: (r.verdict != "dropped", -r.count, rank.get(r.node, len(rank)), r.first_seq))
 
     def verdicts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+        """Packets by verdict: every packet, also those beyond the rows."""
+        out = dict(self.other_verdicts)
         for row in self.rows.values():
             out[row.verdict] = out.get(row.verdict, 0) + row.count
         return out

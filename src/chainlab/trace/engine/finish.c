@@ -520,6 +520,8 @@ static void add_row(Engine *e, const Packet *p, const Walk *w, int direction) {
     if (!entry) {
         if (e->rows.count >= SUMMARY_ROWS) {
             e->other++;
+            if (w->verdict >= 0 && w->verdict < 3)
+                e->other_verdicts[w->verdict]++;
             return;
         }
         entry = map_put(&e->rows, k->p, k->n, &added);

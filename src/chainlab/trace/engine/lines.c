@@ -460,6 +460,12 @@ static void feed_line(Engine *e, const char *raw, size_t n, int cut) {
     e->cut_lines += cut;
     while (n && raw[n - 1] == '\r')
         n--;
+    /* before a line's first character: NUL bytes (a log truncated under its writer, as by
+     * logrotate's copytruncate) and a UTF-8 byte-order mark (a file an editor saved) */
+    while (n && raw[0] == '\0')
+        raw++, n--;
+    if (n >= 3 && memcmp(raw, "\xef\xbb\xbf", 3) == 0)
+        raw += 3, n -= 3;
     /* a kernel log's lines count only with "TRACE:" (kernel_line ignores the others) */
     const char *first = find_str(raw, n, 0, "TRACE:", 6);
     if (!(first || (e->format != FMT_KERNEL && (find_str(raw, n, 0, "trace id", 8) || find_str(raw, n, 0, "PACKET:", 7))))) {

@@ -502,10 +502,11 @@ static PyObject *Engine_stats(Engine *e, PyObject *unused) {
     for (int i = 0; i < e->n_nodes; i++)
         if (e->event_order[i] >= 0)
             PyList_SET_ITEM(order, e->event_order[i], PyLong_FromLong(i));
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLs(LLL)sLsN}", "lines", e->lines, "ignored_lines", e->ignored, "skipped_lines",
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLs(LLL)sLs(LLL)sN}", "lines", e->lines, "ignored_lines", e->ignored, "skipped_lines",
                          e->skipped, "trace_records", e->records, "unattributed", e->unattributed, "cut_lines",
                          e->cut_lines, "matched", e->matched, "repaired", e->repaired, "identities", e->identities[0],
-                         e->identities[1], e->identities[2], "other", e->other, "nodes", order);
+                         e->identities[1], e->identities[2], "other", e->other, "other_verdicts", e->other_verdicts[0],
+                         e->other_verdicts[1], e->other_verdicts[2], "nodes", order);
 }
 
 static PyObject *str_or_none(const char *s, size_t n) {

@@ -219,7 +219,7 @@ typedef struct {
     Map directions; /* node + proto + endpoints -> which came first */
     Map flows;      /* proto + ip id + icmp seq -> Hops, by last use */
     Map rows;       /* summary: node + direction + summary id -> Row */
-    long long other;
+    long long other, other_verdicts[3]; /* packets beyond the summary's rows, by verdict (VERDICTS) */
     Map diagram;    /* node + direction + diagram id -> DiagramRow */
     Map addresses;  /* which + address -> ok */
     Buf out;        /* JSON written, not yet handed over */

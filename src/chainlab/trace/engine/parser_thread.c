@@ -193,7 +193,9 @@ static int parse_line(Parser *ps, Batch *b, const char *data, size_t at, size_t 
     const struct HeaderSlot *names = NULL;
     int repeated = 0;
     size_t fa = first ? (size_t)(first - line) : 0;
-    int common = first && fa + 6 < m && first[6] == ' ' && !has_high_bytes((const unsigned char *)line, m) &&
+    /* a line that starts with a NUL byte goes to feed_line, which drops them (a byte-order
+     * mark is a high byte) */
+    int common = first && fa + 6 < m && first[6] == ' ' && line[0] != '\0' && !has_high_bytes((const unsigned char *)line, m) &&
                  cached_header(&ps->caches, line, m, fa, &h, &names) && names;
     Fields f;
     if (common) /* the previous line's fields can be this one's: see below */
