@@ -160,9 +160,9 @@ def _inventory_defaulted() -> bool:
 def _stderr() -> Console:
     """A rich console on stderr, for the messages a command ends with (rich is imported only
     then: ~20 ms that a successful `analyze --format json` does without)."""
-    from rich.console import Console
+    from chainlab.render.console import make_console
 
-    return Console(stderr=True, highlight=False)
+    return make_console(stderr=True)
 
 
 def _run() -> int | str | None:

@@ -134,6 +134,8 @@ def test_up_from_nothing(prov: Inventory, before: dict[str, str], timings: dict[
     assert state.hosts["slave2"].trace_backend == "nft-monitor"
     assert {c: s.host for c, s in state.containers.items()} == {"web1": "master", "web2": "master",
                                                                  "web3": "slave1"}
+    # in the inventory's order, whichever host answered first (probe and matrix list them so)
+    assert list(state.hosts) == list(prov.hosts) and list(state.containers) == list(prov.containers)
     assert all(s.interface and s.interface.startswith("cali") for s in state.containers.values())
 
 

@@ -432,3 +432,26 @@ def test_a_caller_in_another_network_namespace_runs_the_command_itself(warm: War
     outside = warm.run("analyze", "--format", "json", str(LOG))
     assert outside.returncode == 0 and inside.stdout == outside.stdout
     assert not [line for line in warm.served() if "--format json" in line]  # neither was served
+
+
+def test_persist_zero_ends_the_server_and_runs_here(warm: Warm) -> None:
+    """CHAINLAB_PERSIST=0: this installation's server ends (SIGTERM: what runs finishes) and
+    the command runs in the shell's process; with none running it says nothing and makes no
+    directory."""
+    warm.run("analyze", str(LOG))
+    pid = warm.wait_server()
+    ended = warm.run("analyze", "--format", "json", str(LOG), env={**warm.env, "CHAINLAB_PERSIST": "0"})
+    assert ended.returncode == 0 and "warm server ended" in ended.stderr and json.loads(ended.stdout)
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid) and len(warm.served()) == 0  # the command was not served
+    again = warm.run("--version", env={**warm.env, "CHAINLAB_PERSIST": "0"})
+    assert again.returncode == 0 and again.stderr == ""
+    fresh = Path(tempfile.mkdtemp(prefix="cw", dir="/tmp"))
+    try:
+        subprocess.run([CHAINLAB, "--version"], env={**warm.env, "XDG_RUNTIME_DIR": str(fresh), "CHAINLAB_PERSIST": "0"},
+                       check=True, capture_output=True, timeout=60)
+        assert list(fresh.iterdir()) == []
+    finally:
+        subprocess.run(["rm", "-rf", str(fresh)], check=False)

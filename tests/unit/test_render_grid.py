@@ -58,14 +58,15 @@ def test_grid_lays_out_plain_tables_itself():
 
 
 def test_into_a_pipe_or_file_rows_are_not_wrapped(monkeypatch):
-    """text_console(): on a terminal tables are laid out to its width (rich wraps what does
+    """make_console(): on a terminal tables are laid out to its width (rich wraps what does
     not fit); into a pipe or a file they are laid out whole and nothing wraps."""
     import io
 
-    from chainlab.render.text import layout_width, text_console
+    from chainlab.render.console import make_console
+    from chainlab.render.text import layout_width
 
     monkeypatch.setattr("sys.stdout", io.StringIO())
-    console = text_console()
+    console = make_console(emoji=False)
     assert not console.is_terminal and console.soft_wrap and layout_width(console) is None
     row = [["PREROUTING", "filter:cali-fw-" + "x" * 120, "rule 1", "0x40000"]]
     laid_out = grid(["hook", "table:chain", "step", "mark"], row, layout_width(console))
@@ -87,10 +88,11 @@ def test_into_a_pipe_a_table_rich_lays_out_is_not_cut(monkeypatch):
     columns, cutting chain names with an ellipsis)."""
     import io
 
-    from chainlab.render.text import layout_width, text_console
+    from chainlab.render.console import make_console
+    from chainlab.render.text import layout_width
 
     monkeypatch.setattr("sys.stdout", io.StringIO())
-    console = text_console()
+    console = make_console(emoji=False)
     row = [["INPUT", "filter:KUBE-POD-FW-USM7NRBIRGTUOWVB", "rule → JUMP KUBE-NWPLCY-COMMON",
             "counter packets 25 bytes 2564 jump KUBE-NWPLCY-COMMON "],
            ["INPUT", "filter:INPUT", "rule 3", 'comment "允许内网访问允许内网访问允许内网访问允许内网访问允许内网访问允许内网访问" accept']]  # two cells per character

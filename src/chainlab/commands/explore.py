@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from chainlab.errors import ChainlabError, InputError, Problem
 from chainlab.inventory import load_inventory
+from chainlab.render.console import make_console
 
 RUNS = Path("runs")
 PROTOS = "icmp, tcp:PORT or udp:PORT"
@@ -46,7 +46,7 @@ def probe_command(obj: object, source: str, target: str, icmp: bool, tcp: int | 
     if icmp + (tcp is not None) + (udp is not None) > 1:
         raise click.UsageError("give one of --icmp, --tcp PORT, --udp PORT")
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
-    console = Console(highlight=False)
+    console = make_console()
     with run_errors(console):
         result = probe(inv, probe_request(source, target, tcp, udp, count), runs_dir, log=console.print)
     print_probe(console, result)
@@ -88,7 +88,7 @@ def matrix_command(obj: object, sources: list[str] | None, targets: list[str] | 
     from chainlab.run.explore import matrix
 
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
-    console = Console(highlight=False)
+    console = make_console()
     with run_errors(console):
         grid = matrix(inv, runs_dir, sources, targets, proto[0], proto[1], expect, log=console.print)
     print_matrix(console, grid)

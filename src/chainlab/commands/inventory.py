@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from chainlab.inventory import Inventory, load_inventory
+from chainlab.render.console import make_console
 
 
 def inventory_table(inv: Inventory) -> Table:
@@ -37,7 +37,7 @@ def check(obj: object, file: Path | None) -> None:
     """Validate FILE (default: the inventory in use) and print the lab, or the errors (exit 2)."""
     path = file or obj.inventory_path  # type: ignore[attr-defined]
     inv = load_inventory(path)
-    console = Console()
+    console = make_console()
     console.print(inventory_table(inv))
     extra = []
     if inv.etcd:

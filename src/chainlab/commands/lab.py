@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,6 +18,7 @@ from chainlab.providers import provider_class
 from chainlab.provision import Facts, assumed_facts, gather_facts, provision
 from chainlab.provision.runner import select_hosts
 from chainlab.remote import connect
+from chainlab.render.console import make_console
 
 
 class _Failed(ChainlabError):
@@ -55,7 +55,7 @@ def _run(obj: object, action: str, check: bool, offline: bool, limit: tuple[str,
     # Hosts chainlab did not build are never contacted by --check: the plan comes from hints.
     offline = check and (offline or not provider_class(inv.provider).check_connects)
     report = provision(inv, action, check=check, offline=offline, limit=limit,
-                       json_path=json_path, console=Console(highlight=False), step_timeout=step_timeout)
+                       json_path=json_path, console=make_console(), step_timeout=step_timeout)
     if report.failed:
         raise _Failed()
 
@@ -125,7 +125,7 @@ def facts_cmd(obj: object, limit: tuple[str, ...], assumed: bool, as_json: bool)
                 else:
                     cells.append(escape(str(f.as_dict().get(row, ""))))
             table.add_row(row, *cells)
-        Console(highlight=False).print(table)
+        make_console().print(table)
     if any(not isinstance(f, Facts) for f in results.values()):
         raise _Failed()
 

@@ -6,12 +6,12 @@ import time
 from datetime import datetime
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
 from chainlab.local import down, plan_lab, status, up
 from chainlab.local.plan import LabPlan
+from chainlab.render.console import make_console
 
 
 def _plan(obj: object) -> LabPlan:
@@ -39,7 +39,7 @@ def local_group() -> None:
 def up_cmd(obj: object) -> None:
     """Build the lab, or repair whatever part of it is missing (idempotent)."""
     plan = _plan(obj)
-    console = Console(highlight=False)
+    console = make_console()
     started = time.monotonic()
     up(plan, log=console.print)
     console.print(f"lab {plan.lab} up in {time.monotonic() - started:.1f}s;"
@@ -51,7 +51,7 @@ def up_cmd(obj: object) -> None:
 @click.pass_obj
 def down_cmd(obj: object, force: bool) -> None:
     """Remove every namespace, link, mount, process and file the lab made."""
-    down(_plan(obj), log=Console(highlight=False).print, force=force)
+    down(_plan(obj), log=make_console().print, force=force)
 
 
 @local_group.command("status")
@@ -66,7 +66,7 @@ def status_cmd(obj: object) -> None:
         since = _since(row.up_since)
         table.add_row(row.name, str(row.address), *(_mark(row.daemons[d]) for d in ("sshd", "dockerd", "etcd")),
                       row.flavour, since)
-    Console().print(table)
+    make_console().print(table)
 
 
 COMMANDS = [local_group]

@@ -12,12 +12,12 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from chainlab.calico import profiles
 from chainlab.inventory import load_inventory
 from chainlab.patterns import NETWORK_NAME, PATTERN_HELP
 from chainlab.remote import etcd_client
+from chainlab.render.console import make_console
 
 if TYPE_CHECKING:
     import etcd
@@ -75,10 +75,10 @@ def show_cmd(obj: object, name: str) -> None:
 def allow_cmd(obj: object, name: str, cidr: IPv4Network) -> None:
     """Add an inbound allow rule from CIDR to profile NAME."""
     if cidr.prefixlen == 0:
-        Console(stderr=True, highlight=False).print(
+        make_console(stderr=True).print(
             f"[yellow]warning:[/yellow] {cidr} admits every source address to profile {name}")
     changed = profiles.allow_from(_client(obj), name, cidr)
-    Console(highlight=False).print(f"profile {name}: {'allowed' if changed else 'already allows'} {cidr}")
+    make_console().print(f"profile {name}: {'allowed' if changed else 'already allows'} {cidr}")
 
 
 @profile_group.command("reset")
@@ -87,7 +87,7 @@ def allow_cmd(obj: object, name: str, cidr: IPv4Network) -> None:
 def reset_cmd(obj: object, name: str) -> None:
     """Reset profile NAME to the network default (inbound from its tag only)."""
     changed = profiles.reset(_client(obj), name)
-    Console(highlight=False).print(f"profile {name}: {'reset' if changed else 'already the default'}")
+    make_console().print(f"profile {name}: {'reset' if changed else 'already the default'}")
 
 
 COMMANDS = [profile_group]

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
+from chainlab.render.console import make_console
 from chainlab.run.runner import RunFailed, RunResult, run_scenario
 from chainlab.scenario import find_scenario
 
@@ -57,7 +58,7 @@ def print_result(console: Console, result: RunResult) -> None:
 def run_command(obj: object, number: int, scenarios_dir: Path, runs_dir: Path) -> None:
     """Run scenario NUMBER on the provisioned lab: probe, collect, analyze, PASS/FAIL (exit 0/1)."""
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
-    console = Console()
+    console = make_console()
     with run_errors(console):
         result = run_scenario(inv, find_scenario(scenarios_dir, number), runs_dir, log=console.print)
     print_result(console, result)
@@ -73,7 +74,7 @@ def nightly_command(obj: object, scenarios_dir: Path, runs_dir: Path) -> None:
     from chainlab.run.nightly import run_nightly
 
     inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
-    console = Console()
+    console = make_console()
     summary, results, failed = run_nightly(inv, scenarios_dir, runs_dir, log=console.print)
     for result in results:
         print_result(console, result)

@@ -6,10 +6,10 @@ import time
 from datetime import datetime
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
+from chainlab.render.console import make_console
 from chainlab.vm import lab
 from chainlab.vm.image import ensure_image, manifest
 from chainlab.vm.plan import VmLabPlan, plan_vm_lab
@@ -36,7 +36,7 @@ def vm_group() -> None:
 def up_cmd(obj: object) -> None:
     """Boot the VMs (building the image first if needed), or repair what is missing."""
     plan = _plan(obj)
-    console = Console(highlight=False)
+    console = make_console()
     started = time.monotonic()
     lab.up(plan, console)
     console.print(f"lab {plan.lab} up in {time.monotonic() - started:.1f}s;"
@@ -48,7 +48,7 @@ def up_cmd(obj: object) -> None:
 @click.pass_obj
 def down_cmd(obj: object, force: bool) -> None:
     """Remove the VMs, their disks, taps, bridge, namespace and keys (the image stays)."""
-    lab.down(_plan(obj), log=Console(highlight=False).print, force=force)
+    lab.down(_plan(obj), log=make_console().print, force=force)
 
 
 @vm_group.command("status")
@@ -64,7 +64,7 @@ def status_cmd(obj: object) -> None:
                       str(row.pid or "-"), "[green]up[/green]" if row.sshd else "[red]down[/red]",
                       row.accel or "-", f"{row.rss_mib} MiB" if row.rss_mib is not None else "-",
                       row.flavour, _since(row.up_since))
-    Console().print(table)
+    make_console().print(table)
 
 
 @vm_group.command("image")
@@ -73,7 +73,7 @@ def status_cmd(obj: object) -> None:
 def image_cmd(obj: object, keep: bool) -> None:
     """(Re)build the VM image from Debian's packages (VMs booted later use it)."""
     plan = _plan(obj)
-    console = Console(highlight=False)
+    console = make_console()
     paths = ensure_image(plan.image.dir.parent, console, rebuild=not keep)
     info = manifest(paths) or {}
     console.print(f"image {paths.dir}: Debian {info.get('suite')}, kernel {info.get('kernel')},"

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,9 +44,11 @@ from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
 from chainlab.remote.batch import Batch
+from chainlab.render.console import make_console
 from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
 
 Action = Literal["up", "down"]
+T = TypeVar("T")
 COLOURS = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "cyan"}
 LAB = "(lab)"  # the recap's name for lab-level steps (host names cannot contain parentheses)
 #: Deadlines that turn a frozen host into that host's failure. Every command of a step has a
@@ -121,7 +123,7 @@ class Runner:
         self.offline = offline
         self.hosts = select_hosts(inv, limit)
         self.limited = bool(limit)
-        self.console = console or Console(highlight=False)
+        self.console = console or make_console()
         self._print_lock = threading.Lock()
         #: Where rich would write the same characters without colour (a pipe, a file), a step's
         #: line is written as it is: rich's rendering cost ~0.1-0.25 ms a line, lines * hosts.
@@ -310,6 +312,10 @@ class Runner:
                 if name not in self.inv.containers:
                     del state.containers[name]
             state.containers.update(ctx.containers)
+        # in the inventory's order, not the order the hosts answered in (probe, matrix and
+        # error messages list endpoints as the state has them)
+        state.hosts = _in_order(state.hosts, list(self.inv.hosts))
+        state.containers = _in_order(state.containers, list(self.inv.containers))
         path = save_state(self.inv, state)
         self.report.notes.append(f"lab state: {path}")
 
@@ -328,6 +334,12 @@ class Runner:
                 for name in [n for n, c in state.containers.items() if c.host == host]:
                     del state.containers[name]
         save_state(self.inv, state)
+
+
+def _in_order(items: dict[str, T], order: list[str]) -> dict[str, T]:
+    """`items` with the names of `order` first, in that order; any other name after them."""
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(items.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def _facts_line(f: Facts) -> str:
@@ -354,7 +366,7 @@ def provision(inv: Inventory, action: Action, *, check: bool = False, offline: b
               limit: tuple[str, ...] = (), json_path: Path | None = None,
               console: Console | None = None, step_timeout: float | None = None) -> RunReport:
     """lab up / lab down: run, print the recap, write --json; the report (failed → non-zero exit)."""
-    console = console or Console(highlight=False)
+    console = console or make_console()
     runner = Runner(inv, action, check=check, offline=offline, limit=limit, console=console,
                     step_timeout=step_timeout)
     report = runner.run()

@@ -1,7 +1,8 @@
 """The `chainlab` command's entry point: hand the command to the warm server when there is one.
 
 Imports only the standard library's light modules: the point is to start in ~20 ms. Without
-CHAINLAB_PERSIST (or for a command the server does not run) it is chainlab.cli.main().
+CHAINLAB_PERSIST (or for a command the server does not run) it is chainlab.cli.main();
+CHAINLAB_PERSIST=0 ends this installation's server first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def main() -> None:
         code = _served(seconds)
         if code is not None:
             sys.exit(code)
+    elif os.environ.get("CHAINLAB_PERSIST") == "0":
+        _end_server()
     from chainlab.cli import main as cli_main
 
     cli_main()
@@ -29,6 +32,14 @@ def main() -> None:
 def _persist_seconds() -> int:
     value = os.environ.get("CHAINLAB_PERSIST", "")
     return int(value) if value.isdigit() else 0
+
+
+def _end_server() -> None:
+    """CHAINLAB_PERSIST=0: keep no server, so end this installation's if one runs (its
+    running commands finish); the command then runs here."""
+    where = place.directory(create=False)
+    if where is not None and place.end_server(where) is not None:
+        print("chainlab: warm server ended (CHAINLAB_PERSIST=0)", file=sys.stderr)
 
 
 def _served(seconds: int) -> int | None:

@@ -18,10 +18,10 @@ SERVED = frozenset({"analyze", "facts", "inventory", "lab", "matrix", "nightly",
 ENV_PREFIXES = ("CHAINLAB_", "PYTHON", "PYDANTIC_")
 
 
-def directory() -> str | None:
-    """The user's private directory for the socket (made 0700 if missing), or None when it
-    is not private, or its parent could be changed by another user (then nothing is served:
-    e.g. root under `sudo -E` with a user's XDG_RUNTIME_DIR)."""
+def directory(create: bool = True) -> str | None:
+    """The user's private directory for the socket (made 0700 if missing and `create`), or
+    None when it is not there or not private, or its parent could be changed by another user
+    (then nothing is served: e.g. root under `sudo -E` with a user's XDG_RUNTIME_DIR)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
     try:
         parent = os.stat(base)
@@ -31,13 +31,17 @@ def directory() -> str | None:
     if parent.st_uid not in (0, os.getuid()) or (parent.st_mode & 0o022 and not sticky):
         return None
     path = directory_in(base)
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return None
-    info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         return None
     return path
