@@ -348,9 +348,11 @@ def main(argv: list[str]) -> int:
     server = Server(where, seconds)
     if not server.lock():
         return 0  # another server has started meanwhile
+    # listening before the imports: a command that comes meanwhile waits for them (its
+    # alternative, importing everything itself, takes as long) instead of running here
+    server.listen()
     preload()
     setproctitle.getproctitle()  # finds the title's room while the environment is the exec's: a child clears it
-    server.listen()
     server.serve()
     return 0
 
