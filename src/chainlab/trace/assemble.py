@@ -95,6 +95,11 @@ _MERGED = ("ip_id", "proto", "icmp_type", "icmp_id", "icmp_seq", "sport", "dport
 
 #: Quiet packets are handed on in batches: the window is `window` to `window + EXPIRE_EVERY`.
 EXPIRE_EVERY = 64
+#: Steps a packet takes at most: a real walk has tens (every hook's tables, the rules and
+#: returns a busy ruleset matches, a loop back in once); a longer run of lines that all fit
+#: one packet (the same record repeated a million times) goes on as the next packet, so
+#: that memory stays flat on any input.
+MAX_STEPS = 1000
 
 
 class Assembler:
@@ -182,6 +187,8 @@ class Assembler:
         across trace ids (a retransmission traced anew), nor for the bridge family, whose
         chains run before the hook's IP tables. Back to PREROUTING after OUTPUT or POSTROUTING
         only a packet that went out on `lo` goes, once: it came back in (netfilter.loops_back)."""
+        if len(packet.steps) >= MAX_STEPS:
+            return False, None
         last = packet.last_step
         step = event.step
         if step.family is None and event.base is None:

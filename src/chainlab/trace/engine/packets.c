@@ -82,6 +82,8 @@ struct Packet {
 #define BUCKETS 4096
 /* assemble.EXPIRE_EVERY */
 #define EXPIRE_EVERY 64
+/* steps a packet takes at most (assemble.MAX_STEPS) */
+#define MAX_STEPS 1000
 /* reader.PENDING_TRACE_IDS */
 #define PENDING_TRACE_IDS 4096
 /* distinct walks judged and kept (exported as WALK_CACHE) */
@@ -497,6 +499,10 @@ static int has_trace_id(const Packet *p, Ref tid) {
 
 /* Assembler._next_hook: may the record come next in `p`'s walk, and in which hook (-1: None). */
 static int next_hook(Engine *e, const Packet *p, const Rec *r, int table, int *hook) {
+    if (p->n_steps >= MAX_STEPS) {
+        *hook = -1;
+        return 0;
+    }
     int current = p->last_hook >= 0 ? p->last_hook : -1;
     int base = r->family >= 0 || r->base >= 0 ? resolve_hook(e, r, current)
                : r->names_known                ? r->chain_hook
