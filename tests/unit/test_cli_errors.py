@@ -61,6 +61,24 @@ def test_analyze_truncated_gzip_is_an_error_before_any_output(tmp_path: Path, fm
     assert result.stdout == ""
 
 
+def test_analyze_gzip_with_bytes_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "x.log.gz"
+    path.write_bytes(gzip.compress(LOG.read_bytes()) + b"junk after the member\n")
+    assert_clean_error(run("analyze", str(path)), f"{path}: log: bytes after the gzip data are not gzip")
+
+
+@pytest.mark.parametrize("name,encode,said", [
+    ("gzip-named-log.log", gzip.compress, "is gzip-compressed but not named .gz"),
+    ("windows.log", lambda data: data.decode().encode("utf-16"), "is UTF-16 text: `iconv -f UTF-16"),
+])
+def test_analyze_says_why_a_log_read_as_noise(tmp_path: Path, name: str, encode: Callable[[bytes], bytes],
+                                              said: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(encode(LOG.read_bytes()))
+    result = run("analyze", str(path))
+    assert result.returncode == 0 and f"note: {path} {said}" in result.stderr, result.stderr
+
+
 def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
     fifo = tmp_path / "rules.fifo"
     os.mkfifo(fifo)

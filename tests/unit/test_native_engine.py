@@ -447,6 +447,19 @@ def test_one_record_repeated_is_packets_of_at_most_max_steps(tmp_path):
     assert [len(p["steps"]) for p in packets] == [MAX_STEPS] * 5 + [3]
 
 
+def test_a_later_fragment_is_not_damaged(tmp_path):
+    """A fragment after the first: the kernel prints its offset (`FRAG:185`) and no ports."""
+    head = "Mar  3 10:00:01 fr kernel: TRACE: {} IN=eth0 OUT={} SRC=192.0.2.10 DST=198.51.100.20 LEN=1500 TOS=0x00"
+    lines = [head.format("raw:PREROUTING:policy:2", "") + " PREC=0x00 TTL=64 ID=3000 MF PROTO=UDP SPT=5000 DPT=6000 LEN=3008",
+             head.format("filter:FORWARD:policy:1", "eth1") + " PREC=0x00 TTL=63 ID=3000 MF PROTO=UDP SPT=5000 DPT=6000 LEN=3008",
+             head.format("raw:PREROUTING:policy:2", "") + " PREC=0x00 TTL=64 ID=3000 FRAG:185 PROTO=UDP",
+             head.format("filter:FORWARD:policy:1", "eth1") + " PREC=0x00 TTL=63 ID=3000 FRAG:185 PROTO=UDP"]
+    log = tmp_path / "fragments.log"
+    log.write_text("\n".join(lines) + "\n")
+    run = assert_same([str(log)])
+    assert json.loads(run.stdout)["repaired_lines"] == 0
+
+
 NFT_SYN = "iif \"e\" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id {id} ip protocol tcp tcp sport 5000 tcp dport 80"
 
 

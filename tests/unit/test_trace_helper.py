@@ -67,7 +67,7 @@ def test_helper_errors_reach_the_reader(tmp_path, monkeypatch):
     path = tmp_path / "broken.log.gz"
     path.write_bytes(gzip.compress(("\n".join([line] * 600) + "\n").encode()) + b"not gzip")
     monkeypatch.setattr(reader, "HELPER_MIN_BYTES", 0)
-    with pytest.raises(InputError, match="broken.log.gz: log: not a gzip file"):
+    with pytest.raises(InputError, match="broken.log.gz: log: bytes after the gzip data are not gzip"):
         analyze([LogSource(path, "n")])
 
 

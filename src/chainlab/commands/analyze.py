@@ -18,7 +18,7 @@ from chainlab.trace.match import parse_match
 from chainlab.trace.model import Packet
 from chainlab.trace.netfilter import TABLES
 from chainlab.trace.pipeline import AnalysisOptions, Analyzer
-from chainlab.trace.reader import LogSource, ReadStats, check_gzip_intact, headerless_records
+from chainlab.trace.reader import LogSource, ReadStats, check_gzip_intact, encoding_note, headerless_records
 from chainlab.trace.rules import load_rules
 from chainlab.trace.summary import Summary
 
@@ -121,6 +121,8 @@ def analyze_command(
         click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
                    " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
                    " post); LOG-target lines are not", err=True)
+        for note in filter(None, (encoding_note(source.path) for source in sources)):
+            click.echo(f"note: {note}", err=True)
         bare = sum(headerless_records(source.path) for source in sources)
         if bare:
             click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"

@@ -59,6 +59,8 @@ IPV6 = re.compile(r"(?=(?:[^:]*:){2})[0-9A-Fa-f:.]{2,45}", re.ASCII)
 HEX = re.compile(r"0x[0-9a-fA-F]+", re.ASCII)
 TCP_FLAGS = frozenset({"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"})
 IP_FLAGS = frozenset({"DF", "MF", "CE"})
+#: A fragment after the first: its offset (it has no layer-4 header, so no ports).
+FRAG_OFFSET = re.compile(r"FRAG:[0-9]+")
 KNOWN_KEYS = frozenset(
     "IN OUT MAC PHYSIN PHYSOUT SRC DST LEN TOS PREC TTL ID FRAG OPT PROTO TYPE CODE SEQ ACK "
     "WINDOW RES URGP SPT DPT UID GID MARK MTU INCOMPLETE TC HOPLIMIT FLOWLBL".split()
@@ -116,7 +118,8 @@ def parse_fields(tail: str) -> Fields:
         if not sep:
             if token in TCP_FLAGS:
                 flags.add(token)
-            elif token not in IP_FLAGS and token != "OPT" and not (token.startswith("(") and token.endswith(")")):
+            elif (token not in IP_FLAGS and token != "OPT" and not (token.startswith("(") and token.endswith(")"))
+                  and not FRAG_OFFSET.fullmatch(token)):
                 damaged = True
             continue
         if key in UNUSED_KEYS:

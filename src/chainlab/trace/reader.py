@@ -135,6 +135,18 @@ def headerless_records(path: Path, limit: int = CHUNK) -> int:
     return sum(1 for line in head.splitlines() if BARE_HEADER.search(line) and b"TRACE:" not in line)
 
 
+def encoding_note(path: Path) -> str | None:
+    """Why a log with lines but no trace record may have been read as noise: it is gzip
+    without a .gz name, or UTF-16 text (a log saved by a Windows tool)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"\x1f\x8b") and path.suffix != ".gz":
+        return f"{path} is gzip-compressed but not named .gz: name it FILE.gz, or `zcat FILE > LOG`"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"T\x00R\x00A\x00C\x00E\x00" in head:
+        return f"{path} is UTF-16 text: `iconv -f UTF-16 -t UTF-8 FILE > LOG`, then analyse LOG"
+    return None
+
+
 def check_gzip_intact(path: Path) -> None:
     """Decompress a .gz log to its end, for output that streams while the log is parsed:
     a truncated file is then refused before the first byte. Decompressing takes a few
@@ -236,13 +248,17 @@ def read_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError([Problem(str(path), "", f"log: {_read_failure(exc)}")]) from None
+        raise InputError([Problem(str(path), "", f"log: {_read_failure(exc, path)}")]) from None
 
 
-def _read_failure(exc: OSError | EOFError | zlib.error) -> str:
+def _read_failure(exc: OSError | EOFError | zlib.error, path: Path) -> str:
     if isinstance(exc, EOFError):
         return "gzip data ends early (truncated file?)"
     if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+        with open(path, "rb") as handle:
+            if handle.read(2) == b"\x1f\x8b":  # the first member's magic was read: what follows it is not
+                return ("bytes after the gzip data are not gzip (gzip -d ignores them, with a warning:"
+                        " `gzip -dc FILE > LOG`, then analyse LOG)")
         return "not a gzip file"
     if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
         return f"corrupt gzip data ({exc})"

@@ -105,6 +105,17 @@ static int read_mark(const char *v, size_t vlen, Fields *f) {
     return ok;
 }
 
+/* `FRAG:N`, the fragment offset the kernel prints for a fragment after the first (which has
+ * no layer-4 header, so no ports) */
+static int frag_offset(const char *t, size_t len) {
+    if (len < 6 || memcmp(t, "FRAG:", 5) != 0)
+        return 0;
+    for (size_t i = 5; i < len; i++)
+        if (t[i] < '0' || t[i] > '9')
+            return 0;
+    return 1;
+}
+
 /* parse_kernel.parse_fields on s[0:n]. */
 static void parse_fields(const char *s, size_t n, Fields *f) {
     fields_init(f);
@@ -141,7 +152,7 @@ static void parse_fields(const char *s, size_t n, Fields *f) {
             if (flag >= 0)
                 flags |= 1 << flag;
             else if (!name_is(t, len, "DF") && !name_is(t, len, "MF") && !name_is(t, len, "CE") &&
-                     !name_is(t, len, "OPT") && !(t[0] == '(' && t[len - 1] == ')'))
+                     !name_is(t, len, "OPT") && !(t[0] == '(' && t[len - 1] == ')') && !frag_offset(t, len))
                 damaged = 1;
             continue;
         }
