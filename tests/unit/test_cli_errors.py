@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,22 @@ def test_analyze_says_why_a_log_read_as_noise(tmp_path: Path, name: str, encode:
     path.write_bytes(encode(LOG.read_bytes()))
     result = run("analyze", str(path))
     assert result.returncode == 0 and f"note: {path} {said}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("arg", ["-", "master=-"])
+def test_analyze_reads_standard_input(arg: str, tmp_path: Path) -> None:
+    """`journalctl -k | chainlab analyze -`: the same analysis as of the file (gzip too), and
+    the spooled copy is gone afterwards."""
+    from_file = run("analyze", "--format", "json", f"master={LOG}" if arg != "-" else str(LOG))
+    for data in (LOG.read_bytes(), gzip.compress(LOG.read_bytes())):
+        piped = subprocess.run([str(CHAINLAB), "analyze", "--format", "json", arg], input=data, cwd=ROOT,
+                               env=_env(TMPDIR=str(tmp_path)), capture_output=True, timeout=60)
+        assert piped.returncode == 0, piped.stderr
+        assert json.loads(piped.stdout)["packets"] == json.loads(from_file.stdout)["packets"]
+    assert list(tmp_path.iterdir()) == []
+    twice = subprocess.run([str(CHAINLAB), "analyze", "-", "-"], input="", cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert_clean_error(twice, "standard input can be read once")
 
 
 def test_analyze_fifo_is_not_a_regular_file(tmp_path: Path) -> None:

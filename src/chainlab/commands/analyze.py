@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +72,31 @@ def _checked(packets: Iterator[Packet], checker: Checker | None) -> Iterator[Pac
         yield packet
 
 
+@contextlib.contextmanager
+def _stdin_spooled(logs: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """`logs` with `-` (or NODE=-) standing for standard input (`journalctl -k | chainlab
+    analyze -`), copied first to a private temporary file: the engines read a log's head to
+    know its format, then the whole. Memory stays flat; the copy goes when the command ends.
+    A gzip stream is named .gz, so it is gunzipped as a .gz file is."""
+    wanted = [a for a in logs if a == "-" or a.endswith("=-")]
+    if not wanted:
+        yield logs
+        return
+    if len(wanted) > 1:
+        raise InputError([Problem("-", "", "log: standard input can be read once: give `-` once")])
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError([Problem("-", "", "log: `-` reads the log from standard input, which is a terminal:"
+                                           " pipe a log into it (journalctl -k | chainlab analyze -)")])
+    with tempfile.TemporaryDirectory(prefix="chainlab-stdin-") as tmp:
+        path = Path(tmp) / "stdin"
+        with open(path, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        with open(path, "rb") as copy:
+            if copy.read(2) == b"\x1f\x8b":
+                path = path.rename(path.with_name("stdin.gz"))
+        yield tuple(str(path) if a == "-" else f"{a[:-1]}{path}" if a in wanted else a for a in logs)
+
+
 @click.command("analyze")
 @click.argument("logs", nargs=-1, required=True, metavar="[NODE=]LOGFILE...")
 @click.option("--rules", "rules_args", multiple=True, metavar="NODE=FILE",
@@ -86,54 +114,56 @@ def analyze_command(
     """Turn TRACE logs into the path each packet took.
 
     Each LOGFILE may be prefixed with its node (master=/var/log/iptables.log); a bare
-    LOGFILE takes the node from each line's syslog host field. Kernel-log (rsyslog,
-    ulogd, dmesg), xtables-monitor --trace and nft monitor trace formats are detected.
+    LOGFILE takes the node from each line's syslog host field; `-` (or NODE=-) reads
+    standard input. Kernel-log (rsyslog, ulogd, dmesg), xtables-monitor --trace and nft
+    monitor trace formats are detected.
     """
-    sources = [LogSource(path, node) for node, path in (_node_and_path(a, "log") for a in logs)]
-    rules = {}
-    for arg in rules_args:
-        node, path = _node_and_path(arg, "--rules", node_required=True)
-        assert node is not None  # required
-        if node in rules:
-            raise InputError([Problem(arg, "", f"--rules: a second snapshot of node {node}: give one per node")])
-        rules[node] = load_rules(path)
-    tables = parse_tables(tables_arg)
-    match = parse_match(match_args)
-    scenario = None
-    if expect_path:
-        from chainlab.scenario import load_scenario  # pydantic: imported only when needed (0.1 s)
+    with _stdin_spooled(logs) as logs:
+        sources = [LogSource(path, node) for node, path in (_node_and_path(a, "log") for a in logs)]
+        rules = {}
+        for arg in rules_args:
+            node, path = _node_and_path(arg, "--rules", node_required=True)
+            assert node is not None  # required
+            if node in rules:
+                raise InputError([Problem(arg, "", f"--rules: a second snapshot of node {node}: give one per node")])
+            rules[node] = load_rules(path)
+        tables = parse_tables(tables_arg)
+        match = parse_match(match_args)
+        scenario = None
+        if expect_path:
+            from chainlab.scenario import load_scenario  # pydantic: imported only when needed (0.1 s)
 
-        scenario = load_scenario(expect_path)
-    options = AnalysisOptions(tables=tables, rules=rules, match=match)
-    checker = Checker(scenario) if scenario is not None else None
-    if fmt == "json":
-        for source in sources:
-            check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
-    use_native = native.wanted()
-    if not use_native and (note := native.fallback_note()):
-        click.echo(note, err=True)
-    run = _run_native if use_native else _run_python
-    ok, stats, nodes = run(sources, options, fmt, checker, title)
-    for node in [n for n in rules if n not in nodes and stats.trace_records]:
-        click.echo(f"note: --rules {node}=...: no trace line is of node {node} (the logs' nodes: {', '.join(nodes)})",
-                   err=True)
-    if stats.lines and not stats.trace_records:
-        click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
-                   " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
-                   " post); LOG-target lines are not", err=True)
-        for note in filter(None, (encoding_note(source.path) for source in sources)):
-            click.echo(f"note: {note}", err=True)
-        bare = sum(headerless_records(source.path) for source in sources)
-        if bare:
-            click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"
-                       " whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`): put it back in front of"
-                       " each `table:chain:...` (lines that start with it: sed 's/^/TRACE: /') and analyse again", err=True)
-    elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
-        click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
-                   " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
-                   " cut at a fixed column, before posting?) or are damaged beyond repair", err=True)
-    if not ok:
-        sys.exit(1)
+            scenario = load_scenario(expect_path)
+        options = AnalysisOptions(tables=tables, rules=rules, match=match)
+        checker = Checker(scenario) if scenario is not None else None
+        if fmt == "json":
+            for source in sources:
+                check_gzip_intact(source.path)  # JSON streams: a truncated .gz is refused before any output
+        use_native = native.wanted()
+        if not use_native and (note := native.fallback_note()):
+            click.echo(note, err=True)
+        run = _run_native if use_native else _run_python
+        ok, stats, nodes = run(sources, options, fmt, checker, title)
+        for node in [n for n in rules if n not in nodes and stats.trace_records]:
+            click.echo(f"note: --rules {node}=...: no trace line is of node {node} (the logs' nodes: {', '.join(nodes)})",
+                       err=True)
+        if stats.lines and not stats.trace_records:
+            click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
+                       " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
+                       " post); LOG-target lines are not", err=True)
+            for note in filter(None, (encoding_note(source.path) for source in sources)):
+                click.echo(f"note: {note}", err=True)
+            bare = sum(headerless_records(source.path) for source in sources)
+            if bare:
+                click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"
+                           " whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`): put it back in front of"
+                           " each `table:chain:...` (lines that start with it: sed 's/^/TRACE: /') and analyse again", err=True)
+        elif stats.trace_records and stats.skipped_lines >= stats.trace_records:
+            click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
+                       " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
+                       " cut at a fixed column, before posting?) or are damaged beyond repair", err=True)
+        if not ok:
+            sys.exit(1)
 
 
 def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource]) -> list[Check] | None:
