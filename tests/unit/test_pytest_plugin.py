@@ -83,5 +83,5 @@ def test_failure_text_is_the_expected_vs_seen_table():
     assert "PREROUTING → FORWARD, dropped in cali-tw-*" in master and "PASS" in master
     assert "dropped in cali-tw-cali" in master
     slave1 = next(line for line in lines if line.startswith("slave1  request"))
-    assert "FAIL: expected OUTPUT → POSTROUTING, saw no request packet" in slave1
+    assert "FAIL: expected OUTPUT → POSTROUTING, saw no request packet of the probe (ICMP only)" in slave1
     assert lines[-1] == "evidence: runs/x/report.html"

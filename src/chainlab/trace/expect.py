@@ -68,6 +68,10 @@ class Checker:
         if verdict == "dropped":
             drops.append(last_chain)
 
+    def probe_packets(self) -> str:
+        """What counts as the probe's packets, in words (other packets of the log do not)."""
+        return "a TCP SYN or SYN-ACK" if self.protocol == "tcp" else f"{self.protocol.upper()} only"
+
     def checks(self, nodes_with_logs: set[str]) -> list[Check]:
         """One check per node and direction of the scenario."""
         checks = []
@@ -83,7 +87,8 @@ class Checker:
                     if verdicts:
                         problems.append(f"expected no {direction} packet, saw {len(verdicts)}")
                 elif not verdicts:
-                    problems.append(f"expected {' → '.join(want.hooks)}, saw no {direction} packet")
+                    problems.append(f"expected {' → '.join(want.hooks)}, saw no {direction} packet of the probe"
+                                    f" ({self.probe_packets()})")
                 else:
                     wrong = [p for p in distinct if p != want.hooks]
                     if wrong:
