@@ -34,6 +34,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def check_input_file(path: Path, what: str) -> Path:
+    """`path` is there and a regular file (looked at with stat, which never blocks: opening a
+    FIFO would): for a file read later by a library (a tarball, a TLS key); `what` says
+    which input it is, in the error."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _refuse(path, f"{what}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _refuse(path, f"{what}: {_kind(info.st_mode)}, not a regular file")
+    return path
+
+
 def read_regular_file(path: Path, max_bytes: int) -> bytes:
     """The whole content of `path`, which must be a regular file of at most `max_bytes`.
 
@@ -88,9 +101,27 @@ def describe_os_error(exc: OSError) -> str:
     return reason
 
 
+def check_output_file(path: Path) -> Path:
+    """`path` as an output file, checked before any work is done: its directory exists and
+    it is a regular file, a link or absent (a device, a FIFO or a directory there is
+    refused: the rename of write_atomic would put a file in its place)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: no directory {path.parent}")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {describe_os_error(exc)}", exc.errno) from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        raise OutputError(f"cannot write {path}: {_kind(info.st_mode)}, not a regular file")
+    return path
+
+
 def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
     """Write `path` as a whole or not at all; the temporary file never stays behind."""
-    path = Path(path)
+    path = check_output_file(path)
     tmp = path.with_name(f".{path.name}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chainlab.errors import ChainlabError, InputError
-from chainlab.files import read_regular_file, write_atomic
+from chainlab.files import OutputError, check_output_file, read_regular_file, write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAINLAB = Path(sys.executable).parent / "chainlab"
@@ -119,3 +119,18 @@ def test_write_atomic_on_a_full_disk_is_one_clear_error_and_leaves_no_temporary(
         write_atomic(path, "x" * 1_000_000)
     assert path.read_text() == "the previous report"
     assert [p.name for p in tiny_tmpfs.iterdir()] == ["report.html"]
+
+
+def test_an_output_that_is_a_device_fifo_or_in_no_directory_is_refused(tmp_path):
+    """`lab up --json /dev/full` (as root, the rename would have put a file in the device's
+    place), a FIFO (a hang), a missing directory (it was made): refused, nothing written."""
+    os.mkfifo(tmp_path / "fifo")
+    for path, said in ((Path("/dev/full"), "a character device, not a regular file"),
+                       (tmp_path / "fifo", "a FIFO, not a regular file"),
+                       (tmp_path / "none" / "x.json", f"no directory {tmp_path / 'none'}")):
+        with pytest.raises(OutputError, match=said):
+            check_output_file(path)
+        with pytest.raises(OutputError, match=said):
+            write_atomic(path, "{}")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode) and not (tmp_path / "none").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]

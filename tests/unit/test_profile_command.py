@@ -221,3 +221,24 @@ def test_a_stopped_etcd_costs_seconds_not_40(monkeypatch: pytest.MonkeyPatch, lo
 def test_every_shape_of_etcd_failure_reads_as_one_reason(exc: BaseException, said: str) -> None:
     assert isinstance(exc, etcdclient.ETCD_ERRORS)
     assert etcdclient.reason(exc, 2) == said
+
+
+def test_etcd_tls_files_that_are_no_regular_files_are_said_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS file that is a FIFO hung `profile show`; a missing one was retried as a network
+    error for 4 s and named no file. Nothing connects (the connection is replaced)."""
+    import os
+
+    from chainlab.calico.etcdconn import EtcdTLS
+    from chainlab.errors import InputError
+
+    os.mkfifo(tmp_path / "ca.fifo")
+    (tmp_path / "cert.pem").write_text("x")
+    monkeypatch.setattr(etcdclient, "etcd_connection", lambda *a: pytest.fail("connected"))
+    for ca, said in ((tmp_path / "ca.fifo", "etcd.tls.ca: a FIFO, not a regular file"),
+                     (tmp_path / "none.pem", "etcd.tls.ca: No such file")):
+        tls = EtcdTLS(ca=str(ca), cert=str(tmp_path / "cert.pem"), key=str(tmp_path / "cert.pem"))
+        monkeypatch.setattr(etcdclient, "etcd_endpoint", lambda inv, tls=tls: EtcdEndpoint("192.0.2.1", 2379, tls))
+        started = time.monotonic()
+        with pytest.raises(InputError, match=said):
+            etcdclient.etcd_client(load_inventory(ROOT / "inventory.yaml"))
+        assert time.monotonic() - started < 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from chainlab.errors import ChainlabError, InputError
 from chainlab.inventory import load_inventory
 from chainlab.provision import commands as C
 from chainlab.provision.facts import assumed_facts, facts_script, parse_facts
-from chainlab.provision.image import render_dockerfile
+from chainlab.provision.image import render_dockerfile, tarball_path
 from chainlab.networks import network_for
 from chainlab.providers import provider_for
 from chainlab.provision.context import RunContext
@@ -180,6 +182,37 @@ def test_dockerfile_template_renders_reference_image() -> None:
         "RUN apt-get install -y iputils-ping iproute2 wget",
         'LABEL chainlab.lab="reference"',
     ]
+
+
+def test_dockerfile_template_is_sandboxed(tmp_path: Path) -> None:
+    """The template is the user's and even `lab up --check` renders it: it reaches no Python
+    object beyond its variables and filters."""
+    ref = load_inventory(ROOT / "inventory.yaml")
+    touched = tmp_path / "touched"
+    escape = "{{ cycler.__init__.__globals__.os.system('touch %s') }}" % touched
+    with pytest.raises(ChainlabError, match="image.dockerfile: .*unsafe"):
+        render_dockerfile(ref, "FROM {{ base }}\n" + escape + "\n")
+    assert not touched.exists()
+    assert render_dockerfile(ref, "FROM {{ base }}\nRUN echo {{ packages | join(' ') | upper }}\n") == \
+        "FROM nginx\nRUN echo IPUTILS-PING IPROUTE2 WGET\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "missing"])
+def test_image_files_that_are_no_regular_files_are_refused_at_once(tmp_path: Path, kind: str) -> None:
+    """A Dockerfile template or a tarball that is a FIFO (a hang), a device (/dev/zero: read
+    until memory ran out) or missing: a clear error naming the input, at once."""
+    path = {"fifo": tmp_path / "fifo", "device": Path("/dev/zero"), "missing": tmp_path / "none"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    ref = load_inventory(ROOT / "inventory.yaml")
+    dockerfile = ref.model_copy(update={"image": ref.image.model_copy(update={"dockerfile": str(path)})})
+    tarball = ref.model_copy(update={"image": ref.image.model_copy(update={"source": "tarball", "tarball": str(path)})})
+    started = time.monotonic()
+    with pytest.raises(InputError, match=str(path)):
+        render_dockerfile(dockerfile)
+    with pytest.raises(InputError, match="image.tarball: "):
+        tarball_path(tarball, provider_for(tarball))
+    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("concurrent", [False, True])

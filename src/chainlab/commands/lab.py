@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from chainlab.errors import ChainlabError
+from chainlab.files import check_output_file
 from chainlab.inventory import Inventory, load_inventory
 from chainlab.providers import provider_class
 from chainlab.provision import Facts, assumed_facts, gather_facts, provision
@@ -52,6 +53,8 @@ def _run(obj: object, action: str, check: bool, offline: bool, limit: tuple[str,
     inv = _inventory(obj)
     if offline and not check:
         raise click.UsageError("--offline only goes with --check")
+    if json_path is not None:
+        check_output_file(json_path)  # before the hosts are touched, not after
     # Hosts chainlab did not build are never contacted by --check: the plan comes from hints.
     offline = check and (offline or not provider_class(inv.provider).check_connects)
     report = provision(inv, action, check=check, offline=offline, limit=limit,

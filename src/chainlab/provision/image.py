@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chainlab.errors import ChainlabError
+from chainlab.errors import ChainlabError, InputError, Problem
+from chainlab.files import check_input_file, read_regular_file
 from chainlab.inventory import Inventory
 from chainlab.providers import Provider
 
+#: A Dockerfile template larger than this is no Dockerfile.
+MAX_DOCKERFILE_BYTES = 1 << 20
 #: What the reference Dockerfile installs on top of its base (nginx).
 PACKAGES = ("iputils-ping", "iproute2", "wget")
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -33,24 +36,28 @@ def render_dockerfile(inv: Inventory, template: str | None = None) -> str:
     """The Dockerfile text; only validated values (lab name, base image) come from the inventory."""
     if template is None:
         path = dockerfile_path(inv)
+        data = read_regular_file(path, MAX_DOCKERFILE_BYTES)
         try:
-            template = path.read_text()
-        except OSError as exc:
-            raise ChainlabError(f"image.dockerfile {path}: {exc.strerror}") from None
+            template = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError([Problem(str(path), "", f"image.dockerfile: not UTF-8 text (byte {exc.start})")]) from None
     import jinja2
+    import jinja2.sandbox
 
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-                            trim_blocks=True)
+    # sandboxed: the template is the user's, and even `lab up --check` renders it; it may use
+    # its variables and filters, never reach Python's objects (`cycler.__init__.__globals__`)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                                       autoescape=False, trim_blocks=True)
     try:
         return env.from_string(template).render(lab=inv.lab, base=inv.image.base, packages=list(PACKAGES))
-    except jinja2.TemplateError as exc:
+    except jinja2.TemplateError as exc:  # SecurityError among them
         raise ChainlabError(f"image.dockerfile: {exc}") from None
 
 
 def tarball_path(inv: Inventory, provider: Provider) -> Path:
     """`image.tarball` if set, else the provider's own (the local lab builds a busybox rootfs)."""
     if inv.image.tarball:
-        return Path(inv.image.tarball).expanduser()
+        return check_input_file(Path(inv.image.tarball).expanduser(), "image.tarball")
     default = provider.default_image_tarball()
     if default is None:
         raise ChainlabError("image.source is tarball but image.tarball is not set")

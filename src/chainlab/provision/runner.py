@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.text import Text
 
 from chainlab.errors import ChainlabError
+from chainlab.files import write_atomic
 from chainlab.inventory import Inventory
 from chainlab.labstate import HostState, LabState, load_state, remove_state, save_state
 from chainlab.lock import lab_lock
@@ -358,8 +359,7 @@ def print_recap(report: RunReport, console: Console) -> None:
 
 
 def write_json(report: RunReport, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    write_atomic(path, json.dumps(report.as_dict(), indent=1) + "\n")
 
 
 def provision(inv: Inventory, action: Action, *, check: bool = False, offline: bool = False,

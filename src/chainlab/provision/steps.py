@@ -180,7 +180,7 @@ def image(ctx: HostContext) -> Step:
         return "", f"{name} present"
     if inv.image.source == "tarball":
         tarball = I.tarball_path(inv, ctx.run.provider)
-        image_id = yield ctx.call(f"{I.load_words(tarball)} {tarball} {name}",
+        image_id = yield ctx.call(f"{I.load_words(tarball)} {command_line([str(tarball), name])}",
                                   lambda: I.load_tarball(ctx.run.provider, ctx.docker(), tarball, name))
         if image_id:
             yield _mark_image(image_id)

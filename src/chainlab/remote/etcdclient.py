@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+from pathlib import Path
 
 import urllib3
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -21,6 +22,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 from chainlab.calico.etcdconn import client as etcd_connection
 from chainlab.calico.etcdlib import etcd
 from chainlab.errors import ChainlabError
+from chainlab.files import check_input_file
 from chainlab.inventory import Inventory
 from chainlab.providers import provider_class
 from chainlab.remote.target import etcd_endpoint
@@ -71,6 +73,10 @@ def etcd_client(inv: Inventory, read_timeout: float = 10, retry_for: float = 5) 
     `read_timeout` seconds for an answer.
     """
     endpoint = etcd_endpoint(inv)
+    if endpoint.tls is not None:  # a missing or special file is said at once, not retried as a network error
+        for what, path in (("etcd.tls.ca", endpoint.tls.ca), ("etcd.tls.cert", endpoint.tls.cert),
+                           ("etcd.tls.key", endpoint.tls.key)):
+            check_input_file(Path(path), what)
     client = etcd_connection(endpoint, read_timeout)
 
     @retry(stop=stop_after_delay(retry_for), wait=wait_fixed(RETRY_WAIT_S),
