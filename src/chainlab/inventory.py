@@ -30,6 +30,31 @@ def _not_a_number(value: Any) -> Any:
 
 #: An IPv4 address, network or interface that must be written in dotted form.
 Dotted = Annotated[_IP, BeforeValidator(_not_a_number)]
+#: A TCP/UDP port: an integer as written (YAML's `true` or `80.0` is no port).
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+
+
+def _reachable(address: IPv4Address) -> IPv4Address:
+    """A host's address: one a machine can be reached at (not 0.0.0.0, loopback, multicast
+    or reserved, which includes 255.255.255.255: they would name this machine or no one)."""
+    for test, what in ((address.is_unspecified, "the unspecified address"), (address.is_loopback, "a loopback address"),
+                       (address.is_multicast, "a multicast address"), (address.is_reserved, "a reserved address")):
+        if test:
+            raise ValueError(f"{address} is {what}: a host's address is one it is reached at")
+    return address
+
+
+#: Directories a trace log must not be in: rsyslog would append the kernel's lines to
+#: whatever file is named there.
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
+
+
+def _log_file(path: str) -> str:
+    if path.endswith("/") or Path(path).name in ("", ".") or any(
+            path == d or path.startswith(d + "/") for d in SYSTEM_DIRS):
+        raise ValueError(f"{path} is no place for a log file: give a file name, e.g. /var/log/iptables.log"
+                         f" (not in {', '.join(SYSTEM_DIRS)})")
+    return path
 
 
 def _url(value: str) -> str:
@@ -50,19 +75,19 @@ class Strict(BaseModel):
 
 class SshSettings(Strict):
     user: UserName = "root"
-    port: int = Field(22, ge=1, le=65535)
+    port: Port = 22
     key: SafePath | None = Field(None, description="private key file")
     known_hosts: SafePath | None = None
     connect_timeout: float = Field(10.0, gt=0, le=300)
 
 
 class Host(Strict):
-    address: Dotted[IPv4Address]
+    address: Annotated[Dotted[IPv4Address], AfterValidator(_reachable)]
     roles: list[Literal["master", "worker", "etcd"]] = Field(default_factory=list)
     os: Literal["centos7", "rhel8", "debian12", "ubuntu22", "unknown"] = "unknown"
     iptables: Literal["auto", "legacy", "nft"] = "auto"
     trace_backend: Literal["auto", "rsyslog", "ulogd", "nft-monitor"] = "auto"
-    trace_log: SafePath = "/var/log/iptables.log"
+    trace_log: Annotated[SafePath, AfterValidator(_log_file)] = "/var/log/iptables.log"
 
 
 class EtcdTLSSettings(Strict):
@@ -75,7 +100,7 @@ class EtcdTLSSettings(Strict):
 
 class EtcdSettings(Strict):
     host: HostName
-    port: int = Field(2379, ge=1, le=65535)
+    port: Port = 2379
     tls: EtcdTLSSettings | None = None
 
 
@@ -113,7 +138,7 @@ class Container(Strict):
     host: HostName
     network: NetworkName | None = None
     image: ImageName | None = None
-    publish: dict[int, int] = Field(default_factory=dict, description="host port -> container port")
+    publish: dict[Port, Port] = Field(default_factory=dict, description="host port -> container port")
 
 
 class LocalSettings(Strict):
@@ -167,6 +192,8 @@ class Inventory(Strict):
                     ("hosts", name, "address"), f"{host.address} is already the address of {seen[host.address]}"
                 )
             seen[host.address] = name
+        self._check_containers()
+        self._check_pool()
         from chainlab.providers import provider_class
 
         provider_class(self.provider).validate_inventory(self)
@@ -177,6 +204,34 @@ class Inventory(Strict):
                 f"mode emulate runs chainlab's Calico emulation on the hosts, which provider {self.provider}"
                 " does not build: use existing (Calico already runs there) or install (calicoctl node run)")
         return self
+
+    def _check_containers(self) -> None:
+        """A container is no host (probe and matrix name both), and two containers of a host
+        do not publish the same port of it."""
+        published: dict[tuple[str, int], str] = {}
+        for name, container in self.containers.items():
+            if name in self.hosts:
+                raise LocatedValueError(("containers", name), f"{name} is also a host of the lab: rename one")
+            if container.publish and self.calico.driver != "bridge":
+                raise LocatedValueError(("containers", name, "publish"),
+                                        "published ports are for calico.driver bridge (Docker's port mapping)")
+            for port in container.publish:
+                other = published.setdefault((container.host, port), name)
+                if other != name:
+                    raise LocatedValueError(("containers", name, "publish"),
+                                            f"port {port} of {container.host} is already published by {other}")
+
+    def _check_pool(self) -> None:
+        """The containers' pool is a network of their own: room for them, and none of the
+        hosts' addresses in it."""
+        pool = self.calico.pool
+        if pool.prefixlen < 8 or pool.num_addresses - 2 < max(len(self.containers), 1):
+            raise LocatedValueError(("calico", "pool"), f"{pool} is no pool for the lab's containers: give a"
+                                                        " network of /8 to /30, e.g. 172.20.0.0/16")
+        for name, host in self.hosts.items():
+            if host.address in pool:
+                raise LocatedValueError(("calico", "pool"), f"{pool} holds {name}'s address {host.address}:"
+                                                            " the containers' pool must be a network of its own")
 
     @property
     def calico_mode(self) -> CalicoMode:

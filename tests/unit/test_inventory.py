@@ -246,6 +246,52 @@ def test_local_host_must_not_be_the_machine_end(tmp_path: Path) -> None:
     assert problems(write(tmp_path, text))[0].path == "hosts.master.address"
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1", "255.255.255.255", "224.0.0.1", "240.0.0.1"])
+def test_a_host_address_is_one_a_host_is_reached_at(tmp_path: Path, address: str) -> None:
+    """These would name this machine or no one: lab up would provision the machine itself."""
+    [problem] = problems(write(tmp_path, f"hosts:\n  master:\n    address: {address}\n"))
+    assert problem.path == "hosts.master.address" and "a host's address is one it is reached at" in problem.message
+
+
+@pytest.mark.parametrize("text,key_path,said", [
+    ("etcd:\n  host: master\n  port: true\n", "etcd.port", "integer"),
+    ("ssh:\n  port: 22.0\n", "ssh.port", "integer"),
+    ("containers:\n  master: {host: master}\n", "containers.master", "also a host"),
+    ("containers:\n  web1: {host: master, publish: {8080: 80}}\n", "containers.web1.publish", "calico.driver bridge"),
+    ("calico: {driver: bridge}\ncontainers:\n  web1: {host: master, publish: {99999: 80}}\n", "containers.web1.publish",
+     "65535"),
+    ("calico: {driver: bridge}\ncontainers:\n  web1: {host: master, publish: {8080: 80}}\n"
+     "  web2: {host: master, publish: {8080: 80}}\n", "containers.web2.publish", "already published by web1"),
+    ("calico: {pool: 0.0.0.0/0}\n", "calico.pool", "no pool"),
+    ("calico: {pool: 10.0.0.0/8}\n", "calico.pool", "holds master's address"),
+    ("containers:\n  web1: {host: master}\n  web2: {host: master}\n  web3: {host: master}\ncalico: {pool: 172.20.0.0/31}\n",
+     "calico.pool", "no pool"),
+])
+def test_values_an_inventory_cannot_hold(tmp_path: Path, text: str, key_path: str, said: str) -> None:
+    found = problems(write(tmp_path, MINIMAL + text))
+    assert any(p.path.startswith(key_path) and said in p.message for p in found), found
+
+
+@pytest.mark.parametrize("log", ["/etc/passwd", "/", "/var/log/", "/usr/lib/x.log", "/run/x.log"])
+def test_a_trace_log_is_a_file_outside_system_directories(tmp_path: Path, log: str) -> None:
+    found = problems(write(tmp_path, MINIMAL + f"    trace_log: {log}\n"))
+    assert any(p.path == "hosts.master.trace_log" for p in found), found
+
+
+@pytest.mark.parametrize("lan,address,said", [
+    ("10.9.9.0/24", "10.9.9.5", "local.lan"), ("10.9.9.1/24", "10.9.9.0", "hosts.master.address"),
+    ("10.9.9.1/24", "10.9.9.255", "hosts.master.address"), ("10.9.9.1/0", "10.9.9.5", "local.lan"),
+])
+def test_a_local_lan_and_its_hosts_are_usable_addresses(tmp_path: Path, lan: str, address: str, said: str) -> None:
+    text = f"provider: local\nlocal:\n  lan: {lan}\nhosts:\n  master:\n    address: {address}\n"
+    assert problems(write(tmp_path, text))[0].path == said
+
+
+def test_a_local_pool_does_not_overlap_the_lan(tmp_path: Path) -> None:
+    text = "provider: local\nlocal:\n  lan: 172.20.0.1/24\nhosts:\n  master:\n    address: 172.20.0.5\n"
+    assert any(p.path == "calico.pool" for p in problems(write(tmp_path, text + "calico: {pool: 172.20.0.0/16}\n")))
+
+
 # --- YAML level ---------------------------------------------------------------------------
 
 BILLION_LAUGHS = """\

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory, load_inventory
@@ -88,10 +89,12 @@ def test_docker_bridge_must_not_overlap_the_lan() -> None:
 
 
 def test_state_dir_must_be_deep() -> None:
+    """Said by the inventory's validation (inventory check), not first by local up."""
     doc = yaml.safe_load((ROOT / "lab" / "local.yaml").read_text())
-    doc["local"]["state_dir"] = "/var"
-    with pytest.raises(ChainlabError, match="state_dir"):
-        plan_lab(Inventory.model_validate(doc))
+    for state_dir in ("/var", "/"):
+        doc["local"]["state_dir"] = state_dir
+        with pytest.raises(ValidationError, match="at least two levels deep"):
+            Inventory.model_validate(doc)
 
 
 def test_sshd_config_is_key_only_on_lab_address(inv: Inventory) -> None:

@@ -222,7 +222,7 @@ def test_bridge_reads_a_hosts_links_once_for_all_its_containers(tmp_path: Path) 
     from chainlab.provision.facts import Facts
 
     doc = yaml.safe_load((ROOT / "lab" / "local-bridge.yaml").read_text())
-    doc["containers"]["web2"]["host"] = "master"
+    doc["containers"]["web2"] = {"host": "master", "publish": {8081: 80}}  # one host port is one container's
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump(doc))
     inv = load_inventory(path)

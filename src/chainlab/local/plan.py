@@ -217,9 +217,7 @@ def plan_lab(inv: Inventory) -> LabPlan:
             f"this inventory has provider {inv.provider!r}: `chainlab local` only works on an"
             " inventory with `provider: local` (e.g. -i lab/local.yaml)"
         )
-    state_dir = Path(inv.local.state_dir)
-    if not state_dir.is_absolute() or state_dir == Path("/") or len(state_dir.parts) < 3:
-        raise ChainlabError(f"local.state_dir {state_dir} must be an absolute path at least two levels deep")
+    state_dir = Path(inv.local.state_dir)  # two levels deep at least (the provider's validation)
     lan = inv.local.lan
     etcd_host = inv.etcd.host if inv.etcd else None
     hosts: dict[str, HostPlan] = {}

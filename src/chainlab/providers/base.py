@@ -172,12 +172,24 @@ class MachineProvider(Provider):
         settings = getattr(inv, cls.kind)
         if settings is None:
             raise LocatedValueError(("provider",), f"provider {cls.kind} needs a `{cls.kind}:` section (lan: ADDRESS/PREFIX)")
+        lan = settings.lan
+        if not 8 <= lan.network.prefixlen <= 30 or lan.ip in (lan.network.network_address, lan.network.broadcast_address):
+            raise LocatedValueError((cls.kind, "lan"), f"{lan} must be an address of a network of /8 to /30, not its"
+                                                       " network or broadcast address (e.g. 10.231.91.1/24)")
         for name, host in inv.hosts.items():
-            if host.address not in settings.lan.network or host.address == settings.lan.ip:
+            if (host.address not in lan.network or host.address == lan.ip
+                    or host.address in (lan.network.network_address, lan.network.broadcast_address)):
                 raise LocatedValueError(
                     ("hosts", name, "address"),
-                    f"{host.address} must be inside {cls.kind}.lan {settings.lan.network} and differ from the machine's end",
+                    f"{host.address} must be inside {cls.kind}.lan {lan.network}, not its network or broadcast"
+                    " address, and differ from the machine's end",
                 )
+        if inv.calico.pool.overlaps(lan.network):
+            raise LocatedValueError(("calico", "pool"), f"{inv.calico.pool} overlaps {cls.kind}.lan {lan.network}")
+        for key in ("state_dir", "image_dir"):
+            path = Path(getattr(settings, key, "/x/y"))
+            if not path.is_absolute() or len(path.parts) < 3:
+                raise LocatedValueError((cls.kind, key), f"{path} must be an absolute path at least two levels deep")
 
     def _settings(self) -> Any:
         settings = getattr(self.inv, self.kind)
