@@ -319,6 +319,24 @@ def test_profile_with_etcd_stopped_or_killed_is_a_prompt_clean_error(lab):
     assert json.loads(cli(lab, "profile", "show", "net1").stdout)["tags"] == ["net1"]
 
 
+def test_lab_down_with_etcd_silent_fails_and_the_next_one_converges(lab):
+    """With etcd frozen, dockerd lists no global network: lab down said "no network of the
+    lab" and succeeded, leaving the network with stale endpoints and, as the hosts' Calico
+    steps went on, no plugin to remove it (neither lab down nor lab up converged after).
+    Now that step fails, the hosts' Calico steps wait, and the next lab down, etcd answering,
+    removes it all (the stale endpoints forced off); lab up then builds the lab again."""
+    with frozen("master", "etcd"):
+        down = cli(lab, "lab", "down", timeout=120)
+    assert down.returncode == 1, down.stdout
+    assert re.search(r"failed \(lab\): calico_network  .*(etcd|cluster store)", down.stdout), down.stdout
+    assert re.search(r"skipped master: calico_node  \(lab\) calico_network failed", down.stdout), down.stdout
+    again = cli(lab, "lab", "down", timeout=120)
+    assert again.returncode == 0 and "removed network(s) net1" in again.stdout, again.stdout
+    assert not docker_client(load_inventory(lab), "master").networks.list(names=["net1"])
+    up = cli(lab, "lab", "up")
+    assert up.returncode == 0, up.stdout
+
+
 def test_another_local_user_reaches_no_state_log_or_lock(lab, runs):
     assert cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0
     inv = load_inventory(lab)

@@ -135,6 +135,9 @@ class Runner:
         self.phases = phases(action, self.run_ctx)
         self._dead: set[str] = set()
         self.step_timeout = step_timeout
+        #: lab down: the lab step that failed (the network's own steps on the hosts then wait)
+        self._lab_failed: str | None = None
+        self._network_node_steps = {name for name, _ in self.run_ctx.network.node_down()}
 
     # --- the run ----------------------------------------------------------------------
 
@@ -232,6 +235,11 @@ class Runner:
         report = self.report.hosts[host]
         for name, fn in phase.steps:
             progress.update(task, description=f"{host}: {name}")
+            if self._lab_failed and name in self._network_node_steps:
+                # the network is still there: its plugin on the hosts stays for the next lab down
+                self._record(report, StepResult(name, "skipped", f"{LAB} {self._lab_failed} failed: the network"
+                                                                 " stays, and what serves it here"))
+                continue
             seconds = step_deadline(name, self.step_timeout)
             try:
                 result = call(lambda name=name, fn=fn: run_step(ctx, name, fn), seconds, host,  # type: ignore[misc]
@@ -260,6 +268,8 @@ class Runner:
             except DeadlineExceeded as exc:
                 result = StepResult(name, "failed", str(exc).split(": ", 1)[1], seconds=exc.seconds)
             self._record(report, result)
+            if result.status == "failed" and self.action == "down":
+                self._lab_failed = self._lab_failed or name
             if result.status == "failed" and self.action == "up":
                 for host in self._going():  # nothing after it can work
                     self.report.hosts[host].error = self.report.hosts[host].error or f"{LAB} {name} failed"

@@ -86,6 +86,10 @@ def docker_over(conn: "fabric.Connection", api_version: str | None = None, timeo
         def close(self) -> None:
             self.pools.clear()
 
+        def _connect(self) -> None:
+            """The SDK reconnects a closed transport with parameters it made itself: not ours."""
+            raise ChainlabError(f"{conn.host}: the SSH connection docker used was closed (a deadline ended it?)")
+
     client = docker.DockerClient(base_url="tcp://ssh.chainlab.invalid:80", version=api_version or "1.24",
                                  timeout=timeout)
     client.api.base_url = _SHARED_URL

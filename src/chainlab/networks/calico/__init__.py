@@ -216,11 +216,39 @@ class CalicoNetwork(Network):
                            lambda: None)
                 removed.append(name)
                 continue
-            for net in engine.docker().networks.list(names=[name]):
-                if net.name == name and (net.attrs.get("Labels") or {}).get(LABEL) == self.inv.lab:
+            listed = [net for net in engine.docker().networks.list(names=[name]) if net.name == name]
+            for net in listed:
+                if (net.attrs.get("Labels") or {}).get(LABEL) == self.inv.lab:
+                    yield from self._disconnect_stale(engine, net)
                     yield Call(f"docker network rm {name}   # docker SDK on {engine.host}", net.remove)
                     removed.append(name)
+            if not listed and self._held(run, name):
+                raise ChainlabError(f"dockerd on {engine.host} lists no network {name}, but its cluster store (etcd)"
+                                    " holds one: dockerd cannot read etcd now; run lab down again once it can")
         return f"removed network(s) {', '.join(removed)}", "no network of the lab"
+
+    def _disconnect_stale(self, engine: HostContext, net: Any) -> Generator[Action, Any, None]:
+        """Endpoints of the lab's containers left in the network after they were removed (by
+        a dockerd that could not write etcd meanwhile: the network then "has active
+        endpoints" for good): `docker network disconnect -f`, Docker's way with a global
+        network's stale endpoints. Other containers' endpoints are left to docker's refusal."""
+        net.reload()
+        for endpoint in (net.attrs.get("Containers") or {}).values():
+            name = endpoint.get("Name")
+            if name in self.inv.containers:
+                yield Call(f"docker network disconnect -f {net.name} {name}   # docker SDK on {engine.host}",
+                           partial(net.disconnect, name, force=True))
+
+    @staticmethod
+    def _held(run: RunContext, name: str) -> bool:
+        """etcdtree.docker_network_held, with etcd's silence said as such."""
+        from chainlab.remote.etcdclient import ETCD_ERRORS, reason
+
+        try:
+            return etcdtree.docker_network_held(run.etcd(), name)
+        except ETCD_ERRORS as exc:
+            raise ChainlabError(f"etcd did not answer ({reason(exc, 10)}): whether network {name} is gone is not"
+                                " known; run lab down again once etcd answers") from None
 
     def _restore_etcd(self, run: RunContext) -> Generator[Action, Any, Outcome]:
         baseline = load_etcd_baseline(self.inv)

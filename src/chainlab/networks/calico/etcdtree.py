@@ -8,6 +8,7 @@ Keys that were there before lab up stay, whoever changed them since.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from ipaddress import IPv4Network
@@ -80,3 +81,26 @@ def pool_present(client: etcd.Client, pool: IPv4Network) -> bool:
 def create_pool(client: etcd.Client, pool: IPv4Network, nat_outgoing: bool) -> bool:
     """What `calicoctl create` of an ipPool writes (Calico 2.x v1 layout)."""
     return D.write_if_absent(client, D.pool_key(pool), D.dumps(D.pool_value(pool, nat_outgoing)))
+
+
+#: Where dockerd keeps its global networks in its cluster store (libnetwork's datastore).
+DOCKER_NETWORKS = "/docker/network/v1.0/network"
+
+
+def docker_network_held(client: etcd.Client, name: str) -> bool:
+    """Whether Docker's cluster store holds a network called `name`. What dockerd lists of a
+    global network comes from there: while it cannot read etcd it lists none, so its
+    "none" alone does not say that the network is gone."""
+    from chainlab.calico.etcdlib import etcd
+
+    try:
+        result = client.read(DOCKER_NETWORKS, recursive=True)
+    except etcd.EtcdKeyNotFound:
+        return False
+    for node in result.leaves:
+        try:
+            if not node.dir and node.value and json.loads(node.value).get("name") == name:
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
