@@ -165,9 +165,11 @@ def _image_present(ctx: HostContext, name: str) -> bool:
     return name in ctx.docker_view().images
 
 
-def _mark_image(image_id: str) -> Command:
-    """Remember that lab up put this image there, so lab down removes it and nothing else."""
-    return Command.of(C.sh(f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(image_id)} > {IMAGE_MARK}"))
+def _mark_image(image: str) -> Command:
+    """Remember that lab up puts this image there, so lab down removes it and nothing else:
+    its name before the load or build starts (lab up cut off meanwhile leaves an image that
+    was not there before, which lab down must remove too), its id once it is there."""
+    return Command.of(C.sh(f"mkdir -p {C.RUN_DIR} && echo {C.shlex.quote(image)} > {IMAGE_MARK}"))
 
 
 def image(ctx: HostContext) -> Step:
@@ -180,12 +182,14 @@ def image(ctx: HostContext) -> Step:
         return "", f"{name} present"
     if inv.image.source == "tarball":
         tarball = I.tarball_path(inv, ctx.run.provider)
+        yield _mark_image(name)
         image_id = yield ctx.call(f"{I.load_words(tarball)} {command_line([str(tarball), name])}",
                                   lambda: I.load_tarball(ctx.run.provider, ctx.docker(), tarball, name))
         if image_id:
             yield _mark_image(image_id)
         return f"{name} loaded from {tarball}", ""
     dockerfile = I.render_dockerfile(inv)
+    yield _mark_image(name)
     built = yield ctx.call(f"docker build -t {name} - <<EOF\n{dockerfile.rstrip()}\nEOF",
                            lambda: ctx.docker().images.build(fileobj=io.BytesIO(dockerfile.encode()),
                                                              tag=name, rm=True, labels={LABEL: inv.lab})[0])

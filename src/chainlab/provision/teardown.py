@@ -59,7 +59,8 @@ def _remove(box: object) -> None:
 
 
 def image(ctx: HostContext) -> Step:
-    """Remove the image only if lab up loaded it (its id is in /run/chainlab/image.loaded)."""
+    """Remove the image only if lab up loaded it (its id, or its name if lab up was cut off
+    while loading it, is in /run/chainlab/image.loaded)."""
     mark = (ctx.read(C.read_file_argv(IMAGE_MARK)) or "").strip()
     if not mark and not ctx.offline:
         return "", "no image loaded by lab up"
@@ -69,11 +70,11 @@ def image(ctx: HostContext) -> Step:
     return f"removed {ctx.inv.image.name}", ""
 
 
-def _remove_image(ctx: HostContext, image_id: str) -> None:
+def _remove_image(ctx: HostContext, image: str) -> None:
     import docker
 
     try:
-        ctx.docker().images.remove(image_id)
+        ctx.docker().images.remove(image)
     except docker.errors.ImageNotFound:
         pass
     except docker.errors.APIError as exc:
