@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,10 +69,24 @@ def _stamp(when: datetime) -> str:
     return f"{when:%Y%m%d-%H%M%S}.{when.microsecond // 1000:03d}"
 
 
+def _only_ours(root: Path) -> None:
+    """No other user can change `root` or its place: it and its directory are ours (or
+    root's), and others write in them only if they are sticky (as /tmp: then no one renames
+    what is not theirs, and run dirs are made exclusively). Otherwise another user could put
+    a link where a run's evidence goes (found: `runs/` made by `nobody` beforehand, each new
+    entry swapped for a link to nobody's directory)."""
+    for what, info in (("runs directory", os.stat(root)), ("the directory of runs directory", os.stat(root.resolve().parent))):
+        if info.st_uid not in (0, os.geteuid()) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            raise ChainlabError(f"{what} {root} belongs to another user, or others may write in it: a run's"
+                                " evidence goes only where no one else can change it (choose another --runs)")
+
+
 def create_run_dir(root: Path, prefix: str, suffix: str = "", now: datetime | None = None) -> Path:
-    """A new, empty-but-PARTIAL run dir `root/<prefix>-<stamp><suffix>`, made exclusively."""
+    """A new, empty-but-PARTIAL run dir `root/<prefix>-<stamp><suffix>`, made exclusively in
+    a root no other user can change."""
     when = now or datetime.now()
     root.mkdir(parents=True, exist_ok=True)
+    _only_ours(root)
     for _ in range(1000):
         path = root / f"{prefix}-{_stamp(when)}{suffix}"
         try:
@@ -108,7 +123,8 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def check_runs_root(root: Path, min_free: int = MIN_FREE_BYTES) -> None:
-    """Refuse, before anything runs, a runs directory that cannot take a run's evidence."""
+    """Refuse, before anything runs, a runs directory that cannot take a run's evidence, or
+    that another user could change (see `_only_ours`)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -117,6 +133,7 @@ def check_runs_root(root: Path, min_free: int = MIN_FREE_BYTES) -> None:
         raise ChainlabError(f"cannot create the runs directory {root}: {describe_os_error(exc)}") from None
     if not root.is_dir():
         raise ChainlabError(f"runs directory {root} is not a directory")
+    _only_ours(root)
     probe = root / f".chainlab-write-test-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

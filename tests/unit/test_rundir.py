@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from datetime import datetime
 
@@ -78,3 +79,27 @@ def test_a_runs_dir_without_inodes_is_refused(tmpfs):
     few = tmpfs("size=64m,nr_inodes=100")
     with pytest.raises(ChainlabError, match="free inodes"):
         check_runs_root(few)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_runs_dir_another_user_can_change_is_refused(tmp_path):
+    """Another user's runs dir, or one in another user's directory, or one anyone may write
+    in without the sticky bit: that user could put links where the evidence goes."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    in_theirs = theirs / "runs"
+    in_theirs.mkdir()
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    for root in (theirs, in_theirs, open_to_all):
+        with pytest.raises(ChainlabError, match="belongs to another user, or others may write in it"):
+            check_runs_root(root)
+        with pytest.raises(ChainlabError, match="belongs to another user, or others may write in it"):
+            create_run_dir(root, "lab-01")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    check_runs_root(sticky)
+    assert create_run_dir(sticky, "lab-01").parent == sticky
