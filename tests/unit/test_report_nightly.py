@@ -227,3 +227,15 @@ def test_a_run_dir_the_report_code_chokes_on_is_an_error_entry(runs, monkeypatch
     entries = {s["id"]: s for s in json.loads(summary.summary_json.read_text())["scenarios"]}
     assert entries[1]["passed"] and entries[4]["error"].startswith(f"cannot summarise {bad.name}: KeyError")
     assert not list(runs.rglob("*.tmp"))
+
+
+def test_a_scenario_that_could_not_run_is_an_error_in_the_diff_not_a_fail():
+    """It was shown as `result was PASS, now FAIL`, followed by every path as not seen."""
+    paths = [{"node": "master", "direction": "request", "hooks": ["PREROUTING", "INPUT"]}]
+    passed = {"id": 3, "title": "t", "passed": True, "paths": paths}
+    errored = {"id": 3, "title": "t", "passed": False, "error": "slave1: no answer within 15 s", "paths": []}
+    [change] = diff_summaries([passed], [errored])
+    assert change["message"] == "scenario 3 (t): result was PASS, now ERROR"
+    [back] = diff_summaries([errored], [passed])
+    assert back["before"] == "ERROR" and back["after"] == "PASS"
+    assert diff_summaries([errored], [errored]) == []

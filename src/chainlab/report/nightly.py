@@ -82,6 +82,11 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _result(s: dict[str, Any]) -> str:
+    """PASS, FAIL, or ERROR (the scenario could not run: a host unreachable, a container gone)."""
+    return "ERROR" if s.get("error") else "PASS" if s.get("passed") else "FAIL"
+
+
 def _name(s: dict[str, Any]) -> str:
     sid = s.get("id")
     return f"scenario {sid} ({s.get('title', '')})"
@@ -122,8 +127,10 @@ def diff_summaries(previous: list[dict[str, Any]] | None, current: list[dict[str
         if old is None:
             changes.append(_change(cur, None, None, "scenario", "(not run)", "run"))
             continue
-        if bool(old.get("passed")) != bool(cur.get("passed")):
-            changes.append(_change(cur, None, None, "passed", bool(old.get("passed")), bool(cur.get("passed"))))
+        if _result(old) != _result(cur):
+            changes.append(_change(cur, None, None, "passed", _result(old), _result(cur)))
+        if "ERROR" in (_result(old), _result(cur)):
+            continue  # a run that could not run has no paths: its result says it all
         old_paths = {(p.get("node"), p.get("direction")): p for p in old.get("paths") or []}
         cur_paths = {(p.get("node"), p.get("direction")): p for p in cur.get("paths") or []}
         for key in list(cur_paths) + [k for k in old_paths if k not in cur_paths]:
