@@ -243,6 +243,21 @@ def test_a_stopped_target_container_is_an_error_not_a_fail(lab, runs):
     assert cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0
 
 
+def test_a_trace_log_truncated_during_a_run_is_that_nodes_error(lab, runs):
+    """Truncated (as by logrotate's copytruncate) once `probe:` is printed: the probe's lines
+    may be gone, so the run is an ERROR naming the node and the log, not a FAIL of its paths
+    (found by fault injection: FAIL, `logs/master.log` empty)."""
+    assert cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0  # the log has lines
+    log = Path(load_inventory(lab).local.state_dir) / "hosts" / "master" / "fs" / "var-log" / "iptables.log"
+    assert log.stat().st_size > 0
+    proc = start(lab, "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)
+    read_until(proc, "probe:")
+    os.truncate(log, 0)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "FAIL" not in out, out
+    assert re.search(r"ERROR .*master: its trace log /var/log/iptables.log was truncated in place", out), out
+
+
 @pytest.mark.parametrize(("options", "said"), [
     ("size=1m", r"has 1\.0 MB free; a run needs at least 32 MB"),
     ("size=64m,ro", r"cannot take a run's evidence: Read-only file system"),

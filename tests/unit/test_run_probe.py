@@ -61,9 +61,13 @@ def test_unknown_container_is_a_clean_error():
         build_probe(scenario(2), state)
 
 
-def _slice(path, before):
+def _read(path, before):
     out = subprocess.run(slice_argv(str(path), before), capture_output=True, text=True, check=True).stdout
-    return parse_slice(out)[0]
+    return parse_slice(out, before)
+
+
+def _slice(path, before):
+    return _read(path, before)[0]
 
 
 def _mark(path):
@@ -170,3 +174,25 @@ def test_snapshot_reports_a_container_address_the_lab_state_does_not_know(tmp_pa
 def test_snapshot_without_containers_asks_docker_nothing():
     assert "docker" not in snapshot_command([])
     assert parse_snapshot("rules\n" + ROUTES_SEPARATOR + "\nroutes\n") == Snapshot("rules\n", "routes\n")
+
+
+def test_log_slice_says_how_the_file_went_since_the_mark(tmp_path):
+    """after / new / rotated read all that came since the mark; truncated and lost may have
+    missed some (the run makes that node an error, not a FAIL of its paths)."""
+    log = tmp_path / "iptables.log"
+    assert _read(log, _mark(log))[2] == "new"
+    log.write_text("before\n")
+    before = _mark(log)
+    _append(log, "more\n")
+    assert _read(log, before)[2] == "after"
+    log.write_text("")
+    assert _read(log, before)[2] == "truncated"
+    log.write_text("before\nmore\n")
+    before = _mark(log)
+    log.rename(tmp_path / "iptables.log.1")
+    log.write_text("new\n")
+    assert _read(log, before)[2] == "rotated"
+    (tmp_path / "iptables.log.1").unlink()
+    assert _read(log, before)[2] == "lost"
+    log.unlink()
+    assert _read(log, before) == ("", LogMark(None, 0), "lost")

@@ -37,7 +37,7 @@ from chainlab.render import diagram
 from chainlab.render.jsonout import write_json
 from chainlab.report.html import render_run_report
 from chainlab.run.attribute import attribute
-from chainlab.run.collect import LogMark, mark_argv, parse_mark, read_slice
+from chainlab.run.collect import INCOMPLETE, LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
 from chainlab.run.outcome import flows_of
 from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
@@ -455,9 +455,13 @@ def _collect(hosts: _Hosts, state: LabState, marks: dict[str, LogMark],
                           lambda node, conn: read_slice(conn, state.hosts[node].trace_log, marks[node]),
                           only=set(marks))
         sizes = {}
-        for node, (text, now) in read.items():
+        for node, (text, now, how) in read.items():
             slices[node] = text
             sizes[node] = now.size
+            if how in INCOMPLETE and node not in hosts.errors:  # a FAIL would blame the paths
+                log = state.hosts[node].trace_log
+                hosts.fail(node, ChainlabError(f"{node}: its trace log {log} was {INCOMPLETE[how]} during the run:"
+                                               " lines of the probe may be lost; run again"))
         quiet = sizes == last
         last = sizes
         if (quiet and ready(slices)) or time.monotonic() >= end or not read:
