@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
@@ -26,14 +28,17 @@ from chainlab.labstate import state_path
 PROC_LOCKS = Path("/proc/locks")
 #: Root's lock directory for local labs; it empties at reboot.
 LOCK_DIR = Path("/run/chainlab")
+#: Seconds `--force` waits for the process it interrupted to let the lab go.
+FORCE_WAIT_S = 15
 
 
 class LockHeld(ChainlabError):
     """Someone else holds the lock; `holder` describes them ('' when the kernel does not say)."""
 
-    def __init__(self, message: str, holder: str):
+    def __init__(self, message: str, holder: str, pids: tuple[int, ...] = ()):
         super().__init__(message)
         self.holder = holder
+        self.pids = pids
 
 
 def _lock_dir(directory: Path) -> None:
@@ -95,10 +100,10 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holders = [describe_process(pid) for pid in lock_holders(info)]
-            holder = "; ".join(holders)
+            pids = lock_holders(info)
+            holder = "; ".join(describe_process(pid) for pid in pids)
             raise LockHeld(f"{what} is already running ({holder + ', ' if holder else ''}lock {path})",
-                           holder) from None
+                           holder, tuple(pids)) from None
         yield
     finally:
         os.close(fd)
@@ -150,13 +155,30 @@ def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
 def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], object]) -> Iterator[None]:
     """Hold the lab lock of `lab`, a lab chainlab built on this machine, while `command` (e.g.
     `local down`, which has no inventory to hand `lab_lock`) removes it. A lab up/down, scenario
-    run or nightly holding it is refused, unless `force`: then `log` says what is interrupted
-    and the teardown goes on without the lock."""
+    run or nightly holding it is refused, unless `force`: then it is interrupted (SIGTERM: a run
+    or nightly ends at once, its run dir left partial, and lets the lock go), `log` says so,
+    and the teardown takes the lock, or goes on without it after FORCE_WAIT_S."""
+    path, what = local_lab_lock_path(lab), _lab_what(lab)
     with ExitStack() as stack:
         try:
-            stack.enter_context(exclusive(local_lab_lock_path(lab), _lab_what(lab)))
+            stack.enter_context(exclusive(path, what))
         except LockHeld as exc:
             if not force:
                 raise ChainlabError(f"{exc}: wait for it, or `chainlab {command} --force` interrupts it") from None
-            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'}")
+            log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'} (SIGTERM)")
+            for pid in exc.pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + FORCE_WAIT_S
+            while True:
+                try:
+                    stack.enter_context(exclusive(path, what))
+                    break
+                except LockHeld:
+                    if time.monotonic() >= deadline:
+                        log(f"warning: --force: the lab is still held after {FORCE_WAIT_S:g} s: going on without its lock")
+                        break
+                    time.sleep(0.1)
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import stat
 import subprocess
@@ -165,10 +166,15 @@ def test_teardown_lock_refuses_a_held_lab_unless_forced(tmp_path, monkeypatch):
                 pytest.fail("ran without the lock")
         with teardown_lock("t1", "vm down", True, said.append):
             said.append("removed")
+            assert holder.poll() == -signal.SIGTERM  # interrupted, and the lock taken once it let go
+            with pytest.raises(LockHeld):
+                with exclusive(local_lab_lock_path("t1"), "x"):
+                    pass
     finally:
         holder.kill()
         holder.wait()
-    assert said[0].startswith(f"warning: --force: interrupting pid {holder.pid}: ") and said[1] == "removed"
+    assert said[0].startswith(f"warning: --force: interrupting pid {holder.pid}: ") and said[0].endswith("(SIGTERM)")
+    assert said[1] == "removed"
     with teardown_lock("t1", "vm down", False, said.append):  # free again: taken, nothing said
         assert len(said) == 2
 
@@ -183,14 +189,18 @@ def test_vm_down_takes_the_lab_lock(tmp_path):
     inventory.write_text(yaml.safe_dump(doc))
     chainlab = [str(Path(sys.executable).parent / "chainlab"), "-i", str(inventory), "vm", "down"]
     lab_lock = local_lab_lock_path("locktest-vm")
+    holder = hold(lab_lock)  # another process: --force sends it SIGTERM
     try:
-        with exclusive(lab_lock, "a test run"):
-            refused = subprocess.run(chainlab, capture_output=True, text=True, timeout=60)
-            forced = subprocess.run([*chainlab, "--force"], capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(chainlab, capture_output=True, text=True, timeout=60)
+        forced = subprocess.run([*chainlab, "--force"], capture_output=True, text=True, timeout=60)
     finally:
+        holder.kill()
+        holder.wait()
         lab_lock.unlink(missing_ok=True)
+        (lab_lock.parent / "holder-marker.py").unlink(missing_ok=True)
         (lab_lock.parent / "vm-locktest-vm.lock").unlink(missing_ok=True)  # vm up/down's own
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "`chainlab vm down --force` interrupts it" in refused.stderr.replace("\n", " "), refused.stderr
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    assert f"warning: --force: interrupting pid {os.getpid()}" in forced.stdout and "lab locktest-vm: down" in forced.stdout
+    assert f"warning: --force: interrupting pid {holder.pid}" in forced.stdout and "lab locktest-vm: down" in forced.stdout
+    assert holder.returncode == -signal.SIGTERM
