@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
-from chainlab.errors import ChainlabError, NoLabState, OutputError
+from chainlab.errors import ChainlabError, NoLabState, OutputError, visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -186,7 +186,9 @@ def _run() -> int | str | None:
         from rich.markup import escape
 
         err = _stderr()
-        err.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
+        # control characters from an input or a remote answer as escapes (its lines kept)
+        shown = "\n".join(visible(line) for line in str(exc).split("\n"))
+        err.print("[red]error:[/red]", escape(shown), soft_wrap=True)
         if isinstance(exc, NoLabState) and _inventory_defaulted():
             err.print("(no -i given: the inventory is ./inventory.yaml; for the local lab use "
                       "-i lab/local.yaml or CHAINLAB_INVENTORY=lab/local.yaml)", soft_wrap=True)

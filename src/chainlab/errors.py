@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def visible(text: str) -> str:
+    """`text` with its control characters as escapes (`\\x1b`, `\\n`): a name from an input
+    file or a remote answer printed in a message must not drive the terminal (colours, a
+    title) or split the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 @dataclass
 class Problem:
     """One thing wrong with an input file: where it is and what was expected."""

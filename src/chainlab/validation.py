@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from chainlab.errors import InputError, Problem
+from chainlab.errors import InputError, Problem, visible
 from chainlab.patterns import PATTERN_HELP
 from chainlab.yamlfile import YamlDocument
 
@@ -27,7 +27,7 @@ class LocatedValueError(ValueError):
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{visible(part)}" if out else visible(part))
     return out
 
 

@@ -233,3 +233,11 @@ def test_a_lab_that_is_not_provisioned_names_the_default_inventory(tmp_path: Pat
                               env=env, capture_output=True, text=True, timeout=60)
     assert explicit.returncode == 1 and "lab reference is not provisioned" in explicit.stderr
     assert "no -i given" not in explicit.stderr
+
+
+def test_an_error_prints_control_characters_escaped(tmp_path: Path) -> None:
+    """Whatever an error quotes (a file name, a remote answer) drives no terminal."""
+    name = tmp_path / "x\x1b]0;title\x07.log"
+    result = run("analyze", str(name))
+    assert_clean_error(result, "x\\x1b]0;title\\x07.log: log: no such file")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr

@@ -465,3 +465,11 @@ def test_addresses_must_be_written_out(tmp_path, key, value):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="calico.pool: expected an address written out"):
         load_inventory(path)
+
+
+def test_control_characters_of_a_key_are_shown_escaped(tmp_path: Path) -> None:
+    """A key's escape sequences (a window title, colours) or line break reach no terminal."""
+    path = write(tmp_path, MINIMAL + '    "\\e]0;pwned\\a\\e[31mred\\nline": 1\n')
+    [problem] = problems(path)
+    assert problem.path == "hosts.master.\\x1b]0;pwned\\x07\\x1b[31mred\\nline"
+    assert all(c.isprintable() for c in str(problem))
