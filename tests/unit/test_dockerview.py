@@ -57,7 +57,7 @@ def test_curl_asks_each_object_by_its_kind(host):
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp)}
     argv = inspect_argv(["mybusybox", "reg.example/a/b:1.2"], ["web1"], ["net1"], socket=str(tmp / "docker.sock"))
     assert _run(argv, env).split() == [
-        "curl", "-sS", "--path-as-is", "--unix-socket", str(tmp / "docker.sock"), "http://docker/images/mybusybox/json",
+        "curl", "-sS", "-m", "10", "--path-as-is", "--unix-socket", str(tmp / "docker.sock"), "http://docker/images/mybusybox/json",
         "http://docker/images/reg.example/a/b:1.2/json", "http://docker/containers/web1/json",
         "http://docker/networks/net1"]
 
@@ -79,9 +79,22 @@ def test_docker_inspect_answers_where_curl_might_ask_another_daemon_or_cannot(ho
         env["CURL_EXIT"] = "7"
     elif why == "no socket":
         sock = str(tmp / "missing.sock")
-    else:  # a PATH of sh and docker only: the machine's curl must not be found either
+    else:  # a PATH of sh, timeout and docker only: the machine's curl must not be found either
         os.unlink(bin_dir / "curl")
         (bin_dir / "sh").symlink_to(shutil.which("sh"))
+        (bin_dir / "timeout").symlink_to(shutil.which("timeout"))
         env["PATH"] = str(bin_dir)
     out = _run(inspect_argv(["mybusybox"], ["web1"], ["net1"], socket=sock), env)
     assert out.splitlines() == ["docker inspect mybusybox web1 net1"]  # a failed curl's output is dropped
+
+
+def test_a_dockerd_that_does_not_answer_ends_the_look(host):
+    """curl timed out (dockerd stopped): `docker inspect` would wait on it too, so the probe
+    ends with curl's status, which the step reads as `dockerd did not answer`."""
+    from chainlab.provision.dockerview import NOT_ANSWERED
+
+    tmp, bin_dir = host
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp), "CURL_EXIT": "28"}
+    proc = subprocess.run(inspect_argv(["mybusybox"], socket=str(tmp / "docker.sock")), capture_output=True,
+                          text=True, env=env, check=False)
+    assert proc.returncode in NOT_ANSWERED and "docker inspect" not in proc.stdout

@@ -20,7 +20,7 @@ from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
 from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
-from chainlab.provision.dockerview import DockerView, inspect_argv
+from chainlab.provision.dockerview import ANSWER_WITHIN_S, NOT_ANSWERED, DockerView, inspect_argv
 from chainlab.provision.facts import Facts
 from chainlab.remote.ssh import run
 from chainlab.shell import command_line
@@ -135,7 +135,10 @@ class HostContext:
         """The host's images, containers and networks of the lab, from one probe (fetched with
         the facts; read again after any change). Empty offline."""
         if self._view is None:
-            self._view = DockerView.parse(self.read(self.run.inspect_argv(self.host)) or "")
+            code, out = self._answer(self.run.inspect_argv(self.host)) if self.conn is not None else (0, "")
+            if code in NOT_ANSWERED:  # nothing would be there to see, and every step would wait on it
+                raise ChainlabError(f"{self.host}: dockerd did not answer within {ANSWER_WITHIN_S} s")
+            self._view = DockerView.parse(out)
         return self._view
 
     def perform(self, action: Action) -> Any:

@@ -20,6 +20,11 @@ from chainlab.shell import command_line
 
 #: The start of the next JSON value: anything but JSON's whitespace.
 NEXT_VALUE = re.compile(r"[^ \t\n\r]")
+#: Seconds dockerd has to answer the look (a stopped dockerd held up every host's facts).
+ANSWER_WITHIN_S = 10
+#: curl's exit status when dockerd did not answer within ANSWER_WITHIN_S (timeout(1)'s: 124).
+CURL_TIMED_OUT = 28
+NOT_ANSWERED = (CURL_TIMED_OUT, 124)
 #: Where dockerd listens unless the user pointed the CLI elsewhere.
 SOCKET = "/var/run/docker.sock"
 
@@ -30,16 +35,18 @@ def inspect_argv(images: Sequence[str] = (), containers: Sequence[str] = (), net
     object, which `parse` skips). curl asks the default socket for each object by its kind;
     where the CLI may talk to another daemon (DOCKER_HOST, DOCKER_CONTEXT, any docker context
     in the user's docker config), the socket is not there, or curl is missing or fails (what
-    it printed is then dropped), `docker inspect` of every name answers instead."""
+    it printed is then dropped), `docker inspect` of every name answers instead; a dockerd
+    that does not answer within ANSWER_WITHIN_S ends it with a status in NOT_ANSWERED."""
     urls = [*(f"http://docker/images/{n}/json" for n in images), *(f"http://docker/containers/{n}/json" for n in containers),
             *(f"http://docker/networks/{n}" for n in networks)]
     sock = shlex.quote(socket)
     return sh(f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ]'
               f' && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
-              f" && [ -S {sock} ] && command -v curl >/dev/null 2>&1"
-              f" && o=$(curl -sS --path-as-is --unix-socket {sock} {command_line(urls)});"
-              f' then printf "%s\\n" "$o"; exit 0; fi;'
-              f" exec {command_line(['docker', 'inspect', *images, *containers, *networks])}")
+              f" && [ -S {sock} ] && command -v curl >/dev/null 2>&1; then"
+              f" o=$(curl -sS -m {ANSWER_WITHIN_S} --path-as-is --unix-socket {sock} {command_line(urls)})"
+              f' && {{ printf "%s\\n" "$o"; exit 0; }};'
+              f" [ $? -eq {CURL_TIMED_OUT} ] && exit {CURL_TIMED_OUT}; fi;"  # no answer: docker inspect would get none
+              f" exec timeout {ANSWER_WITHIN_S} {command_line(['docker', 'inspect', *images, *containers, *networks])}")
 
 
 @dataclass

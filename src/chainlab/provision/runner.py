@@ -97,7 +97,7 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
 
 
 def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequence[Sequence[str]] = (),
-                 versions: bool = True) -> tuple[Facts, dict[int, tuple[int, str]]]:
+                 versions: bool = True, timeout: float = FACTS_DEADLINE_S) -> tuple[Facts, dict[int, tuple[int, str]]]:
     """The host's facts and, in the same round trip, the answers of read-only `probes`."""
     if conn is None:
         return assumed_facts(inv, host), {}
@@ -108,7 +108,13 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     script = Batch.of_argvs(batch)
     # not checked: the frames say what each probe answered, and one probe's broken script (it
     # runs in the batch's own shell) must not take the other answers with it
-    out = run(conn, ["sh", "-c", script.script()], check=False, timeout=60).stdout
+    try:
+        out = run(conn, ["sh", "-c", script.script()], check=False, timeout=timeout).stdout
+    except ChainlabError as exc:
+        if "did not finish within" not in str(exc):
+            raise
+        raise ChainlabError(f"{host}: the facts (and the read-only checks run with them) did not come within"
+                            f" {timeout:g} s: a daemon they ask (dockerd, etcd) not answering?") from None
     answers = script.parse(out)
     if 0 not in answers:
         raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
@@ -211,7 +217,8 @@ class Runner:
         try:
             if not self.offline:
                 conn = connect(self.inv, host)
-            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False)
+            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False,
+                                          timeout=min(self.step_timeout or FACTS_DEADLINE_S, FACTS_DEADLINE_S))
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
             if conn is not None:
                 conn.close()
