@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from chainlab.errors import InputError, Problem
 from chainlab.names import ContainerName, HostName, ImageName, NetworkName, SafePath, UserName
 from chainlab.validation import LocatedValueError, validate_document
 from chainlab.yamlfile import load_yaml
@@ -250,9 +251,19 @@ class Inventory(Strict):
 
 
 def resolve_inventory_path(option: str | None) -> Path:
-    """`-i/--inventory`, else $CHAINLAB_INVENTORY, else ./inventory.yaml."""
+    """`-i/--inventory`, else $CHAINLAB_INVENTORY, else ./inventory.yaml. An empty `-i` is
+    refused: taken as not given, it fell back to ./inventory.yaml (real VMs)."""
+    if option is not None and not option.strip():
+        raise InputError([Problem("-i/--inventory", "", "an empty path: give the inventory file (e.g. -i lab/local.yaml)")])
     return Path(option or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
 
 def load_inventory(path: Path) -> Inventory:
-    return validate_document(Inventory, load_yaml(path))
+    try:
+        return validate_document(Inventory, load_yaml(path))
+    except InputError as exc:
+        if path == Path(DEFAULT_INVENTORY) and not path.exists():  # neither -i nor CHAINLAB_INVENTORY
+            exc.problems.append(Problem(str(path), "", "no -i given and CHAINLAB_INVENTORY unset: give the"
+                                                       " inventory, e.g. -i lab/local.yaml for the local lab"))
+        raise
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,7 +13,7 @@ from chainlab.errors import InputError, Problem
 from chainlab.inventory import Strict
 from chainlab.names import ContainerName, HostName
 from chainlab.trace.netfilter import HOOKS, TABLES
-from chainlab.validation import validate_document
+from chainlab.validation import LocatedValueError, validate_document
 from chainlab.yamlfile import load_yaml
 
 Hook = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
@@ -70,6 +71,14 @@ class PathExpectation(Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "PathExpectation":
+        if not self.hooks and (self.verdict is not None or self.drop_chain is not None):
+            raise ValueError("no packet (`none`, `[]`) has no verdict or drop chain")
+        if self.drop_chain is not None and self.verdict not in (None, "dropped"):
+            raise ValueError(f"a drop chain goes with verdict dropped, not {self.verdict}")
+        return self
+
     def drop_chain_matches(self, chain: str | None) -> bool:
         return self.drop_chain is None or (chain is not None and fnmatch.fnmatchcase(chain, self.drop_chain))
 
@@ -83,7 +92,7 @@ class NodeExpectation(Strict):
 
 
 class Scenario(Strict):
-    id: int = Field(ge=1, le=999)
+    id: int = Field(ge=1, le=999, strict=True)
     title: str = Field(min_length=1, max_length=120)
     description: str = ""
     network: Literal["calico", "bridge"] = "calico"
@@ -91,15 +100,34 @@ class Scenario(Strict):
     target: Endpoint
     probe: Annotated[PingProbe | TcpProbe, Field(discriminator="kind")]
     tables: list[Table] = Field(
-        default_factory=lambda: list(DEFAULT_TABLES),
+        default_factory=lambda: list(DEFAULT_TABLES), min_length=1,
         description="tables in which the expected hook paths are stated",
     )
     outcome: Literal["reachable", "unreachable"]
     expect: dict[HostName, NodeExpectation] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _two_endpoints(self) -> "Scenario":
+        if self.source == self.target:
+            raise LocatedValueError(("target",), f"the target is the source ({self.source.label})")
+        return self
+
+    def unknown_names(self, hosts: Collection[str], containers: Collection[str]) -> list[str]:
+        """What the scenario names that the inventory does not have (empty: it fits)."""
+        problems = [f"{what} {name} is not a {what} of the inventory" for what, name, known in (
+            *(("host", e.host, hosts) for e in (self.source, self.target) if e.host),
+            *(("container", e.container, containers) for e in (self.source, self.target) if e.container),
+            *(("host", node, hosts) for node in self.expect)) if name not in known]
+        return list(dict.fromkeys(problems))
+
 
 def load_scenario(path: Path) -> Scenario:
-    return validate_document(Scenario, load_yaml(path))
+    scenario = validate_document(Scenario, load_yaml(path))
+    number = path.name.partition("-")[0]
+    if number.isdigit() and int(number) != scenario.id:  # NN-*.yaml: run N and nightly go by the name
+        raise InputError([Problem(str(path), "id", f"is {scenario.id}, the file name says {int(number)}")])
+    return scenario
+
 
 
 def find_scenario(directory: Path, number: int) -> Path:

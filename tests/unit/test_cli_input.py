@@ -210,3 +210,15 @@ def test_same_key_in_different_mappings_is_fine(tmp_path: Path) -> None:
     ok = tmp_path / "ok.yaml"
     ok.write_text("hosts:\n  master: {address: 10.0.0.1}\n  slave1: {address: 10.0.0.2}\n")
     assert run("inventory", "check", str(ok)).returncode == 0
+
+
+def test_an_empty_inventory_option_is_refused_not_the_default(tmp_path: Path, three_inventories: dict[str, Path]) -> None:
+    """`-i ''` (an unset shell variable) fell back to ./inventory.yaml: real VMs in this repo."""
+    result = run("-i", "", "inventory", "check", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert "-i/--inventory: an empty path" in result.stderr
+
+
+def test_a_missing_default_inventory_says_how_to_name_one(tmp_path: Path) -> None:
+    result = run("inventory", "check", cwd=tmp_path)
+    assert "no -i given and CHAINLAB_INVENTORY unset" in result.stderr.replace("\n", " ")

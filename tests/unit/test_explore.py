@@ -273,3 +273,13 @@ def test_a_probes_packet_seen_on_one_node_names_its_nat_with_the_node():
     assert "  DNAT on cos74: dst 172.28.129.4:80 → 172.28.129.4:52000\n" in out.getvalue()
     three = {r.label: r for r in results("icmp", "icmp", None)}["web1 → slave1 icmp"]
     assert three.own_nat == [] and three.nat
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1"])
+def test_a_probe_to_an_address_no_endpoint_can_have_is_refused(address):
+    """It made a run dir and probed no one (a host's own loopback stays a fair question)."""
+    from chainlab.run.probe import resolve
+
+    with pytest.raises(InputError, match="is no address of one endpoint"):
+        resolve(STATE, address, address_ok=True)
+    assert resolve(STATE, "127.0.0.1", address_ok=True) == "127.0.0.1"

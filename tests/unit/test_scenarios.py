@@ -244,3 +244,26 @@ def test_fuzz_mangled_scenario(tmp_path: Path, cut: int, junk: str) -> None:
         assert isinstance(load_scenario(path), Scenario)
     except InputError as exc:
         assert exc.problems
+
+
+@pytest.mark.parametrize("change,key,said", [
+    (("id: 9", "id: true"), "id", "integer"),
+    (("id: 9", "id: 9.0"), "id", "integer"),
+    (("id: 9", "id: 5"), "id", "the file name says 9"),
+    (("target: {container: web1}", "target: {host: master}"), "target", "the target is the source"),
+    (("outcome: reachable", "outcome: reachable\ntables: []"), "tables", "at least 1"),
+    (("reply: [INPUT]", "reply: {hooks: [], verdict: dropped}"), "expect.master.reply", "no packet"),
+    (("reply: [INPUT]", "reply: {hooks: [INPUT], verdict: accepted, drop_chain: cali-*}"), "expect.master.reply",
+     "verdict dropped"),
+])
+def test_a_scenario_that_contradicts_itself_or_its_name_is_refused(tmp_path: Path, change: tuple[str, str],
+                                                                    key: str, said: str) -> None:
+    found = problems(write(tmp_path, GOOD.replace(*change)))
+    assert any(p.path.startswith(key) and said in p.message for p in found), found
+
+
+def test_names_the_inventory_does_not_have_are_said_before_connecting() -> None:
+    scenario = load_scenario(SCENARIOS / "03-container-to-other-node.yaml")
+    assert scenario.unknown_names(["master", "slave1", "slave2"], ["web1", "web2", "web3"]) == []
+    assert sorted(scenario.unknown_names(["master", "slave2"], ["web2"])) == [
+        "container web1 is not a container of the inventory", "host slave1 is not a host of the inventory"]

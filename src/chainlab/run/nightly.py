@@ -14,7 +14,7 @@ from chainlab.lock import lab_lock
 from chainlab.providers import provider_for
 from chainlab.report.nightly import NightlySummary, find_baseline, write_nightly
 from chainlab.run.deadline import Interrupted, signals_interrupt
-from chainlab.run.runner import RunFailed, RunResult, run_locked
+from chainlab.run.runner import RunFailed, RunResult, check_names, run_locked
 from chainlab.rundir import NIGHTLY_PREFIX, check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import load_scenario
 
@@ -38,6 +38,10 @@ def run_nightly(inv: Inventory, scenarios_dir: Path, runs_root: Path,
     interrupt goes on up.
     """
     paths = scenario_files(scenarios_dir)
+    numbers = [p.name[:2] for p in paths]
+    if twice := sorted({n for n in numbers if numbers.count(n) > 1}):
+        raise ChainlabError(f"{scenarios_dir}: more than one file for scenario(s) {', '.join(twice)}"
+                            " (one NN-*.yaml each, as run N needs)")
     state = load_state(inv)
     check_runs_root(runs_root)
     with signals_interrupt(), lab_lock(inv):
@@ -83,6 +87,10 @@ def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log,
     if scenario.network != inv.calico.driver:
         log(f"scenario {scenario.id}: skipped, needs a {scenario.network} lab")
         return None
+    try:
+        check_names(inv, scenario)
+    except ChainlabError as exc:
+        return _error_without_run(inv, path, out_dir, str(exc), log)
     log(f"scenario {scenario.id}: {scenario.title}")
     try:
         return run_locked(inv, path, scenario, state, out_dir, log, unanswered=unanswered)

@@ -219,10 +219,14 @@ def resolve(state: LabState, name: str, *, address_ok: bool = False) -> Place | 
         return place
     if address_ok:
         try:
-            address = str(IPv4Address(name))
+            ip = IPv4Address(name)
         except ValueError:
             pass
         else:
+            if ip.is_unspecified or ip.is_multicast or ip.is_reserved:  # a host's own loopback is a fair question
+                raise InputError([Problem("probe", name, "is no address of one endpoint (unspecified, multicast or"
+                                                         " reserved): give a host, a container or an address")])
+            address = str(ip)
             return next((p for n in endpoint_names(state)
                          if (p := _place(state, n, None)) is not None and p.address == address), address)
     known = ", ".join(endpoint_names(state))

@@ -127,6 +127,14 @@ def check_network(inv: Inventory, scenario: Scenario) -> None:
         )
 
 
+def check_names(inv: Inventory, scenario: Scenario) -> None:
+    """The endpoints and nodes the scenario names are the inventory's (before any connection)."""
+    unknown = scenario.unknown_names(inv.hosts, inv.containers)
+    if unknown:
+        raise ChainlabError(f"scenario {scenario.id}: {'; '.join(unknown)} ({inv.lab}: hosts {', '.join(inv.hosts)};"
+                            f" containers {', '.join(inv.containers) or 'none'})")
+
+
 def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log = print) -> RunResult:
     """`chainlab run N`: inputs and the runs dir checked first, then the run under the lab lock.
 
@@ -135,6 +143,7 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log 
     """
     scenario = load_scenario(scenario_path)
     check_network(inv, scenario)
+    check_names(inv, scenario)
     state = load_state(inv)
     check_runs_root(runs_root)
     with signals_interrupt(), lab_lock(inv):
