@@ -258,6 +258,21 @@ def test_a_trace_log_truncated_during_a_run_is_that_nodes_error(lab, runs):
     assert re.search(r"ERROR .*master: its trace log /var/log/iptables.log was truncated in place", out), out
 
 
+def test_lab_up_restarts_a_trace_backend_writing_into_a_deleted_log(lab, runs):
+    """A log rotated away and deleted: xtables-monitor went on writing into the deleted file,
+    lab up found it running, and every run after saw no packet there (found by fault
+    injection). lab up now sees that it holds no file at the log's path and starts it anew."""
+    log = Path(load_inventory(lab).local.state_dir) / "hosts" / "master" / "fs" / "var-log" / "iptables.log"
+    log.rename(log.with_name("iptables.log.1"))
+    log.touch()
+    log.with_name("iptables.log.1").unlink()
+    up = cli(lab, "lab", "up")
+    assert up.returncode == 0 and re.search(r"changed master: trace_log  xtables-monitor --trace \(pid \d+\)", up.stdout), up.stdout
+    assert cli(lab, "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS).returncode == 0
+    again = cli(lab, "lab", "up")
+    assert "ok master: trace_log  xtables-monitor running" in again.stdout, again.stdout
+
+
 @pytest.mark.parametrize(("options", "said"), [
     ("size=1m", r"has 1\.0 MB free; a run needs at least 32 MB"),
     ("size=64m,ro", r"cannot take a run's evidence: Read-only file system"),

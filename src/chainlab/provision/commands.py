@@ -201,12 +201,23 @@ def read_pid(pidfile: str) -> str:
     return f'{read_line("p", shlex.quote(pidfile))}; [ -n "$p" ]'
 
 
-def running_check_argv(pidfile: str, comm: str, or_known_by: str | None = None) -> list[str]:
+#: What a `holding` running check prints for a process that holds no open file at its path.
+ELSEWHERE = "elsewhere"
+
+
+def running_check_argv(pidfile: str, comm: str, or_known_by: str | None = None,
+                       holding: str | None = None) -> list[str]:
     """Exit 0 and print the PID iff the pidfile names a live process of ours called `comm`
     (or, with `or_known_by`, one that shell test accepts: e.g. a daemon an earlier version
-    started under another name)."""
+    started under another name). With `holding` (a trace backend's log), ELSEWHERE instead
+    of the PID when none of the process's open files is that path's file now: it writes into
+    a log rotated away (and deleted), which no run reads."""
     named = is_named(comm) if or_known_by is None else f"{{ {is_named(comm)} || {or_known_by}; }}"
-    return sh(f'{read_pid(pidfile)} && {named} && {SAME_NETNS} && echo "$p"')
+    found = 'echo "$p"'
+    if holding is not None:
+        found = (f'h=; for f in /proc/"$p"/fd/*; do [ "$f" -ef {shlex.quote(holding)} ] && h=1; done; '
+                 f'if [ -n "$h" ]; then echo "$p"; else echo {ELSEWHERE}; fi')
+    return sh(f'{read_pid(pidfile)} && {named} && {SAME_NETNS} && {{ {found}; }}')
 
 
 def stop_argv(pidfile: str, comm: str) -> list[str]:

@@ -118,13 +118,13 @@ def _ulogd(ctx: HostContext, log: str) -> Step:
     yield from _ensure_tool(ctx, "ulogd", "ulogd")
     yield from _ensure_trace_file(ctx)
     conf = ctx.read(C.read_file_argv(C.ULOGD_CONF))
-    pid = (ctx.read(C.running_check_argv(C.ULOGD_PID, "ulogd")) or "").strip()
+    pid = (ctx.read(C.running_check_argv(C.ULOGD_PID, "ulogd", holding=log)) or "").strip()
     if conf != C.ulogd_text(log):
         yield Command.of(["mkdir", "-p", C.RUN_DIR])
         yield PutFile(C.ULOGD_CONF, C.ulogd_text(log))
-        if pid:
-            yield Command.of(C.stop_argv(C.ULOGD_PID, "ulogd"))
-            pid = ""
+    if pid and (conf != C.ulogd_text(log) or pid == C.ELSEWHERE):
+        yield Command.of(C.stop_argv(C.ULOGD_PID, "ulogd"))
+        pid = ""
     if not pid:
         yield Command.of(C.nf_log_remember_argv())  # before ulogd's NFLOG input rebinds nf_log
         pid = yield from _started(ctx, C.ULOGD_PID, "ulogd", C.ulogd_start_argv())
@@ -136,7 +136,10 @@ def _ulogd(ctx: HostContext, log: str) -> Step:
 def _monitor(ctx: HostContext, log: str) -> Step:
     yield from _ensure_tool(ctx, "xtables-monitor", "xtables-monitor")
     yield from _ensure_trace_file(ctx)
-    pid = (ctx.read(C.running_check_argv(C.MONITOR_PID, "xtables-monitor")) or "").strip()
+    pid = (ctx.read(C.running_check_argv(C.MONITOR_PID, "xtables-monitor", holding=log)) or "").strip()
+    if pid == C.ELSEWHERE:
+        yield Command.of(C.stop_argv(C.MONITOR_PID, "xtables-monitor"))
+        pid = ""
     if not pid:
         pid = yield from _started(ctx, C.MONITOR_PID, "xtables-monitor", C.monitor_start_argv(log))
     return (f"xtables-monitor --trace (pid {pid}) → {log}", f"xtables-monitor running (pid {pid}) → {log}")
@@ -258,7 +261,8 @@ def up_probes(run: RunContext, host: str) -> list[list[str]]:
     read = C.read_file_argv
     return [
         read(C.SYSCTL_FILE), read(C.RSYSLOG_FILE), read(C.ULOGD_CONF), ["test", "-e", log],
-        C.running_check_argv(C.ULOGD_PID, "ulogd"), C.running_check_argv(C.MONITOR_PID, "xtables-monitor"),
+        C.running_check_argv(C.ULOGD_PID, "ulogd", holding=log),
+        C.running_check_argv(C.MONITOR_PID, "xtables-monitor", holding=log),
         NF_LOG_READ, ["test", "-e", C.NFT_BEFORE], C.RAW_LIST,
         run.inspect_argv(host), *run.network.up_probes(host),
     ]
