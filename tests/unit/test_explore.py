@@ -169,6 +169,21 @@ def test_matrix_json_round_trip_and_changes(tmp_path):
     assert (tmp_path / "nothing").mkdir() is None and load_matrix(tmp_path / "nothing") is None
 
 
+def test_a_matrix_compares_with_the_newest_complete_one_and_names_the_partial_ones(tmp_path):
+    """As a nightly does: a matrix killed before it finished is skipped, and said."""
+    from chainlab.rundir import PARTIAL, create_run_dir, mark_complete
+    from chainlab.run.matrix import find_previous
+
+    older = create_run_dir(tmp_path, "ex", "-matrix-icmp")
+    write_matrix(older, matrix_of())
+    mark_complete(older)
+    killed = create_run_dir(tmp_path, "ex", "-matrix-icmp")  # PARTIAL stays
+    other = create_run_dir(tmp_path, "ex", "-matrix-tcp-80")  # another service: not named
+    current = create_run_dir(tmp_path, "ex", "-matrix-icmp")
+    previous, skipped = find_previous(tmp_path, current, matrix_of())
+    assert previous is not None and skipped == [killed.name] and (killed / PARTIAL).exists() and other.name not in skipped
+
+
 CYCLONUS = """\
 # expected reachability of the Calico lab
 +--------+--------+--------+--------+------+------+------+

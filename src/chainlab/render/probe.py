@@ -76,6 +76,8 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
                       f"{escape(drop['step'])}: {escape(drop['rule'] or '(no rule text)')}", soft_wrap=True)
     reachable = sum(c.reachable for c in matrix.cells)
     console.print(f"{reachable}/{len(matrix.cells)} reachable in {matrix.duration_s:.1f} s")
+    if matrix.skipped_partial:
+        console.print(f"not compared, partial: {', '.join(matrix.skipped_partial)}", soft_wrap=True)
     if matrix.previous:
         console.print(f"changed since {matrix.previous}: " + (", ".join(
             f"{c.source} → {c.target} ({escape(c.previous or '')} → {escape(c.short)})" for c in matrix.changes)

@@ -166,7 +166,8 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
             grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for (r, _), link in zip(done, reports)],
                           started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name,
                           waves=waves)
-            compare_with(grid, find_previous(runs_root, run_dir, grid))
+            previous, grid.skipped_partial = find_previous(runs_root, run_dir, grid)
+            compare_with(grid, previous)
             if expected is not None:
                 apply_expect(grid, expected, str(expect))
             write_matrix(run_dir, grid)

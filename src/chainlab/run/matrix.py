@@ -77,6 +77,9 @@ class Matrix:
     duration_s: float = 0.0
     run_dir: str = ""
     previous: str | None = None  # the previous matrix's directory name
+    #: matrices of this lab and service begun after `previous` and never finished (killed,
+    #: interrupted: PARTIAL still there), so not compared with
+    skipped_partial: list[str] = field(default_factory=list)
     expect_file: str | None = None
     waves: int = 1  # captures the probes needed (see attribute.plan_waves)
 
@@ -155,20 +158,28 @@ def load_matrix(directory: Path) -> Matrix | None:
         return None
 
 
-def find_previous(runs_root: Path, current: Path, like: Matrix) -> Matrix | None:
+def find_previous(runs_root: Path, current: Path, like: Matrix) -> tuple[Matrix | None, list[str]]:
     """The newest complete matrix under `runs_root` before `current` of the same lab,
-    service, sources and targets as `like`."""
+    service, sources and targets as `like`, and the partial matrices of that lab and service
+    (killed or interrupted: PARTIAL still there) begun after it, which are skipped."""
+    suffix = current.name[current.name.index("-matrix-"):] if "-matrix-" in current.name else None
     try:
         names = sorted((d for d in runs_root.iterdir() if d.is_dir() and d.name < current.name
-                        and (d / MATRIX_JSON).is_file() and is_complete(d)), key=lambda d: d.name, reverse=True)
+                        and d.name.startswith(f"{like.lab}-") and "-matrix-" in d.name),
+                       key=lambda d: d.name, reverse=True)
     except OSError:
-        return None
+        return None, []
+    skipped: list[str] = []
     for directory in names:
+        if not is_complete(directory):
+            if suffix is None or directory.name.endswith(suffix):
+                skipped.append(directory.name)
+            continue
         matrix = load_matrix(directory)
         if matrix is not None and (matrix.lab, matrix.service, matrix.sources, matrix.targets) == \
                 (like.lab, like.service, like.sources, like.targets):
-            return matrix
-    return None
+            return matrix, skipped
+    return None, skipped
 
 
 def compare_with(matrix: Matrix, previous: Matrix | None) -> None:
