@@ -212,7 +212,11 @@ def test_the_command_has_the_callers_umask_and_directory(warm: Warm) -> None:
     while not warm.served() and time.monotonic() < deadline:
         time.sleep(0.02)
     child = int(warm.served()[0].split(" pid ")[1].split(":")[0])
-    status = Path(f"/proc/{child}/status").read_text()
+    # the log names the child once it has the caller's limits and groups; its streams, umask
+    # and directory come a moment later, before the command starts
+    deadline = time.monotonic() + 10
+    while "Umask:\t0027" not in (status := Path(f"/proc/{child}/status").read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert "Umask:\t0027" in status
     assert os.readlink(f"/proc/{child}/cwd") == str(warm.base)
     _, err = proc.communicate(timeout=120)
