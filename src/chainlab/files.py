@@ -34,6 +34,13 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def others_may_change(info: os.stat_result) -> bool:
+    """Whether a user other than this one (and root) could rename or replace what is in the
+    directory `info` describes: it is another user's, or others may write in it and it is
+    not sticky (as /tmp is: there no one renames what is not theirs)."""
+    return info.st_uid not in (0, os.geteuid()) or bool(info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)
+
+
 def check_input_file(path: Path, what: str) -> Path:
     """`path` is there and a regular file (looked at with stat, which never blocks: opening a
     FIFO would): for a file read later by a library (a tarball, a TLS key); `what` says

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
-from chainlab.files import PRIVATE_DIR, describe_os_error
+from chainlab.files import PRIVATE_DIR, describe_os_error, others_may_change
 
 PARTIAL = "PARTIAL"
 NIGHTLY_PREFIX = "nightly-"
@@ -76,7 +75,7 @@ def _only_ours(root: Path) -> None:
     a link where a run's evidence goes (found: `runs/` made by `nobody` beforehand, each new
     entry swapped for a link to nobody's directory)."""
     for what, info in (("runs directory", os.stat(root)), ("the directory of runs directory", os.stat(root.resolve().parent))):
-        if info.st_uid not in (0, os.geteuid()) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+        if others_may_change(info):
             raise ChainlabError(f"{what} {root} belongs to another user, or others may write in it: a run's"
                                 " evidence goes only where no one else can change it (choose another --runs)")
 

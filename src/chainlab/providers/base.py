@@ -186,8 +186,8 @@ class MachineProvider(Provider):
                 )
         if inv.calico.pool.overlaps(lan.network):
             raise LocatedValueError(("calico", "pool"), f"{inv.calico.pool} overlaps {cls.kind}.lan {lan.network}")
-        for key in ("state_dir", "image_dir"):
-            path = Path(getattr(settings, key, "/x/y"))
+        for key in [k for k in ("state_dir", "image_dir") if hasattr(settings, k)]:  # image_dir: qemu only
+            path = Path(getattr(settings, key))
             if not path.is_absolute() or len(path.parts) < 3:
                 raise LocatedValueError((cls.kind, key), f"{path} must be an absolute path at least two levels deep")
 

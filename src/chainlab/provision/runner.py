@@ -45,6 +45,7 @@ from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import connect, run
 from chainlab.remote.batch import Batch
+from chainlab.remote.ssh import RemoteTimeout
 from chainlab.render.console import make_console
 from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
 
@@ -110,9 +111,7 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     # runs in the batch's own shell) must not take the other answers with it
     try:
         out = run(conn, ["sh", "-c", script.script()], check=False, timeout=timeout).stdout
-    except ChainlabError as exc:
-        if "did not finish within" not in str(exc):
-            raise
+    except RemoteTimeout:
         raise ChainlabError(f"{host}: the facts (and the read-only checks run with them) did not come within"
                             f" {timeout:g} s: a daemon they ask (dockerd, etcd) not answering?") from None
     answers = script.parse(out)

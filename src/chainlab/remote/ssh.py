@@ -163,6 +163,10 @@ def _said(exc: BaseException, timeout: float) -> str:
     return text
 
 
+class RemoteTimeout(ChainlabError):
+    """A remote command did not finish within its timeout (the session was closed)."""
+
+
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
     """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError
     (with `check`), a timeout or a broken session always does."""
@@ -170,7 +174,7 @@ def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, tim
     try:
         result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
     except CommandTimedOut as exc:
-        raise ChainlabError(f"{conn.host}: `{line}` did not finish within {exc.timeout:g} s") from None
+        raise RemoteTimeout(f"{conn.host}: `{line}` did not finish within {exc.timeout:g} s") from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ChainlabError(f"{conn.host}: `{line}`: the SSH session failed: {exc}") from exc
     if check and not result.ok:

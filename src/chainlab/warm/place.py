@@ -27,6 +27,7 @@ def directory(create: bool = True) -> str | None:
         parent = os.stat(base)
     except OSError:
         return None
+    # files.others_may_change, written out: the client imports the standard library only
     sticky = parent.st_mode & stat.S_ISVTX  # /tmp: others cannot rename what is ours in it
     if parent.st_uid not in (0, os.getuid()) or (parent.st_mode & 0o022 and not sticky):
         return None
