@@ -549,6 +549,35 @@ def test_quoted_kernel_lines(tmp_path, name, quote):
     assert seen["packets"] == plain["packets"] and plain["packets"]  # each with its node, each step with its time
 
 
+#: How a copy from a web page or a paste changes a log's spacing (trace/respace.py): each
+#: applies to the whole text; the kernel ones only where a TRACE record's header or fields are.
+RESPACINGS = {
+    "nbsp": lambda text: text.replace(" ", "\u00a0"),
+    "tabs": lambda text: text.replace(" ", "\t"),
+    "narrow nbsp and zero-width": lambda text: text.replace(" ", "\u202f").replace("trace id", "trace\u200b id"),
+    "TRACE: spaced": lambda text: text.replace("TRACE: ", "TRACE:\t  "),
+    "header glued": lambda text: re.sub(r"(TRACE: \S+:(?:rule|return|policy):\d+) (IN=)", r"\1\2", text),
+    "fields glued": lambda text: re.sub(r"(?<=[0-9a-z]) (?=(?:TOS|TTL|ID|SEQ|CODE|OUT|DST|LEN)=)", "", text),
+    "day glued": lambda text: re.sub(r"^([A-Z][a-z]{2} [ \d]\d) (?=\d\d:)", r"\1", text, flags=re.MULTILINE),
+}
+
+
+@pytest.mark.parametrize("respacing", RESPACINGS)
+@pytest.mark.parametrize("name", ["seed-logs/scenario2-master.log", "public/xixiliguo-libvirt-virbr0-snat.log",
+                                  "public/kubernetes-24350-docker0-tcp.log", "captured/ulogd-ip6tables-legacy.log",
+                                  "public/xtables-monitor-manpage.log", "captured/nft-monitor-inet-t13.log",
+                                  "public/melon-kernlog-wrapped-100col-syn80.log"])
+def test_respaced_copies_read_as_the_log(tmp_path, name, respacing):
+    """A log whose spacing a copy changed (non-breaking spaces, tabs, lost spaces) gives the
+    packets of the log itself, hosts and times too, in both engines."""
+    source = FIXTURES / name
+    changed = tmp_path / source.name  # the node of a log without hosts: the file's name
+    changed.write_text(RESPACINGS[respacing](source.read_text()))
+    plain = json.loads(assert_same([str(source)], name).stdout)
+    seen = json.loads(assert_same([str(changed)], f"{name} changed: {respacing}").stdout)
+    assert seen["packets"] == plain["packets"] and plain["packets"]
+
+
 @pytest.mark.parametrize(
     "ip_id",
     ["43007SPORT=80", "4884DF", "12DFSPORT=1", "123DF=5", "12DFX", "1SPORT=", "5ID=6", "12345678901SPORT=1",

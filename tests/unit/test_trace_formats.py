@@ -619,7 +619,8 @@ def test_a_log_without_traces_says_so(tmp_path, engine):
     proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "CHAINLAB_ENGINE": engine})
     assert proc.returncode == 0 and "0 packets" in proc.stdout
-    assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE lines")
+    assert proc.stderr.startswith("note: no packet trace in 1 line (read are kernel TRACE records")
+    assert "not LOG-target lines)" in proc.stderr
 
 
 def test_records_whose_trace_prefix_was_cut_off_say_so(tmp_path):

@@ -148,9 +148,12 @@ def analyze_command(
             click.echo(f"note: --rules {node}=...: no trace line is of node {node} (the logs' nodes: {', '.join(nodes)})",
                        err=True)
         if stats.lines and not stats.trace_records:
-            click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''} (read are kernel"
-                       " TRACE lines, xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a"
-                       " post); LOG-target lines are not", err=True)
+            unread = (f"; {stats.skipped_lines} of them show a trace marker but no record that can be read"
+                      if stats.skipped_lines else "")
+            click.echo(f"note: no packet trace in {stats.lines} line{'s' if stats.lines != 1 else ''}{unread}"
+                       " (read are kernel TRACE records, `TRACE: table:chain:rule|return|policy:N IN=...`,"
+                       " xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a post;"
+                       " not LOG-target lines)", err=True)
             for note in filter(None, (encoding_note(source.path) for source in sources)):
                 click.echo(f"note: {note}", err=True)
             bare = sum(headerless_records(source.path) for source in sources)

@@ -41,7 +41,7 @@ from chainlab.trace.netfilter import HOOKS, Slot, table_slots
 from chainlab.trace.pipeline import AnalysisOptions
 from chainlab.trace import engine_source, reader
 from chainlab.trace.reader import (
-    KERNEL, NFT_MONITOR, WRAPPED, XTABLES_MONITOR, LogSource, ReadStats, base_format, log_chunks, log_format,
+    KERNEL, NFT_MONITOR, XTABLES_MONITOR, LogSource, ReadStats, base_format, log_chunks, log_format,
     read_errors,
 )
 from chainlab.trace.summary import Row, Summary
@@ -295,7 +295,7 @@ def _run(sources: list[LogSource], options: AnalysisOptions, mode: str, checker:
         fmt = log_format(source.path)
         stats.formats[str(source.path)] = fmt
         engine.begin(source.fallback_node, source.node is None, FORMATS[base_format(fmt)])
-        if source.path.suffix == ".gz" or fmt in WRAPPED:  # gunzipped or joined here
+        if source.path.suffix == ".gz" or reader.changed_on_reading(fmt):  # gunzipped, respaced or joined here
             for chunk in log_chunks(source.path, fmt):
                 take(engine.feed(chunk))
         else:  # read by the engine (a kernel log: in its parser thread)

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 from chainlab.errors import InputError, Problem
 from chainlab.trace.ascii import WHITESPACE
 from chainlab.trace.model import MARKERS, Event, Fields, FileEnd, Step, fill_missing
+from chainlab.trace.netfilter import TABLES
 from chainlab.trace.parse_kernel import BARE_HEADER, TRACE_LIKE, KernelLineParser
 from chainlab.trace.parse_nft import XT_PACKET, XT_TRACE, NftRecord, parse_nft_monitor, parse_xtables_monitor
+from chainlab.trace.respace import needs_respace, respace
 from chainlab.trace.unwrap import Joiner, KernelJoiner, NftJoiner, XtablesJoiner, is_wrapped, unwrap
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ KERNEL_WRAPPED, XTABLES_WRAPPED, NFT_WRAPPED = "kernel-wrapped", "xtables-monito
 WRAPPED: dict[str, tuple[str, type[Joiner]]] = {
     KERNEL_WRAPPED: (KERNEL, KernelJoiner), XTABLES_WRAPPED: (XTABLES_MONITOR, XtablesJoiner),
     NFT_WRAPPED: (NFT_MONITOR, NftJoiner)}
+#: Ends a format's name when the log's spacing was changed by a copy (a post's non-breaking
+#: spaces, a lost space): read through respace first (`kernel+respaced`, `kernel-wrapped+respaced`).
+RESPACED = "+respaced"
 SNIFF_LINES = 500
 #: The format is told from the first SNIFF_LINES lines within the first SNIFF_BYTES.
 SNIFF_BYTES = 4 << 20
@@ -117,22 +122,35 @@ def raw_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
 
 
 def log_chunks(path: Path, fmt: str) -> Iterator[bytes]:
-    """The bytes of a log as the parsers read them: raw_chunks, with a wrapped log's records
-    joined."""
+    """The bytes of a log as the parsers read them: raw_chunks, respaced and with a wrapped
+    log's records joined as its format says."""
     chunks = raw_chunks(path)
+    if fmt.endswith(RESPACED):
+        chunks, fmt = respace(chunks), fmt.removesuffix(RESPACED)
     return unwrap(chunks, WRAPPED[fmt][1](LINE_LIMIT)) if fmt in WRAPPED else chunks
 
 
 def base_format(fmt: str) -> str:
-    """The format a log's lines are in once any wrapped records are joined."""
+    """The format a log's lines are in once respaced and any wrapped records joined."""
+    fmt = fmt.removesuffix(RESPACED)
     return WRAPPED[fmt][0] if fmt in WRAPPED else fmt
+
+
+def changed_on_reading(fmt: str) -> bool:
+    """Whether a log of format `fmt` is read changed (respaced, records joined): its bytes
+    must then come from log_chunks, not from the file as it is."""
+    return fmt.endswith(RESPACED) or fmt in WRAPPED
 
 
 def headerless_records(path: Path, limit: int = CHUNK) -> int:
     """How many lines in the first `limit` bytes of a log look like kernel TRACE records
-    whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`)."""
+    whose `TRACE: ` was cut off (`raw:PREROUTING:policy:2 IN=...`): of an iptables table,
+    so that a line cut inside its table's name (`w:PREROUTING:...`, a post's fixed column)
+    is not taken for one."""
     head = next(raw_chunks(path, limit), b"")
-    return sum(1 for line in head.splitlines() if BARE_HEADER.search(line) and b"TRACE:" not in line)
+    return sum(1 for line in head.splitlines()
+               if (bare := BARE_HEADER.search(line)) and b"TRACE:" not in line
+               and bare[0].lstrip().split(b":", 1)[0].decode() in TABLES)
 
 
 def encoding_note(path: Path) -> str | None:
@@ -279,10 +297,15 @@ def sniff_format(lines: list[str]) -> str:
 
 def log_format(path: Path) -> str:
     """The format of a log file, from its first SNIFF_LINES lines (within SNIFF_BYTES); one
-    of WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over lines."""
+    of WRAPPED when its first WRAP_SNIFF_BYTES hold a record wrapped over lines; ending in
+    RESPACED when they show spacing that a copy changed."""
     head = []
     chunks = raw_chunks(path, SNIFF_BYTES)
     first = next(chunks, b"")  # CHUNK bytes: the wrap sniff's too
+    suffix = ""
+    if needs_respace(first[:WRAP_SNIFF_BYTES]):
+        suffix, chunks = RESPACED, respace(itertools.chain([first], chunks))
+        first = next(chunks, b"")
     for number, text, _ in marked_lines(itertools.chain([first], chunks), ReadStats()):
         if number > SNIFF_LINES:
             break  # the rest of SNIFF_BYTES would only be read to be thrown away
@@ -292,8 +315,8 @@ def log_format(path: Path) -> str:
         if fmt == unwrapped:
             wrap_head = first[:WRAP_SNIFF_BYTES]
             if is_wrapped(wrap_head, joiner(LINE_LIMIT), whole=len(wrap_head) < WRAP_SNIFF_BYTES):
-                return wrapped
-    return fmt
+                return wrapped + suffix
+    return fmt + suffix
 
 
 def read_events(source: LogSource, stats: ReadStats) -> Iterator[Event | FileEnd]:
