@@ -42,13 +42,17 @@ _GLUED_HEADER = re.compile(rb"(TRACE: [A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return
 #: before a known key and its `=` (never a longer key's tail: `PHYSIN=`, `UID=` are preceded
 #: by capitals).
 _GLUED_KEY = re.compile(rb"(?<=[0-9a-z:.\-])(?=(?:" + b"|".join(sorted(k.encode() for k in KNOWN_KEYS)) + rb")=)")
+#: A value with another `=` right after it: where a glued key may be (found at the speed of a
+#: literal search; _GLUED_KEY, which looks behind at every byte, runs only where one is).
+_TWO_VALUES = re.compile(rb"=[^\s=]*=")
+#: The first bytes of what SPACES replaces.
+_SPACE_BYTES = re.compile(rb"[\t\xc2\xe2\xe3]")
 #: A syslog time glued to its day, at a line's start (after a quote's `>` marks).
 _GLUED_DAY = re.compile(rb"^([ >]*[A-Z][a-z]{2}) {1,2}(\d{1,2})(?=\d\d:\d\d:\d\d )", re.MULTILINE)
 #: What in a file's head says that its spacing was changed.
 _SIGNS = re.compile(
-    rb"(?:TRACE|PACKET):(?: {2,})?" + _AFTER_MARKER + rb"|:(?:rule|return|policy):\d{1,10}IN=|(?:TRACE|PACKET):[^\n]*"
-    + _GLUED_KEY.pattern
-    + rb"|^[ >]*[A-Z][a-z]{2} {1,2}\d{1,2}\d\d:\d\d:\d\d ",
+    rb"(?:TRACE|PACKET):(?: {2,})?" + _AFTER_MARKER + rb"|:(?:rule|return|policy):\d{1,10}IN="
+    rb"|^[ >]*[A-Z][a-z]{2} {1,2}\d{1,2}\d\d:\d\d:\d\d ",
     re.MULTILINE,
 )
 #: Bytes of a line kept back for the next chunk, at most: a longer line is passed on in
@@ -57,8 +61,18 @@ CARRY_LIMIT = 1 << 20
 
 
 def needs_respace(head: bytes) -> bool:
-    """Whether a file's first bytes show spacing that a copy changed."""
-    return any(space in head for space, _ in SPACES) or _SIGNS.search(head) is not None
+    """Whether a file's first bytes show spacing that a copy changed (a glued key only
+    counts on a trace line)."""
+    if _SPACE_BYTES.search(head) and any(space in head for space, _ in SPACES):
+        return True
+    if _SIGNS.search(head):
+        return True
+    for match in _TWO_VALUES.finditer(head):
+        start, end = head.rfind(b"\n", 0, match.start()) + 1, head.find(b"\n", match.end())
+        line = head[start:] if end < 0 else head[start:end]
+        if (b"TRACE:" in line or b"PACKET:" in line) and _GLUED_KEY.search(line):
+            return True
+    return False
 
 
 def respace(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -81,12 +95,13 @@ def respace(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def respaced(text: bytes) -> bytes:
     """Whole lines, respaced (see the module's doc)."""
-    for space, replacement in SPACES:
-        if space in text:
-            text = text.replace(space, replacement)
+    if _SPACE_BYTES.search(text):
+        for space, replacement in SPACES:
+            if space in text:
+                text = text.replace(space, replacement)
     text = _GLUED_DAY.sub(_day, text)
-    text = _MARKER_SPACES.sub(rb"\1 ", text)
-    return _GLUED_KEY.sub(b" ", _GLUED_HEADER.sub(rb"\1 ", text))
+    text = _GLUED_HEADER.sub(rb"\1 ", _MARKER_SPACES.sub(rb"\1 ", text))
+    return _GLUED_KEY.sub(b" ", text) if _TWO_VALUES.search(text) else text
 
 
 def _day(match: re.Match[bytes]) -> bytes:
