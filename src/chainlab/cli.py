@@ -178,7 +178,8 @@ def _run() -> int | str | None:
         cause = exc.__cause__
         signum = getattr(cause, "signum", None)  # chainlab.run.deadline.Interrupted
         if isinstance(signum, int):
-            _stderr().print(f"interrupted by {signal.Signals(signum).name}")
+            if getattr(cause, "run_dir", None) is None:  # a runner has said it already, with its run dir
+                _stderr().print(f"interrupted by {signal.Signals(signum).name}")
             return 128 + signum
         _stderr().print("aborted")
         return 130

@@ -17,7 +17,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
@@ -110,7 +110,7 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
 
 
 def _lab_what(lab: str) -> str:
-    return f"a lab up/down, scenario run or nightly on lab {lab}"
+    return f"a chainlab command on lab {lab} (lab up/down, run, nightly, probe or matrix)"
 
 
 def lab_lock_path(inv: Inventory) -> Path:
@@ -145,10 +145,16 @@ def machine_lock(name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
-    """One provisioning run, scenario run, nightly or `local down` per lab at a time: runs
-    share the trace files and expect the lab to hold still."""
-    return exclusive(lab_lock_path(inv), _lab_what(inv.lab))
+@contextmanager
+def lab_lock(inv: Inventory) -> Iterator[None]:
+    """One provisioning run, scenario run, nightly, probe, matrix or `local down` per lab at a
+    time: runs share the trace files and expect the lab to hold still."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(lab_lock_path(inv), _lab_what(inv.lab)))
+        except LockHeld as exc:
+            raise LockHeld(f"{exc}: wait for it to end, then run this again", exc.holder, exc.pids) from None
+        yield
 
 
 @contextmanager

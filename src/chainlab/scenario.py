@@ -112,6 +112,11 @@ class Scenario(Strict):
             raise LocatedValueError(("target",), f"the target is the source ({self.source.label})")
         return self
 
+    @property
+    def probe_port(self) -> int | None:
+        """The TCP port the probe connects to (None: a ping)."""
+        return self.probe.port if isinstance(self.probe, TcpProbe) else None
+
     def unknown_names(self, hosts: Collection[str], containers: Collection[str]) -> list[str]:
         """What the scenario names that the inventory does not have (empty: it fits)."""
         problems = [f"{what} {name} is not a {what} of the inventory" for what, name, known in (

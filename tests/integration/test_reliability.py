@@ -131,7 +131,7 @@ def runs(tmp_path: Path) -> Path:
 
 def test_a_host_frozen_during_a_run_is_that_hosts_error(lab, runs):
     proc, out, took = stuck(lab, "slave1", "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)
-    assert proc.returncode == 1 and "Traceback" not in out
+    assert proc.returncode == 3 and "Traceback" not in out  # 3: an ERROR (1 is a FAIL)
     assert 14 < took < 25, took  # the read deadline (15 s), not forever
     assert "ERROR slave1: no answer within 15 s while reading its trace log" in re.sub(r"\s+", " ", out)
     [run] = run_dirs(runs)
@@ -146,7 +146,7 @@ def test_a_host_frozen_during_a_probe_is_that_hosts_error(lab, runs):
     """`chainlab probe` shares the runs' bracketing: the probe's own deadline (ping -c 5:
     1.8 s, + 15 s), the run dir's name, PARTIAL marker and mode, the lock released."""
     proc, out, took = stuck(lab, "slave1", "probe", "slave1", "web1", "--count", "5", "--runs", str(runs))
-    assert proc.returncode == 1 and "Traceback" not in out
+    assert proc.returncode == 3 and "Traceback" not in out  # 3: not probed (1: no answer)
     assert 15 < took < 26, took
     said = r"slave1: no answer within 16\.8 s while running the probe `ping -c 5 -W 1 -i 0\.2 [\d.]+` in slave1"
     assert re.search(f"ERROR {said}", re.sub(r"\s+", " ", out)), out
@@ -228,13 +228,14 @@ def test_a_stopped_target_container_is_an_error_not_a_fail(lab, runs):
         client.close()
     try:
         proc = cli(lab, "run", "1", "--runs", str(runs), "--scenarios", SCENARIOS)
-        assert proc.returncode == 1 and "FAIL" not in proc.stdout
+        assert proc.returncode == 3 and "FAIL" not in proc.stdout
         assert "ERROR target container web1 on master is exited, not running: run lab up" in proc.stdout
         assert "probe:" not in proc.stdout
         [run] = run_dirs(runs)
         assert not (run / "probe.txt").exists() and (run / "rules" / "master.rules").is_file()
         matrix = cli(lab, "matrix", "--from", "slave1,web3", "--to", "web1,web3", "--runs", str(runs))
-        assert matrix.returncode == 1 and "ERROR target container web1 on master is exited, not running" in matrix.stdout
+        assert matrix.returncode == 3 and "ERROR target container web1 on master is exited, not running" in matrix.stdout
+        assert "leave one out with --from/--to" in matrix.stdout
         assert "probe:" not in matrix.stdout and "probes:" not in matrix.stdout
         [grid] = run_dirs(runs) - {run}
         assert not (grid / "probe.txt").exists() and not (grid / PARTIAL).exists()
@@ -254,7 +255,7 @@ def test_a_trace_log_truncated_during_a_run_is_that_nodes_error(lab, runs):
     read_until(proc, "probe:")
     os.truncate(log, 0)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "FAIL" not in out, out
+    assert proc.returncode == 3 and "FAIL" not in out, out
     assert re.search(r"ERROR .*master: its trace log /var/log/iptables.log was truncated in place", out), out
 
 
@@ -294,8 +295,9 @@ def test_a_concurrent_run_is_refused_and_writes_into_no_run_dir(lab, runs):
         before = {p for p in runs.rglob("*")}
         refused = cli(lab, "run", "3", "--runs", str(runs), "--scenarios", SCENARIOS)
         assert refused.returncode == 1
-        assert re.search(rf"error: a lab up/down, scenario run or nightly on lab {LAB} is already running"
-                         rf" \(pid {night.pid}: .*chainlab -i \S+ nightly", refused.stderr), refused.stderr
+        assert re.search(rf"error: a chainlab command on lab {LAB} \(lab up/down, run, nightly, probe or matrix\) is"
+                         rf" already running \(pid {night.pid}: .*chainlab -i \S+ nightly.*: wait for it to end, then"
+                         r" run this again", refused.stderr), refused.stderr
         other = cli(lab, "nightly", "--runs", str(runs), "--scenarios", SCENARIOS)
         assert other.returncode == 1 and "is already running" in other.stderr
         assert {p for p in runs.rglob("*") if p not in before and not str(p).startswith(str(

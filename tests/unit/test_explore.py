@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from rich.console import Console
@@ -166,6 +167,12 @@ def test_matrix_json_round_trip_and_changes(tmp_path):
     assert after.previous == "20261201-144023-matrix-icmp"
     assert [(c.source, c.target) for c in after.changes] == [("slave1", "web1"), ("slave1", "web2")]
     assert after.cell("slave1", "web1").previous.startswith("master filter:cali-tw-")
+    restarted = matrix_of()  # web3's container restarted: its interface, so its chains, have a new name
+    for cell in restarted.cells:
+        if cell.drop is not None:
+            cell.drop = {**cell.drop, "chain": re.sub(r"cali[0-9a-f]{11}", "cali0123456789a", cell.drop["chain"])}
+    compare_with(restarted, again)
+    assert not restarted.changes and any("cali0123456789a" in c.short for c in restarted.cells)
     assert (tmp_path / "nothing").mkdir() is None and load_matrix(tmp_path / "nothing") is None
 
 
@@ -238,6 +245,11 @@ def test_matrix_report_links_every_cell_to_its_walk(tmp_path):
     assert 'href="cells/slave1--web1/report.html#walks"' in html
     assert html.count('id="rule-') == 3 and "Drop if no profiles matched" in html
     assert "Changed since 20261201-100000-matrix-icmp" in html and "was: reachable" in html and "<script" not in html
+    assert 'href="logs/"' in html and "waves/" not in html.split('id="evidence"')[1]
+    m.waves = 2  # the evidence of each capture is under waves/N/: no link to a logs/ at the top
+    html = render_matrix_report(tmp_path, m).read_text()
+    evidence = html.split('id="evidence"')[1]
+    assert 'href="logs/"' not in evidence and 'href="waves/1/logs/"' in evidence and 'href="waves/2/routes/"' in evidence
 
 
 def test_terminal_table_has_every_unreachable_cells_rule():

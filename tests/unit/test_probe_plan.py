@@ -21,6 +21,7 @@ from chainlab.remote.batch import Batch
 from chainlab.remote.openssh import ssh_argv
 from chainlab.remote.target import Target
 from chainlab.run.explore import check_addresses
+from chainlab.run.runner import check_traced
 from chainlab.run.probe import (CONTAINER_GONE, UDP_CLIENT, ListenerSpec, Place, ProbeRequest, ProbeSpec,
                                 listeners_for, parse_listener, plan_probe, probe_command, resolve)
 
@@ -32,7 +33,7 @@ CHAINLAB = Path(sys.executable).parent / "chainlab"
 
 def test_requests_are_checked():
     for bad in (dict(protocol="icmp", port=80), dict(protocol="tcp"), dict(protocol="udp", port=0),
-                dict(count=0), dict(protocol="sctp", port=1)):
+                dict(count=0), dict(protocol="sctp", port=1), dict(protocol="tcp", port=80, count=2)):
         with pytest.raises(InputError):
             ProbeRequest("web1", "web3", **bad)  # type: ignore[arg-type]
     assert ProbeRequest("web1", "web3", "udp", 53).label == "web1 → web3 udp/53"
@@ -58,9 +59,9 @@ def test_a_lab_built_here_keeps_address_probes_inside(inventory: str, outside: b
     def spec(address: str) -> ProbeSpec:
         return ProbeSpec(ProbeRequest("master", address), Place("master", "master", str(lan_host)), None, address, (), "")
 
-    check_addresses(inv, [spec(str(lan_host + 50)), spec("172.20.9.9")])
+    check_addresses(inv, [spec(str(lan_host + 50)), spec("172.20.9.9"), spec("127.0.0.1")])  # its own loopback
     if outside:
-        with pytest.raises(InputError, match=r"198\.51\.100\.7: is outside the lab \(.*172\.20\.0\.0/16\)"):
+        with pytest.raises(InputError, match=r"198\.51\.100\.7: is outside the lab \(.*172\.20\.0\.0/16, or the source's own 127\.0\.0\.0/8\)"):
             check_addresses(inv, [spec("198.51.100.7")])
     else:
         check_addresses(inv, [spec("198.51.100.7")])
@@ -149,15 +150,30 @@ def inventory(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("inventory,untraced", [("lab/local.yaml", {22, 2379, 2380, 7946}),
+                                                ("lab/local-bridge.yaml", {22}), ("lab/vm.yaml", {22, 2379, 2380, 7946})])
+def test_probes_to_the_ports_the_trace_rules_leave_out_are_refused(inventory: str, untraced: set[int]):
+    """The trace rules leave the lab's control ports out (SSH, and a Calico lab's etcd and
+    gossip): a probe to one would show no packet, so probe, matrix and run refuse it."""
+    inv = load_inventory(ROOT / inventory)
+    for port in untraced:
+        with pytest.raises(InputError, match=rf"{port}: is not traced: the lab's trace rules leave out its control ports"):
+            check_traced(inv, port, "probe port")
+    for port in ({22, 80, 2379, 2380, 7946, 8080} - untraced) | {None}:
+        check_traced(inv, port, "probe port")
+
+
 @pytest.mark.skipif(not CHAINLAB.exists(), reason="console script not installed")
 @pytest.mark.parametrize("args,message", [
     (["probe", "web9", "web1"], "web9: is not a host or a container"),
-    (["probe", "slave1", "8.8.8.8"], "8.8.8.8: is outside the lab (10.231.91.0/24, 172.20.0.0/16)"),
+    (["probe", "slave1", "8.8.8.8"], "8.8.8.8: is outside the lab (10.231.91.0/24, 172.20.0.0/16, or the source's own 127.0.0.0/8)"),
     (["probe", "slave1", "web1", "--tcp", "80", "--udp", "53"], "give one of --icmp, --tcp PORT, --udp PORT"),
     (["probe", "slave1", "web1", "--tcp", "0"], "0 is not in the range"),
     (["matrix", "--proto", "tcp"], "'tcp': expected icmp, tcp:PORT or udp:PORT"),
     (["matrix", "--from", "web1", "--to", "web1"], "no pair to probe"),
     (["matrix", "--to", "nosuch"], "nosuch: is not a host or a container"),
+    (["probe", "slave1", "master", "--tcp", "2380"], "2380: is not traced"),
+    (["matrix", "--proto", "udp:7946"], "7946: is not traced"),
     (["ssh", "web1"], "web1: is not a host of the inventory (master, slave1, slave2)"),
 ])
 def test_bad_input_is_exit_2(inventory: Path, tmp_path: Path, args: list[str], message: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -311,3 +312,26 @@ def test_calico_daemon_known_by_its_name_or_by_an_earlier_command_line(tmp_path:
         for proc in (named, earlier, other):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("signum", [None, signal.SIGHUP, signal.SIGTERM])
+def test_a_concurrent_batch_leaves_no_directory_when_its_caller_goes_away(tmp_path, signum):
+    """Ctrl-C or a deadline closes the SSH session while the probes run: the script's answers
+    then meet a closed pipe (or sshd's signal), and its temporary directory goes anyway
+    (before, one was left in the host's /tmp per interrupted probe)."""
+    batch = Batch.of(["sleep 0.3; echo late"], concurrent=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(["sh", "-c", batch.script()], stdout=subprocess.PIPE, env=env)
+    time.sleep(0.1)
+    assert len(list(tmp_path.iterdir())) == 1  # the probes' directory, while they run
+    if signum is None:
+        proc.stdout.close()  # the caller gone: the answers meet a closed pipe
+    else:
+        proc.send_signal(signum)
+    proc.wait(timeout=10)
+    if signum is not None:
+        proc.stdout.close()
+    deadline = time.monotonic() + 5
+    while list(tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(tmp_path.iterdir())

@@ -113,7 +113,9 @@ def test_limit_and_lock(tmp_path: Path) -> None:
     with pytest.raises(ChainlabError, match="unknown host"):
         select_hosts(inv, ("nope",))
     with lab_lock(inv):
-        with pytest.raises(ChainlabError, match=f"a lab up/down, scenario run or nightly on lab {inv.lab} is already running"):
+        with pytest.raises(ChainlabError, match=rf"a chainlab command on lab {inv.lab} \(lab up/down, run, nightly,"
+                                                 r" probe or matrix\) is already running .*: wait for it to end, then run"
+                                                 r" this again"):
             with lab_lock(inv):
                 pass
     with lab_lock(inv):  # released

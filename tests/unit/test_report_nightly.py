@@ -239,3 +239,20 @@ def test_a_scenario_that_could_not_run_is_an_error_in_the_diff_not_a_fail():
     [back] = diff_summaries([errored], [passed])
     assert back["before"] == "ERROR" and back["after"] == "PASS"
     assert diff_summaries([errored], [errored]) == []
+
+
+def test_a_workload_chain_renamed_by_a_restarted_container_is_no_change():
+    """A restarted container gets a new endpoint, so a new interface (`cali<11 hex>`) and new
+    chain names: the same path through them is no change; another chain or rule is one."""
+    def summary(chain: str, rule: int = 6) -> list[dict]:
+        return [{"id": 4, "title": "t", "passed": True, "paths": [
+            {"node": "master", "direction": "request", "hooks": ["PREROUTING", "FORWARD"], "verdicts": ["dropped"],
+             "drop_chain": f"filter:{chain}", "drop_rule": rule, "chains": [f"filter:cali-FORWARD", f"filter:{chain}"],
+             "rules": [f"-A {chain} -j DROP"], "ok": True}]}]
+
+    before = summary("cali-tw-cali4f552c0fc0c")
+    assert diff_summaries(before, summary("cali-tw-calie85f81972ea")) == []
+    moved = diff_summaries(before, summary("cali-tw-calie85f81972ea", rule=7))
+    assert [c["what"] for c in moved] == ["drop_rule"]
+    other = diff_summaries(before, summary("cali-fw-calie85f81972ea"))
+    assert {c["what"] for c in other} == {"drop_chain", "chains", "rules"}

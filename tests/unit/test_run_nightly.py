@@ -154,7 +154,7 @@ def test_an_interrupted_nightly_stays_partial_and_the_next_one_says_it_skipped_i
 def test_a_refused_nightly_writes_nothing(inv, scenarios, tmp_path):
     runs = tmp_path / "runs"
     with nightly.lab_lock(inv):
-        with pytest.raises(ChainlabError, match=rf"a lab up/down, scenario run or nightly on lab {inv.lab} is already"
-                                                rf" running \(pid {os.getpid()}: "):
+        with pytest.raises(ChainlabError, match=rf"a chainlab command on lab {inv.lab} \(lab up/down, run, nightly,"
+                                                rf" probe or matrix\) is already running \(pid {os.getpid()}: "):
             nightly.run_nightly(inv, scenarios, runs, log=lambda _: None)
     assert not list(runs.iterdir())

@@ -13,6 +13,7 @@ Layout (etcd v2 API, as libcalico 1.x / calicoctl 1.x wrote it for Calico 2.x):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,17 @@ def host_ip_key(host: str) -> str:
 def interface_name(endpoint: str) -> str:
     """`cali` + the first 11 characters of Docker's endpoint id, as the libnetwork plugin names it."""
     return IFACE_PREFIX + endpoint[:11]
+
+
+#: A workload interface's name as `interface_name` makes it (Docker's endpoint ids are hex).
+_WORKLOAD_INTERFACE = re.compile(rf"\b{IFACE_PREFIX}[0-9a-f]{{11}}\b")
+
+
+def without_workload_names(text: str) -> str:
+    """`text` with each workload interface's name as `cali*`: the chains and rules named
+    after an endpoint (`cali-tw-cali<11 hex>`) read the same after its container restarted,
+    which gives it a new endpoint, so a new name."""
+    return _WORKLOAD_INTERFACE.sub(IFACE_PREFIX + "*", text)
 
 
 def pool_value(cidr: IPv4Network, nat_outgoing: bool) -> dict[str, Any]:

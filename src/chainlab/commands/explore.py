@@ -31,14 +31,16 @@ def _runs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--tcp", type=click.IntRange(1, 65535), metavar="PORT", help="TCP connect to PORT.")
 @click.option("--udp", type=click.IntRange(1, 65535), metavar="PORT", help="A UDP datagram to PORT, answered.")
 @click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True,
-              help="Echo requests (icmp) or datagrams (udp).")
+              help="Echo requests (icmp); datagrams (udp), sent until one is answered. A tcp probe makes one"
+                   " connection.")
 @_runs_option
 @click.pass_obj
 def probe_command(obj: object, source: str, target: str, icmp: bool, tcp: int | None, udp: int | None,
                   count: int, runs_dir: Path) -> None:
     """Probe from SOURCE to TARGET (hosts or containers; TARGET may be an address) on the
     provisioned lab: the path per node, verdicts, the rule of a drop, flows with NAT, and
-    a run dir with report.html. Exit 0 if the probe got its answer, 1 if not."""
+    a run dir with report.html. Exit 0 if the probe got its answer, 1 if not, 3 if it could
+    not be made (an error: a container stopped, a host not answering)."""
     from chainlab.commands.run import run_errors
     from chainlab.render.probe import print_probe
     from chainlab.run.explore import probe, probe_request
@@ -115,6 +117,9 @@ def ssh_command(obj: object, host: str, command: tuple[str, ...]) -> None:
     binary = shutil.which("ssh")
     if binary is None:
         raise ChainlabError("the OpenSSH client is not installed (Debian: apt-get install openssh-client)")
+    if len(command) == 1 and any(c.isspace() for c in command[0]):  # `ssh host 'a; b'` as OpenSSH users type it
+        click.echo(f"note: {command[0]!r} is one word: it runs as a program of that name (chainlab quotes each"
+                   " word); for a shell line: -- sh -c '...'", err=True)
     sys.stdout.flush()
     os.execv(binary, ssh_argv(target, command))
 

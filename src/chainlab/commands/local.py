@@ -47,7 +47,7 @@ def up_cmd(obj: object) -> None:
 
 
 @local_group.command("down")
-@click.option("--force", is_flag=True, help="Also while a lab up/down, scenario run or nightly holds the lab (it is interrupted).")
+@click.option("--force", is_flag=True, help="Also while another chainlab command (lab up/down, run, nightly, probe, matrix) holds the lab (it is interrupted).")
 @click.pass_obj
 def down_cmd(obj: object, force: bool) -> None:
     """Remove every namespace, link, mount, process and file the lab made."""

@@ -44,7 +44,7 @@ def up_cmd(obj: object) -> None:
 
 
 @vm_group.command("down")
-@click.option("--force", is_flag=True, help="Also while a lab up/down, scenario run or nightly holds the lab (it is interrupted).")
+@click.option("--force", is_flag=True, help="Also while another chainlab command (lab up/down, run, nightly, probe, matrix) holds the lab (it is interrupted).")
 @click.pass_obj
 def down_cmd(obj: object, force: bool) -> None:
     """Remove the VMs, their disks, taps, bridge, namespace and keys (the image stays)."""

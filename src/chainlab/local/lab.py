@@ -354,8 +354,8 @@ def down(plan: LabPlan, log: Log = print, force: bool = False) -> None:
     """Remove everything the lab made; safe to run on a half-built or already removed lab.
 
     Host namespaces are also found by name prefix, so a host dropped from the inventory
-    while the lab was up is removed too. A lab up/down, scenario run or nightly in progress
-    (the lab lock) is refused, unless `force`: then the log says what is interrupted.
+    while the lab was up is removed too. Another chainlab command on the lab (the lab lock)
+    is refused, unless `force`: then the log says what is interrupted.
     """
     if os.geteuid() != 0:
         raise ChainlabError("the local lab needs root (namespaces, mounts, daemons)")

@@ -12,7 +12,11 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from chainlab.networks.base import Network
+    from chainlab.providers import Provider
 
 
 Backend = Literal["rsyslog", "ulogd", "nft-monitor"]
@@ -368,6 +372,12 @@ def present_rules(listing: str, rules: Sequence[TraceRule]) -> list[bool]:
     """Which of `rules` an `iptables -t raw -S` listing holds (pure)."""
     lines = {row.strip() for row in listing.splitlines()}
     return [rule.listed() in lines for rule in rules]
+
+
+def untraced_ports(provider: "Provider", network: "Network") -> list[int]:
+    """The lab's control ports (SSH, and the network's: etcd, Docker's gossip), which the
+    trace rules leave out for TCP and UDP (see trace_rules): a probe to one shows no packet."""
+    return sorted({provider.ssh_port(), *network.management_ports()})
 
 
 def trace_rules(management_ports: Sequence[int]) -> list[TraceRule]:

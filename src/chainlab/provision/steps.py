@@ -147,12 +147,8 @@ def _monitor(ctx: HostContext, log: str) -> Step:
 
 # --- 3 trace rules --------------------------------------------------------------------
 
-def management_ports(run: RunContext) -> list[int]:
-    return [run.provider.ssh_port(), *run.network.management_ports()]
-
-
 def trace_rules(ctx: HostContext) -> Step:
-    rules = C.trace_rules(management_ports(ctx.run))
+    rules = C.trace_rules(C.untraced_ports(ctx.run.provider, ctx.run.network))
     listing = ctx.read(C.RAW_LIST)
     present = C.present_rules(listing, rules) if listing is not None else [False] * len(rules)
     missing = [r for r, there in zip(rules, present) if not there]

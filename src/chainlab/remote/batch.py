@@ -5,7 +5,7 @@ framed by lines carrying a random token chosen for the batch (`@@<token> <i> beg
 `@@<token> <i> <status>`): no output can close another's frame, and nothing is re-encoded,
 so the framing costs no process of its own. `concurrent` runs the commands at once, each in
 a subshell writing to a file of a private temporary directory (probes that wait: pings, TCP
-connects); otherwise they run one after the other without a file or an extra process (the
+connects), removed however the script ends; otherwise they run one after the other without a file or an extra process (the
 read-only probes of provisioning: on the local lab every host's processes share this
 machine's CPU).
 """
@@ -47,7 +47,10 @@ class Batch:
                 lines.append(f"printf '{mark} {i} begin\\n'; ( {command}\n) {redirect} </dev/null; "
                              f"printf '\\n{mark} {i} %s\\n' $?")
             return "\n".join(lines) + "\n"
-        lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT"]
+        # the directory goes however the script ends: when the caller went away (Ctrl-C, a
+        # deadline), writing the answers meets a closed pipe (SIGPIPE), and a signal that ends
+        # a shell skips its EXIT trap unless the signal is trapped too
+        lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 129' HUP INT TERM PIPE"]
         for i, command in enumerate(self.commands):
             lines.append(f'( ( {command} ) >"$d/{i}" {redirect} </dev/null; echo $? >"$d/{i}.rc" ) &')
         lines.append("wait")

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chainlab.calico.datastore import without_workload_names
 from chainlab.files import write_atomic
 from chainlab.report.html import environment, render_run_report
 from chainlab.report.run import RunData, load_run, path_summaries
@@ -115,6 +116,15 @@ def _change(s: dict[str, Any], node: str | None, direction: str | None, what: st
     }
 
 
+def _stable(value: Any) -> Any:
+    """A compared value as it reads across a container's restart (see without_workload_names)."""
+    if isinstance(value, str):
+        return without_workload_names(value)
+    if isinstance(value, list):
+        return [_stable(item) for item in value]
+    return value
+
+
 def diff_summaries(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every path, verdict, drop, chain, rule or result that differs, scenario by scenario."""
     if previous is None:
@@ -141,7 +151,7 @@ def diff_summaries(previous: list[dict[str, Any]] | None, current: list[dict[str
                                        (a or {}).get("hooks") if a else "(not seen)", (b or {}).get("hooks") if b else "(not seen)"))
                 continue
             for what in COMPARED:
-                if a.get(what) != b.get(what):
+                if _stable(a.get(what)) != _stable(b.get(what)):
                     changes.append(_change(cur, node, direction, what, a.get(what), b.get(what)))
     for sid, old in before.items():
         if sid not in after:

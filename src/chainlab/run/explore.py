@@ -19,7 +19,7 @@ from datetime import datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from chainlab.errors import InputError, Problem
+from chainlab.errors import ChainlabError, InputError, Problem
 from chainlab.files import private_dir, read_regular_file, write_atomic
 from chainlab.inventory import Inventory, load_inventory
 from chainlab.labstate import LabState, load_state
@@ -32,8 +32,8 @@ from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_nam
                                  find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
-from chainlab.run.runner import (EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, own_addresses, probe_part, recorded,
-                                 write_evidence, write_probe_text)
+from chainlab.run.runner import (EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, check_traced, own_addresses, probe_part,
+                                 recorded, write_evidence, write_probe_text)
 from chainlab.rundir import check_runs_root, create_run_dir
 from chainlab.trace.pipeline import Analysis
 from chainlab.yamlfile import MAX_BYTES
@@ -46,21 +46,27 @@ def _quiet(line: str) -> None:
     pass
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
     """On a lab built on this machine (local or VMs), an address target must be inside the
-    lab (see `Provider.probe_networks`): probes never leave it for the machine's real network."""
+    lab (see `Provider.probe_networks`) or the source's own loopback: probes never leave it
+    for the machine's real network."""
     inside = provider_for(inv).probe_networks()
     if inside is None:
         return
     for spec in specs:
-        if spec.target is None and not any(IPv4Address(spec.target_address) in net for net in inside):
+        address = IPv4Address(spec.target_address)
+        if spec.target is None and not address.is_loopback and not any(address in net for net in inside):
             raise InputError([Problem("probe", spec.target_address,
-                                      f"is outside the lab ({', '.join(map(str, inside))}); "
-                                      "the probes of a lab built on this machine stay inside it")])
+                                      f"is outside the lab ({', '.join(map(str, inside))}, or the source's own"
+                                      " 127.0.0.0/8); the probes of a lab built on this machine stay inside it")])
 
 
 def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
@@ -115,6 +121,7 @@ def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _qu
 
     Bad input, a busy lab or a runs dir that cannot take the evidence fail before a run
     dir exists; a failure after that is a RunFailed (see `runner.recorded`)."""
+    check_traced(inv, request.port, "probe port")
     state = load_state(inv)
     check_addresses(inv, [plan_probe(request, state)])
     check_runs_root(runs_root)
@@ -142,6 +149,7 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
     """Every source × target (not itself) probed at once; matrix.json and matrix.html in
     runs/<lab>-<time>-matrix-<service>/, each cell's evidence in cells/<source>--<target>/
     (failures as for `probe`)."""
+    check_traced(inv, port, "matrix --proto port")
     state = load_state(inv)
     froms, tos = endpoints(state, sources), endpoints(state, targets)
     requests = [ProbeRequest(s, t, protocol, port) for s in froms for t in tos if s != t]  # type: ignore[arg-type]
@@ -157,8 +165,13 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
         service = requests[0].service
         run_dir = create_run_dir(runs_root, inv.lab, "-" + _slug(f"matrix-{service}"))
         with recorded(run_dir, log):
-            log(f"{len(requests)} probes ({service}) from {len(froms)} sources to {len(tos)} targets")
-            done = run_probes(inv, state, requests, run_dir, log)
+            log(f"{_count(len(requests), 'probe')} ({service}) from {_count(len(froms), 'source')} to"
+                f" {_count(len(tos), 'target')}")
+            try:
+                done = run_probes(inv, state, requests, run_dir, log)
+            except ChainlabError as exc:
+                raise ChainlabError(f"{exc} (a matrix probes when every endpoint it names can be probed: leave one"
+                                    " out with --from/--to)") from exc
             duration = (datetime.now() - started).total_seconds()
             waves = len({result.run_dir for result, _ in done})  # before the cells take run_dir over
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chainlab.calico.datastore import without_workload_names
 from chainlab.errors import InputError, Problem
 from chainlab.files import write_atomic
 from chainlab.run.outcome import ProbeResult
@@ -51,7 +52,10 @@ class Cell:
 
     @property
     def changed(self) -> bool:
-        return self.previous is not None and self.previous != self.short
+        """Whether the previous matrix decided this pair otherwise; a workload's chain that
+        only took its interface's new name (`cali-tw-cali<11 hex>`: a restarted container)
+        is the same decision."""
+        return self.previous is not None and without_workload_names(self.previous) != without_workload_names(self.short)
 
     @property
     def state(self) -> str:

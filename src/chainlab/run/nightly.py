@@ -14,7 +14,7 @@ from chainlab.lock import lab_lock
 from chainlab.providers import provider_for
 from chainlab.report.nightly import NightlySummary, find_baseline, write_nightly
 from chainlab.run.deadline import Interrupted, signals_interrupt
-from chainlab.run.runner import RunFailed, RunResult, check_names, run_locked
+from chainlab.run.runner import RunFailed, RunResult, check_names, check_traced, run_locked
 from chainlab.rundir import NIGHTLY_PREFIX, check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import load_scenario
 
@@ -89,6 +89,7 @@ def _one(inv: Inventory, path: Path, state: LabState, out_dir: Path, log: Log,
         return None
     try:
         check_names(inv, scenario)
+        check_traced(inv, scenario.probe_port, f"scenario {scenario.id}: probe port")
     except ChainlabError as exc:
         return _error_without_run(inv, path, out_dir, str(exc), log)
     log(f"scenario {scenario.id}: {scenario.title}")

@@ -133,6 +133,8 @@ class ProbeRequest:
             raise InputError([Problem("probe", "port", f"{self.port} is not a port (1-65535)")])
         if not 1 <= self.count <= 100:
             raise InputError([Problem("probe", "count", f"{self.count} is not between 1 and 100")])
+        if self.protocol == "tcp" and self.count != 1:
+            raise InputError([Problem("probe", "count", "is for icmp and udp: a tcp probe makes one connection")])
 
     @property
     def service(self) -> str:

@@ -26,11 +26,12 @@ from typing import TypeVar
 
 import fabric
 
-from chainlab.errors import ChainlabError
+from chainlab.errors import ChainlabError, InputError, Problem
 from chainlab.files import PRIVATE_FILE, private_dir, read_regular_file, write_atomic
 from chainlab.inventory import Inventory
 from chainlab.labstate import LabState, load_state
 from chainlab.lock import lab_lock
+from chainlab.providers import provider_for
 from chainlab.remote.batch import Batch
 from chainlab.remote import connect, run
 from chainlab.render import diagram
@@ -40,7 +41,8 @@ from chainlab.run.attribute import attribute
 from chainlab.run.collect import INCOMPLETE, LogMark, mark_argv, parse_mark, read_slice
 from chainlab.run.deadline import DeadlineExceeded, Interrupted, fan_out, signals_interrupt
 from chainlab.run.outcome import flows_of
-from chainlab.run.probe import CONTAINER_GONE, ProbeSpec, build_probe, listeners_for, locate, parse_listener, probe_command
+from chainlab.run.probe import (CONTAINER_GONE, ListenerSpec, ProbeSpec, build_probe, listeners_for, locate,
+                                parse_listener, probe_command)
 from chainlab.run.snapshot import Snapshot, container_problem, parse_snapshot, route_sources, snapshot_command
 from chainlab.rundir import check_runs_root, create_run_dir, mark_complete, slug
 from chainlab.scenario import Scenario, load_scenario
@@ -80,7 +82,11 @@ DEADLINES = Deadlines()
 
 
 class RunFailed(ChainlabError):
-    """A run that stopped after its run dir was made; `error.txt` in it says why."""
+    """A run that stopped after its run dir was made; `error.txt` in it says why. Its exit
+    status, 3, is neither a FAIL's or an unanswered probe's (1) nor bad input's (2): a
+    script can tell "blocked" from "could not be probed"."""
+
+    exit_code = 3
 
     def __init__(self, message: str, run_dir: Path):
         super().__init__(message)
@@ -135,6 +141,22 @@ def check_names(inv: Inventory, scenario: Scenario) -> None:
                             f" containers {', '.join(inv.containers) or 'none'})")
 
 
+def check_traced(inv: Inventory, port: int | None, what: str) -> None:
+    """A TCP or UDP probe to a port that the trace rules leave out would show no packet, and
+    so no path: refused before anything runs."""
+    if port is None:
+        return
+    from chainlab.networks import network_for
+    from chainlab.provision.commands import untraced_ports
+
+    provider = provider_for(inv)
+    ports = untraced_ports(provider, network_for(inv, provider))
+    if port in ports:
+        raise InputError([Problem(what, str(port), f"is not traced: the lab's trace rules leave out its control ports"
+                                  f" ({', '.join(map(str, ports))}: SSH and the network's own traffic) so that chainlab's"
+                                  " own sessions are not traced; probe another port")])
+
+
 def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log = print) -> RunResult:
     """`chainlab run N`: inputs and the runs dir checked first, then the run under the lab lock.
 
@@ -144,6 +166,7 @@ def run_scenario(inv: Inventory, scenario_path: Path, runs_root: Path, log: Log 
     scenario = load_scenario(scenario_path)
     check_network(inv, scenario)
     check_names(inv, scenario)
+    check_traced(inv, scenario.probe_port, f"scenario {scenario.id}: probe port")
     state = load_state(inv)
     check_runs_root(runs_root)
     with signals_interrupt(), lab_lock(inv):
@@ -315,7 +338,8 @@ def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Pa
         listeners: dict[str, list[int]] = {}
         interrupted = False
         try:
-            _start_listeners(hosts, specs, listeners)
+            for line in _start_listeners(hosts, specs, listeners):
+                log(line)
             hosts.raise_failure(needed)
             probes = _probe_all(hosts, specs)
             write_probe_text(run_dir / "probe.txt", [(s, p) for s, p in zip(specs, probes) if p is not None])
@@ -418,17 +442,20 @@ def _probe_all(hosts: _Hosts, specs: list[ProbeSpec]) -> list[ProbeRun | None]:
     return runs
 
 
-def _start_listeners(hosts: _Hosts, specs: list[ProbeSpec], started: dict[str, list[int]]) -> None:
+def _start_listeners(hosts: _Hosts, specs: list[ProbeSpec], started: dict[str, list[int]]) -> list[str]:
     """A listener on each target port the probes need that nothing listens on yet; their
     PIDs go to `started` (per host) for `_stop_listeners`; one that did not start is its
-    host's error."""
-    by_host: dict[str, list[str]] = {}
+    host's error. Returns a line for each started: an answer from it says that the path is
+    open, not that a service listens there."""
+    by_host: dict[str, list[ListenerSpec]] = {}
     for listener in listeners_for(specs):
-        by_host.setdefault(listener.place.host, []).append(listener.command(LISTENER_LIFE_S))
-    for host, results in _batches(hosts, by_host, lambda h: "starting its listeners").items():
+        by_host.setdefault(listener.place.host, []).append(listener)
+    commands = {host: [listener.command(LISTENER_LIFE_S) for listener in mine] for host, mine in by_host.items()}
+    said = []
+    for host, results in _batches(hosts, commands, lambda h: "starting its listeners").items():
         pids = started.setdefault(host, [])
         problems = []
-        for code, output in results:
+        for listener, (code, output) in zip(by_host[host], results):
             if output.startswith(CONTAINER_GONE):
                 problems.append(f"{host}: a container is gone: run lab up ({output.strip()})")
             elif code != 0:
@@ -441,8 +468,11 @@ def _start_listeners(hosts: _Hosts, specs: list[ProbeSpec], started: dict[str, l
                     continue
                 if pid is not None:
                     pids.append(pid)
+                    said.append(f"listener: nothing listened on {listener.protocol}/{listener.port} in"
+                                f" {listener.place.where}: chainlab's own answers there for this run")
         if problems:
             hosts.fail(host, ChainlabError("; ".join(problems)))
+    return said
 
 
 def _stop_listeners(hosts: _Hosts, started: dict[str, list[int]]) -> None:
