@@ -67,10 +67,22 @@ def test_tcp_probe_passes_through_both_nodes(explore_lab):
     assert syns[("master", "request")]["hooks"][-1] == "POSTROUTING" and syns[("slave1", "request")]["dport"] == 80
 
 
+def test_a_hosts_own_loopback_is_probed_and_traced(explore_lab):
+    """The README allows the source's own loopback (it stays in its namespace): master's ping
+    to 127.0.0.1 goes out and back in on lo, in master's trace."""
+    inv, runs = explore_lab
+    proc = cli(inv, "probe", "master", "127.0.0.1", "--runs", str(runs), check=False)
+    assert proc.returncode == 0 and "REACHABLE master → 127.0.0.1 icmp: reachable" in proc.stdout, proc.stdout
+    analysis = json.loads((newest(runs, "*-probe-master-127.0.0.1-icmp") / "analysis.json").read_text())
+    request = [p for p in analysis["packets"] if p["node"] == "master" and p["direction"] == "request"]
+    assert request and request[0]["hooks"][0] == "OUTPUT" and request[0]["hooks"][-1] == "INPUT"
+
+
 def test_udp_probes_start_and_stop_their_listener(explore_lab):
     inv, runs = explore_lab
     proc = cli(inv, "probe", "web3", "slave1", "--udp", "5353", "--runs", str(runs), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "listener: nothing listened on udp/5353 in slave1: chainlab's own answers there" in proc.stdout
     assert "answer of 17 bytes" in (newest(runs, "*-probe-web3-slave1-udp-5353") / "probe.txt").read_text()
     listening = cli(inv, "ssh", "slave1", "--", "sh", "-c", "ss -Hlun sport = :5353").stdout
     assert listening == ""  # the listener went with the probe
