@@ -866,3 +866,32 @@ def test_dmesg_records_glued_on_one_line_keep_their_own_times(tmp_path, engine):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "CHAINLAB_ENGINE": engine})
     (packet,) = json.loads(proc.stdout)["packets"]
     assert [s["time"] for s in packet["steps"]] == ["5281.733217", "5281.737057", "5281.737090"]
+
+
+def test_a_quoted_printable_mail_body_says_how_to_decode_it(tmp_path):
+    """A mail archive's raw body (`SRC=3D...`, soft line breaks): no packet can be placed, and
+    a note says it is quoted-printable and how to decode it; decoded as the note says, it is the
+    author's SYN-ACK, accepted in PREROUTING and INPUT (filter INPUT rule 1, security INPUT)."""
+    log = PUBLIC / "netdev-2019-vrf-quoted-printable-mail.log"
+    chainlab = Path(sys.executable).parent / "chainlab"
+    proc = subprocess.run([chainlab, "analyze", str(log)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "0 packets" in proc.stdout
+    assert "looks quoted-printable" in proc.stderr and "`python3 -m quopri -d < FILE > LOG`" in proc.stderr
+    decoded = tmp_path / "decoded.log"
+    with open(log, "rb") as raw, open(decoded, "wb") as out:
+        subprocess.run([sys.executable, "-m", "quopri", "-d"], stdin=raw, stdout=out, check=True, timeout=60)
+    (packet,) = run(decoded).packets
+    assert (packet.hooks, packet.verdict) == (["PREROUTING", "INPUT"], "accepted")
+    assert ("filter", "INPUT", "rule", 1) in [(s.table, s.chain, s.kind, s.position) for s in packet.steps]
+
+
+def test_a_bridge_input_says_the_frame_goes_on_to_ip(tmp_path):
+    """nft's bridge family has hooks of IP's names: its INPUT accepting a frame hands it to the
+    host's IP stack, which the reason says, naming the family (it read like IP's filter INPUT)."""
+    log = tmp_path / "bridge.log"
+    log.write_text("trace id b15e4b55 bridge filter INPUT verdict continue \n"
+                   "trace id b15e4b55 bridge filter INPUT policy accept \n")
+    (packet,) = run(log).packets
+    assert packet.hooks == ["INPUT"] and packet.verdict == "accepted"
+    assert packet.reason == ("passed every table up to bridge filter INPUT, the bridge's own hook, which hands"
+                             " the frame on to the host's IP stack (its PREROUTING)")

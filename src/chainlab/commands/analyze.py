@@ -165,6 +165,8 @@ def analyze_command(
             click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
                        " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
                        " cut at a fixed column, before posting?) or are damaged beyond repair", err=True)
+            for note in filter(None, (encoding_note(source.path) for source in sources)):
+                click.echo(f"note: {note}", err=True)
         if not ok:
             sys.exit(1)
 

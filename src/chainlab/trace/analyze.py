@@ -57,6 +57,20 @@ def _where(step: Step) -> str:
     return where
 
 
+#: nft families whose hooks are not IP's though they have the same names.
+_OWN_HOOKS = ("bridge", "netdev", "arp")
+
+
+def _hook_of(step: Step) -> str:
+    """`table HOOK`; `bridge filter INPUT` for a family with hooks of its own: a bridge's INPUT
+    accepts a frame into the host's IP stack, whose PREROUTING comes next."""
+    if step.family not in _OWN_HOOKS:
+        return f"{step.table} {step.hook}"
+    said = f"{step.family} {step.table} {step.hook}"
+    return said + (", the bridge's own hook, which hands the frame on to the host's IP stack (its PREROUTING)"
+                   if step.family == "bridge" and step.hook == "INPUT" else "")
+
+
 def drop_point(packet: Packet) -> str | None:
     """Where a dropped packet died: `table:chain rule N` and the rule's text if known."""
     if packet.verdict != "dropped" or not packet.steps:
@@ -303,7 +317,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
                          " (ACCEPT or DROP: --rules NODE=FILE with the node's iptables-save tells)")
     elif not ahead and packet.route:
         packet.verdict = "accepted"
-        packet.reason = f"passed every table up to {last.table} {last.hook}"
+        packet.reason = f"passed every table up to {_hook_of(last)}"
     elif last.hook == "PREROUTING" and untraced:
         packet.verdict = "unknown"
         packet.reason = (f"no trace after PREROUTING, and no traced table known after it on the {untraced[0]}"
@@ -313,7 +327,7 @@ def judge(packet: Packet, present: set[Slot], chains: BaseChains | None = None) 
         packet.reason = "no trace after PREROUTING: lost at the routing decision, not by a rule"
     elif not ahead:
         packet.verdict = "unknown"
-        packet.reason = f"passed every table up to {last.table} {last.hook}"
+        packet.reason = f"passed every table up to {_hook_of(last)}"
     elif _accepts(last) or _cannot_drop(last):
         packet.verdict = "unknown"
         passed = (f"passed {_where(last)} (read as ACCEPT, the default: a TRACE line does not show the policy)"

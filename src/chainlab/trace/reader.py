@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import gzip
 import itertools
+import re
 import signal
 import zlib
 from collections.abc import Callable, Iterator
@@ -154,14 +155,18 @@ def headerless_records(path: Path, limit: int = CHUNK) -> int:
 
 
 def encoding_note(path: Path) -> str | None:
-    """Why a log with lines but no trace record may have been read as noise: it is gzip
-    without a .gz name, or UTF-16 text (a log saved by a Windows tool)."""
+    """Why a log with lines but no (placed) trace record may have been read as noise: it is
+    gzip without a .gz name, UTF-16 text (a log saved by a Windows tool), or a mail's
+    quoted-printable body (`SRC=3D10.0.0.1`, lines broken with a trailing `=`)."""
     with open(path, "rb") as handle:
-        head = handle.read(4096)
+        head = handle.read(64 << 10)
     if head.startswith(b"\x1f\x8b") and path.suffix != ".gz":
         return f"{path} is gzip-compressed but not named .gz: name it FILE.gz, or `zcat FILE > LOG`"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"T\x00R\x00A\x00C\x00E\x00" in head:
         return f"{path} is UTF-16 text: `iconv -f UTF-16 -t UTF-8 FILE > LOG`, then analyse LOG"
+    if QUOTED_PRINTABLE.search(head):
+        return (f"{path} looks quoted-printable (a mail's `=3D` for `=`, long lines broken with a trailing `=`):"
+                " `python3 -m quopri -d < FILE > LOG`, then analyse LOG")
     return None
 
 
@@ -174,6 +179,9 @@ def check_gzip_intact(path: Path) -> None:
     for _ in raw_chunks(path):
         pass
 
+
+#: A kernel trace field as a quoted-printable mail body writes it (`=` as `=3D`).
+QUOTED_PRINTABLE = re.compile(rb"\b(?:IN|OUT|SRC|DST|LEN|TTL|ID|PROTO)=3D")
 
 #: (line number, text, cut) of a line that holds a marker.
 Line = tuple[int, str, bool]
