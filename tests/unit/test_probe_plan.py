@@ -171,7 +171,7 @@ def test_probes_to_the_ports_the_trace_rules_leave_out_are_refused(inventory: st
     (["probe", "slave1", "web1", "--tcp", "0"], "0 is not in the range"),
     (["matrix", "--proto", "tcp"], "'tcp': expected icmp, tcp:PORT or udp:PORT"),
     (["matrix", "--from", "web1", "--to", "web1"], "no pair to probe"),
-    (["matrix", "--to", "nosuch"], "nosuch: is not a host or a container"),
+    (["matrix", "--to", "nosuch"], "matrix --to: nosuch: is not a host or a container"),
     (["probe", "slave1", "master", "--tcp", "2380"], "2380: is not traced"),
     (["matrix", "--proto", "udp:7946"], "7946: is not traced"),
     (["ssh", "web1"], "web1: is not a host of the inventory (master, slave1, slave2)"),

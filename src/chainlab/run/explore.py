@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -134,12 +135,16 @@ def probe(inv: Inventory, request: ProbeRequest, runs_root: Path, log: Log = _qu
     return result
 
 
-def endpoints(state: LabState, names: Sequence[str] | None) -> list[str]:
-    """`names` checked against the lab (default: every host, then every container)."""
+def endpoints(state: LabState, names: Sequence[str] | None, option: str) -> list[str]:
+    """`names` (of `option`, e.g. `--from`) checked against the lab (default: every host,
+    then every container)."""
     if not names:
         return endpoint_names(state)
     for name in names:
-        resolve(state, name)
+        try:
+            resolve(state, name)
+        except InputError as exc:
+            raise InputError([replace(p, file=f"matrix {option}") for p in exc.problems]) from None
     return list(dict.fromkeys(names))
 
 
@@ -151,7 +156,7 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
     (failures as for `probe`)."""
     check_traced(inv, port, "matrix --proto port")
     state = load_state(inv)
-    froms, tos = endpoints(state, sources), endpoints(state, targets)
+    froms, tos = endpoints(state, sources, "--from"), endpoints(state, targets, "--to")
     requests = [ProbeRequest(s, t, protocol, port) for s in froms for t in tos if s != t]  # type: ignore[arg-type]
     if not requests:
         raise InputError([Problem("matrix", "", "no pair to probe: give at least one source and another target")])
