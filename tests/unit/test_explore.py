@@ -19,7 +19,7 @@ from chainlab.labstate import LabState
 from chainlab.render.probe import print_probe
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, deciding_rules,
-                                 expect_text, load_matrix, parse_expect, write_matrix)
+                                 expect_service, expect_text, load_matrix, parse_expect, write_matrix)
 from chainlab.run.outcome import ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, endpoint_names, plan_probe
 from chainlab.trace.pipeline import AnalysisOptions, analyze
@@ -222,6 +222,17 @@ def test_a_matrix_reads_back_as_its_own_expectation():
     m = matrix_of()
     expected = parse_expect(expect_text(m), "expect.txt")
     assert {k: v for k, v in expected.items() if v is not None} == {(c.source, c.target): c.reachable for c in m.cells}
+    assert expect_service(expect_text(m)) == m.service
+
+
+def test_the_protocol_a_truth_tables_corner_names():
+    """`matrix --expect` says so when the corner names another protocol than the one probed
+    (the README's ICMP table checked against a tcp:80 matrix passed without a word)."""
+    assert expect_service(CYCLONUS) == "icmp"
+    assert expect_service(CYCLONUS.replace("| ICMP  ", "| tcp:80")) == "tcp/80"
+    assert expect_service(CYCLONUS.replace("| ICMP  ", "| UDP/53")) == "udp/53"
+    assert expect_service(CYCLONUS.replace("| ICMP  ", "| cells ")) is None  # a label of its own
+    assert expect_service("  a  b\na  -  .\nb  .  -\n") is None  # no corner
 
 
 def test_bad_expectations_name_file_line_and_cell():

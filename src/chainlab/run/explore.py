@@ -29,8 +29,8 @@ from chainlab.providers import provider_for
 from chainlab.report.matrix import render_matrix_report
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.deadline import signals_interrupt
-from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_text,
-                                 find_previous, parse_expect, write_matrix)
+from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_service,
+                                 expect_text, find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
 from chainlab.run.runner import (EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, check_traced, own_addresses, probe_part,
@@ -162,8 +162,12 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
         raise InputError([Problem("matrix", "", "no pair to probe: give at least one source and another target")])
     expected = None
     if expect is not None:
-        expected = parse_expect(read_regular_file(expect, MAX_BYTES).decode("utf-8", "replace"), str(expect))
+        text = read_regular_file(expect, MAX_BYTES).decode("utf-8", "replace")
+        expected = parse_expect(text, str(expect))
         check_expect_names(expected, str(expect), set(endpoint_names(state)), inv.lab)
+        named = expect_service(text)
+        if named is not None and named != requests[0].service:
+            log(f"note: {expect}'s corner names {named}; this matrix probes {requests[0].service}")
     check_runs_root(runs_root)
     with signals_interrupt(), lab_lock(inv):
         started = datetime.now()

@@ -198,14 +198,31 @@ def compare_with(matrix: Matrix, previous: Matrix | None) -> None:
 
 # --- expectations -----------------------------------------------------------------------
 
-def parse_expect(text: str, filename: str) -> dict[tuple[str, str], bool | None]:
-    """(source, target) → expected reachability (None: not checked) from a truth table."""
+def _expect_rows(text: str) -> list[tuple[int, list[str]]]:
+    """A truth table's rows (line number, words), without comments and borders."""
     rows: list[tuple[int, list[str]]] = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0]
-        if _BORDER.match(line):
-            continue
-        rows.append((number, line.replace("|", " ").split()))
+        if not _BORDER.match(line):
+            rows.append((number, line.replace("|", " ").split()))
+    return rows
+
+
+def expect_service(text: str) -> str | None:
+    """The protocol a truth table's corner names (`ICMP`, `tcp:80`, `UDP/53`) as a matrix's
+    service (`icmp`, `tcp/80`), or None (no corner, or another label)."""
+    rows = _expect_rows(text)
+    if len(rows) < 2 or {len(words) for _, words in rows[1:]} != {len(rows[0][1])}:
+        return None
+    match = re.fullmatch(r"(icmp)|(tcp|udp)[:/](\d{1,5})", rows[0][1][0].lower())
+    if match is None:
+        return None
+    return "icmp" if match[1] else f"{match[2]}/{int(match[3])}"
+
+
+def parse_expect(text: str, filename: str) -> dict[tuple[str, str], bool | None]:
+    """(source, target) → expected reachability (None: not checked) from a truth table."""
+    rows = _expect_rows(text)
     problems: list[Problem] = []
     if len(rows) < 2:
         raise InputError([Problem(filename, "", "expected a header of targets and a row per source", line=None)])
