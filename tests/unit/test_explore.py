@@ -16,7 +16,7 @@ from rich.console import Console
 
 from chainlab.errors import InputError
 from chainlab.labstate import LabState
-from chainlab.render.probe import print_probe
+from chainlab.render.probe import print_matrix, print_probe
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, deciding_rules,
                                  expect_service, expect_text, load_matrix, parse_expect, write_matrix)
@@ -321,3 +321,31 @@ def test_a_probe_to_an_address_no_endpoint_can_have_is_refused(address):
     with pytest.raises(InputError, match="is no address of one endpoint"):
         resolve(STATE, address, address_ok=True)
     assert resolve(STATE, "127.0.0.1", address_ok=True) == "127.0.0.1"
+
+
+def test_a_pair_with_a_container_that_cannot_take_part_is_not_probed(tmp_path):
+    """web3 stopped: its pairs are `?` cells saying why (in the table, matrix.html, matrix.json
+    and expect.txt), never a check's FAIL or a change, and the matrix says how many."""
+    from chainlab.report.matrix import render_matrix_report
+
+    m = matrix_of()
+    m.previous = "20261201-100000-matrix-icmp"
+    why = "not probed: target container web3 on slave1 is exited, not running: run lab up"
+    for cell in m.cells:
+        if cell.target == "web3":
+            cell.reachable, cell.decision, cell.drop, cell.report, cell.probed = False, why, None, None, False
+            cell.previous = "reachable"
+    assert len(m.not_probed) == 5 and not m.changes
+    apply_expect(m, parse_expect(CYCLONUS, "expect.txt"), "expect.txt")
+    assert all(c.ok is None for c in m.not_probed) and m.passed
+    write_matrix(tmp_path, m)
+    again = load_matrix(tmp_path)
+    assert again is not None and [c.state for c in again.not_probed] == ["not probed"] * 5
+    assert {c["state"] for c in json.loads((tmp_path / "matrix.json").read_text())["cells"]} == {
+        "reachable", "unreachable", "not probed"}
+    assert all(row.split()[-1] == "?" for row in expect_text(m).splitlines()[2:] if not row.startswith("web3"))
+    html = render_matrix_report(tmp_path, m).read_text()
+    assert html.count('data-state="not probed"') == 5 and "None#walks" not in html and "5 not probed" in html
+    out = io.StringIO()
+    print_matrix(Console(file=out, width=300), m)
+    assert "? not probed: target container web3" in out.getvalue() and "reachable, 5 not probed in" in out.getvalue()

@@ -84,7 +84,8 @@ def _proto(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def matrix_command(obj: object, sources: list[str] | None, targets: list[str] | None, proto: tuple[str, int | None],
                    expect: Path | None, runs_dir: Path) -> None:
     """Every source × target probed at once: reachable or the rule that dropped it, as a
-    table here and in matrix.html + matrix.json, each cell linked to its chain walk."""
+    table here and in matrix.html + matrix.json, each cell linked to its chain walk. A pair
+    with a stopped or missing container is not probed (`?`, exit 3 unless a check failed)."""
     from chainlab.commands.run import run_errors
     from chainlab.render.probe import print_matrix
     from chainlab.run.explore import matrix
@@ -95,7 +96,7 @@ def matrix_command(obj: object, sources: list[str] | None, targets: list[str] | 
         grid = matrix(inv, runs_dir, sources, targets, proto[0], proto[1], expect, log=console.print)
     print_matrix(console, grid)
     console.print(f"matrix: {runs_dir / grid.run_dir / 'matrix.html'}")
-    sys.exit(1 if grid.passed is False else 0)
+    sys.exit(1 if grid.passed is False else 3 if grid.not_probed else 0)
 
 
 @click.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

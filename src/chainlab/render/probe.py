@@ -59,7 +59,8 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
             if cell is None:
                 row.append("[dim]-[/dim]")
                 continue
-            text = "[green]✓[/green]" if cell.reachable else "[red]✗[/red] " + escape(cell.short)
+            text = ("[yellow]?[/yellow] " + escape(cell.short) if not cell.probed
+                    else "[green]✓[/green]" if cell.reachable else "[red]✗[/red] " + escape(cell.short))
             note = rule_number(rules, cell)
             if note is not None:
                 text += f" [{note}]"
@@ -75,7 +76,8 @@ def print_matrix(console: Console, matrix: Matrix) -> None:
         console.print(f"[{entry['n']}] {escape(drop['node'])} {escape(drop['table'])}:{escape(drop['chain'])} "
                       f"{escape(drop['step'])}: {escape(drop['rule'] or '(no rule text)')}", soft_wrap=True)
     reachable = sum(c.reachable for c in matrix.cells)
-    console.print(f"{reachable}/{len(matrix.cells)} reachable in {matrix.duration_s:.1f} s")
+    unprobed = f", {len(matrix.not_probed)} not probed" if matrix.not_probed else ""
+    console.print(f"{reachable}/{len(matrix.cells)} reachable{unprobed} in {matrix.duration_s:.1f} s")
     if matrix.skipped_partial:
         console.print(f"not compared, partial: {', '.join(matrix.skipped_partial)}", soft_wrap=True)
     if matrix.previous:

@@ -29,12 +29,12 @@ from chainlab.providers import provider_for
 from chainlab.report.matrix import render_matrix_report
 from chainlab.run.attribute import attribute, plan_waves
 from chainlab.run.deadline import signals_interrupt
-from chainlab.run.matrix import (Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_service,
+from chainlab.run.matrix import (Cell, Matrix, apply_expect, cell_of, check_expect_names, compare_with, expect_service,
                                  expect_text, find_previous, parse_expect, write_matrix)
 from chainlab.run.outcome import DEFAULT_TABLES, ProbeResult, flows_of
 from chainlab.run.probe import ProbeRequest, ProbeSpec, endpoint_names, plan_probe, resolve
 from chainlab.run.runner import (EVIDENCE_DIRS, ProbeRun, analyze_logs, capture, check_traced, own_addresses, probe_part,
-                                 recorded, write_evidence, write_probe_text)
+                                 recorded, unavailable_for, write_evidence, write_probe_text)
 from chainlab.rundir import check_runs_root, create_run_dir
 from chainlab.trace.pipeline import Analysis
 from chainlab.yamlfile import MAX_BYTES
@@ -71,20 +71,31 @@ def check_addresses(inv: Inventory, specs: list[ProbeSpec]) -> None:
 
 
 def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest], run_dir: Path,
-               log: Log = _quiet) -> list[tuple[ProbeResult, Analysis]]:
+               log: Log = _quiet, not_probed: dict[int, str] | None = None) -> list[tuple[ProbeResult, Analysis]]:
     """All `requests` at once in one bracketing (in a few, see `plan_waves`, when nft hosts
     are involved: the captures then go to run_dir/waves/N/); each result holds the packets
-    that were its, with the analysis of its capture. The caller holds the lab lock."""
+    that were its, with the analysis of its capture. The caller holds the lab lock. A
+    stopped or missing container is the run's error, or (given `not_probed`) the requests it
+    takes part in are left out and said there (request index → why)."""
     specs = [plan_probe(r, state) for r in requests]
     check_addresses(inv, specs)
     waves = plan_waves(specs, {h for h, s in state.hosts.items() if s.trace_backend == "nft-monitor"})
     out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
     runs: list[ProbeRun | None] = [None] * len(specs)
+    unavailable: dict[tuple[str, str], str] | None = None if not_probed is None else {}
     for k, wave in enumerate(waves, 1):
         directory = run_dir if len(waves) == 1 else run_dir / "waves" / str(k)
         mine = [specs[i] for i in wave]
-        sources = {spec.host for spec in mine}
-        captured = capture(inv, state, mine, directory, lambda slices: all(slices.get(h) for h in sources), log)
+
+        def probed(indices: list[int]) -> list[int]:
+            return [i for i in indices if unavailable is None or unavailable_for(specs[i], unavailable) is None]
+
+        captured = capture(inv, state, mine, directory,
+                           lambda slices: all(slices.get(specs[i].host) for i in probed(wave)), log,
+                           unavailable=unavailable)
+        if unavailable and not_probed is not None:
+            not_probed.update({i: why for i in wave if (why := unavailable_for(specs[i], unavailable)) is not None})
+        wave, mine = probed(wave), [specs[i] for i in probed(wave)]
         analysis = analyze_logs(directory)
         addresses = own_addresses(state, directory)
         for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
@@ -176,18 +187,20 @@ def matrix(inv: Inventory, runs_root: Path, sources: Sequence[str] | None = None
         with recorded(run_dir, log):
             log(f"{_count(len(requests), 'probe')} ({service}) from {_count(len(froms), 'source')} to"
                 f" {_count(len(tos), 'target')}")
+            not_probed: dict[int, str] = {}
             try:
-                done = run_probes(inv, state, requests, run_dir, log)
+                done = run_probes(inv, state, requests, run_dir, log, not_probed)
             except ChainlabError as exc:
-                raise ChainlabError(f"{exc} (a matrix probes when every endpoint it names can be probed: leave one"
-                                    " out with --from/--to)") from exc
+                raise ChainlabError(f"{exc} (leave an endpoint that cannot be probed out with --from/--to)") from exc
             duration = (datetime.now() - started).total_seconds()
-            waves = len({result.run_dir for result, _ in done})  # before the cells take run_dir over
+            waves = len({result.run_dir for result, _ in done}) or 1  # before the cells take run_dir over
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 reports = list(pool.map(lambda item: _write_cell(item[0], item[1], run_dir, inv.lab, started, duration), done))
-            grid = Matrix(inv.lab, service, froms, tos, [cell_of(r, link) for (r, _), link in zip(done, reports)],
-                          started.isoformat(timespec="seconds"), round(duration, 3), run_dir.name,
-                          waves=waves)
+            cells = [cell_of(r, link) for (r, _), link in zip(done, reports)]
+            cells += [Cell(requests[i].source, requests[i].target, False, f"not probed: {why}", probed=False)
+                      for i, why in sorted(not_probed.items())]
+            grid = Matrix(inv.lab, service, froms, tos, cells, started.isoformat(timespec="seconds"),
+                          round(duration, 3), run_dir.name, waves=waves)
             previous, grid.skipped_partial = find_previous(runs_root, run_dir, grid)
             compare_with(grid, previous)
             if expected is not None:

@@ -45,21 +45,23 @@ class Cell:
     report: str | None = None  # the cell's report.html, relative to the matrix directory
     expected: bool | None = None  # from --expect (None: not checked)
     previous: str | None = None  # the previous matrix's `short` for this pair (None: none)
+    probed: bool = True  # False: a container of the pair could not take part (`decision` says why)
 
     @property
     def ok(self) -> bool | None:
-        return None if self.expected is None else self.expected == self.reachable
+        return None if self.expected is None or not self.probed else self.expected == self.reachable
 
     @property
     def changed(self) -> bool:
         """Whether the previous matrix decided this pair otherwise; a workload's chain that
         only took its interface's new name (`cali-tw-cali<11 hex>`: a restarted container)
         is the same decision."""
-        return self.previous is not None and without_workload_names(self.previous) != without_workload_names(self.short)
+        return (self.probed and self.previous is not None
+                and without_workload_names(self.previous) != without_workload_names(self.short))
 
     @property
     def state(self) -> str:
-        return "reachable" if self.reachable else "unreachable"
+        return "not probed" if not self.probed else "reachable" if self.reachable else "unreachable"
 
     @property
     def short(self) -> str:
@@ -97,6 +99,10 @@ class Matrix:
     @property
     def changes(self) -> list[Cell]:
         return [c for c in self.cells if c.changed]
+
+    @property
+    def not_probed(self) -> list[Cell]:
+        return [c for c in self.cells if not c.probed]
 
     @property
     def passed(self) -> bool | None:
@@ -273,6 +279,6 @@ def expect_text(matrix: Matrix) -> str:
         marks = []
         for target in matrix.targets:
             cell = matrix.cell(source, target)
-            marks.append("-" if cell is None else "." if cell.reachable else "X")
+            marks.append("-" if cell is None else "?" if not cell.probed else "." if cell.reachable else "X")
         lines.append(source.ljust(width) + "".join(m.ljust(width) for m in marks).rstrip())
     return "\n".join(lines) + "\n"

@@ -314,11 +314,13 @@ def _run_in(inv: Inventory, scenario: Scenario, state: LabState, run_dir: Path, 
 
 def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Path,
             ready: Callable[[dict[str, str]], bool], log: Log = print, *, hosts: _Hosts | None = None,
-            needed: set[str] | None = None) -> Capture:
+            needed: set[str] | None = None, unavailable: dict[tuple[str, str], str] | None = None) -> Capture:
     """The bracketing every run shares; the caller holds the lab lock.
 
     Connect; every node's trace file marked and its rules, routes and the probes'
-    containers snapshot (a stopped or missing container is an error before any probe);
+    containers snapshot (a stopped or missing container is an error before any probe; given
+    `unavailable`, it is recorded there and the probes it takes part in are left out:
+    `Capture.probes` then follows the specs that `unavailable_for` lets through);
     listeners up; all `specs` at once; listeners down; then exactly the new log bytes of
     each node, once the files are quiet and `ready` says all is in. run_dir gets logs/,
     rules/, routes/ and probe.txt. A host of `needed` (default: every host of the lab)
@@ -331,8 +333,10 @@ def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Pa
     t0 = time.monotonic()
     try:
         hosts.connect(list(state.hosts))
-        marks = _mark_and_snapshot(hosts, state, specs, run_dir)
+        marks = _mark_and_snapshot(hosts, state, specs, run_dir, unavailable)
         hosts.raise_failure(needed)  # no probe when evidence it needs would be missing
+        if unavailable:
+            specs = [spec for spec in specs if unavailable_for(spec, unavailable) is None]
         for line in _announce(specs):
             log(line)
         listeners: dict[str, list[int]] = {}
@@ -360,6 +364,8 @@ def capture(inv: Inventory, state: LabState, specs: list[ProbeSpec], run_dir: Pa
 
 
 def _announce(specs: list[ProbeSpec]) -> list[str]:
+    if not specs:
+        return ["probes: none can run"]
     if len(specs) == 1:
         return [f"probe: {specs[0].shown} from {specs[0].where}"]
     return [f"probes: {len(specs)} at once from {', '.join(sorted({s.host for s in specs}))}"]
@@ -378,10 +384,11 @@ def _probe_containers(specs: list[ProbeSpec]) -> dict[str, list[tuple[str, str, 
     return out
 
 
-def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], run_dir: Path) -> dict[str, LogMark]:
+def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], run_dir: Path,
+                       unavailable: dict[tuple[str, str], str] | None) -> dict[str, LogMark]:
     """Every host's trace-file mark, then its rules, routes and the probes' containers'
     states: one round trip each. rules/ and routes/ are written; a stopped or missing
-    container is its host's error."""
+    container is its host's error, or (given `unavailable`) goes there: (role, name) → why."""
     containers = _probe_containers(specs)
 
     def work(node: str, conn: fabric.Connection) -> tuple[LogMark, Snapshot]:
@@ -399,9 +406,19 @@ def _mark_and_snapshot(hosts: _Hosts, state: LabState, specs: list[ProbeSpec], r
         write_atomic(run_dir / "routes" / f"{node}.txt", snap.routes, PRIVATE_FILE)
         for role, name, address in containers.get(node, []):
             problem = container_problem(role, name, node, snap, address)
-            if problem:
+            if problem and unavailable is not None:
+                unavailable[(role, name)] = problem
+            elif problem:
                 hosts.fail(node, ChainlabError(problem))
     return marks
+
+
+def unavailable_for(spec: ProbeSpec, unavailable: dict[tuple[str, str], str]) -> str | None:
+    """Why `spec` cannot be probed (its source or target container could not take part), or None."""
+    for role, place in (("source", spec.source), ("target", spec.target)):
+        if place is not None and place.container is not None and (role, place.container) in unavailable:
+            return unavailable[(role, place.container)]
+    return None
 
 
 def _batches(hosts: _Hosts, commands: dict[str, list[str]], what: Callable[[str], str],
