@@ -83,19 +83,22 @@ def run_probes(inv: Inventory, state: LabState, requests: Sequence[ProbeRequest]
     out: list[tuple[ProbeResult, Analysis] | None] = [None] * len(specs)
     runs: list[ProbeRun | None] = [None] * len(specs)
     unavailable: dict[tuple[str, str], str] | None = None if not_probed is None else {}
-    for k, wave in enumerate(waves, 1):
+
+    def probed(indices: list[int]) -> list[int]:
+        """Those of `indices` whose probes the capture ran (its snapshot fills `unavailable`)."""
+        return [i for i in indices if unavailable is None or unavailable_for(specs[i], unavailable) is None]
+
+    def ready(indices: list[int]) -> Callable[[dict[str, str]], bool]:
+        """All in once every host that ran one of the probes has new log lines."""
+        return lambda slices: all(slices.get(specs[i].host) for i in probed(indices))
+
+    for k, whole in enumerate(waves, 1):
         directory = run_dir if len(waves) == 1 else run_dir / "waves" / str(k)
-        mine = [specs[i] for i in wave]
-
-        def probed(indices: list[int]) -> list[int]:
-            return [i for i in indices if unavailable is None or unavailable_for(specs[i], unavailable) is None]
-
-        captured = capture(inv, state, mine, directory,
-                           lambda slices: all(slices.get(specs[i].host) for i in probed(wave)), log,
-                           unavailable=unavailable)
+        captured = capture(inv, state, [specs[i] for i in whole], directory, ready(whole), log, unavailable=unavailable)
         if unavailable and not_probed is not None:
-            not_probed.update({i: why for i in wave if (why := unavailable_for(specs[i], unavailable)) is not None})
-        wave, mine = probed(wave), [specs[i] for i in probed(wave)]
+            not_probed.update({i: why for i in whole if (why := unavailable_for(specs[i], unavailable)) is not None})
+        wave = probed(whole)
+        mine = [specs[i] for i in wave]
         analysis = analyze_logs(directory)
         addresses = own_addresses(state, directory)
         for i, run, packets in zip(wave, captured.probes, attribute(analysis.packets, mine, addresses)):
