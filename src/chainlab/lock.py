@@ -17,7 +17,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
@@ -84,8 +84,9 @@ def describe_process(pid: int) -> str:
 
 
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold `path` locked for the block, or fail at once (LockHeld) saying `what` is running."""
+def exclusive(path: Path, what: str, advice: str = "") -> Iterator[None]:
+    """Hold `path` locked for the block, or fail at once (LockHeld) saying `what` is running
+    (and then `advice`, what to do about it)."""
     _lock_dir(path.parent)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, PRIVATE_FILE)
@@ -102,8 +103,8 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             pids = lock_holders(info)
             holder = "; ".join(describe_process(pid) for pid in pids)
-            raise LockHeld(f"{what} is already running ({holder + ', ' if holder else ''}lock {path})",
-                           holder, tuple(pids)) from None
+            raise LockHeld(f"{what} is already running ({holder + ', ' if holder else ''}lock {path})"
+                           + (f": {advice}" if advice else ""), holder, tuple(pids)) from None
         yield
     finally:
         os.close(fd)
@@ -145,16 +146,10 @@ def machine_lock(name: str) -> Iterator[None]:
         os.close(fd)
 
 
-@contextmanager
-def lab_lock(inv: Inventory) -> Iterator[None]:
+def lab_lock(inv: Inventory) -> AbstractContextManager[None]:
     """One provisioning run, scenario run, nightly, probe, matrix or `local down` per lab at a
     time: runs share the trace files and expect the lab to hold still."""
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive(lab_lock_path(inv), _lab_what(inv.lab)))
-        except LockHeld as exc:
-            raise LockHeld(f"{exc}: wait for it to end, then run this again", exc.holder, exc.pids) from None
-        yield
+    return exclusive(lab_lock_path(inv), _lab_what(inv.lab), "wait for it to end, then run this again")
 
 
 @contextmanager
@@ -167,10 +162,10 @@ def teardown_lock(lab: str, command: str, force: bool, log: Callable[[str], obje
     path, what = local_lab_lock_path(lab), _lab_what(lab)
     with ExitStack() as stack:
         try:
-            stack.enter_context(exclusive(path, what))
+            stack.enter_context(exclusive(path, what, f"wait for it, or `chainlab {command} --force` interrupts it"))
         except LockHeld as exc:
             if not force:
-                raise ChainlabError(f"{exc}: wait for it, or `chainlab {command} --force` interrupts it") from None
+                raise
             log(f"warning: --force: interrupting {exc.holder or 'the holder of the lab lock'} (SIGTERM)")
             for pid in exc.pids:
                 try:

@@ -154,8 +154,7 @@ def analyze_command(
                        " (read are kernel TRACE records, `TRACE: table:chain:rule|return|policy:N IN=...`,"
                        " xtables-monitor --trace and nft monitor trace, also quoted with `>` or wrapped by a post;"
                        " not LOG-target lines)", err=True)
-            for note in filter(None, (encoding_note(source.path) for source in sources)):
-                click.echo(f"note: {note}", err=True)
+            _encoding_notes(sources)
             bare = sum(headerless_records(source.path) for source in sources)
             if bare:
                 click.echo(f"note: {bare} line{'s' if bare != 1 else ''} look{'s' if bare == 1 else ''} like TRACE records"
@@ -165,10 +164,15 @@ def analyze_command(
             click.echo(f"note: none of the {stats.trace_records} trace lines could be placed in a packet: they show"
                        " nothing to group them by (an IP id, addresses and ports, an nft trace id: shortened, or"
                        " cut at a fixed column, before posting?) or are damaged beyond repair", err=True)
-            for note in filter(None, (encoding_note(source.path) for source in sources)):
-                click.echo(f"note: {note}", err=True)
+            _encoding_notes(sources)
         if not ok:
             sys.exit(1)
+
+
+def _encoding_notes(sources: list[LogSource]) -> None:
+    """Say of each log whose bytes are not plain text lines what they are (see encoding_note)."""
+    for note in filter(None, (encoding_note(source.path) for source in sources)):
+        click.echo(f"note: {note}", err=True)
 
 
 def _checks(checker: Checker | None, nodes: list[str], sources: list[LogSource]) -> list[Check] | None:

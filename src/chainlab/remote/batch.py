@@ -5,9 +5,9 @@ framed by lines carrying a random token chosen for the batch (`@@<token> <i> beg
 `@@<token> <i> <status>`): no output can close another's frame, and nothing is re-encoded,
 so the framing costs no process of its own. `concurrent` runs the commands at once, each in
 a subshell writing to a file of a private temporary directory (probes that wait: pings, TCP
-connects), removed however the script ends; otherwise they run one after the other without a file or an extra process (the
-read-only probes of provisioning: on the local lab every host's processes share this
-machine's CPU).
+connects), removed however the script ends; otherwise they run one after the other without
+a file or an extra process (the read-only probes of provisioning: on the local lab every
+host's processes share this machine's CPU).
 """
 
 from __future__ import annotations

@@ -31,12 +31,13 @@ SPACES: tuple[tuple[bytes, bytes], ...] = (
     *((bytes((0xE2, 0x80, code)), b" ") for code in range(0x80, 0x8B)),
     (b"\xe2\x80\x8b", b""), (b"\t", b" "),
 )
-#: What follows a trace marker: a kernel TRACE record's header, xtables-monitor's family and trace id.
-_AFTER_MARKER = rb"(?=[A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d|\d+ [0-9a-f]+ )"
-#: A trace marker of the kernel or xtables-monitor and the spaces after it.
-_MARKER_SPACES = re.compile(rb"(TRACE:|PACKET:) *" + _AFTER_MARKER)
+#: A kernel TRACE record's header after `TRACE: ` (parse_kernel.HEADER's, without its groups).
+_HEADER = rb"[A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d{1,10}"
+#: A trace marker of the kernel or xtables-monitor with no space or several before what
+#: follows it (a kernel record's header; xtables-monitor's family and trace id).
+_MARKER_SPACES = re.compile(rb"(TRACE:|PACKET:)(?: {2,})?(?=" + _HEADER + rb"|\d+ [0-9a-f]+ )")
 #: A TRACE record's header with `IN=` glued to it.
-_GLUED_HEADER = re.compile(rb"(TRACE: [A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d{1,10})(?=IN=)")
+_GLUED_HEADER = re.compile(rb"(TRACE: " + _HEADER + rb")(?=IN=)")
 #: Where a kernel field's key was glued to the value before it (`LEN=84TOS=0x00`,
 #: `TYPE=8CODE=0ID=28976SEQ=1`): a value's digit, lower-case letter or punctuation right
 #: before a known key and its `=` (never a longer key's tail: `PHYSIN=`, `UID=` are preceded
@@ -49,23 +50,17 @@ _TWO_VALUES = re.compile(rb"=[^\s=]*=")
 _SPACE_BYTES = re.compile(rb"[\t\xc2\xe2\xe3]")
 #: A syslog time glued to its day, at a line's start (after a quote's `>` marks).
 _GLUED_DAY = re.compile(rb"^([ >]*[A-Z][a-z]{2}) {1,2}(\d{1,2})(?=\d\d:\d\d:\d\d )", re.MULTILINE)
-#: What in a file's head says that its spacing was changed.
-_SIGNS = re.compile(
-    rb"(?:TRACE|PACKET):(?: {2,})?" + _AFTER_MARKER + rb"|:(?:rule|return|policy):\d{1,10}IN="
-    rb"|^[ >]*[A-Z][a-z]{2} {1,2}\d{1,2}\d\d:\d\d:\d\d ",
-    re.MULTILINE,
-)
 #: Bytes of a line kept back for the next chunk, at most: a longer line is passed on in
 #: pieces (the reader cuts it at its LINE_LIMIT anyway; a piece may then not be respaced).
 CARRY_LIMIT = 1 << 20
 
 
 def needs_respace(head: bytes) -> bool:
-    """Whether a file's first bytes show spacing that a copy changed (a glued key only
-    counts on a trace line)."""
+    """Whether a file's first bytes show spacing that a copy changed: what `respaced` would
+    mend (a glued key only counts on a trace line)."""
     if _SPACE_BYTES.search(head) and any(space in head for space, _ in SPACES):
         return True
-    if _SIGNS.search(head):
+    if any(pattern.search(head) for pattern in (_MARKER_SPACES, _GLUED_HEADER, _GLUED_DAY)):
         return True
     for match in _TWO_VALUES.finditer(head):
         start, end = head.rfind(b"\n", 0, match.start()) + 1, head.find(b"\n", match.end())
