@@ -30,7 +30,8 @@ from chainlab.provision import provision
 from chainlab.provision.context import RunContext
 from chainlab.provision.dockerview import DockerView
 from chainlab.provision.recap import RunReport
-from chainlab.remote import connect, run
+from chainlab.remote import connect, kept, run
+from chainlab.runtime_dir import runtime_directory
 from chainlab.warm import place
 
 from .conftest import make_inventory_file
@@ -167,6 +168,69 @@ def test_second_run_changes_nothing_and_is_faster(prov: Inventory, timings: dict
     assert timings["second"] < timings["first"] / 1.5, timings
 
 
+def _accepted(inv: Inventory) -> dict[str, int]:
+    """SSH connections each host's sshd has accepted so far (its log)."""
+    return {h: (plan_lab(inv).hosts[h].log_dir / "sshd.log").read_text().count("Accepted publickey") for h in inv.hosts}
+
+
+def _masters(inv: Inventory) -> set[int]:
+    """PIDs of the lab's kept SSH connections (OpenSSH masters: `ssh: SOCKET [mux]`)."""
+    where = runtime_directory("ssh", create=False)
+    prefix = f"ssh: {where}/{kept._lab_key(inv.lab)}-".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix):
+                found.add(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_warm_lab_up_reads_its_hosts_on_kept_connections(prov: Inventory) -> None:
+    """As Ansible's ControlPersist: the hosts' read-only batch is a session on the OpenSSH
+    master an earlier command started; no host's sshd accepts a connection, the masters stay."""
+    provision(prov, "up", console=_quiet())  # a master per host, if there is none yet
+    masters, accepted = _masters(prov), _accepted(prov)
+    assert len(masters) == len(prov.hosts)
+    proc = subprocess.run([CLI, "-i", _inventory_file(prov), "lab", "up"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "changed=0 failed=0" in proc.stdout, proc.stdout + proc.stderr
+    assert _accepted(prov) == accepted and _masters(prov) == masters
+
+
+def test_without_kept_connections_every_host_is_connected(prov: Inventory) -> None:
+    accepted = _accepted(prov)
+    proc = subprocess.run([CLI, "-i", _inventory_file(prov), "lab", "up"], capture_output=True, text=True,
+                          env={**os.environ, kept.PERSIST_ENV: "0"})
+    assert proc.returncode == 0 and "changed=0 failed=0" in proc.stdout, proc.stdout + proc.stderr
+    assert _accepted(prov) == {h: n + 1 for h, n in accepted.items()}
+
+
+def test_a_kept_connection_that_died_is_replaced(prov: Inventory) -> None:
+    """Masters killed (their sockets left behind): the next command starts new ones."""
+    old = _masters(prov)
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    report = provision(prov, "up", console=_quiet())
+    assert not report.failed and _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
+    new = _masters(prov)
+    assert len(new) == len(prov.hosts) and not new & old
+
+
+def test_sshd_not_listening_a_kept_connection_still_reads_the_host(prov: Inventory) -> None:
+    """What Ansible's ControlPersist does too: a host whose sshd no longer takes connections
+    is still read on the connection kept from before (a change would need a new one)."""
+    provision(prov, "up", console=_quiet())
+    local_state = load_local_state(plan_lab(prov))
+    assert local_state is not None
+    os.kill(local_state.hosts["slave1"].daemons["sshd"].pid, signal.SIGTERM)  # the listener only
+    try:
+        report = provision(prov, "up", console=_quiet())
+        assert not report.failed and _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
+    finally:
+        up(plan_lab(prov), log=lambda *_: None)  # `chainlab local up` restarts it
+
+
 def test_calico_daemons_are_known_by_their_name(prov: Inventory) -> None:
     """The warm run's check of the daemon reads its name with built-ins; the fallback (its
     command line, for a daemon an earlier chainlab started) would hide a daemon left unnamed."""
@@ -252,9 +316,8 @@ def test_docker_probe_reads_the_same_with_curl_and_with_the_cli(prov: Inventory)
 
 def test_host_with_sshd_down_fails_alone_then_converges(prov: Inventory) -> None:
     plan = plan_lab(prov)
-    local_state = load_local_state(plan)
-    assert local_state is not None
-    os.kill(local_state.hosts["slave1"].daemons["sshd"].pid, signal.SIGTERM)
+    for pid in _sshd_pids(prov, "slave1"):  # the listener and its sessions: kept connections end too
+        os.kill(pid, signal.SIGTERM)
     time.sleep(0.3)
     started = time.monotonic()
     proc = subprocess.run([CLI, "-i", _inventory_file(prov), "lab", "up"], capture_output=True, text=True)
@@ -332,6 +395,7 @@ def test_sigterm_ends_lab_up_at_once_and_releases_the_lock(prov: Inventory) -> N
 def test_down_restores_hosts(prov: Inventory, before: dict[str, str]) -> None:
     report = provision(prov, "down", console=_quiet())
     assert not report.failed, report.as_dict()
+    assert not _masters(prov)  # the lab's kept SSH connections ended with it
     after = snapshot(prov)
     for host in prov.hosts:
         diff = "\n".join(difflib.unified_diff(before[host].splitlines(), after[host].splitlines(), lineterm=""))

@@ -228,14 +228,14 @@ def test_bridge_reads_a_hosts_links_once_for_all_its_containers(tmp_path: Path) 
     inv = load_inventory(path)
     provider = provider_for(inv)
     network = network_for(inv, provider)
-    ctx = HostContext(RunContext(inv, provider, network, check=False), "master", Facts("master", "assumed"), conn=object())  # type: ignore[arg-type]
+    ctx = HostContext(RunContext(inv, provider, network, check=False), "master", Facts("master", "assumed"), ssh=object())  # type: ignore[arg-type]
     probes = network.up_probes("master")
     assert probes.count(LINKS_PROBE) == 1
     links = "1: lo: <LOOPBACK>\n7: veth1a@if6: <UP>\n9: veth2b@if8: <UP>\n"
     answers = {"web1": "7\n", "web2": "9\n"}
     ctx.preload(probes, {i: (0, links if p == LINKS_PROBE else answers[p[2]]) for i, p in enumerate(probes)})
     attrs = {"NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2"}}}}
-    # conn=object(): any read over SSH would fail
+    # ssh=object(): any read over SSH would fail
     states = [network.container_state(ctx, attrs, name) for name in ("web1", "web2")]
     assert [s.interface for s in states] == ["veth1a", "veth2b"]
     ctx.perform(Call("a change", lambda: None))

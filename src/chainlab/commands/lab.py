@@ -18,7 +18,7 @@ from chainlab.inventory import Inventory, load_inventory
 from chainlab.providers import provider_class
 from chainlab.provision import Facts, assumed_facts, gather_facts, provision
 from chainlab.provision.runner import select_hosts
-from chainlab.remote import connect
+from chainlab.remote.session import HostSession
 from chainlab.render.console import make_console
 
 
@@ -90,8 +90,8 @@ def _facts_of(inv: Inventory, host: str, assumed: bool) -> Facts | str:
     if assumed:
         return assumed_facts(inv, host)
     try:
-        with connect(inv, host) as conn:
-            return gather_facts(inv, host, conn)[0]
+        with HostSession(inv, host) as ssh:
+            return gather_facts(inv, host, ssh)[0]
     except Exception as exc:
         return f"unreachable: {exc}"
 

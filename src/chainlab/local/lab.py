@@ -25,6 +25,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
+from chainlab.remote import kept
 from chainlab.lock import exclusive, teardown_lock
 from chainlab.local import plan as P
 from chainlab.local import system as S
@@ -386,6 +387,7 @@ def _down(plan: LabPlan, log: Log) -> None:
         S.remove_cgroup("/" + netns)
     S.remove_lab_dirs(plan.state_dir, plan.state_file,
                       (state.created_dirs, state.run_netns_was_mounted) if state else None, log)
+    kept.end(plan.lab)  # its hosts are gone: their kept SSH connections go too
     log(f"lab {plan.lab}: down")
 
 

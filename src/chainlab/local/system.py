@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from chainlab.errors import ChainlabError
+from chainlab.local import netlink
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Daemons start with a clean environment: nothing of the caller's (DOCKER_HOST, PATH...) leaks in.
@@ -83,11 +84,7 @@ def link_exists(name: str, netns: str | None = None) -> bool:
 
 def route_device(address: IPv4Address) -> str | None:
     """The interface the machine would send a packet to `address` through (None: no route)."""
-    proc = subprocess.run(["ip", "-j", "route", "get", str(address)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    routes = json.loads(proc.stdout or "[]")
-    return routes[0].get("dev") if routes else None
+    return netlink.route_device(address)
 
 
 def root_addresses() -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""What a step sees: its host's facts and connection (or none, offline), and the whole run.
+"""What a step sees: its host's facts and SSH session (or none, offline), and the whole run.
 
 Steps probe with `read`/`probe` (read-only: they run under --check too when connected;
 offline they return None and steps plan for the worst case) and change things only by
@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import fabric
-
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
@@ -22,7 +20,7 @@ from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
 from chainlab.provision.dockerview import ANSWER_WITHIN_S, NOT_ANSWERED, DockerView, inspect_argv
 from chainlab.provision.facts import Facts
-from chainlab.remote.ssh import run
+from chainlab.remote.session import HostSession
 from chainlab.shell import command_line
 
 if TYPE_CHECKING:
@@ -74,7 +72,7 @@ class HostContext:
     run: RunContext
     host: str
     facts: Facts
-    conn: fabric.Connection | None
+    ssh: HostSession | None  # None: offline
     containers: dict[str, ContainerState] = field(default_factory=dict)
     _view: DockerView | None = None
     _docker: Any = None
@@ -91,7 +89,7 @@ class HostContext:
 
     @property
     def offline(self) -> bool:
-        return self.conn is None
+        return self.ssh is None
 
     def preload(self, probes: Sequence[Sequence[str]], answers: dict[int, tuple[int, str]]) -> None:
         """Answers of probes run ahead (with the facts); each serves the next identical read once."""
@@ -107,13 +105,13 @@ class HostContext:
         cached = self.preloaded(argv)
         if cached is not None:
             return cached
-        assert self.conn is not None
-        result = run(self.conn, argv, check=False)
+        assert self.ssh is not None
+        result = self.ssh.read(argv)
         return result.exited, result.stdout
 
     def read(self, argv: Sequence[str]) -> str | None:
         """Run a read-only probe; its stdout, or None offline. Never fails on exit status."""
-        if self.conn is None:
+        if self.ssh is None:
             return None
         return self._answer(argv)[1]
 
@@ -127,7 +125,7 @@ class HostContext:
 
     def probe(self, argv: Sequence[str]) -> bool | None:
         """Exit status 0 of a read-only probe; None offline."""
-        if self.conn is None:
+        if self.ssh is None:
             return None
         return self._answer(argv)[0] == 0
 
@@ -135,7 +133,7 @@ class HostContext:
         """The host's images, containers and networks of the lab, from one probe (fetched with
         the facts; read again after any change). Empty offline."""
         if self._view is None:
-            code, out = self._answer(self.run.inspect_argv(self.host)) if self.conn is not None else (0, "")
+            code, out = self._answer(self.run.inspect_argv(self.host)) if self.ssh is not None else (0, "")
             if code in NOT_ANSWERED:  # nothing would be there to see, and every step would wait on it
                 raise ChainlabError(f"{self.host}: dockerd did not answer within {ANSWER_WITHIN_S} s")
             self._view = DockerView.parse(out)
@@ -148,21 +146,21 @@ class HostContext:
         self._view = None
         if isinstance(action, Call):
             return action.fn()
-        assert self.conn is not None
+        assert self.ssh is not None
         if isinstance(action, Command):
-            return run(self.conn, action.argv, timeout=action.timeout).stdout
+            return self.ssh.run(action.argv, timeout=action.timeout).stdout
         assert isinstance(action, PutFile)
-        self.conn.put(io.BytesIO(action.text.encode()), action.path)
+        self.ssh.connection.put(io.BytesIO(action.text.encode()), action.path)
         return None
 
     def docker(self) -> Any:
         """The docker SDK client of this host's engine (read-only use is fine under --check)."""
         if self._docker is None:
-            if self.conn is None:
+            if self.ssh is None:
                 raise ChainlabError("no docker client offline")
             from chainlab.remote.dockerclient import docker_over
 
-            self._docker = docker_over(self.conn, self.facts.docker_api or None)
+            self._docker = docker_over(self.ssh.connection, self.facts.docker_api or None)
         return self._docker
 
     def call(self, text: str, fn: Callable[[], T]) -> Call:
@@ -175,5 +173,5 @@ class HostContext:
                 self._docker.close()
             except Exception:
                 pass
-        if self.conn is not None:
-            self.conn.close()
+        if self.ssh is not None:
+            self.ssh.close()

@@ -43,8 +43,9 @@ from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_li
 from chainlab.provision.steps import BASE_UP_STEPS, containers, up_probes
 from chainlab.provision.teardown import BASE_DOWN_STEPS, down_probes
 from chainlab.provision.teardown import containers as remove_containers
-from chainlab.remote import connect, run
+from chainlab.remote import kept
 from chainlab.remote.batch import Batch
+from chainlab.remote.session import HostSession
 from chainlab.remote.ssh import RemoteTimeout
 from chainlab.render.console import make_console
 from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
@@ -97,10 +98,10 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
     return [h for h in inv.hosts if h in limit]
 
 
-def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequence[Sequence[str]] = (),
+def gather_facts(inv: Inventory, host: str, ssh: HostSession | None, probes: Sequence[Sequence[str]] = (),
                  versions: bool = True, timeout: float = FACTS_DEADLINE_S) -> tuple[Facts, dict[int, tuple[int, str]]]:
     """The host's facts and, in the same round trip, the answers of read-only `probes`."""
-    if conn is None:
+    if ssh is None:
         return assumed_facts(inv, host), {}
     etcd = None
     if inv.etcd:
@@ -110,7 +111,7 @@ def gather_facts(inv: Inventory, host: str, conn: object | None, probes: Sequenc
     # not checked: the frames say what each probe answered, and one probe's broken script (it
     # runs in the batch's own shell) must not take the other answers with it
     try:
-        out = run(conn, ["sh", "-c", script.script()], check=False, timeout=timeout).stdout
+        out = ssh.read(["sh", "-c", script.script()], timeout=timeout).stdout
     except RemoteTimeout:
         raise ChainlabError(f"{host}: the facts (and the read-only checks run with them) did not come within"
                             f" {timeout:g} s: a daemon they ask (dockerd, etcd) not answering?") from None
@@ -156,6 +157,8 @@ class Runner:
             with lab_lock(self.inv):
                 self._run()
                 self._finish()
+            if self.action == "down":
+                kept.end(self.inv.lab)  # the lab is gone: nothing to keep a connection for
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -211,16 +214,16 @@ class Runner:
     def _connect(self, host: str, progress: Progress, task: TaskID) -> HostReport:
         report = HostReport(host)
         started = time.monotonic()
-        conn = None
+        ssh = None
         probes = up_probes(self.run_ctx, host) if self.action == "up" else down_probes(self.run_ctx, host)
         try:
             if not self.offline:
-                conn = connect(self.inv, host)
-            facts, answers = gather_facts(self.inv, host, conn, probes, versions=False,
+                ssh = HostSession(self.inv, host)
+            facts, answers = gather_facts(self.inv, host, ssh, probes, versions=False,
                                           timeout=min(self.step_timeout or FACTS_DEADLINE_S, FACTS_DEADLINE_S))
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
-            if conn is not None:
-                conn.close()
+            if ssh is not None:
+                ssh.close()
             result = StepResult("facts", "failed", why(exc), seconds=time.monotonic() - started)
             report.steps.append(result)
             report.error = f"facts: {why(exc)}"
@@ -231,7 +234,7 @@ class Runner:
         report.seconds += result.seconds
         self._show(host, result)
         progress.update(task, advance=1)
-        ctx = HostContext(self.run_ctx, host, facts, conn)
+        ctx = HostContext(self.run_ctx, host, facts, ssh)
         ctx.preload(probes, answers)
         self.run_ctx.hosts[host] = ctx
         return report

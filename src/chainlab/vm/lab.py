@@ -24,6 +24,7 @@ from rich.console import Console
 
 from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
+from chainlab.remote import kept
 from chainlab.local import system as S
 from chainlab.local.lab import ProcRecord
 from chainlab.local.certs import ensure_pki
@@ -353,6 +354,7 @@ def _down(plan: VmLabPlan, log: Log) -> None:
     N.remove_lan(plan)
     S.remove_lab_dirs(plan.state_dir, plan.state_file,
                       (state.created_dirs, state.run_netns_was_mounted) if state else None, log)
+    kept.end(plan.lab)  # its hosts are gone: their kept SSH connections go too
     log(f"lab {plan.lab}: down")
 
 

@@ -1,13 +1,14 @@
 """Where the warm server listens: a socket in a directory only its user can enter.
 
-Imported by the client on every command: standard library `os` only.
+Imported by the client on every command: standard library `os` only (and `runtime_dir`).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import sys
+
+from chainlab import runtime_dir
 
 #: Sub-commands the server runs. Not `ssh` (an interactive terminal wants its own session),
 #: nor `local` and `vm` (they start daemons, which should not be the server's descendants).
@@ -19,38 +20,13 @@ ENV_PREFIXES = ("CHAINLAB_", "PYTHON", "PYDANTIC_")
 
 
 def directory(create: bool = True) -> str | None:
-    """The user's private directory for the socket (made 0700 if missing and `create`), or
-    None when it is not there or not private, or its parent could be changed by another user
-    (then nothing is served: e.g. root under `sudo -E` with a user's XDG_RUNTIME_DIR)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
-    try:
-        parent = os.stat(base)
-    except OSError:
-        return None
-    # files.others_may_change, written out: the client imports the standard library only
-    sticky = parent.st_mode & stat.S_ISVTX  # /tmp: others cannot rename what is ours in it
-    if parent.st_uid not in (0, os.getuid()) or (parent.st_mode & 0o022 and not sticky):
-        return None
-    path = directory_in(base)
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        return None
-    return path
+    """The user's private directory for the socket (see `runtime_dir.runtime_directory`)."""
+    return runtime_dir.runtime_directory("warm", create)
 
 
 def directory_in(base: str) -> str:
     """The user's socket directory under `base` (a runtime directory)."""
-    return os.path.join(base, f"chainlab-warm-{os.getuid()}")
+    return runtime_dir.directory_in(base, "warm")
 
 
 def peer_uid(sock: object) -> int:

@@ -1,0 +1,117 @@
+"""Kept SSH connections: read-only commands as sessions on an OpenSSH master connection that
+outlives the command (ControlMaster/ControlPersist, as Ansible keeps its connections).
+
+Why: a warm `lab up` asks each host one read-only batch, and opening an SSH connection for it
+cost more than the batch (on the local lab, where every host's sshd shares this machine's CPU:
+~23 ms of CPU a connection, sshd's re-exec, key exchange and authentication, and chainlab's
+side of them; a session on a kept connection ~8 ms, the `ssh` client's start included).
+
+The first read-only command to a host starts an OpenSSH master in the background, with the
+same key, user, port, known_hosts and policy as chainlab's own connections (unknown or changed
+host keys refused, no SSH config read: `openssh.ssh_argv`); later ones, in this command and
+in the next ones within CHAINLAB_SSH_PERSIST seconds (default 60; 0: none kept), are sessions
+on it. Only read-only commands go this way: OpenSSH's own failures (and, rarely, a command's)
+exit 255, and the caller then runs the command again over its own connection, which says
+what failed in chainlab's words. Changes, files and docker stay on that connection.
+
+Where: one socket per lab, host, address, port, user, key file and known_hosts text, in a 0700 directory
+of the user (`runtime_dir`); a lab rebuilt with new host keys gets new masters, never one that
+checked the old keys. OpenSSH's master also refuses a client of another uid. `end(lab)` ends a
+lab's masters (lab down, local down, vm down); an idle master ends by itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from chainlab import runtime_dir
+from chainlab.errors import ChainlabError
+from chainlab.providers.base import Target
+from chainlab.remote.openssh import ssh_argv
+
+PERSIST_ENV = "CHAINLAB_SSH_PERSIST"
+DEFAULT_PERSIST_S = 60
+#: ssh's exit status for its own failures (connection, host key, authentication, master).
+SSH_FAILED = 255
+#: A master whose host stops answering ends after about INTERVAL x COUNT seconds.
+SERVER_ALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
+
+
+def persist_seconds() -> int:
+    """CHAINLAB_SSH_PERSIST: seconds an idle master is kept (0: no master)."""
+    value = os.environ.get(PERSIST_ENV, "").strip()
+    if not value:
+        return DEFAULT_PERSIST_S
+    if not value.isdigit():
+        raise ChainlabError(f"{PERSIST_ENV}={value!r}: give the seconds an idle SSH connection is kept"
+                            f" (0: none kept; default {DEFAULT_PERSIST_S})")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The `ssh` command line of one host's kept connection, up to `USER@ADDRESS`."""
+
+    argv: tuple[str, ...]
+    control_path: str
+
+    def command(self, line: str) -> list[str]:
+        """Run `line` (already quoted for the remote shell) as a session on the master."""
+        return [*self.argv, "--", line]
+
+
+def kept_for(lab: str, target: Target) -> Kept | None:
+    """The kept connection to `target`, or None when none is kept (CHAINLAB_SSH_PERSIST=0,
+    no `ssh` client, or no private directory for its socket)."""
+    seconds = persist_seconds()
+    if not seconds or shutil.which("ssh") is None:
+        return None
+    where = runtime_dir.runtime_directory("ssh")
+    if where is None:
+        return None
+    path = os.path.join(where, f"{_lab_key(lab)}-{_target_key(target)}")
+    *options, destination = ssh_argv(target)
+    options += ["-o", "ControlMaster=auto", "-o", f"ControlPersist={seconds}", "-o", f"ControlPath={path}",
+                "-o", "LogLevel=ERROR"]
+    for option in SERVER_ALIVE:
+        options += ["-o", option]
+    return Kept((*options, destination), path)
+
+
+def end(lab: str) -> int:
+    """End `lab`'s masters (their sessions are cut): how many there were."""
+    where = runtime_dir.runtime_directory("ssh", create=False)
+    if where is None or shutil.which("ssh") is None:
+        return 0
+    ended = 0
+    for path in glob.glob(os.path.join(glob.escape(where), f"{_lab_key(lab)}-*")):
+        try:
+            done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False)
+        except subprocess.TimeoutExpired:
+            continue
+        ended += done.returncode == 0
+    return ended
+
+
+def _lab_key(lab: str) -> str:
+    return f"{zlib.crc32(lab.encode()):08x}"
+
+
+def _target_key(target: Target) -> str:
+    """What a master was checked and authenticated with: another value, another master."""
+    digest = hashlib.sha256()
+    for part in (target.name, str(target.address), str(target.port), target.user, str(target.key_filename)):
+        digest.update(part.encode() + b"\0")
+    try:
+        digest.update((target.known_hosts or Path.home() / ".ssh" / "known_hosts").read_bytes())
+    except OSError:
+        digest.update(b"\1")  # unreadable: ssh says so, and the caller falls back
+    return digest.hexdigest()[:24]

@@ -1,0 +1,143 @@
+"""One host's SSH for provisioning: read-only commands on the kept connection (`kept`), the
+rest (changes, files, docker) on chainlab's own fabric connection, opened on first need.
+
+A warm `lab up` then opens no connection of its own: its one read-only batch per host is a
+session on the kept master. Where no master can be used (none kept, or ssh failed: exit 255),
+the command runs again on the fabric connection, whose errors (unreachable, host key, frozen
+sshd) are chainlab's usual ones.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from invoke.runners import Result
+
+from chainlab.errors import ChainlabError
+from chainlab.inventory import Inventory
+from chainlab.remote import kept, mux
+from chainlab.remote.ssh import RemoteTimeout, connect, run
+from chainlab.remote.target import resolve_target
+from chainlab.shell import command_line
+
+if TYPE_CHECKING:
+    import fabric
+
+
+class HostSession:
+    def __init__(self, inv: Inventory, host: str):
+        self.inv, self.host = inv, host
+        self._kept = kept.kept_for(inv.lab, resolve_target(inv, host))  # the route check comes first
+        self._conn: fabric.Connection | None = None
+        self._running: set[mux.Mux | subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def connection(self) -> fabric.Connection:
+        """chainlab's own connection to the host, opened now if it is not yet."""
+        with self._lock:
+            self._check_open()
+            if self._conn is not None:
+                return self._conn
+        conn = connect(self.inv, self.host)  # not under the lock: close() must not wait for it
+        with self._lock:
+            if self._closed or self._conn is not None:
+                conn.close()
+            self._check_open()
+            if self._conn is None:
+                self._conn = conn
+            return self._conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChainlabError(f"{self.host}: the SSH session was closed (a deadline ended it?)")
+
+    def read(self, argv: Sequence[str], timeout: float | None = None) -> Result:
+        """A read-only command's result, whatever its exit status; a timeout or a broken
+        session is a ChainlabError."""
+        if self._kept is not None:
+            result = self._on_kept(self._kept, argv, timeout)
+            if result is not None:
+                return result
+            self._kept = None  # this run goes on without it
+        return run(self.connection, argv, check=False, timeout=timeout)
+
+    def run(self, argv: Sequence[str], timeout: float | None = None) -> Result:
+        """A change: on chainlab's own connection, a failure is a ChainlabError."""
+        return run(self.connection, argv, timeout=timeout)
+
+    def _on_kept(self, on: kept.Kept, argv: Sequence[str], timeout: float | None) -> Result | None:
+        """The result of `argv` as a session on the kept master (started by the `ssh` client
+        if none runs); None when there is none to use."""
+        line = command_line(argv)
+        session = mux.Mux(on.control_path)
+        self._track(session)
+        answer: mux.Answer | None
+        try:
+            answer = session.run(line, timeout)
+        except mux.NoMaster:
+            answer = self._with_ssh_client(on, line, timeout)
+        except mux.Expired:
+            raise RemoteTimeout(f"{self.host}: `{line}` did not finish within {timeout:g} s") from None
+        except (mux.Cut, mux.MuxError, OSError):
+            self._check_open()  # cut by close(): a deadline ended it
+            return None
+        finally:
+            self._untrack(session)
+        if answer is None:
+            return None
+        return Result(stdout=answer.stdout.decode("utf-8", "replace"), stderr=answer.stderr.decode("utf-8", "replace"),
+                      command=line, exited=answer.status)
+
+    def _with_ssh_client(self, on: kept.Kept, line: str, timeout: float | None) -> mux.Answer | None:
+        """`line` run by the `ssh` client, which starts the master in the background (it then
+        serves the next commands); None when ssh failed (exit 255)."""
+        proc = subprocess.Popen(on.command(line), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        self._track(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RemoteTimeout(f"{self.host}: `{line}` did not finish within {timeout:g} s") from None
+        finally:
+            self._untrack(proc)
+        self._check_open()  # killed by close(): a deadline ended it
+        if proc.returncode == kept.SSH_FAILED or proc.returncode < 0:
+            return None
+        return mux.Answer(proc.returncode, out, err)
+
+    def _track(self, running: mux.Mux | subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._check_open()
+            self._running.add(running)
+
+    def _untrack(self, running: mux.Mux | subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.discard(running)
+
+    def close(self) -> None:
+        """Cut what runs on the host (kept sessions) and close the own connection; the kept
+        master stays for the next command."""
+        with self._lock:
+            self._closed = True
+            running, conn = list(self._running), self._conn
+        for each in running:
+            if isinstance(each, mux.Mux):
+                each.cut()
+            else:
+                each.kill()
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> HostSession:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,134 @@
+"""Kept SSH connections: their sockets' names, the setting, OpenSSH's mux messages, and the
+kernel route lookup the local lab asks before each connection. (A real master, sshd and
+lab: tests/integration/test_kept_ssh.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from chainlab.errors import ChainlabError
+from chainlab.providers import Target
+from chainlab.remote import kept, mux
+
+
+def _target(tmp_path: Path, known: str = "10.0.0.1 ssh-ed25519 AAAA\n") -> Target:
+    (tmp_path / "known_hosts").write_text(known)
+    return Target("slave1", IPv4Address("10.0.0.1"), "root", 22, tmp_path / "id", tmp_path / "known_hosts", 5.0, None)
+
+
+def test_the_setting_is_seconds_and_a_bad_value_says_what_to_give(monkeypatch):
+    monkeypatch.delenv(kept.PERSIST_ENV, raising=False)
+    assert kept.persist_seconds() == kept.DEFAULT_PERSIST_S
+    monkeypatch.setenv(kept.PERSIST_ENV, "0")
+    assert kept.persist_seconds() == 0
+    monkeypatch.setenv(kept.PERSIST_ENV, "1m")
+    with pytest.raises(ChainlabError, match=r"CHAINLAB_SSH_PERSIST='1m': give the seconds"):
+        kept.persist_seconds()
+
+
+def test_none_kept_when_off(monkeypatch, tmp_path):
+    monkeypatch.setenv(kept.PERSIST_ENV, "0")
+    assert kept.kept_for("lab", _target(tmp_path)) is None
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client")
+def test_a_master_per_lab_and_per_known_hosts_text(monkeypatch, tmp_path):
+    """A lab rebuilt with new host keys (new known_hosts text) never reuses a master that
+    checked the old ones; another lab at the same address neither."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv(kept.PERSIST_ENV, "30")
+    (tmp_path / "t").mkdir()
+    first = kept.kept_for("lab", _target(tmp_path / "t"))
+    assert first is not None
+    again = kept.kept_for("lab", _target(tmp_path / "t"))
+    rekeyed = kept.kept_for("lab", _target(tmp_path / "t", "10.0.0.1 ssh-ed25519 BBBB\n"))
+    other_lab = kept.kept_for("other", _target(tmp_path / "t"))
+    assert again == first
+    assert len({first.control_path, rekeyed.control_path, other_lab.control_path}) == 3  # type: ignore[union-attr]
+    assert Path(first.control_path).parent.stat().st_mode & 0o777 == 0o700
+    argv = first.command("true")
+    assert argv[0] == "ssh" and argv[-3:] == ["root@10.0.0.1", "--", "true"]
+    assert "StrictHostKeyChecking=yes" in argv and "ControlPersist=30" in argv and "BatchMode=yes" in argv
+
+
+def test_no_master_without_a_private_directory(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # writable by others, no sticky bit: not a place for sockets
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+    monkeypatch.setenv(kept.PERSIST_ENV, "30")
+    assert kept.kept_for("lab", _target(tmp_path)) is None
+
+
+def _message(kind: int, *fields: bytes) -> bytes:
+    body = struct.pack(">I", kind) + b"".join(fields)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_the_masters_messages_up_to_the_exit_status():
+    session = mux.Mux("/nonexistent")
+    opened = _message(mux.SESSION_OPENED, struct.pack(">II", 1, 7))
+    exited = _message(mux.EXIT_MESSAGE, struct.pack(">II", 7, 3))
+    rest, status = session._parse(opened + exited[:5])
+    assert (rest, status) == (exited[:5], None)  # a message cut in two waits for its end
+    assert session._parse(rest + exited[5:]) == (b"", 3)
+
+
+def test_a_refusal_or_a_foreign_message_is_an_error():
+    session = mux.Mux("/nonexistent")
+    refused = _message(mux.PERMISSION_DENIED, struct.pack(">I", 1), struct.pack(">I", 6) + b"denied")
+    with pytest.raises(mux.MuxError, match="denied"):
+        session._parse(refused)
+    with pytest.raises(mux.MuxError, match="unknown message 0x12345678"):
+        session._parse(_message(0x12345678))
+    with pytest.raises(mux.MuxError, match="a message of 1073741824 bytes"):
+        session._parse(struct.pack(">I", 1 << 30) + b"\0" * 8)
+
+
+def test_no_master_listening_is_said_as_such(tmp_path):
+    with pytest.raises(mux.NoMaster):
+        mux.Mux(str(tmp_path / "none.sock")).run("true", 1)
+
+
+_ROUTES = """
+import json, sys
+from ipaddress import IPv4Address
+from chainlab.local.netlink import route_device
+print(json.dumps({a: route_device(IPv4Address(a)) for a in sys.argv[1:]}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None, reason="needs unshare and ip")
+def test_the_kernels_route_as_ip_route_get_says_it(tmp_path):
+    """In a network namespace of its own (nothing of the machine's routing touched): a
+    route through a link, an unreachable, a prohibited and a blackhole route, and none."""
+    script = tmp_path / "routes.py"
+    script.write_text(_ROUTES)
+    setup = ("ip link set lo up && ip link add cl-t0 type veth peer name cl-t1 && ip link set cl-t0 up"
+             " && ip route add 10.9.1.0/24 dev cl-t0 && ip route add unreachable 10.9.2.0/24"
+             " && ip route add prohibit 10.9.3.0/24 && ip route add blackhole 10.9.4.0/24")
+    addresses = ["127.0.0.1", "10.9.1.5", "10.9.2.5", "10.9.3.5", "10.9.4.5", "10.9.9.9"]
+    asked = " && ".join(f"{{ ip -j route get {a} 2>/dev/null || echo '[]'; }}" for a in addresses)
+    shell = f"{setup} && {sys.executable} {script} {' '.join(addresses)} && {asked}"
+    out = subprocess.run(["unshare", "--net", "sh", "-c", shell], capture_output=True, text=True, check=True).stdout.splitlines()
+    ours = json.loads(out[0])
+    theirs = [(json.loads(line) or [{}])[0].get("dev") for line in out[1:]]
+    assert ours == dict(zip(addresses, theirs))
+    assert ours == {"127.0.0.1": "lo", "10.9.1.5": "cl-t0", "10.9.2.5": None, "10.9.3.5": None,
+                    "10.9.4.5": None, "10.9.9.9": None}
+
+
+def test_target_fields_feed_the_name(tmp_path):
+    base = _target(tmp_path)
+    names = {kept._target_key(t) for t in (base, replace(base, port=2222), replace(base, user="admin"),
+                                            replace(base, key_filename=tmp_path / "other"))}
+    assert len(names) == 4
