@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chainlab.errors import ChainlabError
-from chainlab.run.deadline import DeadlineExceeded, call, fan_out
+from chainlab.run.deadline import DeadlineExceeded, Worker, call, fan_out
 
 
 def test_a_stuck_worker_is_that_keys_error_and_the_others_finish():
@@ -51,6 +51,23 @@ def test_per_key_deadlines_and_own_errors():
                               lambda h: 1.0 if h == "fast" else 0.1, lambda h: "working")
     assert results == {"fast": "fast"}
     assert str(errors["bad"]) == "bad: refused" and isinstance(errors["slow"], DeadlineExceeded)
+
+
+def test_a_worker_does_a_hosts_operations_on_one_thread_and_gives_up_on_a_stuck_one():
+    worker = Worker("chainlab-slave1")
+    threads = {worker.call(lambda: threading.get_ident(), 1, "slave1", "step a") for _ in range(5)}
+    assert len(threads) == 1  # one thread for all of them
+    with pytest.raises(ChainlabError, match="refused"):
+        worker.call(lambda: (_ for _ in ()).throw(ChainlabError("slave1: refused")), 1, "slave1", "step b")
+    release, cancelled = threading.Event(), []
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=r"slave1: no answer within 0\.2 s while step c"):
+        worker.call(lambda: release.wait(10), 0.2, "slave1", "step c", cancel=lambda: cancelled.append(1))
+    assert time.monotonic() - started < 2 and cancelled == [1]
+    after = worker.call(lambda: threading.get_ident(), 1, "slave1", "step d")
+    assert after not in threads  # the stuck thread is left behind: a new one serves
+    release.set()
+    worker.stop()
 
 
 def test_an_unexpected_exception_comes_through():

@@ -48,7 +48,7 @@ from chainlab.remote.batch import Batch
 from chainlab.remote.session import HostSession
 from chainlab.remote.ssh import RemoteTimeout
 from chainlab.render.console import make_console
-from chainlab.run.deadline import DeadlineExceeded, call, cancel_in_background, fan_out, signals_interrupt
+from chainlab.run.deadline import DeadlineExceeded, Worker, call, cancel_in_background, fan_out, signals_interrupt
 
 Action = Literal["up", "down"]
 T = TypeVar("T")
@@ -140,6 +140,7 @@ class Runner:
         self.report = RunReport(lab=inv.lab, action=action, check=check)
         self.phases = phases(action, self.run_ctx)
         self._dead: set[str] = set()
+        self._workers: dict[str, Worker] = {}  # a thread per host for its steps
         self.step_timeout = step_timeout
         #: lab down: the lab step that failed (the network's own steps on the hosts then wait)
         self._lab_failed: str | None = None
@@ -194,6 +195,8 @@ class Runner:
                     fan_out(going, lambda h, _ctx: self._host_phase(h, phase, progress, tasks[h]), budget,
                             lambda _h: "its steps")
             finally:
+                for worker in self._workers.values():
+                    worker.stop()
                 for ctx in self.run_ctx.hosts.values():
                     cancel_in_background(ctx.close)
 
@@ -242,6 +245,7 @@ class Runner:
     def _host_phase(self, host: str, phase: Phase, progress: Progress, task: TaskID) -> None:
         ctx = self.run_ctx.hosts[host]
         report = self.report.hosts[host]
+        worker = self._workers.setdefault(host, Worker(f"chainlab-{host}"))
         for name, fn in phase.steps:
             progress.update(task, description=f"{host}: {name}")
             if self._lab_failed and name in self._network_node_steps:
@@ -251,8 +255,8 @@ class Runner:
                 continue
             seconds = step_deadline(name, self.step_timeout)
             try:
-                result = call(lambda name=name, fn=fn: run_step(ctx, name, fn), seconds, host,  # type: ignore[misc]
-                              f"step {name}", cancel=ctx.close)
+                result = worker.call(lambda name=name, fn=fn: run_step(ctx, name, fn), seconds, host,  # type: ignore[misc]
+                                     f"step {name}", cancel=ctx.close)
             except DeadlineExceeded as exc:
                 self._dead.add(host)
                 result = StepResult(name, "failed", str(exc).split(": ", 1)[1], seconds=seconds)
