@@ -28,9 +28,11 @@ from chainlab.networks import network_for
 from chainlab.providers import provider_for
 from chainlab.provision import provision
 from chainlab.provision.context import RunContext
+from chainlab.provision.dockerview import SOCKET as DOCKER_SOCKET
 from chainlab.provision.dockerview import DockerView
 from chainlab.provision.recap import RunReport
 from chainlab.remote import connect, kept, run
+from chainlab.remote.session import HostSession
 from chainlab.runtime_dir import runtime_directory
 from chainlab.warm import place
 
@@ -298,7 +300,7 @@ def test_a_wrong_or_missing_etcd_registration_is_written_again_for_that_host_alo
         assert client.read(D.host_ip_key(host)).value == str(spec.address)
 
 
-def test_docker_probe_reads_the_same_with_curl_and_with_the_cli(prov: Inventory) -> None:
+def test_docker_probe_reads_the_same_with_curl_with_the_cli_and_through_the_forward(prov: Inventory) -> None:
     provider = provider_for(prov)
     run_ctx = RunContext(prov, provider, network_for(prov, provider), False)
     for host in prov.hosts:
@@ -306,9 +308,16 @@ def test_docker_probe_reads_the_same_with_curl_and_with_the_cli(prov: Inventory)
         with connect(prov, host) as conn:
             by_curl = run(conn, argv, check=False).stdout
             by_cli = run(conn, ["env", "DOCKER_HOST=unix:///var/run/docker.sock", *argv], check=False).stdout
+        with HostSession(prov, host, forward_to=DOCKER_SOCKET) as ssh:
+            ssh.read(["true"])  # the kept master, with its forward to dockerd, is there
+            gets = ssh.gets(run_ctx.docker_look(host).api_paths(), 10)
+            assert gets is not None
+            bodies = gets.bodies(10)
+        assert bodies is not None
+        by_forward = "\n".join(body.decode() for body in bodies)
         assert by_curl.startswith("{") and by_cli.startswith("["), (by_curl[:80], by_cli[:80])
         view = DockerView.parse(by_curl)
-        assert view == DockerView.parse(by_cli)
+        assert view == DockerView.parse(by_cli) == DockerView.parse(by_forward)
         assert prov.image.name in view.images
         assert sorted(view.containers) == sorted(c for c, spec in prov.containers.items() if spec.host == host)
         assert sorted(view.networks) == sorted(run_ctx.network.docker_names(host))

@@ -1,23 +1,33 @@
-"""Kept SSH connections: their sockets' names, the setting, OpenSSH's mux messages, and the
-kernel route lookup the local lab asks before each connection. (A real master, sshd and
+"""Kept SSH connections: their sockets' names, the setting, OpenSSH's mux messages, dockerd
+asked through a forward, and the kernel route lookup the local lab asks before each connection. (A real master, sshd and
 lab: tests/integration/test_kept_ssh.py.)"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from chainlab.errors import ChainlabError
+from chainlab.inventory import load_inventory
 from chainlab.providers import Target
-from chainlab.remote import kept, mux
+from chainlab.provision import runner
+from chainlab.provision.dockerview import NOT_ANSWERED, DockerLook, DockerView
+from chainlab.remote import forward, kept, mux
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _target(tmp_path: Path, known: str = "10.0.0.1 ssh-ed25519 AAAA\n") -> Target:
@@ -132,3 +142,98 @@ def test_target_fields_feed_the_name(tmp_path):
     names = {kept._target_key(t) for t in (base, replace(base, port=2222), replace(base, user="admin"),
                                             replace(base, key_filename=tmp_path / "other"))}
     assert len(names) == 4
+
+
+def _server(path: Path, answer: bytes | None) -> threading.Thread:
+    """A one-request-per-connection server on a unix socket: `answer` to each request, or
+    (None) the connection held open without a word."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+
+    def serve() -> None:
+        held = []
+        with listener:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                request = conn.recv(4096)
+                if answer is None:
+                    held.append(conn)
+                    continue
+                conn.sendall(answer.replace(b"PATH", request.split()[1]))
+                conn.close()
+            time.sleep(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_gets_read_each_answer_whatever_its_status(tmp_path):
+    sock = tmp_path / "fwd"
+    _server(sock, b"HTTP/1.0 404 Not Found\r\nContent-Type: application/json\r\n\r\n{\"message\": \"PATH\"}")
+    gets = forward.start(str(sock), ["/images/a/json", "/networks/n"], 5)
+    assert gets is not None
+    assert gets.bodies(5) == [b'{"message": "/images/a/json"}', b'{"message": "/networks/n"}']
+
+
+def test_gets_without_a_forward_or_an_answer(tmp_path):
+    assert forward.start(str(tmp_path / "none"), ["/images/a/json"], 1) is None
+    _server(tmp_path / "mute", None)
+    gets = forward.start(str(tmp_path / "mute"), ["/images/a/json"], 5)
+    assert gets is not None and gets.bodies(0.3) is None and gets.timed_out
+    _server(tmp_path / "closes", b"")  # the forward opened, the host's end failed: nothing comes
+    gets = forward.start(str(tmp_path / "closes"), ["/images/a/json"], 5)
+    assert gets is not None and gets.bodies(5) is None and not gets.timed_out
+
+
+class _StandIn:
+    """A host session whose batch answers are given, and whose forward answers `bodies`."""
+
+    def __init__(self, direct: str, bodies: list[bytes] | None, timed_out: bool = False):
+        self.direct, self._bodies, self._timed_out, self.asked = direct, bodies, timed_out, []
+
+    def gets(self, paths, timeout):
+        outer = self
+
+        class Gets:
+            timed_out = outer._timed_out
+
+            def bodies(self, timeout):
+                return outer._bodies
+
+            def close(self):
+                pass
+
+        return Gets()
+
+    def read(self, argv, timeout=None):
+        commands = argv[2]  # `sh -c BATCH`: its framing token read off the script
+        self.asked.append(commands)
+        token = re.search(r"@@([0-9a-f]+) 0 begin", commands)[1]
+        frames = "".join(f"@@{token} {i} begin\n{out}\n@@{token} {i} 0\n"
+                         for i, out in enumerate(["os_id=debian", "raw rules", self.direct]))
+        return SimpleNamespace(stdout=frames, exited=0)
+
+
+def _gather(session):
+    inv = load_inventory(ROOT / "lab" / "local.yaml")
+    look = DockerLook(["mybusybox"], ["web1"], ["net1"])
+    probes = [["iptables", "-S"], look.argv()]
+    return runner.gather_with_docker(inv, "master", session, probes, look, 10), look
+
+
+def test_dockerd_asked_through_the_forward_answers_the_docker_probe():
+    session = _StandIn("direct", [b'{"RepoTags": ["mybusybox:latest"]}', b"{}"])
+    (_, answers), look = _gather(session)
+    assert look.argv()[2] not in session.asked[0] and look.direct_argv()[2] in session.asked[0]  # no curl on the host
+    assert answers == {0: (0, "raw rules"), 1: (0, '{"RepoTags": ["mybusybox:latest"]}\n{}')}
+    assert "mybusybox" in DockerView.parse(answers[1][1]).images
+
+
+def test_where_docker_points_elsewhere_or_the_forward_fails_the_probe_runs_later():
+    for session in (_StandIn("", [b"{}"]), _StandIn("direct", None)):
+        (_, answers), _ = _gather(session)
+        assert answers == {0: (0, "raw rules")}  # unanswered: a step that needs it runs it
+    (_, answers), _ = _gather(_StandIn("direct", None, timed_out=True))
+    assert answers[1][0] in NOT_ANSWERED  # dockerd did not answer: said as the probe says it

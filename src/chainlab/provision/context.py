@@ -18,7 +18,7 @@ from chainlab.inventory import Inventory
 from chainlab.labstate import ContainerState
 from chainlab.providers import Provider
 from chainlab.provision.actions import Action, Call, Command, PutFile
-from chainlab.provision.dockerview import ANSWER_WITHIN_S, NOT_ANSWERED, DockerView, inspect_argv
+from chainlab.provision.dockerview import ANSWER_WITHIN_S, NOT_ANSWERED, DockerLook, DockerView
 from chainlab.provision.facts import Facts
 from chainlab.remote.session import HostSession
 from chainlab.shell import command_line
@@ -46,10 +46,14 @@ class RunContext:
         inv = self.inv
         return sorted({inv.image.name, *(c.image for c in inv.containers.values() if c.host == host and c.image)})
 
+    def docker_look(self, host: str) -> DockerLook:
+        """Every Docker object lab up looks at on `host`."""
+        return DockerLook(self.images(host), [n for n, c in self.inv.containers.items() if c.host == host],
+                          self.network.docker_names(host))
+
     def inspect_argv(self, host: str) -> list[str]:
         """The one probe of every Docker object lab up looks at on `host`."""
-        return inspect_argv(self.images(host), [n for n, c in self.inv.containers.items() if c.host == host],
-                            self.network.docker_names(host))
+        return self.docker_look(host).argv()
 
     def etcd(self) -> Any:
         """The run's one etcd client (route-checked and probed once, for every host)."""

@@ -27,26 +27,55 @@ CURL_TIMED_OUT = 28
 NOT_ANSWERED = (CURL_TIMED_OUT, 124)
 #: Where dockerd listens unless the user pointed the CLI elsewhere.
 SOCKET = "/var/run/docker.sock"
+#: What `DockerLook.direct_argv` prints where that socket may be asked directly.
+DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class DockerLook:
+    """Every Docker object lab up looks at on a host, and the ways to ask dockerd for them."""
+
+    images: Sequence[str] = ()
+    containers: Sequence[str] = ()
+    networks: Sequence[str] = ()
+    socket: str = SOCKET
+
+    def api_paths(self) -> list[str]:
+        """The Engine API's path of each object, as curl asks for them."""
+        return [*(f"/images/{n}/json" for n in self.images), *(f"/containers/{n}/json" for n in self.containers),
+                *(f"/networks/{n}" for n in self.networks)]
+
+    def argv(self) -> list[str]:
+        """A read-only probe printing each object's Engine API JSON (a missing one prints a
+        message object, which `DockerView.parse` skips). curl asks the default socket for each
+        object by its kind where `direct_argv` would say `direct` and curl is there; else, or
+        if curl fails (what it printed is then dropped), `docker inspect` of every name
+        answers instead; a dockerd that does not answer within ANSWER_WITHIN_S ends it with a
+        status in NOT_ANSWERED."""
+        urls = [f"http://docker{path}" for path in self.api_paths()]
+        return sh(f"if {self._direct_test()} && command -v curl >/dev/null 2>&1; then"
+                  f" o=$(curl -sS -m {ANSWER_WITHIN_S} --path-as-is --unix-socket {shlex.quote(self.socket)}"
+                  f" {command_line(urls)})"
+                  f' && {{ printf "%s\\n" "$o"; exit 0; }};'
+                  f" [ $? -eq {CURL_TIMED_OUT} ] && exit {CURL_TIMED_OUT}; fi;"  # no answer: docker inspect would get none
+                  f" exec timeout {ANSWER_WITHIN_S} "
+                  f"{command_line(['docker', 'inspect', *self.images, *self.containers, *self.networks])}")
+
+    def direct_argv(self) -> list[str]:
+        """A probe of built-ins printing `direct` where dockerd's default socket is the one
+        the docker CLI would talk to: not where the user pointed it elsewhere (DOCKER_HOST,
+        DOCKER_CONTEXT, any docker context in the user's docker config), nor without the socket."""
+        return sh(f"if {self._direct_test()}; then echo {DIRECT}; fi")
+
+    def _direct_test(self) -> str:
+        return (f'[ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ] && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
+                f" && [ -S {shlex.quote(self.socket)} ]")
 
 
 def inspect_argv(images: Sequence[str] = (), containers: Sequence[str] = (), networks: Sequence[str] = (),
                  socket: str = SOCKET) -> list[str]:
-    """A read-only probe printing each object's Engine API JSON (a missing one prints a message
-    object, which `parse` skips). curl asks the default socket for each object by its kind;
-    where the CLI may talk to another daemon (DOCKER_HOST, DOCKER_CONTEXT, any docker context
-    in the user's docker config), the socket is not there, or curl is missing or fails (what
-    it printed is then dropped), `docker inspect` of every name answers instead; a dockerd
-    that does not answer within ANSWER_WITHIN_S ends it with a status in NOT_ANSWERED."""
-    urls = [*(f"http://docker/images/{n}/json" for n in images), *(f"http://docker/containers/{n}/json" for n in containers),
-            *(f"http://docker/networks/{n}" for n in networks)]
-    sock = shlex.quote(socket)
-    return sh(f'if [ -z "${{DOCKER_HOST:-}}${{DOCKER_CONTEXT:-}}" ]'
-              f' && [ ! -e "${{DOCKER_CONFIG:-$HOME/.docker}}/contexts/meta" ]'
-              f" && [ -S {sock} ] && command -v curl >/dev/null 2>&1; then"
-              f" o=$(curl -sS -m {ANSWER_WITHIN_S} --path-as-is --unix-socket {sock} {command_line(urls)})"
-              f' && {{ printf "%s\\n" "$o"; exit 0; }};'
-              f" [ $? -eq {CURL_TIMED_OUT} ] && exit {CURL_TIMED_OUT}; fi;"  # no answer: docker inspect would get none
-              f" exec timeout {ANSWER_WITHIN_S} {command_line(['docker', 'inspect', *images, *containers, *networks])}")
+    """`DockerLook(...).argv()`: the one probe of these objects."""
+    return DockerLook(images, containers, networks, socket).argv()
 
 
 @dataclass

@@ -37,6 +37,8 @@ from chainlab.networks import network_for
 from chainlab.networks.base import HostStep, LabStep
 from chainlab.providers import provider_for
 from chainlab.provision.context import HostContext, RunContext
+from chainlab.provision.dockerview import ANSWER_WITHIN_S, DIRECT, NOT_ANSWERED, DockerLook
+from chainlab.provision.dockerview import SOCKET as DOCKER_SOCKET
 from chainlab.provision.executor import run_step, why
 from chainlab.provision.facts import Facts, assumed_facts, facts_script, parse_facts
 from chainlab.provision.recap import HostReport, RunReport, StepResult, recap_lines
@@ -119,6 +121,32 @@ def gather_facts(inv: Inventory, host: str, ssh: HostSession | None, probes: Seq
     if 0 not in answers:
         raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
     return parse_facts(inv, host, answers.pop(0)[1]), {i - 1: answer for i, answer in answers.items()}
+
+
+def gather_with_docker(inv: Inventory, host: str, ssh: HostSession, probes: Sequence[Sequence[str]],
+                       look: DockerLook, timeout: float) -> tuple[Facts, dict[int, tuple[int, str]]]:
+    """`gather_facts` (without versions), with dockerd's objects (`look`, one of `probes`)
+    asked through the kept connection's forward while the host runs the other probes: no
+    curl on the host. Where there is no forward, the forward fails or the user pointed docker
+    elsewhere, that probe stays unanswered (it runs when a step needs it)."""
+    gets = ssh.gets(look.api_paths(), ANSWER_WITHIN_S)
+    if gets is None:
+        return gather_facts(inv, host, ssh, probes, versions=False, timeout=timeout)
+    index = [list(p) for p in probes].index(look.argv())
+    try:
+        facts, answers = gather_facts(inv, host, ssh, [*probes[:index], look.direct_argv(), *probes[index + 1:]],
+                                      versions=False, timeout=timeout)
+    except BaseException:
+        gets.close()
+        raise
+    bodies = gets.bodies(ANSWER_WITHIN_S)
+    direct = answers.pop(index, None)
+    if direct is not None and direct[1].strip() == DIRECT:
+        if bodies is not None:
+            answers[index] = (0, "\n".join(body.decode("utf-8", "replace") for body in bodies))
+        elif gets.timed_out:
+            answers[index] = (NOT_ANSWERED[-1], "")  # as the probe says it: dockerd did not answer
+    return facts, answers
 
 
 class Runner:
@@ -220,10 +248,13 @@ class Runner:
         ssh = None
         probes = up_probes(self.run_ctx, host) if self.action == "up" else down_probes(self.run_ctx, host)
         try:
+            timeout = min(self.step_timeout or FACTS_DEADLINE_S, FACTS_DEADLINE_S)
             if not self.offline:
-                ssh = HostSession(self.inv, host)
-            facts, answers = gather_facts(self.inv, host, ssh, probes, versions=False,
-                                          timeout=min(self.step_timeout or FACTS_DEADLINE_S, FACTS_DEADLINE_S))
+                ssh = HostSession(self.inv, host, forward_to=DOCKER_SOCKET)
+            if ssh is not None and self.action == "up":
+                facts, answers = gather_with_docker(self.inv, host, ssh, probes, self.run_ctx.docker_look(host), timeout)
+            else:
+                facts, answers = gather_facts(self.inv, host, ssh, probes, versions=False, timeout=timeout)
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
             if ssh is not None:
                 ssh.close()

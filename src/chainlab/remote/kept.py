@@ -17,7 +17,9 @@ what failed in chainlab's words. Changes, files and docker stay on that connecti
 Where: one socket per lab, host, address, port, user, key file and known_hosts text, in a 0700 directory
 of the user (`runtime_dir`); a lab rebuilt with new host keys gets new masters, never one that
 checked the old keys. OpenSSH's master also refuses a client of another uid. `end(lab)` ends a
-lab's masters (lab down, local down, vm down); an idle master ends by itself.
+lab's masters (lab down, local down, vm down); an idle master ends by itself. A master may
+also forward a socket of ours to dockerd's on the host (`forward`: dockerd asked without a
+process on the host).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ DEFAULT_PERSIST_S = 60
 SSH_FAILED = 255
 #: A master whose host stops answering ends after about INTERVAL x COUNT seconds.
 SERVER_ALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
+#: A forward's socket is its master's, with this suffix.
+FORWARD_SUFFIX = ".fwd"
 
 
 def persist_seconds() -> int:
@@ -61,15 +65,18 @@ class Kept:
 
     argv: tuple[str, ...]
     control_path: str
+    #: Our end of the master's forward to a socket on the host (`kept_for`'s `forward_to`).
+    forward_path: str | None = None
 
     def command(self, line: str) -> list[str]:
         """Run `line` (already quoted for the remote shell) as a session on the master."""
         return [*self.argv, "--", line]
 
 
-def kept_for(lab: str, target: Target) -> Kept | None:
+def kept_for(lab: str, target: Target, forward_to: str | None = None) -> Kept | None:
     """The kept connection to `target`, or None when none is kept (CHAINLAB_SSH_PERSIST=0,
-    no `ssh` client, or no private directory for its socket)."""
+    no `ssh` client, or no private directory for its socket). With `forward_to` (a unix
+    socket on the host, dockerd's), the master also forwards a socket of ours to it."""
     seconds = persist_seconds()
     if not seconds or shutil.which("ssh") is None:
         return None
@@ -82,7 +89,11 @@ def kept_for(lab: str, target: Target) -> Kept | None:
                 "-o", "LogLevel=ERROR"]
     for option in SERVER_ALIVE:
         options += ["-o", option]
-    return Kept((*options, destination), path)
+    forward_path = None
+    if forward_to is not None:
+        forward_path = f"{path}{FORWARD_SUFFIX}"  # 0600 (OpenSSH's StreamLocalBindMask), ours to replace
+        options += ["-o", "StreamLocalBindUnlink=yes", "-L", f"{forward_path}:{forward_to}"]
+    return Kept((*options, destination), path, forward_path)
 
 
 def end(lab: str) -> int:
@@ -92,12 +103,16 @@ def end(lab: str) -> int:
         return 0
     ended = 0
     for path in glob.glob(os.path.join(glob.escape(where), f"{_lab_key(lab)}-*")):
+        if path.endswith(FORWARD_SUFFIX):
+            continue
         try:
             done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False)
         except subprocess.TimeoutExpired:
             continue
         ended += done.returncode == 0
+    for path in glob.glob(os.path.join(glob.escape(where), f"{_lab_key(lab)}-*{FORWARD_SUFFIX}")):
+        os.unlink(path)  # OpenSSH leaves a forward's socket behind
     return ended
 
 

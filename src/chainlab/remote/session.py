@@ -19,7 +19,7 @@ from invoke.runners import Result
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
-from chainlab.remote import kept, mux
+from chainlab.remote import forward, kept, mux
 from chainlab.remote.ssh import RemoteTimeout, connect, run
 from chainlab.remote.target import resolve_target
 from chainlab.shell import command_line
@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 
 
 class HostSession:
-    def __init__(self, inv: Inventory, host: str):
+    def __init__(self, inv: Inventory, host: str, forward_to: str | None = None):
+        """`forward_to`: a unix socket on the host (dockerd's) that `gets` may ask."""
         self.inv, self.host = inv, host
-        self._kept = kept.kept_for(inv.lab, resolve_target(inv, host))  # the route check comes first
+        self._kept = kept.kept_for(inv.lab, resolve_target(inv, host), forward_to)  # the route check comes first
         self._conn: fabric.Connection | None = None
         self._running: set[mux.Mux | subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -66,6 +67,14 @@ class HostSession:
                 return result
             self._kept = None  # this run goes on without it
         return run(self.connection, argv, check=False, timeout=timeout)
+
+    def gets(self, api_paths: Sequence[str], timeout: float) -> forward.Gets | None:
+        """GET requests sent now to the socket given as `forward_to`, through the kept
+        connection; None where there is no such forward (none kept, or a master started
+        without it): the caller asks another way."""
+        if self._kept is None or self._kept.forward_path is None:
+            return None
+        return forward.start(self._kept.forward_path, api_paths, timeout)
 
     def run(self, argv: Sequence[str], timeout: float | None = None) -> Result:
         """A change: on chainlab's own connection, a failure is a ChainlabError."""
