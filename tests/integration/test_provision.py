@@ -200,6 +200,20 @@ def test_a_warm_lab_up_reads_its_hosts_on_kept_connections(prov: Inventory) -> N
     assert _accepted(prov) == accepted and _masters(prov) == masters
 
 
+def test_other_users_cannot_reach_the_kept_connections(prov: Inventory) -> None:
+    provision(prov, "up", console=_quiet())
+    where = runtime_directory("ssh", create=False)
+    assert where is not None
+    sockets = [str(p) for p in Path(where).glob(f"{kept._lab_key(prov.lab)}-*")]
+    assert len(sockets) == 2 * len(prov.hosts)  # a master's socket and its forward to dockerd, per host
+    grab = ("import socket, sys\nfor path in sys.argv[1:]:\n    s = socket.socket(socket.AF_UNIX)\n"
+            "    try:\n        s.connect(path)\n        print('reached', path)\n    except OSError as exc:\n"
+            "        print(type(exc).__name__)")
+    proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                           "-c", grab, *sockets], capture_output=True, text=True)
+    assert proc.stdout.split() == ["PermissionError"] * len(sockets), proc.stdout + proc.stderr
+
+
 def test_without_kept_connections_every_host_is_connected(prov: Inventory) -> None:
     accepted = _accepted(prov)
     proc = subprocess.run([CLI, "-i", _inventory_file(prov), "lab", "up"], capture_output=True, text=True,
