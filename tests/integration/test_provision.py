@@ -6,6 +6,7 @@ repair and converge, then down back to the snapshot taken before lab up.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -231,6 +232,33 @@ def test_a_kept_connection_that_died_is_replaced(prov: Inventory) -> None:
     assert not report.failed and _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}
     new = _masters(prov)
     assert len(new) == len(prov.hosts) and not new & old
+
+
+def test_a_stopped_kept_connection_is_killed_and_the_host_read_without_it(prov: Inventory) -> None:
+    """A master stopped (SIGSTOP): the session is given up on after the handshake's 5 s, the
+    master killed, the host read on a connection of chainlab's own; the next command starts
+    a new master. One stopped again: lab down ends it (it does not answer the request to exit)."""
+    provision(prov, "up", console=_quiet())
+    stopped = sorted(_masters(prov))[0]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        report = provision(prov, "up", console=_quiet())
+        assert not report.failed and _changed(report) == {"master": 0, "slave1": 0, "slave2": 0}, report.as_dict()
+        assert not Path(f"/proc/{stopped}").exists() or Path(f"/proc/{stopped}/stat").read_text().split()[2] == "Z"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    provision(prov, "up", console=_quiet())
+    assert len(_masters(prov)) == len(prov.hosts)
+    again = sorted(_masters(prov))[0]
+    os.kill(again, signal.SIGSTOP)
+    try:
+        assert kept.end(prov.lab) == len(prov.hosts)
+        assert not _masters(prov) - {again} and not Path(f"/proc/{again}/cmdline").exists() or \
+            Path(f"/proc/{again}/stat").read_text().split()[2] == "Z"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(again, signal.SIGCONT)
 
 
 def test_sshd_not_listening_a_kept_connection_still_reads_the_host(prov: Inventory) -> None:

@@ -1,10 +1,11 @@
 """Kept SSH connections: their sockets' names, the setting, OpenSSH's mux messages, dockerd
 asked through a forward, and the kernel route lookup the local lab asks before each connection. (A real master, sshd and
-lab: tests/integration/test_kept_ssh.py.)"""
+lab: tests/integration/test_provision.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -88,9 +89,9 @@ def test_the_masters_messages_up_to_the_exit_status():
     session = mux.Mux("/nonexistent")
     opened = _message(mux.SESSION_OPENED, struct.pack(">II", 1, 7))
     exited = _message(mux.EXIT_MESSAGE, struct.pack(">II", 7, 3))
-    rest, status = session._parse(opened + exited[:5])
-    assert (rest, status) == (exited[:5], None)  # a message cut in two waits for its end
-    assert session._parse(rest + exited[5:]) == (b"", 3)
+    rest, status, began = session._parse(opened + exited[:5])
+    assert (rest, status, began) == (exited[:5], None, True)  # a message cut in two waits for its end
+    assert session._parse(rest + exited[5:]) == (b"", 3, False)
 
 
 def test_a_refusal_or_a_foreign_message_is_an_error():
@@ -139,9 +140,11 @@ def test_the_kernels_route_as_ip_route_get_says_it(tmp_path):
 
 def test_target_fields_feed_the_name(tmp_path):
     base = _target(tmp_path)
-    names = {kept._target_key(t) for t in (base, replace(base, port=2222), replace(base, user="admin"),
-                                            replace(base, key_filename=tmp_path / "other"))}
-    assert len(names) == 4
+    names = {kept._target_key(t, f) for t, f in ((base, None), (replace(base, port=2222), None),
+                                                  (replace(base, user="admin"), None),
+                                                  (replace(base, key_filename=tmp_path / "other"), None),
+                                                  (base, "/var/run/docker.sock"))}
+    assert len(names) == 5  # the forward too: a master without it is another master
 
 
 def _server(path: Path, answer: bytes | None) -> threading.Thread:
@@ -192,6 +195,7 @@ class _StandIn:
 
     def __init__(self, direct: str, bodies: list[bytes] | None, timed_out: bool = False):
         self.direct, self._bodies, self._timed_out, self.asked = direct, bodies, timed_out, []
+        self.kept_lost = False
 
     def gets(self, paths, timeout):
         outer = self
@@ -237,3 +241,35 @@ def test_where_docker_points_elsewhere_or_the_forward_fails_the_probe_runs_later
         assert answers == {0: (0, "raw rules")}  # unanswered: a step that needs it runs it
     (_, answers), _ = _gather(_StandIn("direct", None, timed_out=True))
     assert answers[1][0] in NOT_ANSWERED  # dockerd did not answer: said as the probe says it
+
+
+def test_a_master_that_does_not_take_the_session_is_stuck(monkeypatch, tmp_path):
+    """A listener that accepts and says nothing (a stopped master: the kernel queues the
+    connection) is given up on after the handshake's seconds, with its PID for the caller."""
+    monkeypatch.setattr(mux, "HANDSHAKE_S", 0.3)
+    path = tmp_path / "master.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    with listener:
+        started = time.monotonic()
+        with pytest.raises(mux.Stuck):
+            mux.Mux(str(path)).run("true", None)  # no timeout of its own: the handshake's still holds
+        assert time.monotonic() - started < 3
+
+
+def test_only_the_master_named_by_its_socket_is_killed(tmp_path):
+    """A process is killed only if its command line is that master's, `ssh: PATH [mux]`
+    (here none is: nothing is killed, this test's process included); the socket goes."""
+    path = tmp_path / "master.sock"
+    path.touch()
+    assert not kept.kill_master(str(path)) and not path.exists()
+
+
+def test_a_body_cut_short_is_no_answer():
+    whole = b'{"Id": "sha256:1", "RepoTags": ["mybusybox:latest"]}'
+    assert forward._whole_body(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + whole) == whole
+    assert forward._whole_body(b"HTTP/1.0 200 OK\r\n\r\n" + whole[:20]) is None  # no length: must be whole JSON
+    sized = f"HTTP/1.0 200 OK\r\nContent-Length: {len(whole)}\r\n\r\n".encode()
+    assert forward._whole_body(sized + whole) == whole and forward._whole_body(sized + whole[:-1]) is None
+    assert forward._whole_body(b"SSH-2.0-OpenSSH\r\n") is None  # something else answered

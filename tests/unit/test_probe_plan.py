@@ -134,6 +134,9 @@ def test_ssh_command_line():
     assert argv[-3:] == ["root@10.231.70.196", "--", "sh -c 'echo $HOSTNAME; hostname'"]
     plain = ssh_argv(Target("m", IPv4Address("192.0.2.1"), "ops", 2222, None, None, 5, None))
     assert plain[-1] == "ops@192.0.2.1" and "-i" not in plain and plain[plain.index("-p") + 1] == "2222"
+    # the one known_hosts file chainlab's own connections read, nothing else, never written
+    assert f"UserKnownHostsFile={Path.home() / '.ssh' / 'known_hosts'}" in plain
+    assert "GlobalKnownHostsFile=/dev/null" in plain and "UpdateHostKeys=no" in plain
 
 
 # --- the CLI on bad input: exit 2, a clean message, nothing run -------------------------

@@ -18,6 +18,7 @@ from chainlab.inventory import Inventory, load_inventory
 from chainlab.providers import provider_class
 from chainlab.provision import Facts, assumed_facts, gather_facts, provision
 from chainlab.provision.runner import select_hosts
+from chainlab.provision.dockerview import SOCKET as DOCKER_SOCKET
 from chainlab.remote.session import HostSession
 from chainlab.render.console import make_console
 
@@ -90,7 +91,7 @@ def _facts_of(inv: Inventory, host: str, assumed: bool) -> Facts | str:
     if assumed:
         return assumed_facts(inv, host)
     try:
-        with HostSession(inv, host) as ssh:
+        with HostSession(inv, host, forward_to=DOCKER_SOCKET) as ssh:  # the master lab up keeps, forward included
             return gather_facts(inv, host, ssh)[0]
     except Exception as exc:
         return f"unreachable: {exc}"

@@ -116,7 +116,7 @@ def gather_facts(inv: Inventory, host: str, ssh: HostSession | None, probes: Seq
         out = ssh.read(["sh", "-c", script.script()], timeout=timeout).stdout
     except RemoteTimeout:
         raise ChainlabError(f"{host}: the facts (and the read-only checks run with them) did not come within"
-                            f" {timeout:g} s: a daemon they ask (dockerd, etcd) not answering?") from None
+                            f" {timeout:g} s: the host, or a daemon they ask (dockerd, etcd), not answering?") from None
     answers = script.parse(out)
     if 0 not in answers:
         raise ChainlabError(f"{host}: no facts in the answer ({out[:200]!r})")
@@ -139,8 +139,11 @@ def gather_with_docker(inv: Inventory, host: str, ssh: HostSession, probes: Sequ
     except BaseException:
         gets.close()
         raise
-    bodies = gets.bodies(ANSWER_WITHIN_S)
     direct = answers.pop(index, None)
+    if ssh.kept_lost:  # the master failed the batch: its forward would only say so again
+        gets.close()
+        return facts, answers
+    bodies = gets.bodies(ANSWER_WITHIN_S)
     if direct is not None and direct[1].strip() == DIRECT:
         if bodies is not None:
             answers[index] = (0, "\n".join(body.decode("utf-8", "replace") for body in bodies))
@@ -169,6 +172,7 @@ class Runner:
         self.phases = phases(action, self.run_ctx)
         self._dead: set[str] = set()
         self._workers: dict[str, Worker] = {}  # a thread per host for its steps
+        self._sessions: dict[str, HostSession] = {}  # so that a host given up on while connecting is cut
         self.step_timeout = step_timeout
         #: lab down: the lab step that failed (the network's own steps on the hosts then wait)
         self._lab_failed: str | None = None
@@ -186,8 +190,9 @@ class Runner:
             with lab_lock(self.inv):
                 self._run()
                 self._finish()
-            if self.action == "down":
-                kept.end(self.inv.lab)  # the lab is gone: nothing to keep a connection for
+            if self.action == "down":  # those hosts are down: nothing to keep a connection for
+                kept.end(self.inv.lab, [ctx.ssh.kept_path for ctx in self.run_ctx.hosts.values()
+                                        if ctx.ssh is not None and ctx.ssh.kept_path] if self.limited else None)
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -206,6 +211,7 @@ class Runner:
             tasks = {h: progress.add_task(f"{h}: connecting", total=total) for h in self.hosts}
             reports, _ = fan_out({h: h for h in self.hosts}, lambda h, _: self._connect(h, progress, tasks[h]),
                                  CONNECT_DEADLINE_S + FACTS_DEADLINE_S, lambda _h: "connecting",
+                                 cancel=lambda h, _: self._sessions[h].close() if h in self._sessions else None,
                                  discard=lambda report: None)
             for host in self.hosts:
                 if host not in reports:
@@ -250,7 +256,7 @@ class Runner:
         try:
             timeout = min(self.step_timeout or FACTS_DEADLINE_S, FACTS_DEADLINE_S)
             if not self.offline:
-                ssh = HostSession(self.inv, host, forward_to=DOCKER_SOCKET)
+                ssh = self._sessions[host] = HostSession(self.inv, host, forward_to=DOCKER_SOCKET)
             if ssh is not None and self.action == "up":
                 facts, answers = gather_with_docker(self.inv, host, ssh, probes, self.run_ctx.docker_look(host), timeout)
             else:

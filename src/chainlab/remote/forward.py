@@ -11,6 +11,8 @@ host runs its batch of other checks).
 
 from __future__ import annotations
 
+import json
+import re
 import selectors
 import socket
 import time
@@ -63,15 +65,33 @@ class Gets:
             self.close()
         bodies = []
         for sock in self._socks:
-            head, found, body = b"".join(received[sock]).partition(b"\r\n\r\n")
-            if not found or not head.startswith(b"HTTP/1."):
-                return None  # the forward failed (nothing came) or something else answered
+            body = _whole_body(b"".join(received[sock]))
+            if body is None:
+                return None
             bodies.append(body)
         return bodies
 
     def close(self) -> None:
         for sock in self._socks:
             sock.close()
+
+
+def _whole_body(answer: bytes) -> bytes | None:
+    """The body of an HTTP/1.0 answer, if it came whole: as long as its Content-Length says,
+    or else one JSON value (dockerd's answers are; a body cut short by a connection that
+    dropped is not). None: the forward failed (nothing came), something else answered, or
+    the body is cut short (the caller then asks another way)."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found or not head.startswith(b"HTTP/1."):
+        return None
+    length = re.search(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$", head)
+    if length is not None:
+        return body if len(body) == int(length[1]) else None
+    try:
+        json.loads(body)
+    except ValueError:
+        return None
+    return body
 
 
 def start(path: str, api_paths: Sequence[str], timeout: float) -> Gets | None:

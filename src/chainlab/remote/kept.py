@@ -14,22 +14,26 @@ on it. Only read-only commands go this way: OpenSSH's own failures (and, rarely,
 exit 255, and the caller then runs the command again over its own connection, which says
 what failed in chainlab's words. Changes, files and docker stay on that connection.
 
-Where: one socket per lab, host, address, port, user, key file and known_hosts text, in a 0700 directory
-of the user (`runtime_dir`); a lab rebuilt with new host keys gets new masters, never one that
-checked the old keys. OpenSSH's master also refuses a client of another uid. `end(lab)` ends a
-lab's masters (lab down, local down, vm down); an idle master ends by itself. A master may
-also forward a socket of ours to dockerd's on the host (`forward`: dockerd asked without a
+Where: one socket per lab, host, address, port, user, key file, forward and known_hosts
+text, in a 0700 directory of the user (`runtime_dir`); a lab rebuilt with new host keys gets
+new masters, never one that checked the old keys. OpenSSH's master also refuses a client of
+another uid (root excepted). `end(lab)` ends a lab's masters (lab down, local down, vm
+down), killing one that does not answer; an idle master ends by itself. A master may also
+forward a socket of ours to dockerd's on the host (`forward`: dockerd asked without a
 process on the host).
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import functools
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
-import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,10 @@ SSH_FAILED = 255
 SERVER_ALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
 #: A forward's socket is its master's, with this suffix.
 FORWARD_SUFFIX = ".fwd"
+#: Hex digits of a master's own part of its socket's name.
+KEY_HEX = 24
+#: Seconds a master has to answer the request to exit before it is killed.
+EXIT_WITHIN_S = 2
 
 
 def persist_seconds() -> int:
@@ -76,14 +84,15 @@ class Kept:
 def kept_for(lab: str, target: Target, forward_to: str | None = None) -> Kept | None:
     """The kept connection to `target`, or None when none is kept (CHAINLAB_SSH_PERSIST=0,
     no `ssh` client, or no private directory for its socket). With `forward_to` (a unix
-    socket on the host, dockerd's), the master also forwards a socket of ours to it."""
+    socket on the host, dockerd's), the master also forwards a socket of ours to it; a
+    master with another forward (or none) is another master."""
     seconds = persist_seconds()
-    if not seconds or shutil.which("ssh") is None:
+    if not seconds or _ssh_client() is None:
         return None
     where = runtime_dir.runtime_directory("ssh")
     if where is None:
         return None
-    path = os.path.join(where, f"{_lab_key(lab)}-{_target_key(target)}")
+    path = os.path.join(where, f"{_lab_key(lab)}-{_target_key(target, forward_to)}")
     *options, destination = ssh_argv(target)
     options += ["-o", "ControlMaster=auto", "-o", f"ControlPersist={seconds}", "-o", f"ControlPath={path}",
                 "-o", "LogLevel=ERROR"]
@@ -96,37 +105,71 @@ def kept_for(lab: str, target: Target, forward_to: str | None = None) -> Kept | 
     return Kept((*options, destination), path, forward_path)
 
 
-def end(lab: str) -> int:
-    """End `lab`'s masters (their sessions are cut): how many there were."""
+def end(lab: str, paths: Iterable[str] | None = None) -> int:
+    """End `lab`'s masters (or only those at `paths`; their sessions are cut) and remove
+    their forwards' sockets: how many masters there were. One that does not answer the
+    request to exit (stopped) is killed."""
     where = runtime_dir.runtime_directory("ssh", create=False)
-    if where is None or shutil.which("ssh") is None:
+    if where is None or _ssh_client() is None:
         return 0
+    if paths is None:
+        pattern = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}")
+        paths = [os.path.join(where, name) for name in os.listdir(where) if pattern.fullmatch(name)]
     ended = 0
-    for path in glob.glob(os.path.join(glob.escape(where), f"{_lab_key(lab)}-*")):
-        if path.endswith(FORWARD_SUFFIX):
+    for path in paths:
+        if not os.path.exists(path):
             continue
         try:
             done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False)
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=EXIT_WITHIN_S, check=False)
+            ended += done.returncode == 0
         except subprocess.TimeoutExpired:
-            continue
-        ended += done.returncode == 0
-    for path in glob.glob(os.path.join(glob.escape(where), f"{_lab_key(lab)}-*{FORWARD_SUFFIX}")):
-        os.unlink(path)  # OpenSSH leaves a forward's socket behind
+            ended += kill_master(path)
+        with contextlib.suppress(FileNotFoundError):  # OpenSSH leaves a forward's socket behind
+            os.unlink(f"{path}{FORWARD_SUFFIX}")
     return ended
 
 
+def kill_master(path: str) -> bool:
+    """SIGKILL the master listening at `path` (a stuck one: stopped, or not answering) and
+    remove its socket (the next command starts another): whether there was one. The master
+    is found by its command line (`ssh: PATH [mux]`, our uid): the PID its socket gives
+    (SO_PEERCRED) is the `ssh` client's that made it before the master forked away."""
+    title = f"ssh: {path} [mux]".encode()
+    killed = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid() or not Path(entry.path, "cmdline").read_bytes().startswith(title):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed = True
+        except (OSError, ProcessLookupError):
+            continue
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return killed
+
+
+@functools.cache
+def _ssh_client() -> str | None:
+    return shutil.which("ssh")
+
+
 def _lab_key(lab: str) -> str:
-    return f"{zlib.crc32(lab.encode()):08x}"
+    return hashlib.sha256(lab.encode()).hexdigest()[:16]
 
 
-def _target_key(target: Target) -> str:
-    """What a master was checked and authenticated with: another value, another master."""
+def _target_key(target: Target, forward_to: str | None) -> str:
+    """What a master was checked and authenticated with, and what it forwards: another
+    value, another master."""
     digest = hashlib.sha256()
-    for part in (target.name, str(target.address), str(target.port), target.user, str(target.key_filename)):
+    for part in (target.name, str(target.address), str(target.port), target.user, str(target.key_filename),
+                 forward_to or ""):
         digest.update(part.encode() + b"\0")
     try:
         digest.update((target.known_hosts or Path.home() / ".ssh" / "known_hosts").read_bytes())
     except OSError:
         digest.update(b"\1")  # unreadable: ssh says so, and the caller falls back
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()[:KEY_HEX]

@@ -27,6 +27,9 @@ VERSION = 4
 NO_ESCAPE = 0xFFFFFFFF
 #: A master's message larger than this is no message of this protocol.
 MAX_MESSAGE = 256 * 1024
+#: Seconds a master has to take a session (connect, hello, session opened): a master that
+#: does not is stuck, and the caller goes another way (an idle master answers in ~1 ms).
+HANDSHAKE_S = 5
 
 
 class NoMaster(Exception):
@@ -43,6 +46,10 @@ class Cut(Exception):
 
 class Expired(Exception):
     """The command did not end within its timeout (the session was cut)."""
+
+
+class Stuck(Exception):
+    """The master did not take the session within HANDSHAKE_S (stopped, or far too busy)."""
 
 
 @dataclass(frozen=True)
@@ -70,17 +77,27 @@ class Mux:
         self._cut = False
 
     def cut(self) -> None:
-        """End the session from another thread (a deadline): the master closes its channel."""
+        """End the session from another thread (a deadline): the master closes its channel.
+        A cut before the master took the session is seen once it has (`_check_cut`)."""
         self._cut = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
+    def _check_cut(self) -> None:
+        if self._cut:
+            raise Cut()
+
     def run(self, command: str, timeout: float | None) -> Answer:
-        """`command` (a line for the remote shell) with stdin empty; its status and output."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """`command` (a line for the remote shell) with stdin empty; its status and output.
+        The master must take the session (connect, hello, session opened) within
+        HANDSHAKE_S (or `timeout` if shorter), else it is `Stuck`."""
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        handshake = now + (HANDSHAKE_S if timeout is None else min(HANDSHAKE_S, timeout))
         try:
+            self.sock.settimeout(handshake - now)
             try:
                 self.sock.connect(self.path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -88,40 +105,48 @@ class Mux:
             _, uid, _ = struct.unpack("3i", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid != os.getuid():
                 raise MuxError(f"the master at {self.path} is another user's (uid {uid})")
-            self.sock.settimeout(timeout)
+            self._check_cut()
             self.sock.sendall(_packet(struct.pack(">II", HELLO, VERSION)))
             kind, body = self._message()
             if kind != HELLO or struct.unpack(">I", body[:4])[0] != VERSION:
                 raise MuxError(f"the master's hello is not protocol version {VERSION}")
-            return self._session(command, deadline)
+            self._check_cut()
+            return self._session(command, deadline, handshake)
         except TimeoutError:
-            raise Expired() from None
+            raise Stuck() from None
         finally:
             self.sock.close()
 
-    def _session(self, command: str, deadline: float | None) -> Answer:
+    def _session(self, command: str, deadline: float | None, handshake: float) -> Answer:
         request = _packet(struct.pack(">II", NEW_SESSION, 1), _string(b""),
                           struct.pack(">IIIII", 0, 0, 0, 0, NO_ESCAPE), _string(b""), _string(command.encode()))
         self.sock.sendall(request)
         out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY)
         try:
-            for fd in (null, out_w, err_w):
-                socket.send_fds(self.sock, [b"\0"], [fd])
-        finally:
-            for fd in (null, out_w, err_w):
-                os.close(fd)
+            err_r, err_w = os.pipe()
+        except OSError:
+            os.close(out_r)
+            os.close(out_w)
+            raise
         try:
-            return self._collect(out_r, err_r, deadline)
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                for fd in (null, out_w, err_w):
+                    socket.send_fds(self.sock, [b"\0"], [fd])
+            finally:
+                for fd in (null, out_w, err_w):
+                    os.close(fd)
+            return self._collect(out_r, err_r, deadline, handshake)
         finally:
             os.close(out_r)
             os.close(err_r)
 
-    def _collect(self, out_r: int, err_r: int, deadline: float | None) -> Answer:
-        """The pipes read to their end and the master's messages until the exit status."""
+    def _collect(self, out_r: int, err_r: int, deadline: float | None, handshake: float) -> Answer:
+        """The pipes read to their end and the master's messages until the exit status (the
+        session opened by `handshake`, else the master is `Stuck`)."""
         chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
         status: int | None = None
+        opened = False
         with selectors.DefaultSelector() as sel:
             for fd in chunks:
                 sel.register(fd, selectors.EVENT_READ)
@@ -130,9 +155,14 @@ class Mux:
             pending = b""
             open_pipes = 2
             while open_pipes or status is None:
-                left = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                if not opened and now >= handshake:
+                    raise Stuck()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
                     raise Expired()
+                if not opened:
+                    left = handshake - now if left is None else min(left, handshake - now)
                 for key, _ in sel.select(left):
                     if key.fileobj is self.sock:
                         data = self._read_socket()
@@ -144,8 +174,9 @@ class Mux:
                                 raise Cut()
                             continue
                         pending += data
-                        pending, found = self._parse(pending)
+                        pending, found, began = self._parse(pending)
                         status = found if found is not None else status
+                        opened = opened or began or found is not None
                     else:
                         fd = key.fd
                         data = os.read(fd, 65536)
@@ -167,10 +198,10 @@ class Mux:
         except OSError:
             raise Cut() from None
 
-    def _parse(self, pending: bytes) -> tuple[bytes, int | None]:
-        """Whole messages off the front of `pending`: what is left, and the exit status if
-        one came."""
-        status = None
+    def _parse(self, pending: bytes) -> tuple[bytes, int | None, bool]:
+        """Whole messages off the front of `pending`: what is left, the exit status if one
+        came, and whether the session opened."""
+        status, opened = None, False
         while len(pending) >= 4:
             length = struct.unpack(">I", pending[:4])[0]
             if length < 4 or length > MAX_MESSAGE:
@@ -183,9 +214,11 @@ class Mux:
                 raise MuxError(_reason(body))
             if kind == EXIT_MESSAGE:
                 status = struct.unpack(">II", body[:8])[1]
-            elif kind not in (SESSION_OPENED, OK, TTY_ALLOC_FAIL):
+            elif kind == SESSION_OPENED:
+                opened = True
+            elif kind not in (OK, TTY_ALLOC_FAIL):
                 raise MuxError(f"an unknown message 0x{kind:08x} from the master")
-        return pending, status
+        return pending, status, opened
 
     def _message(self) -> tuple[int, bytes]:
         head = self._exactly(4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -33,6 +34,10 @@ class HostSession:
         """`forward_to`: a unix socket on the host (dockerd's) that `gets` may ask."""
         self.inv, self.host = inv, host
         self._kept = kept.kept_for(inv.lab, resolve_target(inv, host), forward_to)  # the route check comes first
+        #: the socket of the master this session would use (None: none kept)
+        self.kept_path = self._kept.control_path if self._kept is not None else None
+        #: the kept master failed (its forward is not to be trusted either)
+        self.kept_lost = False
         self._conn: fabric.Connection | None = None
         self._running: set[mux.Mux | subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -62,10 +67,16 @@ class HostSession:
         """A read-only command's result, whatever its exit status; a timeout or a broken
         session is a ChainlabError."""
         if self._kept is not None:
+            started = time.monotonic()
             result = self._on_kept(self._kept, argv, timeout)
             if result is not None:
                 return result
             self._kept = None  # this run goes on without it
+            self.kept_lost = True
+            if timeout is not None:  # the fallback has what the kept connection left of the time
+                timeout -= time.monotonic() - started
+                if timeout <= 0:
+                    raise RemoteTimeout(f"{self.host}: `{command_line(argv)}` did not finish within the time given")
         return run(self.connection, argv, check=False, timeout=timeout)
 
     def gets(self, api_paths: Sequence[str], timeout: float) -> forward.Gets | None:
@@ -93,6 +104,10 @@ class HostSession:
             answer = self._with_ssh_client(on, line, timeout)
         except mux.Expired:
             raise RemoteTimeout(f"{self.host}: `{line}` did not finish within {timeout:g} s") from None
+        except mux.Stuck:  # stopped or far too busy: the next command starts another
+            kept.kill_master(on.control_path)
+            self._check_open()
+            return None
         except (mux.Cut, mux.MuxError, OSError):
             self._check_open()  # cut by close(): a deadline ended it
             return None
@@ -106,9 +121,11 @@ class HostSession:
     def _with_ssh_client(self, on: kept.Kept, line: str, timeout: float | None) -> mux.Answer | None:
         """`line` run by the `ssh` client, which starts the master in the background (it then
         serves the next commands); None when ssh failed (exit 255)."""
-        proc = subprocess.Popen(on.command(line), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        self._track(proc)
+        with self._lock:  # started and tracked at once: close() meanwhile would miss it
+            self._check_open()
+            proc = subprocess.Popen(on.command(line), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            self._running.add(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -122,7 +139,7 @@ class HostSession:
             return None
         return mux.Answer(proc.returncode, out, err)
 
-    def _track(self, running: mux.Mux | subprocess.Popen[bytes]) -> None:
+    def _track(self, running: mux.Mux) -> None:
         with self._lock:
             self._check_open()
             self._running.add(running)

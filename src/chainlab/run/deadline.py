@@ -186,7 +186,7 @@ class Worker:
             threading.Thread(target=_serve, args=(self._queue,), name=self.name, daemon=True).start()
         task = _Task(work)
         self._queue.put(task)
-        if not task.done.wait(seconds):
+        if not task.done.wait(seconds) and task.abandon():
             self._queue.put(None)  # the stuck thread ends once its work returns, if ever
             self._queue = None
             if cancel is not None:
@@ -209,15 +209,28 @@ class _Task:
         self.result: object = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    def finish(self, result: object, error: BaseException | None) -> None:
+        with self._lock:
+            self.result, self.error = result, error
+            self.done.set()
+
+    def abandon(self) -> bool:
+        """Give up on it, unless it finished meanwhile (then its outcome stands)."""
+        with self._lock:
+            return not self.done.is_set()
 
 
 def _serve(tasks: queue.SimpleQueue[_Task | None]) -> None:
     while (task := tasks.get()) is not None:
+        result: object = None
+        error: BaseException | None = None
         try:
-            task.result = task.work()
+            result = task.work()
         except BaseException as exc:  # handed to the waiting thread
-            task.error = exc
-        task.done.set()
+            error = exc
+        task.finish(result, error)
 
 
 def call(work: Callable[[], T], seconds: float, host: str, what: str,
