@@ -27,6 +27,7 @@ from chainlab.providers import Target
 from chainlab.provision import runner
 from chainlab.provision.dockerview import NOT_ANSWERED, DockerLook, DockerView
 from chainlab.remote import forward, kept, mux
+from chainlab.runtime_dir import runtime_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,3 +274,18 @@ def test_a_body_cut_short_is_no_answer():
     sized = f"HTTP/1.0 200 OK\r\nContent-Length: {len(whole)}\r\n\r\n".encode()
     assert forward._whole_body(sized + whole) == whole and forward._whole_body(sized + whole[:-1]) is None
     assert forward._whole_body(b"SSH-2.0-OpenSSH\r\n") is None  # something else answered
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client")
+def test_ending_a_lab_removes_its_forwards_sockets_even_when_their_masters_ended(monkeypatch, tmp_path):
+    """OpenSSH leaves a forward's socket behind when its master ends (idle); the lab's end
+    removes them, and nothing of another lab nor OpenSSH's temporary names."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    where = Path(runtime_directory("ssh"))
+    mine, other = kept._lab_key("lab"), kept._lab_key("other")
+    names = [f"{mine}-{'a' * 24}.fwd", f"{mine}-{'b' * 24}.fwd", f"{other}-{'a' * 24}.fwd",
+             f"{mine}-{'c' * 24}.Xy3kQ0pLmN8rT2vW"]
+    for name in names:
+        (where / name).touch()
+    assert kept.end("lab") == 0  # no master was there to end
+    assert sorted(p.name for p in where.iterdir()) == sorted(names[2:])

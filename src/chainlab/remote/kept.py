@@ -112,19 +112,20 @@ def end(lab: str, paths: Iterable[str] | None = None) -> int:
     where = runtime_dir.runtime_directory("ssh", create=False)
     if where is None or _ssh_client() is None:
         return 0
-    if paths is None:
-        pattern = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}")
-        paths = [os.path.join(where, name) for name in os.listdir(where) if pattern.fullmatch(name)]
+    if paths is None:  # every master of the lab, and every forward's socket (its master may have ended)
+        pattern = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}({re.escape(FORWARD_SUFFIX)})?")
+        paths = {os.path.join(where, name.removesuffix(FORWARD_SUFFIX))
+                 for name in os.listdir(where) if pattern.fullmatch(name)}
     ended = 0
     for path in paths:
-        if not os.path.exists(path):
-            continue
-        try:
-            done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=EXIT_WITHIN_S, check=False)
-            ended += done.returncode == 0
-        except subprocess.TimeoutExpired:
-            ended += kill_master(path)
+        if os.path.exists(path):
+            try:
+                done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
+                                      stdin=subprocess.DEVNULL, capture_output=True, timeout=EXIT_WITHIN_S,
+                                      check=False)
+                ended += done.returncode == 0
+            except subprocess.TimeoutExpired:
+                ended += kill_master(path)
         with contextlib.suppress(FileNotFoundError):  # OpenSSH leaves a forward's socket behind
             os.unlink(f"{path}{FORWARD_SUFFIX}")
     return ended
