@@ -1,5 +1,6 @@
 """The user's private runtime directory for one kind of chainlab socket (the warm server's,
-the kept SSH connections'): made 0700 in a runtime directory no other user can change.
+the kept SSH connections'): made 0700 in a runtime directory no other user can change; and
+who is at the other end of such a socket.
 
 Imported by the `chainlab` entry point on every command: standard library `os` and `stat` only.
 """
@@ -44,3 +45,12 @@ def runtime_directory(kind: str, create: bool = True) -> str | None:
 def directory_in(base: str, kind: str) -> str:
     """The user's directory of `kind` under `base` (a runtime directory)."""
     return os.path.join(base, f"chainlab-{kind}-{os.getuid()}")
+
+
+def peer_uid(sock: object) -> int:
+    """The uid of the process at the other end of a connected unix socket (SO_PEERCRED)."""
+    import socket
+    import struct
+
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # type: ignore[attr-defined]
+    return struct.unpack("3i", raw)[1]

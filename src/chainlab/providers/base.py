@@ -35,6 +35,12 @@ class Target:
     connect_timeout: float
     ssh_home: Path | None  # a HOME whose .ssh/ the docker SDK reads (None: the real HOME)
 
+    @property
+    def known_hosts_file(self) -> Path:
+        """The one known_hosts file checked: `known_hosts`, else the user's (as paramiko's
+        system host keys are)."""
+        return self.known_hosts or Path.home() / ".ssh" / "known_hosts"
+
 
 @dataclass(frozen=True)
 class HostHints:

@@ -31,15 +31,15 @@ import hashlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from chainlab import runtime_dir
 from chainlab.errors import ChainlabError
+from chainlab.local import system as S
 from chainlab.providers.base import Target
+from chainlab.remote import mux
 from chainlab.remote.openssh import ssh_argv
 
 PERSIST_ENV = "CHAINLAB_SSH_PERSIST"
@@ -110,7 +110,7 @@ def end(lab: str, paths: Iterable[str] | None = None) -> int:
     their forwards' sockets: how many masters there were. One that does not answer the
     request to exit (stopped) is killed."""
     where = runtime_dir.runtime_directory("ssh", create=False)
-    if where is None or _ssh_client() is None:
+    if where is None:
         return 0
     if paths is None:  # every master of the lab, and every forward's socket (its master may have ended)
         pattern = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}({re.escape(FORWARD_SUFFIX)})?")
@@ -120,12 +120,12 @@ def end(lab: str, paths: Iterable[str] | None = None) -> int:
     for path in paths:
         if os.path.exists(path):
             try:
-                done = subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", "chainlab"],
-                                      stdin=subprocess.DEVNULL, capture_output=True, timeout=EXIT_WITHIN_S,
-                                      check=False)
-                ended += done.returncode == 0
-            except subprocess.TimeoutExpired:
+                mux.Mux(path).terminate(EXIT_WITHIN_S)
+                ended += 1
+            except mux.Stuck:
                 ended += kill_master(path)
+            except (mux.NoMaster, mux.Cut, mux.MuxError, OSError):
+                pass  # gone meanwhile, or not ours: nothing to end
         with contextlib.suppress(FileNotFoundError):  # OpenSSH leaves a forward's socket behind
             os.unlink(f"{path}{FORWARD_SUFFIX}")
     return ended
@@ -137,20 +137,21 @@ def kill_master(path: str) -> bool:
     is found by its command line (`ssh: PATH [mux]`, our uid): the PID its socket gives
     (SO_PEERCRED) is the `ssh` client's that made it before the master forked away."""
     title = f"ssh: {path} [mux]".encode()
-    killed = False
+    found = set()
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
         try:
-            if entry.stat().st_uid != os.getuid() or not Path(entry.path, "cmdline").read_bytes().startswith(title):
-                continue
-            os.kill(int(entry.name), signal.SIGKILL)
-            killed = True
-        except (OSError, ProcessLookupError):
+            if (entry.name.isdigit() and entry.stat().st_uid == os.getuid()
+                    and Path(entry.path, "cmdline").read_bytes().startswith(title)
+                    and (proc := S.proc_of(int(entry.name))) is not None):
+                found.add(proc)
+        except OSError:
             continue
+    if found:
+        with contextlib.suppress(ChainlabError):  # one that outlives SIGKILL is left: it no longer listens
+            S.kill_all(found, timeout=EXIT_WITHIN_S)  # a PID reused since the scan is left alone
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    return killed
+    return bool(found)
 
 
 @functools.cache
@@ -170,7 +171,7 @@ def _target_key(target: Target, forward_to: str | None) -> str:
                  forward_to or ""):
         digest.update(part.encode() + b"\0")
     try:
-        digest.update((target.known_hosts or Path.home() / ".ssh" / "known_hosts").read_bytes())
+        digest.update(target.known_hosts_file.read_bytes())
     except OSError:
         digest.update(b"\1")  # unreadable: ssh says so, and the caller falls back
     return digest.hexdigest()[:KEY_HEX]

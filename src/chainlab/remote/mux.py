@@ -20,7 +20,9 @@ import struct
 import time
 from dataclasses import dataclass
 
-HELLO, NEW_SESSION = 0x00000001, 0x10000002
+from chainlab import runtime_dir
+
+HELLO, NEW_SESSION, TERMINATE = 0x00000001, 0x10000002, 0x10000005
 OK, PERMISSION_DENIED, FAILURE, EXIT_MESSAGE = 0x80000001, 0x80000002, 0x80000003, 0x80000004
 SESSION_OPENED, TTY_ALLOC_FAIL = 0x80000006, 0x80000008
 VERSION = 4
@@ -97,25 +99,46 @@ class Mux:
         deadline = None if timeout is None else now + timeout
         handshake = now + (HANDSHAKE_S if timeout is None else min(HANDSHAKE_S, timeout))
         try:
-            self.sock.settimeout(handshake - now)
-            try:
-                self.sock.connect(self.path)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise NoMaster(str(exc)) from None
-            _, uid, _ = struct.unpack("3i", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid != os.getuid():
-                raise MuxError(f"the master at {self.path} is another user's (uid {uid})")
-            self._check_cut()
-            self.sock.sendall(_packet(struct.pack(">II", HELLO, VERSION)))
-            kind, body = self._message()
-            if kind != HELLO or struct.unpack(">I", body[:4])[0] != VERSION:
-                raise MuxError(f"the master's hello is not protocol version {VERSION}")
-            self._check_cut()
+            self._open(handshake - now)
             return self._session(command, deadline, handshake)
         except TimeoutError:
             raise Stuck() from None
         finally:
             self.sock.close()
+
+    def terminate(self, timeout: float = HANDSHAKE_S) -> None:
+        """Ask the master to end at once (`ssh -O exit`): it cuts its sessions and removes its
+        socket. `Stuck` if it does not answer within `timeout`."""
+        try:
+            self._open(timeout)
+            self.sock.sendall(_packet(struct.pack(">II", TERMINATE, 1)))
+            try:
+                kind, body = self._message()
+            except Cut:
+                return  # it ended before its answer went out (`ssh -O exit` takes that as done too)
+            if kind != OK:
+                raise MuxError(_reason(body) if kind in (PERMISSION_DENIED, FAILURE) else f"0x{kind:08x}")
+        except TimeoutError:
+            raise Stuck() from None
+        finally:
+            self.sock.close()
+
+    def _open(self, timeout: float) -> None:
+        """Connect to the master (ours) and exchange hellos, within `timeout` (socket timeout)."""
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NoMaster(str(exc)) from None
+        uid = runtime_dir.peer_uid(self.sock)
+        if uid != os.getuid():
+            raise MuxError(f"the master at {self.path} is another user's (uid {uid})")
+        self._check_cut()
+        self.sock.sendall(_packet(struct.pack(">II", HELLO, VERSION)))
+        kind, body = self._message()
+        if kind != HELLO or struct.unpack(">I", body[:4])[0] != VERSION:
+            raise MuxError(f"the master's hello is not protocol version {VERSION}")
+        self._check_cut()
 
     def _session(self, command: str, deadline: float | None, handshake: float) -> Answer:
         request = _packet(struct.pack(">II", NEW_SESSION, 1), _string(b""),

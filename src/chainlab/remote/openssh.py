@@ -8,7 +8,6 @@ host keys are refused, none is written, no SSH config file is read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from chainlab.remote.target import Target
 from chainlab.shell import command_line
@@ -16,11 +15,10 @@ from chainlab.shell import command_line
 
 def ssh_argv(target: Target, command: Sequence[str] = ()) -> list[str]:
     """`ssh ... USER@ADDRESS [-- COMMAND]`; each word of `command` is quoted for the remote shell."""
-    known = target.known_hosts or Path.home() / ".ssh" / "known_hosts"  # as chainlab's own connections read
     argv = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", f"ConnectTimeout={max(1, int(target.connect_timeout))}", "-p", str(target.port),
             # only that file: not the machine's /etc/ssh/ssh_known_hosts, never written to
-            "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no"]
+            "-o", f"UserKnownHostsFile={target.known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no"]
     if target.key_filename is not None:
         argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.key_filename)]
     argv.append(f"{target.user}@{target.address}")

@@ -103,7 +103,8 @@ class HostSession:
         except mux.NoMaster:
             answer = self._with_ssh_client(on, line, timeout)
         except mux.Expired:
-            raise RemoteTimeout(f"{self.host}: `{line}` did not finish within {timeout:g} s") from None
+            assert timeout is not None  # only a timeout expires
+            raise RemoteTimeout.of(self.host, line, timeout) from None
         except mux.Stuck:  # stopped or far too busy: the next command starts another
             kept.kill_master(on.control_path)
             self._check_open()
@@ -131,7 +132,8 @@ class HostSession:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise RemoteTimeout(f"{self.host}: `{line}` did not finish within {timeout:g} s") from None
+            assert timeout is not None  # only a timeout expires
+            raise RemoteTimeout.of(self.host, line, timeout) from None
         finally:
             self._untrack(proc)
         self._check_open()  # killed by close(): a deadline ended it

@@ -166,6 +166,10 @@ def _said(exc: BaseException, timeout: float) -> str:
 class RemoteTimeout(ChainlabError):
     """A remote command did not finish within its timeout (the session was closed)."""
 
+    @classmethod
+    def of(cls, host: str, line: str, seconds: float) -> RemoteTimeout:
+        return cls(f"{host}: `{line}` did not finish within {seconds:g} s")
+
 
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:
     """Run argv on the host (quoted, no output echoed); a failure becomes a ChainlabError
@@ -174,7 +178,7 @@ def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, tim
     try:
         result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
     except CommandTimedOut as exc:
-        raise RemoteTimeout(f"{conn.host}: `{line}` did not finish within {exc.timeout:g} s") from None
+        raise RemoteTimeout.of(conn.host, line, exc.timeout) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ChainlabError(f"{conn.host}: `{line}`: the SSH session failed: {exc}") from exc
     if check and not result.ok:

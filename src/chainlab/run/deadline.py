@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from chainlab.errors import ChainlabError
 
@@ -81,22 +81,28 @@ def signals_interrupt() -> Iterator[None]:
 
 
 class _Job(Generic[T]):
-    """`work()` in a daemon thread; the waiter either gets its outcome or abandons it."""
+    """`work()` in a daemon thread of its own (`name`), or queued for a `Worker`'s thread
+    (`tasks`); the waiter either gets its outcome or abandons it."""
 
-    def __init__(self, work: Callable[[], T], discard: Callable[[T], object] | None, name: str):
+    def __init__(self, work: Callable[[], T], discard: Callable[[T], object] | None, name: str,
+                 tasks: queue.SimpleQueue[_Job[Any] | None] | None = None):
         self.result: T | None = None
         self.error: BaseException | None = None
+        self._work = work
         self._discard = discard
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._abandoned = False
-        threading.Thread(target=self._body, args=(work,), name=name, daemon=True).start()
+        if tasks is None:
+            threading.Thread(target=self.run, name=name, daemon=True).start()
+        else:
+            tasks.put(self)
 
-    def _body(self, work: Callable[[], T]) -> None:
+    def run(self) -> None:
         result: T | None = None
         error: BaseException | None = None
         try:
-            result = work()
+            result = self._work()
         except BaseException as exc:  # handed to the waiting thread
             error = exc
         with self._lock:
@@ -176,7 +182,7 @@ class Worker:
 
     def __init__(self, name: str):
         self.name = name
-        self._queue: queue.SimpleQueue[_Task | None] | None = None
+        self._queue: queue.SimpleQueue[_Job[Any] | None] | None = None
 
     def call(self, work: Callable[[], T], seconds: float, host: str, what: str,
              cancel: Callable[[], object] | None = None) -> T:
@@ -184,17 +190,15 @@ class Worker:
         if self._queue is None:
             self._queue = queue.SimpleQueue()
             threading.Thread(target=_serve, args=(self._queue,), name=self.name, daemon=True).start()
-        task = _Task(work)
-        self._queue.put(task)
-        if not task.done.wait(seconds) and task.abandon():
-            self._queue.put(None)  # the stuck thread ends once its work returns, if ever
-            self._queue = None
+        job = _Job(work, None, self.name, self._queue)
+        if not job.wait(seconds):
+            self.stop()  # the stuck thread ends once its work returns, if ever
             if cancel is not None:
                 cancel_in_background(cancel)
             raise DeadlineExceeded(host, what, seconds)
-        if task.error is not None:
-            raise task.error
-        return task.result  # type: ignore[return-value]
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
 
     def stop(self) -> None:
         """Let the thread end once it has nothing left to do."""
@@ -203,34 +207,9 @@ class Worker:
             self._queue = None
 
 
-class _Task:
-    def __init__(self, work: Callable[[], object]):
-        self.work = work
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-
-    def finish(self, result: object, error: BaseException | None) -> None:
-        with self._lock:
-            self.result, self.error = result, error
-            self.done.set()
-
-    def abandon(self) -> bool:
-        """Give up on it, unless it finished meanwhile (then its outcome stands)."""
-        with self._lock:
-            return not self.done.is_set()
-
-
-def _serve(tasks: queue.SimpleQueue[_Task | None]) -> None:
-    while (task := tasks.get()) is not None:
-        result: object = None
-        error: BaseException | None = None
-        try:
-            result = task.work()
-        except BaseException as exc:  # handed to the waiting thread
-            error = exc
-        task.finish(result, error)
+def _serve(jobs: queue.SimpleQueue[_Job[Any] | None]) -> None:
+    while (job := jobs.get()) is not None:
+        job.run()
 
 
 def call(work: Callable[[], T], seconds: float, host: str, what: str,

@@ -20,6 +20,8 @@ from chainlab.trace.model import Fields, Step
 #: A rule position has at most 10 digits (a chain of 2**32 rules does not exist; a longer
 #: number is damage, and int() of thousands of digits would raise).
 HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)", re.ASCII)
+#: HEADER's record header (after `TRACE: `) without its groups, for byte patterns (respace).
+HEADER_BYTES = rb"[A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d{1,10}"
 TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
 #: A TRACE record's header and first field without the `TRACE: ` before it (cut off by whoever
 #: posted the log): not read as a record, but worth saying so.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from chainlab.trace.parse_kernel import KNOWN_KEYS
+from chainlab.trace.parse_kernel import HEADER_BYTES, KNOWN_KEYS
 
 #: UTF-8 spaces a web page or a word processor puts where a log had spaces (U+00A0, U+2000-
 #: U+200A, U+202F, U+205F, U+3000) and the tab, each a space; a zero-width space (U+200B) goes.
@@ -31,13 +31,11 @@ SPACES: tuple[tuple[bytes, bytes], ...] = (
     *((bytes((0xE2, 0x80, code)), b" ") for code in range(0x80, 0x8B)),
     (b"\xe2\x80\x8b", b""), (b"\t", b" "),
 )
-#: A kernel TRACE record's header after `TRACE: ` (parse_kernel.HEADER's, without its groups).
-_HEADER = rb"[A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d{1,10}"
 #: A trace marker of the kernel or xtables-monitor with no space or several before what
 #: follows it (a kernel record's header; xtables-monitor's family and trace id).
-_MARKER_SPACES = re.compile(rb"(TRACE:|PACKET:)(?: {2,})?(?=" + _HEADER + rb"|\d+ [0-9a-f]+ )")
+_MARKER_SPACES = re.compile(rb"(TRACE:|PACKET:)(?: {2,})?(?=" + HEADER_BYTES + rb"|\d+ [0-9a-f]+ )")
 #: A TRACE record's header with `IN=` glued to it.
-_GLUED_HEADER = re.compile(rb"(TRACE: " + _HEADER + rb")(?=IN=)")
+_GLUED_HEADER = re.compile(rb"(TRACE: " + HEADER_BYTES + rb")(?=IN=)")
 #: Where a kernel field's key was glued to the value before it (`LEN=84TOS=0x00`,
 #: `TYPE=8CODE=0ID=28976SEQ=1`): a value's digit, lower-case letter or punctuation right
 #: before a known key and its `=` (never a longer key's tail: `PHYSIN=`, `UID=` are preceded

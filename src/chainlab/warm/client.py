@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from chainlab import runtime_dir
 from chainlab.warm import attributes, place
 
 #: Seconds to wait for the server to take a command (it may be busy starting).
@@ -91,7 +92,7 @@ def _served(seconds: int) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(place.socket_path(where))
-        peer_uid = place.peer_uid(sock)
+        peer_uid = runtime_dir.peer_uid(sock)
     except OSError:  # none there: run here, and start one for the next command
         sock.close()
         _start_server(where, seconds)

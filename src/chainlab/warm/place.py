@@ -29,15 +29,6 @@ def directory_in(base: str) -> str:
     return runtime_dir.directory_in(base, "warm")
 
 
-def peer_uid(sock: object) -> int:
-    """The uid of the process at the other end of a connected unix socket."""
-    import socket
-    import struct
-
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # type: ignore[attr-defined]
-    return struct.unpack("3i", raw)[1]
-
-
 def listening(where: str) -> bool:
     """Whether a server of this installation takes connections in `where` now."""
     import socket

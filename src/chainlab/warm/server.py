@@ -28,6 +28,7 @@ from typing import Any
 import setproctitle
 
 import chainlab
+from chainlab import runtime_dir
 from chainlab.warm import attributes, place
 
 #: Not imported ahead: the pytest plugin (imports pytest) and this package.
@@ -183,7 +184,7 @@ class Server:
         verdict = "no"
         pid = 0
         try:
-            if place.peer_uid(conn) != os.getuid():
+            if runtime_dir.peer_uid(conn) != os.getuid():
                 raise ValueError("another user")
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             if not message:  # connected and closed (a probe of whether one listens)
