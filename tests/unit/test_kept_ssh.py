@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -289,3 +290,23 @@ def test_ending_a_lab_removes_its_forwards_sockets_even_when_their_masters_ended
         (where / name).touch()
     assert kept.end("lab") == 0  # no master was there to end
     assert sorted(p.name for p in where.iterdir()) == sorted(names[2:])
+
+
+def test_ending_a_lab_ends_its_masters_that_lost_their_socket(monkeypatch, tmp_path):
+    """A master found by its command line alone (its socket removed or replaced, or on its
+    way out after answering) is ended too; another lab's is left alone."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    where = runtime_directory("ssh")
+    mine, other = (os.path.join(where, f"{kept._lab_key(lab)}-{'a' * 24}") for lab in ("lab", "other"))
+    masters = {path: subprocess.Popen(["bash", "-c", f'exec -a "ssh: {path} [mux]" sleep 60']) for path in (mine, other)}
+    try:
+        for _ in range(100):  # until both have their title
+            if len(kept._masters(lambda path: path in masters)) == 2:
+                break
+            time.sleep(0.02)
+        assert kept.end("lab") == 1
+        assert masters[mine].wait(5) == -signal.SIGTERM and masters[other].poll() is None
+    finally:
+        for proc in masters.values():
+            proc.kill()
+            proc.wait()

@@ -262,13 +262,17 @@ def kill_all(procs: set[Proc], timeout: float = 5.0) -> None:
 def stop(proc: Proc, timeout: float = 15.0) -> None:
     """SIGTERM, so a daemon cleans up after itself (dockerd its pidfile and containerd), then
     SIGKILL whatever is still running after `timeout`."""
-    if not _signal(proc, signal.SIGTERM):
-        return
+    stop_all({proc}, timeout)
+
+
+def stop_all(procs: set[Proc], timeout: float) -> None:
+    """`stop` for several processes at once: one `timeout` for all of them."""
+    signalled = {proc for proc in procs if _signal(proc, signal.SIGTERM)}
     deadline = time.monotonic() + timeout
-    while alive(proc) and time.monotonic() < deadline:
+    while any(alive(p) for p in signalled) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if alive(proc):
-        kill_all({proc})
+    if running := {p for p in signalled if alive(p)}:
+        kill_all(running)
 
 
 def spawn(argv: list[str], log: Path | None = None) -> Proc:

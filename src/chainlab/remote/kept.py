@@ -31,7 +31,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,50 +108,70 @@ def kept_for(lab: str, target: Target, forward_to: str | None = None) -> Kept | 
 def end(lab: str, paths: Iterable[str] | None = None) -> int:
     """End `lab`'s masters (or only those at `paths`; their sessions are cut) and remove
     their forwards' sockets: how many masters there were. One that does not answer the
-    request to exit (stopped) is killed."""
+    request to exit (stopped) is killed; on return none of them runs, not even one that
+    answered and is still on its way out, nor one whose socket is gone."""
     where = runtime_dir.runtime_directory("ssh", create=False)
     if where is None:
         return 0
     if paths is None:  # every master of the lab, and every forward's socket (its master may have ended)
-        pattern = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}({re.escape(FORWARD_SUFFIX)})?")
-        paths = {os.path.join(where, name.removesuffix(FORWARD_SUFFIX))
-                 for name in os.listdir(where) if pattern.fullmatch(name)}
-    ended = 0
+        name = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}")
+        paths = {os.path.join(where, entry.removesuffix(FORWARD_SUFFIX))
+                 for entry in os.listdir(where) if name.fullmatch(entry.removesuffix(FORWARD_SUFFIX))}
+        chosen: Callable[[str], bool] = lambda path: (os.path.dirname(path) == where  # noqa: E731
+                                                      and name.fullmatch(os.path.basename(path)) is not None)
+    else:
+        paths = set(paths)
+        chosen = paths.__contains__
+    ended = set()
     for path in paths:
         if os.path.exists(path):
             try:
                 mux.Mux(path).terminate(EXIT_WITHIN_S)
-                ended += 1
+                ended.add(path)
             except mux.Stuck:
-                ended += kill_master(path)
+                if kill_master(path):
+                    ended.add(path)
             except (mux.NoMaster, mux.Cut, mux.MuxError, OSError):
                 pass  # gone meanwhile, or not ours: nothing to end
         with contextlib.suppress(FileNotFoundError):  # OpenSSH leaves a forward's socket behind
             os.unlink(f"{path}{FORWARD_SUFFIX}")
-    return ended
+    if left := _masters(chosen):  # exiting after its answer, or without a socket (replaced, removed)
+        with contextlib.suppress(ChainlabError):  # one that outlives SIGKILL is left: it no longer listens
+            S.stop_all(set(left), timeout=EXIT_WITHIN_S)
+        ended.update(left.values())
+    return len(ended)
 
 
 def kill_master(path: str) -> bool:
     """SIGKILL the master listening at `path` (a stuck one: stopped, or not answering) and
-    remove its socket (the next command starts another): whether there was one. The master
-    is found by its command line (`ssh: PATH [mux]`, our uid): the PID its socket gives
-    (SO_PEERCRED) is the `ssh` client's that made it before the master forked away."""
-    title = f"ssh: {path} [mux]".encode()
-    found = set()
-    for entry in os.scandir("/proc"):
-        try:
-            if (entry.name.isdigit() and entry.stat().st_uid == os.getuid()
-                    and Path(entry.path, "cmdline").read_bytes().startswith(title)
-                    and (proc := S.proc_of(int(entry.name))) is not None):
-                found.add(proc)
-        except OSError:
-            continue
+    remove its socket (the next command starts another): whether there was one."""
+    found = _masters(lambda each: each == path)
     if found:
         with contextlib.suppress(ChainlabError):  # one that outlives SIGKILL is left: it no longer listens
-            S.kill_all(found, timeout=EXIT_WITHIN_S)  # a PID reused since the scan is left alone
+            S.kill_all(set(found), timeout=EXIT_WITHIN_S)  # a PID reused since the scan is left alone
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return bool(found)
+
+
+def _masters(chosen: Callable[[str], bool]) -> dict[S.Proc, str]:
+    """Our uid's OpenSSH masters whose socket's path is `chosen`, and that path. Found by
+    their command line (`ssh: PATH [mux]`): the PID a socket gives (SO_PEERCRED) is the
+    `ssh` client's that made it before the master forked away, and a master may have lost
+    its socket."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        try:
+            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
+                continue
+            title = Path(entry.path, "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if title.startswith(b"ssh: ") and title.endswith(b" [mux]"):
+            path = os.fsdecode(title[len(b"ssh: "):-len(b" [mux]")])
+            if chosen(path) and (proc := S.proc_of(int(entry.name))) is not None:
+                found[proc] = path
+    return found
 
 
 @functools.cache
