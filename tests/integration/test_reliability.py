@@ -395,6 +395,22 @@ def test_another_local_user_reaches_no_state_log_or_lock(lab, runs):
     assert proc.returncode != 0 and "PermissionError" in proc.stderr
 
 
+def test_another_local_user_reaches_no_lab_address(lab):
+    """The management link is root's only: as `nobody`, every connect to the lab is refused,
+    dockerd's gossip port (7946, unauthenticated) included; root reaches the same ports."""
+    inv = load_inventory(lab)
+    ports = [f"{host.address}:22" for host in inv.hosts.values()]
+    master = inv.hosts["master"].address
+    ports += [f"{master}:2379", f"{master}:7946"]
+    reach = ("import socket, sys\nfor each in sys.argv[1:]:\n    address, port = each.rsplit(':', 1)\n"
+             "    try:\n        socket.create_connection((address, int(port)), timeout=5).close()\n"
+             "        print('reached')\n    except OSError as exc:\n        print(type(exc).__name__)")
+    as_root = subprocess.run([sys.executable, "-c", reach, *ports], capture_output=True, text=True)
+    assert as_root.stdout.split() == ["reached"] * len(ports), as_root.stdout + as_root.stderr
+    as_nobody = subprocess.run([*NOBODY, sys.executable, "-c", reach, *ports], capture_output=True, text=True)
+    assert as_nobody.stdout.split() == ["ConnectionRefusedError"] * len(ports), as_nobody.stdout + as_nobody.stderr
+
+
 def test_local_down_takes_the_lab_lock_and_force_says_what_it_interrupts(lab, runs):
     """Last in this module: it takes the lab down (the fixture's teardown copes)."""
     inv = load_inventory(lab)

@@ -32,6 +32,7 @@ import pytest
 
 from chainlab.inventory import load_inventory
 from chainlab.labstate import load_state
+from chainlab.local import link_guard
 from chainlab.local import system as S
 from chainlab.remote import connect, connection, run
 from chainlab.vm.lab import load_state as load_vm_state
@@ -90,6 +91,7 @@ def test_vms_have_their_own_kernel_systemd_and_checked_host_keys(vm_lab: VmLab, 
     plan = plan_vm_lab(inv)
     status = cli(vm_lab.bridge, "vm", "status").stdout
     assert status.count(" tcg ") + status.count(" kvm ") == 2
+    assert link_guard.installed(plan.root_if)  # the VMs are root's only, as a local lab's hosts
     for name in plan.hosts:
         conn = connect(inv, name)
         try:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from chainlab.inventory import load_inventory
+from chainlab.local import link_guard
 from chainlab.local import system as S
 from chainlab.remote import connect, run
 from chainlab.vm.plan import VmLabPlan, plan_vm_lab
@@ -72,7 +73,7 @@ def vm_inventory(directory: Path, source: str, drop_hosts: tuple[str, ...] = (),
 def assert_nothing_left(plan: VmLabPlan) -> None:
     """No namespace, link, qemu, state or route of the lab remains."""
     assert not S.netns_exists(plan.lan_netns)
-    assert not S.link_exists(plan.root_if)
+    assert not S.link_exists(plan.root_if) and not link_guard.installed(plan.root_if)
     assert not plan.state_dir.exists()
     assert all(S.route_device(h.address) != plan.root_if for h in plan.hosts.values())
     name = f"-name {plan.lab}."

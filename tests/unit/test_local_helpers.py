@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -14,6 +16,7 @@ import pytest
 from chainlab.errors import ChainlabError
 from chainlab.inventory import load_inventory
 from chainlab.local import build_image_tarball, check_lab_route, plan_lab
+from chainlab.local import link_guard
 from chainlab.local import system as S
 from chainlab.local.image import BUSYBOX
 from chainlab.remote import resolve_target
@@ -95,3 +98,12 @@ def test_remove_cgroup_on_v1_and_v2_layouts(tmp_path, monkeypatch, unified):
     lab.mkdir(parents=True)
     S.remove_cgroup("/chainlab.x.master")
     assert not lab.parents[1].exists()
+
+
+def test_the_link_guard_is_one_table_per_link_and_rejects_other_users() -> None:
+    names = {link_guard.table_name(link) for link in ("cl-a.b", "cl-a_b", "cl-a-b", "cl-lab")}
+    assert len(names) == 4 and all(re.fullmatch(r"chainlab_guard_\w+", name) for name in names)
+    rules = link_guard.ruleset("cl-lab")
+    assert 'oifname "cl-lab" meta skuid != 0 counter reject' in rules and "hook output" in rules
+    if os.geteuid() == 0 and shutil.which("nft"):  # nftables' own check: the script would load
+        assert subprocess.run(["nft", "--check", "-f", "-"], input=rules, text=True).returncode == 0

@@ -27,6 +27,7 @@ from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
 from chainlab.remote import kept
 from chainlab.lock import exclusive, teardown_lock
+from chainlab.local import link_guard
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -161,6 +162,7 @@ def _write_ssh_files(plan: LabPlan) -> None:
 
 
 def _ensure_lan(plan: LabPlan) -> None:
+    link_guard.ensure(plan.root_if)  # before the link is there: no moment open to other users
     lan = plan.lan_netns
     if not S.netns_exists(lan):
         if S.link_exists(plan.root_if):  # its peer died with an earlier lan namespace
@@ -372,6 +374,7 @@ def _down(plan: LabPlan, log: Log) -> None:
         state = None
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])
+    link_guard.remove(plan.root_if)
     host_netns = {h.netns for h in plan.hosts.values()}
     host_netns |= {ns for ns in S.list_netns() if ns.startswith(f"{plan.lan_netns}.")}
     pids: set[int] = set()

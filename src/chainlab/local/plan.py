@@ -60,6 +60,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "iptables-legacy": "iptables",
     "iptables-nft": "iptables",
     "ipset": "ipset",
+    "nft": "nftables",
     "rsyslogd": "rsyslog",
     "ulogd": "ulogd2",
     "ping": "iputils-ping",

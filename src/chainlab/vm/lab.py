@@ -52,6 +52,7 @@ REQUIRED_COMMANDS = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "ssh-keygen": "openssh-client",
+    "nft": "nftables",
 }
 Log = Callable[[str], object]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+from chainlab.local import link_guard
 from chainlab.local import system as S
 from chainlab.vm.plan import BRIDGE, LAN_MGMT_PORT, VmHostPlan, VmLabPlan
 
@@ -25,7 +26,9 @@ def _stale(plan: VmLabPlan) -> bool:
 
 
 def ensure_lan(plan: VmLabPlan) -> None:
-    """The lab namespace with its bridge, and the management veth with the machine's address."""
+    """The lab namespace with its bridge, and the management veth with the machine's address
+    (root's only: `link_guard`)."""
+    link_guard.ensure(plan.root_if)
     lan = plan.lan_netns
     if _stale(plan):
         S.netns_del(lan)
@@ -58,6 +61,7 @@ def remove_lan(plan: VmLabPlan) -> None:
     """The management link, every tap and the namespace (call once no qemu holds a tap)."""
     if S.link_exists(plan.root_if):
         S.run(["ip", "link", "del", plan.root_if])
+    link_guard.remove(plan.root_if)
     if not S.netns_exists(plan.lan_netns):
         return
     if _stale(plan):  # the namespace went with its last process, taps and all
