@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 
 from chainlab.local import system as S
 
@@ -53,7 +54,10 @@ def ensure(root_if: str) -> None:
 
 
 def installed(root_if: str) -> bool:
-    """Whether the guard of management link `root_if` is in place."""
+    """Whether the guard of management link `root_if` is in place (without nft there is
+    none: a lab that an earlier chainlab brought up has none to take down)."""
+    if shutil.which("nft") is None:
+        return False
     return bool(S.run(["nft", "list", "table", "inet", table_name(root_if)], check=False).strip())
 
 
