@@ -52,7 +52,7 @@ def build(inv: Inventory) -> dict:
         with connect(inv, name) as conn:
             files = {path: run(conn, ["cat", path]).stdout for path in (C.SYSCTL_FILE, C.ULOGD_CONF)}
         checks = [
-            facts_script((str(inv.hosts[inv.etcd.host].address), inv.etcd.port)),
+            facts_script((str(inv.hosts[inv.etcd.host].address), inv.etcd.port), full=False),
             shell_text(C.running_check_argv(C.ULOGD_PID, "ulogd")), shell_text(NF_LOG_READ),
             "s=$(iptables -w 5 -t raw -S) && " + " && ".join(
                 f"printf '%s\\n' \"$s\" | grep -qxF -e {shlex.quote(r.listed())}" for r in C.trace_rules(ports)),

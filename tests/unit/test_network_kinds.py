@@ -297,3 +297,32 @@ def test_the_hosts_etcd_registrations_are_read_once_and_a_failure_fails_each_hos
         with pytest.raises(etcd.EtcdConnectionFailed, match="connection refused"):
             mode._registered(SimpleNamespace(offline=False, host=host, run=SimpleNamespace(etcd=Down)))
     assert asked == [D.HOST_IP_DIR]
+
+
+@pytest.mark.parametrize("route,iptables_status,programmed", [
+    ("172.20.0.65 dev cali43777a9992e scope link", 0, True),
+    ("172.20.0.65 dev cali43777a9992e", 0, True),  # the interface ends the line
+    ("172.20.0.65 dev cali43777a9992ef scope link", 0, False),  # another interface that starts alike
+    ("", 0, False),  # no route
+    ("172.20.0.65 dev cali43777a9992e scope link", 1, False),  # no cali-tw chain yet
+])
+def test_calicos_programmed_check_reads_the_route_without_grep(tmp_path: Path, route, iptables_status, programmed) -> None:
+    """The route's interface is matched by the shell itself (one process less per container
+    and lab up); `ip` and `iptables` are stand-ins printing a route and exiting as told."""
+    import subprocess
+
+    from chainlab.labstate import ContainerState
+    from chainlab.networks import network_for
+    from chainlab.providers import provider_for
+
+    for name, body in (("ip", f"printf '%s\\n' {C.shlex.quote(route)}" if route else "true"),
+                       ("iptables", f"exit {iptables_status}"), ("grep", "exit 99")):
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    inv = load_inventory(ROOT / "lab" / "local.yaml")
+    network = network_for(inv, provider_for(inv))
+    state = ContainerState(host="slave1", address=IPv4Address("172.20.0.65"), network="net1", driver="calico",
+                           interface="cali43777a9992e")
+    argv = network._programmed_argv(state)
+    done = subprocess.run(argv, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True)
+    assert (done.returncode == 0) is programmed, done.stderr

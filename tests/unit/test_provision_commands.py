@@ -174,6 +174,18 @@ def test_facts_script_is_valid_sh_and_quotes_etcd() -> None:
     assert "/dev/tcp/10.0.0.1/2379" in script
 
 
+def test_lab_ups_facts_find_the_same_iptables_backend_without_asking_iptables() -> None:
+    """Lab up's script tells the backend from the file `iptables` is (no process); on this
+    machine it says what `iptables -V` says to `chainlab facts`' script."""
+    said = {}
+    for full in (True, False):
+        etcd = ("127.0.0.1", 9)  # run here: loopback only (nothing listens: etcd=unreachable, at once)
+        out = subprocess.run(["sh", "-c", facts_script(etcd, full)], capture_output=True, text=True).stdout
+        said[full] = dict(row.split("=", 1) for row in out.splitlines() if row.startswith(("iptables=", "etcd=")))
+    assert said[True]["iptables"] == said[False]["iptables"]
+    assert said[False]["etcd"] == "unchecked" and "/dev/tcp/" not in facts_script(("192.0.2.1", 2379), full=False)
+
+
 def test_dockerfile_template_renders_reference_image() -> None:
     ref = load_inventory(ROOT / "inventory.yaml")
     text = render_dockerfile(ref)
@@ -250,7 +262,7 @@ def test_every_sh_probe_of_lab_up_is_valid_sh():
     inv = load_inventory(ROOT / "lab" / "local.yaml")
     provider = provider_for(inv)
     run_ctx = RunContext(inv, provider, network_for(inv, provider), False)
-    scripts = [facts_script(("192.0.2.1", 2379), versions=False)]
+    scripts = [facts_script(("192.0.2.1", 2379), full=False)]
     for host in inv.hosts:
         scripts += [argv[2] for argv in up_probes(run_ctx, host) if argv[:2] == ["sh", "-c"]]
     assert len(scripts) > 3

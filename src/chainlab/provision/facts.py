@@ -24,9 +24,25 @@ OS_HINTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
-    """One POSIX sh script printing `key=value` lines (read-only: changes nothing); without
-    `versions`, docker's version is not asked (see below)."""
+#: The iptables backend and version, as `iptables -V` says them.
+_BACKEND_BY_VERSION = ('v=$(iptables -V 2>/dev/null); case "$v" in *nf_tables*) echo iptables=nft;;'
+                       ' "") echo iptables=missing;; *) echo iptables=legacy;; esac; echo "iptables_version=$v"')
+#: The backend only, from which multi-call binary `iptables` is, tested by the shell itself
+#: (`-ef`: the same file, symlinks followed): no process. Anything else (an older
+#: `xtables-multi`, a wrapper, iptables elsewhere in PATH) is asked as above.
+_BACKEND_BY_FILE = (
+    'p=; for d in /usr/sbin /sbin /usr/bin /bin; do [ -x "$d/iptables" ] && { p=$d/iptables; break; }; done',
+    'if [ -n "$p" ] && [ "$p" -ef "${p%/*}/xtables-nft-multi" ]; then echo iptables=nft;'
+    ' elif [ -n "$p" ] && [ "$p" -ef "${p%/*}/xtables-legacy-multi" ]; then echo iptables=legacy;'
+    f' else {_BACKEND_BY_VERSION}; fi',
+)
+
+
+def facts_script(etcd: tuple[str, int] | None, full: bool = True) -> str:
+    """One POSIX sh script printing `key=value` lines (read-only: changes nothing). Without
+    `full` (lab up), only what lab up's steps decide on: no docker or iptables version, no
+    test that etcd is reachable from the host (each a process or two per host and run);
+    `chainlab facts` asks everything."""
     q = shlex.quote
     lines = [
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',
@@ -38,15 +54,14 @@ def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
         read_line("c1", "/proc/1/comm"),
         'if [ -d /run/systemd/system ]; then echo init=systemd;'
         ' elif [ "$c1" = init ] && [ -d /etc/init.d ]; then echo init=sysv; else echo init=none; fi',
-        # iptables backend
-        'v=$(iptables -V 2>/dev/null); case "$v" in *nf_tables*) echo iptables=nft;;'
-        ' "") echo iptables=missing;; *) echo iptables=legacy;; esac',
-        'echo "iptables_version=$v"',
+    ]
+    lines += [_BACKEND_BY_VERSION] if full else _BACKEND_BY_FILE
+    lines += [
         # kernel log: private only if we share PID 1's network namespace and are no container
         'if [ /proc/1/ns/net -ef /proc/$$/ns/net ] && [ ! -e /.dockerenv ] && [ ! -e /run/.containerenv ];'
         ' then echo kernel_log=private; else echo kernel_log=shared; fi',
     ]
-    if versions:
+    if full:
         lines += [
             'd=$(docker version --format "{{.Server.Version}} {{.Server.APIVersion}}" 2>/dev/null || true)',
             'v=${d%% *}; a=${d#* }; [ "$a" = "$d" ] && a=; echo "docker=${v:-none}"; echo "docker_api=$a"',
@@ -60,13 +75,15 @@ def facts_script(etcd: tuple[str, int] | None, versions: bool = True) -> str:
         f'{read_line("f", "/proc/sys/net/ipv4/ip_forward")}; echo "ip_forward=$f"',
         f'{read_line("l", "/proc/sys/net/netfilter/nf_log/2")}; echo "nf_log_ipv4=$l"',
     ]
-    if etcd:
+    if not etcd:
+        lines.append("echo etcd=none")
+    elif not full:
+        lines.append("echo etcd=unchecked")
+    else:
         address, port = etcd
         probe = f"exec 3<>/dev/tcp/{address}/{port}"
         lines.append(f"if timeout 3 bash -c {q(probe)} 2>/dev/null; then echo etcd=reachable;"
                      " else echo etcd=unreachable; fi")
-    else:
-        lines.append("echo etcd=none")
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,7 @@ from chainlab.provision.teardown import containers as remove_containers
 from chainlab.remote import kept
 from chainlab.remote.batch import Batch
 from chainlab.remote.session import HostSession
-from chainlab.remote.ssh import RemoteTimeout
+from chainlab.remote.timeouts import RemoteTimeout
 from chainlab.render.console import make_console
 from chainlab.run.deadline import DeadlineExceeded, Worker, call, cancel_in_background, fan_out, signals_interrupt
 
@@ -101,14 +101,14 @@ def select_hosts(inv: Inventory, limit: tuple[str, ...]) -> list[str]:
 
 
 def gather_facts(inv: Inventory, host: str, ssh: HostSession | None, probes: Sequence[Sequence[str]] = (),
-                 versions: bool = True, timeout: float = FACTS_DEADLINE_S) -> tuple[Facts, dict[int, tuple[int, str]]]:
+                 full: bool = True, timeout: float = FACTS_DEADLINE_S) -> tuple[Facts, dict[int, tuple[int, str]]]:
     """The host's facts and, in the same round trip, the answers of read-only `probes`."""
     if ssh is None:
         return assumed_facts(inv, host), {}
     etcd = None
     if inv.etcd:
         etcd = (str(inv.hosts[inv.etcd.host].address), inv.etcd.port)
-    batch = [["sh", "-c", facts_script(etcd, versions)], *probes]  # the facts are probe 0, run with the others
+    batch = [["sh", "-c", facts_script(etcd, full)], *probes]  # the facts are probe 0, run with the others
     script = Batch.of_argvs(batch)
     # not checked: the frames say what each probe answered, and one probe's broken script (it
     # runs in the batch's own shell) must not take the other answers with it
@@ -125,17 +125,17 @@ def gather_facts(inv: Inventory, host: str, ssh: HostSession | None, probes: Seq
 
 def gather_with_docker(inv: Inventory, host: str, ssh: HostSession, probes: Sequence[Sequence[str]],
                        look: DockerLook, timeout: float) -> tuple[Facts, dict[int, tuple[int, str]]]:
-    """`gather_facts` (without versions), with dockerd's objects (`look`, one of `probes`)
+    """`gather_facts` (lab up's, not `full`), with dockerd's objects (`look`, one of `probes`)
     asked through the kept connection's forward while the host runs the other probes: no
     curl on the host. Where there is no forward, the forward fails or the user pointed docker
     elsewhere, that probe stays unanswered (it runs when a step needs it)."""
     gets = ssh.gets(look.api_paths(), ANSWER_WITHIN_S)
     if gets is None:
-        return gather_facts(inv, host, ssh, probes, versions=False, timeout=timeout)
+        return gather_facts(inv, host, ssh, probes, full=False, timeout=timeout)
     index = [list(p) for p in probes].index(look.argv())
     try:
         facts, answers = gather_facts(inv, host, ssh, [*probes[:index], look.direct_argv(), *probes[index + 1:]],
-                                      versions=False, timeout=timeout)
+                                      full=False, timeout=timeout)
     except BaseException:
         gets.close()
         raise
@@ -260,7 +260,7 @@ class Runner:
             if ssh is not None and self.action == "up":
                 facts, answers = gather_with_docker(self.inv, host, ssh, probes, self.run_ctx.docker_look(host), timeout)
             else:
-                facts, answers = gather_facts(self.inv, host, ssh, probes, versions=False, timeout=timeout)
+                facts, answers = gather_facts(self.inv, host, ssh, probes, full=False, timeout=timeout)
         except Exception as exc:  # unreachable: retried by connect(), then this host fails
             if ssh is not None:
                 ssh.close()

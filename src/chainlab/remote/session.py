@@ -13,20 +13,29 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
-
-from invoke.runners import Result
 
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.remote import forward, kept, mux
-from chainlab.remote.ssh import RemoteTimeout, connect, run
 from chainlab.remote.target import resolve_target
+from chainlab.remote.timeouts import RemoteTimeout
 from chainlab.shell import command_line
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # fabric (and invoke, paramiko) only once a step needs chainlab's own connection
     import fabric
+    from invoke.runners import Result
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a read-only command gave, whichever connection ran it."""
+
+    exited: int
+    stdout: str
+    stderr: str
 
 
 class HostSession:
@@ -50,6 +59,8 @@ class HostSession:
             self._check_open()
             if self._conn is not None:
                 return self._conn
+        from chainlab.remote.ssh import connect
+
         conn = connect(self.inv, self.host)  # not under the lock: close() must not wait for it
         with self._lock:
             if self._closed or self._conn is not None:
@@ -63,21 +74,24 @@ class HostSession:
         if self._closed:
             raise ChainlabError(f"{self.host}: the SSH session was closed (a deadline ended it?)")
 
-    def read(self, argv: Sequence[str], timeout: float | None = None) -> Result:
+    def read(self, argv: Sequence[str], timeout: float | None = None) -> Reading:
         """A read-only command's result, whatever its exit status; a timeout or a broken
         session is a ChainlabError."""
         if self._kept is not None:
             started = time.monotonic()
-            result = self._on_kept(self._kept, argv, timeout)
-            if result is not None:
-                return result
+            reading = self._on_kept(self._kept, argv, timeout)
+            if reading is not None:
+                return reading
             self._kept = None  # this run goes on without it
             self.kept_lost = True
             if timeout is not None:  # the fallback has what the kept connection left of the time
                 timeout -= time.monotonic() - started
                 if timeout <= 0:
                     raise RemoteTimeout(f"{self.host}: `{command_line(argv)}` did not finish within the time given")
-        return run(self.connection, argv, check=False, timeout=timeout)
+        from chainlab.remote.ssh import run
+
+        result = run(self.connection, argv, check=False, timeout=timeout)
+        return Reading(result.exited, result.stdout, result.stderr)
 
     def gets(self, api_paths: Sequence[str], timeout: float) -> forward.Gets | None:
         """GET requests sent now to the socket given as `forward_to`, through the kept
@@ -89,9 +103,11 @@ class HostSession:
 
     def run(self, argv: Sequence[str], timeout: float | None = None) -> Result:
         """A change: on chainlab's own connection, a failure is a ChainlabError."""
+        from chainlab.remote.ssh import run
+
         return run(self.connection, argv, timeout=timeout)
 
-    def _on_kept(self, on: kept.Kept, argv: Sequence[str], timeout: float | None) -> Result | None:
+    def _on_kept(self, on: kept.Kept, argv: Sequence[str], timeout: float | None) -> Reading | None:
         """The result of `argv` as a session on the kept master (started by the `ssh` client
         if none runs); None when there is none to use."""
         line = command_line(argv)
@@ -116,8 +132,7 @@ class HostSession:
             self._untrack(session)
         if answer is None:
             return None
-        return Result(stdout=answer.stdout.decode("utf-8", "replace"), stderr=answer.stderr.decode("utf-8", "replace"),
-                      command=line, exited=answer.status)
+        return Reading(answer.status, answer.stdout.decode("utf-8", "replace"), answer.stderr.decode("utf-8", "replace"))
 
     def _with_ssh_client(self, on: kept.Kept, line: str, timeout: float | None) -> mux.Answer | None:
         """`line` run by the `ssh` client, which starts the master in the background (it then

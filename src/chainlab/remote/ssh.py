@@ -19,6 +19,7 @@ from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.providers import Target
 from chainlab.remote.target import resolve_target
+from chainlab.remote.timeouts import RemoteTimeout
 from chainlab.shell import command_line
 
 CONNECT_ATTEMPTS = 5
@@ -161,14 +162,6 @@ def _said(exc: BaseException, timeout: float) -> str:
     if "No existing session" in text or "protocol banner" in text or isinstance(exc, EOFError):
         return f"sshd accepted the connection but did not answer (frozen or overloaded?) ({text})"
     return text
-
-
-class RemoteTimeout(ChainlabError):
-    """A remote command did not finish within its timeout (the session was closed)."""
-
-    @classmethod
-    def of(cls, host: str, line: str, seconds: float) -> RemoteTimeout:
-        return cls(f"{host}: `{line}` did not finish within {seconds:g} s")
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], *, check: bool = True, timeout: float | None = None) -> Result:

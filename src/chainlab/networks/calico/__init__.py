@@ -158,7 +158,9 @@ class CalicoNetwork(Network):
         cali-tw chain; with `wait`, once it is (bounded by `wait` seconds, on the host)."""
         q = C.shlex.quote
         iface = state.interface or ""
-        check = (f"ip -4 route show {q(str(state.address) + '/32')} | grep -q {q('dev ' + iface)} && "
+        on_link = f" dev {iface}"  # a whole word of the route: followed by a space or the line's end
+        check = (f"r=$(ip -4 route show {q(str(state.address) + '/32')}) && "
+                 f'case "$r"{q(chr(10))} in *{q(on_link + " ")}*|*{q(on_link + chr(10))}*) ;; *) false;; esac && '
                  f"iptables -w -S {q(chain('tw', iface))} >/dev/null 2>&1")
         if not wait:
             return C.sh(check)
