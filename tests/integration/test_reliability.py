@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from chainlab.inventory import load_inventory
+from chainlab.local import link_guard, plan_lab
+from chainlab.local.plan import HOST_IF
 from chainlab.lock import lab_lock, lab_lock_path
 from chainlab.remote import docker_client
 from chainlab.rundir import PARTIAL
@@ -396,9 +398,11 @@ def test_another_local_user_reaches_no_state_log_or_lock(lab, runs):
 
 
 def test_another_local_user_reaches_no_lab_address(lab):
-    """The management link is root's only: as `nobody`, every connect to the lab is refused,
-    dockerd's gossip port (7946, unauthenticated) included; root reaches the same ports."""
+    """The management link is root's only: as `nobody`, every connect to the lab is refused at
+    once, dockerd's gossip port (7946, unauthenticated) included, and over IPv6 link-local too;
+    root reaches the same IPv4 ports."""
     inv = load_inventory(lab)
+    plan = plan_lab(inv)
     ports = [f"{host.address}:22" for host in inv.hosts.values()]
     master = inv.hosts["master"].address
     ports += [f"{master}:2379", f"{master}:7946"]
@@ -407,8 +411,28 @@ def test_another_local_user_reaches_no_lab_address(lab):
              "        print('reached')\n    except OSError as exc:\n        print(type(exc).__name__)")
     as_root = subprocess.run([sys.executable, "-c", reach, *ports], capture_output=True, text=True)
     assert as_root.stdout.split() == ["reached"] * len(ports), as_root.stdout + as_root.stderr
+    link_local = subprocess.run(["ip", "-n", plan.hosts["master"].netns, "-6", "-o", "addr", "show", "dev", HOST_IF,
+                                 "scope", "link"],
+                                capture_output=True, text=True).stdout.split()
+    ports += [f"{word.split('/')[0]}%{plan.root_if}:22" for word in link_local if word.startswith("fe80:")]
+    assert len(ports) == 6, link_local
     as_nobody = subprocess.run([*NOBODY, sys.executable, "-c", reach, *ports], capture_output=True, text=True)
     assert as_nobody.stdout.split() == ["ConnectionRefusedError"] * len(ports), as_nobody.stdout + as_nobody.stderr
+
+
+def test_a_lost_guard_is_said_and_put_back_by_lab_up(lab):
+    """An nftables reload flushes the guard's table: `local status` says so, `lab up` puts it
+    back and says it did."""
+    plan = plan_lab(load_inventory(lab))
+    table = link_guard.table_name(plan.root_if)
+    subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+    try:
+        assert "NOT kept off" in cli(lab, "local", "status").stdout.replace("\n", " ")
+        up = cli(lab, "lab", "up")
+        assert up.returncode == 0 and f"table inet {table}" in up.stdout and "put back" in up.stdout, up.stdout
+        assert link_guard.installed(plan.root_if) and "kept off the lab" in cli(lab, "local", "status").stdout
+    finally:
+        link_guard.ensure(plan.root_if)
 
 
 def test_local_down_takes_the_lab_lock_and_force_says_what_it_interrupts(lab, runs):

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
-from chainlab.local import down, plan_lab, status, up
+from chainlab.local import down, link_guard, plan_lab, status, up
 from chainlab.local.plan import LabPlan
 from chainlab.render.console import make_console
 
@@ -66,6 +66,7 @@ def status_cmd(obj: object) -> None:
         since = _since(row.up_since)
         table.add_row(row.name, str(row.address), *(_mark(row.daemons[d]) for d in ("sshd", "dockerd", "etcd")),
                       row.flavour, since)
+    table.caption = link_guard.status_line(plan.root_if)
     make_console().print(table)
 
 

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from chainlab.inventory import load_inventory
+from chainlab.local import link_guard
 from chainlab.render.console import make_console
 from chainlab.vm import lab
 from chainlab.vm.image import ensure_image, manifest
@@ -64,6 +65,7 @@ def status_cmd(obj: object) -> None:
                       str(row.pid or "-"), "[green]up[/green]" if row.sshd else "[red]down[/red]",
                       row.accel or "-", f"{row.rss_mib} MiB" if row.rss_mib is not None else "-",
                       row.flavour, _since(row.up_since))
+    table.caption = link_guard.status_line(plan.root_if)
     make_console().print(table)
 
 

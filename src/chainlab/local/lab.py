@@ -27,7 +27,7 @@ from chainlab.errors import ChainlabError
 from chainlab.files import private_dir
 from chainlab.remote import kept
 from chainlab.lock import exclusive, teardown_lock
-from chainlab.local import link_guard
+from chainlab.local import mgmt_link
 from chainlab.local import plan as P
 from chainlab.local import system as S
 from chainlab.local.image import build_image_tarball
@@ -99,7 +99,7 @@ def preflight(plan: LabPlan) -> None:
     needed = dict(P.REQUIRED_COMMANDS)
     if any(h.runs_etcd for h in plan.hosts.values()):
         needed[P.ETCD_COMMAND[0]] = P.ETCD_COMMAND[1]
-    missing = {pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path="/usr/sbin:/usr/bin:/sbin:/bin")}
+    missing = {pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path=S.SYSTEM_PATH)}
     missing |= {pkg for path, pkg in P.PRIVATE_PATH_PACKAGES.items() if not Path(path).exists()}
     if missing:
         raise ChainlabError(f"missing Debian packages: {' '.join(sorted(missing))} (run `make local-deps`)")
@@ -132,7 +132,7 @@ def _up(plan: LabPlan, log: Log) -> None:
     etcd = plan.etcd_host
     if etcd is not None:
         ensure_pki(plan.pki, plan.lab, etcd.address)
-    _ensure_lan(plan)
+    mgmt_link.ensure(plan.lan_netns, plan.root_if, plan.mgmt)
     with ThreadPoolExecutor(max_workers=len(plan.hosts) + 1) as pool:
         image = pool.submit(_ensure_image, plan)
         futures = {name: pool.submit(_ensure_host, plan, host, store, log) for name, host in plan.hosts.items()}
@@ -159,26 +159,6 @@ def _write_ssh_files(plan: LabPlan) -> None:
     host_keys = {name: S.keygen(h.host_key, f"{name}.{plan.lab}") for name, h in plan.hosts.items()}
     plan.known_hosts.write_text(P.known_hosts_text(plan, host_keys))
     plan.ssh_config.write_text(P.ssh_client_config(plan))
-
-
-def _ensure_lan(plan: LabPlan) -> None:
-    link_guard.ensure(plan.root_if)  # before the link is there: no moment open to other users
-    lan = plan.lan_netns
-    if not S.netns_exists(lan):
-        if S.link_exists(plan.root_if):  # its peer died with an earlier lan namespace
-            S.run(["ip", "link", "del", plan.root_if])
-        S.netns_add(lan)
-    if not S.link_exists(P.BRIDGE, lan):
-        S.run(["ip", "-n", lan, "link", "add", P.BRIDGE, "type", "bridge"])
-    S.run(["ip", "-n", lan, "link", "set", "lo", "up"])
-    S.run(["ip", "-n", lan, "link", "set", P.BRIDGE, "up"])
-    if S.link_exists(plan.root_if) and not S.link_exists(P.LAN_MGMT_PORT, lan):
-        S.run(["ip", "link", "del", plan.root_if])
-    if not S.link_exists(plan.root_if):
-        S.run(["ip", "link", "add", plan.root_if, "type", "veth", "peer", "name", P.LAN_MGMT_PORT, "netns", lan])
-    S.run(["ip", "-n", lan, "link", "set", P.LAN_MGMT_PORT, "master", P.BRIDGE, "up"])
-    S.run(["ip", "addr", "replace", str(plan.mgmt), "dev", plan.root_if])
-    S.run(["ip", "link", "set", plan.root_if, "up"])
 
 
 def _ensure_image(plan: LabPlan) -> None:
@@ -275,7 +255,7 @@ def _ensure_host_link(plan: LabPlan, host: HostPlan) -> None:
             S.run(["ip", "-n", lan, "link", "del", host.lan_port])
         S.run(["ip", "-n", lan, "link", "add", host.lan_port, "type", "veth",
                "peer", "name", P.HOST_IF, "netns", host.netns])
-    S.run(["ip", "-n", lan, "link", "set", host.lan_port, "master", P.BRIDGE, "up"])
+    S.run(["ip", "-n", lan, "link", "set", host.lan_port, "master", mgmt_link.BRIDGE, "up"])
     S.run(["ip", "-n", host.netns, "addr", "replace", str(host.lan), "dev", P.HOST_IF])
     S.run(["ip", "-n", host.netns, "link", "set", P.HOST_IF, "up"])
     # A real host's default route is what lets proxy ARP answer a Calico workload's ARP for its
@@ -372,9 +352,7 @@ def _down(plan: LabPlan, log: Log) -> None:
     except ChainlabError as exc:
         log(f"warning: {exc}")
         state = None
-    if S.link_exists(plan.root_if):
-        S.run(["ip", "link", "del", plan.root_if])
-    link_guard.remove(plan.root_if)
+    mgmt_link.remove(plan.root_if)
     host_netns = {h.netns for h in plan.hosts.values()}
     host_netns |= {ns for ns in S.list_netns() if ns.startswith(f"{plan.lan_netns}.")}
     pids: set[int] = set()

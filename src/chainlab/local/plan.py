@@ -22,8 +22,6 @@ from chainlab.lock import LOCK_DIR
 Flavour = Literal["legacy", "nft"]
 
 IFNAME_MAX = 15
-BRIDGE = "lan0"
-LAN_MGMT_PORT = "mgmt0"
 HOST_IF = "eth0"
 SSH_PORT = 22
 ETCD_PEER_PORT = 2380

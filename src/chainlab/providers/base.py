@@ -117,8 +117,10 @@ class Provider(ABC):
 
         return ssh_lab_lock_path(self.inv)
 
-    def ready(self) -> None:
-        """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects."""
+    def ready(self) -> str | None:
+        """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects;
+        what it put right meanwhile, to be said (None: nothing)."""
+        return None
 
     def ssh_port(self) -> int:
         return self.inv.ssh.port
@@ -244,6 +246,16 @@ class MachineProvider(Provider):
 
         return local_lab_lock_path(self.inv.lab)
 
-    def ready(self) -> None:
-        if not self._plan().state_file.exists():
+    def ready(self) -> str | None:
+        """... and the lab's management link is root's only again if its guard went (an
+        nftables reload flushes every table)."""
+        plan = self._plan()
+        if not plan.state_file.exists():
             raise ChainlabError(f"the {self.lab_name} {self.inv.lab} is not up: run `chainlab -i ... {self.up_command}` first")
+        from chainlab.local import link_guard
+
+        if link_guard.installed(plan.root_if):
+            return None
+        link_guard.ensure(plan.root_if)
+        return (f"the nftables table inet {link_guard.table_name(plan.root_if)}, which keeps other users off the lab,"
+                " was gone (an nftables reload flushes it): put back")

@@ -182,17 +182,17 @@ class Runner:
 
     def run(self) -> RunReport:
         started = time.monotonic()
-        if not self.offline:
-            self.run_ctx.provider.ready()
+        if not self.offline and (note := self.run_ctx.provider.ready()):
+            self.console.print(f"warning: {note}", soft_wrap=True)
         if self.check:
             self._run()
         else:
             with lab_lock(self.inv):
                 self._run()
                 self._finish()
-            if self.action == "down":  # those hosts are down: nothing to keep a connection for
-                kept.end(self.inv.lab, [ctx.ssh.kept_path for ctx in self.run_ctx.hosts.values()
-                                        if ctx.ssh is not None and ctx.ssh.kept_path] if self.limited else None)
+                if self.action == "down":  # those hosts are down: nothing to keep a connection for
+                    kept.end(self.inv.lab, [ctx.ssh.kept_path for ctx in self.run_ctx.hosts.values()
+                                            if ctx.ssh is not None and ctx.ssh.kept_path] if self.limited else None)
         self.report.seconds = time.monotonic() - started
         return self.report
 

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from chainlab.errors import ChainlabError
 from chainlab.local.image import build_image_tarball
-from chainlab.local.system import run
+from chainlab.local.system import SYSTEM_PATH, run
 from chainlab.vm import recipe as R
 from chainlab.vm.recipe import ImagePaths
 
@@ -94,7 +94,7 @@ def _preflight() -> None:
     if os.geteuid() != 0:
         raise ChainlabError("building the VM image needs root (mmdebstrap in root mode)")
     missing = sorted({pkg for cmd, pkg in BUILD_COMMANDS.items()
-                      if not shutil.which(cmd, path="/usr/sbin:/usr/bin:/sbin:/bin")})
+                      if not shutil.which(cmd, path=SYSTEM_PATH)})
     if missing:
         raise ChainlabError(f"missing Debian packages: {' '.join(missing)} (run `make deps`)")
 

@@ -104,7 +104,7 @@ def preflight(plan: VmLabPlan) -> None:
     """Refuse early, with the fix, when the machine cannot host this lab safely."""
     _require_root()
     missing = {pkg for cmd, pkg in REQUIRED_COMMANDS.items()
-               if not shutil.which(cmd, path="/usr/sbin:/usr/bin:/sbin:/bin")}
+               if not shutil.which(cmd, path=S.SYSTEM_PATH)}
     if missing:
         raise ChainlabError(f"missing Debian packages: {' '.join(sorted(missing))} (run `make deps`)")
     if not Path("/dev/net/tun").exists():

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from chainlab.local import link_guard
+from chainlab.local import mgmt_link
 from chainlab.local import system as S
-from chainlab.vm.plan import BRIDGE, LAN_MGMT_PORT, VmHostPlan, VmLabPlan
+from chainlab.local.mgmt_link import BRIDGE
+from chainlab.vm.plan import VmHostPlan, VmLabPlan
 
 
 def check_vm_route(plan: VmLabPlan, address: IPv4Address) -> None:
@@ -26,27 +27,10 @@ def _stale(plan: VmLabPlan) -> bool:
 
 
 def ensure_lan(plan: VmLabPlan) -> None:
-    """The lab namespace with its bridge, and the management veth with the machine's address
-    (root's only: `link_guard`)."""
-    link_guard.ensure(plan.root_if)
-    lan = plan.lan_netns
+    """The lab namespace with its bridge, and the management link (root's only)."""
     if _stale(plan):
-        S.netns_del(lan)
-    if not S.netns_exists(lan):
-        if S.link_exists(plan.root_if):  # its peer died with an earlier lab namespace
-            S.run(["ip", "link", "del", plan.root_if])
-        S.netns_add(lan)
-    if not S.link_exists(BRIDGE, lan):
-        S.run(["ip", "-n", lan, "link", "add", BRIDGE, "type", "bridge"])
-    S.run(["ip", "-n", lan, "link", "set", "lo", "up"])
-    S.run(["ip", "-n", lan, "link", "set", BRIDGE, "up"])
-    if S.link_exists(plan.root_if) and not S.link_exists(LAN_MGMT_PORT, lan):
-        S.run(["ip", "link", "del", plan.root_if])
-    if not S.link_exists(plan.root_if):
-        S.run(["ip", "link", "add", plan.root_if, "type", "veth", "peer", "name", LAN_MGMT_PORT, "netns", lan])
-    S.run(["ip", "-n", lan, "link", "set", LAN_MGMT_PORT, "master", BRIDGE, "up"])
-    S.run(["ip", "addr", "replace", str(plan.mgmt), "dev", plan.root_if])
-    S.run(["ip", "link", "set", plan.root_if, "up"])
+        S.netns_del(plan.lan_netns)
+    mgmt_link.ensure(plan.lan_netns, plan.root_if, plan.mgmt)
 
 
 def ensure_tap(plan: VmLabPlan, host: VmHostPlan) -> None:
@@ -59,9 +43,7 @@ def ensure_tap(plan: VmLabPlan, host: VmHostPlan) -> None:
 
 def remove_lan(plan: VmLabPlan) -> None:
     """The management link, every tap and the namespace (call once no qemu holds a tap)."""
-    if S.link_exists(plan.root_if):
-        S.run(["ip", "link", "del", plan.root_if])
-    link_guard.remove(plan.root_if)
+    mgmt_link.remove(plan.root_if)
     if not S.netns_exists(plan.lan_netns):
         return
     if _stale(plan):  # the namespace went with its last process, taps and all

@@ -23,8 +23,6 @@ from chainlab.vm.recipe import ETCD_ENV, SEED_MOUNT, ImagePaths, image_paths
 
 Accel = Literal["kvm", "tcg"]
 
-BRIDGE = "lan0"
-LAN_MGMT_PORT = "mgmt0"
 SSH_PORT = 22
 ETCD_PEER_PORT = 2380
 LOCK_DIR = Path("/run/chainlab")
