@@ -421,13 +421,15 @@ def test_another_local_user_reaches_no_lab_address(lab):
 
 
 def test_a_lost_guard_is_said_and_put_back_by_lab_up(lab):
-    """An nftables reload flushes the guard's table: `local status` says so, `lab up` puts it
-    back and says it did."""
+    """An nftables reload flushes the guard's table: `local status` says so, `lab up --check`
+    that it would put it back (and does not), `lab up` puts it back and says it did."""
     plan = plan_lab(load_inventory(lab))
     table = link_guard.table_name(plan.root_if)
     subprocess.run(["nft", "delete", "table", "inet", table], check=True)
     try:
         assert "NOT kept off" in cli(lab, "local", "status").stdout.replace("\n", " ")
+        check = cli(lab, "lab", "up", "--check")
+        assert check.returncode == 0 and "would put it back" in check.stdout and not link_guard.installed(plan.root_if)
         up = cli(lab, "lab", "up")
         assert up.returncode == 0 and f"table inet {table}" in up.stdout and "put back" in up.stdout, up.stdout
         assert link_guard.installed(plan.root_if) and "kept off the lab" in cli(lab, "local", "status").stdout

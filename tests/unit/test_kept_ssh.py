@@ -310,3 +310,15 @@ def test_ending_a_lab_ends_its_masters_that_lost_their_socket(monkeypatch, tmp_p
         for proc in masters.values():
             proc.kill()
             proc.wait()
+
+
+def test_a_warm_lab_up_loads_no_ssh_library():
+    """What a warm `lab up` runs (the CLI, the runner, its steps, the kept connection) loads
+    neither fabric, invoke, paramiko nor the docker SDK: they come with the first connection
+    of chainlab's own."""
+    code = ("import sys\nimport chainlab.cli, chainlab.commands.lab, chainlab.provision.runner, chainlab.provision.steps\n"
+            "import chainlab.provision.teardown, chainlab.networks.calico, chainlab.networks.bridge\n"
+            "import chainlab.remote.session, chainlab.remote.kept, chainlab.remote.forward, chainlab.local.link_guard\n"
+            "print(sorted(m for m in ('fabric', 'invoke', 'paramiko', 'docker') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -186,6 +186,38 @@ def test_lab_ups_facts_find_the_same_iptables_backend_without_asking_iptables() 
     assert said[False]["etcd"] == "unchecked" and "/dev/tcp/" not in facts_script(("192.0.2.1", 2379), full=False)
 
 
+def _iptables_stubs(root: Path) -> dict[str, Path]:
+    """Directories, each with an `iptables` as a distribution installs it: a link to
+    xtables-nft-multi, to xtables-legacy-multi, and an old single binary (CentOS 7)."""
+    dirs = {}
+    for name, binary, says in (("nft", "xtables-nft-multi", "iptables v1.8.9 (nf_tables)"),
+                               ("legacy", "xtables-legacy-multi", "iptables v1.8.9 (legacy)"),
+                               ("old", "iptables", "iptables v1.4.21")):
+        where = root / name
+        where.mkdir()
+        (where / binary).write_text(f"#!/bin/sh\necho '{says}'\n")
+        (where / binary).chmod(0o755)
+        if binary != "iptables":
+            (where / "iptables").symlink_to(binary)
+        dirs[name] = where
+    return dirs
+
+
+@pytest.mark.parametrize("path,backend,version", [
+    (["nft"], "nft", None), (["legacy"], "legacy", None), (["old"], "legacy", "iptables v1.4.21"),
+    (["legacy", "nft"], "legacy", None), (["nft", "legacy"], "nft", None),  # the first in PATH, as the steps run it
+])
+def test_lab_ups_facts_tell_the_backend_of_the_iptables_in_path(tmp_path, path, backend, version) -> None:
+    dirs = _iptables_stubs(tmp_path)
+    env = {"PATH": ":".join([*(str(dirs[name]) for name in path), "/usr/bin", "/bin"])}
+    facts = {}
+    for full in (True, False):
+        out = subprocess.run(["sh", "-c", facts_script(None, full)], capture_output=True, text=True, env=env).stdout
+        facts[full] = dict(row.split("=", 1) for row in out.splitlines() if row.startswith("iptables"))
+    assert facts[True]["iptables"] == facts[False]["iptables"] == backend  # chainlab facts and lab up agree
+    assert facts[False].get("iptables_version") == version  # asked only where the file does not tell
+
+
 def test_dockerfile_template_renders_reference_image() -> None:
     ref = load_inventory(ROOT / "inventory.yaml")
     text = render_dockerfile(ref)

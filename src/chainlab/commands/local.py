@@ -66,7 +66,8 @@ def status_cmd(obj: object) -> None:
         since = _since(row.up_since)
         table.add_row(row.name, str(row.address), *(_mark(row.daemons[d]) for d in ("sshd", "dockerd", "etcd")),
                       row.flavour, since)
-    table.caption = link_guard.status_line(plan.root_if)
+    if plan.state_file.exists():  # up: whether other users are kept off it
+        table.caption = link_guard.status_line(plan.root_if)
     make_console().print(table)
 
 

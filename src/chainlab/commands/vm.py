@@ -65,7 +65,8 @@ def status_cmd(obj: object) -> None:
                       str(row.pid or "-"), "[green]up[/green]" if row.sshd else "[red]down[/red]",
                       row.accel or "-", f"{row.rss_mib} MiB" if row.rss_mib is not None else "-",
                       row.flavour, _since(row.up_since))
-    table.caption = link_guard.status_line(plan.root_if)
+    if plan.state_file.exists():  # up: whether other users are kept off it
+        table.caption = link_guard.status_line(plan.root_if)
     make_console().print(table)
 
 

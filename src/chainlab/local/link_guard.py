@@ -30,8 +30,8 @@ TABLE_PREFIX = "chainlab_guard_"
 
 
 def table_name(root_if: str) -> str:
-    """The guard's table for management link `root_if` (`cl-<lab>`: letters, digits and
-    dashes, which an nft name does not take unquoted)."""
+    """The guard's table for management link `root_if` (`cl-<lab>`, `_` for `-`: a name
+    of underscores, as nftables' own tables are named)."""
     return TABLE_PREFIX + root_if.replace("-", "_")
 
 
@@ -63,7 +63,7 @@ def ensure(root_if: str) -> None:
 
 def installed(root_if: str) -> bool:
     """Whether the guard of management link `root_if` is in place (without nft, none can be)."""
-    return _nft_command() is not None and _nft(["list", "table", "inet", table_name(root_if)], check=False) is not None
+    return available() and _nft(["list", "table", "inet", table_name(root_if)], check=False) is not None
 
 
 def status_line(root_if: str) -> str:
@@ -82,6 +82,11 @@ def remove(root_if: str) -> None:
     if _nft(["delete", "table", "inet", table_name(root_if)], check=False) is None and installed(root_if):
         raise ChainlabError(f"could not remove nftables table inet {table_name(root_if)}: remove it by hand"
                             f" (nft delete table inet {table_name(root_if)})")
+
+
+def available() -> bool:
+    """Whether the nft command is there (where the lab's preflight looks for it)."""
+    return _nft_command() is not None
 
 
 def _nft_command() -> str | None:

@@ -18,10 +18,10 @@ from chainlab.errors import ChainlabError
 from chainlab.local import netlink
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-#: Daemons start with a clean environment: nothing of the caller's (DOCKER_HOST, PATH...) leaks in.
 #: Where a machine lab's preflight looks for the commands it needs (whatever PATH the caller has:
 #: cron's lacks the sbin directories).
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+#: Daemons start with a clean environment: nothing of the caller's (DOCKER_HOST, PATH...) leaks in.
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 

@@ -117,9 +117,12 @@ class Provider(ABC):
 
         return ssh_lab_lock_path(self.inv)
 
-    def ready(self) -> str | None:
-        """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects;
-        what it put right meanwhile, to be said (None: nothing)."""
+    def ready(self) -> None:
+        """Raise unless the hosts exist (e.g. the local lab is up) before provisioning connects."""
+
+    def restore(self, dry_run: bool) -> str | None:
+        """Put back what keeps the lab safe and can go while it is up (under the lab lock);
+        what was (with `dry_run`: would be) done, or is amiss, to be said; None: nothing."""
         return None
 
     def ssh_port(self) -> int:
@@ -246,16 +249,22 @@ class MachineProvider(Provider):
 
         return local_lab_lock_path(self.inv.lab)
 
-    def ready(self) -> str | None:
-        """... and the lab's management link is root's only again if its guard went (an
-        nftables reload flushes every table)."""
-        plan = self._plan()
-        if not plan.state_file.exists():
+    def ready(self) -> None:
+        if not self._plan().state_file.exists():
             raise ChainlabError(f"the {self.lab_name} {self.inv.lab} is not up: run `chainlab -i ... {self.up_command}` first")
+
+    def restore(self, dry_run: bool) -> str | None:
+        """The guard that keeps other users off the lab's management link, if an nftables
+        reload flushed it."""
         from chainlab.local import link_guard
 
-        if link_guard.installed(plan.root_if):
+        root_if = self._plan().root_if
+        table = f"nftables table inet {link_guard.table_name(root_if)}"
+        if not link_guard.available():
+            return f"the nft command is missing: the {table} cannot keep other users off the lab (`make local-deps`)"
+        if link_guard.installed(root_if):
             return None
-        link_guard.ensure(plan.root_if)
-        return (f"the nftables table inet {link_guard.table_name(plan.root_if)}, which keeps other users off the lab,"
-                " was gone (an nftables reload flushes it): put back")
+        if dry_run:
+            return f"the {table}, which keeps other users off the lab, is gone (an nftables reload flushes it): would put it back"
+        link_guard.ensure(root_if)
+        return f"the {table}, which keeps other users off the lab, was gone (an nftables reload flushes it): put back"

@@ -13,7 +13,8 @@ Modules:
 - `recap`: results and the Ansible-like recap (pure).
 
 Public API: `provision(inv, "up"|"down", check=, offline=, limit=, json_path=)`,
-`gather_facts(inv, host, conn)`, `assumed_facts(inv, host)`.
+`gather_facts(inv, host, session, full=)` (`chainlab facts`: full; lab up: what its steps decide on),
+`assumed_facts(inv, host)`.
 """
 
 from __future__ import annotations

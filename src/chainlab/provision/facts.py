@@ -27,11 +27,11 @@ OS_HINTS: dict[str, tuple[str, str, str, str]] = {
 #: The iptables backend and version, as `iptables -V` says them.
 _BACKEND_BY_VERSION = ('v=$(iptables -V 2>/dev/null); case "$v" in *nf_tables*) echo iptables=nft;;'
                        ' "") echo iptables=missing;; *) echo iptables=legacy;; esac; echo "iptables_version=$v"')
-#: The backend only, from which multi-call binary `iptables` is, tested by the shell itself
-#: (`-ef`: the same file, symlinks followed): no process. Anything else (an older
-#: `xtables-multi`, a wrapper, iptables elsewhere in PATH) is asked as above.
+#: The backend only, from which multi-call binary the `iptables` of PATH is, tested by the shell
+#: itself (`-ef`: the same file, symlinks followed): no process. Anything else (an older
+#: `xtables-multi`, a wrapper) is asked as above, which also gives its version.
 _BACKEND_BY_FILE = (
-    'p=; for d in /usr/sbin /sbin /usr/bin /bin; do [ -x "$d/iptables" ] && { p=$d/iptables; break; }; done',
+    'p=; o=$IFS; IFS=:; for d in $PATH; do [ -x "$d/iptables" ] && { p=$d/iptables; break; }; done; IFS=$o',
     'if [ -n "$p" ] && [ "$p" -ef "${p%/*}/xtables-nft-multi" ]; then echo iptables=nft;'
     ' elif [ -n "$p" ] && [ "$p" -ef "${p%/*}/xtables-legacy-multi" ]; then echo iptables=legacy;'
     f' else {_BACKEND_BY_VERSION}; fi',
@@ -40,9 +40,9 @@ _BACKEND_BY_FILE = (
 
 def facts_script(etcd: tuple[str, int] | None, full: bool = True) -> str:
     """One POSIX sh script printing `key=value` lines (read-only: changes nothing). Without
-    `full` (lab up), only what lab up's steps decide on: no docker or iptables version, no
-    test that etcd is reachable from the host (each a process or two per host and run);
-    `chainlab facts` asks everything."""
+    `full` (lab up), only what lab up's steps decide on: no docker version, no iptables
+    version where the backend shows without it, no test that etcd is reachable from the host
+    (each a process or two per host and run); `chainlab facts` asks everything."""
     q = shlex.quote
     lines = [
         'if [ -r /etc/os-release ]; then . /etc/os-release; fi',

@@ -182,12 +182,14 @@ class Runner:
 
     def run(self) -> RunReport:
         started = time.monotonic()
-        if not self.offline and (note := self.run_ctx.provider.ready()):
-            self.console.print(f"warning: {note}", soft_wrap=True)
+        if not self.offline:
+            self.run_ctx.provider.ready()
         if self.check:
+            self._restore(dry_run=True)
             self._run()
         else:
-            with lab_lock(self.inv):
+            with lab_lock(self.inv):  # `local down` holds it while it removes what restore() would put back
+                self._restore(dry_run=False)
                 self._run()
                 self._finish()
                 if self.action == "down":  # those hosts are down: nothing to keep a connection for
@@ -195,6 +197,10 @@ class Runner:
                                             if ctx.ssh is not None and ctx.ssh.kept_path] if self.limited else None)
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _restore(self, dry_run: bool) -> None:
+        if not self.offline and (note := self.run_ctx.provider.restore(dry_run)):
+            self.console.print(f"warning: {note}", soft_wrap=True)
 
     def _run(self) -> None:
         """Hosts in parallel; every remote operation within a deadline, so that a frozen host

@@ -107,7 +107,7 @@ def kept_for(lab: str, target: Target, forward_to: str | None = None) -> Kept | 
 
 def end(lab: str, paths: Iterable[str] | None = None) -> int:
     """End `lab`'s masters (or only those at `paths`; their sessions are cut) and remove
-    their forwards' sockets: how many masters there were. One that does not answer the
+    their forwards' sockets: at how many sockets' paths a master was ended. One that does not answer the
     request to exit (stopped) is killed; on return none of them runs (one that outlives
     SIGKILL aside), not even one that answered and is still on its way out, nor one whose
     socket is gone (in this user's runtime directory)."""
