@@ -241,3 +241,17 @@ def test_an_error_prints_control_characters_escaped(tmp_path: Path) -> None:
     result = run("analyze", str(name))
     assert_clean_error(result, "x\\x1b]0;title\\x07.log: log: no such file")
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+
+
+def test_chainlab_ssh_own_failures_exit_255_as_openssh(tmp_path: Path) -> None:
+    """An unknown host, a bad inventory, a lab address not routed through its lab's link
+    (here a lab on an unused lan, never up): said, and exit 255, which no remote command's
+    status is taken for (OpenSSH's own failures exit 255 too)."""
+    assert_clean_error(run("-i", "lab/local.yaml", "ssh", "nosuch", "--", "true"), "nosuch: is not a host", 255)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lab: x\nhosts: [\n")
+    assert_clean_error(run("-i", str(bad), "ssh", "master"), str(bad), 255)
+    text = (ROOT / "lab" / "local.yaml").read_text().replace("10.231.91.", "10.231.66.")  # no test brings it up
+    elsewhere = tmp_path / "inventory.yaml"
+    elsewhere.write_text(text.replace("state_dir: /var/lib/chainlab/local", f"state_dir: {tmp_path / 'state'}"))
+    assert_clean_error(run("-i", str(elsewhere), "ssh", "master", "--", "true"), "refusing to connect", 255)

@@ -105,19 +105,25 @@ def matrix_command(obj: object, sources: list[str] | None, targets: list[str] | 
 @click.pass_obj
 def ssh_command(obj: object, host: str, command: tuple[str, ...]) -> None:
     """A shell on HOST, or COMMAND there (`chainlab ssh master -- docker ps`), with chainlab's
-    key, user and known_hosts; unknown host keys are refused. Exits with ssh's status."""
-    from chainlab.remote.openssh import ssh_argv
+    key, user and known_hosts; unknown host keys are refused. Exits with ssh's status; its
+    own failures (inventory, route, no client) exit 255, as OpenSSH's do, so that none passes
+    for the remote command's status."""
+    from chainlab.remote.openssh import SSH_FAILED, ssh_argv
     from chainlab.remote.target import resolve_target
 
     if command[:1] == ("--",):
         command = command[1:]
-    inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
-    if host not in inv.hosts:
-        raise InputError([Problem("ssh", host, f"is not a host of the inventory ({', '.join(inv.hosts)})")])
-    target = resolve_target(inv, host)
-    binary = shutil.which("ssh")
-    if binary is None:
-        raise ChainlabError("the OpenSSH client is not installed (Debian: apt-get install openssh-client)")
+    try:
+        inv = load_inventory(obj.inventory_path)  # type: ignore[attr-defined]
+        if host not in inv.hosts:
+            raise InputError([Problem("ssh", host, f"is not a host of the inventory ({', '.join(inv.hosts)})")])
+        target = resolve_target(inv, host)
+        binary = shutil.which("ssh")
+        if binary is None:
+            raise ChainlabError("the OpenSSH client is not installed (Debian: apt-get install openssh-client)")
+    except ChainlabError as exc:
+        exc.exit_code = SSH_FAILED
+        raise
     if len(command) == 1 and any(c.isspace() for c in command[0]):  # `ssh host 'a; b'` as OpenSSH users type it
         click.echo(f"note: {command[0]!r} is one word: it runs as a program of that name (chainlab quotes each"
                    " word); for a shell line: -- sh -c '...'", err=True)

@@ -44,8 +44,6 @@ from chainlab.remote.openssh import ssh_argv
 
 PERSIST_ENV = "CHAINLAB_SSH_PERSIST"
 DEFAULT_PERSIST_S = 60
-#: ssh's exit status for its own failures (connection, host key, authentication, master).
-SSH_FAILED = 255
 #: A master whose host stops answering ends after about INTERVAL x COUNT seconds.
 SERVER_ALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
 #: A forward's socket is its master's, with this suffix.

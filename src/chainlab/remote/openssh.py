@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from chainlab.remote.target import Target
 from chainlab.shell import command_line
 
+#: ssh's exit status for its own failures (connection, host key, authentication, master).
+SSH_FAILED = 255
+
 
 def ssh_argv(target: Target, command: Sequence[str] = ()) -> list[str]:
     """`ssh ... USER@ADDRESS [-- COMMAND]`; each word of `command` is quoted for the remote shell."""

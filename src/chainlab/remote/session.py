@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from chainlab.errors import ChainlabError
 from chainlab.inventory import Inventory
 from chainlab.remote import forward, kept, mux
+from chainlab.remote.openssh import SSH_FAILED
 from chainlab.remote.target import resolve_target
 from chainlab.remote.timeouts import RemoteTimeout
 from chainlab.shell import command_line
@@ -152,7 +153,7 @@ class HostSession:
         finally:
             self._untrack(proc)
         self._check_open()  # killed by close(): a deadline ended it
-        if proc.returncode == kept.SSH_FAILED or proc.returncode < 0:
+        if proc.returncode == SSH_FAILED or proc.returncode < 0:
             return None
         return mux.Answer(proc.returncode, out, err)
 
