@@ -77,7 +77,7 @@ def status_line(root_if: str) -> str:
 
 def remove(root_if: str) -> None:
     """Remove the guard of management link `root_if`, if there is one."""
-    if not installed(root_if):
+    if not available():  # without nft there is none
         return
     if _nft(["delete", "table", "inet", table_name(root_if)], check=False) is None and installed(root_if):
         raise ChainlabError(f"could not remove nftables table inet {table_name(root_if)}: remove it by hand"

@@ -113,11 +113,10 @@ def end(lab: str, paths: Iterable[str] | None = None) -> int:
     if where is None:
         return 0
     if paths is None:  # every master of the lab, and every forward's socket (its master may have ended)
-        name = re.compile(rf"{re.escape(_lab_key(lab))}-[0-9a-f]{{{KEY_HEX}}}")
-        paths = {os.path.join(where, entry.removesuffix(FORWARD_SUFFIX))
-                 for entry in os.listdir(where) if name.fullmatch(entry.removesuffix(FORWARD_SUFFIX))}
-        chosen: Callable[[str], bool] = lambda path: (os.path.dirname(path) == where  # noqa: E731
-                                                      and name.fullmatch(os.path.basename(path)) is not None)
+        lab_socket = re.compile(rf"{re.escape(os.path.join(where, _lab_key(lab)))}-[0-9a-f]{{{KEY_HEX}}}")
+        paths = {path for entry in os.listdir(where)
+                 if lab_socket.fullmatch(path := os.path.join(where, entry.removesuffix(FORWARD_SUFFIX)))}
+        chosen: Callable[[str], object] = lab_socket.fullmatch
     else:
         paths = set(paths)
         chosen = paths.__contains__
@@ -153,7 +152,7 @@ def kill_master(path: str) -> bool:
     return bool(found)
 
 
-def _masters(chosen: Callable[[str], bool]) -> dict[S.Proc, str]:
+def _masters(chosen: Callable[[str], object]) -> dict[S.Proc, str]:
     """Our uid's OpenSSH masters whose socket's path is `chosen`, and that path. Found by
     their command line (`ssh: PATH [mux]`): the PID a socket gives (SO_PEERCRED) is the
     `ssh` client's that made it before the master forked away, and a master may have lost

@@ -17,15 +17,17 @@ from dataclasses import dataclass
 from chainlab.trace.ascii import is_digits, upper, words
 from chainlab.trace.model import Fields, Step
 
-#: A rule position has at most 10 digits (a chain of 2**32 rules does not exist; a longer
-#: number is damage, and int() of thousands of digits would raise).
-HEADER = re.compile(r"TRACE: ([A-Za-z_][A-Za-z0-9_]*):(\S+?):(rule|return|policy):(\d{1,10})(?=\s|$)", re.ASCII)
+#: A TRACE record header's parts: the table, the kinds of step, the rule position. A rule
+#: position has at most 10 digits (a chain of 2**32 rules does not exist; a longer number is
+#: damage, and int() of thousands of digits would raise).
+_TABLE, _KINDS, _POSITION = r"[A-Za-z_][A-Za-z0-9_]*", r"rule|return|policy", r"\d{1,10}"
+HEADER = re.compile(rf"TRACE: ({_TABLE}):(\S+?):({_KINDS}):({_POSITION})(?=\s|$)", re.ASCII)
 #: HEADER's record header (after `TRACE: `) without its groups, for byte patterns (respace).
-HEADER_BYTES = rb"[A-Za-z_][A-Za-z0-9_]*:\S+?:(?:rule|return|policy):\d{1,10}"
-TRACE_LIKE = re.compile(r"TRACE: [A-Za-z_][A-Za-z0-9_]*:", re.ASCII)
+HEADER_BYTES = rf"{_TABLE}:\S+?:(?:{_KINDS}):{_POSITION}".encode()
+TRACE_LIKE = re.compile(rf"TRACE: {_TABLE}:", re.ASCII)
 #: A TRACE record's header and first field without the `TRACE: ` before it (cut off by whoever
 #: posted the log): not read as a record, but worth saying so.
-BARE_HEADER = re.compile(rb"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*:\S+:(?:rule|return|policy):\d{1,10}\s+IN=", re.ASCII | re.MULTILINE)
+BARE_HEADER = re.compile(rf"(?:^|\s){_TABLE}:\S+:(?:{_KINDS}):{_POSITION}\s+IN=".encode(), re.ASCII | re.MULTILINE)
 _SHORT_FULL = r"[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]+"  # weekday ... zone
 #: A host name as a log line's prefix has it.
 HOST_WORD = r"[^\s:\[\]]+"
